@@ -1,0 +1,1 @@
+//! In-process Kubernetes API server double (list/watch wire protocol).

@@ -1,0 +1,1 @@
+//! Network-namespace labs: topology, processes in namespaces, cleanup.

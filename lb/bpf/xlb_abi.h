@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * xlb datapath ABI: every map key and value, flag, reason code and protocol
+ * constant shared by the BPF programs (xdp/, tc/) and the Rust control plane
+ * (lb/src/abi.rs). Types and constants only, no code.
+ *
+ * Rules (checked by lb/tests/abi_btf.rs against the compiled objects' BTF):
+ *   - no implicit padding: every hole is an explicit, zeroed `pad` field;
+ *   - no bool, no bitfields, no enums as struct members (u8/u16/u32 instead);
+ *   - sizes asserted here and in Rust;
+ *   - numbers in this file are never reassigned: new ones are appended.
+ *
+ * Addresses are 16 bytes in every key and value: an IPv6 address as is, an
+ * IPv4 address in the first 4 bytes with the other 12 zero, and a `family`
+ * byte (XLB_FAMILY_*) beside it. One code path serves both families.
+ */
+#ifndef XLB_ABI_H
+#define XLB_ABI_H
+
+#include <linux/types.h>
+
+#define XLB_ABI_VERSION 1
+
+#define XLB_FAMILY_V4 4
+#define XLB_FAMILY_V6 6
+
+/* Largest Maglev table the datapath holds (a prime). Each service chooses its
+ * own prime M <= this; a table costs 2 * XLB_MAGLEV_MAX bytes = 32,762 bytes. */
+#define XLB_MAGLEV_MAX 16381
+
+/* ---- frontends ------------------------------------------------------------
+ * xlb_frontends: HASH, struct xlb_frontend_key -> struct xlb_service.
+ * One entry per (address, port, protocol) the node answers for: LoadBalancer
+ * ingress IPs, ExternalIPs, NodePorts on the node's own addresses. All
+ * frontends of one service port carry the same service id. */
+struct xlb_frontend_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 family;
+};
+_Static_assert(sizeof(struct xlb_frontend_key) == 20, "xlb_frontend_key size");
+
+/* xlb_service.flags */
+#define XLB_SVC_F_AFFINITY (1u << 0)	  /* sessionAffinity: ClientIP */
+#define XLB_SVC_F_SOURCE_RANGES (1u << 1) /* loadBalancerSourceRanges apply */
+#define XLB_SVC_F_NODEPORT (1u << 2)	  /* frontend is a NodePort */
+
+/* xlb_service.encap */
+#define XLB_ENCAP_GENEVE 0 /* Geneve + DSR option (default) */
+#define XLB_ENCAP_IPIP 1   /* IPIP / IP6IP6 / IPv6-in-IPv4 and back */
+
+struct xlb_service {
+	__u32 id;		  /* dense service id: stats index, Maglev key */
+	__u32 maglev_size;	  /* M: prime, <= XLB_MAGLEV_MAX */
+	__u32 flags;		  /* XLB_SVC_F_* */
+	__u32 affinity_timeout_s; /* with XLB_SVC_F_AFFINITY */
+	__u16 backend_count;	  /* backends in the Maglev table; 0: no backend */
+	__u8 encap;		  /* XLB_ENCAP_* */
+	__u8 pad;
+	__u32 pad2;
+};
+_Static_assert(sizeof(struct xlb_service) == 24, "xlb_service size");
+
+/* ---- Maglev ---------------------------------------------------------------
+ * xlb_maglev: HASH (no prealloc), __u32 service id -> struct xlb_maglev_table.
+ * slot[hash % M] is the service-local index of a backend, resolved through
+ * xlb_svc_backends. Only slot[0..M) is meaningful. The whole table is
+ * replaced with one map update, so readers never see half a table. */
+struct xlb_maglev_table {
+	__u16 slot[XLB_MAGLEV_MAX];
+	__u16 pad; /* keeps the value a multiple of 4 bytes */
+};
+_Static_assert(sizeof(struct xlb_maglev_table) == 2 * XLB_MAGLEV_MAX + 2, "xlb_maglev_table size");
+
+/* xlb_svc_backends: HASH, struct xlb_svc_backend_key -> __u32 backend id.
+ * A backend keeps its service-local index for as long as it belongs to the
+ * service: the entry is written before any table slot points at it and
+ * removed only after no slot does. */
+struct xlb_svc_backend_key {
+	__u32 svc_id;
+	__u32 index;
+};
+_Static_assert(sizeof(struct xlb_svc_backend_key) == 8, "xlb_svc_backend_key size");
+
+/* ---- backends -------------------------------------------------------------
+ * xlb_backends: ARRAY, __u32 backend id -> struct xlb_backend. Id 0 is never
+ * used. An entry with flags == 0 is free. */
+#define XLB_BE_F_ACTIVE (1u << 0)      /* in use */
+#define XLB_BE_F_TERMINATING (1u << 1) /* keeps its flows, gets no new ones */
+
+struct xlb_backend {
+	__u8 addr[16];	  /* endpoint address */
+	__u8 node[16];	  /* tunnel endpoint: the address of the endpoint's node */
+	__be16 port;	  /* endpoint (target) port */
+	__u8 family;	  /* of addr */
+	__u8 node_family; /* of node */
+	__u32 flags;	  /* XLB_BE_F_* */
+	__u32 svc_id;	  /* the service this backend belongs to */
+	__u32 gen;	  /* bumped each time the id is given to a new backend */
+};
+_Static_assert(sizeof(struct xlb_backend) == 48, "xlb_backend size");
+
+/* ---- connection tracking --------------------------------------------------
+ * xlb_ct: LRU_HASH, struct xlb_flow_key -> struct xlb_ct_entry (XDP: client to
+ * frontend, in packet direction). The entry is used only while the backend
+ * it names still has the same generation and XLB_BE_F_ACTIVE. */
+struct xlb_flow_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_flow_key) == 40, "xlb_flow_key size");
+
+struct xlb_ct_entry {
+	__u32 backend_id;
+	__u32 backend_gen;
+	__u32 svc_id;
+	__u32 hash; /* flow hash: Maglev input and outer-header entropy */
+	__u64 created_ns;
+};
+_Static_assert(sizeof(struct xlb_ct_entry) == 24, "xlb_ct_entry size");
+
+/* xlb_affinity: LRU_HASH, struct xlb_affinity_key -> struct xlb_affinity_entry.
+ * sessionAffinity: ClientIP; the entry is honoured while
+ * now - last_ns < affinity_timeout_s and the backend is still valid. */
+struct xlb_affinity_key {
+	__u8 client[16];
+	__u32 svc_id;
+	__u8 family;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct xlb_affinity_key) == 24, "xlb_affinity_key size");
+
+struct xlb_affinity_entry {
+	__u32 backend_id;
+	__u32 backend_gen;
+	__u64 last_ns;
+};
+_Static_assert(sizeof(struct xlb_affinity_entry) == 16, "xlb_affinity_entry size");
+
+/* ---- node ---------------------------------------------------------------
+ * xlb_node: ARRAY of one entry, this node's tunnel identity. */
+struct xlb_node_cfg {
+	__u8 addr4[4];	  /* outer source for IPv4 underlay; 0: none */
+	__u8 addr6[16];	  /* outer source for IPv6 underlay; :: : none */
+	__be16 geneve_port; /* UDP destination port of Geneve, network order */
+	__u16 pad;
+	__u32 vni; /* Geneve VNI, host order, < 2^24 */
+};
+_Static_assert(sizeof(struct xlb_node_cfg) == 28, "xlb_node_cfg size");
+
+/* ---- DSR termination (tc) -------------------------------------------------
+ * xlb_dsr_nat: LRU_HASH, struct xlb_flow_key (client -> endpoint, as delivered
+ * to the endpoint) -> struct xlb_dsr_nat_entry (the service address the
+ * client used). Replies from the endpoint get their source rewritten back. */
+struct xlb_dsr_nat_entry {
+	__u8 vaddr[16];
+	__be16 vport;
+	__u8 family;
+	__u8 pad;
+	__u32 pad2;
+	__u64 created_ns;
+};
+_Static_assert(sizeof(struct xlb_dsr_nat_entry) == 32, "xlb_dsr_nat_entry size");
+
+/* ---- Geneve DSR option ----------------------------------------------------
+ * Geneve (RFC 8926) carries the inner IP packet directly (protocol type
+ * 0x0800 / 0x86DD) and one option, class XLB_GENEVE_OPT_CLASS, with the
+ * service address and port the client used. The inner packet is already
+ * DNAT'd to the endpoint by the load balancer. */
+#define XLB_GENEVE_PORT 6081
+#define XLB_GENEVE_OPT_CLASS 0xFF58 /* experimental range */
+#define XLB_GENEVE_OPT_DSR4 0x01    /* data: struct xlb_dsr_opt4 */
+#define XLB_GENEVE_OPT_DSR6 0x02    /* data: struct xlb_dsr_opt6 */
+
+struct xlb_geneve_hdr {
+	__u8 ver_optlen; /* version (2 bits, 0) | option length in 4-byte words */
+	__u8 flags;	 /* O | C | reserved */
+	__be16 proto;	 /* EtherType of the inner packet */
+	__u8 vni[3];
+	__u8 rsvd;
+};
+_Static_assert(sizeof(struct xlb_geneve_hdr) == 8, "xlb_geneve_hdr size");
+
+struct xlb_geneve_opt_hdr {
+	__be16 opt_class;
+	__u8 type;
+	__u8 len; /* reserved (3 bits) | data length in 4-byte words */
+};
+_Static_assert(sizeof(struct xlb_geneve_opt_hdr) == 4, "xlb_geneve_opt_hdr size");
+
+struct xlb_dsr_opt4 {
+	__u8 vaddr[4];
+	__be16 vport;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_dsr_opt4) == 8, "xlb_dsr_opt4 size");
+
+struct xlb_dsr_opt6 {
+	__u8 vaddr[16];
+	__be16 vport;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_dsr_opt6) == 20, "xlb_dsr_opt6 size");
+
+/* ---- counters -------------------------------------------------------------
+ * xlb_counters: PERCPU_ARRAY, __u32 counter -> struct xlb_count. Every exit of
+ * every program is counted under exactly one of these. OK_*: the packet was
+ * handled; PASS_*: given to the kernel unchanged; DROP_*: dropped. The names
+ * (lower-cased, prefix removed) are the `reason` label values of
+ * xlb_drops_total / xlb_passes_total. Never renumber; append only. */
+enum xlb_counter {
+	XLB_OK_XDP_TX = 0,	  /* encapsulated, sent back out the same port */
+	XLB_OK_XDP_REDIRECT = 1,  /* encapsulated, redirected to another port */
+	XLB_OK_TC_DECAP = 2,	  /* tunnel packet decapsulated and delivered */
+	XLB_OK_TC_REVNAT = 3,	  /* reply source rewritten to the service */
+	XLB_OK_ICMP_FORWARD = 4,  /* ICMP error quoting a flow sent to its backend */
+	XLB_PASS_NOT_IP = 16,	  /* not IPv4/IPv6 (ARP, LLDP, ...) */
+	XLB_PASS_NOT_FRONTEND = 17,   /* destination is not a frontend */
+	XLB_PASS_FRAGMENT = 18,	      /* IP fragment */
+	XLB_PASS_L4_PROTO = 19,	      /* not TCP, UDP, ICMP error */
+	XLB_PASS_IPV6_EXT = 20,	      /* IPv6 extension chain not followed */
+	XLB_PASS_ICMP_NO_FLOW = 21,   /* ICMP not quoting a known flow */
+	XLB_PASS_NOT_TUNNEL = 22,     /* tc: not a tunnel packet for this node */
+	XLB_PASS_NO_NAT = 23,	      /* tc: reply with no DSR translation */
+	XLB_PASS_IP_OPTIONS = 24,     /* IPv4 options on a packet we must not touch */
+	XLB_DROP_TRUNCATED = 32,      /* a header runs past the frame */
+	XLB_DROP_BAD_IHL = 33,	      /* IPv4 IHL < 5 or past the frame */
+	XLB_DROP_BAD_LEN = 34,	      /* IP length field inconsistent with frame */
+	XLB_DROP_NO_BACKEND = 35,     /* service has no usable backend */
+	XLB_DROP_NO_MAGLEV = 36,      /* service has no Maglev table */
+	XLB_DROP_BACKEND_MISSING = 37, /* table names a backend that is gone */
+	XLB_DROP_FIB = 38,	      /* no route/neighbour to the backend's node */
+	XLB_DROP_NO_TX_PORT = 39,     /* route leaves by a port not in xlb_tx_ports */
+	XLB_DROP_ENCAP = 40,	      /* could not grow the frame */
+	XLB_DROP_TOO_BIG = 41,	      /* encapsulated frame exceeds the MTU */
+	XLB_DROP_SOURCE_RANGE = 42,   /* client outside loadBalancerSourceRanges */
+	XLB_DROP_NO_NODE_ADDR = 43,   /* no tunnel source address for the family */
+	XLB_DROP_BAD_TUNNEL = 44,     /* tc: malformed Geneve/IPIP packet */
+	XLB_DROP_NO_DSR_OPT = 45,     /* tc: Geneve packet without the DSR option */
+	XLB_DROP_DECAP = 46,	      /* tc: could not remove the outer headers */
+	XLB_DROP_NAT = 47,	      /* tc: could not rewrite the packet */
+	XLB_COUNTER_MAX = 64,
+};
+
+struct xlb_count {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct xlb_count) == 16, "xlb_count size");
+
+/* ---- per-service and per-backend statistics ------------------------------
+ * xlb_svc_stats: PERCPU_ARRAY, __u32 service id -> struct xlb_svc_stats.
+ * xlb_backend_stats: PERCPU_ARRAY, __u32 backend id -> struct xlb_count. */
+struct xlb_svc_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+	__u64 affinity_hits;
+};
+_Static_assert(sizeof(struct xlb_svc_stats) == 32, "xlb_svc_stats size");
+
+#endif /* XLB_ABI_H */

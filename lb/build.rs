@@ -1,0 +1,43 @@
+//! Compiles the BPF programs (xdp/*.c, tc/*.c) with clang into OUT_DIR, where
+//! `lb::objects` embeds them. A missing clang is a build error that says what
+//! to install.
+use std::{env, path::PathBuf, process::Command};
+
+fn main() {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let ws = root.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let clang = env::var("XLB_CLANG").unwrap_or_else(|_| "clang".into());
+    println!("cargo:rerun-if-env-changed=XLB_CLANG");
+    println!("cargo:rerun-if-changed={}", root.join("bpf").display());
+
+    let mut objects = Vec::new();
+    for dir in ["xdp", "tc"] {
+        let dir = ws.join(dir);
+        println!("cargo:rerun-if-changed={}", dir.display());
+        let mut sources: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "c"))
+            .collect();
+        sources.sort();
+        objects.extend(sources);
+    }
+    for src in &objects {
+        println!("cargo:rerun-if-changed={}", src.display());
+        let obj = out.join(src.file_stem().unwrap()).with_extension("o");
+        let status = Command::new(&clang)
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-Wno-unused-function"])
+            .arg("-I/usr/include/x86_64-linux-gnu")
+            .arg(format!("-I{}", root.join("bpf").display()))
+            .arg("-c")
+            .arg(src)
+            .arg("-o")
+            .arg(&obj)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("running {clang}: {e}. Install clang (apt-get install clang libbpf-dev) or run ./scripts/setup.sh")
+            });
+        assert!(status.success(), "clang failed on {}", src.display());
+    }
+}
