@@ -117,4 +117,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_backend_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct xlb_src_range_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_source_ranges SEC(".maps");
+
 #endif /* XLB_MAPS_H */

@@ -265,4 +265,18 @@ struct xlb_svc_stats {
 };
 _Static_assert(sizeof(struct xlb_svc_stats) == 32, "xlb_svc_stats size");
 
+/* ---- loadBalancerSourceRanges ---------------------------------------------
+ * xlb_source_ranges: LPM_TRIE (no prealloc), struct xlb_src_range_key -> __u32
+ * (1). A service with XLB_SVC_F_SOURCE_RANGES admits a client only when
+ * (svc_id, family, client address) matches an entry; prefixlen counts the
+ * 64 bits of svc_id/family/pad plus the CIDR's own prefix length. */
+struct xlb_src_range_key {
+	__u32 prefixlen;
+	__be32 svc_id; /* big-endian so that the trie compares it bytewise */
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct xlb_src_range_key) == 28, "xlb_src_range_key size");
+
 #endif /* XLB_ABI_H */
