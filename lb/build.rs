@@ -9,7 +9,9 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let clang = env::var("XLB_CLANG").unwrap_or_else(|_| "clang".into());
     println!("cargo:rerun-if-env-changed=XLB_CLANG");
-    println!("cargo:rerun-if-changed={}", root.join("bpf").display());
+    for header in std::fs::read_dir(root.join("bpf")).expect("lb/bpf").flatten() {
+        println!("cargo:rerun-if-changed={}", header.path().display());
+    }
 
     let mut objects = Vec::new();
     for dir in ["xdp", "tc"] {
