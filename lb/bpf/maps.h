@@ -126,4 +126,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_source_ranges SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct xlb_svc_name);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_svc_names SEC(".maps");
+
 #endif /* XLB_MAPS_H */

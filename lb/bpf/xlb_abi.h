@@ -279,4 +279,13 @@ struct xlb_src_range_key {
 };
 _Static_assert(sizeof(struct xlb_src_range_key) == 28, "xlb_src_range_key size");
 
+/* ---- service names (userspace only) ---------------------------------------
+ * xlb_svc_names: HASH, __u32 service id -> struct xlb_svc_name. No program
+ * reads it: it keeps the service key ("namespace/name:port") beside the
+ * pinned datapath so listings and a restarted agent can name what they find. */
+struct xlb_svc_name {
+	char name[128]; /* NUL-padded */
+};
+_Static_assert(sizeof(struct xlb_svc_name) == 128, "xlb_svc_name size");
+
 #endif /* XLB_ABI_H */

@@ -1,5 +1,7 @@
 //! xlb's load-balancer core: the service model, Maglev, the datapath ABI,
 //! typed access to the BPF maps, and loading/attaching the BPF programs.
 //! Knows nothing of Kubernetes; `control` feeds it [`model::Desired`].
-pub mod objects;
+pub mod abi;
+pub mod loader;
 pub mod model;
+pub mod objects;

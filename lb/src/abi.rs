@@ -1,0 +1,241 @@
+//! Rust mirrors of lb/bpf/xlb_abi.h, the datapath ABI. Each struct is
+//! `#[repr(C)]` with explicit padding and a size assertion; `LAYOUTS` lists
+//! every field's offset so that lb/tests/abi_btf.rs can compare them with the
+//! BTF of the compiled objects: one truth (the C header), checked, not trusted.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const MAGLEV_MAX: usize = 16381;
+
+pub const SVC_F_AFFINITY: u32 = 1 << 0;
+pub const SVC_F_SOURCE_RANGES: u32 = 1 << 1;
+pub const SVC_F_NODEPORT: u32 = 1 << 2;
+
+pub const ENCAP_GENEVE: u8 = 0;
+pub const ENCAP_IPIP: u8 = 1;
+
+pub const BE_F_ACTIVE: u32 = 1 << 0;
+pub const BE_F_TERMINATING: u32 = 1 << 1;
+
+pub const GENEVE_PORT: u16 = 6081;
+pub const GENEVE_OPT_CLASS: u16 = 0xFF58;
+pub const GENEVE_OPT_DSR4: u8 = 1;
+pub const GENEVE_OPT_DSR6: u8 = 2;
+
+/// A 16-byte ABI address and its family byte.
+pub fn addr_to_abi(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (a, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The address an ABI (bytes, family) pair stands for; None for an unknown family.
+pub fn addr_from_abi(bytes: &[u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
+    }
+}
+
+macro_rules! abi_struct {
+    ($(#[$m:meta])* $name:ident = $c:literal, $size:literal { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub struct $name { $($(#[$fm])* pub $f: $t),* }
+        const _: () = assert!(core::mem::size_of::<$name>() == $size);
+        // SAFETY: repr(C), integer fields only, no implicit padding (size asserted).
+        unsafe impl aya::Pod for $name {}
+        impl $name {
+            pub const LAYOUT: StructLayout = StructLayout {
+                c_name: $c,
+                size: $size,
+                fields: &[$((stringify!($f), core::mem::offset_of!($name, $f))),*],
+            };
+        }
+    };
+}
+
+/// Size and field offsets of one mirrored C struct.
+#[derive(Debug, Clone, Copy)]
+pub struct StructLayout {
+    pub c_name: &'static str,
+    pub size: usize,
+    pub fields: &'static [(&'static str, usize)],
+}
+
+abi_struct!(
+    /// Key of xlb_frontends.
+    FrontendKey = "xlb_frontend_key", 20 {
+    addr: [u8; 16], port: u16 /* network order */, proto: u8, family: u8,
+});
+abi_struct!(
+    /// Value of xlb_frontends: the service a frontend belongs to.
+    Service = "xlb_service", 24 {
+    id: u32, maglev_size: u32, flags: u32, affinity_timeout_s: u32,
+    backend_count: u16, encap: u8, pad: u8, pad2: u32,
+});
+abi_struct!(
+    /// Value of xlb_maglev.
+    MaglevTable = "xlb_maglev_table", 32764 { slot: [u16; MAGLEV_MAX], pad: u16 });
+abi_struct!(
+    /// Key of xlb_svc_backends.
+    SvcBackendKey = "xlb_svc_backend_key", 8 { svc_id: u32, index: u32 });
+abi_struct!(
+    /// Value of xlb_backends.
+    Backend = "xlb_backend", 48 {
+    addr: [u8; 16], node: [u8; 16], port: u16 /* network order */, family: u8, node_family: u8,
+    flags: u32, svc_id: u32, gen: u32,
+});
+abi_struct!(
+    /// Key of xlb_ct and xlb_dsr_nat: a 5-tuple in packet direction.
+    FlowKey = "xlb_flow_key", 40 {
+    saddr: [u8; 16], daddr: [u8; 16], sport: u16, dport: u16, proto: u8, family: u8, pad: u16,
+});
+abi_struct!(
+    /// Value of xlb_ct.
+    CtEntry = "xlb_ct_entry", 24 {
+    backend_id: u32, backend_gen: u32, svc_id: u32, hash: u32, created_ns: u64,
+});
+abi_struct!(
+    /// Key of xlb_affinity.
+    AffinityKey = "xlb_affinity_key", 24 { client: [u8; 16], svc_id: u32, family: u8, pad: [u8; 3] });
+abi_struct!(
+    /// Value of xlb_affinity.
+    AffinityEntry = "xlb_affinity_entry", 16 { backend_id: u32, backend_gen: u32, last_ns: u64 });
+abi_struct!(
+    /// Value of xlb_node (one entry).
+    NodeCfg = "xlb_node_cfg", 28 {
+    addr4: [u8; 4], addr6: [u8; 16], geneve_port: u16 /* network order */, pad: u16, vni: u32,
+});
+abi_struct!(
+    /// Value of xlb_dsr_nat.
+    DsrNatEntry = "xlb_dsr_nat_entry", 32 {
+    vaddr: [u8; 16], vport: u16 /* network order */, family: u8, pad: u8, pad2: u32, created_ns: u64,
+});
+abi_struct!(
+    /// Per-CPU value of xlb_counters and xlb_backend_stats.
+    Count = "xlb_count", 16 { packets: u64, bytes: u64 });
+abi_struct!(
+    /// Per-CPU value of xlb_svc_stats.
+    SvcStats = "xlb_svc_stats", 32 { packets: u64, bytes: u64, new_flows: u64, affinity_hits: u64 });
+abi_struct!(
+    /// Key of xlb_source_ranges (LPM trie).
+    SrcRangeKey = "xlb_src_range_key", 28 {
+    prefixlen: u32, svc_id: u32 /* network order */, family: u8, pad: [u8; 3], addr: [u8; 16],
+});
+abi_struct!(
+    /// Geneve base header.
+    GeneveHdr = "xlb_geneve_hdr", 8 { ver_optlen: u8, flags: u8, proto: u16, vni: [u8; 3], rsvd: u8 });
+abi_struct!(
+    /// Geneve option header.
+    GeneveOptHdr = "xlb_geneve_opt_hdr", 4 { opt_class: u16, r#type: u8, len: u8 });
+abi_struct!(
+    /// DSR option data, IPv4.
+    DsrOpt4 = "xlb_dsr_opt4", 8 { vaddr: [u8; 4], vport: u16, pad: u16 });
+abi_struct!(
+    /// DSR option data, IPv6.
+    DsrOpt6 = "xlb_dsr_opt6", 20 { vaddr: [u8; 16], vport: u16, pad: u16 });
+
+abi_struct!(
+    /// Value of xlb_svc_names (userspace only).
+    SvcName = "xlb_svc_name", 128 { name: [u8; 128] });
+
+/// Every mirrored struct.
+pub const LAYOUTS: &[StructLayout] = &[
+    FrontendKey::LAYOUT,
+    Service::LAYOUT,
+    MaglevTable::LAYOUT,
+    SvcBackendKey::LAYOUT,
+    Backend::LAYOUT,
+    FlowKey::LAYOUT,
+    CtEntry::LAYOUT,
+    AffinityKey::LAYOUT,
+    AffinityEntry::LAYOUT,
+    NodeCfg::LAYOUT,
+    DsrNatEntry::LAYOUT,
+    Count::LAYOUT,
+    SvcStats::LAYOUT,
+    SrcRangeKey::LAYOUT,
+    GeneveHdr::LAYOUT,
+    GeneveOptHdr::LAYOUT,
+    DsrOpt4::LAYOUT,
+    DsrOpt6::LAYOUT,
+    SvcName::LAYOUT,
+];
+
+macro_rules! counters {
+    ($($v:ident = $n:literal => $name:literal),* $(,)?) => {
+        /// enum xlb_counter: every exit of every program is counted under one.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Counter { $($v = $n),* }
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$v),*];
+            /// The C name without "XLB_", lower-cased: "pass_not_frontend".
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$v => $name),* }
+            }
+        }
+    };
+}
+
+counters! {
+    OkXdpTx = 0 => "ok_xdp_tx",
+    OkXdpRedirect = 1 => "ok_xdp_redirect",
+    OkTcDecap = 2 => "ok_tc_decap",
+    OkTcRevnat = 3 => "ok_tc_revnat",
+    OkIcmpForward = 4 => "ok_icmp_forward",
+    PassNotIp = 16 => "pass_not_ip",
+    PassNotFrontend = 17 => "pass_not_frontend",
+    PassFragment = 18 => "pass_fragment",
+    PassL4Proto = 19 => "pass_l4_proto",
+    PassIpv6Ext = 20 => "pass_ipv6_ext",
+    PassIcmpNoFlow = 21 => "pass_icmp_no_flow",
+    PassNotTunnel = 22 => "pass_not_tunnel",
+    PassNoNat = 23 => "pass_no_nat",
+    PassIpOptions = 24 => "pass_ip_options",
+    DropTruncated = 32 => "drop_truncated",
+    DropBadIhl = 33 => "drop_bad_ihl",
+    DropBadLen = 34 => "drop_bad_len",
+    DropNoBackend = 35 => "drop_no_backend",
+    DropNoMaglev = 36 => "drop_no_maglev",
+    DropBackendMissing = 37 => "drop_backend_missing",
+    DropFib = 38 => "drop_fib",
+    DropNoTxPort = 39 => "drop_no_tx_port",
+    DropEncap = 40 => "drop_encap",
+    DropTooBig = 41 => "drop_too_big",
+    DropSourceRange = 42 => "drop_source_range",
+    DropNoNodeAddr = 43 => "drop_no_node_addr",
+    DropBadTunnel = 44 => "drop_bad_tunnel",
+    DropNoDsrOpt = 45 => "drop_no_dsr_opt",
+    DropDecap = 46 => "drop_decap",
+    DropNat = 47 => "drop_nat",
+}
+
+/// Size of xlb_counters (XLB_COUNTER_MAX).
+pub const COUNTER_MAX: u32 = 64;
+
+impl Counter {
+    pub fn from_u32(n: u32) -> Option<Counter> {
+        Counter::ALL.iter().copied().find(|c| *c as u32 == n)
+    }
+
+    /// "ok", "pass" or "drop".
+    pub fn class(self) -> &'static str {
+        self.name().split('_').next().unwrap_or("")
+    }
+
+    /// The reason label: the name without its class prefix ("not_frontend").
+    pub fn reason(self) -> &'static str {
+        let n = self.name();
+        n.split_once('_').map_or(n, |(_, r)| r)
+    }
+}

@@ -1,0 +1,350 @@
+//! Loading and attaching the datapath: both embedded objects (XDP and tc) are
+//! loaded with configured map sizes, their maps pinned by name under one
+//! directory (so the two objects share them and a restarted agent finds them),
+//! and attached through pinned links that a new agent replaces atomically.
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Map, MapData, MapError, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+    },
+    Ebpf, EbpfError, EbpfLoader,
+};
+
+use crate::{
+    abi::{Count, Counter},
+    objects,
+};
+
+/// Default bpffs directory of a node's pinned maps and links.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
+
+/// Map sizes (max_entries). Configuration, not constants in the C code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Services (service ports): Maglev tables, service statistics, names.
+    pub services: u32,
+    /// Frontends (address, port, protocol).
+    pub frontends: u32,
+    /// Backends, cluster-wide (backend ids and service-local indices).
+    pub backends: u32,
+    /// Connection-table entries (LRU).
+    pub ct: u32,
+    /// ClientIP affinity entries (LRU).
+    pub affinity: u32,
+    /// DSR reverse translations on backend nodes (LRU).
+    pub dsr_nat: u32,
+    /// loadBalancerSourceRanges prefixes.
+    pub source_ranges: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            services: 16384,
+            frontends: 65536,
+            backends: 262144,
+            ct: 524288,
+            affinity: 131072,
+            dsr_nat: 524288,
+            source_ranges: 65536,
+        }
+    }
+}
+
+impl MapSizes {
+    /// Small maps for tests and labs: fast to create, little memory.
+    pub fn small() -> Self {
+        MapSizes {
+            services: 1024,
+            frontends: 4096,
+            backends: 16384,
+            ct: 65536,
+            affinity: 16384,
+            dsr_nat: 65536,
+            source_ranges: 4096,
+        }
+    }
+
+    fn by_map(&self) -> [(&'static str, u32); 12] {
+        [
+            ("xlb_frontends", self.frontends),
+            ("xlb_maglev", self.services),
+            ("xlb_svc_names", self.services),
+            ("xlb_svc_stats", self.services),
+            ("xlb_svc_backends", self.backends),
+            ("xlb_backends", self.backends),
+            ("xlb_backend_stats", self.backends),
+            ("xlb_ct", self.ct),
+            ("xlb_affinity", self.affinity),
+            ("xlb_dsr_nat", self.dsr_nat),
+            ("xlb_source_ranges", self.source_ranges),
+            ("xlb_tx_ports", 64),
+        ]
+    }
+}
+
+/// What to load and where to pin it.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub pin_dir: PathBuf,
+    pub sizes: MapSizes,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { pin_dir: PathBuf::from(DEFAULT_PIN_DIR), sizes: MapSizes::default() }
+    }
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver (veth, most NICs): the fast path.
+    #[default]
+    Native,
+    /// In the kernel stack after skb allocation: works everywhere, slow.
+    Generic,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("creating pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error("{path} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpffs { path: PathBuf },
+    #[error("loading the {object} object: {source}")]
+    Object { object: &'static str, source: Box<EbpfError> },
+    #[error("program {program} is missing from the {object} object")]
+    MissingProgram { object: &'static str, program: &'static str },
+    #[error("program {program}: {source}")]
+    Program { program: &'static str, source: Box<ProgramError> },
+    #[error("attaching {program} to {iface}: {source}")]
+    Attach { program: &'static str, iface: String, source: Box<ProgramError> },
+    #[error("link pin {path}: {detail}")]
+    LinkPin { path: PathBuf, detail: String },
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: Box<MapError> },
+}
+
+const XDP_PROG: &str = "xlb_xdp";
+const TC_INGRESS: &str = "xlb_tc_ingress";
+const TC_EGRESS: &str = "xlb_tc_egress";
+
+/// Both datapath objects, loaded, their maps pinned under `pin_dir`.
+#[derive(Debug)]
+pub struct Dataplane {
+    xdp: Ebpf,
+    tc: Ebpf,
+    pin_dir: PathBuf,
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct; c is a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn load_object(
+    opts: &LoadOptions,
+    object: &'static str,
+    bytes: &[u8],
+) -> Result<Ebpf, LoadError> {
+    let sizes = opts.sizes.by_map();
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&opts.pin_dir);
+    for (name, size) in sizes.iter() {
+        loader.map_max_entries(name, *size);
+    }
+    loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
+}
+
+impl Dataplane {
+    /// Loads the XDP and tc objects (programs loaded into the kernel, not yet
+    /// attached). Maps already pinned under `pin_dir` are reused as they are:
+    /// that is how established flows survive an agent restart.
+    pub fn load(opts: &LoadOptions) -> Result<Dataplane, LoadError> {
+        std::fs::create_dir_all(&opts.pin_dir)
+            .map_err(|source| LoadError::PinDir { path: opts.pin_dir.clone(), source })?;
+        if !is_bpffs(&opts.pin_dir) {
+            return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
+        }
+        let mut xdp = load_object(opts, "xdp", objects::xdp())?;
+        let mut tc = load_object(opts, "tc", objects::tc())?;
+        program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
+            .load()
+            .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
+        for p in [TC_INGRESS, TC_EGRESS] {
+            program_mut::<SchedClassifier>(&mut tc, "tc", p)?
+                .load()
+                .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
+        }
+        Ok(Dataplane { xdp, tc, pin_dir: opts.pin_dir.clone() })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn link_path(&self, kind: &str, iface: &str) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{kind}_{iface}"))
+    }
+
+    /// Attaches the XDP program to `iface`. If a previous agent left a pinned
+    /// link there, the program is replaced atomically through it (no packet
+    /// sees an interface without a program); otherwise a new link is pinned.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
+        let path = self.link_path("xdp", iface);
+        let prog = program_mut::<Xdp>(&mut self.xdp, "xdp", XDP_PROG)?;
+        let attach_err =
+            |e| LoadError::Attach { program: XDP_PROG, iface: iface.into(), source: Box::new(e) };
+        let id = match PinnedLink::from_pin(&path) {
+            Ok(old) => {
+                let link = FdLink::from(old)
+                    .try_into()
+                    .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
+                prog.attach_to_link(link).map_err(attach_err)?
+            }
+            Err(_) => {
+                let mode = match mode {
+                    XdpMode::Native => AyaXdpMode::Driver,
+                    XdpMode::Generic => AyaXdpMode::Skb,
+                };
+                prog.attach(iface, mode).map_err(attach_err)?
+            }
+        };
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
+        pin_link(fd, &path)
+    }
+
+    /// Attaches the tc programs to `iface` ingress and egress (TCX links,
+    /// pinned and atomically replaced like the XDP link).
+    pub fn attach_tc(&mut self, iface: &str) -> Result<(), LoadError> {
+        for (program, dir, kind) in [
+            (TC_INGRESS, TcAttachType::Ingress, "tc_ingress"),
+            (TC_EGRESS, TcAttachType::Egress, "tc_egress"),
+        ] {
+            let path = self.link_path(kind, iface);
+            let prog = program_mut::<SchedClassifier>(&mut self.tc, "tc", program)?;
+            let attach_err =
+                |e| LoadError::Attach { program, iface: iface.into(), source: Box::new(e) };
+            let id = match PinnedLink::from_pin(&path) {
+                Ok(old) => {
+                    let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
+                        LoadError::LinkPin { path: path.clone(), detail: format!("{e}") }
+                    })?;
+                    prog.attach_to_link(link).map_err(attach_err)?
+                }
+                Err(_) => prog
+                    .attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(attach_err)?,
+            };
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
+            pin_link(fd, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pinned link of this pin directory: the programs are
+    /// detached from their interfaces (maps stay pinned).
+    pub fn detach_all(pin_dir: &Path) -> Result<(), LoadError> {
+        let dir = pin_dir.join("links");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        for e in entries.flatten() {
+            let path = e.path();
+            let link = PinnedLink::from_pin(&path)
+                .map_err(|err| LoadError::LinkPin { path: path.clone(), detail: err.to_string() })?;
+            link.unpin()
+                .map_err(|err| LoadError::LinkPin { path: path.clone(), detail: err.to_string() })?;
+        }
+        Ok(())
+    }
+
+    /// The XDP program (for BPF_PROG_TEST_RUN).
+    pub fn xdp_program(&mut self) -> &mut Xdp {
+        program_mut::<Xdp>(&mut self.xdp, "xdp", XDP_PROG).expect("loaded in Dataplane::load")
+    }
+
+    pub fn tc_ingress_program(&mut self) -> &mut SchedClassifier {
+        program_mut::<SchedClassifier>(&mut self.tc, "tc", TC_INGRESS)
+            .expect("loaded in Dataplane::load")
+    }
+
+    pub fn tc_egress_program(&mut self) -> &mut SchedClassifier {
+        program_mut::<SchedClassifier>(&mut self.tc, "tc", TC_EGRESS)
+            .expect("loaded in Dataplane::load")
+    }
+
+    /// Every named counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, Count)>, LoadError> {
+        read_counters(&self.pin_dir)
+    }
+}
+
+/// Every named counter of the datapath pinned under `pin_dir`, summed over CPUs.
+pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, Count)>, LoadError> {
+    let map_err = |source| LoadError::Map { map: "xlb_counters", source: Box::new(source) };
+    let data = MapData::from_pin(pin_dir.join("xlb_counters")).map_err(map_err)?;
+    let map = Map::from_map_data(data).map_err(map_err)?;
+    let arr: PerCpuArray<MapData, Count> = map.try_into().map_err(map_err)?;
+    let mut out = Vec::with_capacity(Counter::ALL.len());
+    for c in Counter::ALL {
+        let per_cpu = arr.get(&(*c as u32), 0).map_err(map_err)?;
+        let mut sum = Count { packets: 0, bytes: 0 };
+        for v in per_cpu.iter() {
+            sum.packets += v.packets;
+            sum.bytes += v.bytes;
+        }
+        out.push((*c, sum));
+    }
+    Ok(out)
+}
+
+fn pin_link(fd: FdLink, path: &Path) -> Result<(), LoadError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| LoadError::PinDir { path: dir.to_path_buf(), source })?;
+    }
+    // Replacing through an old pinned link keeps the same link (and pin): only
+    // pin when there is none yet.
+    if path.exists() {
+        // The link object is the same kernel link as the pinned one; dropping
+        // our fd leaves the pin (and the attachment) in place.
+        drop(fd);
+        return Ok(());
+    }
+    fd.pin(path)
+        .map(|_| ())
+        .map_err(|e| LoadError::LinkPin { path: path.to_path_buf(), detail: e.to_string() })
+}
+
+fn program_mut<'a, T>(
+    bpf: &'a mut Ebpf,
+    object: &'static str,
+    program: &'static str,
+) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    bpf.program_mut(program)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(LoadError::MissingProgram { object, program })
+}
