@@ -3,5 +3,6 @@
 //! Knows nothing of Kubernetes; `control` feeds it [`model::Desired`].
 pub mod abi;
 pub mod loader;
+pub mod maglev;
 pub mod model;
 pub mod objects;

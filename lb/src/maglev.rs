@@ -1,0 +1,501 @@
+//! Maglev consistent hashing (Eisenbud et al., NSDI 2016) with exact weighted
+//! shares: turns a service's backends into the lookup table the datapath
+//! indexes with `flow_hash % M` (lb/bpf/xlb_abi.h, `struct xlb_maglev_table`).
+//! `datapath` calls it per service; `perf::maglev_report` measures it.
+//!
+//! # The table
+//!
+//! [`Maglev`] is a value (table size M, a prime, and a seed); it holds no
+//! state between builds. [`Maglev::build`] returns M entries, each an index
+//! into the backend slice the caller passed. The table depends only on the
+//! set of (name, weight) pairs, the size and the seed, never on the order the
+//! backends were passed in nor on the platform or Rust version, so every node
+//! of a cluster builds the same table from the same endpoints.
+//!
+//! # Algorithm
+//!
+//! 1. Backends are ordered by their stable name (byte-wise); that order breaks
+//!    every tie below. Names must be unique and weights >= 1.
+//! 2. Each backend's preference list is the permutation
+//!    `p(j) = (offset + j * skip) mod M` with
+//!    `offset = h_offset(name) % M` and `skip = h_skip(name) % (M - 1) + 1`;
+//!    since M is prime and `1 <= skip < M`, it visits every slot once.
+//! 3. Quotas (largest-remainder apportionment): with `W = Σ w`, backend i
+//!    gets `q_i = ⌊M·w_i/W⌋` slots, and the `M - Σ q_i` (< N) leftover slots
+//!    go one each to the backends with the largest remainders `M·w_i mod W`
+//!    (ties: smaller `h_offset`, then name order). So every backend gets
+//!    exactly `⌊M·w_i/W⌋` or `⌈M·w_i/W⌉` entries, and `Σ q_i = M`.
+//! 4. Fill by turns: backend i's k-th turn (k = 1, 2, ...) happens at virtual
+//!    time `k / w_i` (ties: name order); a turn claims the next still-empty
+//!    slot of the backend's preference list. A backend that has claimed its
+//!    quota takes no more turns. There are exactly `Σ q_i = M` turns and each
+//!    claims one slot (a turn only happens while some slot is empty, and the
+//!    preference list reaches every slot), so the table ends full with
+//!    exactly `q_i` entries per backend. With equal weights the turn order is
+//!    the classic Maglev round robin, which is what the fast path runs.
+//!
+//! # Hash
+//!
+//! `h_offset` and `h_skip` are SipHash-1-3 (Aumasson and Bernstein; 1
+//! compression round, 3 finalisation rounds, as in Rust's `std` hasher but
+//! written here so it can never change under us) of the name's UTF-8 bytes,
+//! with no terminator, under two fixed 128-bit keys:
+//!
+//! | hash       | k0                                  | k1                                  |
+//! |------------|-------------------------------------|-------------------------------------|
+//! | `h_offset` | `le64("xlb-magl") ^ seed`           | `le64("ev:offst")`                  |
+//! | `h_skip`   | `le64("xlb-magl") ^ seed`           | `le64("ev:skip.")`                  |
+//!
+//! where `le64(s)` reads the 8 ASCII bytes as a little-endian u64. The seed is
+//! 0 ([`DEFAULT_SEED`]) unless chosen with [`Maglev::with_seed`].
+use std::{cmp::Ordering, collections::BinaryHeap};
+
+/// Table entry that names no backend: a whole table of it is what
+/// [`Maglev::build_into`] writes when there are no backends.
+pub const NO_BACKEND: u16 = u16::MAX;
+
+/// Most backends one table can index (entries are u16 and [`NO_BACKEND`] is
+/// reserved).
+pub const MAX_BACKENDS: usize = u16::MAX as usize;
+
+/// Largest table size accepted (2^24; sizes must also be prime).
+pub const MAX_SIZE: u32 = 1 << 24;
+
+/// The seed every node uses unless configured otherwise.
+pub const DEFAULT_SEED: u64 = 0;
+
+const KEY_K0: u64 = u64::from_le_bytes(*b"xlb-magl");
+const KEY_OFFSET_K1: u64 = u64::from_le_bytes(*b"ev:offst");
+const KEY_SKIP_K1: u64 = u64::from_le_bytes(*b"ev:skip.");
+
+/// Why a table size or a backend set was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaglevError {
+    #[error("Maglev table size {size}: not a prime")]
+    NotPrime { size: u32 },
+    #[error("Maglev table size {size}: must be between 2 and {max}")]
+    SizeOutOfRange { size: u32, max: u32 },
+    #[error("Maglev backend {name:?}: weight 0 (weights must be >= 1)")]
+    ZeroWeight { name: String },
+    #[error("Maglev backend {name:?}: name given more than once")]
+    DuplicateName { name: String },
+    #[error("Maglev: {count} backends do not fit a table of size {size} (at most min(size, {MAX_BACKENDS}))")]
+    TooManyBackends { count: usize, size: u32 },
+    #[error("Maglev: output buffer has {len} slots, table size is {size}")]
+    OutputLength { len: usize, size: u32 },
+}
+
+/// A Maglev table shape: size M (prime) and hash seed. Cheap to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Maglev {
+    size: u32,
+    seed: u64,
+}
+
+/// One backend during a build, in name order.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// Index in the caller's slice: what the table holds.
+    caller: u16,
+    weight: u32,
+    /// Next position of the preference list to try.
+    next: u32,
+    skip: u32,
+    quota: u32,
+    taken: u32,
+}
+
+impl Maglev {
+    /// A table of `size` entries with the default seed. `size` must be a
+    /// prime in 2..=[`MAX_SIZE`].
+    pub fn new(size: u32) -> Result<Maglev, MaglevError> {
+        Maglev::with_seed(size, DEFAULT_SEED)
+    }
+
+    /// Like [`Maglev::new`] with another hash seed (every node of a cluster
+    /// must use the same one).
+    pub fn with_seed(size: u32, seed: u64) -> Result<Maglev, MaglevError> {
+        if !(2..=MAX_SIZE).contains(&size) {
+            return Err(MaglevError::SizeOutOfRange {
+                size,
+                max: MAX_SIZE,
+            });
+        }
+        if !is_prime(size) {
+            return Err(MaglevError::NotPrime { size });
+        }
+        Ok(Maglev { size, seed })
+    }
+
+    /// Table size M.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The backend's preference list: `(offset, skip)`, position j being
+    /// `(offset + j * skip) % M`.
+    pub fn permutation(&self, name: &str) -> (u32, u32) {
+        let m = u64::from(self.size);
+        let offset = siphash13(KEY_K0 ^ self.seed, KEY_OFFSET_K1, name.as_bytes()) % m;
+        let skip = siphash13(KEY_K0 ^ self.seed, KEY_SKIP_K1, name.as_bytes()) % (m - 1) + 1;
+        (offset as u32, skip as u32)
+    }
+
+    /// The lookup table for `backends` (stable name, weight >= 1), in any
+    /// order: M entries, each an index into `backends`. Empty when there are
+    /// no backends (the service then has no table).
+    pub fn build<S: AsRef<str>>(&self, backends: &[(S, u32)]) -> Result<Vec<u16>, MaglevError> {
+        if backends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![NO_BACKEND; self.size as usize];
+        self.build_into(backends, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Maglev::build`] into a caller-owned buffer of exactly M entries (a
+    /// map value can be filled in place). With no backends every entry
+    /// becomes [`NO_BACKEND`]. On error `out` is left unspecified.
+    pub fn build_into<S: AsRef<str>>(
+        &self,
+        backends: &[(S, u32)],
+        out: &mut [u16],
+    ) -> Result<(), MaglevError> {
+        self.fill(backends, out, Fill::Auto)
+    }
+
+    /// How many entries each backend (in the caller's order) gets from
+    /// [`Maglev::build`]: `⌊M·w/Σw⌋` or `⌈M·w/Σw⌉`, summing to M.
+    pub fn quotas<S: AsRef<str>>(&self, backends: &[(S, u32)]) -> Result<Vec<u32>, MaglevError> {
+        let slots = self.prepare(backends)?;
+        let mut q = vec![0; backends.len()];
+        for s in &slots {
+            q[usize::from(s.caller)] = s.quota;
+        }
+        Ok(q)
+    }
+
+    /// Validates, orders by name, hashes and sets quotas.
+    fn prepare<S: AsRef<str>>(&self, backends: &[(S, u32)]) -> Result<Vec<Slot>, MaglevError> {
+        let n = backends.len();
+        if n > MAX_BACKENDS || n > self.size as usize {
+            return Err(MaglevError::TooManyBackends {
+                count: n,
+                size: self.size,
+            });
+        }
+        if let Some((name, _)) = backends.iter().find(|(_, w)| *w == 0) {
+            return Err(MaglevError::ZeroWeight {
+                name: name.as_ref().to_owned(),
+            });
+        }
+        let name = |i: usize| backends[i].0.as_ref();
+        let mut order: Vec<u16> = (0..n as u16).collect();
+        order.sort_unstable_by(|&a, &b| name(a.into()).cmp(name(b.into())));
+        if let Some(w) = order
+            .windows(2)
+            .find(|w| name(w[0].into()) == name(w[1].into()))
+        {
+            return Err(MaglevError::DuplicateName {
+                name: name(w[0].into()).to_owned(),
+            });
+        }
+
+        let m = u128::from(self.size);
+        let total: u128 = backends.iter().map(|(_, w)| u128::from(*w)).sum();
+        let mut slots = Vec::with_capacity(n);
+        // (remainder, offset hash, name position) of each backend, for the
+        // leftover slots.
+        let mut leftovers = Vec::with_capacity(n);
+        let mut assigned = 0u32;
+        for (pos, &i) in order.iter().enumerate() {
+            let (nm, w) = (&backends[usize::from(i)].0, backends[usize::from(i)].1);
+            let (offset, skip) = self.permutation(nm.as_ref());
+            let share = m * u128::from(w);
+            let quota = (share / total) as u32;
+            assigned += quota;
+            leftovers.push((share % total, offset, pos));
+            slots.push(Slot {
+                caller: i,
+                weight: w,
+                next: offset,
+                skip,
+                quota,
+                taken: 0,
+            });
+        }
+        let extra = (self.size - assigned) as usize;
+        if extra > 0 {
+            let by_claim = |a: &(u128, u32, usize), b: &(u128, u32, usize)| {
+                b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+            };
+            if extra < leftovers.len() {
+                leftovers.select_nth_unstable_by(extra - 1, by_claim);
+            }
+            for &(_, _, pos) in &leftovers[..extra] {
+                slots[pos].quota += 1;
+            }
+        }
+        Ok(slots)
+    }
+
+    fn fill<S: AsRef<str>>(
+        &self,
+        backends: &[(S, u32)],
+        out: &mut [u16],
+        how: Fill,
+    ) -> Result<(), MaglevError> {
+        if out.len() != self.size as usize {
+            return Err(MaglevError::OutputLength {
+                len: out.len(),
+                size: self.size,
+            });
+        }
+        let mut slots = self.prepare(backends)?;
+        out.fill(NO_BACKEND);
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let m = self.size;
+        let equal = slots.iter().all(|s| s.weight == slots[0].weight);
+        if equal && how == Fill::Auto {
+            // Classic Maglev: rounds in name order, each backend that is
+            // short of its quota claiming one slot per round.
+            let mut left = m;
+            while left > 0 {
+                for s in slots.iter_mut() {
+                    if s.taken < s.quota {
+                        claim(s, out, m);
+                        left -= 1;
+                    }
+                }
+            }
+        } else {
+            // Weighted: turns in order of virtual time k / w (module docs).
+            let mut turns: BinaryHeap<Turn> = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.quota > 0)
+                .map(|(pos, s)| Turn {
+                    k: 1,
+                    weight: s.weight,
+                    pos: pos as u32,
+                })
+                .collect();
+            while let Some(mut t) = turns.pop() {
+                let s = &mut slots[t.pos as usize];
+                claim(s, out, m);
+                if s.taken < s.quota {
+                    t.k += 1;
+                    turns.push(t);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which fill loop runs; `Turns` forces the weighted one so tests can check
+/// that both agree on equal weights.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Auto,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Turns,
+}
+
+/// Claims the backend's next empty slot. Only called while a slot is empty,
+/// so the walk ends within M steps.
+#[inline]
+fn claim(s: &mut Slot, out: &mut [u16], m: u32) {
+    loop {
+        let c = s.next;
+        s.next += s.skip;
+        if s.next >= m {
+            s.next -= m;
+        }
+        let e = &mut out[c as usize];
+        if *e == NO_BACKEND {
+            *e = s.caller;
+            s.taken += 1;
+            return;
+        }
+    }
+}
+
+/// A pending turn: backend `pos` (name order) takes its k-th slot at virtual
+/// time k / weight. Ordered so that the max-heap pops the earliest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Turn {
+    k: u32,
+    weight: u32,
+    pos: u32,
+}
+
+impl Ord for Turn {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // k/w < k'/w'  <=>  k*w' < k'*w; products < 2^57.
+        let a = u64::from(self.k) * u64::from(other.weight);
+        let b = u64::from(other.k) * u64::from(self.weight);
+        b.cmp(&a).then(other.pos.cmp(&self.pos))
+    }
+}
+
+impl PartialOrd for Turn {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// Number of slots whose entry differs between two tables (entries compared
+/// as they are; a slot present in only one table counts as changed). Use
+/// [`diff_by`] when the two tables index different backend lists.
+pub fn diff(old: &[u16], new: &[u16]) -> usize {
+    let common = old.iter().zip(new).filter(|(a, b)| a != b).count();
+    common + old.len().abs_diff(new.len())
+}
+
+/// Number of slots whose backend differs, each table's entries first mapped
+/// to a comparable key (a stable name or id) by `old_key` / `new_key`.
+pub fn diff_by<K: PartialEq>(
+    old: &[u16],
+    new: &[u16],
+    old_key: impl Fn(u16) -> K,
+    new_key: impl Fn(u16) -> K,
+) -> usize {
+    let common = old
+        .iter()
+        .zip(new)
+        .filter(|(&a, &b)| old_key(a) != new_key(b))
+        .count();
+    common + old.len().abs_diff(new.len())
+}
+
+/// Entries per backend: `counts[i]` is how many slots name backend i, for a
+/// table over `backends` backends ([`NO_BACKEND`] and larger indices are not
+/// counted).
+pub fn entries_per_backend(table: &[u16], backends: usize) -> Vec<u32> {
+    let mut counts = vec![0u32; backends];
+    for &e in table {
+        if let Some(c) = counts.get_mut(usize::from(e)) {
+            *c += 1;
+        }
+    }
+    counts
+}
+
+/// SipHash-1-3 of `data` under the key (k0, k1): the hash behind the
+/// Maglev permutations (module docs).
+pub fn siphash13(k0: u64, k1: u64, data: &[u8]) -> u64 {
+    siphash::<1, 3>(k0, k1, data)
+}
+
+/// SipHash-c-d as specified by Aumasson and Bernstein (2012).
+fn siphash<const C: usize, const D: usize>(k0: u64, k1: u64, data: &[u8]) -> u64 {
+    #[inline(always)]
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let compress = |m: u64, v: &mut [u64; 4]| {
+        v[3] ^= m;
+        for _ in 0..C {
+            round(v);
+        }
+        v[0] ^= m;
+    };
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        compress(
+            u64::from_le_bytes(w.try_into().expect("8-byte chunk")),
+            &mut v,
+        );
+    }
+    let mut last = [0u8; 8];
+    let tail = words.remainder();
+    last[..tail.len()].copy_from_slice(tail);
+    last[7] = data.len() as u8;
+    compress(u64::from_le_bytes(last), &mut v);
+    v[2] ^= 0xff;
+    for _ in 0..D {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn siphash24_matches_the_reference_vectors() {
+        let (k0, k1) = (
+            u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]),
+            u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]),
+        );
+        // The paper's appendix example (15-byte message) and vector 0.
+        let msg: Vec<u8> = (0..15).collect();
+        assert_eq!(siphash::<2, 4>(k0, k1, &msg), 0xa129_ca61_49be_45e5);
+        assert_eq!(siphash::<2, 4>(k0, k1, &[]), 0x726f_db47_dd0e_0e31);
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn siphash24_matches_std_for_every_tail_length() {
+        use std::hash::{Hasher, SipHasher};
+        for len in 0..40u8 {
+            let msg: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37) ^ len).collect();
+            let mut h = SipHasher::new_with_keys(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+            h.write(&msg);
+            assert_eq!(
+                siphash::<2, 4>(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &msg),
+                h.finish()
+            );
+        }
+    }
+
+    #[test]
+    fn round_robin_and_turns_agree_on_equal_weights() {
+        for (m, n, w) in [(13, 5, 1), (251, 17, 3), (16381, 100, 1), (65537, 1000, 2)] {
+            let mg = Maglev::new(m).unwrap();
+            let names: Vec<(String, u32)> = (0..n).map(|i| (format!("be-{i}"), w)).collect();
+            let mut a = vec![0; m as usize];
+            let mut b = vec![0; m as usize];
+            mg.fill(&names, &mut a, Fill::Auto).unwrap();
+            mg.fill(&names, &mut b, Fill::Turns).unwrap();
+            assert_eq!(diff(&a, &b), 0, "M={m} N={n}");
+        }
+    }
+}
