@@ -220,6 +220,7 @@ enum xlb_counter {
 	XLB_OK_TC_DECAP = 2,	  /* tunnel packet decapsulated and delivered */
 	XLB_OK_TC_REVNAT = 3,	  /* reply source rewritten to the service */
 	XLB_OK_ICMP_FORWARD = 4,  /* ICMP error quoting a flow sent to its backend */
+	XLB_OK_LOCAL_DELIVER = 5, /* backend on this node: DNAT'd in place, XDP_PASS */
 	XLB_PASS_NOT_IP = 16,	  /* not IPv4/IPv6 (ARP, LLDP, ...) */
 	XLB_PASS_NOT_FRONTEND = 17,   /* destination is not a frontend */
 	XLB_PASS_FRAGMENT = 18,	      /* IP fragment */
