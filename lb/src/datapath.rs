@@ -1,0 +1,994 @@
+//! The applier: turns a [`Desired`] state into datapath map writes. It keeps
+//! the applied state (ids, generations, Maglev tables) beside the maps,
+//! restores it from the pinned maps when it opens (so a restarted agent
+//! disturbs no established flow), and on each `apply` writes only what
+//! differs, in dependency order: backends before the tables and frontends
+//! that use them, frontends removed before their backends. Bookkeeping changes
+//! only after the map write it stands for succeeded, so a failed apply is
+//! simply retried by the next one.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::maps::PerCpuValues;
+use serde::Serialize;
+
+use crate::{
+    abi,
+    maglev::Maglev,
+    maps::{src_range_key, Maps, MapsError},
+    model::{
+        Backend, BackendState, Cidr, Desired, Encap, Frontend, NodeConfig, Proto, Service,
+        ServiceKey,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("service {service}: {detail}")]
+    Invalid { service: ServiceKey, detail: String },
+    #[error("{what} capacity exhausted ({capacity}); raise the map size")]
+    Capacity { what: &'static str, capacity: u32 },
+}
+
+/// What one `apply` wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyStats {
+    pub services_added: usize,
+    pub services_removed: usize,
+    pub services_changed: usize,
+    pub frontend_writes: usize,
+    pub backend_writes: usize,
+    pub table_writes: usize,
+    pub deletes: usize,
+    #[serde(skip)]
+    pub duration: Duration,
+}
+
+impl ApplyStats {
+    /// Map operations in all.
+    pub fn writes(&self) -> usize {
+        self.frontend_writes + self.backend_writes + self.table_writes + self.deletes
+    }
+}
+
+/// Dense id allocator; freed ids are reused oldest-first (FIFO) so that an id
+/// comes back as late as possible.
+#[derive(Debug)]
+struct IdPool {
+    next: u32,
+    limit: u32,
+    free: VecDeque<u32>,
+}
+
+impl IdPool {
+    fn new(first: u32, limit: u32, used: &BTreeSet<u32>) -> IdPool {
+        let next = used.iter().next_back().map_or(first, |m| m + 1).max(first);
+        let free = (first..next).filter(|i| !used.contains(i)).collect();
+        IdPool { next, limit, free }
+    }
+
+    fn alloc(&mut self, what: &'static str) -> Result<u32, DatapathError> {
+        if let Some(id) = self.free.pop_front() {
+            return Ok(id);
+        }
+        if self.next >= self.limit {
+            return Err(DatapathError::Capacity {
+                what,
+                capacity: self.limit,
+            });
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+
+    fn release(&mut self, id: u32) {
+        self.free.push_back(id);
+    }
+}
+
+#[derive(Clone, Debug)]
+struct BackendState_ {
+    id: u32,
+    gen: u32,
+    index: u32,
+    name: String,
+    weight: u32,
+    value: abi::Backend,
+}
+
+#[derive(Debug)]
+struct SvcState {
+    id: u32,
+    value: abi::Service,
+    frontends: HashSet<abi::FrontendKey>,
+    /// Keyed by endpoint (address, port).
+    backends: HashMap<(IpAddr, u16), BackendState_>,
+    /// slot -> service-local backend index, as written (empty: no table).
+    table: Vec<u16>,
+    ranges: BTreeSet<Cidr>,
+    indices: IdPool,
+}
+
+/// The datapath of one node: its pinned maps and what has been applied to them.
+#[derive(Debug)]
+pub struct Datapath {
+    maps: Maps,
+    pin_dir: PathBuf,
+    services: BTreeMap<ServiceKey, SvcState>,
+    svc_ids: IdPool,
+    backend_ids: IdPool,
+    next_gen: u32,
+    node: Option<abi::NodeCfg>,
+    ncpus: usize,
+}
+
+fn frontend_key(f: &Frontend) -> abi::FrontendKey {
+    let (addr, family) = abi::addr_to_abi(f.addr);
+    abi::FrontendKey {
+        addr,
+        port: f.port.to_be(),
+        proto: f.proto.number(),
+        family,
+    }
+}
+
+fn backend_value(svc_id: u32, gen: u32, b: &Backend) -> abi::Backend {
+    let (addr, family) = abi::addr_to_abi(b.addr);
+    let (node, node_family) = abi::addr_to_abi(b.node);
+    let flags = abi::BE_F_ACTIVE
+        | match b.state {
+            BackendState::Active => 0,
+            BackendState::Terminating => abi::BE_F_TERMINATING,
+        };
+    abi::Backend {
+        addr,
+        node,
+        port: b.port.to_be(),
+        family,
+        node_family,
+        flags,
+        svc_id,
+        gen,
+    }
+}
+
+fn svc_name(key: &ServiceKey) -> abi::SvcName {
+    let mut name = [0u8; 128];
+    let b = key.0.as_bytes();
+    let n = b.len().min(127);
+    name[..n].copy_from_slice(&b[..n]);
+    abi::SvcName { name }
+}
+
+fn validate(svc: &Service) -> Result<(), DatapathError> {
+    let bad = |detail: String| DatapathError::Invalid {
+        service: svc.key.clone(),
+        detail,
+    };
+    if svc.key.0.len() > 127 {
+        return Err(bad("service key longer than 127 bytes".into()));
+    }
+    if svc.maglev_size as usize > abi::MAGLEV_MAX || svc.maglev_size < 2 {
+        return Err(bad(format!(
+            "maglev size {} outside 2..={}",
+            svc.maglev_size,
+            abi::MAGLEV_MAX
+        )));
+    }
+    let mut seen = HashSet::new();
+    for b in &svc.backends {
+        if !seen.insert((b.addr, b.port)) {
+            return Err(bad(format!("backend {}:{} listed twice", b.addr, b.port)));
+        }
+        if b.weight == 0 {
+            return Err(bad(format!("backend {}: weight 0", b.name)));
+        }
+    }
+    Ok(())
+}
+
+impl Datapath {
+    /// Opens the maps pinned under `pin_dir` and restores the applied state
+    /// from them.
+    pub fn open(pin_dir: &Path) -> Result<Datapath, DatapathError> {
+        let maps = Maps::open(pin_dir)?;
+        let ncpus = aya::util::nr_cpus().map_or(1, |n| n);
+        let backend_cap = maps.backends.len();
+        let svc_cap = maps.svc_stats.len();
+        let listing = read_listing(&maps)?;
+        let now_gen = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32);
+        let mut next_gen = now_gen;
+        let mut svc_used = BTreeSet::new();
+        let mut be_used = BTreeSet::new();
+        let mut services = BTreeMap::new();
+        for s in listing.raw {
+            svc_used.insert(s.id);
+            let mut used_idx = BTreeSet::new();
+            let mut backends = HashMap::new();
+            for b in s.backends {
+                be_used.insert(b.id);
+                used_idx.insert(b.index);
+                next_gen = next_gen.max(b.value.gen.wrapping_add(1));
+                let addr = abi::addr_from_abi(&b.value.addr, b.value.family)
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                let port = u16::from_be(b.value.port);
+                backends.insert(
+                    (addr, port),
+                    BackendState_ {
+                        id: b.id,
+                        gen: b.value.gen,
+                        index: b.index,
+                        name: format!("{}", SocketFmt(addr, port)),
+                        weight: 1,
+                        value: b.value,
+                    },
+                );
+            }
+            let key = s
+                .name
+                .clone()
+                .unwrap_or_else(|| ServiceKey(format!("(unnamed)/{}", s.id)));
+            services.insert(
+                key,
+                SvcState {
+                    id: s.id,
+                    value: s.value,
+                    frontends: s.frontends.into_iter().collect(),
+                    backends,
+                    table: s.table,
+                    ranges: s.ranges.into_iter().collect(),
+                    indices: IdPool::new(0, u16::MAX as u32, &used_idx),
+                },
+            );
+        }
+        let node = maps.node.get(&0, 0).ok().filter(|n| n.geneve_port != 0);
+        Ok(Datapath {
+            maps,
+            pin_dir: pin_dir.to_path_buf(),
+            services,
+            svc_ids: IdPool::new(0, svc_cap, &svc_used),
+            backend_ids: IdPool::new(1, backend_cap, &be_used),
+            next_gen,
+            node,
+            ncpus,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The maps, for readers (statistics, listings).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// Service keys currently applied.
+    pub fn service_keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys()
+    }
+
+    /// Makes the datapath hold exactly `desired`: writes only the difference.
+    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats, DatapathError> {
+        let start = Instant::now();
+        for svc in desired.services.values() {
+            validate(svc)?;
+        }
+        let mut stats = ApplyStats::default();
+        self.apply_node(&desired.node)?;
+        // Removed services first: their frontends go before their backends,
+        // and their ids are free for the services added below.
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !desired.services.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_service(&key, &mut stats)?;
+            stats.services_removed += 1;
+        }
+        for svc in desired.services.values() {
+            let before = stats.writes();
+            let new = !self.services.contains_key(&svc.key);
+            if new {
+                self.add_service(svc, &mut stats)?;
+                stats.services_added += 1;
+            }
+            self.update_service(svc, &mut stats)?;
+            if !new && stats.writes() > before {
+                stats.services_changed += 1;
+            }
+        }
+        stats.duration = start.elapsed();
+        Ok(stats)
+    }
+
+    fn apply_node(&mut self, node: &NodeConfig) -> Result<(), DatapathError> {
+        let mut addr6 = [0u8; 16];
+        if let Some(a) = node.tunnel_v6 {
+            addr6 = a.octets();
+        }
+        let cfg = abi::NodeCfg {
+            addr4: node.tunnel_v4.map_or([0; 4], |a| a.octets()),
+            addr6,
+            geneve_port: abi::GENEVE_PORT.to_be(),
+            pad: 0,
+            vni: 0,
+        };
+        if self.node != Some(cfg) {
+            self.maps
+                .node
+                .set(0, cfg, 0)
+                .map_err(MapsError::op("xlb_node", "set"))?;
+            self.node = Some(cfg);
+        }
+        Ok(())
+    }
+
+    fn zero_stats(
+        &mut self,
+        svc_id: Option<u32>,
+        backend_id: Option<u32>,
+    ) -> Result<(), DatapathError> {
+        if let Some(id) = svc_id {
+            let zero = abi::SvcStats {
+                packets: 0,
+                bytes: 0,
+                new_flows: 0,
+                affinity_hits: 0,
+            };
+            let v = per_cpu(zero, self.ncpus);
+            self.maps
+                .svc_stats
+                .set(id, v, 0)
+                .map_err(MapsError::op("xlb_svc_stats", "set"))?;
+        }
+        if let Some(id) = backend_id {
+            let v = per_cpu(
+                abi::Count {
+                    packets: 0,
+                    bytes: 0,
+                },
+                self.ncpus,
+            );
+            self.maps
+                .backend_stats
+                .set(id, v, 0)
+                .map_err(MapsError::op("xlb_backend_stats", "set"))?;
+        }
+        Ok(())
+    }
+
+    fn add_service(&mut self, svc: &Service, stats: &mut ApplyStats) -> Result<(), DatapathError> {
+        let id = self.svc_ids.alloc("services")?;
+        let done = self.zero_stats(Some(id), None).and_then(|()| {
+            self.maps
+                .svc_names
+                .insert(id, svc_name(&svc.key), 0)
+                .map_err(|e| MapsError::op("xlb_svc_names", "insert")(e).into())
+        });
+        if let Err(e) = done {
+            self.svc_ids.release(id);
+            return Err(e);
+        }
+        stats.frontend_writes += 1;
+        let value = abi::Service {
+            id,
+            maglev_size: svc.maglev_size,
+            flags: 0,
+            affinity_timeout_s: 0,
+            backend_count: 0,
+            encap: 0,
+            pad: 0,
+            pad2: 0,
+        };
+        self.services.insert(
+            svc.key.clone(),
+            SvcState {
+                id,
+                value,
+                frontends: HashSet::new(),
+                backends: HashMap::new(),
+                table: Vec::new(),
+                ranges: BTreeSet::new(),
+                indices: IdPool::new(0, u16::MAX as u32, &BTreeSet::new()),
+            },
+        );
+        Ok(())
+    }
+
+    fn update_service(
+        &mut self,
+        svc: &Service,
+        stats: &mut ApplyStats,
+    ) -> Result<(), DatapathError> {
+        let Datapath {
+            maps,
+            services,
+            backend_ids,
+            next_gen,
+            ncpus,
+            ..
+        } = self;
+        let st = services.get_mut(&svc.key).expect("added above");
+        let svc_id = st.id;
+
+        // 1. New and changed backends (before any table slot points at them).
+        for b in &svc.backends {
+            let key = (b.addr, b.port);
+            match st.backends.get_mut(&key) {
+                Some(cur) => {
+                    let want = backend_value(svc_id, cur.gen, b);
+                    if want != cur.value {
+                        maps.backends
+                            .set(cur.id, want, 0)
+                            .map_err(MapsError::op("xlb_backends", "set"))?;
+                        cur.value = want;
+                        stats.backend_writes += 1;
+                    }
+                    cur.name.clone_from(&b.name);
+                    cur.weight = b.weight;
+                }
+                None => {
+                    let id = backend_ids.alloc("backends")?;
+                    let index = match st.indices.alloc("backends of one service") {
+                        Ok(i) => i,
+                        Err(e) => {
+                            backend_ids.release(id);
+                            return Err(e);
+                        }
+                    };
+                    let gen = *next_gen;
+                    let value = backend_value(svc_id, gen, b);
+                    let written = (|| {
+                        let zero = per_cpu(
+                            abi::Count {
+                                packets: 0,
+                                bytes: 0,
+                            },
+                            *ncpus,
+                        );
+                        maps.backend_stats
+                            .set(id, zero, 0)
+                            .map_err(MapsError::op("xlb_backend_stats", "set"))?;
+                        maps.backends
+                            .set(id, value, 0)
+                            .map_err(MapsError::op("xlb_backends", "set"))?;
+                        maps.svc_backends
+                            .insert(abi::SvcBackendKey { svc_id, index }, id, 0)
+                            .map_err(MapsError::op("xlb_svc_backends", "insert"))
+                    })();
+                    if let Err(e) = written {
+                        backend_ids.release(id);
+                        st.indices.release(index);
+                        return Err(e.into());
+                    }
+                    *next_gen = next_gen.wrapping_add(1).max(1);
+                    stats.backend_writes += 2;
+                    st.backends.insert(
+                        key,
+                        BackendState_ {
+                            id,
+                            gen,
+                            index,
+                            name: b.name.clone(),
+                            weight: b.weight,
+                            value,
+                        },
+                    );
+                }
+            }
+        }
+
+        // 2. The Maglev table over active backends, ordered by stable name.
+        let active_keys: HashSet<(IpAddr, u16)> = svc
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+            .map(|b| (b.addr, b.port))
+            .collect();
+        let mut active: Vec<&BackendState_> = st
+            .backends
+            .iter()
+            .filter(|(k, _)| active_keys.contains(k))
+            .map(|(_, b)| b)
+            .collect();
+        active.sort_by(|a, b| a.name.cmp(&b.name));
+        let table: Vec<u16> = if active.is_empty() {
+            Vec::new()
+        } else {
+            let maglev = Maglev::new(svc.maglev_size).map_err(|e| DatapathError::Invalid {
+                service: svc.key.clone(),
+                detail: e.to_string(),
+            })?;
+            let input: Vec<(&str, u32)> =
+                active.iter().map(|b| (b.name.as_str(), b.weight)).collect();
+            let positions = maglev.build(&input).map_err(|e| DatapathError::Invalid {
+                service: svc.key.clone(),
+                detail: e.to_string(),
+            })?;
+            positions
+                .iter()
+                .map(|&p| active[p as usize].index as u16)
+                .collect()
+        };
+        if table != st.table {
+            if table.is_empty() {
+                match maps.maglev.remove(&svc_id) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(MapsError::op("xlb_maglev", "remove")(e).into()),
+                }
+                stats.deletes += 1;
+            } else {
+                let mut value = abi::MaglevTable {
+                    slot: [0; abi::MAGLEV_MAX],
+                    pad: 0,
+                };
+                value.slot[..table.len()].copy_from_slice(&table);
+                maps.maglev
+                    .insert(svc_id, value, 0)
+                    .map_err(MapsError::op("xlb_maglev", "insert"))?;
+                stats.table_writes += 1;
+            }
+            st.table = table;
+        }
+
+        // 3. Source ranges that are new (before the flag that enforces them).
+        let want_ranges: BTreeSet<Cidr> = svc.source_ranges.iter().copied().collect();
+        for r in want_ranges.difference(&st.ranges.clone()) {
+            maps.source_ranges
+                .insert(&src_range_key(svc_id, r), 1, 0)
+                .map_err(MapsError::op("xlb_source_ranges", "insert"))?;
+            st.ranges.insert(*r);
+            stats.frontend_writes += 1;
+        }
+
+        // 4. The service value on every frontend; new frontends; gone frontends.
+        let mut flags = 0;
+        if svc.affinity.is_some() {
+            flags |= abi::SVC_F_AFFINITY;
+        }
+        if !svc.source_ranges.is_empty() {
+            flags |= abi::SVC_F_SOURCE_RANGES;
+        }
+        let value = abi::Service {
+            id: svc_id,
+            maglev_size: svc.maglev_size,
+            flags,
+            affinity_timeout_s: svc
+                .affinity
+                .map_or(0, |a| a.timeout.as_secs().min(u32::MAX as u64) as u32),
+            backend_count: active.len() as u16,
+            encap: match svc.encap {
+                Encap::Geneve => abi::ENCAP_GENEVE,
+                Encap::Ipip => abi::ENCAP_IPIP,
+            },
+            pad: 0,
+            pad2: 0,
+        };
+        let want_fe: HashSet<abi::FrontendKey> = svc.frontends.iter().map(frontend_key).collect();
+        let value_changed = value != st.value;
+        for (fe, kind) in svc.frontends.iter().map(|f| (frontend_key(f), f.kind)) {
+            if value_changed || !st.frontends.contains(&fe) {
+                let mut v = value;
+                if kind == crate::model::FrontendKind::NodePort {
+                    v.flags |= abi::SVC_F_NODEPORT;
+                }
+                maps.frontends
+                    .insert(fe, v, 0)
+                    .map_err(MapsError::op("xlb_frontends", "insert"))?;
+                st.frontends.insert(fe);
+                stats.frontend_writes += 1;
+            }
+        }
+        st.value = value;
+        let gone_fe: Vec<abi::FrontendKey> = st.frontends.difference(&want_fe).copied().collect();
+        for fe in gone_fe {
+            remove_ok(maps.frontends.remove(&fe), "xlb_frontends")?;
+            st.frontends.remove(&fe);
+            stats.deletes += 1;
+        }
+        let gone_ranges: Vec<Cidr> = st.ranges.difference(&want_ranges).copied().collect();
+        for r in gone_ranges {
+            remove_ok(
+                maps.source_ranges.remove(&src_range_key(svc_id, &r)),
+                "xlb_source_ranges",
+            )?;
+            st.ranges.remove(&r);
+            stats.deletes += 1;
+        }
+
+        // 5. Backends no longer listed: no slot points at them any more.
+        let want_be: HashSet<(IpAddr, u16)> =
+            svc.backends.iter().map(|b| (b.addr, b.port)).collect();
+        let gone_be: Vec<(IpAddr, u16)> = st
+            .backends
+            .keys()
+            .filter(|k| !want_be.contains(k))
+            .copied()
+            .collect();
+        for k in gone_be {
+            let b = st.backends[&k].clone();
+            free_backend(maps, svc_id, &b)?;
+            st.backends.remove(&k);
+            st.indices.release(b.index);
+            backend_ids.release(b.id);
+            stats.deletes += 2;
+        }
+        Ok(())
+    }
+
+    fn remove_service(
+        &mut self,
+        key: &ServiceKey,
+        stats: &mut ApplyStats,
+    ) -> Result<(), DatapathError> {
+        let Datapath {
+            maps,
+            services,
+            backend_ids,
+            svc_ids,
+            ..
+        } = self;
+        let st = services.get_mut(key).expect("listed");
+        let svc_id = st.id;
+        for fe in st.frontends.clone() {
+            remove_ok(maps.frontends.remove(&fe), "xlb_frontends")?;
+            st.frontends.remove(&fe);
+            stats.deletes += 1;
+        }
+        for r in st.ranges.clone() {
+            remove_ok(
+                maps.source_ranges.remove(&src_range_key(svc_id, &r)),
+                "xlb_source_ranges",
+            )?;
+            st.ranges.remove(&r);
+            stats.deletes += 1;
+        }
+        if !st.table.is_empty() {
+            remove_ok(maps.maglev.remove(&svc_id), "xlb_maglev")?;
+            st.table.clear();
+            stats.deletes += 1;
+        }
+        for (k, b) in st.backends.clone() {
+            free_backend(maps, svc_id, &b)?;
+            st.backends.remove(&k);
+            backend_ids.release(b.id);
+            stats.deletes += 2;
+        }
+        remove_ok(maps.svc_names.remove(&svc_id), "xlb_svc_names")?;
+        services.remove(key);
+        svc_ids.release(svc_id);
+        Ok(())
+    }
+
+    /// What the datapath holds, read from the maps (not from memory).
+    pub fn list(&self) -> Result<Vec<ServiceListing>, DatapathError> {
+        Ok(read_listing(&self.maps)?.services)
+    }
+
+    /// The `xlb service list` text: every service, frontend and backend, read
+    /// from the maps, in a stable order.
+    pub fn dump(&self) -> Result<String, DatapathError> {
+        Ok(render(&self.list()?))
+    }
+}
+
+/// One value per possible CPU (the length the kernel wants).
+fn per_cpu<T: aya::Pod>(v: T, ncpus: usize) -> PerCpuValues<T> {
+    PerCpuValues::try_from(vec![v; ncpus]).expect("ncpus is aya's possible-CPU count")
+}
+
+fn remove_ok(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), DatapathError> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(MapsError::op(map, "remove")(e).into()),
+    }
+}
+
+fn free_backend(maps: &mut Maps, svc_id: u32, b: &BackendState_) -> Result<(), DatapathError> {
+    remove_ok(
+        maps.svc_backends.remove(&abi::SvcBackendKey {
+            svc_id,
+            index: b.index,
+        }),
+        "xlb_svc_backends",
+    )?;
+    // flags 0 frees the slot; the generation stays so the next owner of the
+    // id gets a different one and stale connection entries are ignored.
+    let freed = abi::Backend {
+        flags: 0,
+        ..b.value
+    };
+    maps.backends
+        .set(b.id, freed, 0)
+        .map_err(MapsError::op("xlb_backends", "set"))?;
+    Ok(())
+}
+
+struct SocketFmt(IpAddr, u16);
+
+impl std::fmt::Display for SocketFmt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
+        }
+    }
+}
+
+/// One backend as the maps hold it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendListing {
+    pub id: u32,
+    pub index: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub node: Option<IpAddr>,
+    pub terminating: bool,
+    /// Maglev slots pointing at this backend.
+    pub slots: usize,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One frontend as the maps hold it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FrontendListing {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: String,
+    pub nodeport: bool,
+}
+
+/// One service as the maps hold it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceListing {
+    pub id: u32,
+    pub name: String,
+    pub maglev_size: u32,
+    pub encap: &'static str,
+    pub affinity_timeout_s: Option<u32>,
+    pub source_ranges: Vec<String>,
+    pub active_backends: u16,
+    pub frontends: Vec<FrontendListing>,
+    pub backends: Vec<BackendListing>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub affinity_hits: u64,
+}
+
+struct RawBackend {
+    id: u32,
+    index: u32,
+    value: abi::Backend,
+}
+
+struct RawService {
+    id: u32,
+    name: Option<ServiceKey>,
+    value: abi::Service,
+    frontends: Vec<abi::FrontendKey>,
+    backends: Vec<RawBackend>,
+    table: Vec<u16>,
+    ranges: Vec<Cidr>,
+}
+
+struct Listing {
+    raw: Vec<RawService>,
+    services: Vec<ServiceListing>,
+}
+
+fn read_listing(maps: &Maps) -> Result<Listing, MapsError> {
+    let mut by_id: BTreeMap<u32, RawService> = BTreeMap::new();
+    let blank = |id| RawService {
+        id,
+        name: None,
+        value: abi::Service {
+            id,
+            maglev_size: 0,
+            flags: 0,
+            affinity_timeout_s: 0,
+            backend_count: 0,
+            encap: 0,
+            pad: 0,
+            pad2: 0,
+        },
+        frontends: Vec::new(),
+        backends: Vec::new(),
+        table: Vec::new(),
+        ranges: Vec::new(),
+    };
+    for item in maps.svc_names.iter() {
+        let (id, n) = item.map_err(MapsError::op("xlb_svc_names", "iter"))?;
+        let end = n.name.iter().position(|&c| c == 0).unwrap_or(n.name.len());
+        let name = String::from_utf8_lossy(&n.name[..end]).into_owned();
+        by_id.entry(id).or_insert_with(|| blank(id)).name = Some(ServiceKey(name));
+    }
+    for item in maps.frontends.iter() {
+        let (k, v) = item.map_err(MapsError::op("xlb_frontends", "iter"))?;
+        let s = by_id.entry(v.id).or_insert_with(|| blank(v.id));
+        s.value = abi::Service {
+            flags: v.flags & !abi::SVC_F_NODEPORT,
+            ..v
+        };
+        s.frontends.push(k);
+    }
+    for item in maps.svc_backends.iter() {
+        let (k, be_id) = item.map_err(MapsError::op("xlb_svc_backends", "iter"))?;
+        let value = maps
+            .backends
+            .get(&be_id, 0)
+            .map_err(MapsError::op("xlb_backends", "get"))?;
+        by_id
+            .entry(k.svc_id)
+            .or_insert_with(|| blank(k.svc_id))
+            .backends
+            .push(RawBackend {
+                id: be_id,
+                index: k.index,
+                value,
+            });
+    }
+    for item in maps.source_ranges.keys() {
+        let k = item.map_err(MapsError::op("xlb_source_ranges", "keys"))?;
+        let d = k.data();
+        if let Some(addr) = abi::addr_from_abi(&d.addr, d.family) {
+            let len = (k.prefix_len().saturating_sub(64)) as u8;
+            by_id
+                .entry(u32::from_be(d.svc_id))
+                .or_insert_with(|| blank(u32::from_be(d.svc_id)))
+                .ranges
+                .push(Cidr { addr, len });
+        }
+    }
+    let ids: Vec<u32> = by_id.keys().copied().collect();
+    for id in ids {
+        let s = by_id.get_mut(&id).expect("listed");
+        if let Ok(t) = maps.maglev.get(&id, 0) {
+            let m = (s.value.maglev_size as usize).min(abi::MAGLEV_MAX);
+            s.table = t.slot[..m].to_vec();
+        }
+    }
+
+    let mut services = Vec::new();
+    for s in by_id.values() {
+        let stats = maps.svc_stats_sum(s.id)?;
+        let mut slot_counts: HashMap<u16, usize> = HashMap::new();
+        for &i in &s.table {
+            *slot_counts.entry(i).or_default() += 1;
+        }
+        let mut frontends: Vec<FrontendListing> = s
+            .frontends
+            .iter()
+            .filter_map(|k| {
+                Some(FrontendListing {
+                    addr: abi::addr_from_abi(&k.addr, k.family)?,
+                    port: u16::from_be(k.port),
+                    proto: Proto::from_number(k.proto)
+                        .map_or(format!("proto-{}", k.proto), |p| p.to_string()),
+                    nodeport: maps
+                        .frontends
+                        .get(k, 0)
+                        .is_ok_and(|v| v.flags & abi::SVC_F_NODEPORT != 0),
+                })
+            })
+            .collect();
+        frontends.sort();
+        let mut backends = Vec::new();
+        for b in &s.backends {
+            let st = maps.backend_stats_sum(b.id)?;
+            backends.push(BackendListing {
+                id: b.id,
+                index: b.index,
+                addr: abi::addr_from_abi(&b.value.addr, b.value.family)
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                port: u16::from_be(b.value.port),
+                node: abi::addr_from_abi(&b.value.node, b.value.node_family),
+                terminating: b.value.flags & abi::BE_F_TERMINATING != 0,
+                slots: slot_counts.get(&(b.index as u16)).copied().unwrap_or(0),
+                packets: st.packets,
+                bytes: st.bytes,
+            });
+        }
+        backends.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+        let mut ranges: Vec<String> = s.ranges.iter().map(|c| c.to_string()).collect();
+        ranges.sort();
+        services.push(ServiceListing {
+            id: s.id,
+            name: s
+                .name
+                .as_ref()
+                .map_or_else(|| format!("(unnamed)/{}", s.id), |n| n.0.clone()),
+            maglev_size: s.value.maglev_size,
+            encap: if s.value.encap == abi::ENCAP_IPIP {
+                "ipip"
+            } else {
+                "geneve"
+            },
+            affinity_timeout_s: (s.value.flags & abi::SVC_F_AFFINITY != 0)
+                .then_some(s.value.affinity_timeout_s),
+            source_ranges: ranges,
+            active_backends: s.value.backend_count,
+            frontends,
+            backends,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            new_flows: stats.new_flows,
+            affinity_hits: stats.affinity_hits,
+        });
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Listing {
+        raw: by_id.into_values().collect(),
+        services,
+    })
+}
+
+/// Renders listings as the `xlb service list` text (no counters: stable for
+/// golden files; `xlb stats` shows traffic).
+pub fn render(services: &[ServiceListing]) -> String {
+    let mut out = String::new();
+    for s in services {
+        let _ = write!(
+            out,
+            "service {} id={} maglev={} encap={} backends={}/{}",
+            s.name,
+            s.id,
+            s.maglev_size,
+            s.encap,
+            s.active_backends,
+            s.backends.len()
+        );
+        if let Some(t) = s.affinity_timeout_s {
+            let _ = write!(out, " affinity=ClientIP/{t}s");
+        }
+        if !s.source_ranges.is_empty() {
+            let _ = write!(out, " source-ranges={}", s.source_ranges.join(","));
+        }
+        out.push('\n');
+        for f in &s.frontends {
+            let _ = writeln!(
+                out,
+                "  frontend {}/{}{}",
+                SocketFmt(f.addr, f.port),
+                f.proto,
+                if f.nodeport { " nodeport" } else { "" }
+            );
+        }
+        for b in &s.backends {
+            let _ = write!(
+                out,
+                "  backend {} id={} index={}",
+                SocketFmt(b.addr, b.port),
+                b.id,
+                b.index
+            );
+            if let Some(n) = b.node {
+                let _ = write!(out, " node={n}");
+            }
+            let _ = writeln!(
+                out,
+                " {} slots={}",
+                if b.terminating {
+                    "terminating"
+                } else {
+                    "active"
+                },
+                b.slots
+            );
+        }
+    }
+    out
+}

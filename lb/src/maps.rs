@@ -1,0 +1,168 @@
+//! Typed handles on the pinned datapath maps, opened by path: the only place
+//! that names a map. Used by `datapath` (writes), listings and statistics.
+use std::path::{Path, PathBuf};
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+    },
+    Pod,
+};
+
+use crate::abi;
+
+/// The data part of an xlb_source_ranges key (the C struct without its
+/// leading prefixlen, which aya's `lpm_trie::Key` carries).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SrcRangeData {
+    pub svc_id: u32, // network order
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SrcRangeData>() + 4 == abi::SrcRangeKey::LAYOUT.size);
+// SAFETY: repr(C), integers only, no padding (size asserted).
+unsafe impl Pod for SrcRangeData {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("opening pinned map {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: Box<MapError>,
+    },
+    #[error("map {map}: {op}: {source}")]
+    Op {
+        map: &'static str,
+        op: &'static str,
+        source: Box<MapError>,
+    },
+}
+
+impl MapsError {
+    pub(crate) fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
+        move |source| MapsError::Op {
+            map,
+            op,
+            source: Box::new(source),
+        }
+    }
+}
+
+fn open<T>(dir: &Path, name: &str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = dir.join(name);
+    let wrap = |source| MapsError::Open {
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(&path).map_err(wrap)?;
+    let map = Map::from_map_data(data).map_err(wrap)?;
+    T::try_from(map).map_err(wrap)
+}
+
+pub type Hash<K, V> = HashMap<MapData, K, V>;
+
+/// Every datapath map of one node.
+pub struct Maps {
+    pub frontends: Hash<abi::FrontendKey, abi::Service>,
+    pub maglev: Hash<u32, abi::MaglevTable>,
+    pub svc_backends: Hash<abi::SvcBackendKey, u32>,
+    pub backends: Array<MapData, abi::Backend>,
+    pub ct: Hash<abi::FlowKey, abi::CtEntry>,
+    pub affinity: Hash<abi::AffinityKey, abi::AffinityEntry>,
+    pub node: Array<MapData, abi::NodeCfg>,
+    pub tx_ports: DevMapHash<MapData>,
+    pub dsr_nat: Hash<abi::FlowKey, abi::DsrNatEntry>,
+    pub counters: PerCpuArray<MapData, abi::Count>,
+    pub svc_stats: PerCpuArray<MapData, abi::SvcStats>,
+    pub backend_stats: PerCpuArray<MapData, abi::Count>,
+    pub source_ranges: LpmTrie<MapData, SrcRangeData, u32>,
+    pub svc_names: Hash<u32, abi::SvcName>,
+}
+
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Maps")
+    }
+}
+
+impl Maps {
+    /// Opens every map pinned under `dir` (a loaded [`crate::loader::Dataplane`]'s pin dir).
+    pub fn open(dir: &Path) -> Result<Maps, MapsError> {
+        Ok(Maps {
+            frontends: open(dir, "xlb_frontends")?,
+            maglev: open(dir, "xlb_maglev")?,
+            svc_backends: open(dir, "xlb_svc_backends")?,
+            backends: open(dir, "xlb_backends")?,
+            ct: open(dir, "xlb_ct")?,
+            affinity: open(dir, "xlb_affinity")?,
+            node: open(dir, "xlb_node")?,
+            tx_ports: open(dir, "xlb_tx_ports")?,
+            dsr_nat: open(dir, "xlb_dsr_nat")?,
+            counters: open(dir, "xlb_counters")?,
+            svc_stats: open(dir, "xlb_svc_stats")?,
+            backend_stats: open(dir, "xlb_backend_stats")?,
+            source_ranges: open(dir, "xlb_source_ranges")?,
+            svc_names: open(dir, "xlb_svc_names")?,
+        })
+    }
+
+    /// Per-service statistics summed over CPUs.
+    pub fn svc_stats_sum(&self, svc_id: u32) -> Result<abi::SvcStats, MapsError> {
+        let v = self
+            .svc_stats
+            .get(&svc_id, 0)
+            .map_err(MapsError::op("xlb_svc_stats", "get"))?;
+        Ok(v.iter().fold(
+            abi::SvcStats {
+                packets: 0,
+                bytes: 0,
+                new_flows: 0,
+                affinity_hits: 0,
+            },
+            |a, s| abi::SvcStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+                new_flows: a.new_flows + s.new_flows,
+                affinity_hits: a.affinity_hits + s.affinity_hits,
+            },
+        ))
+    }
+
+    /// Per-backend statistics summed over CPUs.
+    pub fn backend_stats_sum(&self, backend_id: u32) -> Result<abi::Count, MapsError> {
+        let v = self
+            .backend_stats
+            .get(&backend_id, 0)
+            .map_err(MapsError::op("xlb_backend_stats", "get"))?;
+        Ok(v.iter().fold(
+            abi::Count {
+                packets: 0,
+                bytes: 0,
+            },
+            |a, s| abi::Count {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+            },
+        ))
+    }
+}
+
+/// The LPM key of one source range of a service.
+pub fn src_range_key(svc_id: u32, cidr: &crate::model::Cidr) -> Key<SrcRangeData> {
+    let (addr, family) = abi::addr_to_abi(cidr.addr);
+    Key::new(
+        64 + cidr.len as u32,
+        SrcRangeData {
+            svc_id: svc_id.to_be(),
+            family,
+            pad: [0; 3],
+            addr,
+        },
+    )
+}
