@@ -116,7 +116,11 @@ impl Cidr {
                 .enumerate()
                 .map(|(i, b)| {
                     let bits = (len as usize).saturating_sub(i * 8).min(8);
-                    if bits == 0 { 0 } else { b & (0xffu8 << (8 - bits)) }
+                    if bits == 0 {
+                        0
+                    } else {
+                        b & (0xffu8 << (8 - bits))
+                    }
                 })
                 .collect()
         }
@@ -141,7 +145,9 @@ impl fmt::Display for Cidr {
 impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX"))?;
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX"))?;
         let addr: IpAddr = a.parse().map_err(|e| format!("{s:?}: {e}"))?;
         let len: u8 = l.parse().map_err(|e| format!("{s:?}: prefix: {e}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
