@@ -42,13 +42,13 @@ struct xlb_frontend_key {
 _Static_assert(sizeof(struct xlb_frontend_key) == 20, "xlb_frontend_key size");
 
 /* xlb_service.flags */
-#define XLB_SVC_F_AFFINITY (1u << 0)	  /* sessionAffinity: ClientIP */
+#define XLB_SVC_F_AFFINITY	(1u << 0) /* sessionAffinity: ClientIP */
 #define XLB_SVC_F_SOURCE_RANGES (1u << 1) /* loadBalancerSourceRanges apply */
-#define XLB_SVC_F_NODEPORT (1u << 2)	  /* frontend is a NodePort */
+#define XLB_SVC_F_NODEPORT	(1u << 2) /* frontend is a NodePort */
 
 /* xlb_service.encap */
 #define XLB_ENCAP_GENEVE 0 /* Geneve + DSR option (default) */
-#define XLB_ENCAP_IPIP 1   /* IPIP / IP6IP6 / IPv6-in-IPv4 and back */
+#define XLB_ENCAP_IPIP	 1 /* IPIP / IP6IP6 / IPv6-in-IPv4 and back */
 
 struct xlb_service {
 	__u32 id;		  /* dense service id: stats index, Maglev key */
@@ -86,7 +86,7 @@ _Static_assert(sizeof(struct xlb_svc_backend_key) == 8, "xlb_svc_backend_key siz
 /* ---- backends -------------------------------------------------------------
  * xlb_backends: ARRAY, __u32 backend id -> struct xlb_backend. Id 0 is never
  * used. An entry with flags == 0 is free. */
-#define XLB_BE_F_ACTIVE (1u << 0)      /* in use */
+#define XLB_BE_F_ACTIVE	     (1u << 0) /* in use */
 #define XLB_BE_F_TERMINATING (1u << 1) /* keeps its flows, gets no new ones */
 
 struct xlb_backend {
@@ -146,8 +146,8 @@ _Static_assert(sizeof(struct xlb_affinity_entry) == 16, "xlb_affinity_entry size
 /* ---- node ---------------------------------------------------------------
  * xlb_node: ARRAY of one entry, this node's tunnel identity. */
 struct xlb_node_cfg {
-	__u8 addr4[4];	  /* outer source for IPv4 underlay; 0: none */
-	__u8 addr6[16];	  /* outer source for IPv6 underlay; :: : none */
+	__u8 addr4[4];	    /* outer source for IPv4 underlay; 0: none */
+	__u8 addr6[16];	    /* outer source for IPv6 underlay; :: : none */
 	__be16 geneve_port; /* UDP destination port of Geneve, network order */
 	__u16 pad;
 	__u32 vni; /* Geneve VNI, host order, < 2^24 */
@@ -173,10 +173,10 @@ _Static_assert(sizeof(struct xlb_dsr_nat_entry) == 32, "xlb_dsr_nat_entry size")
  * 0x0800 / 0x86DD) and one option, class XLB_GENEVE_OPT_CLASS, with the
  * service address and port the client used. The inner packet is already
  * DNAT'd to the endpoint by the load balancer. */
-#define XLB_GENEVE_PORT 6081
+#define XLB_GENEVE_PORT	     6081
 #define XLB_GENEVE_OPT_CLASS 0xFF58 /* experimental range */
-#define XLB_GENEVE_OPT_DSR4 0x01    /* data: struct xlb_dsr_opt4 */
-#define XLB_GENEVE_OPT_DSR6 0x02    /* data: struct xlb_dsr_opt6 */
+#define XLB_GENEVE_OPT_DSR4  0x01   /* data: struct xlb_dsr_opt4 */
+#define XLB_GENEVE_OPT_DSR6  0x02   /* data: struct xlb_dsr_opt6 */
 
 struct xlb_geneve_hdr {
 	__u8 ver_optlen; /* version (2 bits, 0) | option length in 4-byte words */
@@ -215,37 +215,37 @@ _Static_assert(sizeof(struct xlb_dsr_opt6) == 20, "xlb_dsr_opt6 size");
  * (lower-cased, prefix removed) are the `reason` label values of
  * xlb_drops_total / xlb_passes_total. Never renumber; append only. */
 enum xlb_counter {
-	XLB_OK_XDP_TX = 0,	  /* encapsulated, sent back out the same port */
-	XLB_OK_XDP_REDIRECT = 1,  /* encapsulated, redirected to another port */
-	XLB_OK_TC_DECAP = 2,	  /* tunnel packet decapsulated and delivered */
-	XLB_OK_TC_REVNAT = 3,	  /* reply source rewritten to the service */
-	XLB_OK_ICMP_FORWARD = 4,  /* ICMP error quoting a flow sent to its backend */
-	XLB_OK_LOCAL_DELIVER = 5, /* backend on this node: DNAT'd in place, XDP_PASS */
-	XLB_PASS_NOT_IP = 16,	  /* not IPv4/IPv6 (ARP, LLDP, ...) */
-	XLB_PASS_NOT_FRONTEND = 17,   /* destination is not a frontend */
-	XLB_PASS_FRAGMENT = 18,	      /* IP fragment */
-	XLB_PASS_L4_PROTO = 19,	      /* not TCP, UDP, ICMP error */
-	XLB_PASS_IPV6_EXT = 20,	      /* IPv6 extension chain not followed */
-	XLB_PASS_ICMP_NO_FLOW = 21,   /* ICMP not quoting a known flow */
-	XLB_PASS_NOT_TUNNEL = 22,     /* tc: not a tunnel packet for this node */
-	XLB_PASS_NO_NAT = 23,	      /* tc: reply with no DSR translation */
-	XLB_PASS_IP_OPTIONS = 24,     /* IPv4 options on a packet we must not touch */
-	XLB_DROP_TRUNCATED = 32,      /* a header runs past the frame */
-	XLB_DROP_BAD_IHL = 33,	      /* IPv4 IHL < 5 or past the frame */
-	XLB_DROP_BAD_LEN = 34,	      /* IP length field inconsistent with frame */
-	XLB_DROP_NO_BACKEND = 35,     /* service has no usable backend */
-	XLB_DROP_NO_MAGLEV = 36,      /* service has no Maglev table */
+	XLB_OK_XDP_TX = 0,	       /* encapsulated, sent back out the same port */
+	XLB_OK_XDP_REDIRECT = 1,       /* encapsulated, redirected to another port */
+	XLB_OK_TC_DECAP = 2,	       /* tunnel packet decapsulated and delivered */
+	XLB_OK_TC_REVNAT = 3,	       /* reply source rewritten to the service */
+	XLB_OK_ICMP_FORWARD = 4,       /* ICMP error quoting a flow sent to its backend */
+	XLB_OK_LOCAL_DELIVER = 5,      /* backend on this node: DNAT'd in place, XDP_PASS */
+	XLB_PASS_NOT_IP = 16,	       /* not IPv4/IPv6 (ARP, LLDP, ...) */
+	XLB_PASS_NOT_FRONTEND = 17,    /* destination is not a frontend */
+	XLB_PASS_FRAGMENT = 18,	       /* IP fragment */
+	XLB_PASS_L4_PROTO = 19,	       /* not TCP, UDP, ICMP error */
+	XLB_PASS_IPV6_EXT = 20,	       /* IPv6 extension chain not followed */
+	XLB_PASS_ICMP_NO_FLOW = 21,    /* ICMP not quoting a known flow */
+	XLB_PASS_NOT_TUNNEL = 22,      /* tc: not a tunnel packet for this node */
+	XLB_PASS_NO_NAT = 23,	       /* tc: reply with no DSR translation */
+	XLB_PASS_IP_OPTIONS = 24,      /* IPv4 options on a packet we must not touch */
+	XLB_DROP_TRUNCATED = 32,       /* a header runs past the frame */
+	XLB_DROP_BAD_IHL = 33,	       /* IPv4 IHL < 5 or past the frame */
+	XLB_DROP_BAD_LEN = 34,	       /* IP length field inconsistent with frame */
+	XLB_DROP_NO_BACKEND = 35,      /* service has no usable backend */
+	XLB_DROP_NO_MAGLEV = 36,       /* service has no Maglev table */
 	XLB_DROP_BACKEND_MISSING = 37, /* table names a backend that is gone */
-	XLB_DROP_FIB = 38,	      /* no route/neighbour to the backend's node */
-	XLB_DROP_NO_TX_PORT = 39,     /* route leaves by a port not in xlb_tx_ports */
-	XLB_DROP_ENCAP = 40,	      /* could not grow the frame */
-	XLB_DROP_TOO_BIG = 41,	      /* encapsulated frame exceeds the MTU */
-	XLB_DROP_SOURCE_RANGE = 42,   /* client outside loadBalancerSourceRanges */
-	XLB_DROP_NO_NODE_ADDR = 43,   /* no tunnel source address for the family */
-	XLB_DROP_BAD_TUNNEL = 44,     /* tc: malformed Geneve/IPIP packet */
-	XLB_DROP_NO_DSR_OPT = 45,     /* tc: Geneve packet without the DSR option */
-	XLB_DROP_DECAP = 46,	      /* tc: could not remove the outer headers */
-	XLB_DROP_NAT = 47,	      /* tc: could not rewrite the packet */
+	XLB_DROP_FIB = 38,	       /* no route/neighbour to the backend's node */
+	XLB_DROP_NO_TX_PORT = 39,      /* route leaves by a port not in xlb_tx_ports */
+	XLB_DROP_ENCAP = 40,	       /* could not grow the frame */
+	XLB_DROP_TOO_BIG = 41,	       /* encapsulated frame exceeds the MTU */
+	XLB_DROP_SOURCE_RANGE = 42,    /* client outside loadBalancerSourceRanges */
+	XLB_DROP_NO_NODE_ADDR = 43,    /* no tunnel source address for the family */
+	XLB_DROP_BAD_TUNNEL = 44,      /* tc: malformed Geneve/IPIP packet */
+	XLB_DROP_NO_DSR_OPT = 45,      /* tc: Geneve packet without the DSR option */
+	XLB_DROP_DECAP = 46,	       /* tc: could not remove the outer headers */
+	XLB_DROP_NAT = 47,	       /* tc: could not rewrite the packet */
 	XLB_COUNTER_MAX = 64,
 };
 
