@@ -1,18 +1,46 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
-/* xlb_tc: placeholder until DSR termination lands. */
+/*
+ * xlb_tc: DSR termination on a backend node, attached to the node's uplink.
+ * Ingress decapsulates the Geneve packets the load balancer sends and
+ * remembers each flow's service address; egress rewrites the endpoints'
+ * replies back to that service address. The logic is in lb/bpf/dsr.h; this
+ * file holds the entry points and their single counted exit.
+ */
+#include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
 #include "maps.h"
+#include "dsr.h"
+
+/* The one exit of both programs: counts the packet under `counter` in
+ * xlb_counters and turns the counter into the tc verdict. `len` is the
+ * frame length as received, before any decapsulation. */
+static __always_inline int xlb_tc_exit(int counter, __u32 len)
+{
+	__u32 idx = counter;
+	struct xlb_count *c = bpf_map_lookup_elem(&xlb_counters, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+	return dsr_verdict(counter);
+}
 
 SEC("classifier")
 int xlb_tc_ingress(struct __sk_buff *skb)
 {
-	return TC_ACT_OK;
+	__u32 len = skb->len;
+
+	return xlb_tc_exit(dsr_ingress(skb), len);
 }
 
 SEC("classifier")
 int xlb_tc_egress(struct __sk_buff *skb)
 {
-	return TC_ACT_OK;
+	__u32 len = skb->len;
+
+	return xlb_tc_exit(dsr_egress(skb), len);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

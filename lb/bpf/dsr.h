@@ -1,0 +1,695 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * dsr.h: DSR termination on a backend node (tc, struct __sk_buff).
+ *
+ * Ingress (dsr_ingress): a Geneve packet addressed to this node carries a
+ * client packet the load balancer has already DNAT'd to the endpoint, plus
+ * a DSR option naming the service address and port the client used. The
+ * tunnel is checked, (client -> endpoint) => service is remembered in
+ * xlb_dsr_nat and the outer headers are stripped; the kernel then routes
+ * the inner packet to the endpoint (a pod behind a veth, or the node).
+ * An ICMP error the load balancer forwards (quoting service -> client)
+ * carries an endpoint option instead and is translated here, so that the
+ * endpoint's socket gets the PMTU / unreachable signal.
+ *
+ * Egress (dsr_egress): a packet whose reversed 5-tuple has an xlb_dsr_nat
+ * entry is a reply from the endpoint; its source is rewritten back to the
+ * service address and port. One hash lookup for everything else.
+ *
+ * Every function returns DSR_NEXT (keep going) or the xlb_counter the packet
+ * is counted under; the program's single exit maps OK_* / PASS_* to
+ * TC_ACT_OK and DROP_* to TC_ACT_SHOT (dsr_verdict).
+ *
+ * Headers are read by direct packet access at offsets from skb->data. An
+ * offset is always a sum of masked header fields, so the verifier knows its
+ * upper bound; each access is preceded by an explicit data_end check.
+ */
+#ifndef XLB_DSR_H
+#define XLB_DSR_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+
+/* ---- proposed ABI additions ---------------------------------------------
+ * Kept here until they are appended to xlb_abi.h (see the tc report).
+ *
+ * XLB_GENEVE_OPT_EP4 / EP6: carried instead of DSR4/DSR6 on an ICMP error the
+ * load balancer forwards (inner packet untranslated: dst = service address,
+ * quoting service:port -> client:port). Data: struct xlb_dsr_opt4/6 holding
+ * the ENDPOINT address and target port of the quoted flow (the LB has them
+ * from its conntrack entry), so the node needs no reverse lookup. */
+#ifndef XLB_GENEVE_OPT_EP4
+#define XLB_GENEVE_OPT_EP4 0x03
+#define XLB_GENEVE_OPT_EP6 0x04
+#endif
+
+/* Keep going: not a counter, every counter is >= 0. */
+#define DSR_NEXT (-1)
+
+/* BPF_F_IPV6 for bpf_l4_csum_replace (uapi since Linux 6.16, missing from
+ * the Debian 12 headers): with BPF_F_PSEUDO_HDR on an IPv6 packet it stops
+ * the helper from adjusting skb->csum of a CHECKSUM_COMPLETE skb (IPv6 has
+ * no header checksum to absorb the address change). Older kernels reject
+ * the flag with -EINVAL; xlb targets 6.18. */
+#define DSR_F_IPV6 (1ULL << 7)
+
+/* The same for bpf_skb_adjust_room (uapi since Linux 6.3): the L3 family of
+ * the packet after the outer header is removed, when it differs. */
+#define DSR_ADJ_DECAP_L3_IPV4 (1ULL << 7)
+#define DSR_ADJ_DECAP_L3_IPV6 (1ULL << 8)
+
+#define DSR_GENEVE_VER(b)      ((b) >> 6)
+#define DSR_GENEVE_OPTLEN(b)   (((b)&0x3f) * 4)
+#define DSR_GENEVE_F_OAM       0x80
+#define DSR_GENEVE_OPT_LEN(b)  (((b)&0x1f) * 4)
+#define DSR_GENEVE_OPT_TYPE(t) ((t)&0x7f) /* without the critical bit */
+#define DSR_GENEVE_MAX_OPTS    8
+
+/* The ICMP / ICMPv6 header (linux/icmp.h drags in libc's socket headers,
+ * which a BPF build cannot include). */
+struct dsr_icmp {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 rest;
+};
+
+#define DSR_ICMP_DEST_UNREACH  3
+#define DSR_ICMP_TIME_EXCEEDED 11
+#define DSR_ICMP_PARAMETERPROB 12
+#define DSR_ICMP6_DEST_UNREACH 1
+#define DSR_ICMP6_PKT_TOOBIG   2
+#define DSR_ICMP6_TIME_EXCEED  3
+#define DSR_ICMP6_PARAMPROB    4
+
+#define DSR_IP_MF     0x2000
+#define DSR_IP_OFFSET 0x1fff
+
+/* Linear bytes wanted before parsing. Egress: Ethernet + IPv4 with options
+ * + TCP. Ingress, after the outer headers are known: the inner IP header,
+ * an ICMP header, the quoted IP header and 8 bytes of quoted L4. */
+#define DSR_PULL_EGRESS (ETH_HLEN + 60 + 20)
+#define DSR_PULL_OUTER	(ETH_HLEN + 60 + 8)
+#define DSR_PULL_INNER	(60 + 8 + 60 + 8)
+
+static __always_inline int dsr_verdict(int counter)
+{
+	return counter >= XLB_DROP_TRUNCATED ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* Makes the first min(want, skb->len) bytes linear if they are not. Costs
+ * nothing for the usual skb whose headers are already in the head. */
+static __always_inline void dsr_pull(struct __sk_buff *skb, __u32 want)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (want > skb->len)
+		want = skb->len;
+	if (data + want > data_end)
+		/* A failed pull leaves the skb as it was: the bounds checks
+		 * below then report the header as truncated. */
+		bpf_skb_pull_data(skb, want);
+}
+
+static __always_inline int dsr_addr6_eq(const void *a, const void *b)
+{
+	const __u32 *x = a, *y = b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+}
+
+static __always_inline int dsr_addr6_zero(const void *a)
+{
+	const __u32 *x = a;
+
+	return (x[0] | x[1] | x[2] | x[3]) == 0;
+}
+
+/* One IP header, parsed. Offsets are from skb->data. */
+struct dsr_ip {
+	__u32 l3off;
+	__u32 l4off;
+	__u32 end; /* just past the IP packet (total / payload length) */
+	__u8 family;
+	__u8 proto;
+	__u8 later_frag; /* a fragment other than the first: no L4 header */
+	__u8 first_frag; /* the first fragment of several */
+};
+
+/* Parses the IPv4 header at l3off (which the caller bounded): bounds, version
+ * (else `bad_version`) and IHL. Lengths are checked by dsr_check_len. */
+static __always_inline int dsr_parse_ip4(void *data, void *data_end, __u32 l3off, int bad_version,
+					 struct dsr_ip *ip)
+{
+	struct iphdr *iph = data + l3off;
+	__u32 hlen;
+
+	if ((void *)(iph + 1) > data_end)
+		return XLB_DROP_TRUNCATED;
+	if (iph->version != 4)
+		return bad_version;
+	hlen = iph->ihl * 4;
+	if (hlen < sizeof(*iph) || (void *)iph + hlen > data_end)
+		return XLB_DROP_BAD_IHL;
+	ip->l3off = l3off;
+	ip->l4off = l3off + hlen;
+	ip->end = l3off + bpf_ntohs(iph->tot_len);
+	ip->family = XLB_FAMILY_V4;
+	ip->proto = iph->protocol;
+	ip->later_frag = (iph->frag_off & bpf_htons(DSR_IP_OFFSET)) != 0;
+	ip->first_frag = !ip->later_frag && (iph->frag_off & bpf_htons(DSR_IP_MF));
+	return DSR_NEXT;
+}
+
+/* Parses the IPv6 header at l3off. Extension headers are not followed:
+ * ip->proto is the first next-header value. */
+static __always_inline int dsr_parse_ip6(void *data, void *data_end, __u32 l3off, int bad_version,
+					 struct dsr_ip *ip)
+{
+	struct ipv6hdr *ip6 = data + l3off;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return XLB_DROP_TRUNCATED;
+	if (ip6->version != 6)
+		return bad_version;
+	ip->l3off = l3off;
+	ip->l4off = l3off + sizeof(*ip6);
+	ip->end = ip->l4off + bpf_ntohs(ip6->payload_len);
+	ip->family = XLB_FAMILY_V6;
+	ip->proto = ip6->nexthdr;
+	ip->later_frag = 0;
+	ip->first_frag = 0;
+	return DSR_NEXT;
+}
+
+/* The IP length field must cover the header and fit in `limit` (the frame,
+ * or the tunnel payload for an inner packet). Only checked on packets xlb
+ * takes apart: egress BIG TCP (tot_len 0) must not be caught by it. */
+static __always_inline int dsr_check_len(const struct dsr_ip *ip, __u32 limit)
+{
+	if (ip->end < ip->l4off || ip->end > limit)
+		return XLB_DROP_BAD_LEN;
+	return DSR_NEXT;
+}
+
+/* Fills the addresses of key from the IP header at ip->l3off, swapped when
+ * `reverse`. The header was checked by dsr_parse_ip*, but the verifier
+ * tracks bounds per pointer, not per offset, so the check is repeated. */
+static __always_inline int dsr_key_addrs(void *data, void *data_end, const struct dsr_ip *ip,
+					 struct xlb_flow_key *key, int reverse)
+{
+	if (ip->family == XLB_FAMILY_V4) {
+		struct iphdr *iph = data + ip->l3off;
+
+		if ((void *)(iph + 1) > data_end)
+			return XLB_DROP_TRUNCATED;
+		__builtin_memcpy(reverse ? key->daddr : key->saddr, &iph->saddr, 4);
+		__builtin_memcpy(reverse ? key->saddr : key->daddr, &iph->daddr, 4);
+	} else {
+		struct ipv6hdr *ip6 = data + ip->l3off;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XLB_DROP_TRUNCATED;
+		__builtin_memcpy(reverse ? key->daddr : key->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(reverse ? key->saddr : key->daddr, &ip6->daddr, 16);
+	}
+	key->family = ip->family;
+	return DSR_NEXT;
+}
+
+/* ---- egress: reply source rewrite ---------------------------------------- */
+
+/* Rewrites the source address and port of the reply to the service. `old`
+ * is the current source address (16 bytes, IPv4 in the first 4). */
+static __always_inline int dsr_snat(struct __sk_buff *skb, const struct dsr_ip *ip, const __u8 *old,
+				    __be16 old_port, const struct xlb_dsr_nat_entry *nat)
+{
+	__u32 csum_off = ip->l4off + (ip->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+							       : offsetof(struct udphdr, check));
+	/* UDP over IPv4 with checksum 0 (none) keeps 0; a computed 0 is sent
+	 * as 0xffff. TCP has no such case. */
+	__u64 mangled = ip->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u8 vaddr[16];
+	__be16 vport = nat->vport;
+
+	__builtin_memcpy(vaddr, nat->vaddr, 16);
+	if (ip->family == XLB_FAMILY_V4) {
+		__be32 from, to;
+
+		__builtin_memcpy(&from, old, 4);
+		__builtin_memcpy(&to, vaddr, 4);
+		if (bpf_l4_csum_replace(skb, csum_off, from, to, BPF_F_PSEUDO_HDR | mangled | 4))
+			return XLB_DROP_NAT;
+		if (bpf_l3_csum_replace(skb, ip->l3off + offsetof(struct iphdr, check), from, to,
+					4))
+			return XLB_DROP_NAT;
+		if (bpf_skb_store_bytes(skb, ip->l3off + offsetof(struct iphdr, saddr), &to, 4, 0))
+			return XLB_DROP_NAT;
+	} else {
+		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)vaddr, 16, 0);
+
+		if (diff < 0)
+			return XLB_DROP_NAT;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff,
+					BPF_F_PSEUDO_HDR | DSR_F_IPV6 | mangled))
+			return XLB_DROP_NAT;
+		if (bpf_skb_store_bytes(skb, ip->l3off + offsetof(struct ipv6hdr, saddr), vaddr, 16,
+					0))
+			return XLB_DROP_NAT;
+	}
+	if (old_port != vport) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, vport, mangled | 2))
+			return XLB_DROP_NAT;
+		/* source port: the first field of both TCP and UDP */
+		if (bpf_skb_store_bytes(skb, ip->l4off, &vport, 2, 0))
+			return XLB_DROP_NAT;
+	}
+	return XLB_OK_TC_REVNAT;
+}
+
+static __always_inline int dsr_egress(struct __sk_buff *skb)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct dsr_ip ip;
+	struct xlb_flow_key key = {};
+	struct xlb_dsr_nat_entry *nat;
+	__u8 old[16] = {};
+	__be16 *ports;
+	int rc;
+
+	dsr_pull(skb, DSR_PULL_EGRESS);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XLB_DROP_TRUNCATED;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		rc = dsr_parse_ip4(data, data_end, ETH_HLEN, XLB_PASS_NOT_IP, &ip);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		rc = dsr_parse_ip6(data, data_end, ETH_HLEN, XLB_PASS_NOT_IP, &ip);
+	else
+		return XLB_PASS_NOT_IP;
+	if (rc != DSR_NEXT)
+		return rc;
+	if (ip.later_frag || ip.first_frag)
+		return XLB_PASS_FRAGMENT;
+	if (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+		if (ip.family == XLB_FAMILY_V6 && ip.proto != IPPROTO_ICMPV6 &&
+		    ip.proto != IPPROTO_NONE)
+			return XLB_PASS_IPV6_EXT;
+		return XLB_PASS_L4_PROTO;
+	}
+	ports = data + ip.l4off;
+	if ((void *)ports +
+		(ip.proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) >
+	    data_end)
+		return XLB_DROP_TRUNCATED;
+
+	rc = dsr_key_addrs(data, data_end, &ip, &key, 1);
+	if (rc != DSR_NEXT)
+		return rc;
+	key.sport = ports[1];
+	key.dport = ports[0];
+	key.proto = ip.proto;
+	nat = bpf_map_lookup_elem(&xlb_dsr_nat, &key);
+	if (!nat)
+		return XLB_PASS_NO_NAT;
+	if (nat->family != ip.family)
+		return XLB_DROP_NAT;
+	/* old source = the flow key's destination (the endpoint) */
+	__builtin_memcpy(old, key.daddr, 16);
+	return dsr_snat(skb, &ip, old, key.dport, nat);
+}
+
+/* ---- ingress: Geneve termination ----------------------------------------- */
+
+/* What the Geneve header and the xlb option said. */
+struct dsr_tunnel {
+	__u8 addr[16] __attribute__((aligned(4))); /* service (DSR*) or endpoint (EP*) */
+	__be16 port;
+	__u8 opt;    /* XLB_GENEVE_OPT_* */
+	__u8 family; /* of addr */
+	__u32 inner_off;
+	__u32 inner_end; /* end of the UDP payload */
+};
+
+/* Remembers (client -> endpoint) => service. The entry is written only when
+ * it is new or changed, so an established flow costs one lookup. */
+static __always_inline int dsr_remember(const struct xlb_flow_key *key, const struct dsr_tunnel *t)
+{
+	struct xlb_dsr_nat_entry *cur = bpf_map_lookup_elem(&xlb_dsr_nat, key);
+	struct xlb_dsr_nat_entry e = {};
+
+	if (cur && cur->vport == t->port && cur->family == t->family &&
+	    dsr_addr6_eq(cur->vaddr, t->addr))
+		return DSR_NEXT;
+	__builtin_memcpy(e.vaddr, t->addr, 16);
+	e.vport = t->port;
+	e.family = t->family;
+	e.created_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&xlb_dsr_nat, key, &e, BPF_ANY))
+		return XLB_DROP_NAT;
+	return DSR_NEXT;
+}
+
+/* Finds the xlb option among the Geneve options in [off, t->inner_off). */
+static __always_inline int dsr_find_opt(void *data, void *data_end, __u32 off, struct dsr_tunnel *t)
+{
+	for (int i = 0; i < DSR_GENEVE_MAX_OPTS; i++) {
+		struct xlb_geneve_opt_hdr *opt;
+		__u32 olen, want = 0;
+		__u8 type, family = 0;
+
+		if (off >= t->inner_off)
+			break;
+		opt = data + off;
+		if ((void *)(opt + 1) > data_end)
+			return XLB_DROP_TRUNCATED;
+		olen = sizeof(*opt) + DSR_GENEVE_OPT_LEN(opt->len);
+		if (off + olen > t->inner_off)
+			return XLB_DROP_BAD_TUNNEL;
+		type = DSR_GENEVE_OPT_TYPE(opt->type);
+		if (opt->opt_class == bpf_htons(XLB_GENEVE_OPT_CLASS)) {
+			if (type == XLB_GENEVE_OPT_DSR4 || type == XLB_GENEVE_OPT_EP4) {
+				want = sizeof(*opt) + sizeof(struct xlb_dsr_opt4);
+				family = XLB_FAMILY_V4;
+			} else if (type == XLB_GENEVE_OPT_DSR6 || type == XLB_GENEVE_OPT_EP6) {
+				want = sizeof(*opt) + sizeof(struct xlb_dsr_opt6);
+				family = XLB_FAMILY_V6;
+			}
+		}
+		if (want) {
+			if (olen != want)
+				return XLB_DROP_BAD_TUNNEL;
+			if (family == XLB_FAMILY_V4) {
+				struct xlb_dsr_opt4 *o = (void *)(opt + 1);
+
+				if ((void *)(o + 1) > data_end)
+					return XLB_DROP_TRUNCATED;
+				__builtin_memcpy(t->addr, o->vaddr, 4);
+				t->port = o->vport;
+			} else {
+				struct xlb_dsr_opt6 *o = (void *)(opt + 1);
+
+				if ((void *)(o + 1) > data_end)
+					return XLB_DROP_TRUNCATED;
+				__builtin_memcpy(t->addr, o->vaddr, 16);
+				t->port = o->vport;
+			}
+			t->opt = type;
+			t->family = family;
+			return DSR_NEXT;
+		}
+		off += olen;
+	}
+	return XLB_DROP_NO_DSR_OPT;
+}
+
+/* Removes everything between the Ethernet header and the inner IP header. */
+static __always_inline int dsr_decap(struct __sk_buff *skb, __u32 inner_off, __u8 outer_family,
+				     __u8 inner_family)
+{
+	/* FIXED_GSO: the inner segments keep their size; the kernel would
+	 * otherwise grow gso_size by the removed length. */
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
+	__be16 proto;
+
+	if (outer_family != inner_family)
+		flags |=
+		    inner_family == XLB_FAMILY_V4 ? DSR_ADJ_DECAP_L3_IPV4 : DSR_ADJ_DECAP_L3_IPV6;
+	if (bpf_skb_adjust_room(skb, -(__s32)(inner_off - ETH_HLEN), BPF_ADJ_ROOM_MAC, flags))
+		return XLB_DROP_DECAP;
+	if (outer_family != inner_family) {
+		/* adjust_room fixed skb->protocol; the frame's EtherType is ours */
+		proto = bpf_htons(inner_family == XLB_FAMILY_V4 ? ETH_P_IP : ETH_P_IPV6);
+		if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, 2, 0))
+			return XLB_DROP_DECAP;
+	}
+	return DSR_NEXT;
+}
+
+/* The inner packet of a DSR4/DSR6 tunnel: remember the flow. */
+static __always_inline int dsr_inner_flow(void *data, void *data_end, const struct dsr_ip *in,
+					  const struct dsr_tunnel *t)
+{
+	struct xlb_flow_key key = {};
+	__be16 *ports;
+	int rc;
+
+	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
+		return XLB_DROP_BAD_TUNNEL;
+	if (in->later_frag)
+		return DSR_NEXT; /* no ports to remember; the first fragment did */
+	ports = data + in->l4off;
+	if ((void *)(ports + 2) > data_end)
+		return XLB_DROP_TRUNCATED;
+	rc = dsr_key_addrs(data, data_end, in, &key, 0);
+	if (rc != DSR_NEXT)
+		return rc;
+	key.sport = ports[0];
+	key.dport = ports[1];
+	key.proto = in->proto;
+	return dsr_remember(&key, t);
+}
+
+static __always_inline int dsr_icmp_is_error(__u8 family, __u8 type)
+{
+	if (family == XLB_FAMILY_V4)
+		return type == DSR_ICMP_DEST_UNREACH || type == DSR_ICMP_TIME_EXCEEDED ||
+		       type == DSR_ICMP_PARAMETERPROB;
+	return type == DSR_ICMP6_DEST_UNREACH || type == DSR_ICMP6_PKT_TOOBIG ||
+	       type == DSR_ICMP6_TIME_EXCEED || type == DSR_ICMP6_PARAMPROB;
+}
+
+/* An ICMP error the load balancer forwarded with an EP4/EP6 option: the
+ * inner destination and the quoted source are the service address (and the
+ * quoted source port the service port); both become the endpoint
+ * t->addr:t->port, so the endpoint's socket matches the quoted flow.
+ *
+ * Checksums: ICMPv4 covers no pseudo-header, and the quoted IPv4 header's
+ * own checksum absorbs the quoted address change, so only the port moves the
+ * ICMP checksum. ICMPv6 covers the pseudo-header and the quoted addresses. */
+static __always_inline int dsr_icmp_dnat(struct __sk_buff *skb, const struct dsr_ip *in,
+					 const struct dsr_tunnel *t)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u8 svc[16] __attribute__((aligned(4))) = {};
+	__u8 ep[16] __attribute__((aligned(4)));
+	__u32 csum_off = in->l4off + offsetof(struct dsr_icmp, checksum);
+	__be16 svc_port, ep_port = t->port;
+	struct dsr_icmp *icmp;
+	struct dsr_ip q;
+	__be16 *qports;
+	int rc;
+
+	if (in->proto != (in->family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6) ||
+	    in->later_frag)
+		return XLB_DROP_BAD_TUNNEL;
+	icmp = data + in->l4off;
+	if ((void *)(icmp + 1) > data_end)
+		return XLB_DROP_TRUNCATED;
+	if (!dsr_icmp_is_error(in->family, icmp->type))
+		return XLB_DROP_BAD_TUNNEL;
+	if (in->family == XLB_FAMILY_V4)
+		rc = dsr_parse_ip4(data, data_end, in->l4off + sizeof(*icmp), XLB_DROP_BAD_TUNNEL,
+				   &q);
+	else
+		rc = dsr_parse_ip6(data, data_end, in->l4off + sizeof(*icmp), XLB_DROP_BAD_TUNNEL,
+				   &q);
+	if (rc != DSR_NEXT)
+		return rc;
+	if ((q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP) || q.later_frag)
+		return XLB_DROP_BAD_TUNNEL;
+	qports = data + q.l4off;
+	if ((void *)(qports + 2) > data_end)
+		return XLB_DROP_TRUNCATED;
+	svc_port = qports[0];
+
+	/* the quoted flow must leave from where the error was sent to */
+	if (in->family == XLB_FAMILY_V4) {
+		struct iphdr *iph = data + in->l3off, *qh = data + q.l3off;
+
+		if ((void *)(iph + 1) > data_end || (void *)(qh + 1) > data_end)
+			return XLB_DROP_TRUNCATED;
+		if (iph->daddr != qh->saddr)
+			return XLB_DROP_BAD_TUNNEL;
+		__builtin_memcpy(svc, &iph->daddr, 4);
+	} else {
+		struct ipv6hdr *ip6 = data + in->l3off, *qh = data + q.l3off;
+
+		if ((void *)(ip6 + 1) > data_end || (void *)(qh + 1) > data_end)
+			return XLB_DROP_TRUNCATED;
+		if (!dsr_addr6_eq(&ip6->daddr, &qh->saddr))
+			return XLB_DROP_BAD_TUNNEL;
+		__builtin_memcpy(svc, &ip6->daddr, 16);
+	}
+	__builtin_memcpy(ep, t->addr, 16);
+
+	if (in->family == XLB_FAMILY_V4) {
+		__be32 from, to;
+
+		__builtin_memcpy(&from, svc, 4);
+		__builtin_memcpy(&to, ep, 4);
+		if (bpf_l3_csum_replace(skb, in->l3off + offsetof(struct iphdr, check), from, to,
+					4) ||
+		    bpf_skb_store_bytes(skb, in->l3off + offsetof(struct iphdr, daddr), &to, 4,
+					0) ||
+		    bpf_l3_csum_replace(skb, q.l3off + offsetof(struct iphdr, check), from, to,
+					4) ||
+		    bpf_skb_store_bytes(skb, q.l3off + offsetof(struct iphdr, saddr), &to, 4, 0))
+			return XLB_DROP_NAT;
+	} else {
+		__s64 diff = bpf_csum_diff((__be32 *)svc, 16, (__be32 *)ep, 16, 0);
+
+		if (diff < 0)
+			return XLB_DROP_NAT;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | DSR_F_IPV6) ||
+		    bpf_skb_store_bytes(skb, in->l3off + offsetof(struct ipv6hdr, daddr), ep, 16,
+					0) ||
+		    bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
+		    bpf_skb_store_bytes(skb, q.l3off + offsetof(struct ipv6hdr, saddr), ep, 16, 0))
+			return XLB_DROP_NAT;
+	}
+	if (bpf_l4_csum_replace(skb, csum_off, svc_port, ep_port, 2) ||
+	    bpf_skb_store_bytes(skb, q.l4off, &ep_port, 2, 0))
+		return XLB_DROP_NAT;
+	return DSR_NEXT;
+}
+
+static __always_inline int dsr_geneve(struct __sk_buff *skb, const struct xlb_node_cfg *node,
+				      const struct dsr_ip *out, __u32 udp_end)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 gnv_off = out->l4off + sizeof(struct udphdr);
+	struct xlb_geneve_hdr *gnv = data + gnv_off;
+	struct dsr_tunnel t = {};
+	struct dsr_ip in;
+	__u16 inner_proto;
+	__u32 vni;
+	int rc;
+
+	if ((void *)(gnv + 1) > data_end)
+		return XLB_DROP_TRUNCATED;
+	if (DSR_GENEVE_VER(gnv->ver_optlen) != 0 || (gnv->flags & DSR_GENEVE_F_OAM))
+		return XLB_DROP_BAD_TUNNEL;
+	vni = ((__u32)gnv->vni[0] << 16) | ((__u32)gnv->vni[1] << 8) | gnv->vni[2];
+	if (vni != node->vni)
+		return XLB_DROP_BAD_TUNNEL;
+	inner_proto = bpf_ntohs(gnv->proto);
+	t.inner_off = gnv_off + sizeof(*gnv) + DSR_GENEVE_OPTLEN(gnv->ver_optlen);
+	t.inner_end = udp_end;
+	if (t.inner_off > udp_end)
+		return XLB_DROP_BAD_TUNNEL;
+
+	dsr_pull(skb, t.inner_off + DSR_PULL_INNER);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	rc = dsr_find_opt(data, data_end, gnv_off + sizeof(*gnv), &t);
+	if (rc != DSR_NEXT)
+		return rc;
+
+	if (inner_proto == ETH_P_IP)
+		rc = dsr_parse_ip4(data, data_end, t.inner_off, XLB_DROP_BAD_TUNNEL, &in);
+	else if (inner_proto == ETH_P_IPV6)
+		rc = dsr_parse_ip6(data, data_end, t.inner_off, XLB_DROP_BAD_TUNNEL, &in);
+	else
+		return XLB_DROP_BAD_TUNNEL;
+	if (rc != DSR_NEXT)
+		return rc;
+	rc = dsr_check_len(&in, udp_end);
+	if (rc != DSR_NEXT)
+		return rc;
+	/* The LB translates within a family: option and packet agree. */
+	if (in.family != t.family)
+		return XLB_DROP_BAD_TUNNEL;
+
+	if (t.opt == XLB_GENEVE_OPT_DSR4 || t.opt == XLB_GENEVE_OPT_DSR6) {
+		rc = dsr_inner_flow(data, data_end, &in, &t);
+		if (rc != DSR_NEXT)
+			return rc;
+		rc = dsr_decap(skb, t.inner_off, out->family, in.family);
+		return rc != DSR_NEXT ? rc : XLB_OK_TC_DECAP;
+	}
+	rc = dsr_icmp_dnat(skb, &in, &t);
+	if (rc != DSR_NEXT)
+		return rc;
+	rc = dsr_decap(skb, t.inner_off, out->family, in.family);
+	return rc != DSR_NEXT ? rc : XLB_OK_ICMP_FORWARD;
+}
+
+static __always_inline int dsr_ingress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct xlb_node_cfg *node = bpf_map_lookup_elem(&xlb_node, &zero);
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct udphdr *udp;
+	struct dsr_ip out;
+	__u32 udp_end;
+	int rc;
+
+	if (!node) /* an array of one: never, but the verifier asks */
+		return XLB_PASS_NOT_TUNNEL;
+	dsr_pull(skb, DSR_PULL_OUTER);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XLB_DROP_TRUNCATED;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph;
+
+		rc = dsr_parse_ip4(data, data_end, ETH_HLEN, XLB_PASS_NOT_IP, &out);
+		if (rc != DSR_NEXT)
+			return rc;
+		iph = data + ETH_HLEN;
+		if (iph + 1 > (struct iphdr *)data_end) /* re-proven for the verifier */
+			return XLB_DROP_TRUNCATED;
+		if (iph->daddr != *(__u32 *)node->addr4 || iph->daddr == 0)
+			return XLB_PASS_NOT_TUNNEL;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6;
+
+		rc = dsr_parse_ip6(data, data_end, ETH_HLEN, XLB_PASS_NOT_IP, &out);
+		if (rc != DSR_NEXT)
+			return rc;
+		ip6 = data + ETH_HLEN;
+		if (ip6 + 1 > (struct ipv6hdr *)data_end)
+			return XLB_DROP_TRUNCATED;
+		if (!dsr_addr6_eq(&ip6->daddr, node->addr6) || dsr_addr6_zero(node->addr6))
+			return XLB_PASS_NOT_TUNNEL;
+	} else {
+		return XLB_PASS_NOT_IP;
+	}
+	if (out.proto != IPPROTO_UDP)
+		return XLB_PASS_NOT_TUNNEL;
+	if (out.later_frag || out.first_frag)
+		return XLB_PASS_FRAGMENT;
+	udp = data + out.l4off;
+	if ((void *)(udp + 1) > data_end)
+		return XLB_DROP_TRUNCATED;
+	if (udp->dest != node->geneve_port)
+		return XLB_PASS_NOT_TUNNEL;
+	rc = dsr_check_len(&out, skb->len);
+	if (rc != DSR_NEXT)
+		return rc;
+	udp_end = out.l4off + bpf_ntohs(udp->len);
+	if (udp_end < out.l4off + sizeof(*udp) + sizeof(struct xlb_geneve_hdr) || udp_end > out.end)
+		return XLB_DROP_BAD_LEN;
+	return dsr_geneve(skb, node, &out, udp_end);
+}
+
+#endif /* XLB_DSR_H */
