@@ -1,11 +1,359 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
-/* xlb_xdp: placeholder until the north-south fast path lands. */
+/*
+ * xlb_xdp: the north-south fast path on a frontend node's NIC.
+ *
+ *   parse (parse.h) -> frontend lookup -> loadBalancerSourceRanges ->
+ *   xlb_ct / affinity / Maglev (maglev.h) -> one of
+ *     - backend on this node: DNAT in place (nat.h), remember the reverse
+ *       translation in xlb_dsr_nat, XDP_PASS            (OK_LOCAL_DELIVER)
+ *     - Geneve: DNAT the inner packet to the endpoint, add Ethernet + IP +
+ *       UDP + Geneve + DSR option (encap.h)              (OK_XDP_TX/REDIRECT)
+ *     - IPIP: inner packet untouched, add Ethernet + IP  (OK_XDP_TX/REDIRECT)
+ *   ICMP "fragmentation needed" / "packet too big" quoting a DSR reply
+ *   (frontend -> client) go, unchanged, to the node of the flow's backend
+ *   (OK_ICMP_FORWARD).
+ *
+ * Every path ends in xlb_count_exit() (counters.h) with exactly one reason.
+ * Packets that are not ours are passed unchanged; malformed ones are passed
+ * or dropped with their reason (see parse.h).
+ */
 #include "maps.h"
+#include "parse.h"
+#include "csum.h"
+#include "conntrack.h"
+#include "maglev.h"
+#include "nat.h"
+#include "encap.h"
+#include "counters.h"
+
+#define XLB_AF_INET  2
+#define XLB_AF_INET6 10
+
+/* Source-range LPM key: svc_id, family and pad are matched whole. */
+#define XLB_SRC_RANGE_FIXED_BITS 64
+
+/* An error reason from a helper (negative) as this program's verdict. */
+static __always_inline int xlb_fail(int rc, __u32 *reason)
+{
+	*reason = -rc;
+	return xlb_reason_is_drop(-rc) ? XDP_DROP : XDP_PASS;
+}
+
+static __always_inline int xlb_source_allowed(const struct xlb_service *svc,
+					      const struct xlb_flow_key *ft)
+{
+	struct xlb_src_range_key k = {
+	    .prefixlen = XLB_SRC_RANGE_FIXED_BITS + (ft->family == XLB_FAMILY_V6 ? 128 : 32),
+	    .svc_id = bpf_htonl(svc->id),
+	    .family = ft->family,
+	};
+
+	xlb_addr_copy(k.addr, ft->saddr);
+	return bpf_map_lookup_elem(&xlb_source_ranges, &k) != NULL;
+}
+
+/* The outer source address of this node for a tunnel of `family`, or NULL. */
+static __always_inline const __u8 *xlb_node_src(const struct xlb_node_cfg *node, __u8 family)
+{
+	if (family == XLB_FAMILY_V4)
+		return *(const __u32 *)node->addr4 ? node->addr4 : NULL;
+	if (family == XLB_FAMILY_V6) {
+		const __u32 *a = (const __u32 *)node->addr6;
+
+		return (a[0] | a[1] | a[2] | a[3]) ? node->addr6 : NULL;
+	}
+	return NULL;
+}
+
+/* Backend on this node: its node address is our own tunnel address. */
+static __always_inline int xlb_is_local(const struct xlb_backend *be, const __u8 *src)
+{
+	if (be->node_family == XLB_FAMILY_V4)
+		return *(const __u32 *)be->node == *(const __u32 *)src;
+	return xlb_addr_eq(be->node, src);
+}
+
+/* Local delivery: DNAT to the endpoint and record the reverse translation
+ * for the reply (tc egress rewrites the endpoint source back to the
+ * frontend). Looked up first so established flows do not rewrite the LRU
+ * entry on every packet. */
+static __always_inline int xlb_local_deliver(struct xdp_md *ctx, struct xlb_pkt *pkt,
+					     const struct xlb_backend *be, __u32 *reason)
+{
+	struct xlb_dsr_nat_entry nat = {};
+	int rc;
+
+	if (be->family != pkt->tuple.family)
+		return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
+	xlb_addr_copy(nat.vaddr, pkt->tuple.daddr);
+	nat.vport = pkt->tuple.dport;
+	nat.family = pkt->tuple.family;
+	rc = xlb_nat_rewrite(xlb_ctx_data(ctx), xlb_ctx_data_end(ctx), pkt, XLB_NAT_DST, be->addr,
+			     be->port);
+	if (rc)
+		return xlb_fail(rc, reason);
+	if (!bpf_map_lookup_elem(&xlb_dsr_nat, &pkt->tuple)) {
+		nat.created_ns = bpf_ktime_get_ns();
+		bpf_map_update_elem(&xlb_dsr_nat, &pkt->tuple, &nat, BPF_ANY);
+	}
+	*reason = XLB_OK_LOCAL_DELIVER;
+	return XDP_PASS;
+}
+
+/*
+ * Sends the packet to the backend's node. vaddr/vport: the frontend the
+ * client used (the DSR option). dnat: rewrite the inner packet to the
+ * endpoint first (Geneve, not for ICMP). ok: the reason of a successful send
+ * (0: by transmit path, OK_XDP_TX or OK_XDP_REDIRECT).
+ */
+static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
+				      const struct xlb_service *svc, const struct xlb_backend *be,
+				      const struct xlb_node_cfg *node, const __u8 *src, __u32 hash,
+				      const __u8 *vaddr, __be16 vport, int dnat, __u32 ok,
+				      __u32 *reason)
+{
+	__u8 outer = be->node_family, inner = pkt->tuple.family, encap = svc->encap;
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	struct bpf_fib_lookup fib = {};
+	__u32 hlen, inner_len = pkt->l3_len, frame, l3_off = pkt->l3_off & XLB_L3_OFF_MASK;
+	/* Read once: clang 14 otherwise keeps &ctx->ingress_ifindex in a spilled
+	 * register and reloads through it, which the verifier rejects
+	 * ("dereference of modified ctx ptr"). */
+	__u32 in_ifindex = ctx->ingress_ifindex;
+	__u16 outer_l3_len;
+	int rc;
+
+	if (encap != XLB_ENCAP_IPIP)
+		encap = XLB_ENCAP_GENEVE; /* unknown values: the default */
+	if (dnat && encap == XLB_ENCAP_GENEVE) {
+		/* The inner packet keeps its family: an endpoint of the other
+		 * family cannot be reached without NAT64. */
+		if (be->family != inner)
+			return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
+		rc = xlb_nat_rewrite(data, data_end, pkt, XLB_NAT_DST, be->addr, be->port);
+		if (rc)
+			return xlb_fail(rc, reason);
+	}
+
+	hlen = xlb_encap_hlen(encap, outer, inner);
+	outer_l3_len = hlen - ETH_HLEN + inner_len;
+
+	fib.ifindex = in_ifindex;
+	fib.tot_len = outer_l3_len; /* checked against the route's MTU */
+	if (outer == XLB_FAMILY_V6) {
+		fib.family = XLB_AF_INET6;
+		fib.flowinfo = bpf_htonl(hash & 0xfffff);
+		xlb_addr_copy(fib.ipv6_src, src);
+		xlb_addr_copy(fib.ipv6_dst, be->node);
+	} else {
+		fib.family = XLB_AF_INET;
+		fib.ipv4_src = *(const __u32 *)src;
+		fib.ipv4_dst = *(const __u32 *)be->node;
+	}
+	if (encap == XLB_ENCAP_GENEVE) {
+		fib.l4_protocol = IPPROTO_UDP;
+		fib.sport = bpf_htons(XLB_GENEVE_SPORT_BASE + (hash & 0x3fff));
+		fib.dport = node->geneve_port;
+	} else {
+		fib.l4_protocol = inner == XLB_FAMILY_V6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
+	}
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return xlb_fail(-XLB_DROP_TOO_BIG, reason);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return xlb_fail(-XLB_DROP_FIB, reason);
+
+	/* Bytes after the IP packet (Ethernet padding) must not travel inside
+	 * the tunnel: the outer lengths count the IP packet only. */
+	frame = data_end - data;
+	if (frame > l3_off + inner_len &&
+	    bpf_xdp_adjust_tail(ctx, (int)(l3_off + inner_len) - (int)frame))
+		return xlb_fail(-XLB_DROP_ENCAP, reason);
+	/* The old L2 header (Ethernet, VLAN tag) is replaced by the outer
+	 * headers; the inner packet starts at the IP header. */
+	if (bpf_xdp_adjust_head(ctx, (int)l3_off - (int)hlen))
+		return xlb_fail(-XLB_DROP_ENCAP, reason);
+	data = xlb_ctx_data(ctx);
+	data_end = xlb_ctx_data_end(ctx);
+
+	rc = xlb_write_eth(data, data_end, fib.dmac, fib.smac,
+			   bpf_htons(outer == XLB_FAMILY_V6 ? ETH_P_IPV6 : ETH_P_IP));
+	if (rc)
+		return xlb_fail(rc, reason);
+	if (encap == XLB_ENCAP_GENEVE) {
+		__u8 proto = IPPROTO_UDP;
+
+		if (outer == XLB_FAMILY_V6)
+			rc = xlb_write_ip6(data + ETH_HLEN, data_end, src, be->node, proto,
+					   outer_l3_len - XLB_IP6_HLEN, hash);
+		else
+			rc = xlb_write_ip4(data + ETH_HLEN, data_end, *(const __u32 *)src,
+					   *(const __u32 *)be->node, proto, outer_l3_len);
+		if (rc)
+			return xlb_fail(rc, reason);
+		rc = xlb_write_geneve(data + ETH_HLEN +
+					  (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN),
+				      data_end, fib.sport, node->geneve_port, inner_len, inner,
+				      node->vni, vaddr, vport);
+	} else {
+		__u8 proto = inner == XLB_FAMILY_V6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
+
+		if (outer == XLB_FAMILY_V6)
+			rc = xlb_write_ip6(data + ETH_HLEN, data_end, src, be->node, proto,
+					   inner_len, hash);
+		else
+			rc = xlb_write_ip4(data + ETH_HLEN, data_end, *(const __u32 *)src,
+					   *(const __u32 *)be->node, proto, outer_l3_len);
+	}
+	if (rc)
+		return xlb_fail(rc, reason);
+
+	if (fib.ifindex == in_ifindex) {
+		*reason = ok ? ok : XLB_OK_XDP_TX;
+		return XDP_TX;
+	}
+	/* Flags 0: a port missing from xlb_tx_ports returns XDP_ABORTED. */
+	if (bpf_redirect_map(&xlb_tx_ports, fib.ifindex, 0) != XDP_REDIRECT)
+		return xlb_fail(-XLB_DROP_NO_TX_PORT, reason);
+	*reason = ok ? ok : XLB_OK_XDP_REDIRECT;
+	return XDP_REDIRECT;
+}
+
+/* Common tail: local delivery or tunnel, plus service/backend statistics. */
+static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
+				       const struct xlb_service *svc, const struct xlb_sel *sel,
+				       const __u8 *vaddr, __be16 vport, int icmp, __u32 bytes,
+				       __u32 *reason)
+{
+	const struct xlb_backend *be = sel->be;
+	const struct xlb_node_cfg *node;
+	const __u8 *src;
+	__u32 zero = 0;
+	int verdict;
+
+	node = bpf_map_lookup_elem(&xlb_node, &zero);
+	if (!node)
+		return xlb_fail(-XLB_DROP_NO_NODE_ADDR, reason);
+	src = xlb_node_src(node, be->node_family);
+	if (!src)
+		return xlb_fail(-XLB_DROP_NO_NODE_ADDR, reason);
+
+	if (xlb_is_local(be, src)) {
+		if (icmp) {
+			/* Not DNAT'd (the quoted packet would have to be rewritten
+			 * too); given to the kernel as is. */
+			*reason = XLB_OK_LOCAL_DELIVER;
+			verdict = XDP_PASS;
+		} else {
+			verdict = xlb_local_deliver(ctx, pkt, be, reason);
+		}
+	} else {
+		verdict = xlb_tunnel(ctx, pkt, svc, be, node, src, sel->hash, vaddr, vport, !icmp,
+				     icmp ? XLB_OK_ICMP_FORWARD : 0, reason);
+	}
+	if (xlb_reason_is_drop(*reason))
+		return verdict;
+	xlb_count_svc(svc->id, bytes, sel->new_flow, sel->affinity_hit);
+	xlb_count_backend(sel->backend_id, bytes);
+	return verdict;
+}
+
+/*
+ * ICMPv4 destination unreachable / ICMPv6 packet too big sent to a frontend
+ * address about a DSR reply (frontend -> client): the flow is the quoted
+ * tuple reversed (client -> frontend). The ICMP packet goes unchanged to
+ * that flow's backend node; for Geneve the DSR option names the frontend and
+ * the inner packet is NOT DNAT'd: the tc side translates the ICMP packet.
+ */
+static __always_inline int xlb_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u32 bytes,
+				    __u32 *reason)
+{
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	struct xlb_frontend_key fk = {};
+	struct xlb_flow_key q;
+	struct xlb_service *svc;
+	struct xlb_sel sel = {};
+	__u32 w;
+	__be16 port;
+	int rc;
+
+	if (pkt->tuple.family == XLB_FAMILY_V4 ? pkt->icmp_type != XLB_ICMP_DEST_UNREACH
+					       : pkt->icmp_type != XLB_ICMPV6_PKT_TOOBIG)
+		return xlb_fail(-XLB_PASS_L4_PROTO, reason);
+	rc = xlb_parse_icmp_quote(data, data_end, pkt, &q);
+	if (rc)
+		return xlb_fail(rc, reason);
+	/* The quote is frontend -> client; it must have been sent to the
+	 * frontend address it quotes as source. */
+	if (!xlb_addr_eq(q.saddr, pkt->tuple.daddr))
+		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
+
+		/* Reverse in place: q becomes the client -> frontend flow key. */
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		w = ((__u32 *)q.saddr)[i];
+		((__u32 *)q.saddr)[i] = ((__u32 *)q.daddr)[i];
+		((__u32 *)q.daddr)[i] = w;
+	}
+	port = q.sport;
+	q.sport = q.dport;
+	q.dport = port;
+
+	xlb_addr_copy(fk.addr, q.daddr);
+	fk.port = q.dport;
+	fk.proto = q.proto;
+	fk.family = q.family;
+	svc = bpf_map_lookup_elem(&xlb_frontends, &fk);
+	if (!svc)
+		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
+	sel.be = xlb_ct_lookup(&q, svc->id, &sel.backend_id, &sel.hash);
+	if (!sel.be)
+		return xlb_fail(-XLB_PASS_ICMP_NO_FLOW, reason);
+	return xlb_forward(ctx, pkt, svc, &sel, q.daddr, q.dport, 1, bytes, reason);
+}
+
+static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *reason)
+{
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	struct xlb_frontend_key fk;
+	struct xlb_service *svc;
+	struct xlb_sel sel;
+	struct xlb_pkt pkt;
+	int rc;
+
+	rc = xlb_parse(data, data_end, &pkt);
+	if (rc)
+		return xlb_fail(rc, reason);
+	if (pkt.tuple.proto == IPPROTO_ICMP || pkt.tuple.proto == IPPROTO_ICMPV6)
+		return xlb_icmp(ctx, &pkt, bytes, reason);
+
+	xlb_addr_copy(fk.addr, pkt.tuple.daddr);
+	fk.port = pkt.tuple.dport;
+	fk.proto = pkt.tuple.proto;
+	fk.family = pkt.tuple.family;
+	svc = bpf_map_lookup_elem(&xlb_frontends, &fk);
+	if (!svc)
+		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
+	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, &pkt.tuple))
+		return xlb_fail(-XLB_DROP_SOURCE_RANGE, reason);
+
+	rc = xlb_select(svc, &pkt.tuple, &sel);
+	if (rc)
+		return xlb_fail(rc, reason);
+	/* vaddr/vport: the frontend, read from fk because pkt.tuple is
+	 * rewritten by the DNAT. */
+	return xlb_forward(ctx, &pkt, svc, &sel, fk.addr, fk.port, 0, bytes, reason);
+}
 
 SEC("xdp")
 int xlb_xdp(struct xdp_md *ctx)
 {
-	return XDP_PASS;
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	__u32 bytes = data_end - data, reason = XLB_DROP_TRUNCATED;
+	int verdict;
+
+	verdict = xlb_process(ctx, bytes, &reason);
+	return xlb_count_exit(reason, bytes, verdict);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -39,6 +39,9 @@
  *       complete TCP/UDP quote of that family.
  *   xlb_ctx_data(ctx), xlb_ctx_data_end(ctx)
  *       data pointers of an xdp_md or __sk_buff.
+ *   xlb_l3_ptr(data, &pkt), xlb_l4_ptr(data, &pkt)
+ *       the IP / L4 header of a parsed packet (still to be bounds-checked
+ *       against data_end before access: the verifier requires it).
  *   xlb_addr_copy(dst, src) / xlb_addr_eq(a, b)
  *       16-byte address copy / compare through 4-byte words.
  *
@@ -102,6 +105,23 @@ struct xlb_pkt {
 	__u8 tcp_flags; /* TCP only: byte 13 of the header (FIN..CWR) */
 	__u8 pad;
 } __attribute__((aligned(8)));
+
+/*
+ * Pointers to the parsed headers from the offsets in struct xlb_pkt.
+ * Verifier workaround (clang 14, kernel 6.18): an offset reloaded from the
+ * stack is only known to be < 2^16, and the verifier ignores a bounds check
+ * on a packet pointer whose variable offset plus constant may exceed
+ * MAX_PACKET_OFF (0xffff): the access after the check is then rejected as
+ * "R? offset is outside of the packet". The masks restate bounds xlb_parse
+ * guarantees (L2 is at most 18 bytes; L4 starts within 18 + 40 +
+ * XLB_IPV6_EXT_MAX * 2048 bytes), so they never change a valid offset.
+ */
+#define XLB_L3_OFF_MASK 0xff
+#define XLB_L4_OFF_MASK 0x3fff
+_Static_assert(18 + 40 + XLB_IPV6_EXT_MAX * 2048 <= XLB_L4_OFF_MASK, "L4 offset mask");
+
+#define xlb_l3_ptr(data, pkt) ((data) + ((pkt)->l3_off & XLB_L3_OFF_MASK))
+#define xlb_l4_ptr(data, pkt) ((data) + ((pkt)->l4_off & XLB_L4_OFF_MASK))
 
 /* Addresses in ABI structs are u8[16]; the containers (xlb_pkt, map values)
  * are at least 4-byte aligned, so moving them as words is safe and saves the
@@ -295,7 +315,7 @@ static __always_inline int xlb_parse(void *data, void *data_end, struct xlb_pkt 
 static __always_inline int xlb_parse_icmp_quote(void *data, void *data_end,
 						const struct xlb_pkt *pkt, struct xlb_flow_key *q)
 {
-	__u32 off = pkt->l4_off + sizeof(struct xlb_icmp_hdr);
+	__u32 off = (pkt->l4_off & XLB_L4_OFF_MASK) + sizeof(struct xlb_icmp_hdr);
 	__be16 *ports;
 
 	__builtin_memset(q, 0, sizeof(*q));
