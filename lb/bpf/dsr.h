@@ -37,19 +37,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "maps.h"
-
-/* ---- proposed ABI additions ---------------------------------------------
- * Kept here until they are appended to xlb_abi.h (see the tc report).
- *
- * XLB_GENEVE_OPT_EP4 / EP6: carried instead of DSR4/DSR6 on an ICMP error the
- * load balancer forwards (inner packet untranslated: dst = service address,
- * quoting service:port -> client:port). Data: struct xlb_dsr_opt4/6 holding
- * the ENDPOINT address and target port of the quoted flow (the LB has them
- * from its conntrack entry), so the node needs no reverse lookup. */
-#ifndef XLB_GENEVE_OPT_EP4
-#define XLB_GENEVE_OPT_EP4 0x03
-#define XLB_GENEVE_OPT_EP6 0x04
-#endif
+#include "parse.h"
 
 /* Keep going: not a counter, every counter is >= 0. */
 #define DSR_NEXT (-1)
@@ -73,15 +61,7 @@
 #define DSR_GENEVE_OPT_TYPE(t) ((t)&0x7f) /* without the critical bit */
 #define DSR_GENEVE_MAX_OPTS    8
 
-/* The ICMP / ICMPv6 header (linux/icmp.h drags in libc's socket headers,
- * which a BPF build cannot include). */
-struct dsr_icmp {
-	__u8 type;
-	__u8 code;
-	__sum16 checksum;
-	__be32 rest;
-};
-
+/* ICMP error types (struct xlb_icmp_hdr from parse.h is the header). */
 #define DSR_ICMP_DEST_UNREACH  3
 #define DSR_ICMP_TIME_EXCEEDED 11
 #define DSR_ICMP_PARAMETERPROB 12
@@ -118,13 +98,6 @@ static __always_inline void dsr_pull(struct __sk_buff *skb, __u32 want)
 		/* A failed pull leaves the skb as it was: the bounds checks
 		 * below then report the header as truncated. */
 		bpf_skb_pull_data(skb, want);
-}
-
-static __always_inline int dsr_addr6_eq(const void *a, const void *b)
-{
-	const __u32 *x = a, *y = b;
-
-	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
 }
 
 static __always_inline int dsr_addr6_zero(const void *a)
@@ -351,7 +324,7 @@ static __always_inline int dsr_remember(const struct xlb_flow_key *key, const st
 	struct xlb_dsr_nat_entry e = {};
 
 	if (cur && cur->vport == t->port && cur->family == t->family &&
-	    dsr_addr6_eq(cur->vaddr, t->addr))
+	    xlb_addr_eq(cur->vaddr, t->addr))
 		return DSR_NEXT;
 	__builtin_memcpy(e.vaddr, t->addr, 16);
 	e.vport = t->port;
@@ -486,9 +459,9 @@ static __always_inline int dsr_icmp_dnat(struct __sk_buff *skb, const struct dsr
 	void *data_end = (void *)(long)skb->data_end;
 	__u8 svc[16] __attribute__((aligned(4))) = {};
 	__u8 ep[16] __attribute__((aligned(4)));
-	__u32 csum_off = in->l4off + offsetof(struct dsr_icmp, checksum);
+	__u32 csum_off = in->l4off + offsetof(struct xlb_icmp_hdr, checksum);
 	__be16 svc_port, ep_port = t->port;
-	struct dsr_icmp *icmp;
+	struct xlb_icmp_hdr *icmp;
 	struct dsr_ip q;
 	__be16 *qports;
 	int rc;
@@ -530,7 +503,7 @@ static __always_inline int dsr_icmp_dnat(struct __sk_buff *skb, const struct dsr
 
 		if ((void *)(ip6 + 1) > data_end || (void *)(qh + 1) > data_end)
 			return XLB_DROP_TRUNCATED;
-		if (!dsr_addr6_eq(&ip6->daddr, &qh->saddr))
+		if (!xlb_addr_eq(&ip6->daddr, &qh->saddr))
 			return XLB_DROP_BAD_TUNNEL;
 		__builtin_memcpy(svc, &ip6->daddr, 16);
 	}
@@ -669,7 +642,7 @@ static __always_inline int dsr_ingress(struct __sk_buff *skb)
 		ip6 = data + ETH_HLEN;
 		if (ip6 + 1 > (struct ipv6hdr *)data_end)
 			return XLB_DROP_TRUNCATED;
-		if (!dsr_addr6_eq(&ip6->daddr, node->addr6) || dsr_addr6_zero(node->addr6))
+		if (!xlb_addr_eq(&ip6->daddr, node->addr6) || dsr_addr6_zero(node->addr6))
 			return XLB_PASS_NOT_TUNNEL;
 	} else {
 		return XLB_PASS_NOT_IP;

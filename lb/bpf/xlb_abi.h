@@ -177,6 +177,13 @@ _Static_assert(sizeof(struct xlb_dsr_nat_entry) == 32, "xlb_dsr_nat_entry size")
 #define XLB_GENEVE_OPT_CLASS 0xFF58 /* experimental range */
 #define XLB_GENEVE_OPT_DSR4  0x01   /* data: struct xlb_dsr_opt4 */
 #define XLB_GENEVE_OPT_DSR6  0x02   /* data: struct xlb_dsr_opt6 */
+/* On an ICMP error the load balancer forwards (the inner packet untranslated:
+ * sent to the service address, quoting service:port -> client:port), in
+ * place of DSR4/DSR6: the ENDPOINT address and target port of the quoted
+ * flow, so the backend node translates the error without a reverse lookup.
+ * Data: struct xlb_dsr_opt4 / xlb_dsr_opt6 holding the endpoint. */
+#define XLB_GENEVE_OPT_EP4   0x03
+#define XLB_GENEVE_OPT_EP6   0x04
 
 struct xlb_geneve_hdr {
 	__u8 ver_optlen; /* version (2 bits, 0) | option length in 4-byte words */
