@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * xlb_bench: the timing wrapper of the datapath microbenchmark (perf/, `xlb-perf
+ * micro`). BPF_PROG_TEST_RUN with repeat=N reuses one xdp_buff for all N
+ * iterations, so a program that encapsulates would see its own output from
+ * the second iteration on. This wrapper runs first in every iteration:
+ *
+ *   1. moves the frame start back to where the original frame started
+ *      (bpf_xdp_adjust_head by the length difference: the programs under
+ *      test grow or shrink frames at the head only; a failure is counted);
+ *   2. writes the original bytes back (bpf_xdp_store_bytes from
+ *      xlb_bench_frame);
+ *   3. with XLB_BENCH_F_NEW_FLOW, writes a per-iteration sequence number
+ *      into the source port and the low 16 bits of the source address, with
+ *      incremental checksum updates, so every iteration is a new flow;
+ *   4. tail-calls the program under test (xlb_bench_progs[0]): xlb_xdp, or
+ *      xlb_pass for the baseline, whose cost (this wrapper) is subtracted.
+ *
+ * Every step is counted in xlb_bench_stats so the harness can prove that N
+ * iterations ran N times on the original frame. Not part of the datapath;
+ * never attached to an interface.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#define XLB_BENCH_FRAME_MAX 256
+
+/* xlb_bench_frame.flags */
+#define XLB_BENCH_F_NEW_FLOW (1u << 0)
+
+/* The original frame and, for XLB_BENCH_F_NEW_FLOW, where its varied
+ * fields sit (byte offsets from the frame start; csum offsets 0: none). */
+struct xlb_bench_frame {
+	__u32 len;
+	__u32 flags;
+	__u16 sport_off;
+	__u16 saddr_lo_off; /* the last two bytes of the source address */
+	__u16 ip_csum_off;  /* IPv4 header checksum; 0 for IPv6 */
+	__u16 l4_csum_off;  /* TCP/UDP checksum */
+	__u8 bytes[XLB_BENCH_FRAME_MAX];
+};
+
+/* Indices of xlb_bench_stats (per-CPU __u64). */
+enum xlb_bench_stat {
+	XLB_BENCH_ITERATIONS = 0, /* frames restored and handed on */
+	XLB_BENCH_RESTORE_FAIL = 1,
+	XLB_BENCH_TAIL_CALL_FAIL = 2,
+	XLB_BENCH_SEQ = 3, /* sequence number of XLB_BENCH_F_NEW_FLOW */
+	XLB_BENCH_STAT_MAX = 4,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xlb_bench_frame);
+	__uint(max_entries, 1);
+} xlb_bench_frame SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, XLB_BENCH_STAT_MAX);
+} xlb_bench_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, 1);
+} xlb_bench_progs SEC(".maps");
+
+static __always_inline __u64 *stat(__u32 idx)
+{
+	return bpf_map_lookup_elem(&xlb_bench_stats, &idx);
+}
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = stat(idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* RFC 1624 eqn. 3 on 16-bit words as stored (byte order cancels out). */
+static __always_inline __u16 csum_replace2(__u16 csum, __u16 old, __u16 new)
+{
+	__u32 s = (__u16)~csum + (__u16)~old + (__u32) new;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+/* Writes a 16-bit word at a masked offset; returns the old word, or -1. */
+static __always_inline int put16(struct xdp_md *ctx, __u32 off, __u16 val)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u16 *p, old;
+
+	off &= XLB_BENCH_FRAME_MAX - 1;
+	p = data + off;
+	if ((void *)(p + 1) > data_end)
+		return -1;
+	old = *p;
+	*p = val;
+	return old;
+}
+
+static __always_inline int vary_source(struct xdp_md *ctx, const struct xlb_bench_frame *f)
+{
+	__u64 *seqp = stat(XLB_BENCH_SEQ);
+	__u16 port, addr, csum_l4, csum_ip;
+	int old_port, old_addr, c;
+	__u64 seq;
+
+	if (!seqp)
+		return -1;
+	seq = ++*seqp;
+	port = (__u16)seq;
+	addr = (__u16)(seq >> 16);
+	old_port = put16(ctx, f->sport_off, port);
+	old_addr = put16(ctx, f->saddr_lo_off, addr);
+	if (old_port < 0 || old_addr < 0)
+		return -1;
+	if (f->l4_csum_off) {
+		c = put16(ctx, f->l4_csum_off, 0);
+		if (c < 0)
+			return -1;
+		csum_l4 = csum_replace2((__u16)c, (__u16)old_port, port);
+		csum_l4 = csum_replace2(csum_l4, (__u16)old_addr, addr);
+		put16(ctx, f->l4_csum_off, csum_l4);
+	}
+	if (f->ip_csum_off) {
+		c = put16(ctx, f->ip_csum_off, 0);
+		if (c < 0)
+			return -1;
+		csum_ip = csum_replace2((__u16)c, (__u16)old_addr, addr);
+		put16(ctx, f->ip_csum_off, csum_ip);
+	}
+	return 0;
+}
+
+SEC("xdp")
+int xlb_bench(struct xdp_md *ctx)
+{
+	__u32 zero = 0, len;
+	struct xlb_bench_frame *f = bpf_map_lookup_elem(&xlb_bench_frame, &zero);
+	long cur;
+
+	if (!f)
+		return XDP_ABORTED;
+	len = f->len;
+	if (len < 14 || len > XLB_BENCH_FRAME_MAX)
+		goto restore_fail;
+	cur = (long)ctx->data_end - (long)ctx->data;
+	if (cur != len && bpf_xdp_adjust_head(ctx, (int)(cur - (long)len)))
+		goto restore_fail;
+	if (bpf_xdp_store_bytes(ctx, 0, f->bytes, len))
+		goto restore_fail;
+	if ((f->flags & XLB_BENCH_F_NEW_FLOW) && vary_source(ctx, f))
+		goto restore_fail;
+	stat_inc(XLB_BENCH_ITERATIONS);
+	bpf_tail_call(ctx, &xlb_bench_progs, 0);
+	stat_inc(XLB_BENCH_TAIL_CALL_FAIL);
+	return XDP_ABORTED;
+
+restore_fail:
+	stat_inc(XLB_BENCH_RESTORE_FAIL);
+	return XDP_ABORTED;
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
