@@ -8,3 +8,4 @@ pub mod maglev;
 pub mod maps;
 pub mod model;
 pub mod objects;
+pub mod packet;
