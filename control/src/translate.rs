@@ -1,0 +1,905 @@
+//! Translates Kubernetes Services, EndpointSlices and Nodes (a
+//! [`Cluster`]) into the datapath's desired state ([`lb::model::Desired`]),
+//! with kube-proxy semantics. The one translation path for every source.
+//!
+//! Bad configuration is rejected whole: every problem found is collected into
+//! [`ConfigErrors`] (each naming the object and the field) and no partial
+//! state is returned, so nothing of a bad configuration is ever applied.
+//!
+//! What becomes a datapath service: each port of each Service this proxy
+//! owns, with the frontends reachable from outside the cluster —
+//! LoadBalancer ingress IPs, externalIPs, and the NodePort on this node's
+//! addresses. ClusterIP frontends are deliberately left out of
+//! `Service::frontends`: the XDP fast path serves north-south traffic only
+//! and ClusterIP belongs to the socket-level load balancer. A service port
+//! with no such frontend is not part of the desired state.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service as KubeService, ServicePort},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use lb::model::{
+    Affinity, Backend, BackendState, Cidr, Desired, Encap, Frontend, FrontendKind, NodeConfig,
+    Proto, Service, ServiceKey, DEFAULT_MAGLEV_SIZE,
+};
+use thiserror::Error;
+
+use crate::cluster::Cluster;
+
+/// Service label naming the proxy that implements it (KEP-2447); services
+/// labelled with another name are left to that proxy.
+pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// EndpointSlice label naming the Service it belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Service annotation: the Maglev table size, a prime <= 16381.
+pub const MAGLEV_SIZE_ANNOTATION: &str = "xlb.io/maglev-size";
+/// Service annotation: how packets reach the backend node, `geneve` or `ipip`.
+pub const ENCAP_ANNOTATION: &str = "xlb.io/encap";
+/// Proxy name xlb answers to by default.
+pub const DEFAULT_PROXY_NAME: &str = "xlb";
+/// sessionAffinityConfig.clientIP.timeoutSeconds when unset (Kubernetes' default).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10800;
+/// Largest sessionAffinity timeout the API server admits.
+pub const MAX_AFFINITY_TIMEOUT_S: i32 = 86400;
+
+/// What the translation needs to know about the node it runs on and its policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranslateOptions {
+    /// This node's name: its Node object gives the NodePort addresses
+    /// (status.addresses InternalIP and ExternalIP) and, unless overridden,
+    /// the tunnel source addresses (the first InternalIP of each family).
+    pub node_name: String,
+    /// Where Service externalIPs may point. An externalIP outside every one of
+    /// them is an error (CVE-2020-8554: any user able to create a Service
+    /// could otherwise capture traffic for any address). Empty: none allowed.
+    pub external_ip_cidrs: Vec<Cidr>,
+    /// The `service.kubernetes.io/service-proxy-name` value xlb owns;
+    /// unlabelled services are always ours.
+    pub proxy_name: String,
+    /// Overrides the IPv4 tunnel source taken from the Node object.
+    pub tunnel_v4: Option<Ipv4Addr>,
+    /// Overrides the IPv6 tunnel source taken from the Node object.
+    pub tunnel_v6: Option<Ipv6Addr>,
+}
+
+impl TranslateOptions {
+    /// Options for node `node_name`: no externalIP allowed, proxy name "xlb",
+    /// tunnel addresses from the Node object.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        TranslateOptions {
+            node_name: node_name.into(),
+            external_ip_cidrs: Vec::new(),
+            proxy_name: DEFAULT_PROXY_NAME.to_string(),
+            tunnel_v4: None,
+            tunnel_v6: None,
+        }
+    }
+}
+
+/// A Kubernetes object named in an error: "Service default/web", "Node node1".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// What is wrong with one field.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Problem {
+    #[error("missing")]
+    Missing,
+    #[error("{value:?} is not an IP address")]
+    BadIp { value: String },
+    #[error("{value:?} is not a CIDR: {reason}")]
+    BadCidr { value: String, reason: String },
+    #[error(
+        "{addr} is outside the allowed external IP CIDRs ({allowed}); allow it with \
+         --external-ip-cidr (CVE-2020-8554)"
+    )]
+    ExternalIpNotAllowed { addr: IpAddr, allowed: String },
+    #[error("{value} is not a port number (1-65535)")]
+    BadPort { value: i32 },
+    #[error("{value:?} is not a valid port name (IANA_SVC_NAME)")]
+    BadPortName { value: String },
+    #[error("{value:?} is not one of {expected}")]
+    BadValue { value: String, expected: &'static str },
+    #[error("{value:?} is not a prime number <= {max}")]
+    BadMaglevSize { value: String, max: u32 },
+    #[error("{value} is not between 1 and {max} seconds", max = MAX_AFFINITY_TIMEOUT_S)]
+    BadAffinityTimeout { value: i32 },
+    #[error("node {node:?} not found")]
+    UnknownNode { node: String },
+    #[error("node {node:?} has no InternalIP address")]
+    NodeWithoutAddress { node: String },
+    #[error("{addr} does not match addressType {address_type}")]
+    FamilyMismatch { addr: IpAddr, address_type: String },
+    #[error("named targetPort {target:?} has no port number in the slice")]
+    UnresolvedTargetPort { target: String },
+    #[error("{frontend} is already a frontend of {other}")]
+    DuplicateFrontend { frontend: String, other: ServiceKey },
+}
+
+/// One problem: "Service default/web: spec.ports[1].targetPort: ...".
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{object}: {field}: {problem}")]
+pub struct ConfigError {
+    pub object: ObjectRef,
+    /// Path of the field inside the object, as in the API: `spec.ports[1].targetPort`.
+    pub field: String,
+    pub problem: Problem,
+}
+
+/// Every problem of a rejected configuration, in a deterministic order
+/// (objects sorted by namespace and name).
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "configuration rejected ({n} error{})", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Translates `cluster` as seen from node `opts.node_name`. Either the whole
+/// desired state or every error.
+pub fn translate(cluster: &Cluster, opts: &TranslateOptions) -> Result<Desired, ConfigErrors> {
+    let mut cx = Context { opts, errors: Vec::new(), nodes: HashMap::new() };
+    cx.index_nodes(&cluster.nodes);
+
+    let mut desired = Desired::default();
+    let this_node = cx.nodes.get(opts.node_name.as_str()).cloned();
+    match &this_node {
+        Some(addrs) => desired.node = node_config(addrs, opts),
+        None => cx.error(
+            ObjectRef { kind: "Node", namespace: None, name: opts.node_name.clone() },
+            "metadata.name",
+            Problem::UnknownNode { node: opts.node_name.clone() },
+        ),
+    }
+
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in &cluster.slices {
+        let labels = slice.metadata.labels.as_ref();
+        if let Some(svc) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+            slices.entry((ns, svc.as_str())).or_default().push(slice);
+        }
+    }
+    for list in slices.values_mut() {
+        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+
+    let mut services: Vec<&KubeService> = cluster.services.iter().collect();
+    services.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+
+    // Which service port owns each frontend, to reject a second claim.
+    let mut owners: HashMap<(IpAddr, u16, Proto), ServiceKey> = HashMap::new();
+    let this_addrs = this_node.unwrap_or_default();
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let empty = Vec::new();
+        let svc_slices = slices.get(&(ns, name)).unwrap_or(&empty);
+        for (service, fields) in cx.service(svc, svc_slices, &this_addrs) {
+            let object = service_ref(svc);
+            let mut keep = true;
+            for (fe, field) in service.frontends.iter().zip(&fields) {
+                let slot = (fe.addr, fe.port, fe.proto);
+                if let Some(other) = owners.get(&slot) {
+                    keep = false;
+                    cx.error(
+                        object.clone(),
+                        field,
+                        Problem::DuplicateFrontend {
+                            frontend: format!("{}/{}", SocketAddr::new(fe.addr, fe.port), fe.proto),
+                            other: other.clone(),
+                        },
+                    );
+                } else {
+                    owners.insert(slot, service.key.clone());
+                }
+            }
+            if keep {
+                desired.services.insert(service.key.clone(), service);
+            }
+        }
+    }
+
+    if cx.errors.is_empty() {
+        Ok(desired)
+    } else {
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+/// An address from a Node's status.addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeAddr {
+    addr: IpAddr,
+    internal: bool,
+}
+
+struct Context<'a> {
+    opts: &'a TranslateOptions,
+    errors: Vec<ConfigError>,
+    /// Node name -> its InternalIP and ExternalIP addresses, in API order.
+    nodes: HashMap<String, Vec<NodeAddr>>,
+}
+
+/// An endpoint of one service port, before the kube-proxy selection.
+struct Candidate {
+    addr: IpAddr,
+    port: u16,
+    node: IpAddr,
+    local: bool,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+fn service_ref(svc: &KubeService) -> ObjectRef {
+    ObjectRef {
+        kind: "Service",
+        namespace: Some(svc.metadata.namespace.clone().unwrap_or_else(|| "default".into())),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+fn slice_ref(slice: &EndpointSlice) -> ObjectRef {
+    ObjectRef {
+        kind: "EndpointSlice",
+        namespace: Some(slice.metadata.namespace.clone().unwrap_or_else(|| "default".into())),
+        name: slice.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+fn node_config(addrs: &[NodeAddr], opts: &TranslateOptions) -> NodeConfig {
+    let internal = || addrs.iter().filter(|a| a.internal).map(|a| a.addr);
+    NodeConfig {
+        tunnel_v4: opts.tunnel_v4.or_else(|| {
+            internal().find_map(|a| match a {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+        }),
+        tunnel_v6: opts.tunnel_v6.or_else(|| {
+            internal().find_map(|a| match a {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            })
+        }),
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, Problem> {
+    s.trim().parse().map_err(|_| Problem::BadIp { value: s.to_string() })
+}
+
+fn port_number(value: i32) -> Result<u16, Problem> {
+    u16::try_from(value).ok().filter(|p| *p != 0).ok_or(Problem::BadPort { value })
+}
+
+/// IANA_SVC_NAME as the API server checks it: 1-15 lowercase letters,
+/// digits and '-', at least one letter, no leading, trailing or double '-'.
+fn valid_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+fn parse_proto(s: Option<&str>) -> Result<Option<Proto>, Problem> {
+    match s.unwrap_or("TCP") {
+        "TCP" => Ok(Some(Proto::Tcp)),
+        "UDP" => Ok(Some(Proto::Udp)),
+        // Valid Kubernetes, not carried by the datapath: skipped, not an error.
+        "SCTP" => Ok(None),
+        other => Err(Problem::BadValue { value: other.to_string(), expected: "TCP, UDP, SCTP" }),
+    }
+}
+
+impl Context<'_> {
+    fn error(&mut self, object: ObjectRef, field: impl Into<String>, problem: Problem) {
+        self.errors.push(ConfigError { object, field: field.into(), problem });
+    }
+
+    fn index_nodes(&mut self, nodes: &[Node]) {
+        let mut nodes: Vec<&Node> = nodes.iter().collect();
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        for node in nodes {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let object = ObjectRef { kind: "Node", namespace: None, name: name.clone() };
+            let mut addrs = Vec::new();
+            let list = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+            for (i, a) in list.into_iter().flatten().enumerate() {
+                let internal = match a.type_.as_str() {
+                    "InternalIP" => true,
+                    "ExternalIP" => false,
+                    _ => continue,
+                };
+                match parse_ip(&a.address) {
+                    Ok(addr) => addrs.push(NodeAddr { addr, internal }),
+                    Err(p) => {
+                        self.error(object.clone(), format!("status.addresses[{i}].address"), p)
+                    }
+                }
+            }
+            self.nodes.insert(name, addrs);
+        }
+    }
+
+    /// The datapath services of one Kubernetes Service (one per port), each
+    /// with the API field every frontend came from. Errors go to `self`.
+    fn service(
+        &mut self,
+        svc: &KubeService,
+        slices: &[&EndpointSlice],
+        this_node: &[NodeAddr],
+    ) -> Vec<(Service, Vec<String>)> {
+        let object = service_ref(svc);
+        let errors_before = self.errors.len();
+        let labels = svc.metadata.labels.as_ref();
+        if let Some(proxy) = labels.and_then(|l| l.get(PROXY_NAME_LABEL)) {
+            if *proxy != self.opts.proxy_name {
+                return Vec::new();
+            }
+        }
+        let Some(spec) = svc.spec.as_ref() else {
+            self.error(object, "spec", Problem::Missing);
+            return Vec::new();
+        };
+        let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let (node_port, load_balancer) = match svc_type {
+            "ClusterIP" => (false, false),
+            "NodePort" => (true, false),
+            "LoadBalancer" => (true, true),
+            "ExternalName" => return Vec::new(),
+            other => {
+                self.error(
+                    object,
+                    "spec.type",
+                    Problem::BadValue {
+                        value: other.to_string(),
+                        expected: "ClusterIP, NodePort, LoadBalancer, ExternalName",
+                    },
+                );
+                return Vec::new();
+            }
+        };
+        if spec.cluster_ip.as_deref() == Some("None") {
+            return Vec::new(); // headless: no virtual address to serve
+        }
+
+        // Address families the service exists in: NodePorts are opened on
+        // this node's addresses of those families only.
+        let mut v4 = false;
+        let mut v6 = false;
+        if let Some(families) = &spec.ip_families {
+            for (i, f) in families.iter().enumerate() {
+                match f.as_str() {
+                    "IPv4" => v4 = true,
+                    "IPv6" => v6 = true,
+                    other => self.error(
+                        object.clone(),
+                        format!("spec.ipFamilies[{i}]"),
+                        Problem::BadValue { value: other.to_string(), expected: "IPv4, IPv6" },
+                    ),
+                }
+            }
+        } else {
+            let ips = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter());
+            for ip in ips.filter_map(|s| s.parse::<IpAddr>().ok()) {
+                v4 |= ip.is_ipv4();
+                v6 |= ip.is_ipv6();
+            }
+        }
+        if !v4 && !v6 {
+            // Neither ipFamilies nor a clusterIP (a hand-written manifest):
+            // whatever addresses the node has.
+            (v4, v6) = (true, true);
+        }
+
+        let annotations = svc.metadata.annotations.as_ref();
+        let mut maglev_size = DEFAULT_MAGLEV_SIZE;
+        if let Some(v) = annotations.and_then(|a| a.get(MAGLEV_SIZE_ANNOTATION)) {
+            match v.trim().parse::<u32>() {
+                Ok(n) if is_prime(n) && n <= DEFAULT_MAGLEV_SIZE => maglev_size = n,
+                _ => self.error(
+                    object.clone(),
+                    format!("metadata.annotations[{MAGLEV_SIZE_ANNOTATION}]"),
+                    Problem::BadMaglevSize { value: v.clone(), max: DEFAULT_MAGLEV_SIZE },
+                ),
+            }
+        }
+        let mut encap = Encap::default();
+        if let Some(v) = annotations.and_then(|a| a.get(ENCAP_ANNOTATION)) {
+            match v.trim() {
+                "geneve" => encap = Encap::Geneve,
+                "ipip" => encap = Encap::Ipip,
+                _ => self.error(
+                    object.clone(),
+                    format!("metadata.annotations[{ENCAP_ANNOTATION}]"),
+                    Problem::BadValue { value: v.clone(), expected: "geneve, ipip" },
+                ),
+            }
+        }
+
+        let affinity = match spec.session_affinity.as_deref().unwrap_or("None") {
+            "None" => None,
+            "ClientIP" => {
+                let timeout = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds);
+                match timeout {
+                    None => Some(DEFAULT_AFFINITY_TIMEOUT_S),
+                    Some(t) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) => Some(t as u32),
+                    Some(t) => {
+                        self.error(
+                            object.clone(),
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            Problem::BadAffinityTimeout { value: t },
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.error(
+                    object.clone(),
+                    "spec.sessionAffinity",
+                    Problem::BadValue { value: other.to_string(), expected: "None, ClientIP" },
+                );
+                None
+            }
+        }
+        .map(|s| Affinity { timeout: Duration::from_secs(u64::from(s)) });
+
+        // externalTrafficPolicy: Local keeps only this node's endpoints for
+        // NodePort and LoadBalancer traffic (externalIPs included, as in
+        // kube-proxy). The healthCheckNodePort responder that lets an external
+        // load balancer avoid nodes without endpoints belongs to issue #3.
+        let local = match spec.external_traffic_policy.as_deref() {
+            None | Some("Cluster") => false,
+            Some("Local") => node_port,
+            Some(other) => {
+                self.error(
+                    object.clone(),
+                    "spec.externalTrafficPolicy",
+                    Problem::BadValue { value: other.to_string(), expected: "Cluster, Local" },
+                );
+                false
+            }
+        };
+
+        // loadBalancerSourceRanges restrict LoadBalancer traffic; the model
+        // holds one list per service, applied to all its frontends.
+        let mut source_ranges = Vec::new();
+        if load_balancer {
+            for (i, r) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+                match r.trim().parse::<Cidr>() {
+                    Ok(c) => source_ranges.push(c),
+                    Err(reason) => self.error(
+                        object.clone(),
+                        format!("spec.loadBalancerSourceRanges[{i}]"),
+                        Problem::BadCidr { value: r.clone(), reason },
+                    ),
+                }
+            }
+            source_ranges.sort();
+            source_ranges.dedup();
+        }
+
+        // Service-wide frontend addresses (the port comes per service port).
+        let mut addrs: Vec<(IpAddr, FrontendKind, String)> = Vec::new();
+        if load_balancer {
+            let ingress = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref());
+            for (i, ing) in ingress.into_iter().flatten().enumerate() {
+                // ipMode Proxy: the load balancer delivers to the node with its
+                // own address as destination, so the VIP is not ours to serve.
+                if ing.ip_mode.as_deref() == Some("Proxy") {
+                    continue;
+                }
+                let Some(ip) = &ing.ip else { continue }; // hostname-only
+                let field = format!("status.loadBalancer.ingress[{i}].ip");
+                match parse_ip(ip) {
+                    Ok(a) => addrs.push((a, FrontendKind::LoadBalancer, field)),
+                    Err(p) => self.error(object.clone(), field, p),
+                }
+            }
+        }
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            let field = format!("spec.externalIPs[{i}]");
+            match parse_ip(ip) {
+                Ok(a) if self.opts.external_ip_cidrs.iter().any(|c| c.contains(a)) => {
+                    addrs.push((a, FrontendKind::ExternalIp, field))
+                }
+                Ok(addr) => {
+                    let allowed = if self.opts.external_ip_cidrs.is_empty() {
+                        "none".to_string()
+                    } else {
+                        let list: Vec<String> =
+                            self.opts.external_ip_cidrs.iter().map(|c| c.to_string()).collect();
+                        list.join(", ")
+                    };
+                    self.error(
+                        object.clone(),
+                        field,
+                        Problem::ExternalIpNotAllowed { addr, allowed },
+                    )
+                }
+                Err(p) => self.error(object.clone(), field, p),
+            }
+        }
+
+        let ns = object.namespace.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, port) in spec.ports.iter().flatten().enumerate() {
+            let port_name = port.name.as_deref().unwrap_or("");
+            let proto = match parse_proto(port.protocol.as_deref()) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    tracing::warn!(service = %object, port = i, "SCTP port skipped: not carried by the datapath");
+                    continue;
+                }
+                Err(p) => {
+                    self.error(object.clone(), format!("spec.ports[{i}].protocol"), p);
+                    continue;
+                }
+            };
+            let svc_port = match port_number(port.port) {
+                Ok(p) => p,
+                Err(p) => {
+                    self.error(object.clone(), format!("spec.ports[{i}].port"), p);
+                    continue;
+                }
+            };
+            let Some(target) = self.target_port(&object, i, port) else {
+                continue;
+            };
+
+            let mut frontends = Vec::new();
+            let mut fields = Vec::new();
+            let mut push = |fe: Frontend, field: String| {
+                if !frontends
+                    .iter()
+                    .any(|f: &Frontend| (f.addr, f.port, f.proto) == (fe.addr, fe.port, fe.proto))
+                {
+                    frontends.push(fe);
+                    fields.push(field);
+                }
+            };
+            for (addr, kind, field) in &addrs {
+                let fe = Frontend { addr: *addr, port: svc_port, proto, kind: *kind };
+                push(fe, field.clone());
+            }
+            if node_port {
+                if let Some(np) = port.node_port {
+                    match port_number(np) {
+                        Ok(np) => {
+                            for a in this_node {
+                                if (a.addr.is_ipv4() && v4) || (a.addr.is_ipv6() && v6) {
+                                    let fe = Frontend {
+                                        addr: a.addr,
+                                        port: np,
+                                        proto,
+                                        kind: FrontendKind::NodePort,
+                                    };
+                                    push(fe, format!("spec.ports[{i}].nodePort"));
+                                }
+                            }
+                        }
+                        Err(p) => {
+                            self.error(object.clone(), format!("spec.ports[{i}].nodePort"), p)
+                        }
+                    }
+                }
+            }
+            if frontends.is_empty() {
+                continue; // ClusterIP only: not the XDP path's business
+            }
+
+            let backends = self.backends(slices, port_name, proto, &target, local);
+            let mut service = Service::new(ServiceKey::new(&ns, &object.name, port_name));
+            service.frontends = frontends;
+            service.backends = backends;
+            service.affinity = affinity;
+            service.maglev_size = maglev_size;
+            service.encap = encap;
+            service.source_ranges = source_ranges.clone();
+            out.push((service, fields));
+        }
+        if self.errors.len() > errors_before {
+            return Vec::new();
+        }
+        out
+    }
+
+    fn target_port(&mut self, object: &ObjectRef, i: usize, port: &ServicePort) -> Option<Target> {
+        let field = format!("spec.ports[{i}].targetPort");
+        match &port.target_port {
+            // Unset: the same as the service port (checked by the caller).
+            None => Some(Target::Number(u16::try_from(port.port).unwrap_or(0))),
+            Some(IntOrString::Int(n)) => match port_number(*n) {
+                Ok(p) => Some(Target::Number(p)),
+                Err(p) => {
+                    self.error(object.clone(), field, p);
+                    None
+                }
+            },
+            Some(IntOrString::String(s)) => {
+                if let Ok(n) = s.parse::<i32>() {
+                    // "8080" written as a string: the API server takes it as a number.
+                    return match port_number(n) {
+                        Ok(p) => Some(Target::Number(p)),
+                        Err(p) => {
+                            self.error(object.clone(), field, p);
+                            None
+                        }
+                    };
+                }
+                if valid_port_name(s) {
+                    Some(Target::Named(s.clone()))
+                } else {
+                    self.error(object.clone(), field, Problem::BadPortName { value: s.clone() });
+                    None
+                }
+            }
+        }
+    }
+
+    /// The backends of one service port, from its EndpointSlices, selected
+    /// with kube-proxy's rules, per address family:
+    /// - ready endpoints take new flows;
+    /// - if none is ready, serving-and-terminating endpoints do instead
+    ///   (so a rolling restart of every pod does not black-hole traffic);
+    /// - other terminating endpoints stay as `Terminating`: they keep their
+    ///   established flows and get no new ones;
+    /// - endpoints neither ready nor terminating are left out.
+    ///
+    /// With `local` (externalTrafficPolicy: Local) only this node's
+    /// endpoints are considered at all.
+    fn backends(
+        &mut self,
+        slices: &[&EndpointSlice],
+        port_name: &str,
+        proto: Proto,
+        target: &Target,
+        local: bool,
+    ) -> Vec<Backend> {
+        let mut candidates = Vec::new();
+        for slice in slices {
+            self.slice_candidates(slice, port_name, proto, target, &mut candidates);
+        }
+        if local {
+            candidates.retain(|c| c.local);
+        }
+
+        let mut chosen: BTreeMap<String, Backend> = BTreeMap::new();
+        for v6 in [false, true] {
+            let family: Vec<&Candidate> =
+                candidates.iter().filter(|c| c.addr.is_ipv6() == v6).collect();
+            let any_ready = family.iter().any(|c| c.ready);
+            for c in family {
+                let state = if c.ready || (!any_ready && c.serving && c.terminating) {
+                    BackendState::Active
+                } else if c.terminating {
+                    BackendState::Terminating
+                } else {
+                    continue;
+                };
+                let name = SocketAddr::new(c.addr, c.port).to_string();
+                let backend = Backend {
+                    name: name.clone(),
+                    addr: c.addr,
+                    port: c.port,
+                    node: c.node,
+                    weight: 1,
+                    state,
+                };
+                // The same endpoint in two slices (during a slice split):
+                // the more usable entry wins.
+                let better = match chosen.get(&name) {
+                    None => true,
+                    Some(old) => {
+                        old.state == BackendState::Terminating && state == BackendState::Active
+                    }
+                };
+                if better {
+                    chosen.insert(name, backend);
+                }
+            }
+        }
+        chosen.into_values().collect()
+    }
+
+    fn slice_candidates(
+        &mut self,
+        slice: &EndpointSlice,
+        port_name: &str,
+        proto: Proto,
+        target: &Target,
+        out: &mut Vec<Candidate>,
+    ) {
+        let object = slice_ref(slice);
+        let v6 = match slice.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            "FQDN" => return, // not an address the datapath can reach
+            other => {
+                self.error(
+                    object,
+                    "addressType",
+                    Problem::BadValue { value: other.to_string(), expected: "IPv4, IPv6, FQDN" },
+                );
+                return;
+            }
+        };
+        // The slice port carrying this service port: same name and protocol.
+        // Its number is the resolved targetPort (named ports resolved per pod).
+        let ports = slice.ports.iter().flatten().enumerate();
+        let Some((j, sp)) = ports.into_iter().find(|(_, p)| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && parse_proto(p.protocol.as_deref()).ok().flatten() == Some(proto)
+        }) else {
+            return;
+        };
+        let port = match (sp.port, target) {
+            (Some(n), _) => match port_number(n) {
+                Ok(p) => p,
+                Err(p) => {
+                    self.error(object, format!("ports[{j}].port"), p);
+                    return;
+                }
+            },
+            (None, Target::Number(n)) => *n,
+            (None, Target::Named(name)) => {
+                self.error(
+                    object,
+                    format!("ports[{j}].port"),
+                    Problem::UnresolvedTargetPort { target: name.clone() },
+                );
+                return;
+            }
+        };
+
+        for (k, ep) in slice.endpoints.iter().enumerate() {
+            // Consumers use the first address (the API documents the rest as unused).
+            let Some(first) = ep.addresses.first() else {
+                self.error(object.clone(), format!("endpoints[{k}].addresses"), Problem::Missing);
+                continue;
+            };
+            let addr = match parse_ip(first) {
+                Ok(a) if a.is_ipv6() == v6 => a,
+                Ok(addr) => {
+                    self.error(
+                        object.clone(),
+                        format!("endpoints[{k}].addresses[0]"),
+                        Problem::FamilyMismatch { addr, address_type: slice.address_type.clone() },
+                    );
+                    continue;
+                }
+                Err(p) => {
+                    self.error(object.clone(), format!("endpoints[{k}].addresses[0]"), p);
+                    continue;
+                }
+            };
+            let field = format!("endpoints[{k}].nodeName");
+            let Some(node_name) = ep.node_name.as_deref() else {
+                self.error(object.clone(), field, Problem::Missing);
+                continue;
+            };
+            let Some(node_addrs) = self.nodes.get(node_name) else {
+                let problem = Problem::UnknownNode { node: node_name.to_string() };
+                self.error(object.clone(), field, problem);
+                continue;
+            };
+            let internal = || node_addrs.iter().filter(|a| a.internal).map(|a| a.addr);
+            let node = internal().find(|a| a.is_ipv6() == v6).or_else(|| internal().next());
+            let Some(node) = node else {
+                let problem = Problem::NodeWithoutAddress { node: node_name.to_string() };
+                self.error(object.clone(), field, problem);
+                continue;
+            };
+            // Unknown (nil) conditions: ready; serving follows ready.
+            let cond = ep.conditions.as_ref();
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            out.push(Candidate {
+                addr,
+                port,
+                node,
+                local: node_name == self.opts.node_name,
+                ready,
+                serving,
+                terminating,
+            });
+        }
+    }
+}
+
+/// A service port's targetPort: a number, or a container port name resolved
+/// per endpoint through the EndpointSlice's ports.
+enum Target {
+    Number(u16),
+    Named(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primes() {
+        let small: Vec<u32> = (0..30).filter(|n| is_prime(*n)).collect();
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(DEFAULT_MAGLEV_SIZE));
+        assert!(!is_prime(16383));
+    }
+
+    #[test]
+    fn port_names() {
+        for ok in ["http", "h2c", "web-8080", "a"] {
+            assert!(valid_port_name(ok), "{ok}");
+        }
+        for bad in ["", "8080", "HTTP", "-web", "web-", "a--b", "sixteen-chars-xx", "dns_tcp"] {
+            assert!(!valid_port_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_display_names_object_and_field() {
+        let e = ConfigError {
+            object: ObjectRef {
+                kind: "Service",
+                namespace: Some("default".into()),
+                name: "web".into(),
+            },
+            field: "spec.ports[1].targetPort".into(),
+            problem: Problem::BadPort { value: 0 },
+        };
+        assert_eq!(
+            e.to_string(),
+            "Service default/web: spec.ports[1].targetPort: 0 is not a port number (1-65535)"
+        );
+    }
+}
