@@ -52,7 +52,8 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         let shared = svc_shared.clone();
         async move { Ok::<_, Infallible>(respond(&shared, req.method(), req.uri())) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = conn => {}
         _ = kill.changed() => {}
@@ -94,7 +95,10 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = Cut;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Watch(w) => match w.rx.poll_recv(cx) {
@@ -128,7 +132,12 @@ fn json_response(code: StatusCode, body: &impl Serialize) -> Response<Body> {
     resp
 }
 
-fn status_response(code: u16, reason: &str, message: &str, details: Option<Value>) -> Response<Body> {
+fn status_response(
+    code: u16,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> Response<Body> {
     let mut status = status_object(code, reason, message);
     if let Some(d) = details {
         status["details"] = d;
@@ -163,7 +172,12 @@ fn respond(shared: &Arc<Shared>, method: &Method, uri: &Uri) -> Response<Body> {
     }
     if method != Method::GET {
         shared.counters.other.fetch_add(1, Ordering::Relaxed);
-        return status_response(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None);
+        return status_response(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+            None,
+        );
     }
     match path {
         "/version" => {
@@ -178,9 +192,15 @@ fn respond(shared: &Arc<Shared>, method: &Method, uri: &Uri) -> Response<Body> {
     }
     let Some(route) = route(path) else {
         shared.counters.other.fetch_add(1, Ordering::Relaxed);
-        return status_response(404, "NotFound", "the server could not find the requested resource", Some(json!({})));
+        return status_response(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            Some(json!({})),
+        );
     };
-    let query: HashMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     let q = |k: &str| query.get(k).map(String::as_str);
     if let Some(name) = &route.name {
         shared.counters.get.fetch_add(1, Ordering::Relaxed);
@@ -203,7 +223,8 @@ fn respond(shared: &Arc<Shared>, method: &Method, uri: &Uri) -> Response<Body> {
         Ok(s) => s,
         Err(e) => return bad_request(&e),
     };
-    let filter = Filter { resource: route.resource, namespace: route.namespace.clone(), labels, fields };
+    let filter =
+        Filter { resource: route.resource, namespace: route.namespace.clone(), labels, fields };
     if matches!(q("watch"), Some("true" | "1")) {
         shared.counters.watch.fetch_add(1, Ordering::Relaxed);
         watch(shared, filter, &q)
@@ -213,7 +234,11 @@ fn respond(shared: &Arc<Shared>, method: &Method, uri: &Uri) -> Response<Body> {
     }
 }
 
-fn watch<'a>(shared: &Arc<Shared>, filter: Filter, q: &impl Fn(&str) -> Option<&'a str>) -> Response<Body> {
+fn watch<'a>(
+    shared: &Arc<Shared>,
+    filter: Filter,
+    q: &impl Fn(&str) -> Option<&'a str>,
+) -> Response<Body> {
     let send_initial = q("sendInitialEvents") == Some("true");
     let from = match q("resourceVersion") {
         _ if send_initial => WatchFrom::Current { initial_events_end: true },
@@ -240,7 +265,12 @@ fn watch<'a>(shared: &Arc<Shared>, filter: Filter, q: &impl Fn(&str) -> Option<&
     resp
 }
 
-fn list<'a>(shared: &Arc<Shared>, route: &Route, filter: &Filter, q: &impl Fn(&str) -> Option<&'a str>) -> Response<Body> {
+fn list<'a>(
+    shared: &Arc<Shared>,
+    route: &Route,
+    filter: &Filter,
+    q: &impl Fn(&str) -> Option<&'a str>,
+) -> Response<Body> {
     let limit = match q("limit").map(str::parse::<usize>) {
         None => None,
         Some(Ok(l)) => Some(l),
@@ -274,7 +304,8 @@ impl Serialize for ListBody<'_> {
         impl Serialize for Item<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let fields = self.0.as_object().into_iter().flatten();
-                let fields: Vec<_> = fields.filter(|(k, _)| *k != "kind" && *k != "apiVersion").collect();
+                let fields: Vec<_> =
+                    fields.filter(|(k, _)| *k != "kind" && *k != "apiVersion").collect();
                 let mut m = s.serialize_map(Some(fields.len()))?;
                 for (k, v) in fields {
                     m.serialize_entry(k, v)?;

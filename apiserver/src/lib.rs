@@ -205,9 +205,10 @@ impl ApiServer {
 
     pub async fn start_with(opts: Options) -> Result<ApiServer, Error> {
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr: SocketAddr::from(([127, 0, 0, 1], 0)), source })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            source,
+        })?;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(opts.history_limit)),
             counters: Counters::default(),
@@ -250,7 +251,8 @@ impl ApiServer {
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), Error> {
-        std::fs::write(path, self.kubeconfig()).map_err(|source| Error::Write { path: path.to_path_buf(), source })
+        std::fs::write(path, self.kubeconfig())
+            .map_err(|source| Error::Write { path: path.to_path_buf(), source })
     }
 
     fn to_value(obj: &impl Serialize) -> Result<Value, Error> {
@@ -280,7 +282,8 @@ impl ApiServer {
     pub fn apply_yaml(&self, yaml: &str) -> Result<Vec<Value>, Error> {
         let mut applied = Vec::new();
         for (index, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-            let doc = Value::deserialize(doc).map_err(|source| Error::ManifestYaml { index, source })?;
+            let doc =
+                Value::deserialize(doc).map_err(|source| Error::ManifestYaml { index, source })?;
             let objects = match doc {
                 Value::Null => continue,
                 Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
@@ -301,13 +304,25 @@ impl ApiServer {
     }
 
     /// Deletes a typed kind's object; `namespace` is ignored for cluster-scoped kinds.
-    pub fn delete<K: k8s_openapi::Resource>(&self, namespace: Option<&str>, name: &str) -> Result<Value, Error> {
+    pub fn delete<K: k8s_openapi::Resource>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, Error> {
         self.delete_kind(K::API_VERSION, K::KIND, namespace, name)
     }
 
-    pub fn delete_kind(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<Value, Error> {
-        let resource = resource::by_kind(api_version, kind)
-            .ok_or_else(|| Error::UnknownKind { api_version: api_version.into(), kind: kind.into() })?;
+    pub fn delete_kind(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, Error> {
+        let resource = resource::by_kind(api_version, kind).ok_or_else(|| Error::UnknownKind {
+            api_version: api_version.into(),
+            kind: kind.into(),
+        })?;
         Ok((*self.shared.lock().delete(resource, namespace, name)?).clone())
     }
 
@@ -320,13 +335,24 @@ impl ApiServer {
         let Some(v) = self.get_kind(K::API_VERSION, K::KIND, namespace, name) else {
             return Ok(None);
         };
-        let object = ObjectId { kind: K::KIND, namespace: namespace.map(str::to_string), name: name.to_string() };
+        let object = ObjectId {
+            kind: K::KIND,
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        };
         serde_json::from_value(v).map(Some).map_err(|source| Error::Decode { object, source })
     }
 
-    pub fn get_kind(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub fn get_kind(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         let resource = resource::by_kind(api_version, kind)?;
-        let namespace = if resource.namespaced { Some(namespace.unwrap_or("default")) } else { None };
+        let namespace =
+            if resource.namespaced { Some(namespace.unwrap_or("default")) } else { None };
         self.shared.lock().get(resource, namespace, name).map(|o| (*o).clone())
     }
 

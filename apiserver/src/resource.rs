@@ -39,10 +39,22 @@ impl ResourceType {
 
 /// Every resource type served. Adding a kind is one line here.
 pub static RESOURCES: &[ResourceType] = &[
-    ResourceType { group: "", version: "v1", kind: "Service", plural: "services", namespaced: true },
+    ResourceType {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        namespaced: true,
+    },
     ResourceType { group: "", version: "v1", kind: "Node", plural: "nodes", namespaced: false },
     ResourceType { group: "", version: "v1", kind: "Pod", plural: "pods", namespaced: true },
-    ResourceType { group: "", version: "v1", kind: "Namespace", plural: "namespaces", namespaced: false },
+    ResourceType {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+    },
     ResourceType {
         group: "discovery.k8s.io",
         version: "v1",
@@ -65,9 +77,7 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
 }
 
 fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// What a request path names: a collection (optionally within a namespace) or one object.
@@ -100,7 +110,11 @@ pub(crate) fn route(path: &str) -> Option<Route> {
                 },
             })
         }
-        [plural] => Some(Route { resource: by_plural(group, version, plural)?, namespace: None, name: None }),
+        [plural] => Some(Route {
+            resource: by_plural(group, version, plural)?,
+            namespace: None,
+            name: None,
+        }),
         [plural, name] => {
             let resource = by_plural(group, version, plural).filter(|r| !r.namespaced)?;
             Some(Route { resource, namespace: None, name: Some(nonempty(name)?) })
@@ -130,7 +144,10 @@ mod tests {
         assert!(route("/api/v1/services/web").is_none(), "services are namespaced");
         assert!(route("/api/v1/namespaces/a/services/web/status").is_none());
         assert!(route("/apis/discovery.k8s.io/v1beta1/endpointslices").is_none());
-        assert_eq!(by_kind("networking.k8s.io/v1", "NetworkPolicy").unwrap().plural, "networkpolicies");
+        assert_eq!(
+            by_kind("networking.k8s.io/v1", "NetworkPolicy").unwrap().plural,
+            "networkpolicies"
+        );
         assert!(by_kind("v1", "EndpointSlice").is_none());
     }
 }

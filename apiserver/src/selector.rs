@@ -124,14 +124,15 @@ fn parse_requirement(part: &str, target: Target) -> Result<Requirement, String> 
         return Ok(req(k, Op::Eq(v.trim().to_string())));
     }
     if target == Target::Fields {
-        return Err(format!("invalid field selector requirement {part:?}: want key=value or key!=value"));
+        return Err(format!(
+            "invalid field selector requirement {part:?}: want key=value or key!=value"
+        ));
     }
     let set = |rest: &str| -> Result<Vec<String>, String> {
-        let inner = rest
-            .trim()
-            .strip_prefix('(')
-            .and_then(|r| r.strip_suffix(')'))
-            .ok_or_else(|| format!("invalid label selector requirement {part:?}: set must be in parentheses"))?;
+        let inner =
+            rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
+                format!("invalid label selector requirement {part:?}: set must be in parentheses")
+            })?;
         Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
     };
     let words: Vec<&str> = part.splitn(2, char::is_whitespace).collect();
@@ -139,7 +140,9 @@ fn parse_requirement(part: &str, target: Target) -> Result<Requirement, String> 
         [k, rest] if rest.trim_start().starts_with("notin") => {
             Ok(req(k, Op::NotIn(set(&rest.trim_start()["notin".len()..])?)))
         }
-        [k, rest] if rest.trim_start().starts_with("in") => Ok(req(k, Op::In(set(&rest.trim_start()["in".len()..])?))),
+        [k, rest] if rest.trim_start().starts_with("in") => {
+            Ok(req(k, Op::In(set(&rest.trim_start()["in".len()..])?)))
+        }
         [k] if k.starts_with('!') => Ok(req(&k[1..], Op::NotExists)),
         [k] => Ok(req(k, Op::Exists)),
         _ => Err(format!("invalid label selector requirement {part:?}")),
@@ -154,11 +157,28 @@ mod tests {
     #[test]
     fn label_selectors() {
         let obj = json!({"metadata": {"name": "a", "labels": {"app": "web", "tier": "fe"}}});
-        let yes = ["app=web", "app==web", "app", "!missing", "app in (db, web)", "tier notin (be)", "app=web,tier=fe", "x!=y"];
+        let yes = [
+            "app=web",
+            "app==web",
+            "app",
+            "!missing",
+            "app in (db, web)",
+            "tier notin (be)",
+            "app=web,tier=fe",
+            "x!=y",
+        ];
         for s in yes {
             assert!(Selector::labels(s).unwrap().matches(&obj), "{s} should match");
         }
-        let no = ["app=db", "app!=web", "missing", "!app", "app in (db)", "app notin (web,db)", "app=web,tier=be"];
+        let no = [
+            "app=db",
+            "app!=web",
+            "missing",
+            "!app",
+            "app in (db)",
+            "app notin (web,db)",
+            "app=web,tier=be",
+        ];
         for s in no {
             assert!(!Selector::labels(s).unwrap().matches(&obj), "{s} should not match");
         }

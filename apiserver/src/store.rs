@@ -67,7 +67,9 @@ pub(crate) struct Filter {
 impl Filter {
     fn selects(&self, obj: &Value) -> bool {
         let ns_ok = match &self.namespace {
-            Some(ns) => obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str()),
+            Some(ns) => {
+                obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str())
+            }
             None => true,
         };
         ns_ok && self.labels.matches(obj) && self.fields.matches(obj)
@@ -82,12 +84,14 @@ impl Filter {
         let now = self.selects(&change.new);
         match change.event {
             EventType::Added | EventType::Deleted => now.then_some(change.event),
-            EventType::Modified => match (change.old.as_deref().is_some_and(|o| self.selects(o)), now) {
-                (true, true) => Some(EventType::Modified),
-                (false, true) => Some(EventType::Added),
-                (true, false) => Some(EventType::Deleted),
-                (false, false) => None,
-            },
+            EventType::Modified => {
+                match (change.old.as_deref().is_some_and(|o| self.selects(o)), now) {
+                    (true, true) => Some(EventType::Modified),
+                    (false, true) => Some(EventType::Added),
+                    (true, false) => Some(EventType::Deleted),
+                    (false, false) => None,
+                }
+            }
         }
     }
 }
@@ -157,7 +161,8 @@ fn table_key(r: &ResourceType) -> (&'static str, &'static str) {
 
 impl Store {
     pub fn new(history_limit: usize) -> Self {
-        let uid_seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let uid_seed =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Store {
             rv: 0,
             objects: HashMap::new(),
@@ -187,13 +192,18 @@ impl Store {
 
     /// Validates an incoming object and fills in what the server defaults: canonical
     /// apiVersion/kind, and the namespace (`default` when unset; removed for cluster scope).
-    fn identify(obj: Value) -> Result<(&'static ResourceType, ObjectId, Map<String, Value>), Error> {
+    fn identify(
+        obj: Value,
+    ) -> Result<(&'static ResourceType, ObjectId, Map<String, Value>), Error> {
         let Value::Object(mut obj) = obj else {
             return Err(Error::NotAnObject);
         };
-        let text = |obj: &Map<String, Value>, f: &str| obj.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+        let text = |obj: &Map<String, Value>, f: &str| {
+            obj.get(f).and_then(Value::as_str).unwrap_or("").to_string()
+        };
         let (api_version, kind) = (text(&obj, "apiVersion"), text(&obj, "kind"));
-        let resource = resource::by_kind(&api_version, &kind).ok_or(Error::UnknownKind { api_version, kind })?;
+        let resource = resource::by_kind(&api_version, &kind)
+            .ok_or(Error::UnknownKind { api_version, kind })?;
         let missing = |field| Error::MissingField { kind: resource.kind, field };
         let meta = obj
             .entry("metadata")
@@ -218,7 +228,12 @@ impl Store {
         (id.namespace.clone().unwrap_or_default(), id.name.clone())
     }
 
-    pub fn get(&mut self, resource: &ResourceType, namespace: Option<&str>, name: &str) -> Option<Obj> {
+    pub fn get(
+        &mut self,
+        resource: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Obj> {
         let key = (namespace.unwrap_or_default().to_string(), name.to_string());
         self.table(resource).get(&key).cloned()
     }
@@ -231,14 +246,21 @@ impl Store {
         }
         self.rv += 1;
         let uid = self.uid();
-        let meta = obj.get_mut("metadata").and_then(Value::as_object_mut).expect("identify made metadata");
+        let meta =
+            obj.get_mut("metadata").and_then(Value::as_object_mut).expect("identify made metadata");
         meta.insert("resourceVersion".into(), self.rv.to_string().into());
         meta.insert("uid".into(), uid.into());
         meta.insert("creationTimestamp".into(), rfc3339_now().into());
         meta.insert("generation".into(), 1.into());
         let new = Arc::new(Value::Object(obj));
         self.table(resource).insert(key, new.clone());
-        self.record(Change { rv: self.rv, resource, event: EventType::Added, old: None, new: new.clone() });
+        self.record(Change {
+            rv: self.rv,
+            resource,
+            event: EventType::Added,
+            old: None,
+            new: new.clone(),
+        });
         Ok(new)
     }
 
@@ -253,7 +275,8 @@ impl Store {
         };
         let old_meta = &old["metadata"];
         let current = old_meta["resourceVersion"].as_str().unwrap_or_default().to_string();
-        let meta = obj.get_mut("metadata").and_then(Value::as_object_mut).expect("identify made metadata");
+        let meta =
+            obj.get_mut("metadata").and_then(Value::as_object_mut).expect("identify made metadata");
         match meta.get("resourceVersion").and_then(Value::as_str) {
             Some(given) if !given.is_empty() && given != current => {
                 return Err(Error::Conflict { object: id, given: given.to_string(), current });
@@ -277,7 +300,8 @@ impl Store {
             return Ok(old);
         }
         self.rv += 1;
-        let meta = obj.get_mut("metadata").and_then(Value::as_object_mut).expect("identify made metadata");
+        let meta =
+            obj.get_mut("metadata").and_then(Value::as_object_mut).expect("identify made metadata");
         meta.insert("resourceVersion".into(), self.rv.to_string().into());
         if content_changed {
             let generation = meta.get("generation").and_then(Value::as_u64).unwrap_or(0) + 1;
@@ -285,7 +309,13 @@ impl Store {
         }
         let new = Arc::new(Value::Object(obj));
         self.table(resource).insert(key, new.clone());
-        self.record(Change { rv: self.rv, resource, event: EventType::Modified, old: Some(old), new: new.clone() });
+        self.record(Change {
+            rv: self.rv,
+            resource,
+            event: EventType::Modified,
+            old: Some(old),
+            new: new.clone(),
+        });
         Ok(new)
     }
 
@@ -302,18 +332,34 @@ impl Store {
         }
     }
 
-    pub fn delete(&mut self, resource: &'static ResourceType, namespace: Option<&str>, name: &str) -> Result<Obj, Error> {
-        let namespace = if resource.namespaced { Some(namespace.unwrap_or("default")) } else { None };
+    pub fn delete(
+        &mut self,
+        resource: &'static ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Obj, Error> {
+        let namespace =
+            if resource.namespaced { Some(namespace.unwrap_or("default")) } else { None };
         let key = (namespace.unwrap_or_default().to_string(), name.to_string());
         let Some(old) = self.table(resource).remove(&key) else {
-            let object = ObjectId { kind: resource.kind, namespace: namespace.map(str::to_string), name: name.to_string() };
+            let object = ObjectId {
+                kind: resource.kind,
+                namespace: namespace.map(str::to_string),
+                name: name.to_string(),
+            };
             return Err(Error::NotFound { object });
         };
         self.rv += 1;
         let mut gone = (*old).clone();
         gone["metadata"]["resourceVersion"] = self.rv.to_string().into();
         let new = Arc::new(gone);
-        self.record(Change { rv: self.rv, resource, event: EventType::Deleted, old: Some(old), new: new.clone() });
+        self.record(Change {
+            rv: self.rv,
+            resource,
+            event: EventType::Deleted,
+            old: Some(old),
+            new: new.clone(),
+        });
         Ok(new)
     }
 
@@ -324,7 +370,8 @@ impl Store {
             let Some(event) = w.filter.event_for(&change) else {
                 return true;
             };
-            let line = lines[event as usize].get_or_insert_with(|| event_line(event.wire(), &change.new));
+            let line =
+                lines[event as usize].get_or_insert_with(|| event_line(event.wire(), &change.new));
             sent += 1;
             w.tx.send(WatchMsg::Line(line.clone())).is_ok()
         });
@@ -340,7 +387,12 @@ impl Store {
     /// Opens a watch. Replay and registration happen under the store lock, so the stream
     /// sees every change exactly once and in order. A compacted `from` yields a stream
     /// holding one ERROR event (410 Expired) that then ends, as the real server answers.
-    pub fn watch(&mut self, filter: Filter, from: WatchFrom, bookmarks: bool) -> (Option<u64>, mpsc::UnboundedReceiver<WatchMsg>) {
+    pub fn watch(
+        &mut self,
+        filter: Filter,
+        from: WatchFrom,
+        bookmarks: bool,
+    ) -> (Option<u64>, mpsc::UnboundedReceiver<WatchMsg>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let send = |tx: &mpsc::UnboundedSender<WatchMsg>, line| {
             let _ = tx.send(WatchMsg::Line(line));
@@ -419,7 +471,12 @@ impl Store {
 
     /// One page of a list. The first page fixes a snapshot; `continue` pages are cut from
     /// it, so a paginated list is consistent at the first page's resourceVersion.
-    pub fn list(&mut self, filter: &Filter, limit: Option<usize>, continue_token: Option<&str>) -> Result<ListPage, ListError> {
+    pub fn list(
+        &mut self,
+        filter: &Filter,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+    ) -> Result<ListPage, ListError> {
         let limit = limit.filter(|l| *l > 0);
         let (snap_id, offset) = match continue_token {
             Some(token) => {
@@ -444,9 +501,23 @@ impl Store {
                 match limit {
                     Some(l) if items.len() > l => {
                         let unfiltered = filter.labels.is_empty() && filter.fields.is_empty();
-                        (self.add_snapshot(Snapshot { rv: self.rv, items: Arc::new(items), unfiltered }), 0)
+                        (
+                            self.add_snapshot(Snapshot {
+                                rv: self.rv,
+                                items: Arc::new(items),
+                                unfiltered,
+                            }),
+                            0,
+                        )
                     }
-                    _ => return Ok(ListPage { rv: self.rv, items, continue_token: None, remaining: None }),
+                    _ => {
+                        return Ok(ListPage {
+                            rv: self.rv,
+                            items,
+                            continue_token: None,
+                            remaining: None,
+                        })
+                    }
                 }
             }
         };
@@ -507,7 +578,10 @@ fn bookmark_line(resource: &ResourceType, rv: u64, initial_events_end: bool) -> 
     if initial_events_end {
         meta["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
-    event_line("BOOKMARK", &json!({ "kind": resource.kind, "apiVersion": resource.api_version(), "metadata": meta }))
+    event_line(
+        "BOOKMARK",
+        &json!({ "kind": resource.kind, "apiVersion": resource.api_version(), "metadata": meta }),
+    )
 }
 
 /// A `metav1.Status` failure object, as the API server returns in error bodies and ERROR events.
@@ -580,16 +654,26 @@ mod tests {
         let mut changed = svc("a", "web");
         changed["spec"]["ports"][0]["port"] = 81.into();
         let b = s.update(changed.clone()).unwrap();
-        assert_eq!((b["metadata"]["resourceVersion"].as_str(), b["metadata"]["generation"].as_u64()), (Some("2"), Some(2)));
+        assert_eq!(
+            (b["metadata"]["resourceVersion"].as_str(), b["metadata"]["generation"].as_u64()),
+            (Some("2"), Some(2))
+        );
         assert_eq!(b["metadata"]["uid"], a["metadata"]["uid"]);
         changed["metadata"]["resourceVersion"] = "1".into();
         changed["spec"]["ports"][0]["port"] = 82.into();
         assert!(matches!(s.update(changed), Err(Error::Conflict { .. })));
-        let d = s.delete(resource::by_kind("v1", "Service").unwrap(), Some("default"), "a").unwrap();
+        let d =
+            s.delete(resource::by_kind("v1", "Service").unwrap(), Some("default"), "a").unwrap();
         assert_eq!(d["metadata"]["resourceVersion"], "3");
         assert!(matches!(s.update(svc("a", "web")), Err(Error::NotFound { .. })));
-        assert!(matches!(s.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {}})), Err(Error::MissingField { field: "metadata.name", .. })));
-        assert!(matches!(s.create(json!({"apiVersion": "v2", "kind": "Service"})), Err(Error::UnknownKind { .. })));
+        assert!(matches!(
+            s.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {}})),
+            Err(Error::MissingField { field: "metadata.name", .. })
+        ));
+        assert!(matches!(
+            s.create(json!({"apiVersion": "v2", "kind": "Service"})),
+            Err(Error::UnknownKind { .. })
+        ));
     }
 
     #[test]
@@ -600,12 +684,18 @@ mod tests {
         let (_, mut rx) = s.watch(all_services(), WatchFrom::After(1), true);
         let ev = drain(&mut rx);
         assert_eq!(ev.len(), 1);
-        assert_eq!((ev[0]["type"].as_str(), ev[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("b")));
+        assert_eq!(
+            (ev[0]["type"].as_str(), ev[0]["object"]["metadata"]["name"].as_str()),
+            (Some("ADDED"), Some("b"))
+        );
         s.compact();
         let (id, mut rx) = s.watch(all_services(), WatchFrom::After(1), true);
         assert!(id.is_none());
         let ev = drain(&mut rx);
-        assert_eq!((ev[0]["type"].as_str(), ev[0]["object"]["code"].as_u64()), (Some("ERROR"), Some(410)));
+        assert_eq!(
+            (ev[0]["type"].as_str(), ev[0]["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(410))
+        );
         assert!(rx.try_recv().is_err(), "stream ends after the error");
         // From the current version nothing is lost.
         let (id, _) = s.watch(all_services(), WatchFrom::After(2), true);
@@ -632,7 +722,8 @@ mod tests {
         s.update(svc("a", "db")).unwrap();
         s.update(svc("a", "web")).unwrap();
         s.update(svc("a", "web")).unwrap(); // no-op
-        let types: Vec<String> = drain(&mut rx).iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+        let types: Vec<String> =
+            drain(&mut rx).iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
         assert_eq!(types, ["DELETED", "ADDED"]);
     }
 
@@ -649,7 +740,10 @@ mod tests {
         let p3 = s.list(&all_services(), Some(2), p2.continue_token.as_deref()).ok().unwrap();
         assert_eq!(p3.items[0]["metadata"]["name"], "e", "snapshot taken at the first page");
         assert!(p3.continue_token.is_none());
-        assert!(matches!(s.list(&all_services(), Some(2), p2.continue_token.as_deref()), Err(ListError::Expired)));
+        assert!(matches!(
+            s.list(&all_services(), Some(2), p2.continue_token.as_deref()),
+            Err(ListError::Expired)
+        ));
     }
 
     #[test]
