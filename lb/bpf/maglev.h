@@ -44,7 +44,7 @@ static __always_inline int xlb_maglev_pick(const struct xlb_service *svc, __u32 
 
 	if (!svc->backend_count)
 		return -XLB_DROP_NO_BACKEND;
-	if (!size)
+	if (!size || size > XLB_MAGLEV_MAX)
 		return -XLB_DROP_NO_MAGLEV;
 	t = bpf_map_lookup_elem(&xlb_maglev, &svc->id);
 	if (!t)
@@ -55,7 +55,7 @@ static __always_inline int xlb_maglev_pick(const struct xlb_service *svc, __u32 
 	 * explicit bound. The empty asm hides idx's origin from clang, which
 	 * could otherwise prove idx < size and drop the check when size was
 	 * compared before; the verifier then rejects the access as out of the
-	 * map value. A maglev_size > XLB_MAGLEV_MAX lands here too. */
+	 * map value. */
 	asm volatile("" : "+r"(idx));
 	if (idx >= XLB_MAGLEV_MAX)
 		return -XLB_DROP_NO_MAGLEV;
