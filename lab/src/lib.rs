@@ -1,1 +1,52 @@
-//! Network-namespace labs: topology, processes in namespaces, cleanup.
+//! Network-namespace labs for xlb: a client, a router with the fabric bridge,
+//! a load balancer and backend nodes with nginx pods, joined by veth pairs
+//! and addressed as in the team brief ([`spec`]). [`Lab`] builds it, runs
+//! processes and closures inside its namespaces, and tears everything down
+//! on drop, on panic, or from a signal thread ([`teardown_all`]). Used by
+//! `xlb lab` and the end-to-end tests; knows nothing of xlb's datapath
+//! except the trivial XDP_PASS object it puts on the LB's router-side peer.
+pub mod http;
+pub mod netns;
+pub mod nginx;
+mod process;
+mod registry;
+pub mod spec;
+pub mod stats;
+mod topology;
+
+use std::{io, path::PathBuf};
+
+pub use process::LabChild;
+pub use registry::teardown_all;
+pub use spec::LabSpec;
+pub use stats::LinkStats;
+pub use topology::{Host, Lab, Node, Pod};
+
+/// Errors of building and using a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab needs root (network namespaces, veth, XDP); running as uid {uid}")]
+    NotRoot { uid: u32 },
+    #[error("lab spec: {field}: {reason}")]
+    Spec { field: &'static str, reason: String },
+    #[error("namespace {ns}: {op}: {source}")]
+    Netns { ns: String, op: &'static str, source: io::Error },
+    #[error("no namespace {name:?} in lab {prefix} (known: {known})")]
+    UnknownNamespace { name: String, prefix: String, known: String },
+    #[error("namespace {ns}: starting `{cmd}`: {source}")]
+    Spawn { ns: String, cmd: String, source: io::Error },
+    #[error("namespace {ns}: `{cmd}` failed ({status}): {stderr}")]
+    Command { ns: String, cmd: String, status: String, stderr: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("loading xlb_pass: {source}")]
+    XdpLoad { source: Box<aya::EbpfError> },
+    #[error("the embedded xlb_pass object has no program {name}")]
+    XdpProgramMissing { name: &'static str },
+    #[error("namespace {ns}: attaching xlb_pass to {iface}: {source}")]
+    XdpAttach { ns: String, iface: String, source: Box<aya::programs::ProgramError> },
+    #[error("backend {pod}: nginx not answering on {addr} after {waited_ms} ms: {detail}")]
+    BackendNotReady { pod: String, addr: String, waited_ms: u128, detail: String },
+    #[error("namespace {ns}: counters of {iface}: {reason}")]
+    Stats { ns: String, iface: String, reason: String },
+}

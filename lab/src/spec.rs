@@ -1,0 +1,160 @@
+//! The lab's shape and its address plan: one source for every address the
+//! lab, the examples and the end-to-end tests use (see the team brief's
+//! topology).
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::LabError;
+
+/// Client side of the router.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+pub const ROUTER_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const ROUTER_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The router's address on the fabric bridge.
+pub const ROUTER_FABRIC_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const ROUTER_FABRIC_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 1);
+/// The load balancer's eth0 (XDP runs here).
+pub const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 2);
+/// The service default/nginx (type LoadBalancer).
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const VIP_PORT: u16 = 80;
+/// Routed to the load balancer by the router.
+pub const VIP_RANGE_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 100, 0, 0), 16);
+pub const VIP_RANGE_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0), 48);
+/// Gateway address every node puts on its pod-facing veths (v4: one
+/// address per node, v6: link-local, so both are on-link for the pods).
+pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// Highest node or pod index the address plan holds (10 + index < 255).
+pub const MAX_INDEX: u32 = 244;
+
+/// Address of node `n` (1-based) on the fabric.
+pub fn node_v4(n: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, (10 + n) as u8)
+}
+/// IPv6 groups are written with the same digits as the IPv4 octets
+/// ("10.0.0.11" <-> "2001:db8:f::11"), so 11 becomes the group 0x11.
+fn group(decimal: u32) -> u16 {
+    u16::from_str_radix(&decimal.to_string(), 16).expect("at most 3 decimal digits")
+}
+
+pub fn node_v6(n: u32) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, group(10 + n))
+}
+/// Pod CIDRs of node `n`: 10.244.n.0/24, 2001:db8:244:n::/64.
+pub fn pod_cidr_v4(n: u32) -> (Ipv4Addr, u8) {
+    (Ipv4Addr::new(10, 244, n as u8, 0), 24)
+}
+pub fn pod_cidr_v6(n: u32) -> (Ipv6Addr, u8) {
+    (Ipv6Addr::new(0x2001, 0xdb8, 0x244, group(n), 0, 0, 0, 0), 64)
+}
+/// The IPv4 gateway of node `n`'s pods (on the node's pod veths).
+pub fn pod_gateway_v4(n: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n as u8, 1)
+}
+/// Address of pod `m` (1-based) on node `n`.
+pub fn pod_v4(n: u32, m: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n as u8, (10 + m) as u8)
+}
+pub fn pod_v6(n: u32, m: u32) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x244, group(n), 0, 0, 0, group(10 + m))
+}
+pub fn node_name(n: u32) -> String {
+    format!("node{n}")
+}
+pub fn pod_name(n: u32, m: u32) -> String {
+    format!("pod{n}-{m}")
+}
+
+/// What to build. Nodes and pods are numbered from 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabSpec {
+    pub nodes: u32,
+    pub pods_per_node: u32,
+    /// MTU of the fabric (router bridge, LB and node eth0): room for Geneve.
+    pub fabric_mtu: u32,
+    /// MTU of the client link and the pod veths.
+    pub client_mtu: u32,
+    /// Start of every namespace name; the lab appends "<pid>-<seq>", so
+    /// "xlb" gives namespaces like "xlb4242-0-client".
+    pub name_prefix: String,
+    /// Start nginx in every pod (and wait until it answers).
+    pub backends: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            nodes: 2,
+            pods_per_node: 1,
+            fabric_mtu: 1600,
+            client_mtu: 1500,
+            name_prefix: "xlb".into(),
+            backends: true,
+        }
+    }
+}
+
+impl LabSpec {
+    pub fn validate(&self) -> Result<(), LabError> {
+        let bad = |field: &'static str, reason: String| Err(LabError::Spec { field, reason });
+        if self.nodes == 0 || self.nodes > MAX_INDEX {
+            return bad("nodes", format!("{} is outside 1..={MAX_INDEX}", self.nodes));
+        }
+        if self.pods_per_node == 0 || self.pods_per_node > MAX_INDEX {
+            return bad(
+                "pods_per_node",
+                format!("{} is outside 1..={MAX_INDEX}", self.pods_per_node),
+            );
+        }
+        for (field, mtu) in [("fabric_mtu", self.fabric_mtu), ("client_mtu", self.client_mtu)] {
+            if !(1280..=9000).contains(&mtu) {
+                return bad(field, format!("{mtu} is outside 1280..=9000"));
+            }
+        }
+        if self.client_mtu > self.fabric_mtu {
+            return bad(
+                "client_mtu",
+                format!("{} is larger than fabric_mtu {}", self.client_mtu, self.fabric_mtu),
+            );
+        }
+        let p = &self.name_prefix;
+        if p.is_empty() || p.len() > 32 || !p.chars().all(|c| c.is_ascii_alphabetic()) {
+            return bad(
+                "name_prefix",
+                format!(
+                    "{p:?}: want 1 to 32 ASCII letters (the lab appends pid and sequence digits)"
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_brief() {
+        assert_eq!(node_v4(1).to_string(), "10.0.0.11");
+        assert_eq!(node_v6(2).to_string(), "2001:db8:f::12");
+        assert_eq!(pod_v6(12, 100).to_string(), "2001:db8:244:12::110");
+        assert_eq!(pod_v4(2, 1).to_string(), "10.244.2.11");
+        assert_eq!(pod_v6(1, 3).to_string(), "2001:db8:244:1::13");
+        assert_eq!(pod_cidr_v6(3).0.to_string(), "2001:db8:244:3::");
+        assert_eq!(VIP_V6.to_string(), "2001:db8:100::1");
+    }
+
+    #[test]
+    fn spec_rejects_bad_fields_by_name() {
+        let err = LabSpec { nodes: 0, ..LabSpec::default() }.validate().unwrap_err();
+        assert!(err.to_string().contains("nodes"), "{err}");
+        let err =
+            LabSpec { name_prefix: "x-1".into(), ..LabSpec::default() }.validate().unwrap_err();
+        assert!(err.to_string().contains("name_prefix"), "{err}");
+        LabSpec::default().validate().unwrap();
+    }
+}
