@@ -17,13 +17,22 @@
  *      xlb_pass for the baseline, whose cost (this wrapper) is subtracted.
  *
  * Every step is counted in xlb_bench_stats so the harness can prove that N
- * iterations ran N times on the original frame. Not part of the datapath;
- * never attached to an interface.
+ * iterations ran N times on the original frame.
+ *
+ * The same wrapper is the packet generator of `xlb-perf pps`: run with
+ * BPF_F_TEST_XDP_LIVE_FRAMES it hands every frame to xlb_bench_tx, which
+ * transmits it (XDP_TX) into the load balancer's veth. A mix of up to
+ * XLB_BENCH_TEMPLATES frames is cycled through (entry 0's `count`). The
+ * other programs here are the rest of that rig: xlb_bench_reflect, the
+ * "physical limit" forwarder (swap MACs, XDP_TX, no lookups), and
+ * xlb_bench_sink, the receiving side's counter (counts, then drops).
+ * Not part of the datapath.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
 #define XLB_BENCH_FRAME_MAX 256
+#define XLB_BENCH_TEMPLATES 16
 
 /* xlb_bench_frame.flags */
 #define XLB_BENCH_F_NEW_FLOW (1u << 0)
@@ -32,7 +41,8 @@
  * fields sit (byte offsets from the frame start; csum offsets 0: none). */
 struct xlb_bench_frame {
 	__u32 len;
-	__u32 flags;
+	__u16 flags;
+	__u16 count; /* entry 0: templates in use, cycled per frame */
 	__u16 sport_off;
 	__u16 saddr_lo_off; /* the last two bytes of the source address */
 	__u16 ip_csum_off;  /* IPv4 header checksum; 0 for IPv6 */
@@ -45,15 +55,18 @@ enum xlb_bench_stat {
 	XLB_BENCH_ITERATIONS = 0, /* frames restored and handed on */
 	XLB_BENCH_RESTORE_FAIL = 1,
 	XLB_BENCH_TAIL_CALL_FAIL = 2,
-	XLB_BENCH_SEQ = 3, /* sequence number of XLB_BENCH_F_NEW_FLOW */
-	XLB_BENCH_STAT_MAX = 4,
+	XLB_BENCH_SEQ = 3,	    /* sequence number of XLB_BENCH_F_NEW_FLOW */
+	XLB_BENCH_SINK_PACKETS = 4, /* xlb_bench_sink */
+	XLB_BENCH_SINK_BYTES = 5,
+	XLB_BENCH_TEMPLATE_SEQ = 6, /* template cycling */
+	XLB_BENCH_STAT_MAX = 8,
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct xlb_bench_frame);
-	__uint(max_entries, 1);
+	__uint(max_entries, XLB_BENCH_TEMPLATES);
 } xlb_bench_frame SEC(".maps");
 
 struct {
@@ -148,10 +161,20 @@ int xlb_bench(struct xdp_md *ctx)
 {
 	__u32 zero = 0, len;
 	struct xlb_bench_frame *f = bpf_map_lookup_elem(&xlb_bench_frame, &zero);
+	__u64 *tseq;
 	long cur;
 
 	if (!f)
 		return XDP_ABORTED;
+	if (f->count > 1) {
+		tseq = stat(XLB_BENCH_TEMPLATE_SEQ);
+		if (!tseq)
+			return XDP_ABORTED;
+		zero = (__u32)(*tseq)++ % f->count;
+		f = bpf_map_lookup_elem(&xlb_bench_frame, &zero);
+		if (!f)
+			return XDP_ABORTED;
+	}
 	len = f->len;
 	if (len < 14 || len > XLB_BENCH_FRAME_MAX)
 		goto restore_fail;
@@ -170,6 +193,49 @@ int xlb_bench(struct xdp_md *ctx)
 restore_fail:
 	stat_inc(XLB_BENCH_RESTORE_FAIL);
 	return XDP_ABORTED;
+}
+
+/* The generator's program under test: transmit the restored frame. */
+SEC("xdp")
+int xlb_bench_tx(struct xdp_md *ctx)
+{
+	return XDP_TX;
+}
+
+/* The physical limit: send the frame back where it came from with swapped
+ * MACs, no parsing beyond Ethernet, no map lookups. */
+SEC("xdp")
+int xlb_bench_reflect(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u16 *eth = data, t0, t1, t2;
+
+	if (data + 14 > data_end)
+		return XDP_DROP;
+	t0 = eth[0];
+	t1 = eth[1];
+	t2 = eth[2];
+	eth[0] = eth[3];
+	eth[1] = eth[4];
+	eth[2] = eth[5];
+	eth[3] = t0;
+	eth[4] = t1;
+	eth[5] = t2;
+	return XDP_TX;
+}
+
+/* The receiving side: count what arrives, then drop it. */
+SEC("xdp")
+int xlb_bench_sink(struct xdp_md *ctx)
+{
+	__u64 *p = stat(XLB_BENCH_SINK_PACKETS), *b = stat(XLB_BENCH_SINK_BYTES);
+
+	if (p)
+		*p += 1;
+	if (b)
+		*b += (long)ctx->data_end - (long)ctx->data;
+	return XDP_DROP;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";
