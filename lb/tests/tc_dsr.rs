@@ -1,0 +1,663 @@
+//! DSR termination (tc/xlb_tc.c, lb/bpf/dsr.h) run in the real kernel with
+//! BPF_PROG_TEST_RUN: Geneve decapsulation on ingress (every family mix,
+//! option and header validation, truncation at every length), the reply's
+//! reverse translation on egress, and forwarded ICMP errors. Each test is
+//! PKTGEN (frames from named constants) / SETUP (a freshly loaded datapath
+//! in its own bpffs dir, node identity applied through `Datapath`) / CHECK
+//! (verdict, the whole output frame, the counters, the xlb_dsr_nat entry).
+//! Privileged tier: needs root and BPF; fails (never skips) without them.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use lb::{
+    abi::{self, DsrNatEntry, FlowKey},
+    datapath::Datapath,
+    loader::{Dataplane, LoadOptions, MapSizes},
+    maps::Maps,
+    model::{Desired, NodeConfig},
+    packet::{
+        bench::{CLIENT_PORT, CLIENT_V4, CLIENT_V6, VIP_V4, VIP_V6},
+        diff, show, Frame, GeneveOpt, Mac, DSR_OPT_CLASS, GENEVE_PORT,
+    },
+};
+
+// ---- named constants (the lab topology) -----------------------------------
+
+const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+const NODE1_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x2);
+const NODE1_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+const NODE1_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x11);
+const NODE2_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
+const POD_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const POD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x244, 1, 0, 0, 0, 0x11);
+/// A router on the client's path that reports a too-small MTU.
+const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x1);
+const SVC_PORT: u16 = 80;
+const TARGET_PORT: u16 = 8080;
+/// Outer UDP source port (entropy chosen by the load balancer).
+const GENEVE_SPORT: u16 = 49152 + 77;
+/// Geneve option types for ICMP forwarding (xlb_abi.h XLB_GENEVE_OPT_EP4/EP6).
+const OPT_EP4: u8 = 0x03;
+const OPT_EP6: u8 = 0x04;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+// ---- SETUP -----------------------------------------------------------------
+
+/// A bpffs directory of this test alone, removed on drop (even on panic).
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> PinDir {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        // SAFETY: geteuid has no preconditions.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "tc_dsr loads BPF programs and pins maps: run it as root (sudo -E cargo test)"
+        );
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/xlb-test-tc-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        PinDir(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Node 1 of the lab: both programs loaded, its tunnel addresses applied.
+struct Node {
+    dp: Dataplane,
+    maps: Maps,
+    pin: PinDir, // last: dropped after the programs and maps are closed
+}
+
+struct Run {
+    verdict: u32,
+    out: Vec<u8>,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        let pin = PinDir::new(tag);
+        let dp = Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::small() })
+            .unwrap_or_else(|e| panic!("loading the datapath into {}: {e:?}", pin.0.display()));
+        let desired = Desired {
+            node: NodeConfig { tunnel_v4: Some(NODE1_V4), tunnel_v6: Some(NODE1_V6) },
+            ..Desired::default()
+        };
+        Datapath::open(&pin.0)
+            .and_then(|mut d| d.apply(&desired))
+            .unwrap_or_else(|e| panic!("applying the node config: {e:?}"));
+        let maps = Maps::open(&pin.0).unwrap_or_else(|e| panic!("opening maps: {e:?}"));
+        Node { dp, maps, pin }
+    }
+
+    fn ingress(&mut self, frame: &[u8]) -> Run {
+        run(self.dp.tc_ingress_program(), frame)
+    }
+
+    fn egress(&mut self, frame: &[u8]) -> Run {
+        run(self.dp.tc_egress_program(), frame)
+    }
+
+    /// Non-zero counters by name: (packets, bytes).
+    fn counters(&self) -> BTreeMap<&'static str, (u64, u64)> {
+        self.dp
+            .counters()
+            .unwrap_or_else(|e| panic!("reading counters under {}: {e:?}", self.pin.0.display()))
+            .into_iter()
+            .filter(|(_, c)| c.packets != 0)
+            .map(|(k, c)| (k.name(), (c.packets, c.bytes)))
+            .collect()
+    }
+
+    fn nat(&self, key: &FlowKey) -> Option<DsrNatEntry> {
+        self.maps.dsr_nat.get(key, 0).ok()
+    }
+
+    fn nat_count(&self) -> usize {
+        self.maps.dsr_nat.keys().count()
+    }
+}
+
+fn run(prog: &SchedClassifier, frame: &[u8]) -> Run {
+    let mut out = vec![0u8; frame.len() + 512];
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
+    out.truncate(res.data_size_out as usize);
+    Run { verdict: res.return_value, out }
+}
+
+// ---- PKTGEN ----------------------------------------------------------------
+
+fn ip(a: impl Into<IpAddr>) -> IpAddr {
+    a.into()
+}
+
+/// The client's packet as the load balancer delivers it: DNAT'd to the pod.
+fn client_to_pod(client: IpAddr, pod: IpAddr) -> Frame {
+    Frame::new().ip(client, pod).tcp(CLIENT_PORT, TARGET_PORT).seq(1000).syn()
+}
+
+/// The pod's reply as it leaves the node, before translation.
+fn pod_reply(pod: IpAddr, client: IpAddr) -> Frame {
+    Frame::eth(NODE1_MAC, ROUTER_MAC)
+        .ip(pod, client)
+        .tcp(TARGET_PORT, CLIENT_PORT)
+        .seq(5000)
+        .ack_seq(1001)
+        .flags(lb::packet::tcp_flags::SYN | lb::packet::tcp_flags::ACK)
+}
+
+/// Outer headers from the load balancer to `node`, up to the Geneve header.
+fn geneve_to(node: IpAddr) -> Frame {
+    let lb = if node.is_ipv4() { ip(LB_V4) } else { ip(LB_V6) };
+    Frame::eth(ROUTER_MAC, NODE1_MAC).ip(lb, node).udp(GENEVE_SPORT, GENEVE_PORT).geneve(0)
+}
+
+fn vip_of(inner_v4: bool) -> SocketAddr {
+    if inner_v4 {
+        SocketAddr::new(ip(VIP_V4), SVC_PORT)
+    } else {
+        SocketAddr::new(ip(VIP_V6), SVC_PORT)
+    }
+}
+
+/// A Geneve DSR packet: `inner` wrapped for `node` with the service option.
+fn dsr_packet(node: IpAddr, inner: &Frame, vip: SocketAddr) -> Frame {
+    geneve_to(node).dsr_opt(vip).inner(inner.clone())
+}
+
+/// What the kernel gets after decapsulation: the same Ethernet addresses
+/// and the inner packet.
+fn delivered(inner: &Frame) -> Frame {
+    Frame::eth(ROUTER_MAC, NODE1_MAC).inner(inner.clone())
+}
+
+fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
+    let (saddr, family) = abi::addr_to_abi(src);
+    let (daddr, _) = abi::addr_to_abi(dst);
+    FlowKey { saddr, daddr, sport: sport.to_be(), dport: dport.to_be(), proto, family, pad: 0 }
+}
+
+// ---- CHECK -----------------------------------------------------------------
+
+#[track_caller]
+fn assert_frame(what: &str, expected: &[u8], actual: &[u8]) {
+    if let Some(d) = diff(expected, actual) {
+        panic!(
+            "{what}: output frame differs\n{d}\nexpected:\n{}\nactual:\n{}",
+            show(expected),
+            show(actual)
+        );
+    }
+}
+
+#[track_caller]
+fn assert_counters(node: &Node, expected: &[(&str, u64, u64)]) {
+    let want: BTreeMap<&str, (u64, u64)> = expected.iter().map(|&(n, p, b)| (n, (p, b))).collect();
+    assert_eq!(node.counters(), want, "counters (name: (packets, bytes))");
+}
+
+#[track_caller]
+fn assert_nat(node: &Node, key: &FlowKey, vip: SocketAddr) {
+    let e = node.nat(key).unwrap_or_else(|| panic!("no xlb_dsr_nat entry for {key:?}"));
+    let (vaddr, family) = abi::addr_to_abi(vip.ip());
+    assert_eq!((e.vaddr, u16::from_be(e.vport), e.family), (vaddr, vip.port(), family), "{e:?}");
+    assert_eq!((e.pad, e.pad2), (0, 0));
+    assert!(e.created_ns > 0, "created_ns is set: {e:?}");
+}
+
+/// One Geneve DSR packet for node 1: decapsulated, flow remembered, counted.
+fn check_decap(tag: &str, outer: IpAddr, client: IpAddr, pod: IpAddr) {
+    let mut node = Node::new(tag);
+    let inner = client_to_pod(client, pod);
+    let vip = vip_of(client.is_ipv4());
+    let frame = dsr_packet(outer, &inner, vip).build();
+
+    let r = node.ingress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame(tag, &delivered(&inner).build(), &r.out);
+    assert_counters(&node, &[("ok_tc_decap", 1, frame.len() as u64)]);
+    assert_nat(&node, &flow_key(client, pod, CLIENT_PORT, TARGET_PORT, 6), vip);
+    assert_eq!(node.nat_count(), 1);
+}
+
+#[test]
+fn geneve_v4_in_v4_is_decapsulated_and_remembered() {
+    check_decap("g44", ip(NODE1_V4), ip(CLIENT_V4), ip(POD_V4));
+}
+
+#[test]
+fn geneve_v6_in_v6_is_decapsulated_and_remembered() {
+    check_decap("g66", ip(NODE1_V6), ip(CLIENT_V6), ip(POD_V6));
+}
+
+#[test]
+fn geneve_v6_in_v4_is_decapsulated_and_ethertype_fixed() {
+    check_decap("g64", ip(NODE1_V4), ip(CLIENT_V6), ip(POD_V6));
+}
+
+#[test]
+fn geneve_v4_in_v6_is_decapsulated_and_ethertype_fixed() {
+    check_decap("g46", ip(NODE1_V6), ip(CLIENT_V4), ip(POD_V4));
+}
+
+#[test]
+fn geneve_udp_inner_is_remembered_with_its_protocol() {
+    let mut node = Node::new("gudp");
+    let inner =
+        Frame::new().ipv4(CLIENT_V4, POD_V4).udp(CLIENT_PORT, TARGET_PORT).payload(b"query");
+    let vip = SocketAddr::new(ip(VIP_V4), 53);
+    let frame = dsr_packet(ip(NODE1_V4), &inner, vip).build();
+
+    let r = node.ingress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame("udp", &delivered(&inner).build(), &r.out);
+    assert_nat(&node, &flow_key(ip(CLIENT_V4), ip(POD_V4), CLIENT_PORT, TARGET_PORT, 17), vip);
+}
+
+#[test]
+fn established_flow_is_not_rewritten_in_the_map() {
+    let mut node = Node::new("again");
+    let inner = client_to_pod(ip(CLIENT_V4), ip(POD_V4));
+    let frame = dsr_packet(ip(NODE1_V4), &inner, vip_of(true)).build();
+    let key = flow_key(ip(CLIENT_V4), ip(POD_V4), CLIENT_PORT, TARGET_PORT, 6);
+
+    node.ingress(&frame);
+    let first = node.nat(&key).expect("entry after the first packet");
+    let r = node.ingress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_eq!(node.nat(&key), Some(first), "created_ns kept: the entry was not rewritten");
+    assert_counters(&node, &[("ok_tc_decap", 2, 2 * frame.len() as u64)]);
+}
+
+#[test]
+fn option_among_others_is_found() {
+    let mut node = Node::new("opts");
+    let inner = client_to_pod(ip(CLIENT_V4), ip(POD_V4));
+    let other = GeneveOpt { class: 0x0102, typ: 0x80, data: vec![1, 2, 3, 4, 5, 6, 7, 8] };
+    let frame = geneve_to(ip(NODE1_V4))
+        .geneve_opt(other)
+        .geneve_opt(GeneveOpt::dsr(vip_of(true)))
+        .inner(inner.clone())
+        .build();
+
+    let r = node.ingress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame("two options", &delivered(&inner).build(), &r.out);
+    assert_nat(
+        &node,
+        &flow_key(ip(CLIENT_V4), ip(POD_V4), CLIENT_PORT, TARGET_PORT, 6),
+        vip_of(true),
+    );
+}
+
+/// A Geneve packet the node must drop: verdict, unchanged frame, one counted
+/// reason, nothing remembered.
+#[track_caller]
+fn check_drop(node: &mut Node, what: &str, frame: &[u8], reason: &str) {
+    let before = node.counters();
+    let r = node.ingress(frame);
+    assert_eq!(r.verdict, TC_ACT_SHOT, "{what}: dropped");
+    assert_frame(what, frame, &r.out);
+    let mut want = before;
+    let e = want.entry(reason).or_insert((0, 0));
+    e.0 += 1;
+    e.1 += frame.len() as u64;
+    assert_eq!(node.counters(), want, "{what}: counted as {reason}");
+    assert_eq!(node.nat_count(), 0, "{what}: nothing remembered");
+}
+
+#[test]
+fn geneve_without_dsr_option_is_dropped() {
+    let mut node = Node::new("noopt");
+    let inner = client_to_pod(ip(CLIENT_V4), ip(POD_V4));
+    let bare = geneve_to(ip(NODE1_V4)).inner(inner.clone()).build();
+    check_drop(&mut node, "no options", &bare, "drop_no_dsr_opt");
+    let foreign = geneve_to(ip(NODE1_V4))
+        .geneve_opt(GeneveOpt { class: 0x0102, typ: 0x01, data: vec![0; 8] })
+        .inner(inner.clone())
+        .build();
+    check_drop(&mut node, "another class's option", &foreign, "drop_no_dsr_opt");
+}
+
+#[test]
+fn malformed_geneve_is_dropped() {
+    let mut node = Node::new("bad");
+    let inner = client_to_pod(ip(CLIENT_V4), ip(POD_V4));
+    let good = dsr_packet(ip(NODE1_V4), &inner, vip_of(true)).build();
+    let gnv = 14 + 20 + 8; // Geneve header offset in a v4 frame
+
+    let mut bad_version = good.clone();
+    bad_version[gnv] |= 0x40;
+    check_drop(&mut node, "version 1", &bad_version, "drop_bad_tunnel");
+
+    let mut oam = good.clone();
+    oam[gnv + 1] |= 0x80;
+    check_drop(&mut node, "OAM packet", &oam, "drop_bad_tunnel");
+
+    let mut wrong_vni = good.clone();
+    wrong_vni[gnv + 4..gnv + 7].copy_from_slice(&[0, 0, 7]);
+    check_drop(&mut node, "VNI 7", &wrong_vni, "drop_bad_tunnel");
+
+    let long_opt = geneve_to(ip(NODE1_V4))
+        .geneve_opt(GeneveOpt {
+            class: DSR_OPT_CLASS,
+            typ: 0x01,
+            data: vec![10, 100, 0, 1, 0, 80, 0, 0, 0, 0, 0, 0],
+        })
+        .inner(inner.clone())
+        .build();
+    check_drop(&mut node, "DSR4 option of 3 words", &long_opt, "drop_bad_tunnel");
+
+    let v6_opt_v4_inner = dsr_packet(ip(NODE1_V4), &inner, vip_of(false)).build();
+    check_drop(&mut node, "DSR6 option on an IPv4 packet", &v6_opt_v4_inner, "drop_bad_tunnel");
+
+    let mut not_ip = good.clone();
+    not_ip[gnv + 2..gnv + 4].copy_from_slice(&0x6558u16.to_be_bytes()); // Ethernet inside
+    check_drop(&mut node, "protocol type 0x6558", &not_ip, "drop_bad_tunnel");
+
+    let mut opt_past_end = good.clone();
+    opt_past_end[gnv + 8 + 3] = 0x1f; // option claims 31 words
+    check_drop(&mut node, "option longer than the options", &opt_past_end, "drop_bad_tunnel");
+}
+
+/// Rewrites the outer IP and UDP lengths (and the IPv4 header checksum) of a
+/// cut frame, so that only the inner headers are short.
+fn fix_outer_lengths(frame: &mut [u8], v6: bool) {
+    let len = frame.len();
+    let udp = if v6 { 14 + 40 } else { 14 + 20 };
+    if v6 {
+        frame[18..20].copy_from_slice(&((len - 54) as u16).to_be_bytes());
+    } else {
+        frame[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = lb::packet::checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    }
+    if len >= udp + 6 {
+        frame[udp + 4..udp + 6].copy_from_slice(&((len - udp) as u16).to_be_bytes());
+    }
+}
+
+/// Cuts a Geneve frame at every length past the outer IP header. `plain`: the frame is only cut, so the
+/// outer lengths claim more than is there. Otherwise the outer lengths are
+/// fixed to the cut and the inner headers run short. `expect(len)` is the
+/// drop reason for each cut.
+fn check_truncation(
+    tag: &str,
+    outer: IpAddr,
+    client: IpAddr,
+    pod: IpAddr,
+    expect: impl Fn(usize, bool) -> &'static str,
+) {
+    let mut node = Node::new(tag);
+    let inner = client_to_pod(client, pod);
+    let full = dsr_packet(outer, &inner, vip_of(client.is_ipv4())).build();
+    for plain in [true, false] {
+        // BPF_PROG_TEST_RUN refuses (EINVAL) an IP frame shorter than its
+        // IP header: the cuts start after the outer IP header.
+        let first = 14 + if outer.is_ipv4() { 20 } else { 40 };
+        for len in first..full.len() {
+            let mut frame = full[..len].to_vec();
+            if !plain {
+                fix_outer_lengths(&mut frame, outer.is_ipv6());
+            }
+            let what =
+                format!("{tag} cut at {len} ({})", if plain { "plain" } else { "lengths fixed" });
+            check_drop(&mut node, &what, &frame, expect(len, plain));
+        }
+    }
+}
+
+#[test]
+fn geneve_v4_truncated_at_every_length_is_dropped() {
+    // eth 0..14 | ipv4 ..34 | udp ..42 | geneve ..50 | DSR4 option ..62 | ipv4 ..82 | tcp ..102
+    check_truncation("cut4", ip(NODE1_V4), ip(CLIENT_V4), ip(POD_V4), |len, plain| match len {
+        _ if len < 42 => "drop_truncated",
+        _ if plain || len < 50 => "drop_bad_len",
+        _ if len < 62 => "drop_bad_tunnel",
+        _ if len < 82 => "drop_truncated",
+        _ => "drop_bad_len",
+    });
+}
+
+#[test]
+fn geneve_v6_truncated_at_every_length_is_dropped() {
+    // eth 0..14 | ipv6 ..54 | udp ..62 | geneve ..70 | DSR6 option ..94 | ipv6 ..134 | tcp ..154
+    check_truncation("cut6", ip(NODE1_V6), ip(CLIENT_V6), ip(POD_V6), |len, plain| match len {
+        _ if len < 62 => "drop_truncated",
+        _ if plain || len < 70 => "drop_bad_len",
+        _ if len < 94 => "drop_bad_tunnel",
+        _ if len < 134 => "drop_truncated",
+        _ => "drop_bad_len",
+    });
+}
+
+/// Not a tunnel packet for this node: passed unchanged, counted.
+#[track_caller]
+fn check_pass(node: &mut Node, what: &str, frame: &[u8], reason: &str) {
+    let r = node.ingress(frame);
+    assert_eq!(r.verdict, TC_ACT_OK, "{what}: passed");
+    assert_frame(what, frame, &r.out);
+    assert_counters(node, &[(reason, 1, frame.len() as u64)]);
+}
+
+#[test]
+fn geneve_for_another_node_passes_unchanged() {
+    let mut node = Node::new("other");
+    let inner = client_to_pod(ip(CLIENT_V4), ip(POD_V4));
+    let frame = dsr_packet(ip(NODE2_V4), &inner, vip_of(true)).build();
+    check_pass(&mut node, "Geneve to node 2", &frame, "pass_not_tunnel");
+    assert_eq!(node.nat_count(), 0);
+}
+
+#[test]
+fn other_traffic_passes_unchanged() {
+    let mut node = Node::new("plain");
+    let to_pod = Frame::eth(ROUTER_MAC, NODE1_MAC)
+        .ipv4(CLIENT_V4, POD_V4)
+        .tcp(CLIENT_PORT, 80)
+        .syn()
+        .build();
+    check_pass(&mut node, "TCP to a pod", &to_pod, "pass_not_tunnel");
+
+    let mut node = Node::new("port");
+    let other_port = Frame::eth(ROUTER_MAC, NODE1_MAC)
+        .ipv4(LB_V4, NODE1_V4)
+        .udp(GENEVE_SPORT, GENEVE_PORT + 1)
+        .payload(&[0; 32])
+        .build();
+    check_pass(&mut node, "UDP to another port of the node", &other_port, "pass_not_tunnel");
+
+    let mut node = Node::new("arp");
+    let arp = Frame::eth(ROUTER_MAC, [0xff; 6]).arp_request(ROUTER_MAC, LB_V4, NODE1_V4).build();
+    check_pass(&mut node, "ARP", &arp, "pass_not_ip");
+
+    let mut node = Node::new("frag");
+    let frag = Frame::eth(ROUTER_MAC, NODE1_MAC)
+        .ipv4(LB_V4, NODE1_V4)
+        .mf()
+        .udp(GENEVE_SPORT, GENEVE_PORT)
+        .payload(&[0; 64])
+        .build();
+    check_pass(&mut node, "first fragment of a Geneve packet", &frag, "pass_fragment");
+}
+
+// ---- egress: the reply leaves as the service --------------------------------
+
+/// The pod's reply after a Geneve SYN created the flow: its source becomes
+/// the service address and port, checksums fixed (the frame builder computes
+/// the expected ones from scratch).
+fn check_revnat(tag: &str, client: IpAddr, pod: IpAddr, reply: Frame, expected: Frame) {
+    let mut node = Node::new(tag);
+    let vip = vip_of(client.is_ipv4());
+    let syn = client_to_pod(client, pod);
+    let outer = if client.is_ipv4() { ip(NODE1_V4) } else { ip(NODE1_V6) };
+    let syn_frame = dsr_packet(outer, &syn, vip).build();
+    assert_eq!(node.ingress(&syn_frame).verdict, TC_ACT_OK);
+    let reply = reply.build();
+
+    let r = node.egress(&reply);
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame(tag, &expected.build(), &r.out);
+    assert_counters(
+        &node,
+        &[("ok_tc_decap", 1, syn_frame.len() as u64), ("ok_tc_revnat", 1, reply.len() as u64)],
+    );
+}
+
+#[test]
+fn reply_v4_tcp_leaves_as_the_service() {
+    let (c, p, v) = (ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4));
+    check_revnat("rev4", c, p, pod_reply(p, c), pod_reply(v, c).sport(SVC_PORT));
+}
+
+#[test]
+fn reply_v6_tcp_leaves_as_the_service() {
+    let (c, p, v) = (ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6));
+    check_revnat("rev6", c, p, pod_reply(p, c), pod_reply(v, c).sport(SVC_PORT));
+}
+
+fn udp_flow(tag: &str, client: IpAddr, pod: IpAddr, vip: IpAddr, zero_csum: bool) {
+    let mut node = Node::new(tag);
+    let svc = SocketAddr::new(vip, 53);
+    let query = Frame::new().ip(client, pod).udp(CLIENT_PORT, TARGET_PORT).payload(b"query");
+    let outer = if client.is_ipv4() { ip(NODE1_V4) } else { ip(NODE1_V6) };
+    assert_eq!(node.ingress(&dsr_packet(outer, &query, svc).build()).verdict, TC_ACT_OK);
+    let answer = |src: IpAddr, sport: u16| {
+        let f = Frame::eth(NODE1_MAC, ROUTER_MAC)
+            .ip(src, client)
+            .udp(sport, CLIENT_PORT)
+            .payload(b"answer!");
+        if zero_csum {
+            f.l4_checksum(0)
+        } else {
+            f
+        }
+    };
+
+    let r = node.egress(&answer(pod, TARGET_PORT).build());
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame(tag, &answer(vip, 53).build(), &r.out);
+    assert_eq!(node.counters().get("ok_tc_revnat").map(|c| c.0), Some(1));
+}
+
+#[test]
+fn reply_v4_udp_leaves_as_the_service() {
+    udp_flow("udp4", ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4), false);
+}
+
+#[test]
+fn reply_v4_udp_without_checksum_keeps_zero() {
+    udp_flow("udp40", ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4), true);
+}
+
+#[test]
+fn reply_v6_udp_leaves_as_the_service() {
+    udp_flow("udp6", ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), false);
+}
+
+#[test]
+fn reply_without_entry_passes_unchanged() {
+    let mut node = Node::new("nonat");
+    for (c, p) in [(ip(CLIENT_V4), ip(POD_V4)), (ip(CLIENT_V6), ip(POD_V6))] {
+        let reply = pod_reply(p, c).build();
+        let r = node.egress(&reply);
+        assert_eq!(r.verdict, TC_ACT_OK);
+        assert_frame("reply without entry", &reply, &r.out);
+    }
+    let v4 = pod_reply(ip(POD_V4), ip(CLIENT_V4)).build().len() as u64;
+    let v6 = pod_reply(ip(POD_V6), ip(CLIENT_V6)).build().len() as u64;
+    assert_counters(&node, &[("pass_no_nat", 2, v4 + v6)]);
+}
+
+#[test]
+fn truncated_reply_is_counted() {
+    let mut node = Node::new("rcut");
+    let reply = pod_reply(ip(POD_V4), ip(CLIENT_V4)).build();
+    let r = node.egress(&reply[..14 + 20 + 10]);
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_counters(&node, &[("drop_truncated", 1, 44)]);
+}
+
+// ---- ICMP errors forwarded by the load balancer -----------------------------
+
+fn ep_opt(ep: SocketAddr) -> GeneveOpt {
+    let mut o = GeneveOpt::dsr(ep);
+    o.typ = if ep.is_ipv4() { OPT_EP4 } else { OPT_EP6 };
+    o
+}
+
+/// A router's "too big" about the service's reply (service -> client),
+/// forwarded by the LB with the endpoint in the option, reaches the pod
+/// translated: sent to the pod, quoting pod:targetPort -> client.
+fn check_icmp(tag: &str, v4: bool) {
+    let mut node = Node::new(tag);
+    let (client, pod, vip, router) = if v4 {
+        (ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4), ip(ROUTER_V4))
+    } else {
+        (ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), ip(ROUTER_V6))
+    };
+    // IPv4 routers quote the IP header + 8 bytes (RFC 792); the quote stops
+    // before the TCP checksum, which nobody can verify on a partial segment.
+    let error = |dst: IpAddr, quoted_src: IpAddr, quoted_sport: u16| {
+        let e = Frame::new().ip(router, dst);
+        let e = if v4 { e.icmp4_frag_needed(1400) } else { e.icmp6_packet_too_big(1400) };
+        e.ip(quoted_src, client).tcp(quoted_sport, CLIENT_PORT).seq(5000).ack().quote_len(if v4 {
+            28
+        } else {
+            48
+        })
+    };
+    let outer = if v4 { ip(NODE1_V4) } else { ip(NODE1_V6) };
+    let frame = geneve_to(outer)
+        .geneve_opt(ep_opt(SocketAddr::new(pod, TARGET_PORT)))
+        .inner(error(vip, vip, SVC_PORT))
+        .build();
+
+    let r = node.ingress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame(tag, &delivered(&error(pod, pod, TARGET_PORT)).build(), &r.out);
+    assert_counters(&node, &[("ok_icmp_forward", 1, frame.len() as u64)]);
+    assert_eq!(node.nat_count(), 0, "errors create no flow");
+}
+
+#[test]
+fn icmp4_frag_needed_reaches_the_endpoint_translated() {
+    check_icmp("icmp4", true);
+}
+
+#[test]
+fn icmp6_packet_too_big_reaches_the_endpoint_translated() {
+    check_icmp("icmp6", false);
+}
