@@ -14,7 +14,7 @@
 //! and ClusterIP belongs to the socket-level load balancer. A service port
 //! with no such frontend is not part of the desired state.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
@@ -86,7 +86,7 @@ impl TranslateOptions {
 }
 
 /// A Kubernetes object named in an error: "Service default/web", "Node node1".
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectRef {
     pub kind: &'static str,
     pub namespace: Option<String>,
@@ -103,7 +103,7 @@ impl fmt::Display for ObjectRef {
 }
 
 /// What is wrong with one field.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq, Hash)]
 pub enum Problem {
     #[error("missing")]
     Missing,
@@ -139,7 +139,7 @@ pub enum Problem {
 }
 
 /// One problem: "Service default/web: spec.ports[1].targetPort: ...".
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq, Hash)]
 #[error("{object}: {field}: {problem}")]
 pub struct ConfigError {
     pub object: ObjectRef,
@@ -167,7 +167,7 @@ impl fmt::Display for ConfigErrors {
 /// Translates `cluster` as seen from node `opts.node_name`. Either the whole
 /// desired state or every error.
 pub fn translate(cluster: &Cluster, opts: &TranslateOptions) -> Result<Desired, ConfigErrors> {
-    let mut cx = Context { opts, errors: Vec::new(), nodes: HashMap::new() };
+    let mut cx = Context { opts, errors: Vec::new(), seen: HashSet::new(), nodes: HashMap::new() };
     cx.index_nodes(&cluster.nodes);
 
     let mut desired = Desired::default();
@@ -248,6 +248,9 @@ struct NodeAddr {
 struct Context<'a> {
     opts: &'a TranslateOptions,
     errors: Vec<ConfigError>,
+    /// `errors` as a set: a slice is read once per service port, its
+    /// endpoints' problems are reported once.
+    seen: HashSet<ConfigError>,
     /// Node name -> its InternalIP and ExternalIP addresses, in API order.
     nodes: HashMap<String, Vec<NodeAddr>>,
 }
@@ -333,7 +336,10 @@ fn parse_proto(s: Option<&str>) -> Result<Option<Proto>, Problem> {
 
 impl Context<'_> {
     fn error(&mut self, object: ObjectRef, field: impl Into<String>, problem: Problem) {
-        self.errors.push(ConfigError { object, field: field.into(), problem });
+        let e = ConfigError { object, field: field.into(), problem };
+        if self.seen.insert(e.clone()) {
+            self.errors.push(e);
+        }
     }
 
     fn index_nodes(&mut self, nodes: &[Node]) {
