@@ -23,7 +23,7 @@ pub use diff::diff;
 pub use dissect::{dissect, show, Dissected, Field};
 pub use frame::{
     ethertype, proto, tcp_flags, Arp, Eth, Frame, Geneve, GeneveOpt, Icmp, Ipv4, Ipv6, Ipv6Ext,
-    Layer, Mac, Tcp, Udp, DSR_OPT_CLASS, DSR_OPT_V4, DSR_OPT_V6, GENEVE_PORT,
+    Layer, Mac, Tcp, Udp, DSR_OPT_CLASS, DSR_OPT_V4, DSR_OPT_V6, EP_OPT_V4, EP_OPT_V6, GENEVE_PORT,
 };
 
 /// The benchmark's reference frames (/work/shared/bench/packets, see its

@@ -58,6 +58,9 @@ pub const GENEVE_PORT: u16 = 6081;
 pub const DSR_OPT_CLASS: u16 = 0xff58;
 pub const DSR_OPT_V4: u8 = 0x01;
 pub const DSR_OPT_V6: u8 = 0x02;
+/// On forwarded ICMP errors: the endpoint of the quoted flow (same layout).
+pub const EP_OPT_V4: u8 = 0x03;
+pub const EP_OPT_V6: u8 = 0x04;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Eth {
@@ -224,11 +227,21 @@ pub struct GeneveOpt {
 impl GeneveOpt {
     /// xlb's DSR option: the service address and port the client used.
     pub fn dsr(vip: SocketAddr) -> Self {
-        let (typ, mut data) = match vip.ip() {
-            IpAddr::V4(a) => (DSR_OPT_V4, a.octets().to_vec()),
-            IpAddr::V6(a) => (DSR_OPT_V6, a.octets().to_vec()),
+        Self::addr_port(DSR_OPT_V4, DSR_OPT_V6, vip)
+    }
+
+    /// xlb's endpoint option (forwarded ICMP errors): the endpoint of the
+    /// quoted flow.
+    pub fn endpoint(ep: SocketAddr) -> Self {
+        Self::addr_port(EP_OPT_V4, EP_OPT_V6, ep)
+    }
+
+    fn addr_port(typ4: u8, typ6: u8, sa: SocketAddr) -> Self {
+        let (typ, mut data) = match sa.ip() {
+            IpAddr::V4(a) => (typ4, a.octets().to_vec()),
+            IpAddr::V6(a) => (typ6, a.octets().to_vec()),
         };
-        data.extend_from_slice(&vip.port().to_be_bytes());
+        data.extend_from_slice(&sa.port().to_be_bytes());
         data.extend_from_slice(&[0, 0]);
         GeneveOpt { class: DSR_OPT_CLASS, typ, data }
     }
