@@ -11,20 +11,14 @@
 #include <bpf/bpf_helpers.h>
 #include "maps.h"
 #include "dsr.h"
+#include "counters.h"
 
 /* The one exit of both programs: counts the packet under `counter` in
- * xlb_counters and turns the counter into the tc verdict. `len` is the
+ * xlb_counters (counters.h) and turns the counter into the tc verdict. `len` is the
  * frame length as received, before any decapsulation. */
 static __always_inline int xlb_tc_exit(int counter, __u32 len)
 {
-	__u32 idx = counter;
-	struct xlb_count *c = bpf_map_lookup_elem(&xlb_counters, &idx);
-
-	if (c) {
-		c->packets++;
-		c->bytes += len;
-	}
-	return dsr_verdict(counter);
+	return xlb_count_exit(counter, len, dsr_verdict(counter));
 }
 
 SEC("classifier")

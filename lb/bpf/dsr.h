@@ -29,6 +29,7 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
@@ -38,6 +39,8 @@
 #include <bpf/bpf_endian.h>
 #include "maps.h"
 #include "parse.h"
+#include "maglev.h"
+#include "counters.h"
 
 /* Keep going: not a counter, every counter is >= 0. */
 #define DSR_NEXT (-1)
@@ -82,7 +85,7 @@
 
 static __always_inline int dsr_verdict(int counter)
 {
-	return counter >= XLB_DROP_TRUNCATED ? TC_ACT_SHOT : TC_ACT_OK;
+	return xlb_reason_is_drop(counter) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* Makes the first min(want, skb->len) bytes linear if they are not. Costs
@@ -201,52 +204,66 @@ static __always_inline int dsr_key_addrs(void *data, void *data_end, const struc
 
 /* ---- egress: reply source rewrite ---------------------------------------- */
 
-/* Rewrites the source address and port of the reply to the service. `old`
- * is the current source address (16 bytes, IPv4 in the first 4). */
-static __always_inline int dsr_snat(struct __sk_buff *skb, const struct dsr_ip *ip, const __u8 *old,
-				    __be16 old_port, const struct xlb_dsr_nat_entry *nat)
+#define DSR_SRC 0
+#define DSR_DST 1
+
+/* Rewrites the source (DSR_SRC) or destination (DSR_DST) address and port
+ * of a TCP/UDP packet from `from`:from_port to `to`:to_port (16-byte
+ * addresses, IPv4 in the first 4), with the kernel's checksum helpers: they
+ * keep CHECKSUM_PARTIAL (local sockets, veth) and CHECKSUM_COMPLETE skbs
+ * right, which patching the checksum field by hand would not. */
+static __always_inline int dsr_rewrite(struct __sk_buff *skb, const struct dsr_ip *ip, int dir,
+				       const __u8 *from, const __u8 *to, __be16 from_port,
+				       __be16 to_port)
 {
 	__u32 csum_off = ip->l4off + (ip->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
 							       : offsetof(struct udphdr, check));
 	/* UDP over IPv4 with checksum 0 (none) keeps 0; a computed 0 is sent
 	 * as 0xffff. TCP has no such case. */
 	__u64 mangled = ip->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	__u8 vaddr[16];
-	__be16 vport = nat->vport;
+	__u8 old[16] __attribute__((aligned(4)));
+	__u8 new[16] __attribute__((aligned(4)));
 
-	__builtin_memcpy(vaddr, nat->vaddr, 16);
+	/* copies: the helpers below invalidate packet pointers, and map
+	 * values may change under us */
+	__builtin_memcpy(old, from, 16);
+	__builtin_memcpy(new, to, 16);
 	if (ip->family == XLB_FAMILY_V4) {
-		__be32 from, to;
+		__u32 addr_off =
+		    dir == DSR_DST ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr);
+		__be32 f, t;
 
-		__builtin_memcpy(&from, old, 4);
-		__builtin_memcpy(&to, vaddr, 4);
-		if (bpf_l4_csum_replace(skb, csum_off, from, to, BPF_F_PSEUDO_HDR | mangled | 4))
+		__builtin_memcpy(&f, old, 4);
+		__builtin_memcpy(&t, new, 4);
+		if (bpf_l4_csum_replace(skb, csum_off, f, t, BPF_F_PSEUDO_HDR | mangled | 4))
 			return XLB_DROP_NAT;
-		if (bpf_l3_csum_replace(skb, ip->l3off + offsetof(struct iphdr, check), from, to,
-					4))
+		if (bpf_l3_csum_replace(skb, ip->l3off + offsetof(struct iphdr, check), f, t, 4))
 			return XLB_DROP_NAT;
-		if (bpf_skb_store_bytes(skb, ip->l3off + offsetof(struct iphdr, saddr), &to, 4, 0))
+		if (bpf_skb_store_bytes(skb, ip->l3off + addr_off, &t, 4, 0))
 			return XLB_DROP_NAT;
 	} else {
-		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)vaddr, 16, 0);
+		__u32 addr_off = dir == DSR_DST ? offsetof(struct ipv6hdr, daddr)
+						: offsetof(struct ipv6hdr, saddr);
+		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)new, 16, 0);
 
 		if (diff < 0)
 			return XLB_DROP_NAT;
 		if (bpf_l4_csum_replace(skb, csum_off, 0, diff,
 					BPF_F_PSEUDO_HDR | DSR_F_IPV6 | mangled))
 			return XLB_DROP_NAT;
-		if (bpf_skb_store_bytes(skb, ip->l3off + offsetof(struct ipv6hdr, saddr), vaddr, 16,
-					0))
+		if (bpf_skb_store_bytes(skb, ip->l3off + addr_off, new, 16, 0))
 			return XLB_DROP_NAT;
 	}
-	if (old_port != vport) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_port, vport, mangled | 2))
+	if (from_port != to_port) {
+		/* source port then destination port, in TCP and UDP alike */
+		__u32 port_off = ip->l4off + (dir == DSR_DST ? 2 : 0);
+
+		if (bpf_l4_csum_replace(skb, csum_off, from_port, to_port, mangled | 2))
 			return XLB_DROP_NAT;
-		/* source port: the first field of both TCP and UDP */
-		if (bpf_skb_store_bytes(skb, ip->l4off, &vport, 2, 0))
+		if (bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0))
 			return XLB_DROP_NAT;
 	}
-	return XLB_OK_TC_REVNAT;
+	return DSR_NEXT;
 }
 
 static __always_inline int dsr_egress(struct __sk_buff *skb)
@@ -256,7 +273,6 @@ static __always_inline int dsr_egress(struct __sk_buff *skb)
 	struct dsr_ip ip;
 	struct xlb_flow_key key = {};
 	struct xlb_dsr_nat_entry *nat;
-	__u8 old[16] = {};
 	__be16 *ports;
 	int rc;
 
@@ -299,9 +315,9 @@ static __always_inline int dsr_egress(struct __sk_buff *skb)
 		return XLB_PASS_NO_NAT;
 	if (nat->family != ip.family)
 		return XLB_DROP_NAT;
-	/* old source = the flow key's destination (the endpoint) */
-	__builtin_memcpy(old, key.daddr, 16);
-	return dsr_snat(skb, &ip, old, key.dport, nat);
+	/* the reply's source is the flow key's destination (the endpoint) */
+	rc = dsr_rewrite(skb, &ip, DSR_SRC, key.daddr, nat->vaddr, key.dport, nat->vport);
+	return rc != DSR_NEXT ? rc : XLB_OK_TC_REVNAT;
 }
 
 /* ---- ingress: Geneve termination ----------------------------------------- */
@@ -602,6 +618,101 @@ static __always_inline int dsr_geneve(struct __sk_buff *skb, const struct xlb_no
 	return rc != DSR_NEXT ? rc : XLB_OK_ICMP_FORWARD;
 }
 
+/* ---- ingress: IPIP / IP6IP6 / mixed ---------------------------------------
+ * The inner packet is as the client sent it (to the service address). The
+ * node picks the backend itself with the tables every node shares: the
+ * frontend, then xlb_select (xlb_ct, affinity, Maglev: the same hash and
+ * table as the load balancer, so the same backend). Only a backend on this
+ * node is accepted; the packet is then DNAT'd to it and handled as Geneve. */
+
+/* Whether the backend's node address is this node's. */
+static __always_inline int dsr_backend_is_local(const struct xlb_backend *be,
+						const struct xlb_node_cfg *node)
+{
+	if (be->node_family == XLB_FAMILY_V4)
+		return *(const __u32 *)be->node == *(const __u32 *)node->addr4 &&
+		       *(const __u32 *)node->addr4 != 0;
+	return be->node_family == XLB_FAMILY_V6 && xlb_addr_eq(be->node, node->addr6) &&
+	       !dsr_addr6_zero(node->addr6);
+}
+
+static __always_inline int dsr_ipip(struct __sk_buff *skb, const struct xlb_node_cfg *node,
+				    const struct dsr_ip *out)
+{
+	/* 4-byte aligned: xlb_select hashes it as words */
+	struct xlb_flow_key key __attribute__((aligned(4))) = {};
+	struct xlb_frontend_key fk = {};
+	void *data, *data_end;
+	struct xlb_service *svc;
+	struct xlb_sel sel = {};
+	struct dsr_tunnel t = {};
+	struct xlb_backend *be;
+	__u8 ep[16] __attribute__((aligned(4)));
+	__be16 ep_port, *ports;
+	struct dsr_ip in;
+	int rc;
+
+	dsr_pull(skb, out->l4off + 60 + 8);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (out->proto == IPPROTO_IPIP)
+		rc = dsr_parse_ip4(data, data_end, out->l4off, XLB_DROP_BAD_TUNNEL, &in);
+	else
+		rc = dsr_parse_ip6(data, data_end, out->l4off, XLB_DROP_BAD_TUNNEL, &in);
+	if (rc != DSR_NEXT)
+		return rc;
+	rc = dsr_check_len(&in, out->end);
+	if (rc != DSR_NEXT)
+		return rc;
+	/* The load balancer passes fragments to its own kernel: none come. */
+	if (in.later_frag || in.first_frag)
+		return XLB_PASS_FRAGMENT;
+	if (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP)
+		return XLB_DROP_BAD_TUNNEL;
+	ports = data + in.l4off;
+	if ((void *)(ports + 2) > data_end)
+		return XLB_DROP_TRUNCATED;
+	rc = dsr_key_addrs(data, data_end, &in, &key, 0);
+	if (rc != DSR_NEXT)
+		return rc;
+	key.sport = ports[0];
+	key.dport = ports[1];
+	key.proto = in.proto;
+
+	xlb_addr_copy(fk.addr, key.daddr);
+	fk.port = key.dport;
+	fk.proto = key.proto;
+	fk.family = key.family;
+	svc = bpf_map_lookup_elem(&xlb_frontends, &fk);
+	if (!svc)
+		return XLB_PASS_NOT_FRONTEND;
+	rc = xlb_select(svc, &key, &sel);
+	if (rc)
+		return -rc;
+	be = sel.be;
+	if (be->family != in.family) /* no NAT64 */
+		return XLB_DROP_BACKEND_MISSING;
+	if (!dsr_backend_is_local(be, node))
+		return XLB_DROP_NOT_LOCAL;
+	xlb_addr_copy(ep, be->addr);
+	ep_port = be->port;
+
+	rc = dsr_rewrite(skb, &in, DSR_DST, key.daddr, ep, key.dport, ep_port);
+	if (rc != DSR_NEXT)
+		return rc;
+	/* remembered as delivered: client -> endpoint => service */
+	xlb_addr_copy(t.addr, key.daddr);
+	t.port = key.dport;
+	t.family = key.family;
+	xlb_addr_copy(key.daddr, ep);
+	key.dport = ep_port;
+	rc = dsr_remember(&key, &t);
+	if (rc != DSR_NEXT)
+		return rc;
+	rc = dsr_decap(skb, in.l3off, out->family, in.family);
+	return rc != DSR_NEXT ? rc : XLB_OK_TC_DECAP;
+}
+
 static __always_inline int dsr_ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
@@ -647,10 +758,14 @@ static __always_inline int dsr_ingress(struct __sk_buff *skb)
 	} else {
 		return XLB_PASS_NOT_IP;
 	}
-	if (out.proto != IPPROTO_UDP)
+	if (out.proto != IPPROTO_UDP && out.proto != IPPROTO_IPIP && out.proto != IPPROTO_IPV6)
 		return XLB_PASS_NOT_TUNNEL;
 	if (out.later_frag || out.first_frag)
 		return XLB_PASS_FRAGMENT;
+	if (out.proto != IPPROTO_UDP) {
+		rc = dsr_check_len(&out, skb->len);
+		return rc != DSR_NEXT ? rc : dsr_ipip(skb, node, &out);
+	}
 	udp = data + out.l4off;
 	if ((void *)(udp + 1) > data_end)
 		return XLB_DROP_TRUNCATED;

@@ -253,6 +253,7 @@ enum xlb_counter {
 	XLB_DROP_NO_DSR_OPT = 45,      /* tc: Geneve packet without the DSR option */
 	XLB_DROP_DECAP = 46,	       /* tc: could not remove the outer headers */
 	XLB_DROP_NAT = 47,	       /* tc: could not rewrite the packet */
+	XLB_DROP_NOT_LOCAL = 48,       /* tc: IPIP flow whose backend is on another node */
 	XLB_COUNTER_MAX = 64,
 };
 

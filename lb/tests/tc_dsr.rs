@@ -19,7 +19,10 @@ use lb::{
     datapath::Datapath,
     loader::{Dataplane, LoadOptions, MapSizes},
     maps::Maps,
-    model::{Desired, NodeConfig},
+    model::{
+        Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
+        ServiceKey,
+    },
     packet::{
         bench::{CLIENT_PORT, CLIENT_V4, CLIENT_V6, VIP_V4, VIP_V6},
         diff, show, Frame, GeneveOpt, Mac, DSR_OPT_CLASS, GENEVE_PORT,
@@ -94,12 +97,17 @@ struct Run {
 
 impl Node {
     fn new(tag: &str) -> Node {
+        Node::with_services(tag, Vec::new())
+    }
+
+    /// Node 1 holding `services` (the cluster-wide tables every node has).
+    fn with_services(tag: &str, services: Vec<Service>) -> Node {
         let pin = PinDir::new(tag);
         let dp = Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::small() })
             .unwrap_or_else(|e| panic!("loading the datapath into {}: {e:?}", pin.0.display()));
         let desired = Desired {
             node: NodeConfig { tunnel_v4: Some(NODE1_V4), tunnel_v6: Some(NODE1_V6) },
-            ..Desired::default()
+            services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),
         };
         Datapath::open(&pin.0)
             .and_then(|mut d| d.apply(&desired))
@@ -129,6 +137,13 @@ impl Node {
 
     fn nat(&self, key: &FlowKey) -> Option<DsrNatEntry> {
         self.maps.dsr_nat.get(key, 0).ok()
+    }
+
+    /// A counter by number, summed over CPUs: for reasons newer than
+    /// `abi::Counter`.
+    fn raw_counter(&self, idx: u32) -> (u64, u64) {
+        let v = self.maps.counters.get(&idx, 0).unwrap_or_else(|e| panic!("counter {idx}: {e:?}"));
+        v.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
     }
 
     fn nat_count(&self) -> usize {
@@ -660,4 +675,104 @@ fn icmp4_frag_needed_reaches_the_endpoint_translated() {
 #[test]
 fn icmp6_packet_too_big_reaches_the_endpoint_translated() {
     check_icmp("icmp6", false);
+}
+
+// ---- IPIP: the node picks the backend itself --------------------------------
+
+/// XLB_DROP_NOT_LOCAL (xlb_abi.h), not yet in `abi::Counter`.
+const DROP_NOT_LOCAL: u32 = 48;
+
+/// default/nginx:http in IPIP mode, VIP:80 -> `pods` on `node` port 8080.
+fn ipip_service(vip: IpAddr, pods: &[(IpAddr, IpAddr)]) -> Service {
+    let mut s = Service::new(ServiceKey::new("default", "nginx", "http"));
+    s.encap = Encap::Ipip;
+    s.frontends.push(Frontend {
+        addr: vip,
+        port: SVC_PORT,
+        proto: Proto::Tcp,
+        kind: FrontendKind::LoadBalancer,
+    });
+    s.backends = pods
+        .iter()
+        .map(|&(addr, node)| Backend {
+            name: format!("{addr}:{TARGET_PORT}"),
+            addr,
+            port: TARGET_PORT,
+            node,
+            weight: 1,
+            state: BackendState::Active,
+        })
+        .collect();
+    s
+}
+
+/// The client's packet as sent, to the service address.
+fn client_to_vip(client: IpAddr, vip: IpAddr) -> Frame {
+    Frame::new().ip(client, vip).tcp(CLIENT_PORT, SVC_PORT).seq(1000).syn()
+}
+
+fn ipip_to(node: IpAddr, inner: &Frame) -> Frame {
+    let lb = if node.is_ipv4() { ip(LB_V4) } else { ip(LB_V6) };
+    Frame::eth(ROUTER_MAC, NODE1_MAC).ip(lb, node).inner(inner.clone())
+}
+
+fn check_ipip(tag: &str, outer: IpAddr, client: IpAddr, vip: IpAddr, pod: IpAddr) {
+    let node1 = if pod.is_ipv4() { ip(NODE1_V4) } else { ip(NODE1_V6) };
+    let mut node = Node::with_services(tag, vec![ipip_service(vip, &[(pod, node1)])]);
+    let frame = ipip_to(outer, &client_to_vip(client, vip)).build();
+
+    let r = node.ingress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_OK, "{tag}: counters {:?}", node.counters());
+    assert_frame(tag, &delivered(&client_to_pod(client, pod)).build(), &r.out);
+    assert_counters(&node, &[("ok_tc_decap", 1, frame.len() as u64)]);
+    assert_nat(
+        &node,
+        &flow_key(client, pod, CLIENT_PORT, TARGET_PORT, 6),
+        SocketAddr::new(vip, SVC_PORT),
+    );
+
+    // The reply leaves as the service.
+    let reply = pod_reply(pod, client).build();
+    let r = node.egress(&reply);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame(tag, &pod_reply(vip, client).sport(SVC_PORT).build(), &r.out);
+}
+
+#[test]
+fn ipip_v4_is_dnatted_to_the_local_backend() {
+    check_ipip("ipip4", ip(NODE1_V4), ip(CLIENT_V4), ip(VIP_V4), ip(POD_V4));
+}
+
+#[test]
+fn ip6ip6_is_dnatted_to_the_local_backend() {
+    check_ipip("ip6ip6", ip(NODE1_V6), ip(CLIENT_V6), ip(VIP_V6), ip(POD_V6));
+}
+
+#[test]
+fn ipv6_in_ipv4_is_dnatted_to_the_local_backend() {
+    check_ipip("ip6ip4", ip(NODE1_V4), ip(CLIENT_V6), ip(VIP_V6), ip(POD_V6));
+}
+
+#[test]
+fn ipip_flow_of_another_nodes_backend_is_dropped() {
+    let pod2 = ip(Ipv4Addr::new(10, 244, 2, 11));
+    let mut node =
+        Node::with_services("ipipfar", vec![ipip_service(ip(VIP_V4), &[(pod2, ip(NODE2_V4))])]);
+    let frame = ipip_to(ip(NODE1_V4), &client_to_vip(ip(CLIENT_V4), ip(VIP_V4))).build();
+
+    let r = node.ingress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_frame("backend on node 2", &frame, &r.out);
+    assert_eq!(node.raw_counter(DROP_NOT_LOCAL), (1, frame.len() as u64));
+    assert_eq!(node.nat_count(), 0);
+}
+
+#[test]
+fn ipip_to_a_non_frontend_passes_unchanged() {
+    let mut node = Node::with_services("ipipnf", vec![ipip_service(ip(VIP_V4), &[])]);
+    let other = ip(Ipv4Addr::new(10, 100, 0, 99));
+    let frame = ipip_to(ip(NODE1_V4), &client_to_vip(ip(CLIENT_V4), other)).build();
+    check_pass(&mut node, "IPIP to 10.100.0.99", &frame, "pass_not_frontend");
 }
