@@ -54,6 +54,9 @@ fn elf_section<'a>(elf: &'a [u8], want: &str, what: &str) -> &'a [u8] {
     panic!("{what}: no {want} section (compiled without -g?)");
 }
 
+/// A struct's size and its members: (name, byte offset, byte size).
+type StructInfo = (u32, Vec<(String, u32, u64)>);
+
 #[derive(Debug, Clone)]
 struct Member {
     name: String,
@@ -78,7 +81,6 @@ enum Ty {
         members: Vec<Member>,
     },
     Union {
-        name: String,
         size: u32,
     },
     Enum {
@@ -148,7 +150,7 @@ impl Btf {
                     if kind == 4 {
                         Ty::Struct { name: name(name_off), size: size_or_type, members }
                     } else {
-                        Ty::Union { name: name(name_off), size: size_or_type }
+                        Ty::Union { size: size_or_type }
                     }
                 }
                 6 | 19 => {
@@ -219,7 +221,7 @@ impl Btf {
     }
 
     /// Named structs: name -> (size, [(member, byte offset, byte size)]).
-    fn structs(&self) -> BTreeMap<String, (u32, Vec<(String, u32, u64)>)> {
+    fn structs(&self) -> BTreeMap<String, StructInfo> {
         let mut out = BTreeMap::new();
         for t in &self.types {
             if let Ty::Struct { name, size, members } = t {
@@ -369,12 +371,7 @@ fn layout(c_name: &str) -> Option<&'static StructLayout> {
 }
 
 /// Mismatches between one BTF struct and its Rust mirror.
-fn compare(
-    what: &str,
-    name: &str,
-    btf: &(u32, Vec<(String, u32, u64)>),
-    problems: &mut Vec<String>,
-) {
+fn compare(what: &str, name: &str, btf: &StructInfo, problems: &mut Vec<String>) {
     let Some(l) = layout(name) else {
         problems.push(format!("{what}: struct {name} has no mirror in lb::abi::LAYOUTS"));
         return;
