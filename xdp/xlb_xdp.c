@@ -11,7 +11,7 @@
  *     - IPIP: inner packet untouched, add Ethernet + IP  (OK_XDP_TX/REDIRECT)
  *   ICMP "fragmentation needed" / "packet too big" quoting a DSR reply
  *   (frontend -> client) go, unchanged, to the node of the flow's backend
- *   (OK_ICMP_FORWARD).
+ *   with the Geneve EP option naming the endpoint (OK_ICMP_FORWARD).
  *
  * Every path ends in xlb_count_exit() (counters.h) with exactly one reason.
  * Packets that are not ours are passed unchanged; malformed ones are passed
@@ -186,18 +186,21 @@ static __always_inline int xlb_local_deliver(struct xdp_md *ctx, struct xlb_pkt 
 }
 
 /*
- * Sends the packet to the backend's node. vaddr/vport: the frontend the
- * client used (the DSR option). dnat: rewrite the inner packet to the
- * endpoint first (Geneve, not for ICMP). ok: the reason of a successful send
- * (0: by transmit path, OK_XDP_TX or OK_XDP_REDIRECT).
+ * Sends the packet to the backend's node. Geneve: a client packet is DNAT'd
+ * to the endpoint and carries the DSR option with vaddr/vport (the frontend
+ * the client used); an ICMP error (icmp = 1) is left untranslated and carries
+ * the EP option with the endpoint address and target port, from which the
+ * backend node's tc program translates it. IPIP: the inner packet as is.
+ * ok: the reason of a successful send (0: by transmit path, OK_XDP_TX or
+ * OK_XDP_REDIRECT).
  */
 static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				      const struct xlb_service *svc, const struct xlb_backend *be,
 				      const struct xlb_node_cfg *node, const __u8 *src, __u32 hash,
-				      const __u8 *vaddr, __be16 vport, int dnat, __u32 ok,
+				      const __u8 *vaddr, __be16 vport, int icmp, __u32 ok,
 				      __u32 *reason)
 {
-	__u8 outer = be->node_family, inner = pkt->tuple.family, encap = svc->encap;
+	__u8 outer = be->node_family, inner = pkt->tuple.family, encap = svc->encap, opt_type;
 	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
 	struct xlb_nh_entry *nh;
 	__u32 hlen, inner_len = pkt->l3_len, frame, l3_off = pkt->l3_off & XLB_L3_OFF_MASK;
@@ -210,14 +213,22 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 
 	if (encap != XLB_ENCAP_IPIP)
 		encap = XLB_ENCAP_GENEVE; /* unknown values: the default */
-	if (dnat && encap == XLB_ENCAP_GENEVE) {
+	if (encap == XLB_ENCAP_GENEVE) {
 		/* The inner packet keeps its family: an endpoint of the other
 		 * family cannot be reached without NAT64. */
 		if (be->family != inner)
 			return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
-		rc = xlb_nat_rewrite(data, data_end, pkt, XLB_NAT_DST, be->addr, be->port);
-		if (rc)
-			return xlb_fail(rc, reason);
+		if (icmp) {
+			opt_type = inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_EP6 : XLB_GENEVE_OPT_EP4;
+			vaddr = be->addr;
+			vport = be->port;
+		} else {
+			opt_type =
+			    inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_DSR6 : XLB_GENEVE_OPT_DSR4;
+			rc = xlb_nat_rewrite(data, data_end, pkt, XLB_NAT_DST, be->addr, be->port);
+			if (rc)
+				return xlb_fail(rc, reason);
+		}
 	}
 
 	hlen = xlb_encap_hlen(encap, outer, inner);
@@ -255,10 +266,10 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 					   *(const __u32 *)be->node, proto, outer_l3_len);
 		if (rc)
 			return xlb_fail(rc, reason);
-		rc = xlb_write_geneve(data + ETH_HLEN +
-					  (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN),
-				      data_end, bpf_htons(XLB_GENEVE_SPORT_BASE + (hash & 0x3fff)),
-				      node->geneve_port, inner_len, inner, node->vni, vaddr, vport);
+		rc = xlb_write_geneve(
+		    data + ETH_HLEN + (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN),
+		    data_end, bpf_htons(XLB_GENEVE_SPORT_BASE + (hash & 0x3fff)), node->geneve_port,
+		    inner_len, inner, node->vni, opt_type, vaddr, vport);
 	} else {
 		__u8 proto = inner == XLB_FAMILY_V6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
 
@@ -312,7 +323,7 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 			verdict = xlb_local_deliver(ctx, pkt, be, reason);
 		}
 	} else {
-		verdict = xlb_tunnel(ctx, pkt, svc, be, node, src, sel->hash, vaddr, vport, !icmp,
+		verdict = xlb_tunnel(ctx, pkt, svc, be, node, src, sel->hash, vaddr, vport, icmp,
 				     icmp ? XLB_OK_ICMP_FORWARD : 0, reason);
 	}
 	if (xlb_reason_is_drop(*reason))
@@ -326,8 +337,10 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
  * ICMPv4 destination unreachable / ICMPv6 packet too big sent to a frontend
  * address about a DSR reply (frontend -> client): the flow is the quoted
  * tuple reversed (client -> frontend). The ICMP packet goes unchanged to
- * that flow's backend node; for Geneve the DSR option names the frontend and
- * the inner packet is NOT DNAT'd: the tc side translates the ICMP packet.
+ * that flow's backend node. The inner packet is NOT DNAT'd (its quote would
+ * need rewriting too): for Geneve the option is EP4/EP6 naming the endpoint
+ * address and target port instead of the frontend, and the backend node's
+ * tc program translates the ICMP packet from it.
  */
 static __always_inline int xlb_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u32 bytes,
 				    __u32 *reason)

@@ -10,14 +10,12 @@
  *                     flags, protocol type = inner EtherType, VNI from
  *                     xlb_node; one option of class XLB_GENEVE_OPT_CLASS, type
  *                     DSR4/DSR6 (by inner family) with the frontend address and
- *                     port the client used. UDP source port 49152 + hash %
- *                     16384 for RSS/ECMP entropy. UDP checksum 0 for both outer
- *                     families: IPv4 allows it, and for IPv6 RFC 6935/6936
- *                     allow a zero checksum on tunnel traffic; the receiver
- *                     is xlb's own tc program, which decapsulates before any
- *                     UDP socket checks it. The inner packet carries its own
- *                     L4 checksum end to end.
- *   XLB_ENCAP_IPIP    Ethernet | outer IPv4 (protocol 4 or 41) or IPv6 (next
+ *                     port the client used, or for a forwarded ICMP error
+ *                     EP4/EP6 with the endpoint address and target port. UDP source port 49152 +
+ * hash % 16384 for RSS/ECMP entropy. UDP checksum 0 for both outer families: IPv4 allows it, and
+ * for IPv6 RFC 6935/6936 allow a zero checksum on tunnel traffic; the receiver is xlb's own tc
+ * program, which decapsulates before any UDP socket checks it. The inner packet carries its own L4
+ * checksum end to end. XLB_ENCAP_IPIP    Ethernet | outer IPv4 (protocol 4 or 41) or IPv6 (next
  *                     header 4 or 41) | inner IP packet. No RSS entropy beyond
  *                     the IPv6 flow label: spreading IPv4 IPIP over receive
  *                     queues would need a source prefix to vary the source.
@@ -31,7 +29,11 @@
  *   int xlb_write_ip4(p, data_end, saddr, daddr, proto, tot_len)
  *   int xlb_write_ip6(p, data_end, saddr, daddr, nexthdr, payload_len, flow)
  *   int xlb_write_geneve(p, data_end, sport, dport, inner_len, inner_family,
- *                        vni, vaddr, vport)   UDP + Geneve + DSR option at p
+ *                        vni, opt_type, addr, port)
+ *       UDP + Geneve + one option at p: opt_type XLB_GENEVE_OPT_DSR4/DSR6
+ *       (addr:port = the frontend) or XLB_GENEVE_OPT_EP4/EP6 (ICMP errors:
+ *       addr:port = the endpoint); the option's data layout (4 or 16 byte
+ *       address) follows inner_family.
  * Each returns 0 or -XLB_DROP_ENCAP if its header would pass data_end.
  * Addresses are 16-byte ABI form (IPv4 in the first 4 bytes).
  */
@@ -121,7 +123,7 @@ static __always_inline int xlb_write_ip6(void *p, void *data_end, const void *sa
 
 static __always_inline int xlb_write_geneve(void *p, void *data_end, __be16 sport, __be16 dport,
 					    __u16 inner_len, __u8 inner_family, __u32 vni,
-					    const __u8 *vaddr, __be16 vport)
+					    __u8 opt_type, const __u8 *vaddr, __be16 vport)
 {
 	struct udphdr *uh = p;
 	struct xlb_geneve_hdr *gh = (void *)(uh + 1);
@@ -149,7 +151,7 @@ static __always_inline int xlb_write_geneve(void *p, void *data_end, __be16 spor
 
 		if ((void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		oh->type = XLB_GENEVE_OPT_DSR6;
+		oh->type = opt_type;
 		oh->len = sizeof(*o) / 4;
 		xlb_addr_copy(o->vaddr, vaddr);
 		o->vport = vport;
@@ -159,7 +161,7 @@ static __always_inline int xlb_write_geneve(void *p, void *data_end, __be16 spor
 
 		if ((void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		oh->type = XLB_GENEVE_OPT_DSR4;
+		oh->type = opt_type;
 		oh->len = sizeof(*o) / 4;
 		*(__u32 *)o->vaddr = *(const __u32 *)vaddr;
 		o->vport = vport;
