@@ -6,8 +6,9 @@
 //! [`ConfigErrors`] (each naming the object and the field) and no partial
 //! state is returned, so nothing of a bad configuration is ever applied.
 //!
-//! What becomes a datapath service: each port of each Service this proxy
-//! owns, with the frontends reachable from outside the cluster —
+//! What becomes a datapath service: each port and address family of each
+//! Service this proxy owns (see [`service_key`]), with the frontends
+//! reachable from outside the cluster —
 //! LoadBalancer ingress IPs, externalIPs, and the NodePort on this node's
 //! addresses. ClusterIP frontends are deliberately left out of
 //! `Service::frontends`: the XDP fast path serves north-south traffic only
@@ -44,6 +45,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MAGLEV_SIZE_ANNOTATION: &str = "xlb.io/maglev-size";
 /// Service annotation: how packets reach the backend node, `geneve` or `ipip`.
 pub const ENCAP_ANNOTATION: &str = "xlb.io/encap";
+/// Suffix of the key of a service port's IPv6 half (see [`service_key`]).
+pub const IPV6_KEY_SUFFIX: &str = "/ipv6";
 /// Proxy name xlb answers to by default.
 pub const DEFAULT_PROXY_NAME: &str = "xlb";
 /// sessionAffinityConfig.clientIP.timeoutSeconds when unset (Kubernetes' default).
@@ -264,6 +267,18 @@ struct Candidate {
     ready: bool,
     serving: bool,
     terminating: bool,
+}
+
+/// The datapath service key of one port and family of a Service:
+/// "namespace/name:port" for IPv4, "namespace/name:port/ipv6" for IPv6 (so
+/// a single-stack IPv4 service turning dual-stack keeps its key and flows).
+pub fn service_key(namespace: &str, name: &str, port_name: &str, v6: bool) -> ServiceKey {
+    let key = ServiceKey::new(namespace, name, port_name);
+    if v6 {
+        ServiceKey(format!("{}{IPV6_KEY_SUFFIX}", key.0))
+    } else {
+        key
+    }
 }
 
 fn service_ref(svc: &KubeService) -> ObjectRef {
@@ -644,14 +659,30 @@ impl Context<'_> {
             }
 
             let backends = self.backends(slices, port_name, proto, &target, local);
-            let mut service = Service::new(ServiceKey::new(&ns, &object.name, port_name));
-            service.frontends = frontends;
-            service.backends = backends;
-            service.affinity = affinity;
-            service.maglev_size = maglev_size;
-            service.encap = encap;
-            service.source_ranges = source_ranges.clone();
-            out.push((service, fields));
+            // One datapath service per address family: a packet keeps its
+            // family end to end (no NAT46/64), so an IPv4 frontend may only
+            // pick IPv4 endpoints. A Maglev table over both families would
+            // send half of the flows to endpoints the datapath must drop.
+            for v6 in [false, true] {
+                let (fes, fields): (Vec<Frontend>, Vec<String>) = frontends
+                    .iter()
+                    .zip(&fields)
+                    .filter(|(f, _)| f.addr.is_ipv6() == v6)
+                    .map(|(f, field)| (*f, field.clone()))
+                    .unzip();
+                if fes.is_empty() {
+                    continue;
+                }
+                let mut service = Service::new(service_key(&ns, &object.name, port_name, v6));
+                service.frontends = fes;
+                service.backends =
+                    backends.iter().filter(|b| b.addr.is_ipv6() == v6).cloned().collect();
+                service.affinity = affinity;
+                service.maglev_size = maglev_size;
+                service.encap = encap;
+                service.source_ranges = source_ranges.clone();
+                out.push((service, fields));
+            }
         }
         if self.errors.len() > errors_before {
             return Vec::new();
