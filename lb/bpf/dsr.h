@@ -41,6 +41,7 @@
 #include "parse.h"
 #include "maglev.h"
 #include "counters.h"
+#include "csum.h"
 
 /* Keep going: not a counter, every counter is >= 0. */
 #define DSR_NEXT (-1)
@@ -266,6 +267,180 @@ static __always_inline int dsr_rewrite(struct __sk_buff *skb, const struct dsr_i
 	return DSR_NEXT;
 }
 
+/* ---- ICMP errors -------------------------------------------------------- */
+
+static __always_inline int dsr_icmp_is_error(__u8 family, __u8 type)
+{
+	if (family == XLB_FAMILY_V4)
+		return type == DSR_ICMP_DEST_UNREACH || type == DSR_ICMP_TIME_EXCEEDED ||
+		       type == DSR_ICMP_PARAMETERPROB;
+	return type == DSR_ICMP6_DEST_UNREACH || type == DSR_ICMP6_PKT_TOOBIG ||
+	       type == DSR_ICMP6_TIME_EXCEED || type == DSR_ICMP6_PARAMPROB;
+}
+
+/* An ICMP error and the TCP/UDP packet it quotes. */
+struct dsr_icmp {
+	struct xlb_flow_key err;    /* the error's addresses (ports 0) */
+	struct xlb_flow_key quoted; /* the quoted tuple, in its own direction */
+	struct dsr_ip q;	    /* the quoted IP header */
+	__u32 qcsum_off;	    /* the quoted L4 checksum; 0: not quoted */
+	__sum16 qcsum;
+	__u16 pad;
+} __attribute__((aligned(8)));
+
+/* Parses the ICMP error at in->l4off and the TCP/UDP packet it quotes.
+ * Another ICMP type is `not_error`; a quote xlb cannot use is `bad`. */
+static __always_inline int dsr_parse_icmp_error(void *data, void *data_end, const struct dsr_ip *in,
+						int not_error, int bad, struct dsr_icmp *e)
+{
+	struct xlb_icmp_hdr *icmp = data + in->l4off;
+	__be16 *ports;
+	__u32 off;
+	int rc;
+
+	if (in->proto != (in->family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6) ||
+	    in->later_frag)
+		return bad;
+	if ((void *)(icmp + 1) > data_end)
+		return bad;
+	if (!dsr_icmp_is_error(in->family, icmp->type))
+		return not_error;
+	if (in->family == XLB_FAMILY_V4)
+		rc = dsr_parse_ip4(data, data_end, in->l4off + sizeof(*icmp), bad, &e->q);
+	else
+		rc = dsr_parse_ip6(data, data_end, in->l4off + sizeof(*icmp), bad, &e->q);
+	if (rc != DSR_NEXT)
+		return bad;
+	if ((e->q.proto != IPPROTO_TCP && e->q.proto != IPPROTO_UDP) || e->q.later_frag)
+		return bad;
+	ports = data + e->q.l4off;
+	if ((void *)(ports + 2) > data_end || e->q.l4off + 4 > in->end)
+		return bad;
+	if (dsr_key_addrs(data, data_end, &e->q, &e->quoted, 0) != DSR_NEXT ||
+	    dsr_key_addrs(data, data_end, in, &e->err, 0) != DSR_NEXT)
+		return bad;
+	e->quoted.sport = ports[0];
+	e->quoted.dport = ports[1];
+	e->quoted.proto = e->q.proto;
+
+	/* The quoted L4 checksum is rewritten too when the quote holds it
+	 * (IPv4 routers quote only 8 bytes: TCP's is cut off). */
+	off = e->q.l4off + (e->q.proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+						      : offsetof(struct udphdr, check));
+	e->qcsum_off = 0;
+	if (off + 2 <= in->end) {
+		__sum16 *qc = data + off;
+
+		if ((void *)(qc + 1) > data_end)
+			return bad;
+		e->qcsum_off = off;
+		e->qcsum = *qc;
+	}
+	return DSR_NEXT;
+}
+
+/* Translates an ICMP error and its quote. The quote runs opposite to the
+ * error: its `qdir` address and port go from:from_port -> to:to_port, and
+ * the error's address on the other side goes along when `outer` (left as
+ * is otherwise: a router's source address stays).
+ *
+ * Checksums: the quoted IPv4 header's own checksum absorbs the quoted
+ * address change, so it does not move the ICMPv4 checksum; ICMPv6 covers the
+ * pseudo-header and the quoted addresses. The quoted L4 checksum (when
+ * quoted) is updated with csum.h and the ICMP checksum follows it. */
+static __always_inline int dsr_icmp_xlate(struct __sk_buff *skb, const struct dsr_ip *in,
+					  const struct dsr_icmp *e, int qdir, int outer,
+					  const __u8 *from, const __u8 *to, __be16 from_port,
+					  __be16 to_port)
+{
+	__u32 csum_off = in->l4off + offsetof(struct xlb_icmp_hdr, checksum);
+	int v4 = in->family == XLB_FAMILY_V4;
+	__u32 oaddr =
+	    v4 ? (qdir == DSR_SRC ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr))
+	       : (qdir == DSR_SRC ? offsetof(struct ipv6hdr, daddr)
+				  : offsetof(struct ipv6hdr, saddr));
+	__u32 qaddr =
+	    v4 ? (qdir == DSR_SRC ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr))
+	       : (qdir == DSR_SRC ? offsetof(struct ipv6hdr, saddr)
+				  : offsetof(struct ipv6hdr, daddr));
+	__u8 old[16] __attribute__((aligned(4)));
+	__u8 new[16] __attribute__((aligned(4)));
+	__sum16 qcsum = e->qcsum, new_qcsum = e->qcsum;
+	__u32 qcsum_off = e->qcsum_off;
+
+	__builtin_memcpy(old, from, 16);
+	__builtin_memcpy(new, to, 16);
+	if (qcsum_off) {
+		__u64 d = v4 ? xlb_csum_diff4(0, *(__u32 *)old, *(__u32 *)new)
+			     : xlb_csum_diff16(0, old, new);
+
+		d = xlb_csum_diff2(d, from_port, to_port);
+		new_qcsum = e->q.proto == IPPROTO_UDP ? xlb_csum_apply_udp(qcsum, d)
+						      : xlb_csum_apply(qcsum, d);
+	}
+
+	if (v4) {
+		__be32 f = *(__u32 *)old, t = *(__u32 *)new;
+
+		if (outer &&
+		    (bpf_l3_csum_replace(skb, in->l3off + offsetof(struct iphdr, check), f, t, 4) ||
+		     bpf_skb_store_bytes(skb, in->l3off + oaddr, &t, 4, 0)))
+			return XLB_DROP_NAT;
+		if (bpf_l3_csum_replace(skb, e->q.l3off + offsetof(struct iphdr, check), f, t, 4) ||
+		    bpf_skb_store_bytes(skb, e->q.l3off + qaddr, &t, 4, 0))
+			return XLB_DROP_NAT;
+	} else {
+		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)new, 16, 0);
+
+		if (diff < 0)
+			return XLB_DROP_NAT;
+		if (outer &&
+		    (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | DSR_F_IPV6) ||
+		     bpf_skb_store_bytes(skb, in->l3off + oaddr, new, 16, 0)))
+			return XLB_DROP_NAT;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
+		    bpf_skb_store_bytes(skb, e->q.l3off + qaddr, new, 16, 0))
+			return XLB_DROP_NAT;
+	}
+	if (from_port != to_port &&
+	    (bpf_l4_csum_replace(skb, csum_off, from_port, to_port, 2) ||
+	     bpf_skb_store_bytes(skb, e->q.l4off + (qdir == DSR_DST ? 2 : 0), &to_port, 2, 0)))
+		return XLB_DROP_NAT;
+	if (qcsum_off && new_qcsum != qcsum &&
+	    (bpf_l4_csum_replace(skb, csum_off, qcsum, new_qcsum, 2) ||
+	     bpf_skb_store_bytes(skb, qcsum_off, &new_qcsum, 2, 0)))
+		return XLB_DROP_NAT;
+	return DSR_NEXT;
+}
+
+/* An ICMP error leaving the node about a packet a client sent to an
+ * endpoint (the endpoint's port unreachable, the node's own "too big" when
+ * forwarding to a pod): the quote (client -> endpoint) is an xlb_dsr_nat key
+ * as it stands. The quote becomes client -> service, and the error's source
+ * becomes the service when it was the endpoint. */
+static __always_inline int dsr_egress_icmp(struct __sk_buff *skb, const struct dsr_ip *ip)
+{
+	void *data, *data_end;
+	struct xlb_dsr_nat_entry *nat;
+	struct dsr_icmp e = {};
+	int rc;
+
+	dsr_pull(skb, ip->l4off + DSR_PULL_INNER);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	rc = dsr_parse_icmp_error(data, data_end, ip, XLB_PASS_L4_PROTO, XLB_PASS_ICMP_NO_FLOW, &e);
+	if (rc != DSR_NEXT)
+		return rc;
+	nat = bpf_map_lookup_elem(&xlb_dsr_nat, &e.quoted);
+	if (!nat)
+		return XLB_PASS_NO_NAT;
+	if (nat->family != ip->family)
+		return XLB_DROP_NAT;
+	rc = dsr_icmp_xlate(skb, ip, &e, DSR_DST, xlb_addr_eq(e.err.saddr, e.quoted.daddr),
+			    e.quoted.daddr, nat->vaddr, e.quoted.dport, nat->vport);
+	return rc != DSR_NEXT ? rc : XLB_OK_TC_REVNAT;
+}
+
 static __always_inline int dsr_egress(struct __sk_buff *skb)
 {
 	void *data, *data_end;
@@ -292,9 +467,10 @@ static __always_inline int dsr_egress(struct __sk_buff *skb)
 		return rc;
 	if (ip.later_frag || ip.first_frag)
 		return XLB_PASS_FRAGMENT;
+	if (ip.proto == (ip.family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
+		return dsr_egress_icmp(skb, &ip);
 	if (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
-		if (ip.family == XLB_FAMILY_V6 && ip.proto != IPPROTO_ICMPV6 &&
-		    ip.proto != IPPROTO_NONE)
+		if (ip.family == XLB_FAMILY_V6 && xlb_ipv6_ext_known(ip.proto))
 			return XLB_PASS_IPV6_EXT;
 		return XLB_PASS_L4_PROTO;
 	}
@@ -451,109 +627,26 @@ static __always_inline int dsr_inner_flow(void *data, void *data_end, const stru
 	return dsr_remember(&key, t);
 }
 
-static __always_inline int dsr_icmp_is_error(__u8 family, __u8 type)
-{
-	if (family == XLB_FAMILY_V4)
-		return type == DSR_ICMP_DEST_UNREACH || type == DSR_ICMP_TIME_EXCEEDED ||
-		       type == DSR_ICMP_PARAMETERPROB;
-	return type == DSR_ICMP6_DEST_UNREACH || type == DSR_ICMP6_PKT_TOOBIG ||
-	       type == DSR_ICMP6_TIME_EXCEED || type == DSR_ICMP6_PARAMPROB;
-}
-
-/* An ICMP error the load balancer forwarded with an EP4/EP6 option: the
- * inner destination and the quoted source are the service address (and the
- * quoted source port the service port); both become the endpoint
- * t->addr:t->port, so the endpoint's socket matches the quoted flow.
- *
- * Checksums: ICMPv4 covers no pseudo-header, and the quoted IPv4 header's
- * own checksum absorbs the quoted address change, so only the port moves the
- * ICMP checksum. ICMPv6 covers the pseudo-header and the quoted addresses. */
+/* An ICMP error the load balancer forwarded with an EP4/EP6 option, about
+ * a reply it saw leave as the service (quoting service -> client): the
+ * error's destination and the quoted source become the endpoint
+ * t->addr:t->port, so the endpoint's socket gets it. */
 static __always_inline int dsr_icmp_dnat(struct __sk_buff *skb, const struct dsr_ip *in,
 					 const struct dsr_tunnel *t)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	__u8 svc[16] __attribute__((aligned(4))) = {};
-	__u8 ep[16] __attribute__((aligned(4)));
-	__u32 csum_off = in->l4off + offsetof(struct xlb_icmp_hdr, checksum);
-	__be16 svc_port, ep_port = t->port;
-	struct xlb_icmp_hdr *icmp;
-	struct dsr_ip q;
-	__be16 *qports;
+	struct dsr_icmp e = {};
 	int rc;
 
-	if (in->proto != (in->family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6) ||
-	    in->later_frag)
-		return XLB_DROP_BAD_TUNNEL;
-	icmp = data + in->l4off;
-	if ((void *)(icmp + 1) > data_end)
-		return XLB_DROP_TRUNCATED;
-	if (!dsr_icmp_is_error(in->family, icmp->type))
-		return XLB_DROP_BAD_TUNNEL;
-	if (in->family == XLB_FAMILY_V4)
-		rc = dsr_parse_ip4(data, data_end, in->l4off + sizeof(*icmp), XLB_DROP_BAD_TUNNEL,
-				   &q);
-	else
-		rc = dsr_parse_ip6(data, data_end, in->l4off + sizeof(*icmp), XLB_DROP_BAD_TUNNEL,
-				   &q);
+	rc = dsr_parse_icmp_error(data, data_end, in, XLB_DROP_BAD_TUNNEL, XLB_DROP_BAD_TUNNEL, &e);
 	if (rc != DSR_NEXT)
 		return rc;
-	if ((q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP) || q.later_frag)
+	/* the quoted packet must have left from where the error was sent to */
+	if (!xlb_addr_eq(e.err.daddr, e.quoted.saddr))
 		return XLB_DROP_BAD_TUNNEL;
-	qports = data + q.l4off;
-	if ((void *)(qports + 2) > data_end)
-		return XLB_DROP_TRUNCATED;
-	svc_port = qports[0];
-
-	/* the quoted flow must leave from where the error was sent to */
-	if (in->family == XLB_FAMILY_V4) {
-		struct iphdr *iph = data + in->l3off, *qh = data + q.l3off;
-
-		if ((void *)(iph + 1) > data_end || (void *)(qh + 1) > data_end)
-			return XLB_DROP_TRUNCATED;
-		if (iph->daddr != qh->saddr)
-			return XLB_DROP_BAD_TUNNEL;
-		__builtin_memcpy(svc, &iph->daddr, 4);
-	} else {
-		struct ipv6hdr *ip6 = data + in->l3off, *qh = data + q.l3off;
-
-		if ((void *)(ip6 + 1) > data_end || (void *)(qh + 1) > data_end)
-			return XLB_DROP_TRUNCATED;
-		if (!xlb_addr_eq(&ip6->daddr, &qh->saddr))
-			return XLB_DROP_BAD_TUNNEL;
-		__builtin_memcpy(svc, &ip6->daddr, 16);
-	}
-	__builtin_memcpy(ep, t->addr, 16);
-
-	if (in->family == XLB_FAMILY_V4) {
-		__be32 from, to;
-
-		__builtin_memcpy(&from, svc, 4);
-		__builtin_memcpy(&to, ep, 4);
-		if (bpf_l3_csum_replace(skb, in->l3off + offsetof(struct iphdr, check), from, to,
-					4) ||
-		    bpf_skb_store_bytes(skb, in->l3off + offsetof(struct iphdr, daddr), &to, 4,
-					0) ||
-		    bpf_l3_csum_replace(skb, q.l3off + offsetof(struct iphdr, check), from, to,
-					4) ||
-		    bpf_skb_store_bytes(skb, q.l3off + offsetof(struct iphdr, saddr), &to, 4, 0))
-			return XLB_DROP_NAT;
-	} else {
-		__s64 diff = bpf_csum_diff((__be32 *)svc, 16, (__be32 *)ep, 16, 0);
-
-		if (diff < 0)
-			return XLB_DROP_NAT;
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | DSR_F_IPV6) ||
-		    bpf_skb_store_bytes(skb, in->l3off + offsetof(struct ipv6hdr, daddr), ep, 16,
-					0) ||
-		    bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
-		    bpf_skb_store_bytes(skb, q.l3off + offsetof(struct ipv6hdr, saddr), ep, 16, 0))
-			return XLB_DROP_NAT;
-	}
-	if (bpf_l4_csum_replace(skb, csum_off, svc_port, ep_port, 2) ||
-	    bpf_skb_store_bytes(skb, q.l4off, &ep_port, 2, 0))
-		return XLB_DROP_NAT;
-	return DSR_NEXT;
+	return dsr_icmp_xlate(skb, in, &e, DSR_SRC, 1, e.quoted.saddr, t->addr, e.quoted.sport,
+			      t->port);
 }
 
 static __always_inline int dsr_geneve(struct __sk_buff *skb, const struct xlb_node_cfg *node,

@@ -47,10 +47,6 @@ const SVC_PORT: u16 = 80;
 const TARGET_PORT: u16 = 8080;
 /// Outer UDP source port (entropy chosen by the load balancer).
 const GENEVE_SPORT: u16 = 49152 + 77;
-/// Geneve option types for ICMP forwarding (xlb_abi.h XLB_GENEVE_OPT_EP4/EP6).
-const OPT_EP4: u8 = 0x03;
-const OPT_EP6: u8 = 0x04;
-
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 
@@ -626,12 +622,6 @@ fn truncated_reply_is_counted() {
 
 // ---- ICMP errors forwarded by the load balancer -----------------------------
 
-fn ep_opt(ep: SocketAddr) -> GeneveOpt {
-    let mut o = GeneveOpt::dsr(ep);
-    o.typ = if ep.is_ipv4() { OPT_EP4 } else { OPT_EP6 };
-    o
-}
-
 /// A router's "too big" about the service's reply (service -> client),
 /// forwarded by the LB with the endpoint in the option, reaches the pod
 /// translated: sent to the pod, quoting pod:targetPort -> client.
@@ -642,20 +632,22 @@ fn check_icmp(tag: &str, v4: bool) {
     } else {
         (ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), ip(ROUTER_V6))
     };
-    // IPv4 routers quote the IP header + 8 bytes (RFC 792); the quote stops
-    // before the TCP checksum, which nobody can verify on a partial segment.
+    // IPv4 routers quote the IP header + 8 bytes (RFC 792), which stops
+    // before the TCP checksum; IPv6 routers quote the whole segment, whose
+    // TCP checksum is translated too (the builder computes it afresh).
     let error = |dst: IpAddr, quoted_src: IpAddr, quoted_sport: u16| {
         let e = Frame::new().ip(router, dst);
         let e = if v4 { e.icmp4_frag_needed(1400) } else { e.icmp6_packet_too_big(1400) };
-        e.ip(quoted_src, client).tcp(quoted_sport, CLIENT_PORT).seq(5000).ack().quote_len(if v4 {
-            28
+        let e = e.ip(quoted_src, client).tcp(quoted_sport, CLIENT_PORT).seq(5000).ack();
+        if v4 {
+            e.quote_len(28)
         } else {
-            48
-        })
+            e.payload(&[0x55; 64])
+        }
     };
     let outer = if v4 { ip(NODE1_V4) } else { ip(NODE1_V6) };
     let frame = geneve_to(outer)
-        .geneve_opt(ep_opt(SocketAddr::new(pod, TARGET_PORT)))
+        .geneve_opt(GeneveOpt::endpoint(SocketAddr::new(pod, TARGET_PORT)))
         .inner(error(vip, vip, SVC_PORT))
         .build();
 
@@ -775,4 +767,88 @@ fn ipip_to_a_non_frontend_passes_unchanged() {
     let other = ip(Ipv4Addr::new(10, 100, 0, 99));
     let frame = ipip_to(ip(NODE1_V4), &client_to_vip(ip(CLIENT_V4), other)).build();
     check_pass(&mut node, "IPIP to 10.100.0.99", &frame, "pass_not_frontend");
+}
+
+// ---- ICMP errors leaving the node about a client's packet -------------------
+
+/// A DNS flow established through Geneve; the endpoint (or the node) then
+/// sends an error about the query. It must leave quoting the query as the
+/// client sent it (to the service), from the service when the endpoint sent
+/// it. The quoted UDP checksum is whole here, so it is translated too.
+fn check_egress_icmp(tag: &str, v4: bool, from_node: bool) {
+    let mut node = Node::new(tag);
+    let (client, pod, vip, node1) = if v4 {
+        (ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4), ip(NODE1_V4))
+    } else {
+        (ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), ip(NODE1_V6))
+    };
+    let svc = SocketAddr::new(vip, 53);
+    let query = |dst: IpAddr, dport: u16| {
+        Frame::new().ip(client, dst).udp(CLIENT_PORT, dport).payload(b"query")
+    };
+    let syn = dsr_packet(node1, &query(pod, TARGET_PORT), svc).build();
+    assert_eq!(node.ingress(&syn).verdict, TC_ACT_OK);
+    let error = |src: IpAddr, quoted_dst: IpAddr, quoted_dport: u16| {
+        let e = Frame::eth(NODE1_MAC, ROUTER_MAC).ip(src, client);
+        let e = match (v4, from_node) {
+            (true, false) => e.icmp4(3, 3, 0), // port unreachable
+            (false, false) => e.icmp6(1, 4, 0),
+            (true, true) => e.icmp4_frag_needed(1400),
+            (false, true) => e.icmp6_packet_too_big(1400),
+        };
+        e.inner(query(quoted_dst, quoted_dport))
+    };
+    let sender = if from_node { node1 } else { pod };
+    let frame = error(sender, pod, TARGET_PORT).build();
+
+    let r = node.egress(&frame);
+
+    assert_eq!(r.verdict, TC_ACT_OK, "{tag}: counters {:?}", node.counters());
+    let translated_src = if from_node { node1 } else { vip };
+    assert_frame(tag, &error(translated_src, vip, 53).build(), &r.out);
+    assert_eq!(node.counters().get("ok_tc_revnat"), Some(&(1, frame.len() as u64)));
+}
+
+#[test]
+fn endpoint_port_unreachable_v4_leaves_as_the_service() {
+    check_egress_icmp("eicmp4", true, false);
+}
+
+#[test]
+fn endpoint_port_unreachable_v6_leaves_as_the_service() {
+    check_egress_icmp("eicmp6", false, false);
+}
+
+#[test]
+fn node_frag_needed_v4_keeps_its_source_and_quotes_the_service() {
+    check_egress_icmp("nicmp4", true, true);
+}
+
+#[test]
+fn node_packet_too_big_v6_keeps_its_source_and_quotes_the_service() {
+    check_egress_icmp("nicmp6", false, true);
+}
+
+#[test]
+fn other_icmp_leaving_passes_unchanged() {
+    let mut node = Node::new("eicmpx");
+    let echo_reply =
+        Frame::eth(NODE1_MAC, ROUTER_MAC).ipv4(POD_V4, CLIENT_V4).icmp4(0, 0, 0x0001_0001).build();
+    let r = node.egress(&echo_reply);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame("echo reply", &echo_reply, &r.out);
+    let unknown = Frame::eth(NODE1_MAC, ROUTER_MAC)
+        .ipv4(POD_V4, CLIENT_V4)
+        .icmp4(3, 3, 0)
+        .ipv4(CLIENT_V4, POD_V4)
+        .udp(CLIENT_PORT, 9999)
+        .payload(b"query")
+        .build();
+    let r = node.egress(&unknown);
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame("error about an unknown flow", &unknown, &r.out);
+    assert_counters(
+        &node,
+        &[("pass_l4_proto", 1, echo_reply.len() as u64), ("pass_no_nat", 1, unknown.len() as u64)],
+    );
 }
