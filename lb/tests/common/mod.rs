@@ -144,11 +144,10 @@ pub fn web(v6: bool) -> Service {
 
 /// The index `n` of node address 10.0.0.(10+n) / 2001:db8:f::(10+n).
 pub fn node_index(addr: IpAddr) -> u8 {
-    let last = match addr {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    last - 10
+    match addr {
+        IpAddr::V4(a) => a.octets()[3] - 10,
+        IpAddr::V6(a) => a.octets()[15] - 0x10,
+    }
 }
 
 // ---- frames ----
@@ -520,15 +519,17 @@ impl Lab {
     }
 
     /// Runs every case (each against the state the previous ones left) and
-    /// fails with every mismatch.
+    /// fails listing the mismatches.
     pub fn check(&mut self, cases: &[Case]) {
         let errs: Vec<String> = cases.iter().filter_map(|c| self.try_case(c).err()).collect();
+        const SHOWN: usize = 8;
         assert!(
             errs.is_empty(),
-            "{} of {} cases failed:\n{}",
+            "{} of {} cases failed; the first {}:\n{}",
             errs.len(),
             cases.len(),
-            errs.join("\n")
+            errs.len().min(SHOWN),
+            errs[..errs.len().min(SHOWN)].join("\n")
         );
     }
 }

@@ -1,0 +1,169 @@
+//! XDP backend selection against the compiled xlb_xdp: Maglev spread (every
+//! flow checked against the table read back from the maps, so the C flow hash
+//! must match conntrack.h's definition), connection tracking across backend
+//! changes (terminating, removed) and ClientIP session affinity. Privileged
+//! tier: needs root and BPF.
+mod common;
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use common::*;
+use lb::model::{Affinity, BackendState, Proto, Service};
+
+const BOTH: [bool; 2] = [false, true];
+
+fn fam(v6: bool) -> &'static str {
+    if v6 {
+        "v6"
+    } else {
+        "v4"
+    }
+}
+
+/// Pod 1 of nodes 1..=n, behind VIP:80/TCP.
+fn spread_service(v6: bool, n: u8) -> Service {
+    let backends = (1..=n).map(|i| backend(pod(i, 1, v6), node(i, v6))).collect();
+    service(&format!("spread-{}", fam(v6)), vip(v6), 80, Proto::Tcp, backends)
+}
+
+#[test]
+fn maglev_spreads_new_flows_over_three_backends() {
+    with_lab("spread", |lab| {
+        lab.apply(&[spread_service(false, 3), spread_service(true, 3)]);
+        for v6 in BOTH {
+            let mut per_backend: BTreeMap<SocketAddr, u32> = BTreeMap::new();
+            let mut cases = Vec::new();
+            for port in 20000..21000 {
+                let s = syn(v6, port);
+                let (want, ep) = lab.expect_dsr(&s, 80);
+                *per_backend.entry(ep).or_default() += 1;
+                cases.push(Case::new(format!("{} SYN from port {port}", fam(v6)), &s).tx(&want));
+            }
+            lab.check(&cases);
+            assert_eq!(per_backend.len(), 3, "{}: flows reached {per_backend:?}", fam(v6));
+            for (ep, n) in &per_backend {
+                // 1000/3 = 333; a fair hash keeps each share well within this band.
+                assert!(
+                    (250..=420).contains(n),
+                    "{}: {ep} got {n} of 1000 flows: {per_backend:?}",
+                    fam(v6)
+                );
+            }
+            let l = lab.listing(&format!("spread-{}", fam(v6)));
+            assert_eq!((l.packets, l.new_flows), (1000, 1000), "{} service stats", fam(v6));
+            for b in &l.backends {
+                let ep = SocketAddr::new(b.addr, b.port);
+                assert_eq!(
+                    b.packets,
+                    u64::from(per_backend[&ep]),
+                    "{} stats of backend {ep}",
+                    fam(v6)
+                );
+            }
+        }
+    });
+}
+
+/// A client port whose new flow Maglev sends to `ep`.
+fn port_for(lab: &Lab, v6: bool, ep: SocketAddr) -> u16 {
+    (30000..31000)
+        .find(|&p| lab.expect_dsr(&syn(v6, p), 80).1 == ep)
+        .unwrap_or_else(|| panic!("no client port in 30000..31000 maps to {ep}"))
+}
+
+#[test]
+fn terminating_backend_keeps_its_flows_and_gets_no_new_ones() {
+    with_lab("terminating", |lab| {
+        for v6 in BOTH {
+            let mut svc = spread_service(v6, 2);
+            lab.apply(&[svc.clone()]);
+            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let port = port_for(lab, v6, a);
+            let s = syn(v6, port);
+            lab.check(&[
+                Case::new(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
+            ]);
+
+            svc.backends[0].state = BackendState::Terminating;
+            lab.apply(&[svc]);
+            let k = ack(v6, port);
+            let mut cases = vec![Case::new(format!("{} ACK stays on terminating A", fam(v6)), &k)
+                .tx(&geneve_dsr(1, v6, &k, 80, a))];
+            let b = SocketAddr::new(pod(2, 1, v6), TARGET_PORT);
+            for p in 31000..31050 {
+                let n = syn(v6, p);
+                cases.push(
+                    Case::new(format!("{} new SYN {p} goes to B", fam(v6)), &n)
+                        .tx(&geneve_dsr(2, v6, &n, 80, b)),
+                );
+            }
+            lab.check(&cases);
+        }
+    });
+}
+
+#[test]
+fn removed_backend_flow_moves_to_a_live_backend() {
+    with_lab("removed", |lab| {
+        for v6 in BOTH {
+            let mut svc = spread_service(v6, 2);
+            lab.apply(&[svc.clone()]);
+            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let b = SocketAddr::new(pod(2, 1, v6), TARGET_PORT);
+            let port = port_for(lab, v6, a);
+            let s = syn(v6, port);
+            lab.check(&[
+                Case::new(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
+            ]);
+
+            svc.backends.remove(0);
+            lab.apply(&[svc]);
+            let k = ack(v6, port);
+            let l0 = lab.listing(&format!("spread-{}", fam(v6)));
+            lab.check(&[Case::new(format!("{} ACK after A is removed goes to B", fam(v6)), &k)
+                .tx(&geneve_dsr(2, v6, &k, 80, b))]);
+            let l1 = lab.listing(&format!("spread-{}", fam(v6)));
+            assert_eq!(l1.new_flows, l0.new_flows + 1, "{}: the moved flow is a new flow", fam(v6));
+        }
+    });
+}
+
+#[test]
+fn client_ip_affinity_pins_every_port_of_a_client_to_one_backend() {
+    with_lab("affinity", |lab| {
+        let mut services = Vec::new();
+        for v6 in BOTH {
+            let mut s = spread_service(v6, 3);
+            s.affinity = Some(Affinity { timeout: AFFINITY });
+            services.push(s);
+        }
+        lab.apply(&services);
+        for v6 in BOTH {
+            let first = syn(v6, 45000);
+            let (want, ep) = lab.expect_dsr(&first, 80);
+            let mut cases = vec![Case::new(format!("{} first SYN", fam(v6)), &first).tx(&want)];
+            let n = node_index(
+                services[usize::from(v6)].backends.iter().find(|b| b.addr == ep.ip()).unwrap().node,
+            );
+            let mut other_by_maglev = 0;
+            for p in 45001..45020 {
+                let s = syn(v6, p);
+                if lab.expect_dsr(&s, 80).1 != ep {
+                    other_by_maglev += 1;
+                }
+                cases.push(
+                    Case::new(format!("{} SYN from port {p}", fam(v6)), &s)
+                        .tx(&geneve_dsr(n, v6, &s, 80, ep)),
+                );
+            }
+            assert!(
+                other_by_maglev > 0,
+                "{}: Maglev alone would also pick {ep}: the test proves nothing",
+                fam(v6)
+            );
+            lab.check(&cases);
+            let l = lab.listing(&format!("spread-{}", fam(v6)));
+            assert_eq!((l.new_flows, l.affinity_hits), (20, 19), "{} service stats", fam(v6));
+        }
+    });
+}
