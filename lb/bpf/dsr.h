@@ -2,19 +2,24 @@
 /*
  * dsr.h: DSR termination on a backend node (tc, struct __sk_buff).
  *
- * Ingress (dsr_ingress): a Geneve packet addressed to this node carries a
- * client packet the load balancer has already DNAT'd to the endpoint, plus
- * a DSR option naming the service address and port the client used. The
- * tunnel is checked, (client -> endpoint) => service is remembered in
- * xlb_dsr_nat and the outer headers are stripped; the kernel then routes
- * the inner packet to the endpoint (a pod behind a veth, or the node).
- * An ICMP error the load balancer forwards (quoting service -> client)
- * carries an endpoint option instead and is translated here, so that the
- * endpoint's socket gets the PMTU / unreachable signal.
+ * Ingress (dsr_ingress), on packets addressed to this node:
+ *   - Geneve: the client packet inside was already DNAT'd to the endpoint by
+ *     the load balancer; a DSR option names the service address and port the
+ *     client used. The tunnel is checked, (client -> endpoint) => service is
+ *     remembered in xlb_dsr_nat and the outer headers are stripped; the
+ *     kernel then routes the inner packet to the endpoint (a pod behind a
+ *     veth, or the node itself). An ICMP error the load balancer forwards
+ *     (quoting service -> client) carries an endpoint option (EP4/EP6)
+ *     instead and is translated so the endpoint's socket gets it.
+ *   - IPIP / IP6IP6 / IPv6-in-IPv4: the inner packet is as the client sent
+ *     it; the node picks the backend with the shared tables (frontend,
+ *     xlb_select: conntrack, affinity, Maglev) and accepts only its own.
  *
  * Egress (dsr_egress): a packet whose reversed 5-tuple has an xlb_dsr_nat
  * entry is a reply from the endpoint; its source is rewritten back to the
- * service address and port. One hash lookup for everything else.
+ * service address and port. An ICMP error about a client's packet (quote
+ * client -> endpoint: the xlb_dsr_nat key as is) gets its quote rewritten to
+ * the service. One hash lookup for everything else.
  *
  * Every function returns DSR_NEXT (keep going) or the xlb_counter the packet
  * is counted under; the program's single exit maps OK_* / PASS_* to
@@ -23,6 +28,13 @@
  * Headers are read by direct packet access at offsets from skb->data. An
  * offset is always a sum of masked header fields, so the verifier knows its
  * upper bound; each access is preceded by an explicit data_end check.
+ * parse.h's xlb_parse is not used here: it checks IP lengths against
+ * data_end, which in tc is the end of the skb's linear head, not of the
+ * packet (paged TCP payload, BIG TCP's tot_len 0). Lengths here are checked
+ * against skb->len, and only on packets xlb takes apart. Packet rewrites use
+ * the kernel's checksum helpers, which keep CHECKSUM_PARTIAL and
+ * CHECKSUM_COMPLETE skbs right; csum.h computes only the quoted checksum
+ * inside ICMP errors, which no offload covers.
  */
 #ifndef XLB_DSR_H
 #define XLB_DSR_H
@@ -470,7 +482,13 @@ static __always_inline int dsr_egress(struct __sk_buff *skb)
 	if (ip.proto == (ip.family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
 		return dsr_egress_icmp(skb, &ip);
 	if (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
-		if (ip.family == XLB_FAMILY_V6 && xlb_ipv6_ext_known(ip.proto))
+		/* IPv6 extension headers are not followed on egress: endpoints
+		 * reply without them. */
+		if (ip.family == XLB_FAMILY_V6 && ip.proto == IPPROTO_FRAGMENT)
+			return XLB_PASS_FRAGMENT;
+		if (ip.family == XLB_FAMILY_V6 &&
+		    (ip.proto == IPPROTO_HOPOPTS || ip.proto == IPPROTO_ROUTING ||
+		     ip.proto == IPPROTO_DSTOPTS || xlb_ipv6_ext_known(ip.proto)))
 			return XLB_PASS_IPV6_EXT;
 		return XLB_PASS_L4_PROTO;
 	}
