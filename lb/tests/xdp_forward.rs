@@ -35,15 +35,15 @@ fn not_a_frontend_passes_unchanged() {
                 "10.100.0.99".parse().unwrap()
             };
             cases.push(
-                Case::new(format!("{} other address", fam(v6)), &syn(v6, CLIENT_PORT).dst(other))
+                Case::of(format!("{} other address", fam(v6)), &syn(v6, CLIENT_PORT).dst(other))
                     .pass(Counter::PassNotFrontend),
             );
             cases.push(
-                Case::new(format!("{} VIP, other port", fam(v6)), &syn(v6, CLIENT_PORT).dport(81))
+                Case::of(format!("{} VIP, other port", fam(v6)), &syn(v6, CLIENT_PORT).dport(81))
                     .pass(Counter::PassNotFrontend),
             );
             cases.push(
-                Case::new(
+                Case::of(
                     format!("{} VIP, UDP on a TCP port", fam(v6)),
                     &Frame::eth(ROUTER_MAC, LB_MAC).ip(client(v6), vip(v6)).udp(CLIENT_PORT, 80),
                 )
@@ -51,7 +51,7 @@ fn not_a_frontend_passes_unchanged() {
             );
         }
         let nonvip = bench::frames().into_iter().find(|(n, _)| *n == "tcp_nonvip.bin").unwrap().1;
-        cases.push(Case::new("bench tcp_nonvip.bin", &nonvip).pass(Counter::PassNotFrontend));
+        cases.push(Case::of("bench tcp_nonvip.bin", &nonvip).pass(Counter::PassNotFrontend));
         lab.check(&cases);
     });
 }
@@ -65,8 +65,8 @@ fn vip_syn_is_encapsulated_to_the_backend_and_its_ack_follows() {
             let syn = syn(v6, CLIENT_PORT);
             let ack = ack(v6, CLIENT_PORT);
             lab.check(&[
-                Case::new(format!("{} SYN", fam(v6)), &syn).tx(&geneve_dsr(1, v6, &syn, 80, ep)),
-                Case::new(format!("{} ACK", fam(v6)), &ack).tx(&geneve_dsr(1, v6, &ack, 80, ep)),
+                Case::of(format!("{} SYN", fam(v6)), &syn).tx(&geneve_dsr(1, v6, &syn, 80, ep)),
+                Case::of(format!("{} ACK", fam(v6)), &ack).tx(&geneve_dsr(1, v6, &ack, 80, ep)),
             ]);
             let l = lab.listing(if v6 { "web6" } else { "web4" });
             assert_eq!(
@@ -103,7 +103,7 @@ fn bench_frames_are_load_balanced() {
             ("tcp6_syn_vip.bin", 1, true, 80),
         ] {
             let f = &frames[name];
-            cases.push(Case::new(name, f).tx(&geneve_dsr(n, v6, f, vport, ep(n, v6))));
+            cases.push(Case::of(name, f).tx(&geneve_dsr(n, v6, f, vport, ep(n, v6))));
         }
         lab.check(&cases);
     });
@@ -124,13 +124,12 @@ fn udp_vip_including_zero_checksum() {
                 .ip(client(v6), vip(v6))
                 .udp(CLIENT_PORT, 53)
                 .payload(b"\xbe\xef\x01\x00query");
-            cases
-                .push(Case::new(format!("{} UDP", fam(v6)), &q).tx(&geneve_dsr(2, v6, &q, 53, ep)));
+            cases.push(Case::of(format!("{} UDP", fam(v6)), &q).tx(&geneve_dsr(2, v6, &q, 53, ep)));
             if !v6 {
                 // RFC 768: checksum 0 means none; a DNAT must leave it 0.
                 let q0 = q.clone().sport(40001).l4_checksum(0);
                 cases.push(
-                    Case::new("v4 UDP without checksum", &q0).tx(&geneve_dsr(2, v6, &q0, 53, ep)),
+                    Case::of("v4 UDP without checksum", &q0).tx(&geneve_dsr(2, v6, &q0, 53, ep)),
                 );
             }
         }
@@ -162,7 +161,7 @@ fn ipip_encapsulation_leaves_the_inner_packet_untouched() {
         ] {
             let s = syn(v6_in, CLIENT_PORT).dst(dst);
             let hash = flow_hash(client(v6_in), dst, CLIENT_PORT, 80, 6);
-            cases.push(Case::new(name, &s).tx(&s.encap_in(outer_ip(n, v6_out, hash))));
+            cases.push(Case::of(name, &s).tx(&s.encap_in(outer_ip(n, v6_out, hash))));
         }
         lab.check(&cases);
     });
@@ -180,7 +179,7 @@ fn backend_on_this_node_is_dnated_and_passed() {
         for v6 in BOTH {
             let s = syn(v6, CLIENT_PORT);
             let dnat = s.clone().dst(pod(9, 1, v6)).dport(TARGET_PORT);
-            cases.push(Case::new(format!("{} local SYN", fam(v6)), &s).out(
+            cases.push(Case::of(format!("{} local SYN", fam(v6)), &s).out(
                 XDP_PASS,
                 &dnat,
                 OK_LOCAL_DELIVER,
@@ -200,7 +199,7 @@ fn icmp_errors_follow_their_flow() {
         for v6 in BOTH {
             let ep = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
             let s = syn(v6, CLIENT_PORT);
-            lab.check(&[Case::new(format!("{} SYN opens the flow", fam(v6)), &s)
+            lab.check(&[Case::of(format!("{} SYN opens the flow", fam(v6)), &s)
                 .tx(&geneve_dsr(1, v6, &s, 80, ep))]);
             let reply = Frame::new()
                 .ip(vip(v6), client(v6))
@@ -219,12 +218,12 @@ fn icmp_errors_follow_their_flow() {
             let fwd = geneve_to(1, v6, hash, GeneveOpt::endpoint(ep), &err);
             let stray = icmp(reply.clone().dport(CLIENT_PORT + 1));
             lab.check(&[
-                Case::new(format!("{} ICMP error quoting the flow", fam(v6)), &err).out(
+                Case::of(format!("{} ICMP error quoting the flow", fam(v6)), &err).out(
                     XDP_TX,
                     &fwd,
                     Counter::OkIcmpForward as u32,
                 ),
-                Case::new(format!("{} ICMP error quoting no flow", fam(v6)), &stray)
+                Case::of(format!("{} ICMP error quoting no flow", fam(v6)), &stray)
                     .pass(Counter::PassIcmpNoFlow),
             ]);
         }
@@ -240,8 +239,8 @@ fn service_without_backends_drops() {
         empty6.backends.clear();
         lab.apply(&[empty4, empty6]);
         lab.check(&[
-            Case::new("v4 SYN, no backend", &syn(false, CLIENT_PORT)).drop(Counter::DropNoBackend),
-            Case::new("v6 SYN, no backend", &syn(true, CLIENT_PORT)).drop(Counter::DropNoBackend),
+            Case::of("v4 SYN, no backend", &syn(false, CLIENT_PORT)).drop(Counter::DropNoBackend),
+            Case::of("v6 SYN, no backend", &syn(true, CLIENT_PORT)).drop(Counter::DropNoBackend),
         ]);
     });
 }
@@ -280,11 +279,11 @@ fn load_balancer_source_ranges() {
             let ep = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
             let ok = syn(v6, CLIENT_PORT);
             cases.push(
-                Case::new(format!("{} client inside the range", fam(v6)), &ok)
+                Case::of(format!("{} client inside the range", fam(v6)), &ok)
                     .tx(&geneve_dsr(1, v6, &ok, 80, ep)),
             );
             cases.push(
-                Case::new(
+                Case::of(
                     format!("{} client outside the range", fam(v6)),
                     &syn(v6, CLIENT_PORT).dport(81),
                 )
@@ -305,7 +304,7 @@ fn odd_but_valid_vip_packets_are_load_balanced() {
             // The tag belongs to the old L2 header, which the outer header replaces.
             let tagged = syn(v6, 40100).vlan(100);
             cases.push(
-                Case::new(format!("{} 802.1Q-tagged SYN", fam(v6)), &tagged).tx(&geneve_dsr(
+                Case::of(format!("{} 802.1Q-tagged SYN", fam(v6)), &tagged).tx(&geneve_dsr(
                     1,
                     v6,
                     &syn(v6, 40100),
@@ -329,7 +328,7 @@ fn odd_but_valid_vip_packets_are_load_balanced() {
         }
         // 8 bytes of IPv4 options (NOPs, then EOL) stay in the inner packet.
         let opts = syn(false, 40102).ip_options(&[1, 1, 1, 1, 1, 1, 1, 0]);
-        cases.push(Case::new("v4 SYN with IP options", &opts).tx(&geneve_dsr(
+        cases.push(Case::of("v4 SYN with IP options", &opts).tx(&geneve_dsr(
             1,
             false,
             &opts,
@@ -338,7 +337,7 @@ fn odd_but_valid_vip_packets_are_load_balanced() {
         )));
         // A hop-by-hop header (PadN only) before TCP.
         let hbh = syn(true, 40103).hop_by_hop(&[]);
-        cases.push(Case::new("v6 SYN after a hop-by-hop header", &hbh).tx(&geneve_dsr(
+        cases.push(Case::of("v6 SYN after a hop-by-hop header", &hbh).tx(&geneve_dsr(
             1,
             true,
             &hbh,
@@ -346,7 +345,7 @@ fn odd_but_valid_vip_packets_are_load_balanced() {
             ep(true),
         )));
         let dst = syn(true, 40104).dest_opts(&[]).routing(4, 0, &[]);
-        cases.push(Case::new("v6 SYN after destination options + routing", &dst).tx(&geneve_dsr(
+        cases.push(Case::of("v6 SYN after destination options + routing", &dst).tx(&geneve_dsr(
             1,
             true,
             &dst,
@@ -357,7 +356,7 @@ fn odd_but_valid_vip_packets_are_load_balanced() {
         let data = syn(false, 40105)
             .tcp_options(&[2, 4, 0x05, 0xb4, 1, 1, 4, 2])
             .payload(b"GET / HTTP/1.1\r\n\r\n");
-        cases.push(Case::new("v4 SYN with options and payload", &data).tx(&geneve_dsr(
+        cases.push(Case::of("v4 SYN with options and payload", &data).tx(&geneve_dsr(
             1,
             false,
             &data,
@@ -376,8 +375,8 @@ fn affinity_service_still_forwards_first_packet() {
         lab.apply(&[s]);
         let f = syn(false, CLIENT_PORT);
         let ep = SocketAddr::new(pod(1, 1, false), TARGET_PORT);
-        lab.check(&[
-            Case::new("v4 SYN, affinity service", &f).tx(&geneve_dsr(1, false, &f, 80, ep))
-        ]);
+        lab.check(
+            &[Case::of("v4 SYN, affinity service", &f).tx(&geneve_dsr(1, false, &f, 80, ep))],
+        );
     });
 }

@@ -66,13 +66,12 @@ fn bad_ipv4_header_lengths() {
         lab.apply(&[web(false)]);
         let s = || syn(false, CLIENT_PORT);
         lab.check(&[
-            Case::new("IHL 4", &s().ihl(4)).drop(Counter::DropBadIhl),
-            Case::new("IHL 0", &s().ihl(0)).drop(Counter::DropBadIhl),
-            Case::new("IHL 15 past the frame", &s().ihl(15)).drop(Counter::DropBadIhl),
-            Case::new("total length below the header", &s().total_len(19))
-                .drop(Counter::DropBadLen),
-            Case::new("total length past the frame", &s().total_len(41)).drop(Counter::DropBadLen),
-            Case::new("v6 payload length past the frame", &syn(true, CLIENT_PORT).payload_len(21))
+            Case::of("IHL 4", &s().ihl(4)).drop(Counter::DropBadIhl),
+            Case::of("IHL 0", &s().ihl(0)).drop(Counter::DropBadIhl),
+            Case::of("IHL 15 past the frame", &s().ihl(15)).drop(Counter::DropBadIhl),
+            Case::of("total length below the header", &s().total_len(19)).drop(Counter::DropBadLen),
+            Case::of("total length past the frame", &s().total_len(41)).drop(Counter::DropBadLen),
+            Case::of("v6 payload length past the frame", &syn(true, CLIENT_PORT).payload_len(21))
                 .drop(Counter::DropBadLen),
         ]);
     });
@@ -83,15 +82,15 @@ fn fragments_are_passed() {
     with_lab("fragments", |lab| {
         lab.apply(&[web(false), web(true)]);
         lab.check(&[
-            Case::new("v4 first fragment (MF)", &syn(false, CLIENT_PORT).mf())
+            Case::of("v4 first fragment (MF)", &syn(false, CLIENT_PORT).mf())
                 .pass(Counter::PassFragment),
-            Case::new("v4 later fragment (offset 100)", &syn(false, CLIENT_PORT).frag_offset(100))
+            Case::of("v4 later fragment (offset 100)", &syn(false, CLIENT_PORT).frag_offset(100))
                 .pass(Counter::PassFragment),
-            Case::new("v4 last fragment (offset, no MF)", &syn(false, CLIENT_PORT).frag_offset(1))
+            Case::of("v4 last fragment (offset, no MF)", &syn(false, CLIENT_PORT).frag_offset(1))
                 .pass(Counter::PassFragment),
-            Case::new("v6 first fragment", &syn(true, CLIENT_PORT).fragment6(0, true, 7))
+            Case::of("v6 first fragment", &syn(true, CLIENT_PORT).fragment6(0, true, 7))
                 .pass(Counter::PassFragment),
-            Case::new("v6 later fragment", &syn(true, CLIENT_PORT).fragment6(100, false, 7))
+            Case::of("v6 later fragment", &syn(true, CLIENT_PORT).fragment6(100, false, 7))
                 .pass(Counter::PassFragment),
         ]);
     });
@@ -108,42 +107,42 @@ fn foreign_protocols_are_passed() {
                 .ip_proto(47)
                 .payload(&[0; 8]);
             cases.push(
-                Case::new(format!("{} GRE to the VIP", fam(v6)), &gre).pass(Counter::PassL4Proto),
+                Case::of(format!("{} GRE to the VIP", fam(v6)), &gre).pass(Counter::PassL4Proto),
             );
             let sctp = Frame::eth(ROUTER_MAC, LB_MAC)
                 .ip(client(v6), vip(v6))
                 .ip_proto(132)
                 .payload(&[0; 12]);
             cases.push(
-                Case::new(format!("{} SCTP to the VIP", fam(v6)), &sctp).pass(Counter::PassL4Proto),
+                Case::of(format!("{} SCTP to the VIP", fam(v6)), &sctp).pass(Counter::PassL4Proto),
             );
         }
         let echo =
             Frame::eth(ROUTER_MAC, LB_MAC).ip(client(false), vip(false)).icmp4(8, 0, 0x0001_0001);
-        cases.push(Case::new("v4 ping to the VIP", &echo).pass(Counter::PassL4Proto));
+        cases.push(Case::of("v4 ping to the VIP", &echo).pass(Counter::PassL4Proto));
         let echo6 =
             Frame::eth(ROUTER_MAC, LB_MAC).ip(client(true), vip(true)).icmp6(128, 0, 0x0001_0001);
-        cases.push(Case::new("v6 ping to the VIP", &echo6).pass(Counter::PassL4Proto));
+        cases.push(Case::of("v6 ping to the VIP", &echo6).pass(Counter::PassL4Proto));
         let esp = Frame::eth(ROUTER_MAC, LB_MAC)
             .ip(client(true), vip(true))
             .ip_proto(50)
             .payload(&[0; 16]);
-        cases.push(Case::new("v6 ESP", &esp).pass(Counter::PassIpv6Ext));
+        cases.push(Case::of("v6 ESP", &esp).pass(Counter::PassIpv6Ext));
         let mut long = syn(true, CLIENT_PORT);
         for _ in 0..5 {
             long = long.dest_opts(&[]);
         }
-        cases.push(Case::new("v6 chain of 5 extension headers", &long).pass(Counter::PassIpv6Ext));
+        cases.push(Case::of("v6 chain of 5 extension headers", &long).pass(Counter::PassIpv6Ext));
         let arp = Frame::eth(ROUTER_MAC, [0xff; 6]).arp_request(
             ROUTER_MAC,
             "10.0.0.1".parse().unwrap(),
             LB_V4,
         );
-        cases.push(Case::new("ARP request", &arp).pass(Counter::PassNotIp));
+        cases.push(Case::of("ARP request", &arp).pass(Counter::PassNotIp));
         let lldp = Frame::eth(ROUTER_MAC, [0x01, 0x80, 0xc2, 0, 0, 0x0e])
             .ethertype(0x88cc)
             .payload(&[0; 32]);
-        cases.push(Case::new("LLDP", &lldp).pass(Counter::PassNotIp));
+        cases.push(Case::of("LLDP", &lldp).pass(Counter::PassNotIp));
         lab.check(&cases);
     });
 }

@@ -37,7 +37,7 @@ fn maglev_spreads_new_flows_over_three_backends() {
                 let s = syn(v6, port);
                 let (want, ep) = lab.expect_dsr(&s, 80);
                 *per_backend.entry(ep).or_default() += 1;
-                cases.push(Case::new(format!("{} SYN from port {port}", fam(v6)), &s).tx(&want));
+                cases.push(Case::of(format!("{} SYN from port {port}", fam(v6)), &s).tx(&want));
             }
             lab.check(&cases);
             assert_eq!(per_backend.len(), 3, "{}: flows reached {per_backend:?}", fam(v6));
@@ -81,19 +81,19 @@ fn terminating_backend_keeps_its_flows_and_gets_no_new_ones() {
             let port = port_for(lab, v6, a);
             let s = syn(v6, port);
             lab.check(&[
-                Case::new(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
+                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
             ]);
 
             svc.backends[0].state = BackendState::Terminating;
             lab.apply(&[svc]);
             let k = ack(v6, port);
-            let mut cases = vec![Case::new(format!("{} ACK stays on terminating A", fam(v6)), &k)
+            let mut cases = vec![Case::of(format!("{} ACK stays on terminating A", fam(v6)), &k)
                 .tx(&geneve_dsr(1, v6, &k, 80, a))];
             let b = SocketAddr::new(pod(2, 1, v6), TARGET_PORT);
             for p in 31000..31050 {
                 let n = syn(v6, p);
                 cases.push(
-                    Case::new(format!("{} new SYN {p} goes to B", fam(v6)), &n)
+                    Case::of(format!("{} new SYN {p} goes to B", fam(v6)), &n)
                         .tx(&geneve_dsr(2, v6, &n, 80, b)),
                 );
             }
@@ -113,14 +113,14 @@ fn removed_backend_flow_moves_to_a_live_backend() {
             let port = port_for(lab, v6, a);
             let s = syn(v6, port);
             lab.check(&[
-                Case::new(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
+                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
             ]);
 
             svc.backends.remove(0);
             lab.apply(&[svc]);
             let k = ack(v6, port);
             let l0 = lab.listing(&format!("spread-{}", fam(v6)));
-            lab.check(&[Case::new(format!("{} ACK after A is removed goes to B", fam(v6)), &k)
+            lab.check(&[Case::of(format!("{} ACK after A is removed goes to B", fam(v6)), &k)
                 .tx(&geneve_dsr(2, v6, &k, 80, b))]);
             let l1 = lab.listing(&format!("spread-{}", fam(v6)));
             assert_eq!(l1.new_flows, l0.new_flows + 1, "{}: the moved flow is a new flow", fam(v6));
@@ -141,7 +141,7 @@ fn client_ip_affinity_pins_every_port_of_a_client_to_one_backend() {
         for v6 in BOTH {
             let first = syn(v6, 45000);
             let (want, ep) = lab.expect_dsr(&first, 80);
-            let mut cases = vec![Case::new(format!("{} first SYN", fam(v6)), &first).tx(&want)];
+            let mut cases = vec![Case::of(format!("{} first SYN", fam(v6)), &first).tx(&want)];
             let n = node_index(
                 services[usize::from(v6)].backends.iter().find(|b| b.addr == ep.ip()).unwrap().node,
             );
@@ -152,7 +152,7 @@ fn client_ip_affinity_pins_every_port_of_a_client_to_one_backend() {
                     other_by_maglev += 1;
                 }
                 cases.push(
-                    Case::new(format!("{} SYN from port {p}", fam(v6)), &s)
+                    Case::of(format!("{} SYN from port {p}", fam(v6)), &s)
                         .tx(&geneve_dsr(n, v6, &s, 80, ep)),
                 );
             }

@@ -572,7 +572,7 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn new(name: impl Into<String>, input: &Frame) -> CaseBuilder {
+    pub fn of(name: impl Into<String>, input: &Frame) -> CaseBuilder {
         CaseBuilder(name.into(), input.build())
     }
 
