@@ -182,7 +182,7 @@ fn backend_on_this_node_is_dnated_and_passed() {
             cases.push(Case::of(format!("{} local SYN", fam(v6)), &s).out(
                 XDP_PASS,
                 &dnat,
-                OK_LOCAL_DELIVER,
+                Counter::OkLocalDeliver as u32,
             ));
         }
         lab.check(&cases);

@@ -46,9 +46,6 @@ pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 pub const TARGET_PORT: u16 = 8080;
 
-/// Not yet in lb::abi::Counter (xlb_abi.h XLB_OK_LOCAL_DELIVER).
-pub const OK_LOCAL_DELIVER: u32 = 5;
-
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
@@ -546,9 +543,6 @@ pub fn verdict_name(v: u32) -> String {
 }
 
 pub fn counter_name(i: u32) -> String {
-    if i == OK_LOCAL_DELIVER {
-        return "ok_local_deliver".into();
-    }
     Counter::from_u32(i).map_or_else(|| format!("#{i}"), |c| c.name().to_string())
 }
 
