@@ -25,15 +25,17 @@
 //!    go one each to the backends with the largest remainders `M·w_i mod W`
 //!    (ties: smaller `h_offset`, then name order). So every backend gets
 //!    exactly `⌊M·w_i/W⌋` or `⌈M·w_i/W⌉` entries, and `Σ q_i = M`.
-//! 4. Fill by probes: backend i's k-th probe (k = 1, 2, ...) happens at
-//!    virtual time `k / w_i` (ties: name order) and looks at position k-1 of
-//!    its preference list; if that slot is still empty, the backend claims
-//!    it. A backend that holds its quota stops probing. The table ends full
-//!    with exactly `q_i` entries per backend: the empty slots always number
+//! 4. Fill by probes, in rounds: in each round, backends in name order each
+//!    add their weight to a credit and make one probe per `w_min` of credit
+//!    (`w_min` the smallest weight), so backend i has made `⌊r·w_i/w_min⌋`
+//!    probes by the end of round r. Its k-th probe looks at position k-1 of
+//!    its preference list and claims that slot if it is still empty. A
+//!    backend that holds its quota stops probing. The table ends full with
+//!    exactly `q_i` entries per backend: the empty slots always number
 //!    `Σ (q_i - taken_i)`, so a backend short of its quota sees at least one
 //!    slot that stays empty, and its preference list reaches every slot
-//!    within M probes. With equal weights the probe order is plain rounds in
-//!    name order, which is what the fast path runs.
+//!    within M probes. With equal weights this is one probe per backend per
+//!    round; scaling every weight by the same factor changes nothing.
 //!
 //! Step 4 differs from the paper's fill, where a turn walks on to the next
 //! *empty* slot: there, a slot's owner depends on how many slots each
@@ -58,7 +60,6 @@
 //!
 //! where `le64(s)` reads the 8 ASCII bytes as a little-endian u64. The seed is
 //! 0 ([`DEFAULT_SEED`]) unless chosen with [`Maglev::with_seed`].
-use std::{cmp::Ordering, collections::BinaryHeap};
 
 /// Table entry that names no backend: a whole table of it is what
 /// [`Maglev::build_into`] writes when there are no backends.
@@ -113,6 +114,8 @@ struct Slot {
     skip: u32,
     quota: u32,
     taken: u32,
+    /// Weight accumulated towards the next probe (< w_min + weight).
+    credit: u64,
 }
 
 impl Maglev {
@@ -172,7 +175,7 @@ impl Maglev {
         backends: &[(S, u32)],
         out: &mut [u16],
     ) -> Result<(), MaglevError> {
-        self.fill(backends, out, Fill::Auto)
+        self.fill(backends, out)
     }
 
     /// How many entries each backend (in the caller's order) gets from
@@ -219,7 +222,15 @@ impl Maglev {
             let quota = (share / total) as u32;
             assigned += quota;
             leftovers.push((share % total, offset, pos));
-            slots.push(Slot { caller: i, weight: w, next: offset, skip, quota, taken: 0 });
+            slots.push(Slot {
+                caller: i,
+                weight: w,
+                next: offset,
+                skip,
+                quota,
+                taken: 0,
+                credit: 0,
+            });
         }
         let extra = (self.size - assigned) as usize;
         if extra > 0 {
@@ -240,57 +251,30 @@ impl Maglev {
         &self,
         backends: &[(S, u32)],
         out: &mut [u16],
-        how: Fill,
     ) -> Result<(), MaglevError> {
         if out.len() != self.size as usize {
             return Err(MaglevError::OutputLength { len: out.len(), size: self.size });
         }
         let mut slots = self.prepare(backends)?;
         out.fill(NO_BACKEND);
-        if slots.is_empty() {
-            return Ok(());
-        }
         let m = self.size;
-        let equal = slots.iter().all(|s| s.weight == slots[0].weight);
-        if equal && how == Fill::Auto {
-            // Rounds in name order: one probe per backend short of its quota.
-            // A backend reaching its quota in a round is dropped after it, so
-            // no probe ever runs on a full table.
-            slots.retain(|s| s.quota > 0);
-            while !slots.is_empty() {
-                for s in slots.iter_mut() {
+        let w_min = slots.iter().map(|s| u64::from(s.weight)).min().unwrap_or(1);
+        // Rounds (module docs, step 4). A backend that reaches its quota is
+        // dropped after the round, and stops probing within it, so no probe
+        // ever runs on a full table.
+        slots.retain(|s| s.quota > 0);
+        while !slots.is_empty() {
+            for s in slots.iter_mut() {
+                s.credit += u64::from(s.weight);
+                while s.credit >= w_min && s.taken < s.quota {
+                    s.credit -= w_min;
                     probe(s, out, m);
                 }
-                slots.retain(|s| s.taken < s.quota);
             }
-        } else {
-            // Weighted: probes in order of virtual time k / w (module docs).
-            let mut turns: BinaryHeap<Turn> = slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.quota > 0)
-                .map(|(pos, s)| Turn { k: 1, weight: s.weight, pos: pos as u32 })
-                .collect();
-            while let Some(mut t) = turns.pop() {
-                let s = &mut slots[t.pos as usize];
-                probe(s, out, m);
-                if s.taken < s.quota {
-                    t.k += 1;
-                    turns.push(t);
-                }
-            }
+            slots.retain(|s| s.taken < s.quota);
         }
         Ok(())
     }
-}
-
-/// Which fill loop runs; `Turns` forces the weighted one so tests can check
-/// that both agree on equal weights.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fill {
-    Auto,
-    #[cfg_attr(not(test), allow(dead_code))]
-    Turns,
 }
 
 /// One probe: the backend's next preference, claimed if still empty.
@@ -305,30 +289,6 @@ fn probe(s: &mut Slot, out: &mut [u16], m: u32) {
     if *e == NO_BACKEND {
         *e = s.caller;
         s.taken += 1;
-    }
-}
-
-/// A pending probe: backend `pos` (name order) makes its k-th probe at
-/// virtual time k / weight. Ordered so that the max-heap pops the earliest.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Turn {
-    k: u64,
-    weight: u32,
-    pos: u32,
-}
-
-impl Ord for Turn {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // k/w < k'/w'  <=>  k*w' < k'*w.
-        let a = u128::from(self.k) * u128::from(other.weight);
-        let b = u128::from(other.k) * u128::from(self.weight);
-        b.cmp(&a).then(other.pos.cmp(&self.pos))
-    }
-}
-
-impl PartialOrd for Turn {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
     }
 }
 
@@ -457,19 +417,6 @@ mod tests {
                 siphash::<2, 4>(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &msg),
                 h.finish()
             );
-        }
-    }
-
-    #[test]
-    fn round_robin_and_turns_agree_on_equal_weights() {
-        for (m, n, w) in [(13, 5, 1), (251, 17, 3), (16381, 100, 1), (65537, 1000, 2)] {
-            let mg = Maglev::new(m).unwrap();
-            let names: Vec<(String, u32)> = (0..n).map(|i| (format!("be-{i}"), w)).collect();
-            let mut a = vec![0; m as usize];
-            let mut b = vec![0; m as usize];
-            mg.fill(&names, &mut a, Fill::Auto).unwrap();
-            mg.fill(&names, &mut b, Fill::Turns).unwrap();
-            assert_eq!(diff(&a, &b), 0, "M={m} N={n}");
         }
     }
 }

@@ -224,6 +224,24 @@ fn changing_one_weight_moves_about_the_weight_change() {
 }
 
 #[test]
+fn scaling_all_weights_changes_nothing() {
+    let mut rng = Rng(0x5eed_0005);
+    let mg = Maglev::new(4093).unwrap();
+    let mut base = endpoints(50);
+    for b in &mut base {
+        b.1 = 1 + rng.below(4) as u32;
+    }
+    let want = mg.build(&base).unwrap();
+    for factor in [3, 1000] {
+        let scaled: Vec<(String, u32)> =
+            base.iter().map(|(n, w)| (n.clone(), w * factor)).collect();
+        assert_eq!(mg.build(&scaled).unwrap(), want, "weights x{factor}");
+    }
+    let ones: Vec<(String, u32)> = base.iter().map(|(n, _)| (n.clone(), 7)).collect();
+    assert_eq!(mg.build(&ones).unwrap(), mg.build(&endpoints(50)).unwrap(), "all 7 vs all 1");
+}
+
+#[test]
 fn bad_sizes_are_rejected() {
     for size in [0, 1, 4, 9, 100, 16384, 65536, 65535] {
         assert!(Maglev::new(size).is_err(), "size {size} accepted");
