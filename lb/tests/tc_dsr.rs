@@ -135,13 +135,6 @@ impl Node {
         self.maps.dsr_nat.get(key, 0).ok()
     }
 
-    /// A counter by number, summed over CPUs: for reasons newer than
-    /// `abi::Counter`.
-    fn raw_counter(&self, idx: u32) -> (u64, u64) {
-        let v = self.maps.counters.get(&idx, 0).unwrap_or_else(|e| panic!("counter {idx}: {e:?}"));
-        v.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
-    }
-
     fn nat_count(&self) -> usize {
         self.maps.dsr_nat.keys().count()
     }
@@ -671,9 +664,6 @@ fn icmp6_packet_too_big_reaches_the_endpoint_translated() {
 
 // ---- IPIP: the node picks the backend itself --------------------------------
 
-/// XLB_DROP_NOT_LOCAL (xlb_abi.h), not yet in `abi::Counter`.
-const DROP_NOT_LOCAL: u32 = 48;
-
 /// default/nginx:http in IPIP mode, VIP:80 -> `pods` on `node` port 8080.
 fn ipip_service(vip: IpAddr, pods: &[(IpAddr, IpAddr)]) -> Service {
     let mut s = Service::new(ServiceKey::new("default", "nginx", "http"));
@@ -757,7 +747,7 @@ fn ipip_flow_of_another_nodes_backend_is_dropped() {
 
     assert_eq!(r.verdict, TC_ACT_SHOT);
     assert_frame("backend on node 2", &frame, &r.out);
-    assert_eq!(node.raw_counter(DROP_NOT_LOCAL), (1, frame.len() as u64));
+    assert_counters(&node, &[("drop_not_local", 1, frame.len() as u64)]);
     assert_eq!(node.nat_count(), 0);
 }
 
