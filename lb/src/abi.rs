@@ -22,6 +22,8 @@ pub const GENEVE_PORT: u16 = 6081;
 pub const GENEVE_OPT_CLASS: u16 = 0xFF58;
 pub const GENEVE_OPT_DSR4: u8 = 1;
 pub const GENEVE_OPT_DSR6: u8 = 2;
+pub const GENEVE_OPT_EP4: u8 = 3;
+pub const GENEVE_OPT_EP6: u8 = 4;
 
 /// A 16-byte ABI address and its family byte.
 pub fn addr_to_abi(ip: IpAddr) -> ([u8; 16], u8) {
@@ -195,6 +197,7 @@ counters! {
     OkTcDecap = 2 => "ok_tc_decap",
     OkTcRevnat = 3 => "ok_tc_revnat",
     OkIcmpForward = 4 => "ok_icmp_forward",
+    OkLocalDeliver = 5 => "ok_local_deliver",
     PassNotIp = 16 => "pass_not_ip",
     PassNotFrontend = 17 => "pass_not_frontend",
     PassFragment = 18 => "pass_fragment",
@@ -220,6 +223,7 @@ counters! {
     DropNoDsrOpt = 45 => "drop_no_dsr_opt",
     DropDecap = 46 => "drop_decap",
     DropNat = 47 => "drop_nat",
+    DropNotLocal = 48 => "drop_not_local",
 }
 
 /// Size of xlb_counters (XLB_COUNTER_MAX).
