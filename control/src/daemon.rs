@@ -114,6 +114,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             XdpMode::Generic
         }
     };
+    let result = serve(&args, &opts, first, &mut dataplane, mode);
+    drop(dataplane);
+    // On every exit after loading, errors included: a half-attached agent
+    // must not stay behind.
+    if args.keep_attached {
+        info!("programs left attached (--keep-attached); maps stay pinned");
+    } else {
+        Dataplane::detach_all(&args.pin_dir).context("detaching the programs")?;
+        info!("programs detached; maps stay pinned, so established flows survive a restart");
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Attaches, restores the applied state and reconciles until a signal.
+fn serve(
+    args: &RunArgs,
+    opts: &TranslateOptions,
+    first: Option<(Stamp, Desired)>,
+    dataplane: &mut Dataplane,
+    mode: XdpMode,
+) -> anyhow::Result<()> {
     for iface in &args.ifaces {
         dataplane.attach_xdp(iface, mode)?;
         dataplane.attach_tc(iface)?;
@@ -125,20 +146,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         pin_dir = %args.pin_dir.display(),
         "restored the applied state"
     );
-
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = runtime.block_on(reconcile_loop(&args, &opts, first, &mut datapath));
-
-    drop(datapath);
-    drop(dataplane);
-    if args.keep_attached {
-        info!("programs left attached (--keep-attached); maps stay pinned");
-    } else {
-        Dataplane::detach_all(&args.pin_dir).context("detaching the programs")?;
-        info!("programs detached; maps stay pinned, so established flows survive a restart");
-    }
-    result.map(|()| ExitCode::SUCCESS)
+    runtime.block_on(reconcile_loop(args, opts, first, &mut datapath))
 }
 
 async fn reconcile_loop(

@@ -6,7 +6,11 @@ mod daemon;
 mod inspect;
 mod lab_cmd;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::{Args, Parser, Subcommand};
 use lb::{loader::DEFAULT_PIN_DIR, model::Cidr};
@@ -75,6 +79,14 @@ pub(crate) struct TranslateArgs {
     /// service.kubernetes.io/service-proxy-name label has this value.
     #[arg(long, default_value = DEFAULT_PROXY_NAME)]
     proxy_name: String,
+    /// Outer source address of IPv4 tunnels (default: the node's first
+    /// IPv4 InternalIP).
+    #[arg(long, value_name = "ADDR")]
+    tunnel_v4: Option<Ipv4Addr>,
+    /// Outer source address of IPv6 tunnels (default: the node's first
+    /// IPv6 InternalIP).
+    #[arg(long, value_name = "ADDR")]
+    tunnel_v6: Option<Ipv6Addr>,
 }
 
 impl TranslateArgs {
@@ -82,6 +94,8 @@ impl TranslateArgs {
         TranslateOptions {
             external_ip_cidrs: self.external_ip_cidrs.clone(),
             proxy_name: self.proxy_name.clone(),
+            tunnel_v4: self.tunnel_v4,
+            tunnel_v6: self.tunnel_v6,
             ..TranslateOptions::new(&self.node_name)
         }
     }
