@@ -11,8 +11,9 @@
  *   2. writes the original bytes back (bpf_xdp_store_bytes from
  *      xlb_bench_frame);
  *   3. with XLB_BENCH_F_NEW_FLOW, writes a per-iteration sequence number
- *      into the source port and the low 16 bits of the source address, with
- *      incremental checksum updates, so every iteration is a new flow;
+ *      (and the CPU) into the source port and the low 16 bits of the source
+ *      address, with incremental checksum updates, so every iteration is a
+ *      new flow;
  *   4. tail-calls the program under test (xlb_bench_progs[0]): xlb_xdp, or
  *      xlb_pass for the baseline, whose cost (this wrapper) is subtracted.
  *
@@ -133,7 +134,10 @@ static __always_inline int vary_source(struct xdp_md *ctx, const struct xlb_benc
 		return -1;
 	seq = ++*seqp;
 	port = (__u16)seq;
-	addr = (__u16)(seq >> 16);
+	/* The counter is per CPU and a long test run may migrate (it yields
+	 * when rescheduling is due): the CPU number in the top byte keeps the
+	 * flows of different CPUs apart. 2^24 new flows per CPU. */
+	addr = (__u16)(((seq >> 16) & 0xff) | (bpf_get_smp_processor_id() << 8));
 	old_port = put16(ctx, f->sport_off, port);
 	old_addr = put16(ctx, f->saddr_lo_off, addr);
 	if (old_port < 0 || old_addr < 0)

@@ -1,0 +1,234 @@
+//! The timing wrapper and packet-generator rig of xdp/xlb_bench.c, loaded
+//! from lb::objects::bench(): frame templates, the tail-call slot that holds
+//! the program under test, the wrapper's step counters, and
+//! BPF_PROG_TEST_RUN helpers (plain, and with live frames).
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, ProgramArray},
+    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, TestRunResult, Xdp},
+    Ebpf, EbpfLoader,
+};
+
+pub const FRAME_MAX: usize = 256;
+pub const TEMPLATES: usize = 16;
+pub const F_NEW_FLOW: u16 = 1;
+
+/// Mirrors struct xlb_bench_frame.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BenchFrame {
+    len: u32,
+    flags: u16,
+    count: u16,
+    sport_off: u16,
+    saddr_lo_off: u16,
+    ip_csum_off: u16,
+    l4_csum_off: u16,
+    bytes: [u8; FRAME_MAX],
+}
+const _: () = assert!(std::mem::size_of::<BenchFrame>() == 272);
+// SAFETY: repr(C), no padding (asserted above), every bit pattern valid.
+unsafe impl aya::Pod for BenchFrame {}
+
+/// Indices of xlb_bench_stats.
+#[derive(Clone, Copy, Debug)]
+pub enum Stat {
+    Iterations = 0,
+    RestoreFail = 1,
+    TailCallFail = 2,
+    SinkPackets = 4,
+    SinkBytes = 5,
+}
+
+/// A frame template; `new_flow` rewrites the source per iteration.
+#[derive(Clone, Debug)]
+pub struct Template {
+    pub bytes: Vec<u8>,
+    pub new_flow: bool,
+}
+
+impl Template {
+    pub fn fixed(bytes: &[u8]) -> Self {
+        Template { bytes: bytes.to_vec(), new_flow: false }
+    }
+
+    pub fn new_flow(bytes: &[u8]) -> Self {
+        Template { bytes: bytes.to_vec(), new_flow: true }
+    }
+
+    fn encode(&self, count: u16) -> Result<BenchFrame> {
+        let b = &self.bytes;
+        if b.len() < 14 || b.len() > FRAME_MAX {
+            bail!("bench frame of {} bytes: want 14..={FRAME_MAX}", b.len());
+        }
+        let mut f = BenchFrame {
+            len: b.len() as u32,
+            flags: 0,
+            count,
+            sport_off: 0,
+            saddr_lo_off: 0,
+            ip_csum_off: 0,
+            l4_csum_off: 0,
+            bytes: [0; FRAME_MAX],
+        };
+        f.bytes[..b.len()].copy_from_slice(b);
+        if self.new_flow {
+            let et = u16::from_be_bytes([b[12], b[13]]);
+            let (l4, proto, saddr_end, ip_csum) = match et {
+                0x0800 => {
+                    let ihl = (b[14] & 0xf) as usize * 4;
+                    (14 + ihl, b[23], 14 + 16, 14 + 10)
+                }
+                0x86dd => (14 + 40, b[20], 14 + 24, 0),
+                _ => bail!("new-flow template: EtherType {et:#06x} is not IPv4/IPv6"),
+            };
+            let csum = match proto {
+                6 => l4 + 16,
+                17 => l4 + 6,
+                p => bail!("new-flow template: IP protocol {p} is not TCP/UDP"),
+            };
+            f.flags |= F_NEW_FLOW;
+            f.sport_off = l4 as u16;
+            f.saddr_lo_off = (saddr_end - 2) as u16;
+            f.ip_csum_off = ip_csum as u16;
+            f.l4_csum_off = csum as u16;
+        }
+        Ok(f)
+    }
+}
+
+/// struct xdp_md as BPF_PROG_TEST_RUN's ctx_in: the frame arrives on
+/// `ifindex`, queue 0, no metadata.
+pub fn xdp_ctx(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut c = [0u8; 24];
+    c[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    c[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `frame` received on `ifindex`.
+pub fn test_run(
+    prog: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    out: Option<&mut [u8]>,
+) -> Result<TestRunResult> {
+    let ctx = xdp_ctx(frame.len(), ifindex);
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: out,
+        ctx_in: Some(&ctx),
+        ctx_out: None,
+        repeat,
+        attrs: TestRunAttrs::new(),
+    })
+    .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e}"))
+}
+
+/// The loaded xlb_bench object.
+pub struct Bench {
+    ebpf: Ebpf,
+    frames: Array<MapData, BenchFrame>,
+    stats: PerCpuArray<MapData, u64>,
+    progs: ProgramArray<MapData>,
+}
+
+impl Bench {
+    pub fn load() -> Result<Bench> {
+        let mut ebpf =
+            EbpfLoader::new().load(lb::objects::bench()).context("loading the xlb_bench object")?;
+        for name in ["xlb_bench", "xlb_bench_tx", "xlb_bench_reflect", "xlb_bench_sink"] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("xlb_bench object has no program {name}"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+        }
+        let frames = ebpf.take_map("xlb_bench_frame").context("map xlb_bench_frame")?.try_into()?;
+        let stats = ebpf.take_map("xlb_bench_stats").context("map xlb_bench_stats")?.try_into()?;
+        let progs = ebpf.take_map("xlb_bench_progs").context("map xlb_bench_progs")?.try_into()?;
+        Ok(Bench { ebpf, frames, stats, progs })
+    }
+
+    pub fn program(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()
+            .map_err(|e| anyhow!("{name}: {e}"))
+    }
+
+    pub fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()
+            .map_err(|e| anyhow!("{name}: {e}"))
+    }
+
+    /// The wrapper (the program to test-run).
+    pub fn wrapper(&self) -> &Xdp {
+        self.program("xlb_bench").expect("loaded in Bench::load")
+    }
+
+    /// Puts `prog` into the tail-call slot: the program under test.
+    pub fn set_target(&mut self, prog: &ProgramFd) -> Result<()> {
+        self.progs.set(0, prog, 0).context("xlb_bench_progs[0] update")
+    }
+
+    /// Loads the frame templates the wrapper restores (cycled if several).
+    pub fn set_templates(&mut self, t: &[Template]) -> Result<()> {
+        if t.is_empty() || t.len() > TEMPLATES {
+            bail!("{} templates: want 1..={TEMPLATES}", t.len());
+        }
+        for (i, tpl) in t.iter().enumerate() {
+            self.frames
+                .set(i as u32, tpl.encode(t.len() as u16)?, 0)
+                .context("xlb_bench_frame update")?;
+        }
+        Ok(())
+    }
+
+    /// A wrapper counter, summed over CPUs.
+    pub fn stat(&self, s: Stat) -> Result<u64> {
+        let v = self.stats.get(&(s as u32), 0).context("xlb_bench_stats read")?;
+        Ok(v.iter().sum())
+    }
+
+    /// BPF_PROG_TEST_RUN of the wrapper with live frames (transmitted for
+    /// real on XDP_TX/REDIRECT), `repeat` frames in batches of `batch`.
+    pub fn live_run(&self, ifindex: u32, len: usize, repeat: u32, batch: u32) -> Result<()> {
+        // The kernel copies data_in into each live frame once; the wrapper
+        // restores templates itself, so any frame of the right size will do.
+        let frame = vec![0u8; len];
+        let ctx = xdp_ctx(len, ifindex);
+        self.wrapper()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: None,
+                ctx_in: Some(&ctx),
+                ctx_out: None,
+                repeat,
+                attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            })
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (live frames): {e}"))?;
+        Ok(())
+    }
+}
+
+/// The trivial XDP_PASS program (the microbenchmark's baseline target).
+pub fn load_pass() -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new().load(lb::objects::pass()).context("loading xlb_pass")?;
+    let p: &mut Xdp =
+        ebpf.program_mut("xlb_pass").ok_or_else(|| anyhow!("no program xlb_pass"))?.try_into()?;
+    p.load().context("loading xlb_pass")?;
+    Ok(ebpf)
+}
+
+pub fn xdp_of<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    ebpf.program(name)
+        .ok_or_else(|| anyhow!("no program {name}"))?
+        .try_into()
+        .map_err(|e| anyhow!("{name}: {e}"))
+}
