@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
 
 /// Accepts connections until the task is aborted (pause or drop drops the listener).
@@ -33,7 +33,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, shared.clone()));
+                // Subscribed here, not in the task: a pause that follows this accept must
+                // cut the connection even if its task has not run yet.
+                let kill = shared.kill.subscribe();
+                tokio::spawn(serve(stream, shared.clone(), kill));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "apiserver double: accept failed");
@@ -45,8 +48,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Serves one HTTP/1.1 connection until the client closes it or the server cuts every
 /// connection (pause, drop).
-async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-    let mut kill = shared.kill.subscribe();
+async fn serve(stream: TcpStream, shared: Arc<Shared>, mut kill: watch::Receiver<u64>) {
     let svc_shared = shared.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
@@ -55,8 +57,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let conn =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::select! {
-        _ = conn => {}
+        // A cut connection must not serve one more request first.
+        biased;
         _ = kill.changed() => {}
+        _ = conn => {}
     }
 }
 

@@ -380,13 +380,14 @@ impl ApiServer {
     /// Makes the API unreachable: closes the listening socket (connections are refused)
     /// and cuts every open connection. Objects can still be changed through the handle.
     pub async fn pause(&self) {
-        self.shared.lock().abort_watches();
-        self.shared.kill.send_modify(|epoch| *epoch += 1);
+        // Stop accepting first, so no connection opened during the pause escapes the cut.
         let accept = self.accept.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(task) = accept {
             task.abort();
             let _ = task.await;
         }
+        self.shared.kill.send_modify(|epoch| *epoch += 1);
+        self.shared.lock().abort_watches();
     }
 
     /// Listens again on the same address after [`pause`](Self::pause).

@@ -126,8 +126,7 @@ pub async fn run_with(
         .and_then(|r| r)
         .with_context(|| format!("Kubernetes API at {url} is unreachable"))?;
 
-    let mut config = watcher::Config::default();
-    config.page_size = watch.page_size;
+    let config = watcher::Config { page_size: watch.page_size, ..Default::default() };
     let stats = watch.stats.clone();
     let (changed_tx, mut changed) = tokio::sync::watch::channel(0u64);
     let changed_tx = Arc::new(changed_tx);
@@ -210,7 +209,7 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     let mut objects: Vec<Arc<K>> = store.state();
-    objects.sort_by(|a, b| (a.namespace(), a.name_any()).cmp(&(b.namespace(), b.name_any())));
+    objects.sort_by_cached_key(|o| (o.namespace(), o.name_any()));
     objects.into_iter().map(Arc::unwrap_or_clone).collect()
 }
 
