@@ -102,8 +102,13 @@ struct {
 } xlb_nh_cache SEC(".maps");
 
 /* The next hop towards `dst` (a node address of `family`) for a packet of
- * outer IP length `l3_len`, leaving from `src`: 0 and *nhp, or
- * -XLB_DROP_TOO_BIG / -XLB_DROP_FIB. */
+ * outer IP length `l3_len`, leaving from `src`: 0 and *nhp; XLB_NH_NO_NEIGH
+ * when the route is known but its neighbour is not resolved (XDP cannot
+ * resolve it: the caller hands the encapsulated packet to the kernel, which
+ * forwards it and resolves the neighbour; not cached, so the next packets
+ * look again); or -XLB_DROP_TOO_BIG / -XLB_DROP_FIB. */
+#define XLB_NH_NO_NEIGH 1
+
 static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u8 family,
 				       const __u8 *src, const __u8 *dst, __u16 l3_len,
 				       struct nh_cache_entry **nhp)
@@ -138,6 +143,8 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
 		return -XLB_DROP_TOO_BIG;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return XLB_NH_NO_NEIGH;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return -XLB_DROP_FIB;
 
@@ -212,7 +219,8 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	 * ("dereference of modified ctx ptr"). */
 	__u32 in_ifindex = ctx->ingress_ifindex;
 	__u16 outer_l3_len;
-	int rc;
+	__u8 own_mac[ETH_ALEN], peer_mac[ETH_ALEN];
+	int rc, no_neigh;
 
 	if (encap != XLB_ENCAP_IPIP)
 		encap = XLB_ENCAP_GENEVE; /* unknown values: the default */
@@ -238,8 +246,19 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	outer_l3_len = hlen - ETH_HLEN + inner_len;
 
 	rc = xlb_nexthop(ctx, in_ifindex, outer, src, be->node, outer_l3_len, &nh);
-	if (rc)
+	if (rc < 0)
 		return xlb_fail(rc, reason);
+	no_neigh = rc == XLB_NH_NO_NEIGH;
+	if (no_neigh) {
+		/* Handed to the kernel: the frame must stay addressed to this
+		 * port, so the outer Ethernet header keeps the MACs it came with. */
+		struct ethhdr *eth = data;
+
+		if ((void *)(eth + 1) > data_end)
+			return xlb_fail(-XLB_DROP_TRUNCATED, reason);
+		__builtin_memcpy(own_mac, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(peer_mac, eth->h_source, ETH_ALEN);
+	}
 
 	/* Bytes after the IP packet (Ethernet padding) must not travel inside
 	 * the tunnel: the outer lengths count the IP packet only. */
@@ -254,7 +273,8 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	data = xlb_ctx_data(ctx);
 	data_end = xlb_ctx_data_end(ctx);
 
-	rc = xlb_write_eth(data, data_end, nh->dmac, nh->smac,
+	rc = xlb_write_eth(data, data_end, no_neigh ? own_mac : nh->dmac,
+			   no_neigh ? peer_mac : nh->smac,
 			   bpf_htons(outer == XLB_FAMILY_V6 ? ETH_P_IPV6 : ETH_P_IP));
 	if (rc)
 		return xlb_fail(rc, reason);
@@ -286,6 +306,10 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	if (rc)
 		return xlb_fail(rc, reason);
 
+	if (no_neigh) {
+		*reason = XLB_OK_NEIGH_PASS;
+		return XDP_PASS;
+	}
 	if (nh->out_ifindex == in_ifindex) {
 		*reason = ok ? ok : XLB_OK_XDP_TX;
 		return XDP_TX;

@@ -182,8 +182,8 @@ _Static_assert(sizeof(struct xlb_dsr_nat_entry) == 32, "xlb_dsr_nat_entry size")
  * place of DSR4/DSR6: the ENDPOINT address and target port of the quoted
  * flow, so the backend node translates the error without a reverse lookup.
  * Data: struct xlb_dsr_opt4 / xlb_dsr_opt6 holding the endpoint. */
-#define XLB_GENEVE_OPT_EP4   0x03
-#define XLB_GENEVE_OPT_EP6   0x04
+#define XLB_GENEVE_OPT_EP4 0x03
+#define XLB_GENEVE_OPT_EP6 0x04
 
 struct xlb_geneve_hdr {
 	__u8 ver_optlen; /* version (2 bits, 0) | option length in 4-byte words */
@@ -222,26 +222,27 @@ _Static_assert(sizeof(struct xlb_dsr_opt6) == 20, "xlb_dsr_opt6 size");
  * (lower-cased, prefix removed) are the `reason` label values of
  * xlb_drops_total / xlb_passes_total. Never renumber; append only. */
 enum xlb_counter {
-	XLB_OK_XDP_TX = 0,	       /* encapsulated, sent back out the same port */
-	XLB_OK_XDP_REDIRECT = 1,       /* encapsulated, redirected to another port */
-	XLB_OK_TC_DECAP = 2,	       /* tunnel packet decapsulated and delivered */
-	XLB_OK_TC_REVNAT = 3,	       /* reply source rewritten to the service */
-	XLB_OK_ICMP_FORWARD = 4,       /* ICMP error quoting a flow sent to its backend */
-	XLB_OK_LOCAL_DELIVER = 5,      /* backend on this node: DNAT'd in place, XDP_PASS */
-	XLB_PASS_NOT_IP = 16,	       /* not IPv4/IPv6 (ARP, LLDP, ...) */
-	XLB_PASS_NOT_FRONTEND = 17,    /* destination is not a frontend */
-	XLB_PASS_FRAGMENT = 18,	       /* IP fragment */
-	XLB_PASS_L4_PROTO = 19,	       /* not TCP, UDP, ICMP error */
-	XLB_PASS_IPV6_EXT = 20,	       /* IPv6 extension chain not followed */
-	XLB_PASS_ICMP_NO_FLOW = 21,    /* ICMP not quoting a known flow */
-	XLB_PASS_NOT_TUNNEL = 22,      /* tc: not a tunnel packet for this node */
-	XLB_PASS_NO_NAT = 23,	       /* tc: reply with no DSR translation */
-	XLB_PASS_IP_OPTIONS = 24,      /* IPv4 options on a packet we must not touch */
-	XLB_DROP_TRUNCATED = 32,       /* a header runs past the frame */
-	XLB_DROP_BAD_IHL = 33,	       /* IPv4 IHL < 5 or past the frame */
-	XLB_DROP_BAD_LEN = 34,	       /* IP length field inconsistent with frame */
-	XLB_DROP_NO_BACKEND = 35,      /* service has no usable backend */
-	XLB_DROP_NO_MAGLEV = 36,       /* service has no Maglev table */
+	XLB_OK_XDP_TX = 0,	    /* encapsulated, sent back out the same port */
+	XLB_OK_XDP_REDIRECT = 1,    /* encapsulated, redirected to another port */
+	XLB_OK_TC_DECAP = 2,	    /* tunnel packet decapsulated and delivered */
+	XLB_OK_TC_REVNAT = 3,	    /* reply source rewritten to the service */
+	XLB_OK_ICMP_FORWARD = 4,    /* ICMP error quoting a flow sent to its backend */
+	XLB_OK_LOCAL_DELIVER = 5,   /* backend on this node: DNAT'd in place, XDP_PASS */
+	XLB_OK_NEIGH_PASS = 6,	    /* encapsulated, given to the kernel to resolve the next hop */
+	XLB_PASS_NOT_IP = 16,	    /* not IPv4/IPv6 (ARP, LLDP, ...) */
+	XLB_PASS_NOT_FRONTEND = 17, /* destination is not a frontend */
+	XLB_PASS_FRAGMENT = 18,	    /* IP fragment */
+	XLB_PASS_L4_PROTO = 19,	    /* not TCP, UDP, ICMP error */
+	XLB_PASS_IPV6_EXT = 20,	    /* IPv6 extension chain not followed */
+	XLB_PASS_ICMP_NO_FLOW = 21, /* ICMP not quoting a known flow */
+	XLB_PASS_NOT_TUNNEL = 22,   /* tc: not a tunnel packet for this node */
+	XLB_PASS_NO_NAT = 23,	    /* tc: reply with no DSR translation */
+	XLB_PASS_IP_OPTIONS = 24,   /* IPv4 options on a packet we must not touch */
+	XLB_DROP_TRUNCATED = 32,    /* a header runs past the frame */
+	XLB_DROP_BAD_IHL = 33,	    /* IPv4 IHL < 5 or past the frame */
+	XLB_DROP_BAD_LEN = 34,	    /* IP length field inconsistent with frame */
+	XLB_DROP_NO_BACKEND = 35,   /* service has no usable backend */
+	XLB_DROP_NO_MAGLEV = 36,    /* service has no Maglev table */
 	XLB_DROP_BACKEND_MISSING = 37, /* table names a backend that is gone */
 	XLB_DROP_FIB = 38,	       /* no route/neighbour to the backend's node */
 	XLB_DROP_NO_TX_PORT = 39,      /* route leaves by a port not in xlb_tx_ports */

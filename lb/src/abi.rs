@@ -198,6 +198,7 @@ counters! {
     OkTcRevnat = 3 => "ok_tc_revnat",
     OkIcmpForward = 4 => "ok_icmp_forward",
     OkLocalDeliver = 5 => "ok_local_deliver",
+    OkNeighPass = 6 => "ok_neigh_pass",
     PassNotIp = 16 => "pass_not_ip",
     PassNotFrontend = 17 => "pass_not_frontend",
     PassFragment = 18 => "pass_fragment",

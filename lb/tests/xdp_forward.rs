@@ -380,3 +380,34 @@ fn affinity_service_still_forwards_first_packet() {
         );
     });
 }
+
+#[test]
+fn unresolved_next_hop_is_encapsulated_and_given_to_the_kernel() {
+    // Node 4 is on the fabric's subnet (a route) but has no neighbour entry:
+    // XDP cannot resolve it, so the encapsulated packet goes to the kernel,
+    // still addressed to this port, to be forwarded once ARP/ND answers.
+    with_lab("noneigh", |lab| {
+        for v6 in BOTH {
+            let ep = SocketAddr::new(pod(4, 1, v6), TARGET_PORT);
+            let svc = service(
+                if v6 { "far6" } else { "far4" },
+                vip(v6),
+                80,
+                Proto::Tcp,
+                vec![backend(ep.ip(), node(4, v6))],
+            );
+            lab.apply(&[svc]);
+            let syn = syn(v6, CLIENT_PORT);
+            let mut want = geneve_dsr(4, v6, &syn, 80, ep).build();
+            want[..6].copy_from_slice(&LB_MAC);
+            want[6..12].copy_from_slice(&ROUTER_MAC);
+            lab.check(&[Case {
+                name: format!("{} SYN to an unresolved node", fam(v6)),
+                input: syn.build(),
+                verdict: XDP_PASS,
+                output: Output::Frame(want),
+                counter: Counter::OkNeighPass as u32,
+            }]);
+        }
+    });
+}
