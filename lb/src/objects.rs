@@ -26,3 +26,9 @@ pub fn tc() -> &'static [u8] {
 pub fn pass() -> &'static [u8] {
     object!("xlb_pass")
 }
+
+/// The microbenchmark wrapper and packet-generator rig (xdp/xlb_bench.c):
+/// programs `xlb_bench`, `xlb_bench_tx`, `xlb_bench_reflect`, `xlb_bench_sink`.
+pub fn bench() -> &'static [u8] {
+    object!("xlb_bench")
+}
