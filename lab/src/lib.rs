@@ -3,9 +3,12 @@
 //! and addressed as in the team brief ([`spec`]). [`Lab`] builds it, runs
 //! processes and closures inside its namespaces, and tears everything down
 //! on drop, on panic, or from a signal thread ([`teardown_all`]). Used by
-//! `xlb lab` and the end-to-end tests; knows nothing of xlb's datapath
-//! except the trivial XDP_PASS object it puts on the LB's router-side peer.
+//! `xlb lab` and the end-to-end tests. Of xlb it knows the XDP_PASS object
+//! it puts on the LB's router-side peer, and how to start `xlb run` agents
+//! and read their pinned maps ([`agent`]).
+pub mod agent;
 pub mod http;
+pub mod manifests;
 pub mod netns;
 pub mod nginx;
 mod process;
@@ -47,6 +50,8 @@ pub enum LabError {
     XdpAttach { ns: String, iface: String, source: Box<aya::programs::ProgramError> },
     #[error("backend {pod}: nginx not answering on {addr} after {waited_ms} ms: {detail}")]
     BackendNotReady { pod: String, addr: String, waited_ms: u128, detail: String },
+    #[error("xlb agent on {node}: {detail}")]
+    Agent { node: String, detail: String },
     #[error("namespace {ns}: counters of {iface}: {reason}")]
     Stats { ns: String, iface: String, reason: String },
 }

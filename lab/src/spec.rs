@@ -82,6 +82,11 @@ pub struct LabSpec {
     pub name_prefix: String,
     /// Start nginx in every pod (and wait until it answers).
     pub backends: bool,
+    /// Permanent neighbour entries for the nodes on the LB. xlb's XDP
+    /// program drops (drop_fib) while the kernel has no neighbour entry for
+    /// the next hop, and nothing on the LB triggers resolution; until the
+    /// agent resolves node addresses itself, the lab does it.
+    pub static_neighbours: bool,
 }
 
 impl Default for LabSpec {
@@ -93,6 +98,7 @@ impl Default for LabSpec {
             client_mtu: 1500,
             name_prefix: "xlb".into(),
             backends: true,
+            static_neighbours: true,
         }
     }
 }

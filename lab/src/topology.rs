@@ -142,6 +142,7 @@ impl Lab {
             .map_err(|source| LabError::Io { path: lab.tmp.clone(), source })?;
         lab.create_namespaces()?;
         lab.wire()?;
+        lab.prepare_fabric()?;
         lab.attach_pass()?;
         if lab.spec.backends {
             let pods: Vec<String> = lab.pods().map(|p| p.host.name.clone()).collect();
@@ -371,7 +372,10 @@ impl Lab {
     pub fn teardown(self) {}
 
     fn create_namespaces(&self) -> Result<(), LabError> {
-        let forwarders: Vec<&str> = std::iter::once(self.router.ns.as_str())
+        // The LB forwards too: bpf_fib_lookup from XDP answers "forwarding
+        // disabled" on an ingress device that does not forward.
+        let forwarders: Vec<&str> = [self.router.ns.as_str(), self.lb.ns.as_str()]
+            .into_iter()
             .chain(self.nodes.iter().map(|n| n.host.ns.as_str()))
             .collect();
         for h in self.hosts() {
@@ -450,6 +454,10 @@ impl Lab {
         addr(l, "eth0", &format!("{}/24", spec::LB_V4), &format!("{}/64", spec::LB_V6))?;
         let (gw4, gw6) = (spec::ROUTER_FABRIC_V4.to_string(), spec::ROUTER_FABRIC_V6.to_string());
         default_routes(l, &gw4, &gw6)?;
+        // VIP packets the XDP program passes up (no such service) end here
+        // with an ICMP error instead of looping LB -> router -> LB.
+        netns::ip(l, &["route", "add", "unreachable", &cidr4(spec::VIP_RANGE_V4)])?;
+        netns::ip(l, &["-6", "route", "add", "unreachable", &cidr6(spec::VIP_RANGE_V6)])?;
         netns::ip(
             r,
             &["route", "add", &cidr4(spec::VIP_RANGE_V4), "via", &spec::LB_V4.to_string()],
@@ -531,6 +539,40 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes the fabric look like real NICs to the LB's XDP program:
+    /// - lb0 computes checksums itself: a veth otherwise hands the LB
+    ///   CHECKSUM_PARTIAL packets (pseudo-header sum only, finished "by the
+    ///   hardware" later), which XDP rewrites and XDP_TX sends on unfinished;
+    /// - with `static_neighbours`, permanent neighbour entries on the LB for
+    ///   every node: XDP's bpf_fib_lookup needs a resolved next hop, and
+    ///   nothing on the LB itself ever talks to the nodes.
+    fn prepare_fabric(&self) -> Result<(), LabError> {
+        let r = &self.router.ns;
+        netns::in_netns(r, || set_tx_checksum(r, "lb0", false))??;
+        if self.spec.static_neighbours {
+            for n in &self.nodes {
+                let mac = mac_of(&n.host.ns, "eth0")?;
+                for ip in [n.host.v4.to_string(), n.host.v6.to_string()] {
+                    netns::ip(
+                        &self.lb.ns,
+                        &[
+                            "neigh",
+                            "replace",
+                            &ip,
+                            "lladdr",
+                            &mac,
+                            "dev",
+                            "eth0",
+                            "nud",
+                            "permanent",
+                        ],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// xlb_pass on lb0, the router-side peer of the LB's eth0: a veth only
     /// accepts XDP_TX'd (and redirected) frames when its peer runs XDP.
     fn attach_pass(&mut self) -> Result<(), LabError> {
@@ -590,6 +632,61 @@ fn addr(ns: &str, dev: &str, v4: &str, v6: &str) -> Result<(), LabError> {
 fn default_routes(ns: &str, gw4: &str, gw6: &str) -> Result<(), LabError> {
     netns::ip(ns, &["route", "add", "default", "via", gw4])?;
     netns::ip(ns, &["-6", "route", "add", "default", "via", gw6])?;
+    Ok(())
+}
+
+/// The MAC address of `iface` in `ns`.
+fn mac_of(ns: &str, iface: &str) -> Result<String, LabError> {
+    let out = netns::ip(ns, &["-j", "link", "show", "dev", iface])?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Command {
+        ns: ns.into(),
+        cmd: format!("ip -j link show dev {iface}"),
+        status: "unparsable output".into(),
+        stderr: e.to_string(),
+    })?;
+    v.get(0).and_then(|l| l.get("address")).and_then(|a| a.as_str()).map(str::to_string).ok_or_else(
+        || LabError::Command {
+            ns: ns.into(),
+            cmd: format!("ip -j link show dev {iface}"),
+            status: "no address".into(),
+            stderr: out.clone(),
+        },
+    )
+}
+
+/// Turns transmit checksum offload of `iface` on or off (ETHTOOL_STXCSUM,
+/// what `ethtool -K IF tx off` does), in the calling thread's namespace.
+fn set_tx_checksum(ns: &str, iface: &str, on: bool) -> Result<(), LabError> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let fail = |source| LabError::Netns { ns: ns.into(), op: "ethtool tx checksum", source };
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: on as u32 };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut value, _pad: [0; 16] };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: a datagram socket for the ioctl, closed below; `req` points at
+    // `value`, both live across the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(fail(std::io::Error::last_os_error()));
+        }
+        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(fail(err));
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,157 @@
+//! xlb agents in the lab: one `xlb run` per node namespace (the LB and every
+//! backend node), each with its own bpffs pin directory (bpffs is shared by
+//! all namespaces), its output in a log file, and readiness read from its
+//! pinned maps through `lb::datapath` — the same view `xlb service list` has.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb::datapath::{Datapath, ServiceListing};
+
+use crate::{Lab, LabChild, LabError};
+
+/// One running `xlb run`.
+#[derive(Debug)]
+pub struct Agent {
+    /// Node name: "lb", "node1", ...
+    pub node: String,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+    child: LabChild,
+}
+
+/// How to start the agents.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    /// The `xlb` binary.
+    pub exe: PathBuf,
+    /// The manifest file every agent watches.
+    pub config: PathBuf,
+    /// Extra arguments for `xlb run`.
+    pub extra_args: Vec<String>,
+    /// RUST_LOG for the agents.
+    pub log_filter: String,
+}
+
+impl AgentSpec {
+    pub fn new(exe: impl Into<PathBuf>, config: impl Into<PathBuf>) -> Self {
+        AgentSpec {
+            exe: exe.into(),
+            config: config.into(),
+            extra_args: vec!["--small-maps".into()],
+            log_filter: "info".into(),
+        }
+    }
+}
+
+impl Agent {
+    /// Starts `xlb run --iface eth0` in the namespace of `node` ("lb",
+    /// "node1", ...), with pins in the lab's pin directory for it.
+    pub fn start(lab: &Lab, node: &str, spec: &AgentSpec) -> Result<Agent, LabError> {
+        let pin_dir = lab.pin_dir(node)?;
+        let log = lab.temp_dir().join(format!("agent-{node}.log"));
+        let io = |source| LabError::Io { path: log.clone(), source };
+        let out = std::fs::File::create(&log).map_err(io)?;
+        let err = out.try_clone().map_err(io)?;
+        let mut cmd = Command::new(&spec.exe);
+        cmd.args(["run", "--iface", "eth0", "--node-name", node])
+            .arg("--config")
+            .arg(&spec.config)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(&spec.extra_args)
+            .env("RUST_LOG", &spec.log_filter)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let mut child = lab.spawn(node, cmd)?;
+        child.name = format!("xlb agent {node}");
+        Ok(Agent { node: node.into(), pin_dir, log, child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// What the agent's pinned maps hold.
+    pub fn services(&self) -> Result<Vec<ServiceListing>, LabError> {
+        let err = |detail: String| LabError::Agent { node: self.node.clone(), detail };
+        let dp =
+            Datapath::open(&self.pin_dir).map_err(|e| err(format!("opening its maps: {e}")))?;
+        dp.list().map_err(|e| err(format!("listing its maps: {e}")))
+    }
+
+    /// The datapath counters (packets), by name, summed over CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, LabError> {
+        let counters = lb::loader::read_counters(&self.pin_dir).map_err(|e| LabError::Agent {
+            node: self.node.clone(),
+            detail: format!("reading counters: {e}"),
+        })?;
+        Ok(counters.into_iter().map(|(c, n)| (c.name(), n.packets)).collect())
+    }
+
+    /// Waits until `ready` holds for its maps (polled), failing early if
+    /// the agent exits.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        ready: &dyn Fn(&[ServiceListing]) -> bool,
+    ) -> Result<(), LabError> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(LabError::Agent {
+                    node: self.node.clone(),
+                    detail: format!("exited ({status}); log:\n{}", self.log_tail(20)),
+                });
+            }
+            let last = match self.services() {
+                Ok(s) if ready(&s) => return Ok(()),
+                Ok(s) => format!("{} services, not the expected state", s.len()),
+                Err(e) => e.to_string(),
+            };
+            if t0.elapsed() > timeout {
+                return Err(LabError::Agent {
+                    node: self.node.clone(),
+                    detail: format!(
+                        "not ready after {} ms ({last}); log:\n{}",
+                        t0.elapsed().as_millis(),
+                        self.log_tail(20)
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Has it exited? (reaps it if so)
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+
+    /// SIGTERM (the agent detaches its programs; maps stay pinned), then
+    /// SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
+        self.child.stop(grace)
+    }
+}
+
+/// True when some service has at least one active backend.
+pub fn has_active_backends(services: &[ServiceListing]) -> bool {
+    services.iter().any(|s| s.active_backends > 0)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
