@@ -78,11 +78,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     };
     let pods = spec.nodes * spec.pods_per_node;
     println!(
-        "building the lab: client, router, load balancer, {} node{} with {} nginx pod{} ...",
+        "building the lab: client, router, load balancer, {} node{} with {} nginx pod{} each ...",
         spec.nodes,
         plural(spec.nodes),
-        pods,
-        plural(pods)
+        spec.pods_per_node,
+        plural(spec.pods_per_node)
     );
     let t0 = Instant::now();
     let lab = Lab::build(spec.clone()).context("building the lab")?;
@@ -115,7 +115,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let t1 = Instant::now();
     let mut agents = start_agents(&lab, &agent_spec)?;
     println!(
-        "agents: {} ready in {:.1}s (pins under /sys/fs/bpf/{}, logs in {})",
+        "agents: {} ready in {:.1}s (pins under /sys/fs/bpf/{}, logs in {} until teardown)",
         agents.iter().map(|a| a.node.as_str()).collect::<Vec<_>>().join(", "),
         t1.elapsed().as_secs_f64(),
         lab.prefix(),
@@ -350,6 +350,12 @@ fn print_topology(lab: &Lab) {
         let pods: Vec<String> =
             n.pods.iter().map(|p| format!("{} {} {}", p.host.name, p.host.v4, p.host.v6)).collect();
         println!("  {} {} {} (tc): {}", n.host.name, n.host.v4, n.host.v6, pods.join(", "));
+    }
+    if lab.spec().static_neighbours {
+        println!(
+            "  the LB has static neighbour entries for the nodes: xlb's XDP program needs a \
+             resolved next hop and does not trigger resolution itself"
+        );
     }
 }
 

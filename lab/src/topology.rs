@@ -710,7 +710,8 @@ fn stale(base: &str, name: &str) -> bool {
     if seq == 0 || !(rest.len() == seq || rest[seq..].starts_with('-')) {
         return false;
     }
-    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+    // A zombie counts as gone: a killed lab whose parent has not reaped it.
+    pid != std::process::id() && crate::registry::is_dead(pid as i32)
 }
 
 #[cfg(test)]
