@@ -902,7 +902,7 @@ fn read_listing(maps: &Maps) -> Result<Listing, MapsError> {
                 bytes: st.bytes,
             });
         }
-        backends.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+        backends.sort_by_key(|b| (b.addr, b.port));
         let mut ranges: Vec<String> = s.ranges.iter().map(|c| c.to_string()).collect();
         ranges.sort();
         services.push(ServiceListing {
