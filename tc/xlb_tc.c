@@ -12,12 +12,17 @@
 #include "maps.h"
 #include "dsr.h"
 #include "counters.h"
+#include "events.h"
 
 /* The one exit of both programs: counts the packet under `counter` in
- * xlb_counters (counters.h) and turns the counter into the tc verdict. `len` is the
+ * xlb_counters (counters.h), emits a drop event when a listener wants one
+ * (events.h) and turns the counter into the tc verdict. `len` is the
  * frame length as received, before any decapsulation. */
-static __always_inline int xlb_tc_exit(int counter, __u32 len)
+static __always_inline int xlb_tc_exit(struct __sk_buff *skb, int counter, __u32 len, __u8 hook)
 {
+	if (xlb_reason_is_drop(counter))
+		xlb_ev_drop(xlb_ctx_data(skb), xlb_ctx_data_end(skb), counter, hook, skb->ifindex,
+			    len);
 	return xlb_count_exit(counter, len, dsr_verdict(counter));
 }
 
@@ -26,7 +31,7 @@ int xlb_tc_ingress(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return xlb_tc_exit(dsr_ingress(skb), len);
+	return xlb_tc_exit(skb, dsr_ingress(skb), len, XLB_EV_HOOK_TC_INGRESS);
 }
 
 SEC("classifier")
@@ -34,7 +39,7 @@ int xlb_tc_egress(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return xlb_tc_exit(dsr_egress(skb), len);
+	return xlb_tc_exit(skb, dsr_egress(skb), len, XLB_EV_HOOK_TC_EGRESS);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

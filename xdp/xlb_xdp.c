@@ -25,6 +25,7 @@
 #include "nat.h"
 #include "encap.h"
 #include "counters.h"
+#include "events.h"
 
 #define XLB_AF_INET  2
 #define XLB_AF_INET6 10
@@ -357,6 +358,9 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		return verdict;
 	xlb_count_svc(svc->id, bytes, sel->new_flow, sel->affinity_hit);
 	xlb_count_backend(sel->backend_id, bytes);
+	if (sel->new_flow)
+		xlb_ev_new_flow(&pkt->tuple, vaddr, vport, svc->id, sel->backend_id,
+				ctx->ingress_ifindex, bytes);
 	return verdict;
 }
 
@@ -457,6 +461,9 @@ int xlb_xdp(struct xdp_md *ctx)
 	int verdict;
 
 	verdict = xlb_process(ctx, bytes, &reason);
+	if (xlb_reason_is_drop(reason))
+		xlb_ev_drop(xlb_ctx_data(ctx), xlb_ctx_data_end(ctx), reason, XLB_EV_HOOK_XDP,
+			    ctx->ingress_ifindex, bytes);
 	return xlb_count_exit(reason, bytes, verdict);
 }
 

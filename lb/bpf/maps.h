@@ -135,4 +135,30 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_svc_names SEC(".maps");
 
+/* ---- event stream (events.h) ---------------------------------------------
+ * max_entries of a ring buffer is its size in bytes (a power of two, a
+ * multiple of the page size); the agent may create and pin it with another
+ * size before loading (`xlb run --events-ringbuf-bytes`). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xlb_events_cfg);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_events_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, XLB_EV_STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_event_stats SEC(".maps");
+
 #endif /* XLB_MAPS_H */

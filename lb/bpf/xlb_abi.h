@@ -298,4 +298,53 @@ struct xlb_svc_name {
 };
 _Static_assert(sizeof(struct xlb_svc_name) == 128, "xlb_svc_name size");
 
+/* ---- event stream ---------------------------------------------------------
+ * xlb_events: RINGBUF (size in bytes set at load) of struct xlb_event.
+ * xlb_events_cfg: ARRAY of one struct xlb_events_cfg, written by `xlb
+ * monitor` (a lease it renews) and cleared by the agent when the lease
+ * expires. The programs read only `mask`: with no listener an event point
+ * costs one inlined array lookup and a branch, and no event is built.
+ * xlb_event_stats: PERCPU_ARRAY, XLB_EV_STAT_* -> __u64. */
+#define XLB_EV_NEW_FLOW 1 /* a backend was chosen for a new flow */
+#define XLB_EV_DROP	2 /* a packet was dropped: reason = enum xlb_counter */
+#define XLB_EV_POLICY	3 /* reserved: NetworkPolicy verdict (tc); policy_id, reason = verdict */
+
+#define XLB_EV_F_NEW_FLOW (1u << XLB_EV_NEW_FLOW)
+#define XLB_EV_F_DROP	  (1u << XLB_EV_DROP)
+#define XLB_EV_F_POLICY	  (1u << XLB_EV_POLICY)
+
+/* xlb_event.hook */
+#define XLB_EV_HOOK_XDP	       0
+#define XLB_EV_HOOK_TC_INGRESS 1
+#define XLB_EV_HOOK_TC_EGRESS  2
+
+struct xlb_events_cfg {
+	__u32 mask;	   /* XLB_EV_F_*: the kinds a listener wants; 0: none */
+	__u32 flow_sample; /* new-flow events: one in N (0 and 1: every one) */
+	__u64 lease_ns;	   /* CLOCK_MONOTONIC (bpf_ktime_get_ns) expiry of the listener's lease; userspace only */
+};
+_Static_assert(sizeof(struct xlb_events_cfg) == 16, "xlb_events_cfg size");
+
+struct xlb_event {
+	__u64 ts_ns;	    /* bpf_ktime_get_ns() */
+	__u8 type;	    /* XLB_EV_* */
+	__u8 hook;	    /* XLB_EV_HOOK_* */
+	__u16 reason;	    /* XLB_EV_DROP: enum xlb_counter */
+	__u32 ifindex;	    /* ingress (XDP, tc ingress) or egress interface */
+	__u32 svc_id;	    /* XLB_EV_NEW_FLOW */
+	__u32 backend_id;   /* XLB_EV_NEW_FLOW */
+	__u32 policy_id;    /* XLB_EV_POLICY (reserved, 0) */
+	__u32 len;	    /* frame length as received */
+	/* XLB_EV_NEW_FLOW: client -> frontend (before DNAT). XLB_EV_DROP: the
+	 * packet's own addresses and ports as far as they could be read
+	 * (family 0: not IP or truncated before the addresses). */
+	struct xlb_flow_key tuple;
+};
+_Static_assert(sizeof(struct xlb_event) == 72, "xlb_event size");
+
+/* Indices of xlb_event_stats. */
+#define XLB_EV_STAT_SENT 0 /* events written to xlb_events */
+#define XLB_EV_STAT_LOST 1 /* events lost: ring buffer full */
+#define XLB_EV_STAT_MAX	 4
+
 #endif /* XLB_ABI_H */

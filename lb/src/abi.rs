@@ -152,6 +152,30 @@ abi_struct!(
     /// Value of xlb_svc_names (userspace only).
     SvcName = "xlb_svc_name", 128 { name: [u8; 128] });
 
+pub const EV_NEW_FLOW: u8 = 1;
+pub const EV_DROP: u8 = 2;
+pub const EV_POLICY: u8 = 3;
+pub const EV_F_NEW_FLOW: u32 = 1 << EV_NEW_FLOW;
+pub const EV_F_DROP: u32 = 1 << EV_DROP;
+pub const EV_F_POLICY: u32 = 1 << EV_POLICY;
+pub const EV_HOOK_XDP: u8 = 0;
+pub const EV_HOOK_TC_INGRESS: u8 = 1;
+pub const EV_HOOK_TC_EGRESS: u8 = 2;
+/// Indices of xlb_event_stats.
+pub const EV_STAT_SENT: u32 = 0;
+pub const EV_STAT_LOST: u32 = 1;
+pub const EV_STAT_MAX: u32 = 4;
+
+abi_struct!(
+    /// Value of xlb_events_cfg (one entry): what a listener wants, and its lease.
+    EventsCfg = "xlb_events_cfg", 16 { mask: u32, flow_sample: u32, lease_ns: u64 });
+abi_struct!(
+    /// A record of the xlb_events ring buffer.
+    Event = "xlb_event", 72 {
+    ts_ns: u64, r#type: u8, hook: u8, reason: u16, ifindex: u32, svc_id: u32, backend_id: u32,
+    policy_id: u32, len: u32, tuple: FlowKey,
+});
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -173,6 +197,8 @@ pub const LAYOUTS: &[StructLayout] = &[
     DsrOpt4::LAYOUT,
     DsrOpt6::LAYOUT,
     SvcName::LAYOUT,
+    EventsCfg::LAYOUT,
+    Event::LAYOUT,
 ];
 
 macro_rules! counters {
