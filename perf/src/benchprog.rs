@@ -37,7 +37,6 @@ pub enum Stat {
     RestoreFail = 1,
     TailCallFail = 2,
     SinkPackets = 4,
-    SinkBytes = 5,
 }
 
 /// A frame template; `new_flow` rewrites the source per iteration.

@@ -352,7 +352,8 @@ fn run_inside(
     for round in 0..opts.rounds {
         for (i, (_, tpl, _)) in cases.iter().enumerate() {
             rig.bench.set_templates(std::slice::from_ref(tpl))?;
-            let order = if (round + i as u32).is_multiple_of(2) { [false, true] } else { [true, false] };
+            let order =
+                if (round + i as u32).is_multiple_of(2) { [false, true] } else { [true, false] };
             for is_xlb in order {
                 rig.target(is_xlb)?;
                 let ns = rig.wrapped(&tpl.bytes, opts.repeat)?;

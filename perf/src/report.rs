@@ -32,3 +32,91 @@ pub fn write_csv(dir: &Path, name: &str, header: &[&str], rows: &[Vec<String>]) 
     let p = dir.join(format!("{name}.csv"));
     std::fs::write(&p, s).with_context(|| format!("writing {}", p.display()))
 }
+
+/// micro.csv: one row per frame.
+pub fn micro_csv(dir: &Path, r: &crate::micro::MicroReport) -> Result<()> {
+    let rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|x| {
+            vec![
+                x.frame.clone(),
+                x.reason.clone(),
+                format!("{:.1}", x.baseline_ns),
+                format!("{:.1}", x.xlb_ns),
+                format!("{:.1}", x.net_ns),
+                format!("{:.1}", x.net_repeat1_ns),
+                format!("{}", x.target_ns),
+                x.met.to_string(),
+            ]
+        })
+        .collect();
+    write_csv(
+        dir,
+        "micro",
+        &[
+            "frame",
+            "reason",
+            "baseline_ns",
+            "xlb_ns",
+            "net_ns",
+            "net_repeat1_ns",
+            "target_ns",
+            "met",
+        ],
+        &rows,
+    )
+}
+
+/// pps.csv: every mix and sweep row.
+pub fn pps_csv(dir: &Path, r: &crate::pps::PpsReport) -> Result<()> {
+    let rows: Vec<Vec<String>> = r
+        .mixes
+        .iter()
+        .chain(&r.sweep)
+        .map(|x| {
+            vec![
+                x.mix.clone(),
+                x.dataplane.clone(),
+                x.services.to_string(),
+                format!("{:.4}", x.sent_mpps),
+                format!("{:.4}", x.received_mpps),
+            ]
+        })
+        .collect();
+    write_csv(dir, "pps", &["mix", "dataplane", "services", "sent_mpps", "received_mpps"], &rows)
+}
+
+/// sweep.svg: new-connection rate against the number of services.
+pub fn sweep_plot(dir: &Path, r: &crate::pps::PpsReport) -> Result<()> {
+    use plotters::prelude::*;
+    let path = dir.join("sweep.svg");
+    let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = r.sweep.iter().map(|x| x.received_mpps).fold(0.0, f64::max) * 1.15;
+    let xmax = r.sweep.iter().map(|x| x.services).max().unwrap_or(1) as f64 * 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("New connections/s through the LB vs services", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0.5f64..xmax).log_scale(), 0f64..max.max(0.01))?;
+    chart.configure_mesh().x_desc("services").y_desc("Mpps received").draw()?;
+    for (i, dp) in ["xlb", "kube-proxy iptables", "kube-proxy nftables"].iter().enumerate() {
+        let pts: Vec<(f64, f64)> = r
+            .sweep
+            .iter()
+            .filter(|x| x.dataplane == *dp)
+            .map(|x| (x.services as f64, x.received_mpps))
+            .collect();
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(*dp)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+    }
+    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    root.present()?;
+    Ok(())
+}

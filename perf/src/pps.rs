@@ -1,0 +1,414 @@
+//! `xlb-perf pps`: packet rate through the load balancer's veth, measured on
+//! the receiving side, with xlb beside the physical limit and kube-proxy.
+//!
+//! Rig (two namespaces of our own): gen (`g0`) ⇄ lb (`eth0`, 10.0.0.2,
+//! MAC 02:00:00:00:00:01, permanent neighbours for the backend nodes). The
+//! generator is xlb_bench run with BPF_F_TEST_XDP_LIVE_FRAMES on g0: each
+//! frame is restored from a template (optionally a new source per frame)
+//! and sent with XDP_TX, i.e. received by the LB's eth0. What the LB sends
+//! back out of eth0 (Geneve to a node for xlb, DNAT'd and routed for
+//! kube-proxy, reflected for the limit) arrives on g0, where xlb_bench_sink
+//! counts and drops it: the rate is packets counted there per second.
+//!
+//! Dataplanes on the LB's eth0:
+//!   - limit: xlb_bench_reflect (swap MACs, XDP_TX; no lookups);
+//!   - xlb: xlb_xdp attached natively through lb::loader::Dataplane, the
+//!     services programmed by lb::datapath::Datapath::apply;
+//!   - iptables / nftables: xlb_pass (so veth takes the frames) and the
+//!     kube-proxy ruleset for N services (the measured one last), routed
+//!     back out of eth0 towards the endpoint's node, conntrack on.
+//! Everything runs on one core per packet (veth XDP runs in the sender's
+//! softirq), so rates are "one core, generator and sink included".
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::programs::{xdp::XdpLinkId, Xdp, XdpMode as AyaXdpMode};
+use lb::{
+    datapath::Datapath,
+    loader::{Dataplane, LoadOptions, MapSizes, XdpMode},
+};
+use serde::Serialize;
+use xlb_perf::{
+    kubeproxy::{iptables_restore, nftables, synthetic, KpConfig},
+    netns::{ifindex, run, run_with_input, NamedNetns, PinDir},
+    stats::median,
+};
+
+use crate::{
+    benchprog::{Bench, Stat, Template},
+    micro::read_frames,
+    setup,
+};
+
+#[derive(Clone, Debug)]
+pub struct PpsOpts {
+    pub packets: std::path::PathBuf,
+    pub seconds: f64,
+    pub rounds: u32,
+    pub services: Vec<u32>,
+    pub batch: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PpsRow {
+    pub mix: String,
+    pub dataplane: String,
+    pub services: u32,
+    pub sent_mpps: f64,
+    pub received_mpps: f64,
+    /// received / limit's received for the same mix.
+    pub vs_limit: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramTime {
+    pub dataplane: String,
+    pub services: u32,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PpsReport {
+    pub seconds: f64,
+    pub rounds: u32,
+    pub mixes: Vec<PpsRow>,
+    pub sweep: Vec<PpsRow>,
+    pub programming: Vec<ProgramTime>,
+}
+
+struct Rig {
+    gen: NamedNetns,
+    lb: NamedNetns,
+    bench: Bench,
+    g0: u32,
+    frame_len: usize,
+}
+
+fn build_rig() -> Result<Rig> {
+    let gen = NamedNetns::create("gen")?;
+    let lb = NamedNetns::create("lb")?;
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "g0",
+            "netns",
+            gen.name(),
+            "mtu",
+            "1600",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            lb.name(),
+            "mtu",
+            "1600",
+        ],
+    )?;
+    gen.exec("ip", &["link", "set", "g0", "address", "02:00:00:00:00:02", "up"])?;
+    lb.exec("ip", &["link", "set", "eth0", "address", "02:00:00:00:00:01", "up"])?;
+    lb.exec("ip", &["addr", "add", "10.0.0.2/24", "dev", "eth0"])?;
+    lb.exec("ip", &["addr", "add", "2001:db8:f::2/64", "dev", "eth0", "nodad"])?;
+    lb.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    lb.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    lb.exec("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=0"])?;
+    lb.exec("sysctl", &["-qw", "net.ipv4.conf.eth0.rp_filter=0"])?;
+    for n in 1..=setup::NODES {
+        for a in [setup::node_v4(n).to_string(), setup::node_v6(n).to_string()] {
+            lb.exec(
+                "ip",
+                &[
+                    "neigh",
+                    "replace",
+                    &a,
+                    "lladdr",
+                    &setup::node_mac(n),
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+        }
+    }
+    lb.exec(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            "10.0.0.1",
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    lb.exec("ip", &["route", "add", "10.244.0.0/16", "via", "10.0.0.11", "dev", "eth0"])?;
+    lb.exec("ip", &["route", "add", "192.0.2.0/24", "via", "10.0.0.1", "dev", "eth0"])?;
+    let mut bench = Bench::load()?;
+    let tx = bench.program("xlb_bench_tx")?.fd()?.try_clone()?;
+    bench.set_target(&tx)?;
+    let g0 = gen.run_in(|| -> Result<u32> {
+        let sink = bench.program_mut("xlb_bench_sink")?;
+        sink.attach("g0", AyaXdpMode::Driver).context("attaching the sink to g0")?;
+        ifindex("g0").context("no g0")
+    })??;
+    Ok(Rig { gen, lb, bench, g0, frame_len: 74 })
+}
+
+impl Rig {
+    /// Sends `templates` for `seconds`; (sent, received) packets per second.
+    fn measure(&mut self, templates: &[Template], seconds: f64, batch: u32) -> Result<(f64, f64)> {
+        self.bench.set_templates(templates)?;
+        let s0 = self.bench.stat(Stat::SinkPackets)?;
+        let i0 = self.bench.stat(Stat::Iterations)?;
+        let (g0, len, bench) = (self.g0, self.frame_len, &self.bench);
+        let elapsed = self.gen.run_in(|| -> Result<Duration> {
+            let t0 = Instant::now();
+            while t0.elapsed().as_secs_f64() < seconds {
+                bench.live_run(g0, len, 1 << 16, batch)?;
+            }
+            Ok(t0.elapsed())
+        })??;
+        std::thread::sleep(Duration::from_millis(30));
+        let sent = (self.bench.stat(Stat::Iterations)? - i0) as f64;
+        let got = (self.bench.stat(Stat::SinkPackets)? - s0) as f64;
+        let s = elapsed.as_secs_f64();
+        Ok((sent / s, got / s))
+    }
+}
+
+fn attach_in(ns: &NamedNetns, prog: &mut Xdp) -> Result<XdpLinkId> {
+    ns.run_in(|| prog.attach("eth0", AyaXdpMode::Driver))?.context("attaching to the LB's eth0")
+}
+
+/// The traffic mixes: (name, templates).
+fn mixes(frames: &[(String, Vec<u8>)]) -> Vec<(&'static str, Vec<Template>)> {
+    let f = |n: &str| frames.iter().find(|(k, _)| k == n).expect("reference frame").1.clone();
+    let (syn, ack, udp, nonvip, v6) = (
+        f("tcp_syn_vip.bin"),
+        f("tcp_ack_vip.bin"),
+        f("udp_vip.bin"),
+        f("tcp_nonvip.bin"),
+        f("tcp6_syn_vip.bin"),
+    );
+    let mut mixed: Vec<Template> = (0..8).map(|_| Template::fixed(&ack)).collect();
+    mixed.push(Template::new_flow(&syn));
+    mixed.push(Template::fixed(&nonvip));
+    vec![
+        ("established (1 flow)", vec![Template::fixed(&ack)]),
+        ("SYN flood (new flow/pkt)", vec![Template::new_flow(&syn)]),
+        ("UDP", vec![Template::fixed(&udp)]),
+        ("IPv6 SYN", vec![Template::fixed(&v6)]),
+        ("mix 80% est/10% new/10% non-VIP", mixed),
+    ]
+}
+
+pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
+    let frames = read_frames(&opts.packets)?;
+    let syn = frames[0].1.clone();
+    let mut rig = build_rig()?;
+    let pin = PinDir::create("pps")?;
+    let sizes = MapSizes {
+        services: opts.services.iter().copied().max().unwrap_or(1).max(16) + 16,
+        ..MapSizes::default()
+    };
+    let mut dp = Dataplane::load(&LoadOptions { pin_dir: pin.path().to_path_buf(), sizes })?;
+    let mut applier = Datapath::open(pin.path())?;
+    let mut programming = Vec::new();
+    let t0 = Instant::now();
+    applier.apply(&setup::bench_desired())?;
+    programming.push(ProgramTime {
+        dataplane: "xlb".into(),
+        services: 3,
+        seconds: t0.elapsed().as_secs_f64(),
+    });
+    let mut lbside = Bench::load()?;
+
+    // Mixes: limit vs xlb, interleaved rounds.
+    let ms = mixes(&frames);
+    let mut limit = vec![Vec::new(); ms.len()];
+    let mut xlb = vec![Vec::new(); ms.len()];
+    let mut sent_l = vec![Vec::new(); ms.len()];
+    let mut sent_x = vec![Vec::new(); ms.len()];
+    for round in 0..opts.rounds {
+        for order in if round % 2 == 0 { [true, false] } else { [false, true] } {
+            let link = if order {
+                Some(attach_in(&rig.lb, lbside.program_mut("xlb_bench_reflect")?)?)
+            } else {
+                let lb = &rig.lb;
+                lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
+                None
+            };
+            for (i, (_, t)) in ms.iter().enumerate() {
+                let (s, r) = rig.measure(t, opts.seconds, opts.batch)?;
+                if order {
+                    limit[i].push(r);
+                    sent_l[i].push(s);
+                } else {
+                    xlb[i].push(r);
+                    sent_x[i].push(s);
+                }
+            }
+            match link {
+                Some(id) => lbside.program_mut("xlb_bench_reflect")?.detach(id)?,
+                None => Dataplane::detach_all(pin.path())?,
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, (name, _)) in ms.iter().enumerate() {
+        let l = median(&limit[i]);
+        rows.push(PpsRow {
+            mix: name.to_string(),
+            dataplane: "limit (reflect)".into(),
+            services: 0,
+            sent_mpps: median(&sent_l[i]) / 1e6,
+            received_mpps: l / 1e6,
+            vs_limit: Some(1.0),
+        });
+        rows.push(PpsRow {
+            mix: name.to_string(),
+            dataplane: "xlb".into(),
+            services: 3,
+            sent_mpps: median(&sent_x[i]) / 1e6,
+            received_mpps: median(&xlb[i]) / 1e6,
+            vs_limit: Some(median(&xlb[i]) / l),
+        });
+    }
+
+    // Scale sweep: new connections (SYN, new source per packet).
+    let flood = [Template::new_flow(&syn)];
+    let mut sweep = Vec::new();
+    for &n in &opts.services {
+        let t0 = Instant::now();
+        applier.apply(&setup::scale_desired(n, 10, 251))?;
+        programming.push(ProgramTime {
+            dataplane: "xlb".into(),
+            services: n,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        let lb = &rig.lb;
+        lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
+        let mut v = Vec::new();
+        let mut s = Vec::new();
+        for _ in 0..opts.rounds {
+            let (a, b) = rig.measure(&flood, opts.seconds, opts.batch)?;
+            s.push(a);
+            v.push(b);
+        }
+        Dataplane::detach_all(pin.path())?;
+        sweep.push(PpsRow {
+            mix: "new connection (SYN)".into(),
+            dataplane: "xlb".into(),
+            services: n,
+            sent_mpps: median(&s) / 1e6,
+            received_mpps: median(&v) / 1e6,
+            vs_limit: None,
+        });
+    }
+    drop(dp);
+    drop(rig);
+    // kube-proxy: a fresh rig per ruleset (conntrack starts empty).
+    for &n in opts.services.iter().filter(|n| **n <= 10_000) {
+        for mode in ["iptables", "nftables"] {
+            let mut rig = build_rig()?;
+            let mut passp = crate::benchprog::load_pass()?;
+            let pass: &mut Xdp = passp.program_mut("xlb_pass").context("xlb_pass")?.try_into()?;
+            attach_in(&rig.lb, pass)?;
+            let mut svcs = synthetic(n - 1, 2, Ipv4Addr::new(10, 101, 0, 1), 80, 8080);
+            let mut target = synthetic(1, 2, Ipv4Addr::new(10, 100, 0, 1), 80, 8080).remove(0);
+            target.name = "measured".into();
+            target.cluster_ip = Ipv4Addr::new(10, 97, 0, 1);
+            svcs.push(target);
+            let t0 = Instant::now();
+            if mode == "iptables" {
+                let rules = iptables_restore(&svcs, &KpConfig::default())?;
+                run_with_input(
+                    "ip",
+                    &["netns", "exec", rig.lb.name(), "iptables-restore", "--noflush"],
+                    rules.as_bytes(),
+                )?;
+            } else {
+                let rules = nftables(&svcs, &KpConfig::default())?;
+                run_with_input(
+                    "ip",
+                    &["netns", "exec", rig.lb.name(), "nft", "-f", "-"],
+                    rules.as_bytes(),
+                )?;
+            }
+            programming.push(ProgramTime {
+                dataplane: mode.into(),
+                services: n,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+            let mut v = Vec::new();
+            let mut s = Vec::new();
+            for _ in 0..opts.rounds {
+                let (a, b) = rig.measure(&flood, opts.seconds.min(0.5), opts.batch)?;
+                s.push(a);
+                v.push(b);
+            }
+            sweep.push(PpsRow {
+                mix: "new connection (SYN)".into(),
+                dataplane: format!("kube-proxy {mode}"),
+                services: n,
+                sent_mpps: median(&s) / 1e6,
+                received_mpps: median(&v) / 1e6,
+                vs_limit: None,
+            });
+        }
+    }
+    drop(pin);
+    Ok(PpsReport { seconds: opts.seconds, rounds: opts.rounds, mixes: rows, sweep, programming })
+}
+
+impl PpsReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "Packet rate through the LB veth (XDP live-frames generator → LB eth0 → back to the generator's sink), one core, {} rounds × {:.1} s, medians\n\n",
+            self.rounds, self.seconds
+        );
+        s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit |\n|---|---|---:|---:|---:|\n");
+        for r in &self.mixes {
+            s.push_str(&format!(
+                "| {} | {} | {:.2} | {:.2} | {} |\n",
+                r.mix,
+                r.dataplane,
+                r.sent_mpps,
+                r.received_mpps,
+                r.vs_limit.map_or("-".into(), |x| format!("{x:.2}"))
+            ));
+        }
+        s.push_str("\nNew-connection rate (SYN, new source per packet) by number of services\n\n");
+        s.push_str("| dataplane | services | sent Mpps | received Mpps | vs xlb (same N) |\n|---|---:|---:|---:|---:|\n");
+        for r in &self.sweep {
+            let x = self
+                .sweep
+                .iter()
+                .find(|o| o.dataplane == "xlb" && o.services == r.services)
+                .map(|o| r.received_mpps / o.received_mpps);
+            s.push_str(&format!(
+                "| {} | {} | {:.3} | {:.3} | {} |\n",
+                r.dataplane,
+                r.services,
+                r.sent_mpps,
+                r.received_mpps,
+                x.map_or("-".into(), |x| format!("{x:.3}"))
+            ));
+        }
+        s.push_str("\nProgramming time from scratch\n\n| dataplane | services | seconds |\n|---|---:|---:|\n");
+        for p in &self.programming {
+            s.push_str(&format!("| {} | {} | {:.3} |\n", p.dataplane, p.services, p.seconds));
+        }
+        s
+    }
+}
