@@ -64,6 +64,12 @@ pub struct RunArgs {
     /// replaces them atomically through their pinned links.
     #[arg(long)]
     keep_attached: bool,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
+    /// Size of the event ring buffer (xlb monitor), bytes: a power of two,
+    /// at least a page.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::monitor::DEFAULT_RINGBUF_BYTES)]
+    events_ringbuf_bytes: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,6 +97,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.config {
         let stamp = source::file::stamp(path)?;
         let cluster = source::file::load_path(path)?;
+        crate::metrics::control().cluster_seen(&cluster);
         match translate(&cluster, &opts) {
             Ok(d) => first = Some((stamp, d)),
             Err(e) => {
@@ -103,6 +110,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ensure_bpffs()?;
     let sizes = if args.small_maps { MapSizes::small() } else { MapSizes::default() };
     let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes };
+    crate::monitor::prepare_ringbuf(&args.pin_dir, args.events_ringbuf_bytes)?;
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     let mode = match args.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
@@ -139,6 +147,7 @@ fn serve(
         dataplane.attach_xdp(iface, mode)?;
         dataplane.attach_tc(iface)?;
         info!(iface, ?mode, "attached XDP and tc");
+        crate::metrics::record_attach(iface, mode);
     }
     let mut datapath = Datapath::open(&args.pin_dir).context("opening the datapath maps")?;
     info!(
@@ -146,8 +155,10 @@ fn serve(
         pin_dir = %args.pin_dir.display(),
         "restored the applied state"
     );
+    let _metrics = crate::metrics::start(&args.metrics, &args.pin_dir)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.spawn(crate::metrics::housekeeping(args.pin_dir.clone()));
     runtime.block_on(reconcile_loop(args, opts, first, &mut datapath))
 }
 
@@ -169,7 +180,11 @@ async fn reconcile_loop(
         }
         _ => {
             let kube = source::kube::KubeOptions { kubeconfig: args.kubeconfig.clone() };
-            tokio::spawn(source::kube::run(kube, tx))
+            let watch = source::kube::WatchOptions {
+                stats: crate::metrics::control().kube_stats(),
+                ..Default::default()
+            };
+            tokio::spawn(source::kube::run_with(kube, watch, tx))
         }
     };
     let kind = if args.config.is_some() { "file" } else { "kube" };
@@ -178,7 +193,12 @@ async fn reconcile_loop(
     let outcome = loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(cluster) => reconciler.reconcile(datapath, &cluster, opts, kind),
+                Some(cluster) => {
+                    let t0 = std::time::Instant::now();
+                    crate::metrics::control().source_event();
+                    reconciler.reconcile(datapath, &cluster, opts, kind);
+                    crate::metrics::control().sync_done(t0.elapsed());
+                }
                 None => break Ok(()), // the source ended; its result is below
             },
             _ = retry.tick(), if reconciler.pending.is_some() => {
@@ -218,9 +238,11 @@ impl Reconciler {
         opts: &TranslateOptions,
         source: &str,
     ) {
+        crate::metrics::control().cluster_seen(cluster);
         match translate(cluster, opts) {
             Ok(desired) => self.apply(datapath, desired, source),
             Err(errors) => {
+                crate::metrics::control().rejected();
                 self.generation += 1;
                 let _span = info_span!("reconcile", generation = self.generation, source).entered();
                 error!(
@@ -237,10 +259,14 @@ impl Reconciler {
         let _span = info_span!("reconcile", generation = self.generation, source).entered();
         if self.applied.as_ref() == Some(&desired) {
             info!("no change");
+            crate::metrics::control().synced();
             self.pending = None;
             return;
         }
-        match datapath.apply(&desired) {
+        let t0 = std::time::Instant::now();
+        let result = datapath.apply(&desired);
+        crate::metrics::control().apply_done(t0.elapsed(), result.is_ok(), desired.services.len());
+        match result {
             Ok(stats) => {
                 info!(
                     services = desired.services.len(),
@@ -284,6 +310,7 @@ async fn watch_files(
                 if forced || !stamp.is_empty() {
                     warn!(error = %e, "cannot read the manifests; the running state stays");
                 }
+                crate::metrics::control().health.source_failed(format!("manifests: {e}"));
                 stamp = Vec::new();
                 continue;
             }
@@ -299,6 +326,7 @@ async fn watch_files(
         stamp = now;
         match source::file::load_path(&path) {
             Ok(cluster) => {
+                crate::metrics::control().health.source_ok();
                 if tx.send(Arc::new(cluster)).await.is_err() {
                     return Ok(()); // the reconciler is gone: shutting down
                 }

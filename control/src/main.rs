@@ -1,10 +1,13 @@
 //! `xlb`: the node agent (`xlb run`), the inspection CLI (`xlb service list`,
-//! `xlb backend list`), the offline checker (`xlb validate`) and the lab
-//! (`xlb lab`). Argument parsing and dispatch only; the work lives in the
+//! `xlb backend list`, `xlb ct list`, `xlb maglev show`, `xlb stats`), the
+//! event stream (`xlb monitor`), the offline checker (`xlb validate`) and
+//! the lab (`xlb lab`). Argument parsing and dispatch only; the work lives in the
 //! library (translation) and in the daemon/inspect modules.
 mod daemon;
 mod inspect;
 mod lab_cmd;
+mod metrics;
+mod monitor;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -41,6 +44,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// Inspect the connection table of a running node.
+    Ct {
+        #[command(subcommand)]
+        cmd: CtCmd,
+    },
+    /// Inspect the Maglev tables of a running node.
+    Maglev {
+        #[command(subcommand)]
+        cmd: MaglevCmd,
+    },
+    /// Datapath counters by reason and per-service totals of a running node.
+    Stats(StatsArgs),
+    /// Print datapath events live: new flows (backend chosen) and drops.
+    Monitor(monitor::MonitorArgs),
     /// Translate manifests and print the desired datapath state, or every
     /// error (exit status 1). Touches nothing.
     Validate(ValidateArgs),
@@ -62,6 +79,44 @@ struct ListArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtCmd {
+    /// List connection-table entries.
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+        /// Only entries of this service ("namespace/name" or "namespace/name:port").
+        #[arg(long)]
+        service: Option<String>,
+        /// Only entries of this client address.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MaglevCmd {
+    /// A service's table: slots per backend, share against the ideal.
+    Show {
+        /// "namespace/name" (every port and family) or "namespace/name:port".
+        service: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct StatsArgs {
+    #[command(flatten)]
+    list: ListArgs,
+    /// Show counters that are zero too.
+    #[arg(long)]
+    all: bool,
 }
 
 /// How manifests are translated on this node (shared by `run` and `validate`).
@@ -116,6 +171,16 @@ fn main() -> ExitCode {
         Cmd::Run(args) => daemon::run(args),
         Cmd::Service { cmd: ListCmd::List(a) } => inspect::services(&a.pin_dir, a.json),
         Cmd::Backend { cmd: ListCmd::List(a) } => inspect::backends(&a.pin_dir, a.json),
+        Cmd::Ct { cmd: CtCmd::List { list, service, client, limit } } => inspect::ct_list(
+            &list.pin_dir,
+            &inspect::CtFilter { service, client, limit },
+            list.json,
+        ),
+        Cmd::Maglev { cmd: MaglevCmd::Show { service, list } } => {
+            inspect::maglev_show(&list.pin_dir, &service, list.json)
+        }
+        Cmd::Stats(a) => inspect::stats(&a.list.pin_dir, a.all, a.list.json),
+        Cmd::Monitor(args) => monitor::run(args),
         Cmd::Validate(args) => validate(&args),
         Cmd::Lab(args) => lab_cmd::run(args).map(|()| ExitCode::SUCCESS),
     };

@@ -1,0 +1,520 @@
+//! The datapath half of /metrics: a prometheus-client [`Collector`] that
+//! reads the pinned maps on every scrape and sums the per-CPU values. Cost
+//! per scrape: one lookup per counter reason, one xlb_svc_names walk and one
+//! per-CPU lookup per service (about 10-20 ms at 10k services), plus, with
+//! per-backend series, one walk of xlb_svc_backends. Map fill levels come
+//! from the background census ([`super::census`]), never from a walk here.
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use lb::{
+    abi::{self, Counter, SvcStats},
+    maps::Maps,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+};
+
+use super::{census::Census, ControlMetrics};
+
+/// The label value of every service without a series of its own.
+pub const OTHER: &str = "other";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pin_dir: PathBuf,
+    pub max_services: usize,
+    pub per_backend: bool,
+    pub max_backend_series: usize,
+}
+
+/// Which services get their own series: the `max` with the most packets,
+/// sticky (a chosen service keeps its series while it exists), and a
+/// monotonic "other" sum of the rest, accumulated from per-id deltas so that
+/// services entering the chosen set or disappearing never make it go down.
+#[derive(Debug)]
+pub struct ServiceSeries {
+    chosen: HashSet<(u32, String)>,
+    /// Last seen stats of every service not chosen, by id (with its name, to
+    /// notice a reused id).
+    last: HashMap<u32, (String, SvcStats)>,
+    other: SvcStats,
+}
+
+fn zero() -> SvcStats {
+    SvcStats { packets: 0, bytes: 0, new_flows: 0, affinity_hits: 0 }
+}
+
+impl Default for ServiceSeries {
+    fn default() -> Self {
+        ServiceSeries { chosen: HashSet::new(), last: HashMap::new(), other: zero() }
+    }
+}
+
+fn sub(a: &SvcStats, b: &SvcStats) -> SvcStats {
+    SvcStats {
+        packets: a.packets.saturating_sub(b.packets),
+        bytes: a.bytes.saturating_sub(b.bytes),
+        new_flows: a.new_flows.saturating_sub(b.new_flows),
+        affinity_hits: a.affinity_hits.saturating_sub(b.affinity_hits),
+    }
+}
+
+fn add(a: &mut SvcStats, b: &SvcStats) {
+    a.packets += b.packets;
+    a.bytes += b.bytes;
+    a.new_flows += b.new_flows;
+    a.affinity_hits += b.affinity_hits;
+}
+
+impl ServiceSeries {
+    /// Splits the current per-service totals into chosen series and "other".
+    pub fn update(
+        &mut self,
+        current: &[(u32, String, SvcStats)],
+        max: usize,
+    ) -> (Vec<(String, SvcStats)>, SvcStats) {
+        let present: HashSet<(u32, String)> =
+            current.iter().map(|(id, n, _)| (*id, n.clone())).collect();
+        self.chosen.retain(|k| present.contains(k));
+        if self.chosen.len() < max {
+            let mut candidates: Vec<&(u32, String, SvcStats)> = current
+                .iter()
+                .filter(|(id, n, _)| !self.chosen.contains(&(*id, n.clone())))
+                .collect();
+            candidates.sort_by(|a, b| b.2.packets.cmp(&a.2.packets).then(a.1.cmp(&b.1)));
+            for (id, n, _) in candidates.into_iter().take(max - self.chosen.len()) {
+                self.chosen.insert((*id, n.clone()));
+            }
+        }
+        let mut chosen = Vec::new();
+        let mut seen = HashSet::new();
+        for (id, name, s) in current {
+            if self.chosen.contains(&(*id, name.clone())) {
+                chosen.push((name.clone(), *s));
+                self.last.remove(id);
+                continue;
+            }
+            seen.insert(*id);
+            let base = match self.last.get(id) {
+                // Same service, counters did not go back: count the growth.
+                Some((n, prev)) if n == name && prev.packets <= s.packets => *prev,
+                // New to "other" (new service, or just left the chosen set
+                // — it cannot: chosen is sticky — or a reused id): count
+                // its traffic from now on only if it is new; a service
+                // appearing for the first time brings its whole count.
+                Some(_) => zero(),
+                None => zero(),
+            };
+            add(&mut self.other, &sub(s, &base));
+            self.last.insert(*id, (name.clone(), *s));
+        }
+        self.last.retain(|id, _| seen.contains(id));
+        chosen.sort_by(|a, b| a.0.cmp(&b.0));
+        (chosen, self.other)
+    }
+}
+
+/// Reads the datapath maps at scrape time.
+#[derive(Debug)]
+pub struct DatapathCollector {
+    opts: Options,
+    census: Arc<Mutex<Census>>,
+    control: &'static ControlMetrics,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    maps: Option<Maps>,
+    series: ServiceSeries,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("State")
+    }
+}
+
+/// What one scrape read.
+struct Snapshot {
+    counters: Vec<(Counter, abi::Count)>,
+    services: Vec<(String, SvcStats)>,
+    other: SvcStats,
+    tracked: usize,
+    backends: Vec<(String, String, abi::Count)>,
+    events: Option<crate::monitor::EventStatus>,
+}
+
+impl DatapathCollector {
+    pub fn new(
+        opts: Options,
+        census: Arc<Mutex<Census>>,
+        control: &'static ControlMetrics,
+    ) -> Self {
+        DatapathCollector { opts, census, control, state: Mutex::new(State::default()) }
+    }
+
+    fn read(&self) -> Result<Snapshot, String> {
+        let counters = lb::loader::read_counters(&self.opts.pin_dir).map_err(|e| e.to_string())?;
+        let mut st = self.state.lock().map_err(|_| "collector state poisoned".to_string())?;
+        if st.maps.is_none() {
+            st.maps = Some(Maps::open(&self.opts.pin_dir).map_err(|e| e.to_string())?);
+        }
+        let State { maps, series } = &mut *st;
+        let maps = maps.as_ref().expect("opened above");
+        let mut current = Vec::new();
+        for item in maps.svc_names.iter() {
+            let (id, n) = item.map_err(|e| format!("xlb_svc_names: {e}"))?;
+            let end = n.name.iter().position(|&c| c == 0).unwrap_or(n.name.len());
+            let name = String::from_utf8_lossy(&n.name[..end]).into_owned();
+            let s = maps.svc_stats_sum(id).map_err(|e| e.to_string())?;
+            current.push((id, name, s));
+        }
+        let tracked = current.len();
+        let (services, other) = series.update(&current, self.opts.max_services);
+        let mut backends = Vec::new();
+        if self.opts.per_backend {
+            let chosen: HashMap<u32, &str> = current
+                .iter()
+                .filter(|(id, n, _)| series.chosen.contains(&(*id, n.clone())))
+                .map(|(id, n, _)| (*id, n.as_str()))
+                .collect();
+            for item in maps.svc_backends.iter() {
+                if backends.len() >= self.opts.max_backend_series {
+                    break;
+                }
+                let (k, be_id) = item.map_err(|e| format!("xlb_svc_backends: {e}"))?;
+                let Some(svc) = chosen.get(&k.svc_id) else { continue };
+                let Ok(be) = maps.backends.get(&be_id, 0) else { continue };
+                let Some(ip) = abi::addr_from_abi(&be.addr, be.family) else { continue };
+                let c = maps.backend_stats_sum(be_id).map_err(|e| e.to_string())?;
+                let addr = SocketAddr::new(ip, u16::from_be(be.port)).to_string();
+                backends.push((svc.to_string(), addr, c));
+            }
+            backends.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        }
+        let events = crate::monitor::event_status(&self.opts.pin_dir).ok();
+        Ok(Snapshot { counters, services, other, tracked, backends, events })
+    }
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Vec<(&'static str, String)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Vec<(&'static str, String)>, V)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    if let [(labels, v)] = rows {
+        if labels.is_empty() {
+            // A bare sample: no `{}` after the name.
+            return ConstGauge::new(*v).encode(m);
+        }
+    }
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+type Rows<V> = Vec<(Vec<(&'static str, String)>, V)>;
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.read();
+        gauge(
+            &mut enc,
+            "xlb_datapath_up",
+            "1 when the pinned datapath maps could be read at this scrape",
+            &[(vec![], i64::from(snap.is_ok()))],
+        )?;
+        let snap = match snap {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: reading the datapath maps");
+                // Reopen next time (the agent may have re-created them).
+                if let Ok(mut st) = self.state.lock() {
+                    st.maps = None;
+                }
+                return self.encode_static(&mut enc);
+            }
+        };
+
+        let by_class = |class: &str, bytes: bool| -> Rows<u64> {
+            snap.counters
+                .iter()
+                .filter(|(c, _)| c.class() == class)
+                .map(|(c, n)| {
+                    (
+                        vec![("reason", c.reason().to_string())],
+                        if bytes { n.bytes } else { n.packets },
+                    )
+                })
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "xlb_drops",
+            "Packets dropped by the datapath, by reason",
+            &by_class("drop", false),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_drop_bytes",
+            "Bytes of dropped packets, by reason",
+            &by_class("drop", true),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_passes",
+            "Packets given to the kernel unchanged, by reason",
+            &by_class("pass", false),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_pass_bytes",
+            "Bytes of passed packets, by reason",
+            &by_class("pass", true),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_handled",
+            "Packets the datapath handled (forwarded, decapsulated, translated), by reason",
+            &by_class("ok", false),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_handled_bytes",
+            "Bytes of handled packets, by reason",
+            &by_class("ok", true),
+        )?;
+
+        let svc_rows = |f: &dyn Fn(&SvcStats) -> u64| -> Rows<u64> {
+            let mut rows: Rows<u64> =
+                snap.services.iter().map(|(n, s)| (vec![("service", n.clone())], f(s))).collect();
+            rows.push((vec![("service", OTHER.to_string())], f(&snap.other)));
+            rows
+        };
+        counter(
+            &mut enc,
+            "xlb_service_packets",
+            "Packets forwarded to a service's backends (service=\"other\": services without a series of their own)",
+            &svc_rows(&|s| s.packets),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_service_bytes",
+            "Bytes forwarded to a service's backends",
+            &svc_rows(&|s| s.bytes),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_service_new_flows",
+            "Flows a backend was chosen for (connection-table entries created)",
+            &svc_rows(&|s| s.new_flows),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_service_affinity_hits",
+            "New flows sent to the backend remembered by ClientIP session affinity",
+            &svc_rows(&|s| s.affinity_hits),
+        )?;
+        gauge(
+            &mut enc,
+            "xlb_metrics_services",
+            "Services in the datapath, and how many have their own series (the rest are in service=\"other\")",
+            &[
+                (vec![("series", "all".to_string())], snap.tracked as i64),
+                (vec![("series", "own".to_string())], snap.services.len() as i64),
+            ],
+        )?;
+        if self.opts.per_backend {
+            let rows = |bytes: bool| -> Rows<u64> {
+                snap.backends
+                    .iter()
+                    .map(|(s, b, c)| {
+                        (
+                            vec![("service", s.clone()), ("backend", b.clone())],
+                            if bytes { c.bytes } else { c.packets },
+                        )
+                    })
+                    .collect()
+            };
+            counter(
+                &mut enc,
+                "xlb_backend_packets",
+                "Packets forwarded to a backend",
+                &rows(false),
+            )?;
+            counter(&mut enc, "xlb_backend_bytes", "Bytes forwarded to a backend", &rows(true))?;
+        }
+        if let Some(ev) = &snap.events {
+            counter(
+                &mut enc,
+                "xlb_events",
+                "Datapath events (xlb monitor): written to the ring buffer, or lost because it was full",
+                &[
+                    (vec![("result", "sent".to_string())], ev.sent),
+                    (vec![("result", "lost".to_string())], ev.lost),
+                ],
+            )?;
+            gauge(
+                &mut enc,
+                "xlb_event_listener_active",
+                "1 while an xlb monitor holds a live lease on the event stream",
+                &[(vec![], i64::from(ev.active))],
+            )?;
+        }
+        self.encode_static(&mut enc)
+    }
+}
+
+impl DatapathCollector {
+    /// Metrics that do not need the per-CPU maps: map fill from the census,
+    /// attach state from the pinned links.
+    fn encode_static(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let census = self.census.lock().map(|c| c.clone()).unwrap_or_default();
+        if census.finished_unix > 0.0 {
+            let rows = |f: &dyn Fn(&super::census::MapFill) -> f64| -> Rows<f64> {
+                census
+                    .maps
+                    .iter()
+                    .map(|(m, fill)| (vec![("map", m.to_string())], f(fill)))
+                    .collect()
+            };
+            gauge(
+                enc,
+                "xlb_map_entries",
+                "Entries in a datapath map at the last census",
+                &rows(&|f| f.entries as f64),
+            )?;
+            gauge(
+                enc,
+                "xlb_map_capacity",
+                "max_entries of a datapath map",
+                &rows(&|f| f.capacity as f64),
+            )?;
+            gauge(
+                enc,
+                "xlb_map_fill_ratio",
+                "Entries / capacity of a datapath map at the last census (LRU maps evict near 1)",
+                &rows(&|f| {
+                    if f.capacity == 0 {
+                        0.0
+                    } else {
+                        f.entries as f64 / f.capacity as f64
+                    }
+                }),
+            )?;
+            gauge(
+                enc,
+                "xlb_map_census_timestamp_seconds",
+                "Unix time of the last map census",
+                &[(vec![], census.finished_unix)],
+            )?;
+            gauge(
+                enc,
+                "xlb_map_census_duration_seconds",
+                "Wall time of the last map census (walks every map)",
+                &[(vec![], census.duration.as_secs_f64())],
+            )?;
+            let errs: Rows<i64> =
+                census.errors.keys().map(|m| (vec![("map", m.to_string())], 1)).collect();
+            gauge(enc, "xlb_map_census_errors", "Maps the last census could not count", &errs)?;
+        }
+        let links = self.opts.pin_dir.join("links");
+        let rows: Rows<i64> = self
+            .control
+            .attachments()
+            .into_iter()
+            .map(|a| {
+                let up = links.join(format!("{}_{}", a.hook, a.iface)).exists();
+                (
+                    vec![
+                        ("iface", a.iface),
+                        ("hook", a.hook.to_string()),
+                        ("mode", a.mode.to_string()),
+                    ],
+                    i64::from(up),
+                )
+            })
+            .collect();
+        gauge(
+            enc,
+            "xlb_attached",
+            "1 while a datapath program is attached (its pinned link exists), by interface, hook and mode",
+            &rows,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(p: u64) -> SvcStats {
+        SvcStats { packets: p, bytes: p * 100, new_flows: p / 2, affinity_hits: 0 }
+    }
+
+    #[test]
+    fn top_n_is_sticky_and_other_is_monotonic() {
+        let mut ser = ServiceSeries::default();
+        let cur = vec![
+            (1, "a".to_string(), s(10)),
+            (2, "b".to_string(), s(50)),
+            (3, "c".to_string(), s(5)),
+        ];
+        let (own, other) = ser.update(&cur, 1);
+        assert_eq!(own, vec![("b".to_string(), s(50))]);
+        assert_eq!(other.packets, 15);
+        // a overtakes b: b keeps its series (sticky), a's growth goes to other.
+        let cur = vec![
+            (1, "a".to_string(), s(100)),
+            (2, "b".to_string(), s(60)),
+            (3, "c".to_string(), s(5)),
+        ];
+        let (own, other) = ser.update(&cur, 1);
+        assert_eq!(own, vec![("b".to_string(), s(60))]);
+        assert_eq!(other.packets, 105);
+        // b goes away: a (most traffic) takes the free series; other never decreases.
+        let cur = vec![(1, "a".to_string(), s(120)), (3, "c".to_string(), s(6))];
+        let (own, other) = ser.update(&cur, 1);
+        assert_eq!(own, vec![("a".to_string(), s(120))]);
+        assert_eq!(other.packets, 106);
+        // c removed, its id reused by d starting from zero.
+        let cur = vec![(1, "a".to_string(), s(120)), (3, "d".to_string(), s(2))];
+        let (_, other) = ser.update(&cur, 1);
+        assert_eq!(other.packets, 108);
+    }
+
+    #[test]
+    fn cap_zero_puts_everything_in_other() {
+        let mut ser = ServiceSeries::default();
+        let cur: Vec<_> = (0..10_000u32).map(|i| (i, format!("ns/svc{i}:80"), s(1))).collect();
+        let (own, other) = ser.update(&cur, 0);
+        assert!(own.is_empty());
+        assert_eq!(other.packets, 10_000);
+        let (own, _) = ser.update(&cur, 500);
+        assert_eq!(own.len(), 500);
+    }
+}
