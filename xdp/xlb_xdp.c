@@ -76,9 +76,14 @@ static __always_inline const __u8 *xlb_node_src(const struct xlb_node_cfg *node,
  * destination: ECMP between several next hops towards one node address is
  * not spread per flow. Private to this program (not pinned, not ABI): it is
  * rebuilt from the kernel tables after every load.
+ *
+ * The slot is a multiplicative hash of all address words: the first word's
+ * low byte is the address's first octet (little-endian loads), the same for
+ * every node of a fabric, so it must not decide the slot alone.
  */
-#define XLB_NH_SLOTS  256
-#define XLB_NH_TTL_NS (200ull * 1000 * 1000)
+#define XLB_NH_SLOT_BITS 8
+#define XLB_NH_SLOTS	 (1u << XLB_NH_SLOT_BITS)
+#define XLB_NH_TTL_NS	 (200ull * 1000 * 1000)
 
 struct nh_cache_entry {
 	__u8 addr[16]; /* tunnel destination */
@@ -102,6 +107,42 @@ struct {
 	__uint(max_entries, XLB_NH_SLOTS);
 } xlb_nh_cache SEC(".maps");
 
+/*
+ * The TTL clock, per CPU. bpf_ktime_get_coarse_ns() is a helper call, ~16 ns
+ * per packet on the benchmark machine (kernel 6.18 with the SRSO "safe RET"
+ * mitigation makes every kernel call and return expensive); bpf_jiffies64()
+ * is inlined by the verifier into one load. The coarse clock only moves on a
+ * tick, so it is read once per jiffy per CPU and reused until jiffies moves:
+ * the same values, one helper call per tick instead of one per packet.
+ */
+struct nh_clock {
+	__u64 jiffies;
+	__u64 ns; /* bpf_ktime_get_coarse_ns() at `jiffies` */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct nh_clock));
+	__uint(max_entries, 1);
+} xlb_nh_clock SEC(".maps");
+
+static __always_inline __u64 xlb_nh_now(void)
+{
+	__u64 j = bpf_jiffies64();
+	struct nh_clock *c;
+	__u32 zero = 0;
+
+	c = bpf_map_lookup_elem(&xlb_nh_clock, &zero);
+	if (!c)
+		return bpf_ktime_get_coarse_ns();
+	if (c->jiffies != j) {
+		c->jiffies = j;
+		c->ns = bpf_ktime_get_coarse_ns();
+	}
+	return c->ns;
+}
+
 /* The next hop towards `dst` (a node address of `family`) for a packet of
  * outer IP length `l3_len`, leaving from `src`: 0 and *nhp; XLB_NH_NO_NEIGH
  * when the route is known but its neighbour is not resolved (XDP cannot
@@ -115,7 +156,8 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 				       struct nh_cache_entry **nhp)
 {
 	const __u32 *d = (const __u32 *)dst;
-	__u32 slot = (d[0] ^ d[3] ^ in_ifindex) % XLB_NH_SLOTS;
+	__u32 slot =
+	    ((d[0] ^ d[1] ^ d[2] ^ d[3] ^ in_ifindex) * 0x9e3779b1u) >> (32 - XLB_NH_SLOT_BITS);
 	struct bpf_fib_lookup fib = {};
 	struct nh_cache_entry *nh;
 	__u64 now;
@@ -125,7 +167,7 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 	if (!nh)
 		return -XLB_DROP_FIB;
 	*nhp = nh;
-	now = bpf_ktime_get_coarse_ns();
+	now = xlb_nh_now();
 	if (nh->family == family && nh->in_ifindex == in_ifindex && now < nh->expires_ns &&
 	    xlb_addr_eq(nh->addr, dst))
 		return l3_len > nh->mtu ? -XLB_DROP_TOO_BIG : 0;
