@@ -17,6 +17,7 @@
 //!   - iptables / nftables: xlb_pass (so veth takes the frames) and the
 //!     kube-proxy ruleset for N services (the measured one last), routed
 //!     back out of eth0 towards the endpoint's node, conntrack on.
+//!
 //! Everything runs on one core per packet (veth XDP runs in the sender's
 //! softirq), so rates are "one core, generator and sink included".
 use std::{
@@ -325,7 +326,10 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             let pass: &mut Xdp = passp.program_mut("xlb_pass").context("xlb_pass")?.try_into()?;
             attach_in(&rig.lb, pass)?;
             let mut svcs = synthetic(n - 1, 2, Ipv4Addr::new(10, 101, 0, 1), 80, 8080);
-            let mut target = synthetic(1, 2, Ipv4Addr::new(10, 100, 0, 1), 80, 8080).remove(0);
+            // 16 endpoints: masquerading (externalTrafficPolicy Cluster) gives
+            // each endpoint ~64k source ports, so a flood of new connections
+            // exhausts a 2-endpoint service's NAT tuples within a round.
+            let mut target = synthetic(1, 16, Ipv4Addr::new(10, 100, 0, 1), 80, 8080).remove(0);
             target.name = "measured".into();
             target.cluster_ip = Ipv4Addr::new(10, 97, 0, 1);
             svcs.push(target);
@@ -353,7 +357,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             let mut v = Vec::new();
             let mut s = Vec::new();
             for _ in 0..opts.rounds {
-                let (a, b) = rig.measure(&flood, opts.seconds.min(0.5), opts.batch)?;
+                let (a, b) = rig.measure(&flood, opts.seconds.min(0.3), opts.batch)?;
                 s.push(a);
                 v.push(b);
             }
