@@ -8,9 +8,10 @@
 //! it clears the mask when it exits. If it is killed, the agent's
 //! housekeeping ([`expire_lease`]) clears the mask once the lease has run
 //! out, so the fast path goes back to its no-listener cost within
-//! [`LEASE`]. Several monitors share one mask (the union of what they
-//! asked for, each filtering for itself); the last to leave clears it, a
-//! remaining one re-arms it at its next renewal.
+//! [`LEASE`]. A BPF ring buffer has one consumer position: two readers
+//! would steal each other's events, so one monitor per node runs at a time
+//! (an exclusive lock, [`ReaderLock`]); fanning events out to several
+//! clients would be the agent's job.
 //!
 //! Also home of the event maps' handles used by the metrics collector.
 use std::{
@@ -167,6 +168,41 @@ pub fn expire_lease(pin_dir: &Path) -> anyhow::Result<bool> {
         return Ok(true);
     }
     Ok(false)
+}
+
+/// The one-reader-per-ring lock: an exclusive flock on a file named after
+/// the pin directory, released when the process exits (also on SIGKILL).
+struct ReaderLock {
+    _file: std::fs::File,
+}
+
+impl ReaderLock {
+    fn take(pin_dir: &Path) -> anyhow::Result<ReaderLock> {
+        let tag: String = pin_dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let dir =
+            if Path::new("/run").is_dir() { PathBuf::from("/run") } else { std::env::temp_dir() };
+        let path = dir.join(format!("xlb-monitor{tag}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the monitor lock {}", path.display()))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "another xlb monitor is reading the events of {} (lock {}): the ring buffer has \
+                 a single consumer, run one monitor at a time",
+                pin_dir.display(),
+                path.display()
+            );
+        }
+        Ok(ReaderLock { _file: f })
+    }
 }
 
 /// Holds the lease while alive; clears the mask on drop.
@@ -450,6 +486,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     if args.sample == 0 {
         bail!("--sample 0: want 1 (every new flow) or more");
     }
+    let _reader = ReaderLock::take(&args.pin_dir)?;
     let mut ring: RingBuf<MapData> =
         open_map(&args.pin_dir, "xlb_events")?.try_into().context("xlb_events")?;
     let mut decoder = Decoder::new(&args.pin_dir)?;
@@ -471,9 +508,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     let mut printed = 0u64;
     let fd = ring.as_raw_fd();
     let stdout = std::io::stdout();
-    if !args.json {
-        eprintln!("xlb monitor: listening on {} (Ctrl-C to stop)", args.pin_dir.display());
-    }
+    eprintln!("xlb monitor: listening on {} (Ctrl-C to stop)", args.pin_dir.display());
     while !STOP.load(Ordering::Relaxed) {
         if renewed.elapsed() >= RENEW_EVERY {
             lease.renew()?;

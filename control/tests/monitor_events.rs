@@ -1,0 +1,328 @@
+//! `xlb monitor --json` against the real datapath (privileged tier: root,
+//! BPF, netns; fails without them). The XDP program is loaded and pinned in
+//! a private network namespace, programmed through `lb::datapath`, and a
+//! scripted sequence of frames runs through it with BPF_PROG_TEST_RUN; the
+//! real `xlb monitor` process reads the real ring buffer and must print
+//! exactly the expected events, in order, with its filters applied. Also
+//! checked: no event is built while nobody listens, a second monitor is
+//! refused (one consumer per ring), a monitor that exits clears the
+//! listener mask, and new-flow sampling.
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{TestRun, TestRunOptions},
+};
+use lb::{
+    abi::{self, EventsCfg},
+    datapath::Datapath,
+    loader::{Dataplane, LoadOptions, MapSizes},
+    model::{
+        Backend, BackendState, Desired, Frontend, FrontendKind, NodeConfig, Proto, Service,
+        ServiceKey,
+    },
+    packet::{bench, Frame},
+};
+use serde_json::Value;
+
+const XLB: &str = env!("CARGO_BIN_EXE_xlb");
+const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const VIP: Ipv4Addr = bench::VIP_V4;
+/// A VIP whose service has no backend: its packets drop (no_backend).
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
+const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Removes the pin directory, also on panic.
+struct PinDir(PathBuf);
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `xlb monitor`, killed on drop; its stdout lines on a channel.
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    /// Starts `xlb monitor --json` and waits until it listens (it says so
+    /// on stderr once it holds the ring and its lease).
+    fn start(pin: &Path, extra: &[&str]) -> Monitor {
+        let mut child = Command::new(XLB)
+            .args(["monitor", "--json", "--pin-dir"])
+            .arg(pin)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning xlb monitor");
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[monitor] {l}");
+                let _ = etx.send(l);
+            }
+        });
+        let t0 = Instant::now();
+        loop {
+            let left = WAIT.saturating_sub(t0.elapsed());
+            match erx.recv_timeout(left) {
+                Ok(l) if l.contains("listening") => break,
+                Ok(_) => {}
+                Err(e) => {
+                    panic!("xlb monitor never said it listens ({e}); exit: {:?}", child.try_wait())
+                }
+            }
+        }
+        Monitor { child, lines }
+    }
+
+    /// The next `n` events (panics after WAIT).
+    fn events(&self, n: usize) -> Vec<Value> {
+        let t0 = Instant::now();
+        (0..n)
+            .map(|i| {
+                let left = WAIT.saturating_sub(t0.elapsed());
+                let l = self.lines.recv_timeout(left).unwrap_or_else(|e| {
+                    panic!("xlb monitor printed {i} of {n} expected events ({e})")
+                });
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Nothing more is printed within `d`.
+    fn quiet_for(&self, d: Duration) {
+        if let Ok(l) = self.lines.recv_timeout(d) {
+            panic!("unexpected extra event: {l}");
+        }
+    }
+
+    fn wait_exit(&mut self) {
+        let t0 = Instant::now();
+        while t0.elapsed() < WAIT {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "xlb monitor exited with {st}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("xlb monitor did not exit after --count events");
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn open<T: TryFrom<Map>>(pin: &Path, name: &str) -> T
+where
+    T::Error: std::fmt::Debug,
+{
+    let data = MapData::from_pin(pin.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    Map::from_map_data(data).unwrap().try_into().unwrap()
+}
+
+fn cfg(pin: &Path) -> EventsCfg {
+    open::<Array<MapData, EventsCfg>>(pin, "xlb_events_cfg").get(&0, 0).unwrap()
+}
+
+fn events_sent(pin: &Path) -> u64 {
+    let m: PerCpuArray<MapData, u64> = open(pin, "xlb_event_stats");
+    m.get(&abi::EV_STAT_SENT, 0).unwrap().iter().sum()
+}
+
+fn service(name: &str, vip: Ipv4Addr, backends: Vec<Backend>) -> Service {
+    let mut s = Service::new(ServiceKey::new("default", name, "http"));
+    s.frontends.push(Frontend {
+        addr: vip.into(),
+        port: 80,
+        proto: Proto::Tcp,
+        kind: FrontendKind::LoadBalancer,
+    });
+    s.backends = backends;
+    s
+}
+
+fn syn(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
+    Frame::eth(bench::ROUTER_MAC, bench::LB_MAC)
+        .ipv4(bench::CLIENT_V4, dst)
+        .tcp(sport, 80)
+        .seq(1000)
+        .syn()
+        .build()
+}
+
+fn run(dp: &mut Dataplane, ifindex: u32, frame: &[u8]) -> u32 {
+    let ctx: Vec<u8> =
+        [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut out = vec![0u8; 4096];
+    dp.xdp_program()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
+        .return_value
+}
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
+    assert!(st.success(), "{args:?}: {st}");
+}
+
+#[test]
+fn monitor_prints_the_scripted_events() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (BPF, netns)");
+    let t = std::thread::spawn(|| {
+        // SAFETY: changes only this thread's network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        sh(&["ip", "link", "set", "lo", "up"]);
+        sh(&["ip", "link", "add", "lb0", "type", "veth", "peer", "name", "rt0"]);
+        sh(&["ip", "link", "set", "lb0", "up"]);
+        sh(&["ip", "link", "set", "rt0", "up"]);
+        sh(&["ip", "addr", "add", "10.0.0.2/24", "dev", "lb0"]);
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(c"lb0".as_ptr()) };
+        let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-monitor-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&pin.0);
+        let mut dp =
+            Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::small() })
+                .unwrap_or_else(|e| panic!("loading the datapath (BPF available?): {e}"));
+        let mut path = Datapath::open(&pin.0).unwrap();
+        // The backend lives on this node (its node address is our tunnel
+        // source): local delivery, no next hop needed.
+        let be = Backend {
+            name: format!("{POD}:8080"),
+            addr: POD.into(),
+            port: 8080,
+            node: IpAddr::V4(LB_V4),
+            weight: 1,
+            state: BackendState::Active,
+        };
+        let services = [service("web", VIP, vec![be]), service("empty", EMPTY_VIP, vec![])];
+        path.apply(&Desired {
+            node: NodeConfig { tunnel_v4: Some(LB_V4), tunnel_v6: None },
+            services: services.iter().map(|s| (s.key.clone(), s.clone())).collect(),
+        })
+        .unwrap();
+
+        // Nobody listens: packets build no event.
+        assert_eq!(cfg(&pin.0).mask, 0);
+        let sent0 = events_sent(&pin.0);
+        assert_eq!(run(&mut dp, ifindex, &syn(VIP, 39999)), 2 /* XDP_PASS */);
+        assert_eq!(run(&mut dp, ifindex, &syn(VIP, 39999)[..24]), 1 /* XDP_DROP */);
+        assert_eq!(events_sent(&pin.0), sent0, "events built with no listener");
+
+        let mut all = Monitor::start(&pin.0, &["--count", "4"]);
+        assert_eq!(cfg(&pin.0).mask, abi::EV_F_NEW_FLOW | abi::EV_F_DROP);
+        // One consumer per ring: a second monitor is refused, clearly.
+        let second = Command::new(XLB).args(["monitor", "--pin-dir"]).arg(&pin.0).output().unwrap();
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert!(!second.status.success() && err.contains("single consumer"), "{err}");
+
+        // The script: new flow, the same flow again (established: no
+        // event), a truncated frame, a SYN to a service without backends,
+        // a second new flow.
+        assert_eq!(run(&mut dp, ifindex, &syn(VIP, 40001)), 2);
+        assert_eq!(run(&mut dp, ifindex, &syn(VIP, 40001)), 2);
+        assert_eq!(run(&mut dp, ifindex, &syn(VIP, 40001)[..24]), 1);
+        assert_eq!(run(&mut dp, ifindex, &syn(EMPTY_VIP, 40003)), 1);
+        assert_eq!(run(&mut dp, ifindex, &syn(VIP, 40002)), 2);
+
+        let ev = all.events(4);
+        eprintln!("{}", ev.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"));
+        let want_flow = |e: &Value, sport: u16| {
+            assert_eq!(e["type"], "new_flow", "{e}");
+            assert_eq!(e["hook"], "xdp", "{e}");
+            assert_eq!(e["ifindex"], ifindex, "{e}");
+            assert_eq!(e["iface"], "lb0", "{e}");
+            assert_eq!(e["proto"], "tcp", "{e}");
+            assert_eq!(e["src"], format!("{}:{sport}", bench::CLIENT_V4), "{e}");
+            assert_eq!(e["dst"], format!("{VIP}:80"), "{e}");
+            assert_eq!(e["service"], "default/web:http", "{e}");
+            assert_eq!(e["backend"], format!("{POD}:8080"), "{e}");
+            assert_eq!(e["len"], 54, "{e}");
+        };
+        want_flow(&ev[0], 40001);
+        assert_eq!(ev[1]["type"], "drop", "{}", ev[1]);
+        assert_eq!(ev[1]["reason"], "truncated", "{}", ev[1]);
+        assert_eq!(ev[1]["len"], 24, "{}", ev[1]);
+        // 24 bytes end inside the IPv4 header: no addresses to show.
+        assert_eq!(ev[1]["src"], Value::Null, "{}", ev[1]);
+        assert_eq!(ev[2]["type"], "drop", "{}", ev[2]);
+        assert_eq!(ev[2]["reason"], "no_backend", "{}", ev[2]);
+        assert_eq!(ev[2]["dst"], format!("{EMPTY_VIP}:80"), "{}", ev[2]);
+        assert_eq!(ev[2]["service"], "default/empty:http", "{}", ev[2]);
+        want_flow(&ev[3], 40002);
+        all.wait_exit();
+        // The monitor cleared the mask when it left.
+        assert_eq!(cfg(&pin.0).mask, 0, "listener mask left on");
+
+        // Filters: by reason (drops only), then by service.
+        let mut drops = Monitor::start(&pin.0, &["--reason", "truncated", "--count", "1"]);
+        assert_eq!(cfg(&pin.0).mask, abi::EV_F_DROP, "--reason asks for drop events only");
+        run(&mut dp, ifindex, &syn(VIP, 40011));
+        run(&mut dp, ifindex, &syn(EMPTY_VIP, 40012));
+        run(&mut dp, ifindex, &syn(VIP, 40013)[..24]);
+        let d = drops.events(1);
+        assert_eq!(
+            (d[0]["type"].as_str(), d[0]["reason"].as_str()),
+            (Some("drop"), Some("truncated"))
+        );
+        drops.wait_exit();
+
+        let mut web = Monitor::start(&pin.0, &["--service", "default/web", "--count", "1"]);
+        run(&mut dp, ifindex, &syn(EMPTY_VIP, 40021));
+        run(&mut dp, ifindex, &syn(VIP, 40022)[..24]);
+        run(&mut dp, ifindex, &syn(VIP, 40023));
+        want_flow(&web.events(1)[0], 40023);
+        web.wait_exit();
+
+        // A sampled listener: --sample 1000000 lets (almost) no new flow through,
+        // while drops are never sampled.
+        let sampled = Monitor::start(&pin.0, &["--sample", "1000000"]);
+        assert_eq!(cfg(&pin.0).flow_sample, 1_000_000);
+        for sport in 41000..41100 {
+            run(&mut dp, ifindex, &syn(VIP, sport));
+        }
+        run(&mut dp, ifindex, &syn(VIP, 40001)[..24]);
+        let e = sampled.events(1);
+        if e[0]["type"] == "new_flow" {
+            // One in a million got through: possible, then the drop follows.
+            assert_eq!(sampled.events(1)[0]["reason"], "truncated");
+        } else {
+            assert_eq!(e[0]["reason"], "truncated", "{}", e[0]);
+        }
+        sampled.quiet_for(Duration::from_millis(300));
+    });
+    if let Err(p) = t.join() {
+        std::panic::resume_unwind(p);
+    }
+}
