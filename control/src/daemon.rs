@@ -135,6 +135,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// The kernel settings the datapath needs on a port it is attached to:
+/// forwarding (bpf_fib_lookup answers "forwarding disabled" without it, and
+/// the kernel forwards what XDP hands it while a next hop resolves) and, for
+/// IPv4, accept_local (those packets carry this node's address as their outer
+/// source, which the kernel would otherwise drop as a martian).
+fn datapath_sysctls(iface: &str) -> anyhow::Result<()> {
+    for (path, want) in [
+        (format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), "1"),
+        (format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"), "1"),
+        (format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"), "1"),
+    ] {
+        let now = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        if now.trim() != want {
+            std::fs::write(&path, want).with_context(|| format!("setting {path}"))?;
+            info!(sysctl = %path, value = want, "set for the datapath");
+        }
+    }
+    Ok(())
+}
+
 /// Attaches, restores the applied state and reconciles until a signal.
 fn serve(
     args: &RunArgs,
@@ -144,6 +164,7 @@ fn serve(
     mode: XdpMode,
 ) -> anyhow::Result<()> {
     for iface in &args.ifaces {
+        datapath_sysctls(iface)?;
         dataplane.attach_xdp(iface, mode)?;
         dataplane.attach_tc(iface)?;
         info!(iface, ?mode, "attached XDP and tc");
@@ -172,7 +193,12 @@ async fn reconcile_loop(
     let mut sigterm = signal(SignalKind::terminate())?;
     let (tx, mut rx) = mpsc::channel::<Arc<Cluster>>(4);
 
-    let mut reconciler = Reconciler { generation: 0, applied: None, pending: None };
+    let mut reconciler = Reconciler {
+        generation: 0,
+        applied: None,
+        pending: None,
+        neighbours: lb::neigh::Neighbours::new(),
+    };
     let source = match (&args.config, first) {
         (Some(path), Some((stamp, desired))) => {
             reconciler.apply(datapath, desired, "file");
@@ -228,6 +254,8 @@ struct Reconciler {
     applied: Option<Desired>,
     /// A valid state whose apply failed: retried on a timer.
     pending: Option<Desired>,
+    /// Tunnel next hops kept resolved for XDP.
+    neighbours: lb::neigh::Neighbours,
 }
 
 impl Reconciler {
@@ -279,6 +307,13 @@ impl Reconciler {
                 );
                 self.applied = Some(desired);
                 self.pending = None;
+                match self.neighbours.sync(&datapath.tunnel_endpoints()) {
+                    Ok(0) => {}
+                    Ok(n) => info!(entries = n, "managed neighbour entries for tunnel next hops"),
+                    Err(e) => {
+                        warn!(error = %e, "tunnel next hops not pre-resolved; XDP hands packets to the kernel until they are")
+                    }
+                }
             }
             Err(e) => {
                 error!(error = %e, "apply failed; retrying in {RETRY_INTERVAL:?}");

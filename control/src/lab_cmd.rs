@@ -351,12 +351,6 @@ fn print_topology(lab: &Lab) {
             n.pods.iter().map(|p| format!("{} {} {}", p.host.name, p.host.v4, p.host.v6)).collect();
         println!("  {} {} {} (tc): {}", n.host.name, n.host.v4, n.host.v6, pods.join(", "));
     }
-    if lab.spec().static_neighbours {
-        println!(
-            "  the LB has static neighbour entries for the nodes: xlb's XDP program needs a \
-             resolved next hop and does not trigger resolution itself"
-        );
-    }
 }
 
 /// Keeps the lab up until Ctrl-C (the signal thread tears it down).

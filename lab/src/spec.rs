@@ -82,10 +82,10 @@ pub struct LabSpec {
     pub name_prefix: String,
     /// Start nginx in every pod (and wait until it answers).
     pub backends: bool,
-    /// Permanent neighbour entries for the nodes on the LB. xlb's XDP
-    /// program drops (drop_fib) while the kernel has no neighbour entry for
-    /// the next hop, and nothing on the LB triggers resolution; until the
-    /// agent resolves node addresses itself, the lab does it.
+    /// Permanent neighbour entries for the nodes on the LB. Off by default:
+    /// while a next hop is unresolved xlb's XDP program hands the
+    /// encapsulated packet to the kernel (ok_neigh_pass), which forwards it
+    /// and resolves the neighbour; on only to take ARP/ND out of a test.
     pub static_neighbours: bool,
 }
 
@@ -98,7 +98,7 @@ impl Default for LabSpec {
             client_mtu: 1500,
             name_prefix: "xlb".into(),
             backends: true,
-            static_neighbours: true,
+            static_neighbours: false,
         }
     }
 }

@@ -7,5 +7,6 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod model;
+pub mod neigh;
 pub mod objects;
 pub mod packet;

@@ -1,0 +1,120 @@
+//! Next-hop readiness for the tunnel: XDP cannot resolve a neighbour, so the
+//! agent keeps a kernel-managed neighbour entry (NTF_EXT_MANAGED, Linux 5.16+)
+//! for the next hop of every tunnel endpoint the datapath sends to. The
+//! kernel resolves such entries by itself and keeps them fresh; XDP then
+//! finds a resolved next hop for every node. (While one is still resolving,
+//! XDP hands the encapsulated packet to the kernel: ok_neigh_pass.)
+//!
+//! Uses iproute2 (`ip -batch`): one process per sync, only for endpoints not
+//! seen before.
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    net::IpAddr,
+    process::{Command, Stdio},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NeighError {
+    #[error("running ip: {0}")]
+    Spawn(std::io::Error),
+    #[error("ip {what} failed: {stderr}")]
+    Ip { what: &'static str, stderr: String },
+}
+
+/// The tunnel endpoints whose next hops are kept resolved.
+#[derive(Debug, Default)]
+pub struct Neighbours {
+    done: BTreeSet<IpAddr>,
+}
+
+/// Where the kernel sends packets for one address: (next hop, device).
+fn next_hops(addrs: &[IpAddr]) -> Result<Vec<Option<(IpAddr, String)>>, NeighError> {
+    let script: String = addrs.iter().map(|a| format!("route get {a}\n")).collect();
+    let out = ip_batch(&["-j"], &script, "route get")?;
+    // `ip -j -batch` prints one JSON array per command, one per line.
+    Ok(out
+        .lines()
+        .filter(|l| l.trim_start().starts_with('['))
+        .zip(addrs)
+        .map(|(line, addr)| {
+            let gw = json_field(line, "gateway").and_then(|g| g.parse().ok());
+            let dev = json_field(line, "dev")?;
+            Some((gw.unwrap_or(*addr), dev))
+        })
+        .collect())
+}
+
+/// The string value of `"key":"value"` in a flat JSON line (enough for ip's output).
+fn json_field(line: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":\"");
+    let start = line.find(&pat)? + pat.len();
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_string())
+}
+
+fn ip_batch(args: &[&str], script: &str, what: &'static str) -> Result<String, NeighError> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NeighError::Spawn)?;
+    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(NeighError::Spawn)?;
+    let out = child.wait_with_output().map_err(NeighError::Spawn)?;
+    if !out.status.success() {
+        return Err(NeighError::Ip { what, stderr: String::from_utf8_lossy(&out.stderr).into() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Neighbours {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes sure every endpoint in `endpoints` has a managed neighbour entry
+    /// for its next hop. Endpoints handled before are skipped; returns how
+    /// many entries were created. A next hop that already has a resolved
+    /// entry (e.g. a static one) is left alone.
+    pub fn sync(&mut self, endpoints: &BTreeSet<IpAddr>) -> Result<usize, NeighError> {
+        let new: Vec<IpAddr> = endpoints.difference(&self.done).copied().collect();
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let hops = next_hops(&new)?;
+        let existing =
+            ip_batch(&[], "neigh show nud permanent\nneigh show nud reachable\n", "neigh show")?;
+        let mut script = String::new();
+        let mut count = 0;
+        for hop in hops.iter().flatten() {
+            let (nh, dev) = hop;
+            if existing.lines().any(|l| l.split_whitespace().next() == Some(&nh.to_string())) {
+                continue;
+            }
+            script.push_str(&format!("neigh replace {nh} dev {dev} managed\n"));
+            count += 1;
+        }
+        if !script.is_empty() {
+            ip_batch(&[], &script, "neigh replace")?;
+        }
+        self.done.extend(new);
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_field;
+
+    #[test]
+    fn reads_route_get_json() {
+        let line = r#"[{"dst":"10.0.0.11","dev":"eth0","prefsrc":"10.0.0.2","flags":[],"uid":0,"cache":[]}]"#;
+        assert_eq!(json_field(line, "dev").as_deref(), Some("eth0"));
+        assert_eq!(json_field(line, "gateway"), None);
+        let via = r#"[{"dst":"10.1.0.1","gateway":"10.0.0.1","dev":"eth0"}]"#;
+        assert_eq!(json_field(via, "gateway").as_deref(), Some("10.0.0.1"));
+    }
+}
