@@ -386,16 +386,7 @@ impl Datapath {
             return Err(MapsError::op("xlb_svc_names", "insert")(e).into());
         }
         stats.frontend_writes += 1;
-        let value = abi::Service {
-            id,
-            maglev_size: svc.maglev_size,
-            flags: 0,
-            affinity_timeout_s: 0,
-            backend_count: 0,
-            encap: 0,
-            pad: 0,
-            pad2: 0,
-        };
+        let value = empty_service(id, svc.maglev_size);
         self.services.insert(
             svc.key.clone(),
             SvcState {
@@ -687,6 +678,20 @@ impl Datapath {
     }
 }
 
+/// A service value with no backends and no options.
+fn empty_service(id: u32, maglev_size: u32) -> abi::Service {
+    abi::Service {
+        id,
+        maglev_size,
+        flags: 0,
+        affinity_timeout_s: 0,
+        backend_count: 0,
+        encap: 0,
+        pad: 0,
+        pad2: 0,
+    }
+}
+
 /// One value per possible CPU (the length the kernel wants).
 fn per_cpu<T: aya::Pod>(v: T, ncpus: usize) -> PerCpuValues<T> {
     PerCpuValues::try_from(vec![v; ncpus]).expect("ncpus is aya's possible-CPU count")
@@ -800,16 +805,7 @@ fn read_listing(maps: &Maps) -> Result<Listing, MapsError> {
     let blank = |id| RawService {
         id,
         name: None,
-        value: abi::Service {
-            id,
-            maglev_size: 0,
-            flags: 0,
-            affinity_timeout_s: 0,
-            backend_count: 0,
-            encap: 0,
-            pad: 0,
-            pad2: 0,
-        },
+        value: empty_service(id, 0),
         frontends: Vec::new(),
         backends: Vec::new(),
         table: Vec::new(),
