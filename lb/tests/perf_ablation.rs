@@ -1,0 +1,408 @@
+//! A/B timing of xlb_xdp object variants on the reference benchmark frames
+//! (shared/bench/packets), for datapath optimisation and ablation work. Not a
+//! correctness test: `cargo test -p xlb-lb --release --test perf_ablation --
+//! --ignored --nocapture`.
+//!
+//! Method (shared/bench/packets/README.md): BPF_PROG_TEST_RUN with repeat=N
+//! of the xdp/xlb_bench.c wrapper, which restores the original frame every
+//! iteration and tail-calls the program under test; the baseline is the same
+//! wrapper tail-calling xlb_pass. Every round times the baseline and every
+//! variant on one frame in a rotating order; a variant's net cost is the
+//! median over rounds of (variant - baseline of the same round).
+//!
+//! Variants: the embedded xlb_xdp ("embedded") plus any object files named
+//! in XLB_ABLATION=name=path.o,name=path.o (compiled from a scratch copy of
+//! xdp/ and lb/bpf/, e.g. with a component short-circuited). They share the
+//! pinned maps of one loaded datapath, programmed like the benchmark: IPv4
+//! VIP 10.100.0.1 TCP 80 / UDP 53, IPv6 VIP 2001:db8:100::1 TCP 80, 100
+//! backends each over four nodes, M = 16381, Geneve.
+//! Each named object is loaded XLB_ABLATION_COPIES times (default 3): where
+//! the JIT image and the object's private maps land moves one load's time by
+//! up to ~10 ns, so a variant's figure is the median over rounds and loads.
+//! Other knobs: XLB_ABLATION_ROUNDS (default 21), XLB_ABLATION_REPEAT
+//! (20000), XLB_ABLATION_NEW_FLOW (1: also time a new flow per packet),
+//! XLB_ABLATION_PACKETS (../../shared/bench/packets).
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use aya::{
+    maps::{Array, MapData, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb::{
+    datapath::Datapath,
+    loader::{read_counters, Dataplane, LoadOptions, MapSizes},
+    model::{
+        Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
+        ServiceKey, DEFAULT_MAGLEV_SIZE,
+    },
+};
+
+const FRAMES: [&str; 5] =
+    ["tcp_syn_vip.bin", "tcp_ack_vip.bin", "udp_vip.bin", "tcp_nonvip.bin", "tcp6_syn_vip.bin"];
+const NODES: u8 = 4;
+const FRAME_MAX: usize = 256;
+
+/// Mirrors struct xlb_bench_frame (xdp/xlb_bench.c).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BenchFrame {
+    len: u32,
+    flags: u16,
+    count: u16,
+    sport_off: u16,
+    saddr_lo_off: u16,
+    ip_csum_off: u16,
+    l4_csum_off: u16,
+    bytes: [u8; FRAME_MAX],
+}
+const _: () = assert!(std::mem::size_of::<BenchFrame>() == 272);
+// SAFETY: repr(C), no padding (asserted above), every bit pattern valid.
+unsafe impl aya::Pod for BenchFrame {}
+
+/// The wrapper's template for `b`; `new_flow` varies the IPv4 source per
+/// iteration (TCP only, which is all this harness needs).
+fn template(b: &[u8], new_flow: bool) -> BenchFrame {
+    let mut f = BenchFrame {
+        len: b.len() as u32,
+        flags: 0,
+        count: 1,
+        sport_off: 0,
+        saddr_lo_off: 0,
+        ip_csum_off: 0,
+        l4_csum_off: 0,
+        bytes: [0; FRAME_MAX],
+    };
+    f.bytes[..b.len()].copy_from_slice(b);
+    if new_flow {
+        assert_eq!(&b[12..14], &[0x08, 0x00], "new-flow template must be IPv4");
+        assert_eq!(b[23], 6, "new-flow template must be TCP");
+        let l4 = 14 + (b[14] & 0xf) as usize * 4;
+        f.flags = 1;
+        f.sport_off = l4 as u16;
+        f.saddr_lo_off = 28;
+        f.ip_csum_off = 24;
+        f.l4_csum_off = (l4 + 16) as u16;
+    }
+    f
+}
+
+fn ip_batch(lines: &[String]) {
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("running ip (iproute2)");
+    child.stdin.take().unwrap().write_all(lines.join("\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "ip -batch failed: {lines:?}");
+}
+
+fn node(n: u8, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10 + u16::from(n)))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + n))
+    }
+}
+
+fn service(name: &str, vip: &str, port: u16, proto: Proto) -> Service {
+    let vip: IpAddr = vip.parse().unwrap();
+    let v6 = vip.is_ipv6();
+    let mut s = Service::new(ServiceKey::new("bench", name, ""));
+    s.frontends.push(Frontend { addr: vip, port, proto, kind: FrontendKind::LoadBalancer });
+    s.backends = (0..100u8)
+        .map(|i| {
+            let (n, m) = (1 + i % NODES, i / NODES);
+            let addr = if v6 {
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0x244,
+                    n.into(),
+                    0,
+                    0,
+                    0,
+                    0x10 + u16::from(m),
+                ))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(10, 244, n, 10 + m))
+            };
+            Backend {
+                name: format!("{addr}:{port}"),
+                addr,
+                port,
+                node: node(n, v6),
+                weight: 1,
+                state: BackendState::Active,
+            }
+        })
+        .collect();
+    s.maglev_size = DEFAULT_MAGLEV_SIZE;
+    s.encap = Encap::Geneve;
+    s
+}
+
+struct PinDir(PathBuf);
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn test_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> (u32, Vec<u8>, f64) {
+    let ctx: Vec<u8> =
+        [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut out = vec![0u8; 512];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out, r.duration.as_nanos() as f64)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
+    let mut loader = EbpfLoader::new();
+    if let Some(pin) = pin {
+        let s = MapSizes::default();
+        loader.default_map_pin_directory(pin);
+        for (m, n) in [
+            ("xlb_frontends", s.frontends),
+            ("xlb_maglev", s.services),
+            ("xlb_svc_names", s.services),
+            ("xlb_svc_stats", s.services),
+            ("xlb_svc_backends", s.backends),
+            ("xlb_backends", s.backends),
+            ("xlb_backend_stats", s.backends),
+            ("xlb_ct", s.ct),
+            ("xlb_affinity", s.affinity),
+            ("xlb_dsr_nat", s.dsr_nat),
+            ("xlb_source_ranges", s.source_ranges),
+            ("xlb_tx_ports", 64),
+        ] {
+            loader.map_max_entries(m, n);
+        }
+    }
+    let mut e = loader.load(bytes).unwrap_or_else(|err| panic!("loading {name}: {err:?}"));
+    let p: &mut Xdp =
+        e.program_mut(name).unwrap_or_else(|| panic!("no {name}")).try_into().unwrap();
+    p.load().unwrap_or_else(|err| panic!("verifier rejected {name}: {err:?}"));
+    e
+}
+
+fn prog<'a>(e: &'a Ebpf, name: &str) -> &'a Xdp {
+    e.program(name).unwrap().try_into().unwrap()
+}
+
+#[test]
+#[ignore = "benchmark: cargo test -p xlb-lb --release --test perf_ablation -- --ignored --nocapture"]
+fn ablation() {
+    let t = std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_NEWNET) changes only this thread's namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare (need root)");
+        run();
+    });
+    if let Err(p) = t.join() {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn run() {
+    let mut cmds = vec![
+        "link set lo up".to_string(),
+        "link add xb0 address 02:00:00:00:00:01 mtu 1600 type veth peer name xb1 address 02:00:00:00:00:02 mtu 1600".into(),
+        "link set xb0 up".into(),
+        "link set xb1 up".into(),
+        "addr add 10.0.0.2/24 dev xb0".into(),
+        "addr add 2001:db8:f::2/64 dev xb0 nodad".into(),
+    ];
+    for n in 1..=NODES {
+        for v6 in [false, true] {
+            cmds.push(format!(
+                "neigh replace {} lladdr 02:00:00:00:0a:{:02x} dev xb0 nud permanent",
+                node(n, v6),
+                10 + n
+            ));
+        }
+    }
+    ip_batch(&cmds);
+    for f in ["/proc/sys/net/ipv4/conf/all/forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"] {
+        std::fs::write(f, "1").unwrap();
+    }
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(c"xb0".as_ptr()) };
+    assert_ne!(ifindex, 0);
+
+    let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-ablation-{}", std::process::id())));
+    let mut dp =
+        Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::default() })
+            .expect("loading the datapath");
+    let mut path = Datapath::open(&pin.0).expect("Datapath::open");
+    let desired = Desired {
+        node: NodeConfig {
+            tunnel_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            tunnel_v6: Some("2001:db8:f::2".parse().unwrap()),
+        },
+        services: [
+            service("v4-http", "10.100.0.1", 80, Proto::Tcp),
+            service("v4-dns", "10.100.0.1", 53, Proto::Udp),
+            service("v6-http", "2001:db8:100::1", 80, Proto::Tcp),
+        ]
+        .into_iter()
+        .map(|s| (s.key.clone(), s))
+        .collect(),
+    };
+    path.apply(&desired).expect("apply");
+
+    let mut bench = load_xdp(lb::objects::bench(), None, "xlb_bench");
+    let mut frames_map: Array<MapData, BenchFrame> =
+        bench.take_map("xlb_bench_frame").unwrap().try_into().unwrap();
+    let mut progs: ProgramArray<MapData> =
+        bench.take_map("xlb_bench_progs").unwrap().try_into().unwrap();
+    let pass = load_xdp(lb::objects::pass(), None, "xlb_pass");
+
+    // Variants: (name, object). The embedded one is dp's own program.
+    let mut variants: Vec<(String, Ebpf)> = Vec::new();
+    let copies = env_u32("XLB_ABLATION_COPIES", 3);
+    if let Ok(spec) = std::env::var("XLB_ABLATION") {
+        for item in spec.split(',').filter(|s| !s.is_empty()) {
+            let (name, file) = item.split_once('=').expect("XLB_ABLATION: name=path.o,...");
+            let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+            // Several loads of one object: where the JIT image and the
+            // object's private maps land moves its time by up to ~10 ns.
+            for _ in 0..copies {
+                variants.push((name.into(), load_xdp(&bytes, Some(&pin.0), "xlb_xdp")));
+            }
+        }
+    }
+    let packets = std::env::var("XLB_ABLATION_PACKETS").map(PathBuf::from).unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/packets")
+    });
+    let frames: Vec<(String, Vec<u8>)> = FRAMES
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(packets.join(n)).expect("reading frame")))
+        .collect();
+
+    let names: Vec<String> = std::iter::once("embedded".to_string())
+        .chain(variants.iter().map(|v| v.0.clone()))
+        .collect();
+    let mut unique: Vec<String> = Vec::new();
+    for n in &names {
+        if !unique.contains(n) {
+            unique.push(n.clone());
+        }
+    }
+    let progs_of = |dp: &mut Dataplane| -> Vec<aya::programs::ProgramFd> {
+        let mut v = vec![dp.xdp_program().fd().unwrap().try_clone().unwrap()];
+        for (_, e) in &variants {
+            v.push(prog(e, "xlb_xdp").fd().unwrap().try_clone().unwrap());
+        }
+        v
+    };
+    let fds = progs_of(&mut dp);
+    let pass_fd = prog(&pass, "xlb_pass").fd().unwrap().try_clone().unwrap();
+
+    // Behaviour check: each variant once per frame (after a warm-up run
+    // that inserts the flow), verdict, reason and output vs the embedded.
+    for (fname, frame) in &frames {
+        let mut reference: Option<(u32, Vec<u8>)> = None;
+        for (i, vname) in names.iter().enumerate() {
+            if i > 0 && names[i - 1] == *vname {
+                continue;
+            }
+            let p =
+                if i == 0 { dp.xdp_program() as &Xdp } else { prog(&variants[i - 1].1, "xlb_xdp") };
+            test_run(p, frame, ifindex, 1);
+            let before = read_counters(&pin.0).unwrap();
+            let (v, out, _) = test_run(p, frame, ifindex, 1);
+            let after = read_counters(&pin.0).unwrap();
+            let reasons: Vec<_> = before
+                .iter()
+                .zip(&after)
+                .filter(|(a, b)| a.1.packets != b.1.packets)
+                .map(|(a, _)| a.0.name())
+                .collect();
+            let same = match &reference {
+                None => {
+                    reference = Some((v, out.clone()));
+                    "ref".to_string()
+                }
+                Some((rv, rout)) => (v == *rv && out == *rout).to_string(),
+            };
+            eprintln!("check {fname:18} {vname:14} verdict {v} reasons {reasons:?} same_as_embedded {same}");
+        }
+    }
+
+    let rounds = env_u32("XLB_ABLATION_ROUNDS", 21);
+    let repeat = env_u32("XLB_ABLATION_REPEAT", 20000);
+    let mut cases: Vec<(String, BenchFrame)> =
+        frames.iter().map(|(n, b)| (n.clone(), template(b, false))).collect();
+    if env_u32("XLB_ABLATION_NEW_FLOW", 1) != 0 {
+        cases.push(("new flow (SYN)".into(), template(&frames[0].1, true)));
+    }
+    let k = names.len() + 1; // slot 0: baseline
+    let mut table: BTreeMap<usize, Vec<Vec<f64>>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (ci, (_, tpl)) in cases.iter().enumerate() {
+            frames_map.set(0, *tpl, 0).unwrap();
+            let mut ns = vec![0.0; k];
+            for j in 0..k {
+                let slot = (j + round as usize + ci) % k;
+                let fd = if slot == 0 { &pass_fd } else { &fds[slot - 1] };
+                progs.set(0, fd, 0).unwrap();
+                let bytes = &tpl.bytes[..tpl.len as usize];
+                ns[slot] = test_run(prog(&bench, "xlb_bench"), bytes, ifindex, repeat).2;
+            }
+            table.entry(ci).or_insert_with(|| vec![Vec::new(); k]);
+            for (slot, v) in ns.iter().enumerate() {
+                table.get_mut(&ci).unwrap()[slot].push(*v);
+            }
+        }
+    }
+    println!("\n{rounds} rounds x {repeat} iterations; net ns = median over rounds of (variant - xlb_pass)");
+    print!("| frame | pass ns |");
+    for n in &unique {
+        print!(" {n} |");
+    }
+    println!();
+    for (ci, (cname, _)) in cases.iter().enumerate() {
+        let t = &table[&ci];
+        print!("| {cname} | {:.0} |", median(&t[0]));
+        for u in &unique {
+            let mut d: Vec<f64> = Vec::new();
+            for slot in 1..k {
+                if names[slot - 1] == *u {
+                    d.extend(t[slot].iter().zip(&t[0]).map(|(x, b)| x - b));
+                }
+            }
+            let mut s = d.clone();
+            s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let (q1, q3) = (s[s.len() / 4], s[3 * s.len() / 4]);
+            print!(" {:.0} ({:.0}-{:.0}) |", median(&d), q1, q3);
+        }
+        println!();
+    }
+    drop(variants);
+    drop(dp);
+}
