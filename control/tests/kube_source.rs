@@ -320,7 +320,7 @@ async fn unreachable_api_at_start_is_an_error() {
         tokio::time::timeout(WAIT, &mut src.task).await.expect("run() must give up").unwrap();
     let err = format!("{:#}", result.expect_err("an unreachable API is an error"));
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    assert!(err.contains("is unreachable") && err.contains(&server.url()), "{err}");
+    assert!(err.contains("is not usable") && err.contains(&server.url()), "{err}");
     assert!(src.rx.recv().await.is_none(), "no snapshot without the API");
 
     let opts = KubeOptions { kubeconfig: Some("/nonexistent/kubeconfig".into()) };

@@ -124,7 +124,9 @@ pub async fn run_with(
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {:?}", watch.probe_timeout))
         .and_then(|r| r)
-        .with_context(|| format!("Kubernetes API at {url} is unreachable"))?;
+        .with_context(|| {
+            format!("Kubernetes API at {url} is not usable (unreachable, or refuses to list)")
+        })?;
 
     let config = watcher::Config { page_size: watch.page_size, ..Default::default() };
     let stats = watch.stats.clone();
