@@ -9,10 +9,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let clang = env::var("XLB_CLANG").unwrap_or_else(|_| "clang".into());
     println!("cargo:rerun-if-env-changed=XLB_CLANG");
-    for header in std::fs::read_dir(root.join("bpf"))
-        .expect("lb/bpf")
-        .flatten()
-    {
+    for header in std::fs::read_dir(root.join("bpf")).expect("lb/bpf").flatten() {
         println!("cargo:rerun-if-changed={}", header.path().display());
     }
 

@@ -40,9 +40,7 @@ pub fn addr_to_abi(ip: IpAddr) -> ([u8; 16], u8) {
 /// The address an ABI (bytes, family) pair stands for; None for an unknown family.
 pub fn addr_from_abi(bytes: &[u8; 16], family: u8) -> Option<IpAddr> {
     match family {
-        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
         FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
         _ => None,
     }

@@ -99,10 +99,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
-            sizes: MapSizes::default(),
-        }
+        LoadOptions { pin_dir: PathBuf::from(DEFAULT_PIN_DIR), sizes: MapSizes::default() }
     }
 }
 
@@ -123,33 +120,17 @@ pub enum LoadError {
     #[error("{path} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
     NotBpffs { path: PathBuf },
     #[error("loading the {object} object: {source}")]
-    Object {
-        object: &'static str,
-        source: Box<EbpfError>,
-    },
+    Object { object: &'static str, source: Box<EbpfError> },
     #[error("program {program} is missing from the {object} object")]
-    MissingProgram {
-        object: &'static str,
-        program: &'static str,
-    },
+    MissingProgram { object: &'static str, program: &'static str },
     #[error("program {program}: {source}")]
-    Program {
-        program: &'static str,
-        source: Box<ProgramError>,
-    },
+    Program { program: &'static str, source: Box<ProgramError> },
     #[error("attaching {program} to {iface}: {source}")]
-    Attach {
-        program: &'static str,
-        iface: String,
-        source: Box<ProgramError>,
-    },
+    Attach { program: &'static str, iface: String, source: Box<ProgramError> },
     #[error("link pin {path}: {detail}")]
     LinkPin { path: PathBuf, detail: String },
     #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        source: Box<MapError>,
-    },
+    Map { map: &'static str, source: Box<MapError> },
 }
 
 const XDP_PROG: &str = "xlb_xdp";
@@ -183,10 +164,7 @@ fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result
     for (name, size) in sizes.iter() {
         loader.map_max_entries(name, *size);
     }
-    loader.load(bytes).map_err(|e| LoadError::Object {
-        object,
-        source: Box::new(e),
-    })
+    loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
 }
 
 impl Dataplane {
@@ -194,36 +172,22 @@ impl Dataplane {
     /// attached). Maps already pinned under `pin_dir` are reused as they are:
     /// that is how established flows survive an agent restart.
     pub fn load(opts: &LoadOptions) -> Result<Dataplane, LoadError> {
-        std::fs::create_dir_all(&opts.pin_dir).map_err(|source| LoadError::PinDir {
-            path: opts.pin_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&opts.pin_dir)
+            .map_err(|source| LoadError::PinDir { path: opts.pin_dir.clone(), source })?;
         if !is_bpffs(&opts.pin_dir) {
-            return Err(LoadError::NotBpffs {
-                path: opts.pin_dir.clone(),
-            });
+            return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
         }
         let mut xdp = load_object(opts, "xdp", objects::xdp())?;
         let mut tc = load_object(opts, "tc", objects::tc())?;
         program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
             .load()
-            .map_err(|e| LoadError::Program {
-                program: XDP_PROG,
-                source: Box::new(e),
-            })?;
+            .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
         for p in [TC_INGRESS, TC_EGRESS] {
             program_mut::<SchedClassifier>(&mut tc, "tc", p)?
                 .load()
-                .map_err(|e| LoadError::Program {
-                    program: p,
-                    source: Box::new(e),
-                })?;
+                .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
-        Ok(Dataplane {
-            xdp,
-            tc,
-            pin_dir: opts.pin_dir.clone(),
-        })
+        Ok(Dataplane { xdp, tc, pin_dir: opts.pin_dir.clone() })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -240,19 +204,14 @@ impl Dataplane {
     pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
         let path = self.link_path("xdp", iface);
         let prog = program_mut::<Xdp>(&mut self.xdp, "xdp", XDP_PROG)?;
-        let attach_err = |e| LoadError::Attach {
-            program: XDP_PROG,
-            iface: iface.into(),
-            source: Box::new(e),
-        };
+        let attach_err =
+            |e| LoadError::Attach { program: XDP_PROG, iface: iface.into(), source: Box::new(e) };
         let id = match PinnedLink::from_pin(&path) {
             Ok(old) => {
-                let link = FdLink::from(old)
-                    .try_into()
-                    .map_err(|e| LoadError::LinkPin {
-                        path: path.clone(),
-                        detail: format!("{e}"),
-                    })?;
+                let link = FdLink::from(old).try_into().map_err(|e| LoadError::LinkPin {
+                    path: path.clone(),
+                    detail: format!("{e}"),
+                })?;
                 prog.attach_to_link(link).map_err(attach_err)?
             }
             Err(_) => {
@@ -264,31 +223,23 @@ impl Dataplane {
             }
         };
         let link = prog.take_link(id).map_err(attach_err)?;
-        let fd: FdLink = link.try_into().map_err(|e| LoadError::LinkPin {
-            path: path.clone(),
-            detail: format!("{e}"),
-        })?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
         pin_link(fd, &path)?;
         // XDP may redirect to any port it is attached to.
         let ifindex = ifindex(iface).ok_or_else(|| LoadError::LinkPin {
             path: path.clone(),
             detail: format!("no interface {iface}"),
         })?;
-        let map_err = |source| LoadError::Map {
-            map: "xlb_tx_ports",
-            source: Box::new(source),
-        };
+        let map_err = |source| LoadError::Map { map: "xlb_tx_ports", source: Box::new(source) };
         let data = MapData::from_pin(self.pin_dir.join("xlb_tx_ports")).map_err(map_err)?;
-        let mut ports: aya::maps::DevMapHash<MapData> = Map::from_map_data(data)
-            .map_err(map_err)?
-            .try_into()
-            .map_err(map_err)?;
-        ports
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| LoadError::LinkPin {
-                path: self.pin_dir.join("xlb_tx_ports"),
-                detail: e.to_string(),
-            })?;
+        let mut ports: aya::maps::DevMapHash<MapData> =
+            Map::from_map_data(data).map_err(map_err)?.try_into().map_err(map_err)?;
+        ports.insert(ifindex, ifindex, None, 0).map_err(|e| LoadError::LinkPin {
+            path: self.pin_dir.join("xlb_tx_ports"),
+            detail: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -301,20 +252,13 @@ impl Dataplane {
         ] {
             let path = self.link_path(kind, iface);
             let prog = program_mut::<SchedClassifier>(&mut self.tc, "tc", program)?;
-            let attach_err = |e| LoadError::Attach {
-                program,
-                iface: iface.into(),
-                source: Box::new(e),
-            };
+            let attach_err =
+                |e| LoadError::Attach { program, iface: iface.into(), source: Box::new(e) };
             let id = match PinnedLink::from_pin(&path) {
                 Ok(old) => {
-                    let link: SchedClassifierLink =
-                        FdLink::from(old)
-                            .try_into()
-                            .map_err(|e| LoadError::LinkPin {
-                                path: path.clone(),
-                                detail: format!("{e}"),
-                            })?;
+                    let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
+                        LoadError::LinkPin { path: path.clone(), detail: format!("{e}") }
+                    })?;
                     prog.attach_to_link(link).map_err(attach_err)?
                 }
                 Err(_) => prog
@@ -326,10 +270,9 @@ impl Dataplane {
                     .map_err(attach_err)?,
             };
             let link = prog.take_link(id).map_err(attach_err)?;
-            let fd: FdLink = link.try_into().map_err(|e| LoadError::LinkPin {
-                path: path.clone(),
-                detail: format!("{e}"),
-            })?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
             pin_link(fd, &path)?;
         }
         Ok(())
@@ -379,20 +322,14 @@ impl Dataplane {
 
 /// Every named counter of the datapath pinned under `pin_dir`, summed over CPUs.
 pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, Count)>, LoadError> {
-    let map_err = |source| LoadError::Map {
-        map: "xlb_counters",
-        source: Box::new(source),
-    };
+    let map_err = |source| LoadError::Map { map: "xlb_counters", source: Box::new(source) };
     let data = MapData::from_pin(pin_dir.join("xlb_counters")).map_err(map_err)?;
     let map = Map::from_map_data(data).map_err(map_err)?;
     let arr: PerCpuArray<MapData, Count> = map.try_into().map_err(map_err)?;
     let mut out = Vec::with_capacity(Counter::ALL.len());
     for c in Counter::ALL {
         let per_cpu = arr.get(&(*c as u32), 0).map_err(map_err)?;
-        let mut sum = Count {
-            packets: 0,
-            bytes: 0,
-        };
+        let mut sum = Count { packets: 0, bytes: 0 };
         for v in per_cpu.iter() {
             sum.packets += v.packets;
             sum.bytes += v.bytes;
@@ -411,10 +348,8 @@ fn ifindex(iface: &str) -> Option<u32> {
 
 fn pin_link(fd: FdLink, path: &Path) -> Result<(), LoadError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| LoadError::PinDir { path: dir.to_path_buf(), source })?;
     }
     // Replacing through an old pinned link keeps the same link (and pin): only
     // pin when there is none yet.
@@ -424,10 +359,9 @@ fn pin_link(fd: FdLink, path: &Path) -> Result<(), LoadError> {
         drop(fd);
         return Ok(());
     }
-    fd.pin(path).map(|_| ()).map_err(|e| LoadError::LinkPin {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })
+    fd.pin(path)
+        .map(|_| ())
+        .map_err(|e| LoadError::LinkPin { path: path.to_path_buf(), detail: e.to_string() })
 }
 
 fn program_mut<'a, T>(

@@ -29,25 +29,14 @@ unsafe impl Pod for SrcRangeData {}
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("opening pinned map {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: Box<MapError>,
-    },
+    Open { path: PathBuf, source: Box<MapError> },
     #[error("map {map}: {op}: {source}")]
-    Op {
-        map: &'static str,
-        op: &'static str,
-        source: Box<MapError>,
-    },
+    Op { map: &'static str, op: &'static str, source: Box<MapError> },
 }
 
 impl MapsError {
     pub(crate) fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
-        move |source| MapsError::Op {
-            map,
-            op,
-            source: Box::new(source),
-        }
+        move |source| MapsError::Op { map, op, source: Box::new(source) }
     }
 }
 
@@ -56,10 +45,7 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     let path = dir.join(name);
-    let wrap = |source| MapsError::Open {
-        path: path.clone(),
-        source: Box::new(source),
-    };
+    let wrap = |source| MapsError::Open { path: path.clone(), source: Box::new(source) };
     let data = MapData::from_pin(&path).map_err(wrap)?;
     let map = Map::from_map_data(data).map_err(wrap)?;
     T::try_from(map).map_err(wrap)
@@ -114,17 +100,9 @@ impl Maps {
 
     /// Per-service statistics summed over CPUs.
     pub fn svc_stats_sum(&self, svc_id: u32) -> Result<abi::SvcStats, MapsError> {
-        let v = self
-            .svc_stats
-            .get(&svc_id, 0)
-            .map_err(MapsError::op("xlb_svc_stats", "get"))?;
+        let v = self.svc_stats.get(&svc_id, 0).map_err(MapsError::op("xlb_svc_stats", "get"))?;
         Ok(v.iter().fold(
-            abi::SvcStats {
-                packets: 0,
-                bytes: 0,
-                new_flows: 0,
-                affinity_hits: 0,
-            },
+            abi::SvcStats { packets: 0, bytes: 0, new_flows: 0, affinity_hits: 0 },
             |a, s| abi::SvcStats {
                 packets: a.packets + s.packets,
                 bytes: a.bytes + s.bytes,
@@ -140,16 +118,10 @@ impl Maps {
             .backend_stats
             .get(&backend_id, 0)
             .map_err(MapsError::op("xlb_backend_stats", "get"))?;
-        Ok(v.iter().fold(
-            abi::Count {
-                packets: 0,
-                bytes: 0,
-            },
-            |a, s| abi::Count {
-                packets: a.packets + s.packets,
-                bytes: a.bytes + s.bytes,
-            },
-        ))
+        Ok(v.iter().fold(abi::Count { packets: 0, bytes: 0 }, |a, s| abi::Count {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
     }
 }
 
@@ -158,11 +130,6 @@ pub fn src_range_key(svc_id: u32, cidr: &crate::model::Cidr) -> Key<SrcRangeData
     let (addr, family) = abi::addr_to_abi(cidr.addr);
     Key::new(
         64 + cidr.len as u32,
-        SrcRangeData {
-            svc_id: svc_id.to_be(),
-            family,
-            pad: [0; 3],
-            addr,
-        },
+        SrcRangeData { svc_id: svc_id.to_be(), family, pad: [0; 3], addr },
     )
 }

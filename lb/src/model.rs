@@ -145,9 +145,7 @@ impl fmt::Display for Cidr {
 impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX"))?;
+        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX"))?;
         let addr: IpAddr = a.parse().map_err(|e| format!("{s:?}: {e}"))?;
         let len: u8 = l.parse().map_err(|e| format!("{s:?}: prefix: {e}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };

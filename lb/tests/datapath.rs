@@ -76,14 +76,9 @@ fn desired() -> Desired {
     let mut b = service(
         "b",
         "10.100.0.2",
-        vec![
-            backend("10.244.1.21", "10.0.0.11"),
-            backend("10.244.2.21", "10.0.0.12"),
-        ],
+        vec![backend("10.244.1.21", "10.0.0.11"), backend("10.244.2.21", "10.0.0.12")],
     );
-    b.affinity = Some(Affinity {
-        timeout: Duration::from_secs(600),
-    });
+    b.affinity = Some(Affinity { timeout: Duration::from_secs(600) });
     b.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
     for d2 in [a, b] {
         d.services.insert(d2.key.clone(), d2);
@@ -94,11 +89,8 @@ fn desired() -> Desired {
 #[test]
 fn apply_is_minimal_idempotent_and_survives_restart() {
     let pins = PinDir::new("apply");
-    let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.0.clone(),
-        sizes: MapSizes::small(),
-    })
-    .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small() })
+        .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(&pins.0).unwrap();
 
     let want = desired();
@@ -110,10 +102,7 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
         "{dump}"
     );
     assert!(dump.contains("  frontend 10.100.0.1:80/TCP"), "{dump}");
-    assert!(
-        dump.contains("affinity=ClientIP/600s source-ranges=192.0.2.0/24"),
-        "{dump}"
-    );
+    assert!(dump.contains("affinity=ClientIP/600s source-ranges=192.0.2.0/24"), "{dump}");
     // Every slot of the table points at a listed backend; the shares are even.
     let listing = path.list().unwrap();
     let a = listing.iter().find(|s| s.name == "default/a:http").unwrap();
@@ -130,16 +119,9 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
     let key = ServiceKey::new("default", "a", "http");
     changed.services.get_mut(&key).unwrap().backends[2] = backend("10.244.2.13", "10.0.0.12");
     let st = path.apply(&changed).unwrap();
-    assert_eq!(
-        (st.services_added, st.services_removed, st.services_changed),
-        (0, 0, 1),
-        "{st:?}"
-    );
+    assert_eq!((st.services_added, st.services_removed, st.services_changed), (0, 0, 1), "{st:?}");
     assert_eq!(st.table_writes, 1, "{st:?}");
-    assert_eq!(
-        st.backend_writes, 2,
-        "new backend + its service index: {st:?}"
-    );
+    assert_eq!(st.backend_writes, 2, "new backend + its service index: {st:?}");
     assert_eq!(st.deletes, 2, "old backend's index + its slot: {st:?}");
     assert_eq!(st.frontend_writes, 0, "backend count unchanged: {st:?}");
 
@@ -155,24 +137,14 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
     let mut term = changed.clone();
     term.services.get_mut(&key).unwrap().backends[0].state = BackendState::Terminating;
     path.apply(&term).unwrap();
-    let a = path
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == "default/a:http")
-        .unwrap();
-    let t = a
-        .backends
-        .iter()
-        .find(|b| b.addr == v4("10.244.1.11"))
-        .unwrap();
+    let a = path.list().unwrap().into_iter().find(|s| s.name == "default/a:http").unwrap();
+    let t = a.backends.iter().find(|b| b.addr == v4("10.244.1.11")).unwrap();
     assert!(t.terminating && t.slots == 0, "{t:?}");
     assert_eq!(a.active_backends, 2);
 
     // Removing a service removes its frontends, table and backends.
     let mut gone = term.clone();
-    gone.services
-        .remove(&ServiceKey::new("default", "b", "http"));
+    gone.services.remove(&ServiceKey::new("default", "b", "http"));
     let st = path.apply(&gone).unwrap();
     assert_eq!(st.services_removed, 1);
     let dump = path.dump().unwrap();
@@ -183,18 +155,12 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
 #[test]
 fn invalid_service_is_rejected_before_any_write() {
     let pins = PinDir::new("invalid");
-    let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.0.clone(),
-        sizes: MapSizes::small(),
-    })
-    .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small() })
+        .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(&pins.0).unwrap();
     let mut want = desired();
     want.services.values_mut().last().unwrap().maglev_size = 20000;
     let err = path.apply(&want).unwrap_err().to_string();
-    assert!(
-        err.contains("default/b:http") && err.contains("maglev size 20000"),
-        "{err}"
-    );
+    assert!(err.contains("default/b:http") && err.contains("maglev size 20000"), "{err}");
     assert_eq!(path.dump().unwrap(), "", "nothing may be written");
 }
