@@ -1,9 +1,15 @@
 //! xlb-perf's library: the pieces the benchmark binary (`xlb-perf`) and its
 //! tests share — private network namespaces with cleanup ([`netns`]) and the
 //! kube-proxy baseline rule generators ([`kubeproxy`]: the iptables and
-//! nftables rulesets kube-proxy would write for N services). The benchmarks
-//! themselves live in the binary (perf/src/main.rs and its modules).
+//! nftables rulesets kube-proxy would write for N services), the lab with
+//! xlb agents and kube-proxy beside them ([`labrig`]), the connection-level
+//! load generators ([`loadgen`]: wrk, iperf3) and the churn drivers
+//! ([`churn`]). The scenarios themselves live in the binary
+//! (perf/src/main.rs and its modules).
+pub mod churn;
 pub mod forward;
 pub mod kubeproxy;
+pub mod labrig;
+pub mod loadgen;
 pub mod netns;
 pub mod stats;

@@ -2,6 +2,7 @@
 //! (see perf/README.md); `all` runs every one and writes the report (JSON,
 //! CSV, SVG plots, markdown summary) into perf/out/.
 mod benchprog;
+mod conn;
 mod maglev_report;
 mod micro;
 mod pps;
@@ -54,6 +55,16 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         batch: u32,
     },
+    /// Real TCP through the lab: direct vs xlb vs kube-proxy iptables
+    /// (connections/s, latency percentiles, iperf3 throughput).
+    Conn {
+        #[arg(long, default_value_t = 2)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 1000)]
+        kp_services: u32,
+    },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
     /// Every scenario above with default settings, plus the summary.
@@ -80,6 +91,13 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "pps", &r, &md)?;
+        }
+        Cmd::Conn { seconds, rounds, kp_services } => {
+            let r =
+                conn::run(&conn::ConnOpts { seconds, rounds, kp_services, ..Default::default() })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "conn", &r, &md)?;
         }
         Cmd::Maglev => {
             let md = maglev(&cli.out)?;
