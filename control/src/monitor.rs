@@ -43,7 +43,7 @@ pub const DEFAULT_RINGBUF_BYTES: u32 = 256 * 1024;
 /// pinned ring of another size. Programs attached by an earlier agent keep
 /// the ring they were loaded with until they are replaced.
 pub fn prepare_ringbuf(pin_dir: &Path, bytes: u32) -> anyhow::Result<()> {
-    if !bytes.is_power_of_two() || bytes < 4096 || bytes > 1 << 30 {
+    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
         bail!("--events-ringbuf-bytes {bytes}: want a power of two from 4096 to 1 GiB");
     }
     let path = pin_dir.join("xlb_events");

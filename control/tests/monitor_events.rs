@@ -305,6 +305,83 @@ fn monitor_prints_the_scripted_events() {
         want_flow(&web.events(1)[0], 40023);
         web.wait_exit();
 
+        // The inspection CLI on the same maps.
+        let cli = |args: &[&str]| -> Value {
+            let out = Command::new(XLB)
+                .args(args)
+                .arg("--json")
+                .arg("--pin-dir")
+                .arg(&pin.0)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let ct = cli(&[
+            "ct",
+            "list",
+            "--client",
+            &bench::CLIENT_V4.to_string(),
+            "--service",
+            "default/web",
+        ]);
+        let ports: Vec<&str> =
+            ct.as_array().unwrap().iter().map(|e| e["client"].as_str().unwrap()).collect();
+        for p in [39999, 40001, 40002, 40011, 40023] {
+            assert!(
+                ports.contains(&format!("{}:{p}", bench::CLIENT_V4).as_str()),
+                "{p} not in {ports:?}"
+            );
+        }
+        let e = &ct[0];
+        assert_eq!(
+            (e["frontend"].as_str(), e["backend"].as_str()),
+            (Some("10.100.0.1:80"), Some("10.244.1.11:8080"))
+        );
+        assert_eq!(e["stale"], false);
+        assert_eq!(cli(&["ct", "list", "--limit", "2"]).as_array().unwrap().len(), 2);
+        let mg = cli(&["maglev", "show", "default/web"]);
+        let t = &mg[0];
+        assert_eq!(t["service"], "default/web:http");
+        assert_eq!(t["orphan_slots"], 0);
+        assert_eq!(t["backends"][0]["slots"], t["table_size"], "one backend owns every slot");
+        let st = cli(&["stats"]);
+        let count = |r: &str| {
+            st["counters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["reason"] == r)
+                .map_or(0, |c| c["packets"].as_u64().unwrap())
+        };
+        assert_eq!(count("truncated"), 4, "{st}");
+        assert_eq!(count("no_backend"), 3, "{st}");
+        let web = st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == "default/web:http")
+            .unwrap();
+        assert_eq!(
+            (web["new_flows"].as_u64(), web["packets"].as_u64()),
+            (Some(5), Some(6)),
+            "{st}"
+        );
+        // 4 with every kind wanted, 2 drops for --reason, 3 for --service
+        // (filtered in userspace): 9 built, none while nobody listened.
+        assert_eq!(st["events_sent"], 9, "{st}");
+
+        for (args, want) in [
+            (&["maglev", "show", "default/web"][..], "SLOTS"),
+            (&["ct", "list"][..], "10.244.1.11:8080"),
+            (&["stats"][..], "truncated"),
+        ] {
+            let out = Command::new(XLB).args(args).arg("--pin-dir").arg(&pin.0).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            eprintln!("$ xlb {}\n{text}", args.join(" "));
+            assert!(out.status.success() && text.contains(want), "xlb {args:?}: {text}");
+        }
+
         // A sampled listener: --sample 1000000 lets (almost) no new flow through,
         // while drops are never sampled.
         let sampled = Monitor::start(&pin.0, &["--sample", "1000000"]);
