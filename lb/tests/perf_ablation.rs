@@ -19,7 +19,8 @@
 //! Each named object is loaded XLB_ABLATION_COPIES times (default 3): where
 //! the JIT image and the object's private maps land moves one load's time by
 //! up to ~10 ns, so a variant's figure is the median over rounds and loads.
-//! Other knobs: XLB_ABLATION_ROUNDS (default 21), XLB_ABLATION_REPEAT
+//! Other knobs: XLB_ABLATION_SMALL_MAPS (1: MapSizes::small()),
+//! XLB_ABLATION_ROUNDS (default 21), XLB_ABLATION_REPEAT
 //! (20000), XLB_ABLATION_NEW_FLOW (1: also time a new flow per packet),
 //! XLB_ABLATION_PACKETS (../../shared/bench/packets).
 use std::{
@@ -255,9 +256,15 @@ fn run() {
     assert_ne!(ifindex, 0);
 
     let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-ablation-{}", std::process::id())));
-    let mut dp =
-        Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::default() })
-            .expect("loading the datapath");
+    // XLB_ABLATION_SMALL_MAPS=1: MapSizes::small(), e.g. a 65536-entry xlb_ct
+    // instead of 524288 (how much of a new flow is cache and TLB misses).
+    let sizes = if env_u32("XLB_ABLATION_SMALL_MAPS", 0) != 0 {
+        MapSizes::small()
+    } else {
+        MapSizes::default()
+    };
+    let mut dp = Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes })
+        .expect("loading the datapath");
     let mut path = Datapath::open(&pin.0).expect("Datapath::open");
     let desired = Desired {
         node: NodeConfig {
