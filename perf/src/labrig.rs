@@ -7,7 +7,7 @@
 //! IPs and masquerades, the router already routes the VIP range to the LB.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -68,9 +68,16 @@ pub fn xlb_binary() -> Result<PathBuf, RigError> {
 /// A lab with agents on the LB and every node. Field order is drop order:
 /// agents stop before the lab goes.
 pub struct XlbLab {
+    pub control: Control,
+    pub lab: Lab,
+}
+
+/// The agents and the manifest they watch: what changes backends (kept
+/// apart from the lab so traffic can borrow the lab meanwhile).
+pub struct Control {
     pub agents: Vec<Agent>,
     pub config: PathBuf,
-    pub lab: Lab,
+    spec: LabSpec,
 }
 
 impl XlbLab {
@@ -80,16 +87,17 @@ impl XlbLab {
         let exe = xlb_binary()?;
         let lab = Lab::build(LabSpec { static_neighbours: true, ..spec.clone() })?;
         let config = lab.temp_dir().join("nginx.yaml");
-        let mut rig = XlbLab { agents: Vec::new(), config, lab };
-        rig.write_manifest(state)?;
-        let agent_spec = AgentSpec::new(&exe, &rig.config);
+        let control = Control { agents: Vec::new(), config, spec: lab.spec().clone() };
+        let mut rig = XlbLab { control, lab };
+        rig.control.write_manifest(state)?;
+        let agent_spec = AgentSpec::new(&exe, &rig.control.config);
         let nodes: Vec<String> = std::iter::once("lb".to_string())
             .chain(rig.lab.nodes().iter().map(|n| n.host.name.clone()))
             .collect();
         for node in &nodes {
-            rig.agents.push(Agent::start(&rig.lab, node, &agent_spec)?);
+            rig.control.agents.push(Agent::start(&rig.lab, node, &agent_spec)?);
         }
-        for a in &mut rig.agents {
+        for a in &mut rig.control.agents {
             a.wait_until(AGENT_READY, &agent::has_active_backends)?;
         }
         // Clean measurements: no ICMP redirects from the LB (it forwards
@@ -105,10 +113,17 @@ impl XlbLab {
         Ok(rig)
     }
 
+    /// Where the agents' logs end (for error messages).
+    pub fn logs(&self) -> String {
+        self.control.logs()
+    }
+}
+
+impl Control {
     /// Rewrites the manifest atomically (the agents pick it up within a
     /// second or two).
     pub fn write_manifest(&self, state: &dyn Fn(&str) -> EndpointState) -> Result<(), RigError> {
-        let text = manifests::nginx(self.lab.spec(), state);
+        let text = manifests::nginx(&self.spec, state);
         let tmp = self.config.with_extension("yaml.new");
         let io = |source| RigError::Manifest { path: self.config.clone(), source };
         std::fs::write(&tmp, text).map_err(io)?;
@@ -182,9 +197,4 @@ pub fn install_kube_proxy(
         });
     }
     Ok(t0.elapsed())
-}
-
-/// The manifest path's directory (scratch space for tool configs).
-pub fn scratch(rig: &XlbLab) -> &Path {
-    rig.lab.temp_dir()
 }

@@ -2,6 +2,7 @@
 //! (see perf/README.md); `all` runs every one and writes the report (JSON,
 //! CSV, SVG plots, markdown summary) into perf/out/.
 mod benchprog;
+mod churnbench;
 mod conn;
 mod maglev_report;
 mod micro;
@@ -65,6 +66,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         kp_services: u32,
     },
+    /// Backends added/removed/terminated under load: broken connections.
+    Churn {
+        #[arg(long, default_value_t = 96)]
+        held: usize,
+        /// Seconds of traffic after each change is applied.
+        #[arg(long, default_value_t = 1.0)]
+        dwell: f64,
+    },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
     /// Every scenario above with default settings, plus the summary.
@@ -98,6 +107,16 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "conn", &r, &md)?;
+        }
+        Cmd::Churn { held, dwell } => {
+            let r = churnbench::run(&churnbench::ChurnOpts {
+                held,
+                dwell: std::time::Duration::from_secs_f64(dwell),
+            })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "churn", &r, &md)?;
+            r.check()?;
         }
         Cmd::Maglev => {
             let md = maglev(&cli.out)?;
