@@ -477,19 +477,21 @@ static __always_inline int xlb_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u
  *   - the backend, from xlb_backends (inlined ARRAY): still ACTIVE with the
  *     generation the flow chose it under (xlb_backend_flow_ok), so backend
  *     removal and id reuse are seen at once, as on the xlb_ct path;
+ *   - the configuration generation (xlb_config_gen, inlined ARRAY), which
+ *     the agent bumps after any change of frontends, service settings or
+ *     source ranges: an established flow sees a service's new settings
+ *     (encapsulation, source ranges, a frontend moved to another service or
+ *     removed while its backends stay) with its next packet;
  *   - age: an entry serves XLB_FC_TTL_JIFFIES ticks (bpf_jiffies64(), one
- *     inlined load; 4-8 ms at HZ 250), then the packet takes the full path
- *     and refreshes it. That bounds how long an established flow may keep a
- *     service's previous settings (encapsulation, source ranges, a frontend
- *     moved to another service or removed while its backends stay), and it
- *     touches the flow's xlb_ct entry at least once per TTL so the LRU keeps
- *     seeing the flow as active.
+ *     inlined load; about 1 s at HZ 250), then the packet takes the full
+ *     path and refreshes it, which touches the flow's xlb_ct entry so the
+ *     LRU keeps seeing the flow as active.
  * Entries are written after xlb_select() succeeds, so new flows are cached
  * from their second packet. Private to this program (not pinned, not ABI);
- * 88 bytes x 4096 slots per CPU.
+ * 96 bytes x 4096 slots per CPU.
  */
 #define XLB_FC_SLOT_BITS   12
-#define XLB_FC_TTL_JIFFIES 2
+#define XLB_FC_TTL_JIFFIES 250
 
 struct fc_entry {
 	struct xlb_flow_key key; /* client -> frontend, as parsed */
@@ -498,8 +500,18 @@ struct fc_entry {
 	__u32 backend_gen;
 	__u32 hash; /* flow hash, from xlb_ct */
 	__u32 pad;
-	__u64 expires; /* jiffies */
+	__u64 expires;	  /* jiffies */
+	__u64 config_gen; /* xlb_config_gen when filled */
 };
+
+/* The current configuration generation (0 before the agent's first bump). */
+static __always_inline __u64 xlb_config_gen_now(void)
+{
+	__u32 zero = 0;
+	struct xlb_config_gen *g = bpf_map_lookup_elem(&xlb_config_gen, &zero);
+
+	return g ? g->gen : 0;
+}
 
 /* Sizes instead of __type(), as for xlb_nh_cache: not ABI, not in BTF. */
 struct {
@@ -536,7 +548,7 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	struct fc_entry *fc;
 	struct xlb_sel sel;
 	struct xlb_pkt pkt;
-	__u64 now;
+	__u64 now, gen;
 	__u32 slot;
 	int rc;
 
@@ -549,7 +561,9 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	slot = xlb_fc_slot(&pkt.tuple);
 	fc = bpf_map_lookup_elem(&xlb_flow_cache, &slot);
 	now = bpf_jiffies64();
-	if (fc && now < fc->expires && xlb_fc_key_eq(&fc->key, &pkt.tuple)) {
+	gen = xlb_config_gen_now();
+	if (fc && now < fc->expires && fc->config_gen == gen &&
+	    xlb_fc_key_eq(&fc->key, &pkt.tuple)) {
 		sel.be = xlb_backend_get(fc->backend_id);
 		if (sel.be && xlb_backend_flow_ok(sel.be, fc->backend_gen)) {
 			sel.backend_id = fc->backend_id;
@@ -582,6 +596,7 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 		fc->backend_gen = sel.be->gen;
 		fc->hash = sel.hash;
 		fc->expires = now + XLB_FC_TTL_JIFFIES;
+		fc->config_gen = gen;
 	}
 	/* vaddr/vport: the frontend, read from fk because pkt.tuple is
 	 * rewritten by the DNAT. */

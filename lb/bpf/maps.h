@@ -161,4 +161,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_event_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xlb_config_gen);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_config_gen SEC(".maps");
+
 #endif /* XLB_MAPS_H */

@@ -347,4 +347,14 @@ _Static_assert(sizeof(struct xlb_event) == 72, "xlb_event size");
 #define XLB_EV_STAT_LOST 1 /* events lost: ring buffer full */
 #define XLB_EV_STAT_MAX	 4
 
+/* ---- configuration generation ---------------------------------------------
+ * xlb_config_gen: ARRAY of one struct xlb_config_gen. The agent bumps `gen`
+ * after every apply that changed frontends, source ranges or services, so
+ * per-CPU caches of service settings (the XDP flow cache) drop what they
+ * hold at once instead of after a timeout. */
+struct xlb_config_gen {
+	__u64 gen;
+};
+_Static_assert(sizeof(struct xlb_config_gen) == 8, "xlb_config_gen size");
+
 #endif /* XLB_ABI_H */

@@ -174,6 +174,10 @@ abi_struct!(
     policy_id: u32, len: u32, tuple: FlowKey,
 });
 
+abi_struct!(
+    /// Value of xlb_config_gen (one entry).
+    ConfigGen = "xlb_config_gen", 8 { gen: u64 });
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -195,6 +199,7 @@ pub const LAYOUTS: &[StructLayout] = &[
     DsrOpt4::LAYOUT,
     DsrOpt6::LAYOUT,
     SvcName::LAYOUT,
+    ConfigGen::LAYOUT,
     EventsCfg::LAYOUT,
     Event::LAYOUT,
 ];

@@ -47,6 +47,9 @@ pub struct ApplyStats {
     pub backend_writes: usize,
     pub table_writes: usize,
     pub deletes: usize,
+    /// Frontends or source ranges were written or removed: caches of
+    /// service settings in the datapath were told (xlb_config_gen).
+    pub settings_changed: bool,
     #[serde(skip)]
     pub duration: Duration,
 }
@@ -355,6 +358,9 @@ impl Datapath {
             }
         }
         stats.services_changed = touched.len().saturating_sub(stats.services_added);
+        if stats.settings_changed {
+            self.maps.bump_config_gen()?;
+        }
         stats.duration = start.elapsed();
         Ok(stats)
     }
@@ -526,6 +532,7 @@ impl Datapath {
             maps.source_ranges
                 .insert(&src_range_key(svc_id, r), 1, 0)
                 .map_err(MapsError::op("xlb_source_ranges", "insert"))?;
+            stats.settings_changed = true;
             st.ranges.insert(*r);
             stats.frontend_writes += 1;
         }
@@ -555,8 +562,13 @@ impl Datapath {
         };
         let want_fe: HashSet<abi::FrontendKey> = svc.frontends.iter().map(frontend_key).collect();
         let value_changed = value != st.value;
+        // The backend count only steers new flows: a change of it alone
+        // (endpoint churn) leaves cached service settings valid.
+        let settings_changed =
+            abi::Service { backend_count: st.value.backend_count, ..value } != st.value;
         for (fe, kind) in svc.frontends.iter().map(|f| (frontend_key(f), f.kind)) {
-            if value_changed || !st.frontends.contains(&fe) {
+            let new_fe = !st.frontends.contains(&fe);
+            if value_changed || new_fe {
                 let mut v = value;
                 if kind == crate::model::FrontendKind::NodePort {
                     v.flags |= abi::SVC_F_NODEPORT;
@@ -564,6 +576,7 @@ impl Datapath {
                 maps.frontends
                     .insert(fe, v, 0)
                     .map_err(MapsError::op("xlb_frontends", "insert"))?;
+                stats.settings_changed |= settings_changed || new_fe;
                 st.frontends.insert(fe);
                 stats.frontend_writes += 1;
             }
@@ -572,12 +585,14 @@ impl Datapath {
         let gone_fe: Vec<abi::FrontendKey> = st.frontends.difference(&want_fe).copied().collect();
         for fe in gone_fe {
             remove_ok(maps.frontends.remove(&fe), "xlb_frontends")?;
+            stats.settings_changed = true;
             st.frontends.remove(&fe);
             stats.deletes += 1;
         }
         let gone_ranges: Vec<Cidr> = st.ranges.difference(&want_ranges).copied().collect();
         for r in gone_ranges {
             remove_ok(maps.source_ranges.remove(&src_range_key(svc_id, &r)), "xlb_source_ranges")?;
+            stats.settings_changed = true;
             st.ranges.remove(&r);
             stats.deletes += 1;
         }
@@ -608,11 +623,13 @@ impl Datapath {
         let svc_id = st.id;
         for fe in st.frontends.clone() {
             remove_ok(maps.frontends.remove(&fe), "xlb_frontends")?;
+            stats.settings_changed = true;
             st.frontends.remove(&fe);
             stats.deletes += 1;
         }
         for r in st.ranges.clone() {
             remove_ok(maps.source_ranges.remove(&src_range_key(svc_id, &r)), "xlb_source_ranges")?;
+            stats.settings_changed = true;
             st.ranges.remove(&r);
             stats.deletes += 1;
         }

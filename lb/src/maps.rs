@@ -69,6 +69,7 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, abi::Count>,
     pub source_ranges: LpmTrie<MapData, SrcRangeData, u32>,
     pub svc_names: Hash<u32, abi::SvcName>,
+    pub config_gen: Array<MapData, abi::ConfigGen>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -95,7 +96,17 @@ impl Maps {
             backend_stats: open(dir, "xlb_backend_stats")?,
             source_ranges: open(dir, "xlb_source_ranges")?,
             svc_names: open(dir, "xlb_svc_names")?,
+            config_gen: open(dir, "xlb_config_gen")?,
         })
+    }
+
+    /// Tells per-CPU caches of service settings that the configuration
+    /// changed (xlb_config_gen).
+    pub fn bump_config_gen(&mut self) -> Result<(), MapsError> {
+        let cur = self.config_gen.get(&0, 0).map_err(MapsError::op("xlb_config_gen", "get"))?;
+        self.config_gen
+            .set(0, abi::ConfigGen { gen: cur.gen.wrapping_add(1) }, 0)
+            .map_err(MapsError::op("xlb_config_gen", "set"))
     }
 
     /// Per-service statistics summed over CPUs.
