@@ -167,3 +167,37 @@ fn client_ip_affinity_pins_every_port_of_a_client_to_one_backend() {
         }
     });
 }
+
+#[test]
+fn established_flows_see_service_changes_with_their_next_packet() {
+    // The XDP flow cache holds a service's settings per flow; the agent's
+    // configuration generation makes a change reach cached flows at once.
+    with_lab("cachegen", |lab| {
+        for v6 in BOTH {
+            let ep = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let s = syn(v6, CLIENT_PORT);
+            let k = ack(v6, CLIENT_PORT);
+            lab.apply(&[web(v6)]);
+            lab.check(&[
+                Case::of(format!("{} SYN", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, ep)),
+                Case::of(format!("{} ACK (cached)", fam(v6)), &k)
+                    .tx(&geneve_dsr(1, v6, &k, 80, ep)),
+            ]);
+
+            lab.apply(&[with_encap(web(v6), lb::model::Encap::Ipip)]);
+            let hash = flow_hash(client(v6), vip(v6), CLIENT_PORT, 80, 6);
+            lab.check(&[Case::of(format!("{} ACK after the switch to IPIP", fam(v6)), &k)
+                .tx(&k.encap_in(outer_ip(1, v6, hash)))]);
+
+            let mut ranged = web(v6);
+            let other = if v6 { "2001:db8:ffff::/48" } else { "198.51.100.0/24" };
+            ranged.source_ranges = vec![other.parse().unwrap()];
+            lab.apply(&[ranged]);
+            lab.check(&[Case::of(
+                format!("{} ACK from outside the new source ranges", fam(v6)),
+                &k,
+            )
+            .drop(lb::abi::Counter::DropSourceRange)]);
+        }
+    });
+}
