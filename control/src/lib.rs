@@ -5,6 +5,7 @@
 //! binary (main.rs) wires these to `lb::datapath`.
 pub mod cluster;
 pub mod examples;
+pub mod healthcheck;
 pub mod render;
 pub mod source;
 pub mod translate;

@@ -15,9 +15,10 @@
 //! and ClusterIP belongs to the socket-level load balancer. A service port
 //! with no such frontend is not part of the desired state.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -34,7 +35,7 @@ use lb::model::{
 };
 use thiserror::Error;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Changes, Cluster, ObjectKey};
 
 /// Service label naming the proxy that implements it (KEP-2447); services
 /// labelled with another name are left to that proxy.
@@ -168,77 +169,504 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Translates `cluster` as seen from node `opts.node_name`. Either the whole
-/// desired state or every error.
+/// desired state or every error. The same code as the incremental
+/// [`Translator`], fed the whole cluster at once.
 pub fn translate(cluster: &Cluster, opts: &TranslateOptions) -> Result<Desired, ConfigErrors> {
-    let mut cx = Context { opts, errors: Vec::new(), seen: HashSet::new(), nodes: HashMap::new() };
-    cx.index_nodes(&cluster.nodes);
+    let mut t = Translator::new(opts.clone());
+    t.update(Changes::full(cluster.clone()));
+    t.result()
+}
 
-    let mut desired = Desired::default();
-    let this_node = cx.nodes.get(opts.node_name.as_str()).cloned();
-    match &this_node {
-        Some(addrs) => desired.node = node_config(addrs, opts),
-        None => cx.error(
-            ObjectRef { kind: "Node", namespace: None, name: opts.node_name.clone() },
-            "metadata.name",
-            Problem::UnknownNode { node: opts.node_name.clone() },
-        ),
-    }
+/// The frontend a service port claims: two service ports may not share one.
+type Slot = (IpAddr, u16, Proto);
 
-    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for slice in &cluster.slices {
-        let labels = slice.metadata.labels.as_ref();
-        if let Some(svc) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-            slices.entry((ns, svc.as_str())).or_default().push(slice);
+/// (namespace, name) of a Service, as an EndpointSlice's label names it.
+type ServiceName = (String, String);
+
+/// One frontend claim, for the duplicate check: the claiming service port,
+/// the field it came from and the frontend as text.
+#[derive(Clone, Debug)]
+struct Claim {
+    key: ServiceKey,
+    field: String,
+    frontend: String,
+}
+
+/// What one Kubernetes Service translated to, and what it depends on.
+#[derive(Debug)]
+struct SvcEntry {
+    object: Arc<KubeService>,
+    /// Datapath service keys it produced, in order.
+    keys: Vec<ServiceKey>,
+    /// Its own problems (fields of the Service, endpoints of its slices).
+    errors: Vec<ConfigError>,
+    /// Frontends claimed, in translation order (the claim's sequence number
+    /// orders claims within the Service).
+    claims: Vec<Slot>,
+    /// Names of the nodes its endpoints named (known or not).
+    nodes: Vec<String>,
+    /// NodePort or LoadBalancer: its frontends use this node's addresses.
+    node_ports: bool,
+}
+
+/// A Node: its addresses and its problems.
+#[derive(Debug)]
+struct NodeEntry {
+    object: Arc<Node>,
+    /// InternalIP and ExternalIP addresses, in API order.
+    addrs: Vec<NodeAddr>,
+    errors: Vec<ConfigError>,
+}
+
+/// The healthCheckNodePort of a Service with externalTrafficPolicy: Local,
+/// and how many ready endpoints it has on this node (kube-proxy's answer:
+/// 200 when there is one, 503 otherwise).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: ObjectKey,
+    pub port: u16,
+    pub local_endpoints: usize,
+}
+
+/// Incremental translation: keeps the objects of every kind (shared `Arc`s),
+/// the translation of each Service and the indices that say what a change
+/// touches — a Service change re-translates that Service; an EndpointSlice
+/// change, the Service of its `kubernetes.io/service-name` label (before and
+/// after); a Node change, only if its addresses changed, the Services with
+/// endpoints on it (every Service with NodePorts when it is this node). The
+/// cost of an update grows with the change, not with the cluster.
+///
+/// Validation stays whole-configuration: while any object has a problem,
+/// [`Translator::result`]/[`Translator::check`] report every error (in the
+/// order `translate` always used) and the changed keys keep accumulating, so
+/// the first valid state afterwards carries all of them.
+#[derive(Debug)]
+pub struct Translator {
+    opts: TranslateOptions,
+    services: BTreeMap<ObjectKey, SvcEntry>,
+    /// Every EndpointSlice, with the (namespace, Service name) it is filed under.
+    slices: HashMap<ObjectKey, (Arc<EndpointSlice>, Option<ServiceName>)>,
+    /// (namespace, Service name) -> its slices by slice name.
+    slices_of: HashMap<ServiceName, BTreeMap<String, Arc<EndpointSlice>>>,
+    nodes: HashMap<String, NodeEntry>,
+    /// Node name -> Services with endpoints naming it.
+    node_users: HashMap<String, HashSet<ObjectKey>>,
+    /// Frontend -> its claims by (Service, sequence): more than one is an error.
+    claims: HashMap<Slot, BTreeMap<(ObjectKey, usize), Claim>>,
+    contested: usize,
+    with_errors: BTreeSet<ObjectKey>,
+    nodes_with_errors: usize,
+    health: BTreeMap<ObjectKey, HealthCheck>,
+    health_changed: bool,
+    desired: Desired,
+    /// Datapath services changed since the last [`Translator::take_changed`].
+    changed: BTreeSet<ServiceKey>,
+}
+
+impl Translator {
+    pub fn new(opts: TranslateOptions) -> Self {
+        Translator {
+            opts,
+            services: BTreeMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            nodes: HashMap::new(),
+            node_users: HashMap::new(),
+            claims: HashMap::new(),
+            contested: 0,
+            with_errors: BTreeSet::new(),
+            nodes_with_errors: 0,
+            health: BTreeMap::new(),
+            health_changed: false,
+            desired: Desired::default(),
+            changed: BTreeSet::new(),
         }
     }
-    for list in slices.values_mut() {
-        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+
+    pub fn options(&self) -> &TranslateOptions {
+        &self.opts
     }
 
-    let mut services: Vec<&KubeService> = cluster.services.iter().collect();
-    services.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
+    /// Objects held: (Services, EndpointSlices, Nodes).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.services.len(), self.slices.len(), self.nodes.len())
+    }
 
-    // Which service port owns each frontend, to reject a second claim.
-    let mut owners: HashMap<(IpAddr, u16, Proto), ServiceKey> = HashMap::new();
-    let this_addrs = this_node.unwrap_or_default();
-    for svc in services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let name = svc.metadata.name.as_deref().unwrap_or("");
-        let empty = Vec::new();
-        let svc_slices = slices.get(&(ns, name)).unwrap_or(&empty);
-        for (service, fields) in cx.service(svc, svc_slices, &this_addrs) {
-            let object = service_ref(svc);
-            let mut keep = true;
-            for (fe, field) in service.frontends.iter().zip(&fields) {
-                let slot = (fe.addr, fe.port, fe.proto);
-                if let Some(other) = owners.get(&slot) {
-                    keep = false;
-                    cx.error(
-                        object.clone(),
-                        field,
-                        Problem::DuplicateFrontend {
-                            frontend: format!("{}/{}", SocketAddr::new(fe.addr, fe.port), fe.proto),
-                            other: other.clone(),
-                        },
-                    );
-                } else {
-                    owners.insert(slot, service.key.clone());
+    /// Takes in a source's changes and re-translates what they touch.
+    pub fn update(&mut self, changes: Changes) {
+        let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
+        let this_before = self.nodes.get(&self.opts.node_name).map(|n| n.addrs.clone());
+
+        // Nodes.
+        let Changes { services, slices, nodes } = changes;
+        let mut node_changes: Vec<(String, Option<Arc<Node>>)> =
+            nodes.objects.into_iter().map(|(k, o)| (k.name, o)).collect();
+        if nodes.full {
+            let listed: HashSet<&str> = node_changes.iter().map(|(n, _)| n.as_str()).collect();
+            let gone: Vec<String> =
+                self.nodes.keys().filter(|n| !listed.contains(n.as_str())).cloned().collect();
+            node_changes.extend(gone.into_iter().map(|n| (n, None)));
+        }
+        for (name, obj) in node_changes {
+            if let (Some(old), Some(new)) = (self.nodes.get(&name), &obj) {
+                if Arc::ptr_eq(&old.object, new) || *old.object == **new {
+                    continue;
                 }
             }
-            if keep {
-                desired.services.insert(service.key.clone(), service);
+            let old = self.nodes.remove(&name);
+            if old.as_ref().is_some_and(|o| !o.errors.is_empty()) {
+                self.nodes_with_errors -= 1;
+            }
+            let new = obj.map(|o| index_node(&name, o));
+            if new.as_ref().is_some_and(|n| !n.errors.is_empty()) {
+                self.nodes_with_errors += 1;
+            }
+            let addrs_changed = old.as_ref().map(|o| &o.addrs) != new.as_ref().map(|n| &n.addrs);
+            if addrs_changed {
+                dirty.extend(self.node_users.get(&name).into_iter().flatten().cloned());
+            }
+            if let Some(n) = new {
+                self.nodes.insert(name, n);
+            }
+        }
+        let this_after = self.nodes.get(&self.opts.node_name).map(|n| n.addrs.clone());
+        if this_before != this_after {
+            self.desired.node = this_after
+                .as_deref()
+                .map_or_else(NodeConfig::default, |a| node_config(a, &self.opts));
+            dirty
+                .extend(self.services.iter().filter(|(_, e)| e.node_ports).map(|(k, _)| k.clone()));
+        }
+
+        // EndpointSlices.
+        let mut slice_changes = slices.objects;
+        if slices.full {
+            let listed: HashSet<&ObjectKey> = slice_changes.iter().map(|(k, _)| k).collect();
+            let gone: Vec<ObjectKey> =
+                self.slices.keys().filter(|k| !listed.contains(k)).cloned().collect();
+            slice_changes.extend(gone.into_iter().map(|k| (k, None)));
+        }
+        for (key, obj) in slice_changes {
+            if let (Some((old, _)), Some(new)) = (self.slices.get(&key), &obj) {
+                if Arc::ptr_eq(old, new) || **old == **new {
+                    continue;
+                }
+            }
+            if let Some((_, Some(owner))) = self.slices.remove(&key) {
+                if let Some(m) = self.slices_of.get_mut(&owner) {
+                    m.remove(&key.name);
+                    if m.is_empty() {
+                        self.slices_of.remove(&owner);
+                    }
+                }
+                self.dirty_owner(&owner, &mut dirty);
+            }
+            let Some(obj) = obj else { continue };
+            let owner =
+                obj.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(|svc| {
+                    let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
+                    (ns.to_string(), svc.clone())
+                });
+            if let Some(owner) = &owner {
+                self.slices_of
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(key.name.clone(), obj.clone());
+                self.dirty_owner(owner, &mut dirty);
+            }
+            self.slices.insert(key, (obj, owner));
+        }
+
+        // Services.
+        let mut svc_changes = services.objects;
+        if services.full {
+            let listed: HashSet<&ObjectKey> = svc_changes.iter().map(|(k, _)| k).collect();
+            let gone: Vec<ObjectKey> =
+                self.services.keys().filter(|k| !listed.contains(k)).cloned().collect();
+            svc_changes.extend(gone.into_iter().map(|k| (k, None)));
+        }
+        let mut objects: HashMap<ObjectKey, Option<Arc<KubeService>>> = HashMap::new();
+        for (key, obj) in svc_changes {
+            if let (Some(old), Some(new)) = (self.services.get(&key), &obj) {
+                if Arc::ptr_eq(&old.object, new) || *old.object == **new {
+                    continue;
+                }
+            }
+            dirty.insert(key.clone());
+            objects.insert(key, obj);
+        }
+
+        for key in dirty {
+            let object = match objects.remove(&key) {
+                Some(o) => o,
+                None => self.services.get(&key).map(|e| e.object.clone()),
+            };
+            self.retranslate(key, object);
+        }
+    }
+
+    /// Marks the Services a slice filed under (namespace, name) belongs to.
+    fn dirty_owner(&self, (ns, name): &ServiceName, dirty: &mut BTreeSet<ObjectKey>) {
+        let key = ObjectKey::new(Some(ns), name);
+        if self.services.contains_key(&key) {
+            dirty.insert(key);
+        }
+        if ns == "default" {
+            let bare = ObjectKey::new(None, name);
+            if self.services.contains_key(&bare) {
+                dirty.insert(bare);
             }
         }
     }
 
-    if cx.errors.is_empty() {
-        Ok(desired)
-    } else {
-        Err(ConfigErrors(cx.errors))
+    /// Replaces what Service `key` contributes with the translation of
+    /// `object` (None: it is gone).
+    fn retranslate(&mut self, key: ObjectKey, object: Option<Arc<KubeService>>) {
+        let mut old_keys = Vec::new();
+        if let Some(old) = self.services.remove(&key) {
+            self.with_errors.remove(&key);
+            for (seq, slot) in old.claims.iter().enumerate() {
+                if let Some(c) = self.claims.get_mut(slot) {
+                    let before = c.len();
+                    c.remove(&(key.clone(), seq));
+                    if before > 1 && c.len() <= 1 {
+                        self.contested -= 1;
+                    }
+                    if c.is_empty() {
+                        self.claims.remove(slot);
+                    }
+                }
+            }
+            for n in &old.nodes {
+                if let Some(users) = self.node_users.get_mut(n) {
+                    users.remove(&key);
+                    if users.is_empty() {
+                        self.node_users.remove(n);
+                    }
+                }
+            }
+            old_keys = old.keys;
+        }
+
+        let mut new_keys = Vec::new();
+        let health = object.as_ref().and_then(|o| self.health_check(o));
+        if self.health.get(&key) != health.as_ref() {
+            match health {
+                Some(h) => self.health.insert(key.clone(), h),
+                None => self.health.remove(&key),
+            };
+            self.health_changed = true;
+        }
+        if let Some(object) = object {
+            let this_addrs =
+                self.nodes.get(&self.opts.node_name).map(|n| n.addrs.clone()).unwrap_or_default();
+            let ns = object.metadata.namespace.as_deref().unwrap_or("default");
+            let name = object.metadata.name.as_deref().unwrap_or("");
+            let slices: Vec<&EndpointSlice> = self
+                .slices_of
+                .get(&(ns.to_string(), name.to_string()))
+                .map(|m| m.values().map(|s| &**s).collect())
+                .unwrap_or_default();
+            let mut cx = Context {
+                opts: &self.opts,
+                errors: Vec::new(),
+                seen: HashSet::new(),
+                nodes: &self.nodes,
+                referenced: HashSet::new(),
+            };
+            let out = cx.service(&object, &slices, &this_addrs);
+            let Context { errors, referenced, .. } = cx;
+            let node_ports = matches!(
+                object.spec.as_ref().and_then(|s| s.type_.as_deref()),
+                Some("NodePort" | "LoadBalancer")
+            );
+            let mut entry = SvcEntry {
+                object: object.clone(),
+                keys: Vec::new(),
+                errors,
+                claims: Vec::new(),
+                nodes: referenced.into_iter().collect(),
+                node_ports,
+            };
+            for n in &entry.nodes {
+                self.node_users.entry(n.clone()).or_default().insert(key.clone());
+            }
+            if !entry.errors.is_empty() {
+                self.with_errors.insert(key.clone());
+            }
+            for (service, fields) in out {
+                for (fe, field) in service.frontends.iter().zip(fields) {
+                    let slot = (fe.addr, fe.port, fe.proto);
+                    let claim = Claim {
+                        key: service.key.clone(),
+                        field,
+                        frontend: format!("{}/{}", SocketAddr::new(fe.addr, fe.port), fe.proto),
+                    };
+                    let c = self.claims.entry(slot).or_default();
+                    c.insert((key.clone(), entry.claims.len()), claim);
+                    if c.len() == 2 {
+                        self.contested += 1;
+                    }
+                    entry.claims.push(slot);
+                }
+                entry.keys.push(service.key.clone());
+                new_keys.push(service.key.clone());
+                if self.desired.services.get(&service.key) != Some(&service) {
+                    self.changed.insert(service.key.clone());
+                    self.desired.services.insert(service.key.clone(), service);
+                }
+            }
+            self.services.insert(key, entry);
+        }
+        for k in old_keys {
+            if !new_keys.contains(&k) {
+                self.desired.services.remove(&k);
+                self.changed.insert(k);
+            }
+        }
     }
+
+    /// The health check of Service `key`, if it has one on this node.
+    fn health_check(&self, svc: &KubeService) -> Option<HealthCheck> {
+        let spec = svc.spec.as_ref()?;
+        if spec.type_.as_deref() != Some("LoadBalancer")
+            || spec.external_traffic_policy.as_deref() != Some("Local")
+            || !self.owns(svc)
+        {
+            return None;
+        }
+        let port = u16::try_from(spec.health_check_node_port?).ok().filter(|p| *p != 0)?;
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let mut local: HashSet<&str> = HashSet::new();
+        for slice in self.slices_of.get(&(ns.to_string(), name.to_string())).into_iter().flatten() {
+            for ep in &slice.1.endpoints {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if ready && ep.node_name.as_deref() == Some(self.opts.node_name.as_str()) {
+                    if let Some(a) = ep.addresses.first() {
+                        local.insert(a);
+                    }
+                }
+            }
+        }
+        Some(HealthCheck {
+            service: ObjectKey::new(Some(ns), name),
+            port,
+            local_endpoints: local.len(),
+        })
+    }
+
+    /// Whether the Service is this proxy's (service-proxy-name label).
+    fn owns(&self, svc: &KubeService) -> bool {
+        let labels = svc.metadata.labels.as_ref();
+        labels.and_then(|l| l.get(PROXY_NAME_LABEL)).is_none_or(|p| *p == self.opts.proxy_name)
+    }
+
+    /// Whether the objects held translate without a problem.
+    pub fn is_valid(&self) -> bool {
+        self.with_errors.is_empty()
+            && self.contested == 0
+            && self.nodes_with_errors == 0
+            && self.nodes.contains_key(&self.opts.node_name)
+    }
+
+    /// Ok, or every problem of the objects held, ordered as `translate`
+    /// orders them: Nodes by name, this node, then each Service by namespace
+    /// and name with its endpoints' problems and its duplicate frontends.
+    pub fn check(&self) -> Result<(), ConfigErrors> {
+        if self.is_valid() {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        let mut names: Vec<&String> = self.nodes.keys().collect();
+        names.sort();
+        for n in names {
+            errors.extend(self.nodes[n].errors.iter().cloned());
+        }
+        if !self.nodes.contains_key(&self.opts.node_name) {
+            errors.push(ConfigError {
+                object: ObjectRef {
+                    kind: "Node",
+                    namespace: None,
+                    name: self.opts.node_name.clone(),
+                },
+                field: "metadata.name".into(),
+                problem: Problem::UnknownNode { node: self.opts.node_name.clone() },
+            });
+        }
+        for (key, entry) in &self.services {
+            errors.extend(entry.errors.iter().cloned());
+            for (seq, slot) in entry.claims.iter().enumerate() {
+                let claims = &self.claims[slot];
+                let (first_at, first) = claims.iter().next().expect("claimed");
+                if *first_at == (key.clone(), seq) {
+                    continue;
+                }
+                let me = &claims[&(key.clone(), seq)];
+                errors.push(ConfigError {
+                    object: service_ref(&entry.object),
+                    field: me.field.clone(),
+                    problem: Problem::DuplicateFrontend {
+                        frontend: me.frontend.clone(),
+                        other: first.key.clone(),
+                    },
+                });
+            }
+        }
+        let mut seen = HashSet::new();
+        errors.retain(|e| seen.insert(e.clone()));
+        Err(ConfigErrors(errors))
+    }
+
+    /// The whole desired state, or every problem.
+    pub fn result(&self) -> Result<Desired, ConfigErrors> {
+        self.check().map(|()| self.desired.clone())
+    }
+
+    /// The desired state of the objects held (meaningful when valid).
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Datapath services added, changed or removed since the last call.
+    pub fn take_changed(&mut self) -> Vec<ServiceKey> {
+        std::mem::take(&mut self.changed).into_iter().collect()
+    }
+
+    /// Datapath services changed and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// The health checks (externalTrafficPolicy: Local LoadBalancers), if
+    /// any changed since the last call.
+    pub fn take_health_checks(&mut self) -> Option<Vec<HealthCheck>> {
+        std::mem::take(&mut self.health_changed).then(|| self.health.values().cloned().collect())
+    }
+}
+
+/// A Node's addresses and their problems.
+fn index_node(name: &str, node: Arc<Node>) -> NodeEntry {
+    let object = ObjectRef { kind: "Node", namespace: None, name: name.to_string() };
+    let mut addrs = Vec::new();
+    let mut errors = Vec::new();
+    let list = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (i, a) in list.into_iter().flatten().enumerate() {
+        let internal = match a.type_.as_str() {
+            "InternalIP" => true,
+            "ExternalIP" => false,
+            _ => continue,
+        };
+        match parse_ip(&a.address) {
+            Ok(addr) => addrs.push(NodeAddr { addr, internal }),
+            Err(problem) => errors.push(ConfigError {
+                object: object.clone(),
+                field: format!("status.addresses[{i}].address"),
+                problem,
+            }),
+        }
+    }
+    NodeEntry { object: node, addrs, errors }
 }
 
 /// An address from a Node's status.addresses.
@@ -254,8 +682,10 @@ struct Context<'a> {
     /// `errors` as a set: a slice is read once per service port, its
     /// endpoints' problems are reported once.
     seen: HashSet<ConfigError>,
-    /// Node name -> its InternalIP and ExternalIP addresses, in API order.
-    nodes: HashMap<String, Vec<NodeAddr>>,
+    /// Every node by name.
+    nodes: &'a HashMap<String, NodeEntry>,
+    /// Names of the nodes the endpoints read named (known or not).
+    referenced: HashSet<String>,
 }
 
 /// An endpoint of one service port, before the kube-proxy selection.
@@ -354,31 +784,6 @@ impl Context<'_> {
         let e = ConfigError { object, field: field.into(), problem };
         if self.seen.insert(e.clone()) {
             self.errors.push(e);
-        }
-    }
-
-    fn index_nodes(&mut self, nodes: &[Node]) {
-        let mut nodes: Vec<&Node> = nodes.iter().collect();
-        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        for node in nodes {
-            let name = node.metadata.name.clone().unwrap_or_default();
-            let object = ObjectRef { kind: "Node", namespace: None, name: name.clone() };
-            let mut addrs = Vec::new();
-            let list = node.status.as_ref().and_then(|s| s.addresses.as_ref());
-            for (i, a) in list.into_iter().flatten().enumerate() {
-                let internal = match a.type_.as_str() {
-                    "InternalIP" => true,
-                    "ExternalIP" => false,
-                    _ => continue,
-                };
-                match parse_ip(&a.address) {
-                    Ok(addr) => addrs.push(NodeAddr { addr, internal }),
-                    Err(p) => {
-                        self.error(object.clone(), format!("status.addresses[{i}].address"), p)
-                    }
-                }
-            }
-            self.nodes.insert(name, addrs);
         }
     }
 
@@ -512,8 +917,8 @@ impl Context<'_> {
 
         // externalTrafficPolicy: Local keeps only this node's endpoints for
         // NodePort and LoadBalancer traffic (externalIPs included, as in
-        // kube-proxy). The healthCheckNodePort responder that lets an external
-        // load balancer avoid nodes without endpoints belongs to issue #3.
+        // kube-proxy). The healthCheckNodePort that lets an external load
+        // balancer avoid nodes without endpoints: see [`HealthCheck`].
         let local = match spec.external_traffic_policy.as_deref() {
             None | Some("Cluster") => false,
             Some("Local") => node_port,
@@ -864,7 +1269,10 @@ impl Context<'_> {
                 self.error(object.clone(), field, Problem::Missing);
                 continue;
             };
-            let Some(node_addrs) = self.nodes.get(node_name) else {
+            if !self.referenced.contains(node_name) {
+                self.referenced.insert(node_name.to_string());
+            }
+            let Some(node_addrs) = self.nodes.get(node_name).map(|n| &n.addrs) else {
                 let problem = Problem::UnknownNode { node: node_name.to_string() };
                 self.error(object.clone(), field, problem);
                 continue;

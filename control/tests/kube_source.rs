@@ -1,7 +1,9 @@
 //! The Kubernetes source against the API server double (real HTTP, real kube-rs client and
-//! watchers): the first snapshot waits for every kind, snapshots follow creates, updates
-//! and deletes, a 410 relist keeps live objects and catches up, a cut watch resumes
-//! without relisting, bursts coalesce, and an unreachable API at start is an error.
+//! watchers): the first batch waits for every kind and lists everything, later batches
+//! carry only the changed objects (creates, updates, deletes), a 410 relist keeps live
+//! objects, catches up and hands the kind over in full again, a cut watch resumes without
+//! relisting, bursts coalesce, and an unreachable API at start is an error. The test keeps
+//! a mirror of the source's objects ([`Objects`]) and checks snapshots of it.
 
 use apiserver::ApiServer;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use xlb_control::cluster::Cluster;
+use xlb_control::cluster::{Changes, Cluster, Objects};
 use xlb_control::examples::NGINX;
 use xlb_control::source::kube::{run_with, KubeOptions, KubeStats, WatchOptions};
 
@@ -44,12 +46,15 @@ impl Drop for Kubeconfig {
     }
 }
 
-/// The running source and every snapshot it sent.
+/// The running source, the mirror of its objects, and a snapshot of the mirror after
+/// every batch, with the batch.
 struct Source {
-    rx: mpsc::Receiver<Arc<Cluster>>,
+    rx: mpsc::Receiver<Changes>,
     task: JoinHandle<anyhow::Result<()>>,
     stats: Arc<KubeStats>,
+    objects: Objects,
     seen: Vec<Arc<Cluster>>,
+    batches: Vec<Changes>,
     _kubeconfig: Kubeconfig,
 }
 
@@ -66,12 +71,23 @@ impl Source {
         let stats = watch.stats.clone();
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(run_with(opts, watch, tx));
-        Source { rx, task, stats, seen: Vec::new(), _kubeconfig: kubeconfig }
+        Source {
+            rx,
+            task,
+            stats,
+            objects: Objects::default(),
+            seen: Vec::new(),
+            batches: Vec::new(),
+            _kubeconfig: kubeconfig,
+        }
     }
 
     async fn next(&mut self) -> Arc<Cluster> {
         match tokio::time::timeout(WAIT, self.rx.recv()).await {
-            Ok(Some(c)) => {
+            Ok(Some(changes)) => {
+                self.objects.apply(&changes);
+                self.batches.push(changes);
+                let c = Arc::new(self.objects.snapshot());
                 self.seen.push(c.clone());
                 c
             }
@@ -168,6 +184,8 @@ async fn snapshots_follow_the_api() {
         ),
         "the first snapshot holds every kind's full list"
     );
+    let b = &src.batches[0];
+    assert!(b.services.full && b.slices.full && b.nodes.full, "the first batch lists everything");
     let svc = &first.services[0];
     let ingress =
         svc.status.as_ref().unwrap().load_balancer.as_ref().unwrap().ingress.as_ref().unwrap();
@@ -197,9 +215,20 @@ async fn snapshots_follow_the_api() {
             == Some(false)
     };
     src.until("nginx-v4 endpoint 2 not ready", not_ready).await;
+    let b = src.batches.last().unwrap();
+    assert!(!b.any_full(), "a change is not a full listing");
+    assert_eq!(
+        b.slices.objects.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>(),
+        ["default/nginx-v4"],
+        "the batch carries the one changed object"
+    );
+    assert!(b.services.objects.is_empty() && b.nodes.objects.is_empty());
 
     server.delete::<k8s_openapi::api::core::v1::Node>(None, "node2").unwrap();
     let c = src.until("node2 gone", |c| !has(&summary(c).2, "node2")).await;
+    let b = src.batches.last().unwrap();
+    assert_eq!(b.nodes.objects.len(), 1);
+    assert!(b.nodes.objects[0].1.is_none(), "a deletion is the key without an object");
     assert_eq!(names(&c.nodes), ["lb", "node1"]);
     assert!(not_ready(&c), "later snapshots keep earlier changes");
 
@@ -258,6 +287,11 @@ async fn relist_after_410_keeps_live_objects_and_catches_up() {
     for (kind, k) in src.stats.kinds() {
         assert!(k.restarts.load(Ordering::Relaxed) >= 1, "{kind} did not relist");
     }
+    let relisted = |f: fn(&Changes) -> bool| src.batches[1..].iter().any(f);
+    assert!(
+        relisted(|b| b.services.full) && relisted(|b| b.slices.full) && relisted(|b| b.nodes.full),
+        "after a relist each kind is handed over in full (deletions may hide in it)"
+    );
     // And the watches keep working after the relist.
     server.create(&web_service("after", 80)).unwrap();
     src.until("default/after", |c| has(&summary(c).0, "default/after")).await;
@@ -306,8 +340,10 @@ async fn bursts_are_coalesced() {
     }
     let c = src.until("all 200 services", |c| c.services.len() == 201).await;
     assert_eq!(c.services[200].name_any(), "nginx", "snapshots are sorted by namespace and name");
-    let snapshots = src.seen.len() - 1;
-    assert!(snapshots <= 3, "200 changes in a burst took {snapshots} snapshots");
+    let batches = src.seen.len() - 1;
+    assert!(batches <= 3, "200 changes in a burst took {batches} batches");
+    let carried: usize = src.batches[1..].iter().map(|b| b.services.objects.len()).sum();
+    assert_eq!(carried, 200, "each created service handed over once");
 }
 
 #[tokio::test]

@@ -1,11 +1,16 @@
 //! The applier: turns a [`Desired`] state into datapath map writes. It keeps
-//! the applied state (ids, generations, Maglev tables) beside the maps,
-//! restores it from the pinned maps when it opens (so a restarted agent
-//! disturbs no established flow), and on each `apply` writes only what
-//! differs, in dependency order: backends before the tables and frontends
-//! that use them, frontends removed before their backends. Bookkeeping changes
-//! only after the map write it stands for succeeded, so a failed apply is
-//! simply retried by the next one.
+//! the applied state (ids, generations, a hash of each Maglev table) beside
+//! the maps, restores it from the pinned maps when it opens (so a restarted
+//! agent disturbs no established flow), and writes only what differs, in
+//! dependency order: backends before the tables and frontends that use them,
+//! frontends removed before their backends. Bookkeeping changes only after the
+//! map write it stands for succeeded, so a failed apply is simply retried.
+//!
+//! Three entry points: [`Datapath::apply`] diffs a whole desired state;
+//! [`Datapath::apply_services`] touches only the services named (a watch
+//! event's worth: its cost grows with the change, not with the cluster);
+//! [`Datapath::resync`] first re-reads the maps, so entries changed or deleted
+//! behind the agent's back are repaired by the diff that follows.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     fmt::Write as _,
@@ -110,8 +115,9 @@ struct SvcState {
     frontends: HashSet<abi::FrontendKey>,
     /// Keyed by endpoint (address, port).
     backends: HashMap<(IpAddr, u16), BackendState_>,
-    /// slot -> service-local backend index, as written (empty: no table).
-    table: Vec<u16>,
+    /// Hash of the table as written (slot -> service-local backend index);
+    /// None: no table. (The tables themselves, 32 KiB each, stay in the map.)
+    table: Option<u64>,
     ranges: BTreeSet<Cidr>,
     indices: IdPool,
     /// What `table` was built from (None: not known, e.g. after a restore).
@@ -173,7 +179,50 @@ pub struct Datapath {
     backend_ids: IdPool,
     next_gen: u32,
     node: Option<abi::NodeCfg>,
+    /// Tunnel endpoint (backend node address) -> backends sent there.
+    tunnels: HashMap<IpAddr, u32>,
     ncpus: usize,
+}
+
+/// The applied state read back from the maps.
+struct Restored {
+    services: BTreeMap<ServiceKey, SvcState>,
+    svc_ids: IdPool,
+    backend_ids: IdPool,
+    next_gen: u32,
+    node: Option<abi::NodeCfg>,
+    tunnels: HashMap<IpAddr, u32>,
+}
+
+fn table_hash(table: &[u16]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    if table.is_empty() {
+        return None;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.hash(&mut h);
+    Some(h.finish())
+}
+
+fn tunnel_of(v: &abi::Backend) -> Option<IpAddr> {
+    abi::addr_from_abi(&v.node, v.node_family).filter(|a| !a.is_unspecified())
+}
+
+fn tunnel_ref(tunnels: &mut HashMap<IpAddr, u32>, v: &abi::Backend) {
+    if let Some(a) = tunnel_of(v) {
+        *tunnels.entry(a).or_default() += 1;
+    }
+}
+
+fn tunnel_unref(tunnels: &mut HashMap<IpAddr, u32>, v: &abi::Backend) {
+    if let Some(a) = tunnel_of(v) {
+        if let Some(n) = tunnels.get_mut(&a) {
+            *n -= 1;
+            if *n == 0 {
+                tunnels.remove(&a);
+            }
+        }
+    }
 }
 
 fn frontend_key(f: &Frontend) -> abi::FrontendKey {
@@ -230,65 +279,41 @@ impl Datapath {
     pub fn open(pin_dir: &Path) -> Result<Datapath, DatapathError> {
         let maps = Maps::open(pin_dir)?;
         let ncpus = aya::util::nr_cpus().map_or(1, |n| n);
-        let backend_cap = maps.backends.len();
-        let svc_cap = maps.svc_stats.len();
-        let listing = read_listing(&maps)?;
-        let now_gen = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs() as u32);
-        let mut next_gen = now_gen;
-        let mut svc_used = BTreeSet::new();
-        let mut be_used = BTreeSet::new();
-        let mut services = BTreeMap::new();
-        for s in listing.raw {
-            svc_used.insert(s.id);
-            let mut used_idx = BTreeSet::new();
-            let mut backends = HashMap::new();
-            for b in s.backends {
-                be_used.insert(b.id);
-                used_idx.insert(b.index);
-                next_gen = next_gen.max(b.value.gen.wrapping_add(1));
-                let addr = abi::addr_from_abi(&b.value.addr, b.value.family)
-                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-                let port = u16::from_be(b.value.port);
-                backends.insert(
-                    (addr, port),
-                    BackendState_ {
-                        id: b.id,
-                        gen: b.value.gen,
-                        index: b.index,
-                        name: format!("{}", SocketFmt(addr, port)),
-                        weight: 1,
-                        value: b.value,
-                    },
-                );
-            }
-            let key = s.name.clone().unwrap_or_else(|| ServiceKey(format!("(unnamed)/{}", s.id)));
-            services.insert(
-                key,
-                SvcState {
-                    id: s.id,
-                    value: s.value,
-                    frontends: s.frontends.into_iter().collect(),
-                    backends,
-                    table: s.table,
-                    ranges: s.ranges.into_iter().collect(),
-                    indices: IdPool::new(0, u16::MAX as u32, &used_idx),
-                    table_input: None,
-                },
-            );
-        }
-        let node = maps.node.get(&0, 0).ok().filter(|n| n.geneve_port != 0);
+        let r = restore(&maps)?;
         Ok(Datapath {
             maps,
             pin_dir: pin_dir.to_path_buf(),
-            services,
-            svc_ids: IdPool::new(0, svc_cap, &svc_used),
-            backend_ids: IdPool::new(1, backend_cap, &be_used),
-            next_gen,
-            node,
+            services: r.services,
+            svc_ids: r.svc_ids,
+            backend_ids: r.backend_ids,
+            next_gen: r.next_gen,
+            node: r.node,
+            tunnels: r.tunnels,
             ncpus,
         })
+    }
+
+    /// Re-reads the applied state from the maps, then makes them hold exactly
+    /// `desired`: the periodic full diff. Whatever changed behind the agent's
+    /// back (an entry deleted or rewritten by hand, a service a missed delete
+    /// left behind) is put right. Maglev tables whose map content still
+    /// matches what was built are not rebuilt.
+    pub fn resync(&mut self, desired: &Desired) -> Result<ApplyStats, DatapathError> {
+        let mut r = restore(&self.maps)?;
+        for (key, st) in r.services.iter_mut() {
+            if let Some(old) = self.services.get(key) {
+                if old.table == st.table && old.value.maglev_size == st.value.maglev_size {
+                    st.table_input.clone_from(&old.table_input);
+                }
+            }
+        }
+        self.services = r.services;
+        self.svc_ids = r.svc_ids;
+        self.backend_ids = r.backend_ids;
+        self.next_gen = self.next_gen.max(r.next_gen);
+        self.node = r.node;
+        self.tunnels = r.tunnels;
+        self.apply(desired)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -307,24 +332,63 @@ impl Datapath {
 
     /// Makes the datapath hold exactly `desired`: writes only the difference.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats, DatapathError> {
-        let start = Instant::now();
-        for svc in desired.services.values() {
-            validate(svc)?;
-        }
-        let mut stats = ApplyStats::default();
-        self.apply_node(&desired.node)?;
         // Removed services first: their frontends go before their backends,
         // and their ids are free for the services added below.
         let gone: Vec<ServiceKey> =
             self.services.keys().filter(|k| !desired.services.contains_key(*k)).cloned().collect();
+        let upsert: Vec<&Service> = desired.services.values().collect();
+        self.apply_set(&desired.node, &gone, &upsert)
+    }
+
+    /// Makes the datapath hold `changed` — each service as given, or removed
+    /// when `None` — and this node's settings; services not named are left
+    /// alone. The incremental form of [`Datapath::apply`] for a stream of
+    /// changes: its cost grows with the change, not with the services held.
+    pub fn apply_services<'a>(
+        &mut self,
+        node: &NodeConfig,
+        changed: impl IntoIterator<Item = (&'a ServiceKey, Option<&'a Service>)>,
+    ) -> Result<ApplyStats, DatapathError> {
+        let mut gone = Vec::new();
+        let mut upsert = Vec::new();
+        for (key, svc) in changed {
+            match svc {
+                Some(s) => {
+                    if s.key != *key {
+                        return Err(DatapathError::Invalid {
+                            service: key.clone(),
+                            detail: format!("given under the key of service {}", s.key),
+                        });
+                    }
+                    upsert.push(s);
+                }
+                None if self.services.contains_key(key) => gone.push(key.clone()),
+                None => {}
+            }
+        }
+        self.apply_set(node, &gone, &upsert)
+    }
+
+    fn apply_set(
+        &mut self,
+        node: &NodeConfig,
+        gone: &[ServiceKey],
+        upsert: &[&Service],
+    ) -> Result<ApplyStats, DatapathError> {
+        let start = Instant::now();
+        for svc in upsert {
+            validate(svc)?;
+        }
+        let mut stats = ApplyStats::default();
+        self.apply_node(node)?;
         for key in gone {
-            self.remove_service(&key, &mut stats)?;
+            self.remove_service(key, &mut stats)?;
             stats.services_removed += 1;
         }
         // Phase 1 (serial): new services, new and changed backends, before
         // any table slot points at them.
         let mut touched: HashSet<&ServiceKey> = HashSet::new();
-        for svc in desired.services.values() {
+        for svc in upsert {
             let before = stats.writes();
             if !self.services.contains_key(&svc.key) {
                 self.add_service(svc, &mut stats)?;
@@ -337,9 +401,8 @@ impl Datapath {
         }
         // Phase 2 (parallel): Maglev tables of the services whose active
         // backend set changed.
-        let jobs: Vec<TableJob> = desired
-            .services
-            .values()
+        let jobs: Vec<TableJob> = upsert
+            .iter()
             .filter_map(|svc| {
                 let input = self.table_input(svc);
                 (self.services[&svc.key].table_input.as_ref() != Some(&input))
@@ -347,10 +410,19 @@ impl Datapath {
             })
             .collect();
         let tables = build_tables(jobs)?;
-        // Phase 3 (serial): tables, source ranges, frontends, then removals.
+        // Phase 3 (serial): frontends a service gives up, all of them before
+        // any is written (one may move to another service of this batch);
+        // then tables, source ranges, frontends and removals per service.
+        for svc in upsert {
+            let before = stats.writes();
+            self.drop_frontends(svc, &mut stats)?;
+            if stats.writes() > before {
+                touched.insert(&svc.key);
+            }
+        }
         let mut tables: HashMap<ServiceKey, (TableInput, Vec<u16>)> =
             tables.into_iter().map(|(j, t)| (j.key, (j.input, t))).collect();
-        for svc in desired.services.values() {
+        for svc in upsert {
             let before = stats.writes();
             self.finish_service(svc, tables.remove(&svc.key), &mut stats)?;
             if stats.writes() > before {
@@ -363,6 +435,25 @@ impl Datapath {
         }
         stats.duration = start.elapsed();
         Ok(stats)
+    }
+
+    /// Removes the frontends `svc` no longer lists.
+    fn drop_frontends(
+        &mut self,
+        svc: &Service,
+        stats: &mut ApplyStats,
+    ) -> Result<(), DatapathError> {
+        let Datapath { maps, services, .. } = self;
+        let st = services.get_mut(&svc.key).expect("added in phase 1");
+        let want_fe: HashSet<abi::FrontendKey> = svc.frontends.iter().map(frontend_key).collect();
+        let gone_fe: Vec<abi::FrontendKey> = st.frontends.difference(&want_fe).copied().collect();
+        for fe in gone_fe {
+            remove_ok(maps.frontends.remove(&fe), "xlb_frontends")?;
+            stats.settings_changed = true;
+            st.frontends.remove(&fe);
+            stats.deletes += 1;
+        }
+        Ok(())
     }
 
     fn apply_node(&mut self, node: &NodeConfig) -> Result<(), DatapathError> {
@@ -400,7 +491,7 @@ impl Datapath {
                 value,
                 frontends: HashSet::new(),
                 backends: HashMap::new(),
-                table: Vec::new(),
+                table: None,
                 ranges: BTreeSet::new(),
                 indices: IdPool::new(0, u16::MAX as u32, &BTreeSet::new()),
                 table_input: None,
@@ -414,7 +505,7 @@ impl Datapath {
         svc: &Service,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Datapath { maps, services, backend_ids, next_gen, .. } = self;
+        let Datapath { maps, services, backend_ids, next_gen, tunnels, .. } = self;
         let st = services.get_mut(&svc.key).expect("added above");
         let svc_id = st.id;
 
@@ -428,6 +519,8 @@ impl Datapath {
                         maps.backends
                             .set(cur.id, want, 0)
                             .map_err(MapsError::op("xlb_backends", "set"))?;
+                        tunnel_unref(tunnels, &cur.value);
+                        tunnel_ref(tunnels, &want);
                         cur.value = want;
                         stats.backend_writes += 1;
                     }
@@ -459,6 +552,7 @@ impl Datapath {
                         return Err(e.into());
                     }
                     *next_gen = next_gen.wrapping_add(1).max(1);
+                    tunnel_ref(tunnels, &value);
                     stats.backend_writes += 2;
                     st.backends.insert(
                         key,
@@ -501,12 +595,13 @@ impl Datapath {
         table: Option<(TableInput, Vec<u16>)>,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Datapath { maps, services, backend_ids, ncpus, .. } = self;
+        let Datapath { maps, services, backend_ids, ncpus, tunnels, .. } = self;
         let st = services.get_mut(&svc.key).expect("added in phase 1");
         let svc_id = st.id;
         let active_count = svc.backends.iter().filter(|b| b.state == BackendState::Active).count();
         if let Some((input, table)) = table {
-            if table != st.table {
+            let hash = table_hash(&table);
+            if hash != st.table {
                 if table.is_empty() {
                     match maps.maglev.remove(&svc_id) {
                         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -521,7 +616,7 @@ impl Datapath {
                         .map_err(MapsError::op("xlb_maglev", "insert"))?;
                     stats.table_writes += 1;
                 }
-                st.table = table;
+                st.table = hash;
             }
             st.table_input = Some(input);
         }
@@ -605,6 +700,7 @@ impl Datapath {
         for k in gone_be {
             let b = st.backends[&k].clone();
             free_backend(maps, svc_id, &b, *ncpus)?;
+            tunnel_unref(tunnels, &b.value);
             st.backends.remove(&k);
             st.indices.release(b.index);
             backend_ids.release(b.id);
@@ -618,7 +714,7 @@ impl Datapath {
         key: &ServiceKey,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Datapath { maps, services, backend_ids, svc_ids, ncpus, .. } = self;
+        let Datapath { maps, services, backend_ids, svc_ids, ncpus, tunnels, .. } = self;
         let st = services.get_mut(key).expect("listed");
         let svc_id = st.id;
         for fe in st.frontends.clone() {
@@ -633,13 +729,14 @@ impl Datapath {
             st.ranges.remove(&r);
             stats.deletes += 1;
         }
-        if !st.table.is_empty() {
+        if st.table.is_some() {
             remove_ok(maps.maglev.remove(&svc_id), "xlb_maglev")?;
-            st.table.clear();
+            st.table = None;
             stats.deletes += 1;
         }
         for (k, b) in st.backends.clone() {
             free_backend(maps, svc_id, &b, *ncpus)?;
+            tunnel_unref(tunnels, &b.value);
             st.backends.remove(&k);
             backend_ids.release(b.id);
             stats.deletes += 2;
@@ -675,17 +772,12 @@ impl Datapath {
             })
             .flatten()
             .collect();
-        self.services
-            .values()
-            .flat_map(|s| s.backends.values())
-            .filter_map(|b| abi::addr_from_abi(&b.value.node, b.value.node_family))
-            .filter(|a| !a.is_unspecified() && !own.contains(a))
-            .collect()
+        self.tunnels.keys().filter(|a| !own.contains(a)).copied().collect()
     }
 
     /// What the datapath holds, read from the maps (not from memory).
     pub fn list(&self) -> Result<Vec<ServiceListing>, DatapathError> {
-        Ok(read_listing(&self.maps)?.services)
+        Ok(read_listing(&self.maps)?)
     }
 
     /// The `xlb service list` text: every service, frontend and backend, read
@@ -808,16 +900,16 @@ struct RawService {
     value: abi::Service,
     frontends: Vec<abi::FrontendKey>,
     backends: Vec<RawBackend>,
-    table: Vec<u16>,
+    /// Hash of the Maglev table (None: no table).
+    table: Option<u64>,
+    /// Maglev slots per service-local backend index (only for listings).
+    slots: HashMap<u16, usize>,
     ranges: Vec<Cidr>,
 }
 
-struct Listing {
-    raw: Vec<RawService>,
-    services: Vec<ServiceListing>,
-}
-
-fn read_listing(maps: &Maps) -> Result<Listing, MapsError> {
+/// Reads every service from the maps; with `count_slots`, how many Maglev
+/// slots each backend holds too.
+fn read_raw(maps: &Maps, count_slots: bool) -> Result<Vec<RawService>, MapsError> {
     let mut by_id: BTreeMap<u32, RawService> = BTreeMap::new();
     let blank = |id| RawService {
         id,
@@ -825,7 +917,8 @@ fn read_listing(maps: &Maps) -> Result<Listing, MapsError> {
         value: empty_service(id, 0),
         frontends: Vec::new(),
         backends: Vec::new(),
-        table: Vec::new(),
+        table: None,
+        slots: HashMap::new(),
         ranges: Vec::new(),
     };
     for item in maps.svc_names.iter() {
@@ -866,17 +959,87 @@ fn read_listing(maps: &Maps) -> Result<Listing, MapsError> {
         let s = by_id.get_mut(&id).expect("listed");
         if let Ok(t) = maps.maglev.get(&id, 0) {
             let m = (s.value.maglev_size as usize).min(abi::MAGLEV_MAX);
-            s.table = t.slot[..m].to_vec();
+            s.table = table_hash(&t.slot[..m]);
+            if count_slots {
+                for &i in &t.slot[..m] {
+                    *s.slots.entry(i).or_default() += 1;
+                }
+            }
         }
     }
+    Ok(by_id.into_values().collect())
+}
+
+/// The applied state, read from the maps.
+fn restore(maps: &Maps) -> Result<Restored, MapsError> {
+    let backend_cap = maps.backends.len();
+    let svc_cap = maps.svc_stats.len();
+    let now_gen = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs() as u32);
+    let mut next_gen = now_gen;
+    let mut svc_used = BTreeSet::new();
+    let mut be_used = BTreeSet::new();
+    let mut services = BTreeMap::new();
+    let mut tunnels = HashMap::new();
+    for s in read_raw(maps, false)? {
+        svc_used.insert(s.id);
+        let mut used_idx = BTreeSet::new();
+        let mut backends = HashMap::new();
+        for b in s.backends {
+            be_used.insert(b.id);
+            used_idx.insert(b.index);
+            next_gen = next_gen.max(b.value.gen.wrapping_add(1));
+            tunnel_ref(&mut tunnels, &b.value);
+            let addr = abi::addr_from_abi(&b.value.addr, b.value.family)
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            let port = u16::from_be(b.value.port);
+            backends.insert(
+                (addr, port),
+                BackendState_ {
+                    id: b.id,
+                    gen: b.value.gen,
+                    index: b.index,
+                    name: format!("{}", SocketFmt(addr, port)),
+                    weight: 1,
+                    value: b.value,
+                },
+            );
+        }
+        let key = s.name.clone().unwrap_or_else(|| ServiceKey(format!("(unnamed)/{}", s.id)));
+        services.insert(
+            key,
+            SvcState {
+                id: s.id,
+                value: s.value,
+                frontends: s.frontends.into_iter().collect(),
+                backends,
+                table: s.table,
+                ranges: s.ranges.into_iter().collect(),
+                indices: IdPool::new(0, u16::MAX as u32, &used_idx),
+                table_input: None,
+            },
+        );
+    }
+    let node = maps.node.get(&0, 0).ok().filter(|n| n.geneve_port != 0);
+    Ok(Restored {
+        services,
+        svc_ids: IdPool::new(0, svc_cap, &svc_used),
+        backend_ids: IdPool::new(1, backend_cap, &be_used),
+        next_gen,
+        node,
+        tunnels,
+    })
+}
+
+/// Every service as the maps hold it, with its counters.
+fn read_listing(maps: &Maps) -> Result<Vec<ServiceListing>, MapsError> {
+    let by_id = read_raw(maps, true)?;
 
     let mut services = Vec::new();
-    for s in by_id.values() {
+    for s in &by_id {
         let stats = maps.svc_stats_sum(s.id)?;
-        let mut slot_counts: HashMap<u16, usize> = HashMap::new();
-        for &i in &s.table {
-            *slot_counts.entry(i).or_default() += 1;
-        }
+        let slot_counts = &s.slots;
         let mut frontends: Vec<FrontendListing> = s
             .frontends
             .iter()
@@ -931,7 +1094,7 @@ fn read_listing(maps: &Maps) -> Result<Listing, MapsError> {
         });
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Listing { raw: by_id.into_values().collect(), services })
+    Ok(services)
 }
 
 /// Renders listings as the `xlb service list` text (no counters: stable for

@@ -1,34 +1,40 @@
 //! Kubernetes API source: one kube-runtime watcher + reflector store per watched kind
-//! (Service, discovery.k8s.io/v1 EndpointSlice, Node), and a loop that sends a fresh
-//! [`Cluster`] snapshot once every store has finished its first list and then after
-//! changes, coalesced. Its neighbours: the daemon (daemon.rs) consumes the snapshots,
-//! [`crate::translate`] turns them into the datapath model; [`crate::source::file`] is
-//! the other source of the same snapshots.
+//! (Service, discovery.k8s.io/v1 EndpointSlice, Node), and a loop that hands the consumer
+//! [`Changes`]: once every store has finished its first list, every object (each kind a
+//! full listing); after that, only the objects that changed, looked up in the stores
+//! (shared `Arc`s: nothing is deep-copied), coalesced while the consumer is busy or the
+//! minimum interval has not passed. Its neighbours: the daemon (daemon.rs) feeds the
+//! changes to [`crate::translate::Translator`]; [`crate::source::file`] is the other source.
 //!
 //! Resilience comes from kube-runtime and is relied on deliberately: a watch that ends or
 //! breaks resumes from its last resourceVersion; a 410 Gone (history compacted) makes the
 //! watcher relist, and the reflector buffers the relisted objects and swaps them into the
-//! store in one step at the end of the list, so a snapshot never lacks an object that still
-//! exists; errors are retried with kube's default exponential backoff (0.8 s doubling to
-//! 30 s, with jitter). A new kind (Pod, Namespace, NetworkPolicy) joins by one more
-//! [`watch_kind`] call, a [`KindStats`] field and a `Cluster` field.
+//! store in one step at the end of the list, so no object that still exists ever goes
+//! missing. A relist may hide deletions (no delete event), so after one the kind is handed
+//! over as a full listing again and the consumer diffs it whole. Errors are retried with
+//! kube's default exponential backoff (0.8 s doubling to 30 s, with jitter). A new kind
+//! (Pod, Namespace, NetworkPolicy) joins by one more [`Watches::watch_kind`] call, a
+//! [`KindStats`] field and a [`Changes`] field.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Changes, KindChanges, ObjectKey};
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::Metadata;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -46,9 +52,9 @@ pub struct KubeOptions {
 /// How the watch loop behaves; `Default` is what `xlb run` uses.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// Minimum time between two snapshots: changes arriving meanwhile are coalesced into
-    /// the next one. Zero sends as soon as the previous snapshot was taken; a burst still
-    /// coalesces while a snapshot is being built or the consumer is busy.
+    /// Minimum time between two hand-overs: changes arriving meanwhile are coalesced into
+    /// the next one. Zero hands each change over at once; a burst still coalesces while the
+    /// consumer is busy (at most one batch waits in the channel).
     pub min_interval: Duration,
     /// How long the start-up probe may take before the API counts as unreachable.
     pub probe_timeout: Duration,
@@ -88,9 +94,9 @@ pub struct KubeStats {
     pub services: KindStats,
     pub slices: KindStats,
     pub nodes: KindStats,
-    /// Snapshots handed to the consumer.
-    pub snapshots: AtomicU64,
-    /// Every store has completed its first list (the first snapshot was built).
+    /// Batches of changes handed to the consumer.
+    pub batches: AtomicU64,
+    /// Every store has completed its first list (the first batch was built).
     pub synced: AtomicBool,
 }
 
@@ -101,20 +107,20 @@ impl KubeStats {
     }
 }
 
-/// Watches the API and sends a fresh [`Cluster`] after every change (coalesced), with
-/// default [`WatchOptions`]. See [`run_with`].
-pub async fn run(opts: KubeOptions, tx: mpsc::Sender<Arc<Cluster>>) -> anyhow::Result<()> {
+/// Watches the API and sends [`Changes`] with default [`WatchOptions`]. See [`run_with`].
+pub async fn run(opts: KubeOptions, tx: mpsc::Sender<Changes>) -> anyhow::Result<()> {
     run_with(opts, WatchOptions::default(), tx).await
 }
 
 /// Connects, checks that every watched kind can be listed (an unreachable or forbidden
 /// API is an error returned within `probe_timeout`, for the caller to report while it
 /// keeps serving what it has), then watches until the receiver of `tx` is dropped.
-/// No snapshot is sent before every store has completed its first list.
+/// Nothing is sent before every store has completed its first list; the first batch
+/// lists every object.
 pub async fn run_with(
     opts: KubeOptions,
     watch: WatchOptions,
-    tx: mpsc::Sender<Arc<Cluster>>,
+    tx: mpsc::Sender<Changes>,
 ) -> anyhow::Result<()> {
     let config = client_config(&opts).await?;
     let url = config.cluster_url.to_string();
@@ -130,49 +136,56 @@ pub async fn run_with(
 
     let config = watcher::Config { page_size: watch.page_size, ..Default::default() };
     let stats = watch.stats.clone();
-    let (changed_tx, mut changed) = tokio::sync::watch::channel(0u64);
-    let changed_tx = Arc::new(changed_tx);
+    let wake = Arc::new(tokio::sync::Notify::new());
     // Aborts every watcher task when this function returns.
     let mut tasks = JoinSet::new();
-    let w = Watches { client: &client, config: &config, stats: &stats, changed: &changed_tx };
+    let w = Watches { client: &client, config: &config, stats: &stats, wake: &wake };
     let services = w.watch_kind::<Service>(&mut tasks, |s| &s.services);
     let slices = w.watch_kind::<EndpointSlice>(&mut tasks, |s| &s.slices);
     let nodes = w.watch_kind::<Node>(&mut tasks, |s| &s.nodes);
 
     info!(url, "waiting for the first list of every watched kind");
     for (kind, ready) in [
-        ("Service", services.wait_until_ready().await),
-        ("EndpointSlice", slices.wait_until_ready().await),
-        ("Node", nodes.wait_until_ready().await),
+        ("Service", services.store.wait_until_ready().await),
+        ("EndpointSlice", slices.store.wait_until_ready().await),
+        ("Node", nodes.store.wait_until_ready().await),
     ] {
         ready.with_context(|| format!("the {kind} watcher stopped before its first list"))?;
     }
     stats.synced.store(true, Ordering::Relaxed);
     info!(
-        services = services.len(),
-        slices = slices.len(),
-        nodes = nodes.len(),
+        services = services.store.len(),
+        slices = slices.store.len(),
+        nodes = nodes.store.len(),
         "Kubernetes caches synced"
     );
 
-    drop(changed_tx);
+    // The first batch: every object. Pending changes are taken (and dropped) before the
+    // stores are read, so a change landing meanwhile is in the next batch, never lost.
+    let mut first = true;
     loop {
-        // Mark every change so far as seen before reading the stores: a change that lands
-        // while the snapshot is built triggers the next round, so none is lost.
-        changed.borrow_and_update();
-        let cluster = Cluster {
-            services: snapshot(&services),
-            slices: snapshot(&slices),
-            nodes: snapshot(&nodes),
+        let changes = Changes {
+            services: services.take(first),
+            slices: slices.take(first),
+            nodes: nodes.take(first),
         };
-        stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        if tx.send(Arc::new(cluster)).await.is_err() {
-            debug!("snapshot receiver gone; stopping the Kubernetes source");
+        first = false;
+        if changes.is_empty() {
+            // A wake-up whose changes an earlier batch already carried.
+            wake.notified().await;
+            continue;
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        if tx.send(changes).await.is_err() {
+            debug!("receiver gone; stopping the Kubernetes source");
             return Ok(());
         }
         let sent_at = Instant::now();
-        if changed.changed().await.is_err() {
-            anyhow::bail!("every Kubernetes watcher stopped");
+        tokio::select! {
+            _ = wake.notified() => {}
+            Some(done) = tasks.join_next() => {
+                anyhow::bail!("a Kubernetes watcher stopped: {done:?}");
+            }
         }
         if !watch.min_interval.is_zero() {
             tokio::time::sleep_until(sent_at + watch.min_interval).await;
@@ -205,14 +218,44 @@ async fn probe(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store's objects, ordered by namespace and name so snapshots are deterministic.
-fn snapshot<K>(store: &Store<K>) -> Vec<K>
+/// Keys of one kind's objects changed since the last batch, and whether it relisted.
+#[derive(Debug, Default)]
+struct Pending {
+    keys: HashSet<ObjectKey>,
+    full: bool,
+}
+
+/// A watched kind: its store and what changed in it since the last batch.
+struct Watched<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl<K> Watched<K>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + Metadata<Ty = ObjectMeta> + Clone + 'static,
 {
-    let mut objects: Vec<Arc<K>> = store.state();
-    objects.sort_by_cached_key(|o| (o.namespace(), o.name_any()));
-    objects.into_iter().map(Arc::unwrap_or_clone).collect()
+    /// The changes since the last call (all objects when `full` or after a relist).
+    fn take(&self, full: bool) -> KindChanges<K> {
+        let p = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if full || p.full {
+            let objects = self.store.state().into_iter().map(|o| (ObjectKey::of(&*o), Some(o)));
+            return KindChanges { full: true, objects: objects.collect() };
+        }
+        let objects = p
+            .keys
+            .into_iter()
+            .map(|key| {
+                let mut r = ObjectRef::<K>::new(&key.name);
+                if let Some(ns) = &key.namespace {
+                    r = r.within(ns);
+                }
+                let obj = self.store.get(&r);
+                (key, obj)
+            })
+            .collect();
+        KindChanges { full: false, objects }
+    }
 }
 
 /// What every watched kind shares.
@@ -220,29 +263,50 @@ struct Watches<'a> {
     client: &'a Client,
     config: &'a watcher::Config,
     stats: &'a Arc<KubeStats>,
-    changed: &'a Arc<tokio::sync::watch::Sender<u64>>,
+    wake: &'a Arc<tokio::sync::Notify>,
 }
 
 impl Watches<'_> {
-    /// Starts the watcher + reflector of kind `K` on a task in `tasks` and returns the
-    /// store it keeps current. Every store change bumps the `changed` counter.
+    /// Starts the watcher + reflector of kind `K` on a task in `tasks` and returns its
+    /// store and pending changes. Every applied or deleted object is noted by key, every
+    /// relist as a full listing, and the batching loop is woken.
     fn watch_kind<K>(
         &self,
         tasks: &mut JoinSet<()>,
         stats_of: fn(&KubeStats) -> &KindStats,
-    ) -> Store<K>
+    ) -> Watched<K>
     where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource<DynamicType = ()>
+            + Metadata<Ty = ObjectMeta>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
     {
         let (reader, writer) = reflector::store::<K>();
         let events = watcher::watcher(Api::<K>::all(self.client.clone()), self.config.clone())
             .default_backoff()
             .reflect(writer);
-        let (store, stats, changed) = (reader.clone(), self.stats.clone(), self.changed.clone());
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let (store, stats, wake, noted) =
+            (reader.clone(), self.stats.clone(), self.wake.clone(), pending.clone());
         tasks.spawn(async move {
             let kind = K::kind(&()).to_string();
             let mut events = std::pin::pin!(events);
             let mut lists = 0u64;
+            let note = |key: Option<ObjectKey>| {
+                let mut p = noted.lock().unwrap_or_else(PoisonError::into_inner);
+                match key {
+                    Some(k) => {
+                        p.keys.insert(k);
+                    }
+                    None => p.full = true,
+                }
+                drop(p);
+                wake.notify_one();
+            };
             while let Some(event) = events.next().await {
                 let s = stats_of(&stats);
                 match event {
@@ -257,12 +321,14 @@ impl Watches<'_> {
                     Ok(Event::InitDone) => {
                         s.objects.store(store.len() as u64, Ordering::Relaxed);
                         debug!(kind, objects = store.len(), "list complete");
-                        changed.send_modify(|n| *n += 1);
+                        if lists > 1 {
+                            note(None);
+                        }
                     }
-                    Ok(Event::Apply(_) | Event::Delete(_)) => {
+                    Ok(Event::Apply(o) | Event::Delete(o)) => {
                         s.events.fetch_add(1, Ordering::Relaxed);
                         s.objects.store(store.len() as u64, Ordering::Relaxed);
-                        changed.send_modify(|n| *n += 1);
+                        note(Some(ObjectKey::of(&o)));
                     }
                     Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                         s.errors.fetch_add(1, Ordering::Relaxed);
@@ -275,6 +341,6 @@ impl Watches<'_> {
                 }
             }
         });
-        reader
+        Watched { store: reader, pending }
     }
 }
