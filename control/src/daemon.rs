@@ -1,32 +1,39 @@
 //! `xlb run`: the node agent. Loads and attaches the datapath (lb::loader),
 //! opens its applied state (lb::datapath, restored from the pinned maps),
-//! then reconciles: every [`Cluster`] a source sends (manifest files, or the
-//! Kubernetes API) is translated whole and, if valid, applied; an invalid
-//! one is logged with all its errors and the running state stays.
+//! then reconciles: the [`Changes`] a source sends (manifest files: all at
+//! once; the Kubernetes API: what changed, coalesced) go to the incremental
+//! [`Translator`]; if the configuration is valid, only the datapath services
+//! they touched are applied (a full diff after a full listing, a failed
+//! apply, and every `--full-resync-interval`, maps re-read); an invalid one
+//! is logged with all its errors and the running state stays. Nothing is
+//! written before the source has listed every kind once. With the API
+//! unreachable the pinned state keeps serving and /readyz says so. Also
+//! serves the healthCheckNodePort of externalTrafficPolicy: Local services.
 use std::{
+    collections::BTreeSet,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lb::{
-    datapath::Datapath,
+    datapath::{ApplyStats, Datapath},
     loader::{Dataplane, LoadOptions, MapSizes, XdpMode, DEFAULT_PIN_DIR},
-    model::Desired,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 use xlb_control::{
-    cluster::Cluster,
+    cluster::Changes,
+    healthcheck::HealthServer,
     render,
     source::{self, file::Stamp},
-    translate::{translate, TranslateOptions},
+    translate::{ConfigErrors, TranslateOptions, Translator},
 };
 
 use crate::TranslateArgs;
@@ -35,6 +42,25 @@ use crate::TranslateArgs;
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How soon a failed apply is retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest wait between two attempts to reach an unusable Kubernetes API.
+const MAX_SOURCE_BACKOFF: Duration = Duration::from_secs(30);
+/// Incremental applies touching more services than this are logged at info.
+const LOG_APPLY_SERVICES: usize = 50;
+
+/// "0", "250ms", "5s", "5m", "1h": a duration flag.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected NUMBER[ms|s|m|h]"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    })
+}
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -70,6 +96,19 @@ pub struct RunArgs {
     /// at least a page.
     #[arg(long, value_name = "BYTES", default_value_t = crate::monitor::DEFAULT_RINGBUF_BYTES)]
     events_ringbuf_bytes: u32,
+    /// Kubernetes source: least time between two applies; changes arriving
+    /// meanwhile are coalesced into the next ("0": apply each at once; bursts
+    /// still coalesce while an apply runs).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    min_interval: Duration,
+    /// How often the maps are re-read and diffed whole against the source,
+    /// repairing whatever a missed event or a hand edit left behind ("0": never).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    full_resync_interval: Duration,
+    /// Address the healthCheckNodePort responders listen on (default: every
+    /// address of the node).
+    #[arg(long, value_name = "ADDR", default_value = "::")]
+    health_check_addr: IpAddr,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -98,19 +137,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let stamp = source::file::stamp(path)?;
         let cluster = source::file::load_path(path)?;
         crate::metrics::control().cluster_seen(&cluster);
-        match translate(&cluster, &opts) {
-            Ok(d) => first = Some((stamp, d)),
-            Err(e) => {
-                eprint!("{}", render::errors(&e));
-                return Ok(ExitCode::FAILURE);
-            }
+        let mut translator = Translator::new(opts.clone());
+        translator.update(Changes::full(cluster));
+        if let Err(e) = translator.check() {
+            eprint!("{}", render::errors(&e));
+            return Ok(ExitCode::FAILURE);
         }
+        first = Some((stamp, translator));
     }
 
     ensure_bpffs()?;
     let sizes = if args.small_maps { MapSizes::small() } else { MapSizes::default() };
     let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes };
     crate::monitor::prepare_ringbuf(&args.pin_dir, args.events_ringbuf_bytes)?;
+    let sizes = MapSizes { events: args.events_ringbuf_bytes, ..sizes };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     let mode = match args.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
@@ -159,7 +199,7 @@ fn datapath_sysctls(iface: &str) -> anyhow::Result<()> {
 fn serve(
     args: &RunArgs,
     opts: &TranslateOptions,
-    first: Option<(Stamp, Desired)>,
+    first: Option<(Stamp, Translator)>,
     dataplane: &mut Dataplane,
     mode: XdpMode,
 ) -> anyhow::Result<()> {
@@ -186,51 +226,63 @@ fn serve(
 async fn reconcile_loop(
     args: &RunArgs,
     opts: &TranslateOptions,
-    first: Option<(Stamp, Desired)>,
+    first: Option<(Stamp, Translator)>,
     datapath: &mut Datapath,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let (tx, mut rx) = mpsc::channel::<Arc<Cluster>>(4);
+    // One batch may wait while an apply runs; later changes coalesce in the source.
+    let (tx, mut rx) = mpsc::channel::<Changes>(1);
 
-    let mut reconciler = Reconciler {
-        generation: 0,
-        applied: None,
-        pending: None,
-        neighbours: lb::neigh::Neighbours::new(),
-    };
+    let restored = datapath.service_keys().count();
+    let mut reconciler = Reconciler::new(Translator::new(opts.clone()), args.health_check_addr);
     let source = match (&args.config, first) {
-        (Some(path), Some((stamp, desired))) => {
-            reconciler.apply(datapath, desired, "file");
+        (Some(path), Some((stamp, translator))) => {
+            reconciler.translator = translator;
+            reconciler.full_due = true;
+            reconciler.synced = true;
+            reconciler.sync(datapath, "file");
             tokio::spawn(watch_files(path.clone(), stamp, tx))
         }
         _ => {
             let kube = source::kube::KubeOptions { kubeconfig: args.kubeconfig.clone() };
             let watch = source::kube::WatchOptions {
                 stats: crate::metrics::control().kube_stats(),
+                min_interval: args.min_interval,
                 ..Default::default()
             };
-            tokio::spawn(source::kube::run_with(kube, watch, tx))
+            tokio::spawn(kube_source(kube, watch, tx, restored))
         }
     };
     let kind = if args.config.is_some() { "file" } else { "kube" };
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    let resync_every =
+        if args.full_resync_interval.is_zero() { Duration::MAX } else { args.full_resync_interval };
+    let mut resync = tokio::time::interval_at(
+        tokio::time::Instant::now() + resync_every.min(Duration::from_secs(86400 * 365)),
+        resync_every.min(Duration::from_secs(86400 * 365)),
+    );
 
     let outcome = loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(cluster) => {
+                Some(changes) => {
                     let t0 = std::time::Instant::now();
                     crate::metrics::control().source_event();
-                    reconciler.reconcile(datapath, &cluster, opts, kind);
+                    if !reconciler.synced {
+                        // The source listed every kind: the API is back (or was never gone).
+                        crate::metrics::control().health.source_ok();
+                    }
+                    reconciler.reconcile(datapath, changes, kind);
                     crate::metrics::control().sync_done(t0.elapsed());
                 }
                 None => break Ok(()), // the source ended; its result is below
             },
-            _ = retry.tick(), if reconciler.pending.is_some() => {
-                if let Some(d) = reconciler.pending.take() {
-                    reconciler.apply(datapath, d, "retry");
-                }
+            _ = retry.tick(), if reconciler.full_due && reconciler.synced => {
+                reconciler.sync(datapath, "retry");
+            }
+            _ = resync.tick(), if reconciler.synced && !args.full_resync_interval.is_zero() => {
+                reconciler.resync(datapath);
             }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break Ok(()) }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break Ok(()) }
@@ -248,78 +300,193 @@ async fn reconcile_loop(
     }
 }
 
-/// Translates and applies; remembers what was applied.
+/// The Kubernetes source, restarted with backoff whenever it fails (the API
+/// unreachable at start, a watcher gone): meanwhile the datapath keeps what
+/// it holds and /readyz says why the agent is not ready. Every restart lists
+/// everything again, so the reconciler diffs the whole state.
+async fn kube_source(
+    kube: source::kube::KubeOptions,
+    watch: source::kube::WatchOptions,
+    tx: mpsc::Sender<Changes>,
+    restored: usize,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match source::kube::run_with(kube.clone(), watch.clone(), tx.clone()).await {
+            Ok(()) => return Ok(()), // the reconciler is gone: shutting down
+            Err(e) if tx.is_closed() => return Err(e),
+            Err(e) => {
+                let reason = format!(
+                    "{e:#}; serving the state the maps held at start ({restored} services) \
+                     and what was applied since"
+                );
+                warn!(error = %reason, retry_in = ?backoff, "Kubernetes source failed");
+                crate::metrics::control().health.source_failed(reason);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_SOURCE_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Translates incrementally and applies what changed; remembers what is due.
 struct Reconciler {
     generation: u64,
-    applied: Option<Desired>,
-    /// A valid state whose apply failed: retried on a timer.
-    pending: Option<Desired>,
+    translator: Translator,
+    /// The source has listed every kind once: writes may start.
+    synced: bool,
+    /// The next apply diffs everything (after a full listing or a failed apply).
+    full_due: bool,
+    /// The errors last logged, so a configuration that stays invalid is
+    /// logged once, not on every change.
+    logged_errors: Option<ConfigErrors>,
     /// Tunnel next hops kept resolved for XDP.
     neighbours: lb::neigh::Neighbours,
+    /// The tunnel endpoints last handed to `neighbours`.
+    tunnels: BTreeSet<IpAddr>,
+    health: HealthServer,
 }
 
 impl Reconciler {
-    fn reconcile(
-        &mut self,
-        datapath: &mut Datapath,
-        cluster: &Cluster,
-        opts: &TranslateOptions,
-        source: &str,
-    ) {
-        crate::metrics::control().cluster_seen(cluster);
-        match translate(cluster, opts) {
-            Ok(desired) => self.apply(datapath, desired, source),
-            Err(errors) => {
-                crate::metrics::control().rejected();
-                self.generation += 1;
-                let _span = info_span!("reconcile", generation = self.generation, source).entered();
+    fn new(translator: Translator, health_addr: IpAddr) -> Self {
+        Reconciler {
+            generation: 0,
+            translator,
+            synced: false,
+            full_due: true,
+            logged_errors: None,
+            neighbours: lb::neigh::Neighbours::new(),
+            tunnels: BTreeSet::new(),
+            health: HealthServer::new(health_addr),
+        }
+    }
+
+    fn reconcile(&mut self, datapath: &mut Datapath, changes: Changes, source: &str) {
+        // A full listing may hide deletions: diff everything once.
+        self.full_due |= changes.any_full();
+        self.synced |= changes.services.full && changes.slices.full && changes.nodes.full;
+        self.translator.update(changes);
+        if self.synced {
+            self.sync(datapath, source);
+        }
+    }
+
+    /// Applies what changed since the last apply, if the configuration is valid.
+    fn sync(&mut self, datapath: &mut Datapath, source: &str) {
+        self.generation += 1;
+        let _span = info_span!("reconcile", generation = self.generation, source).entered();
+        if let Err(errors) = self.translator.check() {
+            crate::metrics::control().rejected();
+            self.health.set_proxy_healthy(false);
+            if self.logged_errors.as_ref() != Some(&errors) {
                 error!(
                     count = errors.0.len(),
                     "new configuration rejected, the running state stays:\n{}",
                     render::errors(&errors).trim_end()
                 );
+                self.logged_errors = Some(errors);
+            }
+            return;
+        }
+        self.logged_errors = None;
+        let full = self.full_due;
+        let t0 = std::time::Instant::now();
+        let keys = self.translator.take_changed();
+        let desired = self.translator.desired();
+        let result = if full {
+            datapath.apply(desired)
+        } else {
+            datapath
+                .apply_services(&desired.node, keys.iter().map(|k| (k, desired.services.get(k))))
+        };
+        crate::metrics::control().apply_done(t0.elapsed(), result.is_ok(), desired.services.len());
+        match result {
+            Ok(stats) => {
+                self.full_due = false;
+                self.applied(datapath, &stats, if full { "full" } else { "incremental" });
+            }
+            Err(e) => {
+                error!(error = %e, "apply failed; a full diff follows in {RETRY_INTERVAL:?}");
+                self.full_due = true;
+                self.health.set_proxy_healthy(false);
             }
         }
     }
 
-    fn apply(&mut self, datapath: &mut Datapath, desired: Desired, source: &str) {
-        self.generation += 1;
-        let _span = info_span!("reconcile", generation = self.generation, source).entered();
-        if self.applied.as_ref() == Some(&desired) {
-            info!("no change");
-            crate::metrics::control().synced();
-            self.pending = None;
-            return;
+    /// The periodic full diff: maps re-read, everything compared.
+    fn resync(&mut self, datapath: &mut Datapath) {
+        if self.translator.check().is_err() {
+            return; // the rejection is logged; the running state stays
         }
+        self.generation += 1;
+        let _span =
+            info_span!("reconcile", generation = self.generation, source = "resync").entered();
+        let _ = self.translator.take_changed();
         let t0 = std::time::Instant::now();
-        let result = datapath.apply(&desired);
+        let desired = self.translator.desired();
+        let result = datapath.resync(desired);
         crate::metrics::control().apply_done(t0.elapsed(), result.is_ok(), desired.services.len());
         match result {
             Ok(stats) => {
-                info!(
-                    services = desired.services.len(),
-                    added = stats.services_added,
-                    removed = stats.services_removed,
-                    changed = stats.services_changed,
-                    writes = stats.writes(),
-                    duration_us = stats.duration.as_micros() as u64,
-                    "applied"
-                );
-                self.applied = Some(desired);
-                self.pending = None;
-                match self.neighbours.sync(&datapath.tunnel_endpoints()) {
-                    Ok(0) => {}
-                    Ok(n) => info!(entries = n, "managed neighbour entries for tunnel next hops"),
-                    Err(e) => {
-                        warn!(error = %e, "tunnel next hops not pre-resolved; XDP hands packets to the kernel until they are")
-                    }
+                self.full_due = false;
+                if stats.writes() > 0 {
+                    warn!(
+                        writes = stats.writes(),
+                        "full resync found the maps differing from the source and repaired them"
+                    );
                 }
+                self.applied(datapath, &stats, "resync");
             }
             Err(e) => {
-                error!(error = %e, "apply failed; retrying in {RETRY_INTERVAL:?}");
-                self.applied = None;
-                self.pending = Some(desired);
+                error!(error = %e, "full resync failed; retrying in {RETRY_INTERVAL:?}");
+                self.full_due = true;
             }
+        }
+    }
+
+    /// Bookkeeping after a successful apply: log, neighbours, health checks.
+    fn applied(&mut self, datapath: &Datapath, stats: &ApplyStats, how: &'static str) {
+        let services = self.translator.desired().services.len();
+        let touched = stats.services_added + stats.services_removed + stats.services_changed;
+        if how != "incremental" || touched > LOG_APPLY_SERVICES {
+            info!(
+                how,
+                services,
+                added = stats.services_added,
+                removed = stats.services_removed,
+                changed = stats.services_changed,
+                writes = stats.writes(),
+                duration_us = stats.duration.as_micros() as u64,
+                "applied"
+            );
+        } else {
+            debug!(
+                how,
+                added = stats.services_added,
+                removed = stats.services_removed,
+                changed = stats.services_changed,
+                writes = stats.writes(),
+                duration_us = stats.duration.as_micros() as u64,
+                "applied"
+            );
+        }
+        if stats.writes() == 0 {
+            crate::metrics::control().synced();
+        }
+        self.health.set_proxy_healthy(true);
+        if let Some(checks) = self.translator.take_health_checks() {
+            self.health.update(checks);
+        }
+        let tunnels = datapath.tunnel_endpoints();
+        if tunnels != self.tunnels {
+            match self.neighbours.sync(&tunnels) {
+                Ok(0) => {}
+                Ok(n) => info!(entries = n, "managed neighbour entries for tunnel next hops"),
+                Err(e) => {
+                    warn!(error = %e, "tunnel next hops not pre-resolved; XDP hands packets to the kernel until they are")
+                }
+            }
+            self.tunnels = tunnels;
         }
     }
 }
@@ -330,7 +497,7 @@ impl Reconciler {
 async fn watch_files(
     path: PathBuf,
     mut stamp: Stamp,
-    tx: mpsc::Sender<Arc<Cluster>>,
+    tx: mpsc::Sender<Changes>,
 ) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -362,7 +529,8 @@ async fn watch_files(
         match source::file::load_path(&path) {
             Ok(cluster) => {
                 crate::metrics::control().health.source_ok();
-                if tx.send(Arc::new(cluster)).await.is_err() {
+                crate::metrics::control().cluster_seen(&cluster);
+                if tx.send(Changes::full(cluster)).await.is_err() {
                     return Ok(()); // the reconciler is gone: shutting down
                 }
             }
