@@ -36,6 +36,7 @@ pub enum Stat {
     Iterations = 0,
     RestoreFail = 1,
     TailCallFail = 2,
+    Seq = 3,
     SinkPackets = 4,
 }
 
@@ -193,6 +194,20 @@ impl Bench {
     pub fn stat(&self, s: Stat) -> Result<u64> {
         let v = self.stats.get(&(s as u32), 0).context("xlb_bench_stats read")?;
         Ok(v.iter().sum())
+    }
+
+    /// The new-flow sequence number: the highest over CPUs.
+    pub fn seq(&self) -> Result<u64> {
+        let v = self.stats.get(&(Stat::Seq as u32), 0).context("xlb_bench_stats read")?;
+        Ok(v.iter().copied().max().unwrap_or(0))
+    }
+
+    /// Sets the new-flow sequence number on every CPU: the next new-flow
+    /// iteration uses `seq + 1` (replaying flows that used it before).
+    pub fn set_seq(&mut self, seq: u64) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("nr_cpus: {e}"))?;
+        let values = aya::maps::PerCpuValues::try_from(vec![seq; n])?;
+        self.stats.set(Stat::Seq as u32, values, 0).context("xlb_bench_stats update")
     }
 
     /// BPF_PROG_TEST_RUN of the wrapper with live frames (transmitted for

@@ -175,7 +175,7 @@ pub fn install_kube_proxy(
     services: u32,
     endpoints: &[Ipv4Addr],
 ) -> Result<Duration, RigError> {
-    let mut svcs = synthetic(services.saturating_sub(1), 2, Ipv4Addr::new(10, 101, 0, 1), 80, 80);
+    let mut svcs = synthetic(services.saturating_sub(1), 2, Ipv4Addr::new(10, 101, 0, 1), 80, 8080);
     let mut measured = synthetic(1, 1, KP_VIP, 80, 80).remove(0);
     measured.name = "nginx-kp".into();
     measured.cluster_ip = Ipv4Addr::new(10, 97, 0, 1);

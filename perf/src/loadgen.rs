@@ -73,6 +73,16 @@ impl WrkResult {
 
 /// Runs wrk in namespace `ns` of `lab`; `scratch` holds the Lua hook.
 pub fn wrk(lab: &Lab, ns: &str, spec: &WrkSpec, scratch: &Path) -> Result<WrkResult, LoadgenError> {
+    parse_wrk(&wrk_raw(lab, ns, spec, scratch)?)
+}
+
+/// Runs wrk like [`wrk`]; its whole standard output.
+pub fn wrk_raw(
+    lab: &Lab,
+    ns: &str,
+    spec: &WrkSpec,
+    scratch: &Path,
+) -> Result<String, LoadgenError> {
     let lua = scratch.join("xlbperf-wrk.lua");
     if !lua.exists() {
         std::fs::write(&lua, WRK_LUA)
@@ -105,7 +115,7 @@ pub fn wrk(lab: &Lab, ns: &str, spec: &WrkSpec, scratch: &Path) -> Result<WrkRes
             ),
         });
     }
-    parse_wrk(&text)
+    Ok(text)
 }
 
 fn parse_err(field: &'static str, reason: impl Into<String>, output: &str) -> LoadgenError {

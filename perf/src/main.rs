@@ -8,6 +8,7 @@ mod maglev_report;
 mod micro;
 mod pps;
 mod report;
+mod scale;
 mod setup;
 
 use std::path::PathBuf;
@@ -74,6 +75,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         dwell: f64,
     },
+    /// Cost vs backends per service and vs connection-table fill.
+    Scale {
+        #[arg(long, default_value_os_t = micro::default_packets_dir())]
+        packets: PathBuf,
+        #[arg(long, default_value_t = 9)]
+        rounds: u32,
+        #[arg(long, default_value_t = 20_000)]
+        repeat: u32,
+    },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
     /// Every scenario above with default settings, plus the summary.
@@ -117,6 +127,13 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "churn", &r, &md)?;
             r.check()?;
+        }
+        Cmd::Scale { packets, rounds, repeat } => {
+            let r =
+                scale::run(&scale::ScaleOpts { packets, rounds, repeat, ..Default::default() })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "scale", &r, &md)?;
         }
         Cmd::Maglev => {
             let md = maglev(&cli.out)?;

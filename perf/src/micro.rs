@@ -238,6 +238,7 @@ fn run_inside(
     let dp = Dataplane::load(&LoadOptions {
         pin_dir: pin.path().to_path_buf(),
         sizes: MapSizes::default(),
+        ..LoadOptions::default()
     })
     .context("loading the datapath")?;
     let mut applier = Datapath::open(pin.path()).context("opening the datapath maps")?;

@@ -44,6 +44,12 @@ use crate::{
     setup,
 };
 
+/// Backends per service and Maglev size of the services of the scale
+/// sweep (a small prime keeps 100k services' tables building quickly; each
+/// table value still takes 32 KiB of kernel memory: 100k ≈ 3.3 GB).
+pub const SWEEP_BACKENDS: u32 = 10;
+pub const SWEEP_MAGLEV: u32 = 251;
+
 #[derive(Clone, Debug)]
 pub struct PpsOpts {
     pub packets: std::path::PathBuf,
@@ -218,11 +224,20 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     let syn = frames[0].1.clone();
     let mut rig = build_rig()?;
     let pin = PinDir::create("pps")?;
+    let max = opts.services.iter().copied().max().unwrap_or(1).max(16);
+    let d = MapSizes::default();
+    // The sweep's services have 10 backends each (service-local entries).
     let sizes = MapSizes {
-        services: opts.services.iter().copied().max().unwrap_or(1).max(16) + 16,
-        ..MapSizes::default()
+        services: max + 16,
+        frontends: d.frontends.max(max + 16),
+        backends: d.backends.max(max * SWEEP_BACKENDS + 1024),
+        ..d
     };
-    let mut dp = Dataplane::load(&LoadOptions { pin_dir: pin.path().to_path_buf(), sizes })?;
+    let mut dp = Dataplane::load(&LoadOptions {
+        pin_dir: pin.path().to_path_buf(),
+        sizes,
+        ..LoadOptions::default()
+    })?;
     let mut applier = Datapath::open(pin.path())?;
     let mut programming = Vec::new();
     let t0 = Instant::now();
@@ -291,7 +306,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     let mut sweep = Vec::new();
     for &n in &opts.services {
         let t0 = Instant::now();
-        applier.apply(&setup::scale_desired(n, 10, 251))?;
+        applier.apply(&setup::scale_desired(n, SWEEP_BACKENDS, SWEEP_MAGLEV))?;
         programming.push(ProgramTime {
             dataplane: "xlb".into(),
             services: n,

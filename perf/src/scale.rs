@@ -1,0 +1,313 @@
+//! `xlb-perf scale`: how the per-packet cost of xlb_xdp moves with the
+//! number of backends per service (1, 10, 100, 1000: established flow and
+//! new flow) and with the fill of the connection table (10 %, 50 %, 100 %
+//! of its capacity: established-flow lookup over many distinct flows, and
+//! new-flow insert, which evicts once the LRU table is full).
+//!
+//! Timing as in `micro` (perf/src/micro.rs): the xlb_bench wrapper restores
+//! the frame each iteration and tail-calls xlb_xdp or xlb_pass; net =
+//! median over interleaved rounds of (xlb − pass). The connection table is
+//! filled by the wrapper itself (a new source per iteration from its
+//! per-CPU sequence number, the thread pinned to one CPU); for the
+//! established lookups the sequence is wound back so the timed iterations
+//! replay flows that are in the table (ACK frames, the newest ones), and
+//! the service's new-flow counter proves it (`ct misses` = new flows
+//! created while timing lookups).
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHash, Map, MapData, PerCpuArray};
+use lb::{
+    abi::{CtEntry, FlowKey, SvcStats},
+    datapath::Datapath,
+    loader::{Dataplane, LoadOptions, MapSizes},
+    model::{Backend, BackendState, Desired, Proto},
+};
+use serde::Serialize;
+use xlb_perf::{
+    netns::{ifindex, in_private_netns, PinDir},
+    stats::median,
+};
+
+use crate::{
+    benchprog::{load_pass, test_run, xdp_of, Bench, Template},
+    micro::read_frames,
+    setup,
+};
+
+#[derive(Clone, Debug)]
+pub struct ScaleOpts {
+    pub packets: std::path::PathBuf,
+    pub rounds: u32,
+    pub repeat: u32,
+    pub backends: Vec<u32>,
+    /// Connection-table fills, percent of capacity.
+    pub ct_fill: Vec<u32>,
+    /// Connection-table capacity (production default).
+    pub ct_capacity: u32,
+}
+
+impl Default for ScaleOpts {
+    fn default() -> Self {
+        ScaleOpts {
+            packets: crate::micro::default_packets_dir(),
+            rounds: 9,
+            repeat: 20_000,
+            backends: vec![1, 10, 100, 1000],
+            ct_fill: vec![10, 50, 100],
+            ct_capacity: MapSizes::default().ct,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendsRow {
+    pub backends: u32,
+    pub established_ns: f64,
+    pub new_flow_ns: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CtRow {
+    pub fill_percent: u32,
+    pub flows_inserted: u64,
+    pub entries: u64,
+    /// ns/packet over distinct established flows (table lookups).
+    pub established_ns: f64,
+    /// New flows created while timing lookups (0: every lookup hit).
+    pub ct_misses: u64,
+    pub new_flow_ns: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleReport {
+    pub rounds: u32,
+    pub repeat: u32,
+    pub ct_capacity: u32,
+    pub backends: Vec<BackendsRow>,
+    pub ct: Vec<CtRow>,
+}
+
+/// `per` backends with distinct addresses over the four nodes.
+fn many_backends(per: u32) -> Vec<Backend> {
+    (0..per)
+        .map(|i| {
+            let addr = IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 10)) + i));
+            Backend {
+                name: format!("{addr}:80"),
+                addr,
+                port: 80,
+                node: IpAddr::V4(setup::node_v4(1 + i % setup::NODES)),
+                weight: 1,
+                state: BackendState::Active,
+            }
+        })
+        .collect()
+}
+
+fn one_service(per: u32) -> Desired {
+    let mut d = Desired { node: setup::node_config(), ..Default::default() };
+    let s =
+        setup::service("svc0", "10.100.0.1".parse().unwrap(), 80, Proto::Tcp, many_backends(per));
+    d.services.insert(s.key.clone(), s);
+    d
+}
+
+struct Timer {
+    dp: Dataplane,
+    pin: PinDir,
+    bench: Bench,
+    pass: aya::Ebpf,
+    ifindex: u32,
+    rounds: u32,
+    repeat: u32,
+}
+
+impl Timer {
+    fn set_target(&mut self, xlb: bool) -> Result<()> {
+        let fd = if xlb {
+            self.dp.xdp_program().fd()?.try_clone()?
+        } else {
+            xdp_of(&self.pass, "xlb_pass")?.fd()?.try_clone()?
+        };
+        self.bench.set_target(&fd)
+    }
+
+    /// Net ns/packet of `tpl`; `before_each(xlb)` runs before every timed run.
+    fn net(
+        &mut self,
+        tpl: &Template,
+        before_each: &mut dyn FnMut(&mut Bench) -> Result<()>,
+    ) -> Result<f64> {
+        self.bench.set_templates(std::slice::from_ref(tpl))?;
+        let mut diffs = Vec::new();
+        for round in 0..self.rounds {
+            let mut t = [0.0; 2];
+            for xlb in if round % 2 == 0 { [false, true] } else { [true, false] } {
+                self.set_target(xlb)?;
+                before_each(&mut self.bench)?;
+                let r =
+                    test_run(self.bench.wrapper(), &tpl.bytes, self.ifindex, self.repeat, None)?;
+                t[xlb as usize] = r.duration.as_nanos() as f64;
+            }
+            diffs.push(t[1] - t[0]);
+        }
+        Ok(median(&diffs))
+    }
+
+    fn new_flows(&self) -> Result<u64> {
+        let data = MapData::from_pin(self.pin.path().join("xlb_svc_stats"))?;
+        let arr: PerCpuArray<MapData, SvcStats> = Map::from_map_data(data)?.try_into()?;
+        let mut sum = 0;
+        for id in 0..16u32 {
+            if let Ok(v) = arr.get(&id, 0) {
+                sum += v.iter().map(|s| s.new_flows).sum::<u64>();
+            }
+        }
+        Ok(sum)
+    }
+
+    fn ct_entries(&self) -> Result<u64> {
+        let data = MapData::from_pin(self.pin.path().join("xlb_ct"))?;
+        let ct: BpfHash<MapData, FlowKey, CtEntry> = Map::from_map_data(data)?.try_into()?;
+        Ok(ct.keys().filter(|k| k.is_ok()).count() as u64)
+    }
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
+pub fn run(opts: &ScaleOpts) -> Result<ScaleReport> {
+    let frames = read_frames(&opts.packets)?;
+    let opts = opts.clone();
+    in_private_netns(move || run_inside(&opts, &frames))?
+}
+
+fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleReport> {
+    pin_to_cpu(0)?;
+    let f = |n: &str| frames.iter().find(|(k, _)| k == n).expect("reference frame").1.clone();
+    let (syn, ack) = (f("tcp_syn_vip.bin"), f("tcp_ack_vip.bin"));
+    setup::lb_port("xb0", "xb1")?;
+    let ifindex = ifindex("xb0").context("xb0 has no ifindex")?;
+    let timer = |sizes: MapSizes| -> Result<Timer> {
+        let pin = PinDir::create("scale")?;
+        let dp = Dataplane::load(&LoadOptions {
+            pin_dir: pin.path().to_path_buf(),
+            sizes,
+            ..LoadOptions::default()
+        })
+        .context("loading the datapath")?;
+        Ok(Timer {
+            dp,
+            pin,
+            bench: Bench::load()?,
+            pass: load_pass()?,
+            ifindex,
+            rounds: opts.rounds,
+            repeat: opts.repeat,
+        })
+    };
+    let noop = &mut |_: &mut Bench| Ok(());
+
+    // Backends per service.
+    let mut t = timer(MapSizes::default())?;
+    let mut applier = Datapath::open(t.pin.path())?;
+    let mut backends = Vec::new();
+    for &per in &opts.backends {
+        applier.apply(&one_service(per)).with_context(|| format!("{per} backends"))?;
+        // The established flow's entry first.
+        test_run(t.dp.xdp_program(), &ack, ifindex, 1, None)?;
+        let established_ns = t.net(&Template::fixed(&ack), noop)?;
+        let new_flow_ns = t.net(&Template::new_flow(&syn), noop)?;
+        backends.push(BackendsRow { backends: per, established_ns, new_flow_ns });
+    }
+    drop(applier);
+    drop(t);
+
+    // Connection-table fill: a fresh, empty table.
+    let cap = opts.ct_capacity;
+    let mut t = timer(MapSizes { ct: cap, ..MapSizes::default() })?;
+    Datapath::open(t.pin.path())?.apply(&one_service(10))?;
+    let mut inserted: u64 = 0;
+    let mut ct = Vec::new();
+    for &pct in &opts.ct_fill {
+        let want = u64::from(cap) * u64::from(pct) / 100;
+        t.bench.set_templates(&[Template::new_flow(&syn)])?;
+        t.set_target(true)?;
+        while inserted < want {
+            let n = (want - inserted).min(1 << 18) as u32;
+            test_run(t.bench.wrapper(), &syn, ifindex, n, None)?;
+            inserted += u64::from(n);
+        }
+        let seq_end = t.bench.seq()?;
+        let entries = t.ct_entries()?;
+        // Established: replay the newest `repeat` flows as ACKs.
+        let nf0 = t.new_flows()?;
+        let back = seq_end.saturating_sub(u64::from(opts.repeat));
+        let established_ns = t.net(&Template::new_flow(&ack), &mut |b| b.set_seq(back))?;
+        let ct_misses = t.new_flows()? - nf0;
+        // New flows beyond every sequence number used so far.
+        let mut next = seq_end;
+        let repeat = u64::from(opts.repeat);
+        let new_flow_ns = t.net(&Template::new_flow(&syn), &mut |b| {
+            b.set_seq(next)?;
+            next += repeat;
+            Ok(())
+        })?;
+        inserted += next - seq_end;
+        ct.push(CtRow {
+            fill_percent: pct,
+            flows_inserted: want,
+            entries,
+            established_ns,
+            ct_misses,
+            new_flow_ns,
+        });
+    }
+    Ok(ScaleReport { rounds: opts.rounds, repeat: opts.repeat, ct_capacity: cap, backends, ct })
+}
+
+impl ScaleReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "Per-packet cost of xlb_xdp (net ns over xlb_pass, wrapper-timed like the \
+             microbenchmark, {} interleaved rounds × {} iterations, medians).\n\n\
+             Backends per service (one service, Maglev M = 16381):\n\n\
+             | backends | established flow ns | new flow ns |\n|---:|---:|---:|\n",
+            self.rounds, self.repeat
+        );
+        for r in &self.backends {
+            s.push_str(&format!(
+                "| {} | {:.0} | {:.0} |\n",
+                r.backends, r.established_ns, r.new_flow_ns
+            ));
+        }
+        s.push_str(&format!(
+            "\nConnection-table fill (capacity {} entries, LRU; established = {} distinct flows \
+             replayed per run, ct misses = new flows created while timing them):\n\n\
+             | fill | flows inserted | entries counted | established ns | ct misses | new flow (insert) ns |\n|---:|---:|---:|---:|---:|---:|\n",
+            self.ct_capacity, self.repeat
+        ));
+        for r in &self.ct {
+            s.push_str(&format!(
+                "| {} % | {} | {} | {:.0} | {} | {:.0} |\n",
+                r.fill_percent,
+                r.flows_inserted,
+                r.entries,
+                r.established_ns,
+                r.ct_misses,
+                r.new_flow_ns
+            ));
+        }
+        s
+    }
+}
