@@ -23,8 +23,8 @@ use lab::{manifests::EndpointState, spec, LabSpec};
 use serde::Serialize;
 use xlb_perf::{
     labrig::{install_kube_proxy, XlbLab, KP_VIP},
-    loadgen::{iperf3, wrk, IperfResult, WrkResult, WrkSpec},
-    stats::median,
+    loadgen::{interleaved_latency, iperf3, wrk, IperfResult, WrkResult, WrkSpec},
+    stats::{median, quantile},
 };
 
 #[derive(Clone, Debug)]
@@ -35,11 +35,19 @@ pub struct ConnOpts {
     pub kp_services: u32,
     /// Concurrent connections of the connections/s run.
     pub cps_conns: u32,
+    /// Requests per path of the interleaved latency measurement.
+    pub latency_requests: usize,
 }
 
 impl Default for ConnOpts {
     fn default() -> Self {
-        ConnOpts { seconds: 2, rounds: 3, kp_services: 1000, cps_conns: 8 }
+        ConnOpts {
+            seconds: 2,
+            rounds: 3,
+            kp_services: 1000,
+            cps_conns: 8,
+            latency_requests: 30_000,
+        }
     }
 }
 
@@ -49,9 +57,14 @@ pub struct ConnRow {
     pub target: String,
     pub conns_per_sec: f64,
     pub conn_errors: u64,
+    /// Interleaved request-by-request latency (own driver), µs.
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
+    /// wrk, one keep-alive connection per run, medians over runs, µs.
+    pub wrk_p50_us: f64,
+    pub wrk_p99_us: f64,
+    pub wrk_p999_us: f64,
     pub keepalive_req_per_sec: f64,
     pub gbit_per_sec: f64,
     pub retransmits: u64,
@@ -67,16 +80,13 @@ pub struct ConnReport {
     pub rounds: u32,
     pub kp_services: u32,
     pub kp_restore_seconds: f64,
+    pub latency_requests: usize,
     pub rows: Vec<ConnRow>,
 }
 
 impl ConnReport {
     pub fn row(&self, path: &str) -> Option<&ConnRow> {
         self.rows.iter().find(|r| r.path == path)
-    }
-    /// p99 of xlb minus p99 of the direct path, µs.
-    pub fn added_p99_us(&self) -> Option<f64> {
-        Some(self.row("xlb")?.p99_us - self.row("direct")?.p99_us)
     }
 }
 
@@ -117,6 +127,12 @@ pub fn run(opts: &ConnOpts) -> Result<ConnReport> {
             lat[i].push(wrk(&rig.lab, "client", &one, &scratch)?);
         }
     }
+    // Latency, request by request in turn over the three paths.
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| SocketAddr::new(*t, 80)).collect();
+    let inter = rig
+        .lab
+        .in_ns("client", || interleaved_latency(&addrs, opts.latency_requests))?
+        .context("interleaved latency")?;
     // Bulk: iperf3 replaces nginx in the pod, on port 80.
     rig.lab.stop_backend(&spec::pod_name(1, 1));
     let mut server = std::process::Command::new("iperf3");
@@ -146,9 +162,12 @@ pub fn run(opts: &ConnOpts) -> Result<ConnReport> {
                 target: targets[i].to_string(),
                 conns_per_sec: m(&cps[i], |r| r.requests_per_sec),
                 conn_errors: cps[i].iter().map(WrkResult::errors).sum(),
-                p50_us: m(&lat[i], |r| r.p50_us),
-                p99_us: m(&lat[i], |r| r.p99_us),
-                p999_us: m(&lat[i], |r| r.p999_us),
+                p50_us: quantile(&inter[i], 0.5),
+                p99_us: quantile(&inter[i], 0.99),
+                p999_us: quantile(&inter[i], 0.999),
+                wrk_p50_us: m(&lat[i], |r| r.p50_us),
+                wrk_p99_us: m(&lat[i], |r| r.p99_us),
+                wrk_p999_us: m(&lat[i], |r| r.p999_us),
                 keepalive_req_per_sec: m(&lat[i], |r| r.requests_per_sec),
                 gbit_per_sec: median(
                     &bulk[i].iter().map(|r| r.received_bps / 1e9).collect::<Vec<_>>(),
@@ -166,6 +185,7 @@ pub fn run(opts: &ConnOpts) -> Result<ConnReport> {
         rounds: opts.rounds,
         kp_services: opts.kp_services,
         kp_restore_seconds: restore.as_secs_f64(),
+        latency_requests: opts.latency_requests,
         rows,
     })
 }
@@ -176,19 +196,28 @@ impl ConnReport {
             "Real TCP from the lab's client namespace to one nginx pod (same pod for every path), \
              {} interleaved rounds × {} s per measurement, medians. kube-proxy iptables: {} \
              services, the measured one last (iptables-restore {:.2} s). Both cores are shared by \
-             client, router, LB, node and pod: the end hosts cap every path, compare ratios.\n\n",
-            self.rounds, self.seconds, self.kp_services, self.kp_restore_seconds
+             client, router, LB, node and pod: the end hosts cap every path, compare ratios. \
+             Latency p50/p99/p99.9: {} requests per path on one keep-alive connection each, \
+             interleaved request by request (noise hits every path alike); wrk columns: \
+             one keep-alive connection per wrk run.\n\n",
+            self.rounds,
+            self.seconds,
+            self.kp_services,
+            self.kp_restore_seconds,
+            self.latency_requests
         );
-        s.push_str("| path | conns/s (short-lived) | vs direct | errors | p50 µs | p99 µs | p99.9 µs | added p99 µs | req/s (1 keep-alive conn) | iperf3 Gbit/s | vs direct |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str("| path | conns/s (short-lived) | vs direct | errors | p50 µs | p99 µs | p99.9 µs | added p50 / p99 µs | wrk p50 / p99 / p99.9 µs | req/s (wrk, 1 conn) | iperf3 Gbit/s | vs direct |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let direct = self.row("direct");
         for r in &self.rows {
             let vs = |f: fn(&ConnRow) -> f64| {
                 direct.map_or("-".into(), |d| format!("{:.2}", f(r) / f(d)))
             };
-            let added = direct.map_or("-".into(), |d| format!("{:+.0}", r.p99_us - d.p99_us));
+            let added = direct.map_or("-".into(), |d| {
+                format!("{:+.1} / {:+.1}", r.p50_us - d.p50_us, r.p99_us - d.p99_us)
+            });
             s.push_str(&format!(
-                "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2} | {} |\n",
+                "| {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} / {:.0} / {:.0} | {:.0} | {:.2} | {} |\n",
                 r.path,
                 r.conns_per_sec,
                 vs(|r| r.conns_per_sec),
@@ -197,6 +226,9 @@ impl ConnReport {
                 r.p99_us,
                 r.p999_us,
                 added,
+                r.wrk_p50_us,
+                r.wrk_p99_us,
+                r.wrk_p999_us,
                 r.keepalive_req_per_sec,
                 r.gbit_per_sec,
                 vs(|r| r.gbit_per_sec),

@@ -270,6 +270,40 @@ pub fn parse_iperf3(text: &str) -> Result<IperfResult, LoadgenError> {
     })
 }
 
+/// Request latency of several paths measured request by request in turn:
+/// one keep-alive connection per target, `requests` rounds, each round one
+/// `GET /` on every connection (order rotating), so background noise on
+/// shared cores hits every path alike. Per target, the latencies in µs.
+/// Sockets open in the calling thread's namespace (run inside the lab's
+/// client namespace).
+pub fn interleaved_latency(
+    targets: &[std::net::SocketAddr],
+    requests: usize,
+) -> Result<Vec<Vec<f64>>, lab::http::HttpError> {
+    use lab::http::{Conn, DEFAULT_TIMEOUT};
+    let mut conns = targets
+        .iter()
+        .map(|t| Conn::connect(*t, DEFAULT_TIMEOUT))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Warm-up: caches, neighbours, the connection's first-request costs.
+    for c in conns.iter_mut() {
+        for _ in 0..100 {
+            c.get(false)?;
+        }
+    }
+    let k = conns.len();
+    let mut out = vec![Vec::with_capacity(requests); k];
+    for round in 0..requests {
+        for j in 0..k {
+            let i = (j + round) % k;
+            let t0 = std::time::Instant::now();
+            conns[i].get(false)?;
+            out[i].push(t0.elapsed().as_nanos() as f64 / 1e3);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ mod pps;
 mod report;
 mod scale;
 mod setup;
+mod summary;
 
 use std::path::PathBuf;
 
@@ -86,8 +87,13 @@ enum Cmd {
     },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
-    /// Every scenario above with default settings, plus the summary.
-    All,
+    /// Every scenario above, plus CSV, SVG and the summary (targets with
+    /// ratios and met / not met). Exits non-zero if a scenario failed.
+    All {
+        /// CI-sized: fewer rounds, shorter runs, sweep up to 1000 services.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -139,35 +145,110 @@ fn main() -> Result<()> {
             let md = maglev(&cli.out)?;
             println!("{md}");
         }
-        Cmd::All => {
-            let t0 = std::time::Instant::now();
-            let m = micro::run(&micro::MicroOpts::default())?;
-            let m_md = m.markdown();
-            report::write(&cli.out, "micro", &m, &m_md)?;
-            println!("{m_md}");
-            let p = pps::run_pps(&pps::PpsOpts {
-                packets: micro::default_packets_dir(),
-                seconds: 1.0,
-                rounds: 3,
-                services: vec![1, 1000, 10000],
-                batch: 64,
-            })?;
-            let p_md = p.markdown();
-            report::write(&cli.out, "pps", &p, &p_md)?;
-            println!("{p_md}");
-            let g_md = maglev(&cli.out)?;
-            println!("{g_md}");
-            report::micro_csv(&cli.out, &m)?;
-            report::pps_csv(&cli.out, &p)?;
-            report::sweep_plot(&cli.out, &p)?;
-            let summary = format!(
-                "# xlb benchmark report\n\nWhole suite: {:.0} s on this machine.\n\n## Datapath microbenchmark\n\n{m_md}\n## Packet rate\n\n{p_md}\n## Maglev quality\n\n{g_md}",
-                t0.elapsed().as_secs_f64()
-            );
-            std::fs::write(cli.out.join("summary.md"), summary)?;
-            println!("report: {}", cli.out.join("summary.md").display());
-        }
+        Cmd::All { quick } => return all(&cli.out, quick),
     }
+    Ok(())
+}
+
+/// One scenario of `all`: its report written, or its error kept.
+fn scenario<T: serde::Serialize>(
+    out: &std::path::Path,
+    name: &str,
+    f: impl FnOnce() -> Result<T>,
+    md: impl Fn(&T) -> String,
+) -> Result<T, String> {
+    let t0 = std::time::Instant::now();
+    eprintln!("== {name} ==");
+    let r = f().and_then(|r| {
+        let text = md(&r);
+        println!("{text}");
+        report::write(out, name, &r, &text)?;
+        Ok(r)
+    });
+    eprintln!("== {name}: {:.0} s ==", t0.elapsed().as_secs_f64());
+    r.map_err(|e| {
+        eprintln!("{name} FAILED: {e:#}");
+        format!("{e:#}")
+    })
+}
+
+fn all(out: &std::path::Path, quick: bool) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let micro_opts = if quick {
+        micro::MicroOpts { rounds: 5, repeat: 10_000, singles: 50, ..Default::default() }
+    } else {
+        micro::MicroOpts::default()
+    };
+    let micro = scenario(out, "micro", || micro::run(&micro_opts), |m| m.markdown());
+    let pps_opts = pps::PpsOpts {
+        packets: micro::default_packets_dir(),
+        seconds: if quick { 0.3 } else { 1.0 },
+        rounds: if quick { 1 } else { 3 },
+        services: if quick { vec![1, 1000] } else { vec![1, 1000, 10_000, 100_000] },
+        batch: 64,
+    };
+    let pps = scenario(out, "pps", || pps::run_pps(&pps_opts), |p| p.markdown());
+    let conn_opts = if quick {
+        conn::ConnOpts {
+            seconds: 1,
+            rounds: 1,
+            kp_services: 100,
+            latency_requests: 5_000,
+            ..Default::default()
+        }
+    } else {
+        conn::ConnOpts::default()
+    };
+    let conn = scenario(out, "conn", || conn::run(&conn_opts), |c| c.markdown());
+    let churn_opts = if quick {
+        churnbench::ChurnOpts { held: 32, dwell: std::time::Duration::from_millis(500) }
+    } else {
+        churnbench::ChurnOpts::default()
+    };
+    let churn = scenario(out, "churn", || churnbench::run(&churn_opts), |c| c.markdown());
+    let scale_opts = if quick {
+        scale::ScaleOpts { rounds: 3, repeat: 5_000, ct_capacity: 65_536, ..Default::default() }
+    } else {
+        scale::ScaleOpts::default()
+    };
+    let scale = scenario(out, "scale", || scale::run(&scale_opts), |s| s.markdown());
+    let maglev = maglev(out).map_err(|e| format!("{e:#}"));
+    if let Ok(m) = &maglev {
+        println!("{m}");
+    }
+    if let Ok(m) = &micro {
+        report::micro_csv(out, m)?;
+    }
+    if let Ok(p) = &pps {
+        report::pps_csv(out, p)?;
+        report::sweep_plot(out, p)?;
+    }
+    let results = summary::Results {
+        micro,
+        pps,
+        conn,
+        churn,
+        scale,
+        maglev,
+        quick,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let text = summary::render(&results);
+    std::fs::write(out.join("summary.md"), &text)?;
+    println!("{}", summary::targets(&results));
+    println!("report: {} ({:.0} s)", out.join("summary.md").display(), results.seconds);
+    let failed: Vec<&str> = [
+        ("micro", results.micro.is_err()),
+        ("pps", results.pps.is_err()),
+        ("conn", results.conn.is_err()),
+        ("churn", results.churn.is_err()),
+        ("scale", results.scale.is_err()),
+        ("maglev", results.maglev.is_err()),
+    ]
+    .into_iter()
+    .filter_map(|(n, f)| f.then_some(n))
+    .collect();
+    anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
     Ok(())
 }
 
