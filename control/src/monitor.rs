@@ -1,6 +1,8 @@
 //! `xlb monitor`: prints the datapath's event stream live (new flow →
 //! backend chosen, drop with its reason), filtered by service, address and
-//! reason, as text or JSON lines. Reads the pinned xlb_events ring buffer.
+//! reason, as text or JSON lines. Reads the pinned xlb_events ring buffer
+//! through [`lb::events`] (this module decides what to ask for and prints;
+//! lb reads and writes the maps).
 //!
 //! Listener protocol (events.h): the programs build events only while
 //! xlb_events_cfg.mask asks for them. A monitor sets the mask and a lease
@@ -13,7 +15,7 @@
 //! (an exclusive lock, [`ReaderLock`]); fanning events out to several
 //! clients would be the agent's job.
 //!
-//! Also home of the event maps' handles used by the metrics collector.
+//! Also the event status the metrics collector and `xlb stats` report.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -25,39 +27,18 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use clap::Args;
+pub use lb::events::monotonic_ns;
 use lb::{
     abi::{self, Counter, Event, EventsCfg},
+    events::{self as ev, EventControl, EventHook, EventKind, EventReader},
     loader::DEFAULT_PIN_DIR,
     maps::Maps,
 };
 use serde::Serialize;
 
-/// Default size of the xlb_events ring buffer: ~3,600 events of 72 bytes
-/// (+8 bytes of record header) between two reads.
-pub const DEFAULT_RINGBUF_BYTES: u32 = 256 * 1024;
-
-/// Creates and pins xlb_events with `bytes` before the datapath is loaded
-/// (the loader reuses a map already pinned under its name), replacing a
-/// pinned ring of another size. Programs attached by an earlier agent keep
-/// the ring they were loaded with until they are replaced.
-pub fn prepare_ringbuf(pin_dir: &Path, bytes: u32) -> anyhow::Result<()> {
-    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
-        bail!("--events-ringbuf-bytes {bytes}: want a power of two from 4096 to 1 GiB");
-    }
-    let path = pin_dir.join("xlb_events");
-    if let Ok(data) = MapData::from_pin(&path) {
-        if data.info().is_ok_and(|i| i.max_entries() == bytes) {
-            return Ok(());
-        }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("replacing {} (another size)", path.display()))?;
-    }
-    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
-    crate::metrics::census::create_pinned_ringbuf(&path, "xlb_events", bytes)
-        .with_context(|| format!("creating the event ring buffer {}", path.display()))
-}
+/// Default size of the xlb_events ring buffer (`--events-ringbuf-bytes`).
+pub const DEFAULT_RINGBUF_BYTES: u32 = ev::DEFAULT_RING_BYTES;
 
 /// How long a monitor's lease lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -96,47 +77,11 @@ pub struct MonitorArgs {
     json: bool,
 }
 
-/// The three event maps.
-struct EventMaps {
-    cfg: Array<MapData, EventsCfg>,
-    stats: PerCpuArray<MapData, u64>,
-}
-
-fn open_map(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
-    let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening {} (is `xlb run` running on this node?)", path.display())
-    })?;
-    Map::from_map_data(data).with_context(|| format!("map {name}"))
-}
-
-impl EventMaps {
-    fn open(pin_dir: &Path) -> anyhow::Result<EventMaps> {
-        Ok(EventMaps {
-            cfg: open_map(pin_dir, "xlb_events_cfg")?.try_into().context("xlb_events_cfg")?,
-            stats: open_map(pin_dir, "xlb_event_stats")?.try_into().context("xlb_event_stats")?,
-        })
-    }
-
-    fn cfg(&self) -> anyhow::Result<EventsCfg> {
-        self.cfg.get(&0, 0).context("reading xlb_events_cfg")
-    }
-
-    fn set_cfg(&mut self, c: EventsCfg) -> anyhow::Result<()> {
-        self.cfg.set(0, c, 0).context("writing xlb_events_cfg")
-    }
-
-    fn stat(&self, i: u32) -> anyhow::Result<u64> {
-        Ok(self.stats.get(&i, 0).context("reading xlb_event_stats")?.iter().sum())
-    }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns().
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// The listener maps, with the hint a CLI user needs when they are missing.
+fn open_control(pin_dir: &Path) -> anyhow::Result<EventControl> {
+    EventControl::open(pin_dir).with_context(|| {
+        format!("opening the event maps under {} (is `xlb run` running?)", pin_dir.display())
+    })
 }
 
 /// Event counters and listener state, for /metrics.
@@ -148,26 +93,19 @@ pub struct EventStatus {
 }
 
 pub fn event_status(pin_dir: &Path) -> anyhow::Result<EventStatus> {
-    let m = EventMaps::open(pin_dir)?;
-    let c = m.cfg()?;
-    Ok(EventStatus {
-        sent: m.stat(abi::EV_STAT_SENT)?,
-        lost: m.stat(abi::EV_STAT_LOST)?,
-        active: c.mask != 0 && c.lease_ns > monotonic_ns(),
-    })
+    let m = open_control(pin_dir)?;
+    let stats = m.stats()?;
+    Ok(EventStatus { sent: stats.sent, lost: stats.lost, active: m.active(monotonic_ns())? })
 }
 
 /// Clears the listener mask when its lease has run out (the agent calls
 /// this every second). Returns whether it did.
 pub fn expire_lease(pin_dir: &Path) -> anyhow::Result<bool> {
-    let mut m = EventMaps::open(pin_dir)?;
-    let c = m.cfg()?;
-    if c.mask != 0 && c.lease_ns <= monotonic_ns() {
-        m.set_cfg(EventsCfg { mask: 0, ..c })?;
+    let expired = open_control(pin_dir)?.expire(monotonic_ns())?;
+    if expired {
         tracing::info!("event listener lease expired: event emission off");
-        return Ok(true);
     }
-    Ok(false)
+    Ok(expired)
 }
 
 /// The one-reader-per-ring lock: an exclusive flock on a file named after
@@ -207,13 +145,13 @@ impl ReaderLock {
 
 /// Holds the lease while alive; clears the mask on drop.
 struct Lease {
-    maps: EventMaps,
+    maps: EventControl,
     mask: u32,
     sample: u32,
 }
 
 impl Lease {
-    fn take(maps: EventMaps, mask: u32, sample: u32) -> anyhow::Result<Lease> {
+    fn take(maps: EventControl, mask: u32, sample: u32) -> anyhow::Result<Lease> {
         let mut l = Lease { maps, mask, sample };
         l.renew()?;
         Ok(l)
@@ -221,21 +159,20 @@ impl Lease {
 
     fn renew(&mut self) -> anyhow::Result<()> {
         let now = monotonic_ns();
-        let old = self.maps.cfg()?;
+        let old = self.maps.config()?;
         let shared = if old.lease_ns > now { old.mask } else { 0 };
-        self.maps.set_cfg(EventsCfg {
+        self.maps.set_config(EventsCfg {
             mask: shared | self.mask,
             flow_sample: self.sample,
             lease_ns: now + LEASE.as_nanos() as u64,
-        })
+        })?;
+        Ok(())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Ok(c) = self.maps.cfg() {
-            let _ = self.maps.set_cfg(EventsCfg { mask: 0, lease_ns: 0, ..c });
-        }
+        let _ = self.maps.clear();
     }
 }
 
@@ -392,21 +329,10 @@ impl Decoder {
 
     fn decode(&mut self, ev: &Event) -> (Printed, Option<u32>) {
         let t = &ev.tuple;
-        let kind = match ev.r#type {
-            abi::EV_NEW_FLOW => "new_flow",
-            abi::EV_DROP => "drop",
-            abi::EV_POLICY => "policy",
-            _ => "unknown",
-        };
-        let hook = match ev.hook {
-            abi::EV_HOOK_XDP => "xdp",
-            abi::EV_HOOK_TC_INGRESS => "tc_ingress",
-            abi::EV_HOOK_TC_EGRESS => "tc_egress",
-            _ => "unknown",
-        };
+        let kind = EventKind::of(ev);
         let mut svc_id = None;
         let (mut service, mut backend, mut backend_id) = (None, None, None);
-        if ev.r#type == abi::EV_NEW_FLOW {
+        if kind == EventKind::NewFlow {
             if !self.names.services.contains_key(&ev.svc_id)
                 || !self.names.backends.contains_key(&ev.backend_id)
             {
@@ -423,12 +349,11 @@ impl Decoder {
             svc_id = self.names.frontends.get(&(ip, u16::from_be(t.dport), t.proto)).copied();
             service = svc_id.and_then(|id| self.names.services.get(&id).cloned());
         }
-        let reason = (ev.r#type == abi::EV_DROP)
-            .then(|| Counter::from_u32(ev.reason as u32).map_or("unknown", |c| c.reason()));
+        let reason = ev::drop_reason(ev).map(|r| r.map_or("unknown", |c| c.reason()));
         let p = Printed {
             time: (ev.ts_ns as i128 + self.wall_offset) as f64 / 1e9,
-            kind,
-            hook,
+            kind: kind.name(),
+            hook: EventHook::of(ev).name(),
             iface: iface_name(ev.ifindex, &mut self.ifaces),
             ifindex: ev.ifindex,
             len: ev.len,
@@ -487,8 +412,9 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         bail!("--sample 0: want 1 (every new flow) or more");
     }
     let _reader = ReaderLock::take(&args.pin_dir)?;
-    let mut ring: RingBuf<MapData> =
-        open_map(&args.pin_dir, "xlb_events")?.try_into().context("xlb_events")?;
+    let mut ring = EventReader::open(&args.pin_dir).with_context(|| {
+        format!("opening the event ring under {} (is `xlb run` running?)", args.pin_dir.display())
+    })?;
     let mut decoder = Decoder::new(&args.pin_dir)?;
     if let Some(s) = &args.service {
         if !decoder.names.services.values().any(|n| service_matches(s, n)) {
@@ -501,12 +427,11 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     // Events already in the ring are from an earlier listener: skip them.
-    while ring.next().is_some() {}
-    let mut lease = Lease::take(EventMaps::open(&args.pin_dir)?, mask, args.sample)?;
+    ring.drain();
+    let mut lease = Lease::take(open_control(&args.pin_dir)?, mask, args.sample)?;
     let mut renewed = Instant::now();
     let mut lost = lease.maps.stat(abi::EV_STAT_LOST)?;
     let mut printed = 0u64;
-    let fd = ring.as_raw_fd();
     let stdout = std::io::stdout();
     eprintln!("xlb monitor: listening on {} (Ctrl-C to stop)", args.pin_dir.display());
     while !STOP.load(Ordering::Relaxed) {
@@ -519,17 +444,8 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
                 lost = now_lost;
             }
         }
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 200) };
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<Event>() {
-                continue;
-            }
-            // SAFETY: the record holds a struct xlb_event (size checked);
-            // read_unaligned copes with the ring's 8-byte alignment.
-            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-            drop(item);
+        ring.wait(Duration::from_millis(200))?;
+        while let Some(ev) = ring.next() {
             if let Some(r) = reason {
                 if ev.r#type != abi::EV_DROP || ev.reason as u32 != r as u32 {
                     continue;

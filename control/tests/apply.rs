@@ -69,8 +69,12 @@ endpoints:
 #[test]
 fn manifests_to_maps_one_endpoint_change_rewrites_one_service() {
     let pins = PinDir::new("apply");
-    let _dp = Dataplane::load(&LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small() })
-        .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions {
+        pin_dir: pins.0.clone(),
+        sizes: MapSizes::small(),
+        ..Default::default()
+    })
+    .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(&pins.0).expect("opening the pinned maps");
     let opts = TranslateOptions::new("lb");
 

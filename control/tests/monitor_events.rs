@@ -212,9 +212,12 @@ fn monitor_prints_the_scripted_events() {
         let ifindex = unsafe { libc::if_nametoindex(c"lb0".as_ptr()) };
         let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-monitor-{}", std::process::id())));
         let _ = std::fs::remove_dir_all(&pin.0);
-        let mut dp =
-            Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::small() })
-                .unwrap_or_else(|e| panic!("loading the datapath (BPF available?): {e}"));
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_dir: pin.0.clone(),
+            sizes: MapSizes::small(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("loading the datapath (BPF available?): {e}"));
         let mut path = Datapath::open(&pin.0).unwrap();
         // The backend lives on this node (its node address is our tunnel
         // source): local delivery, no next hop needed.

@@ -180,9 +180,12 @@ fn event_stream_overhead() {
         let ifindex = unsafe { libc::if_nametoindex(c"xb0".as_ptr()) };
         let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-evbench-{}", std::process::id())));
         let _ = std::fs::remove_dir_all(&pin.0);
-        let _dp =
-            Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::default() })
-                .expect("loading the datapath");
+        let _dp = Dataplane::load(&LoadOptions {
+            pin_dir: pin.0.clone(),
+            sizes: MapSizes::default(),
+            ..Default::default()
+        })
+        .expect("loading the datapath");
         Datapath::open(&pin.0).unwrap().apply(&desired()).unwrap();
 
         let disabled = load_xdp(&pin.0, 0);

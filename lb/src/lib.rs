@@ -2,7 +2,9 @@
 //! typed access to the BPF maps, and loading/attaching the BPF programs.
 //! Knows nothing of Kubernetes; `control` feeds it [`model::Desired`].
 pub mod abi;
+pub mod census;
 pub mod datapath;
+pub mod events;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

@@ -19,7 +19,7 @@ use aya::{
 
 use crate::{
     abi::{Count, Counter},
-    objects,
+    events, objects,
 };
 
 /// Default bpffs directory of a node's pinned maps and links.
@@ -42,6 +42,9 @@ pub struct MapSizes {
     pub dsr_nat: u32,
     /// loadBalancerSourceRanges prefixes.
     pub source_ranges: u32,
+    /// The xlb_events ring buffer, in bytes: a power of two, at least the
+    /// page size, at most 1 GiB.
+    pub events: u32,
 }
 
 impl Default for MapSizes {
@@ -54,6 +57,7 @@ impl Default for MapSizes {
             affinity: 131072,
             dsr_nat: 524288,
             source_ranges: 65536,
+            events: events::DEFAULT_RING_BYTES,
         }
     }
 }
@@ -69,10 +73,11 @@ impl MapSizes {
             affinity: 16384,
             dsr_nat: 65536,
             source_ranges: 4096,
+            events: events::DEFAULT_RING_BYTES,
         }
     }
 
-    fn by_map(&self) -> [(&'static str, u32); 12] {
+    fn by_map(&self) -> [(&'static str, u32); 13] {
         [
             ("xlb_frontends", self.frontends),
             ("xlb_maglev", self.services),
@@ -86,6 +91,7 @@ impl MapSizes {
             ("xlb_dsr_nat", self.dsr_nat),
             ("xlb_source_ranges", self.source_ranges),
             ("xlb_tx_ports", 64),
+            (events::RING_MAP, self.events),
         ]
     }
 }
@@ -95,11 +101,19 @@ impl MapSizes {
 pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub sizes: MapSizes,
+    /// The load-time constant `xlb_events_enabled` of both objects
+    /// (events.h): false removes the event points from the programs
+    /// altogether (the verifier prunes them), so no listener can turn them on.
+    pub events_enabled: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { pin_dir: PathBuf::from(DEFAULT_PIN_DIR), sizes: MapSizes::default() }
+        LoadOptions {
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            sizes: MapSizes::default(),
+            events_enabled: true,
+        }
     }
 }
 
@@ -131,6 +145,13 @@ pub enum LoadError {
     LinkPin { path: PathBuf, detail: String },
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: Box<MapError> },
+    #[error(
+        "MapSizes.events = {bytes}: the {map} ring buffer wants a power of two from {min} \
+         (the page size) to {max} bytes"
+    )]
+    RingSize { map: &'static str, bytes: u32, min: u32, max: u32 },
+    #[error("replacing {path} (pinned with another size): {source}")]
+    RingReplace { path: PathBuf, source: io::Error },
 }
 
 const XDP_PROG: &str = "xlb_xdp";
@@ -157,14 +178,47 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// Name of the load-time constant that enables the event points (events.h).
+const EVENTS_ENABLED_GLOBAL: &str = "xlb_events_enabled";
+
 fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result<Ebpf, LoadError> {
     let sizes = opts.sizes.by_map();
+    let events_enabled = u32::from(opts.events_enabled);
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&opts.pin_dir);
     for (name, size) in sizes.iter() {
         loader.map_max_entries(name, *size);
     }
+    // must_exist: both objects include events.h; a missing constant is a build bug.
+    loader.override_global(EVENTS_ENABLED_GLOBAL, &events_enabled, true);
     loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
+}
+
+/// Checks the ring buffer size and unpins a ring of another size, so that
+/// loading creates it anew with `sizes.events` (the loader reuses whatever
+/// is pinned under a map's name). Unlike the other maps, the ring holds no
+/// state worth keeping: only events not yet read. Programs attached by an
+/// earlier agent keep the ring they were loaded with until replaced.
+fn prepare_event_ring(opts: &LoadOptions) -> Result<(), LoadError> {
+    const MAX: u32 = 1 << 30;
+    let bytes = opts.sizes.events;
+    let min = page_size();
+    if !bytes.is_power_of_two() || !(min..=MAX).contains(&bytes) {
+        return Err(LoadError::RingSize { map: events::RING_MAP, bytes, min, max: MAX });
+    }
+    match events::pinned_ring_bytes(&opts.pin_dir) {
+        Some(pinned) if pinned != bytes => {
+            let path = opts.pin_dir.join(events::RING_MAP);
+            std::fs::remove_file(&path).map_err(|source| LoadError::RingReplace { path, source })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).unwrap_or(4096)
 }
 
 impl Dataplane {
@@ -177,6 +231,7 @@ impl Dataplane {
         if !is_bpffs(&opts.pin_dir) {
             return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
         }
+        prepare_event_ring(opts)?;
         let mut xdp = load_object(opts, "xdp", objects::xdp())?;
         let mut tc = load_object(opts, "tc", objects::tc())?;
         program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?

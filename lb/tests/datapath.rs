@@ -89,8 +89,12 @@ fn desired() -> Desired {
 #[test]
 fn apply_is_minimal_idempotent_and_survives_restart() {
     let pins = PinDir::new("apply");
-    let _dp = Dataplane::load(&LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small() })
-        .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions {
+        pin_dir: pins.0.clone(),
+        sizes: MapSizes::small(),
+        ..Default::default()
+    })
+    .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(&pins.0).unwrap();
 
     let want = desired();
@@ -155,8 +159,12 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
 #[test]
 fn invalid_service_is_rejected_before_any_write() {
     let pins = PinDir::new("invalid");
-    let _dp = Dataplane::load(&LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small() })
-        .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions {
+        pin_dir: pins.0.clone(),
+        sizes: MapSizes::small(),
+        ..Default::default()
+    })
+    .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(&pins.0).unwrap();
     let mut want = desired();
     want.services.values_mut().last().unwrap().maglev_size = 20000;

@@ -263,8 +263,9 @@ fn run() {
     } else {
         MapSizes::default()
     };
-    let mut dp = Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes })
-        .expect("loading the datapath");
+    let mut dp =
+        Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes, ..Default::default() })
+            .expect("loading the datapath");
     let mut path = Datapath::open(&pin.0).expect("Datapath::open");
     let desired = Desired {
         node: NodeConfig {

@@ -99,8 +99,12 @@ impl Node {
     /// Node 1 holding `services` (the cluster-wide tables every node has).
     fn with_services(tag: &str, services: Vec<Service>) -> Node {
         let pin = PinDir::new(tag);
-        let dp = Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes: MapSizes::small() })
-            .unwrap_or_else(|e| panic!("loading the datapath into {}: {e:?}", pin.0.display()));
+        let dp = Dataplane::load(&LoadOptions {
+            pin_dir: pin.0.clone(),
+            sizes: MapSizes::small(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("loading the datapath into {}: {e:?}", pin.0.display()));
         let desired = Desired {
             node: NodeConfig { tunnel_v4: Some(NODE1_V4), tunnel_v6: Some(NODE1_V6) },
             services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),

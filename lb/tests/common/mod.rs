@@ -363,7 +363,8 @@ impl Lab {
         assert_ne!(ifindex, 0, "lb0 has no ifindex");
 
         let pins = PinDir::new(name);
-        let opts = LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small() };
+        let opts =
+            LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small(), ..Default::default() };
         let dp = Dataplane::load(&opts).unwrap_or_else(|e| {
             panic!("loading the datapath into the kernel (is BPF available?): {e}\n{e:?}")
         });

@@ -1,0 +1,234 @@
+//! Map fill census: how many entries each datapath map pinned under a
+//! directory holds against its capacity. `control` schedules it and turns it
+//! into metrics; this module only counts.
+//!
+//! The kernel keeps no entry count a program-less reader can ask for, so
+//! counting means walking the map — O(entries). The walk uses
+//! BPF_MAP_LOOKUP_BATCH (thousands of entries per syscall; tens of
+//! milliseconds for 1M entries) and falls back to BPF_MAP_GET_NEXT_KEY (one
+//! syscall per entry) for map types without batch support (LPM trie,
+//! devmap); every walk is capped at max_entries + 1 steps. aya 0.14 has
+//! neither call for an untyped map, hence the raw syscalls. An LRU map's
+//! count is a snapshot: entries are evicted and added while it is walked.
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, MapError};
+
+/// Which entries of a map count as used.
+#[derive(Clone, Copy, Debug)]
+enum Used {
+    /// Every key present (hash-type maps).
+    Present,
+    /// ARRAY entries whose u32 at this value offset is non-zero (flags).
+    NonZeroU32At(usize),
+}
+
+/// The maps whose fill is counted, and what "used" means for each.
+const MAPS: &[(&str, Used)] = &[
+    ("xlb_frontends", Used::Present),
+    ("xlb_maglev", Used::Present),
+    ("xlb_svc_backends", Used::Present),
+    // struct xlb_backend: flags != 0 is an allocated slot (xlb_abi.h).
+    ("xlb_backends", Used::NonZeroU32At(core::mem::offset_of!(crate::abi::Backend, flags))),
+    ("xlb_ct", Used::Present),
+    ("xlb_affinity", Used::Present),
+    ("xlb_dsr_nat", Used::Present),
+    ("xlb_source_ranges", Used::Present),
+    ("xlb_svc_names", Used::Present),
+    ("xlb_tx_ports", Used::Present),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CensusError {
+    #[error("opening pinned map {path}: {source}")]
+    Open { path: PathBuf, source: Box<MapError> },
+    #[error("map {map}: reading its info: {source}")]
+    Info { map: &'static str, source: Box<MapError> },
+    #[error("map {map}: batch lookup: {source}")]
+    Batch { map: &'static str, source: io::Error },
+    #[error("map {map}: walking its keys: {source}")]
+    Walk { map: &'static str, source: io::Error },
+}
+
+/// One map's count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// One census of every counted map.
+#[derive(Debug, Default)]
+pub struct Census {
+    pub maps: BTreeMap<&'static str, MapFill>,
+    /// Maps that could not be counted.
+    pub errors: BTreeMap<&'static str, CensusError>,
+    pub duration: Duration,
+}
+
+/// Counts every map of the census pinned under `pin_dir` once.
+pub fn run(pin_dir: &Path) -> Census {
+    let t0 = Instant::now();
+    let mut c = Census::default();
+    for &(name, used) in MAPS {
+        match count_map(pin_dir, name, used) {
+            Ok(fill) => {
+                c.maps.insert(name, fill);
+            }
+            Err(e) => {
+                c.errors.insert(name, e);
+            }
+        }
+    }
+    c.duration = t0.elapsed();
+    c
+}
+
+fn count_map(pin_dir: &Path, map: &'static str, used: Used) -> Result<MapFill, CensusError> {
+    let path = pin_dir.join(map);
+    let data = MapData::from_pin(&path)
+        .map_err(|e| CensusError::Open { path: path.clone(), source: Box::new(e) })?;
+    let info = data.info().map_err(|e| CensusError::Info { map, source: Box::new(e) })?;
+    let (ks, vs, cap) =
+        (info.key_size() as usize, info.value_size() as usize, info.max_entries() as u64);
+    let fd = data.fd().as_fd().as_raw_fd();
+    let entries = match batch_count(fd, ks, vs, cap, used) {
+        Ok(n) => n,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+            // 524: ENOTSUPP, the kernel-internal "no batch ops for this type".
+            match used {
+                Used::Present => next_key_count(fd, ks, cap)
+                    .map_err(|source| CensusError::Walk { map, source })?,
+                Used::NonZeroU32At(_) => return Err(CensusError::Batch { map, source: e }),
+            }
+        }
+        Err(source) => return Err(CensusError::Batch { map, source }),
+    };
+    Ok(MapFill { entries, capacity: cap })
+}
+
+/// bpf_attr for BPF_MAP_LOOKUP_BATCH.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// bpf_attr for BPF_MAP_GET_NEXT_KEY.
+#[repr(C)]
+#[derive(Default)]
+struct NextKeyAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    next_key: u64,
+}
+
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: attr is a live, correctly laid out bpf_attr prefix for `cmd`,
+    // and its size is passed; the kernel reads/writes only within it and
+    // the user buffers it points at, which the callers keep alive.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>())
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn batch_count(fd: i32, ks: usize, vs: usize, cap: u64, used: Used) -> io::Result<u64> {
+    // ~4 MB of buffers per call, at least 64 entries (a hash bucket larger
+    // than the batch is ENOSPC: then the batch doubles).
+    let mut per = (4 << 20) / (ks + vs).max(1);
+    per = per.clamp(64, 65536);
+    let mut keys = vec![0u8; per * ks];
+    let mut values = vec![0u8; per * vs];
+    let mut token_in = [0u8; 8];
+    let mut token_out = [0u8; 8];
+    let mut first = true;
+    let mut total = 0u64;
+    let mut steps = 0u64;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_mut_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: per as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = attr.count as usize;
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                per *= 2;
+                keys.resize(per * ks, 0);
+                values.resize(per * vs, 0);
+                continue;
+            }
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+        total += match used {
+            Used::Present => got as u64,
+            Used::NonZeroU32At(off) => (0..got)
+                .filter(|i| {
+                    let v = &values[i * vs + off..i * vs + off + 4];
+                    u32::from_ne_bytes([v[0], v[1], v[2], v[3]]) != 0
+                })
+                .count() as u64,
+        };
+        if r.is_err() {
+            return Ok(total); // ENOENT: walked to the end
+        }
+        token_in = token_out;
+        first = false;
+        steps += got as u64;
+        if steps > cap + 1 {
+            return Ok(total.min(cap));
+        }
+    }
+}
+
+fn next_key_count(fd: i32, ks: usize, cap: u64) -> io::Result<u64> {
+    let mut key = vec![0u8; ks];
+    let mut next = vec![0u8; ks];
+    let mut n = 0u64;
+    let mut first = true;
+    while n <= cap {
+        let mut attr = NextKeyAttr {
+            map_fd: fd as u32,
+            key: if first { 0 } else { key.as_mut_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
+    Ok(n.min(cap))
+}
