@@ -137,8 +137,9 @@ struct {
 
 /* ---- event stream (events.h) ---------------------------------------------
  * max_entries of a ring buffer is its size in bytes (a power of two, a
- * multiple of the page size); the agent may create and pin it with another
- * size before loading (`xlb run --events-ringbuf-bytes`). */
+ * multiple of the page size), set at load from MapSizes.events
+ * (`xlb run --events-ringbuf-bytes`); a pinned ring of another size is
+ * replaced. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);

@@ -321,20 +321,21 @@ _Static_assert(sizeof(struct xlb_svc_name) == 128, "xlb_svc_name size");
 struct xlb_events_cfg {
 	__u32 mask;	   /* XLB_EV_F_*: the kinds a listener wants; 0: none */
 	__u32 flow_sample; /* new-flow events: one in N (0 and 1: every one) */
-	__u64 lease_ns;	   /* CLOCK_MONOTONIC (bpf_ktime_get_ns) expiry of the listener's lease; userspace only */
+	__u64 lease_ns;	   /* CLOCK_MONOTONIC (bpf_ktime_get_ns) expiry of the listener's lease;
+			      userspace only */
 };
 _Static_assert(sizeof(struct xlb_events_cfg) == 16, "xlb_events_cfg size");
 
 struct xlb_event {
-	__u64 ts_ns;	    /* bpf_ktime_get_ns() */
-	__u8 type;	    /* XLB_EV_* */
-	__u8 hook;	    /* XLB_EV_HOOK_* */
-	__u16 reason;	    /* XLB_EV_DROP: enum xlb_counter */
-	__u32 ifindex;	    /* ingress (XDP, tc ingress) or egress interface */
-	__u32 svc_id;	    /* XLB_EV_NEW_FLOW */
-	__u32 backend_id;   /* XLB_EV_NEW_FLOW */
-	__u32 policy_id;    /* XLB_EV_POLICY (reserved, 0) */
-	__u32 len;	    /* frame length as received */
+	__u64 ts_ns;	  /* bpf_ktime_get_ns() */
+	__u8 type;	  /* XLB_EV_* */
+	__u8 hook;	  /* XLB_EV_HOOK_* */
+	__u16 reason;	  /* XLB_EV_DROP: enum xlb_counter */
+	__u32 ifindex;	  /* ingress (XDP, tc ingress) or egress interface */
+	__u32 svc_id;	  /* XLB_EV_NEW_FLOW */
+	__u32 backend_id; /* XLB_EV_NEW_FLOW */
+	__u32 policy_id;  /* XLB_EV_POLICY (reserved, 0) */
+	__u32 len;	  /* frame length as received */
 	/* XLB_EV_NEW_FLOW: client -> frontend (before DNAT). XLB_EV_DROP: the
 	 * packet's own addresses and ports as far as they could be read
 	 * (family 0: not IP or truncated before the addresses). */
