@@ -341,8 +341,10 @@ struct Reconciler {
     logged_errors: Option<ConfigErrors>,
     /// Tunnel next hops kept resolved for XDP.
     neighbours: lb::neigh::Neighbours,
-    /// The tunnel endpoints last handed to `neighbours`.
+    /// The tunnel endpoints last handed to `neighbours`, and the datapath's
+    /// tunnel generation then.
     tunnels: BTreeSet<IpAddr>,
+    tunnel_gen: Option<u64>,
     health: HealthServer,
 }
 
@@ -356,6 +358,7 @@ impl Reconciler {
             logged_errors: None,
             neighbours: lb::neigh::Neighbours::new(),
             tunnels: BTreeSet::new(),
+            tunnel_gen: None,
             health: HealthServer::new(health_addr),
         }
     }
@@ -476,6 +479,10 @@ impl Reconciler {
         if let Some(checks) = self.translator.take_health_checks() {
             self.health.update(checks);
         }
+        if self.tunnel_gen == Some(datapath.tunnel_generation()) {
+            return;
+        }
+        self.tunnel_gen = Some(datapath.tunnel_generation());
         let tunnels = datapath.tunnel_endpoints();
         if tunnels != self.tunnels {
             match self.neighbours.sync(&tunnels) {

@@ -42,6 +42,10 @@ pub enum DatapathError {
     Capacity { what: &'static str, capacity: u32 },
 }
 
+/// Maglev tables built per chunk of an apply (a table is 32 KiB while it
+/// waits to be written: a cold start of 10k services stays at a few MiB).
+const TABLE_CHUNK: usize = 256;
+
 /// What one `apply` wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ApplyStats {
@@ -179,8 +183,7 @@ pub struct Datapath {
     backend_ids: IdPool,
     next_gen: u32,
     node: Option<abi::NodeCfg>,
-    /// Tunnel endpoint (backend node address) -> backends sent there.
-    tunnels: HashMap<IpAddr, u32>,
+    tunnels: Tunnels,
     ncpus: usize,
 }
 
@@ -191,7 +194,7 @@ struct Restored {
     backend_ids: IdPool,
     next_gen: u32,
     node: Option<abi::NodeCfg>,
-    tunnels: HashMap<IpAddr, u32>,
+    tunnels: Tunnels,
 }
 
 fn table_hash(table: &[u16]) -> Option<u64> {
@@ -208,18 +211,31 @@ fn tunnel_of(v: &abi::Backend) -> Option<IpAddr> {
     abi::addr_from_abi(&v.node, v.node_family).filter(|a| !a.is_unspecified())
 }
 
-fn tunnel_ref(tunnels: &mut HashMap<IpAddr, u32>, v: &abi::Backend) {
+/// Tunnel endpoints (backend node addresses) and how many backends each
+/// carries; `gen` moves whenever one appears or goes.
+#[derive(Debug, Default)]
+struct Tunnels {
+    refs: HashMap<IpAddr, u32>,
+    gen: u64,
+}
+
+fn tunnel_ref(tunnels: &mut Tunnels, v: &abi::Backend) {
     if let Some(a) = tunnel_of(v) {
-        *tunnels.entry(a).or_default() += 1;
+        let n = tunnels.refs.entry(a).or_default();
+        *n += 1;
+        if *n == 1 {
+            tunnels.gen += 1;
+        }
     }
 }
 
-fn tunnel_unref(tunnels: &mut HashMap<IpAddr, u32>, v: &abi::Backend) {
+fn tunnel_unref(tunnels: &mut Tunnels, v: &abi::Backend) {
     if let Some(a) = tunnel_of(v) {
-        if let Some(n) = tunnels.get_mut(&a) {
+        if let Some(n) = tunnels.refs.get_mut(&a) {
             *n -= 1;
             if *n == 0 {
-                tunnels.remove(&a);
+                tunnels.refs.remove(&a);
+                tunnels.gen += 1;
             }
         }
     }
@@ -312,7 +328,7 @@ impl Datapath {
         self.backend_ids = r.backend_ids;
         self.next_gen = self.next_gen.max(r.next_gen);
         self.node = r.node;
-        self.tunnels = r.tunnels;
+        self.tunnels = Tunnels { refs: r.tunnels.refs, gen: self.tunnels.gen + 1 };
         self.apply(desired)
     }
 
@@ -399,8 +415,8 @@ impl Datapath {
                 touched.insert(&svc.key);
             }
         }
-        // Phase 2 (parallel): Maglev tables of the services whose active
-        // backend set changed.
+        // Phase 2 (parallel, overlapped with the writes of phase 3): Maglev
+        // tables of the services whose active backend set changed.
         let jobs: Vec<TableJob> = upsert
             .iter()
             .filter_map(|svc| {
@@ -409,7 +425,6 @@ impl Datapath {
                     .then(|| TableJob { key: svc.key.clone(), input })
             })
             .collect();
-        let tables = build_tables(jobs)?;
         // Phase 3 (serial): frontends a service gives up, all of them before
         // any is written (one may move to another service of this batch);
         // then tables, source ranges, frontends and removals per service.
@@ -420,11 +435,39 @@ impl Datapath {
                 touched.insert(&svc.key);
             }
         }
-        let mut tables: HashMap<ServiceKey, (TableInput, Vec<u16>)> =
-            tables.into_iter().map(|(j, t)| (j.key, (j.input, t))).collect();
+        // Tables are built a chunk at a time, the next chunk while this one
+        // is written: at most two chunks of 32 KiB tables exist at once.
+        let by_key: HashMap<&ServiceKey, &Service> = upsert.iter().map(|s| (&s.key, *s)).collect();
+        let mut with_table: HashSet<&ServiceKey> = HashSet::new();
+        let mut chunks: VecDeque<Vec<TableJob>> = VecDeque::new();
+        let mut jobs = jobs.into_iter().peekable();
+        while jobs.peek().is_some() {
+            chunks.push_back(jobs.by_ref().take(TABLE_CHUNK).collect());
+        }
+        std::thread::scope(|scope| -> Result<(), DatapathError> {
+            let spawn = |c: Vec<TableJob>| scope.spawn(move || build_tables(c));
+            let mut next = chunks.pop_front().map(spawn);
+            while let Some(building) = next.take() {
+                let built = building.join().expect("Maglev build panicked")?;
+                next = chunks.pop_front().map(spawn);
+                for (job, table) in built {
+                    let svc = by_key[&job.key];
+                    let before = stats.writes();
+                    self.finish_service(svc, Some((job.input, table)), &mut stats)?;
+                    with_table.insert(&svc.key);
+                    if stats.writes() > before {
+                        touched.insert(&svc.key);
+                    }
+                }
+            }
+            Ok(())
+        })?;
         for svc in upsert {
+            if with_table.contains(&svc.key) {
+                continue;
+            }
             let before = stats.writes();
-            self.finish_service(svc, tables.remove(&svc.key), &mut stats)?;
+            self.finish_service(svc, None, &mut stats)?;
             if stats.writes() > before {
                 touched.insert(&svc.key);
             }
@@ -471,6 +514,7 @@ impl Datapath {
         if self.node != Some(cfg) {
             self.maps.node.set(0, cfg, 0).map_err(MapsError::op("xlb_node", "set"))?;
             self.node = Some(cfg);
+            self.tunnels.gen += 1; // this node's own addresses are not tunnelled to
         }
         Ok(())
     }
@@ -603,10 +647,7 @@ impl Datapath {
             let hash = table_hash(&table);
             if hash != st.table {
                 if table.is_empty() {
-                    match maps.maglev.remove(&svc_id) {
-                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                        Err(e) => return Err(MapsError::op("xlb_maglev", "remove")(e).into()),
-                    }
+                    remove_ok(maps.maglev.remove(&svc_id), "xlb_maglev")?;
                     stats.deletes += 1;
                 } else {
                     let mut value = abi::MaglevTable { slot: [0; abi::MAGLEV_MAX], pad: 0 };
@@ -751,6 +792,11 @@ impl Datapath {
         Ok(())
     }
 
+    /// Moves whenever [`Datapath::tunnel_endpoints`] may have changed.
+    pub fn tunnel_generation(&self) -> u64 {
+        self.tunnels.gen
+    }
+
     /// Every node address the datapath may tunnel to (this node's own
     /// addresses excluded: those backends are delivered locally).
     pub fn tunnel_endpoints(&self) -> BTreeSet<IpAddr> {
@@ -772,7 +818,7 @@ impl Datapath {
             })
             .flatten()
             .collect();
-        self.tunnels.keys().filter(|a| !own.contains(a)).copied().collect()
+        self.tunnels.refs.keys().filter(|a| !own.contains(a)).copied().collect()
     }
 
     /// What the datapath holds, read from the maps (not from memory).
@@ -806,9 +852,16 @@ fn per_cpu<T: aya::Pod>(v: T, ncpus: usize) -> PerCpuValues<T> {
     PerCpuValues::try_from(vec![v; ncpus]).expect("ncpus is aya's possible-CPU count")
 }
 
+/// A removal that finds nothing to remove is fine (aya reports ENOENT of
+/// the delete syscall as a SyscallError, not as KeyNotFound).
 fn remove_ok(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), DatapathError> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(MapsError::op(map, "remove")(e).into()),
     }
 }
@@ -981,7 +1034,7 @@ fn restore(maps: &Maps) -> Result<Restored, MapsError> {
     let mut svc_used = BTreeSet::new();
     let mut be_used = BTreeSet::new();
     let mut services = BTreeMap::new();
-    let mut tunnels = HashMap::new();
+    let mut tunnels = Tunnels::default();
     for s in read_raw(maps, false)? {
         svc_used.insert(s.id);
         let mut used_idx = BTreeSet::new();

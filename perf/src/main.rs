@@ -3,6 +3,7 @@
 //! CSV, SVG plots, markdown summary) into perf/out/.
 mod benchprog;
 mod churnbench;
+mod cluster_bench;
 mod conn;
 mod maglev_report;
 mod micro;
@@ -87,6 +88,28 @@ enum Cmd {
     },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
+    /// The control plane at cluster scale: cold start, endpoint churn
+    /// latency, agent CPU and RSS, map memory (API server double + `xlb run`).
+    Cluster {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Endpoint changes per second.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        /// Seconds of churn.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The agent's --min-interval, ms.
+        #[arg(long, default_value_t = 0)]
+        min_interval_ms: u64,
+        /// The xlb binary (default: beside xlb-perf).
+        #[arg(long, default_value_os_t = cluster_bench::default_xlb())]
+        xlb: PathBuf,
+    },
     /// Every scenario above, plus CSV, SVG and the summary (targets with
     /// ratios and met / not met). Exits non-zero if a scenario failed.
     All {
@@ -140,6 +163,20 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
+        }
+        Cmd::Cluster { services, endpoints, nodes, rate, seconds, min_interval_ms, xlb } => {
+            let r = cluster_bench::run(&cluster_bench::ClusterOpts {
+                services,
+                endpoints,
+                nodes,
+                rate,
+                seconds,
+                min_interval_ms,
+                xlb,
+            })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "cluster", &r, &md)?;
         }
         Cmd::Maglev => {
             let md = maglev(&cli.out)?;

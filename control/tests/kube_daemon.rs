@@ -1,0 +1,304 @@
+//! `xlb run --kubeconfig` end to end, as a process in a network namespace of its own
+//! (attached to a veth there), against the API server double (which runs in the same
+//! namespace, so the agent reaches it on its loopback):
+//! - the API unreachable at start: the agent keeps serving what the pinned maps hold,
+//!   /readyz answers 503 saying so, and once the API is back it syncs and turns ready
+//!   without disturbing anything;
+//! - healthCheckNodePort of an externalTrafficPolicy: Local service answered with
+//!   kube-proxy's semantics (200 + localEndpoints with a ready local endpoint, 503 without,
+//!   closed when the service goes).
+//!
+//! Privileged tier: needs root, BPF and netns; fails (never skips) without them.
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use apiserver::ApiServer;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lb::datapath::Datapath;
+use xlb_control::examples;
+
+const XLB: &str = env!("CARGO_BIN_EXE_xlb");
+const WAIT: Duration = Duration::from_secs(40);
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let fd = File::open(format!("/run/netns/{ns}")).expect("netns");
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: setns on a valid fd; only this thread changes namespace.
+            assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("thread in netns")
+    })
+}
+
+/// GET `path` from `addr` inside `ns`: (status code, body); None if refused.
+fn get(ns: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    in_netns(ns, || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        Some((code, body))
+    })
+}
+
+/// Namespace, pin directory, scratch directory, the API server (on a runtime whose
+/// threads live in the namespace) and the agent; all cleaned up on drop, even on panic.
+struct Fixture {
+    netns: String,
+    pin_dir: PathBuf,
+    dir: PathBuf,
+    agent: Option<Child>,
+    server: Option<Arc<ApiServer>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop_agent();
+        self.server.take();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sh(cmd: &[&str]) {
+    let st = Command::new(cmd[0]).args(&cmd[1..]).status().expect(cmd[0]);
+    assert!(st.success(), "{cmd:?}: {st}");
+}
+
+const METRICS: &str = "127.0.0.1:9465";
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (BPF, netns)");
+        let pid = std::process::id();
+        let mut f = Fixture {
+            netns: format!("xlbkd-{tag}-{pid}"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xlb-kd-{tag}-{pid}")),
+            dir: std::env::temp_dir().join(format!("xlb-kd-{tag}-{pid}")),
+            agent: None,
+            server: None,
+            rt: None,
+        };
+        let _ = std::fs::remove_dir_all(&f.pin_dir);
+        std::fs::create_dir_all(&f.dir).unwrap();
+        sh(&["ip", "netns", "add", &f.netns]);
+        let ip = |args: &[&str]| {
+            let mut a = vec!["ip", "-n", f.netns.as_str()];
+            a.extend_from_slice(args);
+            sh(&a);
+        };
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "xv0", "type", "veth", "peer", "name", "xv1"]);
+        ip(&["link", "set", "xv0", "up"]);
+        ip(&["link", "set", "xv1", "up"]);
+        let rt = in_netns(&f.netns, || {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
+        })
+        .unwrap();
+        let server = rt.block_on(rt.spawn(ApiServer::start())).unwrap().unwrap();
+        server.write_kubeconfig(&f.kubeconfig()).unwrap();
+        f.server = Some(Arc::new(server));
+        f.rt = Some(rt);
+        f
+    }
+
+    fn server(&self) -> &ApiServer {
+        self.server.as_ref().unwrap()
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig.yaml")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("xlb.log")).unwrap_or_default()
+    }
+
+    fn start_agent(&mut self) {
+        let log = File::options().create(true).append(true).open(self.dir.join("xlb.log")).unwrap();
+        let netns = format!("--net=/run/netns/{}", self.netns);
+        let child = Command::new("nsenter")
+            .args([netns.as_str(), XLB, "run", "--iface", "xv0", "--node-name", "lb"])
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(["--metrics-addr", METRICS, "--small-maps", "--xdp-mode", "generic"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting xlb run");
+        self.agent = Some(child);
+    }
+
+    fn stop_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn dump(&self) -> String {
+        Datapath::open(&self.pin_dir).map(|d| d.dump().unwrap()).unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, what: &str, mut cond: impl FnMut(&Fixture) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond(self) {
+            if let Some(Ok(Some(st))) = self.agent.as_mut().map(|c| c.try_wait()) {
+                panic!("xlb run exited ({st}) waiting for {what}; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn readyz(&self) -> Option<(u16, String)> {
+        get(&self.netns, METRICS.parse().unwrap(), "/readyz")
+    }
+
+    fn pause(&self) {
+        let s = self.server.clone().unwrap();
+        let rt = self.rt.as_ref().unwrap();
+        rt.block_on(rt.spawn(async move { s.pause().await })).unwrap();
+    }
+
+    fn resume(&self) {
+        let s = self.server.clone().unwrap();
+        let rt = self.rt.as_ref().unwrap();
+        // Spawned: the listening socket is created on a thread inside the namespace.
+        rt.block_on(rt.spawn(async move { s.resume().await })).unwrap().unwrap();
+    }
+}
+
+#[test]
+fn api_down_at_start_keeps_the_pinned_state_and_readyz_says_so() {
+    let mut f = Fixture::new("down");
+    f.server().apply_yaml(examples::NGINX).unwrap();
+    f.start_agent();
+    f.wait_for("nginx programmed", |f| f.dump().contains("service default/nginx:http "));
+    f.wait_for("ready", |f| f.readyz().is_some_and(|(c, _)| c == 200));
+    let programmed = f.dump();
+    f.stop_agent();
+
+    // The API goes away; a new agent starts on the pinned maps.
+    f.pause();
+    f.start_agent();
+    f.wait_for("readyz saying the source is unavailable", |f| {
+        f.readyz().is_some_and(|(c, why)| c == 503 && why.contains("source unavailable"))
+    });
+    let (_, why) = f.readyz().unwrap();
+    assert!(
+        why.contains("source unavailable") && why.contains("not usable"),
+        "readyz should say the API is unusable: {why}"
+    );
+    assert!(why.contains("serving the state the maps held at start (2 services)"), "{why}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.dump(), programmed, "the pinned state keeps serving, untouched");
+    assert!(f.readyz().is_some_and(|(c, _)| c == 503));
+
+    // The API is back: the agent syncs (nothing to change) and turns ready.
+    f.resume();
+    f.wait_for("ready again", |f| f.readyz().is_some_and(|(c, _)| c == 200));
+    assert_eq!(f.dump(), programmed, "a sync after the outage changes nothing");
+    let log = f.log();
+    assert!(log.contains("Kubernetes source failed"), "{log}");
+    assert!(log.contains("Kubernetes caches synced"), "{log}");
+}
+
+const LOCAL: &str = "apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: default}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  ipFamilies: [IPv4]
+  ports: [{name: http, port: 80, nodePort: 30090}]
+status:
+  loadBalancer:
+    ingress: [{ip: 10.100.0.20}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: local-1
+  namespace: default
+  labels: {kubernetes.io/service-name: local}
+addressType: IPv4
+ports: [{name: http, port: 80}]
+endpoints:
+- {addresses: [10.244.0.61], nodeName: lb, conditions: {ready: true}}
+- {addresses: [10.244.0.62], nodeName: lb, conditions: {ready: true}}
+- {addresses: [10.244.1.61], nodeName: node1, conditions: {ready: true}}
+";
+
+#[test]
+fn health_check_node_port_answers_like_kube_proxy() {
+    let mut f = Fixture::new("hc");
+    f.server().apply_yaml(examples::NGINX).unwrap();
+    f.server().apply_yaml(LOCAL).unwrap();
+    f.start_agent();
+    let hc: SocketAddr = "127.0.0.1:32100".parse().unwrap();
+    f.wait_for("the health check port", |f| get(&f.netns, hc, "/").is_some());
+    let (code, body) = get(&f.netns, hc, "/healthz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["service"]["namespace"], "default");
+    assert_eq!(v["service"]["name"], "local");
+    assert_eq!(v["localEndpoints"], 2, "two ready endpoints on node lb: {body}");
+    assert_eq!(v["serviceProxyHealthy"], true);
+    // The datapath holds only the local endpoints (externalTrafficPolicy: Local).
+    let dump = f.dump();
+    assert!(dump.contains("10.244.0.61:80") && !dump.contains("10.244.1.61"), "{dump}");
+
+    // No ready endpoint on this node any more: 503, count 0.
+    let mut slice: EndpointSlice = f.server().get(Some("default"), "local-1").unwrap().unwrap();
+    for ep in slice.endpoints.iter_mut().take(2) {
+        ep.conditions.as_mut().unwrap().ready = Some(false);
+    }
+    f.server().update(&slice).unwrap();
+    f.wait_for("503", |f| get(&f.netns, hc, "/").is_some_and(|(c, _)| c == 503));
+    let (_, body) = get(&f.netns, hc, "/").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["localEndpoints"], 0, "{body}");
+
+    // The service goes: its port closes.
+    f.server().delete::<k8s_openapi::api::core::v1::Service>(Some("default"), "local").unwrap();
+    f.wait_for("port closed", |f| get(&f.netns, hc, "/").is_none());
+}
