@@ -103,9 +103,15 @@ enum Cmd {
         /// Seconds of churn.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Lower rates measured first (seconds / 2 each).
+        #[arg(long, value_delimiter = ',', default_values_t = [100u32, 500])]
+        lower_rates: Vec<u32>,
         /// The agent's --min-interval, ms.
         #[arg(long, default_value_t = 0)]
         min_interval_ms: u64,
+        /// xlb.io/maglev-size on every service (default: none, M = 16381).
+        #[arg(long)]
+        maglev_size: Option<u32>,
         /// The xlb binary (default: beside xlb-perf).
         #[arg(long, default_value_os_t = cluster_bench::default_xlb())]
         xlb: PathBuf,
@@ -164,14 +170,26 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
         }
-        Cmd::Cluster { services, endpoints, nodes, rate, seconds, min_interval_ms, xlb } => {
+        Cmd::Cluster {
+            services,
+            endpoints,
+            nodes,
+            rate,
+            seconds,
+            lower_rates,
+            min_interval_ms,
+            maglev_size,
+            xlb,
+        } => {
             let r = cluster_bench::run(&cluster_bench::ClusterOpts {
                 services,
                 endpoints,
                 nodes,
                 rate,
                 seconds,
+                lower_rates,
                 min_interval_ms,
+                maglev_size,
                 xlb,
             })?;
             let md = r.markdown();
