@@ -364,8 +364,13 @@ impl Reconciler {
     }
 
     fn reconcile(&mut self, datapath: &mut Datapath, changes: Changes, source: &str) {
-        // A full listing may hide deletions: diff everything once.
-        self.full_due |= changes.any_full();
+        // A full listing may hide deletions: diff everything once. It is
+        // also a reload (a file edit, SIGHUP, a relist): a configuration
+        // that is still invalid is reported again.
+        if changes.any_full() {
+            self.full_due = true;
+            self.logged_errors = None;
+        }
         self.synced |= changes.services.full && changes.slices.full && changes.nodes.full;
         self.translator.update(changes);
         if self.synced {
