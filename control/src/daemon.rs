@@ -277,7 +277,8 @@ async fn reconcile_loop(
                 }
                 None => break Ok(()), // the source ended; its result is below
             },
-            _ = retry.tick(), if reconciler.full_due && reconciler.synced => {
+            _ = retry.tick(), if reconciler.full_due && reconciler.synced
+                && reconciler.translator.is_valid() => {
                 reconciler.sync(datapath, "retry");
             }
             _ = resync.tick(), if reconciler.synced && !args.full_resync_interval.is_zero() => {
@@ -383,8 +384,9 @@ impl Reconciler {
         self.generation += 1;
         let _span = info_span!("reconcile", generation = self.generation, source).entered();
         if let Err(errors) = self.translator.check() {
+            // The datapath keeps serving the last valid state; health checks
+            // keep answering for it (a bad object must not drain every node).
             crate::metrics::control().rejected();
-            self.health.set_proxy_healthy(false);
             if self.logged_errors.as_ref() != Some(&errors) {
                 error!(
                     count = errors.0.len(),
