@@ -608,7 +608,8 @@ impl ClusterReport {
             "# Control plane at cluster scale (xlb-perf cluster)\n\n\
              {} services × {} endpoints each ({} endpoints), {} nodes, served by the API server \
              double to `xlb run --kubeconfig` (release build, child process, XDP on a veth, \
-             --min-interval {} ms, Maglev M = {} so {} KiB per table); this machine: {} cores, load average {:.1} before the run \
+             --min-interval {} ms, Maglev M = {}; a table's map value is 32 KiB whatever M); \
+             this machine: {} cores, load average {:.1} before the run \
              (other work shares it).\n\n\
              | measure | result | target | |\n|---|---|---|---|\n",
             self.services,
@@ -617,7 +618,6 @@ impl ClusterReport {
             self.nodes,
             self.min_interval_ms,
             self.maglev_size,
-            self.maglev_size * 2 / 1024,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             self.loadavg_before,
         );
