@@ -28,21 +28,24 @@ pub struct Neighbours {
     done: BTreeSet<IpAddr>,
 }
 
-/// Where the kernel sends packets for one address: (next hop, device).
+/// Where the kernel sends packets for each address: (next hop, device), or
+/// None for an address with no route (reported, not fatal: the node may
+/// become reachable later, and XDP counts what it cannot send).
 fn next_hops(addrs: &[IpAddr]) -> Result<Vec<Option<(IpAddr, String)>>, NeighError> {
     let script: String = addrs.iter().map(|a| format!("route get {a}\n")).collect();
-    let out = ip_batch(&["-j"], &script, "route get")?;
-    // `ip -j -batch` prints one JSON array per command, one per line.
-    Ok(out
-        .lines()
-        .filter(|l| l.trim_start().starts_with('['))
-        .zip(addrs)
-        .map(|(line, addr)| {
-            let gw = json_field(line, "gateway").and_then(|g| g.parse().ok());
-            let dev = json_field(line, "dev")?;
-            Some((gw.unwrap_or(*addr), dev))
-        })
-        .collect())
+    // -force: an unroutable address fails its own line only. The answers are
+    // matched by their "dst", not by position, since failed lines print none.
+    let out = ip_batch_lenient(&["-j"], &script)?;
+    let mut found: std::collections::HashMap<IpAddr, (IpAddr, String)> = Default::default();
+    for line in out.lines().filter(|l| l.trim_start().starts_with('[')) {
+        let (Some(dst), Some(dev)) = (json_field(line, "dst"), json_field(line, "dev")) else {
+            continue;
+        };
+        let Ok(dst) = dst.parse::<IpAddr>() else { continue };
+        let gw = json_field(line, "gateway").and_then(|g| g.parse().ok());
+        found.insert(dst, (gw.unwrap_or(dst), dev));
+    }
+    Ok(addrs.iter().map(|a| found.remove(a)).collect())
 }
 
 /// The string value of `"key":"value"` in a flat JSON line (enough for ip's output).
@@ -51,6 +54,22 @@ fn json_field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&pat)? + pat.len();
     let end = line[start..].find('"')? + start;
     Some(line[start..end].to_string())
+}
+
+/// Runs `ip -force -batch` and returns its output whatever the exit status
+/// (failed lines are reported on stderr and skipped).
+fn ip_batch_lenient(args: &[&str], script: &str) -> Result<String, NeighError> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(NeighError::Spawn)?;
+    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(NeighError::Spawn)?;
+    let out = child.wait_with_output().map_err(NeighError::Spawn)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn ip_batch(args: &[&str], script: &str, what: &'static str) -> Result<String, NeighError> {
@@ -78,7 +97,8 @@ impl Neighbours {
     /// Makes sure every endpoint in `endpoints` has a managed neighbour entry
     /// for its next hop. Endpoints handled before are skipped; returns how
     /// many entries were created. A next hop that already has a resolved
-    /// entry (e.g. a static one) is left alone.
+    /// entry (e.g. a static one) is left alone; an endpoint without a route
+    /// is retried on the next sync.
     pub fn sync(&mut self, endpoints: &BTreeSet<IpAddr>) -> Result<usize, NeighError> {
         let new: Vec<IpAddr> = endpoints.difference(&self.done).copied().collect();
         if new.is_empty() {
@@ -89,8 +109,10 @@ impl Neighbours {
             ip_batch(&[], "neigh show nud permanent\nneigh show nud reachable\n", "neigh show")?;
         let mut script = String::new();
         let mut count = 0;
-        for hop in hops.iter().flatten() {
-            let (nh, dev) = hop;
+        let mut routed = Vec::new();
+        for (addr, hop) in new.iter().zip(&hops) {
+            let Some((nh, dev)) = hop else { continue };
+            routed.push(*addr);
             if existing.lines().any(|l| l.split_whitespace().next() == Some(&nh.to_string())) {
                 continue;
             }
@@ -100,7 +122,7 @@ impl Neighbours {
         if !script.is_empty() {
             ip_batch(&[], &script, "neigh replace")?;
         }
-        self.done.extend(new);
+        self.done.extend(routed);
         Ok(count)
     }
 }
