@@ -142,7 +142,7 @@ pub enum Problem {
     DuplicateFrontend { frontend: String, other: ServiceKey },
 }
 
-/// One problem: "Service default/web: spec.ports[1].targetPort: ...".
+/// One problem: `Service default/web: spec.ports[1].targetPort: ...`.
 #[derive(Clone, Debug, Error, PartialEq, Eq, Hash)]
 #[error("{object}: {field}: {problem}")]
 pub struct ConfigError {

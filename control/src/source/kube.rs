@@ -13,7 +13,7 @@
 //! missing. A relist may hide deletions (no delete event), so after one the kind is handed
 //! over as a full listing again and the consumer diffs it whole. Errors are retried with
 //! kube's default exponential backoff (0.8 s doubling to 30 s, with jitter). A new kind
-//! (Pod, Namespace, NetworkPolicy) joins by one more [`Watches::watch_kind`] call, a
+//! (Pod, Namespace, NetworkPolicy) joins by one more `Watches::watch_kind` call, a
 //! [`KindStats`] field and a [`Changes`] field.
 
 use crate::cluster::{Changes, KindChanges, ObjectKey};
