@@ -17,4 +17,4 @@ cargo build --workspace --all-targets --release
 echo "== tests"
 # Every tier, including the privileged BPF and netns ones (they fail loudly
 # without root). Tests that build namespaces use unique names per process.
-cargo test --workspace --release -- --test-threads=2
+cargo test --workspace --release --no-fail-fast -- --test-threads=2
