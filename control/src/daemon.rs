@@ -444,6 +444,10 @@ impl Reconciler {
                         "full resync found the maps differing from the source and repaired them"
                     );
                 }
+                // Neighbour entries are re-checked too (endpoints unroutable
+                // before are retried).
+                self.tunnel_gen = None;
+                self.tunnels.clear();
                 self.applied(datapath, &stats, "resync");
             }
             Err(e) => {
