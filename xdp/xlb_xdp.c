@@ -550,7 +550,7 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	struct xlb_pkt pkt;
 	__u64 now, gen;
 	__u32 slot;
-	int rc;
+	int rc, new_conn;
 
 	rc = xlb_parse(data, data_end, &pkt);
 	if (rc)
@@ -562,10 +562,14 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	fc = bpf_map_lookup_elem(&xlb_flow_cache, &slot);
 	now = bpf_jiffies64();
 	gen = xlb_config_gen_now();
+	/* A bare SYN opens a connection: a 4-tuple reused from an earlier one
+	 * must not follow it to a terminating backend. */
+	new_conn = pkt.tuple.proto == IPPROTO_TCP && (pkt.tcp_flags & 0x12) == 0x02;
 	if (fc && now < fc->expires && fc->config_gen == gen &&
 	    xlb_fc_key_eq(&fc->key, &pkt.tuple)) {
 		sel.be = xlb_backend_get(fc->backend_id);
-		if (sel.be && xlb_backend_flow_ok(sel.be, fc->backend_gen)) {
+		if (sel.be && xlb_backend_flow_ok(sel.be, fc->backend_gen) &&
+		    (!new_conn || xlb_backend_new_ok(sel.be))) {
 			sel.backend_id = fc->backend_id;
 			sel.hash = fc->hash;
 			sel.new_flow = 0;
@@ -586,7 +590,7 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, &pkt.tuple))
 		return xlb_fail(-XLB_DROP_SOURCE_RANGE, reason);
 
-	rc = xlb_select(svc, &pkt.tuple, &sel);
+	rc = xlb_select(svc, &pkt.tuple, new_conn, &sel);
 	if (rc)
 		return xlb_fail(rc, reason);
 	if (fc) {

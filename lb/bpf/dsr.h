@@ -797,7 +797,9 @@ static __always_inline int dsr_ipip(struct __sk_buff *skb, const struct xlb_node
 	svc = bpf_map_lookup_elem(&xlb_frontends, &fk);
 	if (!svc)
 		return XLB_PASS_NOT_FRONTEND;
-	rc = xlb_select(svc, &key, &sel);
+	/* new_conn 0: the IPIP path keeps an existing entry's backend even
+	 * for a SYN (it decides only for flows the LB already sent here). */
+	rc = xlb_select(svc, &key, 0, &sel);
 	if (rc)
 		return -rc;
 	be = sel.be;

@@ -14,9 +14,13 @@
  *       table, or maglev_size 0 / > XLB_MAGLEV_MAX), -XLB_DROP_BACKEND_MISSING
  *       (slot names no xlb_svc_backends entry, or a backend that is missing,
  *       inactive or terminating)
- *   int xlb_select(svc, key, &sel)
+ *   int xlb_select(svc, key, new_conn, &sel)
  *       key: the flow in packet direction (client -> frontend), 4-byte
- *       aligned, the xlb_ct key as is. Fills struct xlb_sel; returns 0 or the
+ *       aligned, the xlb_ct key as is. new_conn: the packet opens a
+ *       connection (a TCP SYN without ACK): an xlb_ct entry left by an
+ *       earlier connection of the same 4-tuple is reused only if its backend
+ *       may take new flows (not terminating); otherwise a backend is chosen
+ *       anew. Fills struct xlb_sel; returns 0 or the
  *       negative reason of xlb_maglev_pick. Reads the clock only for new
  *       flows.
  */
@@ -72,7 +76,7 @@ static __always_inline int xlb_maglev_pick(const struct xlb_service *svc, __u32 
 }
 
 static __always_inline int xlb_select(const struct xlb_service *svc, const struct xlb_flow_key *key,
-				      struct xlb_sel *sel)
+				      int new_conn, struct xlb_sel *sel)
 {
 	struct xlb_affinity_entry *ae = NULL;
 	struct xlb_affinity_key ak;
@@ -83,7 +87,7 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 	sel->new_flow = 0;
 	sel->affinity_hit = 0;
 	be = xlb_ct_lookup(key, svc->id, &sel->backend_id, &sel->hash);
-	if (be) {
+	if (be && (!new_conn || xlb_backend_new_ok(be))) {
 		sel->be = be;
 		return 0;
 	}

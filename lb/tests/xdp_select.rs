@@ -201,3 +201,34 @@ fn established_flows_see_service_changes_with_their_next_packet() {
         }
     });
 }
+
+#[test]
+fn a_syn_reusing_a_4_tuple_does_not_follow_it_to_a_terminating_backend() {
+    // A client reuses its source port for a new connection while the old
+    // connection's entry still names a backend that has since started
+    // terminating: the SYN is a new flow and must go to a live backend.
+    with_lab("synreuse", |lab| {
+        for v6 in BOTH {
+            let mut svc = spread_service(v6, 2);
+            lab.apply(&[svc.clone()]);
+            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let b = SocketAddr::new(pod(2, 1, v6), TARGET_PORT);
+            let port = port_for(lab, v6, a);
+            let s = syn(v6, port);
+            let k = ack(v6, port);
+            lab.check(&[
+                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a)),
+                Case::of(format!("{} ACK to A (cached)", fam(v6)), &k)
+                    .tx(&geneve_dsr(1, v6, &k, 80, a)),
+            ]);
+            svc.backends[0].state = BackendState::Terminating;
+            lab.apply(&[svc]);
+            lab.check(&[
+                Case::of(format!("{} ACK stays on terminating A", fam(v6)), &k)
+                    .tx(&geneve_dsr(1, v6, &k, 80, a)),
+                Case::of(format!("{} SYN reusing the 4-tuple goes to B", fam(v6)), &s)
+                    .tx(&geneve_dsr(2, v6, &s, 80, b)),
+            ]);
+        }
+    });
+}
