@@ -826,6 +826,36 @@ static __always_inline int dsr_ipip(struct __sk_buff *skb, const struct xlb_node
 	return rc != DSR_NEXT ? rc : XLB_OK_TC_DECAP;
 }
 
+/* A TCP connection opened directly to an endpoint (not through the
+ * tunnel) takes its 4-tuple over: a reverse translation left by an earlier
+ * load-balanced connection with the same 4-tuple must not rewrite this one's
+ * replies to the service address. Only bare SYNs pay the delete. */
+static __always_inline void dsr_forget_direct(void *data, void *data_end, const struct dsr_ip *ip,
+					      const void *saddr, const void *daddr)
+{
+	struct xlb_flow_key key = {};
+	struct tcphdr *th;
+	__u32 l4off = ip->l4off;
+
+	if (ip->proto != IPPROTO_TCP || ip->later_frag)
+		return;
+	/* Bound for the verifier: L4 starts within the first 512 bytes. */
+	if (l4off > 512)
+		return;
+	th = data + l4off;
+	if ((void *)(th + 1) > data_end)
+		return;
+	if (!th->syn || th->ack)
+		return;
+	__builtin_memcpy(key.saddr, saddr, ip->family == XLB_FAMILY_V6 ? 16 : 4);
+	__builtin_memcpy(key.daddr, daddr, ip->family == XLB_FAMILY_V6 ? 16 : 4);
+	key.sport = th->source;
+	key.dport = th->dest;
+	key.proto = IPPROTO_TCP;
+	key.family = ip->family;
+	bpf_map_delete_elem(&xlb_dsr_nat, &key);
+}
+
 static __always_inline int dsr_ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
@@ -855,8 +885,10 @@ static __always_inline int dsr_ingress(struct __sk_buff *skb)
 		iph = data + ETH_HLEN;
 		if (iph + 1 > (struct iphdr *)data_end) /* re-proven for the verifier */
 			return XLB_DROP_TRUNCATED;
-		if (iph->daddr != *(__u32 *)node->addr4 || iph->daddr == 0)
+		if (iph->daddr != *(__u32 *)node->addr4 || iph->daddr == 0) {
+			dsr_forget_direct(data, data_end, &out, &iph->saddr, &iph->daddr);
 			return XLB_PASS_NOT_TUNNEL;
+		}
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6;
 
@@ -866,8 +898,10 @@ static __always_inline int dsr_ingress(struct __sk_buff *skb)
 		ip6 = data + ETH_HLEN;
 		if (ip6 + 1 > (struct ipv6hdr *)data_end)
 			return XLB_DROP_TRUNCATED;
-		if (!xlb_addr_eq(&ip6->daddr, node->addr6) || dsr_addr6_zero(node->addr6))
+		if (!xlb_addr_eq(&ip6->daddr, node->addr6) || dsr_addr6_zero(node->addr6)) {
+			dsr_forget_direct(data, data_end, &out, &ip6->saddr, &ip6->daddr);
 			return XLB_PASS_NOT_TUNNEL;
+		}
 	} else {
 		return XLB_PASS_NOT_IP;
 	}

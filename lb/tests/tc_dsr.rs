@@ -846,3 +846,27 @@ fn other_icmp_leaving_passes_unchanged() {
         &[("pass_l4_proto", 1, echo_reply.len() as u64), ("pass_no_nat", 1, unknown.len() as u64)],
     );
 }
+
+#[test]
+fn a_direct_syn_takes_over_a_4_tuple_from_an_old_dsr_flow() {
+    // A load-balanced connection left its reverse translation behind; a new
+    // connection with the same 4-tuple made straight to the pod (no tunnel)
+    // must get its replies untranslated.
+    let mut node = Node::new("direct");
+    for (c, p) in [(ip(CLIENT_V4), ip(POD_V4)), (ip(CLIENT_V6), ip(POD_V6))] {
+        let inner = client_to_pod(c, p);
+        let vip = vip_of(c.is_ipv4());
+        let r = node.ingress(&dsr_packet(ip(NODE1_V4), &inner, vip).build());
+        assert_eq!(r.verdict, TC_ACT_OK);
+        assert_nat(&node, &flow_key(c, p, CLIENT_PORT, TARGET_PORT, 6), vip);
+
+        let direct = Frame::eth(ROUTER_MAC, NODE1_MAC).inner(inner.clone()).build();
+        let r = node.ingress(&direct);
+        assert_eq!(r.verdict, TC_ACT_OK);
+        assert_frame("direct SYN", &direct, &r.out);
+
+        let reply = pod_reply(p, c).build();
+        let r = node.egress(&reply);
+        assert_frame("reply of the direct connection", &reply, &r.out);
+    }
+}
