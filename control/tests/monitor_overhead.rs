@@ -26,8 +26,9 @@ use std::{
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader, Pod,
+    Ebpf, EbpfLoader,
 };
+use lb::bench::BenchFrame;
 use lb::{
     abi::{self, EventsCfg},
     datapath::Datapath,
@@ -44,45 +45,9 @@ const ROUNDS: usize = 101;
 const REPEAT: u32 = 2500;
 const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
-/// Mirrors struct xlb_bench_frame (xdp/xlb_bench.c).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct BenchFrame {
-    len: u32,
-    flags: u16,
-    count: u16,
-    sport_off: u16,
-    saddr_lo_off: u16,
-    ip_csum_off: u16,
-    l4_csum_off: u16,
-    bytes: [u8; 256],
-}
-const _: () = assert!(size_of::<BenchFrame>() == 272);
-// SAFETY: repr(C), integers only, no padding (size asserted).
-unsafe impl Pod for BenchFrame {}
-
-/// An IPv4 frame template; `new_flow`: the wrapper rewrites the source port
-/// and address every iteration (offsets for Ethernet + 20-byte IPv4 + TCP).
+/// The wrapper's template for `frame` (lb::bench's encoder).
 fn template(frame: &[u8], new_flow: bool) -> BenchFrame {
-    let mut f = BenchFrame {
-        len: frame.len() as u32,
-        flags: 0,
-        count: 1,
-        sport_off: 0,
-        saddr_lo_off: 0,
-        ip_csum_off: 0,
-        l4_csum_off: 0,
-        bytes: [0; 256],
-    };
-    f.bytes[..frame.len()].copy_from_slice(frame);
-    if new_flow {
-        f.flags = 1;
-        f.sport_off = 34;
-        f.saddr_lo_off = 14 + 12 + 2;
-        f.ip_csum_off = 14 + 10;
-        f.l4_csum_off = 34 + 16;
-    }
-    f
+    BenchFrame::encode(frame, new_flow, 1).expect("a benchmark frame")
 }
 
 fn sh(args: &[&str]) {

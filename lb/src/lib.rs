@@ -2,6 +2,7 @@
 //! typed access to the BPF maps, and loading/attaching the BPF programs.
 //! Knows nothing of Kubernetes; `control` feeds it [`model::Desired`].
 pub mod abi;
+pub mod bench;
 pub mod census;
 pub mod datapath;
 pub mod events;

@@ -36,6 +36,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
+use lb::bench::BenchFrame;
 use lb::{
     datapath::Datapath,
     loader::{read_counters, Dataplane, LoadOptions, MapSizes},
@@ -48,50 +49,10 @@ use lb::{
 const FRAMES: [&str; 5] =
     ["tcp_syn_vip.bin", "tcp_ack_vip.bin", "udp_vip.bin", "tcp_nonvip.bin", "tcp6_syn_vip.bin"];
 const NODES: u8 = 4;
-const FRAME_MAX: usize = 256;
 
-/// Mirrors struct xlb_bench_frame (xdp/xlb_bench.c).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct BenchFrame {
-    len: u32,
-    flags: u16,
-    count: u16,
-    sport_off: u16,
-    saddr_lo_off: u16,
-    ip_csum_off: u16,
-    l4_csum_off: u16,
-    bytes: [u8; FRAME_MAX],
-}
-const _: () = assert!(std::mem::size_of::<BenchFrame>() == 272);
-// SAFETY: repr(C), no padding (asserted above), every bit pattern valid.
-unsafe impl aya::Pod for BenchFrame {}
-
-/// The wrapper's template for `b`; `new_flow` varies the IPv4 source per
-/// iteration (TCP only, which is all this harness needs).
-fn template(b: &[u8], new_flow: bool) -> BenchFrame {
-    let mut f = BenchFrame {
-        len: b.len() as u32,
-        flags: 0,
-        count: 1,
-        sport_off: 0,
-        saddr_lo_off: 0,
-        ip_csum_off: 0,
-        l4_csum_off: 0,
-        bytes: [0; FRAME_MAX],
-    };
-    f.bytes[..b.len()].copy_from_slice(b);
-    if new_flow {
-        assert_eq!(&b[12..14], &[0x08, 0x00], "new-flow template must be IPv4");
-        assert_eq!(b[23], 6, "new-flow template must be TCP");
-        let l4 = 14 + (b[14] & 0xf) as usize * 4;
-        f.flags = 1;
-        f.sport_off = l4 as u16;
-        f.saddr_lo_off = 28;
-        f.ip_csum_off = 24;
-        f.l4_csum_off = (l4 + 16) as u16;
-    }
-    f
+/// The wrapper's template for `frame` (lb::bench's encoder).
+fn template(frame: &[u8], new_flow: bool) -> BenchFrame {
+    BenchFrame::encode(frame, new_flow, 1).expect("a benchmark frame")
 }
 
 fn ip_batch(lines: &[String]) {

@@ -9,26 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-pub const FRAME_MAX: usize = 256;
-pub const TEMPLATES: usize = 16;
-pub const F_NEW_FLOW: u16 = 1;
-
-/// Mirrors struct xlb_bench_frame.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BenchFrame {
-    len: u32,
-    flags: u16,
-    count: u16,
-    sport_off: u16,
-    saddr_lo_off: u16,
-    ip_csum_off: u16,
-    l4_csum_off: u16,
-    bytes: [u8; FRAME_MAX],
-}
-const _: () = assert!(std::mem::size_of::<BenchFrame>() == 272);
-// SAFETY: repr(C), no padding (asserted above), every bit pattern valid.
-unsafe impl aya::Pod for BenchFrame {}
+pub use lb::bench::{xdp_ctx, BenchFrame, TEMPLATES};
 
 /// Indices of xlb_bench_stats.
 #[derive(Clone, Copy, Debug)]
@@ -57,53 +38,8 @@ impl Template {
     }
 
     fn encode(&self, count: u16) -> Result<BenchFrame> {
-        let b = &self.bytes;
-        if b.len() < 14 || b.len() > FRAME_MAX {
-            bail!("bench frame of {} bytes: want 14..={FRAME_MAX}", b.len());
-        }
-        let mut f = BenchFrame {
-            len: b.len() as u32,
-            flags: 0,
-            count,
-            sport_off: 0,
-            saddr_lo_off: 0,
-            ip_csum_off: 0,
-            l4_csum_off: 0,
-            bytes: [0; FRAME_MAX],
-        };
-        f.bytes[..b.len()].copy_from_slice(b);
-        if self.new_flow {
-            let et = u16::from_be_bytes([b[12], b[13]]);
-            let (l4, proto, saddr_end, ip_csum) = match et {
-                0x0800 => {
-                    let ihl = (b[14] & 0xf) as usize * 4;
-                    (14 + ihl, b[23], 14 + 16, 14 + 10)
-                }
-                0x86dd => (14 + 40, b[20], 14 + 24, 0),
-                _ => bail!("new-flow template: EtherType {et:#06x} is not IPv4/IPv6"),
-            };
-            let csum = match proto {
-                6 => l4 + 16,
-                17 => l4 + 6,
-                p => bail!("new-flow template: IP protocol {p} is not TCP/UDP"),
-            };
-            f.flags |= F_NEW_FLOW;
-            f.sport_off = l4 as u16;
-            f.saddr_lo_off = (saddr_end - 2) as u16;
-            f.ip_csum_off = ip_csum as u16;
-            f.l4_csum_off = csum as u16;
-        }
-        Ok(f)
+        Ok(BenchFrame::encode(&self.bytes, self.new_flow, count)?)
     }
-}
-
-/// struct xdp_md as BPF_PROG_TEST_RUN's ctx_in: the frame arrives on
-/// `ifindex`, queue 0, no metadata.
-pub fn xdp_ctx(len: usize, ifindex: u32) -> [u8; 24] {
-    let mut c = [0u8; 24];
-    c[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    c[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    c
 }
 
 /// One BPF_PROG_TEST_RUN of `prog` on `frame` received on `ifindex`.
