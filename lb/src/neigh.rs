@@ -35,7 +35,7 @@ fn next_hops(addrs: &[IpAddr]) -> Result<Vec<Option<(IpAddr, String)>>, NeighErr
     let script: String = addrs.iter().map(|a| format!("route get {a}\n")).collect();
     // -force: an unroutable address fails its own line only. The answers are
     // matched by their "dst", not by position, since failed lines print none.
-    let out = ip_batch_lenient(&["-j"], &script)?;
+    let out = ip_batch(&["-j"], &script, None)?;
     let mut found: std::collections::HashMap<IpAddr, (IpAddr, String)> = Default::default();
     for line in out.lines().filter(|l| l.trim_start().starts_with('[')) {
         let (Some(dst), Some(dev)) = (json_field(line, "dst"), json_field(line, "dev")) else {
@@ -56,23 +56,14 @@ fn json_field(line: &str, key: &str) -> Option<String> {
     Some(line[start..end].to_string())
 }
 
-/// Runs `ip -force -batch` and returns its output whatever the exit status
-/// (failed lines are reported on stderr and skipped).
-fn ip_batch_lenient(args: &[&str], script: &str) -> Result<String, NeighError> {
-    let mut child = Command::new("ip")
-        .args(args)
-        .args(["-force", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(NeighError::Spawn)?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(NeighError::Spawn)?;
-    let out = child.wait_with_output().map_err(NeighError::Spawn)?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip_batch(args: &[&str], script: &str, what: &'static str) -> Result<String, NeighError> {
+/// Runs `ip -force -batch` on `script`. Strict: a failed line is an
+/// error. Lenient: failed lines are skipped (their errors dropped) and the
+/// output of the others is returned.
+fn ip_batch(
+    args: &[&str],
+    script: &str,
+    strict: Option<&'static str>,
+) -> Result<String, NeighError> {
     let mut child = Command::new("ip")
         .args(args)
         .args(["-force", "-batch", "-"])
@@ -83,7 +74,7 @@ fn ip_batch(args: &[&str], script: &str, what: &'static str) -> Result<String, N
         .map_err(NeighError::Spawn)?;
     child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(NeighError::Spawn)?;
     let out = child.wait_with_output().map_err(NeighError::Spawn)?;
-    if !out.status.success() {
+    if let Some(what) = strict.filter(|_| !out.status.success()) {
         return Err(NeighError::Ip { what, stderr: String::from_utf8_lossy(&out.stderr).into() });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -105,8 +96,11 @@ impl Neighbours {
             return Ok(0);
         }
         let hops = next_hops(&new)?;
-        let existing =
-            ip_batch(&[], "neigh show nud permanent\nneigh show nud reachable\n", "neigh show")?;
+        let existing = ip_batch(
+            &[],
+            "neigh show nud permanent\nneigh show nud reachable\n",
+            Some("neigh show"),
+        )?;
         let mut script = String::new();
         let mut count = 0;
         let mut routed = Vec::new();
@@ -120,7 +114,7 @@ impl Neighbours {
             count += 1;
         }
         if !script.is_empty() {
-            ip_batch(&[], &script, "neigh replace")?;
+            ip_batch(&[], &script, Some("neigh replace"))?;
         }
         self.done.extend(routed);
         Ok(count)
