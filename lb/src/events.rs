@@ -43,10 +43,8 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     let path = dir.join(name);
-    let wrap = |source| EventsError::Open { path: path.clone(), source: Box::new(source) };
-    let data = MapData::from_pin(&path).map_err(wrap)?;
-    let map = Map::from_map_data(data).map_err(wrap)?;
-    T::try_from(map).map_err(wrap)
+    crate::maps::open_pinned(&path)
+        .map_err(|source| EventsError::Open { path, source: Box::new(source) })
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns(), hence of

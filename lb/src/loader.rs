@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData, MapError, PerCpuArray},
+    maps::{MapData, MapError, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -288,9 +288,8 @@ impl Dataplane {
             detail: format!("no interface {iface}"),
         })?;
         let map_err = |source| LoadError::Map { map: "xlb_tx_ports", source: Box::new(source) };
-        let data = MapData::from_pin(self.pin_dir.join("xlb_tx_ports")).map_err(map_err)?;
         let mut ports: aya::maps::DevMapHash<MapData> =
-            Map::from_map_data(data).map_err(map_err)?.try_into().map_err(map_err)?;
+            crate::maps::open_pinned(&self.pin_dir.join("xlb_tx_ports")).map_err(map_err)?;
         ports.insert(ifindex, ifindex, None, 0).map_err(|e| LoadError::LinkPin {
             path: self.pin_dir.join("xlb_tx_ports"),
             detail: e.to_string(),
@@ -378,9 +377,8 @@ impl Dataplane {
 /// Every named counter of the datapath pinned under `pin_dir`, summed over CPUs.
 pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, Count)>, LoadError> {
     let map_err = |source| LoadError::Map { map: "xlb_counters", source: Box::new(source) };
-    let data = MapData::from_pin(pin_dir.join("xlb_counters")).map_err(map_err)?;
-    let map = Map::from_map_data(data).map_err(map_err)?;
-    let arr: PerCpuArray<MapData, Count> = map.try_into().map_err(map_err)?;
+    let arr: PerCpuArray<MapData, Count> =
+        crate::maps::open_pinned(&pin_dir.join("xlb_counters")).map_err(map_err)?;
     let mut out = Vec::with_capacity(Counter::ALL.len());
     for c in Counter::ALL {
         let per_cpu = arr.get(&(*c as u32), 0).map_err(map_err)?;

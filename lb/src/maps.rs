@@ -40,15 +40,21 @@ impl MapsError {
     }
 }
 
+/// Opens the map pinned at `path` as the typed handle `T`: the one place
+/// lb turns a pin into a map (callers wrap the error with their own context).
+pub(crate) fn open_pinned<T>(path: &Path) -> Result<T, MapError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(Map::from_map_data(MapData::from_pin(path)?)?)
+}
+
 fn open<T>(dir: &Path, name: &str) -> Result<T, MapsError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
     let path = dir.join(name);
-    let wrap = |source| MapsError::Open { path: path.clone(), source: Box::new(source) };
-    let data = MapData::from_pin(&path).map_err(wrap)?;
-    let map = Map::from_map_data(data).map_err(wrap)?;
-    T::try_from(map).map_err(wrap)
+    open_pinned(&path).map_err(|source| MapsError::Open { path, source: Box::new(source) })
 }
 
 pub type Hash<K, V> = HashMap<MapData, K, V>;
