@@ -13,16 +13,6 @@ use lb::{
     packet::{bench, Frame, GeneveOpt},
 };
 
-const BOTH: [bool; 2] = [false, true];
-
-fn fam(v6: bool) -> &'static str {
-    if v6 {
-        "v6"
-    } else {
-        "v4"
-    }
-}
-
 #[test]
 fn not_a_frontend_passes_unchanged() {
     with_lab("notfe", |lab| {

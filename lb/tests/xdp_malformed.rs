@@ -6,16 +6,6 @@ mod common;
 use common::*;
 use lb::{abi::Counter, packet::Frame};
 
-const BOTH: [bool; 2] = [false, true];
-
-fn fam(v6: bool) -> &'static str {
-    if v6 {
-        "v6"
-    } else {
-        "v4"
-    }
-}
-
 /// The VIP SYN cut at every length BPF_PROG_TEST_RUN accepts (it refuses
 /// frames shorter than an Ethernet header): first as is (the IP length then
 /// claims more than the frame), then with the IP length fixed up to the cut

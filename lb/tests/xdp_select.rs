@@ -10,16 +10,6 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use common::*;
 use lb::model::{Affinity, BackendState, Proto, Service};
 
-const BOTH: [bool; 2] = [false, true];
-
-fn fam(v6: bool) -> &'static str {
-    if v6 {
-        "v6"
-    } else {
-        "v4"
-    }
-}
-
 /// Pod 1 of nodes 1..=n, behind VIP:80/TCP.
 fn spread_service(v6: bool, n: u8) -> Service {
     let backends = (1..=n).map(|i| backend(pod(i, 1, v6), node(i, v6))).collect();

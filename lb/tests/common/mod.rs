@@ -619,3 +619,15 @@ pub fn with_encap(mut s: Service, encap: Encap) -> Service {
     s.encap = encap;
     s
 }
+
+/// Both address families, for tests that run every case over each.
+pub const BOTH: [bool; 2] = [false, true];
+
+/// "v4" or "v6", for case names.
+pub fn fam(v6: bool) -> &'static str {
+    if v6 {
+        "v6"
+    } else {
+        "v4"
+    }
+}
