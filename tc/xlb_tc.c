@@ -1,45 +1,43 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * xlb_tc: DSR termination on a backend node, attached to the node's uplink.
- * Ingress decapsulates the Geneve packets the load balancer sends and
- * remembers each flow's service address; egress rewrites the endpoints'
- * replies back to that service address. The logic is in lb/bpf/dsr.h; this
- * file holds the entry points and their single counted exit.
+ * xlb_tc: the node pipeline on a node's uplink (tc, TCX). Each entry point
+ * runs its stages in packet order and ends in one counted exit (counters.h)
+ * under its own hook:
+ *
+ *   ingress  decap (decap.h): Geneve / IPIP from the load balancer is
+ *            terminated and delivered to the endpoint
+ *            [routing: pod traffic from other nodes]
+ *            [policy: ingress of the destination pod]
+ *   egress   [policy / routing of pod traffic leaving the node]
+ *            revnat (revnat.h): endpoint replies leave as the service
+ *
+ * A stage that does not handle the packet says why in its reason (PASS_*)
+ * and the next stage may take it; the bracketed stages are where pod
+ * routing and NetworkPolicy go.
  */
-#include <linux/bpf.h>
-#include <linux/pkt_cls.h>
-#include <bpf/bpf_helpers.h>
+#define XLB_CTX_SKB
 #include "maps.h"
-#include "dsr.h"
+#include "ctx.h"
 #include "counters.h"
-#include "events.h"
-
-/* The one exit of both programs: counts the packet under `counter` in
- * xlb_counters (counters.h), emits a drop event when a listener wants one
- * (events.h) and turns the counter into the tc verdict. `len` is the
- * frame length as received, before any decapsulation. */
-static __always_inline int xlb_tc_exit(struct __sk_buff *skb, int counter, __u32 len, __u8 hook)
-{
-	if (xlb_reason_is_drop(counter))
-		xlb_ev_drop(xlb_ctx_data(skb), xlb_ctx_data_end(skb), counter, hook, skb->ifindex,
-			    len);
-	return xlb_count_exit(counter, len, dsr_verdict(counter));
-}
+#include "decap.h"
+#include "revnat.h"
 
 SEC("classifier")
 int xlb_tc_ingress(struct __sk_buff *skb)
 {
-	__u32 len = skb->len;
+	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
+	int verdict = xlb_decap(skb, &reason);
 
-	return xlb_tc_exit(skb, dsr_ingress(skb), len, XLB_EV_HOOK_TC_INGRESS);
+	return xlb_exit(skb, XLB_HOOK_TC_INGRESS, reason, len, verdict);
 }
 
 SEC("classifier")
 int xlb_tc_egress(struct __sk_buff *skb)
 {
-	__u32 len = skb->len;
+	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
+	int verdict = xlb_revnat(skb, &reason);
 
-	return xlb_tc_exit(skb, dsr_egress(skb), len, XLB_EV_HOOK_TC_EGRESS);
+	return xlb_exit(skb, XLB_HOOK_TC_EGRESS, reason, len, verdict);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -10,7 +10,7 @@
  *     s    = saddr[0..4) ^ saddr[4..8) ^ saddr[8..12) ^ saddr[12..16)
  *     d    = the same over daddr            (IPv4: just the address word)
  *     p    = the 4 bytes sport,dport as one word
- *     init = 0xdeadbeef + 12 + (XLB_HASH_SEED ^ proto)
+ *     init = 0xdeadbeef + 12 + (XLB_HASH_SEED ^ proto)   (xlb_abi.h)
  *     a = init + s; b = init + d; c = init + p;
  *   then Bob Jenkins' lookup3 final(a, b, c) mix:
  *     c ^= b; c -= rol32(b, 14);  a ^= c; a -= rol32(c, 11);
@@ -47,7 +47,6 @@
 
 #include "maps.h"
 
-#define XLB_HASH_SEED	 0x786c6221u /* "xlb!" */
 #define XLB_NSEC_PER_SEC 1000000000ull
 
 static __always_inline __u32 xlb_rol32(__u32 w, unsigned int s)

@@ -1,36 +1,41 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * counters.h: the single exit of every xlb program and the per-service and
- * per-backend statistics. A program computes one enum xlb_counter reason and
- * one verdict, then returns xlb_count_exit(reason, bytes, verdict), which
- * adds {1 packet, bytes} to xlb_counters[reason] on this CPU.
+ * per-backend statistics.
  *
- * Reason ranges (xlb_abi.h): 0-15 OK_*, 16-31 PASS_*, 32-63 DROP_*. Helpers
- * return 0 or a negative reason; xlb_reason_is_drop() tells the two error
- * ranges apart so that each program maps them onto its own verdicts
- * (XDP_PASS/XDP_DROP, TC_ACT_OK/TC_ACT_SHOT).
+ * One return convention everywhere: a helper returns 0 (go on) or a negative
+ * enum xlb_counter reason (a PASS_* or DROP_*: why it stopped); a stage that
+ * ends the packet sets its reason (any class, OK_* included) through a
+ * `__u32 *reason` and returns the verdict, and xlb_fail() (ctx.h) turns a
+ * helper's negative reason into one. The program's entry point then calls
+ * xlb_exit() once with the final reason and verdict.
  *
  * API
- *   int  xlb_count_exit(__u32 reason, __u32 bytes, int verdict)
- *   int  xlb_reason_is_drop(__u32 reason)
- *   void xlb_count_svc(__u32 svc_id, __u32 bytes, __u32 new_flow, __u32 affinity_hit)
- *   void xlb_count_backend(__u32 backend_id, __u32 bytes)
- * "bytes" is the frame length as the program received it.
+ *   int  xlb_exit(ctx, hook, reason, bytes, verdict)
+ *       counts {1 packet, bytes} in xlb_counters[hook][reason] on this CPU,
+ *       emits a drop event when the reason is a DROP_* and a listener wants
+ *       one (events.h), and returns the verdict. `bytes` is the frame length
+ *       as the program received it; `hook` is a constant of the program.
+ *   void xlb_count_svc(svc_id, bytes, new_flow, affinity_hit)
+ *   void xlb_count_backend(backend_id, bytes)
  */
 #ifndef XLB_COUNTERS_H
 #define XLB_COUNTERS_H
 
 #include "maps.h"
+#include "ctx.h"
+#include "events.h"
 
-static __always_inline int xlb_reason_is_drop(__u32 reason)
+static __always_inline int xlb_exit(struct xlb_ctx *ctx, __u32 hook, __u32 reason, __u32 bytes,
+				    int verdict)
 {
-	return reason >= XLB_DROP_TRUNCATED;
-}
+	__u32 key = hook * XLB_REASON_MAX + (reason & (XLB_REASON_MAX - 1));
+	struct xlb_count *c;
 
-static __always_inline int xlb_count_exit(__u32 reason, __u32 bytes, int verdict)
-{
-	struct xlb_count *c = bpf_map_lookup_elem(&xlb_counters, &reason);
-
+	if (xlb_reason_is_drop(reason))
+		xlb_ev_drop(xlb_ctx_data(ctx), xlb_ctx_data_end(ctx), reason, hook,
+			    xlb_ctx_ifindex(ctx), bytes);
+	c = bpf_map_lookup_elem(&xlb_counters, &key);
 	/* Per-CPU value: plain adds, no atomics needed. */
 	if (c) {
 		c->packets++;

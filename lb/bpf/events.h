@@ -24,7 +24,7 @@
  * verifier prunes the dead branches): that is the benchmark's baseline.
  *
  * API
- *   void xlb_ev_new_flow(client, vaddr, vport, svc_id, backend_id, ifindex, len)
+ *   void xlb_ev_new_flow(client, vaddr, vport, svc_id, backend_id, hook, ifindex, len)
  *   void xlb_ev_drop(data, data_end, reason, hook, ifindex, len)
  * Both are __always_inline and never fail the packet: a full ring buffer
  * counts XLB_EV_STAT_LOST in xlb_event_stats.
@@ -89,7 +89,7 @@ static __always_inline void xlb_ev_submit(struct xlb_event *ev)
  * client); vaddr/vport the frontend it was sent to (the key's destination
  * may already be DNAT'd to the endpoint). */
 static __always_inline void xlb_ev_new_flow(const struct xlb_flow_key *client, const __u8 *vaddr,
-					    __be16 vport, __u32 svc_id, __u32 backend_id,
+					    __be16 vport, __u32 svc_id, __u32 backend_id, __u8 hook,
 					    __u32 ifindex, __u32 len)
 {
 	const struct xlb_events_cfg *cfg = xlb_ev_wanted(XLB_EV_F_NEW_FLOW);
@@ -101,7 +101,7 @@ static __always_inline void xlb_ev_new_flow(const struct xlb_flow_key *client, c
 	sample = cfg->flow_sample;
 	if (sample > 1 && bpf_get_prandom_u32() % sample)
 		return;
-	ev = xlb_ev_reserve(XLB_EV_NEW_FLOW, XLB_EV_HOOK_XDP, ifindex, len);
+	ev = xlb_ev_reserve(XLB_EV_NEW_FLOW, hook, ifindex, len);
 	if (!ev)
 		return;
 	ev->svc_id = svc_id;
@@ -147,7 +147,7 @@ static __always_inline void xlb_ev_tuple(void *data, void *data_end, struct xlb_
 		__builtin_memcpy(t->daddr, &ip->daddr, 4);
 		l4proto = ip->protocol;
 		t->proto = l4proto;
-		if (ip->ihl < 5 || (ip->frag_off & bpf_htons(0x1fff)))
+		if (ip->ihl < 5 || (ip->frag_off & bpf_htons(XLB_IP_OFFSET)))
 			return;
 		l4 = off + ip->ihl * 4;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {

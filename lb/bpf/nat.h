@@ -1,19 +1,27 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * nat.h: in-place address and port rewriting of a parsed TCP/UDP packet, for
- * XDP (DNAT to a local or remote endpoint) and tc (DNAT on DSR termination,
- * reverse SNAT of replies). The IPv4 header checksum and the TCP/UDP
- * checksum (pseudo-header included) are updated incrementally (csum.h); a
- * UDP datagram without checksum (IPv4, 0) keeps none.
+ * nat.h: the one NAT writer, over the context layer (ctx.h): in-place address
+ * and port rewriting of a parsed TCP/UDP packet (XDP: DNAT to a local or
+ * remote endpoint; tc: DNAT on DSR termination, reverse SNAT of replies), and
+ * the translation of an ICMP error together with the packet it quotes.
+ * Checksums are updated incrementally (csum.h diffs, applied by the context
+ * layer: one patch in XDP, the kernel's helpers in tc); a UDP datagram
+ * without checksum (IPv4, 0) keeps none.
  *
  * API
- *   int xlb_nat_rewrite(data, data_end, pkt, which, addr, port)
+ *   int xlb_nat(ctx, &pkt, which, addr, port)
  *       which: XLB_NAT_DST or XLB_NAT_SRC. addr: 16-byte ABI address of the
  *       packet's own family (the caller checks), port in network order.
  *       pkt->tuple is updated to the rewritten packet, so after a DNAT it is
- *       the client -> endpoint key of xlb_dsr_nat. Only for TCP and UDP.
- *       Returns 0 or -XLB_DROP_TRUNCATED (cannot happen after xlb_parse on
- *       the same frame; the checks are for the verifier).
+ *       the client -> endpoint key of xlb_dsr_nat. TCP and UDP only.
+ *   int xlb_nat_icmp(ctx, &pkt, &quote, which, outer, to, to_port)
+ *       an ICMP error (pkt) and the TCP/UDP packet it quotes (quote, from
+ *       xlb_parse_icmp_quote). The quote runs opposite to the error: its
+ *       `which` side (XLB_NAT_SRC: its source) becomes to:to_port; with
+ *       `outer`, the error's own address on the other side goes along
+ *       (XLB_NAT_SRC: the error's destination) — else it stays, as a
+ *       router's source address must.
+ *   Both return 0 or a negative reason (-XLB_DROP_TRUNCATED, -XLB_DROP_NAT).
  */
 #ifndef XLB_NAT_H
 #define XLB_NAT_H
@@ -24,65 +32,130 @@
 #define XLB_NAT_SRC 0
 #define XLB_NAT_DST 1
 
-static __always_inline int xlb_nat_rewrite(void *data, void *data_end, struct xlb_pkt *pkt,
-					   int which, const __u8 *addr, __be16 port)
+/* Offset of the source (XLB_NAT_SRC) or destination address in an IP
+ * header of `family`. */
+static __always_inline __u32 xlb_ip_addr_off(__u8 family, int which)
+{
+	if (family == XLB_FAMILY_V4)
+		return which == XLB_NAT_DST ? offsetof(struct iphdr, daddr)
+					    : offsetof(struct iphdr, saddr);
+	return which == XLB_NAT_DST ? offsetof(struct ipv6hdr, daddr)
+				    : offsetof(struct ipv6hdr, saddr);
+}
+
+/* Offset of the checksum in a TCP or UDP header. */
+static __always_inline __u32 xlb_l4_csum_off(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+				    : offsetof(struct udphdr, check);
+}
+
+/* Rewrites one IP address at `addr_off` from `from` to `to` (16-byte ABI
+ * form) and, for IPv4, the header checksum at l3_off; returns the change
+ * as a csum.h diff for the pseudo-header. */
+static __always_inline int xlb_nat_addr(struct xlb_ctx *ctx, __u32 l3_off, __u32 addr_off,
+					__u8 family, const __u8 *from, const __u8 *to, __u64 *diff)
+{
+	int rc;
+
+	if (family == XLB_FAMILY_V4) {
+		*diff = xlb_csum_diff4(0, *(const __u32 *)from, *(const __u32 *)to);
+		rc = xlb_ctx_l3_csum(ctx, l3_off + offsetof(struct iphdr, check), *diff);
+		if (rc)
+			return rc;
+		return xlb_ctx_store(ctx, l3_off + addr_off, to, 4);
+	}
+	*diff = xlb_csum_diff16(0, from, to);
+	return xlb_ctx_store(ctx, l3_off + addr_off, to, 16);
+}
+
+static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
+				   const __u8 *addr, __be16 port)
 {
 	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
 	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
-	__u64 diff;
+	__u32 l3 = xlb_l3_off(pkt), l4 = xlb_l4_off(pkt);
+	__u8 family = pkt->tuple.family, proto = pkt->tuple.proto;
+	/* copies: map values may change under us, and addr may alias tuple */
+	__u8 to[16] __attribute__((aligned(4)));
+	__u64 pseudo, plain = 0;
+	int rc;
 
-	if (pkt->tuple.family == XLB_FAMILY_V4) {
-		struct iphdr *ip = xlb_l3_ptr(data, pkt);
-		__be32 to = *(const __u32 *)addr;
-
-		if ((void *)(ip + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		if (which == XLB_NAT_DST) {
-			diff = xlb_csum_diff4(0, ip->daddr, to);
-			ip->daddr = to;
-		} else {
-			diff = xlb_csum_diff4(0, ip->saddr, to);
-			ip->saddr = to;
-		}
-		ip->check = xlb_csum_apply(ip->check, diff);
-		*(__u32 *)taddr = to;
-	} else {
-		struct ipv6hdr *ip6 = xlb_l3_ptr(data, pkt);
-		void *a;
-
-		if ((void *)(ip6 + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		a = which == XLB_NAT_DST ? (void *)&ip6->daddr : (void *)&ip6->saddr;
-		diff = xlb_csum_diff16(0, a, addr);
-		xlb_addr_copy(a, addr);
-		xlb_addr_copy(taddr, addr);
+	xlb_addr_copy(to, addr);
+	rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(family, which), family, taddr, to, &pseudo);
+	if (rc)
+		return rc;
+	if (*tport != port) {
+		/* source port then destination port, in TCP and UDP alike */
+		plain = xlb_csum_diff2(0, *tport, port);
+		rc = xlb_ctx_store(ctx, l4 + (which == XLB_NAT_DST ? 2 : 0), &port, 2);
+		if (rc)
+			return rc;
 	}
-	/* The address change above is also a pseudo-header change. */
-	diff = xlb_csum_diff2(diff, *tport, port);
+	rc = xlb_ctx_l4_csum(ctx, l4 + xlb_l4_csum_off(proto), pseudo, plain,
+			     (proto == IPPROTO_UDP ? XLB_CSUM_UDP : 0) |
+				 (family == XLB_FAMILY_V6 ? XLB_CSUM_V6 : 0));
+	if (rc)
+		return rc;
+	xlb_addr_copy(taddr, to);
 	*tport = port;
-
-	if (pkt->tuple.proto == IPPROTO_TCP) {
-		struct tcphdr *th = xlb_l4_ptr(data, pkt);
-
-		if ((void *)(th + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		if (which == XLB_NAT_DST)
-			th->dest = port;
-		else
-			th->source = port;
-		th->check = xlb_csum_apply(th->check, diff);
-	} else if (pkt->tuple.proto == IPPROTO_UDP) {
-		struct udphdr *uh = xlb_l4_ptr(data, pkt);
-
-		if ((void *)(uh + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		if (which == XLB_NAT_DST)
-			uh->dest = port;
-		else
-			uh->source = port;
-		uh->check = xlb_csum_apply_udp(uh->check, diff);
-	}
 	return 0;
+}
+
+/* Checksums: the quoted IPv4 header's own checksum absorbs the quoted
+ * address change, so it does not move the ICMPv4 checksum; ICMPv6 covers the
+ * pseudo-header and the quoted addresses. The quoted L4 checksum (when
+ * quoted) is updated with csum.h and the ICMP checksum follows it. */
+static __always_inline int xlb_nat_icmp(struct xlb_ctx *ctx, const struct xlb_pkt *pkt,
+					const struct xlb_icmp_quote *q, int which, int outer,
+					const __u8 *to_addr, __be16 to_port)
+{
+	__u8 family = pkt->tuple.family, v4 = family == XLB_FAMILY_V4;
+	__u32 csum_off = xlb_l4_off(pkt) + offsetof(struct xlb_icmp_hdr, checksum);
+	__u32 ql3 = q->l3_off & XLB_L3_OFF_MASK, ql4 = q->l4_off & XLB_L4_OFF_MASK;
+	__u32 l3 = xlb_l3_off(pkt), qcsum_off = q->csum_off & XLB_L4_OFF_MASK;
+	const __u8 *from = which == XLB_NAT_SRC ? q->tuple.saddr : q->tuple.daddr;
+	__be16 from_port = which == XLB_NAT_SRC ? q->tuple.sport : q->tuple.dport;
+	__u8 to[16] __attribute__((aligned(4)));
+	__sum16 qcsum = q->csum, new_qcsum = q->csum;
+	__u64 d, icmp_pseudo = 0, icmp_plain = 0;
+	int rc;
+
+	xlb_addr_copy(to, to_addr);
+	if (qcsum_off) {
+		d = v4 ? xlb_csum_diff4(0, *(const __u32 *)from, *(const __u32 *)to)
+		       : xlb_csum_diff16(0, from, to);
+		d = xlb_csum_diff2(d, from_port, to_port);
+		new_qcsum = q->tuple.proto == IPPROTO_UDP ? xlb_csum_apply_udp(qcsum, d)
+							  : xlb_csum_apply(qcsum, d);
+	}
+	/* The error's own address (the quote's other side, in the error's
+	 * header: the quote's source is the error's destination). */
+	if (outer) {
+		rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(family, !which), family, from, to, &d);
+		if (rc)
+			return rc;
+		if (!v4)
+			icmp_pseudo = d;
+	}
+	rc = xlb_nat_addr(ctx, ql3, xlb_ip_addr_off(family, which), family, from, to, &d);
+	if (rc)
+		return rc;
+	if (!v4)
+		icmp_plain = d;
+	if (from_port != to_port) {
+		icmp_plain = xlb_csum_diff2(icmp_plain, from_port, to_port);
+		rc = xlb_ctx_store(ctx, ql4 + (which == XLB_NAT_DST ? 2 : 0), &to_port, 2);
+		if (rc)
+			return rc;
+	}
+	if (qcsum_off && new_qcsum != qcsum) {
+		icmp_plain = xlb_csum_diff2(icmp_plain, qcsum, new_qcsum);
+		rc = xlb_ctx_store(ctx, qcsum_off, &new_qcsum, 2);
+		if (rc)
+			return rc;
+	}
+	return xlb_ctx_l4_csum(ctx, csum_off, icmp_pseudo, icmp_plain, v4 ? 0 : XLB_CSUM_V6);
 }
 
 #endif /* XLB_NAT_H */

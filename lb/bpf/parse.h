@@ -1,49 +1,62 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * parse.h: bounds-checked L2-L4 parsing into one packet-metadata struct,
- * shared by XDP and tc. Everything works on plain `void *data, void *data_end`
- * pointers; the thin context layer is xlb_ctx_data()/xlb_ctx_data_end(),
- * which read the same-named fields of struct xdp_md and struct __sk_buff.
+ * parse.h: the one bounds-checked L2-L4 parser of every xlb program, over the
+ * context layer (ctx.h). Headers are read by direct packet access, each
+ * access checked against xlb_ctx_data_end() (the frame in XDP, the linear
+ * head in tc: tc callers xlb_ctx_pull() what they need first); IP length
+ * fields are checked against xlb_ctx_len() (the frame in XDP, the whole skb
+ * in tc). The pieces are separate so each program checks in the order its
+ * counted reasons promise (XDP: lengths before L4; tc: the tunnel's
+ * addressing first); xlb_parse() is the whole walk for a packet xlb handles.
  *
  * API
  *   struct xlb_pkt           what one parse learns (see its field comments);
  *                            pkt.tuple is an xlb_flow_key in packet direction
- *                            (padding and unused address bytes zero) that is
- *                            used directly as the xlb_ct / xlb_dsr_nat key.
- *   int xlb_parse(data, data_end, &pkt)
- *       Ethernet (+ one 802.1Q / 802.1ad tag), IPv4 (IHL honoured, options
- *       skipped), IPv6 (hop-by-hop, routing and destination-options headers
- *       skipped, at most XLB_IPV6_EXT_MAX of them), then TCP, UDP, ICMP or
- *       ICMPv6. Returns 0 when the L4 header is in the frame, or the negative
- *       enum xlb_counter reason why not:
- *         -XLB_PASS_NOT_IP        not IPv4/IPv6 (after at most one VLAN tag)
- *         -XLB_DROP_TRUNCATED     a header runs past the frame or past the IP
- *                                 length
- *         -XLB_DROP_BAD_IHL       IPv4 IHL < 5, or the IPv4 header runs past
- *                                 the frame
- *         -XLB_DROP_BAD_LEN       IP length claims more than the frame holds,
- *                                 or less than the IP header
- *         -XLB_PASS_FRAGMENT      IPv4 MF/offset, IPv6 fragment header
- *         -XLB_PASS_IPV6_EXT      IPv6 extension header not followed (AH,
- *                                 ESP, mobility, HIP, shim6, experimental) or
- *                                 a chain longer than XLB_IPV6_EXT_MAX
- *         -XLB_PASS_L4_PROTO      any other L4 protocol
- *       Frames may carry bytes after the IP packet (Ethernet padding):
- *       pkt.l3_len is the IP packet length, not the frame's.
- *   int xlb_parse_icmp_quote(data, data_end, &pkt, &quoted)
- *       For an ICMP(v6) packet parsed by xlb_parse: reads the packet quoted
- *       after the 8-byte ICMP header (IP header of the same family, IPv4 IHL
- *       honoured, no IPv6 extension headers, then the first 4 bytes of its
- *       TCP/UDP header) into `quoted` in the quoted packet's own direction.
- *       Returns 0, or -XLB_PASS_ICMP_NO_FLOW when the quote is not a
- *       complete TCP/UDP quote of that family.
- *   xlb_ctx_data(ctx), xlb_ctx_data_end(ctx)
- *       data pointers of an xdp_md or __sk_buff.
- *   xlb_l3_ptr(data, &pkt), xlb_l4_ptr(data, &pkt)
- *       the IP / L4 header of a parsed packet (still to be bounds-checked
- *       against data_end before access: the verifier requires it).
- *   xlb_addr_copy(dst, src) / xlb_addr_eq(a, b)
- *       16-byte address copy / compare through 4-byte words.
+ *                            (padding and unused address bytes zero), used
+ *                            directly as the xlb_ct / xlb_dsr_nat key.
+ *   int xlb_parse_eth(ctx, &pkt)
+ *       Ethernet + at most one 802.1Q / 802.1ad tag: pkt.l3_off, eth_proto.
+ *       -XLB_DROP_TRUNCATED, -XLB_PASS_NOT_IP.
+ *   int xlb_parse_ip(ctx, off, eth_proto, &pkt)
+ *       the fixed IPv4 / IPv6 header at off: version, IHL, addresses,
+ *       protocol (the first next header for IPv6), fragment flags, l3_len as
+ *       the header states it, l4_off past it. -XLB_DROP_TRUNCATED,
+ *       -XLB_DROP_BAD_VERSION, -XLB_DROP_BAD_IHL.
+ *   int xlb_check_l3_len(&pkt, limit)
+ *       the IP length covers the header and ends within `limit` (an offset:
+ *       the packet's end, or a tunnel payload's). -XLB_DROP_BAD_LEN. Only
+ *       for packets xlb takes apart or forwards: egress GSO (BIG TCP's IPv4
+ *       tot_len 0) must not meet it.
+ *   int xlb_parse_ext(ctx, &pkt)
+ *       IPv6: skips hop-by-hop, routing and destination-options headers (at
+ *       most XLB_IPV6_EXT_MAX), moving l4_off and tuple.proto to what
+ *       follows; a Fragment header sets XLB_FRAG_LATER (its offset is not
+ *       read: no IPv6 fragment is taken apart). IPv4: nothing.
+ *       -XLB_DROP_TRUNCATED.
+ *   int xlb_proto_reason(&pkt)
+ *       for a protocol xlb does not take apart: -XLB_PASS_FRAGMENT (IPv6
+ *       fragment header), -XLB_PASS_IPV6_EXT (an extension header not
+ *       followed, or a chain too long), else -XLB_PASS_L4_PROTO.
+ *   int xlb_parse_l4(ctx, &pkt)
+ *       the TCP, UDP or ICMP(v6) header at l4_off, within the IP length:
+ *       ports, TCP flags, ICMP type and code. -XLB_DROP_TRUNCATED,
+ *       -XLB_PASS_L4_PROTO (another protocol, or ICMP of the other family).
+ *   int xlb_parse(ctx, &pkt)
+ *       all of the above in XDP's order for a frame at the start of the
+ *       context: eth, IP, length (against the packet), extension headers,
+ *       fragments (-XLB_PASS_FRAGMENT), L4. Frames may carry bytes after
+ *       the IP packet (Ethernet padding): pkt.l3_len is the IP packet's.
+ *   int xlb_icmp_is_error(family, type)
+ *   int xlb_parse_icmp_quote(ctx, &pkt, &quote)
+ *       for an ICMP(v6) error parsed by xlb_parse_l4: the TCP/UDP packet
+ *       quoted after the 8-byte ICMP header (IP header of the same family,
+ *       IPv4 IHL honoured, no IPv6 extension headers, not a later fragment,
+ *       its ports within the ICMP packet) as quote.tuple in its own
+ *       direction, with the quoted headers' offsets and, when the quote
+ *       holds it, its L4 checksum. -XLB_PASS_ICMP_NO_FLOW otherwise.
+ *   xlb_l3_off(&pkt), xlb_l4_off(&pkt)   masked offsets (see below)
+ *   xlb_addr_copy(dst, src), xlb_addr_eq(a, b), xlb_addr_zero(a)
+ *       16-byte address copy / compare / test through 4-byte words.
  *
  * Every function here is __always_inline: the callers are single programs
  * and the verifier keeps packet-pointer ranges only within one frame.
@@ -51,19 +64,14 @@
 #ifndef XLB_PARSE_H
 #define XLB_PARSE_H
 
-#include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
-#include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "xlb_abi.h"
-
-#define xlb_ctx_data(ctx)     ((void *)(long)(ctx)->data)
-#define xlb_ctx_data_end(ctx) ((void *)(long)(ctx)->data_end)
+#include "ctx.h"
 
 /* IPv6 extension headers followed before giving up (bounded loop). */
 #define XLB_IPV6_EXT_MAX 4
@@ -71,6 +79,10 @@
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
 #endif
+
+/* The IPv4 fragment fields of frag_off (network order when masked). */
+#define XLB_IP_MF     0x2000
+#define XLB_IP_OFFSET 0x1fff
 
 /* 802.1Q / 802.1ad tag as it follows the MAC addresses; the uapi has no
  * public struct for it. */
@@ -89,52 +101,66 @@ struct xlb_icmp_hdr {
 	__be32 rest;
 };
 
-#define XLB_ICMP_DEST_UNREACH 3 /* ICMPv4; code 4: fragmentation needed */
-#define XLB_ICMPV6_PKT_TOOBIG 2 /* ICMPv6 packet too big */
+#define XLB_ICMP_DEST_UNREACH	3 /* ICMPv4; code 4: fragmentation needed */
+#define XLB_ICMP_TIME_EXCEEDED	11
+#define XLB_ICMP_PARAMETERPROB	12
+#define XLB_ICMPV6_DEST_UNREACH 1
+#define XLB_ICMPV6_PKT_TOOBIG	2
+#define XLB_ICMPV6_TIME_EXCEED	3
+#define XLB_ICMPV6_PARAMPROB	4
+
+/* xlb_pkt.frag */
+#define XLB_FRAG_FIRST 1 /* IPv4 MF, offset 0: the L4 header is here */
+#define XLB_FRAG_LATER 2 /* IPv4 offset > 0, or an IPv6 fragment header */
 
 struct xlb_pkt {
 	/* Packet-direction 5-tuple: addresses (IPv4 in the first 4 bytes),
 	 * TCP/UDP ports (0 for ICMP), proto, family; pad zero. */
 	struct xlb_flow_key tuple;
 	__u16 l3_off;	  /* IP header, from data */
-	__u16 l4_off;	  /* TCP/UDP/ICMP header, from data */
+	__u16 l4_off;	  /* TCP/UDP/ICMP header (past IPv6 extensions), from data */
 	__u16 l3_len;	  /* IP packet length per its header (v6: 40 + payload) */
 	__be16 eth_proto; /* ETH_P_IP or ETH_P_IPV6, network order */
 	__u8 icmp_type;	  /* ICMP/ICMPv6 only */
 	__u8 icmp_code;
 	__u8 tcp_flags; /* TCP only: byte 13 of the header (FIN..CWR) */
-	__u8 pad;
+	__u8 frag;	/* XLB_FRAG_* or 0 */
+} __attribute__((aligned(8)));
+
+/* An ICMP error's quoted packet (xlb_parse_icmp_quote). */
+struct xlb_icmp_quote {
+	struct xlb_flow_key tuple; /* in the quoted packet's own direction */
+	__u16 l3_off;		   /* the quoted IP header */
+	__u16 l4_off;		   /* the quoted TCP/UDP header */
+	__u16 csum_off;		   /* its L4 checksum; 0: not quoted */
+	__sum16 csum;		   /* its value when quoted */
 } __attribute__((aligned(8)));
 
 /*
- * Pointers to the parsed headers from the offsets in struct xlb_pkt.
  * Verifier workaround (clang 14, kernel 6.18): an offset reloaded from the
  * stack is only known to be < 2^16, and the verifier ignores a bounds check
  * on a packet pointer whose variable offset plus constant may exceed
  * MAX_PACKET_OFF (0xffff): the access after the check is then rejected as
- * "R? offset is outside of the packet". The masks restate bounds xlb_parse
- * guarantees (L2 is at most 18 bytes; L4 starts within 18 + 40 +
- * XLB_IPV6_EXT_MAX * 2048 bytes), so they never change a valid offset.
+ * "R? offset is outside of the packet". The masks restate bounds the parser
+ * guarantees, so they never change a valid offset: an IP header starts
+ * within 18 bytes (Ethernet + VLAN) or, inside a tunnel, within the outer
+ * headers (at most 14 + 60 + 8 + 8 + 252 bytes of Geneve options); L4
+ * starts within that + 40 + XLB_IPV6_EXT_MAX * 2048 bytes.
  */
-#define XLB_L3_OFF_MASK 0xff
+#define XLB_L3_OFF_MASK 0x3ff
 #define XLB_L4_OFF_MASK 0x3fff
-_Static_assert(18 + 40 + XLB_IPV6_EXT_MAX * 2048 <= XLB_L4_OFF_MASK, "L4 offset mask");
+_Static_assert(14 + 60 + 8 + 8 + 252 <= XLB_L3_OFF_MASK, "L3 offset mask");
+_Static_assert(XLB_L3_OFF_MASK + 60 + XLB_IPV6_EXT_MAX * 2048 <= XLB_L4_OFF_MASK, "L4 offset mask");
 
-#define xlb_l3_ptr(data, pkt) ((data) + ((pkt)->l3_off & XLB_L3_OFF_MASK))
-#define xlb_l4_ptr(data, pkt) ((data) + ((pkt)->l4_off & XLB_L4_OFF_MASK))
+#define xlb_l3_off(pkt) ((pkt)->l3_off & XLB_L3_OFF_MASK)
+#define xlb_l4_off(pkt) ((pkt)->l4_off & XLB_L4_OFF_MASK)
 
 /* Addresses in ABI structs are u8[16]; the containers (xlb_pkt, map values)
  * are at least 4-byte aligned, so moving them as words is safe and saves the
  * byte-by-byte code clang emits for a u8[16] memcpy. */
 static __always_inline void xlb_addr_copy(void *dst, const void *src)
 {
-	__u32 *d = dst;
-	const __u32 *s = src;
-
-	d[0] = s[0];
-	d[1] = s[1];
-	d[2] = s[2];
-	d[3] = s[3];
+	xlb_ctx_copy(dst, src, 16);
 }
 
 static __always_inline int xlb_addr_eq(const void *a, const void *b)
@@ -142,6 +168,95 @@ static __always_inline int xlb_addr_eq(const void *a, const void *b)
 	const __u32 *x = a, *y = b;
 
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+}
+
+static __always_inline int xlb_addr_zero(const void *a)
+{
+	const __u32 *x = a;
+
+	return (x[0] | x[1] | x[2] | x[3]) == 0;
+}
+
+static __always_inline int xlb_parse_eth(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
+{
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+	__be16 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return -XLB_DROP_TRUNCATED;
+	proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct xlb_vlan_hdr *vh = data + off;
+
+		if ((void *)(vh + 1) > data_end)
+			return -XLB_DROP_TRUNCATED;
+		proto = vh->encap_proto;
+		off += sizeof(*vh);
+	}
+	pkt->l3_off = off;
+	pkt->eth_proto = proto;
+	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
+		return -XLB_PASS_NOT_IP;
+	return 0;
+}
+
+static __always_inline int xlb_parse_ip(struct xlb_ctx *ctx, __u32 off, __be16 eth_proto,
+					struct xlb_pkt *pkt)
+{
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+
+	off &= XLB_L3_OFF_MASK;
+	pkt->l3_off = off;
+	pkt->eth_proto = eth_proto;
+	if (eth_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+		__u32 hlen;
+
+		if ((void *)(ip + 1) > data_end)
+			return -XLB_DROP_TRUNCATED;
+		if (ip->version != 4)
+			return -XLB_DROP_BAD_VERSION;
+		hlen = ip->ihl * 4;
+		if (hlen < sizeof(*ip) || (void *)ip + hlen > data_end)
+			return -XLB_DROP_BAD_IHL;
+		pkt->l3_len = bpf_ntohs(ip->tot_len);
+		pkt->l4_off = off + hlen;
+		pkt->tuple.family = XLB_FAMILY_V4;
+		pkt->tuple.proto = ip->protocol;
+		*(__u32 *)pkt->tuple.saddr = ip->saddr;
+		*(__u32 *)pkt->tuple.daddr = ip->daddr;
+		if (ip->frag_off & bpf_htons(XLB_IP_OFFSET))
+			pkt->frag = XLB_FRAG_LATER;
+		else if (ip->frag_off & bpf_htons(XLB_IP_MF))
+			pkt->frag = XLB_FRAG_FIRST;
+		return 0;
+	}
+	{
+		struct ipv6hdr *ip6 = data + off;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -XLB_DROP_TRUNCATED;
+		if (ip6->version != 6)
+			return -XLB_DROP_BAD_VERSION;
+		pkt->l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+		pkt->l4_off = off + sizeof(*ip6);
+		pkt->tuple.family = XLB_FAMILY_V6;
+		pkt->tuple.proto = ip6->nexthdr;
+		xlb_addr_copy(pkt->tuple.saddr, &ip6->saddr);
+		xlb_addr_copy(pkt->tuple.daddr, &ip6->daddr);
+		return 0;
+	}
+}
+
+static __always_inline int xlb_check_l3_len(const struct xlb_pkt *pkt, __u32 limit)
+{
+	__u32 hlen = pkt->tuple.family == XLB_FAMILY_V4 ? pkt->l4_off - pkt->l3_off : 40;
+
+	if (pkt->l3_len < hlen || pkt->l3_off + pkt->l3_len > limit)
+		return -XLB_DROP_BAD_LEN;
+	return 0;
 }
 
 static __always_inline int xlb_ipv6_ext_known(__u8 nh)
@@ -159,12 +274,55 @@ static __always_inline int xlb_ipv6_ext_known(__u8 nh)
 	return 0;
 }
 
-/* Reads the L4 header at pkt->l4_off (proto in pkt->tuple.proto). l3_end is
- * the end of the IP packet as an offset; a header past it is truncated. */
-static __always_inline int xlb_parse_l4(void *data, void *data_end, struct xlb_pkt *pkt, __u32 off,
-					__u32 l3_end)
+static __always_inline int xlb_parse_ext(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
 {
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	__u32 off = xlb_l4_off(pkt), l3_end = pkt->l3_off + pkt->l3_len, i;
+	__u8 nh = pkt->tuple.proto;
+
+	if (pkt->tuple.family != XLB_FAMILY_V6)
+		return 0;
+		/* Bounded so the verifier sees a finite walk; each step moves `off` by
+		 * at most 2048 bytes, so it stays within the 64 KiB packet range the
+		 * verifier accepts for variable offsets. */
+#pragma unroll
+	for (i = 0; i < XLB_IPV6_EXT_MAX; i++) {
+		struct ipv6_opt_hdr *oh;
+
+		if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS)
+			break;
+		oh = data + off;
+		if ((void *)(oh + 1) > data_end || off + sizeof(*oh) > l3_end)
+			return -XLB_DROP_TRUNCATED;
+		nh = oh->nexthdr;
+		off += (oh->hdrlen + 1) * 8;
+	}
 	pkt->l4_off = off;
+	pkt->tuple.proto = nh;
+	if (nh == IPPROTO_FRAGMENT)
+		pkt->frag = XLB_FRAG_LATER;
+	return 0;
+}
+
+static __always_inline int xlb_proto_reason(const struct xlb_pkt *pkt)
+{
+	__u8 nh = pkt->tuple.proto;
+
+	if (pkt->tuple.family != XLB_FAMILY_V6)
+		return -XLB_PASS_L4_PROTO;
+	if (nh == IPPROTO_FRAGMENT)
+		return -XLB_PASS_FRAGMENT;
+	if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+	    xlb_ipv6_ext_known(nh))
+		return -XLB_PASS_IPV6_EXT;
+	return -XLB_PASS_L4_PROTO;
+}
+
+static __always_inline int xlb_parse_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
+{
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	__u32 off = xlb_l4_off(pkt), l3_end = pkt->l3_off + pkt->l3_len;
+
 	switch (pkt->tuple.proto) {
 	case IPPROTO_TCP: {
 		struct tcphdr *th = data + off;
@@ -198,127 +356,52 @@ static __always_inline int xlb_parse_l4(void *data, void *data_end, struct xlb_p
 		return 0;
 	}
 	}
-	return -XLB_PASS_L4_PROTO;
+	return xlb_proto_reason(pkt);
 }
 
-static __always_inline int xlb_parse_ipv4(void *data, void *data_end, struct xlb_pkt *pkt,
-					  __u32 off)
+static __always_inline int xlb_parse(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
 {
-	struct iphdr *ip = data + off;
-	__u32 hlen, tot;
-
-	if ((void *)(ip + 1) > data_end)
-		return -XLB_DROP_TRUNCATED;
-	hlen = ip->ihl * 4;
-	if (hlen < sizeof(*ip))
-		return -XLB_DROP_BAD_IHL;
-	if (data + off + hlen > data_end)
-		return -XLB_DROP_BAD_IHL;
-	tot = bpf_ntohs(ip->tot_len);
-	if (tot < hlen || data + off + tot > data_end)
-		return -XLB_DROP_BAD_LEN;
-	/* MF set or a non-zero offset: any fragment. */
-	if (ip->frag_off & bpf_htons(0x3fff))
-		return -XLB_PASS_FRAGMENT;
-
-	pkt->l3_len = tot;
-	pkt->tuple.family = XLB_FAMILY_V4;
-	pkt->tuple.proto = ip->protocol;
-	*(__u32 *)pkt->tuple.saddr = ip->saddr;
-	*(__u32 *)pkt->tuple.daddr = ip->daddr;
-	return xlb_parse_l4(data, data_end, pkt, off + hlen, off + tot);
-}
-
-static __always_inline int xlb_parse_ipv6(void *data, void *data_end, struct xlb_pkt *pkt,
-					  __u32 off)
-{
-	struct ipv6hdr *ip6 = data + off;
-	__u32 l3_end, i;
-	__u8 nh;
-
-	if ((void *)(ip6 + 1) > data_end)
-		return -XLB_DROP_TRUNCATED;
-	l3_end = off + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-	if (data + l3_end > data_end)
-		return -XLB_DROP_BAD_LEN;
-
-	pkt->l3_len = l3_end - off;
-	pkt->tuple.family = XLB_FAMILY_V6;
-	xlb_addr_copy(pkt->tuple.saddr, &ip6->saddr);
-	xlb_addr_copy(pkt->tuple.daddr, &ip6->daddr);
-	nh = ip6->nexthdr;
-	off += sizeof(*ip6);
-
-	/* Bounded so the verifier sees a finite walk; each step moves `off` by
-	 * at most 2048 bytes, so it stays within the 64 KiB packet range the
-	 * verifier accepts for variable offsets. */
-#pragma unroll
-	for (i = 0; i < XLB_IPV6_EXT_MAX; i++) {
-		struct ipv6_opt_hdr *oh;
-
-		if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS)
-			break;
-		oh = data + off;
-		if ((void *)(oh + 1) > data_end || off + sizeof(*oh) > l3_end)
-			return -XLB_DROP_TRUNCATED;
-		nh = oh->nexthdr;
-		off += (oh->hdrlen + 1) * 8;
-	}
-	switch (nh) {
-	case IPPROTO_TCP:
-	case IPPROTO_UDP:
-	case IPPROTO_ICMPV6:
-		break;
-	case IPPROTO_FRAGMENT:
-		return -XLB_PASS_FRAGMENT;
-	case IPPROTO_HOPOPTS:
-	case IPPROTO_ROUTING:
-	case IPPROTO_DSTOPTS:
-		return -XLB_PASS_IPV6_EXT; /* chain longer than XLB_IPV6_EXT_MAX */
-	default:
-		return xlb_ipv6_ext_known(nh) ? -XLB_PASS_IPV6_EXT : -XLB_PASS_L4_PROTO;
-	}
-	pkt->tuple.proto = nh;
-	return xlb_parse_l4(data, data_end, pkt, off, l3_end);
-}
-
-static __always_inline int xlb_parse(void *data, void *data_end, struct xlb_pkt *pkt)
-{
-	struct ethhdr *eth = data;
-	__u32 off = sizeof(*eth);
-	__be16 proto;
+	int rc;
 
 	__builtin_memset(pkt, 0, sizeof(*pkt));
-	if ((void *)(eth + 1) > data_end)
-		return -XLB_DROP_TRUNCATED;
-	proto = eth->h_proto;
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-		struct xlb_vlan_hdr *vh = data + off;
+	rc = xlb_parse_eth(ctx, pkt);
+	if (rc)
+		return rc;
+	rc = xlb_parse_ip(ctx, pkt->l3_off, pkt->eth_proto, pkt);
+	if (rc)
+		return rc;
+	rc = xlb_check_l3_len(pkt, xlb_ctx_len(ctx));
+	if (rc)
+		return rc;
+	rc = xlb_parse_ext(ctx, pkt);
+	if (rc)
+		return rc;
+	if (pkt->frag)
+		return -XLB_PASS_FRAGMENT;
+	return xlb_parse_l4(ctx, pkt);
+}
 
-		if ((void *)(vh + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		proto = vh->encap_proto;
-		off += sizeof(*vh);
-	}
-	pkt->l3_off = off;
-	pkt->eth_proto = proto;
-	if (proto == bpf_htons(ETH_P_IP))
-		return xlb_parse_ipv4(data, data_end, pkt, off);
-	if (proto == bpf_htons(ETH_P_IPV6))
-		return xlb_parse_ipv6(data, data_end, pkt, off);
-	return -XLB_PASS_NOT_IP;
+static __always_inline int xlb_icmp_is_error(__u8 family, __u8 type)
+{
+	if (family == XLB_FAMILY_V4)
+		return type == XLB_ICMP_DEST_UNREACH || type == XLB_ICMP_TIME_EXCEEDED ||
+		       type == XLB_ICMP_PARAMETERPROB;
+	return type == XLB_ICMPV6_DEST_UNREACH || type == XLB_ICMPV6_PKT_TOOBIG ||
+	       type == XLB_ICMPV6_TIME_EXCEED || type == XLB_ICMPV6_PARAMPROB;
 }
 
 /* The ICMP error payload: the offending packet's IP header and at least the
- * first 8 bytes of its L4 header (RFC 792 / RFC 4443). Only TCP/UDP quotes of
- * the ICMP packet's own family are read. */
-static __always_inline int xlb_parse_icmp_quote(void *data, void *data_end,
-						const struct xlb_pkt *pkt, struct xlb_flow_key *q)
+ * first 8 bytes of its L4 header (RFC 792 / RFC 4443). */
+static __always_inline int xlb_parse_icmp_quote(struct xlb_ctx *ctx, const struct xlb_pkt *pkt,
+						struct xlb_icmp_quote *q)
 {
-	__u32 off = (pkt->l4_off & XLB_L4_OFF_MASK) + sizeof(struct xlb_icmp_hdr);
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	__u32 off = xlb_l4_off(pkt) + sizeof(struct xlb_icmp_hdr);
+	__u32 end = pkt->l3_off + pkt->l3_len, csum_off;
 	__be16 *ports;
 
 	__builtin_memset(q, 0, sizeof(*q));
+	q->l3_off = off;
 	if (pkt->tuple.family == XLB_FAMILY_V4) {
 		struct iphdr *ip = data + off;
 		__u32 hlen;
@@ -326,30 +409,45 @@ static __always_inline int xlb_parse_icmp_quote(void *data, void *data_end,
 		if ((void *)(ip + 1) > data_end || ip->version != 4)
 			return -XLB_PASS_ICMP_NO_FLOW;
 		hlen = ip->ihl * 4;
-		if (hlen < sizeof(*ip))
+		if (hlen < sizeof(*ip) || (ip->frag_off & bpf_htons(XLB_IP_OFFSET)))
 			return -XLB_PASS_ICMP_NO_FLOW;
-		q->proto = ip->protocol;
-		*(__u32 *)q->saddr = ip->saddr;
-		*(__u32 *)q->daddr = ip->daddr;
+		q->tuple.proto = ip->protocol;
+		*(__u32 *)q->tuple.saddr = ip->saddr;
+		*(__u32 *)q->tuple.daddr = ip->daddr;
 		off += hlen;
 	} else {
 		struct ipv6hdr *ip6 = data + off;
 
 		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 			return -XLB_PASS_ICMP_NO_FLOW;
-		q->proto = ip6->nexthdr;
-		xlb_addr_copy(q->saddr, &ip6->saddr);
-		xlb_addr_copy(q->daddr, &ip6->daddr);
+		q->tuple.proto = ip6->nexthdr;
+		xlb_addr_copy(q->tuple.saddr, &ip6->saddr);
+		xlb_addr_copy(q->tuple.daddr, &ip6->daddr);
 		off += sizeof(*ip6);
 	}
-	if (q->proto != IPPROTO_TCP && q->proto != IPPROTO_UDP)
+	if (q->tuple.proto != IPPROTO_TCP && q->tuple.proto != IPPROTO_UDP)
 		return -XLB_PASS_ICMP_NO_FLOW;
+	off &= XLB_L4_OFF_MASK;
 	ports = data + off;
-	if ((void *)(ports + 2) > data_end)
+	if ((void *)(ports + 2) > data_end || off + 4 > end)
 		return -XLB_PASS_ICMP_NO_FLOW;
-	q->sport = ports[0];
-	q->dport = ports[1];
-	q->family = pkt->tuple.family;
+	q->l4_off = off;
+	q->tuple.sport = ports[0];
+	q->tuple.dport = ports[1];
+	q->tuple.family = pkt->tuple.family;
+
+	/* The quoted L4 checksum, when the quote holds it (IPv4 routers quote
+	 * only 8 bytes: TCP's is cut off). */
+	csum_off = off + (q->tuple.proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+							: offsetof(struct udphdr, check));
+	if (csum_off + 2 <= end) {
+		__sum16 *qc = data + csum_off;
+
+		if ((void *)(qc + 1) > data_end)
+			return -XLB_PASS_ICMP_NO_FLOW;
+		q->csum_off = csum_off;
+		q->csum = *qc;
+	}
 	return 0;
 }
 

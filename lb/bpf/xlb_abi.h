@@ -8,6 +8,9 @@
  *   - no implicit padding: every hole is an explicit, zeroed `pad` field;
  *   - no bool, no bitfields, no enums as struct members (u8/u16/u32 instead);
  *   - sizes asserted here and in Rust;
+ *   - every constant is a member of a named `enum xlb_*` (never a bare
+ *     #define), so that it is in the BTF and the test compares each one
+ *     with its Rust mirror (lb::abi::CONSTANTS);
  *   - numbers in this file are never reassigned: new ones are appended.
  *
  * Addresses are 16 bytes in every key and value: an IPv6 address as is, an
@@ -19,14 +22,26 @@
 
 #include <linux/types.h>
 
-#define XLB_ABI_VERSION 1
+enum xlb_abi_version {
+	XLB_ABI_VERSION = 1,
+};
 
-#define XLB_FAMILY_V4 4
-#define XLB_FAMILY_V6 6
+enum xlb_family {
+	XLB_FAMILY_V4 = 4,
+	XLB_FAMILY_V6 = 6,
+};
 
 /* Largest Maglev table the datapath holds (a prime). Each service chooses its
  * own prime M <= this; a table costs 2 * XLB_MAGLEV_MAX bytes = 32,762 bytes. */
-#define XLB_MAGLEV_MAX 16381
+enum xlb_maglev_limits {
+	XLB_MAGLEV_MAX = 16381,
+};
+
+/* The flow hash (conntrack.h, xlb_flow_hash) mixes this seed with the
+ * protocol; every node and the Rust mirror compute the same hash. */
+enum xlb_hash_consts {
+	XLB_HASH_SEED = 0x786c6221, /* "xlb!" */
+};
 
 /* ---- frontends ------------------------------------------------------------
  * xlb_frontends: HASH, struct xlb_frontend_key -> struct xlb_service.
@@ -42,13 +57,17 @@ struct xlb_frontend_key {
 _Static_assert(sizeof(struct xlb_frontend_key) == 20, "xlb_frontend_key size");
 
 /* xlb_service.flags */
-#define XLB_SVC_F_AFFINITY	(1u << 0) /* sessionAffinity: ClientIP */
-#define XLB_SVC_F_SOURCE_RANGES (1u << 1) /* loadBalancerSourceRanges apply */
-#define XLB_SVC_F_NODEPORT	(1u << 2) /* frontend is a NodePort */
+enum xlb_svc_flags {
+	XLB_SVC_F_AFFINITY = 1 << 0,	  /* sessionAffinity: ClientIP */
+	XLB_SVC_F_SOURCE_RANGES = 1 << 1, /* loadBalancerSourceRanges apply */
+	XLB_SVC_F_NODEPORT = 1 << 2,	  /* frontend is a NodePort */
+};
 
 /* xlb_service.encap */
-#define XLB_ENCAP_GENEVE 0 /* Geneve + DSR option (default) */
-#define XLB_ENCAP_IPIP	 1 /* IPIP / IP6IP6 / IPv6-in-IPv4 and back */
+enum xlb_encap {
+	XLB_ENCAP_GENEVE = 0, /* Geneve + DSR option (default) */
+	XLB_ENCAP_IPIP = 1,   /* IPIP / IP6IP6 / IPv6-in-IPv4 and back */
+};
 
 struct xlb_service {
 	__u32 id;		  /* dense service id: stats index, Maglev key */
@@ -86,8 +105,10 @@ _Static_assert(sizeof(struct xlb_svc_backend_key) == 8, "xlb_svc_backend_key siz
 /* ---- backends -------------------------------------------------------------
  * xlb_backends: ARRAY, __u32 backend id -> struct xlb_backend. Id 0 is never
  * used. An entry with flags == 0 is free. */
-#define XLB_BE_F_ACTIVE	     (1u << 0) /* in use */
-#define XLB_BE_F_TERMINATING (1u << 1) /* keeps its flows, gets no new ones */
+enum xlb_backend_flags {
+	XLB_BE_F_ACTIVE = 1 << 0,      /* in use */
+	XLB_BE_F_TERMINATING = 1 << 1, /* keeps its flows, gets no new ones */
+};
 
 struct xlb_backend {
 	__u8 addr[16];	  /* endpoint address */
@@ -173,17 +194,27 @@ _Static_assert(sizeof(struct xlb_dsr_nat_entry) == 32, "xlb_dsr_nat_entry size")
  * 0x0800 / 0x86DD) and one option, class XLB_GENEVE_OPT_CLASS, with the
  * service address and port the client used. The inner packet is already
  * DNAT'd to the endpoint by the load balancer. */
-#define XLB_GENEVE_PORT	     6081
-#define XLB_GENEVE_OPT_CLASS 0xFF58 /* experimental range */
-#define XLB_GENEVE_OPT_DSR4  0x01   /* data: struct xlb_dsr_opt4 */
-#define XLB_GENEVE_OPT_DSR6  0x02   /* data: struct xlb_dsr_opt6 */
-/* On an ICMP error the load balancer forwards (the inner packet untranslated:
- * sent to the service address, quoting service:port -> client:port), in
- * place of DSR4/DSR6: the ENDPOINT address and target port of the quoted
- * flow, so the backend node translates the error without a reverse lookup.
- * Data: struct xlb_dsr_opt4 / xlb_dsr_opt6 holding the endpoint. */
-#define XLB_GENEVE_OPT_EP4 0x03
-#define XLB_GENEVE_OPT_EP6 0x04
+enum xlb_geneve_consts {
+	XLB_GENEVE_PORT = 6081,
+	XLB_GENEVE_OPT_CLASS = 0xFF58, /* experimental range */
+	/* Outer UDP source port: XLB_GENEVE_SPORT_BASE + (flow hash & 0x3fff),
+	 * entropy for RSS/ECMP on the way to the node. */
+	XLB_GENEVE_SPORT_BASE = 49152,
+};
+
+/* Option types of class XLB_GENEVE_OPT_CLASS. */
+enum xlb_geneve_opt_type {
+	XLB_GENEVE_OPT_DSR4 = 0x01, /* data: struct xlb_dsr_opt4 */
+	XLB_GENEVE_OPT_DSR6 = 0x02, /* data: struct xlb_dsr_opt6 */
+	/* On an ICMP error the load balancer forwards (the inner packet
+	 * untranslated: sent to the service address, quoting service:port ->
+	 * client:port), in place of DSR4/DSR6: the ENDPOINT address and target
+	 * port of the quoted flow, so the backend node translates the error
+	 * without a reverse lookup. Data: struct xlb_dsr_opt4 / xlb_dsr_opt6
+	 * holding the endpoint. */
+	XLB_GENEVE_OPT_EP4 = 0x03,
+	XLB_GENEVE_OPT_EP6 = 0x04,
+};
 
 struct xlb_geneve_hdr {
 	__u8 ver_optlen; /* version (2 bits, 0) | option length in 4-byte words */
@@ -216,11 +247,28 @@ struct xlb_dsr_opt6 {
 _Static_assert(sizeof(struct xlb_dsr_opt6) == 20, "xlb_dsr_opt6 size");
 
 /* ---- counters -------------------------------------------------------------
- * xlb_counters: PERCPU_ARRAY, __u32 counter -> struct xlb_count. Every exit of
- * every program is counted under exactly one of these. OK_*: the packet was
- * handled; PASS_*: given to the kernel unchanged; DROP_*: dropped. The names
- * (lower-cased, prefix removed) are the `reason` label values of
- * xlb_drops_total / xlb_passes_total. Never renumber; append only. */
+ * xlb_counters: PERCPU_ARRAY, key = hook * XLB_REASON_MAX + reason ->
+ * struct xlb_count. Every exit of every program is counted under exactly one
+ * reason, in the slot of the hook it ran at (enum xlb_hook): the same reason
+ * at XDP and at tc egress are two series. The names (lower-cased, prefix
+ * removed) are the `reason` label values of xlb_drops_total /
+ * xlb_passes_total / xlb_handled_total; the hook is the `hook` label.
+ *
+ * Classes by number range (the single exit decides verdicts by them):
+ *     0- 15, 64- 95   OK_*    the packet was handled
+ *    16- 31, 96-127   PASS_*  given to the kernel unchanged
+ *    32- 63, 128-255  DROP_*  dropped
+ * Never renumber; append within a range. */
+enum xlb_hook {
+	XLB_HOOK_XDP = 0,	  /* XDP on a NIC */
+	XLB_HOOK_TC_INGRESS = 1,  /* tc ingress of a node NIC */
+	XLB_HOOK_TC_EGRESS = 2,	  /* tc egress of a node NIC */
+	XLB_HOOK_SOCK = 3,	  /* cgroup socket hooks (reserved) */
+	XLB_HOOK_TC_POD_FROM = 4, /* tc on a pod's host veth: from the pod (reserved) */
+	XLB_HOOK_TC_POD_TO = 5,	  /* tc on a pod's host veth: to the pod (reserved) */
+	XLB_HOOK_MAX = 8,
+};
+
 enum xlb_counter {
 	XLB_OK_XDP_TX = 0,	    /* encapsulated, sent back out the same port */
 	XLB_OK_XDP_REDIRECT = 1,    /* encapsulated, redirected to another port */
@@ -255,7 +303,12 @@ enum xlb_counter {
 	XLB_DROP_DECAP = 46,	       /* tc: could not remove the outer headers */
 	XLB_DROP_NAT = 47,	       /* tc: could not rewrite the packet */
 	XLB_DROP_NOT_LOCAL = 48,       /* tc: IPIP flow whose backend is on another node */
-	XLB_COUNTER_MAX = 64,
+	XLB_DROP_BAD_VERSION = 128,    /* IP version field disagrees with the EtherType */
+};
+
+enum xlb_counter_limits {
+	XLB_REASON_MAX = 256,				 /* reasons per hook */
+	XLB_COUNTER_MAX = XLB_HOOK_MAX * XLB_REASON_MAX, /* slots of xlb_counters */
 };
 
 struct xlb_count {
@@ -305,18 +358,20 @@ _Static_assert(sizeof(struct xlb_svc_name) == 128, "xlb_svc_name size");
  * expires. The programs read only `mask`: with no listener an event point
  * costs one inlined array lookup and a branch, and no event is built.
  * xlb_event_stats: PERCPU_ARRAY, XLB_EV_STAT_* -> __u64. */
-#define XLB_EV_NEW_FLOW 1 /* a backend was chosen for a new flow */
-#define XLB_EV_DROP	2 /* a packet was dropped: reason = enum xlb_counter */
-#define XLB_EV_POLICY	3 /* reserved: NetworkPolicy verdict (tc); policy_id, reason = verdict */
+enum xlb_event_type {
+	XLB_EV_NEW_FLOW = 1, /* a backend was chosen for a new flow */
+	XLB_EV_DROP = 2,     /* a packet was dropped: reason = enum xlb_counter */
+	XLB_EV_POLICY = 3,   /* reserved: NetworkPolicy verdict (tc); policy_id, reason = verdict */
+};
 
-#define XLB_EV_F_NEW_FLOW (1u << XLB_EV_NEW_FLOW)
-#define XLB_EV_F_DROP	  (1u << XLB_EV_DROP)
-#define XLB_EV_F_POLICY	  (1u << XLB_EV_POLICY)
+/* xlb_events_cfg.mask: 1 << type. */
+enum xlb_event_flags {
+	XLB_EV_F_NEW_FLOW = 1 << XLB_EV_NEW_FLOW,
+	XLB_EV_F_DROP = 1 << XLB_EV_DROP,
+	XLB_EV_F_POLICY = 1 << XLB_EV_POLICY,
+};
 
-/* xlb_event.hook */
-#define XLB_EV_HOOK_XDP	       0
-#define XLB_EV_HOOK_TC_INGRESS 1
-#define XLB_EV_HOOK_TC_EGRESS  2
+/* xlb_event.hook: enum xlb_hook. */
 
 struct xlb_events_cfg {
 	__u32 mask;	   /* XLB_EV_F_*: the kinds a listener wants; 0: none */
@@ -329,7 +384,7 @@ _Static_assert(sizeof(struct xlb_events_cfg) == 16, "xlb_events_cfg size");
 struct xlb_event {
 	__u64 ts_ns;	  /* bpf_ktime_get_ns() */
 	__u8 type;	  /* XLB_EV_* */
-	__u8 hook;	  /* XLB_EV_HOOK_* */
+	__u8 hook;	  /* enum xlb_hook */
 	__u16 reason;	  /* XLB_EV_DROP: enum xlb_counter */
 	__u32 ifindex;	  /* ingress (XDP, tc ingress) or egress interface */
 	__u32 svc_id;	  /* XLB_EV_NEW_FLOW */
@@ -344,9 +399,11 @@ struct xlb_event {
 _Static_assert(sizeof(struct xlb_event) == 72, "xlb_event size");
 
 /* Indices of xlb_event_stats. */
-#define XLB_EV_STAT_SENT 0 /* events written to xlb_events */
-#define XLB_EV_STAT_LOST 1 /* events lost: ring buffer full */
-#define XLB_EV_STAT_MAX	 4
+enum xlb_event_stat {
+	XLB_EV_STAT_SENT = 0, /* events written to xlb_events */
+	XLB_EV_STAT_LOST = 1, /* events lost: ring buffer full */
+	XLB_EV_STAT_MAX = 4,
+};
 
 /* ---- configuration generation ---------------------------------------------
  * xlb_config_gen: ARRAY of one struct xlb_config_gen. The agent bumps `gen`

@@ -4,26 +4,119 @@
 //! BTF of the compiled objects: one truth (the C header), checked, not trusted.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const FAMILY_V4: u8 = 4;
-pub const FAMILY_V6: u8 = 6;
-pub const MAGLEV_MAX: usize = 16381;
+/// Declares the constants of xlb_abi.h (each a member of a named
+/// `enum xlb_*` there) and [`CONSTANTS`], the table lb/tests/abi_btf.rs
+/// compares with the header's BTF: a constant added, removed or changed on
+/// either side fails that test.
+macro_rules! abi_consts {
+    ($($(#[$m:meta])* $name:ident : $t:ty = $v:expr;)*) => {
+        $($(#[$m])* pub const $name: $t = $v;)*
+        /// Every constant of xlb_abi.h by its C name (`XLB_` + the Rust name).
+        pub const CONSTANTS: &[(&str, i64)] =
+            &[$((concat!("XLB_", stringify!($name)), $name as i64)),*];
+    };
+}
 
-pub const SVC_F_AFFINITY: u32 = 1 << 0;
-pub const SVC_F_SOURCE_RANGES: u32 = 1 << 1;
-pub const SVC_F_NODEPORT: u32 = 1 << 2;
+abi_consts! {
+    ABI_VERSION: u32 = 1;
+    FAMILY_V4: u8 = 4;
+    FAMILY_V6: u8 = 6;
+    /// Largest Maglev table (a prime); every service's M is at most this.
+    MAGLEV_MAX: usize = 16381;
+    /// Seed of the flow hash (lb/bpf/conntrack.h).
+    HASH_SEED: u32 = 0x786c_6221;
+    SVC_F_AFFINITY: u32 = 1 << 0;
+    SVC_F_SOURCE_RANGES: u32 = 1 << 1;
+    SVC_F_NODEPORT: u32 = 1 << 2;
+    ENCAP_GENEVE: u8 = 0;
+    ENCAP_IPIP: u8 = 1;
+    BE_F_ACTIVE: u32 = 1 << 0;
+    BE_F_TERMINATING: u32 = 1 << 1;
+    GENEVE_PORT: u16 = 6081;
+    GENEVE_OPT_CLASS: u16 = 0xFF58;
+    /// Outer UDP source port of Geneve: this + (flow hash & 0x3fff).
+    GENEVE_SPORT_BASE: u16 = 49152;
+    GENEVE_OPT_DSR4: u8 = 1;
+    GENEVE_OPT_DSR6: u8 = 2;
+    GENEVE_OPT_EP4: u8 = 3;
+    GENEVE_OPT_EP6: u8 = 4;
+    HOOK_XDP: u8 = 0;
+    HOOK_TC_INGRESS: u8 = 1;
+    HOOK_TC_EGRESS: u8 = 2;
+    HOOK_SOCK: u8 = 3;
+    HOOK_TC_POD_FROM: u8 = 4;
+    HOOK_TC_POD_TO: u8 = 5;
+    HOOK_MAX: u32 = 8;
+    /// Reasons per hook in xlb_counters.
+    REASON_MAX: u32 = 256;
+    /// Size of xlb_counters: one slot per (hook, reason).
+    COUNTER_MAX: u32 = HOOK_MAX * REASON_MAX;
+    EV_NEW_FLOW: u8 = 1;
+    EV_DROP: u8 = 2;
+    EV_POLICY: u8 = 3;
+    EV_F_NEW_FLOW: u32 = 1 << EV_NEW_FLOW;
+    EV_F_DROP: u32 = 1 << EV_DROP;
+    EV_F_POLICY: u32 = 1 << EV_POLICY;
+    /// Indices of xlb_event_stats.
+    EV_STAT_SENT: u32 = 0;
+    EV_STAT_LOST: u32 = 1;
+    EV_STAT_MAX: u32 = 4;
+}
 
-pub const ENCAP_GENEVE: u8 = 0;
-pub const ENCAP_IPIP: u8 = 1;
+/// xlb_event.hook values (the same numbers as HOOK_*).
+pub const EV_HOOK_XDP: u8 = HOOK_XDP;
+pub const EV_HOOK_TC_INGRESS: u8 = HOOK_TC_INGRESS;
+pub const EV_HOOK_TC_EGRESS: u8 = HOOK_TC_EGRESS;
 
-pub const BE_F_ACTIVE: u32 = 1 << 0;
-pub const BE_F_TERMINATING: u32 = 1 << 1;
+/// Where a program ran (enum xlb_hook): the first index of xlb_counters and
+/// the `hook` label of the counter metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+    Sock,
+    TcPodFrom,
+    TcPodTo,
+}
 
-pub const GENEVE_PORT: u16 = 6081;
-pub const GENEVE_OPT_CLASS: u16 = 0xFF58;
-pub const GENEVE_OPT_DSR4: u8 = 1;
-pub const GENEVE_OPT_DSR6: u8 = 2;
-pub const GENEVE_OPT_EP4: u8 = 3;
-pub const GENEVE_OPT_EP6: u8 = 4;
+impl Hook {
+    pub const ALL: &'static [Hook] =
+        &[Hook::Xdp, Hook::TcIngress, Hook::TcEgress, Hook::Sock, Hook::TcPodFrom, Hook::TcPodTo];
+
+    /// The HOOK_* number.
+    pub fn number(self) -> u8 {
+        match self {
+            Hook::Xdp => HOOK_XDP,
+            Hook::TcIngress => HOOK_TC_INGRESS,
+            Hook::TcEgress => HOOK_TC_EGRESS,
+            Hook::Sock => HOOK_SOCK,
+            Hook::TcPodFrom => HOOK_TC_POD_FROM,
+            Hook::TcPodTo => HOOK_TC_POD_TO,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Hook> {
+        Hook::ALL.iter().copied().find(|h| h.number() == n)
+    }
+
+    /// The label value: "xdp", "tc_ingress", ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::TcIngress => "tc_ingress",
+            Hook::TcEgress => "tc_egress",
+            Hook::Sock => "sock",
+            Hook::TcPodFrom => "tc_pod_from",
+            Hook::TcPodTo => "tc_pod_to",
+        }
+    }
+
+    /// The xlb_counters slot of `counter` at this hook.
+    pub fn slot(self, counter: Counter) -> u32 {
+        u32::from(self.number()) * REASON_MAX + counter as u32
+    }
+}
 
 /// A 16-byte ABI address and its family byte.
 pub fn addr_to_abi(ip: IpAddr) -> ([u8; 16], u8) {
@@ -150,20 +243,6 @@ abi_struct!(
     /// Value of xlb_svc_names (userspace only).
     SvcName = "xlb_svc_name", 128 { name: [u8; 128] });
 
-pub const EV_NEW_FLOW: u8 = 1;
-pub const EV_DROP: u8 = 2;
-pub const EV_POLICY: u8 = 3;
-pub const EV_F_NEW_FLOW: u32 = 1 << EV_NEW_FLOW;
-pub const EV_F_DROP: u32 = 1 << EV_DROP;
-pub const EV_F_POLICY: u32 = 1 << EV_POLICY;
-pub const EV_HOOK_XDP: u8 = 0;
-pub const EV_HOOK_TC_INGRESS: u8 = 1;
-pub const EV_HOOK_TC_EGRESS: u8 = 2;
-/// Indices of xlb_event_stats.
-pub const EV_STAT_SENT: u32 = 0;
-pub const EV_STAT_LOST: u32 = 1;
-pub const EV_STAT_MAX: u32 = 4;
-
 abi_struct!(
     /// Value of xlb_events_cfg (one entry): what a listener wants, and its lease.
     EventsCfg = "xlb_events_cfg", 16 { mask: u32, flow_sample: u32, lease_ns: u64 });
@@ -254,19 +333,23 @@ counters! {
     DropDecap = 46 => "drop_decap",
     DropNat = 47 => "drop_nat",
     DropNotLocal = 48 => "drop_not_local",
+    DropBadVersion = 128 => "drop_bad_version",
 }
-
-/// Size of xlb_counters (XLB_COUNTER_MAX).
-pub const COUNTER_MAX: u32 = 64;
 
 impl Counter {
     pub fn from_u32(n: u32) -> Option<Counter> {
         Counter::ALL.iter().copied().find(|c| *c as u32 == n)
     }
 
-    /// "ok", "pass" or "drop".
+    /// "ok", "pass" or "drop": from the number, by the ranges of
+    /// xlb_abi.h (the programs' exits decide verdicts by them; a test checks
+    /// every name's prefix agrees).
     pub fn class(self) -> &'static str {
-        self.name().split('_').next().unwrap_or("")
+        match self as u32 {
+            0..=15 | 64..=95 => "ok",
+            16..=31 | 96..=127 => "pass",
+            _ => "drop",
+        }
     }
 
     /// The reason label: the name without its class prefix ("not_frontend").

@@ -251,9 +251,3 @@ impl EventReader {
         Ok(rc > 0)
     }
 }
-
-/// Size in bytes of the ring pinned under `pin_dir`, if one is.
-pub(crate) fn pinned_ring_bytes(pin_dir: &Path) -> Option<u32> {
-    let data = MapData::from_pin(pin_dir.join(RING_MAP)).ok()?;
-    data.info().ok().map(|i| i.max_entries())
-}

@@ -18,7 +18,7 @@ use aya::{
 };
 
 use crate::{
-    abi::{Count, Counter},
+    abi::{self, Count, Counter, Hook},
     events, objects,
 };
 
@@ -151,7 +151,7 @@ pub enum LoadError {
     )]
     RingSize { map: &'static str, bytes: u32, min: u32, max: u32 },
     #[error("replacing {path} (pinned with another size): {source}")]
-    RingReplace { path: PathBuf, source: io::Error },
+    StaleMapReplace { path: PathBuf, source: io::Error },
 }
 
 const XDP_PROG: &str = "xlb_xdp";
@@ -194,25 +194,32 @@ fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result
     loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
 }
 
-/// Checks the ring buffer size and unpins a ring of another size, so that
-/// loading creates it anew with `sizes.events` (the loader reuses whatever
-/// is pinned under a map's name). Unlike the other maps, the ring holds no
-/// state worth keeping: only events not yet read. Programs attached by an
-/// earlier agent keep the ring they were loaded with until replaced.
-fn prepare_event_ring(opts: &LoadOptions) -> Result<(), LoadError> {
+/// Checks the ring buffer size, then unpins every map that holds no state
+/// worth keeping and was pinned with another size than this build wants
+/// (the ring buffer of another `sizes.events`; xlb_counters of an older
+/// layout), so that loading creates it anew: the loader reuses whatever is
+/// pinned under a map's name, and a program would otherwise index past the
+/// end of an old counters map and lose its counts. The ring holds only
+/// events not yet read; the counters restart from zero, which Prometheus
+/// reads as a counter reset. Programs attached by an earlier agent keep the
+/// maps they were loaded with until replaced.
+fn prepare_stateless_maps(opts: &LoadOptions) -> Result<(), LoadError> {
     const MAX: u32 = 1 << 30;
     let bytes = opts.sizes.events;
     let min = page_size();
     if !bytes.is_power_of_two() || !(min..=MAX).contains(&bytes) {
         return Err(LoadError::RingSize { map: events::RING_MAP, bytes, min, max: MAX });
     }
-    match events::pinned_ring_bytes(&opts.pin_dir) {
-        Some(pinned) if pinned != bytes => {
-            let path = opts.pin_dir.join(events::RING_MAP);
-            std::fs::remove_file(&path).map_err(|source| LoadError::RingReplace { path, source })
+    for (map, want) in [(events::RING_MAP, bytes), ("xlb_counters", abi::COUNTER_MAX)] {
+        let path = opts.pin_dir.join(map);
+        let pinned = MapData::from_pin(&path).ok().and_then(|d| d.info().ok());
+        match pinned.map(|i| i.max_entries()) {
+            Some(n) if n != want => std::fs::remove_file(&path)
+                .map_err(|source| LoadError::StaleMapReplace { path, source })?,
+            _ => {}
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 fn page_size() -> u32 {
@@ -231,7 +238,7 @@ impl Dataplane {
         if !is_bpffs(&opts.pin_dir) {
             return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
         }
-        prepare_event_ring(opts)?;
+        prepare_stateless_maps(opts)?;
         let mut xdp = load_object(opts, "xdp", objects::xdp())?;
         let mut tc = load_object(opts, "tc", objects::tc())?;
         program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
@@ -368,26 +375,43 @@ impl Dataplane {
             .expect("loaded in Dataplane::load")
     }
 
-    /// Every named counter, summed over CPUs.
+    /// Every named counter, summed over CPUs and hooks.
     pub fn counters(&self) -> Result<Vec<(Counter, Count)>, LoadError> {
         read_counters(&self.pin_dir)
     }
 }
 
-/// Every named counter of the datapath pinned under `pin_dir`, summed over CPUs.
+/// Every named counter of the datapath pinned under `pin_dir`, summed over
+/// CPUs and over the hooks it was counted at.
 pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, Count)>, LoadError> {
+    let by_hook = read_hook_counters(pin_dir)?;
+    Ok(Counter::ALL
+        .iter()
+        .map(|c| {
+            let sum = by_hook.iter().filter(|(_, k, _)| k == c).fold(
+                Count { packets: 0, bytes: 0 },
+                |a, (_, _, v)| Count { packets: a.packets + v.packets, bytes: a.bytes + v.bytes },
+            );
+            (*c, sum)
+        })
+        .collect())
+}
+
+/// Every named counter at every hook, summed over CPUs (zeros included).
+pub fn read_hook_counters(pin_dir: &Path) -> Result<Vec<(Hook, Counter, Count)>, LoadError> {
     let map_err = |source| LoadError::Map { map: "xlb_counters", source: Box::new(source) };
     let arr: PerCpuArray<MapData, Count> =
         crate::maps::open_pinned(&pin_dir.join("xlb_counters")).map_err(map_err)?;
-    let mut out = Vec::with_capacity(Counter::ALL.len());
-    for c in Counter::ALL {
-        let per_cpu = arr.get(&(*c as u32), 0).map_err(map_err)?;
-        let mut sum = Count { packets: 0, bytes: 0 };
-        for v in per_cpu.iter() {
-            sum.packets += v.packets;
-            sum.bytes += v.bytes;
+    let mut out = Vec::with_capacity(Hook::ALL.len() * Counter::ALL.len());
+    for h in Hook::ALL {
+        for c in Counter::ALL {
+            let per_cpu = arr.get(&h.slot(*c), 0).map_err(map_err)?;
+            let sum = per_cpu.iter().fold(Count { packets: 0, bytes: 0 }, |a, v| Count {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+            });
+            out.push((*h, *c, sum));
         }
-        out.push((*c, sum));
     }
     Ok(out)
 }

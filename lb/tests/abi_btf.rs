@@ -2,8 +2,10 @@
 //! truth; the Rust mirrors in `lb::abi` must agree with what clang made of
 //! it. Reads the BTF of the compiled programs (`lb::objects`) and of a probe
 //! object that references every type the header declares, and compares each
-//! `struct xlb_*` with `lb::abi::LAYOUTS` (size, field names, offsets) and
-//! `enum xlb_counter` with `lb::abi::Counter`. Needs clang (as the build does).
+//! `struct xlb_*` with `lb::abi::LAYOUTS` (size, field names, offsets),
+//! `enum xlb_counter` with `lb::abi::Counter`, and every other constant (each
+//! a member of a named `enum xlb_*`) with `lb::abi::CONSTANTS`. Needs clang
+//! (as the build does).
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -11,7 +13,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use lb::abi::{Counter, StructLayout, LAYOUTS};
+use lb::abi::{Counter, Hook, StructLayout, CONSTANTS, LAYOUTS};
 
 const HEADER: &str = include_str!("../bpf/xlb_abi.h");
 
@@ -317,6 +319,43 @@ fn header_counters() -> Vec<(String, i64)> {
     out
 }
 
+/// Every `enum xlb_* {` the header defines, in order.
+fn header_enums() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = HEADER;
+    while let Some(i) = rest.find("enum xlb_") {
+        rest = &rest[i + "enum ".len()..];
+        let name: String =
+            rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if rest[name.len()..].trim_start().starts_with('{') && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The names of the header's `#define`s other than its include guard: there
+/// must be none (a bare #define is not in BTF, so no test would see it drift).
+fn header_defines() -> Vec<String> {
+    HEADER
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("#define "))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+        .filter(|n| n != "XLB_ABI_H")
+        .collect()
+}
+
+/// The multiarch include directory, as lb/build.rs finds it.
+fn multiarch_include(clang: &str) -> String {
+    if let Ok(v) = std::env::var("XLB_BPF_MULTIARCH") {
+        return if v.starts_with('/') { v } else { format!("/usr/include/{v}") };
+    }
+    let out = Command::new(clang).arg("-print-multiarch").output().unwrap_or_else(|e| {
+        panic!("cannot run {clang} -print-multiarch: {e} (install clang)")
+    });
+    format!("/usr/include/{}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// Removes its directory on drop (also on panic).
 struct TempDir(PathBuf);
 impl Drop for TempDir {
@@ -326,7 +365,7 @@ impl Drop for TempDir {
 }
 
 /// Compiles a BPF object that declares one global of every header struct
-/// and of `enum xlb_counter`, so that all of them appear in its BTF.
+/// and every header enum, so that all of them appear in its BTF.
 fn probe_object() -> Vec<u8> {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -336,13 +375,16 @@ fn probe_object() -> Vec<u8> {
     for (i, s) in header_structs().iter().enumerate() {
         src += &format!("struct {s} xlb_probe_{i};\n");
     }
-    src += "enum xlb_counter xlb_probe_counter;\n";
+    for (i, e) in header_enums().iter().enumerate() {
+        src += &format!("enum {e} xlb_probe_enum_{i};\n");
+    }
     let (c, o) = (dir.0.join("probe.c"), dir.0.join("probe.o"));
     std::fs::write(&c, src).unwrap();
     let bpf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf");
     let clang = std::env::var("XLB_CLANG").unwrap_or_else(|_| "clang".into());
     let out = Command::new(&clang)
-        .args(["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu"])
+        .args(["-O2", "-g", "-target", "bpf"])
+        .arg(format!("-I{}", multiarch_include(&clang)))
         .arg(format!("-I{}", bpf_dir.display()))
         .arg("-c")
         .arg(&c)
@@ -479,7 +521,6 @@ fn header_structs_have_no_implicit_padding() {
 fn compare_counters(what: &str, c: &[(String, i64)], problems: &mut Vec<String>) {
     let c: BTreeSet<(String, i64)> = c
         .iter()
-        .filter(|(n, _)| n != "XLB_COUNTER_MAX")
         .map(|(n, v)| (n.strip_prefix("XLB_").unwrap_or(n).to_ascii_lowercase(), *v))
         .collect();
     let r: BTreeSet<(String, i64)> =
@@ -504,15 +545,58 @@ fn counters_agree_with_the_header_and_btf() {
     let values = btf.enum_values("xlb_counter").expect("ABI probe: enum xlb_counter not in BTF");
     assert_eq!(values, header, "clang's enum xlb_counter differs from the header as parsed here");
     compare_counters("ABI probe", &values, &mut problems);
-    let max = header.iter().find(|(n, _)| n == "XLB_COUNTER_MAX").expect("XLB_COUNTER_MAX").1;
-    assert_eq!(max, i64::from(lb::abi::COUNTER_MAX), "XLB_COUNTER_MAX vs lb::abi::COUNTER_MAX");
     for k in Counter::ALL {
         assert!(
-            (*k as u32) < lb::abi::COUNTER_MAX,
-            "{} = {} >= XLB_COUNTER_MAX",
+            (*k as u32) < lb::abi::REASON_MAX,
+            "{} = {} >= XLB_REASON_MAX",
             k.name(),
             *k as u32
         );
+        // The class comes from the number (the programs' exits decide
+        // verdicts by range); the name must say the same.
+        assert!(
+            k.name().starts_with(&format!("{}_", k.class())),
+            "{} = {} is in the {} range of xlb_abi.h",
+            k.name(),
+            *k as u32,
+            k.class()
+        );
     }
     fail_on(problems);
+}
+
+#[test]
+fn every_header_constant_agrees_with_its_rust_mirror() {
+    let defines = header_defines();
+    assert!(
+        defines.is_empty(),
+        "xlb_abi.h: bare #define(s) {defines:?}: make each a member of a named enum xlb_* so the \
+         ABI check sees it"
+    );
+    let btf = Btf::of_object(&probe_object(), "ABI probe");
+    let mut c: BTreeSet<(String, i64)> = BTreeSet::new();
+    for e in header_enums().iter().filter(|e| *e != "xlb_counter") {
+        let values =
+            btf.enum_values(e).unwrap_or_else(|| panic!("ABI probe: enum {e} not in BTF"));
+        assert!(!values.is_empty(), "enum {e} has no members");
+        c.extend(values);
+    }
+    let r: BTreeSet<(String, i64)> = CONSTANTS.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+    let mut problems = Vec::new();
+    for missing in c.difference(&r) {
+        problems.push(format!("xlb_abi.h {missing:?} missing or different in lb::abi::CONSTANTS"));
+    }
+    for extra in r.difference(&c) {
+        problems.push(format!("lb::abi::CONSTANTS {extra:?} not in xlb_abi.h"));
+    }
+    fail_on(problems);
+    // The typed hook enum agrees with the checked constants.
+    for h in Hook::ALL {
+        let name = format!("XLB_HOOK_{}", h.name().to_ascii_uppercase());
+        assert!(
+            r.contains(&(name.clone(), i64::from(h.number()))),
+            "lb::abi::Hook::{h:?} = {} is not {name} of xlb_abi.h",
+            h.number()
+        );
+    }
 }

@@ -405,11 +405,11 @@ impl Lab {
         (r.return_value, out)
     }
 
-    /// Every slot of xlb_counters (named or not), summed over CPUs:
-    /// index -> (packets, bytes).
+    /// Every slot of xlb_counters at the XDP hook (named reason or not),
+    /// summed over CPUs: reason -> (packets, bytes).
     pub fn counters(&self) -> BTreeMap<u32, (u64, u64)> {
         let map = &self.path.maps().counters;
-        (0..abi::COUNTER_MAX)
+        (0..abi::REASON_MAX)
             .map(|i| {
                 let per_cpu = map.get(&i, 0).unwrap_or_else(|e| panic!("xlb_counters[{i}]: {e}"));
                 let sum = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * service.h: from a flow to its service and from a backend to its node — the
+ * lookups XDP (the load balancer) and tc (IPIP termination on a node) share.
+ *
+ * API
+ *   struct xlb_service *xlb_frontend_lookup(const struct xlb_flow_key *t)
+ *       the service whose frontend is t's destination (address, port,
+ *       protocol), or NULL.
+ *   int xlb_source_allowed(svc, t)
+ *       loadBalancerSourceRanges: whether t's source may use svc (call only
+ *       when svc->flags has XLB_SVC_F_SOURCE_RANGES).
+ *   const struct xlb_node_cfg *xlb_this_node(void)
+ *       this node's tunnel identity (xlb_node[0]); NULL never happens but the
+ *       verifier asks.
+ *   const __u8 *xlb_node_src(node, family)
+ *       this node's outer source address for a tunnel of `family`, or NULL
+ *       when it has none.
+ *   int xlb_backend_is_local(be, node)
+ *       the backend runs on this node: its node address is one of ours (an
+ *       unset address never matches).
+ */
+#ifndef XLB_SERVICE_H
+#define XLB_SERVICE_H
+
+#include "maps.h"
+#include "parse.h"
+
+/* Source-range LPM key: svc_id, family and pad are matched whole. */
+#define XLB_SRC_RANGE_FIXED_BITS 64
+
+static __always_inline struct xlb_service *xlb_frontend_lookup(const struct xlb_flow_key *t)
+{
+	struct xlb_frontend_key fk;
+
+	xlb_addr_copy(fk.addr, t->daddr);
+	fk.port = t->dport;
+	fk.proto = t->proto;
+	fk.family = t->family;
+	return bpf_map_lookup_elem(&xlb_frontends, &fk);
+}
+
+static __always_inline int xlb_source_allowed(const struct xlb_service *svc,
+					      const struct xlb_flow_key *t)
+{
+	struct xlb_src_range_key k = {
+	    .prefixlen = XLB_SRC_RANGE_FIXED_BITS + (t->family == XLB_FAMILY_V6 ? 128 : 32),
+	    .svc_id = bpf_htonl(svc->id),
+	    .family = t->family,
+	};
+
+	xlb_addr_copy(k.addr, t->saddr);
+	return bpf_map_lookup_elem(&xlb_source_ranges, &k) != NULL;
+}
+
+static __always_inline const struct xlb_node_cfg *xlb_this_node(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&xlb_node, &zero);
+}
+
+static __always_inline const __u8 *xlb_node_src(const struct xlb_node_cfg *node, __u8 family)
+{
+	if (family == XLB_FAMILY_V4)
+		return *(const __u32 *)node->addr4 ? node->addr4 : NULL;
+	if (family == XLB_FAMILY_V6)
+		return xlb_addr_zero(node->addr6) ? NULL : node->addr6;
+	return NULL;
+}
+
+static __always_inline int xlb_backend_is_local(const struct xlb_backend *be,
+						const struct xlb_node_cfg *node)
+{
+	const __u8 *own = xlb_node_src(node, be->node_family);
+
+	if (!own)
+		return 0;
+	if (be->node_family == XLB_FAMILY_V4)
+		return *(const __u32 *)be->node == *(const __u32 *)own;
+	return xlb_addr_eq(be->node, own);
+}
+
+#endif /* XLB_SERVICE_H */

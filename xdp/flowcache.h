@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * flowcache.h (XDP only): the per-CPU flow cache in front of the frontend
+ * and connection-table lookups, and the configuration generation that
+ * invalidates it.
+ *
+ * API
+ *   struct fc_entry *xlb_fc_get(&key)   the slot for key (a hit only when
+ *                                       xlb_fc_hit() says so)
+ *   int xlb_fc_hit(fc, &key, now, gen)  the slot holds key, fresh and of
+ *                                       this configuration generation
+ *   __u64 xlb_config_gen_now(void)
+ */
+#ifndef XLB_XDP_FLOWCACHE_H
+#define XLB_XDP_FLOWCACHE_H
+
+#include "maps.h"
+#include "conntrack.h"
+
+/*
+ * Flow cache: per CPU, direct-mapped, in front of the frontend and xlb_ct
+ * lookups. An established flow's packets otherwise pay two hash-map lookups
+ * (~33 ns for xlb_frontends, ~36 ns for xlb_ct on the benchmark machine:
+ * each is a kernel call, and every kernel call/return is expensive under
+ * the SRSO mitigation) although only the backend id, the flow hash and the
+ * service's fields are used; the cache keeps exactly those per flow key and
+ * costs one inlined array lookup and a 40-byte compare.
+ *
+ * Validity, checked on every hit:
+ *   - the backend, from xlb_backends (inlined ARRAY): still ACTIVE with the
+ *     generation the flow chose it under (xlb_backend_flow_ok), so backend
+ *     removal and id reuse are seen at once, as on the xlb_ct path;
+ *   - the configuration generation (xlb_config_gen, inlined ARRAY), which
+ *     the agent bumps after any change of frontends, service settings or
+ *     source ranges: an established flow sees a service's new settings
+ *     (encapsulation, source ranges, a frontend moved to another service or
+ *     removed while its backends stay) with its next packet;
+ *   - age: an entry serves XLB_FC_TTL_JIFFIES ticks (bpf_jiffies64(), one
+ *     inlined load; about 1 s at HZ 250), then the packet takes the full
+ *     path and refreshes it, which touches the flow's xlb_ct entry so the
+ *     LRU keeps seeing the flow as active.
+ * Entries are written after xlb_select() succeeds, so new flows are cached
+ * from their second packet. Private to this program (not pinned, not ABI);
+ * 96 bytes x 4096 slots per CPU.
+ */
+#define XLB_FC_SLOT_BITS   12
+#define XLB_FC_TTL_JIFFIES 250
+
+struct fc_entry {
+	struct xlb_flow_key key; /* client -> frontend, as parsed */
+	struct xlb_service svc;	 /* the frontend's xlb_frontends value */
+	__u32 backend_id;
+	__u32 backend_gen;
+	__u32 hash; /* flow hash, from xlb_ct */
+	__u32 pad;
+	__u64 expires;	  /* jiffies */
+	__u64 config_gen; /* xlb_config_gen when filled */
+};
+
+/* The current configuration generation (0 before the agent's first bump). */
+static __always_inline __u64 xlb_config_gen_now(void)
+{
+	__u32 zero = 0;
+	struct xlb_config_gen *g = bpf_map_lookup_elem(&xlb_config_gen, &zero);
+
+	return g ? g->gen : 0;
+}
+
+/* Sizes instead of __type(), as for xlb_nh_cache: not ABI, not in BTF. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct fc_entry));
+	__uint(max_entries, 1u << XLB_FC_SLOT_BITS);
+} xlb_flow_cache SEC(".maps");
+
+/* A cheap slot hash (not xlb_flow_hash: a miss, which every non-frontend
+ * packet is, should cost as little as possible). */
+static __always_inline __u32 xlb_fc_slot(const struct xlb_flow_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = w[0] ^ w[1] ^ w[2] ^ w[3];
+
+	h = xlb_rol32(h, 13) ^ w[4] ^ w[5] ^ w[6] ^ w[7] ^ w[8] ^ w[9];
+	return (h * 0x9e3779b1u) >> (32 - XLB_FC_SLOT_BITS);
+}
+
+/* Keys are 8-byte aligned: struct xlb_pkt and map values. */
+static __always_inline int xlb_fc_key_eq(const struct xlb_flow_key *a, const struct xlb_flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+static __always_inline struct fc_entry *xlb_fc_get(const struct xlb_flow_key *k)
+{
+	__u32 slot = xlb_fc_slot(k);
+
+	return bpf_map_lookup_elem(&xlb_flow_cache, &slot);
+}
+
+static __always_inline int xlb_fc_hit(const struct fc_entry *fc, const struct xlb_flow_key *k,
+				      __u64 now, __u64 gen)
+{
+	return fc && now < fc->expires && fc->config_gen == gen && xlb_fc_key_eq(&fc->key, k);
+}
+
+static __always_inline void xlb_fc_fill(struct fc_entry *fc, const struct xlb_flow_key *k,
+					const struct xlb_service *svc, __u32 backend_id,
+					__u32 backend_gen, __u32 hash, __u64 now, __u64 gen)
+{
+	if (!fc)
+		return;
+	fc->key = *k;
+	fc->svc = *svc;
+	fc->backend_id = backend_id;
+	fc->backend_gen = backend_gen;
+	fc->hash = hash;
+	fc->expires = now + XLB_FC_TTL_JIFFIES;
+	fc->config_gen = gen;
+}
+
+#endif /* XLB_XDP_FLOWCACHE_H */
