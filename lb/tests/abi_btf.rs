@@ -350,9 +350,10 @@ fn multiarch_include(clang: &str) -> String {
     if let Ok(v) = std::env::var("XLB_BPF_MULTIARCH") {
         return if v.starts_with('/') { v } else { format!("/usr/include/{v}") };
     }
-    let out = Command::new(clang).arg("-print-multiarch").output().unwrap_or_else(|e| {
-        panic!("cannot run {clang} -print-multiarch: {e} (install clang)")
-    });
+    let out = Command::new(clang)
+        .arg("-print-multiarch")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {clang} -print-multiarch: {e} (install clang)"));
     format!("/usr/include/{}", String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -576,8 +577,7 @@ fn every_header_constant_agrees_with_its_rust_mirror() {
     let btf = Btf::of_object(&probe_object(), "ABI probe");
     let mut c: BTreeSet<(String, i64)> = BTreeSet::new();
     for e in header_enums().iter().filter(|e| *e != "xlb_counter") {
-        let values =
-            btf.enum_values(e).unwrap_or_else(|| panic!("ABI probe: enum {e} not in BTF"));
+        let values = btf.enum_values(e).unwrap_or_else(|| panic!("ABI probe: enum {e} not in BTF"));
         assert!(!values.is_empty(), "enum {e} has no members");
         c.extend(values);
     }
