@@ -199,7 +199,7 @@ static __always_inline int xlb_decap_ipip(struct __sk_buff *skb, const struct xl
 		return xlb_fail(rc, reason);
 	if (sel.be->family != in.tuple.family) /* no NAT64 */
 		return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
-	if (!xlb_backend_is_local(sel.be, node))
+	if (!xlb_backend_is_local(sel.be, xlb_node_src(node, sel.be->node_family)))
 		return xlb_fail(-XLB_DROP_NOT_LOCAL, reason);
 	/* remembered as delivered: client -> endpoint => service */
 	xlb_addr_copy(t.addr, in.tuple.daddr);

@@ -207,7 +207,7 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	if (!src)
 		return xlb_fail(-XLB_DROP_NO_NODE_ADDR, reason);
 
-	if (xlb_backend_is_local(be, node)) {
+	if (xlb_backend_is_local(be, src)) {
 		if (icmp) {
 			/* Not DNAT'd (the quoted packet would have to be rewritten
 			 * too); given to the kernel as is. */
@@ -220,7 +220,7 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		verdict = xlb_tunnel(ctx, pkt, svc, be, node, src, sel->hash, vaddr, vport, icmp,
 				     icmp ? XLB_OK_ICMP_FORWARD : 0, reason);
 	}
-	if (xlb_reason_is_drop(*reason))
+	if (verdict == XDP_DROP)
 		return verdict;
 	xlb_count_svc(svc->id, bytes, sel->new_flow, sel->affinity_hit);
 	xlb_count_backend(sel->backend_id, bytes);

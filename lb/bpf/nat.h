@@ -69,37 +69,55 @@ static __always_inline int xlb_nat_addr(struct xlb_ctx *ctx, __u32 l3_off, __u32
 	return xlb_ctx_store(ctx, l3_off + addr_off, to, 16);
 }
 
-static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
-				   const __u8 *addr, __be16 port)
+/* The port and the L4 checksum of xlb_nat, after the address. */
+static __always_inline int xlb_nat_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
+				      __be16 port, __u64 pseudo)
 {
-	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
 	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
-	__u32 l3 = xlb_l3_off(pkt), l4 = xlb_l4_off(pkt);
-	__u8 family = pkt->tuple.family, proto = pkt->tuple.proto;
-	/* copies: map values may change under us, and addr may alias tuple */
-	__u8 to[16] __attribute__((aligned(4)));
-	__u64 pseudo, plain = 0;
+	__u32 l4 = xlb_l4_off(pkt);
+	__u8 proto = pkt->tuple.proto;
+	__u64 plain = 0;
 	int rc;
 
-	xlb_addr_copy(to, addr);
-	rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(family, which), family, taddr, to, &pseudo);
-	if (rc)
-		return rc;
 	if (*tport != port) {
 		/* source port then destination port, in TCP and UDP alike */
 		plain = xlb_csum_diff2(0, *tport, port);
 		rc = xlb_ctx_store(ctx, l4 + (which == XLB_NAT_DST ? 2 : 0), &port, 2);
 		if (rc)
 			return rc;
+		*tport = port;
 	}
-	rc = xlb_ctx_l4_csum(ctx, l4 + xlb_l4_csum_off(proto), pseudo, plain,
-			     (proto == IPPROTO_UDP ? XLB_CSUM_UDP : 0) |
-				 (family == XLB_FAMILY_V6 ? XLB_CSUM_V6 : 0));
+	return xlb_ctx_l4_csum(ctx, l4 + xlb_l4_csum_off(proto), pseudo, plain,
+			       (proto == IPPROTO_UDP ? XLB_CSUM_UDP : 0) |
+				   (pkt->tuple.family == XLB_FAMILY_V6 ? XLB_CSUM_V6 : 0));
+}
+
+/* One copy per family: the IPv4 one moves 4 address bytes, not 16. `addr`
+ * must not alias pkt (it is a map value: a backend or a translation). */
+static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
+				   const __u8 *addr, __be16 port)
+{
+	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
+	__u32 l3 = xlb_l3_off(pkt);
+	__u64 pseudo;
+	int rc;
+
+	if (pkt->tuple.family == XLB_FAMILY_V4) {
+		__be32 to = *(const __u32 *)addr;
+
+		rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(XLB_FAMILY_V4, which), XLB_FAMILY_V4,
+				  taddr, addr, &pseudo);
+		if (rc)
+			return rc;
+		*(__u32 *)taddr = to;
+		return xlb_nat_l4(ctx, pkt, which, port, pseudo);
+	}
+	rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(XLB_FAMILY_V6, which), XLB_FAMILY_V6, taddr,
+			  addr, &pseudo);
 	if (rc)
 		return rc;
-	xlb_addr_copy(taddr, to);
-	*tport = port;
-	return 0;
+	xlb_addr_copy(taddr, addr);
+	return xlb_nat_l4(ctx, pkt, which, port, pseudo);
 }
 
 /* Checksums: the quoted IPv4 header's own checksum absorbs the quoted

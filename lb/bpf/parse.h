@@ -17,7 +17,7 @@
  *   int xlb_parse_eth(ctx, &pkt)
  *       Ethernet + at most one 802.1Q / 802.1ad tag: pkt.l3_off, eth_proto.
  *       -XLB_DROP_TRUNCATED, -XLB_PASS_NOT_IP.
- *   int xlb_parse_ip(ctx, off, eth_proto, &pkt)
+ *   int xlb_parse_ip(ctx, off, eth_proto, &pkt)   (xlb_parse_ip4 / _ip6)
  *       the fixed IPv4 / IPv6 header at off: version, IHL, addresses,
  *       protocol (the first next header for IPv6), fragment flags, l3_len as
  *       the header states it, l4_off past it. -XLB_DROP_TRUNCATED,
@@ -202,52 +202,63 @@ static __always_inline int xlb_parse_eth(struct xlb_ctx *ctx, struct xlb_pkt *pk
 	return 0;
 }
 
+static __always_inline int xlb_parse_ip4(struct xlb_ctx *ctx, __u32 off, struct xlb_pkt *pkt)
+{
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	struct iphdr *ip;
+	__u32 hlen;
+
+	off &= XLB_L3_OFF_MASK;
+	ip = data + off;
+	pkt->l3_off = off;
+	pkt->eth_proto = bpf_htons(ETH_P_IP);
+	if ((void *)(ip + 1) > data_end)
+		return -XLB_DROP_TRUNCATED;
+	if (ip->version != 4)
+		return -XLB_DROP_BAD_VERSION;
+	hlen = ip->ihl * 4;
+	if (hlen < sizeof(*ip) || (void *)ip + hlen > data_end)
+		return -XLB_DROP_BAD_IHL;
+	pkt->l3_len = bpf_ntohs(ip->tot_len);
+	pkt->l4_off = off + hlen;
+	pkt->tuple.family = XLB_FAMILY_V4;
+	pkt->tuple.proto = ip->protocol;
+	*(__u32 *)pkt->tuple.saddr = ip->saddr;
+	*(__u32 *)pkt->tuple.daddr = ip->daddr;
+	if (ip->frag_off & bpf_htons(XLB_IP_OFFSET | XLB_IP_MF))
+		pkt->frag =
+		    (ip->frag_off & bpf_htons(XLB_IP_OFFSET)) ? XLB_FRAG_LATER : XLB_FRAG_FIRST;
+	return 0;
+}
+
+static __always_inline int xlb_parse_ip6(struct xlb_ctx *ctx, __u32 off, struct xlb_pkt *pkt)
+{
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
+	struct ipv6hdr *ip6;
+
+	off &= XLB_L3_OFF_MASK;
+	ip6 = data + off;
+	pkt->l3_off = off;
+	pkt->eth_proto = bpf_htons(ETH_P_IPV6);
+	if ((void *)(ip6 + 1) > data_end)
+		return -XLB_DROP_TRUNCATED;
+	if (ip6->version != 6)
+		return -XLB_DROP_BAD_VERSION;
+	pkt->l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	pkt->l4_off = off + sizeof(*ip6);
+	pkt->tuple.family = XLB_FAMILY_V6;
+	pkt->tuple.proto = ip6->nexthdr;
+	xlb_addr_copy(pkt->tuple.saddr, &ip6->saddr);
+	xlb_addr_copy(pkt->tuple.daddr, &ip6->daddr);
+	return 0;
+}
+
 static __always_inline int xlb_parse_ip(struct xlb_ctx *ctx, __u32 off, __be16 eth_proto,
 					struct xlb_pkt *pkt)
 {
-	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
-
-	off &= XLB_L3_OFF_MASK;
-	pkt->l3_off = off;
-	pkt->eth_proto = eth_proto;
-	if (eth_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = data + off;
-		__u32 hlen;
-
-		if ((void *)(ip + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		if (ip->version != 4)
-			return -XLB_DROP_BAD_VERSION;
-		hlen = ip->ihl * 4;
-		if (hlen < sizeof(*ip) || (void *)ip + hlen > data_end)
-			return -XLB_DROP_BAD_IHL;
-		pkt->l3_len = bpf_ntohs(ip->tot_len);
-		pkt->l4_off = off + hlen;
-		pkt->tuple.family = XLB_FAMILY_V4;
-		pkt->tuple.proto = ip->protocol;
-		*(__u32 *)pkt->tuple.saddr = ip->saddr;
-		*(__u32 *)pkt->tuple.daddr = ip->daddr;
-		if (ip->frag_off & bpf_htons(XLB_IP_OFFSET))
-			pkt->frag = XLB_FRAG_LATER;
-		else if (ip->frag_off & bpf_htons(XLB_IP_MF))
-			pkt->frag = XLB_FRAG_FIRST;
-		return 0;
-	}
-	{
-		struct ipv6hdr *ip6 = data + off;
-
-		if ((void *)(ip6 + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		if (ip6->version != 6)
-			return -XLB_DROP_BAD_VERSION;
-		pkt->l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-		pkt->l4_off = off + sizeof(*ip6);
-		pkt->tuple.family = XLB_FAMILY_V6;
-		pkt->tuple.proto = ip6->nexthdr;
-		xlb_addr_copy(pkt->tuple.saddr, &ip6->saddr);
-		xlb_addr_copy(pkt->tuple.daddr, &ip6->daddr);
-		return 0;
-	}
+	if (eth_proto == bpf_htons(ETH_P_IP))
+		return xlb_parse_ip4(ctx, off, pkt);
+	return xlb_parse_ip6(ctx, off, pkt);
 }
 
 static __always_inline int xlb_check_l3_len(const struct xlb_pkt *pkt, __u32 limit)
@@ -359,18 +370,13 @@ static __always_inline int xlb_parse_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt
 	return xlb_proto_reason(pkt);
 }
 
-static __always_inline int xlb_parse(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
+/* What follows the fixed IP header, in XDP's order. Inlined once per family
+ * by xlb_parse, so each copy knows its family (clang folds the other's
+ * branches instead of merging both into spilled registers). */
+static __always_inline int xlb_parse_rest(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
 {
-	int rc;
+	int rc = xlb_check_l3_len(pkt, xlb_ctx_len(ctx));
 
-	__builtin_memset(pkt, 0, sizeof(*pkt));
-	rc = xlb_parse_eth(ctx, pkt);
-	if (rc)
-		return rc;
-	rc = xlb_parse_ip(ctx, pkt->l3_off, pkt->eth_proto, pkt);
-	if (rc)
-		return rc;
-	rc = xlb_check_l3_len(pkt, xlb_ctx_len(ctx));
 	if (rc)
 		return rc;
 	rc = xlb_parse_ext(ctx, pkt);
@@ -379,6 +385,22 @@ static __always_inline int xlb_parse(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
 	if (pkt->frag)
 		return -XLB_PASS_FRAGMENT;
 	return xlb_parse_l4(ctx, pkt);
+}
+
+static __always_inline int xlb_parse(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
+{
+	int rc;
+
+	__builtin_memset(pkt, 0, sizeof(*pkt));
+	rc = xlb_parse_eth(ctx, pkt);
+	if (rc)
+		return rc;
+	if (pkt->eth_proto == bpf_htons(ETH_P_IP)) {
+		rc = xlb_parse_ip4(ctx, pkt->l3_off, pkt);
+		return rc ? rc : xlb_parse_rest(ctx, pkt);
+	}
+	rc = xlb_parse_ip6(ctx, pkt->l3_off, pkt);
+	return rc ? rc : xlb_parse_rest(ctx, pkt);
 }
 
 static __always_inline int xlb_icmp_is_error(__u8 family, __u8 type)

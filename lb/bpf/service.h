@@ -16,9 +16,10 @@
  *   const __u8 *xlb_node_src(node, family)
  *       this node's outer source address for a tunnel of `family`, or NULL
  *       when it has none.
- *   int xlb_backend_is_local(be, node)
- *       the backend runs on this node: its node address is one of ours (an
- *       unset address never matches).
+ *   int xlb_backend_is_local(be, own)
+ *       the backend runs on this node: its node address is `own`, this
+ *       node's address of the backend node's family (xlb_node_src; NULL, an
+ *       unset address, never matches).
  */
 #ifndef XLB_SERVICE_H
 #define XLB_SERVICE_H
@@ -69,11 +70,8 @@ static __always_inline const __u8 *xlb_node_src(const struct xlb_node_cfg *node,
 	return NULL;
 }
 
-static __always_inline int xlb_backend_is_local(const struct xlb_backend *be,
-						const struct xlb_node_cfg *node)
+static __always_inline int xlb_backend_is_local(const struct xlb_backend *be, const __u8 *own)
 {
-	const __u8 *own = xlb_node_src(node, be->node_family);
-
 	if (!own)
 		return 0;
 	if (be->node_family == XLB_FAMILY_V4)
