@@ -1,6 +1,6 @@
-//! The timing wrapper and packet-generator rig of xdp/xlb_bench.c, loaded
-//! from lb::objects::bench(): frame templates, the tail-call slot that holds
-//! the program under test, the wrapper's step counters, and
+//! The timing wrapper and packet-generator rig of testkit/bpf/xlb_bench.c,
+//! loaded from testkit::objects::bench(): frame templates, the tail-call
+//! slot that holds the program under test, the wrapper's step counters, and
 //! BPF_PROG_TEST_RUN helpers (plain, and with live frames).
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-pub use lb::bench::{xdp_ctx, BenchFrame, TEMPLATES};
+pub use testkit::bench::{xdp_ctx, BenchFrame, TEMPLATES};
 
 /// Indices of xlb_bench_stats.
 #[derive(Clone, Copy, Debug)]
@@ -72,8 +72,9 @@ pub struct Bench {
 
 impl Bench {
     pub fn load() -> Result<Bench> {
-        let mut ebpf =
-            EbpfLoader::new().load(lb::objects::bench()).context("loading the xlb_bench object")?;
+        let mut ebpf = EbpfLoader::new()
+            .load(testkit::objects::bench())
+            .context("loading the xlb_bench object")?;
         for name in ["xlb_bench", "xlb_bench_tx", "xlb_bench_reflect", "xlb_bench_sink"] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
@@ -169,7 +170,7 @@ impl Bench {
 
 /// The trivial XDP_PASS program (the microbenchmark's baseline target).
 pub fn load_pass() -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new().load(lb::objects::pass()).context("loading xlb_pass")?;
+    let mut ebpf = EbpfLoader::new().load(testkit::objects::pass()).context("loading xlb_pass")?;
     let p: &mut Xdp =
         ebpf.program_mut("xlb_pass").ok_or_else(|| anyhow!("no program xlb_pass"))?.try_into()?;
     p.load().context("loading xlb_pass")?;

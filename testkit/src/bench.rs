@@ -1,4 +1,4 @@
-//! The ABI of the benchmark rig (xdp/xlb_bench.c, embedded as
+//! The ABI of the benchmark rig (testkit/bpf/xlb_bench.c, embedded as
 //! [`crate::objects::bench`]): the frame-template mirror, its encoder, and the
 //! xdp_md context a BPF_PROG_TEST_RUN needs. Used by perf/ and the benchmark
 //! tests, so the template layout is written once.
