@@ -16,10 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    maps::{Array, Map, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions},
-};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use lb::{
     abi::{self, EventsCfg},
     datapath::Datapath,
@@ -31,7 +28,7 @@ use lb::{
 };
 use serde_json::Value;
 use testkit::{
-    bench::xdp_ctx,
+    bench::test_run,
     netns::in_private_netns,
     packet::{bench, Frame},
     pins::PinDir,
@@ -174,16 +171,8 @@ fn syn(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
 }
 
 fn run(dp: &mut Dataplane, ifindex: u32, frame: &[u8]) -> u32 {
-    let ctx = xdp_ctx(frame.len(), ifindex);
     let mut out = vec![0u8; 4096];
-    dp.xdp_program()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })
+    test_run(dp.xdp_program(), frame, ifindex, 1, Some(&mut out))
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
         .return_value
 }

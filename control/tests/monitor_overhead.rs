@@ -25,7 +25,7 @@ use std::{
 
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
     Ebpf, EbpfLoader,
 };
 use lb::{
@@ -38,7 +38,7 @@ use lb::{
     },
 };
 use testkit::{
-    bench::{xdp_ctx, BenchFrame},
+    bench::{test_run, BenchFrame},
     netns::in_private_netns,
     packet::bench,
     pins::PinDir,
@@ -189,16 +189,7 @@ fn event_stream_overhead() {
         ];
         let wrapper_prog: &Xdp = wrapper.program("xlb_bench").unwrap().try_into().unwrap();
         let run = |frame: &[u8]| -> f64 {
-            let ctx = xdp_ctx(frame.len(), ifindex);
-            let r = wrapper_prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: None,
-                    ctx_in: Some(&ctx),
-                    repeat: REPEAT,
-                    ..Default::default()
-                })
-                .expect("BPF_PROG_TEST_RUN");
+            let r = test_run(wrapper_prog, frame, ifindex, REPEAT, None).expect("BPF_PROG_TEST_RUN");
             r.duration.as_nanos() as f64
         };
         // Warm-up, no listener: the established cases get their connection

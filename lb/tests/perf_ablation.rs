@@ -31,7 +31,7 @@ use std::{
 
 use aya::{
     maps::{Array, MapData, ProgramArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
     Ebpf, EbpfLoader,
 };
 use lb::{
@@ -43,7 +43,7 @@ use lb::{
     },
 };
 use testkit::{
-    bench::{xdp_ctx, BenchFrame},
+    bench::{self, BenchFrame},
     netns::{in_private_netns, ip_batch},
     pins::PinDir,
 };
@@ -103,17 +103,9 @@ fn service(name: &str, vip: &str, port: u16, proto: Proto) -> Service {
 }
 
 fn test_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> (u32, Vec<u8>, f64) {
-    let ctx = xdp_ctx(frame.len(), ifindex);
     let mut out = vec![0u8; 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
+    let r =
+        bench::test_run(prog, frame, ifindex, repeat, Some(&mut out)).expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     (r.return_value, out, r.duration.as_nanos() as f64)
 }

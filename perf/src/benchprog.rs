@@ -5,11 +5,11 @@
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, ProgramArray},
-    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, TestRunResult, Xdp},
+    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 
-pub use testkit::bench::{xdp_ctx, BenchFrame, TEMPLATES};
+pub use testkit::bench::{test_run, xdp_ctx, BenchFrame, TEMPLATES};
 
 /// Indices of xlb_bench_stats.
 #[derive(Clone, Copy, Debug)]
@@ -40,26 +40,6 @@ impl Template {
     fn encode(&self, count: u16) -> Result<BenchFrame> {
         Ok(BenchFrame::encode(&self.bytes, self.new_flow, count)?)
     }
-}
-
-/// One BPF_PROG_TEST_RUN of `prog` on `frame` received on `ifindex`.
-pub fn test_run(
-    prog: &Xdp,
-    frame: &[u8],
-    ifindex: u32,
-    repeat: u32,
-    out: Option<&mut [u8]>,
-) -> Result<TestRunResult> {
-    let ctx = xdp_ctx(frame.len(), ifindex);
-    prog.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: out,
-        ctx_in: Some(&ctx),
-        ctx_out: None,
-        repeat,
-        attrs: TestRunAttrs::new(),
-    })
-    .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e}"))
 }
 
 /// The loaded xlb_bench object.

@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb::{
     abi::{self, Counter, GENEVE_PORT},
     datapath::{Datapath, ServiceListing},
@@ -25,7 +24,7 @@ use lb::{
     },
 };
 use testkit::{
-    bench::xdp_ctx,
+    bench::test_run,
     netns::{in_private_netns, ip_batch},
     packet::{self, bench, Frame, GeneveOpt, Mac},
     pins::PinDir,
@@ -334,18 +333,8 @@ impl Lab {
 
     /// Runs the XDP program once on `frame` arriving on lb0: (verdict, output frame).
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let ctx = xdp_ctx(frame.len(), self.ifindex);
         let mut out = vec![0u8; 4096];
-        let r = self
-            .dp
-            .xdp_program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
+        let r = test_run(self.dp.xdp_program(), frame, self.ifindex, 1, Some(&mut out))
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of xlb_xdp: {e}"));
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
