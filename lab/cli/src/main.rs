@@ -83,8 +83,7 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("`xlb-lab` builds network namespaces and loads BPF programs: run it as root");
     }
-    // Resolved once: every agent runs the same file, even if a rebuild
-    // replaces it meanwhile.
+    // Checked (and made absolute) before anything is built.
     let xlb = match &args.xlb {
         Some(path) => path.clone(),
         None => agent::xlb_binary()?,
