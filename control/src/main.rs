@@ -1,11 +1,11 @@
 //! `xlb`: the node agent (`xlb run`), the inspection CLI (`xlb service list`,
 //! `xlb backend list`, `xlb ct list`, `xlb maglev show`, `xlb stats`), the
-//! event stream (`xlb monitor`), the offline checker (`xlb validate`) and
-//! the lab (`xlb lab`). Argument parsing and dispatch only; the work lives in the
-//! library (translation) and in the daemon/inspect modules.
+//! event stream (`xlb monitor`) and the offline checker (`xlb validate`).
+//! Argument parsing and dispatch only; the work lives in the library
+//! (translation) and in the daemon/inspect modules. (The lab is its own
+//! binary, `xlb-lab`: the agent links no test tooling.)
 mod daemon;
 mod inspect;
-mod lab_cmd;
 mod metrics;
 mod monitor;
 
@@ -61,8 +61,6 @@ enum Cmd {
     /// Translate manifests and print the desired datapath state, or every
     /// error (exit status 1). Touches nothing.
     Validate(ValidateArgs),
-    /// Build the network-namespace lab and run xlb in it.
-    Lab(lab_cmd::LabArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,7 +180,6 @@ fn main() -> ExitCode {
         Cmd::Stats(a) => inspect::stats(&a.list.pin_dir, a.all, a.list.json),
         Cmd::Monitor(args) => monitor::run(args),
         Cmd::Validate(args) => validate(&args),
-        Cmd::Lab(args) => lab_cmd::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

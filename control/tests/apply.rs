@@ -2,37 +2,18 @@
 //! example translated and applied lists back exactly; one endpoint change in
 //! the manifests rewrites one service; re-applying writes nothing.
 //! Privileged tier: needs root and BPF; fails (never skips) without them.
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use lb::{
     datapath::Datapath,
     loader::{Dataplane, LoadOptions, MapSizes},
 };
+use testkit::pins::PinDir;
 use xlb_control::{
     examples,
     source::file,
     translate::{translate, TranslateOptions},
 };
-
-/// A bpffs pin directory unique to this test process, removed on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "this test loads BPF programs: run it as root");
-        let p = PathBuf::from(format!("/sys/fs/bpf/xlb-ctl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The nginx example plus a second service, "default/web", with one ready
 /// and one given endpoint condition.
@@ -70,12 +51,12 @@ endpoints:
 fn manifests_to_maps_one_endpoint_change_rewrites_one_service() {
     let pins = PinDir::new("apply");
     let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.0.clone(),
+        pin_dir: pins.path().into(),
         sizes: MapSizes::small(),
         ..Default::default()
     })
     .expect("loading the datapath (root and BPF required)");
-    let mut path = Datapath::open(&pins.0).expect("opening the pinned maps");
+    let mut path = Datapath::open(pins.path()).expect("opening the pinned maps");
     let opts = TranslateOptions::new("lb");
 
     let ready = "{ready: true}";

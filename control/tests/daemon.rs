@@ -11,15 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use testkit::{netns::NamedNetns, pins::PinDir};
 use xlb_control::examples;
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
 
-/// Cleanup of everything the test creates, even on panic: the child, the
-/// namespace, the pin directory, the scratch directory.
+/// Cleanup of everything the test creates, even on panic: the child, then
+/// (the guards) the namespace and the pin directory, and the scratch
+/// directory.
 struct Fixture {
-    netns: String,
-    pin_dir: PathBuf,
+    netns: NamedNetns,
+    pin_dir: PinDir,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -30,34 +32,22 @@ impl Drop for Fixture {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
-        let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
-fn sh(cmd: &[&str]) {
-    let st = Command::new(cmd[0]).args(&cmd[1..]).status().expect(cmd[0]);
-    assert!(st.success(), "{cmd:?}: {st}");
-}
-
 impl Fixture {
+    /// A namespace holding the veth pair xv0 <-> xv1 the agent attaches to.
     fn new(tag: &str) -> Fixture {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (BPF, netns)");
-        let pid = std::process::id();
+        testkit::require_root("this test (BPF, netns)");
         let f = Fixture {
-            netns: format!("xlbctl-{tag}-{pid}"),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xlb-ctl-{tag}-{pid}")),
-            dir: std::env::temp_dir().join(format!("xlb-ctl-{tag}-{pid}")),
+            netns: NamedNetns::create(tag).unwrap_or_else(|e| panic!("{e}")),
+            pin_dir: PinDir::new(tag),
+            dir: std::env::temp_dir().join(format!("xlb-ctl-{tag}-{}", std::process::id())),
             child: None,
         };
-        let _ = fs::remove_dir_all(&f.pin_dir);
         fs::create_dir_all(&f.dir).unwrap();
-        sh(&["ip", "netns", "add", &f.netns]);
-        sh(&["ip", "-n", &f.netns, "link", "add", "xv0", "type", "veth", "peer", "name", "xv1"]);
-        sh(&["ip", "-n", &f.netns, "link", "set", "xv0", "up"]);
-        sh(&["ip", "-n", &f.netns, "link", "set", "xv1", "up"]);
+        f.netns.veth("xv0", "xv1").unwrap_or_else(|e| panic!("{e}"));
         f
     }
 
@@ -73,13 +63,14 @@ impl Fixture {
     /// mount namespace, and so the bpffs with the pins, stays the test's).
     fn start(&mut self) {
         let log = fs::File::create(self.dir.join("xlb.log")).unwrap();
-        let netns = format!("--net=/run/netns/{}", self.netns);
-        let child = Command::new("nsenter")
-            .args([netns.as_str(), XLB, "run", "--iface", "xv0", "--node-name", "lb"])
+        let child = self
+            .netns
+            .nsenter(XLB)
+            .args(["run", "--iface", "xv0", "--node-name", "lb"])
             .arg("--config")
             .arg(self.config())
             .arg("--pin-dir")
-            .arg(&self.pin_dir)
+            .arg(self.pin_dir.path())
             .arg("--small-maps")
             .stdout(Stdio::null())
             .stderr(log)
@@ -92,7 +83,7 @@ impl Fixture {
     fn services(&self) -> serde_json::Value {
         let out = Command::new(XLB)
             .args(["service", "list", "--json", "--pin-dir"])
-            .arg(&self.pin_dir)
+            .arg(self.pin_dir.path())
             .output()
             .unwrap();
         if !out.status.success() {
@@ -157,7 +148,7 @@ fn run_follows_the_file_keeps_state_on_bad_config_and_exits_cleanly() {
         backends(&list, "default/nginx:http").as_deref() == Some(&v4[..])
             && backends(&list, "default/nginx:http/ipv6").as_deref() == Some(&v6[..])
     });
-    let links = fs::read_dir(f.pin_dir.join("links")).unwrap().count();
+    let links = fs::read_dir(f.pin_dir.path().join("links")).unwrap().count();
     assert_eq!(links, 3, "xdp + tc ingress + tc egress links pinned");
 
     // An edit: pod2-1's IPv4 endpoint goes away.
@@ -201,10 +192,11 @@ fn run_follows_the_file_keeps_state_on_bad_config_and_exits_cleanly() {
     };
     f.child = None;
     assert!(status.success(), "exit status {status}; log:\n{}", f.log());
-    let links = fs::read_dir(f.pin_dir.join("links")).map_or(0, |d| d.count());
+    let links = fs::read_dir(f.pin_dir.path().join("links")).map_or(0, |d| d.count());
     assert_eq!(links, 0, "links detached on exit");
-    assert!(f.pin_dir.join("xlb_frontends").exists(), "maps stay pinned");
-    let out = Command::new("ip").args(["-n", &f.netns, "link", "show", "xv0"]).output().unwrap();
+    assert!(f.pin_dir.path().join("xlb_frontends").exists(), "maps stay pinned");
+    let out =
+        Command::new("ip").args(["-n", f.netns.name(), "link", "show", "xv0"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("xdp"), "XDP still attached: {text}");
     // The flows' state survives: the maps still hold the last applied config.
@@ -220,7 +212,7 @@ fn run_refuses_an_invalid_config_before_touching_anything() {
         .args(["run", "--iface", "lo", "--node-name", "lb", "--small-maps", "--config"])
         .arg(f.config())
         .arg("--pin-dir")
-        .arg(&f.pin_dir)
+        .arg(f.pin_dir.path())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -233,5 +225,5 @@ fn run_refuses_an_invalid_config_before_touching_anything() {
         ),
         "{err}"
     );
-    assert!(!f.pin_dir.exists(), "nothing may be loaded or pinned");
+    assert!(!f.pin_dir.path().exists(), "nothing may be loaded or pinned");
 }

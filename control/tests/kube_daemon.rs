@@ -13,9 +13,8 @@ use std::{
     fs::File,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,28 +22,15 @@ use std::{
 use apiserver::ApiServer;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lb::datapath::Datapath;
+use testkit::{netns::NamedNetns, pins::PinDir};
 use xlb_control::examples;
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
 const WAIT: Duration = Duration::from_secs(40);
 
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let fd = File::open(format!("/run/netns/{ns}")).expect("netns");
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns on a valid fd; only this thread changes namespace.
-            assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-            f()
-        })
-        .join()
-        .expect("thread in netns")
-    })
-}
-
 /// GET `path` from `addr` inside `ns`: (status code, body); None if refused.
-fn get(ns: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    in_netns(ns, || {
+fn get(ns: &NamedNetns, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    ns.run_in(|| {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
@@ -54,13 +40,14 @@ fn get(ns: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
         Some((code, body))
     })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Namespace, pin directory, scratch directory, the API server (on a runtime whose
 /// threads live in the namespace) and the agent; all cleaned up on drop, even on panic.
 struct Fixture {
-    netns: String,
-    pin_dir: PathBuf,
+    netns: NamedNetns,
+    pin_dir: PinDir,
     dir: PathBuf,
     agent: Option<Child>,
     server: Option<Arc<ApiServer>>,
@@ -74,48 +61,32 @@ impl Drop for Fixture {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn sh(cmd: &[&str]) {
-    let st = Command::new(cmd[0]).args(&cmd[1..]).status().expect(cmd[0]);
-    assert!(st.success(), "{cmd:?}: {st}");
 }
 
 const METRICS: &str = "127.0.0.1:9465";
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (BPF, netns)");
-        let pid = std::process::id();
+        testkit::require_root("this test (BPF, netns)");
         let mut f = Fixture {
-            netns: format!("xlbkd-{tag}-{pid}"),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xlb-kd-{tag}-{pid}")),
-            dir: std::env::temp_dir().join(format!("xlb-kd-{tag}-{pid}")),
+            netns: NamedNetns::create(tag).unwrap_or_else(|e| panic!("{e}")),
+            pin_dir: PinDir::new(tag),
+            dir: std::env::temp_dir().join(format!("xlb-kd-{tag}-{}", std::process::id())),
             agent: None,
             server: None,
             rt: None,
         };
-        let _ = std::fs::remove_dir_all(&f.pin_dir);
         std::fs::create_dir_all(&f.dir).unwrap();
-        sh(&["ip", "netns", "add", &f.netns]);
-        let ip = |args: &[&str]| {
-            let mut a = vec!["ip", "-n", f.netns.as_str()];
-            a.extend_from_slice(args);
-            sh(&a);
-        };
-        ip(&["link", "set", "lo", "up"]);
-        ip(&["link", "add", "xv0", "type", "veth", "peer", "name", "xv1"]);
-        ip(&["link", "set", "xv0", "up"]);
-        ip(&["link", "set", "xv1", "up"]);
-        let rt = in_netns(&f.netns, || {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
-        })
-        .unwrap();
+        f.netns.veth("xv0", "xv1").unwrap_or_else(|e| panic!("{e}"));
+        let rt = f
+            .netns
+            .run_in(|| {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap();
         let server = rt.block_on(rt.spawn(ApiServer::start())).unwrap().unwrap();
         server.write_kubeconfig(&f.kubeconfig()).unwrap();
         f.server = Some(Arc::new(server));
@@ -137,13 +108,14 @@ impl Fixture {
 
     fn start_agent(&mut self) {
         let log = File::options().create(true).append(true).open(self.dir.join("xlb.log")).unwrap();
-        let netns = format!("--net=/run/netns/{}", self.netns);
-        let child = Command::new("nsenter")
-            .args([netns.as_str(), XLB, "run", "--iface", "xv0", "--node-name", "lb"])
+        let child = self
+            .netns
+            .nsenter(XLB)
+            .args(["run", "--iface", "xv0", "--node-name", "lb"])
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--pin-dir")
-            .arg(&self.pin_dir)
+            .arg(self.pin_dir.path())
             .args(["--metrics-addr", METRICS, "--small-maps", "--xdp-mode", "generic"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -170,7 +142,7 @@ impl Fixture {
     }
 
     fn dump(&self) -> String {
-        Datapath::open(&self.pin_dir).map(|d| d.dump().unwrap()).unwrap_or_default()
+        Datapath::open(self.pin_dir.path()).map(|d| d.dump().unwrap()).unwrap_or_default()
     }
 
     fn wait_for(&mut self, what: &str, mut cond: impl FnMut(&Fixture) -> bool) {

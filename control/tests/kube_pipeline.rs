@@ -26,6 +26,7 @@ use lb::{
     loader::{Dataplane, LoadOptions, MapSizes},
     maps::Maps,
 };
+use testkit::pins::PinDir;
 use tokio::sync::mpsc;
 use xlb_control::{
     cluster::Changes,
@@ -39,7 +40,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A pin directory with the datapath loaded (not attached), and a kubeconfig file;
 /// both removed on drop.
 struct Fixture {
-    pins: PathBuf,
+    pins: PinDir,
     kubeconfig: PathBuf,
     _dataplane: Dataplane,
 }
@@ -47,23 +48,22 @@ struct Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.kubeconfig);
-        let _ = std::fs::remove_dir_all(&self.pins);
     }
 }
 
 impl Fixture {
     fn new(tag: &str, server: &ApiServer) -> Fixture {
         static N: AtomicUsize = AtomicUsize::new(0);
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test loads BPF programs: run it as root");
         let n = N.fetch_add(1, Ordering::Relaxed);
         let id = format!("{tag}-{}-{n}", std::process::id());
-        let pins = PathBuf::from(format!("/sys/fs/bpf/xlb-kp-{id}"));
-        let _ = std::fs::remove_dir_all(&pins);
+        let pins = PinDir::new(&format!("kp-{tag}"));
         let kubeconfig = std::env::temp_dir().join(format!("xlb-kp-{id}.yaml"));
         server.write_kubeconfig(&kubeconfig).unwrap();
-        let load =
-            LoadOptions { pin_dir: pins.clone(), sizes: MapSizes::small(), ..Default::default() };
+        let load = LoadOptions {
+            pin_dir: pins.path().into(),
+            sizes: MapSizes::small(),
+            ..Default::default()
+        };
         let dataplane =
             Dataplane::load(&load).expect("loading the datapath (root and BPF required)");
         Fixture { pins, kubeconfig, _dataplane: dataplane }
@@ -96,7 +96,7 @@ impl Pipeline {
             rx,
             task,
             translator: Translator::new(opts),
-            datapath: Datapath::open(&f.pins).expect("opening the pinned maps"),
+            datapath: Datapath::open(f.pins.path()).expect("opening the pinned maps"),
             applies: Vec::new(),
         }
     }
@@ -354,7 +354,7 @@ async fn full_resync_repairs_entries_deleted_behind_the_agents_back() {
     let good = p.datapath.dump().unwrap();
 
     // Someone deletes web's Maglev table and one of its frontends by hand.
-    let mut maps = Maps::open(&f.pins).unwrap();
+    let mut maps = Maps::open(f.pins.path()).unwrap();
     let web_id =
         p.datapath.list().unwrap().iter().find(|s| s.name == "default/web:http").unwrap().id;
     maps.maglev.remove(&web_id).unwrap();

@@ -19,6 +19,7 @@ use std::{
 };
 
 use serde_json::Value;
+use testkit::{netns::NamedNetns, pins::PinDir};
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
 const WAIT: Duration = Duration::from_secs(30);
@@ -30,8 +31,8 @@ fn repo() -> PathBuf {
 /// A network namespace with a veth pair, an agent and Prometheus in it;
 /// everything removed on drop (also on panic).
 struct Node {
-    netns: String,
-    pin_dir: PathBuf,
+    netns: NamedNetns,
+    pin_dir: PinDir,
     dir: PathBuf,
     children: Vec<Child>,
 }
@@ -48,42 +49,30 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
-    assert!(st.success(), "{args:?}: {st}");
-}
-
 impl Node {
     fn new() -> Node {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (BPF, netns)");
-        let pid = std::process::id();
+        testkit::require_root("this test (BPF, netns)");
         let n = Node {
-            netns: format!("xlbdash-{pid}"),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xlbdash-{pid}")),
-            dir: std::env::temp_dir().join(format!("xlbdash-{pid}")),
+            netns: NamedNetns::create("dash").unwrap_or_else(|e| panic!("{e}")),
+            pin_dir: PinDir::new("dash"),
+            dir: std::env::temp_dir().join(format!("xlbdash-{}", std::process::id())),
             children: Vec::new(),
         };
-        let _ = Command::new("ip").args(["netns", "del", &n.netns]).status();
         std::fs::create_dir_all(n.dir.join("tsdb")).unwrap();
-        sh(&["ip", "netns", "add", &n.netns]);
-        sh(&["ip", "-n", &n.netns, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &n.netns, "link", "add", "xv0", "type", "veth", "peer", "name", "xv1"]);
-        sh(&["ip", "-n", &n.netns, "link", "set", "xv0", "up"]);
-        sh(&["ip", "-n", &n.netns, "link", "set", "xv1", "up"]);
+        n.netns.veth("xv0", "xv1").unwrap_or_else(|e| panic!("{e}"));
         n
     }
 
     fn spawn(&mut self, args: &[&str], log: &str) {
         let log = std::fs::File::create(self.dir.join(log)).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .args(args)
+        let child = self
+            .netns
+            .nsenter(args[0])
+            .args(&args[1..])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -95,41 +84,35 @@ impl Node {
     /// GET in the namespace (through nsenter + this test binary's helper is
     /// overkill: a thread in the namespace does it).
     fn get(&self, addr: &'static str, path: String) -> Option<(u16, String)> {
-        let ns = format!("/run/netns/{}", self.netns);
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(ns).ok()?;
-            // SAFETY: setns on this thread only, with a valid netns fd.
-            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0
-            {
-                return None;
-            }
-            let mut s =
-                TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-            let mut raw = String::new();
-            s.read_to_string(&mut raw).ok()?;
-            let (head, body) = raw.split_once("\r\n\r\n")?;
-            let code = head.split_whitespace().nth(1)?.parse().ok()?;
-            let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-                let mut out = String::new();
-                let mut rest = body;
-                while let Some((len, r)) = rest.split_once("\r\n") {
-                    let n = usize::from_str_radix(len.trim(), 16).ok()?;
-                    if n == 0 || r.len() < n {
-                        break;
+        self.netns
+            .run_in(|| {
+                let mut s =
+                    TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+                        .ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+                let mut raw = String::new();
+                s.read_to_string(&mut raw).ok()?;
+                let (head, body) = raw.split_once("\r\n\r\n")?;
+                let code = head.split_whitespace().nth(1)?.parse().ok()?;
+                let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+                    let mut out = String::new();
+                    let mut rest = body;
+                    while let Some((len, r)) = rest.split_once("\r\n") {
+                        let n = usize::from_str_radix(len.trim(), 16).ok()?;
+                        if n == 0 || r.len() < n {
+                            break;
+                        }
+                        out.push_str(&r[..n]);
+                        rest = r[n..].trim_start_matches("\r\n");
                     }
-                    out.push_str(&r[..n]);
-                    rest = r[n..].trim_start_matches("\r\n");
-                }
-                out
-            } else {
-                body.to_string()
-            };
-            Some((code, body))
-        })
-        .join()
-        .ok()?
+                    out
+                } else {
+                    body.to_string()
+                };
+                Some((code, body))
+            })
+            .ok()?
     }
 
     fn wait_for(&self, what: &str, f: impl Fn() -> bool) {
@@ -221,7 +204,7 @@ fn dashboard_queries_reference_exported_metrics_and_evaluate() {
     // A real agent with every optional family on.
     let mut node = Node::new();
     let config = repo().join("control/examples/nginx.yaml");
-    let pin = node.pin_dir.clone();
+    let pin = node.pin_dir.path().to_path_buf();
     node.spawn(
         &[
             XLB,

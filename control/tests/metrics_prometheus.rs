@@ -31,8 +31,8 @@ use lab::{
     spec::{VIP_PORT, VIP_V4},
     Lab, LabChild, LabSpec,
 };
-use lb::packet::Frame;
 use serde_json::Value;
+use testkit::packet::Frame;
 
 const AGENT_READY: Duration = Duration::from_secs(30);
 const PROM_WAIT: Duration = Duration::from_secs(30);

@@ -10,16 +10,13 @@
 use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use aya::{
-    maps::{Array, Map, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions},
-};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use lb::{
     abi::{self, EventsCfg},
     datapath::Datapath,
@@ -28,9 +25,14 @@ use lb::{
         Backend, BackendState, Desired, Frontend, FrontendKind, NodeConfig, Proto, Service,
         ServiceKey,
     },
-    packet::{bench, Frame},
 };
 use serde_json::Value;
+use testkit::{
+    bench::test_run,
+    netns::in_private_netns,
+    packet::{bench, Frame},
+    pins::PinDir,
+};
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
 const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -39,14 +41,6 @@ const VIP: Ipv4Addr = bench::VIP_V4;
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
 const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Removes the pin directory, also on panic.
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `xlb monitor`, killed on drop; its stdout lines on a channel.
 struct Monitor {
@@ -177,17 +171,8 @@ fn syn(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
 }
 
 fn run(dp: &mut Dataplane, ifindex: u32, frame: &[u8]) -> u32 {
-    let ctx: Vec<u8> =
-        [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
     let mut out = vec![0u8; 4096];
-    dp.xdp_program()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })
+    test_run(dp.xdp_program(), frame, ifindex, 1, Some(&mut out))
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
         .return_value
 }
@@ -199,26 +184,22 @@ fn sh(args: &[&str]) {
 
 #[test]
 fn monitor_prints_the_scripted_events() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (BPF, netns)");
-    let t = std::thread::spawn(|| {
-        // SAFETY: changes only this thread's network namespace.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
-        sh(&["ip", "link", "set", "lo", "up"]);
+    testkit::require_root("this test (BPF, netns)");
+    in_private_netns(|| {
         sh(&["ip", "link", "add", "lb0", "type", "veth", "peer", "name", "rt0"]);
         sh(&["ip", "link", "set", "lb0", "up"]);
         sh(&["ip", "link", "set", "rt0", "up"]);
         sh(&["ip", "addr", "add", "10.0.0.2/24", "dev", "lb0"]);
         // SAFETY: valid C string.
         let ifindex = unsafe { libc::if_nametoindex(c"lb0".as_ptr()) };
-        let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-monitor-{}", std::process::id())));
-        let _ = std::fs::remove_dir_all(&pin.0);
+        let pin = PinDir::new("monitor");
         let mut dp = Dataplane::load(&LoadOptions {
-            pin_dir: pin.0.clone(),
+            pin_dir: pin.path().into(),
             sizes: MapSizes::small(),
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("loading the datapath (BPF available?): {e}"));
-        let mut path = Datapath::open(&pin.0).unwrap();
+        let mut path = Datapath::open(pin.path()).unwrap();
         // The backend lives on this node (its node address is our tunnel
         // source): local delivery, no next hop needed.
         let be = Backend {
@@ -237,16 +218,17 @@ fn monitor_prints_the_scripted_events() {
         .unwrap();
 
         // Nobody listens: packets build no event.
-        assert_eq!(cfg(&pin.0).mask, 0);
-        let sent0 = events_sent(&pin.0);
+        assert_eq!(cfg(pin.path()).mask, 0);
+        let sent0 = events_sent(pin.path());
         assert_eq!(run(&mut dp, ifindex, &syn(VIP, 39999)), 2 /* XDP_PASS */);
         assert_eq!(run(&mut dp, ifindex, &syn(VIP, 39999)[..24]), 1 /* XDP_DROP */);
-        assert_eq!(events_sent(&pin.0), sent0, "events built with no listener");
+        assert_eq!(events_sent(pin.path()), sent0, "events built with no listener");
 
-        let mut all = Monitor::start(&pin.0, &["--count", "4"]);
-        assert_eq!(cfg(&pin.0).mask, abi::EV_F_NEW_FLOW | abi::EV_F_DROP);
+        let mut all = Monitor::start(pin.path(), &["--count", "4"]);
+        assert_eq!(cfg(pin.path()).mask, abi::EV_F_NEW_FLOW | abi::EV_F_DROP);
         // One consumer per ring: a second monitor is refused, clearly.
-        let second = Command::new(XLB).args(["monitor", "--pin-dir"]).arg(&pin.0).output().unwrap();
+        let second =
+            Command::new(XLB).args(["monitor", "--pin-dir"]).arg(pin.path()).output().unwrap();
         let err = String::from_utf8_lossy(&second.stderr);
         assert!(!second.status.success() && err.contains("single consumer"), "{err}");
 
@@ -286,11 +268,11 @@ fn monitor_prints_the_scripted_events() {
         want_flow(&ev[3], 40002);
         all.wait_exit();
         // The monitor cleared the mask when it left.
-        assert_eq!(cfg(&pin.0).mask, 0, "listener mask left on");
+        assert_eq!(cfg(pin.path()).mask, 0, "listener mask left on");
 
         // Filters: by reason (drops only), then by service.
-        let mut drops = Monitor::start(&pin.0, &["--reason", "truncated", "--count", "1"]);
-        assert_eq!(cfg(&pin.0).mask, abi::EV_F_DROP, "--reason asks for drop events only");
+        let mut drops = Monitor::start(pin.path(), &["--reason", "truncated", "--count", "1"]);
+        assert_eq!(cfg(pin.path()).mask, abi::EV_F_DROP, "--reason asks for drop events only");
         run(&mut dp, ifindex, &syn(VIP, 40011));
         run(&mut dp, ifindex, &syn(EMPTY_VIP, 40012));
         run(&mut dp, ifindex, &syn(VIP, 40013)[..24]);
@@ -301,7 +283,7 @@ fn monitor_prints_the_scripted_events() {
         );
         drops.wait_exit();
 
-        let mut web = Monitor::start(&pin.0, &["--service", "default/web", "--count", "1"]);
+        let mut web = Monitor::start(pin.path(), &["--service", "default/web", "--count", "1"]);
         run(&mut dp, ifindex, &syn(EMPTY_VIP, 40021));
         run(&mut dp, ifindex, &syn(VIP, 40022)[..24]);
         run(&mut dp, ifindex, &syn(VIP, 40023));
@@ -314,7 +296,7 @@ fn monitor_prints_the_scripted_events() {
                 .args(args)
                 .arg("--json")
                 .arg("--pin-dir")
-                .arg(&pin.0)
+                .arg(pin.path())
                 .output()
                 .unwrap();
             assert!(out.status.success(), "xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -379,7 +361,8 @@ fn monitor_prints_the_scripted_events() {
             (&["ct", "list"][..], "10.244.1.11:8080"),
             (&["stats"][..], "truncated"),
         ] {
-            let out = Command::new(XLB).args(args).arg("--pin-dir").arg(&pin.0).output().unwrap();
+            let out =
+                Command::new(XLB).args(args).arg("--pin-dir").arg(pin.path()).output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             eprintln!("$ xlb {}\n{text}", args.join(" "));
             assert!(out.status.success() && text.contains(want), "xlb {args:?}: {text}");
@@ -387,8 +370,8 @@ fn monitor_prints_the_scripted_events() {
 
         // A sampled listener: --sample 1000000 lets (almost) no new flow through,
         // while drops are never sampled.
-        let sampled = Monitor::start(&pin.0, &["--sample", "1000000"]);
-        assert_eq!(cfg(&pin.0).flow_sample, 1_000_000);
+        let sampled = Monitor::start(pin.path(), &["--sample", "1000000"]);
+        assert_eq!(cfg(pin.path()).flow_sample, 1_000_000);
         for sport in 41000..41100 {
             run(&mut dp, ifindex, &syn(VIP, sport));
         }
@@ -401,8 +384,6 @@ fn monitor_prints_the_scripted_events() {
             assert_eq!(e[0]["reason"], "truncated", "{}", e[0]);
         }
         sampled.quiet_for(Duration::from_millis(300));
-    });
-    if let Err(p) = t.join() {
-        std::panic::resume_unwind(p);
-    }
+    })
+    .expect("a private network namespace");
 }

@@ -5,8 +5,8 @@
 //!   no listener  the shipped program, xlb_events_cfg.mask = 0;
 //!   listener     the shipped program with a listener's mask set (every new
 //!                flow and drop writes a 72-byte record to the ring).
-//! Method (shared/bench/packets/README.md): the xdp/xlb_bench.c wrapper
-//! (lb::objects::bench()) restores the frame each iteration and tail-calls
+//! Method (shared/bench/packets/README.md): the testkit/bpf/xlb_bench.c
+//! wrapper (testkit::objects::bench()) restores the frame each iteration and tail-calls
 //! the program under test; BPF_PROG_TEST_RUN repeat=R; the same wrapper
 //! around xlb_pass is the baseline subtracted; variants interleaved per
 //! round in rotating order, pinned to one CPU; net = median over rounds of
@@ -19,16 +19,15 @@
 //! method is valid (iterations ran, events appeared exactly when expected).
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
 };
 
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
     Ebpf, EbpfLoader,
 };
-use lb::bench::BenchFrame;
 use lb::{
     abi::{self, EventsCfg},
     datapath::Datapath,
@@ -37,7 +36,12 @@ use lb::{
         Backend, BackendState, Desired, Frontend, FrontendKind, NodeConfig, Proto, Service,
         ServiceKey,
     },
+};
+use testkit::{
+    bench::{test_run, BenchFrame},
+    netns::in_private_netns,
     packet::bench,
+    pins::PinDir,
 };
 
 const ROUNDS: usize = 101;
@@ -45,7 +49,7 @@ const ROUNDS: usize = 101;
 const REPEAT: u32 = 2500;
 const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
-/// The wrapper's template for `frame` (lb::bench's encoder).
+/// The wrapper's template for `frame` (testkit::bench's encoder).
 fn template(frame: &[u8], new_flow: bool) -> BenchFrame {
     BenchFrame::encode(frame, new_flow, 1).expect("a benchmark frame")
 }
@@ -53,13 +57,6 @@ fn template(frame: &[u8], new_flow: bool) -> BenchFrame {
 fn sh(args: &[&str]) {
     let st = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
     assert!(st.success(), "{args:?}: {st}");
-}
-
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn open<T: TryFrom<Map>>(pin: &Path, name: &str) -> T
@@ -117,10 +114,8 @@ fn desired() -> Desired {
 #[test]
 #[ignore = "benchmark: cargo test -p xlb-control --release --test monitor_overhead -- --ignored --nocapture"]
 fn event_stream_overhead() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this benchmark needs root (BPF, netns)");
-    let t = std::thread::spawn(|| {
-        // SAFETY: changes only this thread's network namespace.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+    testkit::require_root("this benchmark (BPF, netns)");
+    in_private_netns(|| {
         // One CPU for every run: no migration between variants.
         // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
         unsafe {
@@ -143,22 +138,21 @@ fn event_stream_overhead() {
         }
         // SAFETY: valid C string.
         let ifindex = unsafe { libc::if_nametoindex(c"xb0".as_ptr()) };
-        let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-evbench-{}", std::process::id())));
-        let _ = std::fs::remove_dir_all(&pin.0);
+        let pin = PinDir::new("evbench");
         let _dp = Dataplane::load(&LoadOptions {
-            pin_dir: pin.0.clone(),
+            pin_dir: pin.path().into(),
             sizes: MapSizes::default(),
             ..Default::default()
         })
         .expect("loading the datapath");
-        Datapath::open(&pin.0).unwrap().apply(&desired()).unwrap();
+        Datapath::open(pin.path()).unwrap().apply(&desired()).unwrap();
 
-        let disabled = load_xdp(&pin.0, 0);
-        let enabled = load_xdp(&pin.0, 1);
-        let mut pass = EbpfLoader::new().load(lb::objects::pass()).unwrap();
+        let disabled = load_xdp(pin.path(), 0);
+        let enabled = load_xdp(pin.path(), 1);
+        let mut pass = EbpfLoader::new().load(testkit::objects::pass()).unwrap();
         let p: &mut Xdp = pass.program_mut("xlb_pass").unwrap().try_into().unwrap();
         p.load().unwrap();
-        let mut wrapper = EbpfLoader::new().load(lb::objects::bench()).unwrap();
+        let mut wrapper = EbpfLoader::new().load(testkit::objects::bench()).unwrap();
         let w: &mut Xdp = wrapper.program_mut("xlb_bench").unwrap().try_into().unwrap();
         w.load().unwrap();
         let mut frames: Array<MapData, BenchFrame> =
@@ -167,9 +161,9 @@ fn event_stream_overhead() {
             wrapper.take_map("xlb_bench_progs").unwrap().try_into().unwrap();
         let wstats: PerCpuArray<MapData, u64> =
             wrapper.take_map("xlb_bench_stats").unwrap().try_into().unwrap();
-        let mut cfg: Array<MapData, EventsCfg> = open(&pin.0, "xlb_events_cfg");
-        let evstats: PerCpuArray<MapData, u64> = open(&pin.0, "xlb_event_stats");
-        let mut ring: RingBuf<MapData> = open(&pin.0, "xlb_events");
+        let mut cfg: Array<MapData, EventsCfg> = open(pin.path(), "xlb_events_cfg");
+        let evstats: PerCpuArray<MapData, u64> = open(pin.path(), "xlb_event_stats");
+        let mut ring: RingBuf<MapData> = open(pin.path(), "xlb_events");
         let sent = || -> u64 { evstats.get(&abi::EV_STAT_SENT, 0).unwrap().iter().sum() };
         let lost = || -> u64 { evstats.get(&abi::EV_STAT_LOST, 0).unwrap().iter().sum() };
         let iterations = || -> u64 { wstats.get(&0, 0).unwrap().iter().sum() };
@@ -195,19 +189,7 @@ fn event_stream_overhead() {
         ];
         let wrapper_prog: &Xdp = wrapper.program("xlb_bench").unwrap().try_into().unwrap();
         let run = |frame: &[u8]| -> f64 {
-            let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-                .iter()
-                .flat_map(|w| w.to_ne_bytes())
-                .collect();
-            let r = wrapper_prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: None,
-                    ctx_in: Some(&ctx),
-                    repeat: REPEAT,
-                    ..Default::default()
-                })
-                .expect("BPF_PROG_TEST_RUN");
+            let r = test_run(wrapper_prog, frame, ifindex, REPEAT, None).expect("BPF_PROG_TEST_RUN");
             r.duration.as_nanos() as f64
         };
         // Warm-up, no listener: the established cases get their connection
@@ -285,8 +267,6 @@ fn event_stream_overhead() {
                 (l - d) / d * 100.0
             );
         }
-    });
-    if let Err(p) = t.join() {
-        std::panic::resume_unwind(p);
-    }
+    })
+    .expect("a private network namespace");
 }

@@ -13,6 +13,30 @@ use lb::datapath::{Datapath, ServiceListing};
 
 use crate::{Lab, LabChild, LabError};
 
+/// The `xlb` binary: $XLB_BIN, else the one beside this executable
+/// (target/<profile>/ for xlb-lab and xlb-perf, or one level up for test
+/// executables in deps/).
+pub fn xlb_binary() -> Result<PathBuf, LabError> {
+    if let Some(p) = std::env::var_os("XLB_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(LabError::NoXlb { tried: p.display().to_string() })
+        };
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut tried = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join("xlb");
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p.display().to_string());
+    }
+    Err(LabError::NoXlb { tried: tried.join(" or ") })
+}
+
 /// One running `xlb run`.
 #[derive(Debug)]
 pub struct Agent {

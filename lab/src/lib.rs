@@ -3,9 +3,11 @@
 //! and addressed as in the team brief ([`spec`]). [`Lab`] builds it, runs
 //! processes and closures inside its namespaces, and tears everything down
 //! on drop, on panic, or from a signal thread ([`teardown_all`]). Used by
-//! `xlb lab` and the end-to-end tests. Of xlb it knows the XDP_PASS object
-//! it puts on the LB's router-side peer, and how to start `xlb run` agents
-//! and read their pinned maps ([`agent`]).
+//! the `xlb-lab` binary (lab/cli), the end-to-end tests and perf/. Test
+//! tooling: the `xlb` agent does not link it. Of xlb it knows the XDP_PASS
+//! object it puts on the LB's router-side peer (testkit's), and how to find
+//! the `xlb` binary, start `xlb run` agents and read their pinned maps
+//! ([`agent`]).
 pub mod agent;
 pub mod http;
 pub mod manifests;
@@ -34,6 +36,8 @@ pub enum LabError {
     Spec { field: &'static str, reason: String },
     #[error("namespace {ns}: {op}: {source}")]
     Netns { ns: String, op: &'static str, source: io::Error },
+    #[error("namespace {ns}: {source}")]
+    Enter { ns: String, source: testkit::netns::NetnsError },
     #[error("no namespace {name:?} in lab {prefix} (known: {known})")]
     UnknownNamespace { name: String, prefix: String, known: String },
     #[error("namespace {ns}: starting `{cmd}`: {source}")]
@@ -50,6 +54,10 @@ pub enum LabError {
     XdpAttach { ns: String, iface: String, source: Box<aya::programs::ProgramError> },
     #[error("backend {pod}: nginx not answering on {addr} after {waited_ms} ms: {detail}")]
     BackendNotReady { pod: String, addr: String, waited_ms: u128, detail: String },
+    #[error(
+        "no xlb binary at {tried}: build it (`cargo build --release -p xlb-control`) or set XLB_BIN"
+    )]
+    NoXlb { tried: String },
     #[error("xlb agent on {node}: {detail}")]
     Agent { node: String, detail: String },
     #[error("namespace {ns}: counters of {iface}: {reason}")]

@@ -1,6 +1,7 @@
 //! Named network namespaces (/run/netns, as `ip netns` keeps them): create,
-//! delete, list, enter — per thread with [`in_netns`], or in a child process
-//! before exec with [`enter_before_exec`] — and run `ip` commands inside.
+//! delete, list, enter — per thread with [`in_netns`] (testkit's), or in a
+//! child process before exec with [`enter_before_exec`] — and run `ip`
+//! commands inside.
 use std::{
     fs::File,
     io,
@@ -48,39 +49,18 @@ pub fn open(name: &str) -> Result<File, LabError> {
     })
 }
 
-fn setns(ns: &str, fd: &File) -> Result<(), LabError> {
-    // SAFETY: plain syscall on a valid fd; changes only this thread's netns.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(LabError::Netns {
-            ns: ns.into(),
-            op: "setns",
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
 /// Runs `f` on a fresh thread that has joined namespace `ns`, so sockets it
-/// opens live there. Threads `f` spawns inherit the namespace. A panic in
-/// `f` is resumed on the caller. Note /sys still shows the host's view (it
-/// is tagged at mount time); use [`crate::stats`] for interface counters.
+/// opens live there (testkit's `in_named_netns`). Threads `f` spawns
+/// inherit the namespace. A panic in `f` is resumed on the caller. Note
+/// /sys still shows the host's view (it is tagged at mount time); use
+/// [`crate::stats`] for interface counters.
 pub fn in_netns<T, F>(ns: &str, f: F) -> Result<T, LabError>
 where
     T: Send,
     F: FnOnce() -> T + Send,
 {
-    let fd = open(ns)?;
-    std::thread::scope(|s| {
-        let handle = s.spawn(move || {
-            setns(ns, &fd)?;
-            drop(fd);
-            Ok(f())
-        });
-        match handle.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+    testkit::netns::in_named_netns(ns, f)
+        .map_err(|source| LabError::Enter { ns: ns.into(), source })
 }
 
 /// Makes `cmd` join namespace `ns` between fork and exec, unblock every

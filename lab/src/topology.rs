@@ -578,7 +578,7 @@ impl Lab {
     fn attach_pass(&mut self) -> Result<(), LabError> {
         let ns = self.router.ns.clone();
         let ebpf = netns::in_netns(&ns, || -> Result<aya::Ebpf, LabError> {
-            let mut ebpf = aya::Ebpf::load(lb::objects::pass())
+            let mut ebpf = aya::Ebpf::load(testkit::objects::pass())
                 .map_err(|e| LabError::XdpLoad { source: Box::new(e) })?;
             let attach_err = |e: aya::programs::ProgramError| LabError::XdpAttach {
                 ns: ns.clone(),

@@ -2,7 +2,6 @@
 //! typed access to the BPF maps, and loading/attaching the BPF programs.
 //! Knows nothing of Kubernetes; `control` feeds it [`model::Desired`].
 pub mod abi;
-pub mod bench;
 pub mod census;
 pub mod datapath;
 pub mod events;
@@ -12,4 +11,3 @@ pub mod maps;
 pub mod model;
 pub mod neigh;
 pub mod objects;
-pub mod packet;

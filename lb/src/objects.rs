@@ -1,4 +1,5 @@
-//! The compiled BPF objects, embedded at build time by build.rs.
+//! The compiled datapath objects, embedded at build time by build.rs. (The
+//! test and benchmark programs are testkit's, outside the product.)
 
 /// Aligns embedded bytes to 8 so the ELF parser may read them in place.
 #[repr(C, align(8))]
@@ -20,15 +21,4 @@ pub fn xdp() -> &'static [u8] {
 /// DSR termination (tc/xlb_tc.c): programs `xlb_tc_ingress`, `xlb_tc_egress`.
 pub fn tc() -> &'static [u8] {
     object!("xlb_tc")
-}
-
-/// The trivial XDP_PASS program (xdp/xlb_pass.c): benchmark baseline, veth peers.
-pub fn pass() -> &'static [u8] {
-    object!("xlb_pass")
-}
-
-/// The microbenchmark wrapper and packet-generator rig (xdp/xlb_bench.c):
-/// programs `xlb_bench`, `xlb_bench_tx`, `xlb_bench_reflect`, `xlb_bench_sink`.
-pub fn bench() -> &'static [u8] {
-    object!("xlb_bench")
 }

@@ -345,18 +345,6 @@ fn header_defines() -> Vec<String> {
         .collect()
 }
 
-/// The multiarch include directory, as lb/build.rs finds it.
-fn multiarch_include(clang: &str) -> String {
-    if let Ok(v) = std::env::var("XLB_BPF_MULTIARCH") {
-        return if v.starts_with('/') { v } else { format!("/usr/include/{v}") };
-    }
-    let out = Command::new(clang)
-        .arg("-print-multiarch")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {clang} -print-multiarch: {e} (install clang)"));
-    format!("/usr/include/{}", String::from_utf8_lossy(&out.stdout).trim())
-}
-
 /// Removes its directory on drop (also on panic).
 struct TempDir(PathBuf);
 impl Drop for TempDir {
@@ -385,7 +373,7 @@ fn probe_object() -> Vec<u8> {
     let clang = std::env::var("XLB_CLANG").unwrap_or_else(|_| "clang".into());
     let out = Command::new(&clang)
         .args(["-O2", "-g", "-target", "bpf"])
-        .arg(format!("-I{}", multiarch_include(&clang)))
+        .arg(format!("-I{}", bpf_build::multiarch_include(&clang).display()))
         .arg(format!("-I{}", bpf_dir.display()))
         .arg("-c")
         .arg(&c)

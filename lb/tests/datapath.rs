@@ -4,7 +4,6 @@
 //! Privileged tier: needs root and BPF; fails (never skips) without them.
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
     time::Duration,
 };
 
@@ -13,26 +12,7 @@ use lb::{
     loader::{Dataplane, LoadOptions, MapSizes},
     model::*,
 };
-
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "this test loads BPF programs: run it as root (sudo -E cargo test)"
-        );
-        let p = PathBuf::from(format!("/sys/fs/bpf/xlb-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use testkit::pins::PinDir;
 
 fn v4(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -90,12 +70,12 @@ fn desired() -> Desired {
 fn apply_is_minimal_idempotent_and_survives_restart() {
     let pins = PinDir::new("apply");
     let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.0.clone(),
+        pin_dir: pins.path().into(),
         sizes: MapSizes::small(),
         ..Default::default()
     })
     .expect("loading the datapath (root and BPF required)");
-    let mut path = Datapath::open(&pins.0).unwrap();
+    let mut path = Datapath::open(pins.path()).unwrap();
 
     let want = desired();
     let first = path.apply(&want).unwrap();
@@ -132,7 +112,7 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
     // A restarted agent restores everything and finds nothing to write.
     let before = path.dump().unwrap();
     drop(path);
-    let mut path = Datapath::open(&pins.0).unwrap();
+    let mut path = Datapath::open(pins.path()).unwrap();
     assert_eq!(path.dump().unwrap(), before);
     let restored = path.apply(&changed).unwrap();
     assert_eq!(restored.writes(), 0, "restore must be exact: {restored:?}");
@@ -160,12 +140,12 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
 fn invalid_service_is_rejected_before_any_write() {
     let pins = PinDir::new("invalid");
     let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.0.clone(),
+        pin_dir: pins.path().into(),
         sizes: MapSizes::small(),
         ..Default::default()
     })
     .expect("loading the datapath (root and BPF required)");
-    let mut path = Datapath::open(&pins.0).unwrap();
+    let mut path = Datapath::open(pins.path()).unwrap();
     let mut want = desired();
     want.services.values_mut().last().unwrap().maglev_size = 20000;
     let err = path.apply(&want).unwrap_err().to_string();

@@ -4,10 +4,7 @@
 //! one batch survives, tunnel endpoints follow the backends, and `resync`
 //! re-reads the maps and repairs what was changed behind the applier's back.
 //! Privileged tier: needs root and BPF; fails (never skips) without them.
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-};
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb::{
     datapath::Datapath,
@@ -15,24 +12,7 @@ use lb::{
     maps::Maps,
     model::*,
 };
-
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        // SAFETY: geteuid has no preconditions.
-        assert!(unsafe { libc::geteuid() } == 0, "this test loads BPF programs: run it as root");
-        let p = PathBuf::from(format!("/sys/fs/bpf/xlb-inc-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use testkit::pins::PinDir;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -68,12 +48,12 @@ fn node() -> NodeConfig {
 fn setup(tag: &str) -> (PinDir, Dataplane, Datapath) {
     let pins = PinDir::new(tag);
     let dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.0.clone(),
+        pin_dir: pins.path().into(),
         sizes: MapSizes::small(),
         ..Default::default()
     })
     .expect("loading the datapath (root and BPF required)");
-    let path = Datapath::open(&pins.0).unwrap();
+    let path = Datapath::open(pins.path()).unwrap();
     (pins, dp, path)
 }
 
@@ -117,7 +97,7 @@ fn apply_services_touches_only_the_services_named() {
 
     // A restart restores the same state: nothing to write.
     drop(path);
-    let mut again = Datapath::open(&pins.0).unwrap();
+    let mut again = Datapath::open(pins.path()).unwrap();
     full.services.remove(&b.key);
     assert_eq!(again.apply(&full).unwrap().writes(), 0, "the rebuilt table matches the map's");
 }
@@ -157,7 +137,7 @@ fn resync_repairs_what_changed_behind_the_applier() {
     let good = path.dump().unwrap();
 
     // By hand: the frontend goes, a stray service appears (a missed delete).
-    let mut maps = Maps::open(&pins.0).unwrap();
+    let mut maps = Maps::open(pins.path()).unwrap();
     let fe = maps.frontends.keys().next().unwrap().unwrap();
     let value = maps.frontends.get(&fe, 0).unwrap();
     maps.frontends.remove(&fe).unwrap();

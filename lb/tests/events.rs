@@ -5,8 +5,6 @@
 //! `events_enabled = false` removes the event points even with a listener;
 //! the listener configuration round-trips and expires; the census counts
 //! every tracked map with its configured capacity.
-use std::path::PathBuf;
-
 use aya::programs::{TestRun, TestRunOptions};
 use lb::{
     abi::{self, Counter, EventsCfg},
@@ -15,27 +13,11 @@ use lb::{
     loader::{Dataplane, LoadError, LoadOptions, MapSizes},
     maps::Maps,
 };
-
-/// A bpffs pin directory, removed on drop (also on panic).
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(name: &str) -> PinDir {
-        let p = PathBuf::from(format!("/sys/fs/bpf/xlb-events-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use testkit::pins::PinDir;
 
 fn load(pin: &PinDir, events: u32, events_enabled: bool) -> Result<Dataplane, LoadError> {
     Dataplane::load(&LoadOptions {
-        pin_dir: pin.0.clone(),
+        pin_dir: pin.path().into(),
         sizes: MapSizes { events, ..MapSizes::small() },
         events_enabled,
     })
@@ -44,7 +26,7 @@ fn load(pin: &PinDir, events: u32, events_enabled: bool) -> Result<Dataplane, Lo
 fn ring_bytes(pin: &PinDir) -> u32 {
     let out = std::process::Command::new("bpftool")
         .args(["-j", "map", "show", "pinned"])
-        .arg(pin.0.join("xlb_events"))
+        .arg(pin.path().join("xlb_events"))
         .output()
         .expect("running bpftool");
     assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
@@ -54,8 +36,7 @@ fn ring_bytes(pin: &PinDir) -> u32 {
 }
 
 fn root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (BPF)");
+    testkit::require_root("this test (BPF)");
 }
 
 #[test]
@@ -107,8 +88,8 @@ fn events_enabled_switches_the_event_points() {
     for enabled in [false, true] {
         let pin = PinDir::new(if enabled { "on" } else { "off" });
         let mut dp = load(&pin, DEFAULT_RING_BYTES, enabled).expect("loading the datapath");
-        let mut ctl = EventControl::open(&pin.0).expect("EventControl::open");
-        let mut reader = EventReader::open(&pin.0).expect("EventReader::open");
+        let mut ctl = EventControl::open(pin.path()).expect("EventControl::open");
+        let mut reader = EventReader::open(pin.path()).expect("EventReader::open");
         listen_for_drops(&mut ctl);
         run_truncated(&mut dp);
         let stats = ctl.stats().expect("event stats");
@@ -138,7 +119,7 @@ fn listener_config_round_trips_and_expires() {
     root();
     let pin = PinDir::new("cfg");
     let _dp = load(&pin, DEFAULT_RING_BYTES, true).expect("loading the datapath");
-    let mut ctl = EventControl::open(&pin.0).expect("EventControl::open");
+    let mut ctl = EventControl::open(pin.path()).expect("EventControl::open");
     let now = lb::events::monotonic_ns();
     let cfg = EventsCfg { mask: abi::EV_F_NEW_FLOW, flow_sample: 7, lease_ns: now + 1_000_000_000 };
     ctl.set_config(cfg).unwrap();
@@ -158,7 +139,7 @@ fn census_counts_every_tracked_map() {
     root();
     let pin = PinDir::new("census");
     let _dp = load(&pin, DEFAULT_RING_BYTES, true).expect("loading the datapath");
-    let mut maps = Maps::open(&pin.0).expect("Maps::open");
+    let mut maps = Maps::open(pin.path()).expect("Maps::open");
     for i in 0..300u16 {
         let key = abi::FlowKey {
             saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -178,7 +159,7 @@ fn census_counts_every_tracked_map() {
         b.flags = abi::BE_F_ACTIVE;
         maps.backends.set(id, b, 0).expect("xlb_backends set");
     }
-    let c = census::run(&pin.0);
+    let c = census::run(pin.path());
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     let s = MapSizes::small();
     for (map, cap) in [
@@ -201,7 +182,7 @@ fn census_counts_every_tracked_map() {
         let fill = c.maps.get(map).unwrap_or_else(|| panic!("{map} not counted"));
         assert_eq!(fill, &census::MapFill { entries, capacity: cap as u64 }, "{map}");
     }
-    let missing = census::run(&pin.0.join("nowhere"));
+    let missing = census::run(&pin.path().join("nowhere"));
     assert_eq!(missing.errors.len(), 10, "every map reported missing");
     let e = missing.errors.get("xlb_ct").unwrap().to_string();
     assert!(e.contains("xlb_ct"), "{e}");

@@ -11,13 +11,8 @@ fn ip(args: &str) {
 
 #[test]
 fn routable_endpoints_get_managed_entries_and_unroutable_ones_are_retried() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "this test builds a network namespace: run it as root"
-    );
-    std::thread::spawn(|| {
-        // SAFETY: unshare affects only this thread; children inherit its netns.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+    testkit::require_root("this test (a network namespace)");
+    testkit::netns::in_private_netns(|| {
         ip("link add v0 type veth peer name v1");
         ip("link set v0 up");
         ip("link set v1 up");
@@ -48,6 +43,5 @@ fn routable_endpoints_get_managed_entries_and_unroutable_ones_are_retried() {
             "{table}"
         );
     })
-    .join()
-    .expect("the namespace thread panicked");
+    .expect("a private network namespace");
 }

@@ -4,7 +4,7 @@
 //! --ignored --nocapture`.
 //!
 //! Method (shared/bench/packets/README.md): BPF_PROG_TEST_RUN with repeat=N
-//! of the xdp/xlb_bench.c wrapper, which restores the original frame every
+//! of the testkit/bpf/xlb_bench.c wrapper, which restores the original frame every
 //! iteration and tail-calls the program under test; the baseline is the same
 //! wrapper tail-calling xlb_pass. Every round times the baseline and every
 //! variant on one frame in a rotating order; a variant's net cost is the
@@ -25,18 +25,15 @@
 //! XLB_ABLATION_PACKETS (../../shared/bench/packets).
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use aya::{
     maps::{Array, MapData, ProgramArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
     Ebpf, EbpfLoader,
 };
-use lb::bench::BenchFrame;
 use lb::{
     datapath::Datapath,
     loader::{read_counters, Dataplane, LoadOptions, MapSizes},
@@ -45,24 +42,19 @@ use lb::{
         ServiceKey, DEFAULT_MAGLEV_SIZE,
     },
 };
+use testkit::{
+    bench::{self, BenchFrame},
+    netns::{in_private_netns, ip_batch},
+    pins::PinDir,
+};
 
 const FRAMES: [&str; 5] =
     ["tcp_syn_vip.bin", "tcp_ack_vip.bin", "udp_vip.bin", "tcp_nonvip.bin", "tcp6_syn_vip.bin"];
 const NODES: u8 = 4;
 
-/// The wrapper's template for `frame` (lb::bench's encoder).
+/// The wrapper's template for `frame` (testkit::bench's encoder).
 fn template(frame: &[u8], new_flow: bool) -> BenchFrame {
     BenchFrame::encode(frame, new_flow, 1).expect("a benchmark frame")
-}
-
-fn ip_batch(lines: &[String]) {
-    let mut child = Command::new("ip")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("running ip (iproute2)");
-    child.stdin.take().unwrap().write_all(lines.join("\n").as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "ip -batch failed: {lines:?}");
 }
 
 fn node(n: u8, v6: bool) -> IpAddr {
@@ -110,26 +102,10 @@ fn service(name: &str, vip: &str, port: u16, proto: Proto) -> Service {
     s
 }
 
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn test_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> (u32, Vec<u8>, f64) {
-    let ctx: Vec<u8> =
-        [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
     let mut out = vec![0u8; 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
+    let r =
+        bench::test_run(prog, frame, ifindex, repeat, Some(&mut out)).expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     (r.return_value, out, r.duration.as_nanos() as f64)
 }
@@ -180,14 +156,8 @@ fn prog<'a>(e: &'a Ebpf, name: &str) -> &'a Xdp {
 #[test]
 #[ignore = "benchmark: cargo test -p xlb-lb --release --test perf_ablation -- --ignored --nocapture"]
 fn ablation() {
-    let t = std::thread::spawn(|| {
-        // SAFETY: unshare(CLONE_NEWNET) changes only this thread's namespace.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare (need root)");
-        run();
-    });
-    if let Err(p) = t.join() {
-        std::panic::resume_unwind(p);
-    }
+    testkit::require_root("the ablation benchmark");
+    in_private_netns(run).expect("a private network namespace");
 }
 
 fn run() {
@@ -208,7 +178,7 @@ fn run() {
             ));
         }
     }
-    ip_batch(&cmds);
+    ip_batch(&cmds).unwrap_or_else(|e| panic!("{e}"));
     for f in ["/proc/sys/net/ipv4/conf/all/forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"] {
         std::fs::write(f, "1").unwrap();
     }
@@ -216,7 +186,7 @@ fn run() {
     let ifindex = unsafe { libc::if_nametoindex(c"xb0".as_ptr()) };
     assert_ne!(ifindex, 0);
 
-    let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/xlb-ablation-{}", std::process::id())));
+    let pin = PinDir::new("ablation");
     // XLB_ABLATION_SMALL_MAPS=1: MapSizes::small(), e.g. a 65536-entry xlb_ct
     // instead of 524288 (how much of a new flow is cache and TLB misses).
     let sizes = if env_u32("XLB_ABLATION_SMALL_MAPS", 0) != 0 {
@@ -225,9 +195,9 @@ fn run() {
         MapSizes::default()
     };
     let mut dp =
-        Dataplane::load(&LoadOptions { pin_dir: pin.0.clone(), sizes, ..Default::default() })
+        Dataplane::load(&LoadOptions { pin_dir: pin.path().into(), sizes, ..Default::default() })
             .expect("loading the datapath");
-    let mut path = Datapath::open(&pin.0).expect("Datapath::open");
+    let mut path = Datapath::open(pin.path()).expect("Datapath::open");
     let desired = Desired {
         node: NodeConfig {
             tunnel_v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
@@ -244,12 +214,12 @@ fn run() {
     };
     path.apply(&desired).expect("apply");
 
-    let mut bench = load_xdp(lb::objects::bench(), None, "xlb_bench");
+    let mut bench = load_xdp(testkit::objects::bench(), None, "xlb_bench");
     let mut frames_map: Array<MapData, BenchFrame> =
         bench.take_map("xlb_bench_frame").unwrap().try_into().unwrap();
     let mut progs: ProgramArray<MapData> =
         bench.take_map("xlb_bench_progs").unwrap().try_into().unwrap();
-    let pass = load_xdp(lb::objects::pass(), None, "xlb_pass");
+    let pass = load_xdp(testkit::objects::pass(), None, "xlb_pass");
 
     // Variants: (name, object). The embedded one is dp's own program.
     let mut variants: Vec<(String, Ebpf)> = Vec::new();
@@ -261,7 +231,7 @@ fn run() {
             // Several loads of one object: where the JIT image and the
             // object's private maps land moves its time by up to ~10 ns.
             for _ in 0..copies {
-                variants.push((name.into(), load_xdp(&bytes, Some(&pin.0), "xlb_xdp")));
+                variants.push((name.into(), load_xdp(&bytes, Some(pin.path()), "xlb_xdp")));
             }
         }
     }
@@ -303,9 +273,9 @@ fn run() {
             let p =
                 if i == 0 { dp.xdp_program() as &Xdp } else { prog(&variants[i - 1].1, "xlb_xdp") };
             test_run(p, frame, ifindex, 1);
-            let before = read_counters(&pin.0).unwrap();
+            let before = read_counters(pin.path()).unwrap();
             let (v, out, _) = test_run(p, frame, ifindex, 1);
-            let after = read_counters(&pin.0).unwrap();
+            let after = read_counters(pin.path()).unwrap();
             let reasons: Vec<_> = before
                 .iter()
                 .zip(&after)

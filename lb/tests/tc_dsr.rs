@@ -9,13 +9,11 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use lb::{
-    abi::{self, DsrNatEntry, FlowKey},
+    abi::{self, DsrNatEntry, FlowKey, GENEVE_OPT_CLASS, GENEVE_PORT},
     datapath::Datapath,
     loader::{Dataplane, LoadOptions, MapSizes},
     maps::Maps,
@@ -23,10 +21,13 @@ use lb::{
         Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
         ServiceKey,
     },
+};
+use testkit::{
     packet::{
         bench::{CLIENT_PORT, CLIENT_V4, CLIENT_V6, VIP_V4, VIP_V6},
-        diff, show, Frame, GeneveOpt, Mac, DSR_OPT_CLASS, GENEVE_PORT,
+        diff, show, Frame, GeneveOpt, Mac,
     },
+    pins::PinDir,
 };
 
 // ---- named constants (the lab topology) -----------------------------------
@@ -52,33 +53,6 @@ const TC_ACT_SHOT: u32 = 2;
 
 // ---- SETUP -----------------------------------------------------------------
 
-/// A bpffs directory of this test alone, removed on drop (even on panic).
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        // SAFETY: geteuid has no preconditions.
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "tc_dsr loads BPF programs and pins maps: run it as root (sudo -E cargo test)"
-        );
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/xlb-test-tc-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Node 1 of the lab: both programs loaded, its tunnel addresses applied.
 struct Node {
     dp: Dataplane,
@@ -100,19 +74,19 @@ impl Node {
     fn with_services(tag: &str, services: Vec<Service>) -> Node {
         let pin = PinDir::new(tag);
         let dp = Dataplane::load(&LoadOptions {
-            pin_dir: pin.0.clone(),
+            pin_dir: pin.path().into(),
             sizes: MapSizes::small(),
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("loading the datapath into {}: {e:?}", pin.0.display()));
+        .unwrap_or_else(|e| panic!("loading the datapath into {}: {e:?}", pin.path().display()));
         let desired = Desired {
             node: NodeConfig { tunnel_v4: Some(NODE1_V4), tunnel_v6: Some(NODE1_V6) },
             services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),
         };
-        Datapath::open(&pin.0)
+        Datapath::open(pin.path())
             .and_then(|mut d| d.apply(&desired))
             .unwrap_or_else(|e| panic!("applying the node config: {e:?}"));
-        let maps = Maps::open(&pin.0).unwrap_or_else(|e| panic!("opening maps: {e:?}"));
+        let maps = Maps::open(pin.path()).unwrap_or_else(|e| panic!("opening maps: {e:?}"));
         Node { dp, maps, pin }
     }
 
@@ -128,7 +102,9 @@ impl Node {
     fn counters(&self) -> BTreeMap<&'static str, (u64, u64)> {
         self.dp
             .counters()
-            .unwrap_or_else(|e| panic!("reading counters under {}: {e:?}", self.pin.0.display()))
+            .unwrap_or_else(|e| {
+                panic!("reading counters under {}: {e:?}", self.pin.path().display())
+            })
             .into_iter()
             .filter(|(_, c)| c.packets != 0)
             .map(|(k, c)| (k.name(), (c.packets, c.bytes)))
@@ -175,7 +151,7 @@ fn pod_reply(pod: IpAddr, client: IpAddr) -> Frame {
         .tcp(TARGET_PORT, CLIENT_PORT)
         .seq(5000)
         .ack_seq(1001)
-        .flags(lb::packet::tcp_flags::SYN | lb::packet::tcp_flags::ACK)
+        .flags(testkit::packet::tcp_flags::SYN | testkit::packet::tcp_flags::ACK)
 }
 
 /// Outer headers from the load balancer to `node`, up to the Geneve header.
@@ -376,7 +352,7 @@ fn malformed_geneve_is_dropped() {
 
     let long_opt = geneve_to(ip(NODE1_V4))
         .geneve_opt(GeneveOpt {
-            class: DSR_OPT_CLASS,
+            class: GENEVE_OPT_CLASS,
             typ: 0x01,
             data: vec![10, 100, 0, 1, 0, 80, 0, 0, 0, 0, 0, 0],
         })
@@ -406,7 +382,7 @@ fn fix_outer_lengths(frame: &mut [u8], v6: bool) {
     } else {
         frame[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
         frame[24..26].copy_from_slice(&[0, 0]);
-        let sum = lb::packet::checksum(&frame[14..34]);
+        let sum = testkit::packet::checksum(&frame[14..34]);
         frame[24..26].copy_from_slice(&sum.to_be_bytes());
     }
     if len >= udp + 6 {

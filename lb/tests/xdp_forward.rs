@@ -10,8 +10,8 @@ use common::*;
 use lb::{
     abi::Counter,
     model::{Affinity, Cidr, Encap, Proto},
-    packet::{bench, Frame, GeneveOpt},
 };
+use testkit::packet::{bench, Frame, GeneveOpt};
 
 #[test]
 fn not_a_frontend_passes_unchanged() {

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use lb::{abi::Counter, packet::Frame};
+use lb::abi::Counter;
+use testkit::packet::Frame;
 
 /// The VIP SYN cut at every length BPF_PROG_TEST_RUN accepts (it refuses
 /// frames shorter than an Ethernet header): first as is (the IP length then

@@ -1,15 +1,15 @@
-//! The timing wrapper and packet-generator rig of xdp/xlb_bench.c, loaded
-//! from lb::objects::bench(): frame templates, the tail-call slot that holds
-//! the program under test, the wrapper's step counters, and
+//! The timing wrapper and packet-generator rig of testkit/bpf/xlb_bench.c,
+//! loaded from testkit::objects::bench(): frame templates, the tail-call
+//! slot that holds the program under test, the wrapper's step counters, and
 //! BPF_PROG_TEST_RUN helpers (plain, and with live frames).
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, ProgramArray},
-    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, TestRunResult, Xdp},
+    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 
-pub use lb::bench::{xdp_ctx, BenchFrame, TEMPLATES};
+pub use testkit::bench::{test_run, xdp_ctx, BenchFrame, TEMPLATES};
 
 /// Indices of xlb_bench_stats.
 #[derive(Clone, Copy, Debug)]
@@ -42,26 +42,6 @@ impl Template {
     }
 }
 
-/// One BPF_PROG_TEST_RUN of `prog` on `frame` received on `ifindex`.
-pub fn test_run(
-    prog: &Xdp,
-    frame: &[u8],
-    ifindex: u32,
-    repeat: u32,
-    out: Option<&mut [u8]>,
-) -> Result<TestRunResult> {
-    let ctx = xdp_ctx(frame.len(), ifindex);
-    prog.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: out,
-        ctx_in: Some(&ctx),
-        ctx_out: None,
-        repeat,
-        attrs: TestRunAttrs::new(),
-    })
-    .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {e}"))
-}
-
 /// The loaded xlb_bench object.
 pub struct Bench {
     ebpf: Ebpf,
@@ -72,8 +52,9 @@ pub struct Bench {
 
 impl Bench {
     pub fn load() -> Result<Bench> {
-        let mut ebpf =
-            EbpfLoader::new().load(lb::objects::bench()).context("loading the xlb_bench object")?;
+        let mut ebpf = EbpfLoader::new()
+            .load(testkit::objects::bench())
+            .context("loading the xlb_bench object")?;
         for name in ["xlb_bench", "xlb_bench_tx", "xlb_bench_reflect", "xlb_bench_sink"] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
@@ -169,7 +150,7 @@ impl Bench {
 
 /// The trivial XDP_PASS program (the microbenchmark's baseline target).
 pub fn load_pass() -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new().load(lb::objects::pass()).context("loading xlb_pass")?;
+    let mut ebpf = EbpfLoader::new().load(testkit::objects::pass()).context("loading xlb_pass")?;
     let p: &mut Xdp =
         ebpf.program_mut("xlb_pass").ok_or_else(|| anyhow!("no program xlb_pass"))?.try_into()?;
     p.load().context("loading xlb_pass")?;

@@ -43,10 +43,8 @@ use k8s_openapi::{
 };
 use lb::{abi, maps::Maps};
 use serde::Serialize;
-use xlb_perf::{
-    netns::{NamedNetns, PinDir},
-    stats::quantile,
-};
+use testkit::{netns::NamedNetns, pins::PinDir};
+use xlb_perf::stats::quantile;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -414,8 +412,7 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
     ns.exec("ip", &["link", "set", "xv1", "up"])?;
     ns.exec("ip", &["addr", "add", "10.0.0.2/24", "dev", "xv0"])?;
     ns.exec("ip", &["route", "add", "default", "via", "10.0.0.1"])?;
-    let pins = PinDir::create("cluster")?;
-    std::fs::remove_dir_all(pins.path()).ok(); // the agent creates it
+    let pins = PinDir::new("cluster"); // the agent creates it
 
     // The API server double, its threads in the agent's namespace.
     let rt = ns.run_in(|| {

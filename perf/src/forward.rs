@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{NamedNetns, NetnsError};
+use testkit::netns::{self, NamedNetns, NetnsError};
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 pub const LB_FABRIC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -35,7 +35,7 @@ impl ForwardRig {
             backend: NamedNetns::create("fwb")?,
         };
         let (c, l, b) = (rig.client.name(), rig.lb.name(), rig.backend.name());
-        let ip = |args: &[&str]| crate::netns::run("ip", args);
+        let ip = |args: &[&str]| netns::run("ip", args);
         ip(&["link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "l0", "netns", l])?;
         ip(&["link", "add", "l1", "netns", l, "type", "veth", "peer", "name", "b0", "netns", b])?;
         rig.client.exec("ip", &["addr", "add", "192.0.2.10/24", "dev", "c0"])?;

@@ -30,39 +30,12 @@ pub const APPLY_WITHIN: Duration = Duration::from_secs(15);
 pub enum RigError {
     #[error(transparent)]
     Lab(#[from] LabError),
-    #[error(
-        "no xlb binary at {tried}: build it (`cargo build --release -p xlb-control`) or set XLB_BIN"
-    )]
-    NoXlb { tried: String },
     #[error("writing manifest {}: {source}", path.display())]
     Manifest { path: PathBuf, source: std::io::Error },
     #[error("kube-proxy ruleset: {0}")]
     Rules(#[from] crate::kubeproxy::KpError),
     #[error("iptables-restore in {ns}: {detail}")]
     Restore { ns: String, detail: String },
-}
-
-/// The `xlb` binary: $XLB_BIN, else beside this executable (target/<profile>/
-/// for xlb-perf, or one level up for test executables in deps/).
-pub fn xlb_binary() -> Result<PathBuf, RigError> {
-    if let Some(p) = std::env::var_os("XLB_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(RigError::NoXlb { tried: p.display().to_string() })
-        };
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let p = dir.join("xlb");
-        if p.is_file() {
-            return Ok(p);
-        }
-        tried.push(p.display().to_string());
-    }
-    Err(RigError::NoXlb { tried: tried.join(" or ") })
 }
 
 /// A lab with agents on the LB and every node. Field order is drop order:
@@ -84,7 +57,7 @@ impl XlbLab {
     /// Builds the lab, writes the manifest with the endpoints `state` says,
     /// starts the agents and waits until each has programmed a backend.
     pub fn start(spec: LabSpec, state: &dyn Fn(&str) -> EndpointState) -> Result<XlbLab, RigError> {
-        let exe = xlb_binary()?;
+        let exe = agent::xlb_binary()?;
         let lab = Lab::build(LabSpec { static_neighbours: true, ..spec.clone() })?;
         let config = lab.temp_dir().join("nginx.yaml");
         let control = Control { agents: Vec::new(), config, spec: lab.spec().clone() };

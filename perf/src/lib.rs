@@ -1,7 +1,7 @@
 //! xlb-perf's library: the pieces the benchmark binary (`xlb-perf`) and its
-//! tests share — private network namespaces with cleanup ([`netns`]) and the
-//! kube-proxy baseline rule generators ([`kubeproxy`]: the iptables and
-//! nftables rulesets kube-proxy would write for N services), the lab with
+//! tests share — the kube-proxy baseline rule generators ([`kubeproxy`]: the
+//! iptables and nftables rulesets kube-proxy would write for N services), a
+//! three-namespace forwarding rig ([`forward`]), the lab with
 //! xlb agents and kube-proxy beside them ([`labrig`]), the connection-level
 //! load generators ([`loadgen`]: wrk, iperf3) and the churn drivers
 //! ([`churn`]). The scenarios themselves live in the binary
@@ -11,5 +11,4 @@ pub mod forward;
 pub mod kubeproxy;
 pub mod labrig;
 pub mod loadgen;
-pub mod netns;
 pub mod stats;

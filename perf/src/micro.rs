@@ -31,10 +31,12 @@ use lb::{
     loader::{Dataplane, LoadOptions, MapSizes},
 };
 use serde::Serialize;
-use xlb_perf::{
-    netns::{ifindex, in_private_netns, PinDir},
-    stats::{median, trimmed_mean},
+use testkit::{
+    netns::{ifindex, in_private_netns},
+    packet,
+    pins::PinDir,
 };
+use xlb_perf::stats::{median, trimmed_mean};
 
 use crate::{
     benchprog::{load_pass, test_run, xdp_of, Bench, Stat, Template},
@@ -208,12 +210,12 @@ fn with_source(frame: &[u8], seq: u32) -> Vec<u8> {
     f[28..30].copy_from_slice(&addr);
     // Recompute both checksums from scratch.
     f[24..26].copy_from_slice(&[0, 0]);
-    let ipsum = lb::packet::checksum(&f[14..14 + ihl]);
+    let ipsum = packet::checksum(&f[14..14 + ihl]);
     f[24..26].copy_from_slice(&ipsum.to_be_bytes());
     f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
     let src = std::net::IpAddr::from([f[26], f[27], f[28], f[29]]);
     let dst = std::net::IpAddr::from([f[30], f[31], f[32], f[33]]);
-    let sum = lb::packet::l4_checksum(src, dst, 6, &f[l4..]);
+    let sum = packet::l4_checksum(src, dst, 6, &f[l4..]);
     f[l4 + 16..l4 + 18].copy_from_slice(&sum.to_be_bytes());
     f
 }
@@ -221,7 +223,7 @@ fn with_source(frame: &[u8], seq: u32) -> Vec<u8> {
 pub fn run(opts: &MicroOpts) -> Result<MicroReport> {
     let frames = read_frames(&opts.packets)?;
     let built: BTreeMap<_, _> =
-        lb::packet::bench::frames().into_iter().map(|(n, f)| (n.to_string(), f.build())).collect();
+        packet::bench::frames().into_iter().map(|(n, f)| (n.to_string(), f.build())).collect();
     let frames_match = frames.iter().all(|(n, b)| built.get(n) == Some(b));
     let opts = opts.clone();
     in_private_netns(move || run_inside(&opts, frames, frames_match))?
@@ -234,7 +236,7 @@ fn run_inside(
 ) -> Result<MicroReport> {
     setup::lb_port("xb0", "xb1")?;
     let ifindex = ifindex("xb0").context("xb0 has no ifindex")?;
-    let pin = PinDir::create("micro")?;
+    let pin = PinDir::new("micro");
     let dp = Dataplane::load(&LoadOptions {
         pin_dir: pin.path().to_path_buf(),
         sizes: MapSizes::default(),
@@ -455,7 +457,7 @@ impl MicroReport {
             ));
         }
         if !self.frames_match_lb_packet {
-            s.push_str("\nNote: the frame files differ from lb::packet::bench::frames().\n");
+            s.push_str("\nNote: the frame files differ from packet::bench::frames().\n");
         }
         s
     }

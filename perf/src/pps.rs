@@ -32,9 +32,12 @@ use lb::{
     loader::{Dataplane, LoadOptions, MapSizes, XdpMode},
 };
 use serde::Serialize;
+use testkit::{
+    netns::{ifindex, run, run_with_input, NamedNetns},
+    pins::PinDir,
+};
 use xlb_perf::{
     kubeproxy::{iptables_restore, nftables, synthetic, KpConfig},
-    netns::{ifindex, run, run_with_input, NamedNetns, PinDir},
     stats::median,
 };
 
@@ -223,7 +226,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     let frames = read_frames(&opts.packets)?;
     let syn = frames[0].1.clone();
     let mut rig = build_rig()?;
-    let pin = PinDir::create("pps")?;
+    let pin = PinDir::new("pps");
     let max = opts.services.iter().copied().max().unwrap_or(1).max(16);
     let d = MapSizes::default();
     // The sweep's services have 10 backends each (service-local entries).

@@ -24,10 +24,11 @@ use lb::{
     model::{Backend, BackendState, Desired, Proto},
 };
 use serde::Serialize;
-use xlb_perf::{
-    netns::{ifindex, in_private_netns, PinDir},
-    stats::median,
+use testkit::{
+    netns::{ifindex, in_private_netns},
+    pins::PinDir,
 };
+use xlb_perf::stats::median;
 
 use crate::{
     benchprog::{load_pass, test_run, xdp_of, Bench, Template},
@@ -199,7 +200,7 @@ fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleRep
     setup::lb_port("xb0", "xb1")?;
     let ifindex = ifindex("xb0").context("xb0 has no ifindex")?;
     let timer = |sizes: MapSizes| -> Result<Timer> {
-        let pin = PinDir::create("scale")?;
+        let pin = PinDir::new("scale");
         let dp = Dataplane::load(&LoadOptions {
             pin_dir: pin.path().to_path_buf(),
             sizes,

@@ -10,7 +10,7 @@ use lb::model::{
     Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
     ServiceKey, DEFAULT_MAGLEV_SIZE,
 };
-use xlb_perf::netns::run;
+use testkit::netns::run;
 
 pub const NODES: u32 = 4;
 pub const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);

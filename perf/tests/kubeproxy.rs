@@ -9,10 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use testkit::netns::run_with_input;
 use xlb_perf::{
     forward::{connect_many, EchoServers, ForwardRig, LB_FABRIC},
     kubeproxy::{iptables_restore, nftables, synthetic, KpConfig},
-    netns::run_with_input,
 };
 
 const EP1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);

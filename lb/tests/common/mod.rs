@@ -4,28 +4,30 @@
 //! under a private bpffs directory, services applied through
 //! `lb::datapath::Datapath`), BPF_PROG_TEST_RUN of the XDP program, the flow
 //! hash of lb/bpf/conntrack.h, expected tunnel frames, and a table-driven
-//! [`Case`] check of verdict, whole output frame and counters.
+//! [`Case`] check of verdict, whole output frame and counters. The generic
+//! parts (packet builder, namespaces, pin directory) are testkit's.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    process::{Command, Stdio},
     time::Duration,
 };
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb::{
-    abi::{self, Counter},
+    abi::{self, Counter, GENEVE_PORT},
     datapath::{Datapath, ServiceListing},
     loader::{Dataplane, LoadOptions, MapSizes},
     model::{
         Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
         ServiceKey,
     },
-    packet::{self, bench, Frame, GeneveOpt, Mac, GENEVE_PORT},
+};
+use testkit::{
+    bench::test_run,
+    netns::{in_private_netns, ip_batch},
+    packet::{self, bench, Frame, GeneveOpt, Mac},
+    pins::PinDir,
 };
 
 // ---- the lab's addresses (see /tmp/xlb-team.md "lab topology") ----
@@ -229,7 +231,7 @@ pub fn geneve_dsr(n: u8, outer_v6: bool, client: &Frame, vport: u16, ep: SocketA
 
 /// The client frame's (src, dst, sport, proto) from its layers.
 pub fn flow_of(f: &Frame) -> (IpAddr, IpAddr, u16, u8) {
-    use lb::packet::Layer;
+    use testkit::packet::Layer;
     let mut addrs = None;
     let mut l4 = None;
     for l in &f.layers {
@@ -247,77 +249,22 @@ pub fn flow_of(f: &Frame) -> (IpAddr, IpAddr, u16, u8) {
 
 // ---- the lab ----
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "XDP packet tests need root (BPF program load, bpffs pins, network namespaces); \
-         running as uid {euid}. Run them with sudo: they are the privileged test tier."
-    );
-}
-
-/// A private bpffs directory, removed on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(name: &str) -> PinDir {
-        let p = PathBuf::from(format!("/sys/fs/bpf/xlb-xdp-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs `body` on a thread of its own in a new network namespace holding a
 /// veth pair lb0 (10.0.0.2/24, 2001:db8:f::2/64, MAC LB_MAC) <-> rt0 (MAC
 /// ROUTER_MAC), forwarding on, permanent neighbours for nodes 1..=3, with the datapath
 /// loaded and pinned privately. The namespace disappears with the thread;
 /// the pins are removed on drop, also when `body` panics.
-pub fn with_lab(name: &str, body: impl FnOnce(&mut Lab) + Send + 'static) {
-    require_root();
-    let name = name.to_string();
-    let t = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network
-            // namespace; processes it spawns inherit it.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
-            }
-            let mut lab = Lab::new(&name);
-            body(&mut lab);
-        })
-        .expect("spawning the test thread");
-    if let Err(panic) = t.join() {
-        std::panic::resume_unwind(panic);
-    }
+pub fn with_lab(name: &str, body: impl FnOnce(&mut Lab) + Send) {
+    testkit::require_root("XDP packet tests");
+    in_private_netns(|| {
+        let mut lab = Lab::new(name);
+        body(&mut lab);
+    })
+    .unwrap_or_else(|e| panic!("the test's network namespace: {e}"));
 }
 
 fn mac_str(m: Mac) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-fn ip_batch(lines: &[String]) {
-    let mut child = Command::new("ip")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running ip (iproute2)");
-    child.stdin.take().unwrap().write_all(lines.join("\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip -batch failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lines.join("\n")
-    );
 }
 
 pub struct Lab {
@@ -350,7 +297,7 @@ impl Lab {
                 ));
             }
         }
-        ip_batch(&cmds);
+        ip_batch(&cmds).unwrap_or_else(|e| panic!("{e}"));
         // bpf_fib_lookup() answers BPF_FIB_LKUP_RET_FWD_DISABLED unless the
         // ingress device forwards: the load balancer is a router for VIP traffic.
         for f in
@@ -363,12 +310,15 @@ impl Lab {
         assert_ne!(ifindex, 0, "lb0 has no ifindex");
 
         let pins = PinDir::new(name);
-        let opts =
-            LoadOptions { pin_dir: pins.0.clone(), sizes: MapSizes::small(), ..Default::default() };
+        let opts = LoadOptions {
+            pin_dir: pins.path().into(),
+            sizes: MapSizes::small(),
+            ..Default::default()
+        };
         let dp = Dataplane::load(&opts).unwrap_or_else(|e| {
             panic!("loading the datapath into the kernel (is BPF available?): {e}\n{e:?}")
         });
-        let path = Datapath::open(&pins.0).unwrap_or_else(|e| panic!("Datapath::open: {e}"));
+        let path = Datapath::open(pins.path()).unwrap_or_else(|e| panic!("Datapath::open: {e}"));
         Lab { dp, path, ifindex, _pins: pins }
     }
 
@@ -383,23 +333,8 @@ impl Lab {
 
     /// Runs the XDP program once on `frame` arriving on lb0: (verdict, output frame).
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, self.ifindex, 0, 0]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
         let mut out = vec![0u8; 4096];
-        let r = self
-            .dp
-            .xdp_program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
+        let r = test_run(self.dp.xdp_program(), frame, self.ifindex, 1, Some(&mut out))
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of xlb_xdp: {e}"));
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)

@@ -1,14 +1,17 @@
-//! Network namespaces the benchmarks create and own: an anonymous one for the
-//! calling thread ([`in_private_netns`]: gone when the thread ends, even on a
-//! crash) and named ones for multi-namespace rigs ([`NamedNetns`]: deleted on
-//! drop), plus running `ip`/`iptables`/... inside them. Every name carries the
-//! process id so parallel runs never clash.
+//! Network namespaces that tests and benchmarks create and own: an anonymous
+//! one for a thread of its own ([`in_private_netns`]: gone when the thread
+//! ends, even on a crash) and named ones for multi-namespace rigs and child
+//! processes ([`NamedNetns`]: deleted on drop), plus running `ip`,
+//! `iptables`, ... in them. Every name carries the process id so parallel
+//! runs never clash. A panic on a namespace's thread is resumed on the
+//! caller, so a test fails with its own message.
 use std::{
     fs::File,
     io,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    thread::{Scope, ScopedJoinHandle},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -19,14 +22,10 @@ pub enum NetnsError {
     Spawn { cmd: String, source: io::Error },
     #[error("`{cmd}` failed ({status}): {stderr}")]
     Command { cmd: String, status: String, stderr: String },
-    #[error("a thread in namespace {ns} panicked: {detail}")]
-    Panicked { ns: String, detail: String },
-    #[error("bpffs directory {}: {source}", path.display())]
-    PinDir { path: PathBuf, source: io::Error },
 }
 
 /// Runs `f` on a new thread inside a new, empty network namespace (only `lo`,
-/// down). The namespace dies with the thread (and any process it started
+/// up). The namespace dies with the thread (and any process it started
 /// that still runs there). Processes spawned from `f` start in it too.
 pub fn in_private_netns<T, F>(f: F) -> Result<T, NetnsError>
 where
@@ -34,7 +33,7 @@ where
     F: FnOnce() -> T + Send,
 {
     std::thread::scope(|s| {
-        let h = s.spawn(move || {
+        join(spawn_named(s, move || {
             // SAFETY: unshare affects only this thread's namespaces.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(NetnsError::Syscall {
@@ -44,17 +43,49 @@ where
             }
             run("ip", &["link", "set", "lo", "up"])?;
             Ok(f())
-        });
-        h.join()
-            .map_err(|p| NetnsError::Panicked { ns: "private".into(), detail: panic_text(&p) })?
+        }))
     })
 }
 
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
+/// Runs `f` on a new thread that has joined the named namespace `name`
+/// (/run/netns/`name`), so sockets it opens live there.
+pub fn in_named_netns<T, F>(name: &str, f: F) -> Result<T, NetnsError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let fd = File::open(Path::new(NETNS_DIR).join(name))
+        .map_err(|source| NetnsError::Syscall { op: "open /run/netns/<ns>", source })?;
+    std::thread::scope(|s| {
+        join(spawn_named(s, move || {
+            // SAFETY: plain syscall on a valid fd; only this thread moves.
+            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(NetnsError::Syscall {
+                    op: "setns",
+                    source: io::Error::last_os_error(),
+                });
+            }
+            drop(fd);
+            Ok(f())
+        }))
+    })
+}
+
+/// A scoped thread named like the caller's (a test's name), so a panic
+/// message says which test it came from.
+fn spawn_named<'scope, T: Send + 'scope>(
+    s: &'scope Scope<'scope, '_>,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> ScopedJoinHandle<'scope, T> {
+    let mut b = std::thread::Builder::new();
+    if let Some(name) = std::thread::current().name() {
+        b = b.name(format!("{name} (netns)"));
+    }
+    b.spawn_scoped(s, f).expect("spawning a namespace thread")
+}
+
+fn join<T>(h: ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Runs a command in the calling thread's namespace; its stdout on success.
@@ -108,10 +139,24 @@ pub fn run_with_input(program: &str, args: &[&str], input: &[u8]) -> Result<Stri
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `ip -batch` over `lines` (one `ip` command each, without the `ip`)
+/// in the calling thread's namespace; the error names every line.
+pub fn ip_batch(lines: &[String]) -> Result<(), NetnsError> {
+    let script = lines.join("\n");
+    run_with_input("ip", &["-batch", "-"], script.as_bytes()).map(drop).map_err(|e| match e {
+        NetnsError::Command { status, stderr, .. } => {
+            NetnsError::Command { cmd: format!("ip -batch:\n{script}\n"), status, stderr }
+        }
+        e => e,
+    })
+}
+
 fn next_seq() -> u32 {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+const NETNS_DIR: &str = "/run/netns";
 
 /// A named namespace (`ip netns add`), deleted on drop.
 #[derive(Debug)]
@@ -120,19 +165,24 @@ pub struct NamedNetns {
 }
 
 impl NamedNetns {
-    /// Creates `xlbperf<pid>-<seq>-<role>`; a stale one of the same name is
-    /// replaced.
+    /// Creates `xlbt<pid>-<seq>-<role>` with `lo` up; a stale one of the
+    /// same name is replaced.
     pub fn create(role: &str) -> Result<NamedNetns, NetnsError> {
-        let name = format!("xlbperf{}-{}-{role}", std::process::id(), next_seq());
+        let name = format!("xlbt{}-{}-{role}", std::process::id(), next_seq());
         let _ = run("ip", &["netns", "delete", &name]);
         run("ip", &["netns", "add", &name])?;
         let ns = NamedNetns { name };
-        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// /run/netns/<name>: what `nsenter --net=` and setns take.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
     }
 
     /// Runs a command inside (`ip netns exec`).
@@ -142,10 +192,35 @@ impl NamedNetns {
         run_cmd(cmd)
     }
 
-    /// A command that will run inside when spawned.
+    /// `ip -n <name> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<String, NetnsError> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", &self.name]).args(args);
+        run_cmd(cmd)
+    }
+
+    /// A veth pair `a` <-> `b` inside, both up.
+    pub fn veth(&self, a: &str, b: &str) -> Result<(), NetnsError> {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+        self.ip(&["link", "set", a, "up"])?;
+        self.ip(&["link", "set", b, "up"])?;
+        Ok(())
+    }
+
+    /// A command that will run inside when spawned (`ip netns exec`: with
+    /// the namespace's own /sys and /etc/netns files).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// A command that will run inside when spawned, joining only the
+    /// network namespace (`nsenter --net`): unlike `ip netns exec` it keeps
+    /// the caller's mounts, so an agent's bpffs pins are the caller's.
+    pub fn nsenter(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display())).arg(program);
         cmd
     }
 
@@ -155,26 +230,7 @@ impl NamedNetns {
         T: Send,
         F: FnOnce() -> T + Send,
     {
-        let path = Path::new("/run/netns").join(&self.name);
-        let fd = File::open(&path)
-            .map_err(|source| NetnsError::Syscall { op: "open /run/netns/<ns>", source })?;
-        std::thread::scope(|s| {
-            let h = s.spawn(move || {
-                // SAFETY: plain syscall on a valid fd; only this thread moves.
-                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(NetnsError::Syscall {
-                        op: "setns",
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                drop(fd);
-                Ok(f())
-            });
-            h.join().map_err(|p| NetnsError::Panicked {
-                ns: self.name.clone(),
-                detail: panic_text(&p),
-            })?
-        })
+        in_named_netns(&self.name, f)
     }
 }
 
@@ -183,37 +239,6 @@ impl Drop for NamedNetns {
         // Processes we started inside were stopped by their own guards;
         // deleting the name frees the namespace once they are gone.
         let _ = run("ip", &["netns", "delete", &self.name]);
-    }
-}
-
-/// A bpffs directory for one run's pinned maps, removed on drop.
-#[derive(Debug)]
-pub struct PinDir {
-    path: PathBuf,
-}
-
-impl PinDir {
-    /// `/sys/fs/bpf/xlbperf<pid>-<seq>-<role>`, emptied if a stale one exists.
-    pub fn create(role: &str) -> Result<PinDir, NetnsError> {
-        let path = PathBuf::from(format!(
-            "/sys/fs/bpf/xlbperf{}-{}-{role}",
-            std::process::id(),
-            next_seq()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .map_err(|source| NetnsError::PinDir { path: path.clone(), source })?;
-        Ok(PinDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

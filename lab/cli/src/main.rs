@@ -1,18 +1,22 @@
-//! `xlb lab`: the showcase. Builds the network-namespace lab (client,
+//! `xlb-lab`: the showcase. Builds the network-namespace lab (client,
 //! router, LB, nodes with nginx pods; see `lab`), writes the service's
-//! manifests, starts one `xlb run` agent per node namespace (this binary),
-//! drives real HTTP requests from the client to the VIP over IPv4 and IPv6,
-//! and prints where they landed and the packet counters that show direct
-//! server return. Everything is torn down on exit and on Ctrl-C.
+//! manifests, starts one `xlb run` agent per node namespace (the `xlb`
+//! binary beside this one, or `--xlb` / $XLB_BIN), drives real HTTP
+//! requests from the client to the VIP over IPv4 and IPv6, and prints where
+//! they landed and the packet counters that show direct server return.
+//! Everything is torn down on exit and on Ctrl-C. A binary of its own so
+//! that the `xlb` agent does not link the lab.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use lab::{
     agent::{self, Agent, AgentSpec},
     http::{self, DriveReport, DriveSpec},
@@ -26,9 +30,14 @@ const NAME_PREFIX: &str = "xlblab";
 /// How long the agents get to load, attach and apply.
 const AGENT_READY: Duration = Duration::from_secs(30);
 
-/// Options of `xlb lab`.
-#[derive(clap::Args, Debug)]
-pub struct LabArgs {
+/// Build the network-namespace lab and run xlb in it.
+#[derive(Parser, Debug)]
+#[command(name = "xlb-lab", version)]
+struct LabArgs {
+    /// The `xlb` binary the agents run [default: $XLB_BIN, else the `xlb`
+    /// beside this binary].
+    #[arg(long, value_name = "PATH")]
+    xlb: Option<PathBuf>,
     /// Backend nodes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     nodes: u32,
@@ -57,13 +66,29 @@ pub struct LabArgs {
     agent_args: Vec<String>,
 }
 
+fn main() -> ExitCode {
+    match run(LabArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xlb-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the lab. Fails (non-zero exit) if any request failed or the
 /// counters do not show direct server return.
-pub fn run(args: LabArgs) -> anyhow::Result<()> {
+fn run(args: LabArgs) -> anyhow::Result<()> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("`xlb lab` builds network namespaces and loads BPF programs: run it as root");
+        bail!("`xlb-lab` builds network namespaces and loads BPF programs: run it as root");
     }
+    // Checked (and made absolute) before anything is built.
+    let xlb = match &args.xlb {
+        Some(path) => path.clone(),
+        None => agent::xlb_binary()?,
+    };
+    let xlb = xlb.canonicalize().with_context(|| format!("the xlb binary {}", xlb.display()))?;
     install_signal_teardown()?;
     let stale = Lab::cleanup_stale(NAME_PREFIX).context("removing leftovers of earlier runs")?;
     if !stale.is_empty() {
@@ -109,8 +134,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         "manifests: {origin}: Service default/nginx, LoadBalancer {VIP_V4} and {VIP_V6} port {VIP_PORT}"
     );
 
-    // Exactly this binary, even if a rebuild has replaced the file since.
-    let mut agent_spec = AgentSpec::new("/proc/self/exe", &config);
+    let mut agent_spec = AgentSpec::new(&xlb, &config);
     agent_spec.extra_args.extend(args.agent_args.iter().cloned());
     let t1 = Instant::now();
     let mut agents = start_agents(&lab, &agent_spec)?;
@@ -127,10 +151,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         for a in &agents {
             eprintln!("--- last lines of the {} agent's log ---\n{}", a.node, a.log_tail(15));
         }
-        eprintln!("xlb lab: {e:#}");
+        eprintln!("xlb-lab: {e:#}");
     }
     if args.hold {
-        hold(&lab);
+        hold(&lab, &xlb);
     }
     println!("tearing down the lab");
     drop(agents);
@@ -354,12 +378,12 @@ fn print_topology(lab: &Lab) {
 }
 
 /// Keeps the lab up until Ctrl-C (the signal thread tears it down).
-fn hold(lab: &Lab) {
+fn hold(lab: &Lab, xlb: &Path) {
     println!(
         "\nthe lab stays up until Ctrl-C; try:\n  ip netns exec {} curl -s http://{VIP_V4}/\n  \
          {} service list --pin-dir /sys/fs/bpf/{}/lb",
         lab.ns("client").unwrap_or("?"),
-        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or("xlb".into()),
+        xlb.display(),
         lab.prefix()
     );
     loop {

@@ -1,7 +1,9 @@
-//! The ABI of the benchmark rig (xdp/xlb_bench.c, embedded as
+//! The ABI of the benchmark rig (testkit/bpf/xlb_bench.c, embedded as
 //! [`crate::objects::bench`]): the frame-template mirror, its encoder, and the
-//! xdp_md context a BPF_PROG_TEST_RUN needs. Used by perf/ and the benchmark
-//! tests, so the template layout is written once.
+//! xdp_md context a BPF_PROG_TEST_RUN needs, with one [`test_run`] of an XDP
+//! program. Used by perf/, the benchmark tests and the XDP packet tests, so
+//! the template layout and the run are written once.
+use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp};
 
 /// Largest template frame (XLB_BENCH_FRAME_MAX).
 pub const FRAME_MAX: usize = 256;
@@ -89,6 +91,26 @@ pub fn xdp_ctx(len: usize, ifindex: u32) -> [u8; 24] {
     c[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     c[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     c
+}
+
+/// One BPF_PROG_TEST_RUN of the XDP program `prog` on `frame` arriving on
+/// `ifindex`, `repeat` times; the output frame goes to `out` when given
+/// (its length in `data_size_out`).
+pub fn test_run(
+    prog: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    out: Option<&mut [u8]>,
+) -> Result<TestRunResult, ProgramError> {
+    let ctx = xdp_ctx(frame.len(), ifindex);
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: out,
+        ctx_in: Some(&ctx),
+        repeat,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! `Frame::eth(A, B).ipv4(..).udp(..).geneve(vni).dsr_opt(vip).inner(client.l3())`.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use lb::abi::{GENEVE_OPT_CLASS, GENEVE_OPT_DSR4, GENEVE_OPT_DSR6, GENEVE_OPT_EP4, GENEVE_OPT_EP6};
+
 use super::csum;
 
 /// An Ethernet address.
@@ -51,16 +53,6 @@ pub mod tcp_flags {
     pub const ECE: u8 = 0x40;
     pub const CWR: u8 = 0x80;
 }
-
-/// Geneve UDP port (RFC 8926).
-pub const GENEVE_PORT: u16 = 6081;
-/// xlb's Geneve option class and types (lb/bpf/xlb_abi.h).
-pub const DSR_OPT_CLASS: u16 = 0xff58;
-pub const DSR_OPT_V4: u8 = 0x01;
-pub const DSR_OPT_V6: u8 = 0x02;
-/// On forwarded ICMP errors: the endpoint of the quoted flow (same layout).
-pub const EP_OPT_V4: u8 = 0x03;
-pub const EP_OPT_V6: u8 = 0x04;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Eth {
@@ -227,13 +219,13 @@ pub struct GeneveOpt {
 impl GeneveOpt {
     /// xlb's DSR option: the service address and port the client used.
     pub fn dsr(vip: SocketAddr) -> Self {
-        Self::addr_port(DSR_OPT_V4, DSR_OPT_V6, vip)
+        Self::addr_port(GENEVE_OPT_DSR4, GENEVE_OPT_DSR6, vip)
     }
 
     /// xlb's endpoint option (forwarded ICMP errors): the endpoint of the
     /// quoted flow.
     pub fn endpoint(ep: SocketAddr) -> Self {
-        Self::addr_port(EP_OPT_V4, EP_OPT_V6, ep)
+        Self::addr_port(GENEVE_OPT_EP4, GENEVE_OPT_EP6, ep)
     }
 
     fn addr_port(typ4: u8, typ6: u8, sa: SocketAddr) -> Self {
@@ -243,7 +235,7 @@ impl GeneveOpt {
         };
         data.extend_from_slice(&sa.port().to_be_bytes());
         data.extend_from_slice(&[0, 0]);
-        GeneveOpt { class: DSR_OPT_CLASS, typ, data }
+        GeneveOpt { class: GENEVE_OPT_CLASS, typ, data }
     }
 }
 

@@ -1,10 +1,11 @@
 //! Ethernet frames for BPF tests and perf/ load generators: a builder from
 //! named header fields ([`Frame`]), a dissector into named layers and fields
 //! ([`dissect`], [`show`]) and a field-by-field comparison ([`diff`]).
-//! Pure byte work: nothing here touches the kernel.
+//! Pure byte work: nothing here touches the kernel. xlb's own protocol
+//! numbers (the Geneve port, option class and types) are `lb::abi`'s.
 //!
 //! ```
-//! use lb::packet::{diff, Frame};
+//! use testkit::packet::{diff, Frame};
 //! let syn = Frame::eth([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
 //!     .ipv4("192.0.2.10".parse().unwrap(), "10.100.0.1".parse().unwrap())
 //!     .tcp(40000, 80)
@@ -23,7 +24,7 @@ pub use diff::diff;
 pub use dissect::{dissect, show, Dissected, Field};
 pub use frame::{
     ethertype, proto, tcp_flags, Arp, Eth, Frame, Geneve, GeneveOpt, Icmp, Ipv4, Ipv6, Ipv6Ext,
-    Layer, Mac, Tcp, Udp, DSR_OPT_CLASS, DSR_OPT_V4, DSR_OPT_V6, EP_OPT_V4, EP_OPT_V6, GENEVE_PORT,
+    Layer, Mac, Tcp, Udp,
 };
 
 /// The benchmark's reference frames (/work/shared/bench/packets, see its
@@ -75,6 +76,8 @@ pub mod bench {
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use lb::abi::{GENEVE_OPT_DSR6, GENEVE_PORT};
 
     use super::{bench::*, *};
 
@@ -175,7 +178,7 @@ mod tests {
         let names: Vec<_> = dissect(&b).into_iter().map(|l| l.name).collect();
         assert_eq!(names, ["ethernet", "ipv4", "udp", "geneve", "geneve-option", "ipv4", "tcp"]);
         let v6 = GeneveOpt::dsr(SocketAddr::new(IpAddr::V6(VIP_V6), 443));
-        assert_eq!((v6.typ, v6.data.len()), (DSR_OPT_V6, 20));
+        assert_eq!((v6.typ, v6.data.len()), (GENEVE_OPT_DSR6, 20));
         assert_eq!(&v6.data[16..], &[0x01, 0xbb, 0, 0]);
     }
 

@@ -8,12 +8,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use lb::abi::{
+    GENEVE_OPT_CLASS, GENEVE_OPT_DSR4, GENEVE_OPT_DSR6, GENEVE_OPT_EP4, GENEVE_OPT_EP6, GENEVE_PORT,
+};
+
 use super::{
     csum,
-    frame::{
-        ethertype, proto, tcp_flags, DSR_OPT_CLASS, DSR_OPT_V4, DSR_OPT_V6, EP_OPT_V4, EP_OPT_V6,
-        GENEVE_PORT,
-    },
+    frame::{ethertype, proto, tcp_flags},
 };
 
 /// One header field: name, where it sits in the frame, and its value as text.
@@ -500,12 +501,12 @@ impl Dissector<'_> {
             o.f("type", cur + 2, 1, format!("{typ:#04x}"));
             o.f("len", cur + 3, 1, format!("{} ({dlen} bytes)", dlen / 4));
             match (class, typ, dlen) {
-                (DSR_OPT_CLASS, DSR_OPT_V4 | EP_OPT_V4, 8) => {
+                (GENEVE_OPT_CLASS, GENEVE_OPT_DSR4 | GENEVE_OPT_EP4, 8) => {
                     o.f("addr", d, 4, self.v4(d).to_string());
                     o.f("port", d + 4, 2, self.u16(d + 4).to_string());
                     o.f("pad", d + 6, 2, hex(&b[d + 6..d + 8]));
                 }
-                (DSR_OPT_CLASS, DSR_OPT_V6 | EP_OPT_V6, 20) => {
+                (GENEVE_OPT_CLASS, GENEVE_OPT_DSR6 | GENEVE_OPT_EP6, 20) => {
                     o.f("addr", d, 16, self.v6(d).to_string());
                     o.f("port", d + 16, 2, self.u16(d + 16).to_string());
                     o.f("pad", d + 18, 2, hex(&b[d + 18..d + 20]));
