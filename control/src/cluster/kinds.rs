@@ -1,5 +1,5 @@
 //! The registry of the Kubernetes kinds xlb reads: the one place that lists
-//! them ([`registry!`] at the bottom). Everything that holds something per kind
+//! them (`registry!` at the bottom). Everything that holds something per kind
 //! is a [`PerKind`] table — a field per registered kind, of a type chosen by a
 //! [`Family`]: the snapshots, changes and mirrors of [`super`], the Kubernetes
 //! source's counters ([`crate::source::kube`]). Code that treats kinds alike
@@ -9,7 +9,7 @@
 //! (the translation) takes its field: `changes.services`.
 //!
 //! A new kind (Pod, Namespace, NetworkPolicy, a CRD) joins with one line in
-//! [`registry!`]; the manifest decoder and the watcher pick it up from there,
+//! `registry!`; the manifest decoder and the watcher pick it up from there,
 //! and its consumer reads its field. Its type needs `k8s_openapi`'s
 //! `Resource`, `ListableResource` and `Metadata` (a CRD: derive or write them).
 use std::{collections::BTreeMap, fmt, marker::PhantomData, sync::Arc};
@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use super::{KindChanges, ObjectKey};
 
 /// A registered kind: the k8s-openapi type of its objects, and where its
-/// value sits in a [`PerKind`] table. Implemented by [`registry!`] only.
+/// value sits in a [`PerKind`] table. Implemented by `registry!` only.
 pub trait Kind:
     kube::Resource<DynamicType = ()>
     + Clone
@@ -107,7 +107,7 @@ impl Scope for ClusterResourceScope {
 macro_rules! registry {
     ($( $(#[$doc:meta])* $field:ident: $ty:ty, )+) => {
         /// One `F::Of<K>` for every registered kind `K`, a field each (named
-        /// as the kinds are in [`registry!`]).
+        /// as the kinds are in `registry!`).
         pub struct PerKind<F: Family> {
             $( $(#[$doc])* pub $field: F::Of<$ty>, )+
         }

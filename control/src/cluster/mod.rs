@@ -167,6 +167,21 @@ impl KindVisitor for Tally<'_> {
     }
 }
 
+impl Cluster {
+    /// Each kind's name and how many objects of it the snapshot holds.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        struct Counts<'a>(&'a Cluster, Vec<(&'static str, usize)>);
+        impl KindVisitor for Counts<'_> {
+            fn visit<K: Kind>(&mut self) {
+                self.1.push((K::KIND, K::of(self.0).len()));
+            }
+        }
+        let mut c = Counts(self, Vec::new());
+        for_each_kind(&mut c);
+        c.1
+    }
+}
+
 impl Objects {
     pub fn apply(&mut self, changes: &Changes) {
         struct Apply<'a>(&'a mut Objects, &'a Changes);
@@ -249,6 +264,7 @@ mod tests {
     #[test]
     fn full_listing_of_a_cluster_and_its_tally() {
         let cluster = Cluster { nodes: vec![node("a"), node("b")], ..Default::default() };
+        assert_eq!(cluster.counts(), [("Service", 0), ("EndpointSlice", 0), ("Node", 2)]);
         let changes = Changes::full(cluster);
         assert!(changes.any_full() && changes.all_full());
         assert_eq!(changes.len(), 2);

@@ -155,12 +155,16 @@ impl Nodes {
     }
 }
 
+/// Address families a Service exists in.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Families {
+    pub(super) v4: bool,
+    pub(super) v6: bool,
+}
+
 /// The addresses a NodePort opens on: this node's InternalIP and ExternalIP
 /// addresses of the Service's families, in API order.
-pub(super) fn node_port_addrs(this_node: &[NodeAddr], v4: bool, v6: bool) -> Vec<IpAddr> {
-    this_node
-        .iter()
-        .map(|a| a.addr)
-        .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
-        .collect()
+pub(super) fn node_port_addrs(this_node: &[NodeAddr], families: Families) -> Vec<IpAddr> {
+    let of_family = |a: &IpAddr| if a.is_ipv6() { families.v6 } else { families.v4 };
+    this_node.iter().map(|a| a.addr).filter(of_family).collect()
 }

@@ -29,7 +29,7 @@ use lb::model::{
 use super::{
     endpoints::{self, Endpoints, PortQuery, Target},
     errors::{ErrorList, ObjectRef, Problem},
-    nodes::{self, Nodes},
+    nodes::{self, Families, Nodes},
     parse_ip, parse_proto, port_number, HealthCheck, TranslateOptions,
 };
 use crate::cluster::ObjectKey;
@@ -117,8 +117,7 @@ pub(super) fn translate(
     let settings = cx.settings(svc, spec, ty);
     let addrs = cx.frontend_addrs(svc, spec, ty);
     let this_node = inputs.nodes.addrs(&inputs.opts.node_name).unwrap_or_default();
-    let node_ports =
-        ty.node_port.then(|| nodes::node_port_addrs(this_node, families.0, families.1));
+    let node_ports = ty.node_port.then(|| nodes::node_port_addrs(this_node, families));
     let endpoints =
         Endpoints { slices: inputs.slices, nodes: inputs.nodes, this_node: &inputs.opts.node_name };
     let ns = cx.object.namespace.clone().unwrap_or_default();
@@ -229,9 +228,9 @@ impl Cx<'_> {
         Some(Type { node_port, load_balancer })
     }
 
-    /// (IPv4, IPv6): the address families the Service exists in. NodePorts
-    /// are opened on this node's addresses of those families only.
-    fn families(&mut self, spec: &ServiceSpec) -> (bool, bool) {
+    /// The address families the Service exists in. NodePorts are opened on
+    /// this node's addresses of those families only.
+    fn families(&mut self, spec: &ServiceSpec) -> Families {
         let (mut v4, mut v6) = (false, false);
         if let Some(families) = &spec.ip_families {
             for (i, f) in families.iter().enumerate() {
@@ -254,9 +253,9 @@ impl Cx<'_> {
         if !v4 && !v6 {
             // Neither ipFamilies nor a clusterIP (a hand-written manifest):
             // whatever addresses the node has.
-            return (true, true);
+            return Families { v4: true, v6: true };
         }
-        (v4, v6)
+        Families { v4, v6 }
     }
 
     fn settings(&mut self, svc: &KubeService, spec: &ServiceSpec, ty: Type) -> Settings {
