@@ -219,3 +219,137 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cluster::{Cluster, Kind},
+        source::file::load_str,
+    };
+
+    /// Services a (LoadBalancer, endpoint on node1) and b (ClusterIP,
+    /// endpoint on node2); this node is lb.
+    const OBJECTS: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-1, namespace: default, labels: {kubernetes.io/service-name: a}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.5], nodeName: node1}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: b-1, namespace: default, labels: {kubernetes.io/service-name: b}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.2.5], nodeName: node2}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: lb}
+status: {addresses: [{type: InternalIP, address: 10.0.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node2}
+status: {addresses: [{type: InternalIP, address: 10.0.0.12}]}
+";
+
+    fn tracker() -> (Tracker, Cluster) {
+        let cluster = load_str(OBJECTS, "objects").unwrap();
+        let mut t = Tracker::new("lb");
+        let touched = t.update(Changes::full(cluster.clone()));
+        assert_eq!(names(&touched), ["a", "b"]);
+        assert!(touched.this_node);
+        (t, cluster)
+    }
+
+    fn one<K: Kind>(obj: &K) -> KindChanges<K> {
+        KindChanges {
+            full: false,
+            objects: vec![(ObjectKey::of(obj), Some(Arc::new(obj.clone())))],
+        }
+    }
+
+    fn names(t: &Touched) -> Vec<&str> {
+        t.services.iter().map(|k| k.name.as_str()).collect()
+    }
+
+    fn set_address(node: &mut Node, addr: &str) {
+        node.status.as_mut().unwrap().addresses.as_mut().unwrap()[0].address = addr.into();
+    }
+
+    #[test]
+    fn a_node_touches_the_services_with_endpoints_on_it_when_its_addresses_change() {
+        let (mut t, cluster) = tracker();
+        let mut node2 = cluster.nodes[2].clone();
+        node2.metadata.labels = Some([("heartbeat".to_string(), "1".to_string())].into());
+        let touched = t.update(Changes { nodes: one(&node2), ..Default::default() });
+        assert!(names(&touched).is_empty() && !touched.this_node, "{touched:?}");
+
+        set_address(&mut node2, "10.0.0.99");
+        let touched = t.update(Changes { nodes: one(&node2), ..Default::default() });
+        assert_eq!(names(&touched), ["b"]);
+        assert!(!touched.this_node);
+    }
+
+    #[test]
+    fn this_node_touches_every_service_with_node_ports() {
+        let (mut t, cluster) = tracker();
+        let mut lb = cluster.nodes[0].clone();
+        set_address(&mut lb, "10.0.0.3");
+        let touched = t.update(Changes { nodes: one(&lb), ..Default::default() });
+        assert_eq!(names(&touched), ["a"]);
+        assert!(touched.this_node);
+    }
+
+    #[test]
+    fn a_slice_touches_its_service_before_and_after() {
+        let (mut t, cluster) = tracker();
+        let mut slice = cluster.slices[0].clone();
+        slice
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(endpoints::SERVICE_NAME_LABEL.into(), "b".into());
+        slice.endpoints[0].node_name = Some("node2".into());
+        let touched = t.update(Changes { slices: one(&slice), ..Default::default() });
+        assert_eq!(names(&touched), ["a", "b"]);
+        assert_eq!(t.slices_of(&cluster.services[1]).len(), 2);
+
+        // node1 has no endpoint left: its change touches nothing.
+        let mut node1 = cluster.nodes[1].clone();
+        set_address(&mut node1, "10.0.0.98");
+        let touched = t.update(Changes { nodes: one(&node1), ..Default::default() });
+        assert!(names(&touched).is_empty());
+    }
+
+    #[test]
+    fn a_full_listing_touches_what_it_leaves_out() {
+        let (mut t, cluster) = tracker();
+        let without_b = Cluster {
+            services: vec![cluster.services[0].clone()],
+            slices: vec![cluster.slices[0].clone()],
+            ..cluster.clone()
+        };
+        let touched = t.update(Changes::full(without_b));
+        assert_eq!(names(&touched), ["b"], "unchanged objects are skipped, b is gone");
+        assert!(t.service(&ObjectKey::new(Some("default"), "b")).is_none());
+        assert_eq!(t.counts(), (1, 1, 3));
+    }
+}
