@@ -117,12 +117,8 @@ impl Endpoints<'_> {
             return;
         };
         for (k, ep) in slice.endpoints.iter().enumerate() {
-            let found = self.candidate(ep, v6, &slice.address_type);
-            match found {
-                Ok(mut c) => {
-                    c.port = number;
-                    out.push(c);
-                }
+            match self.candidate(ep, v6, number, &slice.address_type) {
+                Ok(c) => out.push(c),
                 Err((field, problem)) => {
                     errors.push(&object, format!("endpoints[{k}].{field}"), problem)
                 }
@@ -130,12 +126,13 @@ impl Endpoints<'_> {
         }
     }
 
-    /// Endpoint `ep` of a slice of family `v6` (port not yet set), or the
+    /// Endpoint `ep`, serving on `port`, of a slice of family `v6`; or the
     /// field of it that is wrong and why.
     fn candidate(
         &self,
         ep: &Endpoint,
         v6: bool,
+        port: u16,
         address_type: &str,
     ) -> Result<Candidate, (&'static str, Problem)> {
         // Consumers use the first address (the API documents the rest as unused).
@@ -155,7 +152,7 @@ impl Endpoints<'_> {
         let ready = cond.and_then(|c| c.ready).unwrap_or(true);
         Ok(Candidate {
             addr,
-            port: 0,
+            port,
             node,
             local: node_name == self.this_node,
             ready,
