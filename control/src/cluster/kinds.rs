@@ -9,9 +9,24 @@
 //! (the translation) takes its field: `changes.services`.
 //!
 //! A new kind (Pod, Namespace, NetworkPolicy, a CRD) joins with one line in
-//! `registry!`; the manifest decoder and the watcher pick it up from there,
-//! and its consumer reads its field. Its type needs `k8s_openapi`'s
-//! `Resource`, `ListableResource` and `Metadata` (a CRD: derive or write them).
+//! `registry!`:
+//!
+//! ```text
+//! registry! {
+//!     ...
+//!     /// Pods: addresses and labels (pod routes, policy selectors).
+//!     pods: Pod,
+//! }
+//! ```
+//!
+//! From there manifests may hold Pods and PodLists, the Kubernetes source
+//! probes, watches and counts them, and every table has a `pods` field
+//! (`changes.pods: KindChanges<Pod>`, `cluster.pods: Vec<Pod>`). What is left
+//! is the consumer that reads `changes.pods` (the translation's tracker takes
+//! the kinds it reads with `let Changes { services, slices, nodes, .. }`),
+//! and the service account's permission to list and watch the kind. The type
+//! needs `k8s_openapi`'s `Resource`, `ListableResource` and `Metadata` (a
+//! CRD: write those impls for it).
 use std::{collections::BTreeMap, fmt, marker::PhantomData, sync::Arc};
 
 use k8s_openapi::{
