@@ -1,14 +1,14 @@
 //! Translates Kubernetes Services, EndpointSlices and Nodes into the
 //! datapath's desired state ([`lb::model::Desired`]), with kube-proxy
 //! semantics: the one translation path for every source. By concern:
-//! - [`services`]: kube-proxy's Service rules (type, families, ports,
+//! - `services`: kube-proxy's Service rules (type, families, ports,
 //!   frontends, affinity, traffic policy, annotations, proxy name);
-//! - [`endpoints`]: EndpointSlices to backends (ready/serving/terminating,
+//! - `endpoints`: EndpointSlices to backends (ready/serving/terminating,
 //!   externalTrafficPolicy: Local);
-//! - [`nodes`]: node addresses, this node's settings, NodePort addresses;
-//! - [`tracker`]: which Services a change touches (incremental updates);
-//! - [`claims`]: a frontend belongs to one service port;
-//! - [`errors`]: problems naming object and field.
+//! - `nodes`: node addresses, this node's settings, NodePort addresses;
+//! - `tracker`: which Services a change touches (incremental updates);
+//! - `claims`: a frontend belongs to one service port;
+//! - `errors`: problems naming object and field.
 //!
 //! [`Translator`] (here) ties them together: it takes [`Changes`] from a
 //! source, re-translates what they touch and keeps the desired state and the
@@ -22,7 +22,7 @@
 //! What becomes a datapath service: each port and address family of each
 //! Service this proxy owns (see [`service_key`]), with the frontends
 //! reachable from outside the cluster — LoadBalancer ingress IPs,
-//! externalIPs, and the NodePort on this node's addresses (see [`services`]
+//! externalIPs, and the NodePort on this node's addresses (see `services`
 //! for why ClusterIP is not among them).
 mod claims;
 mod endpoints;
@@ -120,7 +120,7 @@ struct Translated {
     claims: Vec<Slot>,
 }
 
-/// Incremental translation: the [`Tracker`] keeps the objects and says what
+/// Incremental translation: the tracker keeps the objects and says what
 /// a change touches; each touched Service is translated again and its part
 /// of the desired state replaced. The cost of an update grows with the
 /// change, not with the cluster.
