@@ -372,7 +372,7 @@ impl Reconciler {
             self.full_due = true;
             self.logged_errors = None;
         }
-        self.synced |= changes.services.full && changes.slices.full && changes.nodes.full;
+        self.synced |= changes.all_full();
         self.translator.update(changes);
         if self.synced {
             self.sync(datapath, source);

@@ -1,8 +1,10 @@
-//! xlb's control plane as a library: Kubernetes objects from a source
-//! (manifest files or the API) are collected in a [`cluster::Cluster`],
-//! translated into the datapath's [`lb::model::Desired`] by
-//! [`translate::translate`], and rendered as text by [`render`]. The `xlb`
-//! binary (main.rs) wires these to `lb::datapath`.
+//! xlb's control plane as a library: Kubernetes objects of the kinds
+//! registered in [`cluster::kinds`] come from a [`source`] (manifest files or
+//! the API) as [`cluster::Changes`], are translated into the datapath's
+//! [`lb::model::Desired`] by [`translate::Translator`] (by concern: services,
+//! endpoints, nodes, and a tracker of what a change touches), and rendered as
+//! text by [`render`]. The `xlb` binary (main.rs) wires these to
+//! `lb::datapath`.
 pub mod cluster;
 pub mod examples;
 pub mod healthcheck;

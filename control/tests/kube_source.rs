@@ -233,9 +233,9 @@ async fn snapshots_follow_the_api() {
     assert!(not_ready(&c), "later snapshots keep earlier changes");
 
     let s = &src.stats;
-    assert_eq!(s.services.objects.load(Ordering::Relaxed), 2);
-    assert_eq!(s.nodes.objects.load(Ordering::Relaxed), 2);
-    assert!(s.slices.events.load(Ordering::Relaxed) >= 1);
+    assert_eq!(s.per_kind.services.objects.load(Ordering::Relaxed), 2);
+    assert_eq!(s.per_kind.nodes.objects.load(Ordering::Relaxed), 2);
+    assert!(s.per_kind.slices.events.load(Ordering::Relaxed) >= 1);
     assert_eq!(s.kinds().iter().map(|(_, k)| k.restarts.load(Ordering::Relaxed)).sum::<u64>(), 0);
 }
 

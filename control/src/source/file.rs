@@ -1,24 +1,25 @@
 //! Manifest-file source: reads multi-document YAML (or JSON) manifests from a
-//! file or a directory into a [`Cluster`], and tells when they changed.
+//! file or a directory into a [`Cluster`], and tells when they changed. The
+//! daemon hands what it read over as a full listing; the other source is
+//! [`crate::source::kube`].
 //!
-//! Accepted kinds: v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node,
-//! and lists of them (v1 List, ServiceList, EndpointSliceList, NodeList).
-//! Any other kind is an error naming the file, the document (1-based) and the
-//! kind: a manifest set meant for xlb should hold nothing xlb ignores silently.
+//! Accepted kinds: every kind registered in [`crate::cluster::kinds`] (v1
+//! Service, discovery.k8s.io/v1 EndpointSlice, v1 Node), and lists of them
+//! (v1 List, ServiceList, EndpointSliceList, NodeList). Any other kind is an
+//! error naming the file, the document (1-based) and the kind: a manifest set
+//! meant for xlb should hold nothing xlb ignores silently. A file is read
+//! whole or not at all.
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::LazyLock,
     time::SystemTime,
 };
 
-use k8s_openapi::{
-    api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice},
-    Resource,
-};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::cluster::Cluster;
+use crate::cluster::{for_each_kind, Cluster, Kind, KindVisitor};
 
 /// Why manifests could not be loaded.
 #[derive(Debug, Error)]
@@ -40,7 +41,8 @@ pub enum LoadError {
     NoKind { origin: String, doc: usize, item: String },
     #[error(
         "{origin}: document {doc}{item}: kind {api_version} {kind} is not supported \
-         (expected v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node or a List of them)"
+         (expected {expected} or a List of them)",
+        expected = supported()
     )]
     UnsupportedKind { origin: String, doc: usize, item: String, api_version: String, kind: String },
     #[error("{origin}: document {doc}{item}: {kind}: {source}")]
@@ -107,43 +109,72 @@ fn add_object(
         kind,
         source,
     };
-    match (api_version.as_str(), kind.as_str()) {
-        (Service::API_VERSION, Service::KIND) => cluster
-            .services
-            .push(serde_yaml::from_value(value).map_err(|e| decode(Service::KIND, e))?),
-        (EndpointSlice::API_VERSION, EndpointSlice::KIND) => cluster
-            .slices
-            .push(serde_yaml::from_value(value).map_err(|e| decode(EndpointSlice::KIND, e))?),
-        (Node::API_VERSION, Node::KIND) => {
-            cluster.nodes.push(serde_yaml::from_value(value).map_err(|e| decode(Node::KIND, e))?)
+    let of_version = || DECODERS.iter().filter(|d| d.api_version == api_version);
+    if let Some(d) = of_version().find(|d| d.kind == kind) {
+        return (d.add)(cluster, value).map_err(|e| decode(d.kind, e));
+    }
+    let is_list = (api_version == "v1" && kind == "List") || of_version().any(|d| d.list == kind);
+    if !is_list {
+        return Err(LoadError::UnsupportedKind {
+            origin: origin.to_string(),
+            doc,
+            item,
+            api_version,
+            kind,
+        });
+    }
+    let items = match value.get("items") {
+        Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+        None | Some(serde_yaml::Value::Null) => Vec::new(),
+        Some(_) => {
+            let e = <serde_yaml::Error as serde::de::Error>::custom("items: not a list");
+            return Err(decode("List", e));
         }
-        ("v1", "List")
-        | ("v1", "ServiceList")
-        | ("v1", "NodeList")
-        | ("discovery.k8s.io/v1", "EndpointSliceList") => {
-            let items = match value.get("items") {
-                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
-                None | Some(serde_yaml::Value::Null) => Vec::new(),
-                Some(_) => {
-                    let e = <serde_yaml::Error as serde::de::Error>::custom("items: not a list");
-                    return Err(decode("List", e));
-                }
-            };
-            for (j, v) in items.into_iter().enumerate() {
-                add_object(cluster, v, origin, doc, format!("{item} items[{j}]"))?;
-            }
-        }
-        _ => {
-            return Err(LoadError::UnsupportedKind {
-                origin: origin.to_string(),
-                doc,
-                item,
-                api_version,
-                kind,
-            })
-        }
+    };
+    for (j, v) in items.into_iter().enumerate() {
+        add_object(cluster, v, origin, doc, format!("{item} items[{j}]"))?;
     }
     Ok(())
+}
+
+/// How a registered kind is read from a manifest document.
+struct Decoder {
+    api_version: &'static str,
+    kind: &'static str,
+    /// Its list kind ("ServiceList").
+    list: &'static str,
+    /// Decodes the document and adds it to the kind's objects.
+    add: fn(&mut Cluster, serde_yaml::Value) -> Result<(), serde_yaml::Error>,
+}
+
+/// One [`Decoder`] per registered kind, in registration order.
+static DECODERS: LazyLock<Vec<Decoder>> = LazyLock::new(|| {
+    struct Collect(Vec<Decoder>);
+    impl KindVisitor for Collect {
+        fn visit<K: Kind>(&mut self) {
+            self.0.push(Decoder {
+                api_version: K::API_VERSION,
+                kind: K::KIND,
+                list: K::LIST_KIND,
+                add: add::<K>,
+            });
+        }
+    }
+    let mut c = Collect(Vec::new());
+    for_each_kind(&mut c);
+    c.0
+});
+
+fn add<K: Kind>(cluster: &mut Cluster, value: serde_yaml::Value) -> Result<(), serde_yaml::Error> {
+    K::of_mut(cluster).push(serde_yaml::from_value(value)?);
+    Ok(())
+}
+
+/// "v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node": the kinds accepted.
+fn supported() -> String {
+    let kinds: Vec<String> =
+        DECODERS.iter().map(|d| format!("{} {}", d.api_version, d.kind)).collect();
+    kinds.join(", ")
 }
 
 fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {

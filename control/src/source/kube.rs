@@ -1,9 +1,9 @@
-//! Kubernetes API source: one kube-runtime watcher + reflector store per watched kind
-//! (Service, discovery.k8s.io/v1 EndpointSlice, Node), and a loop that hands the consumer
-//! [`Changes`]: once every store has finished its first list, every object (each kind a
-//! full listing); after that, only the objects that changed, looked up in the stores
-//! (shared `Arc`s: nothing is deep-copied), coalesced while the consumer is busy or the
-//! minimum interval has not passed. Its neighbours: the daemon (daemon.rs) feeds the
+//! Kubernetes API source: one kube-runtime watcher + reflector store per kind registered in
+//! [`crate::cluster::kinds`] (Service, discovery.k8s.io/v1 EndpointSlice, Node), and a loop
+//! that hands the consumer [`Changes`]: once every store has finished its first list, every
+//! object (each kind a full listing); after that, only the objects that changed, looked up in
+//! the stores (shared `Arc`s: nothing is deep-copied), coalesced while the consumer is busy or
+//! the minimum interval has not passed. Its neighbours: the daemon (daemon.rs) feeds the
 //! changes to [`crate::translate::Translator`]; [`crate::source::file`] is the other source.
 //!
 //! Resilience comes from kube-runtime and is relied on deliberately: a watch that ends or
@@ -13,25 +13,25 @@
 //! missing. A relist may hide deletions (no delete event), so after one the kind is handed
 //! over as a full listing again and the consumer diffs it whole. Errors are retried with
 //! kube's default exponential backoff (0.8 s doubling to 30 s, with jitter). A new kind
-//! (Pod, Namespace, NetworkPolicy) joins by one more `Watches::watch_kind` call, a
-//! [`KindStats`] field and a [`Changes`] field.
+//! (Pod, Namespace, NetworkPolicy) is watched once it is registered: the loop below, the
+//! probe and the counters all go over the registered kinds (the service account must be
+//! allowed to list and watch it).
 
-use crate::cluster::{Changes, KindChanges, ObjectKey};
+use crate::cluster::{
+    for_each_kind,
+    kinds::{PerKind, Same},
+    Changes, Kind, KindChanges, KindVisitor, ObjectKey,
+};
 use anyhow::Context as _;
+use futures::future::BoxFuture;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::Metadata;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, store::WriterDropped, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client};
 use std::collections::HashSet;
-use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -91,9 +91,8 @@ pub struct KindStats {
 /// Counters of the Kubernetes source; the metrics endpoint reads them.
 #[derive(Debug, Default)]
 pub struct KubeStats {
-    pub services: KindStats,
-    pub slices: KindStats,
-    pub nodes: KindStats,
+    /// Each watched kind's counters.
+    pub per_kind: PerKind<Same<KindStats>>,
     /// Batches of changes handed to the consumer.
     pub batches: AtomicU64,
     /// Every store has completed its first list (the first batch was built).
@@ -102,8 +101,8 @@ pub struct KubeStats {
 
 impl KubeStats {
     /// Each kind's counters with the kind's name, for labelled metrics.
-    pub fn kinds(&self) -> [(&'static str, &KindStats); 3] {
-        [("Service", &self.services), ("EndpointSlice", &self.slices), ("Node", &self.nodes)]
+    pub fn kinds(&self) -> Vec<(&'static str, &KindStats)> {
+        self.per_kind.iter().collect()
     }
 }
 
@@ -140,35 +139,27 @@ pub async fn run_with(
     // Aborts every watcher task when this function returns.
     let mut tasks = JoinSet::new();
     let w = Watches { client: &client, config: &config, stats: &stats, wake: &wake };
-    let services = w.watch_kind::<Service>(&mut tasks, |s| &s.services);
-    let slices = w.watch_kind::<EndpointSlice>(&mut tasks, |s| &s.slices);
-    let nodes = w.watch_kind::<Node>(&mut tasks, |s| &s.nodes);
+    let kinds = w.watch_every_kind(&mut tasks);
 
     info!(url, "waiting for the first list of every watched kind");
-    for (kind, ready) in [
-        ("Service", services.store.wait_until_ready().await),
-        ("EndpointSlice", slices.store.wait_until_ready().await),
-        ("Node", nodes.store.wait_until_ready().await),
-    ] {
-        ready.with_context(|| format!("the {kind} watcher stopped before its first list"))?;
+    for k in &kinds {
+        let kind = k.kind();
+        k.ready()
+            .await
+            .with_context(|| format!("the {kind} watcher stopped before its first list"))?;
     }
     stats.synced.store(true, Ordering::Relaxed);
-    info!(
-        services = services.store.len(),
-        slices = slices.store.len(),
-        nodes = nodes.store.len(),
-        "Kubernetes caches synced"
-    );
+    let objects: Vec<String> = kinds.iter().map(|k| format!("{}={}", k.kind(), k.len())).collect();
+    info!(objects = objects.join(" "), "Kubernetes caches synced");
 
     // The first batch: every object. Pending changes are taken (and dropped) before the
     // stores are read, so a change landing meanwhile is in the next batch, never lost.
     let mut first = true;
     loop {
-        let changes = Changes {
-            services: services.take(first),
-            slices: slices.take(first),
-            nodes: nodes.take(first),
-        };
+        let mut changes = Changes::default();
+        for k in &kinds {
+            k.take_into(first, &mut changes);
+        }
         first = false;
         if changes.is_empty() {
             // A wake-up whose changes an earlier batch already carried.
@@ -211,10 +202,22 @@ async fn client_config(opts: &KubeOptions) -> anyhow::Result<kube::Config> {
 
 /// One small list per kind: proves the API is reachable and that we may list each kind.
 async fn probe(client: &Client) -> anyhow::Result<()> {
-    let lp = ListParams::default().limit(1);
-    Api::<Service>::all(client.clone()).list(&lp).await.context("listing Services")?;
-    Api::<EndpointSlice>::all(client.clone()).list(&lp).await.context("listing EndpointSlices")?;
-    Api::<Node>::all(client.clone()).list(&lp).await.context("listing Nodes")?;
+    struct Probes<'a>(&'a Client, Vec<BoxFuture<'static, anyhow::Result<()>>>);
+    impl KindVisitor for Probes<'_> {
+        fn visit<K: Kind>(&mut self) {
+            let api = Api::<K>::all(self.0.clone());
+            self.1.push(Box::pin(async move {
+                let lp = ListParams::default().limit(1);
+                api.list(&lp).await.with_context(|| format!("listing {}s", K::KIND))?;
+                Ok(())
+            }));
+        }
+    }
+    let mut probes = Probes(client, Vec::new());
+    for_each_kind(&mut probes);
+    for p in probes.1 {
+        p.await?;
+    }
     Ok(())
 }
 
@@ -226,15 +229,42 @@ struct Pending {
 }
 
 /// A watched kind: its store and what changed in it since the last batch.
-struct Watched<K: Resource<DynamicType = ()> + 'static> {
+struct Watched<K: Kind> {
     store: Store<K>,
     pending: Arc<Mutex<Pending>>,
 }
 
-impl<K> Watched<K>
-where
-    K: Resource<DynamicType = ()> + Metadata<Ty = ObjectMeta> + Clone + 'static,
-{
+/// A [`Watched`] kind, whatever the kind: what the batching loop does with each.
+trait WatchedKind: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// Resolves once the store has completed its first list.
+    fn ready(&self) -> BoxFuture<'_, Result<(), WriterDropped>>;
+    /// Objects in the store.
+    fn len(&self) -> usize;
+    /// Puts the kind's changes since the last call into `changes` (all objects when
+    /// `full` or after a relist).
+    fn take_into(&self, full: bool, changes: &mut Changes);
+}
+
+impl<K: Kind> WatchedKind for Watched<K> {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), WriterDropped>> {
+        Box::pin(self.store.wait_until_ready())
+    }
+
+    fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    fn take_into(&self, full: bool, changes: &mut Changes) {
+        *K::of_mut(changes) = self.take(full);
+    }
+}
+
+impl<K: Kind> Watched<K> {
     /// The changes since the last call (all objects when `full` or after a relist).
     fn take(&self, full: bool) -> KindChanges<K> {
         let p = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
@@ -267,24 +297,27 @@ struct Watches<'a> {
 }
 
 impl Watches<'_> {
+    /// Starts a watcher for every registered kind, in registration order.
+    fn watch_every_kind(&self, tasks: &mut JoinSet<()>) -> Vec<Box<dyn WatchedKind>> {
+        struct Start<'a, 'w> {
+            watches: &'a Watches<'w>,
+            tasks: &'a mut JoinSet<()>,
+            started: Vec<Box<dyn WatchedKind>>,
+        }
+        impl KindVisitor for Start<'_, '_> {
+            fn visit<K: Kind>(&mut self) {
+                self.started.push(Box::new(self.watches.watch_kind::<K>(self.tasks)));
+            }
+        }
+        let mut start = Start { watches: self, tasks, started: Vec::new() };
+        for_each_kind(&mut start);
+        start.started
+    }
+
     /// Starts the watcher + reflector of kind `K` on a task in `tasks` and returns its
     /// store and pending changes. Every applied or deleted object is noted by key, every
     /// relist as a full listing, and the batching loop is woken.
-    fn watch_kind<K>(
-        &self,
-        tasks: &mut JoinSet<()>,
-        stats_of: fn(&KubeStats) -> &KindStats,
-    ) -> Watched<K>
-    where
-        K: Resource<DynamicType = ()>
-            + Metadata<Ty = ObjectMeta>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
-    {
+    fn watch_kind<K: Kind>(&self, tasks: &mut JoinSet<()>) -> Watched<K> {
         let (reader, writer) = reflector::store::<K>();
         let events = watcher::watcher(Api::<K>::all(self.client.clone()), self.config.clone())
             .default_backoff()
@@ -293,7 +326,7 @@ impl Watches<'_> {
         let (store, stats, wake, noted) =
             (reader.clone(), self.stats.clone(), self.wake.clone(), pending.clone());
         tasks.spawn(async move {
-            let kind = K::kind(&()).to_string();
+            let kind = K::KIND;
             let mut events = std::pin::pin!(events);
             let mut lists = 0u64;
             let note = |key: Option<ObjectKey>| {
@@ -308,7 +341,7 @@ impl Watches<'_> {
                 wake.notify_one();
             };
             while let Some(event) = events.next().await {
-                let s = stats_of(&stats);
+                let s = K::of(&stats.per_kind);
                 match event {
                     Ok(Event::Init) => {
                         lists += 1;

@@ -1,0 +1,108 @@
+//! Frontend ownership across Services: an (address, port, protocol) may be
+//! the frontend of one service port only. Every claim is kept, ordered by
+//! the claiming Service (namespace, name) and its order within it; the first
+//! wins and each later one is a [`Problem::DuplicateFrontend`] error, so the
+//! verdict does not depend on the order objects arrived in. Kept by the
+//! [`super::Translator`] as Services are (re)translated.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+};
+
+use lb::model::{Frontend, Proto, ServiceKey};
+
+use super::errors::{ConfigError, ObjectRef, Problem};
+use crate::cluster::ObjectKey;
+
+/// The frontend a service port claims.
+pub(super) type Slot = (IpAddr, u16, Proto);
+
+/// One claim: the claiming service port, the field it came from and the
+/// frontend as text.
+#[derive(Clone, Debug)]
+struct Claim {
+    key: ServiceKey,
+    field: String,
+    frontend: String,
+}
+
+/// Every claim of every frontend.
+#[derive(Debug, Default)]
+pub(super) struct Claims {
+    /// Frontend -> its claims by (Service, sequence within the Service).
+    by_slot: HashMap<Slot, BTreeMap<(ObjectKey, usize), Claim>>,
+    /// Frontends claimed more than once.
+    contested: usize,
+}
+
+impl Claims {
+    /// Service `owner`'s claim number `seq`: `frontend` of datapath service
+    /// `key`, from API field `field`. Returns the slot, for [`Claims::release`].
+    pub(super) fn claim(
+        &mut self,
+        owner: &ObjectKey,
+        seq: usize,
+        key: &ServiceKey,
+        frontend: &Frontend,
+        field: String,
+    ) -> Slot {
+        let slot = (frontend.addr, frontend.port, frontend.proto);
+        let text = format!("{}/{}", SocketAddr::new(frontend.addr, frontend.port), frontend.proto);
+        let claim = Claim { key: key.clone(), field, frontend: text };
+        let c = self.by_slot.entry(slot).or_default();
+        c.insert((owner.clone(), seq), claim);
+        if c.len() == 2 {
+            self.contested += 1;
+        }
+        slot
+    }
+
+    /// Drops Service `owner`'s claims, `slots` in claim order.
+    pub(super) fn release(&mut self, owner: &ObjectKey, slots: &[Slot]) {
+        for (seq, slot) in slots.iter().enumerate() {
+            let Some(c) = self.by_slot.get_mut(slot) else { continue };
+            let before = c.len();
+            c.remove(&(owner.clone(), seq));
+            if before > 1 && c.len() <= 1 {
+                self.contested -= 1;
+            }
+            if c.is_empty() {
+                self.by_slot.remove(slot);
+            }
+        }
+    }
+
+    /// No frontend is claimed twice.
+    pub(super) fn are_clear(&self) -> bool {
+        self.contested == 0
+    }
+
+    /// The errors of Service `owner` (named `object` in them): each of its
+    /// claims, `slots` in claim order, that another claim precedes.
+    pub(super) fn duplicates(
+        &self,
+        owner: &ObjectKey,
+        object: &ObjectRef,
+        slots: &[Slot],
+    ) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (seq, slot) in slots.iter().enumerate() {
+            let claims = &self.by_slot[slot];
+            let at = (owner.clone(), seq);
+            let (first_at, first) = claims.iter().next().expect("claimed");
+            if *first_at == at {
+                continue;
+            }
+            let me = &claims[&at];
+            errors.push(ConfigError {
+                object: object.clone(),
+                field: me.field.clone(),
+                problem: Problem::DuplicateFrontend {
+                    frontend: me.frontend.clone(),
+                    other: first.key.clone(),
+                },
+            });
+        }
+        errors
+    }
+}

@@ -1,0 +1,252 @@
+//! EndpointSlices to the backends of one service port, with kube-proxy's
+//! rules: which slice port carries the service port, the endpoint's address
+//! family and node, the ready/serving/terminating selection, and
+//! externalTrafficPolicy: Local. Also which Service a slice belongs to (its
+//! `kubernetes.io/service-name` label, for the [`super::tracker::Tracker`])
+//! and the count of ready endpoints on this node (for health checks). Its
+//! caller is [`super::services`]; node addresses come from [`super::nodes`].
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use lb::model::{Backend, BackendState, Proto};
+
+use super::{
+    errors::{ErrorList, ObjectRef, Problem},
+    nodes::Nodes,
+    parse_ip, parse_proto, port_number,
+};
+
+/// EndpointSlice label naming the Service it belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// (namespace, name) of a Service, as an EndpointSlice's label names it.
+pub(super) type ServiceName = (String, String);
+
+/// The Service `slice` belongs to, if it is labelled with one.
+pub(super) fn owner(slice: &EndpointSlice) -> Option<ServiceName> {
+    let labels = slice.metadata.labels.as_ref()?;
+    let svc = labels.get(SERVICE_NAME_LABEL)?;
+    let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+    Some((ns.to_string(), svc.clone()))
+}
+
+/// The nodes `slice`'s endpoints name.
+pub(super) fn nodes_named(slice: &EndpointSlice) -> Vec<String> {
+    let mut names: Vec<String> =
+        slice.endpoints.iter().filter_map(|ep| ep.node_name.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A service port's targetPort: a number, or a container port name resolved
+/// per endpoint through the EndpointSlice's ports.
+pub(super) enum Target {
+    Number(u16),
+    Named(String),
+}
+
+/// What one service port asks of its Service's slices.
+pub(super) struct PortQuery<'a> {
+    /// The port's name ("" when unnamed): the slice port of the same name
+    /// carries it.
+    pub(super) name: &'a str,
+    pub(super) proto: Proto,
+    pub(super) target: &'a Target,
+    /// externalTrafficPolicy: Local: only this node's endpoints.
+    pub(super) local: bool,
+}
+
+/// A Service's EndpointSlices and what resolving their endpoints reads.
+pub(super) struct Endpoints<'a> {
+    pub(super) slices: &'a [&'a EndpointSlice],
+    pub(super) nodes: &'a Nodes,
+    pub(super) this_node: &'a str,
+}
+
+/// An endpoint of one service port, before the kube-proxy selection.
+struct Candidate {
+    addr: IpAddr,
+    port: u16,
+    node: IpAddr,
+    local: bool,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+impl Endpoints<'_> {
+    /// The backends of one service port. Problems of the slices go to `errors`.
+    pub(super) fn backends(&self, port: &PortQuery, errors: &mut ErrorList) -> Vec<Backend> {
+        let mut candidates = Vec::new();
+        for slice in self.slices {
+            self.slice_candidates(slice, port, errors, &mut candidates);
+        }
+        if port.local {
+            candidates.retain(|c| c.local);
+        }
+        select(&candidates)
+    }
+
+    fn slice_candidates(
+        &self,
+        slice: &EndpointSlice,
+        port: &PortQuery,
+        errors: &mut ErrorList,
+        out: &mut Vec<Candidate>,
+    ) {
+        let object = ObjectRef::of(slice);
+        let v6 = match slice.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            "FQDN" => return, // not an address the datapath can reach
+            other => {
+                let expected = "IPv4, IPv6, FQDN";
+                errors.push(
+                    &object,
+                    "addressType",
+                    Problem::BadValue { value: other.into(), expected },
+                );
+                return;
+            }
+        };
+        let Some(number) = slice_port(slice, port, &object, errors) else {
+            return;
+        };
+        for (k, ep) in slice.endpoints.iter().enumerate() {
+            match self.candidate(ep, v6, number, &slice.address_type) {
+                Ok(c) => out.push(c),
+                Err((field, problem)) => {
+                    errors.push(&object, format!("endpoints[{k}].{field}"), problem)
+                }
+            }
+        }
+    }
+
+    /// Endpoint `ep`, serving on `port`, of a slice of family `v6`; or the
+    /// field of it that is wrong and why.
+    fn candidate(
+        &self,
+        ep: &Endpoint,
+        v6: bool,
+        port: u16,
+        address_type: &str,
+    ) -> Result<Candidate, (&'static str, Problem)> {
+        // Consumers use the first address (the API documents the rest as unused).
+        let first = ep.addresses.first().ok_or(("addresses", Problem::Missing))?;
+        let addr = match parse_ip(first) {
+            Ok(a) if a.is_ipv6() == v6 => a,
+            Ok(addr) => {
+                let address_type = address_type.to_string();
+                return Err(("addresses[0]", Problem::FamilyMismatch { addr, address_type }));
+            }
+            Err(p) => return Err(("addresses[0]", p)),
+        };
+        let node_name = ep.node_name.as_deref().ok_or(("nodeName", Problem::Missing))?;
+        let node = self.nodes.tunnel_endpoint(node_name, v6).map_err(|p| ("nodeName", p))?;
+        // Unknown (nil) conditions: ready; serving follows ready.
+        let cond = ep.conditions.as_ref();
+        let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+        Ok(Candidate {
+            addr,
+            port,
+            node,
+            local: node_name == self.this_node,
+            ready,
+            serving: cond.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+        })
+    }
+}
+
+/// The port number a slice gives the service port: the slice port of the
+/// same name and protocol (its number is the resolved targetPort, named
+/// ports resolved per pod), or the numeric targetPort when it has none.
+/// None when the slice does not carry the port, or it is wrong (in `errors`).
+fn slice_port(
+    slice: &EndpointSlice,
+    port: &PortQuery,
+    object: &ObjectRef,
+    errors: &mut ErrorList,
+) -> Option<u16> {
+    let carries = |p: &EndpointPort| {
+        p.name.as_deref().unwrap_or("") == port.name
+            && parse_proto(p.protocol.as_deref()).ok().flatten() == Some(port.proto)
+    };
+    let (j, sp) = slice.ports.iter().flatten().enumerate().find(|(_, p)| carries(p))?;
+    let field = || format!("ports[{j}].port");
+    match (sp.port, port.target) {
+        (Some(n), _) => port_number(n).map_err(|p| errors.push(object, field(), p)).ok(),
+        (None, Target::Number(n)) => Some(*n),
+        (None, Target::Named(name)) => {
+            let problem = Problem::UnresolvedTargetPort { target: name.clone() };
+            errors.push(object, field(), problem);
+            None
+        }
+    }
+}
+
+/// kube-proxy's selection, per address family:
+/// - ready endpoints take new flows;
+/// - if none is ready, serving-and-terminating endpoints do instead (so a
+///   rolling restart of every pod does not black-hole traffic);
+/// - other terminating endpoints stay as `Terminating`: they keep their
+///   established flows and get no new ones;
+/// - endpoints neither ready nor terminating are left out.
+///
+/// Backends are named and ordered by "address:port"; an endpoint in two
+/// slices (during a slice split) is kept once, the more usable entry winning.
+fn select(candidates: &[Candidate]) -> Vec<Backend> {
+    let mut chosen: BTreeMap<String, Backend> = BTreeMap::new();
+    for v6 in [false, true] {
+        let family: Vec<&Candidate> =
+            candidates.iter().filter(|c| c.addr.is_ipv6() == v6).collect();
+        let any_ready = family.iter().any(|c| c.ready);
+        for c in family {
+            let state = if c.ready || (!any_ready && c.serving && c.terminating) {
+                BackendState::Active
+            } else if c.terminating {
+                BackendState::Terminating
+            } else {
+                continue;
+            };
+            let name = SocketAddr::new(c.addr, c.port).to_string();
+            let better = match chosen.get(&name) {
+                None => true,
+                Some(old) => {
+                    old.state == BackendState::Terminating && state == BackendState::Active
+                }
+            };
+            if better {
+                let backend = Backend {
+                    name: name.clone(),
+                    addr: c.addr,
+                    port: c.port,
+                    node: c.node,
+                    weight: 1,
+                    state,
+                };
+                chosen.insert(name, backend);
+            }
+        }
+    }
+    chosen.into_values().collect()
+}
+
+/// Ready endpoints (by first address) on node `node` in `slices`: what a
+/// healthCheckNodePort answers from.
+pub(super) fn local_ready(slices: &[&EndpointSlice], node: &str) -> usize {
+    let mut local: HashSet<&str> = HashSet::new();
+    for ep in slices.iter().flat_map(|s| &s.endpoints) {
+        let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+        if ready && ep.node_name.as_deref() == Some(node) {
+            if let Some(a) = ep.addresses.first() {
+                local.insert(a);
+            }
+        }
+    }
+    local.len()
+}

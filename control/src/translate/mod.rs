@@ -1,0 +1,338 @@
+//! Translates Kubernetes Services, EndpointSlices and Nodes into the
+//! datapath's desired state ([`lb::model::Desired`]), with kube-proxy
+//! semantics: the one translation path for every source. By concern:
+//! - `services`: kube-proxy's Service rules (type, families, ports,
+//!   frontends, affinity, traffic policy, annotations, proxy name);
+//! - `endpoints`: EndpointSlices to backends (ready/serving/terminating,
+//!   externalTrafficPolicy: Local);
+//! - `nodes`: node addresses, this node's settings, NodePort addresses;
+//! - `tracker`: which Services a change touches (incremental updates);
+//! - `claims`: a frontend belongs to one service port;
+//! - `errors`: problems naming object and field.
+//!
+//! [`Translator`] (here) ties them together: it takes [`Changes`] from a
+//! source, re-translates what they touch and keeps the desired state and the
+//! datapath services changed since it was last asked. [`translate`] is the
+//! same code fed a whole [`Cluster`].
+//!
+//! Bad configuration is rejected whole: every problem found is collected into
+//! [`ConfigErrors`] (each naming the object and the field) and no partial
+//! state is returned, so nothing of a bad configuration is ever applied.
+//!
+//! What becomes a datapath service: each port and address family of each
+//! Service this proxy owns (see [`service_key`]), with the frontends
+//! reachable from outside the cluster — LoadBalancer ingress IPs,
+//! externalIPs, and the NodePort on this node's addresses (see `services`
+//! for why ClusterIP is not among them).
+mod claims;
+mod endpoints;
+mod errors;
+mod nodes;
+mod services;
+mod tracker;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use lb::model::{Cidr, Desired, Proto, ServiceKey};
+
+use self::{
+    claims::{Claims, Slot},
+    errors::ErrorList,
+    services::PortService,
+    tracker::Tracker,
+};
+pub use self::{
+    endpoints::SERVICE_NAME_LABEL,
+    errors::{ConfigError, ConfigErrors, ObjectRef, Problem},
+    services::{
+        service_key, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_PROXY_NAME, ENCAP_ANNOTATION,
+        IPV6_KEY_SUFFIX, MAGLEV_SIZE_ANNOTATION, MAX_AFFINITY_TIMEOUT_S, PROXY_NAME_LABEL,
+    },
+};
+use crate::cluster::{Changes, Cluster, ObjectKey};
+
+/// What the translation needs to know about the node it runs on and its policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranslateOptions {
+    /// This node's name: its Node object gives the NodePort addresses
+    /// (status.addresses InternalIP and ExternalIP) and, unless overridden,
+    /// the tunnel source addresses (the first InternalIP of each family).
+    pub node_name: String,
+    /// Where Service externalIPs may point. An externalIP outside every one of
+    /// them is an error (CVE-2020-8554: any user able to create a Service
+    /// could otherwise capture traffic for any address). Empty: none allowed.
+    pub external_ip_cidrs: Vec<Cidr>,
+    /// The `service.kubernetes.io/service-proxy-name` value xlb owns;
+    /// unlabelled services are always ours.
+    pub proxy_name: String,
+    /// Overrides the IPv4 tunnel source taken from the Node object.
+    pub tunnel_v4: Option<Ipv4Addr>,
+    /// Overrides the IPv6 tunnel source taken from the Node object.
+    pub tunnel_v6: Option<Ipv6Addr>,
+}
+
+impl TranslateOptions {
+    /// Options for node `node_name`: no externalIP allowed, proxy name "xlb",
+    /// tunnel addresses from the Node object.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        TranslateOptions {
+            node_name: node_name.into(),
+            external_ip_cidrs: Vec::new(),
+            proxy_name: DEFAULT_PROXY_NAME.to_string(),
+            tunnel_v4: None,
+            tunnel_v6: None,
+        }
+    }
+}
+
+/// Translates `cluster` as seen from node `opts.node_name`. Either the whole
+/// desired state or every error. The same code as the incremental
+/// [`Translator`], fed the whole cluster at once.
+pub fn translate(cluster: &Cluster, opts: &TranslateOptions) -> Result<Desired, ConfigErrors> {
+    let mut t = Translator::new(opts.clone());
+    t.update(Changes::full(cluster.clone()));
+    t.result()
+}
+
+/// The healthCheckNodePort of a Service with externalTrafficPolicy: Local,
+/// and how many ready endpoints it has on this node (kube-proxy's answer:
+/// 200 when there is one, 503 otherwise).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: ObjectKey,
+    pub port: u16,
+    pub local_endpoints: usize,
+}
+
+/// What one Kubernetes Service translated to.
+#[derive(Debug)]
+struct Translated {
+    /// The Service, as errors name it.
+    object: ObjectRef,
+    /// Datapath service keys it produced, in order.
+    keys: Vec<ServiceKey>,
+    /// Its own problems (fields of the Service, endpoints of its slices).
+    errors: Vec<ConfigError>,
+    /// Frontends claimed, in translation order.
+    claims: Vec<Slot>,
+}
+
+/// Incremental translation: the tracker keeps the objects and says what
+/// a change touches; each touched Service is translated again and its part
+/// of the desired state replaced. The cost of an update grows with the
+/// change, not with the cluster.
+///
+/// Validation stays whole-configuration: while any object has a problem,
+/// [`Translator::result`]/[`Translator::check`] report every error (in the
+/// order `translate` always used) and the changed keys keep accumulating, so
+/// the first valid state afterwards carries all of them.
+#[derive(Debug)]
+pub struct Translator {
+    opts: TranslateOptions,
+    tracker: Tracker,
+    /// Every Service held, by key.
+    translated: BTreeMap<ObjectKey, Translated>,
+    claims: Claims,
+    /// Services with a problem of their own.
+    with_errors: BTreeSet<ObjectKey>,
+    health: BTreeMap<ObjectKey, HealthCheck>,
+    health_changed: bool,
+    desired: Desired,
+    /// Datapath services changed since the last [`Translator::take_changed`].
+    changed: BTreeSet<ServiceKey>,
+}
+
+impl Translator {
+    pub fn new(opts: TranslateOptions) -> Self {
+        Translator {
+            tracker: Tracker::new(&opts.node_name),
+            opts,
+            translated: BTreeMap::new(),
+            claims: Claims::default(),
+            with_errors: BTreeSet::new(),
+            health: BTreeMap::new(),
+            health_changed: false,
+            desired: Desired::default(),
+            changed: BTreeSet::new(),
+        }
+    }
+
+    pub fn options(&self) -> &TranslateOptions {
+        &self.opts
+    }
+
+    /// Objects held: (Services, EndpointSlices, Nodes).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.tracker.counts()
+    }
+
+    /// Takes in a source's changes and re-translates what they touch.
+    pub fn update(&mut self, changes: Changes) {
+        let touched = self.tracker.update(changes);
+        if touched.this_node {
+            self.desired.node = self.tracker.nodes().config(&self.opts);
+        }
+        for key in touched.services {
+            self.retranslate(key);
+        }
+    }
+
+    /// Replaces what Service `key` contributes with the translation of the
+    /// Service now held under it (none: it is gone).
+    fn retranslate(&mut self, key: ObjectKey) {
+        let old_keys = self.forget(&key);
+        let svc = self.tracker.service(&key).cloned();
+        let health = svc
+            .as_ref()
+            .and_then(|svc| services::health_check(svc, &self.tracker.slices_of(svc), &self.opts));
+        if self.health.get(&key) != health.as_ref() {
+            match health {
+                Some(h) => self.health.insert(key.clone(), h),
+                None => self.health.remove(&key),
+            };
+            self.health_changed = true;
+        }
+        let mut new_keys = Vec::new();
+        if let Some(svc) = svc {
+            let mut errors = ErrorList::default();
+            let inputs = services::Inputs {
+                opts: &self.opts,
+                slices: &self.tracker.slices_of(&svc),
+                nodes: self.tracker.nodes(),
+            };
+            let out = services::translate(&svc, &inputs, &mut errors);
+            let object = ObjectRef::of(&*svc);
+            new_keys = self.record(key, object, out, errors.into_vec());
+        }
+        for k in old_keys {
+            if !new_keys.contains(&k) {
+                self.desired.services.remove(&k);
+                self.changed.insert(k);
+            }
+        }
+    }
+
+    /// Drops what Service `key` translated to (its claims and errors; its
+    /// datapath services stay until replaced); the keys it had produced.
+    fn forget(&mut self, key: &ObjectKey) -> Vec<ServiceKey> {
+        let Some(old) = self.translated.remove(key) else {
+            return Vec::new();
+        };
+        self.with_errors.remove(key);
+        self.claims.release(key, &old.claims);
+        old.keys
+    }
+
+    /// Files Service `key`'s translation: claims its frontends and puts its
+    /// datapath services in the desired state. Returns their keys.
+    fn record(
+        &mut self,
+        key: ObjectKey,
+        object: ObjectRef,
+        out: Vec<PortService>,
+        errors: Vec<ConfigError>,
+    ) -> Vec<ServiceKey> {
+        let mut entry = Translated { object, keys: Vec::new(), errors, claims: Vec::new() };
+        if !entry.errors.is_empty() {
+            self.with_errors.insert(key.clone());
+        }
+        for PortService { service, fields } in out {
+            for (fe, field) in service.frontends.iter().zip(fields) {
+                let seq = entry.claims.len();
+                entry.claims.push(self.claims.claim(&key, seq, &service.key, fe, field));
+            }
+            entry.keys.push(service.key.clone());
+            if self.desired.services.get(&service.key) != Some(&service) {
+                self.changed.insert(service.key.clone());
+                self.desired.services.insert(service.key.clone(), service);
+            }
+        }
+        let keys = entry.keys.clone();
+        self.translated.insert(key, entry);
+        keys
+    }
+
+    /// Whether the objects held translate without a problem.
+    pub fn is_valid(&self) -> bool {
+        self.with_errors.is_empty()
+            && self.claims.are_clear()
+            && self.tracker.nodes().are_valid()
+            && self.tracker.nodes().contains(&self.opts.node_name)
+    }
+
+    /// Ok, or every problem of the objects held, ordered as `translate`
+    /// orders them: Nodes by name, this node, then each Service by namespace
+    /// and name with its endpoints' problems and its duplicate frontends.
+    pub fn check(&self) -> Result<(), ConfigErrors> {
+        if self.is_valid() {
+            return Ok(());
+        }
+        let mut errors = self.tracker.nodes().errors();
+        if !self.tracker.nodes().contains(&self.opts.node_name) {
+            errors.push(ConfigError {
+                object: ObjectRef {
+                    kind: "Node",
+                    namespace: None,
+                    name: self.opts.node_name.clone(),
+                },
+                field: "metadata.name".into(),
+                problem: Problem::UnknownNode { node: self.opts.node_name.clone() },
+            });
+        }
+        for (key, entry) in &self.translated {
+            errors.extend(entry.errors.iter().cloned());
+            errors.extend(self.claims.duplicates(key, &entry.object, &entry.claims));
+        }
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|e| seen.insert(e.clone()));
+        Err(ConfigErrors(errors))
+    }
+
+    /// The whole desired state, or every problem.
+    pub fn result(&self) -> Result<Desired, ConfigErrors> {
+        self.check().map(|()| self.desired.clone())
+    }
+
+    /// The desired state of the objects held (meaningful when valid).
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Datapath services added, changed or removed since the last call.
+    pub fn take_changed(&mut self) -> Vec<ServiceKey> {
+        std::mem::take(&mut self.changed).into_iter().collect()
+    }
+
+    /// Datapath services changed and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// The health checks (externalTrafficPolicy: Local LoadBalancers), if
+    /// any changed since the last call.
+    pub fn take_health_checks(&mut self) -> Option<Vec<HealthCheck>> {
+        std::mem::take(&mut self.health_changed).then(|| self.health.values().cloned().collect())
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, Problem> {
+    s.trim().parse().map_err(|_| Problem::BadIp { value: s.to_string() })
+}
+
+fn port_number(value: i32) -> Result<u16, Problem> {
+    u16::try_from(value).ok().filter(|p| *p != 0).ok_or(Problem::BadPort { value })
+}
+
+/// A port's protocol: TCP (the default) or UDP; None for SCTP, valid
+/// Kubernetes the datapath does not carry (skipped, not an error).
+fn parse_proto(s: Option<&str>) -> Result<Option<Proto>, Problem> {
+    match s.unwrap_or("TCP") {
+        "TCP" => Ok(Some(Proto::Tcp)),
+        "UDP" => Ok(Some(Proto::Udp)),
+        "SCTP" => Ok(None),
+        other => Err(Problem::BadValue { value: other.to_string(), expected: "TCP, UDP, SCTP" }),
+    }
+}
