@@ -516,6 +516,14 @@ fn check_revnat(tag: &str, client: IpAddr, pod: IpAddr, reply: Frame, expected: 
         &node,
         &[("ok_tc_decap", 1, syn_frame.len() as u64), ("ok_tc_revnat", 1, reply.len() as u64)],
     );
+    // Each is counted at the hook it ran at, and nowhere else.
+    let by_hook: Vec<(&str, &str, u64)> = lb::loader::read_hook_counters(node.pin.path())
+        .unwrap_or_else(|e| panic!("reading counters by hook: {e}"))
+        .into_iter()
+        .filter(|(_, _, c)| c.packets != 0)
+        .map(|(h, k, c)| (h.name(), k.name(), c.packets))
+        .collect();
+    assert_eq!(by_hook, [("tc_ingress", "ok_tc_decap", 1), ("tc_egress", "ok_tc_revnat", 1)]);
 }
 
 #[test]

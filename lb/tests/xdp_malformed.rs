@@ -68,6 +68,29 @@ fn bad_ipv4_header_lengths() {
     });
 }
 
+/// The IP version field must agree with the EtherType (the kernel checks it
+/// on input; a frame that lies is not forwarded to a backend).
+#[test]
+fn ip_version_disagreeing_with_the_ethertype_is_dropped() {
+    with_lab("version", |lab| {
+        lab.apply(&[web(false), web(true)]);
+        let mut cases = Vec::new();
+        for (v6, wrong) in [(false, 6u8), (false, 5), (true, 4), (true, 0)] {
+            let mut bytes = syn(v6, CLIENT_PORT).build();
+            bytes[14] = (wrong << 4) | (bytes[14] & 0x0f);
+            cases.push(
+                Case::raw(format!("{} with IP version {wrong}", fam(v6)), bytes)
+                    .drop(Counter::DropBadVersion),
+            );
+        }
+        // Behind a VLAN tag too.
+        let mut tagged = syn(false, CLIENT_PORT).vlan(7).build();
+        tagged[18] = (6 << 4) | (tagged[18] & 0x0f);
+        cases.push(Case::raw("v4 802.1Q with IP version 6", tagged).drop(Counter::DropBadVersion));
+        lab.check(&cases);
+    });
+}
+
 #[test]
 fn fragments_are_passed() {
     with_lab("fragments", |lab| {
