@@ -1,0 +1,583 @@
+//! The read model: what a node's datapath maps hold, decoded once into typed
+//! values. Service names, the service → frontends/backends join, Maglev slot
+//! counts, connection-table entries, traffic, counters and event status are
+//! read here and nowhere else: the reconcilers restore from it
+//! ([`crate::reconcile`]), and `control`'s inspection CLI, metrics and
+//! monitor show it. Reads go through a [`MapStore`], so the same decoding
+//! runs on the pinned maps ([`BpfStore`]) and on a [`crate::store::MemStore`].
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::{self, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    ops::ControlFlow,
+    path::Path,
+};
+
+use serde::Serialize;
+
+pub use crate::{
+    abi::Counter,
+    events::EventStatus,
+    store::{SvcTraffic, Traffic},
+};
+use crate::{
+    abi,
+    events::{EventControl, EventsError},
+    loader::LoadError,
+    model::{Cidr, Proto},
+    store::{BackendMeta, BpfStore, MapStore, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the counters: {0}")]
+    Counters(#[from] LoadError),
+    #[error("reading the event status: {0}")]
+    Events(#[from] EventsError),
+}
+
+/// Does service key `name` ("namespace/name:port[/ipv6]") match `filter`:
+/// the key itself, or "namespace/name" for every port and family?
+pub fn service_matches(filter: &str, name: &str) -> bool {
+    name == filter
+        || name
+            .strip_prefix(filter)
+            .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('/'))
+}
+
+/// What to read beside the entries themselves.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Detail {
+    /// The Maglev tables (32 KiB each).
+    pub tables: bool,
+    /// Per-service and per-backend traffic (one per-CPU read each).
+    pub traffic: bool,
+}
+
+/// One backend entry of a service, as the maps hold it.
+#[derive(Clone, Debug)]
+pub(crate) struct RawBackend {
+    pub id: u32,
+    pub index: u32,
+    pub value: abi::Backend,
+    /// From xlb_backend_meta (None: not there, e.g. written by an older agent).
+    pub meta: Option<BackendMeta>,
+    pub traffic: Traffic,
+}
+
+impl RawBackend {
+    pub fn endpoint(&self) -> (IpAddr, u16) {
+        (
+            abi::addr_from_abi(&self.value.addr, self.value.family)
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            u16::from_be(self.value.port),
+        )
+    }
+}
+
+/// One service id and everything keyed by it.
+#[derive(Clone, Debug)]
+pub(crate) struct RawService {
+    pub id: u32,
+    /// From xlb_svc_names (None: an id with entries but no name).
+    pub name: Option<String>,
+    /// Sorted by key.
+    pub frontends: Vec<(abi::FrontendKey, abi::Service)>,
+    /// Sorted by index.
+    pub backends: Vec<RawBackend>,
+    pub ranges: Vec<Cidr>,
+    /// The table's first `maglev_size` slots (the size its frontends give;
+    /// none without a frontend). Read with [`Detail::tables`].
+    pub table: Option<Vec<u16>>,
+    pub traffic: SvcTraffic,
+}
+
+impl RawService {
+    /// The service value its frontends carry (the NodePort flag is per
+    /// frontend); None without a frontend.
+    pub fn settings(&self) -> Option<abi::Service> {
+        self.frontends
+            .first()
+            .map(|(_, v)| abi::Service { flags: v.flags & !abi::SVC_F_NODEPORT, ..*v })
+    }
+
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("(unnamed)/{}", self.id))
+    }
+}
+
+fn fe_sort_key(k: &abi::FrontendKey) -> (u8, [u8; 16], u16, u8) {
+    (k.family, k.addr, u16::from_be(k.port), k.proto)
+}
+
+/// Every service id the maps name, joined with its entries, by id.
+pub(crate) fn read_services<S: MapStore + ?Sized>(
+    store: &S,
+    detail: Detail,
+) -> Result<Vec<RawService>, StoreError> {
+    let mut by_id: BTreeMap<u32, RawService> = BTreeMap::new();
+    let blank = |id| RawService {
+        id,
+        name: None,
+        frontends: Vec::new(),
+        backends: Vec::new(),
+        ranges: Vec::new(),
+        table: None,
+        traffic: SvcTraffic::default(),
+    };
+    for (id, name) in store.svc_names()? {
+        by_id.entry(id).or_insert_with(|| blank(id)).name = Some(name);
+    }
+    for (k, v) in store.frontends()? {
+        by_id.entry(v.id).or_insert_with(|| blank(v.id)).frontends.push((k, v));
+    }
+    for (k, be_id) in store.svc_backends()? {
+        let value = store.backend(be_id)?;
+        let meta = store.backend_meta(be_id)?;
+        let traffic = if detail.traffic { store.backend_stats(be_id)? } else { Traffic::default() };
+        by_id.entry(k.svc_id).or_insert_with(|| blank(k.svc_id)).backends.push(RawBackend {
+            id: be_id,
+            index: k.index,
+            value,
+            meta,
+            traffic,
+        });
+    }
+    for (id, cidr) in store.source_ranges()? {
+        by_id.entry(id).or_insert_with(|| blank(id)).ranges.push(cidr);
+    }
+    for s in by_id.values_mut() {
+        s.frontends.sort_by_key(|(k, _)| fe_sort_key(k));
+        s.backends.sort_by_key(|b| b.index);
+        s.ranges.sort();
+        if detail.tables {
+            let m = s.settings().map_or(0, |v| v.maglev_size as usize);
+            s.table = store.maglev(s.id, m)?;
+        }
+        if detail.traffic {
+            s.traffic = store.svc_stats(s.id)?;
+        }
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// One backend as the maps hold it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendListing {
+    pub id: u32,
+    pub index: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub node: Option<IpAddr>,
+    pub terminating: bool,
+    /// Generation of the id (connection entries of an earlier owner name another).
+    pub gen: u32,
+    /// Stable name and Maglev weight (None: not recorded).
+    pub name: Option<String>,
+    pub weight: Option<u32>,
+    /// Maglev slots pointing at this backend.
+    pub slots: usize,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One frontend as the maps hold it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FrontendListing {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: String,
+    pub nodeport: bool,
+}
+
+/// One service as the maps hold it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceListing {
+    pub id: u32,
+    pub name: String,
+    pub maglev_size: u32,
+    /// Slots of its Maglev table read (0: no table).
+    pub table_size: usize,
+    pub encap: &'static str,
+    pub affinity_timeout_s: Option<u32>,
+    pub source_ranges: Vec<String>,
+    pub active_backends: u16,
+    pub frontends: Vec<FrontendListing>,
+    pub backends: Vec<BackendListing>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub affinity_hits: u64,
+}
+
+fn proto_name(n: u8) -> String {
+    Proto::from_number(n).map_or(format!("proto-{n}"), |p| p.to_string())
+}
+
+fn listing(s: RawService) -> ServiceListing {
+    let settings = s.settings().unwrap_or(abi::Service {
+        id: s.id,
+        maglev_size: 0,
+        flags: 0,
+        affinity_timeout_s: 0,
+        backend_count: 0,
+        encap: 0,
+        pad: 0,
+        pad2: 0,
+    });
+    let table = s.table.as_deref().unwrap_or_default();
+    let mut slots: HashMap<u16, usize> = HashMap::new();
+    for &i in table {
+        *slots.entry(i).or_default() += 1;
+    }
+    let mut frontends: Vec<FrontendListing> = s
+        .frontends
+        .iter()
+        .filter_map(|(k, v)| {
+            Some(FrontendListing {
+                addr: abi::addr_from_abi(&k.addr, k.family)?,
+                port: u16::from_be(k.port),
+                proto: proto_name(k.proto),
+                nodeport: v.flags & abi::SVC_F_NODEPORT != 0,
+            })
+        })
+        .collect();
+    frontends.sort();
+    let mut backends: Vec<BackendListing> = s
+        .backends
+        .iter()
+        .map(|b| {
+            let (addr, port) = b.endpoint();
+            BackendListing {
+                id: b.id,
+                index: b.index,
+                addr,
+                port,
+                node: abi::addr_from_abi(&b.value.node, b.value.node_family),
+                terminating: b.value.flags & abi::BE_F_TERMINATING != 0,
+                gen: b.value.gen,
+                name: b.meta.as_ref().map(|m| m.name.clone()),
+                weight: b.meta.as_ref().map(|m| m.weight),
+                slots: u16::try_from(b.index).map_or(0, |i| slots.get(&i).copied().unwrap_or(0)),
+                packets: b.traffic.packets,
+                bytes: b.traffic.bytes,
+            }
+        })
+        .collect();
+    backends.sort_by_key(|b| (b.addr, b.port));
+    let mut ranges: Vec<String> = s.ranges.iter().map(|c| c.to_string()).collect();
+    ranges.sort();
+    ServiceListing {
+        id: s.id,
+        name: s.display_name(),
+        maglev_size: settings.maglev_size,
+        table_size: table.len(),
+        encap: if settings.encap == abi::ENCAP_IPIP { "ipip" } else { "geneve" },
+        affinity_timeout_s: (settings.flags & abi::SVC_F_AFFINITY != 0)
+            .then_some(settings.affinity_timeout_s),
+        source_ranges: ranges,
+        active_backends: settings.backend_count,
+        frontends,
+        backends,
+        packets: s.traffic.packets,
+        bytes: s.traffic.bytes,
+        new_flows: s.traffic.new_flows,
+        affinity_hits: s.traffic.affinity_hits,
+    }
+}
+
+/// Every service with its frontends, backends, Maglev slot counts and
+/// traffic, sorted by name.
+pub(crate) fn list<S: MapStore + ?Sized>(store: &S) -> Result<Vec<ServiceListing>, StoreError> {
+    let raw = read_services(store, Detail { tables: true, traffic: true })?;
+    let mut out: Vec<ServiceListing> = raw.into_iter().map(listing).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+struct SocketFmt(IpAddr, u16);
+
+impl fmt::Display for SocketFmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&SocketAddr::new(self.0, self.1), f)
+    }
+}
+
+/// Renders listings as the `xlb service list` text (no counters: stable for
+/// golden files; `xlb stats` shows traffic).
+pub fn render(services: &[ServiceListing]) -> String {
+    let mut out = String::new();
+    for s in services {
+        let _ = write!(
+            out,
+            "service {} id={} maglev={} encap={} backends={}/{}",
+            s.name,
+            s.id,
+            s.maglev_size,
+            s.encap,
+            s.active_backends,
+            s.backends.len()
+        );
+        if let Some(t) = s.affinity_timeout_s {
+            let _ = write!(out, " affinity=ClientIP/{t}s");
+        }
+        if !s.source_ranges.is_empty() {
+            let _ = write!(out, " source-ranges={}", s.source_ranges.join(","));
+        }
+        out.push('\n');
+        for f in &s.frontends {
+            let _ = writeln!(
+                out,
+                "  frontend {}/{}{}",
+                SocketFmt(f.addr, f.port),
+                f.proto,
+                if f.nodeport { " nodeport" } else { "" }
+            );
+        }
+        for b in &s.backends {
+            let _ = write!(
+                out,
+                "  backend {} id={} index={}",
+                SocketFmt(b.addr, b.port),
+                b.id,
+                b.index
+            );
+            if let Some(n) = b.node {
+                let _ = write!(out, " node={n}");
+            }
+            let _ = writeln!(
+                out,
+                " {} slots={}",
+                if b.terminating { "terminating" } else { "active" },
+                b.slots
+            );
+        }
+    }
+    out
+}
+
+/// One service's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceTraffic {
+    pub id: u32,
+    pub name: String,
+    #[serde(flatten)]
+    pub traffic: SvcTraffic,
+}
+
+/// One backend's traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTraffic {
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub backend: SocketAddr,
+    pub traffic: Traffic,
+}
+
+/// One connection-table entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    /// None: an address family this build does not know.
+    pub client: Option<SocketAddr>,
+    pub frontend: Option<SocketAddr>,
+    pub proto: String,
+    pub svc_id: u32,
+    pub service: Option<String>,
+    pub backend_id: u32,
+    /// The backend the entry's id names now (None: out of range).
+    pub backend: Option<SocketAddr>,
+    /// The entry names a backend id that has since been freed or reused.
+    pub stale: bool,
+    /// CLOCK_MONOTONIC ns.
+    pub created_ns: u64,
+}
+
+/// Which connection-table entries to list.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionFilter {
+    /// Only this service ([`service_matches`]).
+    pub service: Option<String>,
+    pub client: Option<IpAddr>,
+    /// At most this many (None: all).
+    pub limit: Option<usize>,
+}
+
+/// Connection-table entries listed.
+#[derive(Clone, Debug, Default)]
+pub struct Connections {
+    pub entries: Vec<Connection>,
+    /// Entries walked.
+    pub scanned: u64,
+    /// The walk stopped at the limit.
+    pub truncated: bool,
+}
+
+/// Names for ids: what an event's ids stand for.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    pub services: HashMap<u32, String>,
+    /// (address, port, IP protocol) -> service id.
+    pub frontends: HashMap<(IpAddr, u16, u8), u32>,
+    /// Backend id -> (endpoint, service id).
+    pub backends: HashMap<u32, (SocketAddr, u32)>,
+}
+
+/// The read model over one store: the pinned maps of a node unless said.
+#[derive(Debug)]
+pub struct DatapathView<S = BpfStore> {
+    store: S,
+}
+
+impl DatapathView<BpfStore> {
+    /// Reads the maps pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, ViewError> {
+        Ok(DatapathView { store: BpfStore::open(pin_dir)? })
+    }
+
+    /// Every named counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, Traffic)>, ViewError> {
+        let c = crate::loader::read_counters(self.store.pin_dir())?;
+        Ok(c.into_iter().map(|(c, n)| (c, Traffic { packets: n.packets, bytes: n.bytes })).collect())
+    }
+
+    /// Events sent and lost, and whether a listener holds the lease.
+    pub fn events(&self) -> Result<EventStatus, ViewError> {
+        Ok(EventControl::open(self.store.pin_dir())?.status(crate::events::monotonic_ns())?)
+    }
+}
+
+impl<S: MapStore> DatapathView<S> {
+    pub fn new(store: S) -> Self {
+        DatapathView { store }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Every service with its frontends, backends, Maglev slot counts and
+    /// traffic, sorted by name.
+    pub fn services(&self) -> Result<Vec<ServiceListing>, ViewError> {
+        Ok(list(&self.store)?)
+    }
+
+    /// Service names by id.
+    pub fn service_names(&self) -> Result<BTreeMap<u32, String>, ViewError> {
+        Ok(self.store.svc_names()?.into_iter().collect())
+    }
+
+    /// Every named service's traffic, by id.
+    pub fn service_traffic(&self) -> Result<Vec<ServiceTraffic>, ViewError> {
+        let mut out = Vec::new();
+        for (id, name) in self.service_names()? {
+            let traffic = self.store.svc_stats(id)?;
+            out.push(ServiceTraffic { id, name, traffic });
+        }
+        Ok(out)
+    }
+
+    /// The traffic of the backends of the services `wanted` picks, at most
+    /// `limit` of them.
+    pub fn backend_traffic(
+        &self,
+        wanted: &dyn Fn(u32) -> bool,
+        limit: usize,
+    ) -> Result<Vec<BackendTraffic>, ViewError> {
+        let mut out = Vec::new();
+        for (k, backend_id) in self.store.svc_backends()? {
+            if out.len() >= limit {
+                break;
+            }
+            if !wanted(k.svc_id) {
+                continue;
+            }
+            let be = self.store.backend(backend_id)?;
+            let Some(ip) = abi::addr_from_abi(&be.addr, be.family) else { continue };
+            out.push(BackendTraffic {
+                svc_id: k.svc_id,
+                backend_id,
+                backend: SocketAddr::new(ip, u16::from_be(be.port)),
+                traffic: self.store.backend_stats(backend_id)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Connection-table entries `filter` keeps.
+    pub fn connections(&self, filter: &ConnectionFilter) -> Result<Connections, ViewError> {
+        let names = self.service_names()?;
+        let mut out = Connections::default();
+        let mut failed = None;
+        self.store.connections(&mut |k, v| {
+            out.scanned += 1;
+            let client = abi::addr_from_abi(&k.saddr, k.family);
+            if filter.client.is_some() && client != filter.client {
+                return ControlFlow::Continue(());
+            }
+            let service = names.get(&v.svc_id).cloned();
+            if let Some(want) = &filter.service {
+                if !service.as_deref().is_some_and(|n| service_matches(want, n)) {
+                    return ControlFlow::Continue(());
+                }
+            }
+            if filter.limit.is_some_and(|l| out.entries.len() >= l) {
+                out.truncated = true;
+                return ControlFlow::Break(());
+            }
+            let be = match self.store.backend(v.backend_id) {
+                Ok(b) => Some(b),
+                Err(StoreError::OutOfRange { .. }) => None,
+                Err(e) => {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            out.entries.push(Connection {
+                client: client.map(|a| SocketAddr::new(a, u16::from_be(k.sport))),
+                frontend: abi::addr_from_abi(&k.daddr, k.family)
+                    .map(|a| SocketAddr::new(a, u16::from_be(k.dport))),
+                proto: proto_name(k.proto),
+                svc_id: v.svc_id,
+                service,
+                backend_id: v.backend_id,
+                backend: be.and_then(|b| {
+                    abi::addr_from_abi(&b.addr, b.family)
+                        .map(|a| SocketAddr::new(a, u16::from_be(b.port)))
+                }),
+                stale: be
+                    .is_none_or(|b| b.gen != v.backend_gen || b.flags & abi::BE_F_ACTIVE == 0),
+                created_ns: v.created_ns,
+            });
+            ControlFlow::Continue(())
+        })?;
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
+    }
+
+    /// Names of services, frontends and backends, by id.
+    pub fn names(&self) -> Result<Names, ViewError> {
+        let mut names = Names::default();
+        for s in read_services(&self.store, Detail::default())? {
+            for (k, _) in &s.frontends {
+                if let Some(ip) = abi::addr_from_abi(&k.addr, k.family) {
+                    names.frontends.insert((ip, u16::from_be(k.port), k.proto), s.id);
+                }
+            }
+            for b in &s.backends {
+                if let Some(ip) = abi::addr_from_abi(&b.value.addr, b.value.family) {
+                    names
+                        .backends
+                        .insert(b.id, (SocketAddr::new(ip, u16::from_be(b.value.port)), s.id));
+                }
+            }
+            if let Some(n) = s.name {
+                names.services.insert(s.id, n);
+            }
+        }
+        Ok(names)
+    }
+}
