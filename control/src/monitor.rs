@@ -17,12 +17,12 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Args;
+pub use lb::view::service_matches;
 use lb::{
     events::{self as ev, EventKind, EventMask, Listener, Record},
     loader::DEFAULT_PIN_DIR,
     view::{Counter, DatapathView, Names},
 };
-pub use lb::view::service_matches;
 use serde::Serialize;
 
 /// Default size of the xlb_events ring buffer (`--events-ringbuf-bytes`).
@@ -99,7 +99,11 @@ fn proto_name(p: u8) -> String {
 
 fn endpoint(ip: Option<IpAddr>, port: u16, proto: u8) -> Option<String> {
     let ip = ip?;
-    Some(if proto == 6 || proto == 17 { SocketAddr::new(ip, port).to_string() } else { ip.to_string() })
+    Some(if proto == 6 || proto == 17 {
+        SocketAddr::new(ip, port).to_string()
+    } else {
+        ip.to_string()
+    })
 }
 
 fn iface_name(ifindex: u32, cache: &mut HashMap<u32, String>) -> String {

@@ -205,7 +205,11 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease of the datapath pinned under `pin_dir`.
-    pub fn acquire(pin_dir: &Path, mask: EventMask, flow_sample: u32) -> Result<Lease, EventsError> {
+    pub fn acquire(
+        pin_dir: &Path,
+        mask: EventMask,
+        flow_sample: u32,
+    ) -> Result<Lease, EventsError> {
         let mut l = Lease { control: EventControl::open(pin_dir)?, mask, flow_sample };
         l.renew()?;
         Ok(l)
@@ -281,7 +285,11 @@ pub struct Listener {
 impl Listener {
     /// Starts listening to the datapath pinned under `pin_dir` for `mask`
     /// (new flows: one in `flow_sample`).
-    pub fn start(pin_dir: &Path, mask: EventMask, flow_sample: u32) -> Result<Listener, EventsError> {
+    pub fn start(
+        pin_dir: &Path,
+        mask: EventMask,
+        flow_sample: u32,
+    ) -> Result<Listener, EventsError> {
         let lock = ReaderLock::take(pin_dir)?;
         let mut ring = EventReader::open(pin_dir)?;
         ring.drain();

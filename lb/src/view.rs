@@ -15,17 +15,17 @@ use std::{
 
 use serde::Serialize;
 
-pub use crate::{
-    abi::Counter,
-    events::EventStatus,
-    store::{SvcTraffic, Traffic},
-};
 use crate::{
     abi,
     events::{EventControl, EventsError},
     loader::LoadError,
     model::{Cidr, Proto},
     store::{BackendMeta, BpfStore, MapStore, StoreError},
+};
+pub use crate::{
+    abi::Counter,
+    events::EventStatus,
+    store::{SvcTraffic, Traffic},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +50,36 @@ pub fn service_matches(filter: &str, name: &str) -> bool {
 /// What to read beside the entries themselves.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Detail {
-    /// The Maglev tables (32 KiB each).
+    /// Each Maglev table (32 KiB read), summed up as a [`TableSummary`].
     pub tables: bool,
+    /// With `tables`: slots per backend index too.
+    pub slot_counts: bool,
     /// Per-service and per-backend traffic (one per-CPU read each).
     pub traffic: bool,
+}
+
+/// A Maglev table as the map holds it, without its 32 KiB.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TableSummary {
+    /// [`table_hash`] of the whole value.
+    pub hash: u64,
+    /// Slots in use: the service's table size (0 without a frontend to say it).
+    pub size: usize,
+    /// Slots per service-local index, over the first `size`.
+    pub slots: HashMap<u16, usize>,
+}
+
+/// Identifies a table's content without keeping it: equal for a built
+/// table and the map value it was written to (zero-padded to
+/// [`abi::MAGLEV_MAX`] slots), so what was written compares with what the
+/// maps hold, whatever size a reader assumes.
+pub(crate) fn table_hash(slots: &[u16]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let n = slots.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1);
+    // Fixed keys: the same hash for the same table from every hasher made.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    slots[..n].hash(&mut h);
+    h.finish()
 }
 
 /// One backend entry of a service, as the maps hold it.
@@ -88,9 +114,8 @@ pub(crate) struct RawService {
     /// Sorted by index.
     pub backends: Vec<RawBackend>,
     pub ranges: Vec<Cidr>,
-    /// The table's first `maglev_size` slots (the size its frontends give;
-    /// none without a frontend). Read with [`Detail::tables`].
-    pub table: Option<Vec<u16>>,
+    /// Its Maglev table, if it has one (read with [`Detail::tables`]).
+    pub table: Option<TableSummary>,
     pub traffic: SvcTraffic,
 }
 
@@ -153,8 +178,16 @@ pub(crate) fn read_services<S: MapStore + ?Sized>(
         s.backends.sort_by_key(|b| b.index);
         s.ranges.sort();
         if detail.tables {
-            let m = s.settings().map_or(0, |v| v.maglev_size as usize);
-            s.table = store.maglev(s.id, m)?;
+            let size = s.settings().map_or(0, |v| (v.maglev_size as usize).min(abi::MAGLEV_MAX));
+            s.table = store.maglev(s.id, abi::MAGLEV_MAX)?.map(|t| {
+                let mut slots = HashMap::new();
+                if detail.slot_counts {
+                    for &i in &t[..size] {
+                        *slots.entry(i).or_default() += 1;
+                    }
+                }
+                TableSummary { hash: table_hash(&t), size, slots }
+            });
         }
         if detail.traffic {
             s.traffic = store.svc_stats(s.id)?;
@@ -227,11 +260,8 @@ fn listing(s: RawService) -> ServiceListing {
         pad: 0,
         pad2: 0,
     });
-    let table = s.table.as_deref().unwrap_or_default();
-    let mut slots: HashMap<u16, usize> = HashMap::new();
-    for &i in table {
-        *slots.entry(i).or_default() += 1;
-    }
+    let table = s.table.clone().unwrap_or_default();
+    let slots = &table.slots;
     let mut frontends: Vec<FrontendListing> = s
         .frontends
         .iter()
@@ -273,7 +303,7 @@ fn listing(s: RawService) -> ServiceListing {
         id: s.id,
         name: s.display_name(),
         maglev_size: settings.maglev_size,
-        table_size: table.len(),
+        table_size: table.size,
         encap: if settings.encap == abi::ENCAP_IPIP { "ipip" } else { "geneve" },
         affinity_timeout_s: (settings.flags & abi::SVC_F_AFFINITY != 0)
             .then_some(settings.affinity_timeout_s),
@@ -291,7 +321,7 @@ fn listing(s: RawService) -> ServiceListing {
 /// Every service with its frontends, backends, Maglev slot counts and
 /// traffic, sorted by name.
 pub(crate) fn list<S: MapStore + ?Sized>(store: &S) -> Result<Vec<ServiceListing>, StoreError> {
-    let raw = read_services(store, Detail { tables: true, traffic: true })?;
+    let raw = read_services(store, Detail { tables: true, slot_counts: true, traffic: true })?;
     let mut out: Vec<ServiceListing> = raw.into_iter().map(listing).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -439,7 +469,9 @@ impl DatapathView<BpfStore> {
     /// Every named counter, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, Traffic)>, ViewError> {
         let c = crate::loader::read_counters(self.store.pin_dir())?;
-        Ok(c.into_iter().map(|(c, n)| (c, Traffic { packets: n.packets, bytes: n.bytes })).collect())
+        Ok(c.into_iter()
+            .map(|(c, n)| (c, Traffic { packets: n.packets, bytes: n.bytes }))
+            .collect())
     }
 
     /// Events sent and lost, and whether a listener holds the lease.
@@ -546,8 +578,7 @@ impl<S: MapStore> DatapathView<S> {
                     abi::addr_from_abi(&b.addr, b.family)
                         .map(|a| SocketAddr::new(a, u16::from_be(b.port)))
                 }),
-                stale: be
-                    .is_none_or(|b| b.gen != v.backend_gen || b.flags & abi::BE_F_ACTIVE == 0),
+                stale: be.is_none_or(|b| b.gen != v.backend_gen || b.flags & abi::BE_F_ACTIVE == 0),
                 created_ns: v.created_ns,
             });
             ControlFlow::Continue(())

@@ -41,6 +41,16 @@ impl IdPool {
     pub fn release(&mut self, id: u32) {
         self.free.push_back(id);
     }
+
+    /// Marks `id` used (it was found in use after the pool was built).
+    pub fn take(&mut self, id: u32) {
+        if id >= self.next {
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+        } else {
+            self.free.retain(|&f| f != id);
+        }
+    }
 }
 
 /// Backend generations. A connection-table entry names its backend by id
@@ -90,9 +100,9 @@ mod tests {
         assert_eq!(p.alloc("x").unwrap(), 4);
         p.release(3);
         p.release(1);
-        assert_eq!(p.alloc("x").unwrap(), 5);
         assert_eq!(p.alloc("x").unwrap(), 3);
         assert_eq!(p.alloc("x").unwrap(), 1);
+        assert_eq!(p.alloc("x").unwrap(), 5);
         let e = p.alloc("things").unwrap_err().to_string();
         assert!(e.contains("things capacity exhausted (6)"), "{e}");
     }

@@ -101,6 +101,8 @@ pub struct Datapath<S: MapStore = BpfStore> {
     store: S,
     services: services::Services,
     node: node::Node,
+    /// Settings were written but xlb_config_gen could not be bumped.
+    config_gen_owed: bool,
 }
 
 impl Datapath<BpfStore> {
@@ -122,7 +124,8 @@ impl Datapath<BpfStore> {
 
 /// The reconcilers' state as the maps hold it.
 fn read<S: MapStore>(store: &S) -> Result<(services::Services, node::Node), DatapathError> {
-    let raw = view::read_services(store, Detail { tables: true, traffic: false })?;
+    let detail = Detail { tables: true, ..Detail::default() };
+    let raw = view::read_services(store, detail)?;
     let mut node = node::Node::restore(store.node()?);
     let services = services::Services::restore(raw, store.capacity(), &mut node.tunnels);
     Ok((services, node))
@@ -132,7 +135,7 @@ impl<S: MapStore> Datapath<S> {
     /// The datapath `store` holds: the applied state restored from it.
     pub fn restore(store: S) -> Result<Datapath<S>, DatapathError> {
         let (services, node) = read(&store)?;
-        Ok(Datapath { store, services, node })
+        Ok(Datapath { store, services, node, config_gen_owed: false })
     }
 
     pub fn store(&self) -> &S {
@@ -232,11 +235,16 @@ impl<S: MapStore> Datapath<S> {
         let applied =
             self.services.apply(&mut self.store, &mut self.node.tunnels, gone, upsert, &mut stats);
         // Settings caches are told about whatever was written, also when
-        // the apply stopped half way.
-        if stats.settings_changed {
-            let bumped = self.store.write(Write::ConfigGenBump);
-            if applied.is_ok() {
-                bumped?;
+        // the apply stopped half way (or the last bump failed).
+        if stats.settings_changed || self.config_gen_owed {
+            match self.store.write(Write::ConfigGenBump) {
+                Ok(()) => self.config_gen_owed = false,
+                Err(e) => {
+                    self.config_gen_owed = true;
+                    if applied.is_ok() {
+                        return Err(e.into());
+                    }
+                }
             }
         }
         applied?;

@@ -99,12 +99,7 @@ impl Node {
         let own: Vec<IpAddr> = self
             .cfg
             .iter()
-            .flat_map(|n| {
-                [
-                    IpAddr::from(n.addr4),
-                    IpAddr::from(n.addr6),
-                ]
-            })
+            .flat_map(|n| [IpAddr::from(n.addr4), IpAddr::from(n.addr6)])
             .filter(|a| !a.is_unspecified())
             .collect();
         self.tunnels.refs.keys().filter(|a| !own.contains(a)).copied().collect()

@@ -22,7 +22,7 @@ use std::{
 use super::{
     ids::{Generations, IdPool},
     node::Tunnels,
-    tables::{self, table_hash, TableInput, TableJob},
+    tables::{self, TableInput, TableJob},
     ApplyStats, DatapathError,
 };
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
     maglev::{Maglev, MaglevError, MAX_BACKENDS},
     model::{BackendState, Cidr, Encap, Frontend, FrontendKind, Service, ServiceKey},
     store::{BackendMeta, Capacity, MapStore, Write},
-    view::RawService,
+    view::{table_hash, RawService},
 };
 
 /// A backend's identity within its service: its endpoint.
@@ -137,7 +137,9 @@ fn service_value(svc_id: u32, svc: &Service) -> abi::Service {
         id: svc_id,
         maglev_size: svc.maglev_size,
         flags,
-        affinity_timeout_s: svc.affinity.map_or(0, |a| a.timeout.as_secs().min(u32::MAX as u64) as u32),
+        affinity_timeout_s: svc
+            .affinity
+            .map_or(0, |a| a.timeout.as_secs().min(u32::MAX as u64) as u32),
         backend_count: active as u16,
         encap: match svc.encap {
             Encap::Geneve => abi::ENCAP_GENEVE,
@@ -233,6 +235,9 @@ struct Pools {
     /// Last generation of each backend id this process freed (others are
     /// read back from xlb_backends when reused).
     freed_gens: HashMap<u32, u32>,
+    /// Backends no service index names any more whose slot is not cleared
+    /// yet (a write failed half way): cleared before the next apply writes.
+    unlinked: Vec<(u32, abi::Backend)>,
 }
 
 /// The services reconciler.
@@ -276,7 +281,7 @@ impl Services {
                 st.backends.insert(b.index, Backend { id: b.id, value: b.value, meta });
             }
             st.indices = IdPool::new(0, MAX_BACKENDS as u32, &used);
-            st.table = Table { written: s.table.as_deref().map(table_hash), input: None };
+            st.table = Table { written: s.table.as_ref().map(|t| t.hash), input: None };
             let mut key = ServiceKey(s.display_name());
             if map.contains_key(&key) {
                 // Two ids under one name: this one is not desired, so removed.
@@ -291,6 +296,7 @@ impl Services {
                 backend_ids: IdPool::new(1, cap.backends, &be_used),
                 gens: Generations::after(max_gen),
                 freed_gens: HashMap::new(),
+                unlinked: Vec::new(),
             },
         }
     }
@@ -311,6 +317,11 @@ impl Services {
             self.map.values().flat_map(|s| s.backends.values().map(|b| b.id)).collect();
         self.pools.freed_gens =
             old.pools.freed_gens.into_iter().filter(|(id, _)| !used.contains(id)).collect();
+        self.pools.unlinked =
+            old.pools.unlinked.into_iter().filter(|(id, _)| !used.contains(id)).collect();
+        for (id, _) in &self.pools.unlinked {
+            self.pools.backend_ids.take(*id);
+        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
@@ -319,11 +330,6 @@ impl Services {
 
     pub fn contains(&self, key: &ServiceKey) -> bool {
         self.map.contains_key(key)
-    }
-
-    #[cfg(test)]
-    pub fn get(&self, key: &ServiceKey) -> Option<&Svc> {
-        self.map.get(key)
     }
 
     #[cfg(test)]
@@ -341,6 +347,7 @@ impl Services {
         upsert: &[&Service],
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
+        clear_unlinked(store, &mut self.pools, stats)?;
         // Removed services first: their frontends go before their backends,
         // and their ids are free for the services added below.
         for key in gone {
@@ -665,9 +672,8 @@ fn add_backend<S: MapStore>(
     Ok(value)
 }
 
-/// Frees a backend: its service index, its entry (flags 0: the generation
-/// stays, so the id's next owner gets another and stale connection entries
-/// are ignored), its statistics (zeroed for the next owner), name and weight.
+/// Frees a backend: first its service index (from then on nothing can
+/// reach it), then its slot ([`clear_unlinked`]).
 fn free_backend<S: MapStore>(
     store: &mut S,
     tunnels: &mut Tunnels,
@@ -679,11 +685,7 @@ fn free_backend<S: MapStore>(
     let b = &st.backends[&index];
     let (id, value) = (b.id, b.value);
     write(store, Write::SvcBackendDelete { key: abi::SvcBackendKey { svc_id: st.id, index } })?;
-    write(store, Write::Backend { id, value: abi::Backend { flags: 0, ..value } })?;
-    write(store, Write::BackendStatsZero { id })?;
-    write(store, Write::BackendMetaDelete { id })?;
-    stats.deletes += 2;
-    stats.meta_writes += 1;
+    stats.deletes += 1;
     tunnels.release(&value);
     st.backends.remove(&index);
     let ep = endpoint_of(&value);
@@ -691,7 +693,28 @@ fn free_backend<S: MapStore>(
         st.by_endpoint.remove(&ep);
     }
     st.indices.release(index);
-    pools.backend_ids.release(id);
-    pools.freed_gens.insert(id, value.gen);
+    pools.unlinked.push((id, value));
+    clear_unlinked(store, pools, stats)
+}
+
+/// Clears the slots of unlinked backends: the entry (flags 0: the
+/// generation stays, so the id's next owner gets another and stale
+/// connection entries are ignored), its statistics (zeroed for the next
+/// owner), name and weight; then the id is free.
+fn clear_unlinked<S: MapStore>(
+    store: &mut S,
+    pools: &mut Pools,
+    stats: &mut ApplyStats,
+) -> Result<(), DatapathError> {
+    while let Some(&(id, value)) = pools.unlinked.first() {
+        write(store, Write::Backend { id, value: abi::Backend { flags: 0, ..value } })?;
+        write(store, Write::BackendStatsZero { id })?;
+        write(store, Write::BackendMetaDelete { id })?;
+        stats.deletes += 1;
+        stats.meta_writes += 1;
+        pools.unlinked.remove(0);
+        pools.backend_ids.release(id);
+        pools.freed_gens.insert(id, value.gen);
+    }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! ([`TableInput`]; equal inputs give equal tables, so an unchanged input is
 //! never rebuilt) and building a batch of them on every core, a chunk at a
 //! time, overlapped with the writes of the previous chunk.
-use std::{collections::VecDeque, hash::Hasher};
+use std::collections::VecDeque;
 
 use super::{services::Problem, DatapathError};
 use crate::{maglev::Maglev, model::ServiceKey};
@@ -29,18 +29,6 @@ impl TableInput {
     pub fn is_none(&self) -> bool {
         self.active.is_empty()
     }
-}
-
-/// Identifies a table's content (slot -> service-local index) without
-/// keeping its 32 KiB: what was written is compared with what the maps hold.
-pub(crate) fn table_hash(slots: &[u16]) -> u64 {
-    // Fixed keys: the same hash for the same table in every hasher made.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for s in slots {
-        h.write_u16(*s);
-    }
-    h.write_usize(slots.len());
-    h.finish()
 }
 
 /// One table to build.

@@ -94,7 +94,11 @@ impl MapStore for BpfStore {
     }
 
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
-        self.maps.svc_backends.iter().map(|i| i.map_err(op("xlb_svc_backends", "iterate"))).collect()
+        self.maps
+            .svc_backends
+            .iter()
+            .map(|i| i.map_err(op("xlb_svc_backends", "iterate")))
+            .collect()
     }
 
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {

@@ -7,9 +7,7 @@ use std::{
     ops::ControlFlow,
 };
 
-use super::{
-    BackendMeta, Capacity, MapStore, StoreError, SvcTraffic, Target, Traffic, Write,
-};
+use super::{BackendMeta, Capacity, MapStore, StoreError, SvcTraffic, Target, Traffic, Write};
 use crate::{abi, model::Cidr};
 
 /// One logged write.
@@ -117,7 +115,12 @@ impl MemStore {
 
     fn check_id(&self, w: &Write<'_>, id: u32, capacity: u32) -> Result<(), StoreError> {
         if id >= capacity {
-            return Err(StoreError::OutOfRange { map: w.target().map(), op: w.op(), key: id, capacity });
+            return Err(StoreError::OutOfRange {
+                map: w.target().map(),
+                op: w.op(),
+                key: id,
+                capacity,
+            });
         }
         Ok(())
     }

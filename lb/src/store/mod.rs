@@ -69,24 +69,65 @@ pub struct BackendMeta {
 /// holds); `Backend` with flags 0 frees an array slot (arrays have no delete).
 #[derive(Clone, Copy, Debug)]
 pub enum Write<'a> {
-    SvcName { svc_id: u32, name: &'a str },
-    SvcNameDelete { svc_id: u32 },
+    SvcName {
+        svc_id: u32,
+        name: &'a str,
+    },
+    SvcNameDelete {
+        svc_id: u32,
+    },
     /// Zeroes a service id's statistics (its next owner starts at zero).
-    SvcStatsZero { svc_id: u32 },
-    Frontend { key: abi::FrontendKey, value: abi::Service },
-    FrontendDelete { key: abi::FrontendKey },
-    SourceRange { svc_id: u32, cidr: Cidr },
-    SourceRangeDelete { svc_id: u32, cidr: Cidr },
+    SvcStatsZero {
+        svc_id: u32,
+    },
+    Frontend {
+        key: abi::FrontendKey,
+        value: abi::Service,
+    },
+    FrontendDelete {
+        key: abi::FrontendKey,
+    },
+    SourceRange {
+        svc_id: u32,
+        cidr: Cidr,
+    },
+    SourceRangeDelete {
+        svc_id: u32,
+        cidr: Cidr,
+    },
     /// A whole table, replaced in one update (slots past the end are 0).
-    Maglev { svc_id: u32, slots: &'a [u16] },
-    MaglevDelete { svc_id: u32 },
-    Backend { id: u32, value: abi::Backend },
-    BackendStatsZero { id: u32 },
-    BackendMeta { id: u32, name: &'a str, weight: u32 },
-    BackendMetaDelete { id: u32 },
-    SvcBackend { key: abi::SvcBackendKey, backend_id: u32 },
-    SvcBackendDelete { key: abi::SvcBackendKey },
-    Node { cfg: abi::NodeCfg },
+    Maglev {
+        svc_id: u32,
+        slots: &'a [u16],
+    },
+    MaglevDelete {
+        svc_id: u32,
+    },
+    Backend {
+        id: u32,
+        value: abi::Backend,
+    },
+    BackendStatsZero {
+        id: u32,
+    },
+    BackendMeta {
+        id: u32,
+        name: &'a str,
+        weight: u32,
+    },
+    BackendMetaDelete {
+        id: u32,
+    },
+    SvcBackend {
+        key: abi::SvcBackendKey,
+        backend_id: u32,
+    },
+    SvcBackendDelete {
+        key: abi::SvcBackendKey,
+    },
+    Node {
+        cfg: abi::NodeCfg,
+    },
     /// Tells per-CPU caches of service settings that they changed.
     ConfigGenBump,
 }
