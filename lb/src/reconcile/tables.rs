@@ -22,10 +22,6 @@ pub(crate) struct TableInput {
 
 impl TableInput {
     /// No table (no frontend, or no active backend).
-    pub fn none() -> TableInput {
-        TableInput { size: 0, active: Vec::new() }
-    }
-
     pub fn is_none(&self) -> bool {
         self.active.is_empty()
     }

@@ -750,3 +750,58 @@ fn tables_follow_the_maglev_build_of_their_active_backends() {
     let slots: Vec<u32> = a.backends.iter().map(|b| b.slots as u32).collect();
     assert_eq!(slots, quotas);
 }
+
+/// The bookkeeping's cost at scale, on the in-memory store (so map syscalls
+/// do not hide it): 10k services of 10 backends, small tables (Maglev is
+/// measured on its own). Run: `cargo test --release -p xlb-lb --lib
+/// bench_bookkeeping -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_bookkeeping_at_10k_services() {
+    use std::time::Instant;
+    let mut d = Desired { node: node(), ..Default::default() };
+    for i in 0..10_000u32 {
+        let (hi, lo) = (i / 250, i % 250);
+        let backends = (0..10)
+            .map(|j| {
+                backend(
+                    &format!("10.{}.{}.{}", 100 + hi / 10, (hi % 10) * 25 + j, lo + 1),
+                    "10.0.0.11",
+                )
+            })
+            .collect();
+        let s = service(
+            &format!("svc{i}"),
+            &format!("10.{}.{}.{}", hi / 250, hi % 250, lo + 1),
+            backends,
+        );
+        d.services.insert(s.key.clone(), Service { maglev_size: 13, ..s });
+    }
+    let store = MemStore::new(Capacity { services: 16384, backends: 262144 });
+    let mut dp = Datapath::restore(store).unwrap();
+    let t = Instant::now();
+    dp.apply(&d).unwrap();
+    let cold = t.elapsed();
+    let mut full = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(dp.apply(&d).unwrap().writes(), 0);
+        full = full.min(t.elapsed());
+    }
+    let keys: Vec<ServiceKey> = d.services.keys().cloned().collect();
+    let t = Instant::now();
+    for (n, k) in keys.iter().step_by(100).enumerate() {
+        let s = d.services.get_mut(k).unwrap();
+        s.backends[0].weight = 2 + (n as u32 % 2);
+        dp.apply_services(&d.node, [(k, Some(&d.services[k]))]).unwrap();
+    }
+    let one = t.elapsed() / 100;
+    let t = Instant::now();
+    let again = Datapath::restore(dp.into_store()).unwrap();
+    let restore = t.elapsed();
+    assert_eq!(again.service_keys().count(), 10_000);
+    eprintln!(
+        "10k services x 10 backends: cold apply {cold:?}, full re-apply (no change) {full:?}, \
+         one service changed {one:?}, restore {restore:?}"
+    );
+}
