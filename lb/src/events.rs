@@ -500,3 +500,63 @@ pub(crate) fn pinned_ring_bytes(pin_dir: &Path) -> Option<u32> {
     let data = MapData::from_pin(pin_dir.join(RING_MAP)).ok()?;
     data.info().ok().map(|i| i.max_entries())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_decode_every_field() {
+        let (saddr, family) = abi::addr_to_abi("192.0.2.1".parse().unwrap());
+        let (daddr, _) = abi::addr_to_abi("10.100.0.1".parse().unwrap());
+        let tuple = abi::FlowKey {
+            saddr,
+            daddr,
+            sport: 1000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: 6,
+            family,
+            pad: 0,
+        };
+        let ev = Event {
+            ts_ns: 7,
+            r#type: abi::EV_DROP,
+            hook: abi::EV_HOOK_TC_INGRESS,
+            reason: Counter::DropNoBackend as u16,
+            ifindex: 3,
+            svc_id: 0,
+            backend_id: 0,
+            policy_id: 0,
+            len: 60,
+            tuple,
+        };
+        let r = Record::from(&ev);
+        assert_eq!(
+            (r.kind, r.hook, r.drop_reason),
+            (EventKind::Drop, EventHook::TcIngress, Some(Ok(Counter::DropNoBackend)))
+        );
+        assert_eq!(
+            (r.src, r.src_port, r.dst, r.dst_port),
+            (Some("192.0.2.1".parse().unwrap()), 1000, Some("10.100.0.1".parse().unwrap()), 80)
+        );
+        assert_eq!((r.ts_ns, r.ifindex, r.len, r.proto), (7, 3, 60, 6));
+        let unknown = Record::from(&Event { reason: 63, ..ev });
+        assert_eq!(unknown.drop_reason, Some(Err(63)));
+        let flow =
+            Record::from(&Event { r#type: abi::EV_NEW_FLOW, svc_id: 4, backend_id: 9, ..ev });
+        assert_eq!(
+            (flow.kind, flow.drop_reason, flow.svc_id, flow.backend_id),
+            (EventKind::NewFlow, None, 4, 9)
+        );
+        let not_ip = Record::from(&Event { tuple: abi::FlowKey { family: 0, ..tuple }, ..ev });
+        assert_eq!((not_ip.src, not_ip.dst), (None, None));
+    }
+
+    #[test]
+    fn masks_combine() {
+        assert_eq!(
+            (EventMask::NEW_FLOW | EventMask::DROP).bits(),
+            abi::EV_F_NEW_FLOW | abi::EV_F_DROP
+        );
+    }
+}

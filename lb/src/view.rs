@@ -612,3 +612,192 @@ impl<S: MapStore> DatapathView<S> {
         Ok(names)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        model::{Backend, BackendState, Desired, Frontend, FrontendKind, Service, ServiceKey},
+        reconcile::Datapath,
+        store::MemStore,
+    };
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn backend(addr: &str, weight: u32) -> Backend {
+        Backend {
+            name: format!("{addr}:80"),
+            addr: ip(addr),
+            port: 80,
+            node: ip("10.0.0.11"),
+            weight,
+            state: BackendState::Active,
+        }
+    }
+
+    /// web (a NodePort and a LoadBalancer frontend, weights 1 and 3, one
+    /// terminating backend) and db, applied to a MemStore.
+    fn store() -> MemStore {
+        let mut web = Service::new(ServiceKey::new("default", "web", "http"));
+        web.frontends = vec![
+            Frontend {
+                addr: ip("10.100.0.1"),
+                port: 80,
+                proto: Proto::Tcp,
+                kind: FrontendKind::LoadBalancer,
+            },
+            Frontend {
+                addr: ip("10.0.0.2"),
+                port: 30080,
+                proto: Proto::Tcp,
+                kind: FrontendKind::NodePort,
+            },
+        ];
+        web.backends =
+            vec![backend("10.244.0.1", 1), backend("10.244.0.2", 3), backend("10.244.0.3", 1)];
+        web.backends[2].state = BackendState::Terminating;
+        web.maglev_size = 101;
+        let mut db = Service::new(ServiceKey::new("default", "db", "sql"));
+        db.frontends = vec![Frontend {
+            addr: ip("10.100.0.2"),
+            port: 5432,
+            proto: Proto::Tcp,
+            kind: FrontendKind::ClusterIp,
+        }];
+        db.backends = vec![backend("10.244.1.1", 1)];
+        db.maglev_size = 13;
+        let mut d = Desired::default();
+        d.node.tunnel_v4 = Some(Ipv4Addr::new(10, 0, 0, 2));
+        for s in [web, db] {
+            d.services.insert(s.key.clone(), s);
+        }
+        let mut dp = Datapath::restore(MemStore::default()).unwrap();
+        dp.apply(&d).unwrap();
+        dp.into_store()
+    }
+
+    fn flow(client: &str, sport: u16, vip: &str, dport: u16) -> abi::FlowKey {
+        let (saddr, family) = abi::addr_to_abi(ip(client));
+        let (daddr, _) = abi::addr_to_abi(ip(vip));
+        abi::FlowKey {
+            saddr,
+            daddr,
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto: 6,
+            family,
+            pad: 0,
+        }
+    }
+
+    #[test]
+    fn services_join_every_table_once() {
+        let mut store = store();
+        let view = DatapathView::new(store.clone());
+        let list = view.services().unwrap();
+        let names: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["default/db:sql", "default/web:http"]);
+        let web = &list[1];
+        assert_eq!((web.maglev_size, web.table_size, web.active_backends), (101, 101, 2));
+        assert_eq!(web.frontends.iter().map(|f| f.nodeport).collect::<Vec<_>>(), [true, false]);
+        let slots: Vec<(Option<u32>, bool, usize)> =
+            web.backends.iter().map(|b| (b.weight, b.terminating, b.slots)).collect();
+        // Weights 1 and 3 over 101 slots: 25 and 76 (Maglev's exact shares).
+        assert_eq!(slots, [(Some(1), false, 25), (Some(3), false, 76), (Some(1), true, 0)]);
+        assert!(web.backends.iter().all(|b| b.gen > 0 && b.name == Some(format!("{}:80", b.addr))));
+
+        store.count_traffic(web.id, web.backends[1].id, 3, 300);
+        let view = DatapathView::new(store);
+        let web = view.services().unwrap().remove(1);
+        assert_eq!((web.packets, web.bytes, web.backends[1].packets), (3, 300, 3));
+        let traffic = view.service_traffic().unwrap();
+        assert_eq!(traffic.iter().map(|t| t.traffic.packets).sum::<u64>(), 3);
+        let rows = view.backend_traffic(&|id| id == web.id, 10).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows.iter().find(|r| r.traffic.packets == 3).unwrap().backend.to_string(),
+            "10.244.0.2:80"
+        );
+        assert_eq!(view.backend_traffic(&|_| true, 1).unwrap().len(), 1, "limited");
+    }
+
+    #[test]
+    fn connections_are_named_filtered_limited_and_marked_stale() {
+        let mut store = store();
+        let list = DatapathView::new(store.clone()).services().unwrap();
+        let (db, web) = (&list[0], &list[1]);
+        let be = &web.backends[0];
+        let entry = |svc_id, backend_id, backend_gen| abi::CtEntry {
+            backend_id,
+            backend_gen,
+            svc_id,
+            hash: 0,
+            created_ns: 5,
+        };
+        store.insert_connection(
+            flow("192.0.2.1", 1000, "10.100.0.1", 80),
+            entry(web.id, be.id, be.gen),
+        );
+        store.insert_connection(
+            flow("192.0.2.2", 1000, "10.100.0.1", 80),
+            entry(web.id, be.id, be.gen - 1),
+        );
+        store.insert_connection(
+            flow("192.0.2.1", 1001, "10.100.0.2", 5432),
+            entry(db.id, db.backends[0].id, db.backends[0].gen),
+        );
+        let view = DatapathView::new(store);
+
+        let all = view.connections(&ConnectionFilter::default()).unwrap();
+        assert_eq!((all.entries.len(), all.scanned, all.truncated), (3, 3, false));
+        let c = &all.entries[0];
+        assert_eq!(c.client.unwrap().to_string(), "192.0.2.1:1000");
+        assert_eq!(c.frontend.unwrap().to_string(), "10.100.0.1:80");
+        assert_eq!((c.proto.as_str(), c.service.as_deref()), ("TCP", Some("default/web:http")));
+        assert_eq!(c.backend.unwrap().to_string(), "10.244.0.1:80");
+        assert!(!c.stale);
+        assert!(all.entries[1].stale, "an earlier generation of the id");
+
+        let web_only =
+            ConnectionFilter { service: Some("default/web".into()), ..Default::default() };
+        assert_eq!(view.connections(&web_only).unwrap().entries.len(), 2);
+        let client = ConnectionFilter { client: Some(ip("192.0.2.1")), ..Default::default() };
+        assert_eq!(view.connections(&client).unwrap().entries.len(), 2);
+        let one =
+            view.connections(&ConnectionFilter { limit: Some(1), ..Default::default() }).unwrap();
+        assert_eq!((one.entries.len(), one.truncated), (1, true));
+    }
+
+    #[test]
+    fn names_resolve_ids_frontends_and_backends() {
+        let view = DatapathView::new(store());
+        let list = view.services().unwrap();
+        let names = view.names().unwrap();
+        let web = &list[1];
+        assert_eq!(names.services[&web.id], "default/web:http");
+        assert_eq!(names.frontends[&(ip("10.0.0.2"), 30080, 6)], web.id);
+        assert_eq!(names.backends[&web.backends[1].id], ("10.244.0.2:80".parse().unwrap(), web.id));
+        assert_eq!(view.service_names().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn service_filters() {
+        assert!(service_matches("default/nginx", "default/nginx:80"));
+        assert!(service_matches("default/nginx", "default/nginx:http/ipv6"));
+        assert!(service_matches("default/nginx:80", "default/nginx:80"));
+        assert!(!service_matches("default/nginx", "default/nginx2:80"));
+    }
+
+    #[test]
+    fn a_table_hash_ignores_the_zero_padding_of_the_map_value() {
+        let built = [3u16, 0, 1, 0];
+        let mut value = vec![0u16; abi::MAGLEV_MAX];
+        value[..4].copy_from_slice(&built);
+        assert_eq!(table_hash(&built), table_hash(&value));
+        assert_ne!(table_hash(&built), table_hash(&[3, 0, 2, 0]));
+    }
+}

@@ -635,7 +635,8 @@ fn apply_services_touches_only_the_services_named() {
 #[test]
 fn invalid_services_are_refused_before_any_write() {
     let mut dp = checked();
-    let cases: Vec<(fn(&mut Service), &str)> = vec![
+    type Break = fn(&mut Service);
+    let cases: Vec<(Break, &str)> = vec![
         (|s| s.maglev_size = 20000, "maglev size 20000 outside 2..=16381"),
         (|s| s.maglev_size = 250, "not a prime"),
         (|s| s.backends[1].weight = 0, "weight 0"),

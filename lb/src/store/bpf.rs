@@ -197,7 +197,7 @@ impl MapStore for BpfStore {
                 let mut value = Box::new(abi::MaglevTable { slot: [0; abi::MAGLEV_MAX], pad: 0 });
                 let n = slots.len().min(abi::MAGLEV_MAX);
                 value.slot[..n].copy_from_slice(&slots[..n]);
-                m.maglev.insert(svc_id, &*value, 0).map_err(up)
+                m.maglev.insert(svc_id, value.as_ref(), 0).map_err(up)
             }
             Write::MaglevDelete { svc_id } => removed(m.maglev.remove(&svc_id), map),
             Write::Backend { id, value } => m.backends.set(id, value, 0).map_err(up),
