@@ -262,9 +262,16 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     // Events an earlier listener left in the ring are skipped.
-    let mut listener = Listener::start(&args.pin_dir, mask, args.sample).with_context(|| {
-        format!("listening to the events under {} (is `xlb run` running?)", args.pin_dir.display())
-    })?;
+    let mut listener = match Listener::start(&args.pin_dir, mask, args.sample) {
+        Ok(l) => l,
+        Err(e @ ev::EventsError::Busy { .. }) => return Err(e.into()),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                let dir = args.pin_dir.display();
+                format!("listening to the events under {dir} (is `xlb run` running?)")
+            })
+        }
+    };
     let mut lost = listener.lost()?;
     let mut printed = 0u64;
     let stdout = std::io::stdout();

@@ -416,7 +416,7 @@ pub struct Connection {
     pub svc_id: u32,
     pub service: Option<String>,
     pub backend_id: u32,
-    /// The backend the entry's id names now (None: out of range).
+    /// The backend the entry's id names now (None: no such id).
     pub backend: Option<SocketAddr>,
     /// The entry names a backend id that has since been freed or reused.
     pub stale: bool,
@@ -541,7 +541,6 @@ impl<S: MapStore> DatapathView<S> {
     pub fn connections(&self, filter: &ConnectionFilter) -> Result<Connections, ViewError> {
         let names = self.service_names()?;
         let mut out = Connections::default();
-        let mut failed = None;
         self.store.connections(&mut |k, v| {
             out.scanned += 1;
             let client = abi::addr_from_abi(&k.saddr, k.family);
@@ -558,14 +557,8 @@ impl<S: MapStore> DatapathView<S> {
                 out.truncated = true;
                 return ControlFlow::Break(());
             }
-            let be = match self.store.backend(v.backend_id) {
-                Ok(b) => Some(b),
-                Err(StoreError::OutOfRange { .. }) => None,
-                Err(e) => {
-                    failed = Some(e);
-                    return ControlFlow::Break(());
-                }
-            };
+            // An id outside the map names no backend: the entry is stale.
+            let be = self.store.backend(v.backend_id).ok();
             out.entries.push(Connection {
                 client: client.map(|a| SocketAddr::new(a, u16::from_be(k.sport))),
                 frontend: abi::addr_from_abi(&k.daddr, k.family)
@@ -583,10 +576,7 @@ impl<S: MapStore> DatapathView<S> {
             });
             ControlFlow::Continue(())
         })?;
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(out),
-        }
+        Ok(out)
     }
 
     /// Names of services, frontends and backends, by id.

@@ -3,10 +3,9 @@
 //! owns its tables end to end — desired → diff → writes → bookkeeping — over
 //! a [`MapStore`] (the pinned maps, or memory in tests):
 //!
-//! - `services` ([`services`]): frontends, source ranges, Maglev tables,
-//!   backends, their names, weights, ids and generations;
-//! - `node` ([`node`]): this node's settings and the tunnel endpoints the
-//!   backends need.
+//! - `services`: service names, frontends, source ranges, Maglev tables,
+//!   backends with their names, weights, ids, indices and generations;
+//! - `node`: this node's settings and the tunnel endpoints the backends need.
 //!
 //! (Routes, policy and sockets will follow the same shape.) [`Datapath`]
 //! runs them in dependency order. It restores its bookkeeping from the maps

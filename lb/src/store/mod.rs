@@ -10,7 +10,7 @@
 //! are [`Cidr`]s, per-CPU statistics are sums, Maglev tables are slot slices.
 //! Neighbours: [`crate::view`] decodes what these reads return;
 //! [`crate::reconcile`] issues the writes.
-use std::{fmt, io, ops::ControlFlow};
+use std::{fmt, ops::ControlFlow};
 
 use crate::{abi, maps::MapsError, model::Cidr};
 
@@ -24,9 +24,6 @@ pub use memory::{MemStore, WriteRecord};
 pub enum StoreError {
     #[error(transparent)]
     Maps(#[from] MapsError),
-    /// A write or read the kernel (or a store standing in for it) refused.
-    #[error("map {map}: {op}: {source}")]
-    Os { map: &'static str, op: &'static str, source: io::Error },
     #[error("map {map}: {op}: key {key} outside the map's {capacity} entries")]
     OutOfRange { map: &'static str, op: &'static str, key: u32, capacity: u32 },
     #[error("map {map}: {op}: a name of {len} bytes does not fit {max}")]
