@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Args;
-pub use lb::view::service_matches;
+use lb::view::service_matches;
 use lb::{
     events::{self as ev, EventKind, EventMask, Listener, Record},
     loader::DEFAULT_PIN_DIR,
