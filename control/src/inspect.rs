@@ -1,28 +1,20 @@
 //! The inspection CLI: `xlb service list`, `xlb backend list`, `xlb ct
 //! list`, `xlb maglev show` and `xlb stats` — what a running node's pinned
-//! maps hold, read through `lb::datapath` / `lb::maps` (never from the
-//! agent's memory), as text or `--json`.
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-    path::Path,
-    process::ExitCode,
-};
+//! maps hold, read through lb's read model ([`lb::view::DatapathView`],
+//! never from the agent's memory), as text or `--json`. This module only
+//! picks and prints.
+use std::{net::IpAddr, path::Path, process::ExitCode};
 
 use anyhow::Context;
-use lb::{
-    abi,
-    datapath::{BackendListing, Datapath},
-    maps::Maps,
+use lb::view::{
+    render, service_matches, BackendListing, ConnectionFilter, DatapathView, ServiceTraffic,
 };
 use serde::Serialize;
 
-use crate::monitor;
-
-fn open(pin_dir: &Path) -> anyhow::Result<Datapath> {
-    Datapath::open(pin_dir).with_context(|| {
+fn open(pin_dir: &Path) -> anyhow::Result<DatapathView> {
+    DatapathView::open(pin_dir).with_context(|| {
         format!(
-            "opening the datapath pinned at {} (is `xlb run` running on this node?)",
+            "opening the maps pinned at {} (is `xlb run` running on this node?)",
             pin_dir.display()
         )
     })
@@ -30,12 +22,11 @@ fn open(pin_dir: &Path) -> anyhow::Result<Datapath> {
 
 /// Every service with its frontends and backends.
 pub fn services(pin_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let dp = open(pin_dir)?;
+    let list = open(pin_dir)?.services()?;
     if json {
-        let list = dp.list()?;
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
-        print!("{}", dp.dump()?);
+        print!("{}", render(&list));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -50,7 +41,7 @@ struct BackendRow<'a> {
 
 /// Every backend of every service, one a line.
 pub fn backends(pin_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let list = open(pin_dir)?.list()?;
+    let list = open(pin_dir)?.services()?;
     let rows: Vec<BackendRow> = list
         .iter()
         .flat_map(|s| s.backends.iter().map(|b| BackendRow { service: &s.name, backend: b }))
@@ -60,44 +51,21 @@ pub fn backends(pin_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<32} {:>6} {:<28} {:<24} {:<11} {:>6} {:>12} {:>14}",
-        "SERVICE", "ID", "BACKEND", "NODE", "STATE", "SLOTS", "PACKETS", "BYTES"
+        "{:<32} {:>6} {:<28} {:<24} {:<11} {:>6} {:>6} {:>12} {:>14}",
+        "SERVICE", "ID", "BACKEND", "NODE", "STATE", "WEIGHT", "SLOTS", "PACKETS", "BYTES"
     );
     for r in rows {
         let b = r.backend;
         let addr = std::net::SocketAddr::new(b.addr, b.port).to_string();
         let node = b.node.map_or("-".to_string(), |n| n.to_string());
         let state = if b.terminating { "terminating" } else { "active" };
+        let weight = b.weight.map_or("-".to_string(), |w| w.to_string());
         println!(
-            "{:<32} {:>6} {:<28} {:<24} {:<11} {:>6} {:>12} {:>14}",
-            r.service, b.id, addr, node, state, b.slots, b.packets, b.bytes
+            "{:<32} {:>6} {:<28} {:<24} {:<11} {:>6} {:>6} {:>12} {:>14}",
+            r.service, b.id, addr, node, state, weight, b.slots, b.packets, b.bytes
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn open_maps(pin_dir: &Path) -> anyhow::Result<Maps> {
-    Maps::open(pin_dir).with_context(|| {
-        format!(
-            "opening the maps pinned at {} (is `xlb run` running on this node?)",
-            pin_dir.display()
-        )
-    })
-}
-
-/// Service names by id, from xlb_svc_names.
-fn service_names(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {
-    let mut out = BTreeMap::new();
-    for item in maps.svc_names.iter() {
-        let (id, n) = item.context("reading xlb_svc_names")?;
-        let end = n.name.iter().position(|&c| c == 0).unwrap_or(n.name.len());
-        out.insert(id, String::from_utf8_lossy(&n.name[..end]).into_owned());
-    }
-    Ok(out)
-}
-
-fn sock(ip: Option<IpAddr>, port_be: u16) -> String {
-    ip.map_or("?".into(), |ip| SocketAddr::new(ip, u16::from_be(port_be)).to_string())
 }
 
 /// One connection-table entry.
@@ -120,51 +88,38 @@ pub struct CtFilter {
     pub limit: usize,
 }
 
+fn or_unknown<T: ToString>(v: Option<T>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
+}
+
 /// `xlb ct list`: connection-table entries (client -> frontend, backend).
 pub fn ct_list(pin_dir: &Path, f: &CtFilter, json: bool) -> anyhow::Result<ExitCode> {
-    let maps = open_maps(pin_dir)?;
-    let names = service_names(&maps)?;
-    let now = monitor::monotonic_ns();
+    let view = open(pin_dir)?;
     if let Some(s) = &f.service {
-        if !names.values().any(|n| monitor::service_matches(s, n)) {
+        if !view.service_names()?.values().any(|n| service_matches(s, n)) {
             anyhow::bail!("--service {s:?}: no such service in the datapath");
         }
     }
-    let mut rows = Vec::new();
-    let mut scanned = 0u64;
-    let mut truncated = false;
-    for item in maps.ct.iter() {
-        // An LRU entry can vanish between key and lookup: skip it.
-        let Ok((k, v)) = item else { continue };
-        scanned += 1;
-        let client = abi::addr_from_abi(&k.saddr, k.family);
-        if f.client.is_some() && client != f.client {
-            continue;
-        }
-        let service = names.get(&v.svc_id).cloned().unwrap_or(format!("id:{}", v.svc_id));
-        if let Some(s) = &f.service {
-            if !monitor::service_matches(s, &service) {
-                continue;
-            }
-        }
-        if rows.len() >= f.limit {
-            truncated = true;
-            break;
-        }
-        let be = maps.backends.get(&v.backend_id, 0).ok();
-        let stale = be.is_none_or(|b| b.gen != v.backend_gen || b.flags & abi::BE_F_ACTIVE == 0);
-        rows.push(CtRow {
-            client: sock(client, k.sport),
-            frontend: sock(abi::addr_from_abi(&k.daddr, k.family), k.dport),
-            proto: lb::model::Proto::from_number(k.proto)
-                .map_or(format!("proto-{}", k.proto), |p| p.to_string()),
-            service,
-            backend: be.map_or("?".into(), |b| sock(abi::addr_from_abi(&b.addr, b.family), b.port)),
-            backend_id: v.backend_id,
-            stale,
-            age_s: now.saturating_sub(v.created_ns) as f64 / 1e9,
-        });
-    }
+    let now = lb::events::monotonic_ns();
+    let found = view.connections(&ConnectionFilter {
+        service: f.service.clone(),
+        client: f.client,
+        limit: Some(f.limit),
+    })?;
+    let rows: Vec<CtRow> = found
+        .entries
+        .into_iter()
+        .map(|c| CtRow {
+            client: or_unknown(c.client),
+            frontend: or_unknown(c.frontend),
+            proto: c.proto,
+            service: c.service.unwrap_or(format!("id:{}", c.svc_id)),
+            backend: or_unknown(c.backend),
+            backend_id: c.backend_id,
+            stale: c.stale,
+            age_s: now.saturating_sub(c.created_ns) as f64 / 1e9,
+        })
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -184,8 +139,8 @@ pub fn ct_list(pin_dir: &Path, f: &CtFilter, json: bool) -> anyhow::Result<ExitC
             );
         }
     }
-    if truncated {
-        eprintln!("(stopped at --limit {} after scanning {scanned} entries)", f.limit);
+    if found.truncated {
+        eprintln!("(stopped at --limit {} after scanning {} entries)", f.limit, found.scanned);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -197,6 +152,7 @@ struct SlotRow {
     id: u32,
     index: u32,
     terminating: bool,
+    weight: Option<u32>,
     slots: usize,
     /// slots / table size.
     share: f64,
@@ -219,67 +175,44 @@ struct MaglevReport {
 
 /// `xlb maglev show SERVICE`: how the table's slots are spread over backends.
 pub fn maglev_show(pin_dir: &Path, service: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let maps = open_maps(pin_dir)?;
-    let names = service_names(&maps)?;
-    let ids: Vec<(u32, String)> = names
-        .iter()
-        .filter(|(_, n)| monitor::service_matches(service, n))
-        .map(|(id, n)| (*id, n.clone()))
-        .collect();
-    if ids.is_empty() {
+    let list = open(pin_dir)?.services()?;
+    let chosen: Vec<_> = list.iter().filter(|s| service_matches(service, &s.name)).collect();
+    if chosen.is_empty() {
         anyhow::bail!("service {service:?}: not in the datapath (see `xlb service list`)");
     }
-    let mut members: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
-    for item in maps.svc_backends.iter() {
-        let (k, be) = item.context("reading xlb_svc_backends")?;
-        members.entry(k.svc_id).or_default().push((k.index, be));
-    }
-    let mut sizes: BTreeMap<u32, u32> = BTreeMap::new();
-    for item in maps.frontends.iter() {
-        let (_, v) = item.context("reading xlb_frontends")?;
-        sizes.insert(v.id, v.maglev_size);
-    }
     let mut reports = Vec::new();
-    for (id, name) in ids {
-        let m = sizes.get(&id).copied().unwrap_or(0).min(abi::MAGLEV_MAX as u32);
-        let table = match maps.maglev.get(&id, 0) {
-            Ok(t) => t.slot[..m as usize].to_vec(),
-            Err(_) => Vec::new(),
-        };
-        let mut count: BTreeMap<u16, usize> = BTreeMap::new();
-        for s in &table {
-            *count.entry(*s).or_default() += 1;
-        }
-        let list = members.get(&id).cloned().unwrap_or_default();
-        let with_slots =
-            list.iter().filter(|(i, _)| count.get(&(*i as u16)).is_some_and(|c| *c > 0)).count();
-        let ideal = if with_slots == 0 { 0.0 } else { table.len() as f64 / with_slots as f64 };
-        let mut rows = Vec::new();
-        let mut known = 0;
-        for (index, be_id) in list {
-            let slots = count.get(&(index as u16)).copied().unwrap_or(0);
-            known += slots;
-            let b = maps.backends.get(&be_id, 0).ok();
-            rows.push(SlotRow {
-                backend: b
-                    .map_or("?".into(), |b| sock(abi::addr_from_abi(&b.addr, b.family), b.port)),
-                id: be_id,
-                index,
-                terminating: b.is_some_and(|b| b.flags & abi::BE_F_TERMINATING != 0),
-                slots,
-                share: if table.is_empty() { 0.0 } else { slots as f64 / table.len() as f64 },
-                ideal_slots: if slots > 0 { ideal } else { 0.0 },
-                deviation: if slots > 0 && ideal > 0.0 { slots as f64 / ideal - 1.0 } else { 0.0 },
-            });
-        }
+    for s in chosen {
+        let size = s.table_size;
+        let with_slots = s.backends.iter().filter(|b| b.slots > 0).count();
+        let ideal = if with_slots == 0 { 0.0 } else { size as f64 / with_slots as f64 };
+        let mut rows: Vec<SlotRow> = s
+            .backends
+            .iter()
+            .map(|b| SlotRow {
+                backend: std::net::SocketAddr::new(b.addr, b.port).to_string(),
+                id: b.id,
+                index: b.index,
+                terminating: b.terminating,
+                weight: b.weight,
+                slots: b.slots,
+                share: if size == 0 { 0.0 } else { b.slots as f64 / size as f64 },
+                ideal_slots: if b.slots > 0 { ideal } else { 0.0 },
+                deviation: if b.slots > 0 && ideal > 0.0 {
+                    b.slots as f64 / ideal - 1.0
+                } else {
+                    0.0
+                },
+            })
+            .collect();
         rows.sort_by(|a, b| a.backend.cmp(&b.backend));
+        let known: usize = rows.iter().map(|r| r.slots).sum();
         let max_abs_deviation = rows.iter().map(|r| r.deviation.abs()).fold(0.0, f64::max);
         reports.push(MaglevReport {
-            service: name,
-            id,
-            table_size: table.len() as u32,
+            service: s.name.clone(),
+            id: s.id,
+            table_size: size as u32,
             backends: rows,
-            orphan_slots: table.len() - known,
+            orphan_slots: size.saturating_sub(known),
             max_abs_deviation,
         });
     }
@@ -302,15 +235,16 @@ pub fn maglev_show(pin_dir: &Path, service: &str, json: bool) -> anyhow::Result<
             }
         );
         println!(
-            "  {:<46} {:>6} {:>5} {:>7} {:>8} {:>9} {:>9}",
-            "BACKEND", "ID", "INDEX", "SLOTS", "SHARE", "IDEAL", "DEVIATION"
+            "  {:<46} {:>6} {:>5} {:>6} {:>7} {:>8} {:>9} {:>9}",
+            "BACKEND", "ID", "INDEX", "WEIGHT", "SLOTS", "SHARE", "IDEAL", "DEVIATION"
         );
         for b in &r.backends {
             println!(
-                "  {:<46} {:>6} {:>5} {:>7} {:>7.2}% {:>9.1} {:>8.2}%{}",
+                "  {:<46} {:>6} {:>5} {:>6} {:>7} {:>7.2}% {:>9.1} {:>8.2}%{}",
                 b.backend,
                 b.id,
                 b.index,
+                b.weight.map_or("-".to_string(), |w| w.to_string()),
                 b.slots,
                 b.share * 100.0,
                 b.ideal_slots,
@@ -340,6 +274,20 @@ struct ServiceTotals {
     affinity_hits: u64,
 }
 
+impl From<ServiceTraffic> for ServiceTotals {
+    fn from(s: ServiceTraffic) -> Self {
+        let t = s.traffic;
+        ServiceTotals {
+            service: s.name,
+            id: s.id,
+            packets: t.packets,
+            bytes: t.bytes,
+            new_flows: t.new_flows,
+            affinity_hits: t.affinity_hits,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Stats {
     counters: Vec<CounterRow>,
@@ -351,22 +299,12 @@ struct Stats {
 
 /// `xlb stats`: datapath counters by reason and per-service totals.
 pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let maps = open_maps(pin_dir)?;
-    let counters = lb::loader::read_counters(pin_dir).context("reading xlb_counters")?;
-    let mut services = Vec::new();
-    for (id, name) in service_names(&maps)? {
-        let s = maps.svc_stats_sum(id).with_context(|| format!("xlb_svc_stats[{id}]"))?;
-        services.push(ServiceTotals {
-            service: name,
-            id,
-            packets: s.packets,
-            bytes: s.bytes,
-            new_flows: s.new_flows,
-            affinity_hits: s.affinity_hits,
-        });
-    }
+    let view = open(pin_dir)?;
+    let counters = view.counters()?;
+    let mut services: Vec<ServiceTotals> =
+        view.service_traffic()?.into_iter().map(ServiceTotals::from).collect();
     services.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.service.cmp(&b.service)));
-    let ev = monitor::event_status(pin_dir).ok();
+    let ev = view.events().ok();
     let stats = Stats {
         counters: counters
             .iter()
@@ -379,9 +317,9 @@ pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> 
             })
             .collect(),
         services,
-        events_sent: ev.as_ref().map(|e| e.sent),
-        events_lost: ev.as_ref().map(|e| e.lost),
-        event_listener: ev.as_ref().map(|e| e.active),
+        events_sent: ev.map(|e| e.sent),
+        events_lost: ev.map(|e| e.lost),
+        event_listener: ev.map(|e| e.active),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);

@@ -1,25 +1,14 @@
 //! `xlb monitor`: prints the datapath's event stream live (new flow →
 //! backend chosen, drop with its reason), filtered by service, address and
-//! reason, as text or JSON lines. Reads the pinned xlb_events ring buffer
-//! through [`lb::events`] (this module decides what to ask for and prints;
-//! lb reads and writes the maps).
-//!
-//! Listener protocol (events.h): the programs build events only while
-//! xlb_events_cfg.mask asks for them. A monitor sets the mask and a lease
-//! (CLOCK_MONOTONIC expiry, [`LEASE`] ahead) and renews it every second;
-//! it clears the mask when it exits. If it is killed, the agent's
-//! housekeeping ([`expire_lease`]) clears the mask once the lease has run
-//! out, so the fast path goes back to its no-listener cost within
-//! [`LEASE`]. A BPF ring buffer has one consumer position: two readers
-//! would steal each other's events, so one monitor per node runs at a time
-//! (an exclusive lock, [`ReaderLock`]); fanning events out to several
-//! clients would be the agent's job.
-//!
-//! Also the event status the metrics collector and `xlb stats` report.
+//! reason, as text or JSON lines. The listener protocol (reader lock, lease,
+//! ring) is [`lb::events::Listener`]; ids are named through lb's read model
+//! ([`lb::view::DatapathView::names`]). This module decides what to ask for,
+//! filters and prints. One monitor per node runs at a time (the ring buffer
+//! has a single consumer); fanning events out to several clients would be
+//! the agent's job.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -28,21 +17,16 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Args;
-pub use lb::events::monotonic_ns;
+use lb::view::service_matches;
 use lb::{
-    abi::{self, Counter, Event, EventsCfg},
-    events::{self as ev, EventControl, EventHook, EventKind, EventReader},
+    events::{self as ev, EventKind, EventMask, Listener, Record},
     loader::DEFAULT_PIN_DIR,
-    maps::Maps,
+    view::{Counter, DatapathView, Names},
 };
 use serde::Serialize;
 
 /// Default size of the xlb_events ring buffer (`--events-ringbuf-bytes`).
 pub const DEFAULT_RINGBUF_BYTES: u32 = ev::DEFAULT_RING_BYTES;
-
-/// How long a monitor's lease lasts without renewal.
-pub const LEASE: Duration = Duration::from_secs(5);
-const RENEW_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Args, Debug)]
 pub struct MonitorArgs {
@@ -75,105 +59,6 @@ pub struct MonitorArgs {
     /// JSON, one event per line.
     #[arg(long)]
     json: bool,
-}
-
-/// The listener maps, with the hint a CLI user needs when they are missing.
-fn open_control(pin_dir: &Path) -> anyhow::Result<EventControl> {
-    EventControl::open(pin_dir).with_context(|| {
-        format!("opening the event maps under {} (is `xlb run` running?)", pin_dir.display())
-    })
-}
-
-/// Event counters and listener state, for /metrics.
-#[derive(Clone, Debug)]
-pub struct EventStatus {
-    pub sent: u64,
-    pub lost: u64,
-    pub active: bool,
-}
-
-pub fn event_status(pin_dir: &Path) -> anyhow::Result<EventStatus> {
-    let m = open_control(pin_dir)?;
-    let stats = m.stats()?;
-    Ok(EventStatus { sent: stats.sent, lost: stats.lost, active: m.active(monotonic_ns())? })
-}
-
-/// Clears the listener mask when its lease has run out (the agent calls
-/// this every second). Returns whether it did.
-pub fn expire_lease(pin_dir: &Path) -> anyhow::Result<bool> {
-    let expired = open_control(pin_dir)?.expire(monotonic_ns())?;
-    if expired {
-        tracing::info!("event listener lease expired: event emission off");
-    }
-    Ok(expired)
-}
-
-/// The one-reader-per-ring lock: an exclusive flock on a file named after
-/// the pin directory, released when the process exits (also on SIGKILL).
-struct ReaderLock {
-    _file: std::fs::File,
-}
-
-impl ReaderLock {
-    fn take(pin_dir: &Path) -> anyhow::Result<ReaderLock> {
-        let tag: String = pin_dir
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let dir =
-            if Path::new("/run").is_dir() { PathBuf::from("/run") } else { std::env::temp_dir() };
-        let path = dir.join(format!("xlb-monitor{tag}.lock"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening the monitor lock {}", path.display()))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!(
-                "another xlb monitor is reading the events of {} (lock {}): the ring buffer has \
-                 a single consumer, run one monitor at a time",
-                pin_dir.display(),
-                path.display()
-            );
-        }
-        Ok(ReaderLock { _file: f })
-    }
-}
-
-/// Holds the lease while alive; clears the mask on drop.
-struct Lease {
-    maps: EventControl,
-    mask: u32,
-    sample: u32,
-}
-
-impl Lease {
-    fn take(maps: EventControl, mask: u32, sample: u32) -> anyhow::Result<Lease> {
-        let mut l = Lease { maps, mask, sample };
-        l.renew()?;
-        Ok(l)
-    }
-
-    fn renew(&mut self) -> anyhow::Result<()> {
-        let now = monotonic_ns();
-        let old = self.maps.config()?;
-        let shared = if old.lease_ns > now { old.mask } else { 0 };
-        self.maps.set_config(EventsCfg {
-            mask: shared | self.mask,
-            flow_sample: self.sample,
-            lease_ns: now + LEASE.as_nanos() as u64,
-        })?;
-        Ok(())
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let _ = self.maps.clear();
-    }
 }
 
 /// One decoded event, as printed.
@@ -212,10 +97,10 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-fn endpoint(addr: &[u8; 16], family: u8, port: u16, proto: u8) -> Option<String> {
-    let ip = abi::addr_from_abi(addr, family)?;
+fn endpoint(ip: Option<IpAddr>, port: u16, proto: u8) -> Option<String> {
+    let ip = ip?;
     Some(if proto == 6 || proto == 17 {
-        SocketAddr::new(ip, u16::from_be(port)).to_string()
+        SocketAddr::new(ip, port).to_string()
     } else {
         ip.to_string()
     })
@@ -238,50 +123,6 @@ fn iface_name(ifindex: u32, cache: &mut HashMap<u32, String>) -> String {
         .clone()
 }
 
-/// Names for ids: services, backends, and each service's frontends.
-struct Names {
-    services: HashMap<u32, String>,
-    frontends: HashMap<(IpAddr, u16, u8), u32>,
-    backends: HashMap<u32, (SocketAddr, u32)>,
-}
-
-impl Names {
-    fn read(pin_dir: &Path) -> anyhow::Result<Names> {
-        let maps = Maps::open(pin_dir).context("opening the datapath maps")?;
-        let mut services = HashMap::new();
-        for item in maps.svc_names.iter() {
-            let (id, n) = item.context("xlb_svc_names")?;
-            let end = n.name.iter().position(|&c| c == 0).unwrap_or(n.name.len());
-            services.insert(id, String::from_utf8_lossy(&n.name[..end]).into_owned());
-        }
-        let mut frontends = HashMap::new();
-        for item in maps.frontends.iter() {
-            let (k, v) = item.context("xlb_frontends")?;
-            if let Some(ip) = abi::addr_from_abi(&k.addr, k.family) {
-                frontends.insert((ip, u16::from_be(k.port), k.proto), v.id);
-            }
-        }
-        let mut backends = HashMap::new();
-        for item in maps.svc_backends.iter() {
-            let (k, id) = item.context("xlb_svc_backends")?;
-            if let Ok(b) = maps.backends.get(&id, 0) {
-                if let Some(ip) = abi::addr_from_abi(&b.addr, b.family) {
-                    backends.insert(id, (SocketAddr::new(ip, u16::from_be(b.port)), k.svc_id));
-                }
-            }
-        }
-        Ok(Names { services, frontends, backends })
-    }
-}
-
-/// Does service key `name` ("ns/name:port[/ipv6]") match the --service filter?
-pub fn service_matches(filter: &str, name: &str) -> bool {
-    name == filter
-        || name
-            .strip_prefix(filter)
-            .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('/'))
-}
-
 /// The drop counter a --reason names.
 pub fn parse_reason(r: &str) -> anyhow::Result<Counter> {
     let want = r.strip_prefix("drop_").unwrap_or(r);
@@ -295,9 +136,9 @@ pub fn parse_reason(r: &str) -> anyhow::Result<Counter> {
 }
 
 struct Decoder {
+    view: DatapathView,
     names: Names,
     names_read: Instant,
-    pin_dir: PathBuf,
     ifaces: HashMap<u32, String>,
     /// Unix ns minus monotonic ns.
     wall_offset: i128,
@@ -308,59 +149,57 @@ impl Decoder {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
+        let view = DatapathView::open(pin_dir).context("opening the datapath maps")?;
         Ok(Decoder {
-            names: Names::read(pin_dir)?,
+            names: view.names()?,
+            view,
             names_read: Instant::now(),
-            pin_dir: pin_dir.to_path_buf(),
             ifaces: HashMap::new(),
-            wall_offset: wall - monotonic_ns() as i128,
+            wall_offset: wall - ev::monotonic_ns() as i128,
         })
     }
 
     /// Re-reads names when an id is unknown (at most once a second).
     fn refresh(&mut self) {
         if self.names_read.elapsed() > Duration::from_secs(1) {
-            if let Ok(n) = Names::read(&self.pin_dir) {
+            if let Ok(n) = self.view.names() {
                 self.names = n;
             }
             self.names_read = Instant::now();
         }
     }
 
-    fn decode(&mut self, ev: &Event) -> (Printed, Option<u32>) {
-        let t = &ev.tuple;
-        let kind = EventKind::of(ev);
+    fn decode(&mut self, r: &Record) -> (Printed, Option<u32>) {
         let mut svc_id = None;
         let (mut service, mut backend, mut backend_id) = (None, None, None);
-        if kind == EventKind::NewFlow {
-            if !self.names.services.contains_key(&ev.svc_id)
-                || !self.names.backends.contains_key(&ev.backend_id)
+        if r.kind == EventKind::NewFlow {
+            if !self.names.services.contains_key(&r.svc_id)
+                || !self.names.backends.contains_key(&r.backend_id)
             {
                 self.refresh();
             }
-            svc_id = Some(ev.svc_id);
+            svc_id = Some(r.svc_id);
             service = Some(
-                self.names.services.get(&ev.svc_id).cloned().unwrap_or(format!("id:{}", ev.svc_id)),
+                self.names.services.get(&r.svc_id).cloned().unwrap_or(format!("id:{}", r.svc_id)),
             );
-            backend = self.names.backends.get(&ev.backend_id).map(|(a, _)| a.to_string());
-            backend_id = Some(ev.backend_id);
-        } else if let Some(ip) = abi::addr_from_abi(&t.daddr, t.family) {
+            backend = self.names.backends.get(&r.backend_id).map(|(a, _)| a.to_string());
+            backend_id = Some(r.backend_id);
+        } else if let Some(ip) = r.dst {
             // A drop sent to a frontend belongs to that service.
-            svc_id = self.names.frontends.get(&(ip, u16::from_be(t.dport), t.proto)).copied();
+            svc_id = self.names.frontends.get(&(ip, r.dst_port, r.proto)).copied();
             service = svc_id.and_then(|id| self.names.services.get(&id).cloned());
         }
-        let reason = ev::drop_reason(ev).map(|r| r.map_or("unknown", |c| c.reason()));
         let p = Printed {
-            time: (ev.ts_ns as i128 + self.wall_offset) as f64 / 1e9,
-            kind: kind.name(),
-            hook: EventHook::of(ev).name(),
-            iface: iface_name(ev.ifindex, &mut self.ifaces),
-            ifindex: ev.ifindex,
-            len: ev.len,
-            proto: proto_name(t.proto),
-            src: endpoint(&t.saddr, t.family, t.sport, t.proto),
-            dst: endpoint(&t.daddr, t.family, t.dport, t.proto),
-            reason,
+            time: (r.ts_ns as i128 + self.wall_offset) as f64 / 1e9,
+            kind: r.kind.name(),
+            hook: r.hook.name(),
+            iface: iface_name(r.ifindex, &mut self.ifaces),
+            ifindex: r.ifindex,
+            len: r.len,
+            proto: proto_name(r.proto),
+            src: endpoint(r.src, r.src_port, r.proto),
+            dst: endpoint(r.dst, r.dst_port, r.proto),
+            reason: r.drop_reason.map(|d| d.map_or("unknown", |c| c.reason())),
             service,
             backend,
             backend_id,
@@ -402,19 +241,15 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     let reason = args.reason.as_deref().map(parse_reason).transpose()?;
     let mask = if reason.is_some() || args.drops_only {
-        abi::EV_F_DROP
+        EventMask::DROP
     } else if args.flows_only {
-        abi::EV_F_NEW_FLOW
+        EventMask::NEW_FLOW
     } else {
-        abi::EV_F_NEW_FLOW | abi::EV_F_DROP
+        EventMask::NEW_FLOW | EventMask::DROP
     };
     if args.sample == 0 {
         bail!("--sample 0: want 1 (every new flow) or more");
     }
-    let _reader = ReaderLock::take(&args.pin_dir)?;
-    let mut ring = EventReader::open(&args.pin_dir).with_context(|| {
-        format!("opening the event ring under {} (is `xlb run` running?)", args.pin_dir.display())
-    })?;
     let mut decoder = Decoder::new(&args.pin_dir)?;
     if let Some(s) = &args.service {
         if !decoder.names.services.values().any(|n| service_matches(s, n)) {
@@ -426,32 +261,37 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    // Events already in the ring are from an earlier listener: skip them.
-    ring.drain();
-    let mut lease = Lease::take(open_control(&args.pin_dir)?, mask, args.sample)?;
-    let mut renewed = Instant::now();
-    let mut lost = lease.maps.stat(abi::EV_STAT_LOST)?;
+    // Events an earlier listener left in the ring are skipped.
+    let mut listener = match Listener::start(&args.pin_dir, mask, args.sample) {
+        Ok(l) => l,
+        Err(e @ ev::EventsError::Busy { .. }) => return Err(e.into()),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                let dir = args.pin_dir.display();
+                format!("listening to the events under {dir} (is `xlb run` running?)")
+            })
+        }
+    };
+    let mut lost = listener.lost()?;
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     eprintln!("xlb monitor: listening on {} (Ctrl-C to stop)", args.pin_dir.display());
     while !STOP.load(Ordering::Relaxed) {
-        if renewed.elapsed() >= RENEW_EVERY {
-            lease.renew()?;
-            renewed = Instant::now();
-            let now_lost = lease.maps.stat(abi::EV_STAT_LOST)?;
+        if listener.renew_if_due()? {
+            let now_lost = listener.lost()?;
             if now_lost > lost {
                 eprintln!("xlb monitor: {} events lost (ring buffer full)", now_lost - lost);
                 lost = now_lost;
             }
         }
-        ring.wait(Duration::from_millis(200))?;
-        while let Some(ev) = ring.next() {
-            if let Some(r) = reason {
-                if ev.r#type != abi::EV_DROP || ev.reason as u32 != r as u32 {
+        listener.wait(Duration::from_millis(200))?;
+        while let Some(r) = listener.next_record() {
+            if let Some(want) = reason {
+                if r.kind != EventKind::Drop || r.drop_reason != Some(Ok(want)) {
                     continue;
                 }
             }
-            let (p, _) = decoder.decode(&ev);
+            let (p, _) = decoder.decode(&r);
             if let Some(s) = &args.service {
                 if !p.service.as_deref().is_some_and(|n| service_matches(s, n)) {
                     continue;

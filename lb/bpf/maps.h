@@ -170,4 +170,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_config_gen SEC(".maps");
 
+/* Userspace only: backend names and weights (xlb_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct xlb_backend_meta);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_backend_meta SEC(".maps");
+
 #endif /* XLB_MAPS_H */

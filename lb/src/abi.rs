@@ -257,6 +257,13 @@ abi_struct!(
     /// Value of xlb_config_gen (one entry).
     ConfigGen = "xlb_config_gen", 8 { gen: u64 });
 
+/// Longest backend name xlb_backend_meta holds.
+pub const BACKEND_NAME_MAX: usize = 60;
+
+abi_struct!(
+    /// Value of xlb_backend_meta (userspace only): a backend's name and weight.
+    BackendMeta = "xlb_backend_meta", 64 { weight: u32, name: [u8; BACKEND_NAME_MAX] });
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -281,6 +288,7 @@ pub const LAYOUTS: &[StructLayout] = &[
     ConfigGen::LAYOUT,
     EventsCfg::LAYOUT,
     Event::LAYOUT,
+    BackendMeta::LAYOUT,
 ];
 
 macro_rules! counters {

@@ -1,6 +1,8 @@
 //! xlb's load-balancer core: the service model, Maglev, the datapath ABI,
-//! typed access to the BPF maps, and loading/attaching the BPF programs.
-//! Knows nothing of Kubernetes; `control` feeds it [`model::Desired`].
+//! typed access to the BPF maps behind a map-store seam, the read model of
+//! what they hold, the reconcilers that write them, and loading/attaching
+//! the BPF programs. Knows nothing of Kubernetes; `control` feeds it
+//! [`model::Desired`].
 pub mod abi;
 pub mod census;
 pub mod datapath;
@@ -11,3 +13,6 @@ pub mod maps;
 pub mod model;
 pub mod neigh;
 pub mod objects;
+pub mod reconcile;
+pub mod store;
+pub mod view;

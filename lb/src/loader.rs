@@ -32,7 +32,8 @@ pub struct MapSizes {
     pub services: u32,
     /// Frontends (address, port, protocol).
     pub frontends: u32,
-    /// Backends, cluster-wide (backend ids and service-local indices).
+    /// Backends, cluster-wide (backend ids and service-local indices, names
+    /// and weights).
     pub backends: u32,
     /// Connection-table entries (LRU).
     pub ct: u32,
@@ -77,7 +78,7 @@ impl MapSizes {
         }
     }
 
-    fn by_map(&self) -> [(&'static str, u32); 13] {
+    fn by_map(&self) -> [(&'static str, u32); 14] {
         [
             ("xlb_frontends", self.frontends),
             ("xlb_maglev", self.services),
@@ -86,6 +87,7 @@ impl MapSizes {
             ("xlb_svc_backends", self.backends),
             ("xlb_backends", self.backends),
             ("xlb_backend_stats", self.backends),
+            ("xlb_backend_meta", self.backends),
             ("xlb_ct", self.ct),
             ("xlb_affinity", self.affinity),
             ("xlb_dsr_nat", self.dsr_nat),

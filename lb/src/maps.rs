@@ -1,5 +1,6 @@
 //! Typed handles on the pinned datapath maps, opened by path: the only place
-//! that names a map. Used by `datapath` (writes), listings and statistics.
+//! that names a map. [`crate::store::BpfStore`] does every reconciler write
+//! and read-model read through them.
 use std::path::{Path, PathBuf};
 
 use aya::{
@@ -75,6 +76,7 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, abi::Count>,
     pub source_ranges: LpmTrie<MapData, SrcRangeData, u32>,
     pub svc_names: Hash<u32, abi::SvcName>,
+    pub backend_meta: Hash<u32, abi::BackendMeta>,
     pub config_gen: Array<MapData, abi::ConfigGen>,
 }
 
@@ -102,43 +104,9 @@ impl Maps {
             backend_stats: open(dir, "xlb_backend_stats")?,
             source_ranges: open(dir, "xlb_source_ranges")?,
             svc_names: open(dir, "xlb_svc_names")?,
+            backend_meta: open(dir, "xlb_backend_meta")?,
             config_gen: open(dir, "xlb_config_gen")?,
         })
-    }
-
-    /// Tells per-CPU caches of service settings that the configuration
-    /// changed (xlb_config_gen).
-    pub fn bump_config_gen(&mut self) -> Result<(), MapsError> {
-        let cur = self.config_gen.get(&0, 0).map_err(MapsError::op("xlb_config_gen", "get"))?;
-        self.config_gen
-            .set(0, abi::ConfigGen { gen: cur.gen.wrapping_add(1) }, 0)
-            .map_err(MapsError::op("xlb_config_gen", "set"))
-    }
-
-    /// Per-service statistics summed over CPUs.
-    pub fn svc_stats_sum(&self, svc_id: u32) -> Result<abi::SvcStats, MapsError> {
-        let v = self.svc_stats.get(&svc_id, 0).map_err(MapsError::op("xlb_svc_stats", "get"))?;
-        Ok(v.iter().fold(
-            abi::SvcStats { packets: 0, bytes: 0, new_flows: 0, affinity_hits: 0 },
-            |a, s| abi::SvcStats {
-                packets: a.packets + s.packets,
-                bytes: a.bytes + s.bytes,
-                new_flows: a.new_flows + s.new_flows,
-                affinity_hits: a.affinity_hits + s.affinity_hits,
-            },
-        ))
-    }
-
-    /// Per-backend statistics summed over CPUs.
-    pub fn backend_stats_sum(&self, backend_id: u32) -> Result<abi::Count, MapsError> {
-        let v = self
-            .backend_stats
-            .get(&backend_id, 0)
-            .map_err(MapsError::op("xlb_backend_stats", "get"))?;
-        Ok(v.iter().fold(abi::Count { packets: 0, bytes: 0 }, |a, s| abi::Count {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-        }))
     }
 }
 

@@ -1,20 +1,17 @@
 //! The datapath half of /metrics: a prometheus-client [`Collector`] that
-//! reads the pinned maps on every scrape and sums the per-CPU values. Cost
-//! per scrape: one lookup per counter reason, one xlb_svc_names walk and one
-//! per-CPU lookup per service (about 10-20 ms at 10k services), plus, with
-//! per-backend series, one walk of xlb_svc_backends. Map fill levels come
-//! from the background census ([`super::census`]), never from a walk here.
+//! reads the pinned maps through lb's read model ([`DatapathView`]) on every
+//! scrape. Cost per scrape: one lookup per counter reason, one xlb_svc_names
+//! walk and one per-CPU lookup per service (about 10-20 ms at 10k services),
+//! plus, with per-backend series, one walk of xlb_svc_backends. Map fill
+//! levels come from the background census ([`super::census`]), never from a
+//! walk here.
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
 
-use lb::{
-    abi::{self, Counter, SvcStats},
-    maps::Maps,
-};
+use lb::view::{Counter, DatapathView, EventStatus, SvcTraffic, Traffic};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -43,12 +40,12 @@ pub struct ServiceSeries {
     chosen: HashSet<(u32, String)>,
     /// Last seen stats of every service not chosen, by id (with its name, to
     /// notice a reused id).
-    last: HashMap<u32, (String, SvcStats)>,
-    other: SvcStats,
+    last: HashMap<u32, (String, SvcTraffic)>,
+    other: SvcTraffic,
 }
 
-fn zero() -> SvcStats {
-    SvcStats { packets: 0, bytes: 0, new_flows: 0, affinity_hits: 0 }
+fn zero() -> SvcTraffic {
+    SvcTraffic::default()
 }
 
 impl Default for ServiceSeries {
@@ -57,8 +54,8 @@ impl Default for ServiceSeries {
     }
 }
 
-fn sub(a: &SvcStats, b: &SvcStats) -> SvcStats {
-    SvcStats {
+fn sub(a: &SvcTraffic, b: &SvcTraffic) -> SvcTraffic {
+    SvcTraffic {
         packets: a.packets.saturating_sub(b.packets),
         bytes: a.bytes.saturating_sub(b.bytes),
         new_flows: a.new_flows.saturating_sub(b.new_flows),
@@ -66,7 +63,7 @@ fn sub(a: &SvcStats, b: &SvcStats) -> SvcStats {
     }
 }
 
-fn add(a: &mut SvcStats, b: &SvcStats) {
+fn add(a: &mut SvcTraffic, b: &SvcTraffic) {
     a.packets += b.packets;
     a.bytes += b.bytes;
     a.new_flows += b.new_flows;
@@ -77,14 +74,14 @@ impl ServiceSeries {
     /// Splits the current per-service totals into chosen series and "other".
     pub fn update(
         &mut self,
-        current: &[(u32, String, SvcStats)],
+        current: &[(u32, String, SvcTraffic)],
         max: usize,
-    ) -> (Vec<(String, SvcStats)>, SvcStats) {
+    ) -> (Vec<(String, SvcTraffic)>, SvcTraffic) {
         let present: HashSet<(u32, String)> =
             current.iter().map(|(id, n, _)| (*id, n.clone())).collect();
         self.chosen.retain(|k| present.contains(k));
         if self.chosen.len() < max {
-            let mut candidates: Vec<&(u32, String, SvcStats)> = current
+            let mut candidates: Vec<&(u32, String, SvcTraffic)> = current
                 .iter()
                 .filter(|(id, n, _)| !self.chosen.contains(&(*id, n.clone())))
                 .collect();
@@ -132,7 +129,7 @@ pub struct DatapathCollector {
 
 #[derive(Default)]
 struct State {
-    maps: Option<Maps>,
+    view: Option<DatapathView>,
     series: ServiceSeries,
 }
 
@@ -144,12 +141,12 @@ impl std::fmt::Debug for State {
 
 /// What one scrape read.
 struct Snapshot {
-    counters: Vec<(Counter, abi::Count)>,
-    services: Vec<(String, SvcStats)>,
-    other: SvcStats,
+    counters: Vec<(Counter, Traffic)>,
+    services: Vec<(String, SvcTraffic)>,
+    other: SvcTraffic,
     tracked: usize,
-    backends: Vec<(String, String, abi::Count)>,
-    events: Option<crate::monitor::EventStatus>,
+    backends: Vec<(String, String, Traffic)>,
+    events: Option<EventStatus>,
 }
 
 impl DatapathCollector {
@@ -162,21 +159,19 @@ impl DatapathCollector {
     }
 
     fn read(&self) -> Result<Snapshot, String> {
-        let counters = lb::loader::read_counters(&self.opts.pin_dir).map_err(|e| e.to_string())?;
         let mut st = self.state.lock().map_err(|_| "collector state poisoned".to_string())?;
-        if st.maps.is_none() {
-            st.maps = Some(Maps::open(&self.opts.pin_dir).map_err(|e| e.to_string())?);
+        if st.view.is_none() {
+            st.view = Some(DatapathView::open(&self.opts.pin_dir).map_err(|e| e.to_string())?);
         }
-        let State { maps, series } = &mut *st;
-        let maps = maps.as_ref().expect("opened above");
-        let mut current = Vec::new();
-        for item in maps.svc_names.iter() {
-            let (id, n) = item.map_err(|e| format!("xlb_svc_names: {e}"))?;
-            let end = n.name.iter().position(|&c| c == 0).unwrap_or(n.name.len());
-            let name = String::from_utf8_lossy(&n.name[..end]).into_owned();
-            let s = maps.svc_stats_sum(id).map_err(|e| e.to_string())?;
-            current.push((id, name, s));
-        }
+        let State { view, series } = &mut *st;
+        let view = view.as_ref().expect("opened above");
+        let counters = view.counters().map_err(|e| e.to_string())?;
+        let current: Vec<(u32, String, SvcTraffic)> = view
+            .service_traffic()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| (s.id, s.name, s.traffic))
+            .collect();
         let tracked = current.len();
         let (services, other) = series.update(&current, self.opts.max_services);
         let mut backends = Vec::new();
@@ -186,21 +181,15 @@ impl DatapathCollector {
                 .filter(|(id, n, _)| series.chosen.contains(&(*id, n.clone())))
                 .map(|(id, n, _)| (*id, n.as_str()))
                 .collect();
-            for item in maps.svc_backends.iter() {
-                if backends.len() >= self.opts.max_backend_series {
-                    break;
-                }
-                let (k, be_id) = item.map_err(|e| format!("xlb_svc_backends: {e}"))?;
-                let Some(svc) = chosen.get(&k.svc_id) else { continue };
-                let Ok(be) = maps.backends.get(&be_id, 0) else { continue };
-                let Some(ip) = abi::addr_from_abi(&be.addr, be.family) else { continue };
-                let c = maps.backend_stats_sum(be_id).map_err(|e| e.to_string())?;
-                let addr = SocketAddr::new(ip, u16::from_be(be.port)).to_string();
-                backends.push((svc.to_string(), addr, c));
+            let rows = view
+                .backend_traffic(&|id| chosen.contains_key(&id), self.opts.max_backend_series)
+                .map_err(|e| e.to_string())?;
+            for b in rows {
+                backends.push((chosen[&b.svc_id].to_string(), b.backend.to_string(), b.traffic));
             }
             backends.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         }
-        let events = crate::monitor::event_status(&self.opts.pin_dir).ok();
+        let events = view.events().ok();
         Ok(Snapshot { counters, services, other, tracked, backends, events })
     }
 }
@@ -254,7 +243,7 @@ impl Collector for DatapathCollector {
                 tracing::warn!(error = %e, "metrics: reading the datapath maps");
                 // Reopen next time (the agent may have re-created them).
                 if let Ok(mut st) = self.state.lock() {
-                    st.maps = None;
+                    st.view = None;
                 }
                 return self.encode_static(&mut enc);
             }
@@ -309,7 +298,7 @@ impl Collector for DatapathCollector {
             &by_class("ok", true),
         )?;
 
-        let svc_rows = |f: &dyn Fn(&SvcStats) -> u64| -> Rows<u64> {
+        let svc_rows = |f: &dyn Fn(&SvcTraffic) -> u64| -> Rows<u64> {
             let mut rows: Rows<u64> =
                 snap.services.iter().map(|(n, s)| (vec![("service", n.clone())], f(s))).collect();
             rows.push((vec![("service", OTHER.to_string())], f(&snap.other)));
@@ -472,8 +461,8 @@ impl DatapathCollector {
 mod tests {
     use super::*;
 
-    fn s(p: u64) -> SvcStats {
-        SvcStats { packets: p, bytes: p * 100, new_flows: p / 2, affinity_hits: 0 }
+    fn s(p: u64) -> SvcTraffic {
+        SvcTraffic { packets: p, bytes: p * 100, new_flows: p / 2, affinity_hits: 0 }
     }
 
     #[test]

@@ -332,8 +332,10 @@ pub async fn housekeeping(pin_dir: PathBuf) {
         let c = control();
         c.health.beat();
         kube_errors.update(&c.kube, &c.health);
-        if let Err(e) = crate::monitor::expire_lease(&pin_dir) {
-            tracing::debug!(error = %e, "checking the event listener lease");
+        match lb::events::expire_lease(&pin_dir) {
+            Ok(true) => tracing::info!("event listener lease expired: event emission off"),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "checking the event listener lease"),
         }
     }
 }

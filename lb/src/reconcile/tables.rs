@@ -1,0 +1,109 @@
+//! Maglev tables for the services reconciler: what a table is built from
+//! ([`TableInput`]; equal inputs give equal tables, so an unchanged input is
+//! never rebuilt) and building a batch of them on every core, a chunk at a
+//! time, overlapped with the writes of the previous chunk.
+use std::collections::VecDeque;
+
+use super::{services::Problem, DatapathError};
+use crate::{maglev::Maglev, model::ServiceKey};
+
+/// Tables built per chunk of an apply (a table is 32 KiB while it waits to
+/// be written: a cold start of 10k services stays at a few MiB).
+const CHUNK: usize = 256;
+
+/// What a Maglev table is built from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TableInput {
+    /// Table size; 0 when there is no table.
+    pub size: u32,
+    /// (stable name, weight, service-local index) of each active backend, sorted.
+    pub active: Vec<(String, u32, u16)>,
+}
+
+impl TableInput {
+    /// No table (no frontend, or no active backend).
+    pub fn is_none(&self) -> bool {
+        self.active.is_empty()
+    }
+}
+
+/// One table to build.
+#[derive(Debug)]
+pub(crate) struct TableJob {
+    pub key: ServiceKey,
+    pub input: TableInput,
+}
+
+type Built = Result<Vec<(TableJob, Vec<u16>)>, DatapathError>;
+
+fn build_one(job: &TableJob) -> Result<Vec<u16>, DatapathError> {
+    let TableInput { size, active } = &job.input;
+    if active.is_empty() {
+        return Ok(Vec::new());
+    }
+    let invalid =
+        |e| DatapathError::Invalid { service: job.key.clone(), problem: Problem::Maglev(e) };
+    let maglev = Maglev::new(*size).map_err(invalid)?;
+    let input: Vec<(&str, u32)> = active.iter().map(|(n, w, _)| (n.as_str(), *w)).collect();
+    let positions = maglev.build(&input).map_err(invalid)?;
+    Ok(positions.iter().map(|&p| active[usize::from(p)].2).collect())
+}
+
+/// Builds `jobs` on every core (about 0.3 ms a table at M = 16381).
+fn build(jobs: Vec<TableJob>) -> Built {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
+    if threads <= 1 {
+        return jobs.into_iter().map(|j| build_one(&j).map(|t| (j, t))).collect();
+    }
+    let chunk = jobs.len().div_ceil(threads);
+    let built: Vec<Result<Vec<u16>, DatapathError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(build_one).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("Maglev build panicked")).collect()
+    });
+    jobs.into_iter().zip(built).map(|(j, t)| t.map(|t| (j, t))).collect()
+}
+
+/// A chunk of tables being built on a thread, or to be built in place.
+enum Building<'scope> {
+    Thread(std::thread::ScopedJoinHandle<'scope, Built>),
+    Inline(Vec<TableJob>),
+}
+
+/// Builds every job's table and hands each to `write`, in job order. One
+/// chunk (a watch event's worth) is built right here; more are built a
+/// chunk ahead of the writes, so at most two chunks of tables exist at once.
+pub(crate) fn build_all(
+    jobs: Vec<TableJob>,
+    mut write: impl FnMut(TableJob, Vec<u16>) -> Result<(), DatapathError>,
+) -> Result<(), DatapathError> {
+    let mut chunks: VecDeque<Vec<TableJob>> = VecDeque::new();
+    let mut jobs = jobs.into_iter().peekable();
+    while jobs.peek().is_some() {
+        chunks.push_back(jobs.by_ref().take(CHUNK).collect());
+    }
+    std::thread::scope(|scope| {
+        let overlap = chunks.len() > 1;
+        let spawn = |c: Vec<TableJob>| {
+            if overlap {
+                Building::Thread(scope.spawn(move || build(c)))
+            } else {
+                Building::Inline(c)
+            }
+        };
+        let mut next = chunks.pop_front().map(spawn);
+        while let Some(building) = next.take() {
+            let built = match building {
+                Building::Thread(h) => h.join().expect("Maglev build panicked")?,
+                Building::Inline(c) => build(c)?,
+            };
+            next = chunks.pop_front().map(spawn);
+            for (job, table) in built {
+                write(job, table)?;
+            }
+        }
+        Ok(())
+    })
+}

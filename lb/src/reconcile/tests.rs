@@ -1,0 +1,813 @@
+//! The reconcilers' invariants, in memory (no root): diff minimality,
+//! dependency order at every write, generations, service-local index
+//! stability, tunnel refcounts, restore equals applied, repair by resync,
+//! and convergence after a write fails half way; then the same properties
+//! over random sequences of desired states ([`props`]).
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    io,
+    net::{IpAddr, Ipv4Addr},
+    ops::ControlFlow,
+    time::Duration,
+};
+
+use super::*;
+use crate::{
+    abi,
+    maglev::Maglev,
+    model::{Affinity, Backend, BackendState, Cidr, Encap, Frontend, FrontendKind, Proto, Service},
+    store::{
+        BackendMeta, Capacity, MapStore, MemStore, StoreError, SvcTraffic, Target, Traffic,
+        WriteRecord,
+    },
+};
+
+mod props;
+
+// ---- fixtures ----------------------------------------------------------------
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn key(name: &str) -> ServiceKey {
+    ServiceKey::new("default", name, "http")
+}
+
+fn backend(addr: &str, node: &str) -> Backend {
+    Backend {
+        name: format!("{addr}:8080"),
+        addr: ip(addr),
+        port: 8080,
+        node: ip(node),
+        weight: 1,
+        state: BackendState::Active,
+    }
+}
+
+/// A service with one LoadBalancer frontend `vip`:80 and a small table.
+fn service(name: &str, vip: &str, backends: Vec<Backend>) -> Service {
+    let mut s = Service::new(key(name));
+    s.frontends.push(Frontend {
+        addr: ip(vip),
+        port: 80,
+        proto: Proto::Tcp,
+        kind: FrontendKind::LoadBalancer,
+    });
+    s.backends = backends;
+    s.maglev_size = 251;
+    s
+}
+
+fn node() -> NodeConfig {
+    NodeConfig { tunnel_v4: Some(Ipv4Addr::new(10, 0, 0, 2)), tunnel_v6: None }
+}
+
+fn desired(services: impl IntoIterator<Item = Service>) -> Desired {
+    Desired { node: node(), services: services.into_iter().map(|s| (s.key.clone(), s)).collect() }
+}
+
+/// Two services, the second with affinity and a source range.
+fn two() -> Desired {
+    let a = service(
+        "a",
+        "10.100.0.1",
+        vec![
+            backend("10.244.1.11", "10.0.0.11"),
+            backend("10.244.2.11", "10.0.0.12"),
+            backend("10.244.2.12", "10.0.0.12"),
+        ],
+    );
+    let mut b = service(
+        "b",
+        "10.100.0.2",
+        vec![backend("10.244.1.21", "10.0.0.11"), backend("10.244.2.21", "10.0.0.12")],
+    );
+    b.affinity = Some(Affinity { timeout: Duration::from_secs(600) });
+    b.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+    desired([a, b])
+}
+
+// ---- a store that checks the datapath's invariants at every write ------------
+
+/// [`MemStore`] that checks, after every write, what a packet relies on at
+/// any instant; and that can fail its Nth write.
+#[derive(Clone, Debug)]
+struct Checked {
+    inner: MemStore,
+    /// Lengths of the tables written, by service id (MemStore pads reads).
+    tables: HashMap<u32, usize>,
+    writes: usize,
+    /// Fails the write with this number (once).
+    fail_at: Option<usize>,
+    /// Fails the first write this picks (once).
+    fail_on: Option<fn(&Write<'_>) -> bool>,
+    checking: bool,
+}
+
+impl Checked {
+    fn new() -> Checked {
+        Checked {
+            inner: MemStore::default(),
+            tables: HashMap::new(),
+            writes: 0,
+            fail_at: None,
+            fail_on: None,
+            checking: true,
+        }
+    }
+
+    /// A write behind the reconcilers' back (not checked).
+    fn damage(&mut self, w: Write<'_>) {
+        self.inner.write(w).unwrap();
+        self.shadow(&w);
+    }
+
+    fn shadow(&mut self, w: &Write<'_>) {
+        match *w {
+            Write::Maglev { svc_id, slots } => {
+                self.tables.insert(svc_id, slots.len());
+            }
+            Write::MaglevDelete { svc_id } => {
+                self.tables.remove(&svc_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn log(&self) -> &[WriteRecord] {
+        self.inner.log()
+    }
+
+    /// Breaks the invariants it names.
+    fn check(&self) -> Result<(), String> {
+        let s = &self.inner;
+        let names: HashMap<u32, String> = s.svc_names().unwrap().into_iter().collect();
+        let index: HashMap<(u32, u32), u32> = s
+            .svc_backends()
+            .unwrap()
+            .into_iter()
+            .map(|(k, id)| ((k.svc_id, k.index), id))
+            .collect();
+        for (k, v) in s.frontends().unwrap() {
+            let fe = Target::Frontend(k);
+            if !names.contains_key(&v.id) {
+                return Err(format!("{fe} names service {} which has no name", v.id));
+            }
+            if v.backend_count > 0 && !self.tables.contains_key(&v.id) {
+                return Err(format!(
+                    "{fe} counts {} backends, service {} has no table",
+                    v.backend_count, v.id
+                ));
+            }
+        }
+        for (&svc, &len) in &self.tables {
+            let slots: BTreeSet<u16> = s.maglev(svc, len).unwrap().unwrap().into_iter().collect();
+            for i in slots {
+                if !index.contains_key(&(svc, u32::from(i))) {
+                    return Err(format!(
+                        "table of service {svc} names index {i}, not in xlb_svc_backends"
+                    ));
+                }
+            }
+        }
+        for ((svc, i), id) in index {
+            let b = s.backend(id).unwrap();
+            if b.flags & abi::BE_F_ACTIVE == 0 || b.svc_id != svc {
+                return Err(format!("xlb_svc_backends[{svc} {i}] names backend {id}: {b:?}"));
+            }
+            if s.backend_meta(id).unwrap().is_none() {
+                return Err(format!("backend {id} of service {svc} has no name and weight"));
+            }
+            if !names.contains_key(&svc) {
+                return Err(format!("service {svc} has backends but no name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MapStore for Checked {
+    fn capacity(&self) -> Capacity {
+        self.inner.capacity()
+    }
+    fn svc_names(&self) -> Result<Vec<(u32, String)>, StoreError> {
+        self.inner.svc_names()
+    }
+    fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
+        self.inner.frontends()
+    }
+    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        self.inner.svc_backends()
+    }
+    fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {
+        self.inner.backend(id)
+    }
+    fn backend_meta(&self, id: u32) -> Result<Option<BackendMeta>, StoreError> {
+        self.inner.backend_meta(id)
+    }
+    fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError> {
+        self.inner.maglev(svc_id, size)
+    }
+    fn source_ranges(&self) -> Result<Vec<(u32, Cidr)>, StoreError> {
+        self.inner.source_ranges()
+    }
+    fn node(&self) -> Result<abi::NodeCfg, StoreError> {
+        self.inner.node()
+    }
+    fn svc_stats(&self, svc_id: u32) -> Result<SvcTraffic, StoreError> {
+        self.inner.svc_stats(svc_id)
+    }
+    fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError> {
+        self.inner.backend_stats(id)
+    }
+    fn connections(
+        &self,
+        visit: &mut dyn FnMut(&abi::FlowKey, &abi::CtEntry) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.inner.connections(visit)
+    }
+
+    fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
+        let n = self.writes;
+        self.writes += 1;
+        let picked = self.fail_on.is_some_and(|f| f(&w));
+        if self.fail_at == Some(n) || picked {
+            self.fail_at = None;
+            self.fail_on = None;
+            // What the kernel says when a map update fails.
+            let io_error = io::Error::from_raw_os_error(libc::EIO);
+            let e = aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error,
+            });
+            return Err(crate::maps::MapsError::op(w.target().map(), w.op())(e).into());
+        }
+        self.inner.write(w)?;
+        self.shadow(&w);
+        if !self.checking {
+            return Ok(());
+        }
+        if let Err(e) = self.check() {
+            panic!(
+                "after write #{n} ({}{}): {e}",
+                if w.is_delete() { "delete " } else { "" },
+                w.target()
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---- what the reconcilers believe, comparable --------------------------------
+
+#[derive(Debug, PartialEq, Eq)]
+struct SvcMirror {
+    id: u32,
+    frontends: BTreeMap<(u8, [u8; 16], u16, u8), abi::Service>,
+    ranges: BTreeSet<Cidr>,
+    backends: BTreeMap<u32, services::Backend>,
+    table: Option<u64>,
+}
+
+/// The bookkeeping, less what the maps cannot say (free-id order, the
+/// inputs of tables not yet verified, generation counters).
+#[derive(Debug, PartialEq, Eq)]
+struct Mirror {
+    services: BTreeMap<ServiceKey, SvcMirror>,
+    node: Option<abi::NodeCfg>,
+    tunnels: BTreeMap<IpAddr, u32>,
+}
+
+fn mirror<S: MapStore>(dp: &Datapath<S>) -> Mirror {
+    Mirror {
+        services: dp
+            .services
+            .iter()
+            .map(|(k, s)| {
+                let m = SvcMirror {
+                    id: s.id,
+                    frontends: s
+                        .frontends
+                        .iter()
+                        .map(|(k, v)| ((k.family, k.addr, k.port, k.proto), *v))
+                        .collect(),
+                    ranges: s.ranges.clone(),
+                    backends: s.backends.clone(),
+                    table: s.table.written,
+                };
+                (k.clone(), m)
+            })
+            .collect(),
+        node: dp.node.cfg,
+        tunnels: dp.node.tunnels.refs.iter().map(|(a, n)| (*a, *n)).collect(),
+    }
+}
+
+/// The reconcilers as the maps of `store` say.
+fn restored(store: &Checked) -> Datapath<Checked> {
+    Datapath::restore(store.clone()).unwrap()
+}
+
+/// What the maps hold, without ids and indices (equal for equal desired
+/// states whatever the history).
+fn content<S: MapStore>(dp: &Datapath<S>) -> String {
+    let mut out = String::new();
+    for s in dp.list().unwrap() {
+        out += &format!(
+            "{} m={} table={} active={} enc={} aff={:?} ranges={:?}\n",
+            s.name,
+            s.maglev_size,
+            s.table_size,
+            s.active_backends,
+            s.encap,
+            s.affinity_timeout_s,
+            s.source_ranges
+        );
+        for f in &s.frontends {
+            out += &format!("  fe {}:{}/{} np={}\n", f.addr, f.port, f.proto, f.nodeport);
+        }
+        for b in &s.backends {
+            out += &format!(
+                "  be {}:{} node={:?} term={} {:?}/{:?} slots={}\n",
+                b.addr, b.port, b.node, b.terminating, b.name, b.weight, b.slots
+            );
+        }
+    }
+    out
+}
+
+fn checked() -> Datapath<Checked> {
+    Datapath::restore(Checked::new()).unwrap()
+}
+
+// ---- tests --------------------------------------------------------------------
+
+#[test]
+fn apply_writes_the_desired_state_and_reapplying_writes_nothing() {
+    let mut dp = checked();
+    let st = dp.apply(&two()).unwrap();
+    assert_eq!((st.services_added, st.node_writes, st.tables_built), (2, 1, 2), "{st:?}");
+    assert!(st.settings_changed);
+    let dump = dp.dump().unwrap();
+    assert!(
+        dump.contains("service default/a:http id=0 maglev=251 encap=geneve backends=3/3"),
+        "{dump}"
+    );
+    assert!(dump.contains("affinity=ClientIP/600s source-ranges=192.0.2.0/24"), "{dump}");
+    let a = &dp.list().unwrap()[0];
+    assert_eq!(a.backends.iter().map(|b| b.slots).sum::<usize>(), 251);
+    assert!(a.backends.iter().all(|b| b.weight == Some(1) && b.name.is_some()), "{a:?}");
+    assert_eq!(dp.store().inner.config_gen(), 1);
+
+    let n = dp.store().log().len();
+    let again = dp.apply(&two()).unwrap();
+    assert_eq!((again.writes(), again.tables_built), (0, 0), "{again:?}");
+    assert_eq!(dp.store().log().len(), n, "not one map operation");
+    assert_eq!(dp.store().inner.config_gen(), 1);
+}
+
+#[test]
+fn one_endpoint_change_writes_that_service_only() {
+    let mut dp = checked();
+    dp.apply(&two()).unwrap();
+    let before = dp.list().unwrap();
+    let (a_id, b_id) = (before[0].id, before[1].id);
+    let b_backends: HashSet<u32> = before[1].backends.iter().map(|b| b.id).collect();
+    let n = dp.store().log().len();
+
+    let mut d = two();
+    d.services.get_mut(&key("a")).unwrap().backends[2] = backend("10.244.2.13", "10.0.0.12");
+    let st = dp.apply(&d).unwrap();
+    assert_eq!((st.services_added, st.services_removed, st.services_changed), (0, 0, 1));
+    assert_eq!((st.table_writes, st.backend_writes, st.deletes), (1, 2, 2), "{st:?}");
+    assert_eq!((st.frontend_writes, st.meta_writes, st.tables_built), (0, 2, 1), "{st:?}");
+    assert!(!st.settings_changed, "the backend count did not change");
+    for w in &dp.store().log()[n..] {
+        assert_ne!(w.target.svc_id(), Some(b_id), "{w:?}");
+        match w.target {
+            Target::Backend(id) | Target::BackendStats(id) | Target::BackendMeta(id) => {
+                assert!(!b_backends.contains(&id), "{w:?}")
+            }
+            Target::Frontend(_) | Target::Node | Target::ConfigGen => panic!("{w:?}"),
+            t => assert_eq!(t.svc_id(), Some(a_id), "{w:?}"),
+        }
+    }
+    let after = dp.list().unwrap();
+    assert_eq!(format!("{:?}", before[1]), format!("{:?}", after[1]), "b untouched");
+}
+
+#[test]
+fn writes_keep_the_datapath_consistent_at_every_step() {
+    // Checked panics at the first write after which a packet could meet a
+    // dangling entry; this walks through every kind of change.
+    let mut dp = checked();
+    let mut d = two();
+    dp.apply(&d).unwrap();
+    let a = d.services.get_mut(&key("a")).unwrap();
+    a.backends.remove(0);
+    a.backends.push(backend("10.244.3.11", "10.0.0.13"));
+    a.backends[0].state = BackendState::Terminating;
+    a.backends[1].weight = 3;
+    dp.apply(&d).unwrap();
+    // Every backend terminating: the table goes, after the frontends say 0.
+    for b in &mut d.services.get_mut(&key("a")).unwrap().backends {
+        b.state = BackendState::Terminating;
+    }
+    let st = dp.apply(&d).unwrap();
+    assert_eq!(st.deletes, 1, "the table: {st:?}");
+    assert!(dp
+        .dump()
+        .unwrap()
+        .contains("default/a:http id=0 maglev=251 encap=geneve backends=0/3"));
+    // And back; then a smaller table; then no backends at all.
+    for b in &mut d.services.get_mut(&key("a")).unwrap().backends {
+        b.state = BackendState::Active;
+    }
+    dp.apply(&d).unwrap();
+    d.services.get_mut(&key("a")).unwrap().maglev_size = 97;
+    dp.apply(&d).unwrap();
+    d.services.get_mut(&key("a")).unwrap().backends.clear();
+    dp.apply(&d).unwrap();
+    // A frontend moves from b to a, b loses its range and gains a NodePort.
+    let moved = d.services[&key("b")].frontends[0];
+    let b = d.services.get_mut(&key("b")).unwrap();
+    b.frontends = vec![Frontend {
+        addr: ip("10.0.0.2"),
+        port: 30080,
+        proto: Proto::Tcp,
+        kind: FrontendKind::NodePort,
+    }];
+    b.source_ranges.clear();
+    d.services.get_mut(&key("a")).unwrap().frontends.push(moved);
+    dp.apply(&d).unwrap();
+    let list = dp.list().unwrap();
+    assert_eq!(list[0].frontends.len(), 2, "{list:?}");
+    assert!(list[1].frontends[0].nodeport && list[1].source_ranges.is_empty(), "{list:?}");
+    // Everything goes.
+    let st = dp.apply(&desired([])).unwrap();
+    assert_eq!(st.services_removed, 2);
+    assert_eq!(dp.dump().unwrap(), "");
+    assert_eq!(dp.store().inner.svc_backends().unwrap(), vec![]);
+    assert!(dp.tunnel_endpoints().is_empty());
+}
+
+#[test]
+fn a_reused_backend_id_gets_a_newer_generation() {
+    let mut dp = checked();
+    let one = |addr: &str| desired([service("a", "10.100.0.1", vec![backend(addr, "10.0.0.11")])]);
+    let none = desired([service("a", "10.100.0.1", vec![])]);
+    let only = |dp: &Datapath<Checked>| dp.list().unwrap()[0].backends[0].clone();
+    dp.apply(&one("10.244.1.11")).unwrap();
+    let first = only(&dp);
+    dp.apply(&none).unwrap();
+    dp.apply(&one("10.244.1.12")).unwrap();
+    let second = only(&dp);
+    assert_eq!(second.id, first.id, "the freed id is reused");
+    assert!(second.gen > first.gen, "{first:?} then {second:?}");
+    // A restarted agent too, although no backend is listed to seed its
+    // counter: the freed id's last generation is read back from its slot.
+    dp.apply(&none).unwrap();
+    let mut dp = restored(dp.store());
+    dp.apply(&one("10.244.1.13")).unwrap();
+    let third = only(&dp);
+    assert_eq!(third.id, first.id);
+    assert!(third.gen > second.gen, "{second:?} then {third:?}");
+}
+
+#[test]
+fn backends_keep_their_index_while_they_stay() {
+    let mut dp = checked();
+    let mut d = two();
+    dp.apply(&d).unwrap();
+    let index = |dp: &Datapath<Checked>| -> BTreeMap<IpAddr, (u32, u32)> {
+        dp.list().unwrap()[0].backends.iter().map(|b| (b.addr, (b.id, b.index))).collect()
+    };
+    let before = index(&dp);
+    let a = d.services.get_mut(&key("a")).unwrap();
+    a.backends.remove(1);
+    a.backends.insert(0, backend("10.244.9.9", "10.0.0.11"));
+    a.backends[1].weight = 2;
+    a.backends[2].state = BackendState::Terminating;
+    dp.apply(&d).unwrap();
+    let after = index(&dp);
+    for (addr, at) in &after {
+        if let Some(was) = before.get(addr) {
+            assert_eq!(was, at, "{addr} moved");
+        }
+    }
+    assert_eq!(
+        after[&ip("10.244.9.9")].1,
+        3,
+        "a new backend takes a new index, not the one just freed"
+    );
+}
+
+#[test]
+fn tunnel_endpoints_are_counted_per_backend() {
+    let mut dp = checked();
+    let mut d = two();
+    dp.apply(&d).unwrap();
+    assert_eq!(dp.tunnel_endpoints(), [ip("10.0.0.11"), ip("10.0.0.12")].into());
+    let gen = dp.tunnel_generation();
+    // 10.0.0.11 loses one of its two backends: still an endpoint.
+    d.services.get_mut(&key("a")).unwrap().backends.remove(0);
+    dp.apply(&d).unwrap();
+    assert_eq!(dp.tunnel_generation(), gen);
+    // A backend moves to a new node, a local one appears.
+    let b = d.services.get_mut(&key("b")).unwrap();
+    b.backends[0].node = ip("10.0.0.13");
+    b.backends.push(backend("10.244.0.5", "10.0.0.2"));
+    dp.apply(&d).unwrap();
+    assert_ne!(dp.tunnel_generation(), gen);
+    assert_eq!(dp.tunnel_endpoints(), [ip("10.0.0.12"), ip("10.0.0.13")].into());
+    assert_eq!(mirror(&dp).tunnels[&ip("10.0.0.12")], 3);
+    assert_eq!(mirror(&dp).tunnels, mirror(&restored(dp.store())).tunnels);
+}
+
+#[test]
+fn restore_equals_applied_weights_and_names_included() {
+    let mut dp = checked();
+    let mut d = two();
+    let a = d.services.get_mut(&key("a")).unwrap();
+    a.backends[0].weight = 5;
+    a.backends[1].name = "pod-b".into();
+    a.backends[2].state = BackendState::Terminating;
+    d.services.get_mut(&key("b")).unwrap().encap = Encap::Ipip;
+    let mut c = service("c", "10.100.0.3", vec![backend("10.244.5.5", "10.0.0.11")]);
+    c.frontends[0].kind = FrontendKind::NodePort;
+    c.frontends.push(Frontend {
+        addr: ip("2001:db8::3"),
+        port: 80,
+        proto: Proto::Udp,
+        kind: FrontendKind::ExternalIp,
+    });
+    d.services.insert(c.key.clone(), c);
+    let mut no_frontend = service("d", "10.100.0.4", vec![backend("10.244.6.6", "10.0.0.11")]);
+    no_frontend.frontends.clear();
+    d.services.insert(no_frontend.key.clone(), no_frontend);
+    dp.apply(&d).unwrap();
+
+    let mut again = restored(dp.store());
+    assert_eq!(mirror(&again), mirror(&dp));
+    let a = &again.list().unwrap()[0];
+    assert_eq!(a.backends[0].weight, Some(5));
+    assert_eq!(a.backends[1].name.as_deref(), Some("pod-b"));
+    // Nothing to write; the tables are rebuilt once to verify them.
+    let st = again.apply(&d).unwrap();
+    assert_eq!(st.writes(), 0, "{st:?}");
+    assert_eq!(st.tables_built, 3, "{st:?}");
+    assert_eq!(again.apply(&d).unwrap().tables_built, 0);
+}
+
+#[test]
+fn an_older_agents_maps_are_completed() {
+    // Maps without xlb_backend_meta entries: restored as weight 1 and the
+    // address as name, then completed by the first apply.
+    let mut dp = checked();
+    dp.apply(&two()).unwrap();
+    let mut store = dp.into_store();
+    for (_, id) in store.inner.svc_backends().unwrap() {
+        store.inner.write(Write::BackendMetaDelete { id }).unwrap();
+    }
+    let mut dp = Datapath::restore(store.inner.clone()).unwrap();
+    let st = dp.apply(&two()).unwrap();
+    assert_eq!(
+        (st.meta_writes, st.writes()),
+        (0, 0),
+        "the names and weights were the guessed ones"
+    );
+    let mut d = two();
+    d.services.get_mut(&key("a")).unwrap().backends[0].weight = 2;
+    let st = dp.apply(&d).unwrap();
+    assert_eq!((st.meta_writes, st.table_writes), (1, 1), "{st:?}");
+}
+
+#[test]
+fn resync_repairs_what_changed_behind_the_reconcilers() {
+    let mut dp = checked();
+    let d = two();
+    dp.apply(&d).unwrap();
+    let good = dp.dump().unwrap();
+    let list = dp.list().unwrap();
+    let (a, b) = (&list[0], &list[1]);
+    let store = dp.store_mut();
+    store.checking = false; // the damage breaks what the checks hold
+    let fe = store.frontends().unwrap().into_iter().find(|(_, v)| v.id == b.id).unwrap();
+    // b's frontend and a's table go, one of a's backends is rewritten, and
+    // a service a missed delete left behind appears.
+    store.damage(Write::FrontendDelete { key: fe.0 });
+    store.damage(Write::MaglevDelete { svc_id: a.id });
+    let be = store.backend(a.backends[0].id).unwrap();
+    let moved = abi::Backend { node: [10, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ..be };
+    store.damage(Write::Backend { id: a.backends[0].id, value: moved });
+    store.damage(Write::SvcName { svc_id: 77, name: "default/stale:http" });
+    let stray = abi::FrontendKey { port: 81u16.to_be(), ..fe.0 };
+    store.damage(Write::Frontend { key: stray, value: abi::Service { id: 77, ..fe.1 } });
+
+    assert_eq!(dp.apply(&d).unwrap().writes(), 0, "a plain diff trusts its bookkeeping");
+    let st = dp.resync(&d).unwrap();
+    assert_eq!(st.services_removed, 1, "{st:?}");
+    assert_eq!((st.frontend_writes, st.table_writes, st.backend_writes), (1, 1, 1), "{st:?}");
+    assert_eq!(st.tables_built, 1, "only the table that is gone is rebuilt: {st:?}");
+    assert_eq!(dp.dump().unwrap(), good);
+    let st = dp.resync(&d).unwrap();
+    assert_eq!((st.writes(), st.tables_built), (0, 0), "{st:?}");
+}
+
+#[test]
+fn apply_services_touches_only_the_services_named() {
+    let mut dp = checked();
+    let d = two();
+    let (a, b) = (&d.services[&key("a")], &d.services[&key("b")]);
+    dp.apply_services(&node(), [(&a.key, Some(a)), (&b.key, Some(b))]).unwrap();
+    let mut a2 = a.clone();
+    a2.backends.pop();
+    let n = dp.store().log().len();
+    let st = dp.apply_services(&node(), [(&a2.key, Some(&a2))]).unwrap();
+    assert_eq!(st.services_changed, 1);
+    let b_id = dp.list().unwrap()[1].id;
+    assert!(dp.store().log()[n..].iter().all(|w| w.target.svc_id() != Some(b_id)));
+    // The last word on a key counts; an unknown removal is nothing.
+    let gone = key("nope");
+    let st =
+        dp.apply_services(&node(), [(&b.key, Some(b)), (&b.key, None), (&gone, None)]).unwrap();
+    assert_eq!(st.services_removed, 1);
+    let err = dp.apply_services(&node(), [(&b.key, Some(&a2))]).unwrap_err().to_string();
+    assert_eq!(err, "service default/b:http: given under the key of service default/a:http");
+}
+
+#[test]
+fn invalid_services_are_refused_before_any_write() {
+    let mut dp = checked();
+    type Break = fn(&mut Service);
+    let cases: Vec<(Break, &str)> = vec![
+        (|s| s.maglev_size = 20000, "maglev size 20000 outside 2..=16381"),
+        (|s| s.maglev_size = 250, "not a prime"),
+        (|s| s.backends[1].weight = 0, "weight 0"),
+        (|s| s.backends[1].name = "x".repeat(61), "at most 60"),
+        (|s| s.backends[1].name = s.backends[0].name.clone(), "given to two backends"),
+        (|s| s.backends.push(s.backends[0].clone()), "listed twice"),
+        (|s| s.frontends.push(s.frontends[0]), "listed twice"),
+    ];
+    for (break_it, want) in cases {
+        let mut d = two();
+        break_it(d.services.get_mut(&key("b")).unwrap());
+        let err = dp.apply(&d).unwrap_err().to_string();
+        assert!(err.starts_with("service default/b:http: ") && err.contains(want), "{err}");
+        assert!(dp.store().log().is_empty(), "{err}: something was written");
+    }
+}
+
+#[test]
+fn capacity_is_enforced_and_leaves_no_trace() {
+    let store =
+        Checked { inner: MemStore::new(Capacity { services: 1, backends: 3 }), ..Checked::new() };
+    let mut dp = Datapath::restore(store).unwrap();
+    let err = dp.apply(&two()).unwrap_err().to_string();
+    assert!(err.contains("capacity exhausted"), "{err}");
+    assert_eq!(mirror(&dp), mirror(&restored(dp.store())));
+    let mut one = two();
+    one.services.remove(&key("b"));
+    one.services.get_mut(&key("a")).unwrap().backends.pop();
+    dp.apply(&one).unwrap();
+    assert_eq!(dp.apply(&one).unwrap().writes(), 0);
+}
+
+/// The scenario of the failure tests: every kind of change.
+fn scenario() -> Vec<Desired> {
+    let d0 = two();
+    let mut d1 = d0.clone();
+    let a = d1.services.get_mut(&key("a")).unwrap();
+    a.backends.remove(0);
+    a.backends.push(backend("10.244.3.11", "10.0.0.13"));
+    a.backends[0].weight = 4;
+    a.backends[1].state = BackendState::Terminating;
+    let b = d1.services.get_mut(&key("b")).unwrap();
+    b.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+    b.maglev_size = 97;
+    d1.services
+        .insert(key("c"), service("c", "10.100.0.3", vec![backend("10.244.4.4", "10.0.0.11")]));
+    let mut d2 = d1.clone();
+    d2.services.remove(&key("a"));
+    d2.node.tunnel_v6 = Some("fd00::2".parse().unwrap());
+    vec![d0, d1, d2, desired([])]
+}
+
+#[test]
+fn a_failed_write_leaves_bookkeeping_true_and_a_retry_converges() {
+    // The reference: the scenario without failures.
+    let mut clean = checked();
+    let mut want = Vec::new();
+    for d in scenario() {
+        clean.apply(&d).unwrap();
+        want.push(content(&clean));
+    }
+    let total = clean.store().writes;
+    for n in 0..total {
+        let mut dp = checked();
+        dp.store_mut().fail_at = Some(n);
+        for (step, d) in scenario().iter().enumerate() {
+            if let Err(e) = dp.apply(d) {
+                assert!(e.to_string().starts_with("map xlb_"), "{e}");
+                // Everything the maps name is known, and nothing more.
+                assert_eq!(mirror(&dp), mirror(&restored(dp.store())), "write #{n} failed");
+                dp.apply(d).unwrap_or_else(|e| panic!("retry after write #{n} failed: {e}"));
+            }
+            assert_eq!(content(&dp), want[step], "step {step}, write #{n} failed");
+            assert_eq!(dp.apply(d).unwrap().writes(), 0, "step {step}, write #{n} failed");
+        }
+    }
+}
+
+#[test]
+fn a_failed_free_does_not_resurrect_the_backend() {
+    // The endpoint goes (its index is deleted, then the write clearing its
+    // entry fails), then comes back: it must be written anew, not assumed.
+    let mut dp = checked();
+    let mut d = desired([service(
+        "a",
+        "10.100.0.1",
+        vec![backend("10.244.1.11", "10.0.0.11"), backend("10.244.1.12", "10.0.0.11")],
+    )]);
+    dp.apply(&d).unwrap();
+    let back = d.clone();
+    d.services.get_mut(&key("a")).unwrap().backends.pop();
+    // The index goes, then clearing the entry fails.
+    dp.store_mut().fail_on =
+        Some(|w| matches!(w, Write::Backend { value, .. } if value.flags == 0));
+    dp.apply(&d).unwrap_err();
+    assert_eq!(dp.list().unwrap()[0].backends.len(), 1);
+    dp.apply(&back).unwrap();
+    assert_eq!(dp.list().unwrap()[0].backends.len(), 2);
+    assert_eq!(mirror(&dp), mirror(&restored(dp.store())));
+}
+
+#[test]
+fn tables_follow_the_maglev_build_of_their_active_backends() {
+    let mut dp = checked();
+    let mut d = two();
+    d.services.get_mut(&key("a")).unwrap().backends[1].weight = 3;
+    dp.apply(&d).unwrap();
+    let a = &dp.list().unwrap()[0];
+    let input: Vec<(String, u32)> =
+        d.services[&key("a")].backends.iter().map(|b| (b.name.clone(), b.weight)).collect();
+    let quotas = Maglev::new(251).unwrap().quotas(&input).unwrap();
+    let slots: Vec<u32> = a.backends.iter().map(|b| b.slots as u32).collect();
+    assert_eq!(slots, quotas);
+}
+
+/// The bookkeeping's cost at scale, on the in-memory store (so map syscalls
+/// do not hide it): 10k services of 10 backends, small tables (Maglev is
+/// measured on its own). Run: `cargo test --release -p xlb-lb --lib
+/// bench_bookkeeping -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_bookkeeping_at_10k_services() {
+    use std::time::Instant;
+    let mut d = Desired { node: node(), ..Default::default() };
+    for i in 0..10_000u32 {
+        let (hi, lo) = (i / 250, i % 250);
+        let backends = (0..10)
+            .map(|j| {
+                backend(
+                    &format!("10.{}.{}.{}", 100 + hi / 10, (hi % 10) * 25 + j, lo + 1),
+                    "10.0.0.11",
+                )
+            })
+            .collect();
+        let s = service(
+            &format!("svc{i}"),
+            &format!("10.{}.{}.{}", hi / 250, hi % 250, lo + 1),
+            backends,
+        );
+        d.services.insert(s.key.clone(), Service { maglev_size: 13, ..s });
+    }
+    let store = MemStore::new(Capacity { services: 16384, backends: 262144 });
+    let mut dp = Datapath::restore(store).unwrap();
+    let t = Instant::now();
+    dp.apply(&d).unwrap();
+    let cold = t.elapsed();
+    let mut full = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(dp.apply(&d).unwrap().writes(), 0);
+        full = full.min(t.elapsed());
+    }
+    let keys: Vec<ServiceKey> = d.services.keys().cloned().collect();
+    let t = Instant::now();
+    for (n, k) in keys.iter().step_by(100).enumerate() {
+        let s = d.services.get_mut(k).unwrap();
+        s.backends[0].weight = 2 + (n as u32 % 2);
+        dp.apply_services(&d.node, [(k, Some(&d.services[k]))]).unwrap();
+    }
+    let one = t.elapsed() / 100;
+    let t = Instant::now();
+    let again = Datapath::restore(dp.into_store()).unwrap();
+    let restore = t.elapsed();
+    assert_eq!(again.service_keys().count(), 10_000);
+    eprintln!(
+        "10k services x 10 backends: cold apply {cold:?}, full re-apply (no change) {full:?}, \
+         one service changed {one:?}, restore {restore:?}"
+    );
+}

@@ -1,0 +1,229 @@
+//! [`MapStore`] on the pinned BPF maps of one node ([`Maps`]): each write is
+//! one map syscall (two for the configuration generation's read-modify-write).
+use std::{
+    ops::ControlFlow,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{MapError, PerCpuValues};
+
+use super::{
+    decode_name, encode_name, BackendMeta, Capacity, MapStore, StoreError, SvcTraffic, Traffic,
+    Write,
+};
+use crate::{
+    abi,
+    maps::{src_range_key, Maps, MapsError},
+    model::Cidr,
+};
+
+/// The pinned maps under one directory.
+#[derive(Debug)]
+pub struct BpfStore {
+    maps: Maps,
+    pin_dir: PathBuf,
+    ncpus: usize,
+}
+
+impl BpfStore {
+    /// Opens every map pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<BpfStore, StoreError> {
+        let maps = Maps::open(pin_dir)?;
+        let ncpus = aya::util::nr_cpus().map_or(1, |n| n);
+        Ok(BpfStore { maps, pin_dir: pin_dir.to_path_buf(), ncpus })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The typed map handles (for tests that inspect or damage entries).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+}
+
+fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> StoreError {
+    move |e| StoreError::Maps(MapsError::op(map, op)(e))
+}
+
+/// A removal that finds nothing to remove is fine (aya reports ENOENT of the
+/// delete syscall as a SyscallError, not as KeyNotFound).
+fn removed(r: Result<(), MapError>, map: &'static str) -> Result<(), StoreError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(op(map, "delete")(e)),
+    }
+}
+
+/// A lookup that finds nothing is None.
+fn found<T>(r: Result<T, MapError>, map: &'static str) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(None)
+        }
+        Err(e) => Err(op(map, "lookup")(e)),
+    }
+}
+
+fn per_cpu<T: aya::Pod>(v: T, ncpus: usize) -> PerCpuValues<T> {
+    PerCpuValues::try_from(vec![v; ncpus]).expect("ncpus is aya's possible-CPU count")
+}
+
+impl MapStore for BpfStore {
+    fn capacity(&self) -> Capacity {
+        Capacity { services: self.maps.svc_stats.len(), backends: self.maps.backends.len() }
+    }
+
+    fn svc_names(&self) -> Result<Vec<(u32, String)>, StoreError> {
+        self.maps
+            .svc_names
+            .iter()
+            .map(|item| {
+                let (id, n) = item.map_err(op("xlb_svc_names", "iterate"))?;
+                Ok((id, decode_name(&n.name)))
+            })
+            .collect()
+    }
+
+    fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
+        self.maps.frontends.iter().map(|i| i.map_err(op("xlb_frontends", "iterate"))).collect()
+    }
+
+    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        self.maps
+            .svc_backends
+            .iter()
+            .map(|i| i.map_err(op("xlb_svc_backends", "iterate")))
+            .collect()
+    }
+
+    fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {
+        self.maps.backends.get(&id, 0).map_err(op("xlb_backends", "lookup"))
+    }
+
+    fn backend_meta(&self, id: u32) -> Result<Option<BackendMeta>, StoreError> {
+        let m = found(self.maps.backend_meta.get(&id, 0), "xlb_backend_meta")?;
+        Ok(m.map(|m| BackendMeta { name: decode_name(&m.name), weight: m.weight }))
+    }
+
+    fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError> {
+        let t = found(self.maps.maglev.get(&svc_id, 0), "xlb_maglev")?;
+        Ok(t.map(|t| t.slot[..size.min(abi::MAGLEV_MAX)].to_vec()))
+    }
+
+    fn source_ranges(&self) -> Result<Vec<(u32, Cidr)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.source_ranges.keys() {
+            let k = item.map_err(op("xlb_source_ranges", "iterate"))?;
+            let d = k.data();
+            if let Some(addr) = abi::addr_from_abi(&d.addr, d.family) {
+                // The prefix covers the service id (32 bits), the family and
+                // padding (32 bits), then the address.
+                let len = k.prefix_len().saturating_sub(64) as u8;
+                out.push((u32::from_be(d.svc_id), Cidr { addr, len }));
+            }
+        }
+        Ok(out)
+    }
+
+    fn node(&self) -> Result<abi::NodeCfg, StoreError> {
+        self.maps.node.get(&0, 0).map_err(op("xlb_node", "lookup"))
+    }
+
+    fn svc_stats(&self, svc_id: u32) -> Result<SvcTraffic, StoreError> {
+        let v = self.maps.svc_stats.get(&svc_id, 0).map_err(op("xlb_svc_stats", "lookup"))?;
+        Ok(v.iter().fold(SvcTraffic::default(), |a, s| SvcTraffic {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+            affinity_hits: a.affinity_hits + s.affinity_hits,
+        }))
+    }
+
+    fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError> {
+        let v = self.maps.backend_stats.get(&id, 0).map_err(op("xlb_backend_stats", "lookup"))?;
+        Ok(v.iter().fold(Traffic::default(), |a, s| Traffic {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
+    }
+
+    fn connections(
+        &self,
+        visit: &mut dyn FnMut(&abi::FlowKey, &abi::CtEntry) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        for item in self.maps.ct.iter() {
+            // An LRU entry can vanish between key and lookup: skip it.
+            let Ok((k, v)) = item else { continue };
+            if visit(&k, &v).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
+        let m = &mut self.maps;
+        let map = w.target().map();
+        let up = |e| op(map, "update")(e);
+        match w {
+            Write::SvcName { svc_id, name } => {
+                let name = encode_name(name).ok_or(StoreError::NameTooLong {
+                    map,
+                    op: "update",
+                    len: name.len(),
+                    max: 128,
+                })?;
+                m.svc_names.insert(svc_id, abi::SvcName { name }, 0).map_err(up)
+            }
+            Write::SvcNameDelete { svc_id } => removed(m.svc_names.remove(&svc_id), map),
+            Write::SvcStatsZero { svc_id } => {
+                let zero = abi::SvcStats { packets: 0, bytes: 0, new_flows: 0, affinity_hits: 0 };
+                m.svc_stats.set(svc_id, per_cpu(zero, self.ncpus), 0).map_err(up)
+            }
+            Write::Frontend { key, value } => m.frontends.insert(key, value, 0).map_err(up),
+            Write::FrontendDelete { key } => removed(m.frontends.remove(&key), map),
+            Write::SourceRange { svc_id, cidr } => {
+                m.source_ranges.insert(&src_range_key(svc_id, &cidr), 1, 0).map_err(up)
+            }
+            Write::SourceRangeDelete { svc_id, cidr } => {
+                removed(m.source_ranges.remove(&src_range_key(svc_id, &cidr)), map)
+            }
+            Write::Maglev { svc_id, slots } => {
+                let mut value = Box::new(abi::MaglevTable { slot: [0; abi::MAGLEV_MAX], pad: 0 });
+                let n = slots.len().min(abi::MAGLEV_MAX);
+                value.slot[..n].copy_from_slice(&slots[..n]);
+                m.maglev.insert(svc_id, value.as_ref(), 0).map_err(up)
+            }
+            Write::MaglevDelete { svc_id } => removed(m.maglev.remove(&svc_id), map),
+            Write::Backend { id, value } => m.backends.set(id, value, 0).map_err(up),
+            Write::BackendStatsZero { id } => m
+                .backend_stats
+                .set(id, per_cpu(abi::Count { packets: 0, bytes: 0 }, self.ncpus), 0)
+                .map_err(up),
+            Write::BackendMeta { id, name, weight } => {
+                let name = encode_name(name).ok_or(StoreError::NameTooLong {
+                    map,
+                    op: "update",
+                    len: name.len(),
+                    max: abi::BACKEND_NAME_MAX,
+                })?;
+                m.backend_meta.insert(id, abi::BackendMeta { weight, name }, 0).map_err(up)
+            }
+            Write::BackendMetaDelete { id } => removed(m.backend_meta.remove(&id), map),
+            Write::SvcBackend { key, backend_id } => {
+                m.svc_backends.insert(key, backend_id, 0).map_err(up)
+            }
+            Write::SvcBackendDelete { key } => removed(m.svc_backends.remove(&key), map),
+            Write::Node { cfg } => m.node.set(0, cfg, 0).map_err(up),
+            Write::ConfigGenBump => {
+                let cur = m.config_gen.get(&0, 0).map_err(op(map, "lookup"))?;
+                m.config_gen.set(0, abi::ConfigGen { gen: cur.gen.wrapping_add(1) }, 0).map_err(up)
+            }
+        }
+    }
+}

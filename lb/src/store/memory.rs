@@ -1,0 +1,271 @@
+//! [`MapStore`] on in-memory tables that behave like the BPF maps (arrays
+//! read as zeroes, deletes of absent keys succeed, ids bounded by the
+//! capacity), with a log of every write in order: what an apply would do to
+//! a node, without a kernel. The reconcilers' unit tests run on it.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::ControlFlow,
+};
+
+use super::{BackendMeta, Capacity, MapStore, StoreError, SvcTraffic, Target, Traffic, Write};
+use crate::{abi, model::Cidr};
+
+/// One logged write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteRecord {
+    pub target: Target,
+    pub delete: bool,
+}
+
+/// A sortable form of a frontend key (the ABI struct is not `Ord`).
+type FeOrd = (u8, [u8; 16], u16, u8);
+
+fn fe_ord(k: &abi::FrontendKey) -> FeOrd {
+    (k.family, k.addr, k.port, k.proto)
+}
+
+/// The datapath maps in memory.
+#[derive(Clone, Debug)]
+pub struct MemStore {
+    capacity: Capacity,
+    svc_names: BTreeMap<u32, String>,
+    svc_stats: BTreeMap<u32, SvcTraffic>,
+    frontends: BTreeMap<FeOrd, (abi::FrontendKey, abi::Service)>,
+    source_ranges: BTreeSet<(u32, Cidr)>,
+    maglev: BTreeMap<u32, Vec<u16>>,
+    backends: BTreeMap<u32, abi::Backend>,
+    backend_stats: BTreeMap<u32, Traffic>,
+    backend_meta: BTreeMap<u32, BackendMeta>,
+    svc_backends: BTreeMap<(u32, u32), u32>,
+    node: abi::NodeCfg,
+    config_gen: u64,
+    connections: Vec<(abi::FlowKey, abi::CtEntry)>,
+    log: Vec<WriteRecord>,
+}
+
+const ZERO_BACKEND: abi::Backend = abi::Backend {
+    addr: [0; 16],
+    node: [0; 16],
+    port: 0,
+    family: 0,
+    node_family: 0,
+    flags: 0,
+    svc_id: 0,
+    gen: 0,
+};
+
+impl Default for MemStore {
+    /// The capacities of [`crate::loader::MapSizes::small`].
+    fn default() -> Self {
+        MemStore::new(Capacity { services: 1024, backends: 16384 })
+    }
+}
+
+impl MemStore {
+    /// Empty maps of these capacities.
+    pub fn new(capacity: Capacity) -> MemStore {
+        MemStore {
+            capacity,
+            svc_names: BTreeMap::new(),
+            svc_stats: BTreeMap::new(),
+            frontends: BTreeMap::new(),
+            source_ranges: BTreeSet::new(),
+            maglev: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            backend_stats: BTreeMap::new(),
+            backend_meta: BTreeMap::new(),
+            svc_backends: BTreeMap::new(),
+            node: abi::NodeCfg { addr4: [0; 4], addr6: [0; 16], geneve_port: 0, pad: 0, vni: 0 },
+            config_gen: 0,
+            connections: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Every write so far, in order.
+    pub fn log(&self) -> &[WriteRecord] {
+        &self.log
+    }
+
+    /// The log so far, emptied.
+    pub fn take_log(&mut self) -> Vec<WriteRecord> {
+        std::mem::take(&mut self.log)
+    }
+
+    /// xlb_config_gen\[0\].gen.
+    pub fn config_gen(&self) -> u64 {
+        self.config_gen
+    }
+
+    /// The datapath's side: a connection-table entry as a program writes it.
+    pub fn insert_connection(&mut self, key: abi::FlowKey, entry: abi::CtEntry) {
+        self.connections.retain(|(k, _)| *k != key);
+        self.connections.push((key, entry));
+    }
+
+    /// The datapath's side: traffic counted for a service and a backend.
+    pub fn count_traffic(&mut self, svc_id: u32, backend_id: u32, packets: u64, bytes: u64) {
+        let s = self.svc_stats.entry(svc_id).or_default();
+        s.packets += packets;
+        s.bytes += bytes;
+        let b = self.backend_stats.entry(backend_id).or_default();
+        b.packets += packets;
+        b.bytes += bytes;
+    }
+
+    fn check_id(&self, w: &Write<'_>, id: u32, capacity: u32) -> Result<(), StoreError> {
+        if id >= capacity {
+            return Err(StoreError::OutOfRange {
+                map: w.target().map(),
+                op: w.op(),
+                key: id,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl MapStore for MemStore {
+    fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    fn svc_names(&self) -> Result<Vec<(u32, String)>, StoreError> {
+        Ok(self.svc_names.iter().map(|(id, n)| (*id, n.clone())).collect())
+    }
+
+    fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
+        Ok(self.frontends.values().copied().collect())
+    }
+
+    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        Ok(self
+            .svc_backends
+            .iter()
+            .map(|(&(svc_id, index), &id)| (abi::SvcBackendKey { svc_id, index }, id))
+            .collect())
+    }
+
+    fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {
+        if id >= self.capacity.backends {
+            return Err(StoreError::OutOfRange {
+                map: "xlb_backends",
+                op: "lookup",
+                key: id,
+                capacity: self.capacity.backends,
+            });
+        }
+        Ok(self.backends.get(&id).copied().unwrap_or(ZERO_BACKEND))
+    }
+
+    fn backend_meta(&self, id: u32) -> Result<Option<BackendMeta>, StoreError> {
+        Ok(self.backend_meta.get(&id).cloned())
+    }
+
+    fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError> {
+        Ok(self.maglev.get(&svc_id).map(|t| {
+            let size = size.min(abi::MAGLEV_MAX);
+            let mut out = t[..size.min(t.len())].to_vec();
+            out.resize(size, 0);
+            out
+        }))
+    }
+
+    fn source_ranges(&self) -> Result<Vec<(u32, Cidr)>, StoreError> {
+        Ok(self.source_ranges.iter().copied().collect())
+    }
+
+    fn node(&self) -> Result<abi::NodeCfg, StoreError> {
+        Ok(self.node)
+    }
+
+    fn svc_stats(&self, svc_id: u32) -> Result<SvcTraffic, StoreError> {
+        Ok(self.svc_stats.get(&svc_id).copied().unwrap_or_default())
+    }
+
+    fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError> {
+        Ok(self.backend_stats.get(&id).copied().unwrap_or_default())
+    }
+
+    fn connections(
+        &self,
+        visit: &mut dyn FnMut(&abi::FlowKey, &abi::CtEntry) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        for (k, v) in &self.connections {
+            if visit(k, v).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
+        let Capacity { services, backends } = self.capacity;
+        match w {
+            Write::SvcName { svc_id, name } => {
+                self.check_id(&w, svc_id, services)?;
+                self.svc_names.insert(svc_id, name.to_owned());
+            }
+            Write::SvcNameDelete { svc_id } => {
+                self.svc_names.remove(&svc_id);
+            }
+            Write::SvcStatsZero { svc_id } => {
+                self.check_id(&w, svc_id, services)?;
+                self.svc_stats.remove(&svc_id);
+            }
+            Write::Frontend { key, value } => {
+                self.frontends.insert(fe_ord(&key), (key, value));
+            }
+            Write::FrontendDelete { key } => {
+                self.frontends.remove(&fe_ord(&key));
+            }
+            Write::SourceRange { svc_id, cidr } => {
+                self.source_ranges.insert((svc_id, cidr));
+            }
+            Write::SourceRangeDelete { svc_id, cidr } => {
+                self.source_ranges.remove(&(svc_id, cidr));
+            }
+            Write::Maglev { svc_id, slots } => {
+                self.check_id(&w, svc_id, services)?;
+                self.maglev.insert(svc_id, slots[..slots.len().min(abi::MAGLEV_MAX)].to_vec());
+            }
+            Write::MaglevDelete { svc_id } => {
+                self.maglev.remove(&svc_id);
+            }
+            Write::Backend { id, value } => {
+                self.check_id(&w, id, backends)?;
+                self.backends.insert(id, value);
+            }
+            Write::BackendStatsZero { id } => {
+                self.check_id(&w, id, backends)?;
+                self.backend_stats.remove(&id);
+            }
+            Write::BackendMeta { id, name, weight } => {
+                self.check_id(&w, id, backends)?;
+                if name.len() > abi::BACKEND_NAME_MAX {
+                    return Err(StoreError::NameTooLong {
+                        map: "xlb_backend_meta",
+                        op: "update",
+                        len: name.len(),
+                        max: abi::BACKEND_NAME_MAX,
+                    });
+                }
+                self.backend_meta.insert(id, BackendMeta { name: name.to_owned(), weight });
+            }
+            Write::BackendMetaDelete { id } => {
+                self.backend_meta.remove(&id);
+            }
+            Write::SvcBackend { key, backend_id } => {
+                self.svc_backends.insert((key.svc_id, key.index), backend_id);
+            }
+            Write::SvcBackendDelete { key } => {
+                self.svc_backends.remove(&(key.svc_id, key.index));
+            }
+            Write::Node { cfg } => self.node = cfg,
+            Write::ConfigGenBump => self.config_gen = self.config_gen.wrapping_add(1),
+        }
+        self.log.push(WriteRecord { target: w.target(), delete: w.is_delete() });
+        Ok(())
+    }
+}

@@ -1,0 +1,313 @@
+//! The map-store seam: every map operation the reconcilers and the read
+//! model do, and nothing else. [`MapStore`] reads each datapath table and
+//! takes one [`Write`] at a time; [`BpfStore`] does them on the pinned BPF
+//! maps ([`crate::maps`]), [`MemStore`] on plain in-memory tables (with a log
+//! of the writes), so that the reconcilers' invariants are tested without
+//! root and a desired state can be dry-run.
+//!
+//! Keys and values are the ABI's ([`crate::abi`]), except where the map's
+//! encoding is a detail of the BPF side: names are strings, source ranges
+//! are [`Cidr`]s, per-CPU statistics are sums, Maglev tables are slot slices.
+//! Neighbours: [`crate::view`] decodes what these reads return;
+//! [`crate::reconcile`] issues the writes.
+use std::{fmt, ops::ControlFlow};
+
+use crate::{abi, maps::MapsError, model::Cidr};
+
+mod bpf;
+mod memory;
+
+pub use bpf::BpfStore;
+pub use memory::{MemStore, WriteRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("map {map}: {op}: key {key} outside the map's {capacity} entries")]
+    OutOfRange { map: &'static str, op: &'static str, key: u32, capacity: u32 },
+    #[error("map {map}: {op}: a name of {len} bytes does not fit {max}")]
+    NameTooLong { map: &'static str, op: &'static str, len: usize, max: usize },
+}
+
+/// Entries the id-indexed maps hold: the bounds of the id pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Service ids (xlb_svc_stats, xlb_maglev, xlb_svc_names).
+    pub services: u32,
+    /// Backend ids (xlb_backends, xlb_backend_stats, xlb_backend_meta).
+    pub backends: u32,
+}
+
+/// Per-service traffic, summed over CPUs (xlb_svc_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SvcTraffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub affinity_hits: u64,
+}
+
+/// Packets and bytes, summed over CPUs (xlb_backend_stats, xlb_counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What xlb_backend_meta keeps of a backend: its Maglev name and weight.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendMeta {
+    pub name: String,
+    pub weight: u32,
+}
+
+/// One map write. Deleting an absent entry succeeds (the desired result
+/// holds); `Backend` with flags 0 frees an array slot (arrays have no delete).
+#[derive(Clone, Copy, Debug)]
+pub enum Write<'a> {
+    SvcName {
+        svc_id: u32,
+        name: &'a str,
+    },
+    SvcNameDelete {
+        svc_id: u32,
+    },
+    /// Zeroes a service id's statistics (its next owner starts at zero).
+    SvcStatsZero {
+        svc_id: u32,
+    },
+    Frontend {
+        key: abi::FrontendKey,
+        value: abi::Service,
+    },
+    FrontendDelete {
+        key: abi::FrontendKey,
+    },
+    SourceRange {
+        svc_id: u32,
+        cidr: Cidr,
+    },
+    SourceRangeDelete {
+        svc_id: u32,
+        cidr: Cidr,
+    },
+    /// A whole table, replaced in one update (slots past the end are 0).
+    Maglev {
+        svc_id: u32,
+        slots: &'a [u16],
+    },
+    MaglevDelete {
+        svc_id: u32,
+    },
+    Backend {
+        id: u32,
+        value: abi::Backend,
+    },
+    BackendStatsZero {
+        id: u32,
+    },
+    BackendMeta {
+        id: u32,
+        name: &'a str,
+        weight: u32,
+    },
+    BackendMetaDelete {
+        id: u32,
+    },
+    SvcBackend {
+        key: abi::SvcBackendKey,
+        backend_id: u32,
+    },
+    SvcBackendDelete {
+        key: abi::SvcBackendKey,
+    },
+    Node {
+        cfg: abi::NodeCfg,
+    },
+    /// Tells per-CPU caches of service settings that they changed.
+    ConfigGenBump,
+}
+
+/// What a write touches: one entry of one map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    SvcName(u32),
+    SvcStats(u32),
+    Frontend(abi::FrontendKey),
+    SourceRange(u32, Cidr),
+    Maglev(u32),
+    Backend(u32),
+    BackendStats(u32),
+    BackendMeta(u32),
+    SvcBackend(abi::SvcBackendKey),
+    Node,
+    ConfigGen,
+}
+
+impl Target {
+    /// The map's name.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Target::SvcName(_) => "xlb_svc_names",
+            Target::SvcStats(_) => "xlb_svc_stats",
+            Target::Frontend(_) => "xlb_frontends",
+            Target::SourceRange(..) => "xlb_source_ranges",
+            Target::Maglev(_) => "xlb_maglev",
+            Target::Backend(_) => "xlb_backends",
+            Target::BackendStats(_) => "xlb_backend_stats",
+            Target::BackendMeta(_) => "xlb_backend_meta",
+            Target::SvcBackend(_) => "xlb_svc_backends",
+            Target::Node => "xlb_node",
+            Target::ConfigGen => "xlb_config_gen",
+        }
+    }
+
+    /// The service id the entry belongs to, when its key says so.
+    pub fn svc_id(&self) -> Option<u32> {
+        match *self {
+            Target::SvcName(id)
+            | Target::SvcStats(id)
+            | Target::SourceRange(id, _)
+            | Target::Maglev(id) => Some(id),
+            Target::SvcBackend(k) => Some(k.svc_id),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::SvcName(id)
+            | Target::SvcStats(id)
+            | Target::Maglev(id)
+            | Target::Backend(id)
+            | Target::BackendStats(id)
+            | Target::BackendMeta(id) => write!(f, "{}[{id}]", self.map()),
+            Target::Frontend(k) => match abi::addr_from_abi(&k.addr, k.family) {
+                Some(a) => write!(f, "{}[{a} {} {}]", self.map(), u16::from_be(k.port), k.proto),
+                None => write!(f, "{}[family {}]", self.map(), k.family),
+            },
+            Target::SourceRange(id, c) => write!(f, "{}[{id} {c}]", self.map()),
+            Target::SvcBackend(k) => write!(f, "{}[{} {}]", self.map(), k.svc_id, k.index),
+            Target::Node | Target::ConfigGen => write!(f, "{}[0]", self.map()),
+        }
+    }
+}
+
+impl Write<'_> {
+    /// The entry written.
+    pub fn target(&self) -> Target {
+        match *self {
+            Write::SvcName { svc_id, .. } | Write::SvcNameDelete { svc_id } => {
+                Target::SvcName(svc_id)
+            }
+            Write::SvcStatsZero { svc_id } => Target::SvcStats(svc_id),
+            Write::Frontend { key, .. } | Write::FrontendDelete { key } => Target::Frontend(key),
+            Write::SourceRange { svc_id, cidr } | Write::SourceRangeDelete { svc_id, cidr } => {
+                Target::SourceRange(svc_id, cidr)
+            }
+            Write::Maglev { svc_id, .. } | Write::MaglevDelete { svc_id } => Target::Maglev(svc_id),
+            Write::Backend { id, .. } => Target::Backend(id),
+            Write::BackendStatsZero { id } => Target::BackendStats(id),
+            Write::BackendMeta { id, .. } | Write::BackendMetaDelete { id } => {
+                Target::BackendMeta(id)
+            }
+            Write::SvcBackend { key, .. } | Write::SvcBackendDelete { key } => {
+                Target::SvcBackend(key)
+            }
+            Write::Node { .. } => Target::Node,
+            Write::ConfigGenBump => Target::ConfigGen,
+        }
+    }
+
+    /// Removes an entry (rather than writing one).
+    pub fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            Write::SvcNameDelete { .. }
+                | Write::FrontendDelete { .. }
+                | Write::SourceRangeDelete { .. }
+                | Write::MaglevDelete { .. }
+                | Write::BackendMetaDelete { .. }
+                | Write::SvcBackendDelete { .. }
+        )
+    }
+
+    /// The operation's name, for errors: "update" or "delete".
+    pub fn op(&self) -> &'static str {
+        if self.is_delete() {
+            "delete"
+        } else {
+            "update"
+        }
+    }
+}
+
+/// The datapath maps as the reconcilers and the read model use them.
+/// Listings come back in no particular order.
+pub trait MapStore {
+    fn capacity(&self) -> Capacity;
+
+    /// xlb_svc_names: service id -> service key.
+    fn svc_names(&self) -> Result<Vec<(u32, String)>, StoreError>;
+    /// xlb_frontends.
+    fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError>;
+    /// xlb_svc_backends: (service id, service-local index) -> backend id.
+    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError>;
+    /// xlb_backends\[id\] (an array: every id below capacity has a value).
+    fn backend(&self, id: u32) -> Result<abi::Backend, StoreError>;
+    /// xlb_backend_meta\[id\], if present.
+    fn backend_meta(&self, id: u32) -> Result<Option<BackendMeta>, StoreError>;
+    /// The first `size` slots of xlb_maglev\[svc_id\], if it has a table.
+    fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError>;
+    /// xlb_source_ranges: (service id, prefix).
+    fn source_ranges(&self) -> Result<Vec<(u32, Cidr)>, StoreError>;
+    /// xlb_node\[0\].
+    fn node(&self) -> Result<abi::NodeCfg, StoreError>;
+    /// xlb_svc_stats\[svc_id\], summed over CPUs.
+    fn svc_stats(&self, svc_id: u32) -> Result<SvcTraffic, StoreError>;
+    /// xlb_backend_stats\[id\], summed over CPUs.
+    fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError>;
+    /// Walks xlb_ct until `visit` breaks (an LRU: entries come and go meanwhile).
+    fn connections(
+        &self,
+        visit: &mut dyn FnMut(&abi::FlowKey, &abi::CtEntry) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// Does one write.
+    fn write(&mut self, w: Write<'_>) -> Result<(), StoreError>;
+}
+
+/// The NUL-padded bytes of a name, or None when it does not fit `N`.
+pub(crate) fn encode_name<const N: usize>(name: &str) -> Option<[u8; N]> {
+    let b = name.as_bytes();
+    if b.len() > N || b.contains(&0) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    out[..b.len()].copy_from_slice(b);
+    Some(out)
+}
+
+/// The name NUL-padded `bytes` hold (up to the first NUL).
+pub(crate) fn decode_name(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_refuse_what_does_not_fit() {
+        let n: [u8; 8] = encode_name("a:80").unwrap();
+        assert_eq!(decode_name(&n), "a:80");
+        let full: [u8; 4] = encode_name("abcd").unwrap();
+        assert_eq!(decode_name(&full), "abcd", "a name filling the field has no NUL");
+        assert_eq!(encode_name::<4>("abcde"), None);
+        assert_eq!(encode_name::<8>("a\0b"), None);
+    }
+}
