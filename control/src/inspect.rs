@@ -258,6 +258,7 @@ pub fn maglev_show(pin_dir: &Path, service: &str, json: bool) -> anyhow::Result<
 
 #[derive(Serialize)]
 struct CounterRow {
+    hook: &'static str,
     class: &'static str,
     reason: &'static str,
     packets: u64,
@@ -297,7 +298,7 @@ struct Stats {
     event_listener: Option<bool>,
 }
 
-/// `xlb stats`: datapath counters by reason and per-service totals.
+/// `xlb stats`: datapath counters by hook and reason, and per-service totals.
 pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> {
     let view = open(pin_dir)?;
     let counters = view.counters()?;
@@ -308,8 +309,9 @@ pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> 
     let stats = Stats {
         counters: counters
             .iter()
-            .filter(|(_, n)| all || n.packets > 0)
-            .map(|(c, n)| CounterRow {
+            .filter(|(_, _, n)| all || n.packets > 0)
+            .map(|(h, c, n)| CounterRow {
+                hook: h.name(),
                 class: c.class(),
                 reason: c.reason(),
                 packets: n.packets,
@@ -325,9 +327,12 @@ pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> 
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<6} {:<20} {:>14} {:>16}", "CLASS", "REASON", "PACKETS", "BYTES");
+    println!("{:<12} {:<6} {:<20} {:>14} {:>16}", "HOOK", "CLASS", "REASON", "PACKETS", "BYTES");
     for c in &stats.counters {
-        println!("{:<6} {:<20} {:>14} {:>16}", c.class, c.reason, c.packets, c.bytes);
+        println!(
+            "{:<12} {:<6} {:<20} {:>14} {:>16}",
+            c.hook, c.class, c.reason, c.packets, c.bytes
+        );
     }
     println!();
     println!(

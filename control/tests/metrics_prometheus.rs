@@ -316,8 +316,9 @@ fn prometheus_scrapes_service_traffic_and_drop_reasons() {
     let cases = [("bad_len", bad_len, 3u64), ("bad_ihl", bad_ihl, 2), ("truncated", truncated, 5)];
     let mut before = Vec::new();
     for (reason, _, _) in &cases {
-        let q = format!("xlb_drops_total{{job=\"xlb\",reason=\"{reason}\"}}");
-        let s = format!("xlb_drops_total{{reason=\"{reason}\"}}");
+        // Counted at the hook that dropped them: XDP on the LB's NIC.
+        let q = format!("xlb_drops_total{{job=\"xlb\",hook=\"xdp\",reason=\"{reason}\"}}");
+        let s = format!("xlb_drops_total{{hook=\"xdp\",reason=\"{reason}\"}}");
         before.push((q.clone(), r.settled(&q, &s)));
     }
     let frames: Vec<Vec<u8>> =

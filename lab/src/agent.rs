@@ -1,7 +1,7 @@
 //! xlb agents in the lab: one `xlb run` per node namespace (the LB and every
 //! backend node), each with its own bpffs pin directory (bpffs is shared by
 //! all namespaces), its output in a log file, and readiness read from its
-//! pinned maps through `lb::datapath` — the same view `xlb service list` has.
+//! pinned maps through `lb::view` — the same read model `xlb service list` has.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb::datapath::{Datapath, ServiceListing};
+use lb::view::{DatapathView, ServiceListing};
 
 use crate::{Lab, LabChild, LabError};
 
@@ -104,9 +104,9 @@ impl Agent {
     /// What the agent's pinned maps hold.
     pub fn services(&self) -> Result<Vec<ServiceListing>, LabError> {
         let err = |detail: String| LabError::Agent { node: self.node.clone(), detail };
-        let dp =
-            Datapath::open(&self.pin_dir).map_err(|e| err(format!("opening its maps: {e}")))?;
-        dp.list().map_err(|e| err(format!("listing its maps: {e}")))
+        let view =
+            DatapathView::open(&self.pin_dir).map_err(|e| err(format!("opening its maps: {e}")))?;
+        view.services().map_err(|e| err(format!("listing its maps: {e}")))
     }
 
     /// The datapath counters (packets), by name, summed over CPUs.

@@ -23,7 +23,7 @@ use crate::{
     store::{BackendMeta, BpfStore, MapStore, StoreError},
 };
 pub use crate::{
-    abi::Counter,
+    abi::{Counter, Hook},
     events::EventStatus,
     store::{SvcTraffic, Traffic},
 };
@@ -466,11 +466,12 @@ impl DatapathView<BpfStore> {
         Ok(DatapathView { store: BpfStore::open(pin_dir)? })
     }
 
-    /// Every named counter, summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<(Counter, Traffic)>, ViewError> {
-        let c = crate::loader::read_counters(self.store.pin_dir())?;
+    /// Every named counter at every hook, summed over CPUs (zeros
+    /// included).
+    pub fn counters(&self) -> Result<Vec<(Hook, Counter, Traffic)>, ViewError> {
+        let c = crate::loader::read_hook_counters(self.store.pin_dir())?;
         Ok(c.into_iter()
-            .map(|(c, n)| (c, Traffic { packets: n.packets, bytes: n.bytes }))
+            .map(|(h, c, n)| (h, c, Traffic { packets: n.packets, bytes: n.bytes }))
             .collect())
     }
 

@@ -115,7 +115,7 @@ impl Control {
         let t0 = Instant::now();
         let want_a: BTreeSet<IpAddr> = active.iter().copied().collect();
         let want_t: BTreeSet<IpAddr> = terminating.iter().copied().collect();
-        let ready = |services: &[lb::datapath::ServiceListing]| {
+        let ready = |services: &[lb::view::ServiceListing]| {
             let v4: Vec<_> =
                 services.iter().filter(|s| s.frontends.iter().any(|f| f.addr.is_ipv4())).collect();
             !v4.is_empty()

@@ -6,12 +6,12 @@
 //! levels come from the background census ([`super::census`]), never from a
 //! walk here.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
 
-use lb::view::{Counter, DatapathView, EventStatus, SvcTraffic, Traffic};
+use lb::view::{Counter, DatapathView, EventStatus, Hook, SvcTraffic, Traffic};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -141,7 +141,7 @@ impl std::fmt::Debug for State {
 
 /// What one scrape read.
 struct Snapshot {
-    counters: Vec<(Counter, Traffic)>,
+    counters: Vec<(Hook, Counter, Traffic)>,
     services: Vec<(String, SvcTraffic)>,
     other: SvcTraffic,
     tracked: usize,
@@ -249,13 +249,17 @@ impl Collector for DatapathCollector {
             }
         };
 
+        // A hook's series appear once it has counted anything, then all of
+        // its reasons (zeros included) so rates and ratios have both sides.
+        let active: BTreeSet<Hook> =
+            snap.counters.iter().filter(|(_, _, n)| n.packets > 0).map(|(h, _, _)| *h).collect();
         let by_class = |class: &str, bytes: bool| -> Rows<u64> {
             snap.counters
                 .iter()
-                .filter(|(c, _)| c.class() == class)
-                .map(|(c, n)| {
+                .filter(|(h, c, _)| c.class() == class && active.contains(h))
+                .map(|(h, c, n)| {
                     (
-                        vec![("reason", c.reason().to_string())],
+                        vec![("hook", h.name().to_string()), ("reason", c.reason().to_string())],
                         if bytes { n.bytes } else { n.packets },
                     )
                 })
@@ -264,37 +268,37 @@ impl Collector for DatapathCollector {
         counter(
             &mut enc,
             "xlb_drops",
-            "Packets dropped by the datapath, by reason",
+            "Packets dropped by the datapath, by hook and reason",
             &by_class("drop", false),
         )?;
         counter(
             &mut enc,
             "xlb_drop_bytes",
-            "Bytes of dropped packets, by reason",
+            "Bytes of dropped packets, by hook and reason",
             &by_class("drop", true),
         )?;
         counter(
             &mut enc,
             "xlb_passes",
-            "Packets given to the kernel unchanged, by reason",
+            "Packets given to the kernel unchanged, by hook and reason",
             &by_class("pass", false),
         )?;
         counter(
             &mut enc,
             "xlb_pass_bytes",
-            "Bytes of passed packets, by reason",
+            "Bytes of passed packets, by hook and reason",
             &by_class("pass", true),
         )?;
         counter(
             &mut enc,
             "xlb_handled",
-            "Packets the datapath handled (forwarded, decapsulated, translated), by reason",
+            "Packets the datapath handled (forwarded, decapsulated, translated), by hook and reason",
             &by_class("ok", false),
         )?;
         counter(
             &mut enc,
             "xlb_handled_bytes",
-            "Bytes of handled packets, by reason",
+            "Bytes of handled packets, by hook and reason",
             &by_class("ok", true),
         )?;
 

@@ -152,13 +152,9 @@ impl ControlMetrics {
         p.get_or_insert_with(Instant::now);
     }
 
-    /// The source snapshot's objects, per kind.
+    /// The source snapshot's objects, per registered kind.
     pub fn cluster_seen(&self, c: &Cluster) {
-        for (kind, n) in [
-            ("Service", c.services.len()),
-            ("EndpointSlice", c.slices.len()),
-            ("Node", c.nodes.len()),
-        ] {
+        for (kind, n) in c.counts() {
             self.objects.get_or_create(&KindLabel { kind }).set(n as i64);
         }
     }
