@@ -242,12 +242,7 @@ static __always_inline int xlb_decap(struct __sk_buff *skb, __u32 *reason)
 	if (!node) /* an array of one: never, but the verifier asks */
 		return TC_ACT_OK;
 	xlb_ctx_pull(skb, XLB_DECAP_PULL_OUTER);
-	rc = xlb_parse_eth(skb, &out);
-	/* An in-band VLAN tag: not a tunnel packet of ours. */
-	if (!rc && out.l3_off != ETH_HLEN)
-		rc = -XLB_PASS_NOT_IP;
-	if (!rc)
-		rc = xlb_parse_ip(skb, ETH_HLEN, out.eth_proto, &out);
+	rc = xlb_parse_eth_ip(skb, &out);
 	if (rc)
 		return xlb_fail(rc, reason);
 	own = xlb_node_src(node, out.tuple.family);

@@ -65,11 +65,7 @@ static __always_inline int xlb_revnat(struct __sk_buff *skb, __u32 *reason)
 	int rc;
 
 	xlb_ctx_pull(skb, XLB_REVNAT_PULL);
-	rc = xlb_parse_eth(skb, &pkt);
-	if (!rc && pkt.l3_off != ETH_HLEN)
-		rc = -XLB_PASS_NOT_IP;
-	if (!rc)
-		rc = xlb_parse_ip(skb, ETH_HLEN, pkt.eth_proto, &pkt);
+	rc = xlb_parse_eth_ip(skb, &pkt);
 	/* Not ours to police what the node sends. */
 	if (rc == -XLB_DROP_BAD_VERSION)
 		rc = -XLB_PASS_NOT_IP;

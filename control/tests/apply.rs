@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use lb::{
     datapath::Datapath,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions},
 };
 use testkit::pins::PinDir;
 use xlb_control::{
@@ -50,12 +50,8 @@ endpoints:
 #[test]
 fn manifests_to_maps_one_endpoint_change_rewrites_one_service() {
     let pins = PinDir::new("apply");
-    let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.path().into(),
-        sizes: MapSizes::small(),
-        ..Default::default()
-    })
-    .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions::small(pins.path()))
+        .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(pins.path()).expect("opening the pinned maps");
     let opts = TranslateOptions::new("lb");
 

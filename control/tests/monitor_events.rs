@@ -20,7 +20,7 @@ use aya::maps::{Array, Map, MapData, PerCpuArray};
 use lb::{
     abi::{self, EventsCfg},
     datapath::Datapath,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions},
     model::{
         Backend, BackendState, Desired, Frontend, FrontendKind, NodeConfig, Proto, Service,
         ServiceKey,
@@ -193,12 +193,8 @@ fn monitor_prints_the_scripted_events() {
         // SAFETY: valid C string.
         let ifindex = unsafe { libc::if_nametoindex(c"lb0".as_ptr()) };
         let pin = PinDir::new("monitor");
-        let mut dp = Dataplane::load(&LoadOptions {
-            pin_dir: pin.path().into(),
-            sizes: MapSizes::small(),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("loading the datapath (BPF available?): {e}"));
+        let mut dp = Dataplane::load(&LoadOptions::small(pin.path()))
+            .unwrap_or_else(|e| panic!("loading the datapath (BPF available?): {e}"));
         let mut path = Datapath::open(pin.path()).unwrap();
         // The backend lives on this node (its node address is our tunnel
         // source): local delivery, no next hop needed.

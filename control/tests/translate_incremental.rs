@@ -142,7 +142,8 @@ fn incremental_equals_whole_on_every_golden_scenario() {
     assert!(ran >= 10, "only {ran} scenarios ran");
 }
 
-const TWO: &str = "apiVersion: v1
+const TWO: &str = concat!(
+    "apiVersion: v1
 kind: Service
 metadata: {name: a, namespace: default}
 spec:
@@ -168,21 +169,9 @@ ports: [{name: http, port: 80}]
 endpoints:
 - {addresses: [10.244.1.5], nodeName: node1}
 ---
-apiVersion: v1
-kind: Node
-metadata: {name: lb}
-status: {addresses: [{type: InternalIP, address: 10.0.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node1}
-status: {addresses: [{type: InternalIP, address: 10.0.0.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node2}
-status: {addresses: [{type: InternalIP, address: 10.0.0.12}]}
-";
+",
+    include_str!("fixtures/three-nodes.yaml")
+);
 
 #[test]
 fn a_change_touches_only_what_depends_on_it() {

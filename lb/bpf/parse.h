@@ -22,6 +22,9 @@
  *       protocol (the first next header for IPv6), fragment flags, l3_len as
  *       the header states it, l4_off past it. -XLB_DROP_TRUNCATED,
  *       -XLB_DROP_BAD_VERSION, -XLB_DROP_BAD_IHL.
+ *   int xlb_parse_eth_ip(ctx, &pkt)
+ *       both, for an untagged frame (tc): a VLAN tag in the frame is
+ *       -XLB_PASS_NOT_IP.
  *   int xlb_check_l3_len(&pkt, limit)
  *       the IP length covers the header and ends within `limit` (an offset:
  *       the packet's end, or a tunnel payload's). -XLB_DROP_BAD_LEN. Only
@@ -259,6 +262,18 @@ static __always_inline int xlb_parse_ip(struct xlb_ctx *ctx, __u32 off, __be16 e
 	if (eth_proto == bpf_htons(ETH_P_IP))
 		return xlb_parse_ip4(ctx, off, pkt);
 	return xlb_parse_ip6(ctx, off, pkt);
+}
+
+/* The IP header right after an untagged Ethernet header: tc, where the
+ * kernel has taken any VLAN tag out of band (a tag still in the frame is
+ * not xlb's to take apart: -XLB_PASS_NOT_IP). */
+static __always_inline int xlb_parse_eth_ip(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
+{
+	int rc = xlb_parse_eth(ctx, pkt);
+
+	if (!rc && pkt->l3_off != ETH_HLEN)
+		rc = -XLB_PASS_NOT_IP;
+	return rc ? rc : xlb_parse_ip(ctx, ETH_HLEN, pkt->eth_proto, pkt);
 }
 
 static __always_inline int xlb_check_l3_len(const struct xlb_pkt *pkt, __u32 limit)

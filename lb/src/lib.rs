@@ -3,6 +3,10 @@
 //! what they hold, the reconcilers that write them, and loading/attaching
 //! the BPF programs. Knows nothing of Kubernetes; `control` feeds it
 //! [`model::Desired`].
+// The test fixtures shared with the integration tests name the crate `lb`.
+#[cfg(test)]
+extern crate self as lb;
+
 pub mod abi;
 pub mod census;
 pub mod datapath;

@@ -109,6 +109,14 @@ pub struct LoadOptions {
     pub events_enabled: bool,
 }
 
+impl LoadOptions {
+    /// Small maps pinned under `pin_dir` (labs and tests: little memory,
+    /// quick to create), events enabled.
+    pub fn small(pin_dir: impl Into<PathBuf>) -> Self {
+        LoadOptions { pin_dir: pin_dir.into(), sizes: MapSizes::small(), ..Default::default() }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {

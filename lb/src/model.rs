@@ -95,6 +95,21 @@ pub struct Backend {
     pub state: BackendState,
 }
 
+impl Backend {
+    /// An active endpoint `addr:port` on `node` with weight 1, named by its
+    /// socket address (the name control gives every endpoint).
+    pub fn new(addr: IpAddr, port: u16, node: IpAddr) -> Self {
+        Backend {
+            name: std::net::SocketAddr::new(addr, port).to_string(),
+            addr,
+            port,
+            node,
+            weight: 1,
+            state: BackendState::Active,
+        }
+    }
+}
+
 /// ClientIP session affinity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Affinity {
@@ -201,6 +216,11 @@ impl Service {
             source_ranges: Vec::new(),
         }
     }
+
+    /// A service answering on one frontend, with `backends`.
+    pub fn with_frontend(key: ServiceKey, frontend: Frontend, backends: Vec<Backend>) -> Self {
+        Service { frontends: vec![frontend], backends, ..Service::new(key) }
+    }
 }
 
 /// This node's identity in the datapath.
@@ -217,4 +237,11 @@ pub struct NodeConfig {
 pub struct Desired {
     pub node: NodeConfig,
     pub services: BTreeMap<ServiceKey, Service>,
+}
+
+impl Desired {
+    /// This node's settings and `services`, keyed by their keys.
+    pub fn new(node: NodeConfig, services: impl IntoIterator<Item = Service>) -> Self {
+        Desired { node, services: services.into_iter().map(|s| (s.key.clone(), s)).collect() }
+    }
 }

@@ -288,12 +288,13 @@ impl Btf {
 
 // ---- the header and the probe object -----------------------------------------
 
-/// Every `struct xlb_* {` the header defines, in order.
-fn header_structs() -> Vec<String> {
+/// Every `<keyword> xlb_* {` (struct or enum) the header defines, in order.
+fn header_defs(keyword: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = HEADER;
-    while let Some(i) = rest.find("struct xlb_") {
-        rest = &rest[i + "struct ".len()..];
+    let start = format!("{keyword} xlb_");
+    while let Some(i) = rest.find(&start) {
+        rest = &rest[i + keyword.len() + 1..];
         let name: String =
             rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         if rest[name.len()..].trim_start().starts_with('{') && !out.contains(&name) {
@@ -301,6 +302,14 @@ fn header_structs() -> Vec<String> {
         }
     }
     out
+}
+
+fn header_structs() -> Vec<String> {
+    header_defs("struct")
+}
+
+fn header_enums() -> Vec<String> {
+    header_defs("enum")
 }
 
 /// `enum xlb_counter`'s members as written in the header.
@@ -314,21 +323,6 @@ fn header_counters() -> Vec<(String, i64)> {
         if let Some((name, value)) = line.split_once('=') {
             let value = value.trim().parse().unwrap_or_else(|e| panic!("xlb_abi.h: {line:?}: {e}"));
             out.push((name.trim().to_owned(), value));
-        }
-    }
-    out
-}
-
-/// Every `enum xlb_* {` the header defines, in order.
-fn header_enums() -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = HEADER;
-    while let Some(i) = rest.find("enum xlb_") {
-        rest = &rest[i + "enum ".len()..];
-        let name: String =
-            rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        if rest[name.len()..].trim_start().starts_with('{') && !out.contains(&name) {
-            out.push(name);
         }
     }
     out

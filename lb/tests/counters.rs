@@ -7,31 +7,16 @@ use std::process::Command;
 
 use lb::{
     abi,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions},
 };
-use testkit::pins::PinDir;
+use testkit::pins::{pinned_map_field, PinDir};
 
-fn max_entries(pin: &PinDir, map: &str) -> u32 {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(pin.path().join(map))
-        .output()
-        .expect("running bpftool");
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let at = text.find("\"max_entries\":").expect("max_entries in bpftool output") + 14;
-    text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+fn max_entries(pin: &PinDir, map: &str) -> u64 {
+    pinned_map_field(&pin.path().join(map), "max_entries")
 }
 
-fn map_id(pin: &PinDir, map: &str) -> String {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(pin.path().join(map))
-        .output()
-        .expect("running bpftool");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let at = text.find("\"id\":").expect("id in bpftool output") + 5;
-    text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().to_owned()
+fn map_id(pin: &PinDir, map: &str) -> u64 {
+    pinned_map_field(&pin.path().join(map), "id")
 }
 
 #[test]
@@ -50,10 +35,9 @@ fn counters_of_another_layout_are_replaced_and_state_kept() {
     assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(max_entries(&pin, "xlb_counters"), 64);
 
-    let opts =
-        LoadOptions { pin_dir: pin.path().into(), sizes: MapSizes::small(), ..Default::default() };
+    let opts = LoadOptions::small(pin.path());
     drop(Dataplane::load(&opts).expect("loading over the old counters map"));
-    assert_eq!(max_entries(&pin, "xlb_counters"), abi::COUNTER_MAX);
+    assert_eq!(max_entries(&pin, "xlb_counters"), u64::from(abi::COUNTER_MAX));
 
     // A second load keeps every map, the new counters included.
     let (ct, counters) = (map_id(&pin, "xlb_ct"), map_id(&pin, "xlb_counters"));

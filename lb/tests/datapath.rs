@@ -2,79 +2,26 @@
 //! minimality ("one endpoint change rewrites one service"), idempotence,
 //! restore after a restart with zero writes, terminating backends, removal.
 //! Privileged tier: needs root and BPF; fails (never skips) without them.
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
-
 use lb::{
     datapath::Datapath,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions},
     model::*,
 };
 use testkit::pins::PinDir;
 
-fn v4(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn backend(addr: &str, node: &str) -> Backend {
-    Backend {
-        name: format!("{addr}:8080"),
-        addr: v4(addr),
-        port: 8080,
-        node: v4(node),
-        weight: 1,
-        state: BackendState::Active,
-    }
-}
-
-fn service(name: &str, vip: &str, backends: Vec<Backend>) -> Service {
-    let mut s = Service::new(ServiceKey::new("default", name, "http"));
-    s.frontends.push(Frontend {
-        addr: v4(vip),
-        port: 80,
-        proto: Proto::Tcp,
-        kind: FrontendKind::LoadBalancer,
-    });
-    s.backends = backends;
-    s
-}
+#[path = "../src/reconcile/fixtures.rs"]
+mod fixtures;
+use fixtures::*;
 
 fn desired() -> Desired {
-    let mut d = Desired::default();
-    d.node.tunnel_v4 = Some(Ipv4Addr::new(10, 0, 0, 2));
-    let a = service(
-        "a",
-        "10.100.0.1",
-        vec![
-            backend("10.244.1.11", "10.0.0.11"),
-            backend("10.244.2.11", "10.0.0.12"),
-            backend("10.244.2.12", "10.0.0.12"),
-        ],
-    );
-    let mut b = service(
-        "b",
-        "10.100.0.2",
-        vec![backend("10.244.1.21", "10.0.0.11"), backend("10.244.2.21", "10.0.0.12")],
-    );
-    b.affinity = Some(Affinity { timeout: Duration::from_secs(600) });
-    b.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
-    for d2 in [a, b] {
-        d.services.insert(d2.key.clone(), d2);
-    }
-    d
+    two()
 }
 
 #[test]
 fn apply_is_minimal_idempotent_and_survives_restart() {
     let pins = PinDir::new("apply");
-    let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.path().into(),
-        sizes: MapSizes::small(),
-        ..Default::default()
-    })
-    .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions::small(pins.path()))
+        .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(pins.path()).unwrap();
 
     let want = desired();
@@ -122,7 +69,7 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
     term.services.get_mut(&key).unwrap().backends[0].state = BackendState::Terminating;
     path.apply(&term).unwrap();
     let a = path.list().unwrap().into_iter().find(|s| s.name == "default/a:http").unwrap();
-    let t = a.backends.iter().find(|b| b.addr == v4("10.244.1.11")).unwrap();
+    let t = a.backends.iter().find(|b| b.addr == ip("10.244.1.11")).unwrap();
     assert!(t.terminating && t.slots == 0, "{t:?}");
     assert_eq!(a.active_backends, 2);
 
@@ -139,12 +86,8 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
 #[test]
 fn invalid_service_is_rejected_before_any_write() {
     let pins = PinDir::new("invalid");
-    let _dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.path().into(),
-        sizes: MapSizes::small(),
-        ..Default::default()
-    })
-    .expect("loading the datapath (root and BPF required)");
+    let _dp = Dataplane::load(&LoadOptions::small(pins.path()))
+        .expect("loading the datapath (root and BPF required)");
     let mut path = Datapath::open(pins.path()).unwrap();
     let mut want = desired();
     want.services.values_mut().last().unwrap().maglev_size = 20000;

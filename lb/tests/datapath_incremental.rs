@@ -4,55 +4,22 @@
 //! one batch survives, tunnel endpoints follow the backends, and `resync`
 //! re-reads the maps and repairs what was changed behind the applier's back.
 //! Privileged tier: needs root and BPF; fails (never skips) without them.
-use std::net::{IpAddr, Ipv4Addr};
-
 use lb::{
     datapath::Datapath,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions},
     maps::Maps,
     model::*,
 };
 use testkit::pins::PinDir;
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn backend(addr: &str, node: &str) -> Backend {
-    Backend {
-        name: format!("{addr}:8080"),
-        addr: ip(addr),
-        port: 8080,
-        node: ip(node),
-        weight: 1,
-        state: BackendState::Active,
-    }
-}
-
-fn service(name: &str, vip: &str, backends: Vec<Backend>) -> Service {
-    let mut s = Service::new(ServiceKey::new("default", name, "http"));
-    s.frontends.push(Frontend {
-        addr: ip(vip),
-        port: 80,
-        proto: Proto::Tcp,
-        kind: FrontendKind::LoadBalancer,
-    });
-    s.backends = backends;
-    s
-}
-
-fn node() -> NodeConfig {
-    NodeConfig { tunnel_v4: Some(Ipv4Addr::new(10, 0, 0, 2)), tunnel_v6: None }
-}
+#[path = "../src/reconcile/fixtures.rs"]
+mod fixtures;
+use fixtures::*;
 
 fn setup(tag: &str) -> (PinDir, Dataplane, Datapath) {
     let pins = PinDir::new(tag);
-    let dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.path().into(),
-        sizes: MapSizes::small(),
-        ..Default::default()
-    })
-    .expect("loading the datapath (root and BPF required)");
+    let dp = Dataplane::load(&LoadOptions::small(pins.path()))
+        .expect("loading the datapath (root and BPF required)");
     let path = Datapath::open(pins.path()).unwrap();
     (pins, dp, path)
 }

@@ -13,7 +13,7 @@ use lb::{
     loader::{Dataplane, LoadError, LoadOptions, MapSizes},
     maps::Maps,
 };
-use testkit::pins::PinDir;
+use testkit::pins::{pinned_map_field, PinDir};
 
 fn load(pin: &PinDir, events: u32, events_enabled: bool) -> Result<Dataplane, LoadError> {
     Dataplane::load(&LoadOptions {
@@ -24,15 +24,7 @@ fn load(pin: &PinDir, events: u32, events_enabled: bool) -> Result<Dataplane, Lo
 }
 
 fn ring_bytes(pin: &PinDir) -> u32 {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(pin.path().join("xlb_events"))
-        .output()
-        .expect("running bpftool");
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let at = text.find("\"max_entries\":").expect("max_entries in bpftool output") + 14;
-    text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    pinned_map_field(&pin.path().join("xlb_events"), "max_entries") as u32
 }
 
 fn root() {

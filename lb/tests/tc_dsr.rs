@@ -15,7 +15,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use lb::{
     abi::{self, DsrNatEntry, FlowKey, GENEVE_OPT_CLASS, GENEVE_PORT},
     datapath::Datapath,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions},
     maps::Maps,
     model::{
         Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
@@ -73,12 +73,9 @@ impl Node {
     /// Node 1 holding `services` (the cluster-wide tables every node has).
     fn with_services(tag: &str, services: Vec<Service>) -> Node {
         let pin = PinDir::new(tag);
-        let dp = Dataplane::load(&LoadOptions {
-            pin_dir: pin.path().into(),
-            sizes: MapSizes::small(),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("loading the datapath into {}: {e:?}", pin.path().display()));
+        let dp = Dataplane::load(&LoadOptions::small(pin.path())).unwrap_or_else(|e| {
+            panic!("loading the datapath into {}: {e:?}", pin.path().display())
+        });
         let desired = Desired {
             node: NodeConfig { tunnel_v4: Some(NODE1_V4), tunnel_v6: Some(NODE1_V6) },
             services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),

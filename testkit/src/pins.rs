@@ -36,3 +36,19 @@ impl Drop for PinDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// A numeric field (`max_entries`, `id`, ...) of the map pinned at `path`,
+/// as `bpftool -j map show pinned` reports it. Panics with bpftool's error.
+pub fn pinned_map_field(path: &std::path::Path, field: &str) -> u64 {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("running bpftool (apt-get install bpftool): {e}"));
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = format!("\"{field}\":");
+    let at =
+        text.find(&key).unwrap_or_else(|| panic!("no {field} in bpftool's {text}")) + key.len();
+    text[at..].trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}

@@ -230,7 +230,8 @@ mod tests {
 
     /// Services a (LoadBalancer, endpoint on node1) and b (ClusterIP,
     /// endpoint on node2); this node is lb.
-    const OBJECTS: &str = "
+    const OBJECTS: &str = concat!(
+        "
 apiVersion: v1
 kind: Service
 metadata: {name: a, namespace: default}
@@ -253,21 +254,9 @@ metadata: {name: b-1, namespace: default, labels: {kubernetes.io/service-name: b
 addressType: IPv4
 endpoints: [{addresses: [10.244.2.5], nodeName: node2}]
 ---
-apiVersion: v1
-kind: Node
-metadata: {name: lb}
-status: {addresses: [{type: InternalIP, address: 10.0.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node1}
-status: {addresses: [{type: InternalIP, address: 10.0.0.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node2}
-status: {addresses: [{type: InternalIP, address: 10.0.0.12}]}
-";
+",
+        include_str!("../../tests/fixtures/three-nodes.yaml")
+    );
 
     fn tracker() -> (Tracker, Cluster) {
         let cluster = load_str(OBJECTS, "objects").unwrap();

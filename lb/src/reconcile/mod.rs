@@ -35,6 +35,8 @@ use crate::{
     view::{self, Detail, ServiceListing},
 };
 
+#[cfg(test)]
+mod fixtures;
 mod ids;
 mod node;
 mod services;

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     io,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     ops::ControlFlow,
     time::Duration,
 };
@@ -24,68 +24,23 @@ use crate::{
 
 mod props;
 
-// ---- fixtures ----------------------------------------------------------------
+// ---- fixtures (shared with the privileged tests: fixtures.rs) ---------------
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+use super::fixtures::{backend, ip, key, node};
 
-fn key(name: &str) -> ServiceKey {
-    ServiceKey::new("default", name, "http")
-}
-
-fn backend(addr: &str, node: &str) -> Backend {
-    Backend {
-        name: format!("{addr}:8080"),
-        addr: ip(addr),
-        port: 8080,
-        node: ip(node),
-        weight: 1,
-        state: BackendState::Active,
-    }
-}
-
-/// A service with one LoadBalancer frontend `vip`:80 and a small table.
+/// `fixtures::service` with a small table (quick builds in memory).
 fn service(name: &str, vip: &str, backends: Vec<Backend>) -> Service {
-    let mut s = Service::new(key(name));
-    s.frontends.push(Frontend {
-        addr: ip(vip),
-        port: 80,
-        proto: Proto::Tcp,
-        kind: FrontendKind::LoadBalancer,
-    });
-    s.backends = backends;
-    s.maglev_size = 251;
-    s
-}
-
-fn node() -> NodeConfig {
-    NodeConfig { tunnel_v4: Some(Ipv4Addr::new(10, 0, 0, 2)), tunnel_v6: None }
+    Service { maglev_size: 251, ..super::fixtures::service(name, vip, backends) }
 }
 
 fn desired(services: impl IntoIterator<Item = Service>) -> Desired {
-    Desired { node: node(), services: services.into_iter().map(|s| (s.key.clone(), s)).collect() }
+    Desired::new(node(), services)
 }
 
-/// Two services, the second with affinity and a source range.
+/// `fixtures::two` with small tables.
 fn two() -> Desired {
-    let a = service(
-        "a",
-        "10.100.0.1",
-        vec![
-            backend("10.244.1.11", "10.0.0.11"),
-            backend("10.244.2.11", "10.0.0.12"),
-            backend("10.244.2.12", "10.0.0.12"),
-        ],
-    );
-    let mut b = service(
-        "b",
-        "10.100.0.2",
-        vec![backend("10.244.1.21", "10.0.0.11"), backend("10.244.2.21", "10.0.0.12")],
-    );
-    b.affinity = Some(Affinity { timeout: Duration::from_secs(600) });
-    b.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
-    desired([a, b])
+    let d = super::fixtures::two();
+    desired(d.services.into_values().map(|s| Service { maglev_size: 251, ..s }))
 }
 
 // ---- a store that checks the datapath's invariants at every write ------------
