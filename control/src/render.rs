@@ -22,6 +22,12 @@ pub fn desired(d: &Desired) -> String {
 }
 
 fn service(out: &mut String, svc: &Service) {
+    // The size the datapath uses; "auto:" when chosen from the backends.
+    let maglev = if svc.maglev_size == lb::model::MAGLEV_SIZE_AUTO {
+        format!("auto:{}", svc.table_size())
+    } else {
+        svc.table_size().to_string()
+    };
     let encap = match svc.encap {
         Encap::Geneve => "geneve",
         Encap::Ipip => "ipip",
@@ -36,8 +42,8 @@ fn service(out: &mut String, svc: &Service) {
     };
     writeln!(
         out,
-        "service {} maglev={} encap={encap} affinity={affinity} source_ranges={ranges}",
-        svc.key, svc.maglev_size
+        "service {} maglev={maglev} encap={encap} affinity={affinity} source_ranges={ranges}",
+        svc.key
     )
     .ok();
     let mut frontends = svc.frontends.clone();

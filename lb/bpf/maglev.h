@@ -11,7 +11,8 @@
  * API
  *   int xlb_maglev_pick(svc, hash, &be, &backend_id)
  *       0, or -XLB_DROP_NO_BACKEND (backend_count 0), -XLB_DROP_NO_MAGLEV (no
- *       table, or maglev_size 0 / > XLB_MAGLEV_MAX), -XLB_DROP_BACKEND_MISSING
+ *       table in the map of its size class nor in xlb_maglev, or
+ *       maglev_size 0 / > XLB_MAGLEV_MAX), -XLB_DROP_BACKEND_MISSING
  *       (slot names no xlb_svc_backends entry, or a backend that is missing,
  *       inactive or terminating)
  *   int xlb_select(svc, key, new_conn, &sel)
@@ -38,32 +39,70 @@ struct xlb_sel {
 	__u32 affinity_hit; /* 1: chosen from xlb_affinity */
 };
 
+/* slot[idx] of the table of `svc_id` in `map`, whose values hold `cap`
+ * slots. Inlined per class with `map` and `cap` constant.
+ * Verifier workaround (clang 14, kernel 6.18): the verifier learns nothing
+ * from a modulo by a runtime value, so slot[idx] needs an explicit bound.
+ * The empty asm hides idx's origin from clang, which could otherwise prove
+ * idx < size and drop the check when size was compared before; the
+ * verifier then rejects the access as out of the map value. */
+static __always_inline int xlb_maglev_read(void *map, __u32 cap, __u32 svc_id, __u32 idx,
+					   __u32 *slot)
+{
+	const __u16 *t = bpf_map_lookup_elem(map, &svc_id);
+
+	if (!t)
+		return -XLB_DROP_NO_MAGLEV;
+	asm volatile("" : "+r"(idx));
+	if (idx >= cap)
+		return -XLB_DROP_NO_MAGLEV;
+	*slot = t[idx];
+	return 0;
+}
+
+/* The table's slot for `idx` (< size): from the map of the smallest class
+ * holding `size` (xlb_abi.h, enum xlb_maglev_class), else from xlb_maglev
+ * (M above every class, or a table written before the classes). */
+static __always_inline int xlb_maglev_slot(__u32 svc_id, __u32 size, __u32 idx, __u32 *slot)
+{
+	int rc = -XLB_DROP_NO_MAGLEV;
+
+	if (size <= XLB_MAGLEV_C1993) {
+		if (size <= XLB_MAGLEV_C199)
+			rc = xlb_maglev_read(&xlb_maglev_199, XLB_MAGLEV_C199, svc_id, idx, slot);
+		else if (size <= XLB_MAGLEV_C457)
+			rc = xlb_maglev_read(&xlb_maglev_457, XLB_MAGLEV_C457, svc_id, idx, slot);
+		else if (size <= XLB_MAGLEV_C971)
+			rc = xlb_maglev_read(&xlb_maglev_971, XLB_MAGLEV_C971, svc_id, idx, slot);
+		else
+			rc = xlb_maglev_read(&xlb_maglev_1993, XLB_MAGLEV_C1993, svc_id, idx, slot);
+	} else if (size <= XLB_MAGLEV_C4027) {
+		rc = xlb_maglev_read(&xlb_maglev_4027, XLB_MAGLEV_C4027, svc_id, idx, slot);
+	} else if (size <= XLB_MAGLEV_C8123) {
+		rc = xlb_maglev_read(&xlb_maglev_8123, XLB_MAGLEV_C8123, svc_id, idx, slot);
+	} else if (size <= XLB_MAGLEV_C16319) {
+		rc = xlb_maglev_read(&xlb_maglev_16319, XLB_MAGLEV_C16319, svc_id, idx, slot);
+	}
+	if (rc)
+		rc = xlb_maglev_read(&xlb_maglev, XLB_MAGLEV_MAX, svc_id, idx, slot);
+	return rc;
+}
+
 static __always_inline int xlb_maglev_pick(const struct xlb_service *svc, __u32 hash,
 					   struct xlb_backend **bep, __u32 *backend_id)
 {
 	struct xlb_svc_backend_key sk = {.svc_id = svc->id};
-	struct xlb_maglev_table *t;
 	struct xlb_backend *be;
-	__u32 size = svc->maglev_size, idx, *id;
+	__u32 size = svc->maglev_size, *id;
+	int rc;
 
 	if (!svc->backend_count)
 		return -XLB_DROP_NO_BACKEND;
 	if (!size || size > XLB_MAGLEV_MAX)
 		return -XLB_DROP_NO_MAGLEV;
-	t = bpf_map_lookup_elem(&xlb_maglev, &svc->id);
-	if (!t)
-		return -XLB_DROP_NO_MAGLEV;
-	idx = hash % size;
-	/* Verifier workaround (clang 14, kernel 6.18): the verifier learns
-	 * nothing from a modulo by a runtime value, so slot[idx] needs an
-	 * explicit bound. The empty asm hides idx's origin from clang, which
-	 * could otherwise prove idx < size and drop the check when size was
-	 * compared before; the verifier then rejects the access as out of the
-	 * map value. */
-	asm volatile("" : "+r"(idx));
-	if (idx >= XLB_MAGLEV_MAX)
-		return -XLB_DROP_NO_MAGLEV;
-	sk.index = t->slot[idx];
+	rc = xlb_maglev_slot(svc->id, size, hash % size, &sk.index);
+	if (rc)
+		return rc;
 	id = bpf_map_lookup_elem(&xlb_svc_backends, &sk);
 	if (!id)
 		return -XLB_DROP_BACKEND_MISSING;

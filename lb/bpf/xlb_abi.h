@@ -426,4 +426,68 @@ struct xlb_backend_meta {
 };
 _Static_assert(sizeof(struct xlb_backend_meta) == 64, "xlb_backend_meta size");
 
+/* ---- #14 performance: Maglev tables by size class --------------------------
+ * A service's table lives in the map of the smallest class holding its M:
+ * xlb_maglev_<C>: HASH (no prealloc), __u32 service id -> struct
+ * xlb_maglev_<C>, for C in enum xlb_maglev_class; M above the largest class
+ * (up to XLB_MAGLEV_MAX) stays in xlb_maglev. Each class is the largest prime
+ * whose map element (value, key and the kernel's ~100 bytes of element and
+ * allocator headers) fits one kmalloc size (512 B ... 32 KiB), so a table
+ * costs what its M needs, not 32 KiB (64 KiB of pages for xlb_maglev's
+ * 32,8xx-byte elements). Only slot[0..M) is meaningful. A table found in no
+ * class map is looked up in xlb_maglev (tables written before the classes
+ * existed keep serving until the agent moves them). */
+enum xlb_maglev_class {
+	XLB_MAGLEV_C199 = 199,	   /* 512 B */
+	XLB_MAGLEV_C457 = 457,	   /* 1 KiB */
+	XLB_MAGLEV_C971 = 971,	   /* 2 KiB */
+	XLB_MAGLEV_C1993 = 1993,   /* 4 KiB */
+	XLB_MAGLEV_C4027 = 4027,   /* 8 KiB */
+	XLB_MAGLEV_C8123 = 8123,   /* 16 KiB */
+	XLB_MAGLEV_C16319 = 16319, /* 32 KiB */
+};
+
+struct xlb_maglev_199 {
+	__u16 slot[XLB_MAGLEV_C199];
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_maglev_199) == 2 * XLB_MAGLEV_C199 + 2, "xlb_maglev_199 size");
+
+struct xlb_maglev_457 {
+	__u16 slot[XLB_MAGLEV_C457];
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_maglev_457) == 2 * XLB_MAGLEV_C457 + 2, "xlb_maglev_457 size");
+
+struct xlb_maglev_971 {
+	__u16 slot[XLB_MAGLEV_C971];
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_maglev_971) == 2 * XLB_MAGLEV_C971 + 2, "xlb_maglev_971 size");
+
+struct xlb_maglev_1993 {
+	__u16 slot[XLB_MAGLEV_C1993];
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_maglev_1993) == 2 * XLB_MAGLEV_C1993 + 2, "xlb_maglev_1993 size");
+
+struct xlb_maglev_4027 {
+	__u16 slot[XLB_MAGLEV_C4027];
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_maglev_4027) == 2 * XLB_MAGLEV_C4027 + 2, "xlb_maglev_4027 size");
+
+struct xlb_maglev_8123 {
+	__u16 slot[XLB_MAGLEV_C8123];
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_maglev_8123) == 2 * XLB_MAGLEV_C8123 + 2, "xlb_maglev_8123 size");
+
+struct xlb_maglev_16319 {
+	__u16 slot[XLB_MAGLEV_C16319];
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_maglev_16319) == 2 * XLB_MAGLEV_C16319 + 2,
+	       "xlb_maglev_16319 size");
+
 #endif /* XLB_ABI_H */

@@ -61,6 +61,14 @@ abi_consts! {
     EV_STAT_SENT: u32 = 0;
     EV_STAT_LOST: u32 = 1;
     EV_STAT_MAX: u32 = 4;
+    // #14 performance: Maglev size classes (enum xlb_maglev_class).
+    MAGLEV_C199: usize = 199;
+    MAGLEV_C457: usize = 457;
+    MAGLEV_C971: usize = 971;
+    MAGLEV_C1993: usize = 1993;
+    MAGLEV_C4027: usize = 4027;
+    MAGLEV_C8123: usize = 8123;
+    MAGLEV_C16319: usize = 16319;
 }
 
 /// xlb_event.hook values (the same numbers as HOOK_*).
@@ -289,7 +297,78 @@ pub const LAYOUTS: &[StructLayout] = &[
     EventsCfg::LAYOUT,
     Event::LAYOUT,
     BackendMeta::LAYOUT,
+    MaglevSlots::<MAGLEV_C199>::LAYOUT,
+    MaglevSlots::<MAGLEV_C457>::LAYOUT,
+    MaglevSlots::<MAGLEV_C971>::LAYOUT,
+    MaglevSlots::<MAGLEV_C1993>::LAYOUT,
+    MaglevSlots::<MAGLEV_C4027>::LAYOUT,
+    MaglevSlots::<MAGLEV_C8123>::LAYOUT,
+    MaglevSlots::<MAGLEV_C16319>::LAYOUT,
 ];
+
+// ---- #14 performance: Maglev tables by size class ----------------------------
+
+/// The Maglev size classes, smallest first (enum xlb_maglev_class): a table
+/// of M slots lives in `xlb_maglev_<C>` for the smallest class C >= M, or in
+/// `xlb_maglev` when M is above every class.
+pub const MAGLEV_CLASSES: [usize; 7] = [
+    MAGLEV_C199,
+    MAGLEV_C457,
+    MAGLEV_C971,
+    MAGLEV_C1993,
+    MAGLEV_C4027,
+    MAGLEV_C8123,
+    MAGLEV_C16319,
+];
+
+/// The class of a table of `size` slots: its map's capacity in slots
+/// ([`MAGLEV_MAX`] for `xlb_maglev`).
+pub fn maglev_class(size: usize) -> usize {
+    MAGLEV_CLASSES.iter().copied().find(|&c| size <= c).unwrap_or(MAGLEV_MAX)
+}
+
+/// The map holding tables of class `class` ([`maglev_class`]).
+pub const fn maglev_map(class: usize) -> &'static str {
+    match class {
+        MAGLEV_C199 => "xlb_maglev_199",
+        MAGLEV_C457 => "xlb_maglev_457",
+        MAGLEV_C971 => "xlb_maglev_971",
+        MAGLEV_C1993 => "xlb_maglev_1993",
+        MAGLEV_C4027 => "xlb_maglev_4027",
+        MAGLEV_C8123 => "xlb_maglev_8123",
+        MAGLEV_C16319 => "xlb_maglev_16319",
+        _ => "xlb_maglev",
+    }
+}
+
+/// Value of `xlb_maglev_<M>` (`struct xlb_maglev_<M>`): M slots and a pad.
+/// The store writes it as bytes (lb::maps::RawMap): the layout is what the
+/// ABI test checks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaglevSlots<const M: usize> {
+    pub slot: [u16; M],
+    pub pad: u16,
+}
+
+impl<const M: usize> MaglevSlots<M> {
+    pub const LAYOUT: StructLayout = StructLayout {
+        c_name: maglev_map(M),
+        size: 2 * M + 2,
+        fields: &[("slot", 0), ("pad", 2 * M)],
+    };
+    const SIZE_OK: () = assert!(core::mem::size_of::<Self>() == 2 * M + 2);
+}
+
+const _: () = {
+    let () = MaglevSlots::<MAGLEV_C199>::SIZE_OK;
+    let () = MaglevSlots::<MAGLEV_C457>::SIZE_OK;
+    let () = MaglevSlots::<MAGLEV_C971>::SIZE_OK;
+    let () = MaglevSlots::<MAGLEV_C1993>::SIZE_OK;
+    let () = MaglevSlots::<MAGLEV_C4027>::SIZE_OK;
+    let () = MaglevSlots::<MAGLEV_C8123>::SIZE_OK;
+    let () = MaglevSlots::<MAGLEV_C16319>::SIZE_OK;
+};
 
 macro_rules! counters {
     ($($v:ident = $n:literal => $name:literal),* $(,)?) => {

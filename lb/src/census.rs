@@ -42,6 +42,13 @@ const MAPS: &[(&str, Used)] = &[
     ("xlb_source_ranges", Used::Present),
     ("xlb_svc_names", Used::Present),
     ("xlb_tx_ports", Used::Present),
+    ("xlb_maglev_199", Used::Present),
+    ("xlb_maglev_457", Used::Present),
+    ("xlb_maglev_971", Used::Present),
+    ("xlb_maglev_1993", Used::Present),
+    ("xlb_maglev_4027", Used::Present),
+    ("xlb_maglev_8123", Used::Present),
+    ("xlb_maglev_16319", Used::Present),
 ];
 
 #[derive(Debug, thiserror::Error)]

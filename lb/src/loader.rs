@@ -28,7 +28,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 /// Map sizes (max_entries). Configuration, not constants in the C code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Services (service ports): Maglev tables, service statistics, names.
+    /// Services (service ports): Maglev tables (of each size class),
+    /// service statistics, names.
     pub services: u32,
     /// Frontends (address, port, protocol).
     pub frontends: u32,
@@ -78,7 +79,8 @@ impl MapSizes {
         }
     }
 
-    fn by_map(&self) -> [(&'static str, u32); 14] {
+    fn by_map(&self) -> Vec<(&'static str, u32)> {
+        let classes = abi::MAGLEV_CLASSES.iter().map(|&c| (abi::maglev_map(c), self.services));
         [
             ("xlb_frontends", self.frontends),
             ("xlb_maglev", self.services),
@@ -95,6 +97,9 @@ impl MapSizes {
             ("xlb_tx_ports", 64),
             (events::RING_MAP, self.events),
         ]
+        .into_iter()
+        .chain(classes)
+        .collect()
     }
 }
 

@@ -75,6 +75,37 @@ pub const MAX_SIZE: u32 = 1 << 24;
 /// The seed every node uses unless configured otherwise.
 pub const DEFAULT_SEED: u64 = 0;
 
+/// Table slots per backend [`auto_size`] aims at (Cilium's guidance: M >
+/// 100·N keeps each backend's share within 1 % and a change's disruption
+/// near its ideal).
+pub const AUTO_SLOTS_PER_BACKEND: usize = 100;
+
+/// The table size for `active` backends when the service sets none: the
+/// smallest size class of the datapath (`abi::MAGLEV_CLASSES`, primes about
+/// 2x apart, each filling one kernel allocation) with at least
+/// [`AUTO_SLOTS_PER_BACKEND`] slots per backend, else the largest table
+/// (`abi::MAGLEV_MAX`, fewer than 100 slots per backend above 163).
+///
+/// A pure function of the count: every node, whatever it saw before (a
+/// restart, a late join, changes coalesced between two applies), picks the
+/// same M for the same endpoints, so a flow that moves to another load
+/// balancer finds the same backend. History-based hysteresis (grow at once,
+/// shrink later) cannot promise that: two nodes with different histories
+/// would hold different tables for the same endpoints. The classes' 2x
+/// steps stand in for it: M changes only when the count crosses a class
+/// boundary (2, 5, 10, 20, 41, 82, 164 backends), not with every scale step
+/// or rolling-update surge inside a class; when it does, established flows
+/// keep their backends through the connection table.
+pub fn auto_size(active: usize) -> u32 {
+    let want = active.max(1).saturating_mul(AUTO_SLOTS_PER_BACKEND);
+    let size = crate::abi::MAGLEV_CLASSES
+        .iter()
+        .copied()
+        .find(|&c| c >= want)
+        .unwrap_or(crate::abi::MAGLEV_MAX);
+    size as u32
+}
+
 const KEY_K0: u64 = u64::from_le_bytes(*b"xlb-magl");
 const KEY_OFFSET_K1: u64 = u64::from_le_bytes(*b"ev:offst");
 const KEY_SKIP_K1: u64 = u64::from_le_bytes(*b"ev:skip.");

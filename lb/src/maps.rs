@@ -1,7 +1,11 @@
 //! Typed handles on the pinned datapath maps, opened by path: the only place
 //! that names a map. [`crate::store::BpfStore`] does every reconciler write
 //! and read-model read through them.
-use std::path::{Path, PathBuf};
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{
@@ -78,6 +82,8 @@ pub struct Maps {
     pub svc_names: Hash<u32, abi::SvcName>,
     pub backend_meta: Hash<u32, abi::BackendMeta>,
     pub config_gen: Array<MapData, abi::ConfigGen>,
+    /// The Maglev class maps, smallest class first (abi::MAGLEV_CLASSES).
+    pub maglev_classes: Vec<RawMap>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -106,6 +112,10 @@ impl Maps {
             svc_names: open(dir, "xlb_svc_names")?,
             backend_meta: open(dir, "xlb_backend_meta")?,
             config_gen: open(dir, "xlb_config_gen")?,
+            maglev_classes: abi::MAGLEV_CLASSES
+                .iter()
+                .map(|&c| RawMap::open(dir, abi::maglev_map(c)))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -117,4 +127,168 @@ pub fn src_range_key(svc_id: u32, cidr: &crate::model::Cidr) -> Key<SrcRangeData
         64 + cidr.len as u32,
         SrcRangeData { svc_id: svc_id.to_be(), family, pad: [0; 3], addr },
     )
+}
+
+// ---- #14 performance: maps by raw bpf(2) calls --------------------------------
+
+/// A pinned map driven by bpf(2) on byte buffers: for maps whose value type
+/// is chosen at run time (the Maglev size classes) and for batched updates
+/// (one syscall for many entries), which aya does not offer.
+pub struct RawMap {
+    data: MapData,
+    name: &'static str,
+    key_size: usize,
+    value_size: usize,
+}
+
+impl std::fmt::Debug for RawMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawMap({})", self.name)
+    }
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// The leading fields of union bpf_attr for the *_ELEM commands.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// union bpf_attr's `batch` member.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: attr is a valid, initialised bpf_attr prefix of its size; the
+    // buffers it points to outlive the call and have the map's sizes.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>())
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn syscall_error(call: &'static str, io_error: io::Error) -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError { call, io_error })
+}
+
+impl RawMap {
+    /// Opens `dir/name`.
+    pub fn open(dir: &Path, name: &'static str) -> Result<RawMap, MapsError> {
+        let path = dir.join(name);
+        let err = |source| MapsError::Open { path: path.clone(), source: Box::new(source) };
+        let data = MapData::from_pin(&path).map_err(err)?;
+        let info = data.info().map_err(err)?;
+        Ok(RawMap {
+            data,
+            name,
+            key_size: info.key_size() as usize,
+            value_size: info.value_size() as usize,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn value_size(&self) -> usize {
+        self.value_size
+    }
+
+    fn fd(&self) -> u32 {
+        self.data.fd().as_fd().as_raw_fd() as u32
+    }
+
+    fn check(&self, key: &[u8], value: &[u8]) -> Result<(), MapError> {
+        if key.len() != self.key_size || value.len() != self.value_size {
+            return Err(syscall_error(
+                "bpf_map_update_elem",
+                io::Error::new(io::ErrorKind::InvalidInput, "key or value of the wrong size"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes one entry (`value` of exactly the map's value size).
+    pub fn update(&self, key: &[u8], value: &[u8]) -> Result<(), MapError> {
+        self.check(key, value)?;
+        let mut a = ElemAttr {
+            map_fd: self.fd(),
+            key: key.as_ptr() as u64,
+            value: value.as_ptr() as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut a).map_err(|e| syscall_error("bpf_map_update_elem", e))
+    }
+
+    /// Reads one entry into `value`; false if there is none.
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, MapError> {
+        self.check(key, value)?;
+        let mut a = ElemAttr {
+            map_fd: self.fd(),
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(syscall_error("bpf_map_lookup_elem", e)),
+        }
+    }
+
+    /// Deletes one entry; an absent one is fine.
+    pub fn delete(&self, key: &[u8]) -> Result<(), MapError> {
+        let mut a = ElemAttr { map_fd: self.fd(), key: key.as_ptr() as u64, ..Default::default() };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(syscall_error("bpf_map_delete_elem", e)),
+        }
+    }
+
+    /// Writes `keys.len() / key_size` entries in one syscall (the kernel
+    /// applies them in order and stops at the first failure).
+    pub fn update_batch(&self, keys: &[u8], values: &[u8]) -> Result<(), MapError> {
+        let n = keys.len() / self.key_size.max(1);
+        if keys.len() != n * self.key_size || values.len() != n * self.value_size {
+            return Err(syscall_error(
+                "bpf_map_update_batch",
+                io::Error::new(io::ErrorKind::InvalidInput, "keys and values of the wrong size"),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut a = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: n as u32,
+            map_fd: self.fd(),
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut a).map_err(|e| syscall_error("bpf_map_update_batch", e))
+    }
 }

@@ -3,8 +3,16 @@
 //! into a [`Desired`]; `datapath::Datapath::apply` turns it into map writes.
 use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
-/// Default Maglev table size (prime), the largest the datapath holds.
-pub const DEFAULT_MAGLEV_SIZE: u32 = 16381;
+/// The largest Maglev table size (prime) the datapath holds.
+pub const MAX_MAGLEV_SIZE: u32 = 16381;
+
+/// [`Service::maglev_size`] that lets the datapath choose M from the number
+/// of active backends ([`crate::maglev::auto_size`]).
+pub const MAGLEV_SIZE_AUTO: u32 = 0;
+
+/// The Maglev table size of a service that sets none: chosen from its
+/// active backends.
+pub const DEFAULT_MAGLEV_SIZE: u32 = MAGLEV_SIZE_AUTO;
 
 /// L4 protocol of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -197,7 +205,8 @@ pub struct Service {
     /// All backends, active and terminating, in any order.
     pub backends: Vec<Backend>,
     pub affinity: Option<Affinity>,
-    /// Prime Maglev table size, <= [`DEFAULT_MAGLEV_SIZE`].
+    /// Prime Maglev table size, <= [`MAX_MAGLEV_SIZE`]; or
+    /// [`MAGLEV_SIZE_AUTO`] (the default): see [`Service::table_size`].
     pub maglev_size: u32,
     pub encap: Encap,
     /// loadBalancerSourceRanges; empty: every client.
@@ -215,6 +224,18 @@ impl Service {
             encap: Encap::default(),
             source_ranges: Vec::new(),
         }
+    }
+
+    /// The Maglev table size M the datapath uses: `maglev_size`, or with
+    /// [`MAGLEV_SIZE_AUTO`] the size [`crate::maglev::auto_size`] picks for
+    /// the active backends (a function of their number alone, so every node
+    /// picks the same).
+    pub fn table_size(&self) -> u32 {
+        if self.maglev_size != MAGLEV_SIZE_AUTO {
+            return self.maglev_size;
+        }
+        let active = self.backends.iter().filter(|b| b.state == BackendState::Active).count();
+        crate::maglev::auto_size(active)
     }
 
     /// A service answering on one frontend, with `backends`.

@@ -65,6 +65,9 @@ pub(crate) struct TableSummary {
     pub hash: u64,
     /// Slots in use: the service's table size (0 without a frontend to say it).
     pub size: usize,
+    /// Slots read: `size`, or without it the capacity of the size class
+    /// whose map held the table (its class is what the maps can say).
+    pub len: usize,
     /// Slots per service-local index, over the first `size`.
     pub slots: HashMap<u16, usize>,
 }
@@ -133,7 +136,9 @@ impl RawService {
     }
 }
 
-fn fe_sort_key(k: &abi::FrontendKey) -> (u8, [u8; 16], u16, u8) {
+/// The order frontends are listed in (the first one's settings are the
+/// service's).
+pub(crate) fn fe_sort_key(k: &abi::FrontendKey) -> (u8, [u8; 16], u16, u8) {
     (k.family, k.addr, u16::from_be(k.port), k.proto)
 }
 
@@ -179,14 +184,14 @@ pub(crate) fn read_services<S: MapStore + ?Sized>(
         s.ranges.sort();
         if detail.tables {
             let size = s.settings().map_or(0, |v| (v.maglev_size as usize).min(abi::MAGLEV_MAX));
-            s.table = store.maglev(s.id, abi::MAGLEV_MAX)?.map(|t| {
+            s.table = store.maglev(s.id, size)?.map(|t| {
                 let mut slots = HashMap::new();
                 if detail.slot_counts {
                     for &i in &t[..size] {
                         *slots.entry(i).or_default() += 1;
                     }
                 }
-                TableSummary { hash: table_hash(&t), size, slots }
+                TableSummary { hash: table_hash(&t), size, len: t.len(), slots }
             });
         }
         if detail.traffic {

@@ -29,17 +29,18 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
     assert_eq!(first.services_added, 2);
     let dump = path.dump().unwrap();
     assert!(
-        dump.contains("service default/a:http id=0 maglev=16381 encap=geneve backends=3/3"),
+        dump.contains("service default/a:http id=0 maglev=457 encap=geneve backends=3/3"),
         "{dump}"
     );
     assert!(dump.contains("  frontend 10.100.0.1:80/TCP"), "{dump}");
     assert!(dump.contains("affinity=ClientIP/600s source-ranges=192.0.2.0/24"), "{dump}");
-    // Every slot of the table points at a listed backend; the shares are even.
+    // M chosen from the 3 backends (lb::maglev::auto_size): 457. Every slot
+    // of the table points at a listed backend; the shares are even.
     let listing = path.list().unwrap();
     let a = listing.iter().find(|s| s.name == "default/a:http").unwrap();
     let slots: Vec<usize> = a.backends.iter().map(|b| b.slots).collect();
-    assert_eq!(slots.iter().sum::<usize>(), 16381, "{dump}");
-    assert!(slots.iter().all(|&n| n == 5460 || n == 5461), "{slots:?}");
+    assert_eq!(slots.iter().sum::<usize>(), 457, "{dump}");
+    assert!(slots.iter().all(|&n| n == 152 || n == 153), "{slots:?}");
 
     // Applying the same state again writes nothing.
     let again = path.apply(&want).unwrap();

@@ -39,7 +39,7 @@ use lb::{
     loader::{read_counters, Dataplane, LoadOptions, MapSizes},
     model::{
         Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
-        ServiceKey, DEFAULT_MAGLEV_SIZE,
+        ServiceKey, MAX_MAGLEV_SIZE,
     },
 };
 use testkit::{
@@ -97,7 +97,7 @@ fn service(name: &str, vip: &str, port: u16, proto: Proto) -> Service {
             }
         })
         .collect();
-    s.maglev_size = DEFAULT_MAGLEV_SIZE;
+    s.maglev_size = MAX_MAGLEV_SIZE;
     s.encap = Encap::Geneve;
     s
 }

@@ -8,7 +8,11 @@ mod common;
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use common::*;
-use lb::model::{Affinity, BackendState, Proto, Service};
+use lb::{
+    abi,
+    model::{Affinity, BackendState, Desired, NodeConfig, Proto, Service},
+    store::MapStore,
+};
 
 /// Pod 1 of nodes 1..=n, behind VIP:80/TCP.
 fn spread_service(v6: bool, n: u8) -> Service {
@@ -219,6 +223,85 @@ fn a_syn_reusing_a_4_tuple_does_not_follow_it_to_a_terminating_backend() {
                 Case::of(format!("{} SYN reusing the 4-tuple goes to B", fam(v6)), &s)
                     .tx(&geneve_dsr(2, v6, &s, 80, b)),
             ]);
+        }
+    });
+}
+
+/// #14: with no maglev size set, M follows the active backends (3: 457, 12:
+/// 1993, lb::maglev::auto_size), so the table moves between the size-class
+/// maps: the new one is written first, the frontend then names the new M,
+/// then the old entry goes. An established flow keeps its backend through
+/// the connection table; new flows follow the new table; and a table left
+/// in xlb_maglev by an agent from before the classes serves new flows until
+/// the next apply moves it into its class's map.
+#[test]
+fn a_table_moves_between_size_classes_without_moving_flows() {
+    with_lab("mclass", |lab| {
+        for v6 in BOTH {
+            let name = format!("spread-{}", fam(v6));
+            let mut svc = spread_service(v6, 3);
+            svc.maglev_size = lb::model::MAGLEV_SIZE_AUTO;
+            lab.apply(&[svc.clone()]);
+            let id = lab.listing(&name).id;
+            assert_eq!(lab.listing(&name).maglev_size, 457);
+            let s = syn(v6, 46000);
+            let (want, ep) = lab.expect_dsr(&s, 80);
+            lab.check(&[Case::of(format!("{} SYN at M = 457", fam(v6)), &s).tx(&want)]);
+
+            svc.backends = (1..=3)
+                .flat_map(|n| (1..=4).map(move |m| backend(pod(n, m, v6), node(n, v6))))
+                .collect();
+            lab.apply(&[svc.clone()]);
+            let l = lab.listing(&name);
+            assert_eq!((l.maglev_size, l.table_size), (1993, 1993), "{name}");
+            let maps = lab.path.maps();
+            let in_class = |i: usize| {
+                let mut v = vec![0u8; maps.maglev_classes[i].value_size()];
+                maps.maglev_classes[i].lookup(&id.to_ne_bytes(), &mut v).unwrap()
+            };
+            assert!(
+                !in_class(1) && in_class(3),
+                "{name}: the 457 entry goes, the 1993 one is there"
+            );
+
+            let k = ack(v6, 46000);
+            let n = node_index(svc.backends.iter().find(|b| b.addr == ep.ip()).unwrap().node);
+            let mut cases = vec![Case::of(format!("{} ACK keeps its backend", fam(v6)), &k)
+                .tx(&geneve_dsr(n, v6, &k, 80, ep))];
+            for p in 46100..46150 {
+                let s = syn(v6, p);
+                cases.push(
+                    Case::of(format!("{} SYN {p} at M = 1993", fam(v6)), &s)
+                        .tx(&lab.expect_dsr(&s, 80).0),
+                );
+            }
+            lab.check(&cases);
+
+            // An older agent's table: in xlb_maglev, not in the class map.
+            let table = lab.path.store().maglev(id, 1993).unwrap().unwrap();
+            let mut legacy = abi::MaglevTable { slot: [0; abi::MAGLEV_MAX], pad: 0 };
+            legacy.slot[..1993].copy_from_slice(&table);
+            let maps = lab.path.maps();
+            let mut big: lb::maps::Hash<u32, abi::MaglevTable> =
+                aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+                    aya::maps::MapData::from_pin(lab.path.pin_dir().join("xlb_maglev")).unwrap(),
+                ))
+                .unwrap();
+            big.insert(id, &legacy, 0).unwrap();
+            maps.maglev_classes[3].delete(&id.to_ne_bytes()).unwrap();
+            let s = syn(v6, 46200);
+            let want = lab.expect_dsr(&s, 80).0;
+            lab.check(&[Case::of(format!("{} SYN from the old map", fam(v6)), &s).tx(&want)]);
+            // A resync re-reads the maps: the table is rewritten in its class.
+            let node = NodeConfig { tunnel_v4: Some(LB_V4), tunnel_v6: Some(LB_V6) };
+            lab.path.resync(&Desired::new(node, [svc.clone()])).unwrap();
+            let maps = lab.path.maps();
+            let mut v = vec![0u8; maps.maglev_classes[3].value_size()];
+            assert!(maps.maglev_classes[3].lookup(&id.to_ne_bytes(), &mut v).unwrap());
+            assert!(maps.maglev.get(&id, 0).is_err(), "{name}: the old map's entry is removed");
+            let s = syn(v6, 46300);
+            let want = lab.expect_dsr(&s, 80).0;
+            lab.check(&[Case::of(format!("{} SYN after the move", fam(v6)), &s).tx(&want)]);
         }
     });
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result};
 use lb::model::{
     Backend, BackendState, Desired, Encap, Frontend, FrontendKind, NodeConfig, Proto, Service,
-    ServiceKey, DEFAULT_MAGLEV_SIZE,
+    ServiceKey, MAX_MAGLEV_SIZE,
 };
 use testkit::netns::run;
 
@@ -65,7 +65,7 @@ pub fn service(name: &str, vip: IpAddr, port: u16, proto: Proto, bes: Vec<Backen
     let mut s = Service::new(ServiceKey::new("bench", name, ""));
     s.frontends.push(Frontend { addr: vip, port, proto, kind: FrontendKind::LoadBalancer });
     s.backends = bes;
-    s.maglev_size = DEFAULT_MAGLEV_SIZE;
+    s.maglev_size = MAX_MAGLEV_SIZE;
     s.encap = Encap::Geneve;
     s
 }

@@ -23,7 +23,7 @@ use k8s_openapi::{
 };
 use lb::model::{
     Affinity, Backend, Cidr, Encap, Frontend, FrontendKind, Proto, Service, ServiceKey,
-    DEFAULT_MAGLEV_SIZE,
+    DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE,
 };
 
 use super::{
@@ -271,17 +271,18 @@ impl Cx<'_> {
         svc.metadata.annotations.as_ref().and_then(|a| a.get(name))
     }
 
-    /// The `xlb.io/maglev-size` annotation: a prime up to the default size.
+    /// The `xlb.io/maglev-size` annotation: a prime up to the largest
+    /// table; without it the datapath chooses M from the active backends.
     fn maglev_size(&mut self, svc: &KubeService) -> u32 {
         let Some(v) = Self::annotation(svc, MAGLEV_SIZE_ANNOTATION) else {
             return DEFAULT_MAGLEV_SIZE;
         };
         match v.trim().parse::<u32>() {
-            Ok(n) if is_prime(n) && n <= DEFAULT_MAGLEV_SIZE => n,
+            Ok(n) if is_prime(n) && n <= MAX_MAGLEV_SIZE => n,
             _ => {
                 self.error(
                     format!("metadata.annotations[{MAGLEV_SIZE_ANNOTATION}]"),
-                    Problem::BadMaglevSize { value: v.clone(), max: DEFAULT_MAGLEV_SIZE },
+                    Problem::BadMaglevSize { value: v.clone(), max: MAX_MAGLEV_SIZE },
                 );
                 DEFAULT_MAGLEV_SIZE
             }
@@ -569,7 +570,7 @@ mod tests {
     fn primes() {
         let small: Vec<u32> = (0..30).filter(|n| is_prime(*n)).collect();
         assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
-        assert!(is_prime(DEFAULT_MAGLEV_SIZE));
+        assert!(is_prime(MAX_MAGLEV_SIZE));
         assert!(!is_prime(16383));
     }
 

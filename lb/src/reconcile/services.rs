@@ -73,10 +73,11 @@ pub(crate) fn validate(svc: &Service) -> Result<(), DatapathError> {
     if svc.key.0.len() > 127 {
         return bad(Problem::KeyTooLong { len: svc.key.0.len() });
     }
-    if svc.maglev_size as usize > abi::MAGLEV_MAX || svc.maglev_size < 2 {
-        return bad(Problem::MaglevSize { size: svc.maglev_size, max: abi::MAGLEV_MAX });
+    let size = svc.table_size();
+    if size as usize > abi::MAGLEV_MAX || size < 2 {
+        return bad(Problem::MaglevSize { size, max: abi::MAGLEV_MAX });
     }
-    if let Err(e) = Maglev::new(svc.maglev_size) {
+    if let Err(e) = Maglev::new(size) {
         return bad(Problem::Maglev(e));
     }
     let mut frontends = HashSet::new();
@@ -86,7 +87,7 @@ pub(crate) fn validate(svc: &Service) -> Result<(), DatapathError> {
         }
     }
     let active = svc.backends.iter().filter(|b| b.state == BackendState::Active).count();
-    if svc.backends.len() >= MAX_BACKENDS || active > svc.maglev_size as usize {
+    if svc.backends.len() >= MAX_BACKENDS || active > size as usize {
         return bad(Problem::TooManyBackends { count: svc.backends.len(), max: MAX_BACKENDS - 1 });
     }
     let mut endpoints = HashSet::new();
@@ -140,7 +141,7 @@ fn service_value(svc_id: u32, svc: &Service) -> abi::Service {
     }
     abi::Service {
         id: svc_id,
-        maglev_size: svc.maglev_size,
+        maglev_size: svc.table_size(),
         flags,
         affinity_timeout_s: svc
             .affinity
@@ -177,6 +178,16 @@ pub(crate) struct Backend {
 pub(crate) struct Table {
     /// Hash of the slots in the map; None: no table.
     pub written: Option<u64>,
+    /// Its size M, as the frontends carry it: the table is in the map of
+    /// M's size class.
+    pub size: usize,
+    /// (hash, size) of a table written in another class's map that the
+    /// frontends do not name yet (M moved to another class): it becomes the
+    /// table once they all carry its M.
+    pub next: Option<(u64, usize)>,
+    /// The size of a table in another class's map that no frontend names
+    /// any more: removed.
+    pub gone: Option<usize>,
     /// What the table (or its absence) was built from; None: not known
     /// (restored, not verified by a rebuild yet).
     pub input: Option<TableInput>,
@@ -226,7 +237,7 @@ impl Svc {
                 .collect();
             active.sort_unstable();
         }
-        let size = if active.is_empty() { 0 } else { svc.maglev_size };
+        let size = if active.is_empty() { 0 } else { svc.table_size() };
         let same = self.table.input.as_ref().is_some_and(|t| {
             t.size == size
                 && t.active.len() == active.len()
@@ -297,7 +308,21 @@ impl Services {
                 st.backends.insert(b.index, Backend { id: b.id, value: b.value, meta });
             }
             st.indices = IdPool::new(0, MAX_BACKENDS as u32, &used);
-            st.table = Table { written: s.table.as_ref().map(|t| t.hash), input: None };
+            st.table = Table {
+                written: s.table.as_ref().map(|t| t.hash),
+                size: s.table.as_ref().map_or(0, |t| if t.size > 0 { t.size } else { t.len }),
+                next: None,
+                gone: None,
+                input: None,
+            };
+            // A table in xlb_maglev that belongs in a class map (an agent
+            // from before the classes wrote it): written anew there, then
+            // removed from xlb_maglev.
+            if s.table.as_ref().is_some_and(|t| {
+                t.len == abi::MAGLEV_MAX && abi::maglev_class(st.table.size) != abi::MAGLEV_MAX
+            }) {
+                (st.table.written, st.table.gone) = (None, Some(abi::MAGLEV_MAX));
+            }
             let mut key = ServiceKey(s.display_name());
             if map.contains_key(&key) {
                 // Two ids under one name: this one is not desired, so removed.
@@ -325,6 +350,17 @@ impl Services {
             if let Some(o) = old.map.get(key) {
                 if o.id == st.id && o.table.written == st.table.written {
                     st.table.input.clone_from(&o.table.input);
+                }
+                // A table written in another class's map than the one the
+                // frontends name (an apply stopped half way): the re-read
+                // cannot see it, so it is carried over to be used or removed.
+                if o.id == st.id {
+                    let other =
+                        |size: usize| abi::maglev_class(size) != abi::maglev_class(st.table.size);
+                    st.table.next = o.table.next.filter(|&(_, size)| other(size));
+                    if let Some(size) = o.table.gone.filter(|&size| other(size)) {
+                        st.table.gone = Some(size);
+                    }
                 }
             }
         }
@@ -549,11 +585,26 @@ impl Services {
                 drop_table = Some(input);
             } else {
                 if !slots.is_empty() {
-                    let hash = table_hash(&slots);
-                    if st.table.written != Some(hash) {
+                    // A table of another size class goes into another map:
+                    // the frontends move to it below, then the old one goes.
+                    let size = slots.len();
+                    let slots = tables::padded(slots);
+                    let want = (table_hash(&slots), size);
+                    let moved = st.table.written.is_some()
+                        && abi::maglev_class(st.table.size) != abi::maglev_class(want.1);
+                    let have = if moved {
+                        st.table.next
+                    } else {
+                        st.table.written.map(|h| (h, st.table.size))
+                    };
+                    if have.map(|h| h.0) != Some(want.0) {
                         write(store, Write::Maglev { svc_id: id, slots: &slots })?;
-                        st.table.written = Some(hash);
                         stats.table_writes += 1;
+                    }
+                    if moved {
+                        st.table.next = Some(want);
+                    } else {
+                        (st.table.written, st.table.size) = (Some(want.0), want.1);
                     }
                 }
                 st.table.input = Some(input);
@@ -589,6 +640,12 @@ impl Services {
                 old.is_none_or(|o| abi::Service { backend_count: want.backend_count, ..o } != want);
             st.frontends.insert(key, want);
             stats.frontend_writes += 1;
+            promote_moved_table(st);
+        }
+
+        // A moved table no frontend names (M moved back) is removed in 5.
+        if let Some((_, size)) = st.table.next.take() {
+            st.table.gone = Some(size);
         }
 
         // 4. Source ranges no longer listed, once no frontend enforces them.
@@ -600,10 +657,17 @@ impl Services {
             stats.settings_changed = true;
         }
 
-        // 5. The emptied table.
+        // 5. A table no frontend names, then the emptied table.
+        if let Some(size) = st.table.gone {
+            if abi::maglev_class(size) != abi::maglev_class(st.table.size) {
+                write(store, Write::MaglevDelete { svc_id: id, size })?;
+                stats.deletes += 1;
+            }
+            st.table.gone = None;
+        }
         if let Some(input) = drop_table {
-            write(store, Write::MaglevDelete { svc_id: id })?;
-            st.table = Table { written: None, input: Some(input) };
+            write(store, Write::MaglevDelete { svc_id: id, size: st.table.size })?;
+            st.table = Table { input: Some(input), ..Table::default() };
             stats.deletes += 1;
         }
 
@@ -647,8 +711,13 @@ impl Services {
             stats.deletes += 1;
             stats.settings_changed = true;
         }
+        for size in [st.table.next.map(|n| n.1), st.table.gone].into_iter().flatten() {
+            write(store, Write::MaglevDelete { svc_id: id, size })?;
+            stats.deletes += 1;
+        }
+        (st.table.next, st.table.gone) = (None, None);
         if st.table.written.is_some() {
-            write(store, Write::MaglevDelete { svc_id: id })?;
+            write(store, Write::MaglevDelete { svc_id: id, size: st.table.size })?;
             st.table = Table::default();
             stats.deletes += 1;
         }
@@ -662,6 +731,19 @@ impl Services {
         map.remove(key);
         pools.svc_ids.release(id);
         Ok(())
+    }
+}
+
+/// A table moved to another class ([`Table::next`]) becomes the service's
+/// table as soon as the frontend whose settings are the service's (the
+/// first listed: [`view::fe_sort_key`]) carries its M; the old one is
+/// removed once every frontend does (step 5 of `finish`).
+fn promote_moved_table(st: &mut Svc) {
+    let Some((hash, size)) = st.table.next else { return };
+    let first = st.frontends.iter().min_by_key(|(k, _)| crate::view::fe_sort_key(k));
+    if first.is_some_and(|(_, v)| v.maglev_size as usize == size) {
+        st.table.gone = Some(st.table.size);
+        (st.table.written, st.table.size, st.table.next) = (Some(hash), size, None);
     }
 }
 

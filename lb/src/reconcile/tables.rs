@@ -11,6 +11,24 @@ use crate::{maglev::Maglev, model::ServiceKey};
 /// be written: a cold start of 10k services stays at a few MiB).
 const CHUNK: usize = 256;
 
+/// The value written for a table of M = `slots.len()` slots: the whole of
+/// its size class's value, slot i >= M repeating slot i mod M. A reader
+/// that still has another M of the same class (the frontends are rewritten
+/// after the table) then reads only indices the table names, never the
+/// zeros of a padded tail.
+pub(crate) fn padded(mut slots: Vec<u16>) -> Vec<u16> {
+    let m = slots.len();
+    let class = crate::abi::maglev_class(m);
+    if m > 0 && class > m {
+        slots.reserve(class - m);
+        for i in m..class {
+            let s = slots[i - m];
+            slots.push(s);
+        }
+    }
+    slots
+}
+
 /// What a Maglev table is built from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct TableInput {

@@ -50,8 +50,9 @@ fn two() -> Desired {
 #[derive(Clone, Debug)]
 struct Checked {
     inner: MemStore,
-    /// Lengths of the tables written, by service id (MemStore pads reads).
-    tables: HashMap<u32, usize>,
+    /// Lengths of the tables written, by service id and size class
+    /// (MemStore pads reads).
+    tables: HashMap<(u32, usize), usize>,
     writes: usize,
     /// Fails the write with this number (once).
     fail_at: Option<usize>,
@@ -81,10 +82,11 @@ impl Checked {
     fn shadow(&mut self, w: &Write<'_>) {
         match *w {
             Write::Maglev { svc_id, slots } => {
-                self.tables.insert(svc_id, slots.len());
+                self.tables.insert((svc_id, abi::maglev_class(slots.len())), slots.len());
             }
-            Write::MaglevDelete { svc_id } => {
-                self.tables.remove(&svc_id);
+            Write::MaglevDelete { svc_id, size } => {
+                self.tables.remove(&(svc_id, abi::maglev_class(size)));
+                self.tables.remove(&(svc_id, abi::MAGLEV_MAX));
             }
             _ => {}
         }
@@ -109,14 +111,20 @@ impl Checked {
             if !names.contains_key(&v.id) {
                 return Err(format!("{fe} names service {} which has no name", v.id));
             }
-            if v.backend_count > 0 && !self.tables.contains_key(&v.id) {
+            // The datapath reads slots below the frontend's M from its
+            // class's map: a table must be there and cover them.
+            let m = v.maglev_size as usize;
+            let len = self.tables.get(&(v.id, abi::maglev_class(m)));
+            if v.backend_count > 0 && len.is_none_or(|&l| l < m) {
                 return Err(format!(
-                    "{fe} counts {} backends, service {} has no table",
-                    v.backend_count, v.id
+                    "{fe} counts {} backends with M = {m}, service {} has {}",
+                    v.backend_count,
+                    v.id,
+                    len.map_or("no table in that class".into(), |l| format!("{l} slots there"))
                 ));
             }
         }
-        for (&svc, &len) in &self.tables {
+        for (&(svc, _), &len) in &self.tables {
             let slots: BTreeSet<u16> = s.maglev(svc, len).unwrap().unwrap().into_iter().collect();
             for i in slots {
                 if !index.contains_key(&(svc, u32::from(i))) {
@@ -222,7 +230,8 @@ struct SvcMirror {
     frontends: BTreeMap<(u8, [u8; 16], u16, u8), abi::Service>,
     ranges: BTreeSet<Cidr>,
     backends: BTreeMap<u32, services::Backend>,
-    table: Option<u64>,
+    /// (hash, size class) of the table: its size is the frontends' to say.
+    table: Option<(u64, usize)>,
 }
 
 /// The bookkeeping, less what the maps cannot say (free-id order, the
@@ -249,7 +258,7 @@ fn mirror<S: MapStore>(dp: &Datapath<S>) -> Mirror {
                         .collect(),
                     ranges: s.ranges.clone(),
                     backends: s.backends.clone(),
-                    table: s.table.written,
+                    table: s.table.written.map(|h| (h, abi::maglev_class(s.table.size))),
                 };
                 (k.clone(), m)
             })
@@ -552,7 +561,7 @@ fn resync_repairs_what_changed_behind_the_reconcilers() {
     // b's frontend and a's table go, one of a's backends is rewritten, and
     // a service a missed delete left behind appears.
     store.damage(Write::FrontendDelete { key: fe.0 });
-    store.damage(Write::MaglevDelete { svc_id: a.id });
+    store.damage(Write::MaglevDelete { svc_id: a.id, size: 251 });
     let be = store.backend(a.backends[0].id).unwrap();
     let moved = abi::Backend { node: [10, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ..be };
     store.damage(Write::Backend { id: a.backends[0].id, value: moved });

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     abi,
-    maps::{src_range_key, Maps, MapsError},
+    maps::{src_range_key, Maps, MapsError, RawMap},
     model::Cidr,
 };
 
@@ -41,6 +41,21 @@ impl BpfStore {
     pub fn maps(&self) -> &Maps {
         &self.maps
     }
+}
+
+/// The class map of tables of `size` slots; None: xlb_maglev.
+fn maglev_class(maps: &Maps, size: usize) -> Option<&RawMap> {
+    let class = abi::maglev_class(size);
+    let i = abi::MAGLEV_CLASSES.iter().position(|&c| c == class)?;
+    maps.maglev_classes.get(i)
+}
+
+/// The first `size` slots of a table value (native-endian u16s).
+fn slots_of(value: &[u8], size: usize) -> Vec<u16> {
+    let mut out: Vec<u16> =
+        value.chunks_exact(2).take(size).map(|c| u16::from_ne_bytes([c[0], c[1]])).collect();
+    out.resize(size, 0);
+    out
 }
 
 fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> StoreError {
@@ -111,8 +126,23 @@ impl MapStore for BpfStore {
     }
 
     fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError> {
+        if size == 0 {
+            for &class in &abi::MAGLEV_CLASSES {
+                if let Some(t) = self.maglev(svc_id, class)? {
+                    return Ok(Some(t));
+                }
+            }
+            return self.maglev(svc_id, abi::MAGLEV_MAX);
+        }
+        let size = size.min(abi::MAGLEV_MAX);
+        if let Some(m) = maglev_class(&self.maps, size) {
+            let mut value = vec![0u8; m.value_size()];
+            if m.lookup(&svc_id.to_ne_bytes(), &mut value).map_err(op(m.name(), "lookup"))? {
+                return Ok(Some(slots_of(&value, abi::maglev_class(size))));
+            }
+        }
         let t = found(self.maps.maglev.get(&svc_id, 0), "xlb_maglev")?;
-        Ok(t.map(|t| t.slot[..size.min(abi::MAGLEV_MAX)].to_vec()))
+        Ok(t.map(|t| t.slot.to_vec()))
     }
 
     fn source_ranges(&self) -> Result<Vec<(u32, Cidr)>, StoreError> {
@@ -194,12 +224,25 @@ impl MapStore for BpfStore {
                 removed(m.source_ranges.remove(&src_range_key(svc_id, &cidr)), map)
             }
             Write::Maglev { svc_id, slots } => {
+                if let Some(c) = maglev_class(m, slots.len()) {
+                    let mut value = vec![0u8; c.value_size()];
+                    for (b, s) in value.chunks_exact_mut(2).zip(slots) {
+                        b.copy_from_slice(&s.to_ne_bytes());
+                    }
+                    return c.update(&svc_id.to_ne_bytes(), &value).map_err(up);
+                }
                 let mut value = Box::new(abi::MaglevTable { slot: [0; abi::MAGLEV_MAX], pad: 0 });
                 let n = slots.len().min(abi::MAGLEV_MAX);
                 value.slot[..n].copy_from_slice(&slots[..n]);
                 m.maglev.insert(svc_id, value.as_ref(), 0).map_err(up)
             }
-            Write::MaglevDelete { svc_id } => removed(m.maglev.remove(&svc_id), map),
+            Write::MaglevDelete { svc_id, size } => {
+                if let Some(c) = maglev_class(m, size) {
+                    c.delete(&svc_id.to_ne_bytes()).map_err(op(map, "delete"))?;
+                }
+                // A table from before the classes may still be there.
+                removed(m.maglev.remove(&svc_id), "xlb_maglev")
+            }
             Write::Backend { id, value } => m.backends.set(id, value, 0).map_err(up),
             Write::BackendStatsZero { id } => m
                 .backend_stats

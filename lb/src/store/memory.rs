@@ -32,7 +32,8 @@ pub struct MemStore {
     svc_stats: BTreeMap<u32, SvcTraffic>,
     frontends: BTreeMap<FeOrd, (abi::FrontendKey, abi::Service)>,
     source_ranges: BTreeSet<(u32, Cidr)>,
-    maglev: BTreeMap<u32, Vec<u16>>,
+    /// By (service id, size class): a table lives in its class's map.
+    maglev: BTreeMap<(u32, usize), Vec<u16>>,
     backends: BTreeMap<u32, abi::Backend>,
     backend_stats: BTreeMap<u32, Traffic>,
     backend_meta: BTreeMap<u32, BackendMeta>,
@@ -164,10 +165,21 @@ impl MapStore for MemStore {
     }
 
     fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError> {
-        Ok(self.maglev.get(&svc_id).map(|t| {
-            let size = size.min(abi::MAGLEV_MAX);
-            let mut out = t[..size.min(t.len())].to_vec();
-            out.resize(size, 0);
+        if size == 0 {
+            let class = self.maglev.range((svc_id, 0)..=(svc_id, usize::MAX)).next();
+            return match class {
+                Some((&(_, class), _)) => self.maglev(svc_id, class),
+                None => Ok(None),
+            };
+        }
+        let class = abi::maglev_class(size);
+        let found = match self.maglev.get(&(svc_id, class)) {
+            Some(t) => Some((t, class)),
+            None => self.maglev.get(&(svc_id, abi::MAGLEV_MAX)).map(|t| (t, abi::MAGLEV_MAX)),
+        };
+        Ok(found.map(|(t, class)| {
+            let mut out = t.clone();
+            out.resize(class, 0);
             out
         }))
     }
@@ -228,10 +240,12 @@ impl MapStore for MemStore {
             }
             Write::Maglev { svc_id, slots } => {
                 self.check_id(&w, svc_id, services)?;
-                self.maglev.insert(svc_id, slots[..slots.len().min(abi::MAGLEV_MAX)].to_vec());
+                let slots = &slots[..slots.len().min(abi::MAGLEV_MAX)];
+                self.maglev.insert((svc_id, abi::maglev_class(slots.len())), slots.to_vec());
             }
-            Write::MaglevDelete { svc_id } => {
-                self.maglev.remove(&svc_id);
+            Write::MaglevDelete { svc_id, size } => {
+                self.maglev.remove(&(svc_id, abi::maglev_class(size)));
+                self.maglev.remove(&(svc_id, abi::MAGLEV_MAX));
             }
             Write::Backend { id, value } => {
                 self.check_id(&w, id, backends)?;

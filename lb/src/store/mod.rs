@@ -92,13 +92,17 @@ pub enum Write<'a> {
         svc_id: u32,
         cidr: Cidr,
     },
-    /// A whole table, replaced in one update (slots past the end are 0).
+    /// A whole table, replaced in one update, in the map of its size class
+    /// (abi::maglev_class(slots.len()); slots past the end are 0).
     Maglev {
         svc_id: u32,
         slots: &'a [u16],
     },
+    /// The table of `size` slots (in its class's map; and any left in
+    /// xlb_maglev from before the classes).
     MaglevDelete {
         svc_id: u32,
+        size: usize,
     },
     Backend {
         id: u32,
@@ -136,7 +140,8 @@ pub enum Target {
     SvcStats(u32),
     Frontend(abi::FrontendKey),
     SourceRange(u32, Cidr),
-    Maglev(u32),
+    /// (service id, size class).
+    Maglev(u32, usize),
     Backend(u32),
     BackendStats(u32),
     BackendMeta(u32),
@@ -153,7 +158,7 @@ impl Target {
             Target::SvcStats(_) => "xlb_svc_stats",
             Target::Frontend(_) => "xlb_frontends",
             Target::SourceRange(..) => "xlb_source_ranges",
-            Target::Maglev(_) => "xlb_maglev",
+            Target::Maglev(_, class) => abi::maglev_map(*class),
             Target::Backend(_) => "xlb_backends",
             Target::BackendStats(_) => "xlb_backend_stats",
             Target::BackendMeta(_) => "xlb_backend_meta",
@@ -169,7 +174,7 @@ impl Target {
             Target::SvcName(id)
             | Target::SvcStats(id)
             | Target::SourceRange(id, _)
-            | Target::Maglev(id) => Some(id),
+            | Target::Maglev(id, _) => Some(id),
             Target::SvcBackend(k) => Some(k.svc_id),
             _ => None,
         }
@@ -181,7 +186,7 @@ impl fmt::Display for Target {
         match self {
             Target::SvcName(id)
             | Target::SvcStats(id)
-            | Target::Maglev(id)
+            | Target::Maglev(id, _)
             | Target::Backend(id)
             | Target::BackendStats(id)
             | Target::BackendMeta(id) => write!(f, "{}[{id}]", self.map()),
@@ -208,7 +213,10 @@ impl Write<'_> {
             Write::SourceRange { svc_id, cidr } | Write::SourceRangeDelete { svc_id, cidr } => {
                 Target::SourceRange(svc_id, cidr)
             }
-            Write::Maglev { svc_id, .. } | Write::MaglevDelete { svc_id } => Target::Maglev(svc_id),
+            Write::Maglev { svc_id, slots } => {
+                Target::Maglev(svc_id, abi::maglev_class(slots.len()))
+            }
+            Write::MaglevDelete { svc_id, size } => Target::Maglev(svc_id, abi::maglev_class(size)),
             Write::Backend { id, .. } => Target::Backend(id),
             Write::BackendStatsZero { id } => Target::BackendStats(id),
             Write::BackendMeta { id, .. } | Write::BackendMetaDelete { id } => {
@@ -260,7 +268,11 @@ pub trait MapStore {
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError>;
     /// xlb_backend_meta\[id\], if present.
     fn backend_meta(&self, id: u32) -> Result<Option<BackendMeta>, StoreError>;
-    /// The first `size` slots of xlb_maglev\[svc_id\], if it has a table.
+    /// The first `size` slots of the table of `svc_id` in the map of the
+    /// class of `size` (else in xlb_maglev, where tables from before the
+    /// classes are), if it has one. `size` 0 (no frontend says M): the
+    /// table in whichever map holds one, smallest class first, all the
+    /// slots of its class.
     fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError>;
     /// xlb_source_ranges: (service id, prefix).
     fn source_ranges(&self) -> Result<Vec<(u32, Cidr)>, StoreError>;

@@ -379,9 +379,12 @@ impl Lab {
         let fk = abi::FrontendKey { addr, port: port.to_be(), proto: proto.number(), family };
         let svc =
             maps.frontends.get(&fk, 0).unwrap_or_else(|e| panic!("frontend {vip}:{port}: {e}"));
+        // The map of the table's size class, as maglev.h reads it.
         let table =
-            maps.maglev.get(&svc.id, 0).unwrap_or_else(|e| panic!("maglev[{}]: {e}", svc.id));
-        let index = u32::from(table.slot[(hash % svc.maglev_size) as usize]);
+            lb::store::MapStore::maglev(self.path.store(), svc.id, svc.maglev_size as usize)
+                .unwrap_or_else(|e| panic!("maglev[{}]: {e}", svc.id))
+                .unwrap_or_else(|| panic!("service {} has no table", svc.id));
+        let index = u32::from(table[(hash % svc.maglev_size) as usize]);
         let id = maps
             .svc_backends
             .get(&abi::SvcBackendKey { svc_id: svc.id, index }, 0)

@@ -54,7 +54,9 @@ fn arb_service(i: usize) -> impl Strategy<Value = Option<Service>> {
         (
             prop::bits::u8::between(0, 4),
             backends,
-            prop::sample::select(vec![11u32, 13]),
+            // 11 and 13 share a size class, 211 has another, 0 is chosen from the
+            // active backends (one class for 1, another from 2).
+            prop::sample::select(vec![11u32, 13, 211, crate::model::MAGLEV_SIZE_AUTO]),
             proptest::option::of(prop::sample::select(vec![60u64, 600])),
             prop::bool::ANY,
             prop::bits::u8::between(0, 2),
@@ -127,7 +129,7 @@ fn expected(d: &Desired) -> String {
         if table {
             let input: Vec<(&str, u32)> =
                 active.iter().map(|b| (b.name.as_str(), b.weight)).collect();
-            for i in Maglev::new(s.maglev_size).unwrap().build(&input).unwrap() {
+            for i in Maglev::new(s.table_size()).unwrap().build(&input).unwrap() {
                 *slots.entry(input[usize::from(i)].0).or_default() += 1;
             }
         }
@@ -136,8 +138,8 @@ fn expected(d: &Desired) -> String {
         out += &format!(
             "{} m={} table={} active={} enc={} aff={:?} ranges={:?}\n",
             s.key,
-            if has_frontends { s.maglev_size } else { 0 },
-            if table { s.maglev_size as usize } else { 0 },
+            if has_frontends { s.table_size() } else { 0 },
+            if table { s.table_size() as usize } else { 0 },
             if has_frontends { active.len() } else { 0 },
             if !has_frontends || s.encap == Encap::Geneve { "geneve" } else { "ipip" },
             s.affinity.filter(|_| has_frontends).map(|a| a.timeout.as_secs() as u32),
