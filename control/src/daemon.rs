@@ -14,6 +14,10 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -86,6 +90,14 @@ pub struct RunArgs {
     /// Small maps (labs and tests): little memory, quick to create.
     #[arg(long)]
     small_maps: bool,
+    /// Service ports the maps hold (Maglev tables, statistics, names;
+    /// default 16384, or 1024 with --small-maps).
+    #[arg(long, value_name = "N")]
+    max_services: Option<u32>,
+    /// Backends the maps hold, cluster-wide (default 262144, or 16384 with
+    /// --small-maps).
+    #[arg(long, value_name = "N")]
+    max_backends: Option<u32>,
     /// Leave the programs attached on exit, for an upgrade: the next agent
     /// replaces them atomically through their pinned links.
     #[arg(long)]
@@ -146,11 +158,40 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         first = Some((stamp, translator));
     }
 
+    // The Kubernetes source lists every kind while the datapath loads (map
+    // creation and the verifier take a good part of a second; so does a
+    // large cluster's first list): nothing is written before both are done.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let early = if args.config.is_none() {
+        let (tx, rx) = mpsc::channel::<Changes>(1);
+        let restored = Arc::new(AtomicUsize::new(0));
+        let kube = source::kube::KubeOptions { kubeconfig: args.kubeconfig.clone() };
+        let watch = source::kube::WatchOptions {
+            stats: crate::metrics::control().kube_stats(),
+            min_interval: args.min_interval,
+            ..Default::default()
+        };
+        let task = runtime.spawn(kube_source(kube, watch, tx, restored.clone()));
+        Some(KubeStarted { rx, task, restored })
+    } else {
+        None
+    };
+
     ensure_bpffs()?;
+    let t_load = std::time::Instant::now();
     let sizes = if args.small_maps { MapSizes::small() } else { MapSizes::default() };
-    let sizes = MapSizes { events: args.events_ringbuf_bytes, ..sizes };
+    let sizes = MapSizes {
+        events: args.events_ringbuf_bytes,
+        services: args.max_services.unwrap_or(sizes.services),
+        // Every service has at least one frontend.
+        frontends: sizes.frontends.max(args.max_services.unwrap_or(0)),
+        backends: args.max_backends.unwrap_or(sizes.backends),
+        ..sizes
+    };
     let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, events_enabled: true };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
+    info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
     let mode = match args.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
         XdpModeArg::Generic => {
@@ -161,7 +202,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             XdpMode::Generic
         }
     };
-    let result = serve(&args, &opts, first, &mut dataplane, mode);
+    let result = serve(&args, &opts, first, early, runtime, &mut dataplane, mode);
     drop(dataplane);
     // On every exit after loading, errors included: a half-attached agent
     // must not stay behind.
@@ -199,6 +240,8 @@ fn serve(
     args: &RunArgs,
     opts: &TranslateOptions,
     first: Option<(Stamp, Translator)>,
+    kube: Option<KubeStarted>,
+    runtime: tokio::runtime::Runtime,
     dataplane: &mut Dataplane,
     mode: XdpMode,
 ) -> anyhow::Result<()> {
@@ -216,42 +259,43 @@ fn serve(
         "restored the applied state"
     );
     let _metrics = crate::metrics::start(&args.metrics, &args.pin_dir)?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.spawn(crate::metrics::housekeeping(args.pin_dir.clone()));
-    runtime.block_on(reconcile_loop(args, opts, first, &mut datapath))
+    runtime.block_on(reconcile_loop(args, opts, first, kube, &mut datapath))
+}
+
+/// The Kubernetes source, started before the datapath loaded.
+struct KubeStarted {
+    rx: mpsc::Receiver<Changes>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Services the maps held at start (for the source's error messages).
+    restored: Arc<AtomicUsize>,
 }
 
 async fn reconcile_loop(
     args: &RunArgs,
     opts: &TranslateOptions,
     first: Option<(Stamp, Translator)>,
+    kube: Option<KubeStarted>,
     datapath: &mut Datapath,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // One batch may wait while an apply runs; later changes coalesce in the source.
-    let (tx, mut rx) = mpsc::channel::<Changes>(1);
-
-    let restored = datapath.service_keys().count();
     let mut reconciler = Reconciler::new(Translator::new(opts.clone()), args.health_check_addr);
-    let source = match (&args.config, first) {
-        (Some(path), Some((stamp, translator))) => {
+    let (mut rx, source) = match (&args.config, first, kube) {
+        (Some(path), Some((stamp, translator)), _) => {
+            // One batch may wait while an apply runs; later changes coalesce in the source.
+            let (tx, rx) = mpsc::channel::<Changes>(1);
             reconciler.translator = translator;
             reconciler.full_due = true;
             reconciler.synced = true;
             reconciler.sync(datapath, "file");
-            tokio::spawn(watch_files(path.clone(), stamp, tx))
+            (rx, tokio::spawn(watch_files(path.clone(), stamp, tx)))
         }
-        _ => {
-            let kube = source::kube::KubeOptions { kubeconfig: args.kubeconfig.clone() };
-            let watch = source::kube::WatchOptions {
-                stats: crate::metrics::control().kube_stats(),
-                min_interval: args.min_interval,
-                ..Default::default()
-            };
-            tokio::spawn(kube_source(kube, watch, tx, restored))
+        (_, _, Some(k)) => {
+            k.restored.store(datapath.service_keys().count(), Ordering::Relaxed);
+            (k.rx, k.task)
         }
+        _ => anyhow::bail!("no source: neither --config nor the Kubernetes API"),
     };
     let kind = if args.config.is_some() { "file" } else { "kube" };
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
@@ -308,7 +352,7 @@ async fn kube_source(
     kube: source::kube::KubeOptions,
     watch: source::kube::WatchOptions,
     tx: mpsc::Sender<Changes>,
-    restored: usize,
+    restored: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -316,6 +360,7 @@ async fn kube_source(
             Ok(()) => return Ok(()), // the reconciler is gone: shutting down
             Err(e) if tx.is_closed() => return Err(e),
             Err(e) => {
+                let restored = restored.load(Ordering::Relaxed);
                 let reason = format!(
                     "{e:#}; serving the state the maps held at start ({restored} services) \
                      and what was applied since"

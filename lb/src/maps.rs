@@ -150,6 +150,7 @@ impl std::fmt::Debug for RawMap {
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// The leading fields of union bpf_attr for the *_ELEM commands.
@@ -266,6 +267,26 @@ impl RawMap {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(syscall_error("bpf_map_delete_elem", e)),
+        }
+    }
+
+    /// Every key, as bytes (the map may change meanwhile: a walk, not a
+    /// snapshot).
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>, MapError> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut next = vec![0u8; self.key_size];
+            let mut a = ElemAttr {
+                map_fd: self.fd(),
+                key: out.last().map_or(0, |k| k.as_ptr() as u64),
+                value: next.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+                Ok(()) => out.push(next),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+                Err(e) => return Err(syscall_error("bpf_map_get_next_key", e)),
+            }
         }
     }
 

@@ -59,7 +59,8 @@ pub struct ClusterOpts {
     pub lower_rates: Vec<u32>,
     /// The agent's --min-interval, ms.
     pub min_interval_ms: u64,
-    /// xlb.io/maglev-size on every service (None: the default, 16381).
+    /// xlb.io/maglev-size on every service (None: the default, M chosen
+    /// from the backend count).
     pub maglev_size: Option<u32>,
     /// The `xlb` binary (default: beside this one).
     pub xlb: PathBuf,
@@ -128,6 +129,7 @@ pub struct ClusterReport {
     pub programmed_services: usize,
     pub programmed_backends: usize,
     pub min_interval_ms: u64,
+    /// xlb.io/maglev-size on every service; 0: none (M from the backends).
     pub maglev_size: u32,
     /// One churn phase per rate; the last is the target rate.
     pub churn: Vec<ChurnPhase>,
@@ -137,6 +139,8 @@ pub struct ClusterReport {
     pub rss_end_mb: f64,
     pub maps: Vec<MapMem>,
     pub maps_total_mb: f64,
+    /// The Maglev tables' maps (xlb_maglev and its size classes).
+    pub maglev_mb: f64,
 }
 
 fn name(i: usize) -> String {
@@ -455,6 +459,10 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         .arg("--pin-dir")
         .arg(pins.path())
         .args(["--min-interval", &format!("{}ms", o.min_interval_ms)])
+        // Room for the cluster: the default maps hold 16384 services and
+        // 262144 backends.
+        .args(["--max-services", &(o.services + 1024).max(16384).to_string()])
+        .args(["--max-backends", &(o.services * o.endpoints * 9 / 8 + 1024).max(262144).to_string()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -491,7 +499,10 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         ids.insert(String::from_utf8_lossy(&n.name[..end]).into_owned(), id);
     }
     let programmed_backends = maps.svc_backends.keys().count();
-    let tables = maps.maglev.keys().count();
+    let mut tables = maps.maglev.keys().count();
+    for class in &maps.maglev_classes {
+        tables += class.keys()?.len();
+    }
     let frontends = maps.frontends.keys().count();
     let programmed_services = ids.len();
     if programmed_services != o.services
@@ -571,11 +582,21 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         churn.push(phase);
         std::thread::sleep(Duration::from_millis(500));
     }
+    if std::env::var_os("XLB_PERF_VERBOSE").is_some() || churn.iter().any(|c| c.observed == 0) {
+        let log = agent.log.lock().unwrap();
+        let after: Vec<&String> =
+            log.iter().filter(|(t, _)| *t > programmed).map(|(_, l)| l).collect();
+        for l in after.iter().rev().take(20).rev() {
+            eprintln!("agent (after programming): {l}");
+        }
+    }
     let (rss_peak_mb, rss_end_mb) = rss_mb(pid)?;
     let maps_mem = map_memory(pins.path())?;
     drop(agent);
     drop(maps);
-    let maps_total_mb = maps_mem.iter().map(|m| m.bytes).sum::<u64>() as f64 / (1 << 20) as f64;
+    let mib = |m: &&MapMem| m.bytes as f64 / (1 << 20) as f64;
+    let maps_total_mb = maps_mem.iter().map(|m| mib(&m)).sum();
+    let maglev_mb = maps_mem.iter().filter(|m| m.name.starts_with("xlb_maglev")).map(|m| mib(&m)).sum();
     drop(server);
     drop(rt);
     Ok(ClusterReport {
@@ -588,24 +609,35 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         programmed_services,
         programmed_backends,
         min_interval_ms: o.min_interval_ms,
-        maglev_size: o.maglev_size.unwrap_or(16381),
+        maglev_size: o.maglev_size.unwrap_or(0),
         churn,
         loadavg_before,
         rss_peak_mb,
         rss_end_mb,
         maps: maps_mem,
         maps_total_mb,
+        maglev_mb,
     })
 }
 
 impl ClusterReport {
+    /// Issue #14: fully programmed within 2 s at 10k services, 3 s at GKE's
+    /// 30k (300k endpoints).
+    pub fn cold_start_target(&self) -> f64 {
+        if self.services <= 10_000 {
+            2.0
+        } else {
+            3.0
+        }
+    }
+
     pub fn markdown(&self) -> String {
         let ok = |good: bool| if good { "met" } else { "**missed**" };
         let mut s = format!(
             "# Control plane at cluster scale (xlb-perf cluster)\n\n\
              {} services × {} endpoints each ({} endpoints), {} nodes, served by the API server \
              double to `xlb run --kubeconfig` (release build, child process, XDP on a veth, \
-             --min-interval {} ms, Maglev M = {}; a table's map value is 32 KiB whatever M); \
+             --min-interval {} ms, Maglev M {}); \
              this machine: {} cores, load average {:.1} before the run \
              (other work shares it).\n\n\
              | measure | result | target | |\n|---|---|---|---|\n",
@@ -614,15 +646,22 @@ impl ClusterReport {
             self.endpoints,
             self.nodes,
             self.min_interval_ms,
-            self.maglev_size,
+            if self.maglev_size == 0 {
+                format!(
+                    "chosen from the backends: {}",
+                    lb::maglev::auto_size(self.endpoints / self.services.max(1))
+                )
+            } else {
+                format!("= {}", self.maglev_size)
+            },
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             self.loadavg_before,
         );
         let mut rows: Vec<(String, String, String, String)> = vec![(
             "cold start → fully programmed (BPF load, list, translate, Maglev, map writes)".into(),
             format!("{:.2} s (agent CPU {:.2} s)", self.cold_start_s, self.cold_start_cpu_s),
-            "≤ 3 s".into(),
-            ok(self.cold_start_s <= 3.0).into(),
+            format!("≤ {} s", self.cold_start_target()),
+            ok(self.cold_start_s <= self.cold_start_target()).into(),
         )];
         for (i, c) in self.churn.iter().enumerate() {
             let target = i + 1 == self.churn.len();
@@ -640,8 +679,8 @@ impl ClusterReport {
                     c.observed,
                     c.changes
                 ),
-                if target { "p99 ≤ 10 ms".into() } else { "".into() },
-                if target { ok(c.latency_p99_ms <= 10.0).into() } else { "".into() },
+                if target { "p99 ≤ 5 ms".into() } else { "".into() },
+                if target { ok(c.latency_p99_ms <= 5.0).into() } else { "".into() },
             ));
             rows.push((
                 format!("… agent CPU at {}/s (this process: API double + writer + poller)", c.rate),
@@ -656,8 +695,14 @@ impl ClusterReport {
         rows.push((
             "agent peak RSS (VmHWM)".into(),
             format!("{:.0} MiB (at end {:.0} MiB)", self.rss_peak_mb, self.rss_end_mb),
-            "≤ 300 MB".into(),
-            ok(self.rss_peak_mb * 1.048576 <= 300.0).into(),
+            "≤ 400 MB".into(),
+            ok(self.rss_peak_mb * 1.048576 <= 400.0).into(),
+        ));
+        rows.push((
+            "BPF memory of the Maglev tables (xlb_maglev and its size classes)".into(),
+            format!("{:.1} MiB", self.maglev_mb),
+            if self.services <= 10_000 { "≤ 64 MiB".into() } else { "".into() },
+            if self.services <= 10_000 { ok(self.maglev_mb <= 64.0).into() } else { "".into() },
         ));
         rows.push((
             "BPF memory of the LB maps (bytes_memlock, all maps)".into(),

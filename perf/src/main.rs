@@ -109,7 +109,8 @@ enum Cmd {
         /// The agent's --min-interval, ms.
         #[arg(long, default_value_t = 0)]
         min_interval_ms: u64,
-        /// xlb.io/maglev-size on every service (default: none, M = 16381).
+        /// xlb.io/maglev-size on every service (default: none, M chosen from
+        /// the backend count).
         #[arg(long)]
         maglev_size: Option<u32>,
         /// The xlb binary (default: beside xlb-perf).
