@@ -4,10 +4,12 @@
 mod benchprog;
 mod churnbench;
 mod cluster_bench;
+mod compare;
 mod conn;
 mod maglev_report;
 mod micro;
 mod pps;
+mod readme;
 mod report;
 mod scale;
 mod setup;
@@ -117,6 +119,30 @@ enum Cmd {
         #[arg(long, default_value_os_t = cluster_bench::default_xlb())]
         xlb: PathBuf,
     },
+    /// The XDP program of another revision against the working tree's, in
+    /// one interleaved run (net ns/packet over XDP_PASS on the reference
+    /// frames): `xlb-perf compare main`, `xlb-perf compare 1002f7c`.
+    Compare {
+        /// Any revision git names (commit, branch, tag).
+        rev: String,
+        #[arg(long, default_value_os_t = micro::default_packets_dir())]
+        packets: PathBuf,
+        #[arg(long, default_value_t = 15)]
+        rounds: u32,
+        #[arg(long, default_value_t = 20_000)]
+        repeat: u32,
+        /// Loads of each object (JIT placement moves a load's time).
+        #[arg(long, default_value_t = 3)]
+        copies: u32,
+    },
+    /// Rewrites README.md's performance table from the report files in
+    /// --out (micro.json, pps.json, cluster.json, compare.json): the table
+    /// is generated, never typed.
+    Readme {
+        /// The README to rewrite (between its perf-table markers).
+        #[arg(long, default_value_os_t = readme::default_readme())]
+        readme: PathBuf,
+    },
     /// Every scenario above, plus CSV, SVG and the summary (targets with
     /// ratios and met / not met). Exits non-zero if a scenario failed.
     All {
@@ -196,6 +222,18 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "cluster", &r, &md)?;
+        }
+        Cmd::Compare { rev, packets, rounds, repeat, copies } => {
+            let r = compare::run(&compare::CompareOpts { rev, packets, rounds, repeat, copies })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "compare", &r, &md)?;
+        }
+        Cmd::Readme { readme } => {
+            let table = readme::table(&cli.out)?;
+            readme::rewrite(&readme, &table)?;
+            println!("{table}");
+            eprintln!("rewrote the performance table of {}", readme.display());
         }
         Cmd::Maglev => {
             let md = maglev(&cli.out)?;
