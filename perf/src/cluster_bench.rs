@@ -462,7 +462,10 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         // Room for the cluster: the default maps hold 16384 services and
         // 262144 backends.
         .args(["--max-services", &(o.services + 1024).max(16384).to_string()])
-        .args(["--max-backends", &(o.services * o.endpoints * 9 / 8 + 1024).max(262144).to_string()])
+        .args([
+            "--max-backends",
+            &(o.services * o.endpoints * 9 / 8 + 1024).max(262144).to_string(),
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -596,7 +599,8 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
     drop(maps);
     let mib = |m: &&MapMem| m.bytes as f64 / (1 << 20) as f64;
     let maps_total_mb = maps_mem.iter().map(|m| mib(&m)).sum();
-    let maglev_mb = maps_mem.iter().filter(|m| m.name.starts_with("xlb_maglev")).map(|m| mib(&m)).sum();
+    let maglev_mb =
+        maps_mem.iter().filter(|m| m.name.starts_with("xlb_maglev")).map(|m| mib(&m)).sum();
     drop(server);
     drop(rt);
     Ok(ClusterReport {

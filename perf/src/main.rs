@@ -1,6 +1,7 @@
 //! `xlb-perf`: the xlb benchmark suite. Each subcommand is one scenario
 //! (see perf/README.md); `all` runs every one and writes the report (JSON,
 //! CSV, SVG plots, markdown summary) into perf/out/.
+mod afpacket;
 mod benchprog;
 mod churnbench;
 mod cluster_bench;
@@ -60,6 +61,10 @@ enum Cmd {
         services: Vec<u32>,
         #[arg(long, default_value_t = 64)]
         batch: u32,
+        /// The generator (default: live frames where the kernel takes
+        /// them, else AF_PACKET with qdisc bypass).
+        #[arg(long, value_enum)]
+        generator: Option<pps::GeneratorChoice>,
     },
     /// Real TCP through the lab: direct vs xlb vs kube-proxy iptables
     /// (connections/s, latency percentiles, iperf3 throughput).
@@ -167,8 +172,15 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "micro", &r, &md)?;
         }
-        Cmd::Pps { packets, seconds, rounds, services, batch } => {
-            let r = pps::run_pps(&pps::PpsOpts { packets, seconds, rounds, services, batch })?;
+        Cmd::Pps { packets, seconds, rounds, services, batch, generator } => {
+            let r = pps::run_pps(&pps::PpsOpts {
+                packets,
+                seconds,
+                rounds,
+                services,
+                batch,
+                generator,
+            })?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "pps", &r, &md)?;
@@ -280,6 +292,7 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         rounds: if quick { 1 } else { 3 },
         services: if quick { vec![1, 1000] } else { vec![1, 1000, 10_000, 100_000] },
         batch: 64,
+        generator: None,
     };
     let pps = scenario(out, "pps", || pps::run_pps(&pps_opts), |p| p.markdown());
     let conn_opts = if quick {

@@ -42,6 +42,7 @@ use xlb_perf::{
 };
 
 use crate::{
+    afpacket::AfPacket,
     benchprog::{Bench, Stat, Template},
     micro::read_frames,
     setup,
@@ -60,6 +61,8 @@ pub struct PpsOpts {
     pub rounds: u32,
     pub services: Vec<u32>,
     pub batch: u32,
+    /// None: live frames where the kernel takes them, else AF_PACKET.
+    pub generator: Option<GeneratorChoice>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -82,11 +85,30 @@ pub struct ProgramTime {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PpsReport {
+    /// The generator used (live frames, or AF_PACKET where refused).
+    pub generator: String,
     pub seconds: f64,
     pub rounds: u32,
     pub mixes: Vec<PpsRow>,
     pub sweep: Vec<PpsRow>,
     pub programming: Vec<ProgramTime>,
+}
+
+/// What transmits the frames into the LB's veth.
+enum Generator {
+    /// xlb_bench run with BPF_F_TEST_XDP_LIVE_FRAMES (XDP_TX on g0).
+    LiveFrames,
+    /// AF_PACKET with PACKET_QDISC_BYPASS (kernels that refuse live frames).
+    AfPacket(AfPacket),
+}
+
+impl Generator {
+    fn name(&self) -> &'static str {
+        match self {
+            Generator::LiveFrames => "XDP live frames (BPF_PROG_TEST_RUN, XDP_TX)",
+            Generator::AfPacket(_) => "AF_PACKET + PACKET_QDISC_BYPASS (sendmmsg)",
+        }
+    }
 }
 
 struct Rig {
@@ -95,9 +117,19 @@ struct Rig {
     bench: Bench,
     g0: u32,
     frame_len: usize,
+    generator: Generator,
+    /// New-flow sequence of the AF_PACKET generator.
+    seq: u64,
 }
 
-fn build_rig() -> Result<Rig> {
+/// `--generator`: None chooses (live frames if the kernel takes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GeneratorChoice {
+    Live,
+    AfPacket,
+}
+
+fn build_rig(force: Option<GeneratorChoice>) -> Result<Rig> {
     let gen = NamedNetns::create("gen")?;
     let lb = NamedNetns::create("lb")?;
     run(
@@ -171,25 +203,57 @@ fn build_rig() -> Result<Rig> {
         sink.attach("g0", AyaXdpMode::Driver).context("attaching the sink to g0")?;
         ifindex("g0").context("no g0")
     })??;
-    Ok(Rig { gen, lb, bench, g0, frame_len: 74 })
+    // Live frames if the kernel takes them (EPERM where it does not, e.g.
+    // on some virtualised kernels), else AF_PACKET: chosen here, named in
+    // the report.
+    let live = match force {
+        Some(GeneratorChoice::AfPacket) => Err(anyhow::anyhow!("AF_PACKET asked for")),
+        _ => gen.run_in(|| bench.live_run(g0, 74, 1, 1))?,
+    };
+    let generator = match live {
+        Ok(()) => Generator::LiveFrames,
+        Err(e) if force == Some(GeneratorChoice::Live) => return Err(e.context("live frames")),
+        Err(e) => {
+            eprintln!("pps: not generating with live frames ({e:#}); AF_PACKET instead");
+            Generator::AfPacket(gen.run_in(|| AfPacket::open(g0))??)
+        }
+    };
+    Ok(Rig { gen, lb, bench, g0, frame_len: 74, generator, seq: 1 << 20 })
 }
 
 impl Rig {
     /// Sends `templates` for `seconds`; (sent, received) packets per second.
     fn measure(&mut self, templates: &[Template], seconds: f64, batch: u32) -> Result<(f64, f64)> {
-        self.bench.set_templates(templates)?;
         let s0 = self.bench.stat(Stat::SinkPackets)?;
         let i0 = self.bench.stat(Stat::Iterations)?;
-        let (g0, len, bench) = (self.g0, self.frame_len, &self.bench);
-        let elapsed = self.gen.run_in(|| -> Result<Duration> {
-            let t0 = Instant::now();
-            while t0.elapsed().as_secs_f64() < seconds {
-                bench.live_run(g0, len, 1 << 16, batch)?;
+        let (g0, len) = (self.g0, self.frame_len);
+        let mut by_socket = 0u64;
+        let elapsed = match &self.generator {
+            Generator::LiveFrames => {
+                self.bench.set_templates(templates)?;
+                let bench = &self.bench;
+                self.gen.run_in(|| -> Result<Duration> {
+                    let t0 = Instant::now();
+                    while t0.elapsed().as_secs_f64() < seconds {
+                        bench.live_run(g0, len, 1 << 16, batch)?;
+                    }
+                    Ok(t0.elapsed())
+                })??
             }
-            Ok(t0.elapsed())
-        })??;
+            Generator::AfPacket(sock) => {
+                // The socket is bound to g0 already: no namespace switch.
+                let t0 = Instant::now();
+                while t0.elapsed().as_secs_f64() < seconds {
+                    by_socket += sock.send(templates, 4096, batch as usize, &mut self.seq)?;
+                }
+                t0.elapsed()
+            }
+        };
         std::thread::sleep(Duration::from_millis(30));
-        let sent = (self.bench.stat(Stat::Iterations)? - i0) as f64;
+        let sent = match self.generator {
+            Generator::LiveFrames => (self.bench.stat(Stat::Iterations)? - i0) as f64,
+            Generator::AfPacket(_) => by_socket as f64,
+        };
         let got = (self.bench.stat(Stat::SinkPackets)? - s0) as f64;
         let s = elapsed.as_secs_f64();
         Ok((sent / s, got / s))
@@ -225,7 +289,8 @@ fn mixes(frames: &[(String, Vec<u8>)]) -> Vec<(&'static str, Vec<Template>)> {
 pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     let frames = read_frames(&opts.packets)?;
     let syn = frames[0].1.clone();
-    let mut rig = build_rig()?;
+    let mut rig = build_rig(opts.generator)?;
+    let generator_name = rig.generator.name().to_string();
     let pin = PinDir::new("pps");
     let max = opts.services.iter().copied().max().unwrap_or(1).max(16);
     let d = MapSizes::default();
@@ -339,7 +404,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     // kube-proxy: a fresh rig per ruleset (conntrack starts empty).
     for &n in opts.services.iter().filter(|n| **n <= 10_000) {
         for mode in ["iptables", "nftables"] {
-            let mut rig = build_rig()?;
+            let mut rig = build_rig(opts.generator)?;
             let mut passp = crate::benchprog::load_pass()?;
             let pass: &mut Xdp = passp.program_mut("xlb_pass").context("xlb_pass")?.try_into()?;
             attach_in(&rig.lb, pass)?;
@@ -390,14 +455,21 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         }
     }
     drop(pin);
-    Ok(PpsReport { seconds: opts.seconds, rounds: opts.rounds, mixes: rows, sweep, programming })
+    Ok(PpsReport {
+        generator: generator_name,
+        seconds: opts.seconds,
+        rounds: opts.rounds,
+        mixes: rows,
+        sweep,
+        programming,
+    })
 }
 
 impl PpsReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "Packet rate through the LB veth (XDP live-frames generator → LB eth0 → back to the generator's sink), one core, {} rounds × {:.1} s, medians\n\n",
-            self.rounds, self.seconds
+            "Packet rate through the LB veth (generator: {} → LB eth0 → back to the generator's XDP sink, which counts), one core, {} rounds × {:.1} s, medians\n\n",
+            self.generator, self.rounds, self.seconds
         );
         s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit |\n|---|---|---:|---:|---:|\n");
         for r in &self.mixes {

@@ -84,7 +84,10 @@ pub fn table(dir: &Path) -> Result<String> {
             let services = c["services"].as_u64().unwrap_or(0);
             let endpoints = c["endpoints"].as_u64().unwrap_or(0);
             row(
-                &format!("cold start to fully programmed, {services} services × {} endpoints", endpoints / services.max(1)),
+                &format!(
+                    "cold start to fully programmed, {services} services × {} endpoints",
+                    endpoints / services.max(1)
+                ),
                 format!("{:.2} s", f(&c["cold_start_s"]).unwrap_or(f64::NAN)),
                 "",
             );
