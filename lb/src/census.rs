@@ -120,18 +120,19 @@ fn count_map(pin_dir: &Path, map: &'static str, used: Used) -> Result<MapFill, C
     Ok(MapFill { entries, capacity: cap })
 }
 
-/// bpf_attr for BPF_MAP_LOOKUP_BATCH.
+/// bpf_attr for the batch commands (BPF_MAP_LOOKUP_BATCH here; lb::maps
+/// updates in batches with it too).
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(crate) struct BatchAttr {
+    pub in_batch: u64,
+    pub out_batch: u64,
+    pub keys: u64,
+    pub values: u64,
+    pub count: u32,
+    pub map_fd: u32,
+    pub elem_flags: u64,
+    pub flags: u64,
 }
 
 /// bpf_attr for BPF_MAP_GET_NEXT_KEY.
@@ -147,7 +148,8 @@ struct NextKeyAttr {
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+/// bpf(2) with `attr` (the census's and lb::maps's raw map commands).
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     // SAFETY: attr is a live, correctly laid out bpf_attr prefix for `cmd`,
     // and its size is passed; the kernel reads/writes only within it and
     // the user buffers it points at, which the callers keep alive.

@@ -15,7 +15,10 @@ use aya::{
     Pod,
 };
 
-use crate::abi;
+use crate::{
+    abi,
+    census::{bpf, BatchAttr},
+};
 
 /// The data part of an xlb_source_ranges key (the C struct without its
 /// leading prefixlen, which aya's `lpm_trie::Key` carries).
@@ -162,33 +165,6 @@ struct ElemAttr {
     key: u64,
     value: u64,
     flags: u64,
-}
-
-/// union bpf_attr's `batch` member.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
-    // SAFETY: attr is a valid, initialised bpf_attr prefix of its size; the
-    // buffers it points to outlive the call and have the map's sizes.
-    let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>())
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 fn syscall_error(call: &'static str, io_error: io::Error) -> MapError {

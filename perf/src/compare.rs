@@ -259,7 +259,7 @@ fn run_inside(
     let k = fds.len();
     let copies = o.copies as usize;
     let mut rows = Vec::new();
-    let mut times = vec![vec![vec![0.0; o.rounds as usize]; k]; cases.len()];
+    let mut times = vec![vec![Vec::new(); k]; cases.len()];
     for round in 0..o.rounds as usize {
         for (ci, (_, tpl)) in cases.iter().enumerate() {
             bench.set_templates(std::slice::from_ref(tpl))?;
@@ -267,7 +267,7 @@ fn run_inside(
                 let slot = (j + round + ci) % k;
                 bench.set_target(&fds[slot])?;
                 let r = test_run(bench.wrapper(), &tpl.bytes, ifindex, o.repeat, None)?;
-                times[ci][slot][round] = r.duration.as_nanos() as f64;
+                times[ci][slot].push(r.duration.as_nanos() as f64);
             }
         }
     }
