@@ -287,7 +287,7 @@ fn a_table_moves_between_size_classes_without_moving_flows() {
                     aya::maps::MapData::from_pin(lab.path.pin_dir().join("xlb_maglev")).unwrap(),
                 ))
                 .unwrap();
-            big.insert(id, &legacy, 0).unwrap();
+            big.insert(id, legacy, 0).unwrap();
             maps.maglev_classes[3].delete(&id.to_ne_bytes()).unwrap();
             let s = syn(v6, 46200);
             let want = lab.expect_dsr(&s, 80).0;
