@@ -14,10 +14,6 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
     time::Duration,
 };
 
@@ -165,14 +161,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let early = if args.config.is_none() {
         let (tx, rx) = mpsc::channel::<Changes>(1);
-        let restored = Arc::new(AtomicUsize::new(0));
+        let (restored, restored_rx) = tokio::sync::watch::channel(None);
         let kube = source::kube::KubeOptions { kubeconfig: args.kubeconfig.clone() };
         let watch = source::kube::WatchOptions {
             stats: crate::metrics::control().kube_stats(),
             min_interval: args.min_interval,
             ..Default::default()
         };
-        let task = runtime.spawn(kube_source(kube, watch, tx, restored.clone()));
+        let task = runtime.spawn(kube_source(kube, watch, tx, restored_rx));
         Some(KubeStarted { rx, task, restored })
     } else {
         None
@@ -267,8 +263,9 @@ fn serve(
 struct KubeStarted {
     rx: mpsc::Receiver<Changes>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// Services the maps held at start (for the source's error messages).
-    restored: Arc<AtomicUsize>,
+    /// Services the maps held at start (for the source's error messages),
+    /// sent once the datapath has loaded.
+    restored: tokio::sync::watch::Sender<Option<usize>>,
 }
 
 async fn reconcile_loop(
@@ -292,7 +289,7 @@ async fn reconcile_loop(
             (rx, tokio::spawn(watch_files(path.clone(), stamp, tx)))
         }
         (_, _, Some(k)) => {
-            k.restored.store(datapath.service_keys().count(), Ordering::Relaxed);
+            k.restored.send_replace(Some(datapath.service_keys().count()));
             (k.rx, k.task)
         }
         _ => anyhow::bail!("no source: neither --config nor the Kubernetes API"),
@@ -352,7 +349,7 @@ async fn kube_source(
     kube: source::kube::KubeOptions,
     watch: source::kube::WatchOptions,
     tx: mpsc::Sender<Changes>,
-    restored: Arc<AtomicUsize>,
+    mut restored: tokio::sync::watch::Receiver<Option<usize>>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -360,7 +357,10 @@ async fn kube_source(
             Ok(()) => return Ok(()), // the reconciler is gone: shutting down
             Err(e) if tx.is_closed() => return Err(e),
             Err(e) => {
-                let restored = restored.load(Ordering::Relaxed);
+                // The source starts while the datapath loads: say what the
+                // maps held once that is known (unknown if the load failed).
+                let restored = restored.wait_for(Option::is_some).await.ok().and_then(|n| *n);
+                let restored = restored.map_or_else(|| "?".to_string(), |n| n.to_string());
                 let reason = format!(
                     "{e:#}; serving the state the maps held at start ({restored} services) \
                      and what was applied since"

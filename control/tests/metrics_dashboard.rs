@@ -227,9 +227,16 @@ fn dashboard_queries_reference_exported_metrics_and_evaluate() {
     node.wait_for("agent ready", || {
         node.get("127.0.0.1:9465", "/readyz".into()).is_some_and(|(c, _)| c == 200)
     });
+    // A hook's counter series appear once it has counted a packet: ARP
+    // from the peer end reaches xv0's XDP program (the kernel's own IPv6
+    // link-local chatter may have passed before the agent attached).
+    node.netns.ip(&["addr", "add", "192.0.2.2/24", "dev", "xv1"]).unwrap_or_else(|e| panic!("{e}"));
+    let _ = node.netns.exec("ping", &["-c", "2", "-i", "0.2", "-W", "1", "192.0.2.1"]);
     node.wait_for("map census in /metrics", || {
         node.get("127.0.0.1:9465", "/metrics".into()).is_some_and(|(_, b)| {
-            b.contains("xlb_map_entries{") && b.contains("xlb_backend_packets_total{")
+            b.contains("xlb_map_entries{")
+                && b.contains("xlb_backend_packets_total{")
+                && b.contains("xlb_passes_total{")
         })
     });
     let (_, text) = node.get("127.0.0.1:9465", "/metrics".into()).unwrap();

@@ -79,6 +79,11 @@ pub struct Census {
     pub duration: Duration,
 }
 
+/// The maps the census counts, by pinned name.
+pub fn tracked() -> impl Iterator<Item = &'static str> {
+    MAPS.iter().map(|&(name, _)| name)
+}
+
 /// Counts every map of the census pinned under `pin_dir` once.
 pub fn run(pin_dir: &Path) -> Census {
     let t0 = Instant::now();
