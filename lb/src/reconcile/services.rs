@@ -590,8 +590,18 @@ impl Services {
                     let size = slots.len();
                     let slots = tables::padded(slots);
                     let want = (table_hash(&slots), size);
-                    let moved = st.table.written.is_some()
+                    let mut moved = st.table.written.is_some()
                         && abi::maglev_class(st.table.size) != abi::maglev_class(want.1);
+                    if moved && st.frontends.is_empty() {
+                        // No frontend can read the old table: it goes first,
+                        // so the maps never hold two tables no frontend
+                        // tells apart (a restore could not say which is
+                        // the service's).
+                        write(store, Write::MaglevDelete { svc_id: id, size: st.table.size })?;
+                        stats.deletes += 1;
+                        (st.table.written, st.table.next) = (None, None);
+                        moved = false;
+                    }
                     let have = if moved {
                         st.table.next
                     } else {
