@@ -46,11 +46,11 @@
 #include "conntrack.h"
 #include "podnet.h"
 
-#define XLB_ICMP_ECHO_REQUEST	128 /* ICMPv6 */
-#define XLB_ICMP_ECHO_REPLY	129
-#define XLB_ICMP4_ECHO_REQUEST	8
-#define XLB_ICMP4_ECHO_REPLY	0
-#define XLB_SNAT_REFRESH_NS	1000000000ull
+#define XLB_ICMP_ECHO_REQUEST  128 /* ICMPv6 */
+#define XLB_ICMP_ECHO_REPLY    129
+#define XLB_ICMP4_ECHO_REQUEST 8
+#define XLB_ICMP4_ECHO_REPLY   0
+#define XLB_SNAT_REFRESH_NS    1000000000ull
 
 static __always_inline struct xlb_snat_stats *xlb_snat_stats_get(void)
 {
@@ -61,7 +61,8 @@ static __always_inline struct xlb_snat_stats *xlb_snat_stats_get(void)
 
 static __always_inline int xlb_is_icmp(const struct xlb_pkt *pkt)
 {
-	return pkt->tuple.proto == (pkt->tuple.family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6);
+	return pkt->tuple.proto ==
+	       (pkt->tuple.family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6);
 }
 
 /* An ICMP echo's identifier (network order); 0 for anything else. */
@@ -110,12 +111,13 @@ static __always_inline int xlb_nat_echo(struct __sk_buff *skb, struct xlb_pkt *p
 }
 
 /* The reply key of a mapping: outside -> node:port. */
-static __always_inline void xlb_snat_rev_key(struct xlb_flow_key *rev, const struct xlb_flow_key *fwd,
-					     const __u8 *nat_addr, __be16 nat_port)
+static __always_inline void xlb_snat_rev_key(struct xlb_flow_key *rev,
+					     const struct xlb_flow_key *fwd, const __u8 *nat_addr,
+					     __be16 nat_port)
 {
 	__builtin_memset(rev, 0, sizeof(*rev));
 	xlb_addr_copy(rev->saddr, fwd->daddr);
-	xlb_addr_copy(rev->daddr, nat_addr);
+	xlb_addr_set(rev->daddr, nat_addr, fwd->family);
 	rev->sport = fwd->dport;
 	rev->dport = nat_port;
 	rev->proto = fwd->proto;
@@ -163,7 +165,7 @@ static __always_inline int xlb_snat_alloc(const struct xlb_flow_key *fwd, const 
 	return -XLB_DROP_SNAT_EXHAUSTED;
 found:
 	__builtin_memset(out, 0, sizeof(*out));
-	xlb_addr_copy(out->addr, nat_addr);
+	xlb_addr_set(out->addr, nat_addr, fwd->family);
 	out->port = port;
 	out->family = fwd->family;
 	out->last_ns = now;
@@ -294,8 +296,7 @@ static __always_inline int xlb_masq_reply_icmp(struct __sk_buff *skb, struct xlb
 
 /* Ingress stage: pkt parsed to L3 (+ extension headers), addressed to this
  * node. Not a reply to a mapping: XLB_PASS_NO_NAT, the packet untouched. */
-static __always_inline int xlb_masq_reply(struct __sk_buff *skb, struct xlb_pkt *pkt,
-					  __u32 *reason)
+static __always_inline int xlb_masq_reply(struct __sk_buff *skb, struct xlb_pkt *pkt, __u32 *reason)
 {
 	const struct xlb_podnet_cfg *cfg = xlb_podnet_cfg_get();
 	const struct xlb_endpoint *ep;

@@ -89,9 +89,6 @@ static __always_inline int xlb_pod_from_stage(struct __sk_buff *skb, __u32 *reas
 	/* The transport header, when there is one, for GSO segment sizes. */
 	if (!pkt.frag)
 		xlb_parse_ext(skb, &pkt);
-	rc = xlb_ttl_dec(skb, &pkt);
-	if (rc)
-		return xlb_fail(rc, reason);
 	return xlb_overlay_send(skb, &pkt, rt, src->identity, XLB_AT_POD, reason);
 }
 

@@ -53,10 +53,22 @@
  * IP + TCP header; a constant, so the checksum over it is one helper call. */
 #define XLB_PTB_QUOTE 128
 
+/* An address of `family` into a 16-byte ABI field: IPv4 takes 4 bytes and
+ * the rest is zeroed (xlb_node's addr4 is followed by other fields). */
+static __always_inline void xlb_addr_set(__u8 *dst, const __u8 *src, __u8 family)
+{
+	if (family == XLB_FAMILY_V6) {
+		xlb_addr_copy(dst, src);
+		return;
+	}
+	((__u32 *)dst)[0] = *(const __u32 *)src;
+	((__u32 *)dst)[1] = ((__u32 *)dst)[2] = ((__u32 *)dst)[3] = 0;
+}
+
 static __always_inline void xlb_addr_key_of(struct xlb_addr_key *k, const __u8 *addr, __u8 family)
 {
 	__builtin_memset(k, 0, sizeof(*k));
-	xlb_addr_copy(k->addr, addr);
+	xlb_addr_set(k->addr, addr, family);
 	k->family = family;
 }
 
@@ -245,8 +257,7 @@ static __always_inline int xlb_too_big(struct __sk_buff *skb, const struct xlb_p
 		return xlb_fail(rc, reason);
 	void *data = xlb_ctx_data(skb), *data_end = xlb_ctx_data_end(skb);
 
-	rc = xlb_write_eth(data, data_end, mac_to, mac_from,
-			   bpf_htons(v4 ? ETH_P_IP : ETH_P_IPV6));
+	rc = xlb_write_eth(data, data_end, mac_to, mac_from, bpf_htons(v4 ? ETH_P_IP : ETH_P_IPV6));
 	if (!rc)
 		rc = xlb_write_ip(data + l3, data_end, pkt->tuple.family, from, dst,
 				  v4 ? IPPROTO_ICMP : IPPROTO_ICMPV6, hlen + XLB_PTB_QUOTE, 0);
@@ -341,13 +352,14 @@ static __always_inline __u32 xlb_wire_l3_len(struct __sk_buff *skb, const struct
 /* Where an overlay stage runs: what it sends to, and where its ICMP
  * too-big answers go. */
 enum xlb_site {
-	XLB_AT_POD = 0,		   /* a pod's host veth, tc ingress: answers go back to it */
+	XLB_AT_POD = 0,		  /* a pod's host veth, tc ingress: answers go back to it */
 	XLB_AT_UPLINK_EGRESS = 1, /* the uplink, tc egress: the node's own packets */
 };
 
 /*
  * Sends the packet (parsed into pkt, IP header at ETH_HLEN) in Geneve to the
- * node `rt` names, with `identity` in the option. An oversize packet is
+ * node `rt` names, with `identity` in the option; a pod's packet loses one
+ * TTL (this node routes it). An oversize packet is
  * answered by xlb_too_big: to a pod from this node's address, to the node's
  * own stack from the tunnel's far end (an address it does not own).
  */
@@ -387,15 +399,23 @@ static __always_inline int xlb_overlay_send(struct __sk_buff *skb, const struct 
 			from = inner == outer ? rt->node : NULL;
 		if (!from)
 			return xlb_fail(-XLB_DROP_POD_TOO_BIG, reason);
-		xlb_addr_copy(from_addr, from);
+		xlb_addr_set(from_addr, from, inner);
 		return xlb_too_big(skb, pkt, from_addr, fib.mtu_result - hlen, ifindex,
 				   site == XLB_AT_POD ? 0 : BPF_F_INGRESS, reason);
 	}
 	if (rc < 0)
 		return xlb_fail(rc, reason);
 	no_neigh = rc;
+	/* A pod's packet is routed: one hop, after the MTU check (an ICMP too
+	 * big quotes the packet as it came). */
+	if (site == XLB_AT_POD) {
+		rc = xlb_ttl_dec(skb, pkt);
+		if (rc)
+			return xlb_fail(rc, reason);
+	}
 
-	flags |= outer == XLB_FAMILY_V6 ? BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 : BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
+	flags |=
+	    outer == XLB_FAMILY_V6 ? BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 : BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
 	if (bpf_skb_adjust_room(skb, hlen, BPF_ADJ_ROOM_MAC, flags))
 		return xlb_fail(-XLB_DROP_ENCAP, reason);
 	/* The outer headers must be in the linear head for direct writes. */
@@ -411,9 +431,9 @@ static __always_inline int xlb_overlay_send(struct __sk_buff *skb, const struct 
 		rc = xlb_write_ip(data + ETH_HLEN, data_end, outer, src, rt->node, IPPROTO_UDP,
 				  hlen + inner_len, bpf_get_hash_recalc(skb));
 	if (!rc)
-		rc = xlb_write_geneve(
-		    data + ETH_HLEN + (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN),
-		    data_end, &g);
+		rc = xlb_write_geneve(data + ETH_HLEN +
+					  (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN),
+				      data_end, &g);
 	if (rc)
 		return xlb_fail(rc, reason);
 	*reason = XLB_OK_POD_ENCAP;

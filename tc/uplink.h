@@ -52,8 +52,7 @@ static __always_inline int xlb_uplink_ingress(struct __sk_buff *skb, __u32 *reas
 		return TC_ACT_OK;
 	xlb_ctx_pull(skb, XLB_UPLINK_PULL);
 	if (xlb_parse_eth_ip(skb, &pkt) ||
-	    !xlb_is_node_addr(node, pkt.tuple.daddr, pkt.tuple.family) ||
-	    xlb_parse_ext(skb, &pkt))
+	    !xlb_is_node_addr(node, pkt.tuple.daddr, pkt.tuple.family) || xlb_parse_ext(skb, &pkt))
 		return TC_ACT_OK;
 	verdict = xlb_masq_reply(skb, &pkt, reason);
 	if (*reason == XLB_PASS_NO_NAT)

@@ -47,8 +47,7 @@ int xlb_tc_egress(struct __sk_buff *skb)
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
 	int verdict = xlb_revnat(skb, &reason);
 
-	if (reason == XLB_PASS_NO_NAT || reason == XLB_PASS_L4_PROTO ||
-	    reason == XLB_PASS_FRAGMENT)
+	if (reason == XLB_PASS_NO_NAT || reason == XLB_PASS_L4_PROTO || reason == XLB_PASS_FRAGMENT)
 		verdict = xlb_uplink_egress(skb, &reason);
 	return xlb_exit(skb, XLB_HOOK_TC_EGRESS, reason, len, verdict);
 }

@@ -89,7 +89,8 @@ static __always_inline __u32 xlb_geneve_optlen(__u8 opt_type, __u8 inner_family)
 
 static __always_inline __u32 xlb_geneve_hlen(__u8 opt_type, __u8 inner_family)
 {
-	return XLB_UDP_HLEN + sizeof(struct xlb_geneve_hdr) + xlb_geneve_optlen(opt_type, inner_family);
+	return XLB_UDP_HLEN + sizeof(struct xlb_geneve_hdr) +
+	       xlb_geneve_optlen(opt_type, inner_family);
 }
 
 static __always_inline __u32 xlb_encap_hlen(__u8 encap, __u8 outer_family, __u8 inner_family)
@@ -176,8 +177,7 @@ struct xlb_geneve_out {
 	__u8 opt_type; /* enum xlb_geneve_opt_type, XLB_GENEVE_OPT_IDENTITY */
 };
 
-static __always_inline int xlb_write_geneve(void *p, void *data_end,
-					    const struct xlb_geneve_out *g)
+static __always_inline int xlb_write_geneve(void *p, void *data_end, const struct xlb_geneve_out *g)
 {
 	struct udphdr *uh = p;
 	struct xlb_geneve_hdr *gh = (void *)(uh + 1);

@@ -305,24 +305,24 @@ enum xlb_counter {
 	XLB_DROP_NOT_LOCAL = 48,       /* tc: IPIP flow whose backend is on another node */
 	XLB_DROP_BAD_VERSION = 128,    /* IP version field disagrees with the EtherType */
 	/* #10 pod networking */
-	XLB_OK_POD_REDIRECT = 72,	 /* pod to a pod on this node: bpf_redirect_peer */
-	XLB_OK_POD_ENCAP = 73,		 /* to a pod on another node: Geneve, sent out */
-	XLB_OK_POD_DECAP = 74,		 /* overlay packet decapsulated into a local pod */
-	XLB_OK_MASQ = 75,		 /* pod to outside: source masqueraded to the node */
-	XLB_OK_MASQ_REPLY = 76,		 /* reply to a masqueraded flow delivered to its pod */
-	XLB_OK_ICMP_TOO_BIG = 77,	 /* oversize: ICMP frag-needed / too-big sent back */
-	XLB_OK_TO_POD = 78,		 /* delivered to a pod by the host stack */
-	XLB_PASS_FOREIGN_TUNNEL = 104,	 /* Geneve that is not xlb's (VNI, class, version) */
-	XLB_PASS_POD_TO_STACK = 105,	 /* from a pod to the host stack (node, outside) */
-	XLB_PASS_POD_LINK_LOCAL = 106,	 /* pod's link-local / neighbour discovery traffic */
-	XLB_PASS_NO_MASQ = 107,		 /* to a non-masquerade destination: source kept */
-	XLB_PASS_MASQ_NO_STATE = 108,	 /* TCP without SYN and no mapping: source kept */
-	XLB_PASS_TTL = 109,		 /* TTL / hop limit exhausted: the kernel answers */
-	XLB_DROP_POD_SPOOF = 152,	 /* a pod sent from an address that is not its own */
-	XLB_DROP_TUNNEL_PEER = 153,	 /* xlb tunnel traffic from an unknown sender */
-	XLB_DROP_NO_ENDPOINT = 154,	 /* to this node's pod range: no such pod */
+	XLB_OK_POD_REDIRECT = 72,      /* pod to a pod on this node: bpf_redirect_peer */
+	XLB_OK_POD_ENCAP = 73,	       /* to a pod on another node: Geneve, sent out */
+	XLB_OK_POD_DECAP = 74,	       /* overlay packet decapsulated into a local pod */
+	XLB_OK_MASQ = 75,	       /* pod to outside: source masqueraded to the node */
+	XLB_OK_MASQ_REPLY = 76,	       /* reply to a masqueraded flow delivered to its pod */
+	XLB_OK_ICMP_TOO_BIG = 77,      /* oversize: ICMP frag-needed / too-big sent back */
+	XLB_OK_TO_POD = 78,	       /* delivered to a pod by the host stack */
+	XLB_PASS_FOREIGN_TUNNEL = 104, /* Geneve that is not xlb's (VNI, class, version) */
+	XLB_PASS_POD_TO_STACK = 105,   /* from a pod to the host stack (node, outside) */
+	XLB_PASS_POD_LINK_LOCAL = 106, /* pod's link-local / neighbour discovery traffic */
+	XLB_PASS_NO_MASQ = 107,	       /* to a non-masquerade destination: source kept */
+	XLB_PASS_MASQ_NO_STATE = 108,  /* TCP without SYN and no mapping: source kept */
+	XLB_PASS_TTL = 109,	       /* TTL / hop limit exhausted: the kernel answers */
+	XLB_DROP_POD_SPOOF = 152,      /* a pod sent from an address that is not its own */
+	XLB_DROP_TUNNEL_PEER = 153,    /* xlb tunnel traffic from an unknown sender */
+	XLB_DROP_NO_ENDPOINT = 154,    /* to this node's pod range: no such pod */
 	XLB_DROP_SNAT_EXHAUSTED = 155, /* masquerade: no free port for the flow */
-	XLB_DROP_POD_TOO_BIG = 156,	 /* oversize: no ICMP (not DF, or rate limit) */
+	XLB_DROP_POD_TOO_BIG = 156,    /* oversize: no ICMP (not DF, or rate limit) */
 };
 
 enum xlb_counter_limits {
@@ -492,11 +492,11 @@ enum xlb_endpoint_flags {
 };
 
 struct xlb_endpoint {
-	__u32 ifindex;	   /* the host-side veth */
-	__u32 identity;	   /* enum xlb_identity or a pod's */
-	__u8 mac[6];	   /* the pod's interface (frames to it) */
-	__u8 host_mac[6];  /* the host-side veth (frames from it) */
-	__u32 flags;	   /* XLB_EP_F_* */
+	__u32 ifindex;	  /* the host-side veth */
+	__u32 identity;	  /* enum xlb_identity or a pod's */
+	__u8 mac[6];	  /* the pod's interface (frames to it) */
+	__u8 host_mac[6]; /* the host-side veth (frames from it) */
+	__u32 flags;	  /* XLB_EP_F_* */
 };
 _Static_assert(sizeof(struct xlb_endpoint) == 24, "xlb_endpoint size");
 
@@ -561,9 +561,9 @@ _Static_assert(sizeof(struct xlb_podnet_cfg) == 16, "xlb_podnet_cfg size");
  * identifier as the port (sport in the forward key, dport in the reverse). */
 enum xlb_snat_limits {
 	XLB_SNAT_TRIES = 16,
-	XLB_SNAT_TCP_IDLE_S = 21600,  /* a TCP mapping idle this long may be reused */
-	XLB_SNAT_OTHER_IDLE_S = 60,   /* UDP, ICMP */
-	XLB_SNAT_PORT_MIN = 61000,    /* default range: above Linux's ephemeral ports */
+	XLB_SNAT_TCP_IDLE_S = 21600, /* a TCP mapping idle this long may be reused */
+	XLB_SNAT_OTHER_IDLE_S = 60,  /* UDP, ICMP */
+	XLB_SNAT_PORT_MIN = 61000,   /* default range: above Linux's ephemeral ports */
 	XLB_SNAT_PORT_MAX = 65535,
 };
 

@@ -386,9 +386,9 @@ impl Dataplane {
                     iface: iface.clone().unwrap_or_default(),
                     source: Box::new(e),
                 };
-                let old: SchedClassifierLink = FdLink::from(old)
-                    .try_into()
-                    .map_err(|e| LoadError::LinkPin { path: link.clone(), detail: format!("{e}") })?;
+                let old: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
+                    LoadError::LinkPin { path: link.clone(), detail: format!("{e}") }
+                })?;
                 let id = prog.attach_to_link(old).map_err(attach_err)?;
                 // The pin stays: it is the same kernel link.
                 drop(prog.take_link(id).map_err(attach_err)?);
@@ -559,9 +559,7 @@ pub fn detach_pod(pin_dir: &Path, iface: &str) -> Result<(), LoadError> {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(LoadError::LinkPin { path, detail: format!("unpinning: {e}") })
-            }
+            Err(e) => return Err(LoadError::LinkPin { path, detail: format!("unpinning: {e}") }),
         }
     }
     Ok(())

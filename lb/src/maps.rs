@@ -196,14 +196,12 @@ impl EndpointMap {
         for a in addrs {
             let key = abi::addr_key(*a);
             match self.map.get(&key, 0) {
-                Ok(v) if ifindex.is_none_or(|i| i == v.ifindex) => {
-                    match self.map.remove(&key) {
-                        Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(MapError::SyscallError(e))
-                            if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                        Err(e) => return Err(MapsError::op("xlb_endpoints", "delete")(e)),
-                    }
-                }
+                Ok(v) if ifindex.is_none_or(|i| i == v.ifindex) => match self.map.remove(&key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(MapsError::op("xlb_endpoints", "delete")(e)),
+                },
                 _ => {}
             }
         }

@@ -43,9 +43,9 @@ use crate::{
     view::{self, Detail, ServiceListing},
 };
 
+mod endpoints;
 #[cfg(test)]
 mod fixtures;
-mod endpoints;
 mod ids;
 mod network;
 mod node;

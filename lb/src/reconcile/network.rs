@@ -169,13 +169,15 @@ impl NetworkState {
             self.nonmasq.remove(cidr);
             stats.deletes += 1;
         }
-        let gone: Vec<Cidr> = self.routes.keys().filter(|c| !routes.contains_key(c)).copied().collect();
+        let gone: Vec<Cidr> =
+            self.routes.keys().filter(|c| !routes.contains_key(c)).copied().collect();
         for cidr in gone {
             store.write(Write::PodRouteDelete { cidr })?;
             self.routes.remove(&cidr);
             stats.deletes += 1;
         }
-        let gone: Vec<IpAddr> = self.peers.keys().filter(|a| !peers.contains_key(a)).copied().collect();
+        let gone: Vec<IpAddr> =
+            self.peers.keys().filter(|a| !peers.contains_key(a)).copied().collect();
         for addr in gone {
             store.write(Write::TunnelPeerDelete { addr })?;
             self.peers.remove(&addr);
@@ -240,7 +242,14 @@ mod tests {
         let mut restored = NetworkState::restore(&store).unwrap();
         assert_eq!(applied(&mut store, &mut restored, &net).writes(), 0, "restored exactly");
         assert_eq!(
-            store.pod_routes().unwrap().iter().find(|(c, _)| *c == cidr("10.244.1.0/24")).unwrap().1.flags,
+            store
+                .pod_routes()
+                .unwrap()
+                .iter()
+                .find(|(c, _)| *c == cidr("10.244.1.0/24"))
+                .unwrap()
+                .1
+                .flags,
             abi::ROUTE_F_LOCAL
         );
     }

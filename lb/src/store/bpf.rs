@@ -8,8 +8,8 @@ use std::{
 use aya::maps::{MapError, PerCpuValues};
 
 use super::{
-    decode_name, encode_name, BackendMeta, Capacity, MapStore, SnatTotals, StoreError,
-    SvcTraffic, Traffic, Write,
+    decode_name, encode_name, BackendMeta, Capacity, MapStore, SnatTotals, StoreError, SvcTraffic,
+    Traffic, Write,
 };
 use crate::{
     abi,
@@ -283,7 +283,9 @@ impl MapStore for BpfStore {
             Write::Endpoint { addr, value } => {
                 m.endpoints.insert(abi::addr_key(addr), value, 0).map_err(up)
             }
-            Write::EndpointDelete { addr } => removed(m.endpoints.remove(&abi::addr_key(addr)), map),
+            Write::EndpointDelete { addr } => {
+                removed(m.endpoints.remove(&abi::addr_key(addr)), map)
+            }
             Write::TunnelPeer { addr, flags } => {
                 m.tunnel_peers.insert(abi::addr_key(addr), flags, 0).map_err(up)
             }
