@@ -581,7 +581,7 @@ impl<S: MapStore> DatapathView<S> {
                 (c, listing)
             })
             .collect();
-        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        routes.sort_by_key(|a| a.0);
         let mut peers: Vec<PeerListing> = self
             .store
             .tunnel_peers()?

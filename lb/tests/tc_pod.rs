@@ -214,8 +214,8 @@ fn run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> Run {
 }
 
 impl PodLab {
-    /// Pod A (or `ifindex`'s pod) sends `frame`.
-    fn from_pod(&mut self, ifindex: u32, frame: &[u8]) -> Run {
+    /// The pod behind host veth `ifindex` sends `frame`.
+    fn pod_sends(&mut self, ifindex: u32, frame: &[u8]) -> Run {
         run(self.dp.pod_from_program(), frame, ifindex)
     }
 
@@ -304,7 +304,7 @@ fn pod_to_a_pod_of_the_same_node_is_redirected_into_it() {
         for (dst, v6) in [(ip(POD_B_V4), false), (ip(POD_B_V6), true)] {
             let frame = syn_from_a(dst).build();
             let hv0 = lab.hv0;
-            let r = lab.counts("tc_pod_from", "ok_pod_redirect", |l| l.from_pod(hv0, &frame));
+            let r = lab.counts("tc_pod_from", "ok_pod_redirect", |l| l.pod_sends(hv0, &frame));
             assert_eq!(r.verdict, TC_ACT_REDIRECT, "v6 {v6}");
             // One router hop: TTL 63, B's MAC addresses.
             let want = Frame::eth(HOST_B_MAC, POD_B_MAC).inner(syn_from_a(dst).l3().ttl(63));
@@ -328,7 +328,7 @@ fn a_spoofed_pod_source_is_dropped_and_counted() {
             let dst = if src.is_ipv4() { ip(POD_C_V4) } else { ip(POD_C_V6) };
             let frame =
                 Frame::eth(POD_A_MAC, HOST_A_MAC).ip(src, dst).udp(5353, 53).payload(b"q").build();
-            let r = lab.counts("tc_pod_from", "drop_pod_spoof", |l| l.from_pod(ifindex, &frame));
+            let r = lab.counts("tc_pod_from", "drop_pod_spoof", |l| l.pod_sends(ifindex, &frame));
             assert_eq!(r.verdict, TC_ACT_SHOT, "{what}");
         }
     });
@@ -341,7 +341,7 @@ fn pod_to_a_pod_of_another_node_goes_out_in_geneve_with_its_identity() {
             let inner = syn_from_a(dst).payload(&[0x5a; 100]);
             let frame = inner.build();
             let hv0 = lab.hv0;
-            let r = lab.counts("tc_pod_from", "ok_pod_encap", |l| l.from_pod(hv0, &frame));
+            let r = lab.counts("tc_pod_from", "ok_pod_encap", |l| l.pod_sends(hv0, &frame));
             assert_eq!(r.verdict, TC_ACT_REDIRECT, "sent to the uplink");
             let want = overlay_frame(v6, &inner.l3().ttl(63), ID_A, &r.out);
             assert_frame(if v6 { "v6 in v6" } else { "v4 in v4" }, &want.build(), &r.out);
@@ -428,25 +428,25 @@ fn pod_traffic_for_the_host_stack_and_its_neighbour_discovery_pass() {
         let hv0 = lab.hv0;
         for dst in [ip(OUTSIDE_V4), ip(NODE1_V4), ip(OUTSIDE_V6)] {
             let frame = syn_from_a(dst).build();
-            let r = lab.counts("tc_pod_from", "pass_pod_to_stack", |l| l.from_pod(hv0, &frame));
+            let r = lab.counts("tc_pod_from", "pass_pod_to_stack", |l| l.pod_sends(hv0, &frame));
             assert_eq!(r.verdict, TC_ACT_OK);
             assert_frame("to the stack", &frame, &r.out);
         }
         let arp = Frame::eth(POD_A_MAC, [0xff; 6])
             .arp_request(POD_A_MAC, POD_A_V4, Ipv4Addr::new(169, 254, 1, 1))
             .build();
-        let r = lab.counts("tc_pod_from", "pass_pod_link_local", |l| l.from_pod(hv0, &arp));
+        let r = lab.counts("tc_pod_from", "pass_pod_link_local", |l| l.pod_sends(hv0, &arp));
         assert_eq!(r.verdict, TC_ACT_OK);
         let ll: Ipv6Addr = "fe80::a0:2".parse().unwrap();
         let ns = Frame::eth(POD_A_MAC, [0x33, 0x33, 0, 0, 0, 1])
             .ipv6(ll, "ff02::1".parse().unwrap())
             .icmp6(135, 0, 0)
             .build();
-        let r = lab.counts("tc_pod_from", "pass_pod_link_local", |l| l.from_pod(hv0, &ns));
+        let r = lab.counts("tc_pod_from", "pass_pod_link_local", |l| l.pod_sends(hv0, &ns));
         assert_eq!(r.verdict, TC_ACT_OK);
         // This node's range, no such pod.
         let frame = syn_from_a(ip(NOBODY_V4)).build();
-        let r = lab.counts("tc_pod_from", "drop_no_endpoint", |l| l.from_pod(hv0, &frame));
+        let r = lab.counts("tc_pod_from", "drop_no_endpoint", |l| l.pod_sends(hv0, &frame));
         assert_eq!(r.verdict, TC_ACT_SHOT);
     });
 }
@@ -465,7 +465,7 @@ fn oversize_packets_get_icmp_too_big_back_instead_of_a_silent_drop() {
             let pkt = syn_from_a(dst).ack().payload(&vec![0x77; 1480 - hdrs]);
             let pkt = if v6 { pkt } else { pkt.df() };
             let frame = pkt.build();
-            let r = lab.counts("tc_pod_from", "ok_icmp_too_big", |l| l.from_pod(hv0, &frame));
+            let r = lab.counts("tc_pod_from", "ok_icmp_too_big", |l| l.pod_sends(hv0, &frame));
             assert_eq!(r.verdict, TC_ACT_REDIRECT, "back to the pod");
             let mtu = (1500 - overhead) as u32;
             let quote = &frame[14..14 + 128];
@@ -484,7 +484,7 @@ fn oversize_packets_get_icmp_too_big_back_instead_of_a_silent_drop() {
         }
         // IPv4 without DF wanted fragmenting: counted, no ICMP.
         let frame = syn_from_a(ip(POD_C_V4)).ack().payload(&[0x77; 1440]).build();
-        let r = lab.counts("tc_pod_from", "drop_pod_too_big", |l| l.from_pod(hv0, &frame));
+        let r = lab.counts("tc_pod_from", "drop_pod_too_big", |l| l.pod_sends(hv0, &frame));
         assert_eq!(r.verdict, TC_ACT_SHOT);
     });
 }
