@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lb::model::{Cidr, Endpoint, Masquerade, Network, PeerRole};
+use lb::model::{Cidr, Endpoint, Masquerade, Network};
 use xlb_cni::{
     config::{conflist, ConflistOptions},
     record,
@@ -132,7 +132,7 @@ pub fn install_conflist(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb::model::PodRoute;
+    use lb::model::{PeerRole, PodRoute};
 
     fn opts(dir: &Path) -> PodNetOptions {
         PodNetOptions {
