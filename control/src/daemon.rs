@@ -70,6 +70,33 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+/// The MTU of `iface` in this network namespace (SIOCGIFMTU: /sys may be
+/// another namespace's when the agent was started with setns).
+fn iface_mtu(iface: &str) -> std::io::Result<u32> {
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "name too long"));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a datagram socket for the ioctl, closed below; req is a valid ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(req.ifr_ifru.ifru_mtu as u32)
+    }
+}
+
 /// The pod network of this node (`--pod-network` and its settings).
 #[derive(Args, Debug)]
 pub struct PodNetArgs {
@@ -120,14 +147,8 @@ impl PodNetArgs {
         }
         let underlay_mtu = match self.underlay_mtu {
             Some(m) => m,
-            None => {
-                let path = format!("/sys/class/net/{first_iface}/mtu");
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {path} (or give --underlay-mtu)"))?
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("parsing {path}"))?
-            }
+            None => iface_mtu(first_iface)
+                .with_context(|| format!("the MTU of {first_iface} (or give --underlay-mtu)"))?,
         };
         let pod_mtu = podnet::pod_mtu(underlay_mtu, self.overlay_overhead);
         anyhow::ensure!(

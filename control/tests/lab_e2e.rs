@@ -56,6 +56,8 @@ impl Running {
                 .unwrap_or_else(|e| panic!("starting the agent on {node}: {e}"));
             running.agents.push(agent);
         }
+        // The nodes' agents are their pod network: now the pods get theirs.
+        running.lab.start_pods().unwrap_or_else(|e| panic!("starting the pods: {e}"));
         for a in &mut running.agents {
             a.wait_until(AGENT_READY, &agent::has_active_backends)
                 .unwrap_or_else(|e| panic!("{e}"));

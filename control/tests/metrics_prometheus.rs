@@ -103,6 +103,8 @@ impl Running {
                 .unwrap_or_else(|e| panic!("starting the agent on {node}: {e}"));
             r.agents.push(a);
         }
+        // The nodes' agents are their pod network: now the pods get theirs.
+        r.lab.start_pods().unwrap_or_else(|e| panic!("starting the pods: {e}"));
         for a in &mut r.agents {
             a.wait_until(AGENT_READY, &agent::has_active_backends)
                 .unwrap_or_else(|e| panic!("{e}"));

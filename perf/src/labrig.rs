@@ -58,7 +58,9 @@ impl XlbLab {
     /// starts the agents and waits until each has programmed a backend.
     pub fn start(spec: LabSpec, state: &dyn Fn(&str) -> EndpointState) -> Result<XlbLab, RigError> {
         let exe = agent::xlb_binary()?;
-        let lab = Lab::build(LabSpec { static_neighbours: true, ..spec.clone() })?;
+        // Native routes: the baselines reach pods straight from the client.
+        let lab =
+            Lab::build(LabSpec { static_neighbours: true, native_routes: true, ..spec.clone() })?;
         let config = lab.temp_dir().join("nginx.yaml");
         let control = Control { agents: Vec::new(), config, spec: lab.spec().clone() };
         let mut rig = XlbLab { control, lab };
@@ -70,6 +72,7 @@ impl XlbLab {
         for node in &nodes {
             rig.control.agents.push(Agent::start(&rig.lab, node, &agent_spec)?);
         }
+        rig.lab.start_pods()?;
         for a in &mut rig.control.agents {
             a.wait_until(AGENT_READY, &agent::has_active_backends)?;
         }
