@@ -174,6 +174,33 @@ impl Agent {
     }
 }
 
+/// Starts the LB's and every node's agent with `spec`, gives the pods their
+/// network once the nodes' agents are up ([`Lab::start_pods`]), and waits
+/// up to `timeout` until every agent has programmed an active backend. The
+/// agents, LB first. A failure names the agents' last log lines.
+pub fn start_all(
+    lab: &mut Lab,
+    spec: &AgentSpec,
+    timeout: Duration,
+) -> Result<Vec<Agent>, LabError> {
+    let mut agents = Vec::new();
+    let names: Vec<String> = std::iter::once("lb".to_string())
+        .chain(lab.nodes().iter().map(|n| n.host.name.clone()))
+        .collect();
+    for node in &names {
+        agents.push(Agent::start(lab, node, spec)?);
+    }
+    if let Err(e) = lab.start_pods() {
+        let logs: String =
+            agents.iter().map(|a| format!("\n--- {} ---\n{}", a.node, a.log_tail(10))).collect();
+        return Err(LabError::Agent { node: "every node".into(), detail: format!("{e}{logs}") });
+    }
+    for a in &mut agents {
+        a.wait_until(timeout, &has_active_backends)?;
+    }
+    Ok(agents)
+}
+
 /// Starts an agent on every pod node that only runs the pod network (the
 /// Nodes of the lab, no services): for labs that measure or test without
 /// xlb's load balancing but whose pods need their network.

@@ -66,16 +66,7 @@ impl XlbLab {
         let mut rig = XlbLab { control, lab };
         rig.control.write_manifest(state)?;
         let agent_spec = AgentSpec::new(&exe, &rig.control.config);
-        let nodes: Vec<String> = std::iter::once("lb".to_string())
-            .chain(rig.lab.nodes().iter().map(|n| n.host.name.clone()))
-            .collect();
-        for node in &nodes {
-            rig.control.agents.push(Agent::start(&rig.lab, node, &agent_spec)?);
-        }
-        rig.lab.start_pods()?;
-        for a in &mut rig.control.agents {
-            a.wait_until(AGENT_READY, &agent::has_active_backends)?;
-        }
+        rig.control.agents = agent::start_all(&mut rig.lab, &agent_spec, AGENT_READY)?;
         // Clean measurements: no ICMP redirects from the LB (it forwards
         // kube-proxy traffic out of the interface it came in on), and the
         // client may use every port for short-lived connections.

@@ -140,7 +140,7 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
     let mut agent_spec = AgentSpec::new(&xlb, &config);
     agent_spec.extra_args.extend(args.agent_args.iter().cloned());
     let t1 = Instant::now();
-    let mut agents = start_agents(&mut lab, &agent_spec)?;
+    let mut agents = agent::start_all(&mut lab, &agent_spec, AGENT_READY)?;
     println!(
         "agents: {} ready in {:.1}s (pins under /sys/fs/bpf/{}, logs in {} until teardown)",
         agents.iter().map(|a| a.node.as_str()).collect::<Vec<_>>().join(", "),
@@ -413,26 +413,6 @@ fn print_dsr(before: &Snapshot, after: &Snapshot) -> anyhow::Result<()> {
         node_tx
     );
     Ok(())
-}
-
-/// Starts every agent, gives the pods their network once the nodes'
-/// agents installed their CNI configuration, waits until every agent has
-/// programmed a backend.
-fn start_agents(lab: &mut Lab, spec: &AgentSpec) -> anyhow::Result<Vec<Agent>> {
-    let mut agents = Vec::new();
-    for node in std::iter::once("lb").chain(lab.nodes().iter().map(|n| n.host.name.as_str())) {
-        agents.push(Agent::start(lab, node, spec)?);
-    }
-    if let Err(e) = lab.start_pods() {
-        for a in &agents {
-            eprintln!("--- last lines of the {} agent's log ---\n{}", a.node, a.log_tail(15));
-        }
-        return Err(e).context("giving the pods their network (xlb-cni)");
-    }
-    for a in &mut agents {
-        a.wait_until(AGENT_READY, &agent::has_active_backends)?;
-    }
-    Ok(agents)
 }
 
 fn print_topology(lab: &Lab) {
