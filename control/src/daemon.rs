@@ -250,6 +250,10 @@ enum XdpModeArg {
     Native,
     /// In the kernel stack (skb mode): works on any interface, slow.
     Generic,
+    /// No XDP: tc only. The node is no NodePort / LoadBalancer frontend of
+    /// its own (DSR termination, the pod network and masquerade are tc's);
+    /// an XDP program a previous agent left on the interface is removed.
+    None,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -285,14 +289,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, events_enabled: true };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     let mode = match args.xdp_mode {
-        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Native => Some(XdpMode::Native),
         XdpModeArg::Generic => {
             warn!(
                 "XDP in generic (skb) mode: runs after the kernel allocated the packet, \
                  far slower than native; for testing or NICs without XDP support only"
             );
-            XdpMode::Generic
+            Some(XdpMode::Generic)
         }
+        XdpModeArg::None => None,
     };
     let result = serve(&args, &opts, first, &mut dataplane, mode);
     drop(dataplane);
@@ -362,13 +367,16 @@ fn serve(
     opts: &TranslateOptions,
     first: Option<(Stamp, Translator)>,
     dataplane: &mut Dataplane,
-    mode: XdpMode,
+    mode: Option<XdpMode>,
 ) -> anyhow::Result<()> {
     for iface in &args.ifaces {
         datapath_sysctls(iface)?;
-        dataplane.attach_xdp(iface, mode)?;
+        match mode {
+            Some(mode) => dataplane.attach_xdp(iface, mode)?,
+            None => dataplane.detach_xdp(iface)?,
+        }
         dataplane.attach_tc(iface)?;
-        info!(iface, ?mode, "attached XDP and tc");
+        info!(iface, ?mode, "attached (XDP: mode; tc: always)");
         crate::metrics::record_attach(iface, mode);
     }
     let pod = args.pod.options(&args.ifaces[0])?;

@@ -202,13 +202,15 @@ pub fn start_all(
 }
 
 /// Starts an agent on every pod node that only runs the pod network (the
-/// Nodes of the lab, no services): for labs that measure or test without
-/// xlb's load balancing but whose pods need their network.
-pub fn start_node_agents(lab: &Lab) -> Result<Vec<Agent>, LabError> {
+/// Nodes of the lab, no services), with `extra` `xlb run` flags: for labs
+/// that measure or test without xlb's load balancing but whose pods need
+/// their network.
+pub fn start_node_agents(lab: &Lab, extra: &[&str]) -> Result<Vec<Agent>, LabError> {
     let config = lab.temp_dir().join("nodes.yaml");
     std::fs::write(&config, crate::manifests::nodes(lab.spec()))
         .map_err(|source| LabError::Io { path: config.clone(), source })?;
-    let spec = AgentSpec::new(xlb_binary()?, &config);
+    let mut spec = AgentSpec::new(xlb_binary()?, &config);
+    spec.extra_args.extend(extra.iter().map(|s| s.to_string()));
     lab.nodes().iter().map(|n| Agent::start(lab, &n.host.name, &spec)).collect()
 }
 

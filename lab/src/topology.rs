@@ -299,6 +299,16 @@ impl Lab {
         Ok(dir)
     }
 
+    /// A further namespace "<prefix>-<role>" (lo up), removed with the lab
+    /// (benchmarks' extra pods). Its full name.
+    pub fn add_namespace(&self, role: &str) -> Result<String, LabError> {
+        let ns = format!("{}-{role}", self.prefix);
+        netns::add(&ns)?;
+        self.owned.add_namespace(ns.clone());
+        netns::ip(&ns, &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     /// Removes `dir` (recursively) with the lab.
     pub fn track_dir(&self, dir: PathBuf) {
         self.owned.add_dir(dir);

@@ -47,7 +47,7 @@ fn two_node_lab_routes_serves_and_tears_down() {
     let mut lab =
         Lab::build(LabSpec { pods_per_node: 2, native_routes: true, ..LabSpec::default() })
             .expect("building the lab");
-    let agents = agent::start_node_agents(&lab).expect("the nodes' agents");
+    let agents = agent::start_node_agents(&lab, &[]).expect("the nodes' agents");
     lab.start_pods().expect("the pods' network");
     eprintln!("built {} in {:?}", lab.prefix(), t0.elapsed());
     let prefix = lab.prefix().to_string();

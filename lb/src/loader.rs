@@ -347,6 +347,19 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Removes the XDP program an earlier agent pinned on `iface`, if any
+    /// (an agent told to run without XDP).
+    pub fn detach_xdp(&mut self, iface: &str) -> Result<(), LoadError> {
+        let path = self.link_path("xdp", iface);
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => link
+                .unpin()
+                .map(drop)
+                .map_err(|e| LoadError::LinkPin { path, detail: e.to_string() }),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Attaches the tc programs to `iface` ingress and egress (TCX links,
     /// pinned and atomically replaced like the XDP link).
     pub fn attach_tc(&mut self, iface: &str) -> Result<(), LoadError> {

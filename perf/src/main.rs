@@ -7,6 +7,7 @@ mod cluster_bench;
 mod conn;
 mod maglev_report;
 mod micro;
+mod podnet;
 mod pps;
 mod report;
 mod scale;
@@ -68,6 +69,20 @@ enum Cmd {
         rounds: u32,
         #[arg(long, default_value_t = 1000)]
         kp_services: u32,
+    },
+    /// The pod network: xlb's BPF Geneve vs the kernel's VXLAN vs plain
+    /// routing across nodes, redirect vs a Linux bridge on one node
+    /// (iperf3, request latency, interleaved), CNI ADD latency.
+    Podnet {
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 5_000)]
+        requests: usize,
+        /// Pods created at once for the CNI ADD latency.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
     },
     /// Backends added/removed/terminated under load: broken connections.
     Churn {
@@ -152,6 +167,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "conn", &r, &md)?;
+        }
+        Cmd::Podnet { seconds, rounds, requests, pods } => {
+            let r = podnet::run(&podnet::PodnetOpts { seconds, rounds, requests, pods })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "podnet", &r, &md)?;
         }
         Cmd::Churn { held, dwell } => {
             let r = churnbench::run(&churnbench::ChurnOpts {
