@@ -111,7 +111,11 @@ fn bridge_pods(lab: &Lab, pod_mtu: u32) -> Result<()> {
             )?;
             lab.run(ns, "ip", &["link", "set", &port, "master", "cbr0", "up"])?;
             lab.run(&p.host.ns, "ip", &["link", "set", "eth0", "up"])?;
-            lab.run(&p.host.ns, "ip", &["addr", "add", &format!("{}/24", p.host.v4), "dev", "eth0"])?;
+            lab.run(
+                &p.host.ns,
+                "ip",
+                &["addr", "add", &format!("{}/24", p.host.v4), "dev", "eth0"],
+            )?;
             lab.run(&p.host.ns, "ip", &["route", "add", "default", "via", &gw.to_string()])?;
         }
     }
@@ -123,7 +127,11 @@ fn plain_routes(lab: &Lab) -> Result<()> {
     for n in lab.nodes() {
         for other in lab.nodes().iter().filter(|o| o.index != n.index) {
             let (c, l) = spec::pod_cidr_v4(other.index);
-            lab.run(&n.host.ns, "ip", &["route", "add", &format!("{c}/{l}"), "via", &other.host.v4.to_string()])?;
+            lab.run(
+                &n.host.ns,
+                "ip",
+                &["route", "add", &format!("{c}/{l}"), "via", &other.host.v4.to_string()],
+            )?;
         }
     }
     Ok(())
@@ -141,9 +149,24 @@ fn vxlan(lab: &Lab) -> Result<()> {
             ns,
             "ip",
             &[
-                "link", "add", "vxlan0", "address", &mac(n.index), "mtu", &mtu, "type", "vxlan",
-                "id", "42", "local", &n.host.v4.to_string(), "dstport", "4789", "nolearning",
-                "dev", "eth0",
+                "link",
+                "add",
+                "vxlan0",
+                "address",
+                &mac(n.index),
+                "mtu",
+                &mtu,
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                &n.host.v4.to_string(),
+                "dstport",
+                "4789",
+                "nolearning",
+                "dev",
+                "eth0",
             ],
         )?;
         lab.run(ns, "ip", &["addr", "add", &format!("10.244.{}.0/32", n.index), "dev", "vxlan0"])?;
@@ -151,9 +174,31 @@ fn vxlan(lab: &Lab) -> Result<()> {
         for o in lab.nodes().iter().filter(|o| o.index != n.index) {
             let gw = format!("10.244.{}.0", o.index);
             let (c, l) = spec::pod_cidr_v4(o.index);
-            lab.run(ns, "ip", &["neigh", "replace", &gw, "lladdr", &mac(o.index), "dev", "vxlan0", "nud", "permanent"])?;
-            lab.run(ns, "bridge", &["fdb", "append", &mac(o.index), "dev", "vxlan0", "dst", &o.host.v4.to_string()])?;
-            lab.run(ns, "ip", &["route", "add", &format!("{c}/{l}"), "via", &gw, "dev", "vxlan0", "onlink"])?;
+            lab.run(
+                ns,
+                "ip",
+                &[
+                    "neigh",
+                    "replace",
+                    &gw,
+                    "lladdr",
+                    &mac(o.index),
+                    "dev",
+                    "vxlan0",
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+            lab.run(
+                ns,
+                "bridge",
+                &["fdb", "append", &mac(o.index), "dev", "vxlan0", "dst", &o.host.v4.to_string()],
+            )?;
+            lab.run(
+                ns,
+                "ip",
+                &["route", "add", &format!("{c}/{l}"), "via", &gw, "dev", "vxlan0", "onlink"],
+            )?;
         }
     }
     Ok(())
@@ -340,12 +385,42 @@ pub fn run(opts: &PodnetOpts) -> Result<PodnetReport> {
 
     let pod = |lab: &Lab, name: &str| lab.pod(name).expect("pod").host.clone();
     let paths = [
-        Path_ { name: "cross-node: xlb (BPF Geneve)", lab: &xlb, from: "pod1-1".into(), to: pod(&xlb, "pod2-1").v4.into() },
-        Path_ { name: "cross-node: xlb, XDP on the node veths", lab: &xlbx, from: "pod1-1".into(), to: pod(&xlbx, "pod2-1").v4.into() },
-        Path_ { name: "cross-node: kernel VXLAN", lab: &vx, from: "pod1-1".into(), to: pod(&vx, "pod2-1").v4.into() },
-        Path_ { name: "cross-node: plain routing", lab: &plain, from: "pod1-1".into(), to: pod(&plain, "pod2-1").v4.into() },
-        Path_ { name: "same node: xlb (redirect_peer)", lab: &xlb, from: "pod1-1".into(), to: pod(&xlb, "pod1-2").v4.into() },
-        Path_ { name: "same node: Linux bridge", lab: &plain, from: "pod1-1".into(), to: pod(&plain, "pod1-2").v4.into() },
+        Path_ {
+            name: "cross-node: xlb (BPF Geneve)",
+            lab: &xlb,
+            from: "pod1-1".into(),
+            to: pod(&xlb, "pod2-1").v4.into(),
+        },
+        Path_ {
+            name: "cross-node: xlb, XDP on the node veths",
+            lab: &xlbx,
+            from: "pod1-1".into(),
+            to: pod(&xlbx, "pod2-1").v4.into(),
+        },
+        Path_ {
+            name: "cross-node: kernel VXLAN",
+            lab: &vx,
+            from: "pod1-1".into(),
+            to: pod(&vx, "pod2-1").v4.into(),
+        },
+        Path_ {
+            name: "cross-node: plain routing",
+            lab: &plain,
+            from: "pod1-1".into(),
+            to: pod(&plain, "pod2-1").v4.into(),
+        },
+        Path_ {
+            name: "same node: xlb (redirect_peer)",
+            lab: &xlb,
+            from: "pod1-1".into(),
+            to: pod(&xlb, "pod1-2").v4.into(),
+        },
+        Path_ {
+            name: "same node: Linux bridge",
+            lab: &plain,
+            from: "pod1-1".into(),
+            to: pod(&plain, "pod1-2").v4.into(),
+        },
     ];
     let mut servers = Vec::new();
     for p in &paths {

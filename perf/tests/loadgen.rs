@@ -23,8 +23,8 @@ fn lab() -> (Lab, Vec<lab::agent::Agent>) {
         ..LabSpec::default()
     })
     .unwrap_or_else(|e| panic!("building the lab (needs root): {e}"));
-    let agents =
-        lab::agent::start_node_agents(&lab, &[]).unwrap_or_else(|e| panic!("the node's agent: {e}"));
+    let agents = lab::agent::start_node_agents(&lab, &[])
+        .unwrap_or_else(|e| panic!("the node's agent: {e}"));
     lab.start_pods().unwrap_or_else(|e| panic!("the pod's network: {e}"));
     (lab, agents)
 }
