@@ -76,7 +76,7 @@ enum Cmd {
     Podnet {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
         #[arg(long, default_value_t = 5_000)]
         requests: usize,
@@ -282,6 +282,12 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         churnbench::ChurnOpts::default()
     };
     let churn = scenario(out, "churn", || churnbench::run(&churn_opts), |c| c.markdown());
+    let podnet_opts = if quick {
+        podnet::PodnetOpts { seconds: 1, rounds: 1, requests: 2_000, pods: 20 }
+    } else {
+        podnet::PodnetOpts::default()
+    };
+    let podnet = scenario(out, "podnet", || podnet::run(&podnet_opts), |p| p.markdown());
     let scale_opts = if quick {
         scale::ScaleOpts { rounds: 3, repeat: 5_000, ct_capacity: 65_536, ..Default::default() }
     } else {
@@ -319,6 +325,7 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         ("conn", results.conn.is_err()),
         ("churn", results.churn.is_err()),
         ("scale", results.scale.is_err()),
+        ("podnet", podnet.is_err()),
         ("maglev", results.maglev.is_err()),
     ]
     .into_iter()
