@@ -1,15 +1,27 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * decap.h: tunnel termination on a node's uplink, tc ingress.
+ * decap.h: tunnel termination on a node's uplink, tc ingress. One UDP port
+ * and VNI carry the load balancer's DSR dispatch and the pod overlay; the
+ * Geneve option tells them apart (encap.h reads it). Geneve that is not
+ * xlb's (another VNI, version or option class) passes untouched
+ * (XLB_PASS_FOREIGN_TUNNEL): another overlay may share the port. xlb's own
+ * tunnel traffic is accepted only from the underlay addresses in
+ * xlb_tunnel_peers (the nodes, the load balancers): anything else could put
+ * packets into pods and plant reverse translations (XLB_DROP_TUNNEL_PEER).
  *
- *   - Geneve (encap.h reads it): the client packet inside was already
- *     DNAT'd to the endpoint by the load balancer; the DSR option names the
- *     service address and port the client used. (client -> endpoint) =>
- *     service is remembered in xlb_dsr_nat and the outer headers are
- *     stripped; the kernel then routes the inner packet to the endpoint (a
- *     pod behind a veth, or the node itself). An ICMP error the load balancer
- *     forwards (quoting service -> client) carries an endpoint option
- *     (EP4/EP6) instead and is translated so the endpoint's socket gets it.
+ *   - Geneve, DSR option: the client packet inside was already DNAT'd to
+ *     the endpoint by the load balancer; the option names the service
+ *     address and port the client used. (client -> endpoint) => service is
+ *     remembered in xlb_dsr_nat and the outer headers are stripped. An ICMP
+ *     error the load balancer forwards (quoting service -> client) carries an
+ *     endpoint option (EP4/EP6) instead and is translated so the endpoint's
+ *     socket gets it. Either goes straight into the endpoint's pod when it
+ *     runs here (podnet.h: redirect_peer), else to the kernel (an endpoint
+ *     on the node itself).
+ *   - Geneve, IDENTITY option: the pod overlay. The inner packet goes into
+ *     its pod on this node (XLB_OK_POD_DECAP); there is no other place for
+ *     it (XLB_DROP_NO_ENDPOINT). The option's identity is the source's
+ *     (NetworkPolicy's ingress check, #11, goes before the redirect).
  *   - IPIP / IP6IP6 / IPv6-in-IPv4: the inner packet is as the client sent
  *     it; the node picks the backend with the shared tables (service.h,
  *     maglev.h: conntrack, affinity, Maglev) and accepts only its own.
@@ -30,6 +42,7 @@
 #include "encap.h"
 #include "maglev.h"
 #include "service.h"
+#include "podnet.h"
 
 /* bpf_skb_adjust_room flags (uapi since Linux 6.3, missing from the Debian
  * 12 headers): the L3 family of the packet after the outer header is
@@ -100,6 +113,46 @@ static __always_inline int xlb_decap_inner(struct __sk_buff *skb, __u32 off, __b
 	return rc;
 }
 
+/* Whether the outer source is a node or load balancer xlb knows. */
+static __always_inline int xlb_tunnel_peer_known(const struct xlb_pkt *out)
+{
+	struct xlb_addr_key k;
+
+	xlb_addr_key_of(&k, out->tuple.saddr, out->tuple.family);
+	return bpf_map_lookup_elem(&xlb_tunnel_peers, &k) != NULL;
+}
+
+/* After decapsulation: into the pod of `addr` when it runs here, else to
+ * the kernel (an endpoint on the node itself). */
+static __always_inline int xlb_decap_deliver(struct __sk_buff *skb, const __u8 *addr, __u8 family)
+{
+	const struct xlb_endpoint *ep = xlb_endpoint_of(addr, family);
+
+	return ep ? xlb_to_endpoint(skb, ep) : TC_ACT_OK;
+}
+
+/* The pod overlay: the inner packet for a pod of this node. */
+static __always_inline int xlb_decap_overlay(struct __sk_buff *skb, const struct xlb_pkt *out,
+					     const struct xlb_tunnel *t, __u32 udp_end,
+					     __u32 *reason)
+{
+	const struct xlb_endpoint *ep;
+	struct xlb_pkt in = {};
+	int rc;
+
+	rc = xlb_decap_inner(skb, t->inner_off, bpf_htons(t->inner_proto), udp_end, &in);
+	if (rc)
+		return xlb_fail(rc, reason);
+	ep = xlb_endpoint_of(in.tuple.daddr, in.tuple.family);
+	if (!ep)
+		return xlb_fail(-XLB_DROP_NO_ENDPOINT, reason);
+	rc = xlb_decap_strip(skb, t->inner_off, out->tuple.family, in.tuple.family);
+	if (rc)
+		return xlb_fail(rc, reason);
+	*reason = XLB_OK_POD_DECAP;
+	return xlb_to_endpoint(skb, ep);
+}
+
 /* An ICMP error the load balancer forwarded with an EP4/EP6 option, about a
  * reply it saw leave as the service (quoting service -> client): the
  * error's destination and the quoted source become the endpoint
@@ -131,8 +184,12 @@ static __always_inline int xlb_decap_geneve(struct __sk_buff *skb, const struct 
 	rc = xlb_geneve_parse(skb, xlb_l4_off(out) + sizeof(struct udphdr), udp_end, node->vni, &t);
 	if (rc)
 		return xlb_fail(rc, reason);
+	if (!xlb_tunnel_peer_known(out))
+		return xlb_fail(-XLB_DROP_TUNNEL_PEER, reason);
 	if (t.inner_proto != ETH_P_IP && t.inner_proto != ETH_P_IPV6)
 		return xlb_fail(-XLB_DROP_BAD_TUNNEL, reason);
+	if (t.opt == XLB_GENEVE_OPT_IDENTITY)
+		return xlb_decap_overlay(skb, out, &t, udp_end, reason);
 	rc = xlb_decap_inner(skb, t.inner_off, bpf_htons(t.inner_proto), udp_end, &in);
 	if (rc)
 		return xlb_fail(rc, reason);
@@ -157,9 +214,11 @@ static __always_inline int xlb_decap_geneve(struct __sk_buff *skb, const struct 
 		if (rc)
 			return xlb_fail(rc, reason);
 		*reason = XLB_OK_ICMP_FORWARD;
+		/* the error now goes to the endpoint */
+		xlb_addr_copy(in.tuple.daddr, t.addr);
 	}
 	rc = xlb_decap_strip(skb, t.inner_off, out->tuple.family, in.tuple.family);
-	return rc ? xlb_fail(rc, reason) : TC_ACT_OK;
+	return rc ? xlb_fail(rc, reason) : xlb_decap_deliver(skb, in.tuple.daddr, in.tuple.family);
 }
 
 /* IPIP / IP6IP6 / mixed: the inner packet is as the client sent it (to the
@@ -177,6 +236,8 @@ static __always_inline int xlb_decap_ipip(struct __sk_buff *skb, const struct xl
 	struct xlb_pkt in = {};
 	int rc;
 
+	if (!xlb_tunnel_peer_known(out))
+		return xlb_fail(-XLB_DROP_TUNNEL_PEER, reason);
 	xlb_ctx_pull(skb, xlb_l4_off(out) + 60 + 20);
 	rc = xlb_decap_inner(skb, xlb_l4_off(out), proto, out->l3_off + out->l3_len, &in);
 	if (rc)
@@ -213,7 +274,7 @@ static __always_inline int xlb_decap_ipip(struct __sk_buff *skb, const struct xl
 	if (rc)
 		return xlb_fail(rc, reason);
 	*reason = XLB_OK_TC_DECAP;
-	return TC_ACT_OK;
+	return xlb_decap_deliver(skb, sel.be->addr, sel.be->family);
 }
 
 /* A TCP connection opened directly to an endpoint (not through the

@@ -1,19 +1,25 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * xlb_tc: the node pipeline on a node's uplink (tc, TCX). Each entry point
- * runs its stages in packet order and ends in one counted exit (counters.h)
- * under its own hook:
+ * xlb_tc: the node pipeline (tc, TCX): a node's uplink and its pods' host
+ * veths. Each entry point runs its stages in packet order and ends in one
+ * counted exit (counters.h) under its own hook:
  *
- *   ingress  decap (decap.h): Geneve / IPIP from the load balancer is
- *            terminated and delivered to the endpoint
- *            [routing: pod traffic from other nodes]
- *            [policy: ingress of the destination pod]
- *   egress   [policy / routing of pod traffic leaving the node]
- *            revnat (revnat.h): endpoint replies leave as the service
+ *   uplink ingress   decap (decap.h): Geneve / IPIP from the load balancer
+ *                    and the pod overlay from other nodes, terminated and
+ *                    delivered into the pod; masquerade replies (uplink.h)
+ *                    [policy: ingress of the destination pod]
+ *   uplink egress    revnat (revnat.h): endpoint replies leave as the
+ *                    service; the node's own packets to other nodes' pods
+ *                    into the overlay, pods' packets leaving the cluster
+ *                    masqueraded (uplink.h)
+ *   pod from         (a pod's host veth, ingress; pod.h): source check,
+ *                    local redirect, overlay, or the host stack
+ *   pod to           (a pod's host veth, egress; pod.h): what the stack
+ *                    delivers to the pod
  *
  * A stage that does not handle the packet says why in its reason (PASS_*)
- * and the next stage may take it; the bracketed stages are where pod
- * routing and NetworkPolicy go.
+ * and the next stage may take it; the bracketed stage is where
+ * NetworkPolicy goes.
  */
 #define XLB_CTX_SKB
 #include "maps.h"
@@ -21,6 +27,8 @@
 #include "counters.h"
 #include "decap.h"
 #include "revnat.h"
+#include "uplink.h"
+#include "pod.h"
 
 SEC("classifier")
 int xlb_tc_ingress(struct __sk_buff *skb)
@@ -28,6 +36,8 @@ int xlb_tc_ingress(struct __sk_buff *skb)
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
 	int verdict = xlb_decap(skb, &reason);
 
+	if (reason == XLB_PASS_NOT_TUNNEL)
+		verdict = xlb_uplink_ingress(skb, &reason);
 	return xlb_exit(skb, XLB_HOOK_TC_INGRESS, reason, len, verdict);
 }
 
@@ -37,7 +47,27 @@ int xlb_tc_egress(struct __sk_buff *skb)
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
 	int verdict = xlb_revnat(skb, &reason);
 
+	if (reason == XLB_PASS_NO_NAT || reason == XLB_PASS_L4_PROTO || reason == XLB_PASS_FRAGMENT)
+		verdict = xlb_uplink_egress(skb, &reason);
 	return xlb_exit(skb, XLB_HOOK_TC_EGRESS, reason, len, verdict);
+}
+
+SEC("classifier")
+int xlb_pod_from(struct __sk_buff *skb)
+{
+	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
+	int verdict = xlb_pod_from_stage(skb, &reason);
+
+	return xlb_exit(skb, XLB_HOOK_TC_POD_FROM, reason, len, verdict);
+}
+
+SEC("classifier")
+int xlb_pod_to(struct __sk_buff *skb)
+{
+	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
+	int verdict = xlb_pod_to_stage(skb, &reason);
+
+	return xlb_exit(skb, XLB_HOOK_TC_POD_TO, reason, len, verdict);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -70,22 +70,25 @@ static __always_inline int xlb_write_outer(void *data, void *data_end, __u8 enca
 {
 	void *ip = data + ETH_HLEN;
 	__u8 proto = IPPROTO_UDP;
+	struct xlb_geneve_out g = {
+	    .addr = vaddr,
+	    .sport = bpf_htons(XLB_GENEVE_SPORT_BASE + (hash & 0x3fff)),
+	    .dport = node->geneve_port,
+	    .vni = node->vni,
+	    .port = vport,
+	    .inner_len = inner_len,
+	    .inner_family = inner,
+	    .opt_type = opt_type,
+	};
 	int rc;
 
 	if (encap != XLB_ENCAP_GENEVE)
 		proto = inner == XLB_FAMILY_V6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
-	if (outer == XLB_FAMILY_V6)
-		rc =
-		    xlb_write_ip6(ip, data_end, src, dst, proto, outer_l3_len - XLB_IP6_HLEN, hash);
-	else
-		rc = xlb_write_ip4(ip, data_end, *(const __u32 *)src, *(const __u32 *)dst, proto,
-				   outer_l3_len);
+	rc = xlb_write_ip(ip, data_end, outer, src, dst, proto, outer_l3_len, hash);
 	if (rc || encap != XLB_ENCAP_GENEVE)
 		return rc;
 	return xlb_write_geneve(ip + (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN),
-				data_end, bpf_htons(XLB_GENEVE_SPORT_BASE + (hash & 0x3fff)),
-				node->geneve_port, inner_len, inner, node->vni, opt_type, vaddr,
-				vport);
+				data_end, &g);
 }
 
 /*

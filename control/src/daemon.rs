@@ -9,6 +9,14 @@
 //! written before the source has listed every kind once. With the API
 //! unreachable the pinned state keeps serving and /readyz says so. Also
 //! serves the healthCheckNodePort of externalTrafficPolicy: Local services.
+//!
+//! With `--pod-network` the agent is the node's pod network too: it pins
+//! the pods' programs for xlb-cni (moving running pods to them), keeps the
+//! pod ranges of every Node, the tunnel peers and masquerade in the
+//! datapath, reads this node's pods from the plugin's records every second,
+//! and installs the CNI configuration list once the node has pod ranges.
+//! Tunnel peers (every Node's InternalIPs, and `--tunnel-peer`) are kept
+//! with or without it: a node accepts DSR dispatch only from them.
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -22,6 +30,7 @@ use clap::{Args, ValueEnum};
 use lb::{
     datapath::{ApplyStats, Datapath},
     loader::{Dataplane, LoadOptions, MapSizes, XdpMode, DEFAULT_PIN_DIR},
+    model::{Cidr, Endpoint, DEFAULT_ICMP_RATE},
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -31,6 +40,7 @@ use tracing::{debug, error, info, info_span, warn};
 use xlb_control::{
     cluster::Changes,
     healthcheck::HealthServer,
+    podnet::{self, PodNetOptions},
     render,
     source::{self, file::Stamp},
     translate::{ConfigErrors, TranslateOptions, Translator},
@@ -46,6 +56,121 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_SOURCE_BACKOFF: Duration = Duration::from_secs(30);
 /// Incremental applies touching more services than this are logged at info.
 const LOG_APPLY_SERVICES: usize = 50;
+/// How often the CNI plugin's records are read for this node's pods.
+const ENDPOINT_POLL: Duration = Duration::from_secs(1);
+
+/// "61000-65535": a port range flag.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected MIN-MAX"))?;
+    let p = |x: &str| x.trim().parse::<u16>().map_err(|e| format!("{s:?}: {e}"));
+    let (a, b) = (p(a)?, p(b)?);
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: want 1 <= MIN <= MAX"));
+    }
+    Ok((a, b))
+}
+
+/// The MTU of `iface` in this network namespace (SIOCGIFMTU: /sys may be
+/// another namespace's when the agent was started with setns).
+fn iface_mtu(iface: &str) -> std::io::Result<u32> {
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "name too long"));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a datagram socket for the ioctl, closed below; req is a valid ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(req.ifr_ifru.ifru_mtu as u32)
+    }
+}
+
+/// The pod network of this node (`--pod-network` and its settings).
+#[derive(Args, Debug)]
+pub struct PodNetArgs {
+    /// Be this node's pod network: pod programs pinned for xlb-cni, every
+    /// Node's pod ranges routed through the Geneve overlay, masquerade,
+    /// this node's pods from the plugin's records, the CNI configuration
+    /// list installed.
+    #[arg(long)]
+    pod_network: bool,
+    /// Where the CNI configuration list is installed.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    #[arg(long, value_name = "FILE", default_value = "05-xlb.conflist")]
+    cni_conf_name: String,
+    /// Where xlb-cni records the pods (the agent reads them).
+    #[arg(long, value_name = "DIR", default_value = xlb_cni::config::DEFAULT_STATE_DIR)]
+    cni_state_dir: PathBuf,
+    /// Where xlb-cni keeps its address allocations (a tmpfs: they go with
+    /// the node, as its pods do).
+    #[arg(long, value_name = "DIR", default_value = xlb_cni::config::DEFAULT_IPAM_DIR)]
+    ipam_dir: PathBuf,
+    /// MTU of the underlay [default: the first --iface's].
+    #[arg(long, value_name = "BYTES")]
+    underlay_mtu: Option<u32>,
+    /// Bytes the overlay adds (Geneve over IPv6: 64); the pod MTU is the
+    /// underlay's minus this.
+    #[arg(long, value_name = "BYTES", default_value_t = podnet::DEFAULT_OVERHEAD)]
+    overlay_overhead: u32,
+    /// Pods' traffic leaves the cluster with the pods' own addresses.
+    #[arg(long)]
+    no_masquerade: bool,
+    /// A destination pods reach with their own address; repeatable (every
+    /// pod range is one already).
+    #[arg(long = "non-masquerade-cidr", value_name = "CIDR")]
+    non_masquerade_cidrs: Vec<Cidr>,
+    /// Source ports masquerade hands out.
+    #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = parse_port_range)]
+    masquerade_ports: (u16, u16),
+    /// ICMP too-big messages sent to pods, per second and CPU.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ICMP_RATE)]
+    icmp_rate: u32,
+}
+
+impl PodNetArgs {
+    fn options(&self, first_iface: &str) -> anyhow::Result<Option<PodNetOptions>> {
+        if !self.pod_network {
+            return Ok(None);
+        }
+        let underlay_mtu = match self.underlay_mtu {
+            Some(m) => m,
+            None => iface_mtu(first_iface)
+                .with_context(|| format!("the MTU of {first_iface} (or give --underlay-mtu)"))?,
+        };
+        let pod_mtu = podnet::pod_mtu(underlay_mtu, self.overlay_overhead);
+        anyhow::ensure!(
+            pod_mtu >= 1280,
+            "pod MTU {pod_mtu} (underlay {underlay_mtu} - overhead {}) is below IPv6's 1280",
+            self.overlay_overhead
+        );
+        Ok(Some(PodNetOptions {
+            masquerade: !self.no_masquerade,
+            masquerade_ports: self.masquerade_ports,
+            non_masquerade: self.non_masquerade_cidrs.clone(),
+            icmp_rate: self.icmp_rate,
+            underlay_mtu,
+            pod_mtu,
+            conf_dir: self.cni_conf_dir.clone(),
+            conf_name: self.cni_conf_name.clone(),
+            network_name: "xlb".into(),
+            state_dir: self.cni_state_dir.clone(),
+            ipam_dir: self.ipam_dir.clone(),
+        }))
+    }
+}
 
 /// "0", "250ms", "5s", "5m", "1h": a duration flag.
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -117,6 +242,14 @@ pub struct RunArgs {
     /// address of the node).
     #[arg(long, value_name = "ADDR", default_value = "::")]
     health_check_addr: IpAddr,
+    /// Underlay address of a load balancer outside the cluster's Nodes
+    /// whose DSR dispatch this node accepts; repeatable. (Every Node's
+    /// InternalIPs are accepted; xlb's tunnel traffic from anyone else is
+    /// dropped and counted, drop_tunnel_peer.)
+    #[arg(long = "tunnel-peer", value_name = "ADDR")]
+    tunnel_peers: Vec<IpAddr>,
+    #[command(flatten)]
+    pod: PodNetArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -125,6 +258,10 @@ enum XdpModeArg {
     Native,
     /// In the kernel stack (skb mode): works on any interface, slow.
     Generic,
+    /// No XDP: tc only. The node is no NodePort / LoadBalancer frontend of
+    /// its own (DSR termination, the pod network and masquerade are tc's);
+    /// an XDP program a previous agent left on the interface is removed.
+    None,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -189,14 +326,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
     let mode = match args.xdp_mode {
-        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Native => Some(XdpMode::Native),
         XdpModeArg::Generic => {
             warn!(
                 "XDP in generic (skb) mode: runs after the kernel allocated the packet, \
                  far slower than native; for testing or NICs without XDP support only"
             );
-            XdpMode::Generic
+            Some(XdpMode::Generic)
         }
+        XdpModeArg::None => None,
     };
     let result = serve(&args, &opts, first, early, runtime, &mut dataplane, mode);
     drop(dataplane);
@@ -231,6 +369,35 @@ fn datapath_sysctls(iface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the pod network needs of the node's kernel: forwarding (the pods'
+/// packets the host stack routes; bpf_fib_lookup from a pod's veth), and
+/// an SNAT port range kept apart from the node's own sockets.
+fn pod_network_sysctls(opts: &PodNetOptions) -> anyhow::Result<()> {
+    for (path, want) in
+        [("/proc/sys/net/ipv4/ip_forward", "1"), ("/proc/sys/net/ipv6/conf/all/forwarding", "1")]
+    {
+        let now = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        if now.trim() != want {
+            std::fs::write(path, want).with_context(|| format!("setting {path}"))?;
+            info!(sysctl = path, value = want, "set for the pod network");
+        }
+    }
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    if let (Some(lo), Some(hi), true) = (it.next(), it.next(), opts.masquerade) {
+        let (a, b) = opts.masquerade_ports;
+        if a <= hi && lo <= b {
+            warn!(
+                local = %range.trim(), masquerade = %format!("{a}-{b}"),
+                "the masquerade ports overlap the node's ephemeral ports: a node socket and a \
+                 pod flow may meet on one port; move --masquerade-ports or ip_local_port_range"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Attaches, restores the applied state and reconciles until a signal.
 fn serve(
     args: &RunArgs,
@@ -239,14 +406,28 @@ fn serve(
     kube: Option<KubeStarted>,
     runtime: tokio::runtime::Runtime,
     dataplane: &mut Dataplane,
-    mode: XdpMode,
+    mode: Option<XdpMode>,
 ) -> anyhow::Result<()> {
     for iface in &args.ifaces {
         datapath_sysctls(iface)?;
-        dataplane.attach_xdp(iface, mode)?;
+        match mode {
+            Some(mode) => dataplane.attach_xdp(iface, mode)?,
+            None => dataplane.detach_xdp(iface)?,
+        }
         dataplane.attach_tc(iface)?;
-        info!(iface, ?mode, "attached XDP and tc");
+        info!(iface, ?mode, "attached (XDP: mode; tc: always)");
         crate::metrics::record_attach(iface, mode);
+    }
+    let pod = args.pod.options(&args.ifaces[0])?;
+    if let Some(p) = &pod {
+        pod_network_sysctls(p)?;
+        let moved = dataplane.pin_pod_programs().context("pinning the pod programs")?;
+        info!(
+            pods_moved = moved / 2,
+            pod_mtu = p.pod_mtu,
+            underlay_mtu = p.underlay_mtu,
+            "pod network: programs pinned for xlb-cni"
+        );
     }
     let mut datapath = Datapath::open(&args.pin_dir).context("opening the datapath maps")?;
     info!(
@@ -256,7 +437,7 @@ fn serve(
     );
     let _metrics = crate::metrics::start(&args.metrics, &args.pin_dir)?;
     runtime.spawn(crate::metrics::housekeeping(args.pin_dir.clone()));
-    runtime.block_on(reconcile_loop(args, opts, first, kube, &mut datapath))
+    runtime.block_on(reconcile_loop(args, opts, pod, first, kube, &mut datapath))
 }
 
 /// The Kubernetes source, started before the datapath loaded.
@@ -271,6 +452,7 @@ struct KubeStarted {
 async fn reconcile_loop(
     args: &RunArgs,
     opts: &TranslateOptions,
+    pod: Option<PodNetOptions>,
     first: Option<(Stamp, Translator)>,
     kube: Option<KubeStarted>,
     datapath: &mut Datapath,
@@ -278,6 +460,12 @@ async fn reconcile_loop(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut reconciler = Reconciler::new(Translator::new(opts.clone()), args.health_check_addr);
+    reconciler.pods = PodState {
+        opts: pod,
+        pin_dir: args.pin_dir.clone(),
+        lbs: args.tunnel_peers.clone(),
+        ..PodState::default()
+    };
     let (mut rx, source) = match (&args.config, first, kube) {
         (Some(path), Some((stamp, translator)), _) => {
             // One batch may wait while an apply runs; later changes coalesce in the source.
@@ -302,6 +490,7 @@ async fn reconcile_loop(
         tokio::time::Instant::now() + resync_every.min(Duration::from_secs(86400 * 365)),
         resync_every.min(Duration::from_secs(86400 * 365)),
     );
+    let mut endpoint_poll = tokio::time::interval(ENDPOINT_POLL);
 
     let outcome = loop {
         tokio::select! {
@@ -324,6 +513,9 @@ async fn reconcile_loop(
             }
             _ = resync.tick(), if reconciler.synced && !args.full_resync_interval.is_zero() => {
                 reconciler.resync(datapath);
+            }
+            _ = endpoint_poll.tick(), if reconciler.pods.opts.is_some() => {
+                reconciler.pods.sync_endpoints(datapath, false);
             }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break Ok(()) }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break Ok(()) }
@@ -374,6 +566,95 @@ async fn kube_source(
     }
 }
 
+/// The pod network's side of the reconcile: what was last applied.
+#[derive(Default)]
+struct PodState {
+    /// None: no pod network on this node (tunnel peers only).
+    opts: Option<PodNetOptions>,
+    pin_dir: PathBuf,
+    /// Load balancers outside the Nodes (--tunnel-peer).
+    lbs: Vec<IpAddr>,
+    /// The Nodes' network generation last applied.
+    network_gen: Option<u64>,
+    /// The pods last applied, and the records last skipped (logged once).
+    endpoints: Option<Vec<Endpoint>>,
+    skipped: Vec<String>,
+}
+
+impl PodState {
+    /// Applies the pod network when the Nodes changed it (`force`: re-read
+    /// the maps first and diff anyway); installs the CNI configuration.
+    fn sync_network(&mut self, datapath: &mut Datapath, translator: &Translator, force: bool) {
+        let gen = translator.pod_network_generation();
+        if !force && self.network_gen == Some(gen) {
+            return;
+        }
+        let pod = translator.pod_network();
+        let net = podnet::network(&pod, self.opts.as_ref(), &self.lbs);
+        let result =
+            if force { datapath.resync_network(&net) } else { datapath.apply_network(&net) };
+        match result {
+            Ok(stats) => {
+                self.network_gen = Some(gen);
+                if stats.writes() > 0 {
+                    info!(
+                        routes = net.routes.len(),
+                        peers = net.peers.len(),
+                        writes = stats.writes(),
+                        "pod network applied"
+                    );
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "pod network not applied; retried with the next change or resync");
+                return;
+            }
+        }
+        let Some(opts) = &self.opts else { return };
+        if pod.local.is_empty() {
+            warn!("this node's Node has no spec.podCIDRs: no CNI configuration installed yet");
+            return;
+        }
+        match podnet::install_conflist(opts, &self.pin_dir, &pod.local) {
+            Ok(true) => info!(
+                path = %opts.conf_dir.join(&opts.conf_name).display(),
+                ranges = ?pod.local.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                pod_mtu = opts.pod_mtu,
+                "CNI configuration installed"
+            ),
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "installing the CNI configuration"),
+        }
+    }
+
+    /// Applies this node's pods from the plugin's records when they
+    /// changed (`force`: re-read xlb_endpoints and diff anyway).
+    fn sync_endpoints(&mut self, datapath: &mut Datapath, force: bool) {
+        let Some(opts) = &self.opts else { return };
+        let (eps, skipped) = podnet::local_endpoints(&opts.state_dir);
+        if skipped != self.skipped {
+            for s in &skipped {
+                warn!(record = %s, "CNI record left out");
+            }
+            self.skipped = skipped;
+        }
+        if !force && self.endpoints.as_ref() == Some(&eps) {
+            return;
+        }
+        let result =
+            if force { datapath.resync_endpoints(&eps) } else { datapath.apply_endpoints(&eps) };
+        match result {
+            Ok(stats) => {
+                if stats.writes() > 0 {
+                    info!(pods = eps.len(), writes = stats.writes(), "pods on this node applied");
+                }
+                self.endpoints = Some(eps);
+            }
+            Err(e) => error!(error = %e, "pods not applied; retried in a second"),
+        }
+    }
+}
+
 /// Translates incrementally and applies what changed; remembers what is due.
 struct Reconciler {
     generation: u64,
@@ -392,6 +673,7 @@ struct Reconciler {
     tunnels: BTreeSet<IpAddr>,
     tunnel_gen: Option<u64>,
     health: HealthServer,
+    pods: PodState,
 }
 
 impl Reconciler {
@@ -406,6 +688,7 @@ impl Reconciler {
             tunnels: BTreeSet::new(),
             tunnel_gen: None,
             health: HealthServer::new(health_addr),
+            pods: PodState::default(),
         }
     }
 
@@ -458,6 +741,7 @@ impl Reconciler {
             Ok(stats) => {
                 self.full_due = false;
                 self.applied(datapath, &stats, if full { "full" } else { "incremental" });
+                self.pods.sync_network(datapath, &self.translator, full);
             }
             Err(e) => {
                 error!(error = %e, "apply failed; a full diff follows in {RETRY_INTERVAL:?}");
@@ -494,6 +778,8 @@ impl Reconciler {
                 self.tunnel_gen = None;
                 self.tunnels.clear();
                 self.applied(datapath, &stats, "resync");
+                self.pods.sync_network(datapath, &self.translator, true);
+                self.pods.sync_endpoints(datapath, true);
             }
             Err(e) => {
                 error!(error = %e, "full resync failed; retrying in {RETRY_INTERVAL:?}");

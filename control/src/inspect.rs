@@ -1,5 +1,6 @@
 //! The inspection CLI: `xlb service list`, `xlb backend list`, `xlb ct
-//! list`, `xlb maglev show` and `xlb stats` — what a running node's pinned
+//! list`, `xlb maglev show`, `xlb endpoint list`, `xlb tunnel list` and
+//! `xlb stats` — what a running node's pinned
 //! maps hold, read through lb's read model ([`lb::view::DatapathView`],
 //! never from the agent's memory), as text or `--json`. This module only
 //! picks and prints.
@@ -353,6 +354,92 @@ pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> 
             e.lost,
             if e.active { "yes" } else { "no" }
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A pod of this node: the datapath's entry, named by the plugin's record.
+#[derive(Serialize)]
+struct EndpointRow {
+    /// "namespace/name" (or the container id); "?" without a record.
+    pod: String,
+    /// The host-side veth.
+    interface: String,
+    #[serde(flatten)]
+    endpoint: lb::view::EndpointListing,
+}
+
+/// `xlb endpoint list`: the pods xlb_endpoints holds.
+pub fn endpoints(pin_dir: &Path, state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let eps = open(pin_dir)?.endpoints()?;
+    let (records, _) = xlb_cni::record::read_all(state_dir);
+    let rows: Vec<EndpointRow> = eps
+        .into_iter()
+        .map(|e| {
+            let rec = records.iter().find(|r| r.ifindex == e.ifindex);
+            EndpointRow {
+                pod: rec.map_or("?".into(), |r| r.pod.clone()),
+                interface: rec
+                    .map_or_else(|| format!("ifindex {}", e.ifindex), |r| r.host_if.clone()),
+                endpoint: e,
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32} {:<16} {:>8} {:>10} {:<18} ADDRESSES",
+        "POD", "INTERFACE", "IFINDEX", "IDENTITY", "MAC"
+    );
+    for r in rows {
+        let addrs: Vec<String> = r.endpoint.addrs.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<32} {:<16} {:>8} {:>10} {:<18} {}",
+            r.pod,
+            r.interface,
+            r.endpoint.ifindex,
+            r.endpoint.identity,
+            r.endpoint.mac,
+            addrs.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `xlb tunnel list`: every node's pod ranges, the tunnel peers, masquerade.
+pub fn tunnels(pin_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let t = open(pin_dir)?.tunnels()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<28} {:<28} OWNER", "POD RANGE", "NODE (UNDERLAY)");
+    for r in &t.routes {
+        let node = r.node.map_or("?".into(), |n| n.to_string());
+        println!("{:<28} {:<28} {}", r.cidr, node, if r.local { "this node" } else { "remote" });
+    }
+    println!("\n{:<28} ROLE", "TUNNEL PEER");
+    for p in &t.peers {
+        let role = match (p.node, p.load_balancer) {
+            (true, true) => "node, load balancer",
+            (true, false) => "node",
+            (false, true) => "load balancer",
+            (false, false) => "-",
+        };
+        println!("{:<28} {role}", p.addr.to_string());
+    }
+    match t.masquerade_ports {
+        Some((a, b)) => println!(
+            "\nmasquerade: ports {a}-{b}, not for {}; {} mapped, {} collisions, {} reclaimed, {} flows dropped (no free port)",
+            if t.non_masquerade.is_empty() { "-".to_string() } else { t.non_masquerade.join(", ") },
+            t.snat.allocated,
+            t.snat.collisions,
+            t.snat.reclaimed,
+            t.snat.exhausted
+        ),
+        None => println!("\nmasquerade: off"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,11 +3,13 @@
 //! the API) as [`cluster::Changes`], are translated into the datapath's
 //! [`lb::model::Desired`] by [`translate::Translator`] (by concern: services,
 //! endpoints, nodes, and a tracker of what a change touches), and rendered as
-//! text by [`render`]. The `xlb` binary (main.rs) wires these to
-//! `lb::datapath`.
+//! text by [`render`]. The pod network the agent runs on a node (routes,
+//! peers, masquerade, this node's pods from the CNI plugin's records) is
+//! [`podnet`]'s. The `xlb` binary (main.rs) wires these to `lb::datapath`.
 pub mod cluster;
 pub mod examples;
 pub mod healthcheck;
+pub mod podnet;
 pub mod render;
 pub mod source;
 pub mod translate;

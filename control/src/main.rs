@@ -1,5 +1,6 @@
 //! `xlb`: the node agent (`xlb run`), the inspection CLI (`xlb service list`,
-//! `xlb backend list`, `xlb ct list`, `xlb maglev show`, `xlb stats`), the
+//! `xlb backend list`, `xlb ct list`, `xlb maglev show`, `xlb stats`,
+//! `xlb endpoint list`, `xlb tunnel list`), the
 //! event stream (`xlb monitor`) and the offline checker (`xlb validate`).
 //! Argument parsing and dispatch only; the work lives in the library
 //! (translation) and in the daemon/inspect modules. (The lab is its own
@@ -54,6 +55,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MaglevCmd,
     },
+    /// Inspect the pods of a running node (its pod network's endpoints).
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+    /// Inspect the pod network's tunnels of a running node: every node's
+    /// pod ranges, the peers tunnels are accepted from, masquerade.
+    Tunnel {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
     /// Datapath counters by reason and per-service totals of a running node.
     Stats(StatsArgs),
     /// Print datapath events live: new flows (backend chosen) and drops.
@@ -77,6 +89,18 @@ struct ListArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// The pods xlb_endpoints holds, named by the CNI plugin's records.
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+        /// Where xlb-cni records the pods.
+        #[arg(long, value_name = "DIR", default_value = xlb_cni::config::DEFAULT_STATE_DIR)]
+        cni_state_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +201,10 @@ fn main() -> ExitCode {
         Cmd::Maglev { cmd: MaglevCmd::Show { service, list } } => {
             inspect::maglev_show(&list.pin_dir, &service, list.json)
         }
+        Cmd::Endpoint { cmd: EndpointCmd::List { list, cni_state_dir } } => {
+            inspect::endpoints(&list.pin_dir, &cni_state_dir, list.json)
+        }
+        Cmd::Tunnel { cmd: ListCmd::List(a) } => inspect::tunnels(&a.pin_dir, a.json),
         Cmd::Stats(a) => inspect::stats(&a.list.pin_dir, a.all, a.list.json),
         Cmd::Monitor(args) => monitor::run(args),
         Cmd::Validate(args) => validate(&args),

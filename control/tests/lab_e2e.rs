@@ -47,19 +47,10 @@ impl Running {
         let config = lab.temp_dir().join("nginx.yaml");
         std::fs::write(&config, manifests::nginx(&spec, &|_| EndpointState::Ready)).unwrap();
         let agent_spec = AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &config);
-        let mut running = Running { agents: Vec::new(), config, lab };
-        let nodes: Vec<String> = std::iter::once("lb".to_string())
-            .chain(running.lab.nodes().iter().map(|n| n.host.name.clone()))
-            .collect();
-        for node in &nodes {
-            let agent = Agent::start(&running.lab, node, &agent_spec)
-                .unwrap_or_else(|e| panic!("starting the agent on {node}: {e}"));
-            running.agents.push(agent);
-        }
-        for a in &mut running.agents {
-            a.wait_until(AGENT_READY, &agent::has_active_backends)
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
+        let mut lab = lab;
+        let agents = agent::start_all(&mut lab, &agent_spec, AGENT_READY)
+            .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
+        let running = Running { agents, config, lab };
         eprintln!(
             "lab {} with {} agents ready in {:?}",
             running.lab.prefix(),

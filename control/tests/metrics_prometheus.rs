@@ -89,25 +89,14 @@ fn urlencode(q: &str) -> String {
 impl Running {
     fn start() -> Running {
         let spec = LabSpec::default();
-        let lab = Lab::build(spec.clone())
+        let mut lab = Lab::build(spec.clone())
             .unwrap_or_else(|e| panic!("building the lab (this test needs root): {e}"));
         let config = lab.temp_dir().join("nginx.yaml");
         std::fs::write(&config, manifests::nginx(&spec, &|_| EndpointState::Ready)).unwrap();
         let agent_spec = AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &config);
-        let mut r = Running { prometheus: None, agents: Vec::new(), lab };
-        let nodes: Vec<String> = std::iter::once("lb".to_string())
-            .chain(r.lab.nodes().iter().map(|n| n.host.name.clone()))
-            .collect();
-        for node in &nodes {
-            let a = Agent::start(&r.lab, node, &agent_spec)
-                .unwrap_or_else(|e| panic!("starting the agent on {node}: {e}"));
-            r.agents.push(a);
-        }
-        for a in &mut r.agents {
-            a.wait_until(AGENT_READY, &agent::has_active_backends)
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        r
+        let agents = agent::start_all(&mut lab, &agent_spec, AGENT_READY)
+            .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
+        Running { prometheus: None, agents, lab }
     }
 
     fn lb_get(&self, path: &str) -> (u16, String) {

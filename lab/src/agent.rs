@@ -2,6 +2,9 @@
 //! backend node), each with its own bpffs pin directory (bpffs is shared by
 //! all namespaces), its output in a log file, and readiness read from its
 //! pinned maps through `lb::view` — the same read model `xlb service list` has.
+//! A node's agent is also its pod network (`--pod-network`, with the node's
+//! CNI directories): pods get their network once it runs
+//! ([`crate::Lab::start_pods`]).
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -73,7 +76,8 @@ impl AgentSpec {
 
 impl Agent {
     /// Starts `xlb run --iface eth0` in the namespace of `node` ("lb",
-    /// "node1", ...), with pins in the lab's pin directory for it.
+    /// "node1", ...), with pins in the lab's pin directory for it; a pod
+    /// node's agent runs its pod network too.
     pub fn start(lab: &Lab, node: &str, spec: &AgentSpec) -> Result<Agent, LabError> {
         let pin_dir = lab.pin_dir(node)?;
         let log = lab.temp_dir().join(format!("agent-{node}.log"));
@@ -86,6 +90,7 @@ impl Agent {
             .arg(&spec.config)
             .arg("--pin-dir")
             .arg(&pin_dir)
+            .args(if lab.is_node(node) { lab.node_cni(node).agent_args() } else { Vec::new() })
             .args(&spec.extra_args)
             .env("RUST_LOG", &spec.log_filter)
             .env("NO_COLOR", "1")
@@ -167,6 +172,46 @@ impl Agent {
     pub fn stop(&mut self, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
         self.child.stop(grace)
     }
+}
+
+/// Starts the LB's and every node's agent with `spec`, gives the pods their
+/// network once the nodes' agents are up ([`Lab::start_pods`]), and waits
+/// up to `timeout` until every agent has programmed an active backend. The
+/// agents, LB first. A failure names the agents' last log lines.
+pub fn start_all(
+    lab: &mut Lab,
+    spec: &AgentSpec,
+    timeout: Duration,
+) -> Result<Vec<Agent>, LabError> {
+    let mut agents = Vec::new();
+    let names: Vec<String> = std::iter::once("lb".to_string())
+        .chain(lab.nodes().iter().map(|n| n.host.name.clone()))
+        .collect();
+    for node in &names {
+        agents.push(Agent::start(lab, node, spec)?);
+    }
+    if let Err(e) = lab.start_pods() {
+        let logs: String =
+            agents.iter().map(|a| format!("\n--- {} ---\n{}", a.node, a.log_tail(10))).collect();
+        return Err(LabError::Agent { node: "every node".into(), detail: format!("{e}{logs}") });
+    }
+    for a in &mut agents {
+        a.wait_until(timeout, &has_active_backends)?;
+    }
+    Ok(agents)
+}
+
+/// Starts an agent on every pod node that only runs the pod network (the
+/// Nodes of the lab, no services), with `extra` `xlb run` flags: for labs
+/// that measure or test without xlb's load balancing but whose pods need
+/// their network.
+pub fn start_node_agents(lab: &Lab, extra: &[&str]) -> Result<Vec<Agent>, LabError> {
+    let config = lab.temp_dir().join("nodes.yaml");
+    std::fs::write(&config, crate::manifests::nodes(lab.spec()))
+        .map_err(|source| LabError::Io { path: config.clone(), source })?;
+    let mut spec = AgentSpec::new(xlb_binary()?, &config);
+    spec.extra_args.extend(extra.iter().map(|s| s.to_string()));
+    lab.nodes().iter().map(|n| Agent::start(lab, &n.host.name, &spec)).collect()
 }
 
 /// True when some service has at least one active backend.

@@ -1,6 +1,8 @@
 //! Network-namespace labs for xlb: a client, a router with the fabric bridge,
 //! a load balancer and backend nodes with nginx pods, joined by veth pairs
-//! and addressed as in the team brief ([`spec`]). [`Lab`] builds it, runs
+//! and addressed as in the team brief ([`spec`]). Pods get their network
+//! from xlb-cni, run as a container runtime runs it ([`cni`]), once the
+//! nodes' agents are up ([`Lab::start_pods`]). [`Lab`] builds it, runs
 //! processes and closures inside its namespaces, and tears everything down
 //! on drop, on panic, or from a signal thread ([`teardown_all`]). Used by
 //! the `xlb-lab` binary (lab/cli), the end-to-end tests and perf/. Test
@@ -9,6 +11,7 @@
 //! the `xlb` binary, start `xlb run` agents and read their pinned maps
 //! ([`agent`]).
 pub mod agent;
+pub mod cni;
 pub mod http;
 pub mod manifests;
 pub mod netns;
@@ -60,6 +63,12 @@ pub enum LabError {
     NoXlb { tried: String },
     #[error("xlb agent on {node}: {detail}")]
     Agent { node: String, detail: String },
+    #[error(
+        "no xlb-cni binary at {tried}: build it (`cargo build --release -p xlb-cni`) or set XLB_CNI_BIN"
+    )]
+    NoCni { tried: String },
+    #[error("CNI: {op}: {detail}")]
+    Cni { op: String, detail: String },
     #[error("namespace {ns}: counters of {iface}: {reason}")]
     Stats { ns: String, iface: String, reason: String },
 }

@@ -2,7 +2,8 @@
 //! shape of control/examples/nginx.yaml (which is what they give for the
 //! default 2 × 1 lab): Service default/nginx (LoadBalancer, VIP 10.100.0.1
 //! and 2001:db8:100::1, port 80), one EndpointSlice per family listing the
-//! pods, and the Node objects of the LB and every node.
+//! pods, and the Node objects of the LB and every node (the nodes with their
+//! pod ranges, spec.podCIDRs).
 use std::fmt::Write as _;
 
 use crate::spec::{self, LabSpec};
@@ -97,17 +98,27 @@ endpoints:
             y.push_str("endpoints: []\n");
         }
     }
-    let nodes = std::iter::once(("lb".to_string(), spec::LB_V4, spec::LB_V6))
-        .chain((1..=spec.nodes).map(|n| (spec::node_name(n), spec::node_v4(n), spec::node_v6(n))));
-    for (name, v4, v6) in nodes {
+    y.push_str(&nodes(spec));
+    y
+}
+
+/// The Node objects of the lab: the LB, and every node with its pod
+/// ranges (10.244.n.0/24, 2001:db8:244:n::/64).
+pub fn nodes(spec: &LabSpec) -> String {
+    let mut y = String::new();
+    let nodes = std::iter::once(("lb".to_string(), 0, spec::LB_V4, spec::LB_V6)).chain(
+        (1..=spec.nodes).map(|n| (spec::node_name(n), n, spec::node_v4(n), spec::node_v6(n))),
+    );
+    for (name, n, v4, v6) in nodes {
+        let _ = write!(y, "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n");
+        if n > 0 {
+            let (c4, l4) = spec::pod_cidr_v4(n);
+            let (c6, l6) = spec::pod_cidr_v6(n);
+            let _ = write!(y, "spec:\n  podCIDRs: [\"{c4}/{l4}\", \"{c6}/{l6}\"]\n");
+        }
         let _ = write!(
             y,
-            "---
-apiVersion: v1
-kind: Node
-metadata:
-  name: {name}
-status:
+            "status:
   addresses:
   - {{type: InternalIP, address: {v4}}}
   - {{type: InternalIP, address: \"{v6}\"}}
@@ -134,7 +145,12 @@ mod tests {
         assert!(y.contains("addresses: [\"10.244.1.12\"]"), "{y}");
         assert!(y.contains("addresses: [\"2001:db8:244:2::12\"]"), "{y}");
         assert!(!y.contains("10.244.2.11"), "{y}");
-        assert!(y.contains("name: node2\nstatus:"), "{y}");
+        assert!(
+            y.contains(
+                "name: node2\nspec:\n  podCIDRs: [\"10.244.2.0/24\", \"2001:db8:244:2::/64\"]"
+            ),
+            "{y}"
+        );
         let none = nginx(&spec, &|_| EndpointState::Removed);
         assert_eq!(none.matches("endpoints: []").count(), 2, "{none}");
         let t = nginx(&spec, &|pod| {

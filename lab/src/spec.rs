@@ -23,9 +23,6 @@ pub const VIP_PORT: u16 = 80;
 /// Routed to the load balancer by the router.
 pub const VIP_RANGE_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 100, 0, 0), 16);
 pub const VIP_RANGE_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0), 48);
-/// Gateway address every node puts on its pod-facing veths (v4: one
-/// address per node, v6: link-local, so both are on-link for the pods).
-pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// Highest node or pod index the address plan holds (10 + index < 255).
 pub const MAX_INDEX: u32 = 244;
@@ -49,10 +46,6 @@ pub fn pod_cidr_v4(n: u32) -> (Ipv4Addr, u8) {
 }
 pub fn pod_cidr_v6(n: u32) -> (Ipv6Addr, u8) {
     (Ipv6Addr::new(0x2001, 0xdb8, 0x244, group(n), 0, 0, 0, 0), 64)
-}
-/// The IPv4 gateway of node `n`'s pods (on the node's pod veths).
-pub fn pod_gateway_v4(n: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, n as u8, 1)
 }
 /// Address of pod `m` (1-based) on node `n`.
 pub fn pod_v4(n: u32, m: u32) -> Ipv4Addr {
@@ -82,6 +75,12 @@ pub struct LabSpec {
     pub name_prefix: String,
     /// Start nginx in every pod (and wait until it answers).
     pub backends: bool,
+    /// The router routes each node's pod ranges to it (a routed underlay
+    /// that knows pod addresses, e.g. a cloud VPC). Off by default: pods
+    /// are reached through the overlay and services only, as on an underlay
+    /// that knows nothing of them. Needed for traffic straight from the
+    /// client to a pod address (baselines that bypass the load balancer).
+    pub native_routes: bool,
     /// Permanent neighbour entries for the nodes on the LB. Off by default:
     /// while a next hop is unresolved xlb's XDP program hands the
     /// encapsulated packet to the kernel (ok_neigh_pass), which forwards it
@@ -98,6 +97,7 @@ impl Default for LabSpec {
             client_mtu: 1500,
             name_prefix: "xlb".into(),
             backends: true,
+            native_routes: false,
             static_neighbours: false,
         }
     }

@@ -1,6 +1,8 @@
 //! [`Lab`]: builds the topology of [`crate::spec`] out of named namespaces,
-//! veth pairs and a bridge; runs processes, closures and nginx backends in
-//! it; tears it all down on drop.
+//! veth pairs and a bridge; gives the pods their network through each
+//! node's CNI plugin once the nodes' agents run ([`Lab::start_pods`]); runs
+//! processes, closures and nginx backends in it; tears it all down on drop
+//! (pods first, with CNI DEL, as a runtime would).
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -15,6 +17,7 @@ use std::{
 };
 
 use crate::{
+    cni::{self, Attachment, NodeCni},
     netns, nginx,
     process::LabChild,
     registry::Owned,
@@ -51,13 +54,15 @@ pub struct Node {
     pub pods: Vec<Pod>,
 }
 
-/// A pod: nginx on port 80 answering "<name>\n".
+/// A pod: nginx on port 80 answering "<name>\n". Its addresses are the
+/// address plan's (asked of the CNI plugin as static addresses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub host: Host,
     /// Name of the node it runs on.
     pub node: String,
-    /// The interface on the node that leads to it.
+    /// The interface on the node that leads to it (the host-side veth
+    /// xlb-cni made; empty until [`Lab::start_pods`]).
     pub node_iface: String,
 }
 
@@ -74,6 +79,8 @@ pub struct Lab {
     backends: Mutex<BTreeMap<String, LabChild>>,
     /// Keeps xlb_pass attached on the LB's router-side veth.
     xdp_pass: Option<aya::Ebpf>,
+    /// The pods' CNI attachments (DEL'd at teardown), by pod name.
+    attachments: Mutex<BTreeMap<String, Attachment>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -87,10 +94,11 @@ fn host(prefix: &str, name: String, v4: Ipv4Addr, v6: Ipv6Addr) -> Host {
 }
 
 impl Lab {
-    /// Builds the lab: namespaces, links, addresses, routes, sysctls, the
-    /// XDP_PASS program on the LB's router-side peer and, if
-    /// `spec.backends`, nginx in every pod (ready when this returns). On
-    /// error, whatever was built is torn down.
+    /// Builds the lab: namespaces (the pods' too), links, addresses,
+    /// routes, sysctls and the XDP_PASS program on the LB's router-side
+    /// peer. The pods have no network yet: it is the nodes' agents' to give
+    /// (start them, then [`Lab::start_pods`]). On error, whatever was built
+    /// is torn down.
     pub fn build(spec: LabSpec) -> Result<Lab, LabError> {
         spec.validate()?;
         // SAFETY: plain syscall.
@@ -120,7 +128,7 @@ impl Lab {
                             spec::pod_v6(n, m),
                         ),
                         node: spec::node_name(n),
-                        node_iface: format!("p{m}"),
+                        node_iface: String::new(),
                     })
                     .collect(),
             })
@@ -136,6 +144,7 @@ impl Lab {
             tmp,
             backends: Mutex::new(BTreeMap::new()),
             xdp_pass: None,
+            attachments: Mutex::new(BTreeMap::new()),
         };
         let t0 = Instant::now();
         std::fs::create_dir_all(&lab.tmp)
@@ -144,12 +153,6 @@ impl Lab {
         lab.wire()?;
         lab.prepare_fabric()?;
         lab.attach_pass()?;
-        if lab.spec.backends {
-            let pods: Vec<String> = lab.pods().map(|p| p.host.name.clone()).collect();
-            for pod in &pods {
-                lab.start_backend(pod)?;
-            }
-        }
         tracing::info!(prefix = %lab.prefix, took_ms = t0.elapsed().as_millis() as u64, "lab built");
         Ok(lab)
     }
@@ -296,9 +299,69 @@ impl Lab {
         Ok(dir)
     }
 
+    /// A further namespace "<prefix>-<role>" (lo up), removed with the lab
+    /// (benchmarks' extra pods). Its full name.
+    pub fn add_namespace(&self, role: &str) -> Result<String, LabError> {
+        let ns = format!("{}-{role}", self.prefix);
+        netns::add(&ns)?;
+        self.owned.add_namespace(ns.clone());
+        netns::ip(&ns, &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     /// Removes `dir` (recursively) with the lab.
     pub fn track_dir(&self, dir: PathBuf) {
         self.owned.add_dir(dir);
+    }
+
+    /// The CNI directories of node `node` (the agent's flags:
+    /// [`NodeCni::agent_args`]).
+    pub fn node_cni(&self, node: &str) -> NodeCni {
+        NodeCni::under(&self.tmp, node)
+    }
+
+    /// Whether `name` is one of the lab's pod-running nodes (not the LB).
+    pub fn is_node(&self, name: &str) -> bool {
+        self.nodes.iter().any(|n| n.host.name == name)
+    }
+
+    /// Gives every pod its network as a container runtime does: the
+    /// node's CNI configuration list (waiting until the node's agent has
+    /// installed it), xlb-cni ADD with the pod's namespace and its planned
+    /// addresses (CNI_ARGS IP=...); then, if `spec.backends`, nginx in
+    /// every pod (ready when this returns).
+    pub fn start_pods(&mut self) -> Result<(), LabError> {
+        let plugin_dir = cni::plugin_dir()?;
+        for i in 0..self.nodes.len() {
+            let node = self.nodes[i].host.name.clone();
+            let list = cni::conflist(&self.node_cni(&node).conf_dir, cni::CNI_READY)?;
+            for j in 0..self.nodes[i].pods.len() {
+                let p = self.nodes[i].pods[j].host.clone();
+                let a = Attachment {
+                    node_ns: self.nodes[i].host.ns.clone(),
+                    container_id: p.ns.clone(),
+                    netns: Path::new("/run/netns").join(&p.ns),
+                    ifname: "eth0".into(),
+                    args: format!(
+                        "K8S_POD_NAMESPACE=default;K8S_POD_NAME={};IP={},{}",
+                        p.name, p.v4, p.v6
+                    ),
+                    conflist: serde_json::Value::Null,
+                    result: serde_json::Value::Null,
+                };
+                let a = cni::add(&plugin_dir, &list, a, cni::CNI_READY)?;
+                self.nodes[i].pods[j].node_iface =
+                    a.result["interfaces"][0]["name"].as_str().unwrap_or_default().to_string();
+                self.attachments.lock().unwrap_or_else(|e| e.into_inner()).insert(p.name, a);
+            }
+        }
+        if self.spec.backends {
+            let pods: Vec<String> = self.pods().map(|p| p.host.name.clone()).collect();
+            for pod in &pods {
+                self.start_backend(pod)?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts nginx in pod `pod` and waits until it answers on both
@@ -472,68 +535,14 @@ impl Lab {
             let i = n.index;
             addr(ns, "eth0", &format!("{}/24", n.host.v4), &format!("{}/64", n.host.v6))?;
             default_routes(ns, &gw4, &gw6)?;
-            netns::ip(
-                r,
-                &["route", "add", &cidr4(spec::pod_cidr_v4(i)), "via", &n.host.v4.to_string()],
-            )?;
-            netns::ip(
-                r,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    &cidr6(spec::pod_cidr_v6(i)),
-                    "via",
-                    &n.host.v6.to_string(),
-                ],
-            )?;
-            // The pods' IPv4 gateway; answered on every pod veth (arp_ignore 0).
-            let gw4 = spec::pod_gateway_v4(i).to_string();
-            netns::ip(ns, &["addr", "add", &format!("{gw4}/32"), "dev", "lo"])?;
-            for p in &n.pods {
-                let pi = &p.node_iface;
-                veth(ns, pi, &p.host.ns, "eth0", &edge)?;
-                netns::ip(
-                    ns,
-                    &["addr", "add", &format!("{}/64", spec::POD_GATEWAY_V6), "dev", pi, "nodad"],
-                )?;
-                netns::ip(ns, &["route", "add", &format!("{}/32", p.host.v4), "dev", pi])?;
-                netns::ip(ns, &["-6", "route", "add", &format!("{}/128", p.host.v6), "dev", pi])?;
-                // Pods see their whole /24 and /64 as on-link: the node
-                // answers for its other pods (proxy ARP / proxy NDP).
-                write_sysctls(
-                    ns,
-                    &[
-                        (&format!("net/ipv4/conf/{pi}/proxy_arp"), "1"),
-                        (&format!("net/ipv6/conf/{pi}/proxy_ndp"), "1"),
-                    ],
-                )?;
-                for other in n.pods.iter().filter(|o| o.host.name != p.host.name) {
-                    netns::ip(
-                        ns,
-                        &["-6", "neigh", "add", "proxy", &other.host.v6.to_string(), "dev", pi],
-                    )?;
-                }
-                addr(
-                    &p.host.ns,
-                    "eth0",
-                    &format!("{}/24", p.host.v4),
-                    &format!("{}/64", p.host.v6),
-                )?;
-                netns::ip(&p.host.ns, &["route", "add", "default", "via", &gw4])?;
-                netns::ip(
-                    &p.host.ns,
-                    &[
-                        "-6",
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        &spec::POD_GATEWAY_V6.to_string(),
-                        "dev",
-                        "eth0",
-                    ],
-                )?;
+            // A routed underlay that knows the pod ranges (a cloud VPC's
+            // alias ranges): the router sends them to their node. Without
+            // it only the overlay reaches pods (the pods' network is the
+            // CNI plugin's: see start_pods).
+            if self.spec.native_routes {
+                let (v4, v6) = (n.host.v4.to_string(), n.host.v6.to_string());
+                netns::ip(r, &["route", "add", &cidr4(spec::pod_cidr_v4(i)), "via", &v4])?;
+                netns::ip(r, &["-6", "route", "add", &cidr6(spec::pod_cidr_v6(i)), "via", &v6])?;
             }
         }
         Ok(())
@@ -603,6 +612,16 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let t0 = Instant::now();
         self.backends.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // The pods go as a runtime removes them: CNI DEL, best effort.
+        let attachments =
+            std::mem::take(&mut *self.attachments.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Ok(dir) = cni::plugin_dir() {
+            for a in attachments.values() {
+                if let Err(e) = cni::del(&dir, a) {
+                    tracing::warn!(pod = %a.container_id, error = %e, "CNI DEL");
+                }
+            }
+        }
         self.xdp_pass = None;
         self.owned.teardown();
         tracing::info!(prefix = %self.prefix, took_ms = t0.elapsed().as_millis() as u64, "lab torn down");

@@ -1,7 +1,9 @@
-//! The lab itself, on the real kernel (root): a 2-node lab is reachable end
-//! to end without xlb (client -> router -> node -> pod), nginx answers with
-//! its pod name on both families, and teardown leaves nothing behind — also
-//! after a panic, and for leftovers of killed runs.
+//! The lab itself, on the real kernel (root): a 2-node lab whose pods got
+//! their network from xlb-cni (the nodes' agents running only the pod
+//! network, no services) is reachable end to end (client -> router -> node
+//! -> pod over native routes, pod to pod on one node and across nodes),
+//! nginx answers with its pod name on both families, and teardown leaves
+//! nothing behind — also after a panic, and for leftovers of killed runs.
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::unix::fs::MetadataExt,
@@ -10,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lab::{http, netns, Lab, LabSpec};
+use lab::{agent, http, netns, Lab, LabSpec};
 
 fn namespaces_with(prefix: &str) -> Vec<String> {
     netns::list().unwrap().into_iter().filter(|n| n.starts_with(&format!("{prefix}-"))).collect()
@@ -42,16 +44,19 @@ fn netns_inode_of_thread() -> u64 {
 #[test]
 fn two_node_lab_routes_serves_and_tears_down() {
     let t0 = Instant::now();
-    let lab =
-        Lab::build(LabSpec { pods_per_node: 2, ..LabSpec::default() }).expect("building the lab");
+    let mut lab =
+        Lab::build(LabSpec { pods_per_node: 2, native_routes: true, ..LabSpec::default() })
+            .expect("building the lab");
+    let agents = agent::start_node_agents(&lab, &[]).expect("the nodes' agents");
+    lab.start_pods().expect("the pods' network");
     eprintln!("built {} in {:?}", lab.prefix(), t0.elapsed());
     let prefix = lab.prefix().to_string();
     let tmp = lab.temp_dir().to_path_buf();
     assert_eq!(namespaces_with(&prefix).len(), 3 + 2 + 4, "client, router, lb, 2 nodes, 4 pods");
 
-    // Plain routing, no xlb: client -> router -> node -> pod and back, and
-    // the LB to every node over the fabric bridge; pods on one node reach
-    // each other (proxy ARP / NDP on the node).
+    // Native routes: client -> router -> node -> pod and back, and the LB
+    // to every node over the fabric bridge; pods reach each other on one
+    // node (redirect) and across nodes (the overlay).
     let mut paths: Vec<(&str, IpAddr)> = Vec::new();
     for pod in lab.pods() {
         paths.push(("client", pod.host.v4.into()));
@@ -61,9 +66,11 @@ fn two_node_lab_routes_serves_and_tears_down() {
         paths.push(("lb", n.host.v4.into()));
         paths.push(("lb", n.host.v6.into()));
     }
-    let p12 = lab.pod("pod1-2").unwrap().host.clone();
-    paths.push(("pod1-1", p12.v4.into()));
-    paths.push(("pod1-1", p12.v6.into()));
+    for other in ["pod1-2", "pod2-1"] {
+        let p = lab.pod(other).unwrap().host.clone();
+        paths.push(("pod1-1", p.v4.into()));
+        paths.push(("pod1-1", p.v6.into()));
+    }
     for (from, to) in paths {
         tcp_reaches(&lab, from, to);
     }
@@ -105,6 +112,7 @@ fn two_node_lab_routes_serves_and_tears_down() {
     assert!(link.contains("\"xdp\""), "no XDP on lb0: {link}");
 
     let t1 = Instant::now();
+    drop(agents);
     drop(lab);
     eprintln!("teardown in {:?}", t1.elapsed());
     assert_eq!(namespaces_with(&prefix), Vec::<String>::new());

@@ -9,11 +9,15 @@
  *   XLB_ENCAP_GENEVE  Ethernet | outer IPv4/IPv6 | UDP | Geneve | xlb option
  *                     | inner IP packet. Geneve (RFC 8926): version 0, no
  *                     O/C flags, protocol type = inner EtherType, VNI from
- *                     xlb_node; one option of class XLB_GENEVE_OPT_CLASS,
- *                     type DSR4/DSR6 (by inner family) with the frontend
- *                     address and port the client used, or for a forwarded
- *                     ICMP error EP4/EP6 with the endpoint address and target
- *                     port. UDP source port XLB_GENEVE_SPORT_BASE + hash %
+ *                     xlb_node; one option of class XLB_GENEVE_OPT_CLASS:
+ *                       DSR4/DSR6 (by inner family): the frontend address
+ *                         and port the client used (the load balancer);
+ *                       EP4/EP6: the endpoint address and target port, for
+ *                         a forwarded ICMP error;
+ *                       IDENTITY: the pod overlay (tc), the source's
+ *                         security identity.
+ *                     One UDP port and VNI for all of them: the option says
+ *                     which. UDP source port XLB_GENEVE_SPORT_BASE + hash %
  *                     16384 for RSS/ECMP entropy. UDP checksum 0 for both
  *                     outer families: IPv4 allows it, and for IPv6 RFC
  *                     6935/6936 allow a zero checksum on tunnel traffic; the
@@ -28,24 +32,29 @@
  *
  * API (writers: 0 or -XLB_DROP_ENCAP if a header would pass data_end;
  * addresses are 16-byte ABI form, IPv4 in the first 4 bytes)
+ *   __u32 xlb_geneve_hlen(opt_type, inner_family)
+ *       UDP + Geneve + the option
  *   __u32 xlb_encap_hlen(encap, outer_family, inner_family)
- *       bytes of outer headers, Ethernet included
+ *       bytes of outer headers of the load balancer's dispatch, Ethernet
+ *       included
  *   int xlb_write_eth(data, data_end, dmac, smac, h_proto)
- *   int xlb_write_ip4(p, data_end, saddr, daddr, proto, tot_len)
- *   int xlb_write_ip6(p, data_end, saddr, daddr, nexthdr, payload_len, flow)
- *   int xlb_write_geneve(p, data_end, sport, dport, inner_len, inner_family,
- *                        vni, opt_type, addr, port)
- *       UDP + Geneve + one option at p; the option's data layout (4 or 16
- *       byte address) follows inner_family.
+ *   int xlb_write_ip(p, data_end, family, saddr, daddr, proto, l3_len, flow)
+ *       the outer IPv4 (xlb_write_ip4) or IPv6 (xlb_write_ip6) header;
+ *       l3_len is the whole outer IP packet
+ *   int xlb_write_geneve(p, data_end, &struct xlb_geneve_out)
+ *       UDP + Geneve + one option at p; a DSR/EP option's data layout (4 or
+ *       16 byte address) follows inner_family.
  * API (reader)
  *   int xlb_geneve_parse(ctx, gnv_off, udp_end, vni, &tun)
- *       checks the Geneve header at gnv_off (version 0, not OAM, our VNI,
- *       options within the UDP payload) and finds xlb's option among at
+ *       checks the Geneve header at gnv_off and finds xlb's option among at
  *       most XLB_GENEVE_MAX_OPTS: tun gets the option's type, address
- *       family, address and port, and the inner packet's offset and
- *       EtherType. -XLB_DROP_TRUNCATED, -XLB_DROP_BAD_TUNNEL (malformed,
- *       another VNI, an xlb option of the wrong length),
- *       -XLB_DROP_NO_DSR_OPT (no xlb option).
+ *       family, address and port (DSR/EP) or identity (IDENTITY), and the
+ *       inner packet's offset and EtherType. Geneve that is not xlb's
+ *       (version != 0, OAM, another VNI, no option of xlb's class) is
+ *       -XLB_PASS_FOREIGN_TUNNEL: another overlay may share the port.
+ *       -XLB_DROP_TRUNCATED, -XLB_DROP_BAD_TUNNEL (with xlb's VNI: options
+ *       past the payload, an option running past the options, an xlb option
+ *       of the wrong length).
  */
 #ifndef XLB_ENCAP_H
 #define XLB_ENCAP_H
@@ -69,10 +78,19 @@
 _Static_assert(XLB_GENEVE_OPT4_LEN % 4 == 0 && XLB_GENEVE_OPT6_LEN % 4 == 0,
 	       "Geneve options are whole 4-byte words");
 
-static __always_inline __u32 xlb_geneve_hlen(__u8 inner_family)
+#define XLB_GENEVE_OPTID_LEN (sizeof(struct xlb_geneve_opt_hdr) + sizeof(struct xlb_identity_opt))
+
+static __always_inline __u32 xlb_geneve_optlen(__u8 opt_type, __u8 inner_family)
+{
+	if (opt_type == XLB_GENEVE_OPT_IDENTITY)
+		return XLB_GENEVE_OPTID_LEN;
+	return inner_family == XLB_FAMILY_V6 ? XLB_GENEVE_OPT6_LEN : XLB_GENEVE_OPT4_LEN;
+}
+
+static __always_inline __u32 xlb_geneve_hlen(__u8 opt_type, __u8 inner_family)
 {
 	return XLB_UDP_HLEN + sizeof(struct xlb_geneve_hdr) +
-	       (inner_family == XLB_FAMILY_V6 ? XLB_GENEVE_OPT6_LEN : XLB_GENEVE_OPT4_LEN);
+	       xlb_geneve_optlen(opt_type, inner_family);
 }
 
 static __always_inline __u32 xlb_encap_hlen(__u8 encap, __u8 outer_family, __u8 inner_family)
@@ -80,7 +98,7 @@ static __always_inline __u32 xlb_encap_hlen(__u8 encap, __u8 outer_family, __u8 
 	__u32 len = ETH_HLEN + (outer_family == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN);
 
 	if (encap == XLB_ENCAP_GENEVE)
-		len += xlb_geneve_hlen(inner_family);
+		len += xlb_geneve_hlen(XLB_GENEVE_OPT_DSR4, inner_family);
 	return len;
 }
 
@@ -137,50 +155,76 @@ static __always_inline int xlb_write_ip6(void *p, void *data_end, const void *sa
 	return 0;
 }
 
-static __always_inline int xlb_write_geneve(void *p, void *data_end, __be16 sport, __be16 dport,
-					    __u16 inner_len, __u8 inner_family, __u32 vni,
-					    __u8 opt_type, const __u8 *vaddr, __be16 vport)
+static __always_inline int xlb_write_ip(void *p, void *data_end, __u8 family, const __u8 *saddr,
+					const __u8 *daddr, __u8 proto, __u16 l3_len, __u32 flow)
+{
+	if (family == XLB_FAMILY_V6)
+		return xlb_write_ip6(p, data_end, saddr, daddr, proto, l3_len - XLB_IP6_HLEN, flow);
+	return xlb_write_ip4(p, data_end, *(const __u32 *)saddr, *(const __u32 *)daddr, proto,
+			     l3_len);
+}
+
+/* What xlb_write_geneve writes after the outer IP header. */
+struct xlb_geneve_out {
+	const __u8 *addr; /* DSR/EP options: service or endpoint address */
+	__be16 sport;	  /* UDP, network order */
+	__be16 dport;
+	__u32 vni;
+	__u32 identity; /* IDENTITY option */
+	__be16 port;	/* DSR/EP options: service or endpoint port */
+	__u16 inner_len;
+	__u8 inner_family;
+	__u8 opt_type; /* enum xlb_geneve_opt_type, XLB_GENEVE_OPT_IDENTITY */
+};
+
+static __always_inline int xlb_write_geneve(void *p, void *data_end, const struct xlb_geneve_out *g)
 {
 	struct udphdr *uh = p;
 	struct xlb_geneve_hdr *gh = (void *)(uh + 1);
 	struct xlb_geneve_opt_hdr *oh = (void *)(gh + 1);
-	__u32 optlen = inner_family == XLB_FAMILY_V6 ? XLB_GENEVE_OPT6_LEN : XLB_GENEVE_OPT4_LEN;
+	__u32 optlen = xlb_geneve_optlen(g->opt_type, g->inner_family);
 
 	if ((void *)(oh + 1) > data_end)
 		return -XLB_DROP_ENCAP;
-	uh->source = sport;
-	uh->dest = dport;
-	uh->len = bpf_htons(XLB_UDP_HLEN + sizeof(*gh) + optlen + inner_len);
+	uh->source = g->sport;
+	uh->dest = g->dport;
+	uh->len = bpf_htons(XLB_UDP_HLEN + sizeof(*gh) + optlen + g->inner_len);
 	uh->check = 0;
 
 	gh->ver_optlen = optlen / 4; /* version 0 in the top 2 bits */
 	gh->flags = 0;
-	gh->proto = bpf_htons(inner_family == XLB_FAMILY_V6 ? ETH_P_IPV6 : ETH_P_IP);
-	gh->vni[0] = vni >> 16;
-	gh->vni[1] = vni >> 8;
-	gh->vni[2] = vni;
+	gh->proto = bpf_htons(g->inner_family == XLB_FAMILY_V6 ? ETH_P_IPV6 : ETH_P_IP);
+	gh->vni[0] = g->vni >> 16;
+	gh->vni[1] = g->vni >> 8;
+	gh->vni[2] = g->vni;
 	gh->rsvd = 0;
 
 	oh->opt_class = bpf_htons(XLB_GENEVE_OPT_CLASS);
-	if (inner_family == XLB_FAMILY_V6) {
+	oh->type = g->opt_type;
+	if (g->opt_type == XLB_GENEVE_OPT_IDENTITY) {
+		struct xlb_identity_opt *o = (void *)(oh + 1);
+
+		if ((void *)(o + 1) > data_end)
+			return -XLB_DROP_ENCAP;
+		oh->len = sizeof(*o) / 4;
+		o->identity = bpf_htonl(g->identity);
+	} else if (g->inner_family == XLB_FAMILY_V6) {
 		struct xlb_dsr_opt6 *o = (void *)(oh + 1);
 
 		if ((void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		oh->type = opt_type;
 		oh->len = sizeof(*o) / 4;
-		xlb_addr_copy(o->vaddr, vaddr);
-		o->vport = vport;
+		xlb_addr_copy(o->vaddr, g->addr);
+		o->vport = g->port;
 		o->pad = 0;
 	} else {
 		struct xlb_dsr_opt4 *o = (void *)(oh + 1);
 
 		if ((void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		oh->type = opt_type;
 		oh->len = sizeof(*o) / 4;
-		*(__u32 *)o->vaddr = *(const __u32 *)vaddr;
-		o->vport = vport;
+		*(__u32 *)o->vaddr = *(const __u32 *)g->addr;
+		o->vport = g->port;
 		o->pad = 0;
 	}
 	return 0;
@@ -189,12 +233,34 @@ static __always_inline int xlb_write_geneve(void *p, void *data_end, __be16 spor
 /* What a Geneve header and xlb's option said. */
 struct xlb_tunnel {
 	__u8 addr[16] __attribute__((aligned(4))); /* service (DSR*) or endpoint (EP*) */
+	__u32 identity;				   /* IDENTITY: the source's */
 	__be16 port;
-	__u8 opt;    /* enum xlb_geneve_opt_type */
-	__u8 family; /* of addr */
+	__u8 opt;    /* enum xlb_geneve_opt_type, XLB_GENEVE_OPT_IDENTITY */
+	__u8 family; /* of addr (DSR/EP) */
 	__u16 inner_off;
 	__u16 inner_proto; /* EtherType, host order */
 };
+
+/* The data length an xlb option of `type` must have (0: not a type xlb
+ * knows, skipped like another class's option) and the family of its
+ * address. */
+static __always_inline __u32 xlb_geneve_opt_want(__u8 type, __u8 *family)
+{
+	switch (type) {
+	case XLB_GENEVE_OPT_DSR4:
+	case XLB_GENEVE_OPT_EP4:
+		*family = XLB_FAMILY_V4;
+		return sizeof(struct xlb_dsr_opt4);
+	case XLB_GENEVE_OPT_DSR6:
+	case XLB_GENEVE_OPT_EP6:
+		*family = XLB_FAMILY_V6;
+		return sizeof(struct xlb_dsr_opt6);
+	case XLB_GENEVE_OPT_IDENTITY:
+		*family = 0;
+		return sizeof(struct xlb_identity_opt);
+	}
+	return 0;
+}
 
 /* xlb's option among the Geneve options in [off, inner_off). */
 static __always_inline int xlb_geneve_find_opt(struct xlb_ctx *ctx, __u32 off, struct xlb_tunnel *t)
@@ -215,19 +281,18 @@ static __always_inline int xlb_geneve_find_opt(struct xlb_ctx *ctx, __u32 off, s
 		if (off + olen > t->inner_off)
 			return -XLB_DROP_BAD_TUNNEL;
 		type = XLB_GENEVE_OPT_TYPE(opt->type);
-		if (opt->opt_class == bpf_htons(XLB_GENEVE_OPT_CLASS)) {
-			if (type == XLB_GENEVE_OPT_DSR4 || type == XLB_GENEVE_OPT_EP4) {
-				want = sizeof(*opt) + sizeof(struct xlb_dsr_opt4);
-				family = XLB_FAMILY_V4;
-			} else if (type == XLB_GENEVE_OPT_DSR6 || type == XLB_GENEVE_OPT_EP6) {
-				want = sizeof(*opt) + sizeof(struct xlb_dsr_opt6);
-				family = XLB_FAMILY_V6;
-			}
-		}
+		if (opt->opt_class == bpf_htons(XLB_GENEVE_OPT_CLASS))
+			want = xlb_geneve_opt_want(type, &family);
 		if (want) {
-			if (olen != want)
+			if (olen != sizeof(*opt) + want)
 				return -XLB_DROP_BAD_TUNNEL;
-			if (family == XLB_FAMILY_V4) {
+			if (type == XLB_GENEVE_OPT_IDENTITY) {
+				struct xlb_identity_opt *o = (void *)(opt + 1);
+
+				if ((void *)(o + 1) > data_end)
+					return -XLB_DROP_TRUNCATED;
+				t->identity = bpf_ntohl(o->identity);
+			} else if (family == XLB_FAMILY_V4) {
 				struct xlb_dsr_opt4 *o = (void *)(opt + 1);
 
 				if ((void *)(o + 1) > data_end)
@@ -248,7 +313,7 @@ static __always_inline int xlb_geneve_find_opt(struct xlb_ctx *ctx, __u32 off, s
 		}
 		off += olen;
 	}
-	return -XLB_DROP_NO_DSR_OPT;
+	return -XLB_PASS_FOREIGN_TUNNEL;
 }
 
 /* Geneve needs at most this many bytes after its header to reach the
@@ -265,11 +330,13 @@ static __always_inline int xlb_geneve_parse(struct xlb_ctx *ctx, __u32 gnv_off, 
 	gnv = xlb_ctx_data(ctx) + gnv_off;
 	if ((void *)(gnv + 1) > xlb_ctx_data_end(ctx))
 		return -XLB_DROP_TRUNCATED;
+	/* Another version, an OAM frame or another network: not xlb's to take
+	 * apart (another overlay may use the port). */
 	if (XLB_GENEVE_VER(gnv->ver_optlen) != 0 || (gnv->flags & XLB_GENEVE_F_OAM))
-		return -XLB_DROP_BAD_TUNNEL;
+		return -XLB_PASS_FOREIGN_TUNNEL;
 	got = ((__u32)gnv->vni[0] << 16) | ((__u32)gnv->vni[1] << 8) | gnv->vni[2];
 	if (got != vni)
-		return -XLB_DROP_BAD_TUNNEL;
+		return -XLB_PASS_FOREIGN_TUNNEL;
 	t->inner_proto = bpf_ntohs(gnv->proto);
 	inner_off = gnv_off + sizeof(*gnv) + XLB_GENEVE_OPTLEN(gnv->ver_optlen);
 	if (inner_off > udp_end)

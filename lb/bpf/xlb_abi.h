@@ -264,8 +264,8 @@ enum xlb_hook {
 	XLB_HOOK_TC_INGRESS = 1,  /* tc ingress of a node NIC */
 	XLB_HOOK_TC_EGRESS = 2,	  /* tc egress of a node NIC */
 	XLB_HOOK_SOCK = 3,	  /* cgroup socket hooks (reserved) */
-	XLB_HOOK_TC_POD_FROM = 4, /* tc on a pod's host veth: from the pod (reserved) */
-	XLB_HOOK_TC_POD_TO = 5,	  /* tc on a pod's host veth: to the pod (reserved) */
+	XLB_HOOK_TC_POD_FROM = 4, /* tc ingress of a pod's host-side veth: from the pod */
+	XLB_HOOK_TC_POD_TO = 5,	  /* tc egress of a pod's host-side veth: to the pod */
 	XLB_HOOK_MAX = 8,
 };
 
@@ -304,6 +304,25 @@ enum xlb_counter {
 	XLB_DROP_NAT = 47,	       /* tc: could not rewrite the packet */
 	XLB_DROP_NOT_LOCAL = 48,       /* tc: IPIP flow whose backend is on another node */
 	XLB_DROP_BAD_VERSION = 128,    /* IP version field disagrees with the EtherType */
+	/* #10 pod networking */
+	XLB_OK_POD_REDIRECT = 72,      /* pod to a pod on this node: bpf_redirect_peer */
+	XLB_OK_POD_ENCAP = 73,	       /* to a pod on another node: Geneve, sent out */
+	XLB_OK_POD_DECAP = 74,	       /* overlay packet decapsulated into a local pod */
+	XLB_OK_MASQ = 75,	       /* pod to outside: source masqueraded to the node */
+	XLB_OK_MASQ_REPLY = 76,	       /* reply to a masqueraded flow delivered to its pod */
+	XLB_OK_ICMP_TOO_BIG = 77,      /* oversize: ICMP frag-needed / too-big sent back */
+	XLB_OK_TO_POD = 78,	       /* delivered to a pod by the host stack */
+	XLB_PASS_FOREIGN_TUNNEL = 104, /* Geneve that is not xlb's (VNI, class, version) */
+	XLB_PASS_POD_TO_STACK = 105,   /* from a pod to the host stack (node, outside) */
+	XLB_PASS_POD_LINK_LOCAL = 106, /* pod's link-local / neighbour discovery traffic */
+	XLB_PASS_NO_MASQ = 107,	       /* to a non-masquerade destination: source kept */
+	XLB_PASS_MASQ_NO_STATE = 108,  /* TCP without SYN and no mapping: source kept */
+	XLB_PASS_TTL = 109,	       /* TTL / hop limit exhausted: the kernel answers */
+	XLB_DROP_POD_SPOOF = 152,      /* a pod sent from an address that is not its own */
+	XLB_DROP_TUNNEL_PEER = 153,    /* xlb tunnel traffic from an unknown sender */
+	XLB_DROP_NO_ENDPOINT = 154,    /* to this node's pod range: no such pod */
+	XLB_DROP_SNAT_EXHAUSTED = 155, /* masquerade: no free port for the flow */
+	XLB_DROP_POD_TOO_BIG = 156,    /* oversize: no ICMP (not DF, or rate limit) */
 };
 
 enum xlb_counter_limits {
@@ -489,5 +508,145 @@ struct xlb_maglev_16319 {
 };
 _Static_assert(sizeof(struct xlb_maglev_16319) == 2 * XLB_MAGLEV_C16319 + 2,
 	       "xlb_maglev_16319 size");
+/* ==== pod networking (#10) =================================================
+ * xlb is the node's network: pods get a veth pair from xlb-cni (cni/), the
+ * host side runs xlb_pod_from (tc ingress: what the pod sends) and
+ * xlb_pod_to (tc egress: what the host stack delivers to it). Pods on this
+ * node are reached by bpf_redirect_peer; pods on other nodes through a
+ * Geneve overlay done in BPF (one UDP port and VNI with the DSR dispatch,
+ * told apart by the option: XLB_GENEVE_OPT_IDENTITY carries the source's
+ * security identity); traffic leaving the cluster is masqueraded to the
+ * node's address on the uplink (tc egress), its replies translated back on
+ * ingress. */
+
+/* Option types of class XLB_GENEVE_OPT_CLASS, continued (5-7 are #10's). */
+enum xlb_geneve_pod_opt {
+	XLB_GENEVE_OPT_IDENTITY = 0x05, /* overlay: data struct xlb_identity_opt */
+};
+
+struct xlb_identity_opt {
+	__be32 identity; /* the source's security identity (enum xlb_identity) */
+};
+_Static_assert(sizeof(struct xlb_identity_opt) == 4, "xlb_identity_opt size");
+
+/* Security identities: well-known ones below XLB_ID_POD_MIN, pods from it
+ * (NetworkPolicy, #11, reads them; the overlay carries them across nodes). */
+enum xlb_identity {
+	XLB_ID_UNKNOWN = 0,
+	XLB_ID_HOST = 1,  /* a node itself (not a pod) */
+	XLB_ID_WORLD = 2, /* outside the cluster */
+	XLB_ID_POD_MIN = 256,
+};
+
+/* Key of xlb_endpoints and xlb_tunnel_peers: one address. */
+struct xlb_addr_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct xlb_addr_key) == 20, "xlb_addr_key size");
+
+/* xlb_endpoints: HASH, struct xlb_addr_key (a pod address) -> struct
+ * xlb_endpoint: the pods of this node, one entry per address. Written by
+ * xlb-cni on ADD (so the pod is reachable when ADD returns) and by the
+ * agent's endpoints reconciler (which owns it: restores, repairs, removes). */
+enum xlb_endpoint_flags {
+	XLB_EP_F_ACTIVE = 1 << 0,
+};
+
+struct xlb_endpoint {
+	__u32 ifindex;	  /* the host-side veth */
+	__u32 identity;	  /* enum xlb_identity or a pod's */
+	__u8 mac[6];	  /* the pod's interface (frames to it) */
+	__u8 host_mac[6]; /* the host-side veth (frames from it) */
+	__u32 flags;	  /* XLB_EP_F_* */
+};
+_Static_assert(sizeof(struct xlb_endpoint) == 24, "xlb_endpoint size");
+
+/* xlb_tunnel_peers: HASH, struct xlb_addr_key -> __u32 XLB_PEER_F_*: the
+ * underlay addresses xlb's tunnel traffic (DSR dispatch, overlay) is
+ * accepted from: every Node's InternalIPs and the configured load
+ * balancers. Others are dropped (XLB_DROP_TUNNEL_PEER). */
+enum xlb_peer_flags {
+	XLB_PEER_F_NODE = 1 << 0,
+	XLB_PEER_F_LB = 1 << 1,
+};
+
+/* Key of the LPM tries xlb_pod_routes and xlb_nonmasq: prefixlen counts
+ * the 32 bits of family and pad plus the CIDR's own length. */
+struct xlb_cidr_key {
+	__u32 prefixlen;
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct xlb_cidr_key) == 24, "xlb_cidr_key size");
+
+/* xlb_pod_routes: LPM_TRIE (no prealloc), struct xlb_cidr_key (a Node's
+ * spec.podCIDRs entry) -> struct xlb_route: where that node is on the
+ * underlay. xlb_nonmasq: LPM_TRIE, struct xlb_cidr_key -> __u32 (1):
+ * destinations pods reach with their own address. */
+enum xlb_route_flags {
+	XLB_ROUTE_F_LOCAL = 1 << 0, /* this node's own pod range */
+};
+
+struct xlb_route {
+	__u8 node[16];	  /* the node's underlay address (tunnel destination) */
+	__u8 node_family; /* of node */
+	__u8 flags;	  /* XLB_ROUTE_F_* */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct xlb_route) == 20, "xlb_route size");
+
+/* xlb_podnet: ARRAY of one struct xlb_podnet_cfg, this node's pod network
+ * settings. */
+enum xlb_podnet_flags {
+	XLB_PODNET_F_MASQ = 1 << 0, /* masquerade pods' traffic leaving the cluster */
+};
+
+struct xlb_podnet_cfg {
+	__u32 flags;	     /* XLB_PODNET_F_* */
+	__u16 masq_port_min; /* masquerade source ports, host order, inclusive */
+	__u16 masq_port_max;
+	__u32 icmp_rate; /* ICMP errors (too big) sent per second and CPU */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct xlb_podnet_cfg) == 16, "xlb_podnet_cfg size");
+
+/* ---- masquerade -------------------------------------------------------------
+ * xlb_snat: LRU_HASH, struct xlb_flow_key (pod -> outside, as the pod sent
+ * it) -> struct xlb_snat_entry (the node address and port it leaves with).
+ * xlb_snat_rev: LRU_HASH, struct xlb_flow_key (outside -> node:port, the
+ * reply) -> struct xlb_snat_entry (the pod address and port). A port is
+ * taken by inserting the reverse entry with BPF_NOEXIST: a taken port is a
+ * collision and the next candidate is tried, at most XLB_SNAT_TRIES; an
+ * idle mapping (XLB_SNAT_*_IDLE_S) may be taken over. ICMP echo uses the
+ * identifier as the port (sport in the forward key, dport in the reverse). */
+enum xlb_snat_limits {
+	XLB_SNAT_TRIES = 16,
+	XLB_SNAT_TCP_IDLE_S = 21600, /* a TCP mapping idle this long may be reused */
+	XLB_SNAT_OTHER_IDLE_S = 60,  /* UDP, ICMP */
+	XLB_SNAT_PORT_MIN = 61000,   /* default range: above Linux's ephemeral ports */
+	XLB_SNAT_PORT_MAX = 65535,
+};
+
+struct xlb_snat_entry {
+	__u8 addr[16]; /* forward: the node's address; reverse: the pod's */
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+	__u32 pad2;
+	__u64 last_ns; /* bpf_ktime_get_ns() of the last packet, within a second */
+};
+_Static_assert(sizeof(struct xlb_snat_entry) == 32, "xlb_snat_entry size");
+
+/* xlb_snat_stats: PERCPU_ARRAY of one: what port allocation did. */
+struct xlb_snat_stats {
+	__u64 allocated;  /* mappings made */
+	__u64 collisions; /* candidate ports found taken */
+	__u64 exhausted;  /* flows dropped: every candidate taken */
+	__u64 reclaimed;  /* idle mappings taken over */
+};
+_Static_assert(sizeof(struct xlb_snat_stats) == 32, "xlb_snat_stats size");
 
 #endif /* XLB_ABI_H */

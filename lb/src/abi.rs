@@ -69,6 +69,25 @@ abi_consts! {
     MAGLEV_C4027: usize = 4027;
     MAGLEV_C8123: usize = 8123;
     MAGLEV_C16319: usize = 16319;
+    // ---- pod networking (#10)
+    /// Geneve option of the pod overlay: the source's security identity.
+    GENEVE_OPT_IDENTITY: u8 = 5;
+    ID_UNKNOWN: u32 = 0;
+    /// A node itself (its own traffic into the overlay).
+    ID_HOST: u32 = 1;
+    ID_WORLD: u32 = 2;
+    /// Pods' identities start here.
+    ID_POD_MIN: u32 = 256;
+    EP_F_ACTIVE: u32 = 1 << 0;
+    PEER_F_NODE: u32 = 1 << 0;
+    PEER_F_LB: u32 = 1 << 1;
+    ROUTE_F_LOCAL: u8 = 1 << 0;
+    PODNET_F_MASQ: u32 = 1 << 0;
+    SNAT_TRIES: u32 = 16;
+    SNAT_TCP_IDLE_S: u32 = 21600;
+    SNAT_OTHER_IDLE_S: u32 = 60;
+    SNAT_PORT_MIN: u16 = 61000;
+    SNAT_PORT_MAX: u16 = 65535;
 }
 
 /// xlb_event.hook values (the same numbers as HOOK_*).
@@ -124,6 +143,12 @@ impl Hook {
     pub fn slot(self, counter: Counter) -> u32 {
         u32::from(self.number()) * REASON_MAX + counter as u32
     }
+}
+
+/// The ABI key of one address (xlb_endpoints, xlb_tunnel_peers).
+pub fn addr_key(ip: IpAddr) -> AddrKey {
+    let (addr, family) = addr_to_abi(ip);
+    AddrKey { addr, family, pad: [0; 3] }
 }
 
 /// A 16-byte ABI address and its family byte.
@@ -272,6 +297,38 @@ abi_struct!(
     /// Value of xlb_backend_meta (userspace only): a backend's name and weight.
     BackendMeta = "xlb_backend_meta", 64 { weight: u32, name: [u8; BACKEND_NAME_MAX] });
 
+// ---- pod networking (#10) ----
+abi_struct!(
+    /// Data of the overlay's Geneve option.
+    IdentityOpt = "xlb_identity_opt", 4 { identity: u32 /* network order */ });
+abi_struct!(
+    /// Key of xlb_endpoints and xlb_tunnel_peers: one address.
+    AddrKey = "xlb_addr_key", 20 { addr: [u8; 16], family: u8, pad: [u8; 3] });
+abi_struct!(
+    /// Value of xlb_endpoints: a pod of this node.
+    Endpoint = "xlb_endpoint", 24 {
+    ifindex: u32, identity: u32, mac: [u8; 6], host_mac: [u8; 6], flags: u32,
+});
+abi_struct!(
+    /// Key of the LPM tries xlb_pod_routes and xlb_nonmasq.
+    CidrKey = "xlb_cidr_key", 24 { prefixlen: u32, family: u8, pad: [u8; 3], addr: [u8; 16] });
+abi_struct!(
+    /// Value of xlb_pod_routes: the node owning a pod range.
+    Route = "xlb_route", 20 { node: [u8; 16], node_family: u8, flags: u8, pad: u16 });
+abi_struct!(
+    /// Value of xlb_podnet (one entry).
+    PodnetCfg = "xlb_podnet_cfg", 16 {
+    flags: u32, masq_port_min: u16, masq_port_max: u16, icmp_rate: u32, pad: u32,
+});
+abi_struct!(
+    /// Value of xlb_snat and xlb_snat_rev.
+    SnatEntry = "xlb_snat_entry", 32 {
+    addr: [u8; 16], port: u16 /* network order */, family: u8, pad: u8, pad2: u32, last_ns: u64,
+});
+abi_struct!(
+    /// Per-CPU value of xlb_snat_stats.
+    SnatStats = "xlb_snat_stats", 32 { allocated: u64, collisions: u64, exhausted: u64, reclaimed: u64 });
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -304,6 +361,14 @@ pub const LAYOUTS: &[StructLayout] = &[
     MaglevSlots::<MAGLEV_C4027>::LAYOUT,
     MaglevSlots::<MAGLEV_C8123>::LAYOUT,
     MaglevSlots::<MAGLEV_C16319>::LAYOUT,
+    IdentityOpt::LAYOUT,
+    AddrKey::LAYOUT,
+    Endpoint::LAYOUT,
+    CidrKey::LAYOUT,
+    Route::LAYOUT,
+    PodnetCfg::LAYOUT,
+    SnatEntry::LAYOUT,
+    SnatStats::LAYOUT,
 ];
 
 // ---- #14 performance: Maglev tables by size class ----------------------------
@@ -421,6 +486,25 @@ counters! {
     DropNat = 47 => "drop_nat",
     DropNotLocal = 48 => "drop_not_local",
     DropBadVersion = 128 => "drop_bad_version",
+    // #10 pod networking
+    OkPodRedirect = 72 => "ok_pod_redirect",
+    OkPodEncap = 73 => "ok_pod_encap",
+    OkPodDecap = 74 => "ok_pod_decap",
+    OkMasq = 75 => "ok_masq",
+    OkMasqReply = 76 => "ok_masq_reply",
+    OkIcmpTooBig = 77 => "ok_icmp_too_big",
+    OkToPod = 78 => "ok_to_pod",
+    PassForeignTunnel = 104 => "pass_foreign_tunnel",
+    PassPodToStack = 105 => "pass_pod_to_stack",
+    PassPodLinkLocal = 106 => "pass_pod_link_local",
+    PassNoMasq = 107 => "pass_no_masq",
+    PassMasqNoState = 108 => "pass_masq_no_state",
+    PassTtl = 109 => "pass_ttl",
+    DropPodSpoof = 152 => "drop_pod_spoof",
+    DropTunnelPeer = 153 => "drop_tunnel_peer",
+    DropNoEndpoint = 154 => "drop_no_endpoint",
+    DropSnatExhausted = 155 => "drop_snat_exhausted",
+    DropPodTooBig = 156 => "drop_pod_too_big",
 }
 
 impl Counter {

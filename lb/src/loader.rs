@@ -47,6 +47,13 @@ pub struct MapSizes {
     /// The xlb_events ring buffer, in bytes: a power of two, at least the
     /// page size, at most 1 GiB.
     pub events: u32,
+    /// Pod addresses on this node (xlb_endpoints).
+    pub endpoints: u32,
+    /// Pod ranges of the cluster and tunnel peers (xlb_pod_routes,
+    /// xlb_tunnel_peers).
+    pub pod_routes: u32,
+    /// Masquerade mappings, each way (xlb_snat, xlb_snat_rev; LRU).
+    pub snat: u32,
 }
 
 impl Default for MapSizes {
@@ -60,6 +67,9 @@ impl Default for MapSizes {
             dsr_nat: 524288,
             source_ranges: 65536,
             events: events::DEFAULT_RING_BYTES,
+            endpoints: 4096,
+            pod_routes: 16384,
+            snat: 131072,
         }
     }
 }
@@ -76,6 +86,9 @@ impl MapSizes {
             dsr_nat: 65536,
             source_ranges: 4096,
             events: events::DEFAULT_RING_BYTES,
+            endpoints: 1024,
+            pod_routes: 1024,
+            snat: 16384,
         }
     }
 
@@ -96,6 +109,11 @@ impl MapSizes {
             ("xlb_source_ranges", self.source_ranges),
             ("xlb_tx_ports", 64),
             (events::RING_MAP, self.events),
+            ("xlb_endpoints", self.endpoints),
+            ("xlb_pod_routes", self.pod_routes),
+            ("xlb_tunnel_peers", self.pod_routes),
+            ("xlb_snat", self.snat),
+            ("xlb_snat_rev", self.snat),
         ]
         .into_iter()
         .chain(classes)
@@ -167,11 +185,26 @@ pub enum LoadError {
     RingSize { map: &'static str, bytes: u32, min: u32, max: u32 },
     #[error("replacing {path} (pinned with another size): {source}")]
     StaleMapReplace { path: PathBuf, source: io::Error },
+    #[error("{path}: the xlb agent has not pinned the pod programs ({detail}); is `xlb run --pod-network` running?")]
+    NotReady { path: PathBuf, detail: String },
 }
 
 const XDP_PROG: &str = "xlb_xdp";
 const TC_INGRESS: &str = "xlb_tc_ingress";
 const TC_EGRESS: &str = "xlb_tc_egress";
+const POD_FROM: &str = "xlb_pod_from";
+const POD_TO: &str = "xlb_pod_to";
+
+/// The programs of a pod's host-side veth: (program, direction, pin name).
+/// The agent pins them under `<pin dir>/progs/`; xlb-cni attaches them
+/// ([`attach_pod`]); the links are pinned as `links/pod_from_<veth>` and
+/// `links/pod_to_<veth>`.
+const POD_PROGRAMS: [(&str, TcAttachType, &str); 2] =
+    [(POD_FROM, TcAttachType::Ingress, "pod_from"), (POD_TO, TcAttachType::Egress, "pod_to")];
+
+/// Link pins of pods start with this: they belong to the pods (xlb-cni
+/// makes and removes them), not to the agent.
+const POD_LINK_PREFIX: &str = "pod_";
 
 /// Both datapath objects, loaded, their maps pinned under `pin_dir`.
 #[derive(Debug)]
@@ -259,7 +292,7 @@ impl Dataplane {
         program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
             .load()
             .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
-        for p in [TC_INGRESS, TC_EGRESS] {
+        for p in [TC_INGRESS, TC_EGRESS, POD_FROM, POD_TO] {
             program_mut::<SchedClassifier>(&mut tc, "tc", p)?
                 .load()
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
@@ -319,6 +352,19 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Removes the XDP program an earlier agent pinned on `iface`, if any
+    /// (an agent told to run without XDP).
+    pub fn detach_xdp(&mut self, iface: &str) -> Result<(), LoadError> {
+        let path = self.link_path("xdp", iface);
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => link
+                .unpin()
+                .map(drop)
+                .map_err(|e| LoadError::LinkPin { path, detail: e.to_string() }),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Attaches the tc programs to `iface` ingress and egress (TCX links,
     /// pinned and atomically replaced like the XDP link).
     pub fn attach_tc(&mut self, iface: &str) -> Result<(), LoadError> {
@@ -328,40 +374,61 @@ impl Dataplane {
         ] {
             let path = self.link_path(kind, iface);
             let prog = program_mut::<SchedClassifier>(&mut self.tc, "tc", program)?;
-            let attach_err =
-                |e| LoadError::Attach { program, iface: iface.into(), source: Box::new(e) };
-            let id = match PinnedLink::from_pin(&path) {
-                Ok(old) => {
-                    let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
-                        LoadError::LinkPin { path: path.clone(), detail: format!("{e}") }
-                    })?;
-                    prog.attach_to_link(link).map_err(attach_err)?
-                }
-                Err(_) => prog
-                    .attach_with_options(
-                        iface,
-                        dir,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(attach_err)?,
-            };
-            let link = prog.take_link(id).map_err(attach_err)?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
-            pin_link(fd, &path)?;
+            tcx_attach(prog, program, iface, dir, &path)?;
         }
         Ok(())
     }
 
-    /// Removes every pinned link of this pin directory: the programs are
-    /// detached from their interfaces (maps stay pinned).
+    /// Pins the pods' programs under `<pin dir>/progs/` for xlb-cni (a pin
+    /// of an older agent is replaced), then moves every pod link already
+    /// pinned (`links/pod_*`) to them atomically: an upgraded agent updates
+    /// the pods that run. Returns how many pod links it moved.
+    pub fn pin_pod_programs(&mut self) -> Result<usize, LoadError> {
+        let dir = self.pin_dir.join(POD_PROGRAM_DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| LoadError::PinDir { path: dir.clone(), source })?;
+        let mut moved = 0;
+        for (program, _, kind) in POD_PROGRAMS {
+            let prog = program_mut::<SchedClassifier>(&mut self.tc, "tc", program)?;
+            let path = dir.join(program);
+            let _ = std::fs::remove_file(&path);
+            prog.pin(&path).map_err(|e| LoadError::LinkPin {
+                path: path.clone(),
+                detail: format!("pinning the program: {e}"),
+            })?;
+            for link in pod_links(&self.pin_dir, kind) {
+                let Ok(old) = PinnedLink::from_pin(&link) else { continue };
+                let iface = link.file_name().map(|n| n.to_string_lossy().into_owned());
+                let attach_err = |e| LoadError::Attach {
+                    program,
+                    iface: iface.clone().unwrap_or_default(),
+                    source: Box::new(e),
+                };
+                let old: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
+                    LoadError::LinkPin { path: link.clone(), detail: format!("{e}") }
+                })?;
+                let id = prog.attach_to_link(old).map_err(attach_err)?;
+                // The pin stays: it is the same kernel link.
+                drop(prog.take_link(id).map_err(attach_err)?);
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Removes every pinned link of the agent under this pin directory: the
+    /// programs are detached from the node's interfaces (maps stay pinned).
+    /// Pods' links stay: they are the pods' network, made and removed with
+    /// the pods by xlb-cni.
     pub fn detach_all(pin_dir: &Path) -> Result<(), LoadError> {
         let dir = pin_dir.join("links");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(());
         };
         for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(POD_LINK_PREFIX) {
+                continue;
+            }
             let path = e.path();
             let link = PinnedLink::from_pin(&path).map_err(|err| LoadError::LinkPin {
                 path: path.clone(),
@@ -387,6 +454,18 @@ impl Dataplane {
 
     pub fn tc_egress_program(&mut self) -> &mut SchedClassifier {
         program_mut::<SchedClassifier>(&mut self.tc, "tc", TC_EGRESS)
+            .expect("loaded in Dataplane::load")
+    }
+
+    /// The program of a pod's host veth, tc ingress (what the pod sends).
+    pub fn pod_from_program(&mut self) -> &mut SchedClassifier {
+        program_mut::<SchedClassifier>(&mut self.tc, "tc", POD_FROM)
+            .expect("loaded in Dataplane::load")
+    }
+
+    /// The program of a pod's host veth, tc egress (what the stack delivers).
+    pub fn pod_to_program(&mut self) -> &mut SchedClassifier {
+        program_mut::<SchedClassifier>(&mut self.tc, "tc", POD_TO)
             .expect("loaded in Dataplane::load")
     }
 
@@ -429,6 +508,84 @@ pub fn read_hook_counters(pin_dir: &Path) -> Result<Vec<(Hook, Counter, Count)>,
         }
     }
     Ok(out)
+}
+
+/// Where the agent pins the pods' programs (under its pin directory).
+pub const POD_PROGRAM_DIR: &str = "progs";
+
+/// The pinned links of kind `kind` ("pod_from", "pod_to") of every pod.
+fn pod_links(pin_dir: &Path, kind: &str) -> Vec<PathBuf> {
+    let prefix = format!("{kind}_");
+    let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Attaches `prog` to `iface` in `dir` through TCX, the link pinned at
+/// `path`; when a link is pinned there already its program is replaced
+/// atomically (no packet sees the interface without a program).
+fn tcx_attach(
+    prog: &mut SchedClassifier,
+    program: &'static str,
+    iface: &str,
+    dir: TcAttachType,
+    path: &Path,
+) -> Result<(), LoadError> {
+    let attach_err = |e| LoadError::Attach { program, iface: iface.into(), source: Box::new(e) };
+    let id = match PinnedLink::from_pin(path) {
+        Ok(old) => {
+            let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| {
+                LoadError::LinkPin { path: path.to_path_buf(), detail: format!("{e}") }
+            })?;
+            prog.attach_to_link(link).map_err(attach_err)?
+        }
+        Err(_) => prog
+            .attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(attach_err)?,
+    };
+    let link = prog.take_link(id).map_err(attach_err)?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| LoadError::LinkPin { path: path.to_path_buf(), detail: format!("{e}") })?;
+    pin_link(fd, path)
+}
+
+/// Attaches the pods' programs pinned by the agent under `pin_dir` to the
+/// host-side veth `iface` (xlb-cni, on ADD), links pinned beside the
+/// agent's. Fails with [`LoadError::NotReady`] when the agent has not
+/// pinned them (not running, or not with the pod network).
+pub fn attach_pod(pin_dir: &Path, iface: &str) -> Result<(), LoadError> {
+    for (program, dir, kind) in POD_PROGRAMS {
+        let path = pin_dir.join(POD_PROGRAM_DIR).join(program);
+        let mut prog = SchedClassifier::from_pin(&path)
+            .map_err(|e| LoadError::NotReady { path: path.clone(), detail: e.to_string() })?;
+        let link = pin_dir.join("links").join(format!("{kind}_{iface}"));
+        tcx_attach(&mut prog, program, iface, dir, &link)?;
+    }
+    Ok(())
+}
+
+/// Removes the pinned links of pod veth `iface` (xlb-cni, on DEL); the
+/// programs leave the veth with them (or went with the veth). Absent pins
+/// are fine.
+pub fn detach_pod(pin_dir: &Path, iface: &str) -> Result<(), LoadError> {
+    for (_, _, kind) in POD_PROGRAMS {
+        let path = pin_dir.join("links").join(format!("{kind}_{iface}"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LoadError::LinkPin { path, detail: format!("unpinning: {e}") }),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the agent has pinned the pods' programs under `pin_dir`.
+pub fn pod_programs_pinned(pin_dir: &Path) -> bool {
+    POD_PROGRAMS.iter().all(|(p, _, _)| pin_dir.join(POD_PROGRAM_DIR).join(p).exists())
 }
 
 fn ifindex(iface: &str) -> Option<u32> {

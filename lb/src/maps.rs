@@ -34,6 +34,19 @@ const _: () = assert!(core::mem::size_of::<SrcRangeData>() + 4 == abi::SrcRangeK
 // SAFETY: repr(C), integers only, no padding (size asserted).
 unsafe impl Pod for SrcRangeData {}
 
+/// The data part of an xlb_cidr_key (xlb_pod_routes, xlb_nonmasq) without
+/// its leading prefixlen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CidrData {
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<CidrData>() + 4 == abi::CidrKey::LAYOUT.size);
+// SAFETY: repr(C), integers only, no padding (size asserted).
+unsafe impl Pod for CidrData {}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("opening pinned map {path}: {source}")]
@@ -87,6 +100,14 @@ pub struct Maps {
     pub config_gen: Array<MapData, abi::ConfigGen>,
     /// The Maglev class maps, smallest class first (abi::MAGLEV_CLASSES).
     pub maglev_classes: Vec<RawMap>,
+    pub endpoints: Hash<abi::AddrKey, abi::Endpoint>,
+    pub tunnel_peers: Hash<abi::AddrKey, u32>,
+    pub pod_routes: LpmTrie<MapData, CidrData, abi::Route>,
+    pub nonmasq: LpmTrie<MapData, CidrData, u32>,
+    pub podnet: Array<MapData, abi::PodnetCfg>,
+    pub snat: Hash<abi::FlowKey, abi::SnatEntry>,
+    pub snat_rev: Hash<abi::FlowKey, abi::SnatEntry>,
+    pub snat_stats: PerCpuArray<MapData, abi::SnatStats>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -119,6 +140,14 @@ impl Maps {
                 .iter()
                 .map(|&c| RawMap::open(dir, abi::maglev_map(c)))
                 .collect::<Result<_, _>>()?,
+            endpoints: open(dir, "xlb_endpoints")?,
+            tunnel_peers: open(dir, "xlb_tunnel_peers")?,
+            pod_routes: open(dir, "xlb_pod_routes")?,
+            nonmasq: open(dir, "xlb_nonmasq")?,
+            podnet: open(dir, "xlb_podnet")?,
+            snat: open(dir, "xlb_snat")?,
+            snat_rev: open(dir, "xlb_snat_rev")?,
+            snat_stats: open(dir, "xlb_snat_stats")?,
         })
     }
 }
@@ -287,5 +316,77 @@ impl RawMap {
             ..Default::default()
         };
         bpf(BPF_MAP_UPDATE_BATCH, &mut a).map_err(|e| syscall_error("bpf_map_update_batch", e))
+    }
+}
+
+/// The LPM key of a prefix of xlb_pod_routes / xlb_nonmasq: family and
+/// padding (32 bits), then the address with its host bits cleared.
+pub fn cidr_key(cidr: &crate::model::Cidr) -> Key<CidrData> {
+    let (addr, family) = abi::addr_to_abi(cidr.network().addr);
+    Key::new(32 + u32::from(cidr.len), CidrData { family, pad: [0; 3], addr })
+}
+
+/// The prefix an xlb_pod_routes / xlb_nonmasq key stands for.
+pub fn cidr_of(key: &Key<CidrData>) -> Option<crate::model::Cidr> {
+    let d = key.data();
+    let addr = abi::addr_from_abi(&d.addr, d.family)?;
+    Some(crate::model::Cidr { addr, len: key.prefix_len().saturating_sub(32) as u8 })
+}
+
+/// xlb_endpoints alone, for xlb-cni: a pod's entries are written when its
+/// network is made, before ADD returns (the agent's endpoints reconciler
+/// owns the map and repairs it; it writes the same values).
+pub struct EndpointMap {
+    map: Hash<abi::AddrKey, abi::Endpoint>,
+}
+
+impl EndpointMap {
+    /// The map pinned under `pin_dir` (the agent's pin directory).
+    pub fn open(pin_dir: &Path) -> Result<EndpointMap, MapsError> {
+        Ok(EndpointMap { map: open(pin_dir, "xlb_endpoints")? })
+    }
+
+    /// Every address of `ep`.
+    pub fn insert(&mut self, ep: &crate::model::Endpoint) -> Result<(), MapsError> {
+        let value = endpoint_value(ep);
+        for a in &ep.addrs {
+            self.map
+                .insert(abi::addr_key(*a), value, 0)
+                .map_err(MapsError::op("xlb_endpoints", "update"))?;
+        }
+        Ok(())
+    }
+
+    /// The entries of `addrs` that name host veth `ifindex` (another pod's
+    /// entry for a reused address is left alone).
+    pub fn remove(
+        &mut self,
+        addrs: &[std::net::IpAddr],
+        ifindex: Option<u32>,
+    ) -> Result<(), MapsError> {
+        for a in addrs {
+            let key = abi::addr_key(*a);
+            match self.map.get(&key, 0) {
+                Ok(v) if ifindex.is_none_or(|i| i == v.ifindex) => match self.map.remove(&key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(MapsError::op("xlb_endpoints", "delete")(e)),
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The xlb_endpoints value of a pod.
+pub fn endpoint_value(ep: &crate::model::Endpoint) -> abi::Endpoint {
+    abi::Endpoint {
+        ifindex: ep.ifindex,
+        identity: ep.identity,
+        mac: ep.mac,
+        host_mac: ep.host_mac,
+        flags: abi::EP_F_ACTIVE,
     }
 }

@@ -132,6 +132,29 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The prefix with its host bits cleared.
+    pub fn network(&self) -> Cidr {
+        let keep = |bytes: &mut [u8]| {
+            for (i, b) in bytes.iter_mut().enumerate() {
+                let bits = (self.len as usize).saturating_sub(i * 8).min(8);
+                *b &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+            }
+        };
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let mut o = a.octets();
+                keep(&mut o);
+                IpAddr::from(o)
+            }
+            IpAddr::V6(a) => {
+                let mut o = a.octets();
+                keep(&mut o);
+                IpAddr::from(o)
+            }
+        };
+        Cidr { addr, len: self.len }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         fn masked(bytes: &[u8], len: u8) -> Vec<u8> {
             bytes
@@ -265,4 +288,102 @@ impl Desired {
     pub fn new(node: NodeConfig, services: impl IntoIterator<Item = Service>) -> Self {
         Desired { node, services: services.into_iter().map(|s| (s.key.clone(), s)).collect() }
     }
+}
+
+// ---- pod networking (#10) ---------------------------------------------------
+
+/// One pod range of one node (an entry of its Node's spec.podCIDRs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRoute {
+    pub cidr: Cidr,
+    /// The node's underlay address: where the overlay sends packets for
+    /// the range.
+    pub node: IpAddr,
+    /// This node's own range (its pods are reached by redirect, never
+    /// through the overlay).
+    pub local: bool,
+}
+
+/// What an underlay address xlb accepts tunnel traffic from is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerRole {
+    /// A node of the cluster (overlay traffic, and DSR from a node's XDP).
+    pub node: bool,
+    /// A load balancer outside the cluster's nodes (DSR dispatch).
+    pub load_balancer: bool,
+}
+
+/// Masquerade of pods' traffic leaving the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Masquerade {
+    /// Source ports the node hands out, inclusive.
+    pub ports: (u16, u16),
+    /// Destinations pods reach with their own address (besides every pod
+    /// range, which is never masqueraded).
+    pub non_masquerade: Vec<Cidr>,
+}
+
+impl Default for Masquerade {
+    fn default() -> Self {
+        Masquerade {
+            ports: (crate::abi::SNAT_PORT_MIN, crate::abi::SNAT_PORT_MAX),
+            non_masquerade: Vec::new(),
+        }
+    }
+}
+
+/// Default of [`Network::icmp_rate`]: ICMP too-big messages per second and CPU.
+pub const DEFAULT_ICMP_RATE: u32 = 1000;
+
+/// The pod network as this node's datapath sees it: every node's pod
+/// ranges, the addresses tunnels are accepted from, and masquerade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub routes: Vec<PodRoute>,
+    pub peers: BTreeMap<IpAddr, PeerRole>,
+    /// None: pods' traffic leaves with their own addresses.
+    pub masquerade: Option<Masquerade>,
+    /// ICMP too-big messages sent to pods, per second and CPU.
+    pub icmp_rate: u32,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            routes: Vec::new(),
+            peers: BTreeMap::new(),
+            masquerade: None,
+            icmp_rate: DEFAULT_ICMP_RATE,
+        }
+    }
+}
+
+/// A pod of this node, as the datapath reaches it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Who it is (the CNI attachment: "namespace/pod" or the container
+    /// id); for logs only, the maps do not keep it.
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+    /// The host-side veth.
+    pub ifindex: u32,
+    /// The pod's interface.
+    pub mac: [u8; 6],
+    /// The host-side veth's.
+    pub host_mac: [u8; 6],
+    /// Security identity ([`crate::abi::ID_POD_MIN`] and up for pods).
+    pub identity: u32,
+}
+
+/// The interim security identity of a pod: by namespace (FNV-1a of its
+/// name, from [`crate::abi::ID_POD_MIN`] up, below 2^24). NetworkPolicy
+/// (#11) replaces it with identities of label sets; the datapath only
+/// carries the number.
+pub fn namespace_identity(namespace: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in namespace.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    crate::abi::ID_POD_MIN + h % ((1 << 24) - crate::abi::ID_POD_MIN)
 }

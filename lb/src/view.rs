@@ -459,6 +459,51 @@ pub struct Names {
     pub backends: HashMap<u32, (SocketAddr, u32)>,
 }
 
+/// A pod of this node as xlb_endpoints holds it: its addresses, by host veth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointListing {
+    /// The host-side veth.
+    pub ifindex: u32,
+    pub addrs: Vec<IpAddr>,
+    pub identity: u32,
+    /// The pod's interface.
+    pub mac: String,
+    pub host_mac: String,
+}
+
+/// One pod range of xlb_pod_routes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteListing {
+    pub cidr: String,
+    /// The owning node's underlay address.
+    pub node: Option<IpAddr>,
+    /// This node's own range.
+    pub local: bool,
+}
+
+/// An address xlb's tunnel traffic is accepted from (xlb_tunnel_peers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerListing {
+    pub addr: IpAddr,
+    pub node: bool,
+    pub load_balancer: bool,
+}
+
+/// The pod network's tables: ranges, peers, masquerade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TunnelListing {
+    pub routes: Vec<RouteListing>,
+    pub peers: Vec<PeerListing>,
+    /// Source ports handed out (None: masquerade off).
+    pub masquerade_ports: Option<(u16, u16)>,
+    pub non_masquerade: Vec<String>,
+    pub snat: crate::store::SnatTotals,
+}
+
+fn mac_text(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// The read model over one store: the pinned maps of a node unless said.
 #[derive(Debug)]
 pub struct DatapathView<S = BpfStore> {
@@ -499,6 +544,71 @@ impl<S: MapStore> DatapathView<S> {
     /// traffic, sorted by name.
     pub fn services(&self) -> Result<Vec<ServiceListing>, ViewError> {
         Ok(list(&self.store)?)
+    }
+
+    /// This node's pods, one listing per host veth, by ifindex; addresses
+    /// sorted.
+    pub fn endpoints(&self) -> Result<Vec<EndpointListing>, ViewError> {
+        let mut by_if: BTreeMap<u32, EndpointListing> = BTreeMap::new();
+        for (addr, v) in self.store.endpoints()? {
+            by_if
+                .entry(v.ifindex)
+                .or_insert_with(|| EndpointListing {
+                    ifindex: v.ifindex,
+                    addrs: Vec::new(),
+                    identity: v.identity,
+                    mac: mac_text(&v.mac),
+                    host_mac: mac_text(&v.host_mac),
+                })
+                .addrs
+                .push(addr);
+        }
+        let mut out: Vec<EndpointListing> = by_if.into_values().collect();
+        for e in &mut out {
+            e.addrs.sort();
+        }
+        Ok(out)
+    }
+
+    /// The pod ranges (sorted), tunnel peers (sorted) and masquerade
+    /// settings and statistics.
+    pub fn tunnels(&self) -> Result<TunnelListing, ViewError> {
+        let mut routes: Vec<(Cidr, RouteListing)> = self
+            .store
+            .pod_routes()?
+            .into_iter()
+            .map(|(c, r)| {
+                let listing = RouteListing {
+                    cidr: c.to_string(),
+                    node: abi::addr_from_abi(&r.node, r.node_family),
+                    local: r.flags & abi::ROUTE_F_LOCAL != 0,
+                };
+                (c, listing)
+            })
+            .collect();
+        routes.sort_by_key(|a| a.0);
+        let mut peers: Vec<PeerListing> = self
+            .store
+            .tunnel_peers()?
+            .into_iter()
+            .map(|(addr, f)| PeerListing {
+                addr,
+                node: f & abi::PEER_F_NODE != 0,
+                load_balancer: f & abi::PEER_F_LB != 0,
+            })
+            .collect();
+        peers.sort_by_key(|p| p.addr);
+        let cfg = self.store.podnet()?;
+        let mut non_masquerade = self.store.nonmasq()?;
+        non_masquerade.sort();
+        Ok(TunnelListing {
+            routes: routes.into_iter().map(|(_, r)| r).collect(),
+            peers,
+            masquerade_ports: (cfg.flags & abi::PODNET_F_MASQ != 0)
+                .then_some((cfg.masq_port_min, cfg.masq_port_max)),
+            non_masquerade: non_masquerade.iter().map(|c| c.to_string()).collect(),
+            snat: self.store.snat_stats()?,
+        })
     }
 
     /// Service names by id.

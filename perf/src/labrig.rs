@@ -58,21 +58,15 @@ impl XlbLab {
     /// starts the agents and waits until each has programmed a backend.
     pub fn start(spec: LabSpec, state: &dyn Fn(&str) -> EndpointState) -> Result<XlbLab, RigError> {
         let exe = agent::xlb_binary()?;
-        let lab = Lab::build(LabSpec { static_neighbours: true, ..spec.clone() })?;
+        // Native routes: the baselines reach pods straight from the client.
+        let lab =
+            Lab::build(LabSpec { static_neighbours: true, native_routes: true, ..spec.clone() })?;
         let config = lab.temp_dir().join("nginx.yaml");
         let control = Control { agents: Vec::new(), config, spec: lab.spec().clone() };
         let mut rig = XlbLab { control, lab };
         rig.control.write_manifest(state)?;
         let agent_spec = AgentSpec::new(&exe, &rig.control.config);
-        let nodes: Vec<String> = std::iter::once("lb".to_string())
-            .chain(rig.lab.nodes().iter().map(|n| n.host.name.clone()))
-            .collect();
-        for node in &nodes {
-            rig.control.agents.push(Agent::start(&rig.lab, node, &agent_spec)?);
-        }
-        for a in &mut rig.control.agents {
-            a.wait_until(AGENT_READY, &agent::has_active_backends)?;
-        }
+        rig.control.agents = agent::start_all(&mut rig.lab, &agent_spec, AGENT_READY)?;
         // Clean measurements: no ICMP redirects from the LB (it forwards
         // kube-proxy traffic out of the interface it came in on), and the
         // client may use every port for short-lived connections.

@@ -9,6 +9,7 @@ mod compare;
 mod conn;
 mod maglev_report;
 mod micro;
+mod podnet;
 mod pps;
 mod readme;
 mod report;
@@ -75,6 +76,20 @@ enum Cmd {
         rounds: u32,
         #[arg(long, default_value_t = 1000)]
         kp_services: u32,
+    },
+    /// The pod network: xlb's BPF Geneve vs the kernel's VXLAN vs plain
+    /// routing across nodes, redirect vs a Linux bridge on one node
+    /// (iperf3, request latency, interleaved), CNI ADD latency.
+    Podnet {
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        #[arg(long, default_value_t = 5_000)]
+        requests: usize,
+        /// Pods created at once for the CNI ADD latency.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
     },
     /// Backends added/removed/terminated under load: broken connections.
     Churn {
@@ -191,6 +206,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "conn", &r, &md)?;
+        }
+        Cmd::Podnet { seconds, rounds, requests, pods } => {
+            let r = podnet::run(&podnet::PodnetOpts { seconds, rounds, requests, pods })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "podnet", &r, &md)?;
         }
         Cmd::Churn { held, dwell } => {
             let r = churnbench::run(&churnbench::ChurnOpts {
@@ -313,6 +334,12 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         churnbench::ChurnOpts::default()
     };
     let churn = scenario(out, "churn", || churnbench::run(&churn_opts), |c| c.markdown());
+    let podnet_opts = if quick {
+        podnet::PodnetOpts { seconds: 1, rounds: 1, requests: 2_000, pods: 20 }
+    } else {
+        podnet::PodnetOpts::default()
+    };
+    let podnet = scenario(out, "podnet", || podnet::run(&podnet_opts), |p| p.markdown());
     let scale_opts = if quick {
         scale::ScaleOpts { rounds: 3, repeat: 5_000, ct_capacity: 65_536, ..Default::default() }
     } else {
@@ -350,6 +377,7 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         ("conn", results.conn.is_err()),
         ("churn", results.churn.is_err()),
         ("scale", results.scale.is_err()),
+        ("podnet", podnet.is_err()),
         ("maglev", results.maglev.is_err()),
     ]
     .into_iter()

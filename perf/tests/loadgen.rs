@@ -13,16 +13,27 @@ use xlb_perf::{
     loadgen::{iperf3, parse_wrk, wrk_raw, WrkSpec},
 };
 
-fn lab() -> Lab {
-    Lab::build(LabSpec { nodes: 1, pods_per_node: 1, ..LabSpec::default() })
-        .unwrap_or_else(|e| panic!("building the lab (needs root): {e}"))
+/// A one-node lab whose pod the client reaches straight (native routes);
+/// the node's agent runs only its pod network.
+fn lab() -> (Lab, Vec<lab::agent::Agent>) {
+    let mut lab = Lab::build(LabSpec {
+        nodes: 1,
+        pods_per_node: 1,
+        native_routes: true,
+        ..LabSpec::default()
+    })
+    .unwrap_or_else(|e| panic!("building the lab (needs root): {e}"));
+    let agents = lab::agent::start_node_agents(&lab, &[])
+        .unwrap_or_else(|e| panic!("the node's agent: {e}"));
+    lab.start_pods().unwrap_or_else(|e| panic!("the pod's network: {e}"));
+    (lab, agents)
 }
 
 const POD: &str = "pod1-1";
 
 #[test]
 fn wrk_output_parsed_from_a_live_run_matches_the_pods_packet_counters() {
-    let lab = lab();
+    let (lab, _agents) = lab();
     let url = format!("http://{}/", spec::pod_v4(1, 1));
     let tmp = lab.temp_dir().to_path_buf();
     for close in [true, false] {
@@ -75,7 +86,7 @@ fn wrk_parser_on_a_saved_live_capture() {
 
 #[test]
 fn iperf3_throughput_matches_the_bytes_the_pod_received() {
-    let lab = lab();
+    let (lab, _agents) = lab();
     lab.stop_backend(POD);
     let mut server = std::process::Command::new("iperf3");
     server
@@ -99,7 +110,7 @@ fn iperf3_throughput_matches_the_bytes_the_pod_received() {
 
 #[test]
 fn kube_proxy_rules_in_the_lab_dnat_the_second_vip_to_the_pod() {
-    let lab = lab();
+    let (lab, _agents) = lab();
     install_kube_proxy(&lab, 100, &[spec::pod_v4(1, 1)]).expect("iptables-restore");
     const N: usize = 20;
     let answers: Vec<String> = lab

@@ -147,6 +147,8 @@ struct Snapshot {
     tracked: usize,
     backends: Vec<(String, String, Traffic)>,
     events: Option<EventStatus>,
+    /// Masquerade port allocation (None: maps of an older agent).
+    snat: Option<lb::store::SnatTotals>,
 }
 
 impl DatapathCollector {
@@ -190,7 +192,8 @@ impl DatapathCollector {
             backends.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         }
         let events = view.events().ok();
-        Ok(Snapshot { counters, services, other, tracked, backends, events })
+        let snat = view.tunnels().ok().map(|t| t.snat);
+        Ok(Snapshot { counters, services, other, tracked, backends, events, snat })
     }
 }
 
@@ -227,6 +230,21 @@ fn gauge<V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
 }
 
 type Rows<V> = Vec<(Vec<(&'static str, String)>, V)>;
+
+fn snat_rows(s: Option<lb::store::SnatTotals>) -> Option<Rows<u64>> {
+    let s = s?;
+    Some(
+        [
+            ("allocated", s.allocated),
+            ("collision", s.collisions),
+            ("reclaimed", s.reclaimed),
+            ("exhausted", s.exhausted),
+        ]
+        .into_iter()
+        .map(|(r, v)| (vec![("result", r.to_string())], v))
+        .collect(),
+    )
+}
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -301,6 +319,17 @@ impl Collector for DatapathCollector {
             "Bytes of handled packets, by hook and reason",
             &by_class("ok", true),
         )?;
+
+        if let Some(t) = snat_rows(snap.snat) {
+            counter(
+                &mut enc,
+                "xlb_masquerade_ports",
+                "Masquerade port allocation: result=allocated (mappings made), collision (a \
+                 candidate port was taken), reclaimed (an idle mapping taken over), exhausted \
+                 (a flow dropped: every candidate taken)",
+                &t,
+            )?;
+        }
 
         let svc_rows = |f: &dyn Fn(&SvcTraffic) -> u64| -> Rows<u64> {
             let mut rows: Rows<u64> =

@@ -253,13 +253,13 @@ impl ControlMetrics {
 }
 
 /// Records the XDP and tc attachments of `iface` (xlb_attached).
-pub fn record_attach(iface: &str, mode: lb::loader::XdpMode) {
-    let xdp_mode = match mode {
-        lb::loader::XdpMode::Native => "native",
-        lb::loader::XdpMode::Generic => "generic",
-    };
+pub fn record_attach(iface: &str, mode: Option<lb::loader::XdpMode>) {
     let c = control();
-    c.attached(iface, "xdp", xdp_mode);
+    match mode {
+        Some(lb::loader::XdpMode::Native) => c.attached(iface, "xdp", "native"),
+        Some(lb::loader::XdpMode::Generic) => c.attached(iface, "xdp", "generic"),
+        None => {}
+    }
     c.attached(iface, "tc_ingress", "tcx");
     c.attached(iface, "tc_egress", "tcx");
 }

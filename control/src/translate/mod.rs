@@ -5,7 +5,8 @@
 //!   frontends, affinity, traffic policy, annotations, proxy name);
 //! - `endpoints`: EndpointSlices to backends (ready/serving/terminating,
 //!   externalTrafficPolicy: Local);
-//! - `nodes`: node addresses, this node's settings, NodePort addresses;
+//! - `nodes`: node addresses and pod ranges, this node's settings, NodePort
+//!   addresses, the pod network ([`PodNetwork`]);
 //! - `tracker`: which Services a change touches (incremental updates);
 //! - `claims`: a frontend belongs to one service port;
 //! - `errors`: problems naming object and field.
@@ -47,6 +48,7 @@ use self::{
 pub use self::{
     endpoints::SERVICE_NAME_LABEL,
     errors::{ConfigError, ConfigErrors, ObjectRef, Problem},
+    nodes::PodNetwork,
     services::{
         service_key, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_PROXY_NAME, ENCAP_ANNOTATION,
         IPV6_KEY_SUFFIX, MAGLEV_SIZE_ANNOTATION, MAX_AFFINITY_TIMEOUT_S, PROXY_NAME_LABEL,
@@ -294,6 +296,17 @@ impl Translator {
     /// The whole desired state, or every problem.
     pub fn result(&self) -> Result<Desired, ConfigErrors> {
         self.check().map(|()| self.desired.clone())
+    }
+
+    /// The pod network the Nodes describe (every node's ranges, the tunnel
+    /// peers, this node's ranges).
+    pub fn pod_network(&self) -> PodNetwork {
+        self.tracker.nodes().pod_network(&self.opts.node_name)
+    }
+
+    /// Moves whenever [`Translator::pod_network`] may have changed.
+    pub fn pod_network_generation(&self) -> u64 {
+        self.tracker.nodes().network_generation()
     }
 
     /// The desired state of the objects held (meaningful when valid).

@@ -1,9 +1,12 @@
 //! `xlb-lab`: the showcase. Builds the network-namespace lab (client,
 //! router, LB, nodes with nginx pods; see `lab`), writes the service's
 //! manifests, starts one `xlb run` agent per node namespace (the `xlb`
-//! binary beside this one, or `--xlb` / $XLB_BIN), drives real HTTP
-//! requests from the client to the VIP over IPv4 and IPv6, and prints where
-//! they landed and the packet counters that show direct server return.
+//! binary beside this one, or `--xlb` / $XLB_BIN; the nodes' agents are
+//! their pod network), gives the pods their network through xlb-cni as a
+//! container runtime does, drives real HTTP requests from the client to the
+//! VIP over IPv4 and IPv6 and from pods to pods across nodes through the
+//! Geneve overlay, and prints where they landed and the packet counters
+//! that show direct server return and the overlay at work.
 //! Everything is torn down on exit and on Ctrl-C. A binary of its own so
 //! that the `xlb` agent does not link the lab.
 use std::{
@@ -110,7 +113,7 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
         plural(spec.pods_per_node)
     );
     let t0 = Instant::now();
-    let lab = Lab::build(spec.clone()).context("building the lab")?;
+    let mut lab = Lab::build(spec.clone()).context("building the lab")?;
     println!("  built in {:.1}s: namespaces {}-*", t0.elapsed().as_secs_f64(), lab.prefix());
     print_topology(&lab);
 
@@ -137,7 +140,7 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
     let mut agent_spec = AgentSpec::new(&xlb, &config);
     agent_spec.extra_args.extend(args.agent_args.iter().cloned());
     let t1 = Instant::now();
-    let mut agents = start_agents(&lab, &agent_spec)?;
+    let mut agents = agent::start_all(&mut lab, &agent_spec, AGENT_READY)?;
     println!(
         "agents: {} ready in {:.1}s (pins under /sys/fs/bpf/{}, logs in {} until teardown)",
         agents.iter().map(|a| a.node.as_str()).collect::<Vec<_>>().join(", "),
@@ -237,6 +240,7 @@ fn exercise(lab: &Lab, agents: &mut [Agent], args: &LabArgs) -> anyhow::Result<(
     }
     print_spread(lab, &v4, &v6);
     let dsr = print_dsr(&before, &after);
+    let pods = pod_to_pod(lab, agents, args);
 
     for a in agents.iter_mut() {
         if let Some(status) = a.exited() {
@@ -246,7 +250,63 @@ fn exercise(lab: &Lab, agents: &mut [Agent], args: &LabArgs) -> anyhow::Result<(
     if failed > 0 {
         bail!("{failed} of {} requests failed", failed + ok);
     }
-    dsr
+    dsr?;
+    pods
+}
+
+/// Pod-to-pod HTTP across nodes (the Geneve overlay in BPF) and on one node
+/// (bpf_redirect_peer), both families, with the counters that show it.
+fn pod_to_pod(lab: &Lab, agents: &[Agent], args: &LabArgs) -> anyhow::Result<()> {
+    let pods: Vec<_> = lab.pods().cloned().collect();
+    let Some(from) = pods.first() else { return Ok(()) };
+    let requests = (args.requests / 4).max(10);
+    println!(
+        "\npod-to-pod: {requests} requests from {} ({}) to every other pod, each family, \
+         one TCP connection each ...",
+        from.host.name, from.node
+    );
+    let count = |name: &str| -> u64 {
+        agents
+            .iter()
+            .filter_map(|a| a.counters().ok())
+            .map(|c| c.get(name).copied().unwrap_or(0))
+            .sum()
+    };
+    let (enc0, dec0, red0) =
+        (count("ok_pod_encap"), count("ok_pod_decap"), count("ok_pod_redirect"));
+    let mut failed = 0;
+    for to in pods.iter().filter(|p| p.host.name != from.host.name) {
+        for (family, addr) in
+            [("IPv4", std::net::IpAddr::from(to.host.v4)), ("IPv6", to.host.v6.into())]
+        {
+            let spec = DriveSpec {
+                concurrency: 4,
+                ..DriveSpec::new(vec![SocketAddr::new(addr, 80)], requests)
+            };
+            let r = lab.in_ns(&from.host.name, || http::drive(&spec))?;
+            let served = r.per_backend.get(&to.host.name).copied().unwrap_or(0);
+            let path =
+                if to.node == from.node { "same node: redirect" } else { "across nodes: overlay" };
+            println!(
+                "  -> {:<8} {:<6} {family} {:>4} ok, {} failed  ({path})",
+                to.host.name,
+                to.node,
+                served,
+                r.failures.len()
+            );
+            failed += r.failures.len() + (r.succeeded() - served);
+        }
+    }
+    println!(
+        "  datapath: {} packets encapsulated, {} decapsulated into pods, {} redirected between pods on a node",
+        count("ok_pod_encap") - enc0,
+        count("ok_pod_decap") - dec0,
+        count("ok_pod_redirect") - red0
+    );
+    if failed > 0 {
+        bail!("{failed} pod-to-pod requests failed or reached the wrong pod");
+    }
+    Ok(())
 }
 
 fn print_spread(lab: &Lab, v4: &DriveReport, v6: &DriveReport) {
@@ -353,17 +413,6 @@ fn print_dsr(before: &Snapshot, after: &Snapshot) -> anyhow::Result<()> {
         node_tx
     );
     Ok(())
-}
-
-fn start_agents(lab: &Lab, spec: &AgentSpec) -> anyhow::Result<Vec<Agent>> {
-    let mut agents = Vec::new();
-    for node in std::iter::once("lb").chain(lab.nodes().iter().map(|n| n.host.name.as_str())) {
-        agents.push(Agent::start(lab, node, spec)?);
-    }
-    for a in &mut agents {
-        a.wait_until(AGENT_READY, &agent::has_active_backends)?;
-    }
-    Ok(agents)
 }
 
 fn print_topology(lab: &Lab) {

@@ -5,14 +5,22 @@
 //!
 //! - `services`: service names, frontends, source ranges, Maglev tables,
 //!   backends with their names, weights, ids, indices and generations;
-//! - `node`: this node's settings and the tunnel endpoints the backends need.
+//! - `node`: this node's settings and the tunnel endpoints the backends need;
+//! - `network`: the pod network — every node's pod ranges, the addresses
+//!   tunnels are accepted from, masquerade settings ([`Network`]);
+//! - `endpoints`: this node's pods ([`Endpoint`]).
 //!
-//! (Routes, policy and sockets will follow the same shape.) [`Datapath`]
+//! (Policy and sockets will follow the same shape.) [`Datapath`]
 //! runs them in dependency order. It restores its bookkeeping from the maps
 //! when it opens (so a restarted agent disturbs no established flow and
 //! writes nothing that is already there), writes only what differs, and
 //! changes bookkeeping only after the write it stands for succeeded, so a
 //! failed apply is simply retried.
+//!
+//! The pod network has entry points of its own ([`Datapath::apply_network`],
+//! [`Datapath::apply_endpoints`], and their `resync_*`): its desired state
+//! comes from other sources (Nodes; the CNI plugin's records) at other
+//! times than the services'.
 //!
 //! Three entry points: [`Datapath::apply`] diffs a whole desired state;
 //! [`Datapath::apply_services`] touches only the services named (a watch
@@ -30,20 +38,23 @@ use serde::Serialize;
 
 use crate::{
     maps::Maps,
-    model::{Desired, NodeConfig, Service, ServiceKey},
+    model::{Desired, Endpoint, Network, NodeConfig, Service, ServiceKey},
     store::{BpfStore, MapStore, StoreError, Write},
     view::{self, Detail, ServiceListing},
 };
 
+mod endpoints;
 #[cfg(test)]
 mod fixtures;
 mod ids;
+mod network;
 mod node;
 mod services;
 mod tables;
 #[cfg(test)]
 mod tests;
 
+pub use network::NetworkProblem;
 pub use services::Problem;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +65,8 @@ pub enum DatapathError {
     Invalid { service: ServiceKey, problem: Problem },
     #[error("{what} capacity exhausted ({capacity}); raise the map size")]
     Capacity { what: &'static str, capacity: u32 },
+    #[error("pod network: {0}")]
+    Network(#[from] NetworkProblem),
 }
 
 /// What one apply wrote.
@@ -73,6 +86,11 @@ pub struct ApplyStats {
     pub deletes: usize,
     /// This node's settings written.
     pub node_writes: usize,
+    /// Pod ranges, tunnel peers, non-masquerade prefixes and pod network
+    /// settings written.
+    pub network_writes: usize,
+    /// Pod addresses written (xlb_endpoints).
+    pub endpoint_writes: usize,
     /// Maglev tables built (the CPU-heavy step; a table is written only if
     /// it differs from the map's).
     pub tables_built: usize,
@@ -92,6 +110,8 @@ impl ApplyStats {
             + self.table_writes
             + self.deletes
             + self.node_writes
+            + self.network_writes
+            + self.endpoint_writes
     }
 }
 
@@ -102,6 +122,8 @@ pub struct Datapath<S: MapStore = BpfStore> {
     store: S,
     services: services::Services,
     node: node::Node,
+    network: network::NetworkState,
+    endpoints: endpoints::Endpoints,
     /// Settings were written but xlb_config_gen could not be bumped.
     config_gen_owed: bool,
 }
@@ -136,7 +158,9 @@ impl<S: MapStore> Datapath<S> {
     /// The datapath `store` holds: the applied state restored from it.
     pub fn restore(store: S) -> Result<Datapath<S>, DatapathError> {
         let (services, node) = read(&store)?;
-        Ok(Datapath { store, services, node, config_gen_owed: false })
+        let network = network::NetworkState::restore(&store)?;
+        let endpoints = endpoints::Endpoints::restore(&store)?;
+        Ok(Datapath { store, services, node, network, endpoints, config_gen_owed: false })
     }
 
     pub fn store(&self) -> &S {
@@ -251,6 +275,41 @@ impl<S: MapStore> Datapath<S> {
         applied?;
         stats.duration = start.elapsed();
         Ok(stats)
+    }
+
+    /// Makes the pod network tables hold `net` (writes only the difference).
+    pub fn apply_network(&mut self, net: &Network) -> Result<ApplyStats, DatapathError> {
+        let start = Instant::now();
+        network::validate(net)?;
+        let mut stats = ApplyStats::default();
+        self.network.apply(&mut self.store, net, &mut stats)?;
+        stats.duration = start.elapsed();
+        Ok(stats)
+    }
+
+    /// [`Datapath::apply_network`] after re-reading the tables: repairs
+    /// what changed behind the agent's back.
+    pub fn resync_network(&mut self, net: &Network) -> Result<ApplyStats, DatapathError> {
+        self.network = network::NetworkState::restore(&self.store)?;
+        self.apply_network(net)
+    }
+
+    /// Makes xlb_endpoints hold exactly the addresses of `eps` (this
+    /// node's pods).
+    pub fn apply_endpoints(&mut self, eps: &[Endpoint]) -> Result<ApplyStats, DatapathError> {
+        let start = Instant::now();
+        endpoints::validate(eps)?;
+        let mut stats = ApplyStats::default();
+        self.endpoints.apply(&mut self.store, eps, &mut stats)?;
+        stats.duration = start.elapsed();
+        Ok(stats)
+    }
+
+    /// [`Datapath::apply_endpoints`] after re-reading xlb_endpoints (xlb-cni
+    /// writes it too).
+    pub fn resync_endpoints(&mut self, eps: &[Endpoint]) -> Result<ApplyStats, DatapathError> {
+        self.endpoints = endpoints::Endpoints::restore(&self.store)?;
+        self.apply_endpoints(eps)
     }
 
     /// What the datapath holds, read from the maps (not from memory).

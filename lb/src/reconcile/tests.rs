@@ -190,6 +190,24 @@ impl MapStore for Checked {
     ) -> Result<(), StoreError> {
         self.inner.connections(visit)
     }
+    fn endpoints(&self) -> Result<Vec<(std::net::IpAddr, abi::Endpoint)>, StoreError> {
+        self.inner.endpoints()
+    }
+    fn tunnel_peers(&self) -> Result<Vec<(std::net::IpAddr, u32)>, StoreError> {
+        self.inner.tunnel_peers()
+    }
+    fn pod_routes(&self) -> Result<Vec<(Cidr, abi::Route)>, StoreError> {
+        self.inner.pod_routes()
+    }
+    fn nonmasq(&self) -> Result<Vec<Cidr>, StoreError> {
+        self.inner.nonmasq()
+    }
+    fn podnet(&self) -> Result<abi::PodnetCfg, StoreError> {
+        self.inner.podnet()
+    }
+    fn snat_stats(&self) -> Result<crate::store::SnatTotals, StoreError> {
+        self.inner.snat_stats()
+    }
 
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
         let n = self.writes;

@@ -8,12 +8,12 @@ use std::{
 use aya::maps::{MapError, PerCpuValues};
 
 use super::{
-    decode_name, encode_name, BackendMeta, Capacity, MapStore, StoreError, SvcTraffic, Traffic,
-    Write,
+    decode_name, encode_name, BackendMeta, Capacity, MapStore, SnatTotals, StoreError, SvcTraffic,
+    Traffic, Write,
 };
 use crate::{
     abi,
-    maps::{src_range_key, Maps, MapsError, RawMap},
+    maps::{cidr_key, cidr_of, src_range_key, Maps, MapsError, RawMap},
     model::Cidr,
 };
 
@@ -196,6 +196,62 @@ impl MapStore for BpfStore {
         Ok(())
     }
 
+    fn endpoints(&self) -> Result<Vec<(std::net::IpAddr, abi::Endpoint)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.endpoints.iter() {
+            let (k, v) = item.map_err(op("xlb_endpoints", "iterate"))?;
+            if let Some(a) = abi::addr_from_abi(&k.addr, k.family) {
+                out.push((a, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn tunnel_peers(&self) -> Result<Vec<(std::net::IpAddr, u32)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.tunnel_peers.iter() {
+            let (k, v) = item.map_err(op("xlb_tunnel_peers", "iterate"))?;
+            if let Some(a) = abi::addr_from_abi(&k.addr, k.family) {
+                out.push((a, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn pod_routes(&self) -> Result<Vec<(Cidr, abi::Route)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.pod_routes.iter() {
+            let (k, v) = item.map_err(op("xlb_pod_routes", "iterate"))?;
+            if let Some(c) = cidr_of(&k) {
+                out.push((c, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn nonmasq(&self) -> Result<Vec<Cidr>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.nonmasq.keys() {
+            let k = item.map_err(op("xlb_nonmasq", "iterate"))?;
+            out.extend(cidr_of(&k));
+        }
+        Ok(out)
+    }
+
+    fn podnet(&self) -> Result<abi::PodnetCfg, StoreError> {
+        self.maps.podnet.get(&0, 0).map_err(op("xlb_podnet", "lookup"))
+    }
+
+    fn snat_stats(&self) -> Result<SnatTotals, StoreError> {
+        let v = self.maps.snat_stats.get(&0, 0).map_err(op("xlb_snat_stats", "lookup"))?;
+        Ok(v.iter().fold(SnatTotals::default(), |a, s| SnatTotals {
+            allocated: a.allocated + s.allocated,
+            collisions: a.collisions + s.collisions,
+            exhausted: a.exhausted + s.exhausted,
+            reclaimed: a.reclaimed + s.reclaimed,
+        }))
+    }
+
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
         let m = &mut self.maps;
         let map = w.target().map();
@@ -267,6 +323,25 @@ impl MapStore for BpfStore {
                 let cur = m.config_gen.get(&0, 0).map_err(op(map, "lookup"))?;
                 m.config_gen.set(0, abi::ConfigGen { gen: cur.gen.wrapping_add(1) }, 0).map_err(up)
             }
+            Write::Endpoint { addr, value } => {
+                m.endpoints.insert(abi::addr_key(addr), value, 0).map_err(up)
+            }
+            Write::EndpointDelete { addr } => {
+                removed(m.endpoints.remove(&abi::addr_key(addr)), map)
+            }
+            Write::TunnelPeer { addr, flags } => {
+                m.tunnel_peers.insert(abi::addr_key(addr), flags, 0).map_err(up)
+            }
+            Write::TunnelPeerDelete { addr } => {
+                removed(m.tunnel_peers.remove(&abi::addr_key(addr)), map)
+            }
+            Write::PodRoute { cidr, value } => {
+                m.pod_routes.insert(&cidr_key(&cidr), value, 0).map_err(up)
+            }
+            Write::PodRouteDelete { cidr } => removed(m.pod_routes.remove(&cidr_key(&cidr)), map),
+            Write::NonMasq { cidr } => m.nonmasq.insert(&cidr_key(&cidr), 1, 0).map_err(up),
+            Write::NonMasqDelete { cidr } => removed(m.nonmasq.remove(&cidr_key(&cidr)), map),
+            Write::Podnet { cfg } => m.podnet.set(0, cfg, 0).map_err(up),
         }
     }
 }

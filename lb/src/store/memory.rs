@@ -7,7 +7,11 @@ use std::{
     ops::ControlFlow,
 };
 
-use super::{BackendMeta, Capacity, MapStore, StoreError, SvcTraffic, Target, Traffic, Write};
+use std::net::IpAddr;
+
+use super::{
+    BackendMeta, Capacity, MapStore, SnatTotals, StoreError, SvcTraffic, Target, Traffic, Write,
+};
 use crate::{abi, model::Cidr};
 
 /// One logged write.
@@ -41,6 +45,11 @@ pub struct MemStore {
     node: abi::NodeCfg,
     config_gen: u64,
     connections: Vec<(abi::FlowKey, abi::CtEntry)>,
+    endpoints: BTreeMap<IpAddr, abi::Endpoint>,
+    tunnel_peers: BTreeMap<IpAddr, u32>,
+    pod_routes: BTreeMap<Cidr, abi::Route>,
+    nonmasq: BTreeSet<Cidr>,
+    podnet: abi::PodnetCfg,
     log: Vec<WriteRecord>,
 }
 
@@ -79,6 +88,17 @@ impl MemStore {
             node: abi::NodeCfg { addr4: [0; 4], addr6: [0; 16], geneve_port: 0, pad: 0, vni: 0 },
             config_gen: 0,
             connections: Vec::new(),
+            endpoints: BTreeMap::new(),
+            tunnel_peers: BTreeMap::new(),
+            pod_routes: BTreeMap::new(),
+            nonmasq: BTreeSet::new(),
+            podnet: abi::PodnetCfg {
+                flags: 0,
+                masq_port_min: 0,
+                masq_port_max: 0,
+                icmp_rate: 0,
+                pad: 0,
+            },
             log: Vec::new(),
         }
     }
@@ -212,6 +232,30 @@ impl MapStore for MemStore {
         Ok(())
     }
 
+    fn endpoints(&self) -> Result<Vec<(IpAddr, abi::Endpoint)>, StoreError> {
+        Ok(self.endpoints.iter().map(|(a, v)| (*a, *v)).collect())
+    }
+
+    fn tunnel_peers(&self) -> Result<Vec<(IpAddr, u32)>, StoreError> {
+        Ok(self.tunnel_peers.iter().map(|(a, v)| (*a, *v)).collect())
+    }
+
+    fn pod_routes(&self) -> Result<Vec<(Cidr, abi::Route)>, StoreError> {
+        Ok(self.pod_routes.iter().map(|(c, v)| (*c, *v)).collect())
+    }
+
+    fn nonmasq(&self) -> Result<Vec<Cidr>, StoreError> {
+        Ok(self.nonmasq.iter().copied().collect())
+    }
+
+    fn podnet(&self) -> Result<abi::PodnetCfg, StoreError> {
+        Ok(self.podnet)
+    }
+
+    fn snat_stats(&self) -> Result<SnatTotals, StoreError> {
+        Ok(SnatTotals::default())
+    }
+
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
         let Capacity { services, backends } = self.capacity;
         match w {
@@ -278,6 +322,31 @@ impl MapStore for MemStore {
             }
             Write::Node { cfg } => self.node = cfg,
             Write::ConfigGenBump => self.config_gen = self.config_gen.wrapping_add(1),
+            Write::Endpoint { addr, value } => {
+                self.endpoints.insert(addr, value);
+            }
+            Write::EndpointDelete { addr } => {
+                self.endpoints.remove(&addr);
+            }
+            Write::TunnelPeer { addr, flags } => {
+                self.tunnel_peers.insert(addr, flags);
+            }
+            Write::TunnelPeerDelete { addr } => {
+                self.tunnel_peers.remove(&addr);
+            }
+            Write::PodRoute { cidr, value } => {
+                self.pod_routes.insert(cidr.network(), value);
+            }
+            Write::PodRouteDelete { cidr } => {
+                self.pod_routes.remove(&cidr.network());
+            }
+            Write::NonMasq { cidr } => {
+                self.nonmasq.insert(cidr.network());
+            }
+            Write::NonMasqDelete { cidr } => {
+                self.nonmasq.remove(&cidr.network());
+            }
+            Write::Podnet { cfg } => self.podnet = cfg,
         }
         self.log.push(WriteRecord { target: w.target(), delete: w.is_delete() });
         Ok(())

@@ -10,7 +10,7 @@
 //! are [`Cidr`]s, per-CPU statistics are sums, Maglev tables are slot slices.
 //! Neighbours: [`crate::view`] decodes what these reads return;
 //! [`crate::reconcile`] issues the writes.
-use std::{fmt, ops::ControlFlow};
+use std::{fmt, net::IpAddr, ops::ControlFlow};
 
 use crate::{abi, maps::MapsError, model::Cidr};
 
@@ -131,6 +131,37 @@ pub enum Write<'a> {
     },
     /// Tells per-CPU caches of service settings that they changed.
     ConfigGenBump,
+    // ---- pod networking (#10)
+    Endpoint {
+        addr: IpAddr,
+        value: abi::Endpoint,
+    },
+    EndpointDelete {
+        addr: IpAddr,
+    },
+    TunnelPeer {
+        addr: IpAddr,
+        flags: u32,
+    },
+    TunnelPeerDelete {
+        addr: IpAddr,
+    },
+    PodRoute {
+        cidr: Cidr,
+        value: abi::Route,
+    },
+    PodRouteDelete {
+        cidr: Cidr,
+    },
+    NonMasq {
+        cidr: Cidr,
+    },
+    NonMasqDelete {
+        cidr: Cidr,
+    },
+    Podnet {
+        cfg: abi::PodnetCfg,
+    },
 }
 
 /// What a write touches: one entry of one map.
@@ -148,6 +179,11 @@ pub enum Target {
     SvcBackend(abi::SvcBackendKey),
     Node,
     ConfigGen,
+    Endpoint(IpAddr),
+    TunnelPeer(IpAddr),
+    PodRoute(Cidr),
+    NonMasq(Cidr),
+    Podnet,
 }
 
 impl Target {
@@ -165,6 +201,11 @@ impl Target {
             Target::SvcBackend(_) => "xlb_svc_backends",
             Target::Node => "xlb_node",
             Target::ConfigGen => "xlb_config_gen",
+            Target::Endpoint(_) => "xlb_endpoints",
+            Target::TunnelPeer(_) => "xlb_tunnel_peers",
+            Target::PodRoute(_) => "xlb_pod_routes",
+            Target::NonMasq(_) => "xlb_nonmasq",
+            Target::Podnet => "xlb_podnet",
         }
     }
 
@@ -196,7 +237,9 @@ impl fmt::Display for Target {
             },
             Target::SourceRange(id, c) => write!(f, "{}[{id} {c}]", self.map()),
             Target::SvcBackend(k) => write!(f, "{}[{} {}]", self.map(), k.svc_id, k.index),
-            Target::Node | Target::ConfigGen => write!(f, "{}[0]", self.map()),
+            Target::Node | Target::ConfigGen | Target::Podnet => write!(f, "{}[0]", self.map()),
+            Target::Endpoint(a) | Target::TunnelPeer(a) => write!(f, "{}[{a}]", self.map()),
+            Target::PodRoute(c) | Target::NonMasq(c) => write!(f, "{}[{c}]", self.map()),
         }
     }
 }
@@ -227,6 +270,13 @@ impl Write<'_> {
             }
             Write::Node { .. } => Target::Node,
             Write::ConfigGenBump => Target::ConfigGen,
+            Write::Endpoint { addr, .. } | Write::EndpointDelete { addr } => Target::Endpoint(addr),
+            Write::TunnelPeer { addr, .. } | Write::TunnelPeerDelete { addr } => {
+                Target::TunnelPeer(addr)
+            }
+            Write::PodRoute { cidr, .. } | Write::PodRouteDelete { cidr } => Target::PodRoute(cidr),
+            Write::NonMasq { cidr } | Write::NonMasqDelete { cidr } => Target::NonMasq(cidr),
+            Write::Podnet { .. } => Target::Podnet,
         }
     }
 
@@ -240,6 +290,10 @@ impl Write<'_> {
                 | Write::MaglevDelete { .. }
                 | Write::BackendMetaDelete { .. }
                 | Write::SvcBackendDelete { .. }
+                | Write::EndpointDelete { .. }
+                | Write::TunnelPeerDelete { .. }
+                | Write::PodRouteDelete { .. }
+                | Write::NonMasqDelete { .. }
         )
     }
 
@@ -288,8 +342,31 @@ pub trait MapStore {
         visit: &mut dyn FnMut(&abi::FlowKey, &abi::CtEntry) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
+    // ---- pod networking (#10)
+    /// xlb_endpoints: pod address -> endpoint.
+    fn endpoints(&self) -> Result<Vec<(IpAddr, abi::Endpoint)>, StoreError>;
+    /// xlb_tunnel_peers: underlay address -> XLB_PEER_F_*.
+    fn tunnel_peers(&self) -> Result<Vec<(IpAddr, u32)>, StoreError>;
+    /// xlb_pod_routes: pod range -> node.
+    fn pod_routes(&self) -> Result<Vec<(Cidr, abi::Route)>, StoreError>;
+    /// xlb_nonmasq.
+    fn nonmasq(&self) -> Result<Vec<Cidr>, StoreError>;
+    /// xlb_podnet\[0\].
+    fn podnet(&self) -> Result<abi::PodnetCfg, StoreError>;
+    /// xlb_snat_stats\[0\], summed over CPUs.
+    fn snat_stats(&self) -> Result<SnatTotals, StoreError>;
+
     /// Does one write.
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError>;
+}
+
+/// What masquerade port allocation did (xlb_snat_stats, summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SnatTotals {
+    pub allocated: u64,
+    pub collisions: u64,
+    pub exhausted: u64,
+    pub reclaimed: u64,
 }
 
 /// The NUL-padded bytes of a name, or None when it does not fit `N`.

@@ -9,7 +9,10 @@
 //! `Frame::eth(A, B).ipv4(..).udp(..).geneve(vni).dsr_opt(vip).inner(client.l3())`.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use lb::abi::{GENEVE_OPT_CLASS, GENEVE_OPT_DSR4, GENEVE_OPT_DSR6, GENEVE_OPT_EP4, GENEVE_OPT_EP6};
+use lb::abi::{
+    GENEVE_OPT_CLASS, GENEVE_OPT_DSR4, GENEVE_OPT_DSR6, GENEVE_OPT_EP4, GENEVE_OPT_EP6,
+    GENEVE_OPT_IDENTITY,
+};
 
 use super::csum;
 
@@ -226,6 +229,15 @@ impl GeneveOpt {
     /// quoted flow.
     pub fn endpoint(ep: SocketAddr) -> Self {
         Self::addr_port(GENEVE_OPT_EP4, GENEVE_OPT_EP6, ep)
+    }
+
+    /// xlb's overlay option: the source's security identity.
+    pub fn identity(identity: u32) -> Self {
+        GeneveOpt {
+            class: GENEVE_OPT_CLASS,
+            typ: GENEVE_OPT_IDENTITY,
+            data: identity.to_be_bytes().to_vec(),
+        }
     }
 
     fn addr_port(typ4: u8, typ6: u8, sa: SocketAddr) -> Self {
