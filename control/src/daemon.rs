@@ -149,7 +149,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ensure_bpffs()?;
     let sizes = if args.small_maps { MapSizes::small() } else { MapSizes::default() };
     let sizes = MapSizes { events: args.events_ringbuf_bytes, ..sizes };
-    let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, events_enabled: true };
+    let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, ..LoadOptions::default() };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     let mode = match args.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,

@@ -9,6 +9,7 @@
 //! the `xlb` binary, start `xlb run` agents and read their pinned maps
 //! ([`agent`]).
 pub mod agent;
+pub mod cgroup;
 pub mod http;
 pub mod manifests;
 pub mod netns;

@@ -78,6 +78,8 @@ pub struct Maps {
     pub svc_names: Hash<u32, abi::SvcName>,
     pub backend_meta: Hash<u32, abi::BackendMeta>,
     pub config_gen: Array<MapData, abi::ConfigGen>,
+    pub sock_frontends: Hash<abi::FrontendKey, abi::Service>,
+    pub sock_stats: PerCpuArray<MapData, abi::SockStats>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -106,6 +108,8 @@ impl Maps {
             svc_names: open(dir, "xlb_svc_names")?,
             backend_meta: open(dir, "xlb_backend_meta")?,
             config_gen: open(dir, "xlb_config_gen")?,
+            sock_frontends: open(dir, "xlb_sock_frontends")?,
+            sock_stats: open(dir, "xlb_sock_stats")?,
         })
     }
 }

@@ -22,3 +22,9 @@ pub fn xdp() -> &'static [u8] {
 pub fn tc() -> &'static [u8] {
     object!("xlb_tc")
 }
+
+/// East-west translation at the socket (sock/xlb_sock.c): the cgroup
+/// sock_addr programs of `loader::SOCK_PROGRAMS`.
+pub fn sock() -> &'static [u8] {
+    object!("xlb_sock")
+}

@@ -7,7 +7,9 @@ use std::{
     ops::ControlFlow,
 };
 
-use super::{BackendMeta, Capacity, MapStore, StoreError, SvcTraffic, Target, Traffic, Write};
+use super::{
+    BackendMeta, Capacity, MapStore, SockTraffic, StoreError, SvcTraffic, Target, Traffic, Write,
+};
 use crate::{abi, model::Cidr};
 
 /// One logged write.
@@ -31,6 +33,8 @@ pub struct MemStore {
     svc_names: BTreeMap<u32, String>,
     svc_stats: BTreeMap<u32, SvcTraffic>,
     frontends: BTreeMap<FeOrd, (abi::FrontendKey, abi::Service)>,
+    sock_frontends: BTreeMap<FeOrd, (abi::FrontendKey, abi::Service)>,
+    sock_stats: BTreeMap<u32, SockTraffic>,
     source_ranges: BTreeSet<(u32, Cidr)>,
     maglev: BTreeMap<u32, Vec<u16>>,
     backends: BTreeMap<u32, abi::Backend>,
@@ -69,6 +73,8 @@ impl MemStore {
             svc_names: BTreeMap::new(),
             svc_stats: BTreeMap::new(),
             frontends: BTreeMap::new(),
+            sock_frontends: BTreeMap::new(),
+            sock_stats: BTreeMap::new(),
             source_ranges: BTreeSet::new(),
             maglev: BTreeMap::new(),
             backends: BTreeMap::new(),
@@ -101,6 +107,11 @@ impl MemStore {
     pub fn insert_connection(&mut self, key: abi::FlowKey, entry: abi::CtEntry) {
         self.connections.retain(|(k, _)| *k != key);
         self.connections.push((key, entry));
+    }
+
+    /// The datapath's side: socket translations counted for a service.
+    pub fn count_sock(&mut self, svc_id: u32, connect: u64) {
+        self.sock_stats.entry(svc_id).or_default().connect += connect;
     }
 
     /// The datapath's side: traffic counted for a service and a backend.
@@ -137,6 +148,10 @@ impl MapStore for MemStore {
 
     fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
         Ok(self.frontends.values().copied().collect())
+    }
+
+    fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
+        Ok(self.sock_frontends.values().copied().collect())
     }
 
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
@@ -184,6 +199,10 @@ impl MapStore for MemStore {
         Ok(self.svc_stats.get(&svc_id).copied().unwrap_or_default())
     }
 
+    fn sock_stats(&self, svc_id: u32) -> Result<SockTraffic, StoreError> {
+        Ok(self.sock_stats.get(&svc_id).copied().unwrap_or_default())
+    }
+
     fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError> {
         Ok(self.backend_stats.get(&id).copied().unwrap_or_default())
     }
@@ -213,12 +232,19 @@ impl MapStore for MemStore {
             Write::SvcStatsZero { svc_id } => {
                 self.check_id(&w, svc_id, services)?;
                 self.svc_stats.remove(&svc_id);
+                self.sock_stats.remove(&svc_id);
             }
             Write::Frontend { key, value } => {
                 self.frontends.insert(fe_ord(&key), (key, value));
             }
             Write::FrontendDelete { key } => {
                 self.frontends.remove(&fe_ord(&key));
+            }
+            Write::SockFrontend { key, value } => {
+                self.sock_frontends.insert(fe_ord(&key), (key, value));
+            }
+            Write::SockFrontendDelete { key } => {
+                self.sock_frontends.remove(&fe_ord(&key));
             }
             Write::SourceRange { svc_id, cidr } => {
                 self.source_ranges.insert((svc_id, cidr));
