@@ -21,7 +21,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lb::{
     datapath::{ApplyStats, Datapath},
-    loader::{Dataplane, LoadOptions, MapSizes, XdpMode, DEFAULT_PIN_DIR},
+    sockdestroy::Reaper,
+    loader::{Dataplane, LoadOptions, MapSizes, SockScope, XdpMode, DEFAULT_PIN_DIR},
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -109,6 +110,44 @@ pub struct RunArgs {
     /// address of the node).
     #[arg(long, value_name = "ADDR", default_value = "::")]
     health_check_addr: IpAddr,
+    /// Where the socket programs (ClusterIP and every service address,
+    /// translated at connect/sendmsg for the node's processes and pods) are
+    /// attached: "auto" (the node's cgroup2 root, from /proc/self/mountinfo;
+    /// off, with a warning, when the agent runs outside the host's network
+    /// namespace: that is a test or a lab, which passes its own cgroup),
+    /// "off", or a cgroup2 directory.
+    #[arg(long, value_name = "auto|off|CGROUP", default_value = "auto")]
+    socket_lb: String,
+    /// Translate at the socket only in the node's own network namespace:
+    /// pods' sockets keep the ClusterIP they connect to (sidecar proxies see
+    /// it) and their packets are translated by tc instead.
+    #[arg(long)]
+    socket_lb_host_only: bool,
+}
+
+/// Where `--socket-lb` says to attach the socket programs, if anywhere.
+fn socket_lb_cgroup(arg: &str) -> anyhow::Result<Option<PathBuf>> {
+    match arg {
+        "off" => Ok(None),
+        "auto" => {
+            let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            let host = ns("/proc/1/ns/net").ok();
+            if host.is_none() || host != ns("/proc/self/ns/net").ok() {
+                warn!(
+                    "socket load balancing off: this agent runs outside the host's network \
+                     namespace (a test or lab?), where the cgroup2 root is not its node's; \
+                     pass --socket-lb CGROUP"
+                );
+                return Ok(None);
+            }
+            let root = lb::loader::cgroup2_root().context("reading /proc/self/mountinfo")?;
+            if root.is_none() {
+                warn!("socket load balancing off: no cgroup2 file system is mounted");
+            }
+            Ok(root)
+        }
+        path => Ok(Some(PathBuf::from(path))),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -149,7 +188,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ensure_bpffs()?;
     let sizes = if args.small_maps { MapSizes::small() } else { MapSizes::default() };
     let sizes = MapSizes { events: args.events_ringbuf_bytes, ..sizes };
-    let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, ..LoadOptions::default() };
+    let sock_scope = if args.socket_lb_host_only {
+        let netns_cookie = lb::loader::netns_cookie().context("this network namespace's cookie")?;
+        SockScope::HostOnly { netns_cookie }
+    } else {
+        SockScope::All
+    };
+    let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, sock_scope, ..LoadOptions::default() };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     let mode = match args.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
@@ -209,6 +254,39 @@ fn serve(
         info!(iface, ?mode, "attached XDP and tc");
         crate::metrics::record_attach(iface, mode);
     }
+    let mut sockets = None;
+    if let Some(cgroup) = socket_lb_cgroup(&args.socket_lb)? {
+        dataplane
+            .attach_sock(&cgroup)
+            .with_context(|| format!("attaching the socket programs at {}", cgroup.display()))?;
+        info!(
+            cgroup = %cgroup.display(),
+            host_only = args.socket_lb_host_only,
+            "attached the socket programs: service addresses translated at connect/sendmsg"
+        );
+        crate::metrics::control().attached(&cgroup.display().to_string(), "sock", "cgroup");
+        // The probe: the kernel loads the socket iterators or says why not.
+        let reaper = match Reaper::load(&args.pin_dir) {
+            Ok(r) => {
+                info!(
+                    "socket termination available (socket iterators + bpf_sock_destroy): \
+                     connected UDP and connecting TCP sockets to a removed backend are \
+                     terminated"
+                );
+                Some(r)
+            }
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "socket termination unavailable: connected UDP sockets keep sending to a \
+                     removed backend's address until their application reconnects, and \
+                     connecting TCP sockets wait for their SYN timeout"
+                );
+                None
+            }
+        };
+        sockets = Some(Sockets { cgroup, reaper });
+    }
     let mut datapath = Datapath::open(&args.pin_dir).context("opening the datapath maps")?;
     info!(
         services = datapath.service_keys().count(),
@@ -219,7 +297,14 @@ fn serve(
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.spawn(crate::metrics::housekeeping(args.pin_dir.clone()));
-    runtime.block_on(reconcile_loop(args, opts, first, &mut datapath))
+    runtime.block_on(reconcile_loop(args, opts, first, &mut datapath, sockets))
+}
+
+/// The hooked cgroup and, if the kernel allows it, what terminates the
+/// sockets translated to a backend that is gone.
+struct Sockets {
+    cgroup: PathBuf,
+    reaper: Option<Reaper>,
 }
 
 async fn reconcile_loop(
@@ -227,6 +312,7 @@ async fn reconcile_loop(
     opts: &TranslateOptions,
     first: Option<(Stamp, Translator)>,
     datapath: &mut Datapath,
+    sockets: Option<Sockets>,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -235,6 +321,7 @@ async fn reconcile_loop(
 
     let restored = datapath.service_keys().count();
     let mut reconciler = Reconciler::new(Translator::new(opts.clone()), args.health_check_addr);
+    reconciler.sockets = sockets;
     let source = match (&args.config, first) {
         (Some(path), Some((stamp, translator))) => {
             reconciler.translator = translator;
@@ -347,6 +434,8 @@ struct Reconciler {
     tunnels: BTreeSet<IpAddr>,
     tunnel_gen: Option<u64>,
     health: HealthServer,
+    /// Socket load balancing: where, and the socket terminator.
+    sockets: Option<Sockets>,
 }
 
 impl Reconciler {
@@ -361,6 +450,7 @@ impl Reconciler {
             tunnels: BTreeSet::new(),
             tunnel_gen: None,
             health: HealthServer::new(health_addr),
+            sockets: None,
         }
     }
 
@@ -487,6 +577,7 @@ impl Reconciler {
             crate::metrics::control().synced();
         }
         self.health.set_proxy_healthy(true);
+        self.reap(&stats.gone_backends);
         if let Some(checks) = self.translator.take_health_checks() {
             self.health.update(checks);
         }
@@ -504,6 +595,27 @@ impl Reconciler {
                 }
             }
             self.tunnels = tunnels;
+        }
+    }
+}
+
+impl Reconciler {
+    /// Terminates the sockets translated to backends that are gone.
+    fn reap(&mut self, gone: &[lb::sockdestroy::GoneBackend]) {
+        let Some(Sockets { cgroup, reaper: Some(reaper) }) = &mut self.sockets else { return };
+        if gone.is_empty() {
+            return;
+        }
+        match reaper.reap(cgroup, gone) {
+            Ok(r) if r.destroyed + r.failed > 0 => info!(
+                backends = gone.len(),
+                namespaces = r.namespaces,
+                destroyed = r.destroyed,
+                refused = r.failed,
+                "terminated sockets connected to removed backends"
+            ),
+            Ok(r) => debug!(backends = gone.len(), namespaces = r.namespaces, "no socket to terminate"),
+            Err(e) => warn!(error = %e, "terminating sockets of removed backends"),
         }
     }
 }

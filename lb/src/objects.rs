@@ -28,3 +28,9 @@ pub fn tc() -> &'static [u8] {
 pub fn sock() -> &'static [u8] {
     object!("xlb_sock")
 }
+
+/// Socket termination (sock/xlb_sock_iter.c): the socket iterators
+/// `xlb_sock_iter_udp`, `xlb_sock_iter_tcp` (see `crate::sockdestroy`).
+pub fn sock_iter() -> &'static [u8] {
+    object!("xlb_sock_iter")
+}

@@ -33,7 +33,8 @@ use super::{
 use crate::{
     abi,
     maglev::{Maglev, MaglevError, MAX_BACKENDS},
-    model::{BackendState, Cidr, Encap, Frontend, FrontendKind, Service, ServiceKey},
+    model::{BackendState, Cidr, Encap, Frontend, FrontendKind, Proto, Service, ServiceKey},
+    sockdestroy::GoneBackend,
     store::{BackendMeta, Capacity, MapStore, Write},
     view::{table_hash, RawService},
 };
@@ -656,8 +657,11 @@ impl Services {
             })
             .map(|(index, _)| *index)
             .collect();
+        let proto = svc_proto(st);
         for index in gone {
-            free_backend(store, tunnels, pools, st, index, stats)?;
+            // An endpoint held twice keeps its other index: not gone.
+            let kept = want_be.contains(&endpoint_of(&st.backends[&index].value));
+            free_backend(store, tunnels, pools, st, index, proto.filter(|_| !kept), stats)?;
         }
         Ok(())
     }
@@ -672,6 +676,7 @@ impl Services {
         let Services { map, pools } = self;
         let st = map.get_mut(key).expect("listed");
         let id = st.id;
+        let proto = svc_proto(st);
         let frontends: Vec<abi::FrontendKey> = st.frontends.keys().copied().collect();
         for key in frontends {
             write(store, Write::FrontendDelete { key })?;
@@ -698,7 +703,7 @@ impl Services {
         }
         let indices: Vec<u32> = st.backends.keys().copied().collect();
         for index in indices {
-            free_backend(store, tunnels, pools, st, index, stats)?;
+            free_backend(store, tunnels, pools, st, index, proto, stats)?;
         }
         // The name last: while it is there, a restart finds the rest.
         write(store, Write::SvcStatsZero { svc_id: id })?;
@@ -730,20 +735,32 @@ fn add_backend<S: MapStore>(
     Ok(value)
 }
 
+/// The IP protocol of a service's frontends (one service port has one).
+fn svc_proto(st: &Svc) -> Option<Proto> {
+    st.frontends.keys().chain(st.sock_frontends.keys()).find_map(|k| Proto::from_number(k.proto))
+}
+
 /// Frees a backend: first its service index (from then on nothing can
-/// reach it), then its slot ([`clear_unlinked`]).
+/// reach it), then its slot ([`clear_unlinked`]). `proto`: its service's
+/// (read before the service's frontends went), for the sockets to end.
+#[allow(clippy::too_many_arguments)]
 fn free_backend<S: MapStore>(
     store: &mut S,
     tunnels: &mut Tunnels,
     pools: &mut Pools,
     st: &mut Svc,
     index: u32,
+    proto: Option<Proto>,
     stats: &mut ApplyStats,
 ) -> Result<(), DatapathError> {
     let b = &st.backends[&index];
     let (id, value) = (b.id, b.value);
     write(store, Write::SvcBackendDelete { key: abi::SvcBackendKey { svc_id: st.id, index } })?;
     stats.deletes += 1;
+    if let Some(proto) = proto {
+        let (addr, port) = endpoint_of(&value);
+        stats.gone_backends.push(GoneBackend { addr, port, proto });
+    }
     tunnels.release(&value);
     st.backends.remove(&index);
     let ep = endpoint_of(&value);
