@@ -21,8 +21,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lb::{
     datapath::{ApplyStats, Datapath},
-    sockdestroy::Reaper,
     loader::{Dataplane, LoadOptions, MapSizes, SockScope, XdpMode, DEFAULT_PIN_DIR},
+    sockdestroy::Reaper,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -130,7 +130,8 @@ fn socket_lb_cgroup(arg: &str) -> anyhow::Result<Option<PathBuf>> {
     match arg {
         "off" => Ok(None),
         "auto" => {
-            let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            let ns =
+                |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
             let host = ns("/proc/1/ns/net").ok();
             if host.is_none() || host != ns("/proc/self/ns/net").ok() {
                 warn!(
@@ -194,7 +195,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         SockScope::All
     };
-    let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, sock_scope, ..LoadOptions::default() };
+    let load =
+        LoadOptions { pin_dir: args.pin_dir.clone(), sizes, sock_scope, ..LoadOptions::default() };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     let mode = match args.xdp_mode {
         XdpModeArg::Native => XdpMode::Native,
@@ -614,7 +616,9 @@ impl Reconciler {
                 refused = r.failed,
                 "terminated sockets connected to removed backends"
             ),
-            Ok(r) => debug!(backends = gone.len(), namespaces = r.namespaces, "no socket to terminate"),
+            Ok(r) => {
+                debug!(backends = gone.len(), namespaces = r.namespaces, "no socket to terminate")
+            }
             Err(e) => warn!(error = %e, "terminating sockets of removed backends"),
         }
     }

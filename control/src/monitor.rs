@@ -203,10 +203,7 @@ impl Decoder {
             proto: proto_name(r.proto),
             src: if sock { None } else { endpoint(r.src, r.src_port, r.proto) },
             dst: endpoint(r.dst, r.dst_port, r.proto),
-            reason: r
-                .drop_reason
-                .or(r.sock_reason)
-                .map(|d| d.map_or("unknown", |c| c.reason())),
+            reason: r.drop_reason.or(r.sock_reason).map(|d| d.map_or("unknown", |c| c.reason())),
             service,
             backend,
             backend_id,

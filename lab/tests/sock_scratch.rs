@@ -85,17 +85,30 @@ fn scratch() {
     // destroy scenario
     let mut reaper = lb::sockdestroy::Reaper::load(pins.path()).unwrap();
     let mut c = ns.nsenter(probe);
-    c.args(["udp-hold", "10.96.0.10:53", "--count", "30", "--interval-ms", "100"]).stdout(Stdio::piped());
+    c.args(["udp-hold", "10.96.0.10:53", "--count", "30", "--interval-ms", "100"])
+        .stdout(Stdio::piped());
     cg.join_before_exec(&mut c);
     let child = c.spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     // remove both backends of dns
     let mut svcs2: Vec<Service> = Vec::new();
-    for s in d.list().unwrap() { let _ = s; }
-    let desired = { let mut dd = Desired::new(NodeConfig::default(), Vec::<Service>::new()); dd.services = Default::default(); dd };
-    let _ = svcs2.len(); let _ = desired;
+    for s in d.list().unwrap() {
+        let _ = s;
+    }
+    let desired = {
+        let mut dd = Desired::new(NodeConfig::default(), Vec::<Service>::new());
+        dd.services = Default::default();
+        dd
+    };
+    let _ = svcs2.len();
+    let _ = desired;
     let mut dns = Service::new(ServiceKey::new("default", "dns", "p"));
-    dns.sock_frontends = vec![Frontend { addr: ip("10.96.0.10"), port: 53, proto: Proto::Udp, kind: FrontendKind::ClusterIp }];
+    dns.sock_frontends = vec![Frontend {
+        addr: ip("10.96.0.10"),
+        port: 53,
+        proto: Proto::Udp,
+        kind: FrontendKind::ClusterIp,
+    }];
     dns.backends = vec![];
     dns.maglev_size = 251;
     let st = d.apply_services(&NodeConfig::default(), [(&dns.key.clone(), Some(&dns))]).unwrap();

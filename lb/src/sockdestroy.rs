@@ -172,7 +172,8 @@ impl Reaper {
                     .and_then(|p| p.try_into().ok())
                     .expect("loaded in Reaper::load");
                 let id = prog.attach().map_err(|e| ReapError::Load(format!("{name}: {e}")))?;
-                let link = prog.take_link(id).map_err(|e| ReapError::Load(format!("{name}: {e}")))?;
+                let link =
+                    prog.take_link(id).map_err(|e| ReapError::Load(format!("{name}: {e}")))?;
                 // An iterator walks the namespace it is created in: create
                 // and read it on a thread that joined `ns`.
                 let out = std::thread::scope(|s| {
