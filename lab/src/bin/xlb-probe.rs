@@ -17,7 +17,7 @@ const USAGE: &str = "usage:
   xlb-probe serve --name NAME [--tcp PORT]... [--udp PORT]...
   xlb-probe tcp ADDR:PORT [--count N] [--timeout-ms MS]
   xlb-probe udp ADDR:PORT [--count N] [--connected] [--timeout-ms MS]
-  xlb-probe udp-hold ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS]";
+  xlb-probe udp-hold ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--unconnected]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +36,7 @@ struct Opts {
     udp: Vec<u16>,
     count: usize,
     connected: bool,
+    unconnected: bool,
     timeout: Duration,
     interval: Duration,
     target: Option<SocketAddr>,
@@ -48,6 +49,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         udp: Vec::new(),
         count: 1,
         connected: false,
+        unconnected: false,
         timeout: Duration::from_millis(2000),
         interval: Duration::from_millis(100),
         target: None,
@@ -64,6 +66,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--timeout-ms" => o.timeout = Duration::from_millis(num(value()?)?),
             "--interval-ms" => o.interval = Duration::from_millis(num(value()?)?),
             "--connected" => o.connected = true,
+            "--unconnected" => o.unconnected = true,
             t if !t.starts_with("--") && o.target.is_none() => {
                 o.target = Some(t.parse().map_err(|e| format!("{t}: {e}"))?)
             }
@@ -167,24 +170,34 @@ fn udp_once(target: SocketAddr, connected: bool, timeout: Duration) -> std::io::
     Ok(format!("\"from\":\"{from}\"{peer},\"body\":{}", json_str(body.trim())))
 }
 
-/// A connected UDP socket kept for `count` exchanges, one per interval:
-/// each line says what send and receive did (after a backend is removed the
-/// socket may be destroyed: ECONNABORTED, then no destination).
+/// A UDP socket kept for `count` exchanges, one per interval: connected
+/// (each line: getpeername, body; after a backend is removed the socket may
+/// be destroyed: ECONNABORTED, then no destination), or with
+/// `--unconnected` sendto/recvfrom on the one socket (each line: the
+/// source recvfrom reported, body).
 fn udp_hold(target: SocketAddr, o: &Opts) -> Result<(), String> {
     let s = bind_any(target).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(o.timeout)).map_err(|e| e.to_string())?;
-    if let Err(e) = s.connect(target) {
-        report(Err(e));
-        return Ok(());
+    if !o.unconnected {
+        if let Err(e) = s.connect(target) {
+            report(Err(e));
+            return Ok(());
+        }
     }
     for _ in 0..o.count {
         let r = (|| {
-            let peer = s.peer_addr()?;
-            s.send(b"query")?;
             let mut buf = [0u8; 512];
-            let n = s.recv(&mut buf)?;
+            let (n, seen) = if o.unconnected {
+                s.send_to(b"query", target)?;
+                let (n, from) = s.recv_from(&mut buf)?;
+                (n, format!("\"from\":\"{from}\""))
+            } else {
+                let peer = s.peer_addr()?;
+                s.send(b"query")?;
+                (s.recv(&mut buf)?, format!("\"peer\":\"{peer}\""))
+            };
             let body = String::from_utf8_lossy(&buf[..n]);
-            Ok(format!("\"peer\":\"{peer}\",\"body\":{}", json_str(body.trim())))
+            Ok(format!("{seen},\"body\":{}", json_str(body.trim())))
         })();
         report(r);
         std::thread::sleep(o.interval);
