@@ -25,7 +25,7 @@ use crate::LabError;
 /// One cgroup v2 directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cgroup {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 /// The host's cgroup2 mount point.

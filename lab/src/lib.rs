@@ -10,6 +10,7 @@
 //! ([`agent`]).
 pub mod agent;
 pub mod cgroup;
+pub mod eastwest;
 pub mod http;
 pub mod manifests;
 pub mod netns;

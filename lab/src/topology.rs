@@ -15,6 +15,7 @@ use std::{
 };
 
 use crate::{
+    cgroup::{self, Cgroup},
     netns, nginx,
     process::LabChild,
     registry::Owned,
@@ -74,6 +75,8 @@ pub struct Lab {
     backends: Mutex<BTreeMap<String, LabChild>>,
     /// Keeps xlb_pass attached on the LB's router-side veth.
     xdp_pass: Option<aya::Ebpf>,
+    /// The lab's cgroup tree (east-west, #9): <cgroup2>/<prefix>.
+    cgroups: PathBuf,
 }
 
 impl std::fmt::Debug for Lab {
@@ -136,11 +139,13 @@ impl Lab {
             tmp,
             backends: Mutex::new(BTreeMap::new()),
             xdp_pass: None,
+            cgroups: PathBuf::new(),
         };
         let t0 = Instant::now();
         std::fs::create_dir_all(&lab.tmp)
             .map_err(|source| LabError::Io { path: lab.tmp.clone(), source })?;
         lab.create_namespaces()?;
+        lab.create_cgroups()?;
         lab.wire()?;
         lab.prepare_fabric()?;
         lab.attach_pass()?;
@@ -165,6 +170,18 @@ impl Lab {
                 crate::registry::stop_pids(&netns::pids(&ns), Duration::from_millis(500));
                 netns::delete(&ns)?;
                 removed.push(ns);
+            }
+        }
+        if let Ok(root) = cgroup::root() {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if stale(base, &name) {
+                    let path = e.path();
+                    Cgroup { path: path.clone() }
+                        .remove()
+                        .map_err(|source| LabError::Io { path: path.clone(), source })?;
+                    removed.push(path.display().to_string());
+                }
             }
         }
         for dir in [PathBuf::from(BPFFS), std::env::temp_dir()] {
@@ -323,6 +340,7 @@ impl Lab {
         let mut cmd = Command::new("nginx");
         cmd.arg("-c").arg(&conf).arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log"));
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        self.cgroup(pod)?.join_before_exec(&mut cmd);
         let mut child = self.spawn(&p.host.ns, cmd)?;
         child.name = format!("nginx {pod}");
         let targets = [SocketAddr::from((p.host.v4, 80)), SocketAddr::from((p.host.v6, 80))];
@@ -610,6 +628,39 @@ impl Drop for Lab {
 }
 
 /// A veth pair: `a` in namespace `ns_a`, `b` in `ns_b`, both up with `mtu`.
+// --- East-west (#9): every node and pod in a cgroup of its own ---
+
+impl Lab {
+    /// The cgroup of node or pod `name`: <cgroup2>/<prefix>/<node>[/<pod>].
+    /// A node's agent attaches xlb's socket programs at its node's
+    /// directory and so sees exactly that node's processes and pods.
+    pub fn cgroup(&self, name: &str) -> Result<Cgroup, LabError> {
+        if let Some(n) = self.nodes.iter().find(|n| n.host.name == name) {
+            return Ok(Cgroup { path: self.cgroups.join(&n.host.name) });
+        }
+        let p = self.pod(name).ok_or_else(|| LabError::UnknownNamespace {
+            name: name.into(),
+            prefix: self.prefix.clone(),
+            known: self.nodes.iter().map(|n| n.host.name.as_str()).collect::<Vec<_>>().join(", "),
+        })?;
+        Ok(Cgroup { path: self.cgroups.join(&p.node).join(&p.host.name) })
+    }
+
+    fn create_cgroups(&mut self) -> Result<(), LabError> {
+        self.cgroups = cgroup::root()?.join(&self.prefix);
+        let top = Cgroup::create(&self.cgroups)?;
+        // The whole tree goes at teardown (processes killed, rmdir deepest first).
+        self.owned.add_cgroup(top.clone());
+        for n in &self.nodes {
+            let node = top.child(&n.host.name)?;
+            for p in &n.pods {
+                node.child(&p.host.name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str, mtu: &str) -> Result<(), LabError> {
     netns::ip(
         ns_a,
