@@ -5,6 +5,7 @@ mod benchprog;
 mod churnbench;
 mod cluster_bench;
 mod conn;
+mod eastwest;
 mod maglev_report;
 mod micro;
 mod pps;
@@ -68,6 +69,17 @@ enum Cmd {
         rounds: u32,
         #[arg(long, default_value_t = 1000)]
         kp_services: u32,
+    },
+    /// From a pod to a service: direct vs xlb's socket LB vs kube-proxy
+    /// iptables, at 1, 1k and 10k services (connections/s, latency; UDP).
+    Eastwest {
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10000])]
+        services: Vec<u32>,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Requests (connections) per path and round.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
     },
     /// Backends added/removed/terminated under load: broken connections.
     Churn {
@@ -152,6 +164,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "conn", &r, &md)?;
+        }
+        Cmd::Eastwest { services, rounds, requests } => {
+            let r = eastwest::run(&eastwest::EwOpts { services, rounds, requests })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "eastwest", &r, &md)?;
         }
         Cmd::Churn { held, dwell } => {
             let r = churnbench::run(&churnbench::ChurnOpts {

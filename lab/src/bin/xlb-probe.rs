@@ -186,6 +186,7 @@ fn udp_hold(target: SocketAddr, o: &Opts) -> Result<(), String> {
     }
     for _ in 0..o.count {
         let r = (|| {
+            let t0 = Instant::now();
             let mut buf = [0u8; 512];
             let (n, seen) = if o.unconnected {
                 s.send_to(b"query", target)?;
@@ -197,10 +198,13 @@ fn udp_hold(target: SocketAddr, o: &Opts) -> Result<(), String> {
                 (s.recv(&mut buf)?, format!("\"peer\":\"{peer}\""))
             };
             let body = String::from_utf8_lossy(&buf[..n]);
-            Ok(format!("{seen},\"body\":{}", json_str(body.trim())))
+            let us = t0.elapsed().as_micros();
+            Ok(format!("{seen},\"body\":{},\"us\":{us}", json_str(body.trim())))
         })();
         report(r);
-        std::thread::sleep(o.interval);
+        if !o.interval.is_zero() {
+            std::thread::sleep(o.interval);
+        }
     }
     Ok(())
 }
