@@ -35,7 +35,7 @@ use serde::Serialize;
 use testkit::{netns::NamedNetns, pins::PinDir};
 use xlb_perf::{
     kubeproxy::{iptables_restore, synthetic, KpConfig},
-    stats::quantile,
+    stats::{quantile, trimmed_mean},
 };
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
@@ -55,18 +55,23 @@ pub struct EwOpts {
 
 impl Default for EwOpts {
     fn default() -> Self {
-        EwOpts { services: vec![1, 1000, 10_000], rounds: 5, requests: 2000 }
+        EwOpts { services: vec![1, 1000, 10_000], rounds: 20, requests: 500 }
     }
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EwRow {
+    /// "by count", "flatness" or "udp".
+    pub table: String,
     pub services: u32,
     pub path: String,
     pub proto: String,
     pub requests: usize,
     pub failures: usize,
     pub per_sec: f64,
+    /// The rate from the 1 %-trimmed mean (scheduler stalls of the shared
+    /// cores cut off).
+    pub per_sec_trimmed: f64,
     pub p50_us: f64,
     pub p99_us: f64,
 }
@@ -82,14 +87,21 @@ pub struct EwReport {
     pub rows: Vec<EwRow>,
 }
 
+struct Xlb {
+    services: u32,
+    cgroup: lab::cgroup::Cgroup,
+    pins: PinDir,
+    dp: Option<Dataplane>,
+}
+
 struct Rig {
     pod: NamedNetns,
     nodekp: NamedNetns,
     /// node and srv: kept for the rig's lifetime (deleted on drop).
     _others: [NamedNetns; 2],
-    hooked: lab::cgroup::Cgroup,
-    pins: PinDir,
-    dp: Option<Dataplane>,
+    /// One xlb datapath per service count, each attached at its own cgroup
+    /// (so that every count is measured in the same rounds).
+    xlb: Vec<Xlb>,
     server: Option<Child>,
     probe: PathBuf,
     tmp: PathBuf,
@@ -101,9 +113,11 @@ impl Drop for Rig {
             let _ = s.kill();
             let _ = s.wait();
         }
-        let _ = Dataplane::detach_all(self.pins.path());
-        self.dp.take();
-        let _ = self.hooked.remove();
+        for x in &mut self.xlb {
+            let _ = Dataplane::detach_all(x.pins.path());
+            x.dp.take();
+            let _ = x.cgroup.remove();
+        }
         let _ = std::fs::remove_dir_all(&self.tmp);
     }
 }
@@ -140,7 +154,7 @@ fn sysctl(ns: &NamedNetns, kv: &str) -> Result<()> {
 }
 
 impl Rig {
-    fn build() -> Result<Rig> {
+    fn build(counts: &[u32]) -> Result<Rig> {
         let probe = std::env::current_exe()?.with_file_name("xlb-probe");
         if !probe.is_file() {
             bail!("{}: not built (cargo build --release -p xlb-lab)", probe.display());
@@ -175,15 +189,19 @@ impl Rig {
         }
         sysctl(&srv, "net.ipv4.conf.s1.rp_filter=0")?;
         let root = lab::cgroup::root()?;
-        let hooked = lab::cgroup::Cgroup::create(
-            root.join(format!("xlbperf{}-eastwest", std::process::id())),
-        )?;
-        let pins = PinDir::new("eastwest");
         let sizes =
             MapSizes { services: 16384, frontends: 65536, backends: 65536, ..MapSizes::small() };
-        let mut dp = Dataplane::load(&LoadOptions { sizes, ..LoadOptions::small(pins.path()) })
-            .context("loading the datapath")?;
-        dp.attach_sock(hooked.path()).context("attaching the socket programs")?;
+        let mut xlb = Vec::new();
+        for &n in counts {
+            let cgroup = lab::cgroup::Cgroup::create(
+                root.join(format!("xlbperf{}-eastwest-{n}", std::process::id())),
+            )?;
+            let pins = PinDir::new(&format!("eastwest{n}"));
+            let mut dp = Dataplane::load(&LoadOptions { sizes, ..LoadOptions::small(pins.path()) })
+                .context("loading the datapath")?;
+            dp.attach_sock(cgroup.path()).context("attaching the socket programs")?;
+            xlb.push(Xlb { services: n, cgroup, pins, dp: Some(dp) });
+        }
         let tmp = std::env::temp_dir().join(format!("xlbperf{}-eastwest", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
         let mut server = srv.nsenter(&probe);
@@ -196,21 +214,12 @@ impl Rig {
             &mut std::io::BufReader::new(server.stdout.as_mut().expect("piped")),
             &mut line,
         )?;
-        Ok(Rig {
-            pod,
-            nodekp,
-            _others: [node, srv],
-            hooked,
-            pins,
-            dp: Some(dp),
-            server: Some(server),
-            probe,
-            tmp,
-        })
+        Ok(Rig { pod, nodekp, _others: [node, srv], xlb, server: Some(server), probe, tmp })
     }
 
     /// xlb holds `n` services, the measured ones among them.
-    fn apply_xlb(&self, n: u32) -> Result<Duration> {
+    fn apply_xlb(&self, x: &Xlb) -> Result<Duration> {
+        let n = x.services;
         let fillers = synthetic(n.saturating_sub(1), 2, Ipv4Addr::new(10, 101, 0, 1), 80, 8080);
         let mut services: Vec<Service> = fillers
             .iter()
@@ -248,7 +257,7 @@ impl Rig {
             svc.maglev_size = 251;
             services.push(svc);
         }
-        let mut d = Datapath::open(self.pins.path())?;
+        let mut d = Datapath::open(x.pins.path())?;
         let t0 = Instant::now();
         d.apply(&Desired::new(NodeConfig::default(), services)).context("applying the services")?;
         Ok(t0.elapsed())
@@ -281,13 +290,15 @@ impl Rig {
         Ok(t0.elapsed())
     }
 
-    /// Runs xlb-probe in the pod; `hooked`: in the cgroup with xlb's socket
-    /// programs. The time of each request, µs, and the failures.
-    fn probe(&self, args: &[&str], hooked: bool) -> Result<(Vec<f64>, usize)> {
+    /// Runs xlb-probe in the pod; `hooked`: in the cgroup of the xlb
+    /// datapath holding that many services. The time of each request, µs,
+    /// and the failures.
+    fn probe(&self, args: &[&str], hooked: Option<u32>) -> Result<(Vec<f64>, usize)> {
         let mut cmd = self.pod.nsenter(&self.probe);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if hooked {
-            self.hooked.join_before_exec(&mut cmd);
+        if let Some(n) = hooked {
+            let x = self.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
+            x.cgroup.join_before_exec(&mut cmd);
         }
         let out = cmd.output().context("running xlb-probe")?;
         let mut us = Vec::new();
@@ -315,22 +326,51 @@ fn as_str(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
 
-fn row(services: u32, path: &str, proto: &str, us: &[f64], failures: usize) -> EwRow {
+fn row(table: &str, services: u32, path: &str, proto: &str, us: &[f64], failures: usize) -> EwRow {
     let total: f64 = us.iter().sum();
     EwRow {
+        table: table.into(),
         services,
         path: path.into(),
         proto: proto.into(),
         requests: us.len(),
         failures,
         per_sec: us.len() as f64 / (total / 1e6),
+        per_sec_trimmed: 1e6 / trimmed_mean(us, 0.01),
         p50_us: quantile(us, 0.5),
         p99_us: quantile(us, 0.99),
     }
 }
 
+/// One path of a measurement: its name, xlb-probe's arguments, the xlb
+/// instance (by service count) whose cgroup the client joins, if any.
+type Path<'a> = (String, &'a [String], Option<u32>);
+
+/// Warms every path up (neighbours, conntrack; fails early), then
+/// `rounds` rounds over the paths in rotating order: per path, the time of
+/// each request (µs) and the failures.
+fn measure(rig: &Rig, paths: &[Path], rounds: u32) -> Result<Vec<(Vec<f64>, usize)>> {
+    for (name, args, hooked) in paths {
+        let mut a = as_str(args);
+        if let Some(count) = a.iter().position(|x| *x == "--count") {
+            a[count + 1] = "50";
+        }
+        rig.probe(&a, *hooked).with_context(|| format!("warming up {name}"))?;
+    }
+    let mut out = vec![(Vec::new(), 0); paths.len()];
+    for round in 0..rounds as usize {
+        for k in 0..paths.len() {
+            let i = (k + round) % paths.len();
+            let (t, f) = rig.probe(&as_str(paths[i].1), paths[i].2)?;
+            out[i].0.extend(t);
+            out[i].1 += f;
+        }
+    }
+    Ok(out)
+}
+
 pub fn run(opts: &EwOpts) -> Result<EwReport> {
-    let rig = Rig::build().context("building the east-west rig")?;
+    let rig = Rig::build(&opts.services).context("building the east-west rig")?;
     let n = opts.requests.to_string();
     let tcp_direct = ["tcp".to_string(), format!("{SRV}:80"), "--count".into(), n.clone()];
     let tcp_svc = ["tcp".to_string(), format!("{CLUSTER_IP}:80"), "--count".into(), n.clone()];
@@ -347,53 +387,46 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
         xlb_apply_s: Vec::new(),
         rows: Vec::new(),
     };
+    for x in &rig.xlb {
+        let t = rig.apply_xlb(x).with_context(|| format!("xlb at {} services", x.services))?;
+        report.xlb_apply_s.push((x.services, t.as_secs_f64()));
+    }
+    let direct = || ("direct".to_string(), &tcp_direct[..], None);
+    // Per service count: direct, xlb, kube-proxy.
     for &svcs in &opts.services {
         let kp = rig.apply_kube_proxy(svcs).with_context(|| format!("kube-proxy at {svcs}"))?;
-        let x = rig.apply_xlb(svcs).with_context(|| format!("xlb at {svcs}"))?;
         report.kp_restore_s.push((svcs, kp.as_secs_f64()));
-        report.xlb_apply_s.push((svcs, x.as_secs_f64()));
-        // (path name, args, hooked)
-        let paths: [(&str, &[String], bool); 3] = [
-            ("direct", &tcp_direct, false),
-            ("xlb socket LB", &tcp_svc, true),
-            ("kube-proxy iptables", &tcp_svc, false),
+        let paths = [
+            direct(),
+            ("xlb socket LB".to_string(), &tcp_svc[..], Some(svcs)),
+            ("kube-proxy iptables".to_string(), &tcp_svc[..], None),
         ];
-        // Warm up (neighbours, conntrack) and fail early.
-        for (name, args, hooked) in paths {
-            let mut a = as_str(args);
-            a[3] = "50";
-            rig.probe(&a, hooked).with_context(|| format!("{name} at {svcs} services"))?;
+        let m =
+            measure(&rig, &paths, opts.rounds).with_context(|| format!("at {svcs} services"))?;
+        for (p, (us, f)) in paths.iter().zip(m) {
+            report.rows.push(row("by count", svcs, &p.0, "tcp", &us, f));
         }
-        let mut us = vec![Vec::new(); 3];
-        let mut failures = [0; 3];
-        for round in 0..opts.rounds as usize {
-            for k in 0..3 {
-                let i = (k + round) % 3;
-                let (t, f) = rig.probe(&as_str(paths[i].1), paths[i].2)?;
-                us[i].extend(t);
-                failures[i] += f;
-            }
-        }
-        for i in 0..3 {
-            report.rows.push(row(svcs, paths[i].0, "tcp", &us[i], failures[i]));
-        }
+    }
+    // Flatness: every xlb instance in the same rounds, beside direct.
+    let mut paths = vec![direct()];
+    paths.extend(
+        opts.services
+            .iter()
+            .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some(n))),
+    );
+    let m = measure(&rig, &paths, opts.rounds).context("xlb at every count")?;
+    for (p, (us, f)) in paths.iter().zip(m) {
+        report.rows.push(row("flatness", p.2.unwrap_or(0), &p.0, "tcp", &us, f));
     }
     // UDP at the largest count: request/answer on one unconnected socket.
     let svcs = *opts.services.last().unwrap_or(&1);
-    let udp_paths: [(&str, &[String], bool); 2] =
-        [("direct", &udp_direct, false), ("xlb socket LB", &udp_svc, true)];
-    let mut us = vec![Vec::new(); 2];
-    let mut failures = [0; 2];
-    for round in 0..opts.rounds as usize {
-        for k in 0..2 {
-            let i = (k + round) % 2;
-            let (t, f) = rig.probe(&as_str(udp_paths[i].1), udp_paths[i].2)?;
-            us[i].extend(t);
-            failures[i] += f;
-        }
-    }
-    for i in 0..2 {
-        report.rows.push(row(svcs, udp_paths[i].0, "udp", &us[i], failures[i]));
+    let paths = [
+        ("direct".to_string(), &udp_direct[..], None),
+        ("xlb socket LB".to_string(), &udp_svc[..], Some(svcs)),
+    ];
+    let m = measure(&rig, &paths, opts.rounds).context("UDP")?;
+    for (p, (us, f)) in paths.iter().zip(m) {
+        report.rows.push(row("udp", svcs, &p.0, "udp", &us, f));
     }
     drop(rig);
     Ok(report)
@@ -410,35 +443,63 @@ impl EwReport {
              cores shared by client, nodes and server: compare ratios.\n\n",
             self.rounds, self.requests
         );
-        s.push_str("| services | proto | path | req/s | vs direct | p50 µs | p99 µs | added p50 / p99 µs | failures |\n");
-        s.push_str("|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
-        for r in &self.rows {
-            let d = self
-                .rows
-                .iter()
-                .find(|d| d.services == r.services && d.proto == r.proto && d.path == "direct");
-            let (vs, added) = d.map_or(("-".into(), "-".into()), |d| {
-                (
-                    format!("{:.3}", r.per_sec / d.per_sec),
-                    format!("{:+.1} / {:+.1}", r.p50_us - d.p50_us, r.p99_us - d.p99_us),
-                )
-            });
-            s.push_str(&format!(
-                "| {} | {} | {} | {:.0} | {} | {:.1} | {:.1} | {} | {} |\n",
-                r.services, r.proto, r.path, r.per_sec, vs, r.p50_us, r.p99_us, added, r.failures
-            ));
+        for (table, title) in [
+            ("by count", "TCP, per service count (direct, xlb and kube-proxy in the same rounds)"),
+            (
+                "flatness",
+                "TCP, xlb holding 1 / 1k / 10k services (one datapath per count, each at its \
+                 own cgroup), all in the same rounds beside direct",
+            ),
+            ("udp", "UDP request/answer on one unconnected socket (recvmsg reverse translation)"),
+        ] {
+            s.push_str(&format!("{title}:\n\n"));
+            s.push_str("| services | path | req/s | vs direct | req/s (1 % trimmed) | vs direct | p50 µs | p99 µs | added p50 / p99 µs | failures |\n");
+            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            let rows: Vec<&EwRow> = self.rows.iter().filter(|r| r.table == table).collect();
+            for r in &rows {
+                let d = rows.iter().find(|d| {
+                    d.path == "direct" && (table == "flatness" || d.services == r.services)
+                });
+                let (vs, vs_t, added) = d.map_or(("-".into(), "-".into(), "-".into()), |d| {
+                    (
+                        format!("{:.3}", r.per_sec / d.per_sec),
+                        format!("{:.3}", r.per_sec_trimmed / d.per_sec_trimmed),
+                        format!("{:+.1} / {:+.1}", r.p50_us - d.p50_us, r.p99_us - d.p99_us),
+                    )
+                });
+                let services = if r.path == "direct" && table == "flatness" {
+                    "-".into()
+                } else {
+                    r.services.to_string()
+                };
+                s.push_str(&format!(
+                    "| {} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {:.1} | {} | {} |\n",
+                    services,
+                    r.path,
+                    r.per_sec,
+                    vs,
+                    r.per_sec_trimmed,
+                    vs_t,
+                    r.p50_us,
+                    r.p99_us,
+                    added,
+                    r.failures
+                ));
+            }
+            s.push('\n');
         }
         let xlb: Vec<f64> = self
             .rows
             .iter()
-            .filter(|r| r.proto == "tcp" && r.path == "xlb socket LB")
-            .map(|r| r.per_sec)
+            .filter(|r| r.table == "flatness" && r.path != "direct")
+            .map(|r| r.per_sec_trimmed)
             .collect();
         if let (Some(lo), Some(hi)) =
             (xlb.iter().cloned().reduce(f64::min), xlb.iter().cloned().reduce(f64::max))
         {
             s.push_str(&format!(
-                "\nxlb across service counts: req/s spread {:.1} % (max/min − 1).\n",
+                "xlb from the fewest to the most services (same rounds): trimmed req/s within \
+                 {:.1} % (max/min − 1).\n",
                 (hi / lo - 1.0) * 100.0
             ));
         }

@@ -75,10 +75,10 @@ enum Cmd {
     Eastwest {
         #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10000])]
         services: Vec<u32>,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 20)]
         rounds: u32,
         /// Requests (connections) per path and round.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 500)]
         requests: usize,
     },
     /// Backends added/removed/terminated under load: broken connections.
