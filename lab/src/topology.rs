@@ -627,7 +627,6 @@ impl Drop for Lab {
     }
 }
 
-/// A veth pair: `a` in namespace `ns_a`, `b` in `ns_b`, both up with `mtu`.
 // --- East-west (#9): every node and pod in a cgroup of its own ---
 
 impl Lab {
@@ -661,6 +660,7 @@ impl Lab {
     }
 }
 
+/// A veth pair: `a` in namespace `ns_a`, `b` in `ns_b`, both up with `mtu`.
 fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str, mtu: &str) -> Result<(), LabError> {
     netns::ip(
         ns_a,

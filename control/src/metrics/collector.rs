@@ -31,6 +31,9 @@ pub struct Options {
     pub max_backend_series: usize,
 }
 
+/// A socket-counter series: its `op` label ("" for none) and its reader.
+type SockOp<'a> = (&'a str, &'a dyn Fn(&SockTraffic) -> u64);
+
 /// One service's counters: packets through the packet programs, and
 /// translations at the socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -343,7 +346,7 @@ impl Collector for DatapathCollector {
             rows.push((vec![("service", OTHER.to_string())], f(&snap.other.traffic)));
             rows
         };
-        let sock_rows = |ops: &[(&str, &dyn Fn(&SockTraffic) -> u64)]| -> Rows<u64> {
+        let sock_rows = |ops: &[SockOp]| -> Rows<u64> {
             let all = snap.services.iter().map(|(n, s)| (n.clone(), s.sock));
             let all = all.chain(std::iter::once((OTHER.to_string(), snap.other.sock)));
             let mut rows = Rows::new();
