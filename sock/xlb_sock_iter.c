@@ -31,10 +31,10 @@
 #include "maps.h"
 #include "addr.h"
 
-#define XLB_AF_INET	     2
-#define XLB_AF_INET6	     10
-#define XLB_TCP_ESTABLISHED  1
-#define XLB_TCP_SYN_SENT     2
+#define XLB_AF_INET	    2
+#define XLB_AF_INET6	    10
+#define XLB_TCP_ESTABLISHED 1
+#define XLB_TCP_SYN_SENT    2
 /* The imm of the placeholder kfunc call: "dksx" (little-endian). */
 #define XLB_KFUNC_PLACEHOLDER 0x78736b64
 
