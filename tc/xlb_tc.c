@@ -6,9 +6,13 @@
  *
  *   ingress  decap (decap.h): Geneve / IPIP from the load balancer is
  *            terminated and delivered to the endpoint
+ *            fallback revnat (fallback.h): a reply to service traffic this
+ *            node DNAT'd per packet leaves as from the service
  *            [routing: pod traffic from other nodes]
  *            [policy: ingress of the destination pod]
  *   egress   [policy / routing of pod traffic leaving the node]
+ *            fallback (fallback.h): service traffic no hooked socket
+ *            translated (ClusterIP, ...) DNAT'd to a backend
  *            revnat (revnat.h): endpoint replies leave as the service
  *
  * A stage that does not handle the packet says why in its reason (PASS_*)
@@ -21,6 +25,7 @@
 #include "counters.h"
 #include "decap.h"
 #include "revnat.h"
+#include "fallback.h"
 
 SEC("classifier")
 int xlb_tc_ingress(struct __sk_buff *skb)
@@ -28,6 +33,8 @@ int xlb_tc_ingress(struct __sk_buff *skb)
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
 	int verdict = xlb_decap(skb, &reason);
 
+	if (reason == XLB_PASS_NOT_TUNNEL)
+		verdict = xlb_fallback_revnat(skb, &reason);
 	return xlb_exit(skb, XLB_HOOK_TC_INGRESS, reason, len, verdict);
 }
 
@@ -35,7 +42,10 @@ SEC("classifier")
 int xlb_tc_egress(struct __sk_buff *skb)
 {
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
-	int verdict = xlb_revnat(skb, &reason);
+	int verdict = xlb_fallback_nat(skb, &reason);
+
+	if (reason == XLB_PASS_NOT_FRONTEND)
+		verdict = xlb_revnat(skb, &reason);
 
 	return xlb_exit(skb, XLB_HOOK_TC_EGRESS, reason, len, verdict);
 }

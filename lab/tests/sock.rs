@@ -333,3 +333,138 @@ fn host_only_mode_translates_the_nodes_namespace_and_leaves_pods_alone() {
     let out = lines(c.output().unwrap());
     assert_eq!(out[0]["errno"], Value::from(libc::ENETUNREACH), "{}", out[0]);
 }
+
+#[test]
+fn a_tcp_connect_to_a_removed_backend_ends_instead_of_waiting_for_its_timeout() {
+    let mut f = Fixture::new("sockreapsyn");
+    let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
+        .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
+    // A backend behind a veth whose other end owns neither its address nor
+    // the MAC it is given: SYNs vanish, the socket stays in SYN_SENT.
+    f.ns.veth("d0", "d1").unwrap();
+    f.ns.ip(&["link", "set", "d0", "up"]).unwrap();
+    f.ns.ip(&["link", "set", "d1", "up"]).unwrap();
+    f.ns.ip(&["route", "add", "10.244.9.0/24", "dev", "d0"]).unwrap();
+    f.ns.ip(&[
+        "neigh",
+        "add",
+        "10.244.9.9",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "d0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    let mut slow = service("slow", Proto::Tcp, 80, "10.96.0.20", false);
+    slow.backends = vec![Backend::new(ip("10.244.9.9"), 80, ip("10.0.0.11"))];
+    f.datapath.apply_services(&NodeConfig::default(), [(&slow.key.clone(), Some(&slow))]).unwrap();
+    let t0 = Instant::now();
+    let client = f
+        .client(&["tcp", "10.96.0.20:80", "--timeout-ms", "10000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    slow.backends.clear();
+    let gone = f
+        .datapath
+        .apply_services(&NodeConfig::default(), [(&slow.key.clone(), Some(&slow))])
+        .unwrap()
+        .gone_backends;
+    let r = reaper.reap(f.node.path(), &gone).unwrap();
+    assert_eq!((r.destroyed, r.failed), (1, 0), "{r:?}");
+    let out = lines(client.wait_with_output().unwrap());
+    assert!(!ok(&out[0]), "{}", out[0]);
+    assert_eq!(out[0]["errno"], Value::from(libc::ECONNABORTED), "{}", out[0]);
+    assert!(t0.elapsed() < Duration::from_secs(5), "ended by the reaper, not the timeout");
+}
+
+#[test]
+fn socket_translations_are_events_for_the_monitor() {
+    use lb::events::{EventHook, EventKind, EventMask, Listener};
+    let f = Fixture::new("sockevents");
+    let mut listener = Listener::start(f.pins.path(), EventMask::SOCK, 1).unwrap();
+    bodies(&f.run(&["tcp", &format!("{WEB_V4}:80"), "--count", "3"]));
+    let refused = f.run(&["tcp", &format!("{NONE_V4}:80")]);
+    assert!(!ok(&refused[0]));
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while seen.len() < 4 && Instant::now() < deadline {
+        listener.wait(Duration::from_millis(100)).unwrap();
+        while let Some(r) = listener.next_record() {
+            seen.push(r);
+        }
+    }
+    assert_eq!(seen.len(), 4, "three translations and one refusal: {seen:?}");
+    for r in &seen {
+        assert_eq!((r.kind, r.hook), (EventKind::Sock, EventHook::Sock), "{r:?}");
+    }
+    let web = seen.iter().filter(|r| r.dst == Some(ip(WEB_V4)) && r.dst_port == 80);
+    assert_eq!(web.clone().count(), 3, "{seen:?}");
+    assert!(web.clone().all(|r| r.backend_id != 0), "a backend given: {seen:?}");
+    let none = seen.iter().find(|r| r.dst == Some(ip(NONE_V4))).expect("the refusal");
+    assert_eq!(none.backend_id, 0, "{none:?}");
+    assert_eq!(none.sock_reason.map(|c| c.map(|c| c.name())), Some(Ok("drop_no_backend")));
+}
+
+#[test]
+fn a_process_outside_the_hooked_cgroup_reaches_a_clusterip_through_the_tc_fallback() {
+    let mut f = Fixture::new("sockfallback");
+    // Another namespace (a node process or pod no socket program sees),
+    // whose uplink v0 carries xlb's tc programs; the backends are behind it.
+    let cli = NamedNetns::create("sockfbcli").unwrap();
+    testkit::netns::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "v0",
+            "netns",
+            cli.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "v1",
+            "netns",
+            f.ns.name(),
+        ],
+    )
+    .unwrap();
+    cli.ip(&["addr", "add", "10.1.0.1/24", "dev", "v0"]).unwrap();
+    cli.ip(&["link", "set", "v0", "up"]).unwrap();
+    cli.ip(&["route", "add", "default", "via", "10.1.0.2"]).unwrap();
+    f.ns.ip(&["addr", "add", "10.1.0.2/24", "dev", "v1"]).unwrap();
+    f.ns.ip(&["link", "set", "v1", "up"]).unwrap();
+    let dp = f.dp.as_mut().unwrap();
+    cli.run_in(|| dp.attach_tc("v0")).unwrap().expect("attaching tc on v0");
+    let before = (f.counter("ok_fallback_nat"), f.counter("ok_fallback_revnat"));
+    let mut c = cli.nsenter(PROBE);
+    c.args(["tcp", &format!("{WEB_V4}:80"), "--count", "8"]);
+    let out = lines(c.output().unwrap());
+    let seen = bodies(&out);
+    assert!(seen.iter().all(|b| b == "b1" || b == "b2"), "{seen:?}");
+    for v in &out {
+        // Not translated at the socket: the peer is the ClusterIP as dialled.
+        assert_eq!(field(v, "peer"), format!("{WEB_V4}:80"));
+    }
+    // UDP: a backend on the address the server's answers leave from (its
+    // socket is bound to the wildcard address).
+    let mut dns = service("dnsfb", Proto::Udp, 53, "10.96.0.30", false);
+    dns.backends = vec![Backend::new(ip("10.1.0.2"), 8081, ip("10.0.0.11"))];
+    f.datapath.apply_services(&NodeConfig::default(), [(&dns.key.clone(), Some(&dns))]).unwrap();
+    let mut c = cli.nsenter(PROBE);
+    c.args(["udp", "10.96.0.30:53", "--count", "3"]);
+    for v in lines(c.output().unwrap()) {
+        assert!(ok(&v), "{v}");
+        assert_eq!(field(&v, "body"), "b1");
+        assert_eq!(field(&v, "from"), "10.96.0.30:53", "the reply as from the ClusterIP");
+    }
+    let nat = f.counter("ok_fallback_nat") - before.0;
+    let revnat = f.counter("ok_fallback_revnat") - before.1;
+    assert!(nat >= 8 * 3 + 3, "every packet to the ClusterIP DNAT'd in tc: {nat}");
+    assert!(revnat >= 8 * 2 + 3, "every reply translated back: {revnat}");
+    assert_eq!(f.counter("ok_sock_connect"), 0, "no socket program saw these");
+}
