@@ -1,4 +1,4 @@
-//! Compiles the datapath's BPF programs (xdp/*.c, tc/*.c, with lb/bpf/ on
+//! Compiles the datapath's BPF programs (xdp/*.c, tc/*.c, sock/*.c, with lb/bpf/ on
 //! the include path) into OUT_DIR, where `lb::objects` embeds them. The
 //! clang invocation (flags, multiarch include directory, XLB_CLANG) is
 //! bpf-build's, shared with testkit/build.rs.
@@ -8,7 +8,7 @@ fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let ws = root.parent().unwrap().to_path_buf();
     let clang = bpf_build::Clang::from_env().include(root.join("bpf"));
-    for dir in ["xdp", "tc"] {
+    for dir in ["xdp", "tc", "sock"] {
         clang.compile_dir(&ws.join(dir));
     }
 }

@@ -6,12 +6,16 @@
  *
  *   uplink ingress   decap (decap.h): Geneve / IPIP from the load balancer
  *                    and the pod overlay from other nodes, terminated and
- *                    delivered into the pod; masquerade replies (uplink.h)
- *                    [policy: ingress of the destination pod]
- *   uplink egress    revnat (revnat.h): endpoint replies leave as the
- *                    service; the node's own packets to other nodes' pods
- *                    into the overlay, pods' packets leaving the cluster
- *                    masqueraded (uplink.h)
+ *                    delivered into the pod; fallback revnat (fallback.h):
+ *                    a reply to service traffic this node DNAT'd per packet
+ *                    leaves as from the service; masquerade replies
+ *                    (uplink.h) [policy: ingress of the destination pod]
+ *   uplink egress    fallback (fallback.h): service traffic no hooked
+ *                    socket translated (ClusterIP, ...) DNAT'd to a
+ *                    backend; revnat (revnat.h): endpoint replies leave as
+ *                    the service; the node's own packets to other nodes'
+ *                    pods into the overlay, pods' packets leaving the
+ *                    cluster masqueraded (uplink.h)
  *   pod from         (a pod's host veth, ingress; pod.h): source check,
  *                    local redirect, overlay, or the host stack
  *   pod to           (a pod's host veth, egress; pod.h): what the stack
@@ -29,6 +33,7 @@
 #include "revnat.h"
 #include "uplink.h"
 #include "pod.h"
+#include "fallback.h"
 
 SEC("classifier")
 int xlb_tc_ingress(struct __sk_buff *skb)
@@ -36,6 +41,8 @@ int xlb_tc_ingress(struct __sk_buff *skb)
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
 	int verdict = xlb_decap(skb, &reason);
 
+	if (reason == XLB_PASS_NOT_TUNNEL)
+		verdict = xlb_fallback_revnat(skb, &reason);
 	if (reason == XLB_PASS_NOT_TUNNEL)
 		verdict = xlb_uplink_ingress(skb, &reason);
 	return xlb_exit(skb, XLB_HOOK_TC_INGRESS, reason, len, verdict);
@@ -45,7 +52,10 @@ SEC("classifier")
 int xlb_tc_egress(struct __sk_buff *skb)
 {
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
-	int verdict = xlb_revnat(skb, &reason);
+	int verdict = xlb_fallback_nat(skb, &reason);
+
+	if (reason == XLB_PASS_NOT_FRONTEND)
+		verdict = xlb_revnat(skb, &reason);
 
 	if (reason == XLB_PASS_NO_NAT || reason == XLB_PASS_L4_PROTO || reason == XLB_PASS_FRAGMENT)
 		verdict = xlb_uplink_egress(skb, &reason);

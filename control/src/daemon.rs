@@ -29,8 +29,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lb::{
     datapath::{ApplyStats, Datapath},
-    loader::{Dataplane, LoadOptions, MapSizes, XdpMode, DEFAULT_PIN_DIR},
+    loader::{Dataplane, LoadOptions, MapSizes, SockScope, XdpMode, DEFAULT_PIN_DIR},
     model::{Cidr, Endpoint, DEFAULT_ICMP_RATE},
+    sockdestroy::Reaper,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -250,6 +251,45 @@ pub struct RunArgs {
     tunnel_peers: Vec<IpAddr>,
     #[command(flatten)]
     pod: PodNetArgs,
+    /// Where the socket programs (ClusterIP and every service address,
+    /// translated at connect/sendmsg for the node's processes and pods) are
+    /// attached: "auto" (the node's cgroup2 root, from /proc/self/mountinfo;
+    /// off, with a warning, when the agent runs outside the host's network
+    /// namespace: that is a test or a lab, which passes its own cgroup),
+    /// "off", or a cgroup2 directory.
+    #[arg(long, value_name = "auto|off|CGROUP", default_value = "auto")]
+    socket_lb: String,
+    /// Translate at the socket only in the node's own network namespace:
+    /// pods' sockets keep the ClusterIP they connect to (sidecar proxies see
+    /// it) and their packets are translated by tc instead.
+    #[arg(long)]
+    socket_lb_host_only: bool,
+}
+
+/// Where `--socket-lb` says to attach the socket programs, if anywhere.
+fn socket_lb_cgroup(arg: &str) -> anyhow::Result<Option<PathBuf>> {
+    match arg {
+        "off" => Ok(None),
+        "auto" => {
+            let ns =
+                |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            let host = ns("/proc/1/ns/net").ok();
+            if host.is_none() || host != ns("/proc/self/ns/net").ok() {
+                warn!(
+                    "socket load balancing off: this agent runs outside the host's network \
+                     namespace (a test or lab?), where the cgroup2 root is not its node's; \
+                     pass --socket-lb CGROUP"
+                );
+                return Ok(None);
+            }
+            let root = lb::loader::cgroup2_root().context("reading /proc/self/mountinfo")?;
+            if root.is_none() {
+                warn!("socket load balancing off: no cgroup2 file system is mounted");
+            }
+            Ok(root)
+        }
+        path => Ok(Some(PathBuf::from(path))),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -322,7 +362,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         backends: args.max_backends.unwrap_or(sizes.backends),
         ..sizes
     };
-    let load = LoadOptions { pin_dir: args.pin_dir.clone(), sizes, events_enabled: true };
+    let sock_scope = if args.socket_lb_host_only {
+        let netns_cookie = lb::loader::netns_cookie().context("this network namespace's cookie")?;
+        SockScope::HostOnly { netns_cookie }
+    } else {
+        SockScope::All
+    };
+    let load =
+        LoadOptions { pin_dir: args.pin_dir.clone(), sizes, sock_scope, events_enabled: true };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
     let mode = match args.xdp_mode {
@@ -429,6 +476,39 @@ fn serve(
             "pod network: programs pinned for xlb-cni"
         );
     }
+    let mut sockets = None;
+    if let Some(cgroup) = socket_lb_cgroup(&args.socket_lb)? {
+        dataplane
+            .attach_sock(&cgroup)
+            .with_context(|| format!("attaching the socket programs at {}", cgroup.display()))?;
+        info!(
+            cgroup = %cgroup.display(),
+            host_only = args.socket_lb_host_only,
+            "attached the socket programs: service addresses translated at connect/sendmsg"
+        );
+        crate::metrics::control().attached(&cgroup.display().to_string(), "sock", "cgroup");
+        // The probe: the kernel loads the socket iterators or says why not.
+        let reaper = match Reaper::load(&args.pin_dir) {
+            Ok(r) => {
+                info!(
+                    "socket termination available (socket iterators + bpf_sock_destroy): \
+                     connected UDP and connecting TCP sockets to a removed backend are \
+                     terminated"
+                );
+                Some(r)
+            }
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "socket termination unavailable: connected UDP sockets keep sending to a \
+                     removed backend's address until their application reconnects, and \
+                     connecting TCP sockets wait for their SYN timeout"
+                );
+                None
+            }
+        };
+        sockets = Some(Sockets { cgroup, reaper });
+    }
     let mut datapath = Datapath::open(&args.pin_dir).context("opening the datapath maps")?;
     info!(
         services = datapath.service_keys().count(),
@@ -437,7 +517,7 @@ fn serve(
     );
     let _metrics = crate::metrics::start(&args.metrics, &args.pin_dir)?;
     runtime.spawn(crate::metrics::housekeeping(args.pin_dir.clone()));
-    runtime.block_on(reconcile_loop(args, opts, pod, first, kube, &mut datapath))
+    runtime.block_on(reconcile_loop(args, opts, pod, first, kube, &mut datapath, sockets))
 }
 
 /// The Kubernetes source, started before the datapath loaded.
@@ -449,6 +529,13 @@ struct KubeStarted {
     restored: tokio::sync::watch::Sender<Option<usize>>,
 }
 
+/// The hooked cgroup and, if the kernel allows it, what terminates the
+/// sockets translated to a backend that is gone.
+struct Sockets {
+    cgroup: PathBuf,
+    reaper: Option<Reaper>,
+}
+
 async fn reconcile_loop(
     args: &RunArgs,
     opts: &TranslateOptions,
@@ -456,10 +543,12 @@ async fn reconcile_loop(
     first: Option<(Stamp, Translator)>,
     kube: Option<KubeStarted>,
     datapath: &mut Datapath,
+    sockets: Option<Sockets>,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut reconciler = Reconciler::new(Translator::new(opts.clone()), args.health_check_addr);
+    reconciler.sockets = sockets;
     reconciler.pods = PodState {
         opts: pod,
         pin_dir: args.pin_dir.clone(),
@@ -674,6 +763,8 @@ struct Reconciler {
     tunnel_gen: Option<u64>,
     health: HealthServer,
     pods: PodState,
+    /// Socket load balancing: where, and the socket terminator.
+    sockets: Option<Sockets>,
 }
 
 impl Reconciler {
@@ -689,6 +780,7 @@ impl Reconciler {
             tunnel_gen: None,
             health: HealthServer::new(health_addr),
             pods: PodState::default(),
+            sockets: None,
         }
     }
 
@@ -818,6 +910,7 @@ impl Reconciler {
             crate::metrics::control().synced();
         }
         self.health.set_proxy_healthy(true);
+        self.reap(&stats.gone_backends);
         if let Some(checks) = self.translator.take_health_checks() {
             self.health.update(checks);
         }
@@ -835,6 +928,29 @@ impl Reconciler {
                 }
             }
             self.tunnels = tunnels;
+        }
+    }
+}
+
+impl Reconciler {
+    /// Terminates the sockets translated to backends that are gone.
+    fn reap(&mut self, gone: &[lb::sockdestroy::GoneBackend]) {
+        let Some(Sockets { cgroup, reaper: Some(reaper) }) = &mut self.sockets else { return };
+        if gone.is_empty() {
+            return;
+        }
+        match reaper.reap(cgroup, gone) {
+            Ok(r) if r.destroyed + r.failed > 0 => info!(
+                backends = gone.len(),
+                namespaces = r.namespaces,
+                destroyed = r.destroyed,
+                refused = r.failed,
+                "terminated sockets connected to removed backends"
+            ),
+            Ok(r) => {
+                debug!(backends = gone.len(), namespaces = r.namespaces, "no socket to terminate")
+            }
+            Err(e) => warn!(error = %e, "terminating sockets of removed backends"),
         }
     }
 }

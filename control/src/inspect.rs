@@ -274,6 +274,12 @@ struct ServiceTotals {
     bytes: u64,
     new_flows: u64,
     affinity_hits: u64,
+    /// Translations at the socket: connect() and unconnected UDP datagrams.
+    sock_translated: u64,
+    /// recvmsg()/getpeername() shown the service address.
+    sock_revnat: u64,
+    /// connect()/sendmsg() refused (no usable backend).
+    sock_refused: u64,
 }
 
 impl From<ServiceTraffic> for ServiceTotals {
@@ -285,7 +291,10 @@ impl From<ServiceTraffic> for ServiceTotals {
             packets: t.packets,
             bytes: t.bytes,
             new_flows: t.new_flows,
-            affinity_hits: t.affinity_hits,
+            affinity_hits: t.affinity_hits + s.sock.affinity_hits,
+            sock_translated: s.sock.connect + s.sock.sendmsg,
+            sock_revnat: s.sock.revnat,
+            sock_refused: s.sock.refused,
         }
     }
 }
@@ -305,7 +314,11 @@ pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> 
     let counters = view.counters()?;
     let mut services: Vec<ServiceTotals> =
         view.service_traffic()?.into_iter().map(ServiceTotals::from).collect();
-    services.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.service.cmp(&b.service)));
+    services.sort_by(|a, b| {
+        (b.packets + b.sock_translated)
+            .cmp(&(a.packets + a.sock_translated))
+            .then(a.service.cmp(&b.service))
+    });
     let ev = view.events().ok();
     let stats = Stats {
         counters: counters
@@ -337,13 +350,29 @@ pub fn stats(pin_dir: &Path, all: bool, json: bool) -> anyhow::Result<ExitCode> 
     }
     println!();
     println!(
-        "{:<40} {:>6} {:>14} {:>16} {:>12} {:>12}",
-        "SERVICE", "ID", "PACKETS", "BYTES", "NEW_FLOWS", "AFFINITY"
+        "{:<40} {:>6} {:>14} {:>16} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "SERVICE",
+        "ID",
+        "PACKETS",
+        "BYTES",
+        "NEW_FLOWS",
+        "AFFINITY",
+        "SOCK_XLATE",
+        "SOCK_REV",
+        "REFUSED"
     );
     for s in &stats.services {
         println!(
-            "{:<40} {:>6} {:>14} {:>16} {:>12} {:>12}",
-            s.service, s.id, s.packets, s.bytes, s.new_flows, s.affinity_hits
+            "{:<40} {:>6} {:>14} {:>16} {:>12} {:>12} {:>12} {:>10} {:>10}",
+            s.service,
+            s.id,
+            s.packets,
+            s.bytes,
+            s.new_flows,
+            s.affinity_hits,
+            s.sock_translated,
+            s.sock_revnat,
+            s.sock_refused
         );
     }
     if let Some(e) = ev {

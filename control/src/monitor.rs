@@ -1,5 +1,6 @@
 //! `xlb monitor`: prints the datapath's event stream live (new flow →
-//! backend chosen, drop with its reason), filtered by service, address and
+//! backend chosen, socket translation → backend given, drop with its
+//! reason), filtered by service, address and
 //! reason, as text or JSON lines. The listener protocol (reader lock, lease,
 //! ring) is [`lb::events::Listener`]; ids are named through lb's read model
 //! ([`lb::view::DatapathView::names`]). This module decides what to ask for,
@@ -44,13 +45,14 @@ pub struct MonitorArgs {
     /// drop events only.
     #[arg(long)]
     reason: Option<String>,
-    /// Only new-flow events.
+    /// Only new-flow events (XDP and tc) and socket translations.
     #[arg(long, conflicts_with = "reason")]
     flows_only: bool,
     /// Only drop events.
     #[arg(long, conflicts_with = "flows_only")]
     drops_only: bool,
-    /// New-flow events: one in N (sampled in the datapath).
+    /// New-flow events and socket translations: one in N (sampled in the
+    /// datapath).
     #[arg(long, value_name = "N", default_value_t = 1)]
     sample: u32,
     /// Exit after printing this many events.
@@ -172,7 +174,7 @@ impl Decoder {
     fn decode(&mut self, r: &Record) -> (Printed, Option<u32>) {
         let mut svc_id = None;
         let (mut service, mut backend, mut backend_id) = (None, None, None);
-        if r.kind == EventKind::NewFlow {
+        if r.kind == EventKind::NewFlow || r.kind == EventKind::Sock {
             if !self.names.services.contains_key(&r.svc_id)
                 || !self.names.backends.contains_key(&r.backend_id)
             {
@@ -183,23 +185,25 @@ impl Decoder {
                 self.names.services.get(&r.svc_id).cloned().unwrap_or(format!("id:{}", r.svc_id)),
             );
             backend = self.names.backends.get(&r.backend_id).map(|(a, _)| a.to_string());
-            backend_id = Some(r.backend_id);
+            backend_id = Some(r.backend_id).filter(|id| *id != 0);
         } else if let Some(ip) = r.dst {
             // A drop sent to a frontend belongs to that service.
             svc_id = self.names.frontends.get(&(ip, r.dst_port, r.proto)).copied();
             service = svc_id.and_then(|id| self.names.services.get(&id).cloned());
         }
+        let sock = r.kind == EventKind::Sock;
         let p = Printed {
             time: (r.ts_ns as i128 + self.wall_offset) as f64 / 1e9,
             kind: r.kind.name(),
             hook: r.hook.name(),
-            iface: iface_name(r.ifindex, &mut self.ifaces),
+            // A socket event has no interface; its "source" is the backend given.
+            iface: if sock { "-".into() } else { iface_name(r.ifindex, &mut self.ifaces) },
             ifindex: r.ifindex,
             len: r.len,
             proto: proto_name(r.proto),
-            src: endpoint(r.src, r.src_port, r.proto),
+            src: if sock { None } else { endpoint(r.src, r.src_port, r.proto) },
             dst: endpoint(r.dst, r.dst_port, r.proto),
-            reason: r.drop_reason.map(|d| d.map_or("unknown", |c| c.reason())),
+            reason: r.drop_reason.or(r.sock_reason).map(|d| d.map_or("unknown", |c| c.reason())),
             service,
             backend,
             backend_id,
@@ -211,14 +215,20 @@ impl Decoder {
 fn text_line(p: &Printed) -> String {
     let secs = p.time.rem_euclid(86_400.0);
     let (h, m, s) = ((secs / 3600.0) as u32, ((secs % 3600.0) / 60.0) as u32, secs % 60.0);
+    // A socket translation reads "service address -> backend it was given".
+    let (from, to) = if p.kind == EventKind::Sock.name() {
+        (p.dst.as_deref(), p.backend.as_deref().or(Some("refused")))
+    } else {
+        (p.src.as_deref(), p.dst.as_deref())
+    };
     let mut line = format!(
         "{h:02}:{m:02}:{s:09.6} {:<10} {:<8} {:<8} {} {} -> {}",
         p.hook,
         p.iface,
         p.kind,
         p.proto,
-        p.src.as_deref().unwrap_or("?"),
-        p.dst.as_deref().unwrap_or("?")
+        from.unwrap_or("?"),
+        to.unwrap_or("?")
     );
     if let Some(r) = p.reason {
         line += &format!(" reason={r}");
@@ -243,9 +253,9 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     let mask = if reason.is_some() || args.drops_only {
         EventMask::DROP
     } else if args.flows_only {
-        EventMask::NEW_FLOW
+        EventMask::NEW_FLOW | EventMask::SOCK
     } else {
-        EventMask::NEW_FLOW | EventMask::DROP
+        EventMask::NEW_FLOW | EventMask::DROP | EventMask::SOCK
     };
     if args.sample == 0 {
         bail!("--sample 0: want 1 (every new flow) or more");

@@ -46,16 +46,20 @@ fn service(out: &mut String, svc: &Service) {
         svc.key
     )
     .ok();
-    let mut frontends = svc.frontends.clone();
-    frontends.sort_by_key(|f| (f.kind, f.addr, f.port, f.proto));
-    for f in frontends {
-        let kind = match f.kind {
-            FrontendKind::LoadBalancer => "loadbalancer",
-            FrontendKind::ExternalIp => "externalip",
-            FrontendKind::NodePort => "nodeport",
-            FrontendKind::ClusterIp => "clusterip",
-        };
-        writeln!(out, "  frontend {kind} {}/{}", SocketAddr::new(f.addr, f.port), f.proto).ok();
+    for (what, list) in [("frontend", &svc.frontends), ("socket", &svc.sock_frontends)] {
+        let mut frontends = list.clone();
+        frontends.sort_by_key(|f| (f.kind, f.addr, f.port, f.proto));
+        for f in frontends {
+            let kind = match f.kind {
+                FrontendKind::LoadBalancer => "loadbalancer",
+                FrontendKind::ExternalIp => "externalip",
+                FrontendKind::NodePort => "nodeport",
+                FrontendKind::ClusterIp => "clusterip",
+                FrontendKind::HostPort => "hostport",
+            };
+            let addr = SocketAddr::new(f.addr, f.port);
+            writeln!(out, "  {what} {kind} {addr}/{}", f.proto).ok();
+        }
     }
     let mut backends = svc.backends.clone();
     backends.sort_by(|a, b| a.name.cmp(&b.name));

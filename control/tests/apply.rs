@@ -79,7 +79,19 @@ fn manifests_to_maps_one_endpoint_change_rewrites_one_service() {
     assert_eq!(
         summary("default/nginx:http"),
         (
-            vec!["10.0.0.2:30080".to_string(), "10.100.0.1:80".to_string()],
+            // Packet frontends (NodePort on the node's address, the LB IP) and
+            // socket frontends (the same reached from inside the node, the
+            // NodePort on loopback too, and the ClusterIP).
+            [
+                "10.0.0.2:30080",
+                "10.0.0.2:30080",
+                "10.100.0.1:80",
+                "10.100.0.1:80",
+                "10.96.0.10:80",
+                "127.0.0.1:30080",
+            ]
+            .map(String::from)
+            .to_vec(),
             vec![
                 "10.244.1.11:80 via Some(10.0.0.11)".to_string(),
                 "10.244.2.11:80 via Some(10.0.0.12)".to_string()
@@ -89,7 +101,16 @@ fn manifests_to_maps_one_endpoint_change_rewrites_one_service() {
     assert_eq!(
         summary("default/nginx:http/ipv6"),
         (
-            vec!["[2001:db8:100::1]:80".to_string(), "[2001:db8:f::2]:30080".to_string()],
+            [
+                "[2001:db8:100::1]:80",
+                "[2001:db8:100::1]:80",
+                "[2001:db8:f::2]:30080",
+                "[2001:db8:f::2]:30080",
+                "[::1]:30080",
+                "[fd00:10:96::10]:80",
+            ]
+            .map(String::from)
+            .to_vec(),
             vec![
                 "[2001:db8:244:1::11]:80 via Some(2001:db8:f::11)".to_string(),
                 "[2001:db8:244:2::11]:80 via Some(2001:db8:f::12)".to_string()

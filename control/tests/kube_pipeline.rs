@@ -276,13 +276,14 @@ async fn one_endpoint_change_rewrites_one_service_and_nothing_else() {
     let after = p.datapath.dump().unwrap();
 
     // Exactly: one backend entry (its terminating flag), one Maglev table, the service
-    // value on each of its 2 frontends (active count 2 -> 1); nothing added or removed
-    // but the old table: M follows the active count (lb::maglev::auto_size, 457 -> 199),
-    // so the table moved to another size class's map.
+    // value on each of its 2 packet frontends and 3 socket frontends (active count
+    // 2 -> 1); nothing added or removed but the old table: M follows the active
+    // count (lb::maglev::auto_size, 457 -> 199), so the table moved to another
+    // size class's map.
     assert_eq!((st.services_added, st.services_removed, st.services_changed), (0, 0, 1), "{st:?}");
     assert_eq!(
         (st.backend_writes, st.table_writes, st.frontend_writes, st.deletes),
-        (1, 1, 2, 1),
+        (1, 1, 5, 1),
         "{st:?}"
     );
     assert_eq!(

@@ -221,7 +221,7 @@ fn monitor_prints_the_scripted_events() {
         assert_eq!(events_sent(pin.path()), sent0, "events built with no listener");
 
         let mut all = Monitor::start(pin.path(), &["--count", "4"]);
-        assert_eq!(cfg(pin.path()).mask, abi::EV_F_NEW_FLOW | abi::EV_F_DROP);
+        assert_eq!(cfg(pin.path()).mask, abi::EV_F_NEW_FLOW | abi::EV_F_DROP | abi::EV_F_SOCK);
         // One consumer per ring: a second monitor is refused, clearly.
         let second =
             Command::new(XLB).args(["monitor", "--pin-dir"]).arg(pin.path()).output().unwrap();

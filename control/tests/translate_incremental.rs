@@ -49,6 +49,9 @@ fn batches(cluster: &Cluster) -> Vec<Changes> {
     for s in &cluster.services {
         out.push(Changes { services: one(Some(s), ObjectKey::of(s)), ..Default::default() });
     }
+    for p in &cluster.pods {
+        out.push(Changes { pods: one(Some(p), ObjectKey::of(p)), ..Default::default() });
+    }
     // Deterministic scramble: reverse, then interleave halves.
     out.reverse();
     let half = out.len() / 2;

@@ -91,8 +91,13 @@ impl Agent {
             .arg("--pin-dir")
             .arg(&pin_dir)
             .args(if lab.is_node(node) { lab.node_cni(node).agent_args() } else { Vec::new() })
-            .args(&spec.extra_args)
-            .env("RUST_LOG", &spec.log_filter)
+            .args(&spec.extra_args);
+        // A node's agent translates service addresses at the sockets of
+        // its node's cgroup (its processes and pods; east-west, #9).
+        if let Ok(cg) = lab.cgroup(node) {
+            cmd.arg("--socket-lb").arg(cg.path());
+        }
+        cmd.env("RUST_LOG", &spec.log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)

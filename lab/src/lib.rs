@@ -12,6 +12,8 @@
 //! ([`agent`]).
 pub mod agent;
 pub mod cni;
+pub mod cgroup;
+pub mod eastwest;
 pub mod http;
 pub mod manifests;
 pub mod netns;

@@ -1,9 +1,9 @@
 //! Kubernetes manifests describing the lab's service from its spec, in the
 //! shape of control/examples/nginx.yaml (which is what they give for the
 //! default 2 × 1 lab): Service default/nginx (LoadBalancer, VIP 10.100.0.1
-//! and 2001:db8:100::1, port 80), one EndpointSlice per family listing the
-//! pods, and the Node objects of the LB and every node (the nodes with their
-//! pod ranges, spec.podCIDRs).
+//! and 2001:db8:100::1, ClusterIP 10.96.0.10 and fd00:10:96::10, port 80),
+//! one EndpointSlice per family listing the pods, and the Node objects of the
+//! LB and every node (the nodes with their pod ranges, spec.podCIDRs).
 use std::fmt::Write as _;
 
 use crate::spec::{self, LabSpec};
@@ -30,7 +30,18 @@ metadata:
   namespace: default
 spec:
   type: LoadBalancer
-  ipFamilyPolicy: PreferDualStack
+",
+    );
+    // Its ClusterIPs: what pods and nodes reach it by (east-west, #9).
+    let _ = writeln!(
+        y,
+        "  clusterIP: {}\n  clusterIPs: [{}, \"{}\"]",
+        spec::CLUSTER_IP_V4,
+        spec::CLUSTER_IP_V4,
+        spec::CLUSTER_IP_V6
+    );
+    y.push_str(
+        "  ipFamilyPolicy: PreferDualStack
   ipFamilies: [IPv4, IPv6]
   selector:
     app: nginx

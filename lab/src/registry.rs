@@ -25,6 +25,9 @@ pub(crate) struct Owned {
     namespaces: Mutex<Vec<String>>,
     pids: Mutex<Vec<i32>>,
     dirs: Mutex<Vec<PathBuf>>,
+    /// cgroup trees: killed and removed (rmdir, deepest first) before the
+    /// namespaces go.
+    cgroups: Mutex<Vec<crate::cgroup::Cgroup>>,
     done: AtomicBool,
 }
 
@@ -45,6 +48,9 @@ impl Owned {
     pub(crate) fn remove_pid(&self, pid: i32) {
         lock(&self.pids).retain(|p| *p != pid);
     }
+    pub(crate) fn add_cgroup(&self, cg: crate::cgroup::Cgroup) {
+        lock(&self.cgroups).push(cg);
+    }
     pub(crate) fn add_dir(&self, dir: PathBuf) {
         let mut dirs = lock(&self.dirs);
         if !dirs.contains(&dir) {
@@ -63,6 +69,11 @@ impl Owned {
         tracing::debug!(prefix = %self.prefix, "tearing down lab");
         let pids = lock(&self.pids).clone();
         stop_pids(&pids, Duration::from_secs(2));
+        for cg in lock(&self.cgroups).iter().rev() {
+            if let Err(e) = cg.remove() {
+                tracing::warn!(cgroup = %cg.path().display(), error = %e, "removing cgroup");
+            }
+        }
         let namespaces = lock(&self.namespaces).clone();
         for ns in namespaces.iter().rev() {
             let inside = netns::pids(ns);

@@ -20,6 +20,10 @@ pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 2);
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 pub const VIP_PORT: u16 = 80;
+/// The ClusterIPs of default/nginx: pods and nodes reach it by them,
+/// translated at their sockets by their node's agent (#9).
+pub const CLUSTER_IP_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const CLUSTER_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
 /// Routed to the load balancer by the router.
 pub const VIP_RANGE_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 100, 0, 0), 16);
 pub const VIP_RANGE_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0), 48);

@@ -18,6 +18,7 @@ use std::{
 
 use crate::{
     cni::{self, Attachment, NodeCni},
+    cgroup::{self, Cgroup},
     netns, nginx,
     process::LabChild,
     registry::Owned,
@@ -81,6 +82,8 @@ pub struct Lab {
     xdp_pass: Option<aya::Ebpf>,
     /// The pods' CNI attachments (DEL'd at teardown), by pod name.
     attachments: Mutex<BTreeMap<String, Attachment>>,
+    /// The lab's cgroup tree (east-west, #9): <cgroup2>/<prefix>.
+    cgroups: PathBuf,
 }
 
 impl std::fmt::Debug for Lab {
@@ -145,11 +148,13 @@ impl Lab {
             backends: Mutex::new(BTreeMap::new()),
             xdp_pass: None,
             attachments: Mutex::new(BTreeMap::new()),
+            cgroups: PathBuf::new(),
         };
         let t0 = Instant::now();
         std::fs::create_dir_all(&lab.tmp)
             .map_err(|source| LabError::Io { path: lab.tmp.clone(), source })?;
         lab.create_namespaces()?;
+        lab.create_cgroups()?;
         lab.wire()?;
         lab.prepare_fabric()?;
         lab.attach_pass()?;
@@ -168,6 +173,18 @@ impl Lab {
                 crate::registry::stop_pids(&netns::pids(&ns), Duration::from_millis(500));
                 netns::delete(&ns)?;
                 removed.push(ns);
+            }
+        }
+        if let Ok(root) = cgroup::root() {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if stale(base, &name) {
+                    let path = e.path();
+                    Cgroup { path: path.clone() }
+                        .remove()
+                        .map_err(|source| LabError::Io { path: path.clone(), source })?;
+                    removed.push(path.display().to_string());
+                }
             }
         }
         for dir in [PathBuf::from(BPFFS), std::env::temp_dir()] {
@@ -386,6 +403,7 @@ impl Lab {
         let mut cmd = Command::new("nginx");
         cmd.arg("-c").arg(&conf).arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log"));
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        self.cgroup(pod)?.join_before_exec(&mut cmd);
         let mut child = self.spawn(&p.host.ns, cmd)?;
         child.name = format!("nginx {pod}");
         let targets = [SocketAddr::from((p.host.v4, 80)), SocketAddr::from((p.host.v6, 80))];
@@ -625,6 +643,39 @@ impl Drop for Lab {
         self.xdp_pass = None;
         self.owned.teardown();
         tracing::info!(prefix = %self.prefix, took_ms = t0.elapsed().as_millis() as u64, "lab torn down");
+    }
+}
+
+// --- East-west (#9): every node and pod in a cgroup of its own ---
+
+impl Lab {
+    /// The cgroup of node or pod `name`: <cgroup2>/<prefix>/<node>[/<pod>].
+    /// A node's agent attaches xlb's socket programs at its node's
+    /// directory and so sees exactly that node's processes and pods.
+    pub fn cgroup(&self, name: &str) -> Result<Cgroup, LabError> {
+        if let Some(n) = self.nodes.iter().find(|n| n.host.name == name) {
+            return Ok(Cgroup { path: self.cgroups.join(&n.host.name) });
+        }
+        let p = self.pod(name).ok_or_else(|| LabError::UnknownNamespace {
+            name: name.into(),
+            prefix: self.prefix.clone(),
+            known: self.nodes.iter().map(|n| n.host.name.as_str()).collect::<Vec<_>>().join(", "),
+        })?;
+        Ok(Cgroup { path: self.cgroups.join(&p.node).join(&p.host.name) })
+    }
+
+    fn create_cgroups(&mut self) -> Result<(), LabError> {
+        self.cgroups = cgroup::root()?.join(&self.prefix);
+        let top = Cgroup::create(&self.cgroups)?;
+        // The whole tree goes at teardown (processes killed, rmdir deepest first).
+        self.owned.add_cgroup(top.clone());
+        for n in &self.nodes {
+            let node = top.child(&n.host.name)?;
+            for p in &n.pods {
+                node.child(&p.host.name)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,9 @@
  * xlb_exit() once with the final reason and verdict.
  *
  * API
- *   int  xlb_exit(ctx, hook, reason, bytes, verdict)
+ *   void xlb_count(hook, reason, bytes)
+ *       counts {1, bytes} in xlb_counters[hook][reason] on this CPU.
+ *   int  xlb_exit(ctx, hook, reason, bytes, verdict)     (packet programs)
  *       counts {1 packet, bytes} in xlb_counters[hook][reason] on this CPU,
  *       emits a drop event when the reason is a DROP_* and a listener wants
  *       one (events.h), and returns the verdict. `bytes` is the frame length
@@ -23,26 +25,38 @@
 #define XLB_COUNTERS_H
 
 #include "maps.h"
-#include "ctx.h"
 #include "events.h"
 
-static __always_inline int xlb_exit(struct xlb_ctx *ctx, __u32 hook, __u32 reason, __u32 bytes,
-				    int verdict)
+static __always_inline void xlb_count(__u32 hook, __u32 reason, __u32 bytes)
 {
 	__u32 key = hook * XLB_REASON_MAX + (reason & (XLB_REASON_MAX - 1));
-	struct xlb_count *c;
+	struct xlb_count *c = bpf_map_lookup_elem(&xlb_counters, &key);
 
-	if (xlb_reason_is_drop(reason))
-		xlb_ev_drop(xlb_ctx_data(ctx), xlb_ctx_data_end(ctx), reason, hook,
-			    xlb_ctx_ifindex(ctx), bytes);
-	c = bpf_map_lookup_elem(&xlb_counters, &key);
 	/* Per-CPU value: plain adds, no atomics needed. */
 	if (c) {
 		c->packets++;
 		c->bytes += bytes;
 	}
+}
+
+/* The packet programs' exit (the socket programs, with no packet, count
+ * through xlb_count in sock/). */
+#if defined(XLB_CTX_XDP) || defined(XLB_CTX_SKB)
+#include "ctx.h"
+
+static __always_inline int xlb_exit(struct xlb_ctx *ctx, __u32 hook, __u32 reason, __u32 bytes,
+				    int verdict)
+{
+	/* Counted before the event: with the event first, clang 14 emitted code
+	 * for xlb_tc_ingress that the 6.18 verifier rejects ("R7 pointer
+	 * arithmetic on pkt_end prohibited"). */
+	xlb_count(hook, reason, bytes);
+	if (xlb_reason_is_drop(reason))
+		xlb_ev_drop(xlb_ctx_data(ctx), xlb_ctx_data_end(ctx), reason, hook,
+			    xlb_ctx_ifindex(ctx), bytes);
 	return verdict;
 }
+#endif
 
 static __always_inline void xlb_count_svc(__u32 svc_id, __u32 bytes, __u32 new_flow,
 					  __u32 affinity_hit)

@@ -12,7 +12,9 @@
  *             at the exit (a frame dropped after encapsulation shows its
  *             outer headers; a truncated one as much as it holds).
  *
- * Policy verdicts (XLB_EV_POLICY) will use the same record and ring.
+ * Policy verdicts (XLB_EV_POLICY) will use the same record and ring;
+ * socket translations (XLB_EV_SOCK) are emitted by sock/ through
+ * xlb_ev_wanted/xlb_ev_reserve/xlb_ev_submit.
  *
  * Cost: nothing is built unless a listener asked for that kind of event in
  * xlb_events_cfg.mask (written by `xlb monitor`, which renews a lease; the
@@ -33,7 +35,7 @@
 #define XLB_EVENTS_H
 
 #include "maps.h"
-#include "parse.h"
+#include "addr.h"
 
 /* Set by the loader before load (.rodata); 0: no event code at all. */
 volatile const __u32 xlb_events_enabled = 1;
@@ -115,6 +117,11 @@ static __always_inline void xlb_ev_new_flow(const struct xlb_flow_key *client, c
 	xlb_ev_submit(ev);
 }
 
+/* Drop events read the frame: packet programs only (the socket programs
+ * have no packet; ctx.h says which context a program is). */
+#if defined(XLB_CTX_XDP) || defined(XLB_CTX_SKB)
+#include "parse.h"
+
 /* Addresses, protocol and ports of a frame, as far as it holds them. Not
  * xlb_parse(): that one stops at the first problem, and problems are what
  * drop events are about. */
@@ -188,5 +195,7 @@ static __always_inline void xlb_ev_drop(void *data, void *data_end, __u32 reason
 	xlb_ev_tuple(data, data_end, &ev->tuple);
 	xlb_ev_submit(ev);
 }
+
+#endif /* packet contexts */
 
 #endif /* XLB_EVENTS_H */

@@ -28,8 +28,8 @@
 #ifndef XLB_MAGLEV_H
 #define XLB_MAGLEV_H
 
+#include "addr.h"
 #include "conntrack.h"
-#include "parse.h"
 
 struct xlb_sel {
 	struct xlb_backend *be;

@@ -313,4 +313,49 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_snat_stats SEC(".maps");
 
+/* ---- east-west: socket-level load balancing (#9) -------------------------
+ * Types and meaning: xlb_abi.h. xlb_sock_state is socket storage: not
+ * sized (one value per socket that was translated), pinned so that a
+ * restarted agent's programs see the sockets translated before. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct xlb_frontend_key);
+	__type(value, struct xlb_service);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_sock_frontends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, struct xlb_sock_state);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_sock_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct xlb_sock_aff_key);
+	__type(value, struct xlb_affinity_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_sock_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xlb_sock_stats);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_sock_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct xlb_frontend_key);
+	__type(value, __u32);
+	__uint(max_entries, XLB_SOCK_KILL_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_sock_kill SEC(".maps");
+
 #endif /* XLB_MAPS_H */

@@ -58,8 +58,7 @@
  *       direction, with the quoted headers' offsets and, when the quote
  *       holds it, its L4 checksum. -XLB_PASS_ICMP_NO_FLOW otherwise.
  *   xlb_l3_off(&pkt), xlb_l4_off(&pkt)   masked offsets (see below)
- *   xlb_addr_copy(dst, src), xlb_addr_eq(a, b), xlb_addr_zero(a)
- *       16-byte address copy / compare / test through 4-byte words.
+ *   (address helpers: addr.h)
  *
  * Every function here is __always_inline: the callers are single programs
  * and the verifier keeps packet-pointer ranges only within one frame.
@@ -75,6 +74,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include "ctx.h"
+#include "addr.h"
 
 /* IPv6 extension headers followed before giving up (bounded loop). */
 #define XLB_IPV6_EXT_MAX 4
@@ -157,28 +157,6 @@ _Static_assert(XLB_L3_OFF_MASK + 60 + XLB_IPV6_EXT_MAX * 2048 <= XLB_L4_OFF_MASK
 
 #define xlb_l3_off(pkt) ((pkt)->l3_off & XLB_L3_OFF_MASK)
 #define xlb_l4_off(pkt) ((pkt)->l4_off & XLB_L4_OFF_MASK)
-
-/* Addresses in ABI structs are u8[16]; the containers (xlb_pkt, map values)
- * are at least 4-byte aligned, so moving them as words is safe and saves the
- * byte-by-byte code clang emits for a u8[16] memcpy. */
-static __always_inline void xlb_addr_copy(void *dst, const void *src)
-{
-	xlb_ctx_copy(dst, src, 16);
-}
-
-static __always_inline int xlb_addr_eq(const void *a, const void *b)
-{
-	const __u32 *x = a, *y = b;
-
-	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
-}
-
-static __always_inline int xlb_addr_zero(const void *a)
-{
-	const __u32 *x = a;
-
-	return (x[0] | x[1] | x[2] | x[3]) == 0;
-}
 
 static __always_inline int xlb_parse_eth(struct xlb_ctx *ctx, struct xlb_pkt *pkt)
 {

@@ -61,6 +61,9 @@ enum xlb_svc_flags {
 	XLB_SVC_F_AFFINITY = 1 << 0,	  /* sessionAffinity: ClientIP */
 	XLB_SVC_F_SOURCE_RANGES = 1 << 1, /* loadBalancerSourceRanges apply */
 	XLB_SVC_F_NODEPORT = 1 << 2,	  /* frontend is a NodePort */
+	/* #9: what a frontend is, for listings (the programs do not read them) */
+	XLB_SVC_F_CLUSTER_IP = 1 << 3, /* frontend is a ClusterIP */
+	XLB_SVC_F_HOST_PORT = 1 << 4,  /* frontend is a pod's hostPort */
 };
 
 /* xlb_service.encap */
@@ -263,7 +266,7 @@ enum xlb_hook {
 	XLB_HOOK_XDP = 0,	  /* XDP on a NIC */
 	XLB_HOOK_TC_INGRESS = 1,  /* tc ingress of a node NIC */
 	XLB_HOOK_TC_EGRESS = 2,	  /* tc egress of a node NIC */
-	XLB_HOOK_SOCK = 3,	  /* cgroup socket hooks (reserved) */
+	XLB_HOOK_SOCK = 3,	  /* cgroup socket hooks (sock/) */
 	XLB_HOOK_TC_POD_FROM = 4, /* tc ingress of a pod's host-side veth: from the pod */
 	XLB_HOOK_TC_POD_TO = 5,	  /* tc egress of a pod's host-side veth: to the pod */
 	XLB_HOOK_MAX = 8,
@@ -323,6 +326,17 @@ enum xlb_counter {
 	XLB_DROP_NO_ENDPOINT = 154,    /* to this node's pod range: no such pod */
 	XLB_DROP_SNAT_EXHAUSTED = 155, /* masquerade: no free port for the flow */
 	XLB_DROP_POD_TOO_BIG = 156,    /* oversize: no ICMP (not DF, or rate limit) */
+	/* #9 east-west (sock/, hook SOCK; the fallback in tc/) */
+	XLB_OK_SOCK_CONNECT = 64,     /* connect(): service address translated to a backend */
+	XLB_OK_SOCK_SENDMSG = 65,     /* sendmsg() of unconnected UDP: destination translated */
+	XLB_OK_SOCK_REVNAT = 66,      /* recvmsg()/getpeername(): backend shown as the service */
+	XLB_OK_FALLBACK_NAT = 67,     /* tc: a packet no hooked socket translated, DNAT'd */
+	XLB_OK_FALLBACK_REVNAT = 68,  /* tc: its reply's source rewritten back to the service */
+	XLB_PASS_SOCK_NO_REVNAT = 96, /* recvmsg/getpeername: not an address the socket was given */
+	XLB_PASS_SOCK_HOST_ONLY = 97, /* host-only mode: a socket outside the host netns */
+	XLB_PASS_SOCK_PROTO = 98,     /* not TCP or UDP (SCTP, raw, ...) */
+	XLB_DROP_SOCK_STATE = 136,    /* no socket storage for the translation: refused */
+	XLB_DROP_SOCK_FAMILY = 137,   /* backend of another family than the socket can reach */
 };
 
 enum xlb_counter_limits {
@@ -381,6 +395,7 @@ enum xlb_event_type {
 	XLB_EV_NEW_FLOW = 1, /* a backend was chosen for a new flow */
 	XLB_EV_DROP = 2,     /* a packet was dropped: reason = enum xlb_counter */
 	XLB_EV_POLICY = 3,   /* reserved: NetworkPolicy verdict (tc); policy_id, reason = verdict */
+	XLB_EV_SOCK = 4,     /* a socket's destination translated (sock/): see below */
 };
 
 /* xlb_events_cfg.mask: 1 << type. */
@@ -388,6 +403,7 @@ enum xlb_event_flags {
 	XLB_EV_F_NEW_FLOW = 1 << XLB_EV_NEW_FLOW,
 	XLB_EV_F_DROP = 1 << XLB_EV_DROP,
 	XLB_EV_F_POLICY = 1 << XLB_EV_POLICY,
+	XLB_EV_F_SOCK = 1 << XLB_EV_SOCK,
 };
 
 /* xlb_event.hook: enum xlb_hook. */
@@ -412,7 +428,11 @@ struct xlb_event {
 	__u32 len;	  /* frame length as received */
 	/* XLB_EV_NEW_FLOW: client -> frontend (before DNAT). XLB_EV_DROP: the
 	 * packet's own addresses and ports as far as they could be read
-	 * (family 0: not IP or truncated before the addresses). */
+	 * (family 0: not IP or truncated before the addresses). XLB_EV_SOCK
+	 * (sampled like new flows, ifindex 0, len 0, reason the OK_SOCK_* or
+	 * DROP_* counter it was counted under): backend <- service, i.e.
+	 * saddr/sport the backend the socket was given (zero when refused),
+	 * daddr/dport the service address the application used. */
 	struct xlb_flow_key tuple;
 };
 _Static_assert(sizeof(struct xlb_event) == 72, "xlb_event size");
@@ -648,5 +668,83 @@ struct xlb_snat_stats {
 	__u64 reclaimed;  /* idle mappings taken over */
 };
 _Static_assert(sizeof(struct xlb_snat_stats) == 32, "xlb_snat_stats size");
+
+/* ==== east-west: socket-level load balancing (#9) ===========================
+ * The cgroup sock_addr programs (sock/xlb_sock.c) translate a service
+ * address once per connection, at connect() (TCP, connected UDP) and at
+ * sendmsg() of unconnected UDP, and show the service address again at
+ * recvmsg() and getpeername(). Backends are picked with the services' own
+ * tables (xlb_maglev_pick, maglev.h) from a hash of the socket cookie.
+ *
+ * xlb_sock_frontends: HASH, struct xlb_frontend_key -> struct xlb_service.
+ * The addresses in-cluster clients reach a service by: every ClusterIP, and
+ * LoadBalancer IPs, externalIPs and NodePorts (on this node's addresses and
+ * loopback) as seen from inside the node. Its own map, not a flag in
+ * xlb_frontends: XDP never reads it (a ClusterIP is not answered from
+ * outside), and one address may belong to two services (an
+ * externalTrafficPolicy: Local LoadBalancer IP: node-local endpoints from
+ * outside, all of them from inside). Written by the services reconciler
+ * beside xlb_frontends.
+ *
+ * xlb_sock_state: SK_STORAGE, per socket: struct xlb_sock_state. The
+ * services the socket was translated to, with the backend it was given
+ * (socket-cookie affinity: unconnected UDP keeps sending to it while it is
+ * valid) and the address to show for it (recvmsg, getpeername). Socket
+ * storage lives and dies with its socket: nothing to age out, and a burst of
+ * short connections cannot evict a long-lived socket's translation. */
+enum xlb_sock_consts {
+	XLB_SOCK_RECS = 4, /* services one socket remembers (round robin beyond) */
+};
+
+struct xlb_sock_rec {
+	__u8 vaddr[16]; /* the service address the application used */
+	__u8 baddr[16]; /* the backend address the socket was given */
+	__be16 vport;
+	__be16 bport;
+	__u8 family; /* of both (an IPv4-mapped IPv6 socket's records are IPv4) */
+	__u8 proto;
+	__u16 pad;
+	__u32 svc_id; /* 0 with backend_id 0: a free record */
+	__u32 backend_id;
+	__u32 backend_gen;
+};
+_Static_assert(sizeof(struct xlb_sock_rec) == 52, "xlb_sock_rec size");
+
+struct xlb_sock_state {
+	struct xlb_sock_rec rec[XLB_SOCK_RECS];
+	__u32 next; /* the record the next new service replaces */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct xlb_sock_state) == 4 * 52 + 8, "xlb_sock_state size");
+
+/* xlb_sock_affinity: LRU_HASH, struct xlb_sock_aff_key -> struct
+ * xlb_affinity_entry. sessionAffinity: ClientIP for sockets: a pod's
+ * client address is its network namespace, so the key is the namespace's
+ * cookie (the host's processes share the node's). */
+struct xlb_sock_aff_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct xlb_sock_aff_key) == 16, "xlb_sock_aff_key size");
+
+/* xlb_sock_stats: PERCPU_ARRAY, __u32 service id -> struct xlb_sock_stats:
+ * socket translations per service (zeroed with the service's statistics). */
+struct xlb_sock_stats {
+	__u64 connect;	     /* connect() translated */
+	__u64 sendmsg;	     /* unconnected UDP datagrams translated */
+	__u64 revnat;	     /* recvmsg()/getpeername() shown the service address */
+	__u64 refused;	     /* connect()/sendmsg() refused: no usable backend */
+	__u64 affinity_hits; /* backend from ClientIP affinity */
+};
+_Static_assert(sizeof(struct xlb_sock_stats) == 40, "xlb_sock_stats size");
+
+/* xlb_sock_kill: HASH, struct xlb_frontend_key (a removed backend's
+ * address, port and protocol) -> __u32 (1). Written by the agent around a
+ * run of the socket iterators (sock/xlb_sock_iter.c): connected UDP sockets
+ * and connecting TCP sockets whose peer is listed are destroyed. */
+enum xlb_sock_kill_limits {
+	XLB_SOCK_KILL_MAX = 4096,
+};
 
 #endif /* XLB_ABI_H */

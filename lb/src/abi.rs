@@ -28,6 +28,8 @@ abi_consts! {
     SVC_F_AFFINITY: u32 = 1 << 0;
     SVC_F_SOURCE_RANGES: u32 = 1 << 1;
     SVC_F_NODEPORT: u32 = 1 << 2;
+    SVC_F_CLUSTER_IP: u32 = 1 << 3;
+    SVC_F_HOST_PORT: u32 = 1 << 4;
     ENCAP_GENEVE: u8 = 0;
     ENCAP_IPIP: u8 = 1;
     BE_F_ACTIVE: u32 = 1 << 0;
@@ -88,12 +90,22 @@ abi_consts! {
     SNAT_OTHER_IDLE_S: u32 = 60;
     SNAT_PORT_MIN: u16 = 61000;
     SNAT_PORT_MAX: u16 = 65535;
+    EV_SOCK: u8 = 4;
+    EV_F_SOCK: u32 = 1 << EV_SOCK;
+    /// Services one socket's storage remembers (xlb_sock_state).
+    SOCK_RECS: usize = 4;
+    /// Entries of xlb_sock_kill.
+    SOCK_KILL_MAX: u32 = 4096;
 }
+
+/// The xlb_service flags that describe one frontend (what it is), not its service.
+pub const SVC_F_PER_FRONTEND: u32 = SVC_F_NODEPORT | SVC_F_CLUSTER_IP | SVC_F_HOST_PORT;
 
 /// xlb_event.hook values (the same numbers as HOOK_*).
 pub const EV_HOOK_XDP: u8 = HOOK_XDP;
 pub const EV_HOOK_TC_INGRESS: u8 = HOOK_TC_INGRESS;
 pub const EV_HOOK_TC_EGRESS: u8 = HOOK_TC_EGRESS;
+pub const EV_HOOK_SOCK: u8 = HOOK_SOCK;
 
 /// Where a program ran (enum xlb_hook): the first index of xlb_counters and
 /// the `hook` label of the counter metrics.
@@ -328,6 +340,23 @@ abi_struct!(
 abi_struct!(
     /// Per-CPU value of xlb_snat_stats.
     SnatStats = "xlb_snat_stats", 32 { allocated: u64, collisions: u64, exhausted: u64, reclaimed: u64 });
+abi_struct!(
+    /// One service a socket was translated to (xlb_sock_state).
+    SockRec = "xlb_sock_rec", 52 {
+    vaddr: [u8; 16], baddr: [u8; 16], vport: u16 /* network order */, bport: u16, family: u8,
+    proto: u8, pad: u16, svc_id: u32, backend_id: u32, backend_gen: u32,
+});
+abi_struct!(
+    /// Value of xlb_sock_state (socket storage).
+    SockState = "xlb_sock_state", 216 { rec: [SockRec; SOCK_RECS], next: u32, pad: u32 });
+abi_struct!(
+    /// Key of xlb_sock_affinity.
+    SockAffKey = "xlb_sock_aff_key", 16 { netns_cookie: u64, svc_id: u32, pad: u32 });
+abi_struct!(
+    /// Per-CPU value of xlb_sock_stats.
+    SockStats = "xlb_sock_stats", 40 {
+    connect: u64, sendmsg: u64, revnat: u64, refused: u64, affinity_hits: u64,
+});
 
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
@@ -369,6 +398,10 @@ pub const LAYOUTS: &[StructLayout] = &[
     PodnetCfg::LAYOUT,
     SnatEntry::LAYOUT,
     SnatStats::LAYOUT,
+    SockRec::LAYOUT,
+    SockState::LAYOUT,
+    SockAffKey::LAYOUT,
+    SockStats::LAYOUT,
 ];
 
 // ---- #14 performance: Maglev tables by size class ----------------------------
@@ -505,6 +538,16 @@ counters! {
     DropNoEndpoint = 154 => "drop_no_endpoint",
     DropSnatExhausted = 155 => "drop_snat_exhausted",
     DropPodTooBig = 156 => "drop_pod_too_big",
+    OkSockConnect = 64 => "ok_sock_connect",
+    OkSockSendmsg = 65 => "ok_sock_sendmsg",
+    OkSockRevnat = 66 => "ok_sock_revnat",
+    OkFallbackNat = 67 => "ok_fallback_nat",
+    OkFallbackRevnat = 68 => "ok_fallback_revnat",
+    PassSockNoRevnat = 96 => "pass_sock_no_revnat",
+    PassSockHostOnly = 97 => "pass_sock_host_only",
+    PassSockProto = 98 => "pass_sock_proto",
+    DropSockState = 136 => "drop_sock_state",
+    DropSockFamily = 137 => "drop_sock_family",
 }
 
 impl Counter {

@@ -180,6 +180,8 @@ impl EventMask {
     pub const NEW_FLOW: EventMask = EventMask(abi::EV_F_NEW_FLOW);
     pub const DROP: EventMask = EventMask(abi::EV_F_DROP);
     pub const POLICY: EventMask = EventMask(abi::EV_F_POLICY);
+    /// Socket translations (sock/), sampled like new flows.
+    pub const SOCK: EventMask = EventMask(abi::EV_F_SOCK);
 
     pub fn bits(self) -> u32 {
         self.0
@@ -332,6 +334,9 @@ pub struct Record {
     pub hook: EventHook,
     /// Drop events: the reason (`Err`: a counter number this build does not know).
     pub drop_reason: Option<Result<Counter, u16>>,
+    /// Socket events: the counter it was counted under (ok_sock_connect,
+    /// ok_sock_sendmsg, or the drop that refused the call).
+    pub sock_reason: Option<Result<Counter, u16>>,
     pub ifindex: u32,
     /// Frame length as received.
     pub len: u32,
@@ -341,7 +346,8 @@ pub struct Record {
     /// IP protocol (0: not read).
     pub proto: u8,
     /// New flows: client -> frontend; drops: the packet's addresses and
-    /// ports as far as they could be read (None: not IP, or truncated).
+    /// ports as far as they could be read (None: not IP, or truncated);
+    /// socket translations: backend (src) <- service address (dst).
     pub src: Option<IpAddr>,
     pub src_port: u16,
     pub dst: Option<IpAddr>,
@@ -356,6 +362,8 @@ impl From<&Event> for Record {
             kind: EventKind::of(ev),
             hook: EventHook::of(ev),
             drop_reason: drop_reason(ev),
+            sock_reason: (ev.r#type == abi::EV_SOCK)
+                .then(|| Counter::from_u32(ev.reason as u32).ok_or(ev.reason)),
             ifindex: ev.ifindex,
             len: ev.len,
             svc_id: ev.svc_id,
@@ -375,6 +383,8 @@ pub enum EventKind {
     NewFlow,
     Drop,
     Policy,
+    /// A socket's destination translated at connect/sendmsg (or refused).
+    Sock,
     Unknown(u8),
 }
 
@@ -384,6 +394,7 @@ impl EventKind {
             abi::EV_NEW_FLOW => EventKind::NewFlow,
             abi::EV_DROP => EventKind::Drop,
             abi::EV_POLICY => EventKind::Policy,
+            abi::EV_SOCK => EventKind::Sock,
             n => EventKind::Unknown(n),
         }
     }
@@ -393,6 +404,7 @@ impl EventKind {
             EventKind::NewFlow => "new_flow",
             EventKind::Drop => "drop",
             EventKind::Policy => "policy",
+            EventKind::Sock => "sock",
             EventKind::Unknown(_) => "unknown",
         }
     }
@@ -404,6 +416,7 @@ pub enum EventHook {
     Xdp,
     TcIngress,
     TcEgress,
+    Sock,
     Unknown(u8),
 }
 
@@ -413,6 +426,7 @@ impl EventHook {
             abi::EV_HOOK_XDP => EventHook::Xdp,
             abi::EV_HOOK_TC_INGRESS => EventHook::TcIngress,
             abi::EV_HOOK_TC_EGRESS => EventHook::TcEgress,
+            abi::EV_HOOK_SOCK => EventHook::Sock,
             n => EventHook::Unknown(n),
         }
     }
@@ -422,6 +436,7 @@ impl EventHook {
             EventHook::Xdp => "xdp",
             EventHook::TcIngress => "tc_ingress",
             EventHook::TcEgress => "tc_egress",
+            EventHook::Sock => "sock",
             EventHook::Unknown(_) => "unknown",
         }
     }

@@ -18,5 +18,6 @@ pub mod model;
 pub mod neigh;
 pub mod objects;
 pub mod reconcile;
+pub mod sockdestroy;
 pub mod store;
 pub mod view;

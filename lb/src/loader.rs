@@ -1,9 +1,13 @@
-//! Loading and attaching the datapath: both embedded objects (XDP and tc) are
-//! loaded with configured map sizes, their maps pinned by name under one
-//! directory (so the two objects share them and a restarted agent finds them),
-//! and attached through pinned links that a new agent replaces atomically.
+//! Loading and attaching the datapath: the embedded objects (XDP, tc and the
+//! cgroup socket programs) are loaded with configured map sizes, their maps
+//! pinned by name under one directory (so the objects share them and a
+//! restarted agent finds them), and attached through pinned links that a new
+//! agent replaces atomically: XDP and tc on interfaces, the socket programs
+//! at a cgroup (v2) — a node's cgroup root ([`cgroup2_root`]), or in tests
+//! and labs a cgroup they made.
 use std::{
     io,
+    os::fd::{AsFd, AsRawFd, FromRawFd},
     path::{Path, PathBuf},
 };
 
@@ -12,7 +16,8 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        Xdp, XdpMode as AyaXdpMode,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -114,6 +119,9 @@ impl MapSizes {
             ("xlb_tunnel_peers", self.pod_routes),
             ("xlb_snat", self.snat),
             ("xlb_snat_rev", self.snat),
+            ("xlb_sock_frontends", self.frontends),
+            ("xlb_sock_affinity", self.affinity),
+            ("xlb_sock_stats", self.services),
         ]
         .into_iter()
         .chain(classes)
@@ -130,6 +138,20 @@ pub struct LoadOptions {
     /// (events.h): false removes the event points from the programs
     /// altogether (the verifier prunes them), so no listener can turn them on.
     pub events_enabled: bool,
+    /// Which sockets the socket programs translate (a load-time constant).
+    pub sock_scope: SockScope,
+}
+
+/// Which sockets below the hooked cgroup the socket programs translate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SockScope {
+    /// Every socket, in any network namespace.
+    #[default]
+    All,
+    /// Only sockets of the network namespace with this cookie (the node's:
+    /// [`netns_cookie`]); pods' sockets are left alone (their sidecar
+    /// proxies see the ClusterIP) and their packets take the per-packet path.
+    HostOnly { netns_cookie: u64 },
 }
 
 impl LoadOptions {
@@ -146,6 +168,7 @@ impl Default for LoadOptions {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             sizes: MapSizes::default(),
             events_enabled: true,
+            sock_scope: SockScope::All,
         }
     }
 }
@@ -205,12 +228,24 @@ const POD_PROGRAMS: [(&str, TcAttachType, &str); 2] =
 /// Link pins of pods start with this: they belong to the pods (xlb-cni
 /// makes and removes them), not to the agent.
 const POD_LINK_PREFIX: &str = "pod_";
+/// The socket programs (sock/xlb_sock.c), each named after its hook.
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "xlb_sock_connect4",
+    "xlb_sock_connect6",
+    "xlb_sock_sendmsg4",
+    "xlb_sock_sendmsg6",
+    "xlb_sock_recvmsg4",
+    "xlb_sock_recvmsg6",
+    "xlb_sock_getpeername4",
+    "xlb_sock_getpeername6",
+];
 
-/// Both datapath objects, loaded, their maps pinned under `pin_dir`.
+/// The datapath objects, loaded, their maps pinned under `pin_dir`.
 #[derive(Debug)]
 pub struct Dataplane {
     xdp: Ebpf,
     tc: Ebpf,
+    sock: Ebpf,
     pin_dir: PathBuf,
 }
 
@@ -229,16 +264,26 @@ fn is_bpffs(path: &Path) -> bool {
 /// Name of the load-time constant that enables the event points (events.h).
 const EVENTS_ENABLED_GLOBAL: &str = "xlb_events_enabled";
 
+/// Name of the load-time constant of host-only socket translation (sock/xlate.h).
+const SOCK_HOST_NETNS_GLOBAL: &str = "xlb_sock_host_netns";
+
 fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result<Ebpf, LoadError> {
     let sizes = opts.sizes.by_map();
     let events_enabled = u32::from(opts.events_enabled);
+    let host_netns = match opts.sock_scope {
+        SockScope::All => 0u64,
+        SockScope::HostOnly { netns_cookie } => netns_cookie,
+    };
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&opts.pin_dir);
     for (name, size) in sizes.iter() {
         loader.map_max_entries(name, *size);
     }
-    // must_exist: both objects include events.h; a missing constant is a build bug.
+    // must_exist: every object includes events.h; a missing constant is a build bug.
     loader.override_global(EVENTS_ENABLED_GLOBAL, &events_enabled, true);
+    if object == "sock" {
+        loader.override_global(SOCK_HOST_NETNS_GLOBAL, &host_netns, true);
+    }
     loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
 }
 
@@ -289,6 +334,7 @@ impl Dataplane {
         prepare_stateless_maps(opts)?;
         let mut xdp = load_object(opts, "xdp", objects::xdp())?;
         let mut tc = load_object(opts, "tc", objects::tc())?;
+        let mut sock = load_object(opts, "sock", objects::sock())?;
         program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
             .load()
             .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
@@ -297,7 +343,12 @@ impl Dataplane {
                 .load()
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
-        Ok(Dataplane { xdp, tc, pin_dir: opts.pin_dir.clone() })
+        for p in SOCK_PROGRAMS {
+            program_mut::<CgroupSockAddr>(&mut sock, "sock", p)?
+                .load()
+                .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
+        }
+        Ok(Dataplane { xdp, tc, sock, pin_dir: opts.pin_dir.clone() })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -414,6 +465,49 @@ impl Dataplane {
             }
         }
         Ok(moved)
+    }
+
+    /// Attaches the socket programs at `cgroup` (a cgroup v2 directory:
+    /// every process below it is served, in whatever network namespace). As
+    /// with the other hooks, a link a previous agent pinned is kept and its
+    /// program replaced atomically (BPF_LINK_UPDATE): no connect() meets an
+    /// untranslated moment. Links are pinned as links/sock_<program>; one
+    /// cgroup per pin directory (a pinned link keeps the cgroup it was made
+    /// for).
+    pub fn attach_sock(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        let cg = std::fs::File::open(cgroup)
+            .map_err(|source| LoadError::PinDir { path: cgroup.to_path_buf(), source })?;
+        let iface = cgroup.display().to_string();
+        for program in SOCK_PROGRAMS {
+            let path = self.link_path("sock", program.trim_start_matches("xlb_sock_"));
+            let prog = program_mut::<CgroupSockAddr>(&mut self.sock, "sock", program)?;
+            let attach_err =
+                |e| LoadError::Attach { program, iface: iface.clone(), source: Box::new(e) };
+            if let Ok(old) = obj_get(&path) {
+                let fd = prog.fd().map_err(attach_err)?;
+                link_update(old.as_raw_fd(), fd.as_fd().as_raw_fd()).map_err(|e| {
+                    LoadError::LinkPin {
+                        path: path.clone(),
+                        detail: format!("replacing the program: {e}"),
+                    }
+                })?;
+                continue;
+            }
+            // A bpf_link on a cgroup always lets others attach beside it (the
+            // kernel refuses link_create flags: "Single" passes none).
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
+            pin_link(fd, &path)?;
+        }
+        Ok(())
+    }
+
+    /// The socket program `name` (one of [`SOCK_PROGRAMS`]), for tests.
+    pub fn sock_program(&mut self, name: &'static str) -> Result<&mut CgroupSockAddr, LoadError> {
+        program_mut::<CgroupSockAddr>(&mut self.sock, "sock", name)
     }
 
     /// Removes every pinned link of the agent under this pin directory: the
@@ -586,6 +680,139 @@ pub fn detach_pod(pin_dir: &Path, iface: &str) -> Result<(), LoadError> {
 /// Whether the agent has pinned the pods' programs under `pin_dir`.
 pub fn pod_programs_pinned(pin_dir: &Path) -> bool {
     POD_PROGRAMS.iter().all(|(p, _, _)| pin_dir.join(POD_PROGRAM_DIR).join(p).exists())
+}
+
+/// BPF_OBJ_GET: the object pinned at `path`.
+fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr =
+        ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, pad: 0 };
+    // SAFETY: attr is the kernel's obj_get layout and points at a valid C
+    // string for the call; a returned fd is ours to own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGetAttr,
+            std::mem::size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_LINK_UPDATE: the link runs `prog_fd` from now on (atomically).
+fn link_update(link_fd: i32, prog_fd: i32) -> io::Result<()> {
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    #[repr(C)]
+    struct LinkUpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let attr = LinkUpdateAttr {
+        link_fd: link_fd as u32,
+        new_prog_fd: prog_fd as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: the attr struct is the kernel's link_update layout, valid for
+    // the call; the fds are open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &attr as *const LinkUpdateAttr,
+            std::mem::size_of::<LinkUpdateAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo (`/sys/fs/cgroup`
+/// on a unified host, `/sys/fs/cgroup/unified` on a hybrid one): the root
+/// the agent attaches the socket programs at. None: no cgroup2 mounted.
+pub fn cgroup2_root() -> io::Result<Option<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(cgroup2_in_mountinfo(&info))
+}
+
+/// The first cgroup2 mount point of a mountinfo text.
+pub fn cgroup2_in_mountinfo(info: &str) -> Option<PathBuf> {
+    info.lines().find_map(|line| {
+        // "id parent maj:min root mountpoint opts [optional...] - fstype source superopts"
+        let (pre, post) = line.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        let point = pre.split(' ').nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
+/// Linux 5.14): what bpf_get_netns_cookie() returns for its sockets.
+pub fn netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a datagram socket, closed by OwnedFd; getsockopt writes at
+    // most `len` bytes into `cookie`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cookie)
+    }
 }
 
 fn ifindex(iface: &str) -> Option<u32> {

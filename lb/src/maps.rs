@@ -108,6 +108,8 @@ pub struct Maps {
     pub snat: Hash<abi::FlowKey, abi::SnatEntry>,
     pub snat_rev: Hash<abi::FlowKey, abi::SnatEntry>,
     pub snat_stats: PerCpuArray<MapData, abi::SnatStats>,
+    pub sock_frontends: Hash<abi::FrontendKey, abi::Service>,
+    pub sock_stats: PerCpuArray<MapData, abi::SockStats>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -148,6 +150,8 @@ impl Maps {
             snat: open(dir, "xlb_snat")?,
             snat_rev: open(dir, "xlb_snat_rev")?,
             snat_stats: open(dir, "xlb_snat_stats")?,
+            sock_frontends: open(dir, "xlb_sock_frontends")?,
+            sock_stats: open(dir, "xlb_sock_stats")?,
         })
     }
 }

@@ -67,6 +67,8 @@ pub enum FrontendKind {
     ExternalIp,
     NodePort,
     ClusterIp,
+    /// A pod's containerPort published on its node (hostPort).
+    HostPort,
 }
 
 /// One address:port/protocol the node answers for.
@@ -224,7 +226,17 @@ impl fmt::Display for ServiceKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub key: ServiceKey,
+    /// Addresses answered where packets arrive (xlb_frontends: XDP on the
+    /// NIC, tc): LoadBalancer IPs, externalIPs, NodePorts, hostPorts.
     pub frontends: Vec<Frontend>,
+    /// Addresses translated at the socket for clients inside the node
+    /// (xlb_sock_frontends: the cgroup socket programs, and tc's per-packet
+    /// fallback): ClusterIPs, and the other frontends as seen from inside,
+    /// NodePorts on loopback too. An address may be in both lists (one
+    /// service whose backends serve both), or in one service's `frontends`
+    /// and another's `sock_frontends` (when the traffic policies give
+    /// in-cluster clients other backends).
+    pub sock_frontends: Vec<Frontend>,
     /// All backends, active and terminating, in any order.
     pub backends: Vec<Backend>,
     pub affinity: Option<Affinity>,
@@ -241,6 +253,7 @@ impl Service {
         Service {
             key,
             frontends: Vec::new(),
+            sock_frontends: Vec::new(),
             backends: Vec::new(),
             affinity: None,
             maglev_size: DEFAULT_MAGLEV_SIZE,

@@ -22,3 +22,15 @@ pub fn xdp() -> &'static [u8] {
 pub fn tc() -> &'static [u8] {
     object!("xlb_tc")
 }
+
+/// East-west translation at the socket (sock/xlb_sock.c): the cgroup
+/// sock_addr programs of `loader::SOCK_PROGRAMS`.
+pub fn sock() -> &'static [u8] {
+    object!("xlb_sock")
+}
+
+/// Socket termination (sock/xlb_sock_iter.c): the socket iterators
+/// `xlb_sock_iter_udp`, `xlb_sock_iter_tcp` (see `crate::sockdestroy`).
+pub fn sock_iter() -> &'static [u8] {
+    object!("xlb_sock_iter")
+}

@@ -25,7 +25,7 @@ use crate::{
 pub use crate::{
     abi::{Counter, Hook},
     events::EventStatus,
-    store::{SvcTraffic, Traffic},
+    store::{SockTraffic, SvcTraffic, Traffic},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -114,21 +114,26 @@ pub(crate) struct RawService {
     pub name: Option<String>,
     /// Sorted by key.
     pub frontends: Vec<(abi::FrontendKey, abi::Service)>,
+    /// xlb_sock_frontends entries, sorted by key.
+    pub sock_frontends: Vec<(abi::FrontendKey, abi::Service)>,
     /// Sorted by index.
     pub backends: Vec<RawBackend>,
     pub ranges: Vec<Cidr>,
     /// Its Maglev table, if it has one (read with [`Detail::tables`]).
     pub table: Option<TableSummary>,
     pub traffic: SvcTraffic,
+    /// Socket translations (read with [`Detail::traffic`]).
+    pub sock: SockTraffic,
 }
 
 impl RawService {
-    /// The service value its frontends carry (the NodePort flag is per
-    /// frontend); None without a frontend.
+    /// The service value its frontends carry (without the flags that are
+    /// per frontend); None without a frontend.
     pub fn settings(&self) -> Option<abi::Service> {
         self.frontends
             .first()
-            .map(|(_, v)| abi::Service { flags: v.flags & !abi::SVC_F_NODEPORT, ..*v })
+            .or(self.sock_frontends.first())
+            .map(|(_, v)| abi::Service { flags: v.flags & !abi::SVC_F_PER_FRONTEND, ..*v })
     }
 
     pub fn display_name(&self) -> String {
@@ -152,16 +157,21 @@ pub(crate) fn read_services<S: MapStore + ?Sized>(
         id,
         name: None,
         frontends: Vec::new(),
+        sock_frontends: Vec::new(),
         backends: Vec::new(),
         ranges: Vec::new(),
         table: None,
         traffic: SvcTraffic::default(),
+        sock: SockTraffic::default(),
     };
     for (id, name) in store.svc_names()? {
         by_id.entry(id).or_insert_with(|| blank(id)).name = Some(name);
     }
     for (k, v) in store.frontends()? {
         by_id.entry(v.id).or_insert_with(|| blank(v.id)).frontends.push((k, v));
+    }
+    for (k, v) in store.sock_frontends()? {
+        by_id.entry(v.id).or_insert_with(|| blank(v.id)).sock_frontends.push((k, v));
     }
     for (k, be_id) in store.svc_backends()? {
         let value = store.backend(be_id)?;
@@ -180,6 +190,7 @@ pub(crate) fn read_services<S: MapStore + ?Sized>(
     }
     for s in by_id.values_mut() {
         s.frontends.sort_by_key(|(k, _)| fe_sort_key(k));
+        s.sock_frontends.sort_by_key(|(k, _)| fe_sort_key(k));
         s.backends.sort_by_key(|b| b.index);
         s.ranges.sort();
         if detail.tables {
@@ -196,6 +207,7 @@ pub(crate) fn read_services<S: MapStore + ?Sized>(
         }
         if detail.traffic {
             s.traffic = store.svc_stats(s.id)?;
+            s.sock = store.sock_stats(s.id)?;
         }
     }
     Ok(by_id.into_values().collect())
@@ -224,10 +236,29 @@ pub struct BackendListing {
 /// One frontend as the maps hold it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FrontendListing {
+    /// Translated at the socket (xlb_sock_frontends) rather than answered
+    /// where packets arrive (xlb_frontends).
+    pub socket: bool,
     pub addr: IpAddr,
     pub port: u16,
     pub proto: String,
     pub nodeport: bool,
+    pub clusterip: bool,
+    pub hostport: bool,
+}
+
+impl FrontendListing {
+    fn of(socket: bool, k: &abi::FrontendKey, v: &abi::Service) -> Option<FrontendListing> {
+        Some(FrontendListing {
+            socket,
+            addr: abi::addr_from_abi(&k.addr, k.family)?,
+            port: u16::from_be(k.port),
+            proto: proto_name(k.proto),
+            nodeport: v.flags & abi::SVC_F_NODEPORT != 0,
+            clusterip: v.flags & abi::SVC_F_CLUSTER_IP != 0,
+            hostport: v.flags & abi::SVC_F_HOST_PORT != 0,
+        })
+    }
 }
 
 /// One service as the maps hold it.
@@ -248,6 +279,8 @@ pub struct ServiceListing {
     pub bytes: u64,
     pub new_flows: u64,
     pub affinity_hits: u64,
+    /// Socket translations.
+    pub sock: SockTraffic,
 }
 
 fn proto_name(n: u8) -> String {
@@ -270,14 +303,8 @@ fn listing(s: RawService) -> ServiceListing {
     let mut frontends: Vec<FrontendListing> = s
         .frontends
         .iter()
-        .filter_map(|(k, v)| {
-            Some(FrontendListing {
-                addr: abi::addr_from_abi(&k.addr, k.family)?,
-                port: u16::from_be(k.port),
-                proto: proto_name(k.proto),
-                nodeport: v.flags & abi::SVC_F_NODEPORT != 0,
-            })
-        })
+        .filter_map(|(k, v)| FrontendListing::of(false, k, v))
+        .chain(s.sock_frontends.iter().filter_map(|(k, v)| FrontendListing::of(true, k, v)))
         .collect();
     frontends.sort();
     let mut backends: Vec<BackendListing> = s
@@ -320,6 +347,7 @@ fn listing(s: RawService) -> ServiceListing {
         bytes: s.traffic.bytes,
         new_flows: s.traffic.new_flows,
         affinity_hits: s.traffic.affinity_hits,
+        sock: s.sock,
     }
 }
 
@@ -363,12 +391,21 @@ pub fn render(services: &[ServiceListing]) -> String {
         }
         out.push('\n');
         for f in &s.frontends {
+            let kind = if f.nodeport {
+                " nodeport"
+            } else if f.clusterip {
+                " clusterip"
+            } else if f.hostport {
+                " hostport"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "  frontend {}/{}{}",
+                "  frontend {}/{}{kind}{}",
                 SocketFmt(f.addr, f.port),
                 f.proto,
-                if f.nodeport { " nodeport" } else { "" }
+                if f.socket { " socket" } else { "" }
             );
         }
         for b in &s.backends {
@@ -400,6 +437,8 @@ pub struct ServiceTraffic {
     pub name: String,
     #[serde(flatten)]
     pub traffic: SvcTraffic,
+    /// Socket translations.
+    pub sock: SockTraffic,
 }
 
 /// One backend's traffic.
@@ -621,7 +660,8 @@ impl<S: MapStore> DatapathView<S> {
         let mut out = Vec::new();
         for (id, name) in self.service_names()? {
             let traffic = self.store.svc_stats(id)?;
-            out.push(ServiceTraffic { id, name, traffic });
+            let sock = self.store.sock_stats(id)?;
+            out.push(ServiceTraffic { id, name, traffic, sock });
         }
         Ok(out)
     }
@@ -699,7 +739,9 @@ impl<S: MapStore> DatapathView<S> {
     pub fn names(&self) -> Result<Names, ViewError> {
         let mut names = Names::default();
         for s in read_services(&self.store, Detail::default())? {
-            for (k, _) in &s.frontends {
+            // A socket frontend names its service unless a packet frontend
+            // of the same address does (the events of each hook say which).
+            for (k, _) in s.sock_frontends.iter().chain(&s.frontends) {
                 if let Some(ip) = abi::addr_from_abi(&k.addr, k.family) {
                     names.frontends.insert((ip, u16::from_be(k.port), k.proto), s.id);
                 }

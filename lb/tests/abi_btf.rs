@@ -418,10 +418,11 @@ fn fail_on(problems: Vec<String>) {
     assert!(problems.is_empty(), "ABI mismatch:\n  {}", problems.join("\n  "));
 }
 
-fn objects() -> [(&'static str, &'static [u8]); 2] {
+fn objects() -> [(&'static str, &'static [u8]); 3] {
     [
         ("xdp object (xdp/xlb_xdp.c)", lb::objects::xdp()),
         ("tc object (tc/xlb_tc.c)", lb::objects::tc()),
+        ("sock object (sock/xlb_sock.c)", lb::objects::sock()),
     ]
 }
 

@@ -20,6 +20,7 @@ fn load(pin: &PinDir, events: u32, events_enabled: bool) -> Result<Dataplane, Lo
         pin_dir: pin.path().into(),
         sizes: MapSizes { events, ..MapSizes::small() },
         events_enabled,
+        ..Default::default()
     })
 }
 

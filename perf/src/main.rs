@@ -7,6 +7,7 @@ mod churnbench;
 mod cluster_bench;
 mod compare;
 mod conn;
+mod eastwest;
 mod maglev_report;
 mod micro;
 mod podnet;
@@ -90,6 +91,17 @@ enum Cmd {
         /// Pods created at once for the CNI ADD latency.
         #[arg(long, default_value_t = 100)]
         pods: usize,
+    },
+    /// From a pod to a service: direct vs xlb's socket LB vs kube-proxy
+    /// iptables, at 1, 1k and 10k services (connections/s, latency; UDP).
+    Eastwest {
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10000])]
+        services: Vec<u32>,
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Requests (connections) per path and round.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
     },
     /// Backends added/removed/terminated under load: broken connections.
     Churn {
@@ -212,6 +224,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "podnet", &r, &md)?;
+            }
+        Cmd::Eastwest { services, rounds, requests } => {
+            let r = eastwest::run(&eastwest::EwOpts { services, rounds, requests })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "eastwest", &r, &md)?;
         }
         Cmd::Churn { held, dwell } => {
             let r = churnbench::run(&churnbench::ChurnOpts {

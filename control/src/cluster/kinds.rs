@@ -31,7 +31,7 @@ use std::{collections::BTreeMap, fmt, marker::PhantomData, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service},
+        core::v1::{Node, Pod, Service},
         discovery::v1::EndpointSlice,
     },
     ClusterResourceScope, NamespaceResourceScope,
@@ -192,4 +192,6 @@ registry! {
     slices: EndpointSlice,
     /// Nodes: addresses (NodePort frontends, tunnel endpoints).
     nodes: Node,
+    /// Pods: this node's hostPort mappings.
+    pods: Pod,
 }

@@ -11,7 +11,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use lb::view::{Counter, DatapathView, EventStatus, Hook, SvcTraffic, Traffic};
+use lb::view::{Counter, DatapathView, EventStatus, Hook, SockTraffic, SvcTraffic, Traffic};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -31,61 +31,96 @@ pub struct Options {
     pub max_backend_series: usize,
 }
 
-/// Which services get their own series: the `max` with the most packets,
-/// sticky (a chosen service keeps its series while it exists), and a
-/// monotonic "other" sum of the rest, accumulated from per-id deltas so that
-/// services entering the chosen set or disappearing never make it go down.
-#[derive(Debug)]
+/// A socket-counter series: its `op` label ("" for none) and its reader.
+type SockOp<'a> = (&'a str, &'a dyn Fn(&SockTraffic) -> u64);
+
+/// One service's counters: packets through the packet programs, and
+/// translations at the socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub traffic: SvcTraffic,
+    pub sock: SockTraffic,
+}
+
+impl Totals {
+    /// What ranks a service for a series of its own: its packets and the
+    /// connections and datagrams translated for it at the socket.
+    fn activity(&self) -> u64 {
+        self.traffic.packets + self.sock.connect + self.sock.sendmsg
+    }
+
+    /// Whether no counter went back (the same service, not a reused id).
+    fn grew_from(&self, prev: &Totals) -> bool {
+        prev.traffic.packets <= self.traffic.packets && prev.sock.connect <= self.sock.connect
+    }
+}
+
+/// Which services get their own series: the `max` most active ones
+/// ([`Totals::activity`]), sticky (a chosen service keeps its series while
+/// it exists), and a monotonic "other" sum of the rest, accumulated from
+/// per-id deltas so that services entering the chosen set or disappearing
+/// never make it go down.
+#[derive(Debug, Default)]
 pub struct ServiceSeries {
     chosen: HashSet<(u32, String)>,
     /// Last seen stats of every service not chosen, by id (with its name, to
     /// notice a reused id).
-    last: HashMap<u32, (String, SvcTraffic)>,
-    other: SvcTraffic,
+    last: HashMap<u32, (String, Totals)>,
+    other: Totals,
 }
 
-fn zero() -> SvcTraffic {
-    SvcTraffic::default()
+fn zero() -> Totals {
+    Totals::default()
 }
 
-impl Default for ServiceSeries {
-    fn default() -> Self {
-        ServiceSeries { chosen: HashSet::new(), last: HashMap::new(), other: zero() }
+fn sub(a: &Totals, b: &Totals) -> Totals {
+    let (t, u) = (&a.traffic, &b.traffic);
+    let (s, r) = (&a.sock, &b.sock);
+    Totals {
+        traffic: SvcTraffic {
+            packets: t.packets.saturating_sub(u.packets),
+            bytes: t.bytes.saturating_sub(u.bytes),
+            new_flows: t.new_flows.saturating_sub(u.new_flows),
+            affinity_hits: t.affinity_hits.saturating_sub(u.affinity_hits),
+        },
+        sock: SockTraffic {
+            connect: s.connect.saturating_sub(r.connect),
+            sendmsg: s.sendmsg.saturating_sub(r.sendmsg),
+            revnat: s.revnat.saturating_sub(r.revnat),
+            refused: s.refused.saturating_sub(r.refused),
+            affinity_hits: s.affinity_hits.saturating_sub(r.affinity_hits),
+        },
     }
 }
 
-fn sub(a: &SvcTraffic, b: &SvcTraffic) -> SvcTraffic {
-    SvcTraffic {
-        packets: a.packets.saturating_sub(b.packets),
-        bytes: a.bytes.saturating_sub(b.bytes),
-        new_flows: a.new_flows.saturating_sub(b.new_flows),
-        affinity_hits: a.affinity_hits.saturating_sub(b.affinity_hits),
-    }
-}
-
-fn add(a: &mut SvcTraffic, b: &SvcTraffic) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.new_flows += b.new_flows;
-    a.affinity_hits += b.affinity_hits;
+fn add(a: &mut Totals, b: &Totals) {
+    a.traffic.packets += b.traffic.packets;
+    a.traffic.bytes += b.traffic.bytes;
+    a.traffic.new_flows += b.traffic.new_flows;
+    a.traffic.affinity_hits += b.traffic.affinity_hits;
+    a.sock.connect += b.sock.connect;
+    a.sock.sendmsg += b.sock.sendmsg;
+    a.sock.revnat += b.sock.revnat;
+    a.sock.refused += b.sock.refused;
+    a.sock.affinity_hits += b.sock.affinity_hits;
 }
 
 impl ServiceSeries {
     /// Splits the current per-service totals into chosen series and "other".
     pub fn update(
         &mut self,
-        current: &[(u32, String, SvcTraffic)],
+        current: &[(u32, String, Totals)],
         max: usize,
-    ) -> (Vec<(String, SvcTraffic)>, SvcTraffic) {
+    ) -> (Vec<(String, Totals)>, Totals) {
         let present: HashSet<(u32, String)> =
             current.iter().map(|(id, n, _)| (*id, n.clone())).collect();
         self.chosen.retain(|k| present.contains(k));
         if self.chosen.len() < max {
-            let mut candidates: Vec<&(u32, String, SvcTraffic)> = current
+            let mut candidates: Vec<&(u32, String, Totals)> = current
                 .iter()
                 .filter(|(id, n, _)| !self.chosen.contains(&(*id, n.clone())))
                 .collect();
-            candidates.sort_by(|a, b| b.2.packets.cmp(&a.2.packets).then(a.1.cmp(&b.1)));
+            candidates.sort_by(|a, b| b.2.activity().cmp(&a.2.activity()).then(a.1.cmp(&b.1)));
             for (id, n, _) in candidates.into_iter().take(max - self.chosen.len()) {
                 self.chosen.insert((*id, n.clone()));
             }
@@ -101,7 +136,7 @@ impl ServiceSeries {
             seen.insert(*id);
             let base = match self.last.get(id) {
                 // Same service, counters did not go back: count the growth.
-                Some((n, prev)) if n == name && prev.packets <= s.packets => *prev,
+                Some((n, prev)) if n == name && s.grew_from(prev) => *prev,
                 // New to "other" (new service, or just left the chosen set
                 // — it cannot: chosen is sticky — or a reused id): count
                 // its traffic from now on only if it is new; a service
@@ -142,8 +177,8 @@ impl std::fmt::Debug for State {
 /// What one scrape read.
 struct Snapshot {
     counters: Vec<(Hook, Counter, Traffic)>,
-    services: Vec<(String, SvcTraffic)>,
-    other: SvcTraffic,
+    services: Vec<(String, Totals)>,
+    other: Totals,
     tracked: usize,
     backends: Vec<(String, String, Traffic)>,
     events: Option<EventStatus>,
@@ -168,11 +203,11 @@ impl DatapathCollector {
         let State { view, series } = &mut *st;
         let view = view.as_ref().expect("opened above");
         let counters = view.counters().map_err(|e| e.to_string())?;
-        let current: Vec<(u32, String, SvcTraffic)> = view
+        let current: Vec<(u32, String, Totals)> = view
             .service_traffic()
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|s| (s.id, s.name, s.traffic))
+            .map(|s| (s.id, s.name, Totals { traffic: s.traffic, sock: s.sock }))
             .collect();
         let tracked = current.len();
         let (services, other) = series.update(&current, self.opts.max_services);
@@ -332,9 +367,27 @@ impl Collector for DatapathCollector {
         }
 
         let svc_rows = |f: &dyn Fn(&SvcTraffic) -> u64| -> Rows<u64> {
-            let mut rows: Rows<u64> =
-                snap.services.iter().map(|(n, s)| (vec![("service", n.clone())], f(s))).collect();
-            rows.push((vec![("service", OTHER.to_string())], f(&snap.other)));
+            let mut rows: Rows<u64> = snap
+                .services
+                .iter()
+                .map(|(n, s)| (vec![("service", n.clone())], f(&s.traffic)))
+                .collect();
+            rows.push((vec![("service", OTHER.to_string())], f(&snap.other.traffic)));
+            rows
+        };
+        let sock_rows = |ops: &[SockOp]| -> Rows<u64> {
+            let all = snap.services.iter().map(|(n, s)| (n.clone(), s.sock));
+            let all = all.chain(std::iter::once((OTHER.to_string(), snap.other.sock)));
+            let mut rows = Rows::new();
+            for (name, s) in all {
+                for (op, f) in ops {
+                    let mut labels = vec![("service", name.clone())];
+                    if !op.is_empty() {
+                        labels.push(("op", op.to_string()));
+                    }
+                    rows.push((labels, f(&s)));
+                }
+            }
             rows
         };
         counter(
@@ -360,6 +413,28 @@ impl Collector for DatapathCollector {
             "xlb_service_affinity_hits",
             "New flows sent to the backend remembered by ClientIP session affinity",
             &svc_rows(&|s| s.affinity_hits),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_service_sock_translations",
+            "Service addresses translated at the socket (op: connect, sendmsg of unconnected UDP, revnat: recvmsg/getpeername shown the service)",
+            &sock_rows(&[
+                ("connect", &|s| s.connect),
+                ("sendmsg", &|s| s.sendmsg),
+                ("revnat", &|s| s.revnat),
+            ]),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_service_sock_refused",
+            "connect()/sendmsg() to a service refused at the socket: no usable backend (ECONNREFUSED)",
+            &sock_rows(&[("", &|s| s.refused)]),
+        )?;
+        counter(
+            &mut enc,
+            "xlb_service_sock_affinity_hits",
+            "Socket translations sent to the backend remembered by ClientIP affinity",
+            &sock_rows(&[("", &|s| s.affinity_hits)]),
         )?;
         gauge(
             &mut enc,
@@ -494,8 +569,11 @@ impl DatapathCollector {
 mod tests {
     use super::*;
 
-    fn s(p: u64) -> SvcTraffic {
-        SvcTraffic { packets: p, bytes: p * 100, new_flows: p / 2, affinity_hits: 0 }
+    fn s(p: u64) -> Totals {
+        Totals {
+            traffic: SvcTraffic { packets: p, bytes: p * 100, new_flows: p / 2, affinity_hits: 0 },
+            sock: SockTraffic::default(),
+        }
     }
 
     #[test]
@@ -508,7 +586,7 @@ mod tests {
         ];
         let (own, other) = ser.update(&cur, 1);
         assert_eq!(own, vec![("b".to_string(), s(50))]);
-        assert_eq!(other.packets, 15);
+        assert_eq!(other.traffic.packets, 15);
         // a overtakes b: b keeps its series (sticky), a's growth goes to other.
         let cur = vec![
             (1, "a".to_string(), s(100)),
@@ -517,16 +595,16 @@ mod tests {
         ];
         let (own, other) = ser.update(&cur, 1);
         assert_eq!(own, vec![("b".to_string(), s(60))]);
-        assert_eq!(other.packets, 105);
+        assert_eq!(other.traffic.packets, 105);
         // b goes away: a (most traffic) takes the free series; other never decreases.
         let cur = vec![(1, "a".to_string(), s(120)), (3, "c".to_string(), s(6))];
         let (own, other) = ser.update(&cur, 1);
         assert_eq!(own, vec![("a".to_string(), s(120))]);
-        assert_eq!(other.packets, 106);
+        assert_eq!(other.traffic.packets, 106);
         // c removed, its id reused by d starting from zero.
         let cur = vec![(1, "a".to_string(), s(120)), (3, "d".to_string(), s(2))];
         let (_, other) = ser.update(&cur, 1);
-        assert_eq!(other.packets, 108);
+        assert_eq!(other.traffic.packets, 108);
     }
 
     #[test]
@@ -535,7 +613,7 @@ mod tests {
         let cur: Vec<_> = (0..10_000u32).map(|i| (i, format!("ns/svc{i}:80"), s(1))).collect();
         let (own, other) = ser.update(&cur, 0);
         assert!(own.is_empty());
-        assert_eq!(other.packets, 10_000);
+        assert_eq!(other.traffic.packets, 10_000);
         let (own, _) = ser.update(&cur, 500);
         assert_eq!(own.len(), 500);
     }

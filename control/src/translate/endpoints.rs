@@ -1,7 +1,7 @@
 //! EndpointSlices to the backends of one service port, with kube-proxy's
 //! rules: which slice port carries the service port, the endpoint's address
-//! family and node, the ready/serving/terminating selection, and
-//! externalTrafficPolicy: Local. Also which Service a slice belongs to (its
+//! family and node, the ready/serving/terminating selection, and the
+//! node-local set of the Local traffic policies (external and internal). Also which Service a slice belongs to (its
 //! `kubernetes.io/service-name` label, for the [`super::tracker::Tracker`])
 //! and the count of ready endpoints on this node (for health checks). Its
 //! caller is [`super::services`]; node addresses come from [`super::nodes`].
@@ -56,8 +56,17 @@ pub(super) struct PortQuery<'a> {
     pub(super) name: &'a str,
     pub(super) proto: Proto,
     pub(super) target: &'a Target,
-    /// externalTrafficPolicy: Local: only this node's endpoints.
-    pub(super) local: bool,
+}
+
+/// The backends of one service port under each traffic policy, kube-proxy's
+/// selection applied to each set on its own (so a node whose local
+/// endpoints are all terminating serves from them, as kube-proxy does).
+#[derive(Debug, Default)]
+pub(super) struct BackendSets {
+    /// Every endpoint: traffic policy Cluster.
+    pub(super) cluster: Vec<Backend>,
+    /// This node's endpoints: externalTrafficPolicy / internalTrafficPolicy Local.
+    pub(super) local: Vec<Backend>,
 }
 
 /// A Service's EndpointSlices and what resolving their endpoints reads.
@@ -79,16 +88,16 @@ struct Candidate {
 }
 
 impl Endpoints<'_> {
-    /// The backends of one service port. Problems of the slices go to `errors`.
-    pub(super) fn backends(&self, port: &PortQuery, errors: &mut ErrorList) -> Vec<Backend> {
+    /// The backends of one service port, every endpoint and this node's.
+    /// Problems of the slices go to `errors` (once).
+    pub(super) fn backends(&self, port: &PortQuery, errors: &mut ErrorList) -> BackendSets {
         let mut candidates = Vec::new();
         for slice in self.slices {
             self.slice_candidates(slice, port, errors, &mut candidates);
         }
-        if port.local {
-            candidates.retain(|c| c.local);
-        }
-        select(&candidates)
+        let cluster = select(&candidates);
+        candidates.retain(|c| c.local);
+        BackendSets { cluster, local: select(&candidates) }
     }
 
     fn slice_candidates(

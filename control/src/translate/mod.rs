@@ -23,11 +23,13 @@
 //! What becomes a datapath service: each port and address family of each
 //! Service this proxy owns (see [`service_key`]), with the frontends
 //! reachable from outside the cluster — LoadBalancer ingress IPs,
-//! externalIPs, and the NodePort on this node's addresses (see `services`
-//! for why ClusterIP is not among them).
+//! externalIPs, and the NodePort on this node's addresses — and those
+//! translated at the socket for clients inside: its ClusterIPs and the same
+//! external addresses (see `services`).
 mod claims;
 mod endpoints;
 mod errors;
+mod hostports;
 mod nodes;
 mod services;
 mod tracker;
@@ -49,9 +51,11 @@ pub use self::{
     endpoints::SERVICE_NAME_LABEL,
     errors::{ConfigError, ConfigErrors, ObjectRef, Problem},
     nodes::PodNetwork,
+    hostports::key as host_port_key,
     services::{
-        service_key, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_PROXY_NAME, ENCAP_ANNOTATION,
-        IPV6_KEY_SUFFIX, MAGLEV_SIZE_ANNOTATION, MAX_AFFINITY_TIMEOUT_S, PROXY_NAME_LABEL,
+        service_key, CLUSTER_KEY_SUFFIX, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_PROXY_NAME,
+        ENCAP_ANNOTATION, IPV6_KEY_SUFFIX, LOCAL_KEY_SUFFIX, MAGLEV_SIZE_ANNOTATION,
+        MAX_AFFINITY_TIMEOUT_S, PROXY_NAME_LABEL,
     },
 };
 use crate::cluster::{Changes, Cluster, ObjectKey};
@@ -180,6 +184,24 @@ impl Translator {
         for key in touched.services {
             self.retranslate(key);
         }
+        for key in touched.pods {
+            self.retranslate_pod(key);
+        }
+    }
+
+    /// Replaces what Pod `key`'s host ports contribute. Pods are filed in
+    /// the same tables as Services under "pod/NAME" (a Service name holds
+    /// no '/'), so their frontends are claimed against the Services'.
+    fn retranslate_pod(&mut self, key: ObjectKey) {
+        let filed = ObjectKey { name: format!("pod/{}", key.name), ..key.clone() };
+        let old_keys = self.forget(&filed);
+        let mut new_keys = Vec::new();
+        if let Some(pod) = self.tracker.pod(&key).cloned() {
+            let mut errors = ErrorList::default();
+            let out = hostports::translate(&pod, &self.opts, self.tracker.nodes(), &mut errors);
+            new_keys = self.record(filed, ObjectRef::of(&*pod), out, errors.into_vec());
+        }
+        self.drop_gone(old_keys, &new_keys);
     }
 
     /// Replaces what Service `key` contributes with the translation of the
@@ -209,8 +231,14 @@ impl Translator {
             let object = ObjectRef::of(&*svc);
             new_keys = self.record(key, object, out, errors.into_vec());
         }
-        for k in old_keys {
-            if !new_keys.contains(&k) {
+        self.drop_gone(old_keys, &new_keys);
+    }
+
+    /// Removes the datapath services an object produced before (`old`) and
+    /// no longer does.
+    fn drop_gone(&mut self, old: Vec<ServiceKey>, new: &[ServiceKey]) {
+        for k in old {
+            if !new.contains(&k) {
                 self.desired.services.remove(&k);
                 self.changed.insert(k);
             }
@@ -241,8 +269,12 @@ impl Translator {
         if !entry.errors.is_empty() {
             self.with_errors.insert(key.clone());
         }
-        for PortService { service, fields } in out {
-            for (fe, field) in service.frontends.iter().zip(fields) {
+        for PortService { service, fields, sock_fields } in out {
+            let claimed = service.frontends.iter().zip(fields.into_iter().map(Some));
+            let sock = service.sock_frontends.iter().zip(sock_fields);
+            for (fe, field) in claimed.chain(sock) {
+                // Copies of packet frontends are claimed as those.
+                let Some(field) = field else { continue };
                 let seq = entry.claims.len();
                 entry.claims.push(self.claims.claim(&key, seq, &service.key, fe, field));
             }

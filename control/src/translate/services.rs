@@ -1,17 +1,28 @@
-//! kube-proxy's Service rules, for the north-south datapath: which Services
-//! are this proxy's (the service-proxy-name label), their type, address
-//! families, ports and targetPorts, the frontends each type opens
-//! (LoadBalancer ingress IPs, externalIPs inside `--external-ip-cidr`, the
-//! NodePort on this node's addresses), session affinity,
-//! externalTrafficPolicy, loadBalancerSourceRanges and xlb's annotations.
-//! One Service becomes one datapath service per port and address family
-//! ([`service_key`]). Backends come from [`super::endpoints`], node
-//! addresses from [`super::nodes`]; [`super::Translator`] calls
-//! [`translate`] for each Service a change touches.
+//! kube-proxy's Service rules: which Services are this proxy's (the
+//! service-proxy-name label), their type, address families, ports and
+//! targetPorts, the frontends each type opens, session affinity, the traffic
+//! policies, loadBalancerSourceRanges and xlb's annotations. One Service
+//! becomes one datapath service per port and address family
+//! ([`service_key`]), and a second one when its traffic policies give
+//! in-cluster clients other endpoints than outside ones. Backends come from
+//! [`super::endpoints`], node addresses from [`super::nodes`];
+//! [`super::Translator`] calls [`translate`] for each Service a change
+//! touches.
 //!
-//! ClusterIP frontends are deliberately left out: the XDP fast path serves
-//! north-south traffic only and ClusterIP belongs to the socket-level load
-//! balancer. A service port with no other frontend is not translated here.
+//! Two kinds of frontends, as the datapath has two places that answer:
+//! - packet frontends (XDP on the NIC, tc), reached from outside:
+//!   LoadBalancer ingress IPs, externalIPs inside `--external-ip-cidr`, the
+//!   NodePort on this node's addresses; their endpoints follow
+//!   externalTrafficPolicy;
+//! - socket frontends (the cgroup socket programs, tc's fallback), reached
+//!   from inside the node: the ClusterIPs, whose endpoints follow
+//!   internalTrafficPolicy, and every packet frontend again, NodePorts on
+//!   loopback too, whose endpoints are all of them (kube-proxy sends
+//!   in-cluster traffic to an externalTrafficPolicy: Local service's
+//!   external addresses to every endpoint: its "short circuit").
+//!
+//! ClusterIPs are never packet frontends: XDP does not answer them from
+//! outside the cluster.
 use std::{net::IpAddr, time::Duration};
 
 use k8s_openapi::{
@@ -27,7 +38,7 @@ use lb::model::{
 };
 
 use super::{
-    endpoints::{self, Endpoints, PortQuery, Target},
+    endpoints::{self, BackendSets, Endpoints, PortQuery, Target},
     errors::{ErrorList, ObjectRef, Problem},
     nodes::{self, Families, Nodes},
     parse_ip, parse_proto, port_number, HealthCheck, TranslateOptions,
@@ -43,6 +54,12 @@ pub const MAGLEV_SIZE_ANNOTATION: &str = "xlb.io/maglev-size";
 pub const ENCAP_ANNOTATION: &str = "xlb.io/encap";
 /// Suffix of the key of a service port's IPv6 half (see [`service_key`]).
 pub const IPV6_KEY_SUFFIX: &str = "/ipv6";
+/// Suffix of the key of a service port's second datapath service when its
+/// traffic policies split it: the one serving every endpoint ("/cluster")
+/// or this node's ("/local"), beside the key that holds the packet
+/// frontends.
+pub const CLUSTER_KEY_SUFFIX: &str = "/cluster";
+pub const LOCAL_KEY_SUFFIX: &str = "/local";
 /// Proxy name xlb answers to by default.
 pub const DEFAULT_PROXY_NAME: &str = "xlb";
 /// sessionAffinityConfig.clientIP.timeoutSeconds when unset (Kubernetes' default).
@@ -84,10 +101,13 @@ pub(super) struct Inputs<'a> {
 }
 
 /// One datapath service, with the API field each of its frontends came from
-/// (for duplicate-frontend errors).
+/// (for duplicate-frontend errors): `fields` pairs with `service.frontends`,
+/// `sock_fields` with `service.sock_frontends` (None: an in-cluster copy of
+/// a packet frontend, claimed as that one).
 pub(super) struct PortService {
     pub(super) service: Service,
     pub(super) fields: Vec<String>,
+    pub(super) sock_fields: Vec<Option<String>>,
 }
 
 /// The datapath services of one Kubernetes Service (one per port and address
@@ -116,6 +136,7 @@ pub(super) fn translate(
     let families = cx.families(spec);
     let settings = cx.settings(svc, spec, ty);
     let addrs = cx.frontend_addrs(svc, spec, ty);
+    let cluster_ips = cx.cluster_ips(spec);
     let this_node = inputs.nodes.addrs(&inputs.opts.node_name).unwrap_or_default();
     let node_ports = ty.node_port.then(|| nodes::node_port_addrs(this_node, families));
     let endpoints =
@@ -125,14 +146,15 @@ pub(super) fn translate(
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let Some(p) = cx.port(i, port) else { continue };
         let (frontends, fields) = cx.port_frontends(i, &p, &addrs, node_ports.as_deref());
-        if frontends.is_empty() {
-            continue; // ClusterIP only: not the XDP path's business
+        let sock = sock_frontends(&p, &cluster_ips, &frontends, families, &settings);
+        if frontends.is_empty() && sock.is_empty() {
+            continue;
         }
-        let query =
-            PortQuery { name: p.name, proto: p.proto, target: &p.target, local: settings.local };
+        let query = PortQuery { name: p.name, proto: p.proto, target: &p.target };
         let backends = endpoints.backends(&query, cx.errors);
         let key = |v6| service_key(&ns, &cx.object.name, p.name, v6);
-        out.extend(by_family(key, &frontends, &fields, &backends, &settings));
+        let port = PortFrontends { packet: &frontends, fields: &fields, sock: &sock };
+        out.extend(by_family(key, &port, &backends, &settings));
     }
     if cx.errors.len() > errors_before {
         return Vec::new();
@@ -179,8 +201,46 @@ struct Settings {
     affinity: Option<Affinity>,
     /// externalTrafficPolicy: Local (NodePort and LoadBalancer only).
     local: bool,
+    /// internalTrafficPolicy: Local (its ClusterIPs).
+    internal_local: bool,
     /// loadBalancerSourceRanges, sorted, each once.
     source_ranges: Vec<Cidr>,
+}
+
+/// Which endpoints a frontend's traffic goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    /// Every endpoint.
+    Cluster,
+    /// This node's endpoints only.
+    Local,
+}
+
+impl Policy {
+    fn of(local: bool) -> Policy {
+        if local {
+            Policy::Local
+        } else {
+            Policy::Cluster
+        }
+    }
+}
+
+/// A socket frontend of a service port: the field of a ClusterIP (copies of
+/// packet frontends have none: they are claimed as those), and the policy
+/// its traffic follows.
+struct SockFrontend {
+    frontend: Frontend,
+    field: Option<String>,
+    policy: Policy,
+}
+
+/// The frontends of one service port, both kinds.
+struct PortFrontends<'a> {
+    packet: &'a [Frontend],
+    /// Pairs with `packet`.
+    fields: &'a [String],
+    sock: &'a [SockFrontend],
 }
 
 /// A Service-wide frontend address (the port comes per service port).
@@ -263,8 +323,46 @@ impl Cx<'_> {
         let encap = self.encap(svc);
         let affinity = self.affinity(spec);
         let local = self.local(spec, ty);
+        let internal_local = self.internal_local(spec);
         let source_ranges = self.source_ranges(spec, ty);
-        Settings { maglev_size, encap, affinity, local, source_ranges }
+        Settings { maglev_size, encap, affinity, local, internal_local, source_ranges }
+    }
+
+    /// internalTrafficPolicy: Local keeps only this node's endpoints for
+    /// ClusterIP traffic (none here: refused, not sent elsewhere).
+    fn internal_local(&mut self, spec: &ServiceSpec) -> bool {
+        match spec.internal_traffic_policy.as_deref() {
+            None | Some("Cluster") => false,
+            Some("Local") => true,
+            Some(other) => {
+                let expected = "Cluster, Local";
+                let problem = Problem::BadValue { value: other.into(), expected };
+                self.error("spec.internalTrafficPolicy", problem);
+                false
+            }
+        }
+    }
+
+    /// The ClusterIPs: spec.clusterIPs (dual-stack), else spec.clusterIP;
+    /// "None" (headless) and unset give none.
+    fn cluster_ips(&mut self, spec: &ServiceSpec) -> Vec<Addr> {
+        let (list, field) = match &spec.cluster_ips {
+            Some(l) if !l.is_empty() => (l.clone(), "spec.clusterIPs"),
+            _ => (spec.cluster_ip.iter().cloned().collect(), "spec.clusterIP"),
+        };
+        let mut out = Vec::new();
+        for (i, ip) in list.iter().enumerate() {
+            if ip.is_empty() || ip == "None" {
+                continue;
+            }
+            let field =
+                if field == "spec.clusterIP" { field.to_string() } else { format!("{field}[{i}]") };
+            match parse_ip(ip) {
+                Ok(addr) => out.push(Addr { addr, kind: FrontendKind::ClusterIp, field }),
+                Err(p) => self.error(field, p),
+            }
+        }
+        out
     }
 
     fn annotation<'s>(svc: &'s KubeService, name: &str) -> Option<&'s String> {
@@ -512,36 +610,104 @@ impl Cx<'_> {
     }
 }
 
-/// One datapath service per address family: a packet keeps its family end
-/// to end (no NAT46/64), so an IPv4 frontend may only pick IPv4 endpoints. A
-/// Maglev table over both families would send half of the flows to
-/// endpoints the datapath must drop.
+/// The socket frontends of service port `p`: its ClusterIPs (policy:
+/// internalTrafficPolicy), then each packet frontend again and the NodePort
+/// on loopback (policy: Cluster, kube-proxy's short circuit for in-cluster
+/// clients of external addresses).
+fn sock_frontends(
+    p: &Port,
+    cluster_ips: &[Addr],
+    packet: &[Frontend],
+    families: Families,
+    settings: &Settings,
+) -> Vec<SockFrontend> {
+    let mut out: Vec<SockFrontend> = cluster_ips
+        .iter()
+        .map(|a| SockFrontend {
+            frontend: Frontend { addr: a.addr, port: p.number, proto: p.proto, kind: a.kind },
+            field: Some(a.field.clone()),
+            policy: Policy::of(settings.internal_local),
+        })
+        .collect();
+    let copy = |f: Frontend| SockFrontend { frontend: f, field: None, policy: Policy::Cluster };
+    out.extend(packet.iter().map(|f| copy(*f)));
+    if let Some(np) = packet.iter().find(|f| f.kind == FrontendKind::NodePort) {
+        let loopback = [
+            (families.v4, IpAddr::from([127, 0, 0, 1])),
+            (families.v6, "::1".parse().expect("an address")),
+        ];
+        for (_, addr) in loopback.into_iter().filter(|(on, _)| *on) {
+            out.push(copy(Frontend { addr, ..*np }));
+        }
+    }
+    out
+}
+
+/// The datapath services of one service port: per address family (a packet
+/// keeps its family end to end, no NAT46/64, so an IPv4 frontend may only
+/// pick IPv4 endpoints), and per backend set. The packet frontends' policy
+/// (externalTrafficPolicy) decides the set of the service under the plain
+/// key; socket frontends of the other policy get a second service
+/// ([`CLUSTER_KEY_SUFFIX`], [`LOCAL_KEY_SUFFIX`]). With both policies
+/// Cluster (the usual case) a port is one service and one Maglev table.
 fn by_family(
     key: impl Fn(bool) -> ServiceKey,
-    frontends: &[Frontend],
-    fields: &[String],
-    backends: &[Backend],
+    port: &PortFrontends,
+    backends: &BackendSets,
     settings: &Settings,
 ) -> Vec<PortService> {
     let mut out = Vec::new();
     for v6 in [false, true] {
-        let (fes, fields): (Vec<Frontend>, Vec<String>) = frontends
+        let (packet, fields): (Vec<Frontend>, Vec<String>) = port
+            .packet
             .iter()
-            .zip(fields)
+            .zip(port.fields)
             .filter(|(f, _)| f.addr.is_ipv6() == v6)
             .map(|(f, field)| (*f, field.clone()))
             .unzip();
-        if fes.is_empty() {
-            continue;
+        let sock: Vec<&SockFrontend> =
+            port.sock.iter().filter(|s| s.frontend.addr.is_ipv6() == v6).collect();
+        let primary = match (packet.is_empty(), sock.first()) {
+            (false, _) => Policy::of(settings.local),
+            (true, Some(s)) => s.policy,
+            (true, None) => continue,
+        };
+        for policy in
+            [primary, if primary == Policy::Local { Policy::Cluster } else { Policy::Local }]
+        {
+            let mine: Vec<&&SockFrontend> = sock.iter().filter(|s| s.policy == policy).collect();
+            let packet_here = policy == primary && !packet.is_empty();
+            if mine.is_empty() && !packet_here {
+                continue;
+            }
+            let mut key = key(v6);
+            if policy != primary {
+                let suffix = match policy {
+                    Policy::Cluster => CLUSTER_KEY_SUFFIX,
+                    Policy::Local => LOCAL_KEY_SUFFIX,
+                };
+                key = ServiceKey(format!("{key}{suffix}"));
+            }
+            let set = match policy {
+                Policy::Cluster => &backends.cluster,
+                Policy::Local => &backends.local,
+            };
+            let mut service = Service::new(key);
+            if packet_here {
+                service.frontends.clone_from(&packet);
+                service.source_ranges.clone_from(&settings.source_ranges);
+            }
+            service.sock_frontends = mine.iter().map(|s| s.frontend).collect();
+            service.backends = set.iter().filter(|b| b.addr.is_ipv6() == v6).cloned().collect();
+            service.affinity = settings.affinity;
+            service.maglev_size = settings.maglev_size;
+            service.encap = settings.encap;
+            out.push(PortService {
+                service,
+                fields: if packet_here { fields.clone() } else { Vec::new() },
+                sock_fields: mine.iter().map(|s| s.field.clone()).collect(),
+            });
         }
-        let mut service = Service::new(key(v6));
-        service.frontends = fes;
-        service.backends = backends.iter().filter(|b| b.addr.is_ipv6() == v6).cloned().collect();
-        service.affinity = settings.affinity;
-        service.maglev_size = settings.maglev_size;
-        service.encap = settings.encap;
-        service.source_ranges = settings.source_ranges.clone();
-        out.push(PortService { service, fields });
     }
     out
 }

@@ -8,7 +8,10 @@
 //! - a Node change, only if its addresses changed (status heartbeats do
 //!   not): the Services with a slice whose endpoints name it; and when it is
 //!   this node, every NodePort and LoadBalancer Service (its addresses are
-//!   their frontends) and this node's settings.
+//!   their frontends), every pod with a hostPort here and this node's
+//!   settings;
+//! - a Pod change: that Pod, if it maps a host port on this node (before or
+//!   after): other Pods are not kept at all.
 //!
 //! So the cost of an update grows with the change, not with the cluster.
 //! What the Services translate to is the [`super::Translator`]'s; the
@@ -20,12 +23,13 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Node, Service as KubeService},
+    core::v1::{Node, Pod, Service as KubeService},
     discovery::v1::EndpointSlice,
 };
 
 use super::{
     endpoints::{self, ServiceName},
+    hostports,
     nodes::Nodes,
     services,
 };
@@ -36,6 +40,8 @@ use crate::cluster::{self, Changes, KindChanges, ObjectKey};
 pub(super) struct Touched {
     /// Services to translate again (those gone included).
     pub(super) services: BTreeSet<ObjectKey>,
+    /// Pods to translate again (host ports; those gone included).
+    pub(super) pods: BTreeSet<ObjectKey>,
     /// This node's addresses changed.
     pub(super) this_node: bool,
 }
@@ -62,6 +68,8 @@ pub(super) struct Tracker {
     /// Node name -> the slices whose endpoints name it.
     slices_on: HashMap<String, HashSet<ObjectKey>>,
     nodes: Nodes,
+    /// This node's pods that map a host port.
+    pods: BTreeMap<ObjectKey, Arc<Pod>>,
 }
 
 impl Tracker {
@@ -73,18 +81,44 @@ impl Tracker {
             slices_of: HashMap::new(),
             slices_on: HashMap::new(),
             nodes: Nodes::default(),
+            pods: BTreeMap::new(),
         }
     }
 
     /// Takes in a source's changes; what they touch.
     pub(super) fn update(&mut self, changes: Changes) -> Touched {
         // Each kind this translation reads; the others are other consumers'.
-        let Changes { services, slices, nodes, .. } = changes;
+        let Changes { services, slices, nodes, pods, .. } = changes;
         let mut touched = Touched::default();
         self.update_nodes(nodes, &mut touched);
         self.update_slices(slices, &mut touched);
         self.update_services(services, &mut touched);
+        self.update_pods(pods, &mut touched);
         touched
+    }
+
+    /// Pod `key`, if it maps a host port on this node.
+    pub(super) fn pod(&self, key: &ObjectKey) -> Option<&Arc<Pod>> {
+        self.pods.get(key)
+    }
+
+    fn update_pods(&mut self, pods: KindChanges<Pod>, touched: &mut Touched) {
+        for (key, pod) in pods.into_changes(self.pods.keys()) {
+            let pod = pod.filter(|p| hostports::relevant(p, &self.this_node));
+            if let (Some(old), Some(new)) = (self.pods.get(&key), &pod) {
+                if cluster::unchanged(old, new) {
+                    continue;
+                }
+            }
+            match pod {
+                Some(p) => {
+                    self.pods.insert(key.clone(), p);
+                }
+                None if self.pods.remove(&key).is_none() => continue,
+                None => {}
+            }
+            touched.pods.insert(key);
+        }
     }
 
     /// Service `key` (None: not held).
@@ -134,6 +168,7 @@ impl Tracker {
         if touched.this_node {
             let node_ports = self.services.iter().filter(|(_, s)| services::opens_node_ports(s));
             touched.services.extend(node_ports.map(|(k, _)| k.clone()));
+            touched.pods.extend(self.pods.keys().cloned());
         }
     }
 

@@ -6,7 +6,9 @@
 //! container runtime does, drives real HTTP requests from the client to the
 //! VIP over IPv4 and IPv6 and from pods to pods across nodes through the
 //! Geneve overlay, and prints where they landed and the packet counters
-//! that show direct server return and the overlay at work.
+//! that show direct server return and the overlay at work; then requests to
+//! the service's ClusterIP from a pod and from a node, with the counters
+//! that show they were translated at the socket.
 //! Everything is torn down on exit and on Ctrl-C. A binary of its own so
 //! that the `xlb` agent does not link the lab.
 use std::{
@@ -24,7 +26,7 @@ use lab::{
     agent::{self, Agent, AgentSpec},
     http::{self, DriveReport, DriveSpec},
     manifests::{self, EndpointState},
-    spec::{VIP_PORT, VIP_V4, VIP_V6},
+    spec::{CLUSTER_IP_V4, CLUSTER_IP_V6, VIP_PORT, VIP_V4, VIP_V6},
     Lab, LabSpec, LinkStats,
 };
 
@@ -53,6 +55,10 @@ struct LabArgs {
     /// Requests to the IPv6 VIP, each on a new TCP connection.
     #[arg(long, default_value_t = 50)]
     requests_v6: usize,
+    /// Requests to the service's ClusterIP (each family) from a pod and
+    /// from a node, each on a new TCP connection.
+    #[arg(long, default_value_t = 20)]
+    requests_east_west: usize,
     /// Connections in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     concurrency: u32,
@@ -134,7 +140,7 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
     };
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     println!(
-        "manifests: {origin}: Service default/nginx, LoadBalancer {VIP_V4} and {VIP_V6} port {VIP_PORT}"
+        "manifests: {origin}: Service default/nginx, LoadBalancer {VIP_V4} and {VIP_V6} port {VIP_PORT}, ClusterIP {CLUSTER_IP_V4} and {CLUSTER_IP_V6}"
     );
 
     let mut agent_spec = AgentSpec::new(&xlb, &config);
@@ -149,7 +155,8 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
         lab.temp_dir().display()
     );
 
-    let outcome = exercise(&lab, &mut agents, &args);
+    let outcome = exercise(&lab, &mut agents, &args)
+        .and_then(|()| east_west(&lab, &mut agents, &xlb, args.requests_east_west));
     if let Err(e) = &outcome {
         for a in &agents {
             eprintln!("--- last lines of the {} agent's log ---\n{}", a.node, a.log_tail(15));
@@ -472,4 +479,102 @@ fn plural(n: u32) -> &'static str {
     } else {
         "s"
     }
+}
+
+// --- East-west (#9): the service's ClusterIP from a pod and from a node ---
+
+/// Requests to the ClusterIPs from the first pod and from the last node's
+/// own processes (each in its namespace and its cgroup): who answered, the
+/// peer the client's socket saw, and the node agents' socket counters
+/// (translated at connect(); the packets went straight to the pod).
+fn east_west(lab: &Lab, agents: &mut [Agent], xlb: &Path, requests: usize) -> anyhow::Result<()> {
+    if requests == 0 {
+        return Ok(());
+    }
+    let probe = lab::eastwest::probe_binary(xlb)?;
+    let pod = lab.pods().next().context("the lab has no pod")?.host.name.clone();
+    let node = lab.nodes().last().context("the lab has no node")?.host.name.clone();
+    // Per agent: connect() translations, getpeername/recvmsg reverse
+    // translations, and packets NAT'd or encapsulated by XDP or tc.
+    let sock_counters = |agents: &[Agent]| -> anyhow::Result<BTreeMap<String, [u64; 3]>> {
+        let mut out = BTreeMap::new();
+        for a in agents.iter() {
+            let c = a.counters()?;
+            let get = |n: &str| c.get(n).copied().unwrap_or(0);
+            let packets: u64 = c
+                .iter()
+                .filter(|(n, _)| n.starts_with("ok_") && !n.starts_with("ok_sock_"))
+                .map(|(_, v)| v)
+                .sum();
+            out.insert(a.node.clone(), [get("ok_sock_connect"), get("ok_sock_revnat"), packets]);
+        }
+        Ok(out)
+    };
+    println!(
+        "\nsending {requests} requests to http://{CLUSTER_IP_V4}/ and to \
+         http://[{CLUSTER_IP_V6}]/ (the service's ClusterIPs) from {pod} and from {node}, \
+         one TCP connection each ..."
+    );
+    let before = sock_counters(agents)?;
+    println!(
+        "  {:<8} {:<22} {:>4} {:>6}  {:<24} ANSWERED BY",
+        "FROM", "TO", "OK", "FAILED", "PEER SEEN (getpeername)"
+    );
+    let mut failed = 0;
+    let mut wrong_peer = 0;
+    for client in [&pod, &node] {
+        for target in [
+            SocketAddr::from((CLUSTER_IP_V4, VIP_PORT)),
+            SocketAddr::from((CLUSTER_IP_V6, VIP_PORT)),
+        ] {
+            let r = lab::eastwest::drive(lab, &probe, client, target, requests)?;
+            let answered: Vec<String> =
+                r.per_backend.iter().map(|(pod, n)| format!("{pod} {n}")).collect();
+            println!(
+                "  {client:<8} {:<22} {:>4} {:>6}  {:<24} {}",
+                target.to_string(),
+                r.succeeded(),
+                r.failures.len(),
+                if r.wrong_peer == 0 { target.to_string() } else { "NOT the ClusterIP".into() },
+                answered.join(", ")
+            );
+            for e in r.failures.iter().take(3) {
+                println!("    failed: {e}");
+            }
+            failed += r.failures.len();
+            wrong_peer += r.wrong_peer;
+        }
+    }
+    let after = sock_counters(agents)?;
+    println!("  counters of each agent during these requests:");
+    let (mut translated, mut nat) = (0, 0);
+    for (node, now) in &after {
+        let was = before.get(node).copied().unwrap_or_default();
+        let d: Vec<u64> = now.iter().zip(was).map(|(n, w)| n - w).collect();
+        translated += d[0];
+        nat += d[2];
+        println!(
+            "    {node:<8} ok_sock_connect +{:<5} ok_sock_revnat +{:<5} packets NAT'd by XDP/tc +{}",
+            d[0], d[1], d[2]
+        );
+    }
+    println!(
+        "  {translated} connections given a pod's address at connect(); {nat} packets NAT'd \
+         on the way"
+    );
+    for a in agents.iter_mut() {
+        if let Some(status) = a.exited() {
+            bail!("the {} agent exited during the run ({status})", a.node);
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} ClusterIP requests failed", 4 * requests);
+    }
+    if wrong_peer > 0 {
+        bail!("{wrong_peer} connections saw a peer other than the ClusterIP");
+    }
+    if translated < 4 * requests as u64 {
+        bail!("{translated} socket translations for {} ClusterIP connections", 4 * requests);
+    }
+    Ok(())
 }

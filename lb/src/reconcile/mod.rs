@@ -97,6 +97,11 @@ pub struct ApplyStats {
     /// Frontends or source ranges were written or removed: caches of
     /// service settings in the datapath were told (xlb_config_gen).
     pub settings_changed: bool,
+    /// Backends removed (not only terminating), with their service's
+    /// protocol: sockets translated to them are to be terminated
+    /// ([`crate::sockdestroy`]).
+    #[serde(skip)]
+    pub gone_backends: Vec<crate::sockdestroy::GoneBackend>,
     #[serde(skip)]
     pub duration: Duration,
 }

@@ -1,5 +1,5 @@
 //! The services reconciler: desired [`Service`]s in; the entries of
-//! xlb_svc_names, xlb_frontends, xlb_source_ranges, xlb_maglev,
+//! xlb_svc_names, xlb_frontends, xlb_sock_frontends, xlb_source_ranges, xlb_maglev,
 //! xlb_svc_backends, xlb_backends and xlb_backend_meta out (and the
 //! statistics slots of the ids it frees). Its bookkeeping mirrors those
 //! entries exactly — each service's id, frontend values, source ranges,
@@ -33,7 +33,8 @@ use super::{
 use crate::{
     abi,
     maglev::{Maglev, MaglevError, MAX_BACKENDS},
-    model::{BackendState, Cidr, Encap, Frontend, FrontendKind, Service, ServiceKey},
+    model::{BackendState, Cidr, Encap, Frontend, FrontendKind, Proto, Service, ServiceKey},
+    sockdestroy::GoneBackend,
     store::{BackendMeta, Capacity, MapStore, Write},
     view::{table_hash, RawService},
 };
@@ -80,10 +81,16 @@ pub(crate) fn validate(svc: &Service) -> Result<(), DatapathError> {
     if let Err(e) = Maglev::new(size) {
         return bad(Problem::Maglev(e));
     }
-    let mut frontends = HashSet::new();
-    for f in &svc.frontends {
-        if !frontends.insert((f.addr, f.port, f.proto)) {
-            return bad(Problem::DuplicateFrontend { addr: f.addr, port: f.port, proto: f.proto });
+    for list in [&svc.frontends, &svc.sock_frontends] {
+        let mut seen = HashSet::new();
+        for f in list {
+            if !seen.insert((f.addr, f.port, f.proto)) {
+                return bad(Problem::DuplicateFrontend {
+                    addr: f.addr,
+                    port: f.port,
+                    proto: f.proto,
+                });
+            }
         }
     }
     let active = svc.backends.iter().filter(|b| b.state == BackendState::Active).count();
@@ -129,7 +136,19 @@ fn backend_value(svc_id: u32, gen: u32, b: &crate::model::Backend) -> abi::Backe
     abi::Backend { addr, node, port: b.port.to_be(), family, node_family, flags, svc_id, gen }
 }
 
-/// The value every frontend of `svc` carries (NodePort frontends add their flag).
+/// The value `f` of `svc` carries: the service's, with the flags saying what
+/// the frontend is.
+fn frontend_value(value: abi::Service, f: &Frontend) -> abi::Service {
+    let flags = match f.kind {
+        FrontendKind::NodePort => abi::SVC_F_NODEPORT,
+        FrontendKind::ClusterIp => abi::SVC_F_CLUSTER_IP,
+        FrontendKind::HostPort => abi::SVC_F_HOST_PORT,
+        FrontendKind::LoadBalancer | FrontendKind::ExternalIp => 0,
+    };
+    abi::Service { flags: value.flags | flags, ..value }
+}
+
+/// The value every frontend of `svc` carries (before its per-frontend flags).
 fn service_value(svc_id: u32, svc: &Service) -> abi::Service {
     let active = svc.backends.iter().filter(|b| b.state == BackendState::Active).count();
     let mut flags = 0;
@@ -197,8 +216,10 @@ pub(crate) struct Table {
 #[derive(Clone, Debug)]
 pub(crate) struct Svc {
     pub id: u32,
-    /// Each frontend's value, its NodePort flag included.
+    /// Each frontend's value, its per-frontend flags included.
     pub frontends: HashMap<abi::FrontendKey, abi::Service>,
+    /// The same for the addresses translated at the socket.
+    pub sock_frontends: HashMap<abi::FrontendKey, abi::Service>,
     pub ranges: BTreeSet<Cidr>,
     /// By service-local index.
     pub backends: BTreeMap<u32, Backend>,
@@ -214,6 +235,7 @@ impl Svc {
         Svc {
             id,
             frontends: HashMap::new(),
+            sock_frontends: HashMap::new(),
             ranges: BTreeSet::new(),
             backends: BTreeMap::new(),
             by_endpoint: HashMap::new(),
@@ -228,7 +250,7 @@ impl Svc {
     /// (a full diff asks this of every service).
     fn changed_table_input(&self, svc: &Service) -> Option<TableInput> {
         let mut active: Vec<(&str, u32, u16)> = Vec::new();
-        if !svc.frontends.is_empty() {
+        if !svc.frontends.is_empty() || !svc.sock_frontends.is_empty() {
             active = svc
                 .backends
                 .iter()
@@ -290,6 +312,7 @@ impl Services {
             svc_used.insert(s.id);
             let mut st = Svc::new(s.id);
             st.frontends = s.frontends.iter().copied().collect();
+            st.sock_frontends = s.sock_frontends.iter().copied().collect();
             st.ranges = s.ranges.iter().copied().collect();
             let mut used = BTreeSet::new();
             for b in &s.backends {
@@ -559,6 +582,15 @@ impl Services {
             stats.deletes += 1;
             stats.settings_changed = true;
         }
+        // Nothing caches socket frontends: no settings change to tell.
+        let want: HashSet<abi::FrontendKey> = svc.sock_frontends.iter().map(frontend_key).collect();
+        let gone: Vec<abi::FrontendKey> =
+            st.sock_frontends.keys().filter(|k| !want.contains(*k)).copied().collect();
+        for key in gone {
+            write(store, Write::SockFrontendDelete { key })?;
+            st.sock_frontends.remove(&key);
+            stats.deletes += 1;
+        }
         Ok(())
     }
 
@@ -633,12 +665,19 @@ impl Services {
 
         // 3. The service value on every frontend that lacks it.
         let value = service_value(id, svc);
+        for f in &svc.sock_frontends {
+            let key = frontend_key(f);
+            let want = frontend_value(value, f);
+            if st.sock_frontends.get(&key) == Some(&want) {
+                continue;
+            }
+            write(store, Write::SockFrontend { key, value: want })?;
+            st.sock_frontends.insert(key, want);
+            stats.frontend_writes += 1;
+        }
         for f in &svc.frontends {
             let key = frontend_key(f);
-            let mut want = value;
-            if f.kind == FrontendKind::NodePort {
-                want.flags |= abi::SVC_F_NODEPORT;
-            }
+            let want = frontend_value(value, f);
             let old = st.frontends.get(&key).copied();
             if old == Some(want) {
                 continue;
@@ -692,8 +731,11 @@ impl Services {
             })
             .map(|(index, _)| *index)
             .collect();
+        let proto = svc_proto(st);
         for index in gone {
-            free_backend(store, tunnels, pools, st, index, stats)?;
+            // An endpoint held twice keeps its other index: not gone.
+            let kept = want_be.contains(&endpoint_of(&st.backends[&index].value));
+            free_backend(store, tunnels, pools, st, index, proto.filter(|_| !kept), stats)?;
         }
         Ok(())
     }
@@ -708,12 +750,19 @@ impl Services {
         let Services { map, pools } = self;
         let st = map.get_mut(key).expect("listed");
         let id = st.id;
+        let proto = svc_proto(st);
         let frontends: Vec<abi::FrontendKey> = st.frontends.keys().copied().collect();
         for key in frontends {
             write(store, Write::FrontendDelete { key })?;
             st.frontends.remove(&key);
             stats.deletes += 1;
             stats.settings_changed = true;
+        }
+        let frontends: Vec<abi::FrontendKey> = st.sock_frontends.keys().copied().collect();
+        for key in frontends {
+            write(store, Write::SockFrontendDelete { key })?;
+            st.sock_frontends.remove(&key);
+            stats.deletes += 1;
         }
         for cidr in st.ranges.clone() {
             write(store, Write::SourceRangeDelete { svc_id: id, cidr })?;
@@ -733,7 +782,7 @@ impl Services {
         }
         let indices: Vec<u32> = st.backends.keys().copied().collect();
         for index in indices {
-            free_backend(store, tunnels, pools, st, index, stats)?;
+            free_backend(store, tunnels, pools, st, index, proto, stats)?;
         }
         // The name last: while it is there, a restart finds the rest.
         write(store, Write::SvcStatsZero { svc_id: id })?;
@@ -778,20 +827,32 @@ fn add_backend<S: MapStore>(
     Ok(value)
 }
 
+/// The IP protocol of a service's frontends (one service port has one).
+fn svc_proto(st: &Svc) -> Option<Proto> {
+    st.frontends.keys().chain(st.sock_frontends.keys()).find_map(|k| Proto::from_number(k.proto))
+}
+
 /// Frees a backend: first its service index (from then on nothing can
-/// reach it), then its slot ([`clear_unlinked`]).
+/// reach it), then its slot ([`clear_unlinked`]). `proto`: its service's
+/// (read before the service's frontends went), for the sockets to end.
+#[allow(clippy::too_many_arguments)]
 fn free_backend<S: MapStore>(
     store: &mut S,
     tunnels: &mut Tunnels,
     pools: &mut Pools,
     st: &mut Svc,
     index: u32,
+    proto: Option<Proto>,
     stats: &mut ApplyStats,
 ) -> Result<(), DatapathError> {
     let b = &st.backends[&index];
     let (id, value) = (b.id, b.value);
     write(store, Write::SvcBackendDelete { key: abi::SvcBackendKey { svc_id: st.id, index } })?;
     stats.deletes += 1;
+    if let Some(proto) = proto {
+        let (addr, port) = endpoint_of(&value);
+        stats.gone_backends.push(GoneBackend { addr, port, proto });
+    }
     tunnels.release(&value);
     st.backends.remove(&index);
     let ep = endpoint_of(&value);

@@ -17,8 +17,8 @@ use crate::{
     maglev::Maglev,
     model::{Affinity, Backend, BackendState, Cidr, Encap, Frontend, FrontendKind, Proto, Service},
     store::{
-        BackendMeta, Capacity, MapStore, MemStore, StoreError, SvcTraffic, Target, Traffic,
-        WriteRecord,
+        BackendMeta, Capacity, MapStore, MemStore, SockTraffic, StoreError, SvcTraffic, Target,
+        Traffic, WriteRecord,
     },
 };
 
@@ -106,8 +106,10 @@ impl Checked {
             .into_iter()
             .map(|(k, id)| ((k.svc_id, k.index), id))
             .collect();
-        for (k, v) in s.frontends().unwrap() {
-            let fe = Target::Frontend(k);
+        let packet = s.frontends().unwrap().into_iter().map(|(k, v)| (Target::Frontend(k), v));
+        let socket =
+            s.sock_frontends().unwrap().into_iter().map(|(k, v)| (Target::SockFrontend(k), v));
+        for (fe, v) in packet.chain(socket) {
             if !names.contains_key(&v.id) {
                 return Err(format!("{fe} names service {} which has no name", v.id));
             }
@@ -160,6 +162,9 @@ impl MapStore for Checked {
     fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
         self.inner.frontends()
     }
+    fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
+        self.inner.sock_frontends()
+    }
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
         self.inner.svc_backends()
     }
@@ -180,6 +185,9 @@ impl MapStore for Checked {
     }
     fn svc_stats(&self, svc_id: u32) -> Result<SvcTraffic, StoreError> {
         self.inner.svc_stats(svc_id)
+    }
+    fn sock_stats(&self, svc_id: u32) -> Result<SockTraffic, StoreError> {
+        self.inner.sock_stats(svc_id)
     }
     fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError> {
         self.inner.backend_stats(id)
@@ -246,6 +254,7 @@ impl MapStore for Checked {
 struct SvcMirror {
     id: u32,
     frontends: BTreeMap<(u8, [u8; 16], u16, u8), abi::Service>,
+    sock_frontends: BTreeMap<(u8, [u8; 16], u16, u8), abi::Service>,
     ranges: BTreeSet<Cidr>,
     backends: BTreeMap<u32, services::Backend>,
     /// (hash, size class) of the table: its size is the frontends' to say.
@@ -271,6 +280,11 @@ fn mirror<S: MapStore>(dp: &Datapath<S>) -> Mirror {
                     id: s.id,
                     frontends: s
                         .frontends
+                        .iter()
+                        .map(|(k, v)| ((k.family, k.addr, k.port, k.proto), *v))
+                        .collect(),
+                    sock_frontends: s
+                        .sock_frontends
                         .iter()
                         .map(|(k, v)| ((k.family, k.addr, k.port, k.proto), *v))
                         .collect(),
@@ -307,7 +321,10 @@ fn content<S: MapStore>(dp: &Datapath<S>) -> String {
             s.source_ranges
         );
         for f in &s.frontends {
-            out += &format!("  fe {}:{}/{} np={}\n", f.addr, f.port, f.proto, f.nodeport);
+            out += &format!(
+                "  fe {}:{}/{} np={} cip={} sock={}\n",
+                f.addr, f.port, f.proto, f.nodeport, f.clusterip, f.socket
+            );
         }
         for b in &s.backends {
             out += &format!(

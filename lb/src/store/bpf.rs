@@ -8,7 +8,8 @@ use std::{
 use aya::maps::{MapError, PerCpuValues};
 
 use super::{
-    decode_name, encode_name, BackendMeta, Capacity, MapStore, SnatTotals, StoreError, SvcTraffic,
+    decode_name, encode_name, BackendMeta, Capacity, MapStore, SnatTotals, SockTraffic, StoreError,
+    SvcTraffic,
     Traffic, Write,
 };
 use crate::{
@@ -108,6 +109,14 @@ impl MapStore for BpfStore {
         self.maps.frontends.iter().map(|i| i.map_err(op("xlb_frontends", "iterate"))).collect()
     }
 
+    fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
+        self.maps
+            .sock_frontends
+            .iter()
+            .map(|i| i.map_err(op("xlb_sock_frontends", "iterate")))
+            .collect()
+    }
+
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
         self.maps
             .svc_backends
@@ -170,6 +179,17 @@ impl MapStore for BpfStore {
             packets: a.packets + s.packets,
             bytes: a.bytes + s.bytes,
             new_flows: a.new_flows + s.new_flows,
+            affinity_hits: a.affinity_hits + s.affinity_hits,
+        }))
+    }
+
+    fn sock_stats(&self, svc_id: u32) -> Result<SockTraffic, StoreError> {
+        let v = self.maps.sock_stats.get(&svc_id, 0).map_err(op("xlb_sock_stats", "lookup"))?;
+        Ok(v.iter().fold(SockTraffic::default(), |a, s| SockTraffic {
+            connect: a.connect + s.connect,
+            sendmsg: a.sendmsg + s.sendmsg,
+            revnat: a.revnat + s.revnat,
+            refused: a.refused + s.refused,
             affinity_hits: a.affinity_hits + s.affinity_hits,
         }))
     }
@@ -269,10 +289,24 @@ impl MapStore for BpfStore {
             Write::SvcNameDelete { svc_id } => removed(m.svc_names.remove(&svc_id), map),
             Write::SvcStatsZero { svc_id } => {
                 let zero = abi::SvcStats { packets: 0, bytes: 0, new_flows: 0, affinity_hits: 0 };
-                m.svc_stats.set(svc_id, per_cpu(zero, self.ncpus), 0).map_err(up)
+                m.svc_stats.set(svc_id, per_cpu(zero, self.ncpus), 0).map_err(up)?;
+                let zero = abi::SockStats {
+                    connect: 0,
+                    sendmsg: 0,
+                    revnat: 0,
+                    refused: 0,
+                    affinity_hits: 0,
+                };
+                m.sock_stats
+                    .set(svc_id, per_cpu(zero, self.ncpus), 0)
+                    .map_err(op("xlb_sock_stats", "update"))
             }
             Write::Frontend { key, value } => m.frontends.insert(key, value, 0).map_err(up),
             Write::FrontendDelete { key } => removed(m.frontends.remove(&key), map),
+            Write::SockFrontend { key, value } => {
+                m.sock_frontends.insert(key, value, 0).map_err(up)
+            }
+            Write::SockFrontendDelete { key } => removed(m.sock_frontends.remove(&key), map),
             Write::SourceRange { svc_id, cidr } => {
                 m.source_ranges.insert(&src_range_key(svc_id, &cidr), 1, 0).map_err(up)
             }

@@ -10,7 +10,8 @@ use std::{
 use std::net::IpAddr;
 
 use super::{
-    BackendMeta, Capacity, MapStore, SnatTotals, StoreError, SvcTraffic, Target, Traffic, Write,
+    BackendMeta, Capacity, MapStore, SnatTotals, SockTraffic, StoreError, SvcTraffic, Target, Traffic,
+    Write,
 };
 use crate::{abi, model::Cidr};
 
@@ -35,6 +36,8 @@ pub struct MemStore {
     svc_names: BTreeMap<u32, String>,
     svc_stats: BTreeMap<u32, SvcTraffic>,
     frontends: BTreeMap<FeOrd, (abi::FrontendKey, abi::Service)>,
+    sock_frontends: BTreeMap<FeOrd, (abi::FrontendKey, abi::Service)>,
+    sock_stats: BTreeMap<u32, SockTraffic>,
     source_ranges: BTreeSet<(u32, Cidr)>,
     /// By (service id, size class): a table lives in its class's map.
     maglev: BTreeMap<(u32, usize), Vec<u16>>,
@@ -79,6 +82,8 @@ impl MemStore {
             svc_names: BTreeMap::new(),
             svc_stats: BTreeMap::new(),
             frontends: BTreeMap::new(),
+            sock_frontends: BTreeMap::new(),
+            sock_stats: BTreeMap::new(),
             source_ranges: BTreeSet::new(),
             maglev: BTreeMap::new(),
             backends: BTreeMap::new(),
@@ -124,6 +129,11 @@ impl MemStore {
         self.connections.push((key, entry));
     }
 
+    /// The datapath's side: socket translations counted for a service.
+    pub fn count_sock(&mut self, svc_id: u32, connect: u64) {
+        self.sock_stats.entry(svc_id).or_default().connect += connect;
+    }
+
     /// The datapath's side: traffic counted for a service and a backend.
     pub fn count_traffic(&mut self, svc_id: u32, backend_id: u32, packets: u64, bytes: u64) {
         let s = self.svc_stats.entry(svc_id).or_default();
@@ -158,6 +168,10 @@ impl MapStore for MemStore {
 
     fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
         Ok(self.frontends.values().copied().collect())
+    }
+
+    fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
+        Ok(self.sock_frontends.values().copied().collect())
     }
 
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
@@ -216,6 +230,10 @@ impl MapStore for MemStore {
         Ok(self.svc_stats.get(&svc_id).copied().unwrap_or_default())
     }
 
+    fn sock_stats(&self, svc_id: u32) -> Result<SockTraffic, StoreError> {
+        Ok(self.sock_stats.get(&svc_id).copied().unwrap_or_default())
+    }
+
     fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError> {
         Ok(self.backend_stats.get(&id).copied().unwrap_or_default())
     }
@@ -269,12 +287,19 @@ impl MapStore for MemStore {
             Write::SvcStatsZero { svc_id } => {
                 self.check_id(&w, svc_id, services)?;
                 self.svc_stats.remove(&svc_id);
+                self.sock_stats.remove(&svc_id);
             }
             Write::Frontend { key, value } => {
                 self.frontends.insert(fe_ord(&key), (key, value));
             }
             Write::FrontendDelete { key } => {
                 self.frontends.remove(&fe_ord(&key));
+            }
+            Write::SockFrontend { key, value } => {
+                self.sock_frontends.insert(fe_ord(&key), (key, value));
+            }
+            Write::SockFrontendDelete { key } => {
+                self.sock_frontends.remove(&fe_ord(&key));
             }
             Write::SourceRange { svc_id, cidr } => {
                 self.source_ranges.insert((svc_id, cidr));

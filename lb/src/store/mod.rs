@@ -48,6 +48,20 @@ pub struct SvcTraffic {
     pub affinity_hits: u64,
 }
 
+/// Socket translations of one service, summed over CPUs (xlb_sock_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SockTraffic {
+    /// connect() calls translated.
+    pub connect: u64,
+    /// Unconnected UDP datagrams translated.
+    pub sendmsg: u64,
+    /// recvmsg()/getpeername() shown the service address.
+    pub revnat: u64,
+    /// connect()/sendmsg() refused (no usable backend).
+    pub refused: u64,
+    pub affinity_hits: u64,
+}
+
 /// Packets and bytes, summed over CPUs (xlb_backend_stats, xlb_counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Traffic {
@@ -73,7 +87,8 @@ pub enum Write<'a> {
     SvcNameDelete {
         svc_id: u32,
     },
-    /// Zeroes a service id's statistics (its next owner starts at zero).
+    /// Zeroes a service id's statistics, packet and socket (its next owner
+    /// starts at zero).
     SvcStatsZero {
         svc_id: u32,
     },
@@ -82,6 +97,14 @@ pub enum Write<'a> {
         value: abi::Service,
     },
     FrontendDelete {
+        key: abi::FrontendKey,
+    },
+    /// An address translated at the socket (xlb_sock_frontends).
+    SockFrontend {
+        key: abi::FrontendKey,
+        value: abi::Service,
+    },
+    SockFrontendDelete {
         key: abi::FrontendKey,
     },
     SourceRange {
@@ -170,6 +193,7 @@ pub enum Target {
     SvcName(u32),
     SvcStats(u32),
     Frontend(abi::FrontendKey),
+    SockFrontend(abi::FrontendKey),
     SourceRange(u32, Cidr),
     /// (service id, size class).
     Maglev(u32, usize),
@@ -193,6 +217,7 @@ impl Target {
             Target::SvcName(_) => "xlb_svc_names",
             Target::SvcStats(_) => "xlb_svc_stats",
             Target::Frontend(_) => "xlb_frontends",
+            Target::SockFrontend(_) => "xlb_sock_frontends",
             Target::SourceRange(..) => "xlb_source_ranges",
             Target::Maglev(_, class) => abi::maglev_map(*class),
             Target::Backend(_) => "xlb_backends",
@@ -231,10 +256,14 @@ impl fmt::Display for Target {
             | Target::Backend(id)
             | Target::BackendStats(id)
             | Target::BackendMeta(id) => write!(f, "{}[{id}]", self.map()),
-            Target::Frontend(k) => match abi::addr_from_abi(&k.addr, k.family) {
-                Some(a) => write!(f, "{}[{a} {} {}]", self.map(), u16::from_be(k.port), k.proto),
-                None => write!(f, "{}[family {}]", self.map(), k.family),
-            },
+            Target::Frontend(k) | Target::SockFrontend(k) => {
+                match abi::addr_from_abi(&k.addr, k.family) {
+                    Some(a) => {
+                        write!(f, "{}[{a} {} {}]", self.map(), u16::from_be(k.port), k.proto)
+                    }
+                    None => write!(f, "{}[family {}]", self.map(), k.family),
+                }
+            }
             Target::SourceRange(id, c) => write!(f, "{}[{id} {c}]", self.map()),
             Target::SvcBackend(k) => write!(f, "{}[{} {}]", self.map(), k.svc_id, k.index),
             Target::Node | Target::ConfigGen | Target::Podnet => write!(f, "{}[0]", self.map()),
@@ -253,6 +282,9 @@ impl Write<'_> {
             }
             Write::SvcStatsZero { svc_id } => Target::SvcStats(svc_id),
             Write::Frontend { key, .. } | Write::FrontendDelete { key } => Target::Frontend(key),
+            Write::SockFrontend { key, .. } | Write::SockFrontendDelete { key } => {
+                Target::SockFrontend(key)
+            }
             Write::SourceRange { svc_id, cidr } | Write::SourceRangeDelete { svc_id, cidr } => {
                 Target::SourceRange(svc_id, cidr)
             }
@@ -286,6 +318,7 @@ impl Write<'_> {
             self,
             Write::SvcNameDelete { .. }
                 | Write::FrontendDelete { .. }
+                | Write::SockFrontendDelete { .. }
                 | Write::SourceRangeDelete { .. }
                 | Write::MaglevDelete { .. }
                 | Write::BackendMetaDelete { .. }
@@ -316,6 +349,8 @@ pub trait MapStore {
     fn svc_names(&self) -> Result<Vec<(u32, String)>, StoreError>;
     /// xlb_frontends.
     fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError>;
+    /// xlb_sock_frontends.
+    fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError>;
     /// xlb_svc_backends: (service id, service-local index) -> backend id.
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError>;
     /// xlb_backends\[id\] (an array: every id below capacity has a value).
@@ -334,6 +369,8 @@ pub trait MapStore {
     fn node(&self) -> Result<abi::NodeCfg, StoreError>;
     /// xlb_svc_stats\[svc_id\], summed over CPUs.
     fn svc_stats(&self, svc_id: u32) -> Result<SvcTraffic, StoreError>;
+    /// xlb_sock_stats\[svc_id\], summed over CPUs.
+    fn sock_stats(&self, svc_id: u32) -> Result<SockTraffic, StoreError>;
     /// xlb_backend_stats\[id\], summed over CPUs.
     fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError>;
     /// Walks xlb_ct until `visit` breaks (an LRU: entries come and go meanwhile).

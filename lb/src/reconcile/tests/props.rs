@@ -31,6 +31,16 @@ fn frontend_pool(i: usize) -> [Frontend; 4] {
     ]
 }
 
+/// The socket frontends service `i` may have: its ClusterIP, the in-cluster
+/// copy of its LoadBalancer IP, its NodePort on loopback.
+fn sock_frontend_pool(i: usize) -> [Frontend; 3] {
+    [
+        fe(&format!("10.96.0.{}", i + 1), 80, Proto::Tcp, FrontendKind::ClusterIp),
+        fe(&format!("10.100.0.{}", i + 1), 80, Proto::Tcp, FrontendKind::LoadBalancer),
+        fe("127.0.0.1", 30000 + i as u16, Proto::Tcp, FrontendKind::NodePort),
+    ]
+}
+
 fn arb_backend(n: u8) -> impl Strategy<Value = Option<Backend>> {
     proptest::option::weighted(
         0.5,
@@ -52,7 +62,7 @@ fn arb_service(i: usize) -> impl Strategy<Value = Option<Service>> {
     proptest::option::weighted(
         0.8,
         (
-            prop::bits::u8::between(0, 4),
+            prop::bits::u8::between(0, 7),
             backends,
             // 11 and 13 share a size class, 211 has another, 0 is chosen from the
             // active backends (one class for 1, another from 2).
@@ -67,6 +77,12 @@ fn arb_service(i: usize) -> impl Strategy<Value = Option<Service>> {
                     .into_iter()
                     .enumerate()
                     .filter(|(n, _)| fe_mask & (1 << n) != 0)
+                    .map(|(_, f)| f)
+                    .collect();
+                s.sock_frontends = sock_frontend_pool(i)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(n, _)| fe_mask & (1 << (n + 4)) != 0)
                     .map(|(_, f)| f)
                     .collect();
                 s.backends = backends.into_iter().flatten().collect();
@@ -122,7 +138,7 @@ fn expected(d: &Desired) -> String {
     for s in d.services.values() {
         let active: Vec<&Backend> =
             s.backends.iter().filter(|b| b.state == BackendState::Active).collect();
-        let has_frontends = !s.frontends.is_empty();
+        let has_frontends = !s.frontends.is_empty() || !s.sock_frontends.is_empty();
         let table = has_frontends && !active.is_empty();
         // Slots per backend name: the Maglev build of the active backends.
         let mut slots: HashMap<&str, usize> = HashMap::new();
@@ -145,14 +161,20 @@ fn expected(d: &Desired) -> String {
             s.affinity.filter(|_| has_frontends).map(|a| a.timeout.as_secs() as u32),
             ranges,
         );
-        let mut fes: Vec<(IpAddr, u16, String, bool)> = s
-            .frontends
-            .iter()
-            .map(|f| (f.addr, f.port, f.proto.to_string(), f.kind == FrontendKind::NodePort))
+        let mut fes: Vec<(bool, IpAddr, u16, String, bool, bool)> = [false, true]
+            .into_iter()
+            .flat_map(|sock| {
+                let list = if sock { &s.sock_frontends } else { &s.frontends };
+                list.iter().map(move |f| {
+                    let np = f.kind == FrontendKind::NodePort;
+                    let cip = f.kind == FrontendKind::ClusterIp;
+                    (sock, f.addr, f.port, f.proto.to_string(), np, cip)
+                })
+            })
             .collect();
         fes.sort();
-        for (a, p, proto, np) in fes {
-            out += &format!("  fe {a}:{p}/{proto} np={np}\n");
+        for (sock, a, p, proto, np, cip) in fes {
+            out += &format!("  fe {a}:{p}/{proto} np={np} cip={cip} sock={sock}\n");
         }
         let mut bes: Vec<&Backend> = s.backends.iter().collect();
         bes.sort_by_key(|b| (b.addr, b.port));
@@ -176,7 +198,7 @@ fn expected(d: &Desired) -> String {
 #[derive(Default)]
 struct Owners {
     svc: HashMap<u32, String>,
-    frontend: HashMap<(IpAddr, u16), String>,
+    frontend: HashMap<(bool, IpAddr, u16), String>,
     backend: HashMap<u32, String>,
 }
 
@@ -185,7 +207,7 @@ fn owners(list: &[ServiceListing]) -> Owners {
     for s in list {
         o.svc.insert(s.id, s.name.clone());
         for f in &s.frontends {
-            o.frontend.insert((f.addr, f.port), s.name.clone());
+            o.frontend.insert((f.socket, f.addr, f.port), s.name.clone());
         }
         for b in &s.backends {
             o.backend.insert(b.id, s.name.clone());
@@ -198,9 +220,10 @@ fn owners(list: &[ServiceListing]) -> Owners {
 fn touched(w: &WriteRecord, before: &Owners, after: &Owners) -> Option<String> {
     let by = |m: &dyn Fn(&Owners) -> Option<String>| m(before).or_else(|| m(after));
     match w.target {
-        Target::Frontend(k) => {
+        Target::Frontend(k) | Target::SockFrontend(k) => {
+            let sock = matches!(w.target, Target::SockFrontend(_));
             let a = abi::addr_from_abi(&k.addr, k.family)?;
-            by(&|o| o.frontend.get(&(a, u16::from_be(k.port))).cloned())
+            by(&|o| o.frontend.get(&(sock, a, u16::from_be(k.port))).cloned())
         }
         Target::Backend(id) | Target::BackendStats(id) | Target::BackendMeta(id) => {
             by(&|o| o.backend.get(&id).cloned())

@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * xlate.h: the forward translation of a socket's destination, at connect()
+ * (TCP, connected UDP) and at sendmsg() of unconnected UDP. The destination
+ * the application gave (struct xlb_frontend_key: address, port, protocol,
+ * family; an IPv4-mapped IPv6 address is looked up as IPv4) is looked up in
+ * xlb_sock_frontends; a service address becomes one of its backends:
+ *
+ *   1. the backend this socket was given before for the same service
+ *      address (its xlb_sock_state record), while it is valid: a connect()
+ *      (a new connection) wants it able to take new flows, a datagram of an
+ *      unconnected socket keeps it while it lives (terminating included);
+ *   2. sessionAffinity: ClientIP: the backend remembered for this network
+ *      namespace (xlb_sock_affinity), within the timeout;
+ *   3. Maglev: the service's table at a hash of the socket cookie, through
+ *      xlb_maglev_pick (maglev.h), so a change of the table layout stays
+ *      behind that function.
+ *
+ * The record (service address, backend address, ids) is written in the
+ * socket's storage before the destination is rewritten: recvmsg() and
+ * getpeername() read it back (revnat.h). No usable backend: the call fails
+ * at once with ECONNREFUSED (bpf_set_retval), like kube-proxy's REJECT.
+ *
+ * API
+ *   int xlb_sock_fwd(ctx, &fk, connect, &out)
+ *       0: fk holds the backend's address and port now (out says which);
+ *       or a negative reason: -XLB_PASS_* (not a service address: leave the
+ *       call alone) or -XLB_DROP_* (refuse it).
+ *   int xlb_sock_errno(reason)   the errno a refusal returns
+ */
+#ifndef XLB_SOCK_XLATE_H
+#define XLB_SOCK_XLATE_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+#include "addr.h"
+#include "conntrack.h"
+#include "maglev.h"
+
+#ifndef ECONNREFUSED
+#define ECONNREFUSED 111
+#endif
+#ifndef ENOMEM
+#define ENOMEM 12
+#endif
+#ifndef EAFNOSUPPORT
+#define EAFNOSUPPORT 97
+#endif
+
+/* Set by the loader (.rodata): in host-only mode (`xlb run
+ * --socket-lb-host-only`) the cookie of the node's network namespace, and
+ * sockets of other namespaces (pods: their sidecar proxies must see the
+ * ClusterIP) are left to the per-packet path; 0: every socket is translated. */
+volatile const __u64 xlb_sock_host_netns = 0;
+
+/* What one translation chose. */
+struct xlb_sock_out {
+	__u32 svc_id;
+	__u32 backend_id;
+	__u32 new_flow;	    /* chosen now (not the socket's earlier backend) */
+	__u32 affinity_hit; /* from ClientIP affinity */
+};
+
+static __always_inline int xlb_sock_errno(__u32 reason)
+{
+	switch (reason) {
+	case XLB_DROP_SOCK_STATE:
+		return -ENOMEM;
+	case XLB_DROP_SOCK_FAMILY:
+		return -EAFNOSUPPORT;
+	default:
+		return -ECONNREFUSED;
+	}
+}
+
+/* Host-only mode: whether this socket's namespace is left alone. */
+static __always_inline int xlb_sock_skip(void *ctx)
+{
+	return xlb_sock_host_netns && bpf_get_netns_cookie(ctx) != xlb_sock_host_netns;
+}
+
+/* The per-connection hash: the socket cookie (unique per socket, never
+ * reused while the host runs) through lookup3's final mix, seeded like the
+ * flow hash (conntrack.h). */
+static __always_inline __u32 xlb_sock_hash(__u64 cookie)
+{
+	__u32 a = 0xdeadbeef + (__u32)cookie, b = 0xdeadbeef + (__u32)(cookie >> 32),
+	      c = 0xdeadbeef + XLB_HASH_SEED;
+
+	c ^= b;
+	c -= xlb_rol32(b, 14);
+	a ^= c;
+	a -= xlb_rol32(c, 11);
+	b ^= a;
+	b -= xlb_rol32(a, 25);
+	c ^= b;
+	c -= xlb_rol32(b, 16);
+	a ^= c;
+	a -= xlb_rol32(c, 4);
+	b ^= a;
+	b -= xlb_rol32(a, 14);
+	c ^= b;
+	c -= xlb_rol32(b, 24);
+	return c;
+}
+
+/* The service fk names, if any. NodePorts answer on every loopback address:
+ * 127.0.0.0/8 is looked up as 127.0.0.1 (the entry the agent writes). */
+static __always_inline struct xlb_service *xlb_sock_frontend(struct xlb_frontend_key *fk)
+{
+	struct xlb_service *svc = bpf_map_lookup_elem(&xlb_sock_frontends, fk);
+	__u32 a;
+
+	if (svc || fk->family != XLB_FAMILY_V4)
+		return svc;
+	a = *(__u32 *)fk->addr;
+	if ((a & bpf_htonl(0xff000000)) != bpf_htonl(0x7f000000) || a == bpf_htonl(0x7f000001))
+		return NULL;
+	*(__u32 *)fk->addr = bpf_htonl(0x7f000001);
+	svc = bpf_map_lookup_elem(&xlb_sock_frontends, fk);
+	*(__u32 *)fk->addr = a;
+	return svc;
+}
+
+/* The socket's record of the service address fk, or NULL. */
+static __always_inline struct xlb_sock_rec *
+xlb_sock_rec_find(struct xlb_sock_state *st, __u32 svc_id, const struct xlb_frontend_key *fk)
+{
+#pragma unroll
+	for (int i = 0; i < XLB_SOCK_RECS; i++) {
+		struct xlb_sock_rec *r = &st->rec[i];
+
+		if (r->svc_id == svc_id && r->backend_id && r->vport == fk->port &&
+		    r->family == fk->family && r->proto == fk->proto &&
+		    xlb_addr_eq(r->vaddr, fk->addr))
+			return r;
+	}
+	return NULL;
+}
+
+/* The socket's earlier backend for this service address, if still usable. */
+static __always_inline struct xlb_backend *xlb_sock_rec_backend(const struct xlb_sock_rec *r,
+								int connect)
+{
+	struct xlb_backend *be = xlb_backend_get(r->backend_id);
+
+	if (!be || !xlb_backend_flow_ok(be, r->backend_gen))
+		return NULL;
+	if (connect && !xlb_backend_new_ok(be))
+		return NULL;
+	return be;
+}
+
+static __always_inline struct xlb_backend *xlb_sock_affinity_get(const struct xlb_service *svc,
+								 const struct xlb_sock_aff_key *ak,
+								 __u64 now, __u32 *backend_id)
+{
+	struct xlb_affinity_entry *ae = bpf_map_lookup_elem(&xlb_sock_affinity, ak);
+	struct xlb_backend *be;
+
+	if (!ae || now - ae->last_ns >= (__u64)svc->affinity_timeout_s * XLB_NSEC_PER_SEC)
+		return NULL;
+	be = xlb_backend_get(ae->backend_id);
+	if (!be || !xlb_backend_new_ok(be) || be->gen != ae->backend_gen)
+		return NULL;
+	*backend_id = ae->backend_id;
+	return be;
+}
+
+static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_frontend_key *fk,
+					int connect, struct xlb_sock_out *out)
+{
+	struct xlb_sock_aff_key ak = {};
+	struct xlb_affinity_entry ae = {};
+	struct xlb_sock_state *st;
+	struct xlb_sock_rec *r;
+	struct xlb_service *svc;
+	struct xlb_backend *be = NULL;
+	__u32 backend_id = 0, idx;
+	__u64 now;
+	int rc;
+
+	if (fk->proto != IPPROTO_TCP && fk->proto != IPPROTO_UDP)
+		return -XLB_PASS_SOCK_PROTO;
+	if (xlb_sock_skip(ctx))
+		return -XLB_PASS_SOCK_HOST_ONLY;
+	svc = xlb_sock_frontend(fk);
+	if (!svc)
+		return -XLB_PASS_NOT_FRONTEND;
+	out->svc_id = svc->id;
+	out->new_flow = 0;
+	out->affinity_hit = 0;
+	st = bpf_sk_storage_get(&xlb_sock_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return -XLB_DROP_SOCK_STATE;
+	r = xlb_sock_rec_find(st, svc->id, fk);
+	if (r) {
+		be = xlb_sock_rec_backend(r, connect);
+		backend_id = r->backend_id;
+	}
+	if (!be) {
+		if (!svc->backend_count)
+			return -XLB_DROP_NO_BACKEND;
+		now = bpf_ktime_get_ns();
+		if (svc->flags & XLB_SVC_F_AFFINITY) {
+			ak.netns_cookie = bpf_get_netns_cookie(ctx);
+			ak.svc_id = svc->id;
+			be = xlb_sock_affinity_get(svc, &ak, now, &backend_id);
+			out->affinity_hit = be != NULL;
+		}
+		if (!be) {
+			rc = xlb_maglev_pick(svc, xlb_sock_hash(bpf_get_socket_cookie(ctx)), &be,
+					     &backend_id);
+			if (rc)
+				return rc;
+		}
+		if (be->family != fk->family)
+			return -XLB_DROP_SOCK_FAMILY;
+		if (svc->flags & XLB_SVC_F_AFFINITY) {
+			ae.backend_id = backend_id;
+			ae.backend_gen = be->gen;
+			ae.last_ns = now;
+			bpf_map_update_elem(&xlb_sock_affinity, &ak, &ae, BPF_ANY);
+		}
+		if (!r) {
+			idx = st->next & (XLB_SOCK_RECS - 1);
+			st->next = idx + 1;
+			r = &st->rec[idx];
+		}
+		xlb_addr_copy(r->vaddr, fk->addr);
+		xlb_addr_copy(r->baddr, be->addr);
+		r->vport = fk->port;
+		r->bport = be->port;
+		r->family = fk->family;
+		r->proto = fk->proto;
+		r->svc_id = svc->id;
+		r->backend_id = backend_id;
+		r->backend_gen = be->gen;
+		out->new_flow = 1;
+	}
+	if (be->family != fk->family)
+		return -XLB_DROP_SOCK_FAMILY;
+	out->backend_id = backend_id;
+	xlb_addr_copy(fk->addr, be->addr);
+	fk->port = be->port;
+	return 0;
+}
+
+#endif /* XLB_SOCK_XLATE_H */
