@@ -304,13 +304,14 @@ async fn cut_watches_resume_without_relisting() {
     let mut src = Source::start(&server, WatchOptions::default());
     src.next().await;
     // The watches open just after the first lists complete.
-    wait_for("three watches", || server.active_watches() == 3).await;
+    // One per kind: Services, EndpointSlices, Nodes, Pods (hostPort, #9).
+    wait_for("four watches", || server.active_watches() == 4).await;
     let lists_before = server.counts().list;
 
     // A cut watch ends like a server-side timeout: kube re-watches at once from its last
     // resourceVersion. Make that first attempt fail; the watcher backs off and retries.
     server.fail_next(1, 500);
-    assert_eq!(server.disconnect_watches(), 3);
+    assert_eq!(server.disconnect_watches(), 4);
     server.apply_yaml("apiVersion: v1\nkind: Node\nmetadata: {name: node3}\n").unwrap();
     src.until("node3", |c| has(&summary(c).2, "node3")).await;
     assert_eq!(

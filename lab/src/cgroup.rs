@@ -2,8 +2,10 @@
 //! cgroup2 mount (found at runtime, `lb::loader::cgroup2_root`), one
 //! directory per node and one per pod below its node:
 //!
-//!     <cgroup2>/<lab prefix>/<node>/           the node's own processes
-//!     <cgroup2>/<lab prefix>/<node>/<pod>/     each pod's processes
+//! ```text
+//! <cgroup2>/<lab prefix>/<node>/           the node's own processes
+//! <cgroup2>/<lab prefix>/<node>/<pod>/     each pod's processes
+//! ```
 //!
 //! so that an agent attaching xlb's socket programs at its node's directory
 //! sees exactly that node's processes and pods (as a real agent attaching at
