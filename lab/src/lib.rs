@@ -11,8 +11,8 @@
 //! the `xlb` binary, start `xlb run` agents and read their pinned maps
 //! ([`agent`]).
 pub mod agent;
-pub mod cni;
 pub mod cgroup;
+pub mod cni;
 pub mod eastwest;
 pub mod http;
 pub mod manifests;

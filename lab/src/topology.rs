@@ -17,8 +17,8 @@ use std::{
 };
 
 use crate::{
-    cni::{self, Attachment, NodeCni},
     cgroup::{self, Cgroup},
+    cni::{self, Attachment, NodeCni},
     netns, nginx,
     process::LabChild,
     registry::Owned,

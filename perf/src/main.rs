@@ -224,7 +224,7 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "podnet", &r, &md)?;
-            }
+        }
         Cmd::Eastwest { services, rounds, requests } => {
             let r = eastwest::run(&eastwest::EwOpts { services, rounds, requests })?;
             let md = r.markdown();

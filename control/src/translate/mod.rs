@@ -50,8 +50,8 @@ use self::{
 pub use self::{
     endpoints::SERVICE_NAME_LABEL,
     errors::{ConfigError, ConfigErrors, ObjectRef, Problem},
-    nodes::PodNetwork,
     hostports::key as host_port_key,
+    nodes::PodNetwork,
     services::{
         service_key, CLUSTER_KEY_SUFFIX, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_PROXY_NAME,
         ENCAP_ANNOTATION, IPV6_KEY_SUFFIX, LOCAL_KEY_SUFFIX, MAGLEV_SIZE_ANNOTATION,

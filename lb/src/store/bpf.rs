@@ -9,8 +9,7 @@ use aya::maps::{MapError, PerCpuValues};
 
 use super::{
     decode_name, encode_name, BackendMeta, Capacity, MapStore, SnatTotals, SockTraffic, StoreError,
-    SvcTraffic,
-    Traffic, Write,
+    SvcTraffic, Traffic, Write,
 };
 use crate::{
     abi,

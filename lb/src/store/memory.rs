@@ -10,8 +10,8 @@ use std::{
 use std::net::IpAddr;
 
 use super::{
-    BackendMeta, Capacity, MapStore, SnatTotals, SockTraffic, StoreError, SvcTraffic, Target, Traffic,
-    Write,
+    BackendMeta, Capacity, MapStore, SnatTotals, SockTraffic, StoreError, SvcTraffic, Target,
+    Traffic, Write,
 };
 use crate::{abi, model::Cidr};
 
