@@ -97,12 +97,23 @@ impl Fixture {
         let pod = node.child("pod").unwrap();
         let pins = PinDir::new(name);
         let sock_scope = scope(&ns);
-        let mut dp =
-            Dataplane::load(&LoadOptions { sock_scope, ..LoadOptions::small(pins.path()) })
-                .expect("loading the datapath");
-        dp.attach_sock(node.path()).expect("attaching the socket programs");
-        let mut datapath = Datapath::open(pins.path()).unwrap();
-        datapath.apply(&Desired::new(NodeConfig::default(), services())).unwrap();
+        let loaded = (|| -> Result<(Dataplane, Datapath), String> {
+            let opts = LoadOptions { sock_scope, ..LoadOptions::small(pins.path()) };
+            let mut dp =
+                Dataplane::load(&opts).map_err(|e| format!("loading the datapath: {e:?}"))?;
+            dp.attach_sock(node.path()).map_err(|e| format!("attaching at the cgroup: {e:?}"))?;
+            let mut datapath = Datapath::open(pins.path()).map_err(|e| format!("{e:?}"))?;
+            datapath
+                .apply(&Desired::new(NodeConfig::default(), services()))
+                .map_err(|e| format!("applying: {e:?}"))?;
+            Ok((dp, datapath))
+        })();
+        // No Fixture (and no Drop) yet: the cgroups go here on failure.
+        let (dp, datapath) = loaded.unwrap_or_else(|e| {
+            let _ = Dataplane::detach_all(pins.path());
+            let _ = node.remove();
+            panic!("{e}")
+        });
         let mut f = Fixture { ns, node, pod, servers: Vec::new(), pins, dp: Some(dp), datapath };
         for (name, port) in [("b1", "8081"), ("b2", "8082")] {
             let mut c = f.ns.nsenter(PROBE);
