@@ -35,6 +35,19 @@
 #include "pod.h"
 #include "fallback.h"
 
+/* The uplink stages behind their own call frames: the egress chain
+ * (fallback, revnat, uplink) inlined whole exceeds the 512-byte stack that
+ * a program and the subprograms it calls share. */
+static __attribute__((noinline)) int xlb_tc_revnat(struct __sk_buff *skb, __u32 *reason)
+{
+	return xlb_revnat(skb, reason);
+}
+
+static __attribute__((noinline)) int xlb_tc_uplink_egress(struct __sk_buff *skb, __u32 *reason)
+{
+	return xlb_uplink_egress(skb, reason);
+}
+
 SEC("classifier")
 int xlb_tc_ingress(struct __sk_buff *skb)
 {
@@ -55,10 +68,10 @@ int xlb_tc_egress(struct __sk_buff *skb)
 	int verdict = xlb_fallback_nat(skb, &reason);
 
 	if (reason == XLB_PASS_NOT_FRONTEND)
-		verdict = xlb_revnat(skb, &reason);
+		verdict = xlb_tc_revnat(skb, &reason);
 
 	if (reason == XLB_PASS_NO_NAT || reason == XLB_PASS_L4_PROTO || reason == XLB_PASS_FRAGMENT)
-		verdict = xlb_uplink_egress(skb, &reason);
+		verdict = xlb_tc_uplink_egress(skb, &reason);
 	return xlb_exit(skb, XLB_HOOK_TC_EGRESS, reason, len, verdict);
 }
 
