@@ -51,7 +51,7 @@ enum xlb_hash_consts {
 struct xlb_frontend_key {
 	__u8 addr[16];
 	__be16 port;
-	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
 	__u8 family;
 };
 _Static_assert(sizeof(struct xlb_frontend_key) == 20, "xlb_frontend_key size");
@@ -59,7 +59,7 @@ _Static_assert(sizeof(struct xlb_frontend_key) == 20, "xlb_frontend_key size");
 /* xlb_service.flags */
 enum xlb_svc_flags {
 	XLB_SVC_F_AFFINITY = 1 << 0,	  /* sessionAffinity: ClientIP */
-	XLB_SVC_F_SOURCE_RANGES = 1 << 1, /* loadBalancerSourceRanges apply */
+	XLB_SVC_F_SOURCE_RANGES = 1 << 1, /* loadBalancerSourceRanges apply (LB frontends) */
 	XLB_SVC_F_NODEPORT = 1 << 2,	  /* frontend is a NodePort */
 };
 
@@ -304,6 +304,13 @@ enum xlb_counter {
 	XLB_DROP_NAT = 47,	       /* tc: could not rewrite the packet */
 	XLB_DROP_NOT_LOCAL = 48,       /* tc: IPIP flow whose backend is on another node */
 	XLB_DROP_BAD_VERSION = 128,    /* IP version field disagrees with the EtherType */
+	/* #12 hardening: OK 80-87, PASS 112-119, DROP 129-135 and 176-199 */
+	XLB_OK_REJECT = 80,	  /* no backend: TCP RST / ICMP unreachable sent to the client */
+	XLB_OK_ICMP_TOO_BIG = 81, /* too big once encapsulated: ICMP frag needed / PTB sent */
+	XLB_PASS_FRAG_UNTRACKED =
+	    112,		    /* IPv4 later fragment whose first was not seen to a frontend */
+	XLB_DROP_BAD_L4_LEN = 129,  /* TCP data offset or UDP length disagrees with the packet */
+	XLB_DROP_REPLY_LIMIT = 130, /* a reject or too-big reply suppressed by its rate limit */
 };
 
 enum xlb_counter_limits {
@@ -425,5 +432,38 @@ struct xlb_backend_meta {
 	char name[60]; /* stable cluster-wide name, NUL-padded (not terminated when 60 bytes) */
 };
 _Static_assert(sizeof(struct xlb_backend_meta) == 64, "xlb_backend_meta size");
+
+/* ---- hardening (issue #12) -------------------------------------------------
+ * Numbers of this section: xlb_service.flags bits 8-15; reasons (in enum
+ * xlb_counter) OK 80-87, PASS 112-119, DROP 129-135 and 176-199. */
+
+/* xlb_service.flags: per frontend, like XLB_SVC_F_NODEPORT. (Note that
+ * XLB_SVC_F_SOURCE_RANGES is per frontend too: set on LoadBalancer ingress
+ * frontends only, as kube-proxy filters only those.) */
+enum xlb_svc_flags_hardening {
+	/* No usable backend: drop silently instead of rejecting (TCP RST,
+	 * ICMP unreachable). Annotation xlb.io/no-endpoints: drop. */
+	XLB_SVC_F_DROP_NO_BACKEND = 1 << 8,
+};
+
+/* xlb_frag4: LRU_HASH, struct xlb_frag_key -> struct xlb_frag_ports. The
+ * ports of an IPv4 datagram's first fragment sent to a frontend, so that
+ * its later fragments (which carry no L4 header) follow the same flow.
+ * Written by XDP for every first fragment to a frontend; bounded by its
+ * size (MapSizes.frags), the oldest entries evicted. */
+struct xlb_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id; /* IPv4 identification */
+	__u8 proto;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct xlb_frag_key) == 12, "xlb_frag_key size");
+
+struct xlb_frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+_Static_assert(sizeof(struct xlb_frag_ports) == 4, "xlb_frag_ports size");
 
 #endif /* XLB_ABI_H */

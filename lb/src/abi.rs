@@ -61,6 +61,9 @@ abi_consts! {
     EV_STAT_SENT: u32 = 0;
     EV_STAT_LOST: u32 = 1;
     EV_STAT_MAX: u32 = 4;
+    // ---- hardening (#12) ----
+    /// No usable backend: drop instead of rejecting (per frontend).
+    SVC_F_DROP_NO_BACKEND: u32 = 1 << 8;
 }
 
 /// xlb_event.hook values (the same numbers as HOOK_*).
@@ -264,6 +267,16 @@ abi_struct!(
     /// Value of xlb_backend_meta (userspace only): a backend's name and weight.
     BackendMeta = "xlb_backend_meta", 64 { weight: u32, name: [u8; BACKEND_NAME_MAX] });
 
+// ---- hardening (#12) ----
+abi_struct!(
+    /// Key of xlb_frag4: an IPv4 datagram whose first fragment went to a frontend.
+    FragKey = "xlb_frag_key", 12 {
+    saddr: [u8; 4], daddr: [u8; 4], id: u16 /* network order */, proto: u8, pad: u8,
+});
+abi_struct!(
+    /// Value of xlb_frag4: the first fragment's ports (network order).
+    FragPorts = "xlb_frag_ports", 4 { sport: u16, dport: u16 });
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -289,6 +302,8 @@ pub const LAYOUTS: &[StructLayout] = &[
     EventsCfg::LAYOUT,
     Event::LAYOUT,
     BackendMeta::LAYOUT,
+    FragKey::LAYOUT,
+    FragPorts::LAYOUT,
 ];
 
 macro_rules! counters {
@@ -342,6 +357,12 @@ counters! {
     DropNat = 47 => "drop_nat",
     DropNotLocal = 48 => "drop_not_local",
     DropBadVersion = 128 => "drop_bad_version",
+    // ---- hardening (#12) ----
+    OkReject = 80 => "ok_reject",
+    OkIcmpTooBig = 81 => "ok_icmp_too_big",
+    PassFragUntracked = 112 => "pass_frag_untracked",
+    DropBadL4Len = 129 => "drop_bad_l4_len",
+    DropReplyLimit = 130 => "drop_reply_limit",
 }
 
 impl Counter {

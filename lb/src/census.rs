@@ -42,6 +42,7 @@ const MAPS: &[(&str, Used)] = &[
     ("xlb_source_ranges", Used::Present),
     ("xlb_svc_names", Used::Present),
     ("xlb_tx_ports", Used::Present),
+    ("xlb_frag4", Used::Present),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ pub mod abi;
 pub mod census;
 pub mod datapath;
 pub mod events;
+pub mod features;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

@@ -19,11 +19,21 @@ use aya::{
 
 use crate::{
     abi::{self, Count, Counter, Hook},
-    events, objects,
+    events,
+    features::{Features, ProbeError},
+    objects,
 };
+
+/// BPF_F_IPV6 of bpf_l4_csum_replace (ctx.h's XLB_F_CSUM_IPV6).
+const CSUM_IPV6_FLAG: u64 = 1 << 7;
 
 /// Default bpffs directory of a node's pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
+/// Default [`LoadOptions::reply_rate`]: the kernel's own ICMP limit
+/// (net.ipv4.icmp_msgs_per_sec), per CPU.
+pub const DEFAULT_REPLY_RATE: u32 = 1000;
+/// Default [`LoadOptions::reply_burst`] (net.ipv4.icmp_msgs_burst).
+pub const DEFAULT_REPLY_BURST: u32 = 50;
 
 /// Map sizes (max_entries). Configuration, not constants in the C code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +56,8 @@ pub struct MapSizes {
     /// The xlb_events ring buffer, in bytes: a power of two, at least the
     /// page size, at most 1 GiB.
     pub events: u32,
+    /// IPv4 datagrams whose later fragments can be followed at once (LRU).
+    pub frags: u32,
 }
 
 impl Default for MapSizes {
@@ -59,6 +71,7 @@ impl Default for MapSizes {
             dsr_nat: 524288,
             source_ranges: 65536,
             events: events::DEFAULT_RING_BYTES,
+            frags: 16384,
         }
     }
 }
@@ -75,10 +88,11 @@ impl MapSizes {
             dsr_nat: 65536,
             source_ranges: 4096,
             events: events::DEFAULT_RING_BYTES,
+            frags: 1024,
         }
     }
 
-    fn by_map(&self) -> [(&'static str, u32); 14] {
+    fn by_map(&self) -> [(&'static str, u32); 15] {
         [
             ("xlb_frontends", self.frontends),
             ("xlb_maglev", self.services),
@@ -94,6 +108,7 @@ impl MapSizes {
             ("xlb_source_ranges", self.source_ranges),
             ("xlb_tx_ports", 64),
             (events::RING_MAP, self.events),
+            ("xlb_frag4", self.frags),
         ]
     }
 }
@@ -107,6 +122,13 @@ pub struct LoadOptions {
     /// (events.h): false removes the event points from the programs
     /// altogether (the verifier prunes them), so no listener can turn them on.
     pub events_enabled: bool,
+    /// Replies XDP may send per second per CPU (rejects of services without
+    /// endpoints, ICMP too big); 0: none (packets are dropped instead).
+    pub reply_rate: u32,
+    /// Replies sent at once before the rate applies.
+    pub reply_burst: u32,
+    /// The kernel's features; None: probed at load ([`Features::probe`]).
+    pub features: Option<Features>,
 }
 
 impl LoadOptions {
@@ -123,6 +145,9 @@ impl Default for LoadOptions {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             sizes: MapSizes::default(),
             events_enabled: true,
+            reply_rate: DEFAULT_REPLY_RATE,
+            reply_burst: DEFAULT_REPLY_BURST,
+            features: None,
         }
     }
 }
@@ -145,6 +170,8 @@ pub enum LoadError {
     NotBpffs { path: PathBuf },
     #[error("loading the {object} object: {source}")]
     Object { object: &'static str, source: Box<EbpfError> },
+    #[error("probing kernel features: {source}")]
+    Probe { source: ProbeError },
     #[error("program {program} is missing from the {object} object")]
     MissingProgram { object: &'static str, program: &'static str },
     #[error("program {program}: {source}")]
@@ -174,6 +201,7 @@ pub struct Dataplane {
     xdp: Ebpf,
     tc: Ebpf,
     pin_dir: PathBuf,
+    features: Features,
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -191,7 +219,19 @@ fn is_bpffs(path: &Path) -> bool {
 /// Name of the load-time constant that enables the event points (events.h).
 const EVENTS_ENABLED_GLOBAL: &str = "xlb_events_enabled";
 
-fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result<Ebpf, LoadError> {
+/// A load-time constant of one object (`volatile const` in its .rodata).
+#[derive(Clone, Copy)]
+enum Global {
+    U32(&'static str, u32),
+    U64(&'static str, u64),
+}
+
+fn load_object(
+    opts: &LoadOptions,
+    object: &'static str,
+    bytes: &[u8],
+    globals: &[Global],
+) -> Result<Ebpf, LoadError> {
     let sizes = opts.sizes.by_map();
     let events_enabled = u32::from(opts.events_enabled);
     let mut loader = EbpfLoader::new();
@@ -201,6 +241,12 @@ fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result
     }
     // must_exist: both objects include events.h; a missing constant is a build bug.
     loader.override_global(EVENTS_ENABLED_GLOBAL, &events_enabled, true);
+    for g in globals {
+        match g {
+            Global::U32(name, v) => loader.override_global(name, v, true),
+            Global::U64(name, v) => loader.override_global(name, v, true),
+        };
+    }
     loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
 }
 
@@ -249,8 +295,19 @@ impl Dataplane {
             return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
         }
         prepare_stateless_maps(opts)?;
-        let mut xdp = load_object(opts, "xdp", objects::xdp())?;
-        let mut tc = load_object(opts, "tc", objects::tc())?;
+        let features = match opts.features {
+            Some(f) => f,
+            None => Features::probe().map_err(|source| LoadError::Probe { source })?,
+        };
+        let xdp_globals = [
+            Global::U32("xlb_reply_rate", opts.reply_rate),
+            Global::U32("xlb_reply_burst", opts.reply_burst),
+        ];
+        // ctx.h: the flag, or 0 where the kernel refuses it.
+        let csum_flag = if features.csum_ipv6_flag { CSUM_IPV6_FLAG } else { 0 };
+        let tc_globals = [Global::U64("xlb_csum_ipv6_flag", csum_flag)];
+        let mut xdp = load_object(opts, "xdp", objects::xdp(), &xdp_globals)?;
+        let mut tc = load_object(opts, "tc", objects::tc(), &tc_globals)?;
         program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
             .load()
             .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
@@ -259,11 +316,16 @@ impl Dataplane {
                 .load()
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
-        Ok(Dataplane { xdp, tc, pin_dir: opts.pin_dir.clone() })
+        Ok(Dataplane { xdp, tc, pin_dir: opts.pin_dir.clone(), features })
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The kernel features the objects were loaded for.
+    pub fn features(&self) -> Features {
+        self.features
     }
 
     fn link_path(&self, kind: &str, iface: &str) -> PathBuf {

@@ -78,6 +78,7 @@ pub struct Maps {
     pub svc_names: Hash<u32, abi::SvcName>,
     pub backend_meta: Hash<u32, abi::BackendMeta>,
     pub config_gen: Array<MapData, abi::ConfigGen>,
+    pub frag4: Hash<abi::FragKey, abi::FragPorts>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -106,6 +107,7 @@ impl Maps {
             svc_names: open(dir, "xlb_svc_names")?,
             backend_meta: open(dir, "xlb_backend_meta")?,
             config_gen: open(dir, "xlb_config_gen")?,
+            frag4: open(dir, "xlb_frag4")?,
         })
     }
 }

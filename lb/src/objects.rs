@@ -22,3 +22,8 @@ pub fn xdp() -> &'static [u8] {
 pub fn tc() -> &'static [u8] {
     object!("xlb_tc")
 }
+
+/// Kernel feature probes (lb/probe/xlb_probe.c), run by `crate::features`.
+pub fn probe() -> &'static [u8] {
+    object!("xlb_probe")
+}

@@ -120,12 +120,11 @@ pub(crate) struct RawService {
 }
 
 impl RawService {
-    /// The service value its frontends carry (the NodePort flag is per
-    /// frontend); None without a frontend.
+    /// The service value its frontends carry (without the flags that are
+    /// per frontend: NodePort, source ranges); None without a frontend.
     pub fn settings(&self) -> Option<abi::Service> {
-        self.frontends
-            .first()
-            .map(|(_, v)| abi::Service { flags: v.flags & !abi::SVC_F_NODEPORT, ..*v })
+        let per_frontend = abi::SVC_F_NODEPORT | abi::SVC_F_SOURCE_RANGES;
+        self.frontends.first().map(|(_, v)| abi::Service { flags: v.flags & !per_frontend, ..*v })
     }
 
     pub fn display_name(&self) -> String {
@@ -223,6 +222,8 @@ pub struct FrontendListing {
     pub port: u16,
     pub proto: String,
     pub nodeport: bool,
+    /// loadBalancerSourceRanges are enforced on it (LoadBalancer frontends).
+    pub source_ranges: bool,
 }
 
 /// One service as the maps hold it.
@@ -236,6 +237,8 @@ pub struct ServiceListing {
     pub encap: &'static str,
     pub affinity_timeout_s: Option<u32>,
     pub source_ranges: Vec<String>,
+    /// A new flow without an endpoint is dropped, not rejected.
+    pub drop_no_endpoints: bool,
     pub active_backends: u16,
     pub frontends: Vec<FrontendListing>,
     pub backends: Vec<BackendListing>,
@@ -271,6 +274,7 @@ fn listing(s: RawService) -> ServiceListing {
                 port: u16::from_be(k.port),
                 proto: proto_name(k.proto),
                 nodeport: v.flags & abi::SVC_F_NODEPORT != 0,
+                source_ranges: v.flags & abi::SVC_F_SOURCE_RANGES != 0,
             })
         })
         .collect();
@@ -308,6 +312,7 @@ fn listing(s: RawService) -> ServiceListing {
         affinity_timeout_s: (settings.flags & abi::SVC_F_AFFINITY != 0)
             .then_some(settings.affinity_timeout_s),
         source_ranges: ranges,
+        drop_no_endpoints: settings.flags & abi::SVC_F_DROP_NO_BACKEND != 0,
         active_backends: settings.backend_count,
         frontends,
         backends,
@@ -356,14 +361,18 @@ pub fn render(services: &[ServiceListing]) -> String {
         if !s.source_ranges.is_empty() {
             let _ = write!(out, " source-ranges={}", s.source_ranges.join(","));
         }
+        if s.drop_no_endpoints {
+            out.push_str(" no-endpoints=drop");
+        }
         out.push('\n');
         for f in &s.frontends {
             let _ = writeln!(
                 out,
-                "  frontend {}/{}{}",
+                "  frontend {}/{}{}{}",
                 SocketFmt(f.addr, f.port),
                 f.proto,
-                if f.nodeport { " nodeport" } else { "" }
+                if f.nodeport { " nodeport" } else { "" },
+                if f.source_ranges { " source-ranges" } else { "" }
             );
         }
         for b in &s.backends {

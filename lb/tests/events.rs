@@ -20,6 +20,7 @@ fn load(pin: &PinDir, events: u32, events_enabled: bool) -> Result<Dataplane, Lo
         pin_dir: pin.path().into(),
         sizes: MapSizes { events, ..MapSizes::small() },
         events_enabled,
+        ..Default::default()
     })
 }
 
@@ -165,6 +166,7 @@ fn census_counts_every_tracked_map() {
         ("xlb_source_ranges", s.source_ranges),
         ("xlb_svc_names", s.services),
         ("xlb_tx_ports", 64),
+        ("xlb_frag4", s.frags),
     ] {
         let entries = match map {
             "xlb_ct" => 300,
@@ -175,7 +177,7 @@ fn census_counts_every_tracked_map() {
         assert_eq!(fill, &census::MapFill { entries, capacity: cap as u64 }, "{map}");
     }
     let missing = census::run(&pin.path().join("nowhere"));
-    assert_eq!(missing.errors.len(), 10, "every map reported missing");
+    assert_eq!(missing.errors.len(), 11, "every map reported missing");
     let e = missing.errors.get("xlb_ct").unwrap().to_string();
     assert!(e.contains("xlb_ct"), "{e}");
 }

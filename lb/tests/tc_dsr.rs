@@ -575,6 +575,59 @@ fn reply_v6_udp_leaves_as_the_service() {
     udp_flow("udp6", ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), false);
 }
 
+/// An SCTP association through the service `vip:svc_port` to the pod's
+/// TARGET_PORT: the client's packet decapsulated and remembered (protocol
+/// 132), the pod's reply leaving as the service. SCTP's CRC32c covers the
+/// ports, not the addresses: unchanged when only the address is rewritten,
+/// updated when the port is (checked against the builder's bitwise CRC32c);
+/// a CRC of 0 (the stack computes it later: SCTP CRC offload) stays 0.
+fn sctp_flow(tag: &str, client: IpAddr, pod: IpAddr, vip: IpAddr, svc_port: u16, crc0: bool) {
+    let mut node = Node::new(tag);
+    let init = Frame::new().ip(client, pod).sctp(CLIENT_PORT, TARGET_PORT).payload(&[1; 20]);
+    let outer = if client.is_ipv4() { ip(NODE1_V4) } else { ip(NODE1_V6) };
+    let svc = SocketAddr::new(vip, svc_port);
+    let r = node.ingress(&dsr_packet(outer, &init, svc).build());
+    assert_eq!(r.verdict, TC_ACT_OK, "{tag}: the client's packet is delivered");
+    assert_nat(&node, &flow_key(client, pod, CLIENT_PORT, TARGET_PORT, 132), svc);
+    let reply = |src: IpAddr, sport: u16| {
+        Frame::eth(NODE1_MAC, ROUTER_MAC)
+            .ip(src, client)
+            .sctp(sport, CLIENT_PORT)
+            .payload(&(0..77).collect::<Vec<u8>>())
+    };
+    let zero_crc = |f: Frame| {
+        let mut b = f.build();
+        let at = 14 + if client.is_ipv4() { 20 } else { 40 } + 8;
+        if crc0 {
+            b[at..at + 4].fill(0);
+        }
+        b
+    };
+
+    let r = node.egress(&zero_crc(reply(pod, TARGET_PORT)));
+
+    assert_eq!(r.verdict, TC_ACT_OK);
+    assert_frame(tag, &zero_crc(reply(vip, svc_port)), &r.out);
+    assert_eq!(node.counters().get("ok_tc_revnat").map(|c| c.0), Some(1));
+}
+
+#[test]
+fn reply_sctp_address_only_keeps_its_crc() {
+    sctp_flow("sctp4a", ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4), TARGET_PORT, false);
+    sctp_flow("sctp6a", ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), TARGET_PORT, false);
+}
+
+#[test]
+fn reply_sctp_port_translation_recomputes_its_crc() {
+    sctp_flow("sctp4p", ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4), SVC_PORT, false);
+    sctp_flow("sctp6p", ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), SVC_PORT, false);
+}
+
+#[test]
+fn reply_sctp_crc_left_to_the_stack_stays_zero() {
+    sctp_flow("sctp4z", ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4), SVC_PORT, true);
+}
+
 #[test]
 fn reply_without_entry_passes_unchanged() {
     let mut node = Node::new("nonat");

@@ -33,7 +33,7 @@ use super::{
 use crate::{
     abi,
     maglev::{Maglev, MaglevError, MAX_BACKENDS},
-    model::{BackendState, Cidr, Encap, Frontend, FrontendKind, Service, ServiceKey},
+    model::{BackendState, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Service, ServiceKey},
     store::{BackendMeta, Capacity, MapStore, Write},
     view::{table_hash, RawService},
 };
@@ -128,15 +128,16 @@ fn backend_value(svc_id: u32, gen: u32, b: &crate::model::Backend) -> abi::Backe
     abi::Backend { addr, node, port: b.port.to_be(), family, node_family, flags, svc_id, gen }
 }
 
-/// The value every frontend of `svc` carries (NodePort frontends add their flag).
+/// The value every frontend of `svc` carries; [`frontend_value`] adds each
+/// frontend's own flags.
 fn service_value(svc_id: u32, svc: &Service) -> abi::Service {
     let active = svc.backends.iter().filter(|b| b.state == BackendState::Active).count();
     let mut flags = 0;
     if svc.affinity.is_some() {
         flags |= abi::SVC_F_AFFINITY;
     }
-    if !svc.source_ranges.is_empty() {
-        flags |= abi::SVC_F_SOURCE_RANGES;
+    if svc.no_endpoints == NoEndpoints::Drop {
+        flags |= abi::SVC_F_DROP_NO_BACKEND;
     }
     abi::Service {
         id: svc_id,
@@ -153,6 +154,20 @@ fn service_value(svc_id: u32, svc: &Service) -> abi::Service {
         pad: 0,
         pad2: 0,
     }
+}
+
+/// `value` with the flags of frontend `f`: NodePort, and source ranges on
+/// LoadBalancer frontends only (kube-proxy filters the load balancer's
+/// ingress IPs, not the NodePort or externalIPs of the same service).
+fn frontend_value(mut value: abi::Service, svc: &Service, f: &Frontend) -> abi::Service {
+    match f.kind {
+        FrontendKind::NodePort => value.flags |= abi::SVC_F_NODEPORT,
+        FrontendKind::LoadBalancer if !svc.source_ranges.is_empty() => {
+            value.flags |= abi::SVC_F_SOURCE_RANGES
+        }
+        _ => {}
+    }
+    value
 }
 
 fn endpoint_of(v: &abi::Backend) -> Endpoint {
@@ -574,10 +589,7 @@ impl Services {
         let value = service_value(id, svc);
         for f in &svc.frontends {
             let key = frontend_key(f);
-            let mut want = value;
-            if f.kind == FrontendKind::NodePort {
-                want.flags |= abi::SVC_F_NODEPORT;
-            }
+            let want = frontend_value(value, svc, f);
             let old = st.frontends.get(&key).copied();
             if old == Some(want) {
                 continue;
