@@ -80,16 +80,6 @@ struct {
 	__uint(max_entries, 1);
 } xlb_nh_clock SEC(".maps");
 
-/* The bpf_fib_lookup parameters, per CPU: 64 bytes the program's stack
- * (512 bytes, nearly all used by the inlined fast path) need not hold; only
- * a next-hop cache miss touches them. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(struct bpf_fib_lookup));
-	__uint(max_entries, 1);
-} xlb_nh_fib SEC(".maps");
-
 static __always_inline __u64 xlb_nh_now(void)
 {
 	__u64 j = bpf_jiffies64();
@@ -122,9 +112,8 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 	const __u32 *d = (const __u32 *)dst;
 	__u32 slot =
 	    ((d[0] ^ d[1] ^ d[2] ^ d[3] ^ in_ifindex) * 0x9e3779b1u) >> (32 - XLB_NH_SLOT_BITS);
-	struct bpf_fib_lookup *fib;
+	struct bpf_fib_lookup fib = {};
 	struct nh_cache_entry *nh;
-	__u32 zero = 0;
 	__u64 now;
 	int rc;
 
@@ -135,30 +124,24 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 	now = xlb_nh_now();
 	if (nh->family == family && nh->in_ifindex == in_ifindex && now < nh->expires_ns &&
 	    xlb_addr_eq(nh->addr, dst)) {
-		if (l3_len <= nh->mtu)
-			return 0;
 		*mtu = nh->mtu;
-		return -XLB_DROP_TOO_BIG;
+		return l3_len > nh->mtu ? -XLB_DROP_TOO_BIG : 0;
 	}
 
-	fib = bpf_map_lookup_elem(&xlb_nh_fib, &zero);
-	if (!fib)
-		return -XLB_DROP_FIB;
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->ifindex = in_ifindex;
-	fib->tot_len = l3_len; /* checked against the route's MTU */
+	fib.ifindex = in_ifindex;
+	fib.tot_len = l3_len; /* checked against the route's MTU */
 	if (family == XLB_FAMILY_V6) {
-		fib->family = XLB_AF_INET6;
-		xlb_addr_copy(fib->ipv6_src, src);
-		xlb_addr_copy(fib->ipv6_dst, dst);
+		fib.family = XLB_AF_INET6;
+		xlb_addr_copy(fib.ipv6_src, src);
+		xlb_addr_copy(fib.ipv6_dst, dst);
 	} else {
-		fib->family = XLB_AF_INET;
-		fib->ipv4_src = *(const __u32 *)src;
-		fib->ipv4_dst = *(const __u32 *)dst;
+		fib.family = XLB_AF_INET;
+		fib.ipv4_src = *(const __u32 *)src;
+		fib.ipv4_dst = *(const __u32 *)dst;
 	}
-	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		*mtu = fib->mtu_result;
+		*mtu = fib.mtu_result;
 		return -XLB_DROP_TOO_BIG;
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
@@ -169,11 +152,11 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 	xlb_addr_copy(nh->addr, dst);
 	nh->family = family;
 	nh->in_ifindex = in_ifindex;
-	nh->out_ifindex = fib->ifindex;
-	__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+	nh->out_ifindex = fib.ifindex;
+	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
 	/* On success the kernel reports the route MTU in mtu_result. */
-	nh->mtu = fib->mtu_result;
+	nh->mtu = fib.mtu_result;
 	nh->expires_ns = now + XLB_NH_TTL_NS;
 	return 0;
 }

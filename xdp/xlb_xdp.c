@@ -123,11 +123,24 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 
 	if (encap != XLB_ENCAP_IPIP)
 		encap = XLB_ENCAP_GENEVE; /* unknown values: the default */
+	/* The inner packet keeps its family: an endpoint of the other family
+	 * cannot be reached without NAT64. */
+	if (encap == XLB_ENCAP_GENEVE && be->family != inner)
+		return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
+
+	hlen = xlb_encap_hlen(encap, outer, inner);
+	outer_l3_len = hlen - ETH_HLEN + inner_len;
+
+	/* Before the DNAT: a packet too big is answered quoting it as the
+	 * client sent it. An ICMP error is never answered with another. */
+	rc = xlb_nexthop(ctx, in_ifindex, outer, src, be->node, outer_l3_len, &nh, &mtu);
+	if (rc == -XLB_DROP_TOO_BIG && !icmp)
+		return xlb_reply_too_big(ctx, pkt, mtu - (hlen - ETH_HLEN), reason);
+	if (rc < 0)
+		return xlb_fail(rc, reason);
+	no_neigh = rc == XLB_NH_NO_NEIGH;
+
 	if (encap == XLB_ENCAP_GENEVE) {
-		/* The inner packet keeps its family: an endpoint of the other
-		 * family cannot be reached without NAT64. */
-		if (be->family != inner)
-			return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
 		if (icmp) {
 			opt_type = inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_EP6 : XLB_GENEVE_OPT_EP4;
 			vaddr = be->addr;
@@ -140,23 +153,16 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				return xlb_fail(rc, reason);
 		}
 	}
+	if (no_neigh) {
+		/* Handed to the kernel: the frame must stay addressed to this
+		 * port, so the outer Ethernet header keeps the MACs it came with. */
+		struct ethhdr *eth = data;
 
-	hlen = xlb_encap_hlen(encap, outer, inner);
-	outer_l3_len = hlen - ETH_HLEN + inner_len;
-
-	rc = xlb_nexthop(ctx, in_ifindex, outer, src, be->node, outer_l3_len, &nh, &mtu);
-	if (rc == -XLB_DROP_TOO_BIG && !icmp) {
-		/* Answered quoting the packet as the client sent it: the DNAT
-		 * is undone (rare: the next hop is looked up after the DNAT so
-		 * the fast path keeps the order it was measured with). An ICMP
-		 * error is never answered with another. */
-		if (encap == XLB_ENCAP_GENEVE && xlb_nat(ctx, pkt, XLB_NAT_DST, vaddr, vport))
-			return xlb_fail(rc, reason);
-		return xlb_reply_too_big(ctx, pkt, mtu - (hlen - ETH_HLEN), reason);
+		if ((void *)(eth + 1) > data_end)
+			return xlb_fail(-XLB_DROP_TRUNCATED, reason);
+		__builtin_memcpy(own_mac, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(peer_mac, eth->h_source, ETH_ALEN);
 	}
-	if (rc < 0)
-		return xlb_fail(rc, reason);
-	no_neigh = rc == XLB_NH_NO_NEIGH;
 
 	/* Bytes after the IP packet (Ethernet padding) must not travel inside
 	 * the tunnel: the outer lengths count the IP packet only. */
@@ -293,7 +299,8 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	struct fc_entry *fc;
 	struct xlb_sel sel;
 	struct xlb_pkt pkt;
-	__u8 vaddr[16] __attribute__((aligned(4)));
+	__u8 vaddr_buf[16] __attribute__((aligned(4)));
+	const __u8 *vaddr;
 	__be16 vport;
 	__u64 now, gen;
 	int rc, new_conn;
@@ -329,11 +336,11 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 			sel.hash = fc->hash;
 			sel.new_flow = 0;
 			sel.affinity_hit = 0;
-			if (pkt.frag && (rc = xlb_frag_admit(&pkt, &fc->svc)))
-				return xlb_fail(rc, reason);
+			svc = &fc->svc;
 			/* fc->key keeps the frontend: pkt.tuple is DNAT'd. */
-			return xlb_forward(ctx, &pkt, &fc->svc, &sel, fc->key.daddr, fc->key.dport,
-					   0, bytes, reason);
+			vaddr = fc->key.daddr;
+			vport = fc->key.dport;
+			goto forward;
 		}
 	}
 
@@ -351,12 +358,15 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	if (rc)
 		return xlb_fail(rc, reason);
 	xlb_fc_fill(fc, &pkt.tuple, svc, sel.backend_id, sel.be->gen, sel.hash, now, gen);
-	if (pkt.frag && (rc = xlb_frag_admit(&pkt, svc)))
-		return xlb_fail(rc, reason);
 	/* vaddr/vport: the frontend, kept because pkt.tuple is rewritten by
 	 * the DNAT. */
-	xlb_addr_copy(vaddr, pkt.tuple.daddr);
+	xlb_addr_copy(vaddr_buf, pkt.tuple.daddr);
+	vaddr = vaddr_buf;
 	vport = pkt.tuple.dport;
+forward:
+	/* One copy of the forwarding tail for cached and looked-up flows. */
+	if (pkt.frag && (rc = xlb_frag_admit(&pkt, svc)))
+		return xlb_fail(rc, reason);
 	return xlb_forward(ctx, &pkt, svc, &sel, vaddr, vport, 0, bytes, reason);
 }
 

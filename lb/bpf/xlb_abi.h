@@ -307,10 +307,9 @@ enum xlb_counter {
 	/* #12 hardening: OK 80-87, PASS 112-119, DROP 129-135 and 176-199 */
 	XLB_OK_REJECT = 80,	  /* no backend: TCP RST / ICMP unreachable sent to the client */
 	XLB_OK_ICMP_TOO_BIG = 81, /* too big once encapsulated: ICMP frag needed / PTB sent */
-	XLB_PASS_FRAG_UNTRACKED =
-	    112,		    /* IPv4 later fragment whose first was not seen to a frontend */
-	XLB_DROP_BAD_L4_LEN = 129,  /* TCP data offset or UDP length disagrees with the packet */
-	XLB_DROP_REPLY_LIMIT = 130, /* a reject or too-big reply suppressed by its rate limit */
+	XLB_PASS_FRAG_UNTRACKED = 112, /* IPv4 later fragment: no first seen */
+	XLB_DROP_BAD_L4_LEN = 129,     /* TCP data offset or UDP length disagrees with the packet */
+	XLB_DROP_REPLY_LIMIT = 130,    /* a reject or too-big reply suppressed by its rate limit */
 };
 
 enum xlb_counter_limits {
