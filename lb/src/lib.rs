@@ -19,5 +19,6 @@ pub mod model;
 pub mod neigh;
 pub mod objects;
 pub mod reconcile;
+pub mod report;
 pub mod store;
 pub mod view;

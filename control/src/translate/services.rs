@@ -22,8 +22,8 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use lb::model::{
-    Affinity, Backend, Cidr, Encap, Frontend, FrontendKind, Proto, Service, ServiceKey,
-    DEFAULT_MAGLEV_SIZE,
+    Affinity, Backend, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service,
+    ServiceKey, DEFAULT_MAGLEV_SIZE,
 };
 
 use super::{
@@ -41,6 +41,10 @@ pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 pub const MAGLEV_SIZE_ANNOTATION: &str = "xlb.io/maglev-size";
 /// Service annotation: how packets reach the backend node, `geneve` or `ipip`.
 pub const ENCAP_ANNOTATION: &str = "xlb.io/encap";
+/// Service annotation: what a service without a usable endpoint does with a
+/// packet, `reject` (TCP RST / ICMP unreachable, kube-proxy's behaviour) or
+/// `drop`; unset: `--no-endpoints` (default reject).
+pub const NO_ENDPOINTS_ANNOTATION: &str = "xlb.io/no-endpoints";
 /// Suffix of the key of a service port's IPv6 half (see [`service_key`]).
 pub const IPV6_KEY_SUFFIX: &str = "/ipv6";
 /// Proxy name xlb answers to by default.
@@ -91,8 +95,11 @@ pub(super) struct PortService {
 }
 
 /// The datapath services of one Kubernetes Service (one per port and address
-/// family). Its problems, and those of its slices, go to `errors`; a Service
-/// with any problem translates to nothing.
+/// family). Its problems, and those of its slices, go to `errors`. A Service
+/// with a problem in its service-wide settings translates to nothing; one
+/// with problems only in parts (a frontend address, a port, an endpoint)
+/// translates to nothing too, unless `leave_out_invalid`: then to its valid
+/// parts.
 pub(super) fn translate(
     svc: &KubeService,
     inputs: &Inputs,
@@ -115,6 +122,8 @@ pub(super) fn translate(
     }
     let families = cx.families(spec);
     let settings = cx.settings(svc, spec, ty);
+    // Every problem is still collected, for the report.
+    let settings_bad = cx.errors.len() > errors_before;
     let addrs = cx.frontend_addrs(svc, spec, ty);
     let this_node = inputs.nodes.addrs(&inputs.opts.node_name).unwrap_or_default();
     let node_ports = ty.node_port.then(|| nodes::node_port_addrs(this_node, families));
@@ -134,7 +143,7 @@ pub(super) fn translate(
         let key = |v6| service_key(&ns, &cx.object.name, p.name, v6);
         out.extend(by_family(key, &frontends, &fields, &backends, &settings));
     }
-    if cx.errors.len() > errors_before {
+    if settings_bad || (cx.errors.len() > errors_before && !inputs.opts.leave_out_invalid) {
         return Vec::new();
     }
     out
@@ -181,6 +190,7 @@ struct Settings {
     local: bool,
     /// loadBalancerSourceRanges, sorted, each once.
     source_ranges: Vec<Cidr>,
+    no_endpoints: NoEndpoints,
 }
 
 /// A Service-wide frontend address (the port comes per service port).
@@ -264,7 +274,8 @@ impl Cx<'_> {
         let affinity = self.affinity(spec);
         let local = self.local(spec, ty);
         let source_ranges = self.source_ranges(spec, ty);
-        Settings { maglev_size, encap, affinity, local, source_ranges }
+        let no_endpoints = self.no_endpoints(svc);
+        Settings { maglev_size, encap, affinity, local, source_ranges, no_endpoints }
     }
 
     fn annotation<'s>(svc: &'s KubeService, name: &str) -> Option<&'s String> {
@@ -302,6 +313,24 @@ impl Cx<'_> {
                     Problem::BadValue { value: v.clone(), expected: "geneve, ipip" },
                 );
                 Encap::default()
+            }
+        }
+    }
+
+    /// The `xlb.io/no-endpoints` annotation, else the node's default.
+    fn no_endpoints(&mut self, svc: &KubeService) -> NoEndpoints {
+        let Some(v) = Self::annotation(svc, NO_ENDPOINTS_ANNOTATION) else {
+            return self.opts.no_endpoints;
+        };
+        match v.trim() {
+            "reject" => NoEndpoints::Reject,
+            "drop" => NoEndpoints::Drop,
+            _ => {
+                self.error(
+                    format!("metadata.annotations[{NO_ENDPOINTS_ANNOTATION}]"),
+                    Problem::BadValue { value: v.clone(), expected: "reject, drop" },
+                );
+                self.opts.no_endpoints
             }
         }
     }
@@ -427,11 +456,7 @@ impl Cx<'_> {
     /// Service port `i`, if it is valid and carried by the datapath.
     fn port<'p>(&mut self, i: usize, port: &'p ServicePort) -> Option<Port<'p>> {
         let proto = match parse_proto(port.protocol.as_deref()) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                tracing::warn!(service = %self.object, port = i, "SCTP port skipped: not carried by the datapath");
-                return None;
-            }
+            Ok(p) => p,
             Err(p) => {
                 self.error(format!("spec.ports[{i}].protocol"), p);
                 return None;
@@ -540,6 +565,7 @@ fn by_family(
         service.maglev_size = settings.maglev_size;
         service.encap = settings.encap;
         service.source_ranges = settings.source_ranges.clone();
+        service.no_endpoints = settings.no_endpoints;
         out.push(PortService { service, fields });
     }
     out
