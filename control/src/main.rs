@@ -34,7 +34,7 @@ struct Cli {
 enum Cmd {
     /// Run the node agent: load and attach the datapath, program it from the
     /// manifests (or the API) and keep it in step with their changes.
-    Run(daemon::RunArgs),
+    Run(Box<daemon::RunArgs>),
     /// Inspect the services of a running node.
     Service {
         #[command(subcommand)]
@@ -194,7 +194,7 @@ struct ValidateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run(args) => daemon::run(args),
+        Cmd::Run(args) => daemon::run(*args),
         Cmd::Service { cmd: ListCmd::List(a) } => inspect::services(&a.pin_dir, a.json),
         Cmd::Backend { cmd: ListCmd::List(a) } => inspect::backends(&a.pin_dir, a.json),
         Cmd::Ct { cmd: CtCmd::List { list, service, client, limit } } => inspect::ct_list(

@@ -9,6 +9,7 @@
 //!   reports, applies whenever this node is known, never exposes an
 //!   externalIP outside --external-ip-cidr, and never gives one frontend to
 //!   two services.
+//!
 //! Budget: PROPTEST_CASES (default 256 here: the quick tier); the long run
 //! (README) sets PROPTEST_CASES=100000.
 use std::{collections::HashSet, net::IpAddr};

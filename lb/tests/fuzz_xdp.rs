@@ -11,6 +11,7 @@
 //!   or a reply (RST / ICMP) from the frontend back to the input's source;
 //! - every run is counted exactly once (the XDP hook's counters move by the
 //!   number of runs).
+//!
 //! Seeds are valid frames of every kind the program handles; each run
 //! mutates one (bytes flipped, a header field overwritten, truncated,
 //! extended). Budget: XLB_FUZZ_FRAMES (default 1,000,000: the quick tier,
