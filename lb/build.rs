@@ -1,5 +1,6 @@
-//! Compiles the datapath's BPF programs (xdp/*.c, tc/*.c, sock/*.c, with lb/bpf/ on
-//! the include path) into OUT_DIR, where `lb::objects` embeds them. The
+//! Compiles the datapath's BPF programs (xdp/*.c, tc/*.c, sock/*.c, with
+//! lb/bpf/ on the include path) and the kernel feature probes (lb/probe/*.c)
+//! into OUT_DIR, where `lb::objects` embeds them. The
 //! clang invocation (flags, multiarch include directory, XLB_CLANG) is
 //! bpf-build's, shared with testkit/build.rs.
 use std::{env, path::PathBuf};
@@ -11,4 +12,5 @@ fn main() {
     for dir in ["xdp", "tc", "sock"] {
         clang.compile_dir(&ws.join(dir));
     }
+    clang.compile_dir(&root.join("probe"));
 }

@@ -9,7 +9,7 @@ source scripts/setup.sh
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clang-format"
-clang-format --dry-run --Werror lb/bpf/*.h xdp/*.[ch] tc/*.[ch] sock/*.[ch] testkit/bpf/*.c
+clang-format --dry-run --Werror lb/bpf/*.h lb/probe/*.c xdp/*.[ch] tc/*.[ch] sock/*.[ch] testkit/bpf/*.c
 echo "== clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build"

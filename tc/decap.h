@@ -200,7 +200,8 @@ static __always_inline int xlb_decap_geneve(struct __sk_buff *skb, const struct 
 	if (t.opt == XLB_GENEVE_OPT_DSR4 || t.opt == XLB_GENEVE_OPT_DSR6) {
 		/* A later fragment has no ports to remember; the first did. */
 		if (in.frag != XLB_FRAG_LATER) {
-			if (in.tuple.proto != IPPROTO_TCP && in.tuple.proto != IPPROTO_UDP)
+			if (in.tuple.proto != IPPROTO_TCP && in.tuple.proto != IPPROTO_UDP &&
+			    in.tuple.proto != IPPROTO_SCTP)
 				return xlb_fail(-XLB_DROP_BAD_TUNNEL, reason);
 			rc = xlb_parse_l4(skb, &in);
 			if (!rc)
@@ -245,7 +246,8 @@ static __always_inline int xlb_decap_ipip(struct __sk_buff *skb, const struct xl
 	/* The load balancer passes fragments to its own kernel: none come. */
 	if (in.frag)
 		return xlb_fail(-XLB_PASS_FRAGMENT, reason);
-	if (in.tuple.proto != IPPROTO_TCP && in.tuple.proto != IPPROTO_UDP)
+	if (in.tuple.proto != IPPROTO_TCP && in.tuple.proto != IPPROTO_UDP &&
+	    in.tuple.proto != IPPROTO_SCTP)
 		return xlb_fail(-XLB_DROP_BAD_TUNNEL, reason);
 	rc = xlb_parse_l4(skb, &in);
 	if (rc)

@@ -84,6 +84,10 @@ static __always_inline int xlb_revnat(struct __sk_buff *skb, __u32 *reason)
 	if (pkt.tuple.proto == (pkt.tuple.family == XLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6))
 		return xlb_revnat_icmp(skb, &pkt, reason);
 	rc = xlb_parse_l4(skb, &pkt);
+	/* Not ours to police what the node sends: a header xlb would not
+	 * forward is still not its to drop. */
+	if (rc == -XLB_DROP_BAD_L4_LEN)
+		rc = -XLB_PASS_L4_PROTO;
 	if (rc)
 		return xlb_fail(rc, reason);
 

@@ -5,10 +5,10 @@
  * cache, and the coarse clock that ages it.
  *
  * API
- *   int xlb_nexthop(ctx, in_ifindex, family, src, dst, l3_len, &nh)
+ *   int xlb_nexthop(ctx, in_ifindex, family, src, dst, l3_len, &nh, &mtu)
  *       0 and *nh (output port, MACs, MTU); XLB_NH_NO_NEIGH when the route
- *       is known but its neighbour is not resolved; or -XLB_DROP_TOO_BIG /
- *       -XLB_DROP_FIB.
+ *       is known but its neighbour is not resolved; or -XLB_DROP_TOO_BIG
+ *       (with the route's MTU in *mtu) / -XLB_DROP_FIB.
  */
 #ifndef XLB_XDP_NEXTHOP_H
 #define XLB_XDP_NEXTHOP_H
@@ -97,7 +97,8 @@ static __always_inline __u64 xlb_nh_now(void)
 }
 
 /* The next hop towards `dst` (a node address of `family`) for a packet of
- * outer IP length `l3_len`, leaving from `src`: 0 and *nhp; XLB_NH_NO_NEIGH
+ * outer IP length `l3_len`, leaving from `src`: 0 and *nhp (*mtu set when
+ * the packet is too big); XLB_NH_NO_NEIGH
  * when the route is known but its neighbour is not resolved (XDP cannot
  * resolve it: the caller hands the encapsulated packet to the kernel, which
  * forwards it and resolves the neighbour; not cached, so the next packets
@@ -106,7 +107,7 @@ static __always_inline __u64 xlb_nh_now(void)
 
 static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u8 family,
 				       const __u8 *src, const __u8 *dst, __u16 l3_len,
-				       struct nh_cache_entry **nhp)
+				       struct nh_cache_entry **nhp, __u32 *mtu)
 {
 	const __u32 *d = (const __u32 *)dst;
 	__u32 slot =
@@ -122,8 +123,10 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 	*nhp = nh;
 	now = xlb_nh_now();
 	if (nh->family == family && nh->in_ifindex == in_ifindex && now < nh->expires_ns &&
-	    xlb_addr_eq(nh->addr, dst))
+	    xlb_addr_eq(nh->addr, dst)) {
+		*mtu = nh->mtu;
 		return l3_len > nh->mtu ? -XLB_DROP_TOO_BIG : 0;
+	}
 
 	fib.ifindex = in_ifindex;
 	fib.tot_len = l3_len; /* checked against the route's MTU */
@@ -137,8 +140,10 @@ static __always_inline int xlb_nexthop(struct xdp_md *ctx, __u32 in_ifindex, __u
 		fib.ipv4_dst = *(const __u32 *)dst;
 	}
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		*mtu = fib.mtu_result;
 		return -XLB_DROP_TOO_BIG;
+	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return XLB_NH_NO_NEIGH;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)

@@ -2,16 +2,20 @@
 /*
  * xlb_xdp: the north-south fast path on a frontend node's NIC.
  *
- *   parse (parse.h) -> per-CPU flow cache hit (established flows: skips
- *   the next three steps, flowcache.h) or frontend lookup (service.h) ->
- *   loadBalancerSourceRanges -> xlb_ct / affinity / Maglev (maglev.h) ->
- *   one of
+ *   parse (parse.h; a later IPv4 fragment takes the ports its first
+ *   fragment recorded, frag.h) -> per-CPU flow cache hit (established
+ *   flows: skips the next three steps, flowcache.h) or frontend lookup
+ *   (service.h) -> loadBalancerSourceRanges (LoadBalancer frontends) ->
+ *   xlb_ct / affinity / Maglev (maglev.h); no endpoint: a TCP RST or an
+ *   ICMP unreachable (reply.h) unless the service says drop -> one of
  *     - backend on this node: DNAT in place (nat.h), remember the reverse
  *       translation in xlb_dsr_nat, XDP_PASS            (OK_LOCAL_DELIVER)
  *     - Geneve: DNAT the inner packet to the endpoint, add Ethernet + IP +
  *       UDP + Geneve + DSR option (encap.h), MACs from the next hop
  *       (nexthop.h)                                      (OK_XDP_TX/REDIRECT)
  *     - IPIP: inner packet untouched, add Ethernet + IP  (OK_XDP_TX/REDIRECT)
+ *     - too big for the tunnel: an ICMP fragmentation needed / packet too
+ *       big back to the client (reply.h)                 (OK_ICMP_TOO_BIG)
  *   ICMP "fragmentation needed" / "packet too big" quoting a DSR reply
  *   (frontend -> client) go, unchanged, to the node of the flow's backend
  *   with the Geneve EP option naming the endpoint (OK_ICMP_FORWARD).
@@ -34,6 +38,8 @@
 #include "events.h"
 #include "nexthop.h"
 #include "flowcache.h"
+#include "frag.h"
+#include "reply.h"
 
 /* Local delivery: DNAT to the endpoint and record the reverse translation
  * for the reply (tc egress rewrites the endpoint source back to the
@@ -113,18 +119,31 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	/* Read once: clang 14 otherwise keeps &ctx->ingress_ifindex in a spilled
 	 * register and reloads through it, which the verifier rejects
 	 * ("dereference of modified ctx ptr"). */
-	__u32 in_ifindex = ctx->ingress_ifindex;
+	__u32 in_ifindex = ctx->ingress_ifindex, mtu = 0;
 	__u16 outer_l3_len;
 	__u8 own_mac[ETH_ALEN], peer_mac[ETH_ALEN];
 	int rc, no_neigh;
 
 	if (encap != XLB_ENCAP_IPIP)
 		encap = XLB_ENCAP_GENEVE; /* unknown values: the default */
+	/* The inner packet keeps its family: an endpoint of the other family
+	 * cannot be reached without NAT64. */
+	if (encap == XLB_ENCAP_GENEVE && be->family != inner)
+		return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
+
+	hlen = xlb_encap_hlen(encap, outer, inner);
+	outer_l3_len = hlen - ETH_HLEN + inner_len;
+
+	/* Before the DNAT: a packet too big is answered quoting it as the
+	 * client sent it. An ICMP error is never answered with another. */
+	rc = xlb_nexthop(ctx, in_ifindex, outer, src, be->node, outer_l3_len, &nh, &mtu);
+	if (rc == -XLB_DROP_TOO_BIG && !icmp)
+		return xlb_reply_too_big(ctx, pkt, mtu - (hlen - ETH_HLEN), reason);
+	if (rc < 0)
+		return xlb_fail(rc, reason);
+	no_neigh = rc == XLB_NH_NO_NEIGH;
+
 	if (encap == XLB_ENCAP_GENEVE) {
-		/* The inner packet keeps its family: an endpoint of the other
-		 * family cannot be reached without NAT64. */
-		if (be->family != inner)
-			return xlb_fail(-XLB_DROP_BACKEND_MISSING, reason);
 		if (icmp) {
 			opt_type = inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_EP6 : XLB_GENEVE_OPT_EP4;
 			vaddr = be->addr;
@@ -137,14 +156,6 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				return xlb_fail(rc, reason);
 		}
 	}
-
-	hlen = xlb_encap_hlen(encap, outer, inner);
-	outer_l3_len = hlen - ETH_HLEN + inner_len;
-
-	rc = xlb_nexthop(ctx, in_ifindex, outer, src, be->node, outer_l3_len, &nh);
-	if (rc < 0)
-		return xlb_fail(rc, reason);
-	no_neigh = rc == XLB_NH_NO_NEIGH;
 	if (no_neigh) {
 		/* Handed to the kernel: the frame must stay addressed to this
 		 * port, so the outer Ethernet header keeps the MACs it came with. */
@@ -223,7 +234,8 @@ static __always_inline int xlb_forward(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		verdict = xlb_tunnel(ctx, pkt, svc, be, node, src, sel->hash, vaddr, vport, icmp,
 				     icmp ? XLB_OK_ICMP_FORWARD : 0, reason);
 	}
-	if (verdict == XDP_DROP)
+	/* Dropped, or answered (too big) instead of forwarded. */
+	if (verdict == XDP_DROP || *reason == XLB_OK_ICMP_TOO_BIG)
 		return verdict;
 	xlb_count_svc(svc->id, bytes, sel->new_flow, sel->affinity_hit);
 	xlb_count_backend(sel->backend_id, bytes);
@@ -286,11 +298,12 @@ static __always_inline int xlb_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u
 
 static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *reason)
 {
-	struct xlb_service *svc;
+	const struct xlb_service *svc;
 	struct fc_entry *fc;
 	struct xlb_sel sel;
 	struct xlb_pkt pkt;
-	__u8 vaddr[16] __attribute__((aligned(4)));
+	__u8 vaddr_buf[16] __attribute__((aligned(4)));
+	const __u8 *vaddr;
 	__be16 vport;
 	__u64 now, gen;
 	int rc, new_conn;
@@ -298,6 +311,17 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	rc = xlb_parse(ctx, &pkt);
 	if (rc)
 		return xlb_fail(rc, reason);
+	if (pkt.frag) {
+		/* Only fragments of what a frontend serves are followed. */
+		if (pkt.tuple.proto != IPPROTO_TCP && pkt.tuple.proto != IPPROTO_UDP &&
+		    pkt.tuple.proto != IPPROTO_SCTP)
+			return xlb_fail(-XLB_PASS_FRAGMENT, reason);
+		if (pkt.frag == XLB_FRAG_LATER) {
+			rc = xlb_frag_follow(&pkt);
+			if (rc)
+				return xlb_fail(rc, reason);
+		}
+	}
 	if (pkt.tuple.proto == IPPROTO_ICMP || pkt.tuple.proto == IPPROTO_ICMPV6)
 		return xlb_icmp(ctx, &pkt, bytes, reason);
 
@@ -315,26 +339,37 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 			sel.hash = fc->hash;
 			sel.new_flow = 0;
 			sel.affinity_hit = 0;
+			svc = &fc->svc;
 			/* fc->key keeps the frontend: pkt.tuple is DNAT'd. */
-			return xlb_forward(ctx, &pkt, &fc->svc, &sel, fc->key.daddr, fc->key.dport,
-					   0, bytes, reason);
+			vaddr = fc->key.daddr;
+			vport = fc->key.dport;
+			goto forward;
 		}
 	}
 
 	svc = xlb_frontend_lookup(&pkt.tuple);
 	if (!svc)
 		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
+	/* Set on LoadBalancer ingress frontends only (per frontend, as
+	 * kube-proxy: a NodePort of the same service is not filtered). */
 	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, &pkt.tuple))
 		return xlb_fail(-XLB_DROP_SOURCE_RANGE, reason);
 
 	rc = xlb_select(svc, &pkt.tuple, new_conn, &sel);
+	if (rc == -XLB_DROP_NO_BACKEND && !(svc->flags & XLB_SVC_F_DROP_NO_BACKEND))
+		return xlb_reply_reject(ctx, &pkt, reason);
 	if (rc)
 		return xlb_fail(rc, reason);
 	xlb_fc_fill(fc, &pkt.tuple, svc, sel.backend_id, sel.be->gen, sel.hash, now, gen);
 	/* vaddr/vport: the frontend, kept because pkt.tuple is rewritten by
 	 * the DNAT. */
-	xlb_addr_copy(vaddr, pkt.tuple.daddr);
+	xlb_addr_copy(vaddr_buf, pkt.tuple.daddr);
+	vaddr = vaddr_buf;
 	vport = pkt.tuple.dport;
+forward:
+	/* One copy of the forwarding tail for cached and looked-up flows. */
+	if (pkt.frag && (rc = xlb_frag_admit(&pkt, svc)))
+		return xlb_fail(rc, reason);
 	return xlb_forward(ctx, &pkt, svc, &sel, vaddr, vport, 0, bytes, reason);
 }
 

@@ -18,10 +18,11 @@
 //! Tunnel peers (every Node's InternalIPs, and `--tunnel-peer`) are kept
 //! with or without it: a node accepts DSR dispatch only from them.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
@@ -31,6 +32,7 @@ use lb::{
     datapath::{ApplyStats, Datapath},
     loader::{Dataplane, LoadOptions, MapSizes, SockScope, XdpMode, DEFAULT_PIN_DIR},
     model::{Cidr, Endpoint, DEFAULT_ICMP_RATE},
+    report::Chain,
     sockdestroy::Reaper,
 };
 use tokio::{
@@ -40,11 +42,11 @@ use tokio::{
 use tracing::{debug, error, info, info_span, warn};
 use xlb_control::{
     cluster::Changes,
-    healthcheck::HealthServer,
+    healthcheck::{HealthServer, ProxyFreshness},
     podnet::{self, PodNetOptions},
     render,
     source::{self, file::Stamp},
-    translate::{ConfigErrors, TranslateOptions, Translator},
+    translate::{ConfigError, ConfigErrors, TranslateOptions, Translator},
 };
 
 use crate::TranslateArgs;
@@ -220,10 +222,13 @@ pub struct RunArgs {
     /// --small-maps).
     #[arg(long, value_name = "N")]
     max_backends: Option<u32>,
-    /// Leave the programs attached on exit, for an upgrade: the next agent
-    /// replaces them atomically through their pinned links.
+    /// Detach the programs on exit (uninstalling xlb, or handing the node
+    /// to another datapath). Without it (the default) they stay attached
+    /// with their maps pinned and keep serving while no agent runs: a
+    /// restart or upgrade (or a crash) is hitless, the next agent replaces
+    /// them atomically through their pinned links.
     #[arg(long)]
-    keep_attached: bool,
+    detach_on_exit: bool,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
     /// Size of the event ring buffer (xlb monitor), bytes: a power of two,
@@ -264,6 +269,21 @@ pub struct RunArgs {
     /// it) and their packets are translated by tc instead.
     #[arg(long)]
     socket_lb_host_only: bool,
+    /// Where the node's kube-proxy-compatible health endpoint listens
+    /// (`/healthz`, `/livez`: what cloud load balancers probe). A port
+    /// already taken (kube-proxy still running) is logged and skipped.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
+    healthz_addr: std::net::SocketAddr,
+    /// Serve no node health endpoint.
+    #[arg(long)]
+    no_healthz: bool,
+    /// Replies XDP may send per second per CPU: rejects of services without
+    /// endpoints and ICMP too big answers ("0": none, such packets are dropped).
+    #[arg(long, value_name = "N", default_value_t = lb::loader::DEFAULT_REPLY_RATE)]
+    reply_rate: u32,
+    /// Replies XDP may send at once before --reply-rate applies.
+    #[arg(long, value_name = "N", default_value_t = lb::loader::DEFAULT_REPLY_BURST)]
+    reply_burst: u32,
 }
 
 /// Where `--socket-lb` says to attach the socket programs, if anywhere.
@@ -368,10 +388,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         SockScope::All
     };
-    let load =
-        LoadOptions { pin_dir: args.pin_dir.clone(), sizes, sock_scope, events_enabled: true };
+    let load = LoadOptions {
+        pin_dir: args.pin_dir.clone(),
+        sizes,
+        sock_scope,
+        events_enabled: true,
+        reply_rate: args.reply_rate,
+        reply_burst: args.reply_burst,
+        features: None,
+    };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
     info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
+    // Probed at load: each missing feature named with its fallback.
+    for missing in dataplane.features().missing() {
+        warn!(feature = missing.feature, since = missing.since, "{missing}");
+    }
     let mode = match args.xdp_mode {
         XdpModeArg::Native => Some(XdpMode::Native),
         XdpModeArg::Generic => {
@@ -387,11 +418,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     drop(dataplane);
     // On every exit after loading, errors included: a half-attached agent
     // must not stay behind.
-    if args.keep_attached {
-        info!("programs left attached (--keep-attached); maps stay pinned");
-    } else {
+    if args.detach_on_exit {
         Dataplane::detach_all(&args.pin_dir).context("detaching the programs")?;
-        info!("programs detached; maps stay pinned, so established flows survive a restart");
+        info!("programs detached (--detach-on-exit); maps stay pinned");
+    } else {
+        info!(
+            "programs left attached and serving, maps pinned: the next agent takes over \
+             without a gap (--detach-on-exit to remove them)"
+        );
     }
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -547,7 +581,28 @@ async fn reconcile_loop(
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut reconciler = Reconciler::new(Translator::new(opts.clone()), args.health_check_addr);
+    // From the API (any namespace user can create a bad object) the invalid
+    // objects and parts are left out; manifest files stay all-or-nothing.
+    let api_opts = TranslateOptions { leave_out_invalid: true, ..opts.clone() };
+    let mut reconciler = Reconciler::new(Translator::new(api_opts), args.health_check_addr);
+    let _node_health = (!args.no_healthz)
+        .then(|| {
+            match xlb_control::healthcheck::serve_node_health(
+                args.healthz_addr,
+                reconciler.fresh.clone(),
+            ) {
+                Ok(task) => {
+                    info!(addr = %args.healthz_addr, "serving the node health check (/healthz, /livez)");
+                    Some(AbortOnDrop(task))
+                }
+                Err(e) => {
+                    warn!(addr = %args.healthz_addr, error = %Chain(&e),
+                        "cannot serve the node health check (kube-proxy still running?)");
+                    None
+                }
+            }
+        })
+        .flatten();
     reconciler.sockets = sockets;
     reconciler.pods = PodState {
         opts: pod,
@@ -587,6 +642,7 @@ async fn reconcile_loop(
                 Some(changes) => {
                     let t0 = std::time::Instant::now();
                     crate::metrics::control().source_event();
+                    reconciler.fresh.queued();
                     if !reconciler.synced {
                         // The source listed every kind: the API is back (or was never gone).
                         crate::metrics::control().health.source_ok();
@@ -755,6 +811,9 @@ struct Reconciler {
     /// The errors last logged, so a configuration that stays invalid is
     /// logged once, not on every change.
     logged_errors: Option<ConfigErrors>,
+    /// Problems left out (Kubernetes source) already logged: each is logged
+    /// once, when it appears.
+    left_out: HashSet<ConfigError>,
     /// Tunnel next hops kept resolved for XDP.
     neighbours: lb::neigh::Neighbours,
     /// The tunnel endpoints last handed to `neighbours`, and the datapath's
@@ -765,6 +824,17 @@ struct Reconciler {
     pods: PodState,
     /// Socket load balancing: where, and the socket terminator.
     sockets: Option<Sockets>,
+    /// What the node health endpoint reports.
+    fresh: Arc<ProxyFreshness>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Reconciler {
@@ -775,12 +845,14 @@ impl Reconciler {
             synced: false,
             full_due: true,
             logged_errors: None,
+            left_out: HashSet::new(),
             neighbours: lb::neigh::Neighbours::new(),
             tunnels: BTreeSet::new(),
             tunnel_gen: None,
             health: HealthServer::new(health_addr),
             pods: PodState::default(),
             sockets: None,
+            fresh: Arc::default(),
         }
     }
 
@@ -807,6 +879,7 @@ impl Reconciler {
             // The datapath keeps serving the last valid state; health checks
             // keep answering for it (a bad object must not drain every node).
             crate::metrics::control().rejected();
+            crate::metrics::control().problems(&errors.0, true);
             if self.logged_errors.as_ref() != Some(&errors) {
                 error!(
                     count = errors.0.len(),
@@ -815,18 +888,22 @@ impl Reconciler {
                 );
                 self.logged_errors = Some(errors);
             }
+            // Nothing more will be applied until the source changes: a bad
+            // configuration must not make the node look stale.
+            self.fresh.updated();
             return;
         }
         self.logged_errors = None;
+        self.report_left_out();
         let full = self.full_due;
         let t0 = std::time::Instant::now();
         let keys = self.translator.take_changed();
         let desired = self.translator.desired();
         let result = if full {
-            datapath.apply(desired)
+            datapath.apply(&desired)
         } else {
-            datapath
-                .apply_services(&desired.node, keys.iter().map(|k| (k, desired.services.get(k))))
+            let services: Vec<_> = keys.iter().map(|k| (k, self.translator.service(k))).collect();
+            datapath.apply_services(&desired.node, services.iter().map(|(k, s)| (*k, s.as_deref())))
         };
         crate::metrics::control().apply_done(t0.elapsed(), result.is_ok(), desired.services.len());
         match result {
@@ -836,11 +913,31 @@ impl Reconciler {
                 self.pods.sync_network(datapath, &self.translator, full);
             }
             Err(e) => {
-                error!(error = %e, "apply failed; a full diff follows in {RETRY_INTERVAL:?}");
+                error!(error = %Chain(&e), "apply failed; a full diff follows in {RETRY_INTERVAL:?}");
                 self.full_due = true;
                 self.health.set_proxy_healthy(false);
             }
         }
+    }
+
+    /// Logs each problem left out once, when it appears, and when problems
+    /// are fixed; updates the metric and the status page.
+    fn report_left_out(&mut self) {
+        let problems = self.translator.problems();
+        if problems.is_empty() && self.left_out.is_empty() {
+            crate::metrics::control().problems(&[], false);
+            return;
+        }
+        let now: HashSet<ConfigError> = problems.iter().cloned().collect();
+        for p in problems.iter().filter(|p| !self.left_out.contains(p)) {
+            warn!(problem = %p, "left out; everything valid is applied");
+        }
+        let fixed = self.left_out.iter().filter(|p| !now.contains(p)).count();
+        if fixed > 0 {
+            info!(fixed, left_out = now.len(), "configuration problems resolved");
+        }
+        crate::metrics::control().problems(&problems, false);
+        self.left_out = now;
     }
 
     /// The periodic full diff: maps re-read, everything compared.
@@ -854,7 +951,7 @@ impl Reconciler {
         let _ = self.translator.take_changed();
         let t0 = std::time::Instant::now();
         let desired = self.translator.desired();
-        let result = datapath.resync(desired);
+        let result = datapath.resync(&desired);
         crate::metrics::control().apply_done(t0.elapsed(), result.is_ok(), desired.services.len());
         match result {
             Ok(stats) => {
@@ -874,7 +971,7 @@ impl Reconciler {
                 self.pods.sync_endpoints(datapath, true);
             }
             Err(e) => {
-                error!(error = %e, "full resync failed; retrying in {RETRY_INTERVAL:?}");
+                error!(error = %Chain(&e), "full resync failed; retrying in {RETRY_INTERVAL:?}");
                 self.full_due = true;
             }
         }
@@ -909,6 +1006,7 @@ impl Reconciler {
         if stats.writes() == 0 {
             crate::metrics::control().synced();
         }
+        self.fresh.updated();
         self.health.set_proxy_healthy(true);
         self.reap(&stats.gone_backends);
         if let Some(checks) = self.translator.take_health_checks() {
@@ -924,7 +1022,7 @@ impl Reconciler {
                 Ok(0) => {}
                 Ok(n) => info!(entries = n, "managed neighbour entries for tunnel next hops"),
                 Err(e) => {
-                    warn!(error = %e, "tunnel next hops not pre-resolved; XDP hands packets to the kernel until they are")
+                    warn!(error = %Chain(&e), "tunnel next hops not pre-resolved; XDP hands packets to the kernel until they are")
                 }
             }
             self.tunnels = tunnels;
@@ -974,9 +1072,9 @@ async fn watch_files(
             Ok(s) => s,
             Err(e) => {
                 if forced || !stamp.is_empty() {
-                    warn!(error = %e, "cannot read the manifests; the running state stays");
+                    warn!(error = %Chain(&e), "cannot read the manifests; the running state stays");
                 }
-                crate::metrics::control().health.source_failed(format!("manifests: {e}"));
+                crate::metrics::control().health.source_failed(format!("manifests: {}", Chain(&e)));
                 stamp = Vec::new();
                 continue;
             }
@@ -998,7 +1096,7 @@ async fn watch_files(
                     return Ok(()); // the reconciler is gone: shutting down
                 }
             }
-            Err(e) => error!(error = %e, "manifests rejected, the running state stays"),
+            Err(e) => error!(error = %Chain(&e), "manifests rejected, the running state stays"),
         }
     }
 }

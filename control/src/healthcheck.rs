@@ -6,7 +6,8 @@
 //! balancer sends traffic only to nodes that can serve it locally. Ports come
 //! and go with the services ([`HealthServer::update`], fed from
 //! [`crate::translate::Translator::take_health_checks`]); each port is one
-//! small task on the agent's runtime.
+//! small task on the agent's runtime. Also the node's own kube-proxy-compatible
+//! health endpoint (`:10256/healthz`, [`serve_node_health`]).
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -105,7 +106,7 @@ impl HealthServer {
             let listener = match bind(addr) {
                 Ok(l) => l,
                 Err(e) => {
-                    warn!(%addr, service = %check.service, error = %e,
+                    warn!(%addr, service = %check.service, error = %lb::report::Chain(&e),
                         "cannot open the healthCheckNodePort; the load balancer will see this node as down");
                     continue;
                 }
@@ -186,4 +187,194 @@ pub fn response(c: &HealthCheck, healthy: bool) -> String {
         c.local_endpoints,
         body.len()
     )
+}
+
+/// How long a change may wait for the datapath before the node reports
+/// itself unhealthy on /healthz (kube-proxy's default: 2 minutes).
+pub const NODE_HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The proxy's freshness, kube-proxy's `ProxierHealthServer` model: the time
+/// the datapath last matched the source and the oldest change still waiting.
+#[derive(Debug, Default)]
+pub struct ProxyFreshness {
+    inner: Mutex<Freshness>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Freshness {
+    last_updated: Option<std::time::SystemTime>,
+    oldest_pending: Option<std::time::SystemTime>,
+}
+
+impl ProxyFreshness {
+    /// A change from the source is waiting for the datapath.
+    pub fn queued(&self) {
+        let mut f = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f.oldest_pending.get_or_insert_with(std::time::SystemTime::now);
+    }
+
+    /// The datapath matches the source (applied, or nothing to apply).
+    pub fn updated(&self) {
+        let mut f = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f.last_updated = Some(std::time::SystemTime::now());
+        f.oldest_pending = None;
+    }
+
+    fn get(&self) -> Freshness {
+        *self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn rfc3339(t: Option<std::time::SystemTime>) -> String {
+    let t = t.unwrap_or(std::time::UNIX_EPOCH);
+    k8s_openapi::jiff::Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// kube-proxy's node health answer (`--healthz-bind-address`, port 10256),
+/// which cloud load balancers probe: `/healthz` and `/livez` give 200 while
+/// no change has waited for the datapath longer than `timeout` (none
+/// pending, or pending for less), else 503; the JSON body carries
+/// `lastUpdated` and `currentTime` (and `nodeEligible` on /healthz: xlb does
+/// not drain nodes, always true). Any other path: 404.
+pub fn node_health_response(
+    path: &str,
+    fresh: &ProxyFreshness,
+    timeout: Duration,
+    now: std::time::SystemTime,
+) -> String {
+    let f = fresh.get();
+    let healthy =
+        f.oldest_pending.is_none_or(|t| now.duration_since(t).unwrap_or_default() < timeout);
+    let mut body = serde_json::json!({
+        "lastUpdated": rfc3339(f.last_updated),
+        "currentTime": rfc3339(Some(now)),
+    });
+    let status = match path {
+        "/healthz" | "/livez" => {
+            if path == "/healthz" {
+                body["nodeEligible"] = serde_json::Value::Bool(true);
+            }
+            if healthy {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            }
+        }
+        _ => {
+            let msg = "404 page not found\n";
+            return format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+                msg.len()
+            );
+        }
+    };
+    let body = body.to_string();
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Serves [`node_health_response`] on `addr` until the task is aborted.
+/// Must run on a tokio runtime; a port already taken (kube-proxy still
+/// running) is an error for the caller to report.
+pub fn serve_node_health(
+    addr: SocketAddr,
+    fresh: Arc<ProxyFreshness>,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = bind(addr)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let (mut stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "node health accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let fresh = fresh.clone();
+            tokio::spawn(async move {
+                let answer = async {
+                    let path = read_path(&mut stream).await?;
+                    let r = node_health_response(
+                        &path,
+                        &fresh,
+                        NODE_HEALTH_TIMEOUT,
+                        std::time::SystemTime::now(),
+                    );
+                    stream.write_all(r.as_bytes()).await?;
+                    stream.shutdown().await
+                };
+                if let Ok(Err(e)) = tokio::time::timeout(IO_TIMEOUT, answer).await {
+                    debug!(%peer, error = %e, "node health request");
+                }
+            });
+        }
+    }))
+}
+
+/// Reads a request head; its path (query dropped).
+async fn read_path(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let target = head.lines().next().unwrap_or("").split_whitespace().nth(1).unwrap_or("");
+    Ok(target.split('?').next().unwrap_or("").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+
+    fn code(r: &str) -> &str {
+        r.split_whitespace().nth(1).unwrap()
+    }
+
+    fn body(r: &str) -> serde_json::Value {
+        serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap()
+    }
+
+    #[test]
+    fn node_health_is_kube_proxys() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let f = ProxyFreshness::default();
+        // Nothing pending: healthy, even before the first update.
+        let r = node_health_response("/healthz", &f, SHORT, now);
+        assert_eq!(code(&r), "200", "{r}");
+        assert_eq!(body(&r)["currentTime"], "2023-11-14T22:13:20Z");
+        assert_eq!(body(&r)["nodeEligible"], true);
+        f.updated();
+        f.inner.lock().unwrap().last_updated = Some(now - Duration::from_secs(5));
+        // A change pending for less than the timeout: still healthy.
+        f.inner.lock().unwrap().oldest_pending = Some(now - Duration::from_secs(10));
+        assert_eq!(code(&node_health_response("/livez", &f, SHORT, now)), "200");
+        // Pending for longer: 503 on /healthz and /livez.
+        f.inner.lock().unwrap().oldest_pending = Some(now - SHORT);
+        let r = node_health_response("/healthz", &f, SHORT, now);
+        assert_eq!(code(&r), "503", "{r}");
+        assert_eq!(body(&r)["lastUpdated"], "2023-11-14T22:13:15Z");
+        assert_eq!(code(&node_health_response("/livez", &f, SHORT, now)), "503");
+        assert!(body(&node_health_response("/livez", &f, SHORT, now))
+            .get("nodeEligible")
+            .is_none());
+        // Applied: healthy again.
+        f.updated();
+        let r = node_health_response("/healthz", &f, SHORT, SystemTime::now());
+        assert_eq!(code(&r), "200", "{r}");
+        assert_eq!(code(&node_health_response("/metrics", &f, SHORT, now)), "404");
+    }
+
+    const SHORT: Duration = Duration::from_secs(60);
 }

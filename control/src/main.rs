@@ -1,7 +1,8 @@
 //! `xlb`: the node agent (`xlb run`), the inspection CLI (`xlb service list`,
 //! `xlb backend list`, `xlb ct list`, `xlb maglev show`, `xlb stats`,
-//! `xlb endpoint list`, `xlb tunnel list`), the
-//! event stream (`xlb monitor`) and the offline checker (`xlb validate`).
+//! `xlb endpoint list`, `xlb tunnel list`), the event stream (`xlb
+//! monitor`), the agent's status (`xlb status`) and the offline checker
+//! (`xlb validate`).
 //! Argument parsing and dispatch only; the work lives in the library
 //! (translation) and in the daemon/inspect modules. (The lab is its own
 //! binary, `xlb-lab`: the agent links no test tooling.)
@@ -73,6 +74,16 @@ enum Cmd {
     /// Translate manifests and print the desired datapath state, or every
     /// error (exit status 1). Touches nothing.
     Validate(ValidateArgs),
+    /// Ask the running agent how it is: ready or why not, and the problems
+    /// of its configuration (objects or parts of them left out).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The agent's --metrics-addr.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +167,10 @@ pub(crate) struct TranslateArgs {
     /// service.kubernetes.io/service-proxy-name label has this value.
     #[arg(long, default_value = DEFAULT_PROXY_NAME)]
     proxy_name: String,
+    /// What a service without a usable endpoint does with a packet, unless
+    /// its xlb.io/no-endpoints annotation says otherwise.
+    #[arg(long, value_enum, default_value_t = NoEndpointsArg::Reject)]
+    no_endpoints: NoEndpointsArg,
     /// Outer source address of IPv4 tunnels (default: the node's first
     /// IPv4 InternalIP).
     #[arg(long, value_name = "ADDR")]
@@ -166,9 +181,22 @@ pub(crate) struct TranslateArgs {
     tunnel_v6: Option<Ipv6Addr>,
 }
 
+/// `--no-endpoints`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum NoEndpointsArg {
+    /// TCP RST / ICMP port unreachable, rate-limited (kube-proxy's behaviour).
+    Reject,
+    /// Drop silently: the client times out.
+    Drop,
+}
+
 impl TranslateArgs {
     pub(crate) fn options(&self) -> TranslateOptions {
         TranslateOptions {
+            no_endpoints: match self.no_endpoints {
+                NoEndpointsArg::Reject => lb::model::NoEndpoints::Reject,
+                NoEndpointsArg::Drop => lb::model::NoEndpoints::Drop,
+            },
             external_ip_cidrs: self.external_ip_cidrs.clone(),
             proxy_name: self.proxy_name.clone(),
             tunnel_v4: self.tunnel_v4,
@@ -208,6 +236,7 @@ fn main() -> ExitCode {
         Cmd::Stats(a) => inspect::stats(&a.list.pin_dir, a.all, a.list.json),
         Cmd::Monitor(args) => monitor::run(args),
         Cmd::Validate(args) => validate(&args),
+        Cmd::Status(args) => status(&args),
     };
     match result {
         Ok(code) => code,
@@ -216,6 +245,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// GET /status from the agent and print it.
+fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+
+    use anyhow::Context;
+    let addr = args.metrics_addr;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to the agent at {addr} (--metrics-addr)"))?;
+    s.set_read_timeout(Some(timeout)).context("setting a read timeout")?;
+    write!(s, "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .with_context(|| format!("asking {addr} for /status"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).with_context(|| format!("reading /status from {addr}"))?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("{addr}/status: {}", head.lines().next().unwrap_or("no answer"));
+    }
+    print!("{body}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {

@@ -4,7 +4,7 @@
 //! name, so equal states render byte-for-byte equal.
 use std::{fmt::Write, net::SocketAddr};
 
-use lb::model::{BackendState, Desired, Encap, FrontendKind, Service};
+use lb::model::{BackendState, Desired, Encap, FrontendKind, NoEndpoints, Service};
 
 use crate::translate::ConfigErrors;
 
@@ -40,9 +40,14 @@ fn service(out: &mut String, svc: &Service) {
         let list: Vec<String> = svc.source_ranges.iter().map(|c| c.to_string()).collect();
         list.join(",")
     };
+    // Shown only when not the default, so most lines stay as they were.
+    let no_endpoints = match svc.no_endpoints {
+        NoEndpoints::Reject => "",
+        NoEndpoints::Drop => " no_endpoints=drop",
+    };
     writeln!(
         out,
-        "service {} maglev={maglev} encap={encap} affinity={affinity} source_ranges={ranges}",
+        "service {} maglev={maglev} encap={encap} affinity={affinity} source_ranges={ranges}{no_endpoints}",
         svc.key
     )
     .ok();

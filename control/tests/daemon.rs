@@ -1,8 +1,9 @@
 //! `xlb run` end to end, as a process: attached to a veth in a network
 //! namespace of its own, it programs the pinned maps from a manifest file,
 //! follows edits of the file, keeps the running state when an edit is
-//! invalid (logging every error), reloads on SIGHUP, and on SIGTERM detaches
-//! its programs and exits 0 with the maps still pinned.
+//! invalid (logging every error), reloads on SIGHUP, and on SIGTERM with
+//! --detach-on-exit detaches its programs and exits 0 with the maps still
+//! pinned (without it they stay attached: see lab_e2e's restart test).
 //! Privileged tier: needs root, BPF and netns; fails (never skips) without them.
 use std::{
     fs,
@@ -71,7 +72,7 @@ impl Fixture {
             .arg(self.config())
             .arg("--pin-dir")
             .arg(self.pin_dir.path())
-            .arg("--small-maps")
+            .args(["--small-maps", "--detach-on-exit"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -180,7 +181,7 @@ fn run_follows_the_file_keeps_state_on_bad_config_and_exits_cleanly() {
     f.wait_for("the SIGHUP reload", |f| f.log().matches(want).count() > rejections);
     assert!(f.log().contains("SIGHUP: reloading"), "{}", f.log());
 
-    // SIGTERM: exit 0, programs detached, maps still pinned.
+    // SIGTERM with --detach-on-exit: exit 0, programs detached, maps still pinned.
     f.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {

@@ -280,3 +280,145 @@ fn health_check_node_port_answers_like_kube_proxy() {
     f.server().delete::<k8s_openapi::api::core::v1::Service>(Some("default"), "local").unwrap();
     f.wait_for("port closed", |f| get(&f.netns, hc, "/").is_none());
 }
+
+/// Three tenants' objects: `partial` has one bad externalIP (no
+/// --external-ip-cidr allows it) and, in its slice, one endpoint without
+/// nodeName and one naming a node that does not exist; `broken` has an
+/// invalid service-wide setting (sessionAffinity) and is left out whole.
+const TENANTS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: partial, namespace: tenant-a}
+spec:
+  type: LoadBalancer
+  ipFamilies: [IPv4]
+  externalIPs: [203.0.113.9]
+  ports: [{name: http, port: 80, nodePort: 30081}]
+status:
+  loadBalancer:
+    ingress: [{ip: 10.100.0.31}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: partial-1
+  namespace: tenant-a
+  labels: {kubernetes.io/service-name: partial}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.31], nodeName: node1, conditions: {ready: true}}
+- {addresses: [10.244.1.32], conditions: {ready: true}}
+- {addresses: [10.244.1.33], nodeName: gone, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: tenant-b}
+spec:
+  type: LoadBalancer
+  ipFamilies: [IPv4]
+  sessionAffinity: Sticky
+  ports: [{name: http, port: 80}]
+status:
+  loadBalancer:
+    ingress: [{ip: 10.100.0.32}]
+";
+
+fn metric(f: &Fixture, line_start: &str) -> Option<String> {
+    let (_, body) = get(&f.netns, METRICS.parse().unwrap(), "/metrics")?;
+    body.lines().find(|l| l.starts_with(line_start)).map(str::to_string)
+}
+
+/// #12 item 1: from the API one bad object (or bad part of one) never blocks
+/// the valid ones: it is left out, logged once, counted by kind and reason
+/// and listed by `xlb status`; everything valid is applied, and later
+/// changes keep being applied. (Before: the whole configuration was
+/// rejected and nothing was programmed.)
+#[test]
+fn one_bad_object_never_blocks_the_valid_ones() {
+    let mut f = Fixture::new("bad1");
+    f.server().apply_yaml(examples::NGINX).unwrap();
+    f.server().apply_yaml(TENANTS).unwrap();
+    f.start_agent();
+    f.wait_for("nginx and the valid part of tenant-a programmed", |f| {
+        let d = f.dump();
+        d.contains("service default/nginx:http ") && d.contains("service tenant-a/partial:http ")
+    });
+    let dump = f.dump();
+    // The valid parts: the ingress frontend, the NodePort, the endpoint on node1.
+    assert!(dump.contains("10.100.0.31:80/TCP"), "{dump}");
+    assert!(dump.contains("10.0.0.2:30081/TCP"), "{dump}");
+    assert!(dump.contains("10.244.1.31:8080"), "{dump}");
+    // The invalid parts and the invalid object: left out.
+    assert!(!dump.contains("203.0.113.9"), "{dump}");
+    assert!(!dump.contains("10.244.1.32") && !dump.contains("10.244.1.33"), "{dump}");
+    assert!(!dump.contains("tenant-b/broken"), "{dump}");
+
+    // Status: every problem, named by object and field.
+    let out = f
+        .netns
+        .nsenter(XLB)
+        .args(["status", "--metrics-addr", METRICS])
+        .output()
+        .expect("running xlb status");
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{status}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(status.contains("4 problems left out, everything valid applied"), "{status}");
+    for want in [
+        "Service tenant-a/partial: spec.externalIPs[0]: 203.0.113.9 is outside",
+        "EndpointSlice tenant-a/partial-1: endpoints[1].nodeName: missing",
+        "EndpointSlice tenant-a/partial-1: endpoints[2].nodeName: node \"gone\" not found",
+        "Service tenant-b/broken: spec.sessionAffinity: \"Sticky\" is not one of",
+    ] {
+        assert!(status.contains(want), "status lacks {want:?}:\n{status}");
+    }
+    // The metric, by kind and reason.
+    let m = metric(&f, "xlb_config_problems{kind=\"EndpointSlice\",reason=\"missing\"}");
+    assert!(m.as_deref().is_some_and(|l| l.ends_with(" 1")), "{m:?}");
+    let m = metric(&f, "xlb_config_problems{kind=\"Service\",reason=\"external_ip_not_allowed\"}");
+    assert!(m.as_deref().is_some_and(|l| l.ends_with(" 1")), "{m:?}");
+
+    // Later changes are applied while the problems stay, and each problem
+    // is logged once.
+    let mut slice: EndpointSlice = f.server().get(Some("default"), "nginx-v4").unwrap().unwrap();
+    slice.endpoints[0].conditions.as_mut().unwrap().ready = Some(false);
+    f.server().update(&slice).unwrap();
+    f.wait_for("the nginx change applied", |f| f.dump() != dump);
+    let log = f.log();
+    assert_eq!(log.matches("left out; everything valid is applied").count(), 4, "{log}");
+    assert!(!log.contains("configuration rejected"), "{log}");
+
+    // Fixed: the left-out service appears, the problems go.
+    f.server().delete::<k8s_openapi::api::core::v1::Service>(Some("tenant-b"), "broken").unwrap();
+    let mut svc: k8s_openapi::api::core::v1::Service =
+        f.server().get(Some("tenant-a"), "partial").unwrap().unwrap();
+    svc.spec.as_mut().unwrap().external_ips = None;
+    f.server().update(&svc).unwrap();
+    f.wait_for("two problems left", |f| {
+        get(&f.netns, METRICS.parse().unwrap(), "/status")
+            .is_some_and(|(_, s)| s.contains("2 problems left out"))
+    });
+    let m = metric(&f, "xlb_config_problems{kind=\"Service\",reason=\"external_ip_not_allowed\"}");
+    assert!(m.as_deref().is_some_and(|l| l.ends_with(" 0")), "{m:?}");
+}
+
+/// #12 item 6: the node answers kube-proxy's health check on :10256
+/// (`/healthz` with lastUpdated/currentTime/nodeEligible, `/livez`), so a
+/// cloud load balancer probing it keeps working without kube-proxy.
+#[test]
+fn node_health_answers_on_10256_like_kube_proxy() {
+    let mut f = Fixture::new("hz");
+    f.server().apply_yaml(examples::NGINX).unwrap();
+    f.start_agent();
+    f.wait_for("nginx programmed", |f| f.dump().contains("service default/nginx:http "));
+    let addr: SocketAddr = "127.0.0.1:10256".parse().unwrap();
+    f.wait_for("/healthz 200", |f| get(&f.netns, addr, "/healthz").is_some_and(|(c, _)| c == 200));
+    let (_, body) = get(&f.netns, addr, "/healthz").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["nodeEligible"], true, "{body}");
+    let updated = v["lastUpdated"].as_str().unwrap();
+    assert!(!updated.starts_with("1970"), "updated after the first sync: {body}");
+    assert!(v["currentTime"].as_str().unwrap() >= updated, "{body}");
+    let (code, body) = get(&f.netns, addr, "/livez").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&f.netns, addr, "/other").unwrap().0, 404);
+}

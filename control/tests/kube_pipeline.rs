@@ -116,7 +116,7 @@ impl Pipeline {
         let keys = self.translator.take_changed();
         let desired = self.translator.desired();
         let stats = if full {
-            self.datapath.apply(desired)
+            self.datapath.apply(&desired)
         } else {
             self.datapath
                 .apply_services(&desired.node, keys.iter().map(|k| (k, desired.services.get(k))))
@@ -374,7 +374,7 @@ async fn full_resync_repairs_entries_deleted_behind_the_agents_back() {
     assert_ne!(broken, good);
 
     // A plain diff compares with what the agent believes it wrote: nothing to do.
-    let desired = p.translator.desired().clone();
+    let desired = p.translator.desired().into_owned();
     let st = p.datapath.apply(&desired).unwrap();
     assert_eq!(st.writes(), 0, "{st:?}");
     // The periodic full diff re-reads the maps and puts back exactly what is missing.

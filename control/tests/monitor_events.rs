@@ -206,7 +206,13 @@ fn monitor_prints_the_scripted_events() {
             weight: 1,
             state: BackendState::Active,
         };
-        let services = [service("web", VIP, vec![be]), service("empty", EMPTY_VIP, vec![])];
+        // "empty" drops (NoEndpoints::Drop): the default rejects (#12 item 3),
+        // which sends a reply instead of a drop event.
+        let empty = Service {
+            no_endpoints: lb::model::NoEndpoints::Drop,
+            ..service("empty", EMPTY_VIP, vec![])
+        };
+        let services = [service("web", VIP, vec![be]), empty];
         path.apply(&Desired {
             node: NodeConfig { tunnel_v4: Some(LB_V4), tunnel_v6: None },
             services: services.iter().map(|s| (s.key.clone(), s.clone())).collect(),

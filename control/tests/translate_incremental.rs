@@ -88,61 +88,163 @@ fn incremental_equals_whole_on_every_golden_scenario() {
         let case = path.file_stem().unwrap().to_string_lossy().into_owned();
         let yaml = fs::read_to_string(path).unwrap();
         let Ok(cluster) = file::load_str(&yaml, &case) else { continue };
-        let opts = options(&yaml);
         ran += 1;
+        // Both ways of treating problems: rejecting whole, leaving out.
+        for leave_out_invalid in [false, true] {
+            let opts = TranslateOptions { leave_out_invalid, ..options(&yaml) };
+            let case = format!("{case} (leave_out_invalid={leave_out_invalid})");
 
-        // One object at a time; the changed keys must cover every difference.
-        let mut t = Translator::new(opts.clone());
-        let mut before: BTreeMap<ServiceKey, Service> = BTreeMap::new();
-        for b in batches(&cluster) {
-            t.update(b);
-            let changed = t.take_changed();
-            let now = t.desired().services.clone();
-            for (k, v) in &now {
-                if before.get(k) != Some(v) {
-                    assert!(changed.contains(k), "{case}: {k} changed but not reported");
+            // One object at a time; the changed keys must cover every difference.
+            let mut t = Translator::new(opts.clone());
+            let mut before: BTreeMap<ServiceKey, Service> = BTreeMap::new();
+            for b in batches(&cluster) {
+                t.update(b);
+                let changed = t.take_changed();
+                let now = t.desired().services.clone();
+                for (k, v) in &now {
+                    if before.get(k) != Some(v) {
+                        assert!(changed.contains(k), "{case}: {k} changed but not reported");
+                    }
                 }
-            }
-            for k in before.keys() {
-                if !now.contains_key(k) {
-                    assert!(changed.contains(k), "{case}: {k} removed but not reported");
+                for k in before.keys() {
+                    if !now.contains_key(k) {
+                        assert!(changed.contains(k), "{case}: {k} removed but not reported");
+                    }
                 }
+                before = now;
             }
-            before = now;
-        }
-        check(&t, &cluster, &opts, &format!("{case}: fed one object at a time"));
+            check(&t, &cluster, &opts, &format!("{case}: fed one object at a time"));
 
-        // Delete every slice, then put them back: identical again.
-        for s in &cluster.slices {
-            t.update(Changes {
-                slices: one::<EndpointSlice>(None, ObjectKey::of(s)),
-                ..Default::default()
-            });
-        }
-        let no_slices = Cluster { slices: Vec::new(), ..cluster.clone() };
-        check(&t, &no_slices, &opts, &format!("{case}: without slices"));
-        for s in &cluster.slices {
-            t.update(Changes { slices: one(Some(s), ObjectKey::of(s)), ..Default::default() });
-        }
-        check(&t, &cluster, &opts, &format!("{case}: slices back"));
+            // Delete every slice, then put them back: identical again.
+            for s in &cluster.slices {
+                t.update(Changes {
+                    slices: one::<EndpointSlice>(None, ObjectKey::of(s)),
+                    ..Default::default()
+                });
+            }
+            let no_slices = Cluster { slices: Vec::new(), ..cluster.clone() };
+            check(&t, &no_slices, &opts, &format!("{case}: without slices"));
+            for s in &cluster.slices {
+                t.update(Changes { slices: one(Some(s), ObjectKey::of(s)), ..Default::default() });
+            }
+            check(&t, &cluster, &opts, &format!("{case}: slices back"));
 
-        // Delete the nodes, then a full listing of everything: identical.
-        for n in &cluster.nodes {
-            t.update(Changes {
-                nodes: one::<k8s_openapi::api::core::v1::Node>(None, ObjectKey::of(n)),
-                ..Default::default()
-            });
-        }
-        let no_nodes = Cluster { nodes: Vec::new(), ..cluster.clone() };
-        check(&t, &no_nodes, &opts, &format!("{case}: without nodes"));
-        t.update(Changes::full(cluster.clone()));
-        check(&t, &cluster, &opts, &format!("{case}: full relisting"));
+            // Delete the nodes, then a full listing of everything: identical.
+            for n in &cluster.nodes {
+                t.update(Changes {
+                    nodes: one::<k8s_openapi::api::core::v1::Node>(None, ObjectKey::of(n)),
+                    ..Default::default()
+                });
+            }
+            let no_nodes = Cluster { nodes: Vec::new(), ..cluster.clone() };
+            check(&t, &no_nodes, &opts, &format!("{case}: without nodes"));
+            t.update(Changes::full(cluster.clone()));
+            check(&t, &cluster, &opts, &format!("{case}: full relisting"));
 
-        // A full listing of nothing empties it.
-        t.update(Changes::full(Cluster::default()));
-        check(&t, &Cluster::default(), &opts, &format!("{case}: empty listing"));
+            // A full listing of nothing empties it.
+            t.update(Changes::full(Cluster::default()));
+            check(&t, &Cluster::default(), &opts, &format!("{case}: empty listing"));
+        }
     }
     assert!(ran >= 10, "only {ran} scenarios ran");
+}
+
+/// #12 item 1: leaving out reports exactly the problems rejecting reports,
+/// and applies the rest: every golden scenario with this node known gives a
+/// desired state, holding every datapath service of the valid objects.
+#[test]
+fn leaving_out_reports_every_problem_and_keeps_the_rest() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut with_problems = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let yaml = fs::read_to_string(&path).unwrap();
+        let case = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let Ok(cluster) = file::load_str(&yaml, &case) else { continue };
+        let strict = options(&yaml);
+        let lenient = TranslateOptions { leave_out_invalid: true, ..strict.clone() };
+        let mut t = Translator::new(lenient.clone());
+        t.update(Changes::full(cluster.clone()));
+        let problems = t.problems();
+        match translate(&cluster, &strict) {
+            Ok(want) => {
+                assert!(problems.is_empty(), "{case}: {problems:?}");
+                assert_eq!(t.result().unwrap(), want, "{case}: a valid scenario is unchanged");
+            }
+            Err(errors) => {
+                with_problems += 1;
+                assert_eq!(problems, errors.0, "{case}: the same problems, in the same order");
+                let node_known = cluster
+                    .nodes
+                    .iter()
+                    .any(|n| n.metadata.name.as_deref() == Some(strict.node_name.as_str()));
+                assert_eq!(t.result().is_ok(), node_known, "{case}: {:?}", t.result());
+                // Each Service without a problem (its own, or a frontend
+                // another claimed first) is there whole.
+                for svc in &cluster.services {
+                    let me = xlb_control::translate::ObjectRef::of(svc);
+                    if problems.iter().any(|p| p.object == me) {
+                        continue;
+                    }
+                    let alone = Cluster { services: vec![svc.clone()], ..cluster.clone() };
+                    if let (Ok(want), true) = (translate(&alone, &strict), node_known) {
+                        let got = t.result().unwrap();
+                        for (k, v) in &want.services {
+                            assert_eq!(got.services.get(k), Some(v), "{case}: {k}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(with_problems >= 4, "only {with_problems} scenarios with problems");
+}
+
+/// #12 item 1: a frontend two Services claim goes to the first claim (by
+/// namespace and name) when problems are left out; the other Service keeps
+/// its other frontends, and gets the address once the first lets it go.
+#[test]
+fn a_contested_frontend_goes_to_the_first_claim() {
+    let cluster = file::load_str(TWO, "two").unwrap();
+    let opts = TranslateOptions { leave_out_invalid: true, ..TranslateOptions::new("lb") };
+    let mut t = Translator::new(opts);
+    t.update(Changes::full(cluster.clone()));
+    let _ = t.take_changed();
+    let (a, b) = (ServiceKey("default/a:http".into()), ServiceKey("default/b:http".into()));
+    let mut svc_b = cluster.services[1].clone();
+    let ingress =
+        svc_b.status.as_mut().unwrap().load_balancer.as_mut().unwrap().ingress.as_mut().unwrap();
+    ingress[0].ip = Some("10.100.0.1".into());
+    ingress.push(k8s_openapi::api::core::v1::LoadBalancerIngress {
+        ip: Some("10.100.0.3".into()),
+        ..Default::default()
+    });
+    t.update(Changes { services: one(Some(&svc_b), ObjectKey::of(&svc_b)), ..Default::default() });
+    assert!(t.check().is_ok(), "left out, not rejected");
+    let problems: Vec<String> = t.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("is already a frontend of default/a:http"), "{problems:?}");
+    let addrs = |t: &Translator, k: &ServiceKey| -> Vec<String> {
+        t.service(k).unwrap().frontends.iter().map(|f| f.addr.to_string()).collect()
+    };
+    assert_eq!(addrs(&t, &a), ["10.100.0.1"]);
+    assert_eq!(addrs(&t, &b), ["10.100.0.3"], "b keeps its other frontend only");
+    assert_eq!(t.desired().services[&b].frontends.len(), 1);
+    // a goes: b gets the address, and is reported changed.
+    let _ = t.take_changed();
+    t.update(Changes {
+        services: one::<k8s_openapi::api::core::v1::Service>(
+            None,
+            ObjectKey::of(&cluster.services[0]),
+        ),
+        ..Default::default()
+    });
+    assert!(t.take_changed().contains(&b));
+    assert_eq!(addrs(&t, &b), ["10.100.0.1", "10.100.0.3"]);
+    assert!(t.problems().is_empty());
 }
 
 const TWO: &str = concat!(

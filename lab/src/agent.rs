@@ -172,10 +172,19 @@ impl Agent {
         tail(&self.log, lines)
     }
 
-    /// SIGTERM (the agent detaches its programs; maps stay pinned), then
-    /// SIGKILL after `grace`.
+    /// SIGTERM (the agent leaves its programs attached unless it runs with
+    /// --detach-on-exit; maps stay pinned), then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
         self.child.stop(grace)
+    }
+
+    /// SIGKILL at once (a crash, `kill -9`), then reaps it.
+    pub fn kill(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        if unsafe { libc::kill(self.child.pid() as i32, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.child.stop(Duration::from_secs(5))
     }
 }
 

@@ -19,6 +19,7 @@
  *       makes the first min(want, len) bytes directly accessible (tc); a
  *       no-op in XDP. Packet pointers must be reloaded afterwards.
  *   int xlb_ctx_store(ctx, off, from, len)     len: 2, 4 or 16 (a constant)
+ *   int xlb_ctx_load(ctx, off, to, len)        len: 2, 4 or 16 (a constant)
  *   int xlb_ctx_l3_csum(ctx, off, diff)
  *       adds a one's-complement change (csum.h diff) to the IPv4 header
  *       checksum at off.
@@ -117,6 +118,16 @@ static __always_inline int xlb_ctx_store(struct xdp_md *ctx, __u32 off, const vo
 	return 0;
 }
 
+static __always_inline int xlb_ctx_load(struct xdp_md *ctx, __u32 off, void *to, __u32 len)
+{
+	void *p = xlb_ctx_data(ctx) + off;
+
+	if (p + len > xlb_ctx_data_end(ctx))
+		return -XLB_DROP_TRUNCATED;
+	xlb_ctx_copy(to, p, len);
+	return 0;
+}
+
 static __always_inline int xlb_ctx_l3_csum(struct xdp_md *ctx, __u32 off, __u64 diff)
 {
 	__sum16 *c = xlb_ctx_data(ctx) + off;
@@ -150,8 +161,13 @@ static __always_inline int xlb_ctx_l4_csum(struct xdp_md *ctx, __u32 off, __u64 
  * the Debian 12 headers): with BPF_F_PSEUDO_HDR on an IPv6 packet it stops
  * the helper from adjusting skb->csum of a CHECKSUM_COMPLETE skb (IPv6 has
  * no header checksum to absorb the address change). Older kernels reject
- * the flag with -EINVAL; xlb targets 6.18. */
+ * the flag with -EINVAL, which would fail every IPv6 translation: the
+ * loader probes the kernel (lb/src/features.rs) and sets xlb_csum_ipv6_flag
+ * to the flag, or to 0 on a kernel without it (then a CHECKSUM_COMPLETE
+ * skb's csum is adjusted needlessly: the stack reports a hardware checksum
+ * fault and verifies the packet in software, which succeeds). */
 #define XLB_F_CSUM_IPV6	   (1ULL << 7)
+volatile const __u64 xlb_csum_ipv6_flag = XLB_F_CSUM_IPV6;
 
 static __always_inline __u32 xlb_ctx_len(struct __sk_buff *ctx)
 {
@@ -175,6 +191,11 @@ static __always_inline int xlb_ctx_store(struct __sk_buff *ctx, __u32 off, const
 	return bpf_skb_store_bytes(ctx, off, from, len, 0) ? -XLB_DROP_NAT : 0;
 }
 
+static __always_inline int xlb_ctx_load(struct __sk_buff *ctx, __u32 off, void *to, __u32 len)
+{
+	return bpf_skb_load_bytes(ctx, off, to, len) ? -XLB_DROP_TRUNCATED : 0;
+}
+
 static __always_inline int xlb_ctx_l3_csum(struct __sk_buff *ctx, __u32 off, __u64 diff)
 {
 	return bpf_l3_csum_replace(ctx, off, 0, xlb_csum_wsum(diff), 0) ? -XLB_DROP_NAT : 0;
@@ -187,7 +208,7 @@ static __always_inline int xlb_ctx_l4_csum(struct __sk_buff *ctx, __u32 off, __u
 
 	if (pseudo && bpf_l4_csum_replace(ctx, off, 0, xlb_csum_wsum(pseudo),
 					  f | BPF_F_PSEUDO_HDR |
-					      ((flags & XLB_CSUM_V6) ? XLB_F_CSUM_IPV6 : 0)))
+					      ((flags & XLB_CSUM_V6) ? xlb_csum_ipv6_flag : 0)))
 		return -XLB_DROP_NAT;
 	if (plain && bpf_l4_csum_replace(ctx, off, 0, xlb_csum_wsum(plain), f))
 		return -XLB_DROP_NAT;

@@ -357,5 +357,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_sock_kill SEC(".maps");
+/* ---- hardening (issue #12) ------------------------------------------------ */
+
+/* First fragments' ports (xlb_abi.h); size from MapSizes.frags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct xlb_frag_key);
+	__type(value, struct xlb_frag_ports);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_frag4 SEC(".maps");
 
 #endif /* XLB_MAPS_H */

@@ -13,7 +13,9 @@
  *       which: XLB_NAT_DST or XLB_NAT_SRC. addr: 16-byte ABI address of the
  *       packet's own family (the caller checks), port in network order.
  *       pkt->tuple is updated to the rewritten packet, so after a DNAT it is
- *       the client -> endpoint key of xlb_dsr_nat. TCP and UDP only.
+ *       the client -> endpoint key of xlb_dsr_nat. TCP, UDP and SCTP
+ *       (CRC32c: crc32c.h; none for an address alone); a later IPv4
+ *       fragment gets its address only.
  *   int xlb_nat_icmp(ctx, &pkt, &quote, which, outer, to, to_port)
  *       an ICMP error (pkt) and the TCP/UDP packet it quotes (quote, from
  *       xlb_parse_icmp_quote). The quote runs opposite to the error: its
@@ -21,13 +23,15 @@
  *       `outer`, the error's own address on the other side goes along
  *       (XLB_NAT_SRC: the error's destination) — else it stays, as a
  *       router's source address must.
- *   Both return 0 or a negative reason (-XLB_DROP_TRUNCATED, -XLB_DROP_NAT).
+ *   Both return 0 or a negative reason (-XLB_DROP_TRUNCATED, -XLB_DROP_NAT:
+ *   also an SCTP first fragment whose port changes).
  */
 #ifndef XLB_NAT_H
 #define XLB_NAT_H
 
 #include "parse.h"
 #include "csum.h"
+#include "crc32c.h"
 
 #define XLB_NAT_SRC 0
 #define XLB_NAT_DST 1
@@ -69,24 +73,56 @@ static __always_inline int xlb_nat_addr(struct xlb_ctx *ctx, __u32 l3_off, __u32
 	return xlb_ctx_store(ctx, l3_off + addr_off, to, 16);
 }
 
-/* The port and the L4 checksum of xlb_nat, after the address. */
+/* SCTP: its CRC32c covers the ports, not the addresses. The CRC is updated
+ * for the port change (crc32c.h) unless it is 0: an skb whose CRC the stack
+ * computes later (CHECKSUM_PARTIAL with SCTP CRC offload, tc egress) has 0
+ * there and must keep it for that computation; a real CRC of 0 is a 2^-32
+ * chance, and XDP never meets an offloaded one. */
+static __always_inline int xlb_nat_sctp(struct xlb_ctx *ctx, const struct xlb_pkt *pkt,
+					__u32 old_ports)
+{
+	__u32 l4 = xlb_l4_off(pkt), len = pkt->l3_off + pkt->l3_len - l4, crc;
+	int rc;
+
+	/* A first fragment's CRC covers data still to come: its length is
+	 * not known here. */
+	if (pkt->frag)
+		return -XLB_DROP_NAT;
+	rc = xlb_ctx_load(ctx, l4 + XLB_SCTP_CSUM_OFF, &crc, 4);
+	if (rc || !crc)
+		return rc;
+	/* pkt->tuple holds the new ports, in packet order */
+	crc ^= xlb_crc32c_port_delta(old_ports, *(const __u32 *)&pkt->tuple.sport, len);
+	return xlb_ctx_store(ctx, l4 + XLB_SCTP_CSUM_OFF, &crc, 4);
+}
+
+/* The port and the L4 checksum of xlb_nat, after the address. A later IPv4
+ * fragment has neither: only its key (pkt->tuple) follows the port. */
 static __always_inline int xlb_nat_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
 				      __be16 port, __u64 pseudo)
 {
 	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
-	__u32 l4 = xlb_l4_off(pkt);
+	__u32 l4 = xlb_l4_off(pkt), old_ports = *(__u32 *)&pkt->tuple.sport;
 	__u8 proto = pkt->tuple.proto;
 	__u64 plain = 0;
 	int rc;
 
+	if (pkt->frag == XLB_FRAG_LATER) {
+		*tport = port;
+		return 0;
+	}
 	if (*tport != port) {
-		/* source port then destination port, in TCP and UDP alike */
+		/* source port then destination port, in TCP, UDP and SCTP alike */
 		plain = xlb_csum_diff2(0, *tport, port);
 		rc = xlb_ctx_store(ctx, l4 + (which == XLB_NAT_DST ? 2 : 0), &port, 2);
 		if (rc)
 			return rc;
 		*tport = port;
+		if (proto == IPPROTO_SCTP)
+			return xlb_nat_sctp(ctx, pkt, old_ports);
 	}
+	if (proto == IPPROTO_SCTP)
+		return 0;
 	return xlb_ctx_l4_csum(ctx, l4 + xlb_l4_csum_off(proto), pseudo, plain,
 			       (proto == IPPROTO_UDP ? XLB_CSUM_UDP : 0) |
 				   (pkt->tuple.family == XLB_FAMILY_V6 ? XLB_CSUM_V6 : 0));

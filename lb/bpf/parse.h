@@ -41,22 +41,31 @@
  *       fragment header), -XLB_PASS_IPV6_EXT (an extension header not
  *       followed, or a chain too long), else -XLB_PASS_L4_PROTO.
  *   int xlb_parse_l4(ctx, &pkt)
- *       the TCP, UDP or ICMP(v6) header at l4_off, within the IP length:
- *       ports, TCP flags, ICMP type and code. -XLB_DROP_TRUNCATED,
+ *       the TCP, UDP, SCTP or ICMP(v6) header at l4_off, within the IP
+ *       length: ports, TCP flags, ICMP type and code; the length fields the
+ *       kernel checks on input: a TCP data offset of at least 5 words whose
+ *       header ends within the IP packet, a UDP length of at least 8 that
+ *       ends within it (in a first fragment only the lower bound: the
+ *       datagram goes on). -XLB_DROP_TRUNCATED, -XLB_DROP_BAD_L4_LEN,
  *       -XLB_PASS_L4_PROTO (another protocol, or ICMP of the other family).
  *   int xlb_parse(ctx, &pkt)
  *       all of the above in XDP's order for a frame at the start of the
  *       context: eth, IP, length (against the packet), extension headers,
- *       fragments (-XLB_PASS_FRAGMENT), L4. Frames may carry bytes after
- *       the IP packet (Ethernet padding): pkt.l3_len is the IP packet's.
+ *       fragments, L4. An IPv4 first fragment is parsed as any packet (its
+ *       L4 header must be whole: RFC 1858), a later one stops with
+ *       pkt.frag == XLB_FRAG_LATER and no ports (the caller finds them);
+ *       IPv6 fragments are -XLB_PASS_FRAGMENT. Frames may carry bytes
+ *       after the IP packet (Ethernet padding): pkt.l3_len is the IP
+ *       packet's.
  *   int xlb_icmp_is_error(family, type)
  *   int xlb_parse_icmp_quote(ctx, &pkt, &quote)
- *       for an ICMP(v6) error parsed by xlb_parse_l4: the TCP/UDP packet
+ *       for an ICMP(v6) error parsed by xlb_parse_l4: the TCP/UDP/SCTP packet
  *       quoted after the 8-byte ICMP header (IP header of the same family,
  *       IPv4 IHL honoured, no IPv6 extension headers, not a later fragment,
  *       its ports within the ICMP packet) as quote.tuple in its own
  *       direction, with the quoted headers' offsets and, when the quote
- *       holds it, its L4 checksum. -XLB_PASS_ICMP_NO_FLOW otherwise.
+ *       holds it, its L4 checksum (not SCTP's). -XLB_PASS_ICMP_NO_FLOW
+ *       otherwise.
  *   xlb_l3_off(&pkt), xlb_l4_off(&pkt)   masked offsets (see below)
  *   (address helpers: addr.h)
  *
@@ -112,6 +121,11 @@ struct xlb_icmp_hdr {
 #define XLB_ICMPV6_TIME_EXCEED	3
 #define XLB_ICMPV6_PARAMPROB	4
 
+/* SCTP's common header (RFC 9260 3.1): ports, verification tag, and the
+ * CRC32c at offset 8 (<linux/sctp.h> is not usable from BPF programs). */
+#define XLB_SCTP_HLEN	  12
+#define XLB_SCTP_CSUM_OFF 8
+
 /* xlb_pkt.frag */
 #define XLB_FRAG_FIRST 1 /* IPv4 MF, offset 0: the L4 header is here */
 #define XLB_FRAG_LATER 2 /* IPv4 offset > 0, or an IPv6 fragment header */
@@ -128,6 +142,7 @@ struct xlb_pkt {
 	__u8 icmp_code;
 	__u8 tcp_flags; /* TCP only: byte 13 of the header (FIN..CWR) */
 	__u8 frag;	/* XLB_FRAG_* or 0 */
+	__be16 ip_id;	/* IPv4 fragments only: the identification field */
 } __attribute__((aligned(8)));
 
 /* An ICMP error's quoted packet (xlb_parse_icmp_quote). */
@@ -206,9 +221,11 @@ static __always_inline int xlb_parse_ip4(struct xlb_ctx *ctx, __u32 off, struct 
 	pkt->tuple.proto = ip->protocol;
 	*(__u32 *)pkt->tuple.saddr = ip->saddr;
 	*(__u32 *)pkt->tuple.daddr = ip->daddr;
-	if (ip->frag_off & bpf_htons(XLB_IP_OFFSET | XLB_IP_MF))
+	if (ip->frag_off & bpf_htons(XLB_IP_OFFSET | XLB_IP_MF)) {
 		pkt->frag =
 		    (ip->frag_off & bpf_htons(XLB_IP_OFFSET)) ? XLB_FRAG_LATER : XLB_FRAG_FIRST;
+		pkt->ip_id = ip->id;
+	}
 	return 0;
 }
 
@@ -331,8 +348,13 @@ static __always_inline int xlb_parse_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt
 	case IPPROTO_TCP: {
 		struct tcphdr *th = data + off;
 
+		__u32 hlen;
+
 		if ((void *)(th + 1) > data_end || off + sizeof(*th) > l3_end)
 			return -XLB_DROP_TRUNCATED;
+		hlen = th->doff * 4;
+		if (hlen < sizeof(*th) || off + hlen > l3_end)
+			return -XLB_DROP_BAD_L4_LEN;
 		pkt->tuple.sport = th->source;
 		pkt->tuple.dport = th->dest;
 		pkt->tcp_flags = ((__u8 *)th)[13];
@@ -340,11 +362,25 @@ static __always_inline int xlb_parse_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt
 	}
 	case IPPROTO_UDP: {
 		struct udphdr *uh = data + off;
+		__u32 ulen;
 
 		if ((void *)(uh + 1) > data_end || off + sizeof(*uh) > l3_end)
 			return -XLB_DROP_TRUNCATED;
+		ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh) || (!pkt->frag && off + ulen > l3_end))
+			return -XLB_DROP_BAD_L4_LEN;
 		pkt->tuple.sport = uh->source;
 		pkt->tuple.dport = uh->dest;
+		return 0;
+	}
+	case IPPROTO_SCTP: {
+		/* The common header: ports, verification tag, CRC32c. */
+		__be16 *ports = data + off;
+
+		if ((void *)ports + XLB_SCTP_HLEN > data_end || off + XLB_SCTP_HLEN > l3_end)
+			return -XLB_DROP_TRUNCATED;
+		pkt->tuple.sport = ports[0];
+		pkt->tuple.dport = ports[1];
 		return 0;
 	}
 	case IPPROTO_ICMP:
@@ -375,8 +411,10 @@ static __always_inline int xlb_parse_rest(struct xlb_ctx *ctx, struct xlb_pkt *p
 	rc = xlb_parse_ext(ctx, pkt);
 	if (rc)
 		return rc;
-	if (pkt->frag)
-		return -XLB_PASS_FRAGMENT;
+	/* A later IPv4 fragment has no L4 header; the IPv6 fragment header
+	 * is not followed. */
+	if (pkt->frag == XLB_FRAG_LATER)
+		return pkt->tuple.family == XLB_FAMILY_V4 ? 0 : -XLB_PASS_FRAGMENT;
 	return xlb_parse_l4(ctx, pkt);
 }
 
@@ -440,7 +478,8 @@ static __always_inline int xlb_parse_icmp_quote(struct xlb_ctx *ctx, const struc
 		xlb_addr_copy(q->tuple.daddr, &ip6->daddr);
 		off += sizeof(*ip6);
 	}
-	if (q->tuple.proto != IPPROTO_TCP && q->tuple.proto != IPPROTO_UDP)
+	if (q->tuple.proto != IPPROTO_TCP && q->tuple.proto != IPPROTO_UDP &&
+	    q->tuple.proto != IPPROTO_SCTP)
 		return -XLB_PASS_ICMP_NO_FLOW;
 	off &= XLB_L4_OFF_MASK;
 	ports = data + off;
@@ -452,7 +491,10 @@ static __always_inline int xlb_parse_icmp_quote(struct xlb_ctx *ctx, const struc
 	q->tuple.family = pkt->tuple.family;
 
 	/* The quoted L4 checksum, when the quote holds it (IPv4 routers quote
-	 * only 8 bytes: TCP's is cut off). */
+	 * only 8 bytes: TCP's is cut off). SCTP's CRC is not an Internet
+	 * checksum (and nobody checks a quoted one): left as it is. */
+	if (q->tuple.proto == IPPROTO_SCTP)
+		return 0;
 	csum_off = off + (q->tuple.proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
 							: offsetof(struct udphdr, check));
 	if (csum_off + 2 <= end) {

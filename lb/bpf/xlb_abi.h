@@ -51,7 +51,7 @@ enum xlb_hash_consts {
 struct xlb_frontend_key {
 	__u8 addr[16];
 	__be16 port;
-	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
 	__u8 family;
 };
 _Static_assert(sizeof(struct xlb_frontend_key) == 20, "xlb_frontend_key size");
@@ -59,7 +59,7 @@ _Static_assert(sizeof(struct xlb_frontend_key) == 20, "xlb_frontend_key size");
 /* xlb_service.flags */
 enum xlb_svc_flags {
 	XLB_SVC_F_AFFINITY = 1 << 0,	  /* sessionAffinity: ClientIP */
-	XLB_SVC_F_SOURCE_RANGES = 1 << 1, /* loadBalancerSourceRanges apply */
+	XLB_SVC_F_SOURCE_RANGES = 1 << 1, /* loadBalancerSourceRanges apply (LB frontends) */
 	XLB_SVC_F_NODEPORT = 1 << 2,	  /* frontend is a NodePort */
 	/* #9: what a frontend is, for listings (the programs do not read them) */
 	XLB_SVC_F_CLUSTER_IP = 1 << 3, /* frontend is a ClusterIP */
@@ -337,6 +337,11 @@ enum xlb_counter {
 	XLB_PASS_SOCK_PROTO = 98,     /* not TCP or UDP (SCTP, raw, ...) */
 	XLB_DROP_SOCK_STATE = 136,    /* no socket storage for the translation: refused */
 	XLB_DROP_SOCK_FAMILY = 137,   /* backend of another family than the socket can reach */
+	/* #12 hardening: OK 80-87, PASS 112-119, DROP 129-135 and 176-199 */
+	XLB_OK_REJECT = 80, /* no backend: TCP RST / ICMP unreachable sent to the client */
+	XLB_PASS_FRAG_UNTRACKED = 112, /* IPv4 later fragment: no first seen */
+	XLB_DROP_BAD_L4_LEN = 129,     /* TCP data offset or UDP length disagrees with the packet */
+	XLB_DROP_REPLY_LIMIT = 130,    /* a reject or too-big reply suppressed by its rate limit */
 };
 
 enum xlb_counter_limits {
@@ -746,5 +751,37 @@ _Static_assert(sizeof(struct xlb_sock_stats) == 40, "xlb_sock_stats size");
 enum xlb_sock_kill_limits {
 	XLB_SOCK_KILL_MAX = 4096,
 };
+/* ---- hardening (issue #12) -------------------------------------------------
+ * Numbers of this section: xlb_service.flags bits 8-15; reasons (in enum
+ * xlb_counter) OK 80-87, PASS 112-119, DROP 129-135 and 176-199. */
+
+/* xlb_service.flags: per frontend, like XLB_SVC_F_NODEPORT. (Note that
+ * XLB_SVC_F_SOURCE_RANGES is per frontend too: set on LoadBalancer ingress
+ * frontends only, as kube-proxy filters only those.) */
+enum xlb_svc_flags_hardening {
+	/* No usable backend: drop silently instead of rejecting (TCP RST,
+	 * ICMP unreachable). Annotation xlb.io/no-endpoints: drop. */
+	XLB_SVC_F_DROP_NO_BACKEND = 1 << 8,
+};
+
+/* xlb_frag4: LRU_HASH, struct xlb_frag_key -> struct xlb_frag_ports. The
+ * ports of an IPv4 datagram's first fragment sent to a frontend, so that
+ * its later fragments (which carry no L4 header) follow the same flow.
+ * Written by XDP for every first fragment to a frontend; bounded by its
+ * size (MapSizes.frags), the oldest entries evicted. */
+struct xlb_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id; /* IPv4 identification */
+	__u8 proto;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct xlb_frag_key) == 12, "xlb_frag_key size");
+
+struct xlb_frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+_Static_assert(sizeof(struct xlb_frag_ports) == 4, "xlb_frag_ports size");
 
 #endif /* XLB_ABI_H */

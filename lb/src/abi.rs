@@ -96,10 +96,14 @@ abi_consts! {
     SOCK_RECS: usize = 4;
     /// Entries of xlb_sock_kill.
     SOCK_KILL_MAX: u32 = 4096;
+    // ---- hardening (#12) ----
+    /// No usable backend: drop instead of rejecting (per frontend).
+    SVC_F_DROP_NO_BACKEND: u32 = 1 << 8;
 }
 
 /// The xlb_service flags that describe one frontend (what it is), not its service.
-pub const SVC_F_PER_FRONTEND: u32 = SVC_F_NODEPORT | SVC_F_CLUSTER_IP | SVC_F_HOST_PORT;
+pub const SVC_F_PER_FRONTEND: u32 =
+    SVC_F_NODEPORT | SVC_F_CLUSTER_IP | SVC_F_HOST_PORT | SVC_F_SOURCE_RANGES;
 
 /// xlb_event.hook values (the same numbers as HOOK_*).
 pub const EV_HOOK_XDP: u8 = HOOK_XDP;
@@ -357,6 +361,15 @@ abi_struct!(
     SockStats = "xlb_sock_stats", 40 {
     connect: u64, sendmsg: u64, revnat: u64, refused: u64, affinity_hits: u64,
 });
+// ---- hardening (#12) ----
+abi_struct!(
+    /// Key of xlb_frag4: an IPv4 datagram whose first fragment went to a frontend.
+    FragKey = "xlb_frag_key", 12 {
+    saddr: [u8; 4], daddr: [u8; 4], id: u16 /* network order */, proto: u8, pad: u8,
+});
+abi_struct!(
+    /// Value of xlb_frag4: the first fragment's ports (network order).
+    FragPorts = "xlb_frag_ports", 4 { sport: u16, dport: u16 });
 
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
@@ -402,6 +415,8 @@ pub const LAYOUTS: &[StructLayout] = &[
     SockState::LAYOUT,
     SockAffKey::LAYOUT,
     SockStats::LAYOUT,
+    FragKey::LAYOUT,
+    FragPorts::LAYOUT,
 ];
 
 // ---- #14 performance: Maglev tables by size class ----------------------------
@@ -548,6 +563,11 @@ counters! {
     PassSockProto = 98 => "pass_sock_proto",
     DropSockState = 136 => "drop_sock_state",
     DropSockFamily = 137 => "drop_sock_family",
+    // ---- hardening (#12) ----
+    OkReject = 80 => "ok_reject",
+    PassFragUntracked = 112 => "pass_frag_untracked",
+    DropBadL4Len = 129 => "drop_bad_l4_len",
+    DropReplyLimit = 130 => "drop_reply_limit",
 }
 
 impl Counter {

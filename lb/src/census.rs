@@ -49,6 +49,7 @@ const MAPS: &[(&str, Used)] = &[
     ("xlb_maglev_4027", Used::Present),
     ("xlb_maglev_8123", Used::Present),
     ("xlb_maglev_16319", Used::Present),
+    ("xlb_frag4", Used::Present),
 ];
 
 #[derive(Debug, thiserror::Error)]

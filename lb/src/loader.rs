@@ -24,11 +24,21 @@ use aya::{
 
 use crate::{
     abi::{self, Count, Counter, Hook},
-    events, objects,
+    events,
+    features::{Features, ProbeError},
+    objects,
 };
+
+/// BPF_F_IPV6 of bpf_l4_csum_replace (ctx.h's XLB_F_CSUM_IPV6).
+const CSUM_IPV6_FLAG: u64 = 1 << 7;
 
 /// Default bpffs directory of a node's pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
+/// Default [`LoadOptions::reply_rate`]: the kernel's own ICMP limit
+/// (net.ipv4.icmp_msgs_per_sec), per CPU.
+pub const DEFAULT_REPLY_RATE: u32 = 1000;
+/// Default [`LoadOptions::reply_burst`] (net.ipv4.icmp_msgs_burst).
+pub const DEFAULT_REPLY_BURST: u32 = 50;
 
 /// Map sizes (max_entries). Configuration, not constants in the C code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +69,8 @@ pub struct MapSizes {
     pub pod_routes: u32,
     /// Masquerade mappings, each way (xlb_snat, xlb_snat_rev; LRU).
     pub snat: u32,
+    /// IPv4 datagrams whose later fragments can be followed at once (LRU).
+    pub frags: u32,
 }
 
 impl Default for MapSizes {
@@ -75,6 +87,7 @@ impl Default for MapSizes {
             endpoints: 4096,
             pod_routes: 16384,
             snat: 131072,
+            frags: 16384,
         }
     }
 }
@@ -94,6 +107,7 @@ impl MapSizes {
             endpoints: 1024,
             pod_routes: 1024,
             snat: 16384,
+            frags: 1024,
         }
     }
 
@@ -122,6 +136,7 @@ impl MapSizes {
             ("xlb_sock_frontends", self.frontends),
             ("xlb_sock_affinity", self.affinity),
             ("xlb_sock_stats", self.services),
+            ("xlb_frag4", self.frags),
         ]
         .into_iter()
         .chain(classes)
@@ -140,6 +155,13 @@ pub struct LoadOptions {
     pub events_enabled: bool,
     /// Which sockets the socket programs translate (a load-time constant).
     pub sock_scope: SockScope,
+    /// Replies XDP may send per second per CPU (rejects of services without
+    /// endpoints, ICMP too big); 0: none (packets are dropped instead).
+    pub reply_rate: u32,
+    /// Replies sent at once before the rate applies.
+    pub reply_burst: u32,
+    /// The kernel's features; None: probed at load ([`Features::probe`]).
+    pub features: Option<Features>,
 }
 
 /// Which sockets below the hooked cgroup the socket programs translate.
@@ -169,6 +191,9 @@ impl Default for LoadOptions {
             sizes: MapSizes::default(),
             events_enabled: true,
             sock_scope: SockScope::All,
+            reply_rate: DEFAULT_REPLY_RATE,
+            reply_burst: DEFAULT_REPLY_BURST,
+            features: None,
         }
     }
 }
@@ -191,6 +216,8 @@ pub enum LoadError {
     NotBpffs { path: PathBuf },
     #[error("loading the {object} object: {source}")]
     Object { object: &'static str, source: Box<EbpfError> },
+    #[error("probing kernel features: {source}")]
+    Probe { source: ProbeError },
     #[error("program {program} is missing from the {object} object")]
     MissingProgram { object: &'static str, program: &'static str },
     #[error("program {program}: {source}")]
@@ -247,6 +274,7 @@ pub struct Dataplane {
     tc: Ebpf,
     sock: Ebpf,
     pin_dir: PathBuf,
+    features: Features,
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -267,13 +295,21 @@ const EVENTS_ENABLED_GLOBAL: &str = "xlb_events_enabled";
 /// Name of the load-time constant of host-only socket translation (sock/xlate.h).
 const SOCK_HOST_NETNS_GLOBAL: &str = "xlb_sock_host_netns";
 
-fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result<Ebpf, LoadError> {
+/// A load-time constant of one object (`volatile const` in its .rodata).
+#[derive(Clone, Copy)]
+enum Global {
+    U32(&'static str, u32),
+    U64(&'static str, u64),
+}
+
+fn load_object(
+    opts: &LoadOptions,
+    object: &'static str,
+    bytes: &[u8],
+    globals: &[Global],
+) -> Result<Ebpf, LoadError> {
     let sizes = opts.sizes.by_map();
     let events_enabled = u32::from(opts.events_enabled);
-    let host_netns = match opts.sock_scope {
-        SockScope::All => 0u64,
-        SockScope::HostOnly { netns_cookie } => netns_cookie,
-    };
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&opts.pin_dir);
     for (name, size) in sizes.iter() {
@@ -281,8 +317,11 @@ fn load_object(opts: &LoadOptions, object: &'static str, bytes: &[u8]) -> Result
     }
     // must_exist: every object includes events.h; a missing constant is a build bug.
     loader.override_global(EVENTS_ENABLED_GLOBAL, &events_enabled, true);
-    if object == "sock" {
-        loader.override_global(SOCK_HOST_NETNS_GLOBAL, &host_netns, true);
+    for g in globals {
+        match g {
+            Global::U32(name, v) => loader.override_global(name, v, true),
+            Global::U64(name, v) => loader.override_global(name, v, true),
+        };
     }
     loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
 }
@@ -332,9 +371,25 @@ impl Dataplane {
             return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
         }
         prepare_stateless_maps(opts)?;
-        let mut xdp = load_object(opts, "xdp", objects::xdp())?;
-        let mut tc = load_object(opts, "tc", objects::tc())?;
-        let mut sock = load_object(opts, "sock", objects::sock())?;
+        let features = match opts.features {
+            Some(f) => f,
+            None => Features::probe().map_err(|source| LoadError::Probe { source })?,
+        };
+        let xdp_globals = [
+            Global::U32("xlb_reply_rate", opts.reply_rate),
+            Global::U32("xlb_reply_burst", opts.reply_burst),
+        ];
+        // ctx.h: the flag, or 0 where the kernel refuses it.
+        let csum_flag = if features.csum_ipv6_flag { CSUM_IPV6_FLAG } else { 0 };
+        let tc_globals = [Global::U64("xlb_csum_ipv6_flag", csum_flag)];
+        let host_netns = match opts.sock_scope {
+            SockScope::All => 0u64,
+            SockScope::HostOnly { netns_cookie } => netns_cookie,
+        };
+        let sock_globals = [Global::U64(SOCK_HOST_NETNS_GLOBAL, host_netns)];
+        let mut xdp = load_object(opts, "xdp", objects::xdp(), &xdp_globals)?;
+        let mut tc = load_object(opts, "tc", objects::tc(), &tc_globals)?;
+        let mut sock = load_object(opts, "sock", objects::sock(), &sock_globals)?;
         program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
             .load()
             .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
@@ -348,11 +403,16 @@ impl Dataplane {
                 .load()
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
-        Ok(Dataplane { xdp, tc, sock, pin_dir: opts.pin_dir.clone() })
+        Ok(Dataplane { xdp, tc, sock, pin_dir: opts.pin_dir.clone(), features })
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The kernel features the objects were loaded for.
+    pub fn features(&self) -> Features {
+        self.features
     }
 
     fn link_path(&self, kind: &str, iface: &str) -> PathBuf {

@@ -110,6 +110,7 @@ pub struct Maps {
     pub snat_stats: PerCpuArray<MapData, abi::SnatStats>,
     pub sock_frontends: Hash<abi::FrontendKey, abi::Service>,
     pub sock_stats: PerCpuArray<MapData, abi::SockStats>,
+    pub frag4: Hash<abi::FragKey, abi::FragPorts>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -152,6 +153,7 @@ impl Maps {
             snat_stats: open(dir, "xlb_snat_stats")?,
             sock_frontends: open(dir, "xlb_sock_frontends")?,
             sock_stats: open(dir, "xlb_sock_stats")?,
+            frag4: open(dir, "xlb_frag4")?,
         })
     }
 }

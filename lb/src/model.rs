@@ -19,6 +19,7 @@ pub const DEFAULT_MAGLEV_SIZE: u32 = MAGLEV_SIZE_AUTO;
 pub enum Proto {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Proto {
@@ -27,6 +28,7 @@ impl Proto {
         match self {
             Proto::Tcp => 6,
             Proto::Udp => 17,
+            Proto::Sctp => 132,
         }
     }
 
@@ -34,6 +36,7 @@ impl Proto {
         match n {
             6 => Some(Proto::Tcp),
             17 => Some(Proto::Udp),
+            132 => Some(Proto::Sctp),
             _ => None,
         }
     }
@@ -44,6 +47,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Proto::Tcp => "TCP",
             Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
         })
     }
 }
@@ -118,6 +122,18 @@ impl Backend {
             state: BackendState::Active,
         }
     }
+}
+
+/// What a service's frontends do with a new flow while it has no endpoint
+/// that may take one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NoEndpoints {
+    /// Answer it, as kube-proxy does: a TCP RST, an ICMP port unreachable
+    /// for anything else (rate-limited in the datapath).
+    #[default]
+    Reject,
+    /// Drop it silently (the client times out).
+    Drop,
 }
 
 /// ClientIP session affinity.
@@ -244,8 +260,11 @@ pub struct Service {
     /// [`MAGLEV_SIZE_AUTO`] (the default): see [`Service::table_size`].
     pub maglev_size: u32,
     pub encap: Encap,
-    /// loadBalancerSourceRanges; empty: every client.
+    /// loadBalancerSourceRanges; empty: every client. Enforced on the
+    /// LoadBalancer frontends only (kube-proxy's rule): NodePort and
+    /// externalIP frontends of the same service admit every client.
     pub source_ranges: Vec<Cidr>,
+    pub no_endpoints: NoEndpoints,
 }
 
 impl Service {
@@ -259,6 +278,7 @@ impl Service {
             maglev_size: DEFAULT_MAGLEV_SIZE,
             encap: Encap::default(),
             source_ranges: Vec::new(),
+            no_endpoints: NoEndpoints::default(),
         }
     }
 

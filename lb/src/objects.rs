@@ -34,3 +34,8 @@ pub fn sock() -> &'static [u8] {
 pub fn sock_iter() -> &'static [u8] {
     object!("xlb_sock_iter")
 }
+
+/// Kernel feature probes (lb/probe/xlb_probe.c), run by `crate::features`.
+pub fn probe() -> &'static [u8] {
+    object!("xlb_probe")
+}

@@ -245,6 +245,8 @@ pub struct FrontendListing {
     pub nodeport: bool,
     pub clusterip: bool,
     pub hostport: bool,
+    /// loadBalancerSourceRanges are enforced on it (LoadBalancer frontends).
+    pub source_ranges: bool,
 }
 
 impl FrontendListing {
@@ -257,6 +259,7 @@ impl FrontendListing {
             nodeport: v.flags & abi::SVC_F_NODEPORT != 0,
             clusterip: v.flags & abi::SVC_F_CLUSTER_IP != 0,
             hostport: v.flags & abi::SVC_F_HOST_PORT != 0,
+            source_ranges: v.flags & abi::SVC_F_SOURCE_RANGES != 0,
         })
     }
 }
@@ -272,6 +275,8 @@ pub struct ServiceListing {
     pub encap: &'static str,
     pub affinity_timeout_s: Option<u32>,
     pub source_ranges: Vec<String>,
+    /// A new flow without an endpoint is dropped, not rejected.
+    pub drop_no_endpoints: bool,
     pub active_backends: u16,
     pub frontends: Vec<FrontendListing>,
     pub backends: Vec<BackendListing>,
@@ -340,6 +345,7 @@ fn listing(s: RawService) -> ServiceListing {
         affinity_timeout_s: (settings.flags & abi::SVC_F_AFFINITY != 0)
             .then_some(settings.affinity_timeout_s),
         source_ranges: ranges,
+        drop_no_endpoints: settings.flags & abi::SVC_F_DROP_NO_BACKEND != 0,
         active_backends: settings.backend_count,
         frontends,
         backends,
@@ -389,6 +395,9 @@ pub fn render(services: &[ServiceListing]) -> String {
         if !s.source_ranges.is_empty() {
             let _ = write!(out, " source-ranges={}", s.source_ranges.join(","));
         }
+        if s.drop_no_endpoints {
+            out.push_str(" no-endpoints=drop");
+        }
         out.push('\n');
         for f in &s.frontends {
             let kind = if f.nodeport {
@@ -402,9 +411,10 @@ pub fn render(services: &[ServiceListing]) -> String {
             };
             let _ = writeln!(
                 out,
-                "  frontend {}/{}{kind}{}",
+                "  frontend {}/{}{kind}{}{}",
                 SocketFmt(f.addr, f.port),
                 f.proto,
+                if f.source_ranges { " source-ranges" } else { "" },
                 if f.socket { " socket" } else { "" }
             );
         }

@@ -166,6 +166,7 @@ fn census_counts_every_tracked_map() {
         ("xlb_source_ranges", s.source_ranges),
         ("xlb_svc_names", s.services),
         ("xlb_tx_ports", 64),
+        ("xlb_frag4", s.frags),
     ] {
         let entries = match map {
             "xlb_ct" => 300,

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use common::*;
 use lb::{
     abi::Counter,
-    model::{Affinity, Cidr, Encap, Proto},
+    model::{Affinity, Cidr, Encap, Frontend, FrontendKind, Proto},
 };
 use testkit::packet::{bench, Frame, GeneveOpt};
 
@@ -221,21 +221,6 @@ fn icmp_errors_follow_their_flow() {
 }
 
 #[test]
-fn service_without_backends_drops() {
-    with_lab("nobe", |lab| {
-        let mut empty4 = web(false);
-        empty4.backends.clear();
-        let mut empty6 = web(true);
-        empty6.backends.clear();
-        lab.apply(&[empty4, empty6]);
-        lab.check(&[
-            Case::of("v4 SYN, no backend", &syn(false, CLIENT_PORT)).drop(Counter::DropNoBackend),
-            Case::of("v6 SYN, no backend", &syn(true, CLIENT_PORT)).drop(Counter::DropNoBackend),
-        ]);
-    });
-}
-
-#[test]
 fn load_balancer_source_ranges() {
     with_lab("srcrange", |lab| {
         let ranged = |v6: bool, allowed: bool, port: u16| {
@@ -256,6 +241,20 @@ fn load_balancer_source_ranges() {
                 vec![backend(pod(1, 1, v6), node(1, v6))],
             );
             s.source_ranges = vec![cidr];
+            // The same service's NodePort and externalIP: not filtered
+            // (kube-proxy filters the load balancer's ingress IPs only).
+            s.frontends.push(Frontend {
+                addr: lb_addr(v6),
+                port: 30000 + port,
+                proto: Proto::Tcp,
+                kind: FrontendKind::NodePort,
+            });
+            s.frontends.push(Frontend {
+                addr: vip(v6),
+                port: port + 1000,
+                proto: Proto::Tcp,
+                kind: FrontendKind::ExternalIp,
+            });
             s
         };
         lab.apply(&[
@@ -279,6 +278,15 @@ fn load_balancer_source_ranges() {
                 )
                 .drop(Counter::DropSourceRange),
             );
+            for (what, f) in [
+                ("NodePort", syn(v6, CLIENT_PORT).dst(lb_addr(v6)).dport(30081)),
+                ("externalIP", syn(v6, CLIENT_PORT).dport(1081)),
+            ] {
+                let (dsr, _) = lab.expect_dsr(&f, if what == "NodePort" { 30081 } else { 1081 });
+                cases.push(
+                    Case::of(format!("{} client outside the range, {what}", fam(v6)), &f).tx(&dsr),
+                );
+            }
         }
         lab.check(&cases);
     });

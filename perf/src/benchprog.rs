@@ -8,6 +8,7 @@ use aya::{
     programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
+use lb::report::Chain;
 
 pub use testkit::bench::{test_run, xdp_ctx, BenchFrame, TEMPLATES};
 
@@ -73,7 +74,7 @@ impl Bench {
             .program(name)
             .ok_or_else(|| anyhow!("no program {name}"))?
             .try_into()
-            .map_err(|e| anyhow!("{name}: {e}"))
+            .map_err(|e| anyhow!("{name}: {}", Chain(&e)))
     }
 
     pub fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
@@ -81,7 +82,7 @@ impl Bench {
             .program_mut(name)
             .ok_or_else(|| anyhow!("no program {name}"))?
             .try_into()
-            .map_err(|e| anyhow!("{name}: {e}"))
+            .map_err(|e| anyhow!("{name}: {}", Chain(&e)))
     }
 
     /// The wrapper (the program to test-run).
@@ -143,7 +144,7 @@ impl Bench {
                 repeat,
                 attrs: TestRunAttrs::new().xdp_live_frames(batch),
             })
-            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (live frames): {e}"))?;
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (live frames): {}", Chain(&e)))?;
         Ok(())
     }
 }
@@ -161,5 +162,5 @@ pub fn xdp_of<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
     ebpf.program(name)
         .ok_or_else(|| anyhow!("no program {name}"))?
         .try_into()
-        .map_err(|e| anyhow!("{name}: {e}"))
+        .map_err(|e| anyhow!("{name}: {}", Chain(&e)))
 }

@@ -19,12 +19,12 @@ mod diff;
 mod dissect;
 mod frame;
 
-pub use csum::{checksum, l4 as l4_checksum};
+pub use csum::{checksum, crc32c, l4 as l4_checksum};
 pub use diff::diff;
 pub use dissect::{dissect, show, Dissected, Field};
 pub use frame::{
     ethertype, proto, tcp_flags, Arp, Eth, Frame, Geneve, GeneveOpt, Icmp, Ipv4, Ipv6, Ipv6Ext,
-    Layer, Mac, Tcp, Udp,
+    Layer, Mac, Sctp, Tcp, Udp,
 };
 
 /// The benchmark's reference frames (/work/shared/bench/packets, see its

@@ -18,6 +18,15 @@ pub struct Health {
     /// Unix ms of the last heartbeat; 0: not started yet.
     heartbeat_ms: AtomicU64,
     source_problem: Mutex<Option<String>>,
+    /// The configuration's problems, for /status.
+    problems: Mutex<Problems>,
+}
+
+/// What /status says about the configuration.
+#[derive(Debug, Default)]
+struct Problems {
+    rejected: bool,
+    list: Vec<String>,
 }
 
 fn now_ms() -> u64 {
@@ -41,6 +50,41 @@ impl Health {
 
     pub fn source_ok(&self) {
         *self.source_problem.lock().expect("not poisoned") = None;
+    }
+
+    /// The configuration's problems now: refused whole (`rejected`), or left out.
+    pub fn set_problems(&self, problems: &[xlb_control::translate::ConfigError], rejected: bool) {
+        let list = problems.iter().map(|p| p.to_string()).collect();
+        *self.problems.lock().expect("not poisoned") = Problems { rejected, list };
+    }
+
+    /// The /status page: readiness and the configuration's problems.
+    pub fn status(&self) -> String {
+        let mut out = match self.ready() {
+            Ok(()) => "ready\n".to_string(),
+            Err(why) => format!("not ready: {why}\n"),
+        };
+        let p = self.problems.lock().expect("not poisoned");
+        let n = p.list.len();
+        if n == 0 {
+            out.push_str("configuration: no problems\n");
+        } else if p.rejected {
+            out.push_str(&format!(
+                "configuration: rejected whole ({n} problem{}), the running state stays:\n",
+                if n == 1 { "" } else { "s" }
+            ));
+        } else {
+            out.push_str(&format!(
+                "configuration: {n} problem{} left out, everything valid applied:\n",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        for line in &p.list {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
     }
 
     /// Ok, or why not live.

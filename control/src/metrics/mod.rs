@@ -30,6 +30,7 @@ pub mod health;
 pub mod server;
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -44,7 +45,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::Registry,
 };
-use xlb_control::{cluster::Cluster, source::kube::KubeStats};
+use xlb_control::{cluster::Cluster, source::kube::KubeStats, translate::ConfigError};
 
 pub use health::Health;
 
@@ -96,6 +97,12 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ProblemLabel {
+    kind: &'static str,
+    reason: &'static str,
+}
+
 /// One attached program, as the daemon attached it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
@@ -112,6 +119,9 @@ pub struct ControlMetrics {
     sync_seconds: Histogram,
     event_to_datapath_seconds: Histogram,
     rejected: Counter,
+    problems: Family<ProblemLabel, Gauge>,
+    /// Labels of `problems` ever set (set back to 0 when they go).
+    problem_labels: Mutex<std::collections::BTreeSet<(&'static str, &'static str)>>,
     objects: Family<KindLabel, Gauge>,
     applied_services: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
@@ -135,6 +145,8 @@ impl ControlMetrics {
             sync_seconds: Histogram::new(seconds_buckets()),
             event_to_datapath_seconds: Histogram::new(seconds_buckets()),
             rejected: Counter::default(),
+            problems: Family::default(),
+            problem_labels: Mutex::default(),
             objects: Family::default(),
             applied_services: Gauge::default(),
             last_sync: Gauge::default(),
@@ -162,6 +174,23 @@ impl ControlMetrics {
     /// A snapshot failed translation (the running state stays).
     pub fn rejected(&self) {
         self.rejected.inc();
+    }
+
+    /// The configuration's problems now (`rejected`: the configuration was
+    /// refused whole; else they were left out): the per-kind-and-reason
+    /// gauge and the status page.
+    pub fn problems(&self, problems: &[ConfigError], rejected: bool) {
+        let mut counts: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
+        for p in problems {
+            *counts.entry((p.object.kind, p.problem.reason())).or_default() += 1;
+        }
+        let mut labels = self.problem_labels.lock().expect("not poisoned");
+        labels.extend(counts.keys().copied());
+        for &(kind, reason) in labels.iter() {
+            let n = counts.get(&(kind, reason)).copied().unwrap_or(0);
+            self.problems.get_or_create(&ProblemLabel { kind, reason }).set(n);
+        }
+        self.health.set_problems(problems, rejected);
     }
 
     /// One `Datapath::apply`: its wall time and outcome. A success makes
@@ -228,6 +257,13 @@ impl ControlMetrics {
             "xlb_config_rejected",
             "Source snapshots rejected by translation (the running state stayed)",
             self.rejected.clone(),
+        );
+        r.register(
+            "xlb_config_problems",
+            "Problems of the configuration by object kind and reason: left out \
+             (Kubernetes API) or the reason it was rejected (manifest files); \
+             `xlb status` lists them",
+            self.problems.clone(),
         );
         r.register(
             "xlb_objects",

@@ -48,7 +48,7 @@ impl Server {
             .name("xlb-metrics".into())
             .spawn(move || serve(listener, registry, control, &flag))
             .context("starting the metrics thread")?;
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /status");
         Ok(Server { stop, thread: Some(thread) })
     }
 }
@@ -129,6 +129,7 @@ fn handle(
                 Ok(()) => ("200 OK", "text/plain", "ok\n".into()),
                 Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
             },
+            "/status" => ("200 OK", "text/plain", control.health.status()),
             "/readyz" => match control.health.ready() {
                 Ok(()) => ("200 OK", "text/plain", "ready\n".into()),
                 Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
@@ -136,7 +137,7 @@ fn handle(
             _ => (
                 "404 Not Found",
                 "text/plain",
-                "not found: try /metrics, /healthz or /readyz\n".into(),
+                "not found: try /metrics, /healthz, /readyz or /status\n".into(),
             ),
         }
     };

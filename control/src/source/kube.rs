@@ -369,7 +369,7 @@ impl Watches<'_> {
                     }
                     Err(e) => {
                         s.errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(kind, error = %e, "watch failed; retrying with backoff");
+                        warn!(kind, error = %lb::report::Chain(&e), "watch failed; retrying with backoff");
                     }
                 }
             }

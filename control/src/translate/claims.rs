@@ -72,6 +72,20 @@ impl Claims {
         }
     }
 
+    /// The service port `slot` goes to: its first claim.
+    pub(super) fn winner(&self, slot: &Slot) -> Option<&ServiceKey> {
+        self.by_slot.get(slot)?.values().next().map(|c| &c.key)
+    }
+
+    /// The service ports claiming `slot` when more than one does.
+    pub(super) fn contenders(&self, slot: &Slot) -> impl Iterator<Item = &ServiceKey> {
+        self.by_slot
+            .get(slot)
+            .filter(|c| c.len() > 1)
+            .into_iter()
+            .flat_map(|c| c.values().map(|c| &c.key))
+    }
+
     /// No frontend is claimed twice.
     pub(super) fn are_clear(&self) -> bool {
         self.contested == 0

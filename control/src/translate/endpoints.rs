@@ -183,7 +183,7 @@ fn slice_port(
 ) -> Option<u16> {
     let carries = |p: &EndpointPort| {
         p.name.as_deref().unwrap_or("") == port.name
-            && parse_proto(p.protocol.as_deref()).ok().flatten() == Some(port.proto)
+            && parse_proto(p.protocol.as_deref()).ok() == Some(port.proto)
     };
     let (j, sp) = slice.ports.iter().flatten().enumerate().find(|(_, p)| carries(p))?;
     let field = || format!("ports[{j}].port");
@@ -202,9 +202,12 @@ fn slice_port(
 /// - ready endpoints take new flows;
 /// - if none is ready, serving-and-terminating endpoints do instead (so a
 ///   rolling restart of every pod does not black-hole traffic);
-/// - other terminating endpoints stay as `Terminating`: they keep their
-///   established flows and get no new ones;
-/// - endpoints neither ready nor terminating are left out.
+/// - every other endpoint the slices still list (terminating, or not ready:
+///   a readiness flap) stays as `Terminating`: it keeps its established
+///   flows and gets no new ones (kube-proxy's conntrack keeps them too;
+///   removing the backend would re-balance them and the new backend would
+///   reset them). An endpoint the slices no longer list is removed: its
+///   flows end (they move to a live backend, which resets them).
 ///
 /// Backends are named and ordered by "address:port"; an endpoint in two
 /// slices (during a slice split) is kept once, the more usable entry winning.
@@ -217,10 +220,8 @@ fn select(candidates: &[Candidate]) -> Vec<Backend> {
         for c in family {
             let state = if c.ready || (!any_ready && c.serving && c.terminating) {
                 BackendState::Active
-            } else if c.terminating {
-                BackendState::Terminating
             } else {
-                continue;
+                BackendState::Terminating
             };
             let name = SocketAddr::new(c.addr, c.port).to_string();
             let better = match chosen.get(&name) {

@@ -79,6 +79,28 @@ pub enum Problem {
     DuplicateFrontend { frontend: String, other: ServiceKey },
 }
 
+impl Problem {
+    /// A short stable name of the kind of problem (a metric label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::Missing => "missing",
+            Problem::BadIp { .. } => "bad_ip",
+            Problem::BadCidr { .. } => "bad_cidr",
+            Problem::ExternalIpNotAllowed { .. } => "external_ip_not_allowed",
+            Problem::BadPort { .. } => "bad_port",
+            Problem::BadPortName { .. } => "bad_port_name",
+            Problem::BadValue { .. } => "bad_value",
+            Problem::BadMaglevSize { .. } => "bad_maglev_size",
+            Problem::BadAffinityTimeout { .. } => "bad_affinity_timeout",
+            Problem::UnknownNode { .. } => "unknown_node",
+            Problem::NodeWithoutAddress { .. } => "node_without_address",
+            Problem::FamilyMismatch { .. } => "family_mismatch",
+            Problem::UnresolvedTargetPort { .. } => "unresolved_target_port",
+            Problem::DuplicateFrontend { .. } => "duplicate_frontend",
+        }
+    }
+}
+
 /// One problem: `Service default/web: spec.ports[1].targetPort: ...`.
 #[derive(Clone, Debug, Error, PartialEq, Eq, Hash)]
 #[error("{object}: {field}: {problem}")]

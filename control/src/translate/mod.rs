@@ -16,9 +16,12 @@
 //! datapath services changed since it was last asked. [`translate`] is the
 //! same code fed a whole [`Cluster`].
 //!
-//! Bad configuration is rejected whole: every problem found is collected into
-//! [`ConfigErrors`] (each naming the object and the field) and no partial
-//! state is returned, so nothing of a bad configuration is ever applied.
+//! Bad configuration: every problem found is collected into [`ConfigErrors`]
+//! (each naming the object and the field). By default a configuration with a
+//! problem is rejected whole and nothing of it is applied (manifest files);
+//! with [`TranslateOptions::leave_out_invalid`] (the Kubernetes API) the bad
+//! objects or parts are left out and the rest is applied, so one bad object
+//! never blocks the valid ones.
 //!
 //! What becomes a datapath service: each port and address family of each
 //! Service this proxy owns (see [`service_key`]), with the frontends
@@ -35,11 +38,12 @@ mod services;
 mod tracker;
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use lb::model::{Cidr, Desired, Proto, ServiceKey};
+use lb::model::{Cidr, Desired, NoEndpoints, Proto, Service, ServiceKey};
 
 use self::{
     claims::{Claims, Slot},
@@ -55,7 +59,7 @@ pub use self::{
     services::{
         service_key, CLUSTER_KEY_SUFFIX, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_PROXY_NAME,
         ENCAP_ANNOTATION, IPV6_KEY_SUFFIX, LOCAL_KEY_SUFFIX, MAGLEV_SIZE_ANNOTATION,
-        MAX_AFFINITY_TIMEOUT_S, PROXY_NAME_LABEL,
+        MAX_AFFINITY_TIMEOUT_S, NO_ENDPOINTS_ANNOTATION, PROXY_NAME_LABEL,
     },
 };
 use crate::cluster::{Changes, Cluster, ObjectKey};
@@ -78,6 +82,20 @@ pub struct TranslateOptions {
     pub tunnel_v4: Option<Ipv4Addr>,
     /// Overrides the IPv6 tunnel source taken from the Node object.
     pub tunnel_v6: Option<Ipv6Addr>,
+    /// How problems are treated. false (manifest files, `xlb validate`): a
+    /// configuration with any problem is rejected whole. true (the
+    /// Kubernetes API, where any namespace user can create a bad object):
+    /// the invalid object, or the invalid part of it (one externalIP, one
+    /// port, one endpoint, the later claim of a contested frontend), is left
+    /// out and everything valid is applied; the problems are still reported
+    /// ([`Translator::problems`]). A Service whose service-wide settings are
+    /// invalid (type, families, annotations, affinity, traffic policy,
+    /// source ranges) is left out whole: guessing them could open it wider
+    /// than meant.
+    pub leave_out_invalid: bool,
+    /// What services without a usable endpoint do unless their
+    /// `xlb.io/no-endpoints` annotation says otherwise.
+    pub no_endpoints: NoEndpoints,
 }
 
 impl TranslateOptions {
@@ -90,6 +108,8 @@ impl TranslateOptions {
             proxy_name: DEFAULT_PROXY_NAME.to_string(),
             tunnel_v4: None,
             tunnel_v6: None,
+            leave_out_invalid: false,
+            no_endpoints: NoEndpoints::Reject,
         }
     }
 }
@@ -252,6 +272,9 @@ impl Translator {
             return Vec::new();
         };
         self.with_errors.remove(key);
+        for slot in &old.claims {
+            self.changed.extend(self.claims.contenders(slot).cloned());
+        }
         self.claims.release(key, &old.claims);
         old.keys
     }
@@ -276,7 +299,10 @@ impl Translator {
                 // Copies of packet frontends are claimed as those.
                 let Some(field) = field else { continue };
                 let seq = entry.claims.len();
-                entry.claims.push(self.claims.claim(&key, seq, &service.key, fe, field));
+                let slot = self.claims.claim(&key, seq, &service.key, fe, field);
+                // A contested frontend may move between its claimants.
+                self.changed.extend(self.claims.contenders(&slot).cloned());
+                entry.claims.push(slot);
             }
             entry.keys.push(service.key.clone());
             if self.desired.services.get(&service.key) != Some(&service) {
@@ -290,19 +316,41 @@ impl Translator {
     }
 
     /// Whether the objects held translate without a problem.
-    pub fn is_valid(&self) -> bool {
+    fn is_clean(&self) -> bool {
         self.with_errors.is_empty()
             && self.claims.are_clear()
             && self.tracker.nodes().are_valid()
             && self.tracker.nodes().contains(&self.opts.node_name)
     }
 
-    /// Ok, or every problem of the objects held, ordered as `translate`
-    /// orders them: Nodes by name, this node, then each Service by namespace
-    /// and name with its endpoints' problems and its duplicate frontends.
+    /// Whether the desired state may be applied: no problem at all, or, when
+    /// invalid parts are left out, this node's Node object is known (its
+    /// addresses are the NodePort frontends and the tunnel source).
+    pub fn is_valid(&self) -> bool {
+        if self.opts.leave_out_invalid {
+            self.tracker.nodes().contains(&self.opts.node_name)
+        } else {
+            self.is_clean()
+        }
+    }
+
+    /// Ok when the desired state may be applied ([`Translator::is_valid`]),
+    /// else every problem.
     pub fn check(&self) -> Result<(), ConfigErrors> {
         if self.is_valid() {
             return Ok(());
+        }
+        Err(ConfigErrors(self.problems()))
+    }
+
+    /// Every problem of the objects held (left out or blocking), ordered as
+    /// `translate` orders them: Nodes by name, this node, then each Service
+    /// by namespace and name with its endpoints' problems and its duplicate
+    /// frontends. Only Services with problems are visited while no frontend
+    /// is contested.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        if self.is_clean() {
+            return Vec::new();
         }
         let mut errors = self.tracker.nodes().errors();
         if !self.tracker.nodes().contains(&self.opts.node_name) {
@@ -316,18 +364,27 @@ impl Translator {
                 problem: Problem::UnknownNode { node: self.opts.node_name.clone() },
             });
         }
-        for (key, entry) in &self.translated {
+        let mut visit = |key: &ObjectKey, entry: &Translated| {
             errors.extend(entry.errors.iter().cloned());
             errors.extend(self.claims.duplicates(key, &entry.object, &entry.claims));
+        };
+        if self.claims.are_clear() {
+            for key in &self.with_errors {
+                visit(key, &self.translated[key]);
+            }
+        } else {
+            for (key, entry) in &self.translated {
+                visit(key, entry);
+            }
         }
         let mut seen = std::collections::HashSet::new();
         errors.retain(|e| seen.insert(e.clone()));
-        Err(ConfigErrors(errors))
+        errors
     }
 
     /// The whole desired state, or every problem.
     pub fn result(&self) -> Result<Desired, ConfigErrors> {
-        self.check().map(|()| self.desired.clone())
+        self.check().map(|()| self.desired().into_owned())
     }
 
     /// The pod network the Nodes describe (every node's ranges, the tunnel
@@ -341,9 +398,35 @@ impl Translator {
         self.tracker.nodes().network_generation()
     }
 
-    /// The desired state of the objects held (meaningful when valid).
-    pub fn desired(&self) -> &Desired {
-        &self.desired
+    /// The desired state of the objects held (meaningful when valid). With
+    /// frontends claimed twice (only possible when invalid parts are left
+    /// out), each goes to its first claim only.
+    pub fn desired(&self) -> Cow<'_, Desired> {
+        if self.claims.are_clear() {
+            return Cow::Borrowed(&self.desired);
+        }
+        let mut d = self.desired.clone();
+        for svc in d.services.values_mut() {
+            self.keep_won_frontends(svc);
+        }
+        Cow::Owned(d)
+    }
+
+    /// Datapath service `key` of the desired state, as [`Translator::desired`] has it.
+    pub fn service(&self, key: &ServiceKey) -> Option<Cow<'_, Service>> {
+        let svc = self.desired.services.get(key)?;
+        if self.claims.are_clear() {
+            return Some(Cow::Borrowed(svc));
+        }
+        let mut svc = svc.clone();
+        self.keep_won_frontends(&mut svc);
+        Some(Cow::Owned(svc))
+    }
+
+    /// Leaves out the frontends of `svc` another service port claimed first.
+    fn keep_won_frontends(&self, svc: &mut Service) {
+        let key = svc.key.clone();
+        svc.frontends.retain(|fe| self.claims.winner(&(fe.addr, fe.port, fe.proto)) == Some(&key));
     }
 
     /// Datapath services added, changed or removed since the last call.
@@ -371,13 +454,12 @@ fn port_number(value: i32) -> Result<u16, Problem> {
     u16::try_from(value).ok().filter(|p| *p != 0).ok_or(Problem::BadPort { value })
 }
 
-/// A port's protocol: TCP (the default) or UDP; None for SCTP, valid
-/// Kubernetes the datapath does not carry (skipped, not an error).
-fn parse_proto(s: Option<&str>) -> Result<Option<Proto>, Problem> {
+/// A port's protocol: TCP (the default), UDP or SCTP.
+fn parse_proto(s: Option<&str>) -> Result<Proto, Problem> {
     match s.unwrap_or("TCP") {
-        "TCP" => Ok(Some(Proto::Tcp)),
-        "UDP" => Ok(Some(Proto::Udp)),
-        "SCTP" => Ok(None),
+        "TCP" => Ok(Proto::Tcp),
+        "UDP" => Ok(Proto::Udp),
+        "SCTP" => Ok(Proto::Sctp),
         other => Err(Problem::BadValue { value: other.to_string(), expected: "TCP, UDP, SCTP" }),
     }
 }

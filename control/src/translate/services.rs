@@ -33,8 +33,8 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use lb::model::{
-    Affinity, Cidr, Encap, Frontend, FrontendKind, Proto, Service, ServiceKey, DEFAULT_MAGLEV_SIZE,
-    MAX_MAGLEV_SIZE,
+    Affinity, Backend, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service,
+    ServiceKey, DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE,
 };
 
 use super::{
@@ -52,6 +52,10 @@ pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 pub const MAGLEV_SIZE_ANNOTATION: &str = "xlb.io/maglev-size";
 /// Service annotation: how packets reach the backend node, `geneve` or `ipip`.
 pub const ENCAP_ANNOTATION: &str = "xlb.io/encap";
+/// Service annotation: what a service without a usable endpoint does with a
+/// packet, `reject` (TCP RST / ICMP unreachable, kube-proxy's behaviour) or
+/// `drop`; unset: `--no-endpoints` (default reject).
+pub const NO_ENDPOINTS_ANNOTATION: &str = "xlb.io/no-endpoints";
 /// Suffix of the key of a service port's IPv6 half (see [`service_key`]).
 pub const IPV6_KEY_SUFFIX: &str = "/ipv6";
 /// Suffix of the key of a service port's second datapath service when its
@@ -111,8 +115,11 @@ pub(super) struct PortService {
 }
 
 /// The datapath services of one Kubernetes Service (one per port and address
-/// family). Its problems, and those of its slices, go to `errors`; a Service
-/// with any problem translates to nothing.
+/// family). Its problems, and those of its slices, go to `errors`. A Service
+/// with a problem in its service-wide settings translates to nothing; one
+/// with problems only in parts (a frontend address, a port, an endpoint)
+/// translates to nothing too, unless `leave_out_invalid`: then to its valid
+/// parts.
 pub(super) fn translate(
     svc: &KubeService,
     inputs: &Inputs,
@@ -135,6 +142,8 @@ pub(super) fn translate(
     }
     let families = cx.families(spec);
     let settings = cx.settings(svc, spec, ty);
+    // Every problem is still collected, for the report.
+    let settings_bad = cx.errors.len() > errors_before;
     let addrs = cx.frontend_addrs(svc, spec, ty);
     let cluster_ips = cx.cluster_ips(spec);
     let this_node = inputs.nodes.addrs(&inputs.opts.node_name).unwrap_or_default();
@@ -156,7 +165,7 @@ pub(super) fn translate(
         let port = PortFrontends { packet: &frontends, fields: &fields, sock: &sock };
         out.extend(by_family(key, &port, &backends, &settings));
     }
-    if cx.errors.len() > errors_before {
+    if settings_bad || (cx.errors.len() > errors_before && !inputs.opts.leave_out_invalid) {
         return Vec::new();
     }
     out
@@ -205,6 +214,7 @@ struct Settings {
     internal_local: bool,
     /// loadBalancerSourceRanges, sorted, each once.
     source_ranges: Vec<Cidr>,
+    no_endpoints: NoEndpoints,
 }
 
 /// Which endpoints a frontend's traffic goes to.
@@ -325,7 +335,16 @@ impl Cx<'_> {
         let local = self.local(spec, ty);
         let internal_local = self.internal_local(spec);
         let source_ranges = self.source_ranges(spec, ty);
-        Settings { maglev_size, encap, affinity, local, internal_local, source_ranges }
+        let no_endpoints = self.no_endpoints(svc);
+        Settings {
+            maglev_size,
+            encap,
+            affinity,
+            local,
+            internal_local,
+            source_ranges,
+            no_endpoints,
+        }
     }
 
     /// internalTrafficPolicy: Local keeps only this node's endpoints for
@@ -401,6 +420,24 @@ impl Cx<'_> {
                     Problem::BadValue { value: v.clone(), expected: "geneve, ipip" },
                 );
                 Encap::default()
+            }
+        }
+    }
+
+    /// The `xlb.io/no-endpoints` annotation, else the node's default.
+    fn no_endpoints(&mut self, svc: &KubeService) -> NoEndpoints {
+        let Some(v) = Self::annotation(svc, NO_ENDPOINTS_ANNOTATION) else {
+            return self.opts.no_endpoints;
+        };
+        match v.trim() {
+            "reject" => NoEndpoints::Reject,
+            "drop" => NoEndpoints::Drop,
+            _ => {
+                self.error(
+                    format!("metadata.annotations[{NO_ENDPOINTS_ANNOTATION}]"),
+                    Problem::BadValue { value: v.clone(), expected: "reject, drop" },
+                );
+                self.opts.no_endpoints
             }
         }
     }
@@ -526,11 +563,7 @@ impl Cx<'_> {
     /// Service port `i`, if it is valid and carried by the datapath.
     fn port<'p>(&mut self, i: usize, port: &'p ServicePort) -> Option<Port<'p>> {
         let proto = match parse_proto(port.protocol.as_deref()) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                tracing::warn!(service = %self.object, port = i, "SCTP port skipped: not carried by the datapath");
-                return None;
-            }
+            Ok(p) => p,
             Err(p) => {
                 self.error(format!("spec.ports[{i}].protocol"), p);
                 return None;
@@ -702,6 +735,7 @@ fn by_family(
             service.affinity = settings.affinity;
             service.maglev_size = settings.maglev_size;
             service.encap = settings.encap;
+            service.no_endpoints = settings.no_endpoints;
             out.push(PortService {
                 service,
                 fields: if packet_here { fields.clone() } else { Vec::new() },

@@ -33,7 +33,9 @@ use super::{
 use crate::{
     abi,
     maglev::{Maglev, MaglevError, MAX_BACKENDS},
-    model::{BackendState, Cidr, Encap, Frontend, FrontendKind, Proto, Service, ServiceKey},
+    model::{
+        BackendState, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service, ServiceKey,
+    },
     sockdestroy::GoneBackend,
     store::{BackendMeta, Capacity, MapStore, Write},
     view::{table_hash, RawService},
@@ -136,27 +138,16 @@ fn backend_value(svc_id: u32, gen: u32, b: &crate::model::Backend) -> abi::Backe
     abi::Backend { addr, node, port: b.port.to_be(), family, node_family, flags, svc_id, gen }
 }
 
-/// The value `f` of `svc` carries: the service's, with the flags saying what
-/// the frontend is.
-fn frontend_value(value: abi::Service, f: &Frontend) -> abi::Service {
-    let flags = match f.kind {
-        FrontendKind::NodePort => abi::SVC_F_NODEPORT,
-        FrontendKind::ClusterIp => abi::SVC_F_CLUSTER_IP,
-        FrontendKind::HostPort => abi::SVC_F_HOST_PORT,
-        FrontendKind::LoadBalancer | FrontendKind::ExternalIp => 0,
-    };
-    abi::Service { flags: value.flags | flags, ..value }
-}
-
-/// The value every frontend of `svc` carries (before its per-frontend flags).
+/// The value every frontend of `svc` carries; [`frontend_value`] adds each
+/// frontend's own flags.
 fn service_value(svc_id: u32, svc: &Service) -> abi::Service {
     let active = svc.backends.iter().filter(|b| b.state == BackendState::Active).count();
     let mut flags = 0;
     if svc.affinity.is_some() {
         flags |= abi::SVC_F_AFFINITY;
     }
-    if !svc.source_ranges.is_empty() {
-        flags |= abi::SVC_F_SOURCE_RANGES;
+    if svc.no_endpoints == NoEndpoints::Drop {
+        flags |= abi::SVC_F_DROP_NO_BACKEND;
     }
     abi::Service {
         id: svc_id,
@@ -173,6 +164,22 @@ fn service_value(svc_id: u32, svc: &Service) -> abi::Service {
         pad: 0,
         pad2: 0,
     }
+}
+
+/// `value` with the flags of frontend `f`: NodePort, and source ranges on
+/// LoadBalancer frontends only (kube-proxy filters the load balancer's
+/// ingress IPs, not the NodePort or externalIPs of the same service).
+fn frontend_value(mut value: abi::Service, svc: &Service, f: &Frontend) -> abi::Service {
+    match f.kind {
+        FrontendKind::NodePort => value.flags |= abi::SVC_F_NODEPORT,
+        FrontendKind::ClusterIp => value.flags |= abi::SVC_F_CLUSTER_IP,
+        FrontendKind::HostPort => value.flags |= abi::SVC_F_HOST_PORT,
+        FrontendKind::LoadBalancer if !svc.source_ranges.is_empty() => {
+            value.flags |= abi::SVC_F_SOURCE_RANGES
+        }
+        FrontendKind::LoadBalancer | FrontendKind::ExternalIp => {}
+    }
+    value
 }
 
 fn endpoint_of(v: &abi::Backend) -> Endpoint {
@@ -667,7 +674,7 @@ impl Services {
         let value = service_value(id, svc);
         for f in &svc.sock_frontends {
             let key = frontend_key(f);
-            let want = frontend_value(value, f);
+            let want = frontend_value(value, svc, f);
             if st.sock_frontends.get(&key) == Some(&want) {
                 continue;
             }
@@ -677,7 +684,7 @@ impl Services {
         }
         for f in &svc.frontends {
             let key = frontend_key(f);
-            let want = frontend_value(value, f);
+            let want = frontend_value(value, svc, f);
             let old = st.frontends.get(&key).copied();
             if old == Some(want) {
                 continue;

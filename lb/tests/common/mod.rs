@@ -240,10 +240,11 @@ pub fn flow_of(f: &Frame) -> (IpAddr, IpAddr, u16, u8) {
             Layer::Ipv6(h) => addrs = Some((h.src.into(), h.dst.into())),
             Layer::Tcp(t) => l4 = Some((t.sport, 6)),
             Layer::Udp(u) => l4 = Some((u.sport, 17)),
+            Layer::Sctp(c) => l4 = Some((c.sport, 132)),
             _ => {}
         }
     }
-    let ((s, d), (p, proto)) = (addrs.expect("IP layer"), l4.expect("TCP/UDP layer"));
+    let ((s, d), (p, proto)) = (addrs.expect("IP layer"), l4.expect("TCP/UDP/SCTP layer"));
     (s, d, p, proto)
 }
 
@@ -255,9 +256,18 @@ pub fn flow_of(f: &Frame) -> (IpAddr, IpAddr, u16, u8) {
 /// loaded and pinned privately. The namespace disappears with the thread;
 /// the pins are removed on drop, also when `body` panics.
 pub fn with_lab(name: &str, body: impl FnOnce(&mut Lab) + Send) {
+    with_lab_loaded(name, |_| {}, body)
+}
+
+/// [`with_lab`] with the datapath loaded with `opts` changed by `load`.
+pub fn with_lab_loaded(
+    name: &str,
+    load: impl FnOnce(&mut LoadOptions) + Send,
+    body: impl FnOnce(&mut Lab) + Send,
+) {
     testkit::require_root("XDP packet tests");
     in_private_netns(|| {
-        let mut lab = Lab::new(name);
+        let mut lab = Lab::new(name, load);
         body(&mut lab);
     })
     .unwrap_or_else(|e| panic!("the test's network namespace: {e}"));
@@ -276,7 +286,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    fn new(name: &str) -> Lab {
+    fn new(name: &str, load: impl FnOnce(&mut LoadOptions)) -> Lab {
         let mut cmds = vec![
             "link set lo up".to_string(),
             format!(
@@ -310,11 +320,12 @@ impl Lab {
         assert_ne!(ifindex, 0, "lb0 has no ifindex");
 
         let pins = PinDir::new(name);
-        let opts = LoadOptions {
+        let mut opts = LoadOptions {
             pin_dir: pins.path().into(),
             sizes: MapSizes::small(),
             ..Default::default()
         };
+        load(&mut opts);
         let dp = Dataplane::load(&opts).unwrap_or_else(|e| {
             panic!("loading the datapath into the kernel (is BPF available?): {e}\n{e:?}")
         });

@@ -85,6 +85,7 @@ fn proto_name(p: u8) -> &'static str {
         proto::TCP => "tcp",
         proto::UDP => "udp",
         proto::IPV6 => "ipv6",
+        proto::SCTP => "sctp",
         proto::ROUTING => "routing",
         proto::FRAGMENT => "fragment",
         proto::ICMPV6 => "icmpv6",
@@ -418,6 +419,31 @@ impl Dissector<'_> {
                 } else {
                     self.payload("payload", at + 8, end);
                 }
+            }
+            proto::SCTP => {
+                if end - at < 12 {
+                    return self.truncated("sctp", at, end, 12);
+                }
+                let stored = u32::from_le_bytes(self.b[at + 8..at + 12].try_into().unwrap());
+                let mut l = Layer::new("sctp", at);
+                l.f("sport", at, 2, self.u16(at).to_string());
+                l.f("dport", at + 2, 2, self.u16(at + 2).to_string());
+                l.f("vtag", at + 4, 4, format!("{:#010x}", self.u32(at + 4)));
+                let crc = if complete {
+                    let mut seg = self.b[at..end].to_vec();
+                    seg[8..12].fill(0);
+                    let want = csum::crc32c(&seg);
+                    if want == stored {
+                        format!("{stored:#010x} ok")
+                    } else {
+                        format!("{stored:#010x} bad, want {want:#010x}")
+                    }
+                } else {
+                    format!("{stored:#010x} unverified")
+                };
+                l.f("crc32c", at + 8, 4, crc);
+                self.push(l);
+                self.payload("chunks", at + 12, end);
             }
             proto::ICMP | proto::ICMPV6 => {
                 let v6 = p == proto::ICMPV6;

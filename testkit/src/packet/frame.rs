@@ -27,6 +27,7 @@ pub mod proto {
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const IPV6: u8 = 41;
+    pub const SCTP: u8 = 132;
     pub const ROUTING: u8 = 43;
     pub const FRAGMENT: u8 = 44;
     pub const ICMPV6: u8 = 58;
@@ -198,6 +199,15 @@ pub struct Udp {
     pub checksum: Option<u16>,
 }
 
+/// SCTP's common header (RFC 9260 3.1); `checksum`: override of the CRC32c.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sctp {
+    pub sport: u16,
+    pub dport: u16,
+    pub vtag: u32,
+    pub checksum: Option<u32>,
+}
+
 /// An ICMPv4 or ICMPv6 message: type, code, the 4 bytes after the checksum
 /// (`rest`: next-hop MTU, pointer, ...) and the following layers as body
 /// (for errors, the quoted packet).
@@ -269,6 +279,7 @@ pub enum Layer {
     Ipv6(Ipv6),
     Tcp(Tcp),
     Udp(Udp),
+    Sctp(Sctp),
     Icmp4(Icmp),
     Icmp6(Icmp),
     Geneve(Geneve),
@@ -282,6 +293,7 @@ impl Layer {
             Layer::Ipv6(_) => proto::IPV6,
             Layer::Tcp(_) => proto::TCP,
             Layer::Udp(_) => proto::UDP,
+            Layer::Sctp(_) => proto::SCTP,
             Layer::Icmp4(_) => proto::ICMP,
             Layer::Icmp6(_) => proto::ICMPV6,
             _ => return None,
@@ -413,6 +425,16 @@ impl Layer {
                     }
                 });
                 h[6..8].copy_from_slice(&sum.to_be_bytes());
+                return h;
+            }
+            Layer::Sctp(c) => {
+                h.extend_from_slice(&c.sport.to_be_bytes());
+                h.extend_from_slice(&c.dport.to_be_bytes());
+                h.extend_from_slice(&c.vtag.to_be_bytes());
+                h.extend_from_slice(&[0; 4]);
+                h.extend_from_slice(body);
+                let crc = c.checksum.unwrap_or_else(|| csum::crc32c(&h));
+                h[8..12].copy_from_slice(&crc.to_le_bytes());
                 return h;
             }
             Layer::Icmp4(m) | Layer::Icmp6(m) => {
@@ -758,11 +780,18 @@ impl Frame {
         self.push(Layer::Udp(Udp { sport, dport, len: None, checksum: None }))
     }
 
-    /// TCP or UDP by protocol number.
+    /// An SCTP common header (verification tag 0x01020304); its CRC32c is
+    /// computed over whatever follows (chunks as `.payload()`).
+    pub fn sctp(self, sport: u16, dport: u16) -> Self {
+        self.push(Layer::Sctp(Sctp { sport, dport, vtag: 0x0102_0304, checksum: None }))
+    }
+
+    /// TCP, UDP or SCTP by protocol number.
     pub fn l4(self, proto: u8, sport: u16, dport: u16) -> Self {
         match proto {
             proto::TCP => self.tcp(sport, dport),
             proto::UDP => self.udp(sport, dport),
+            proto::SCTP => self.sctp(sport, dport),
             p => panic!("Frame::l4: protocol {p} has no ports"),
         }
     }
@@ -774,9 +803,10 @@ impl Frame {
             .find_map(|l| match l {
                 Layer::Tcp(t) => Some((&mut t.sport, &mut t.dport)),
                 Layer::Udp(u) => Some((&mut u.sport, &mut u.dport)),
+                Layer::Sctp(c) => Some((&mut c.sport, &mut c.dport)),
                 _ => None,
             })
-            .unwrap_or_else(|| panic!("Frame: .{what}() needs an earlier TCP or UDP layer"))
+            .unwrap_or_else(|| panic!("Frame: .{what}() needs an earlier TCP, UDP or SCTP layer"))
     }
 
     /// Source port of the last TCP/UDP header.
@@ -830,6 +860,12 @@ impl Frame {
 
     pub fn window(mut self, window: u16) -> Self {
         self.tcp_mut("window").window = window;
+        self
+    }
+
+    /// Override: TCP data offset in 4-byte words (malformed packets).
+    pub fn data_offset(mut self, words: u8) -> Self {
+        self.tcp_mut("data_offset").data_offset = Some(words);
         self
     }
 
