@@ -19,7 +19,7 @@ pub mod model;
 pub mod neigh;
 pub mod objects;
 pub mod reconcile;
-pub mod sockdestroy;
 pub mod report;
+pub mod sockdestroy;
 pub mod store;
 pub mod view;

@@ -62,8 +62,7 @@ pub(super) fn translate(
             let Some(hp) = port.host_port else { continue };
             let field = |f: &str| format!("spec.containers[{i}].ports[{j}].{f}");
             let proto = match parse_proto(port.protocol.as_deref()) {
-                Ok(Some(p)) => p,
-                Ok(None) => continue, // SCTP: not carried
+                Ok(p) => p,
                 Err(p) => {
                     errors.push(&object, field("protocol"), p);
                     continue;

@@ -33,8 +33,8 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use lb::model::{
-    Affinity, Backend, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service,
-    ServiceKey, DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE,
+    Affinity, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service, ServiceKey,
+    DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE,
 };
 
 use super::{
