@@ -631,7 +631,7 @@ impl Services {
                     let want = (table_hash(&slots), size);
                     let mut moved = st.table.written.is_some()
                         && abi::maglev_class(st.table.size) != abi::maglev_class(want.1);
-                    if moved && st.frontends.is_empty() {
+                    if moved && st.frontends.is_empty() && st.sock_frontends.is_empty() {
                         // No frontend can read the old table: it goes first,
                         // so the maps never hold two tables no frontend
                         // tells apart (a restore could not say which is
@@ -681,6 +681,7 @@ impl Services {
             write(store, Write::SockFrontend { key, value: want })?;
             st.sock_frontends.insert(key, want);
             stats.frontend_writes += 1;
+            promote_moved_table(st);
         }
         for f in &svc.frontends {
             let key = frontend_key(f);
@@ -806,7 +807,13 @@ impl Services {
 /// removed once every frontend does (step 5 of `finish`).
 fn promote_moved_table(st: &mut Svc) {
     let Some((hash, size)) = st.table.next else { return };
-    let first = st.frontends.iter().min_by_key(|(k, _)| crate::view::fe_sort_key(k));
+    // The frontend a restore reads the service's settings from (lb::view:
+    // the first packet frontend, else the first socket frontend).
+    let first = st
+        .frontends
+        .iter()
+        .min_by_key(|(k, _)| crate::view::fe_sort_key(k))
+        .or_else(|| st.sock_frontends.iter().min_by_key(|(k, _)| crate::view::fe_sort_key(k)));
     if first.is_some_and(|(_, v)| v.maglev_size as usize == size) {
         st.table.gone = Some(st.table.size);
         (st.table.written, st.table.size, st.table.next) = (Some(hash), size, None);
