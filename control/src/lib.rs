@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod examples;
 pub mod healthcheck;
 pub mod podnet;
+pub mod policy;
 pub mod render;
 pub mod source;
 pub mod translate;

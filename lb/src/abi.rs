@@ -80,6 +80,20 @@ abi_consts! {
     SNAT_OTHER_IDLE_S: u32 = 60;
     SNAT_PORT_MIN: u16 = 61000;
     SNAT_PORT_MAX: u16 = 65535;
+    // ---- NetworkPolicy (#11)
+    /// ipBlock prefixes' identities start here.
+    ID_CIDR_MIN: u32 = 1 << 24;
+    POLICY_DIR_INGRESS: u32 = 1;
+    POLICY_DIR_EGRESS: u32 = 2;
+    POLICY_KEY_BITS: u32 = 96;
+    POLICY_PROTO_BITS: u32 = 80;
+    POLICY_ANY_PROTO_BITS: u32 = 72;
+    POLICY_CT_TCP_IDLE_S: u32 = 21600;
+    POLICY_CT_OTHER_IDLE_S: u32 = 120;
+    POLICY_F_INGRESS: u32 = 1 << 0;
+    POLICY_F_EGRESS: u32 = 1 << 1;
+    PCT_F_EGRESS: u32 = 1 << 0;
+    PCT_F_INGRESS: u32 = 1 << 1;
 }
 
 /// xlb_event.hook values (the same numbers as HOOK_*).
@@ -321,6 +335,25 @@ abi_struct!(
     /// Per-CPU value of xlb_snat_stats.
     SnatStats = "xlb_snat_stats", 32 { allocated: u64, collisions: u64, exhausted: u64, reclaimed: u64 });
 
+// ---- NetworkPolicy (#11) ----
+abi_struct!(
+    /// Key of xlb_policy (LPM trie).
+    PolicyKey = "xlb_policy_key", 16 {
+    prefixlen: u32, ep: u32, identity: u32, dir: u8, proto: u8, port: u16 /* network order */,
+});
+abi_struct!(
+    /// Value of xlb_policy.
+    PolicyEntry = "xlb_policy_entry", 8 { policy: u32, pad: u32 });
+abi_struct!(
+    /// Value of xlb_policy_ep: an endpoint's isolation.
+    PolicyEp = "xlb_policy_ep", 8 { flags: u32, pad: u32 });
+abi_struct!(
+    /// Value of xlb_ip_identity.
+    AddrIdentity = "xlb_addr_identity", 8 { identity: u32, cidr_identity: u32 });
+abi_struct!(
+    /// Value of xlb_policy_ct.
+    PolicyCt = "xlb_policy_ct", 16 { last_ns: u64, flags: u32, policy: u32 });
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -354,6 +387,11 @@ pub const LAYOUTS: &[StructLayout] = &[
     PodnetCfg::LAYOUT,
     SnatEntry::LAYOUT,
     SnatStats::LAYOUT,
+    PolicyKey::LAYOUT,
+    PolicyEntry::LAYOUT,
+    PolicyEp::LAYOUT,
+    AddrIdentity::LAYOUT,
+    PolicyCt::LAYOUT,
 ];
 
 macro_rules! counters {
@@ -426,6 +464,9 @@ counters! {
     DropNoEndpoint = 154 => "drop_no_endpoint",
     DropSnatExhausted = 155 => "drop_snat_exhausted",
     DropPodTooBig = 156 => "drop_pod_too_big",
+    // #11 NetworkPolicy
+    DropPolicyIngress = 216 => "drop_policy_ingress",
+    DropPolicyEgress = 217 => "drop_policy_egress",
 }
 
 impl Counter {

@@ -17,6 +17,7 @@ pub mod maps;
 pub mod model;
 pub mod neigh;
 pub mod objects;
+pub mod policy;
 pub mod reconcile;
 pub mod store;
 pub mod view;

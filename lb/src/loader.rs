@@ -53,6 +53,11 @@ pub struct MapSizes {
     pub pod_routes: u32,
     /// Masquerade mappings, each way (xlb_snat, xlb_snat_rev; LRU).
     pub snat: u32,
+    /// NetworkPolicy entries (xlb_policy; port ranges take one per
+    /// prefix) and addresses with an identity (xlb_ip_identity).
+    pub policy: u32,
+    /// Connections NetworkPolicy tracks (xlb_policy_ct; LRU).
+    pub policy_ct: u32,
 }
 
 impl Default for MapSizes {
@@ -69,6 +74,8 @@ impl Default for MapSizes {
             endpoints: 4096,
             pod_routes: 16384,
             snat: 131072,
+            policy: 262144,
+            policy_ct: 262144,
         }
     }
 }
@@ -88,10 +95,12 @@ impl MapSizes {
             endpoints: 1024,
             pod_routes: 1024,
             snat: 16384,
+            policy: 16384,
+            policy_ct: 16384,
         }
     }
 
-    fn by_map(&self) -> [(&'static str, u32); 19] {
+    fn by_map(&self) -> [(&'static str, u32); 23] {
         [
             ("xlb_frontends", self.frontends),
             ("xlb_maglev", self.services),
@@ -112,6 +121,10 @@ impl MapSizes {
             ("xlb_tunnel_peers", self.pod_routes),
             ("xlb_snat", self.snat),
             ("xlb_snat_rev", self.snat),
+            ("xlb_policy", self.policy),
+            ("xlb_ip_identity", self.policy),
+            ("xlb_policy_ep", self.endpoints),
+            ("xlb_policy_ct", self.policy_ct),
         ]
     }
 }

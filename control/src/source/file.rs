@@ -221,7 +221,8 @@ mod tests {
         assert_eq!(
             err,
             "x.yaml: document 2: kind apps/v1 Deployment is not supported (expected v1 \
-             Service, discovery.k8s.io/v1 EndpointSlice, v1 Node or a List of them)"
+             Service, discovery.k8s.io/v1 EndpointSlice, v1 Node, v1 Pod, v1 Namespace, \
+             networking.k8s.io/v1 NetworkPolicy or a List of them)"
         );
     }
 
@@ -235,9 +236,9 @@ mod tests {
 
     #[test]
     fn list_item_of_unknown_kind() {
-        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n";
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  metadata: {name: p}\n";
         let err = load_str(text, "x.yaml").unwrap_err().to_string();
-        assert!(err.starts_with("x.yaml: document 1 items[0]: kind v1 Pod"), "{err}");
+        assert!(err.starts_with("x.yaml: document 1 items[0]: kind v1 Secret"), "{err}");
     }
 
     #[test]
