@@ -22,6 +22,7 @@
 //!
 //! A policy with a bad field is named ([`PolicyError`]) and skipped; the
 //! others apply. [`trace`] explains a verdict (`xlb policy trace`).
+pub mod agent;
 mod identity;
 mod selector;
 #[cfg(test)]
@@ -795,5 +796,71 @@ pub fn trace(c: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> St
         out.push_str(&format!("{dir}: {line}\n"));
     }
     out.push_str(if v.allowed() { "verdict: ALLOW\n" } else { "verdict: DENY\n" });
+    out
+}
+
+/// `xlb policy list` from manifests: each policy, the pods it isolates per
+/// direction, the rules' entries per pod, and the policies skipped.
+pub fn render_list(c: &Compiled) -> String {
+    let mut out = String::new();
+    for (id, name) in &c.policies {
+        let ing: Vec<String> = c
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.ingress_policies.contains(id))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        let eg: Vec<String> = c
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.egress_policies.contains(id))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        let skipped = c.errors.iter().any(|e| &e.policy == name);
+        out.push_str(&format!(
+            "#{id} NetworkPolicy {name}{}\n  ingress: {}\n  egress:  {}\n",
+            if skipped { " (SKIPPED: invalid)" } else { "" },
+            if ing.is_empty() { "-".into() } else { ing.join(", ") },
+            if eg.is_empty() { "-".into() } else { eg.join(", ") },
+        ));
+    }
+    for (pod, e) in &c.endpoints {
+        let p = &c.pods[pod];
+        out.push_str(&format!("pod {pod} identity {} {:?}\n", p.identity, p.ips));
+        for (dir, m) in [("ingress", &e.ingress), ("egress", &e.egress)] {
+            let Some(m) = m else { continue };
+            if m.is_empty() {
+                out.push_str(&format!("  {dir}: deny all\n"));
+            }
+            for (a, pol) in m {
+                let peer = match a.peer {
+                    ID_ANY => "any".to_string(),
+                    id if id >= ID_CIDR_MIN => c
+                        .cidrs
+                        .iter()
+                        .find(|(_, v)| **v == id)
+                        .map_or(format!("cidr #{id}"), |(k, _)| format!("cidr {k}")),
+                    id => c.identities.get(&id).map_or(format!("identity {id}"), |(ns, l)| {
+                        let labels: Vec<String> =
+                            l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        format!("identity {id} ({ns}: {})", labels.join(","))
+                    }),
+                };
+                let what = match (a.proto, a.ports) {
+                    (None, _) => "all".to_string(),
+                    (Some(p), None) => format!("proto {p}"),
+                    (Some(p), Some((lo, hi))) if lo == hi => format!("proto {p} port {lo}"),
+                    (Some(p), Some((lo, hi))) => format!("proto {p} ports {lo}-{hi}"),
+                };
+                out.push_str(&format!(
+                    "  {dir}: {peer} {what} <- {}\n",
+                    c.policies.get(pol).map_or("?", String::as_str)
+                ));
+            }
+        }
+    }
+    for e in &c.errors {
+        out.push_str(&format!("{e}\n"));
+    }
     out
 }
