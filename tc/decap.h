@@ -215,6 +215,19 @@ static __always_inline int xlb_decap_geneve(struct __sk_buff *skb, const struct 
 			if (rc)
 				return xlb_fail(rc, reason);
 		}
+		/* NetworkPolicy: a pod of this node as the backend checks its
+		 * ingress, the client by its address (policy.h). */
+		{
+			const struct xlb_endpoint *ep =
+			    xlb_endpoint_of(in.tuple.daddr, in.tuple.family);
+
+			if (ep) {
+				rc = xlb_policy_check(skb, &in, ep->ifindex, XLB_POLICY_DIR_INGRESS, 0,
+						      XLB_HOOK_TC_INGRESS);
+				if (rc)
+					return xlb_fail(rc, reason);
+			}
+		}
 		*reason = XLB_OK_TC_DECAP;
 	} else {
 		rc = xlb_decap_icmp(skb, &in, &t);

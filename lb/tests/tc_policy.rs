@@ -39,6 +39,7 @@ const POD_A_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const POD_B_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 const POD_C_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const ID_A: u32 = abi::ID_POD_MIN + 1;
 const ID_B: u32 = abi::ID_POD_MIN + 2;
 const ID_C: u32 = abi::ID_POD_MIN + 3;
@@ -80,7 +81,11 @@ fn network() -> Network {
             PodRoute { cidr: cidr("10.244.1.0/24"), node: ip(NODE1_V4), local: true },
             PodRoute { cidr: cidr("10.244.2.0/24"), node: ip(NODE2_V4), local: false },
         ],
-        peers: [(ip(NODE2_V4), PeerRole { node: true, load_balancer: false })].into(),
+        peers: [
+            (ip(NODE2_V4), PeerRole { node: true, load_balancer: false }),
+            (ip(LB_V4), PeerRole { node: false, load_balancer: true }),
+        ]
+        .into(),
         ..Network::default()
     }
 }
@@ -541,5 +546,24 @@ fn ip_blocks_and_host_stack_delivery() {
             "tc_pod_to",
             "drop_policy_ingress",
         );
+    });
+}
+
+#[test]
+fn dsr_dispatch_into_an_isolated_pod_checks_its_ingress() {
+    with_lab("poldsr", |lab| {
+        let (eth0, hv1) = (lab.eth0, lab.hv1);
+        lab.policy(&b_policy(&[allow(0, Some(TCP), Some((8080, 8080)))], None, hv1));
+        let dsr = |port: u16| {
+            let inner = Frame::new().ipv4(OUTSIDE_V4, POD_B_V4).tcp(33333, port).seq(1).syn();
+            Frame::eth(ROUTER_MAC, ETH0_MAC)
+                .ipv4(LB_V4, NODE1_V4)
+                .udp(49999, GENEVE_PORT)
+                .geneve(0)
+                .dsr_opt("10.100.0.1:80".parse().unwrap())
+                .inner(inner)
+        };
+        lab.expect("allowed port", "uplink", eth0, &dsr(8080), TC_ACT_REDIRECT, "tc_ingress", "ok_tc_decap");
+        lab.expect("other port", "uplink", eth0, &dsr(9090), TC_ACT_SHOT, "tc_ingress", "drop_policy_ingress");
     });
 }

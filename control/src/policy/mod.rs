@@ -24,6 +24,7 @@
 //! others apply. [`trace`] explains a verdict (`xlb policy trace`).
 pub mod agent;
 mod identity;
+pub mod logging;
 mod selector;
 #[cfg(test)]
 mod tests;
