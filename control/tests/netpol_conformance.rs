@@ -220,7 +220,12 @@ fn compiled_rules_match_the_upstream_truth_tables() {
             let got: BTreeMap<(String, String), bool> = want
                 .keys()
                 .map(|(f, to)| {
-                    let v = c.verdict(addr(f), addr(to), proto_number(step.probe.protocol), step.probe.port);
+                    let v = c.verdict(
+                        addr(f),
+                        addr(to),
+                        proto_number(step.probe.protocol),
+                        step.probe.port,
+                    );
                     ((f.clone(), to.clone()), v.allowed())
                 })
                 .collect();
@@ -238,7 +243,12 @@ fn compiled_rules_match_the_upstream_truth_tables() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {steps_run} steps differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {steps_run} steps differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(t.cases.len() >= 20 && steps_run >= 26, "{} cases, {steps_run} steps", t.cases.len());
 }
 
@@ -261,7 +271,11 @@ mod lab_tier {
 
     /// The manifest: the lab's service, the suite's namespaces and pods (on
     /// the lab's pod addresses), and `docs`.
-    fn manifest(spec: &LabSpec, map: &[(String, String, IpAddr, String)], docs: &[PolicyDoc]) -> String {
+    fn manifest(
+        spec: &LabSpec,
+        map: &[(String, String, IpAddr, String)],
+        docs: &[PolicyDoc],
+    ) -> String {
         let mut y = manifests::nginx(spec, &|_| EndpointState::Ready);
         for ns in namespaces() {
             y.push_str("---\napiVersion: v1\nkind: Namespace\n");
@@ -282,7 +296,10 @@ mod lab_tier {
     }
 
     /// Probes every pair in parallel (one thread per source).
-    fn observe(lab: &Lab, map: &[(String, String, IpAddr, String)]) -> BTreeMap<(String, String), bool> {
+    fn observe(
+        lab: &Lab,
+        map: &[(String, String, IpAddr, String)],
+    ) -> BTreeMap<(String, String), bool> {
         let out = Mutex::new(BTreeMap::new());
         std::thread::scope(|s| {
             for (from, from_ns, _, _) in map {
@@ -294,9 +311,12 @@ mod lab_tier {
                         }
                         let ok = lab
                             .in_ns(from_ns, || {
-                                http::Conn::connect(SocketAddr::new(*addr, 80), Duration::from_millis(700))
-                                    .and_then(|mut c| c.get(true))
-                                    .is_ok()
+                                http::Conn::connect(
+                                    SocketAddr::new(*addr, 80),
+                                    Duration::from_millis(700),
+                                )
+                                .and_then(|mut c| c.get(true))
+                                .is_ok()
                             })
                             .unwrap();
                         out.lock().unwrap().insert((from.clone(), to.clone()), ok);
@@ -315,8 +335,12 @@ mod lab_tier {
             .unwrap_or_else(|e| panic!("building the lab (this test needs root): {e}"));
         let config = lab.temp_dir().join("netpol.yaml");
         std::fs::write(&config, manifests::nginx(&spec, &|_| EndpointState::Ready)).unwrap();
-        let agents = agent::start_all(&mut lab, &AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &config), AGENT_READY)
-            .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
+        let agents = agent::start_all(
+            &mut lab,
+            &AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &config),
+            AGENT_READY,
+        )
+        .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
         // x/a x/b x/c on nodes 1, 2, 3; the same for y and z.
         let map: Vec<(String, String, IpAddr, String)> = all_pods()
             .into_iter()
@@ -331,7 +355,12 @@ mod lab_tier {
             std::fs::write(&tmp, manifest(&spec, &map, docs)).unwrap();
             std::fs::rename(&tmp, &config).unwrap();
         };
-        let logs = || agents.iter().map(|a| format!("--- {} ---\n{}\n", a.node, a.log_tail(10))).collect::<String>();
+        let logs = || {
+            agents
+                .iter()
+                .map(|a| format!("--- {} ---\n{}\n", a.node, a.log_tail(10)))
+                .collect::<String>()
+        };
         let mut failures = Vec::new();
         let mut run = 0;
         for case in &t.cases {
@@ -362,7 +391,13 @@ mod lab_tier {
             }
             write(&[]);
         }
-        assert!(failures.is_empty(), "{} of {run} steps differ:\n{}\n{}", failures.len(), failures.join("\n"), logs());
+        assert!(
+            failures.is_empty(),
+            "{} of {run} steps differ:\n{}\n{}",
+            failures.len(),
+            failures.join("\n"),
+            logs()
+        );
         assert!(run >= 15, "{run} port-80 steps probed");
     }
 }

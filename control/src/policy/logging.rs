@@ -16,7 +16,7 @@
 //!   (dropped records counted), written through [`RotatingFile`] (10 MB,
 //!   5 files kept). Time is passed in (milliseconds), so tests drive it.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::Write as _,
     net::IpAddr,
@@ -233,7 +233,10 @@ impl PolicyLogger {
             return;
         }
         self.tokens -= 1.0;
-        match serde_json::to_string(rec).map_err(std::io::Error::other).and_then(|l| self.out.write_line(&l)) {
+        match serde_json::to_string(rec)
+            .map_err(std::io::Error::other)
+            .and_then(|l| self.out.write_line(&l))
+        {
             Ok(()) => self.stats.logged += 1,
             Err(_) => self.stats.failed += 1,
         }
@@ -274,12 +277,13 @@ impl PolicyLogger {
 
     /// Writes the held denies that are due at `now_ms` (in due order).
     pub fn flush(&mut self, now_ms: u64) {
-        let due: BTreeMap<(u64, String), Connection> = self
+        let mut due: Vec<(u64, Connection)> = self
             .held
             .iter()
             .filter(|(_, (_, at))| *at <= now_ms)
-            .map(|(k, (r, at))| ((*at, r.timestamp.clone()), k.clone()))
+            .map(|(k, (_, at))| (*at, k.clone()))
             .collect();
+        due.sort_by_key(|(at, _)| *at);
         for (_, k) in due {
             if let Some((rec, _)) = self.held.remove(&k) {
                 self.emit(&rec, now_ms);
@@ -304,7 +308,11 @@ mod tests {
             },
             disposition: disposition.into(),
             policies: if disposition == "allow" {
-                vec![PolicyRef { name: "allow-web".into(), namespace: "x".into(), kind: "NetworkPolicy".into() }]
+                vec![PolicyRef {
+                    name: "allow-web".into(),
+                    namespace: "x".into(),
+                    kind: "NetworkPolicy".into(),
+                }]
             } else {
                 vec![]
             },
@@ -323,7 +331,10 @@ mod tests {
     }
 
     fn logger(config: LoggingConfig, dir: &Path) -> PolicyLogger {
-        PolicyLogger::new(config, RotatingFile::new(&dir.join("policy_action.log"), ROTATE_BYTES, ROTATE_KEEP))
+        PolicyLogger::new(
+            config,
+            RotatingFile::new(&dir.join("policy_action.log"), ROTATE_BYTES, ROTATE_KEEP),
+        )
     }
 
     fn tmp(name: &str) -> PathBuf {
@@ -432,7 +443,8 @@ mod tests {
         l.verdict(a, 20_000);
         l.verdict(d, 20_000);
         l.flush(30_000);
-        let got: Vec<String> = lines(&dir).iter().map(|v| v["disposition"].as_str().unwrap().to_string()).collect();
+        let got: Vec<String> =
+            lines(&dir).iter().map(|v| v["disposition"].as_str().unwrap().to_string()).collect();
         assert_eq!(got, ["allow", "deny"]);
     }
 
