@@ -222,8 +222,8 @@ static __always_inline int xlb_decap_geneve(struct __sk_buff *skb, const struct 
 			    xlb_endpoint_of(in.tuple.daddr, in.tuple.family);
 
 			if (ep) {
-				rc = xlb_policy_check(skb, &in, ep->ifindex, XLB_POLICY_DIR_INGRESS, 0,
-						      XLB_HOOK_TC_INGRESS);
+				rc = xlb_policy_check(skb, &in, ep->ifindex, XLB_POLICY_DIR_INGRESS,
+						      0, XLB_HOOK_TC_INGRESS);
 				if (rc)
 					return xlb_fail(rc, reason);
 			}

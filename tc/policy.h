@@ -107,8 +107,8 @@ static __always_inline void xlb_policy_event(const struct xlb_pkt *pkt, __u32 if
 	ev = xlb_ev_reserve(XLB_EV_POLICY, hook, ifindex, len);
 	if (!ev)
 		return;
-	ev->reason = reason;  /* 0: allowed; else DROP_POLICY_* */
-	ev->svc_id = dir;     /* XLB_POLICY_DIR_* */
+	ev->reason = reason;   /* 0: allowed; else DROP_POLICY_* */
+	ev->svc_id = dir;      /* XLB_POLICY_DIR_* */
 	ev->backend_id = peer; /* the peer's identity */
 	ev->policy_id = policy;
 	ev->tuple = pkt->tuple;
@@ -168,11 +168,12 @@ static __always_inline int xlb_policy_check(struct __sk_buff *skb, struct xlb_pk
 				e = xlb_policy_lookup(ifindex, dir, peer.cidr_identity,
 						      pkt->tuple.proto, pkt->tuple.dport);
 			if (!e)
-				e = xlb_policy_lookup(ifindex, dir, XLB_ID_UNKNOWN, pkt->tuple.proto,
-						      pkt->tuple.dport);
+				e = xlb_policy_lookup(ifindex, dir, XLB_ID_UNKNOWN,
+						      pkt->tuple.proto, pkt->tuple.dport);
 			if (!e) {
-				__u32 reason = dir == XLB_POLICY_DIR_INGRESS ? XLB_DROP_POLICY_INGRESS
-									     : XLB_DROP_POLICY_EGRESS;
+				__u32 reason = dir == XLB_POLICY_DIR_INGRESS
+						   ? XLB_DROP_POLICY_INGRESS
+						   : XLB_DROP_POLICY_EGRESS;
 
 				xlb_policy_event(pkt, ifindex, dir, peer.identity, 0, reason, hook,
 						 skb->len);
