@@ -97,8 +97,7 @@ impl Running {
         let mut lab = lab;
         let agents = agent::start_all(&mut lab, &agent_spec, AGENT_READY)
             .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
-        let r = Running { prometheus: None, agents, lab };
-        r
+        Running { prometheus: None, agents, lab }
     }
 
     fn lb_get(&self, path: &str) -> (u16, String) {

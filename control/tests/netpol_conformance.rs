@@ -278,18 +278,18 @@ mod lab_tier {
     ) -> String {
         let mut y = manifests::nginx(spec, &|_| EndpointState::Ready);
         for ns in namespaces() {
-            y.push_str("---\napiVersion: v1\nkind: Namespace\n");
+            y.push_str("---\n"); // k8s-openapi writes apiVersion and kind
             y.push_str(&serde_yaml::to_string(&ns).unwrap());
         }
         for (suite, _, addr, node) in map {
             let (n, name) = suite.split_once('/').unwrap();
             let mut p = pod(n, name, *addr);
             p.spec.as_mut().unwrap().node_name = Some(node.clone());
-            y.push_str("---\napiVersion: v1\nkind: Pod\n");
+            y.push_str("---\n"); // k8s-openapi writes apiVersion and kind
             y.push_str(&serde_yaml::to_string(&p).unwrap());
         }
         for d in docs {
-            y.push_str("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n");
+            y.push_str("---\n"); // k8s-openapi writes apiVersion and kind
             y.push_str(&serde_yaml::to_string(&network_policy(d)).unwrap());
         }
         y

@@ -189,9 +189,7 @@ impl Lab {
         which: &str,
         ifindex: u32,
         frame: &Frame,
-        verdict: u32,
-        hook: &'static str,
-        reason: &'static str,
+        (verdict, hook, reason): (u32, &'static str, &'static str),
     ) {
         let before = self.counters();
         let bytes = frame.build();
@@ -267,16 +265,14 @@ fn pods_no_policy_selects_are_unaffected() {
         lab.policy(&b_policy(&[allow(ID_A, Some(TCP), Some((80, 80)))], None, hv1));
         let to_c =
             Frame::eth(POD_A_MAC, HOST_A_MAC).ipv4(POD_A_V4, POD_C_V4).udp(5, 7).payload(b"x");
-        lab.expect("A to C", "from", hv0, &to_c, TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_encap");
+        lab.expect("A to C", "from", hv0, &to_c, (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_encap"));
         lab.policy(&PolicyDesired::default());
         lab.expect(
             "A to B, no policy",
             "from",
             hv0,
             &a_to_b(UDP, 5, 9),
-            TC_ACT_REDIRECT,
-            "tc_pod_from",
-            "ok_pod_redirect",
+            (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_redirect"),
         );
     });
 }
@@ -295,27 +291,21 @@ fn ingress_isolation_allows_only_what_a_rule_names() {
             "from",
             hv0,
             &a_to_b(TCP, 40000, 80),
-            TC_ACT_REDIRECT,
-            "tc_pod_from",
-            "ok_pod_redirect",
+            (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_redirect"),
         );
         lab.expect(
             "TCP 81",
             "from",
             hv0,
             &a_to_b(TCP, 40000, 81),
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_ingress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_ingress"),
         );
         lab.expect(
             "UDP 80",
             "from",
             hv0,
             &a_to_b(UDP, 40000, 80),
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_ingress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_ingress"),
         );
         for port in [1000, 1005, 1010] {
             lab.expect(
@@ -323,9 +313,7 @@ fn ingress_isolation_allows_only_what_a_rule_names() {
                 "from",
                 hv0,
                 &a_to_b(UDP, 40001, port),
-                TC_ACT_REDIRECT,
-                "tc_pod_from",
-                "ok_pod_redirect",
+                (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_redirect"),
             );
         }
         lab.expect(
@@ -333,9 +321,7 @@ fn ingress_isolation_allows_only_what_a_rule_names() {
             "from",
             hv0,
             &a_to_b(UDP, 40001, 1011),
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_ingress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_ingress"),
         );
         // Deny all (isolated, no entry): ping dropped.
         let ping =
@@ -346,9 +332,7 @@ fn ingress_isolation_allows_only_what_a_rule_names() {
             "from",
             hv0,
             &ping,
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_ingress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_ingress"),
         );
         // Any protocol from any peer: ICMP too.
         lab.policy(&b_policy(&[allow(0, None, None)], None, hv1));
@@ -357,9 +341,7 @@ fn ingress_isolation_allows_only_what_a_rule_names() {
             "from",
             hv0,
             &ping,
-            TC_ACT_REDIRECT,
-            "tc_pod_from",
-            "ok_pod_redirect",
+            (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_redirect"),
         );
     });
 }
@@ -375,18 +357,14 @@ fn replies_pass_and_established_connections_outlive_a_revoking_change() {
             "from",
             hv0,
             &a_to_b(TCP, 40000, 80),
-            TC_ACT_REDIRECT,
-            "tc_pod_from",
-            "ok_pod_redirect",
+            (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_redirect"),
         );
         lab.expect(
             "B's SYN-ACK (a reply)",
             "from",
             hv1,
             &b_to_a_reply(80, 40000),
-            TC_ACT_REDIRECT,
-            "tc_pod_from",
-            "ok_pod_redirect",
+            (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_redirect"),
         );
         let b_new =
             Frame::eth(POD_B_MAC, HOST_B_MAC).ipv4(POD_B_V4, POD_A_V4).tcp(41000, 80).seq(1).syn();
@@ -395,9 +373,7 @@ fn replies_pass_and_established_connections_outlive_a_revoking_change() {
             "from",
             hv1,
             &b_new,
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_egress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_egress"),
         );
         // The policy is revoked: the established connection keeps going
         // (documented choice), a new one is refused.
@@ -413,18 +389,14 @@ fn replies_pass_and_established_connections_outlive_a_revoking_change() {
             "from",
             hv0,
             &ack,
-            TC_ACT_REDIRECT,
-            "tc_pod_from",
-            "ok_pod_redirect",
+            (TC_ACT_REDIRECT, "tc_pod_from", "ok_pod_redirect"),
         );
         lab.expect(
             "new after revocation",
             "from",
             hv0,
             &a_to_b(TCP, 40002, 80),
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_ingress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_ingress"),
         );
     });
 }
@@ -453,18 +425,14 @@ fn the_overlay_carries_the_source_identity_to_the_ingress_check() {
             "uplink",
             eth0,
             &from_c(ID_C, 33000),
-            TC_ACT_REDIRECT,
-            "tc_ingress",
-            "ok_pod_decap",
+            (TC_ACT_REDIRECT, "tc_ingress", "ok_pod_decap"),
         );
         lab.expect(
             "another identity",
             "uplink",
             eth0,
             &from_c(ID_OTHER, 33001),
-            TC_ACT_SHOT,
-            "tc_ingress",
-            "drop_policy_ingress",
+            (TC_ACT_SHOT, "tc_ingress", "drop_policy_ingress"),
         );
     });
 }
@@ -497,18 +465,14 @@ fn ip_blocks_and_host_stack_delivery() {
             "from",
             hv0,
             &out(1005),
-            TC_ACT_OK,
-            "tc_pod_from",
-            "pass_pod_to_stack",
+            (TC_ACT_OK, "tc_pod_from", "pass_pod_to_stack"),
         );
         lab.expect(
             "outside the range",
             "from",
             hv0,
             &out(1011),
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_egress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_egress"),
         );
         let other = Frame::eth(POD_A_MAC, HOST_A_MAC)
             .ipv4(POD_A_V4, Ipv4Addr::new(198, 51, 100, 1))
@@ -520,9 +484,7 @@ fn ip_blocks_and_host_stack_delivery() {
             "from",
             hv0,
             &other,
-            TC_ACT_SHOT,
-            "tc_pod_from",
-            "drop_policy_egress",
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_egress"),
         );
         // Delivered by the host stack into B: the source by its address.
         let to_b = |src: Ipv4Addr| {
@@ -533,18 +495,14 @@ fn ip_blocks_and_host_stack_delivery() {
             "to",
             hv1,
             &to_b(OUTSIDE_V4),
-            TC_ACT_OK,
-            "tc_pod_to",
-            "ok_to_pod",
+            (TC_ACT_OK, "tc_pod_to", "ok_to_pod"),
         );
         lab.expect(
             "from elsewhere",
             "to",
             hv1,
             &to_b(Ipv4Addr::new(198, 51, 100, 1)),
-            TC_ACT_SHOT,
-            "tc_pod_to",
-            "drop_policy_ingress",
+            (TC_ACT_SHOT, "tc_pod_to", "drop_policy_ingress"),
         );
     });
 }
@@ -563,7 +521,19 @@ fn dsr_dispatch_into_an_isolated_pod_checks_its_ingress() {
                 .dsr_opt("10.100.0.1:80".parse().unwrap())
                 .inner(inner)
         };
-        lab.expect("allowed port", "uplink", eth0, &dsr(8080), TC_ACT_REDIRECT, "tc_ingress", "ok_tc_decap");
-        lab.expect("other port", "uplink", eth0, &dsr(9090), TC_ACT_SHOT, "tc_ingress", "drop_policy_ingress");
+        lab.expect(
+            "allowed port",
+            "uplink",
+            eth0,
+            &dsr(8080),
+            (TC_ACT_REDIRECT, "tc_ingress", "ok_tc_decap"),
+        );
+        lab.expect(
+            "other port",
+            "uplink",
+            eth0,
+            &dsr(9090),
+            (TC_ACT_SHOT, "tc_ingress", "drop_policy_ingress"),
+        );
     });
 }

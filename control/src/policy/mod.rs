@@ -689,7 +689,7 @@ impl Compiled {
     /// Every address entry: pods' addresses (full length), ipBlock prefixes.
     pub fn addr_identities(&self) -> BTreeMap<Cidr, lb::policy::AddrIdentity> {
         let mut out = BTreeMap::new();
-        for (c, _) in &self.cidrs {
+        for c in self.cidrs.keys() {
             out.insert(
                 *c,
                 lb::policy::AddrIdentity {
