@@ -43,6 +43,7 @@
 #include "maglev.h"
 #include "service.h"
 #include "podnet.h"
+#include "policy.h"
 
 /* bpf_skb_adjust_room flags (uapi since Linux 6.3, missing from the Debian
  * 12 headers): the L3 family of the packet after the outer header is
@@ -146,6 +147,12 @@ static __always_inline int xlb_decap_overlay(struct __sk_buff *skb, const struct
 	ep = xlb_endpoint_of(in.tuple.daddr, in.tuple.family);
 	if (!ep)
 		return xlb_fail(-XLB_DROP_NO_ENDPOINT, reason);
+	/* NetworkPolicy: the destination's ingress, the source identity from
+	 * the option (policy.h). */
+	rc = xlb_policy_check(skb, &in, ep->ifindex, XLB_POLICY_DIR_INGRESS, t->identity,
+			      XLB_HOOK_TC_INGRESS);
+	if (rc)
+		return xlb_fail(rc, reason);
 	rc = xlb_decap_strip(skb, t->inner_off, out->tuple.family, in.tuple.family);
 	if (rc)
 		return xlb_fail(rc, reason);
@@ -208,6 +215,19 @@ static __always_inline int xlb_decap_geneve(struct __sk_buff *skb, const struct 
 				rc = xlb_decap_remember(&in.tuple, &t);
 			if (rc)
 				return xlb_fail(rc, reason);
+		}
+		/* NetworkPolicy: a pod of this node as the backend checks its
+		 * ingress, the client by its address (policy.h). */
+		{
+			const struct xlb_endpoint *ep =
+			    xlb_endpoint_of(in.tuple.daddr, in.tuple.family);
+
+			if (ep) {
+				rc = xlb_policy_check(skb, &in, ep->ifindex, XLB_POLICY_DIR_INGRESS,
+						      0, XLB_HOOK_TC_INGRESS);
+				if (rc)
+					return xlb_fail(rc, reason);
+			}
 		}
 		*reason = XLB_OK_TC_DECAP;
 	} else {

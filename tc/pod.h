@@ -20,8 +20,10 @@
  *   to the pod (tc egress, XLB_HOOK_TC_POD_TO): what the host stack
  *     delivers (the node's own traffic, packets routed by the kernel);
  *     counted. Pod-to-pod and overlay traffic arrive by redirect_peer and
- *     do not pass here. (NetworkPolicy's ingress check goes here and at the
- *     redirects, #11.)
+ *     do not pass here. NetworkPolicy (policy.h): the source's egress and
+ *     a local destination's ingress in "from", the destination's ingress
+ *     here for what the stack delivers (the peer by its address), and in
+ *     decap.h for the overlay (the peer by the option's identity).
  *
  * API
  *   int xlb_pod_from_stage(skb, &reason), int xlb_pod_to_stage(skb, &reason)
@@ -33,6 +35,7 @@
 #include "ctx.h"
 #include "parse.h"
 #include "podnet.h"
+#include "policy.h"
 
 /* Linear bytes wanted before parsing: Ethernet + IPv4 with options + TCP. */
 #define XLB_POD_PULL (ETH_HLEN + 60 + 20)
@@ -72,6 +75,15 @@ static __always_inline int xlb_pod_from_stage(struct __sk_buff *skb, __u32 *reas
 	}
 
 	dst = xlb_endpoint_of(pkt.tuple.daddr, pkt.tuple.family);
+	/* NetworkPolicy: the source's egress, then a local destination's
+	 * ingress (policy.h). */
+	rc = xlb_policy_check(skb, &pkt, src->ifindex, XLB_POLICY_DIR_EGRESS,
+			      dst ? dst->identity : 0, XLB_HOOK_TC_POD_FROM);
+	if (!rc && dst)
+		rc = xlb_policy_check(skb, &pkt, dst->ifindex, XLB_POLICY_DIR_INGRESS,
+				      src->identity, XLB_HOOK_TC_POD_FROM);
+	if (rc)
+		return xlb_fail(rc, reason);
 	if (dst) {
 		rc = xlb_ttl_dec(skb, &pkt);
 		if (rc)
@@ -94,6 +106,22 @@ static __always_inline int xlb_pod_from_stage(struct __sk_buff *skb, __u32 *reas
 
 static __always_inline int xlb_pod_to_stage(struct __sk_buff *skb, __u32 *reason)
 {
+	struct xlb_pkt pkt = {};
+	__u32 ifindex = skb->ifindex;
+	int rc;
+
+	/* Pods no policy selects: one lookup, nothing parsed. */
+	if (!bpf_map_lookup_elem(&xlb_policy_ep, &ifindex)) {
+		*reason = XLB_OK_TO_POD;
+		return TC_ACT_OK;
+	}
+	xlb_ctx_pull(skb, XLB_POD_PULL);
+	if (!xlb_parse_eth_ip(skb, &pkt)) {
+		rc = xlb_policy_check(skb, &pkt, ifindex, XLB_POLICY_DIR_INGRESS, 0,
+				      XLB_HOOK_TC_POD_TO);
+		if (rc)
+			return xlb_fail(rc, reason);
+	}
 	*reason = XLB_OK_TO_POD;
 	return TC_ACT_OK;
 }

@@ -22,8 +22,8 @@
  *                    delivers to the pod
  *
  * A stage that does not handle the packet says why in its reason (PASS_*)
- * and the next stage may take it; the bracketed stage is where
- * NetworkPolicy goes.
+ * and the next stage may take it. NetworkPolicy (policy.h) runs inside
+ * the stages: the bracketed one and both pod hooks.
  */
 #define XLB_CTX_SKB
 #include "maps.h"

@@ -343,12 +343,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let cluster = source::file::load_path(path)?;
         crate::metrics::control().cluster_seen(&cluster);
         let mut translator = Translator::new(opts.clone());
-        translator.update(Changes::full(cluster));
+        let mut changes = Changes::full(cluster);
+        let mut policy = xlb_control::policy::agent::PolicyObjects::default();
+        policy.take(&mut changes);
+        translator.update(changes);
         if let Err(e) = translator.check() {
             eprint!("{}", render::errors(&e));
             return Ok(ExitCode::FAILURE);
         }
-        first = Some((stamp, translator));
+        first = Some((stamp, translator, policy));
     }
 
     // The Kubernetes source lists every kind while the datapath loads (map
@@ -483,7 +486,7 @@ fn pod_network_sysctls(opts: &PodNetOptions) -> anyhow::Result<()> {
 fn serve(
     args: &RunArgs,
     opts: &TranslateOptions,
-    first: Option<(Stamp, Translator)>,
+    first: Option<(Stamp, Translator, xlb_control::policy::agent::PolicyObjects)>,
     kube: Option<KubeStarted>,
     runtime: tokio::runtime::Runtime,
     dataplane: &mut Dataplane,
@@ -574,7 +577,7 @@ async fn reconcile_loop(
     args: &RunArgs,
     opts: &TranslateOptions,
     pod: Option<PodNetOptions>,
-    first: Option<(Stamp, Translator)>,
+    first: Option<(Stamp, Translator, xlb_control::policy::agent::PolicyObjects)>,
     kube: Option<KubeStarted>,
     datapath: &mut Datapath,
     sockets: Option<Sockets>,
@@ -611,10 +614,11 @@ async fn reconcile_loop(
         ..PodState::default()
     };
     let (mut rx, source) = match (&args.config, first, kube) {
-        (Some(path), Some((stamp, translator)), _) => {
+        (Some(path), Some((stamp, translator, policy)), _) => {
             // One batch may wait while an apply runs; later changes coalesce in the source.
             let (tx, rx) = mpsc::channel::<Changes>(1);
             reconciler.translator = translator;
+            reconciler.pods.policy_objects = policy;
             reconciler.full_due = true;
             reconciler.synced = true;
             reconciler.sync(datapath, "file");
@@ -724,6 +728,11 @@ struct PodState {
     /// The pods last applied, and the records last skipped (logged once).
     endpoints: Option<Vec<Endpoint>>,
     skipped: Vec<String>,
+    /// NetworkPolicy (#11): the objects, their compilation, what was applied.
+    policy_objects: xlb_control::policy::agent::PolicyObjects,
+    compiled: xlb_control::policy::Compiled,
+    policy_applied: Option<lb::policy::PolicyDesired>,
+    policy_errors: Vec<String>,
 }
 
 impl PodState {
@@ -776,7 +785,8 @@ impl PodState {
     /// changed (`force`: re-read xlb_endpoints and diff anyway).
     fn sync_endpoints(&mut self, datapath: &mut Datapath, force: bool) {
         let Some(opts) = &self.opts else { return };
-        let (eps, skipped) = podnet::local_endpoints(&opts.state_dir);
+        let (mut eps, skipped) = podnet::local_endpoints(&opts.state_dir);
+        xlb_control::policy::agent::set_identities(&self.compiled, &mut eps);
         if skipped != self.skipped {
             for s in &skipped {
                 warn!(record = %s, "CNI record left out");
@@ -794,8 +804,60 @@ impl PodState {
                     info!(pods = eps.len(), writes = stats.writes(), "pods on this node applied");
                 }
                 self.endpoints = Some(eps);
+                self.sync_policy(datapath, force);
             }
             Err(e) => error!(error = %e, "pods not applied; retried in a second"),
+        }
+    }
+
+    /// NetworkPolicy: recompiles when a Pod, Namespace or NetworkPolicy
+    /// changed, gives the endpoints their identities and applies this
+    /// node's policy maps when they differ (`force`: anyway).
+    fn sync_policy(&mut self, datapath: &mut Datapath, force: bool) {
+        if self.opts.is_none() {
+            return;
+        }
+        if self.policy_objects.dirty() {
+            self.compiled = self.policy_objects.compile();
+            let errors: Vec<String> = self.compiled.errors.iter().map(|e| e.to_string()).collect();
+            if errors != self.policy_errors {
+                for e in &errors {
+                    error!(error = %e, "NetworkPolicy not enforced");
+                }
+                self.policy_errors = errors;
+            }
+            // Identities may have moved: the endpoints carry them.
+            if let Some(eps) = &self.endpoints {
+                let mut with = eps.clone();
+                xlb_control::policy::agent::set_identities(&self.compiled, &mut with);
+                if &with != eps {
+                    match datapath.apply_endpoints(&with) {
+                        Ok(_) => self.endpoints = Some(with),
+                        Err(e) => error!(error = %e, "pod identities not applied"),
+                    }
+                }
+            }
+        }
+        let eps = self.endpoints.as_deref().unwrap_or_default();
+        let desired = xlb_control::policy::agent::desired(&self.compiled, eps);
+        if !force && self.policy_applied.as_ref() == Some(&desired) {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        match datapath.apply_policy(&desired) {
+            Ok(stats) => {
+                if stats.writes() > 0 {
+                    info!(
+                        policies = desired.policies.len(),
+                        isolated = desired.endpoints.len(),
+                        writes = stats.writes(),
+                        duration_us = t0.elapsed().as_micros() as u64,
+                        "NetworkPolicy applied"
+                    );
+                }
+                self.policy_applied = Some(desired);
+            }
+            Err(e) => error!(error = %e, "NetworkPolicy not applied; retried with the next change"),
         }
     }
 }
@@ -865,6 +927,8 @@ impl Reconciler {
             self.logged_errors = None;
         }
         self.synced |= changes.all_full();
+        let mut changes = changes;
+        self.pods.policy_objects.take(&mut changes);
         self.translator.update(changes);
         if self.synced {
             self.sync(datapath, source);
@@ -911,6 +975,7 @@ impl Reconciler {
                 self.full_due = false;
                 self.applied(datapath, &stats, if full { "full" } else { "incremental" });
                 self.pods.sync_network(datapath, &self.translator, full);
+                self.pods.sync_policy(datapath, full);
             }
             Err(e) => {
                 error!(error = %Chain(&e), "apply failed; a full diff follows in {RETRY_INTERVAL:?}");

@@ -5,11 +5,14 @@
 //! endpoints, nodes, and a tracker of what a change touches), and rendered as
 //! text by [`render`]. The pod network the agent runs on a node (routes,
 //! peers, masquerade, this node's pods from the CNI plugin's records) is
-//! [`podnet`]'s. The `xlb` binary (main.rs) wires these to `lb::datapath`.
+//! [`podnet`]'s. NetworkPolicy (Pods, Namespaces, NetworkPolicies compiled
+//! into identities and per-pod rules; policy action logging) is
+//! [`policy`]'s. The `xlb` binary (main.rs) wires these to `lb::datapath`.
 pub mod cluster;
 pub mod examples;
 pub mod healthcheck;
 pub mod podnet;
+pub mod policy;
 pub mod render;
 pub mod source;
 pub mod translate;

@@ -68,6 +68,12 @@ enum Cmd {
         cmd: ListCmd,
     },
     /// Datapath counters by reason and per-service totals of a running node.
+    /// NetworkPolicy (#11): what manifests compile to, and why a
+    /// connection is allowed or denied.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     Stats(StatsArgs),
     /// Print datapath events live: new flows (backend chosen) and drops.
     Monitor(monitor::MonitorArgs),
@@ -140,6 +146,33 @@ enum MaglevCmd {
         service: String,
         #[command(flatten)]
         list: ListArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Every NetworkPolicy of the manifests, the pods it isolates, each
+    /// isolated pod's allowed entries, and the policies skipped as invalid.
+    List {
+        /// Manifest file or directory (Pods, Namespaces, NetworkPolicies).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Why `from` reaches `to` on a port or not: the allowing policy per
+    /// direction, or the policies isolating it.
+    Trace {
+        #[arg(long)]
+        config: PathBuf,
+        /// A pod (namespace/name) or an address.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        port: u16,
+        /// tcp, udp or sctp.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
     },
 }
 
@@ -233,6 +266,7 @@ fn main() -> ExitCode {
             inspect::endpoints(&list.pin_dir, &cni_state_dir, list.json)
         }
         Cmd::Tunnel { cmd: ListCmd::List(a) } => inspect::tunnels(&a.pin_dir, a.json),
+        Cmd::Policy { cmd } => policy(cmd),
         Cmd::Stats(a) => inspect::stats(&a.list.pin_dir, a.all, a.list.json),
         Cmd::Monitor(args) => monitor::run(args),
         Cmd::Validate(args) => validate(&args),
@@ -267,6 +301,47 @@ fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     print!("{body}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    use xlb_control::policy;
+    let load = |config: &PathBuf| -> anyhow::Result<policy::Compiled> {
+        let c = source::file::load_path(config)?;
+        Ok(policy::compile(&c.pods, &c.namespaces, &c.policies))
+    };
+    match cmd {
+        PolicyCmd::List { config } => {
+            print!("{}", policy::render_list(&load(&config)?));
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Trace { config, from, to, port, protocol } => {
+            let c = load(&config)?;
+            let addr = |s: &str| -> anyhow::Result<std::net::IpAddr> {
+                if let Ok(a) = s.parse() {
+                    return Ok(a);
+                }
+                let (ns, name) = s.split_once('/').unwrap_or(("default", s));
+                c.pods
+                    .values()
+                    .find(|p| p.namespace == ns && p.name == name)
+                    .and_then(|p| p.ips.first().copied())
+                    .ok_or_else(|| anyhow::anyhow!("{s}: no such pod with an address"))
+            };
+            let proto = match protocol.to_ascii_lowercase().as_str() {
+                "tcp" => policy::PROTO_TCP,
+                "udp" => policy::PROTO_UDP,
+                "sctp" => policy::PROTO_SCTP,
+                other => anyhow::bail!("--protocol {other:?}: expected tcp, udp or sctp"),
+            };
+            let (src, dst) = (addr(&from)?, addr(&to)?);
+            print!("{}", policy::trace(&c, src, dst, proto, port));
+            Ok(if c.verdict(src, dst, proto, port).allowed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
 }
 
 fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {

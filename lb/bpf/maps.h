@@ -367,5 +367,40 @@ struct {
 	__uint(max_entries, 8192);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_frag4 SEC(".maps");
+/* ---- NetworkPolicy (#11): see xlb_abi.h ----------------------------------- */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct xlb_policy_key);
+	__type(value, struct xlb_policy_entry);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct xlb_policy_ep);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_policy_ep SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct xlb_cidr_key);
+	__type(value, struct xlb_addr_identity);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_ip_identity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct xlb_flow_key);
+	__type(value, struct xlb_policy_ct);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_policy_ct SEC(".maps");
 
 #endif /* XLB_MAPS_H */

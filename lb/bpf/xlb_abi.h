@@ -342,6 +342,9 @@ enum xlb_counter {
 	XLB_PASS_FRAG_UNTRACKED = 112, /* IPv4 later fragment: no first seen */
 	XLB_DROP_BAD_L4_LEN = 129,     /* TCP data offset or UDP length disagrees with the packet */
 	XLB_DROP_REPLY_LIMIT = 130,    /* a reject or too-big reply suppressed by its rate limit */
+	/* #11 NetworkPolicy */
+	XLB_DROP_POLICY_INGRESS = 216, /* no policy allows it into the isolated pod */
+	XLB_DROP_POLICY_EGRESS = 217,  /* no policy allows it out of the isolated pod */
 };
 
 enum xlb_counter_limits {
@@ -783,5 +786,90 @@ struct xlb_frag_ports {
 	__be16 dport;
 };
 _Static_assert(sizeof(struct xlb_frag_ports) == 4, "xlb_frag_ports size");
+/* ==== NetworkPolicy (#11) ==================================================
+ * Enforced in tc at the pods' host veths: the source's egress before it is
+ * sent anywhere (xlb_pod_from), the destination's ingress where it is
+ * delivered (redirect from a local pod, overlay decap, host stack). Only
+ * pods with an xlb_policy_ep entry are isolated: any other pod costs one
+ * hash lookup. A new connection (no xlb_policy_ct entry either way) is
+ * checked against xlb_policy and recorded; later packets and replies pass
+ * on the record until it idles out. Policy changes reach new connections;
+ * established ones keep going until they end (idle timeout).
+ *
+ * Identities: pods' from XLB_ID_POD_MIN (labels + namespace), ipBlock
+ * prefixes' from XLB_ID_CIDR_MIN; XLB_ID_UNKNOWN (0) in a policy key
+ * stands for any peer. */
+enum xlb_policy_ids {
+	XLB_ID_CIDR_MIN = 1 << 24,
+};
+
+enum xlb_policy_dir {
+	XLB_POLICY_DIR_INGRESS = 1,
+	XLB_POLICY_DIR_EGRESS = 2,
+};
+
+enum xlb_policy_limits {
+	/* Bits of struct xlb_policy_key after prefixlen: ep, identity, dir,
+	 * proto, port. Every protocol: 72; one protocol: 80; a port: 96. */
+	XLB_POLICY_KEY_BITS = 96,
+	XLB_POLICY_PROTO_BITS = 80,
+	XLB_POLICY_ANY_PROTO_BITS = 72,
+	XLB_POLICY_CT_TCP_IDLE_S = 21600,
+	XLB_POLICY_CT_OTHER_IDLE_S = 120,
+};
+
+/* xlb_policy: LPM_TRIE (no prealloc), struct xlb_policy_key -> struct
+ * xlb_policy_entry: what an isolated endpoint allows, port ranges as
+ * prefixes of the port bits. */
+struct xlb_policy_key {
+	__u32 prefixlen;
+	__u32 ep;	/* the endpoint's host veth ifindex */
+	__u32 identity; /* the peer's, or XLB_ID_UNKNOWN: any peer */
+	__u8 dir;	/* enum xlb_policy_dir */
+	__u8 proto;	/* IPPROTO_* */
+	__be16 port;	/* destination port */
+};
+_Static_assert(sizeof(struct xlb_policy_key) == 16, "xlb_policy_key size");
+
+struct xlb_policy_entry {
+	__u32 policy; /* the allowing NetworkPolicy's number (policy logs) */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct xlb_policy_entry) == 8, "xlb_policy_entry size");
+
+/* xlb_policy_ep: HASH, __u32 ifindex -> struct xlb_policy_ep: the
+ * endpoint's isolation. */
+enum xlb_policy_ep_flags {
+	XLB_POLICY_F_INGRESS = 1 << 0, /* some policy selects it for ingress */
+	XLB_POLICY_F_EGRESS = 1 << 1,
+};
+
+struct xlb_policy_ep {
+	__u32 flags; /* XLB_POLICY_F_* */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct xlb_policy_ep) == 8, "xlb_policy_ep size");
+
+/* xlb_ip_identity: LPM_TRIE (no prealloc), struct xlb_cidr_key -> struct
+ * xlb_addr_identity: pods' addresses (full length) and ipBlock prefixes. */
+struct xlb_addr_identity {
+	__u32 identity;	     /* a pod's, or XLB_ID_WORLD */
+	__u32 cidr_identity; /* the most specific ipBlock prefix holding it, or 0 */
+};
+_Static_assert(sizeof(struct xlb_addr_identity) == 8, "xlb_addr_identity size");
+
+/* xlb_policy_ct: LRU_HASH, struct xlb_flow_key (as the connection's first
+ * packet had it) -> struct xlb_policy_ct: which checks it passed. */
+enum xlb_policy_ct_flags {
+	XLB_PCT_F_EGRESS = 1 << 0,  /* allowed out of its source */
+	XLB_PCT_F_INGRESS = 1 << 1, /* allowed into its destination */
+};
+
+struct xlb_policy_ct {
+	__u64 last_ns; /* bpf_ktime_get_ns() of the last packet */
+	__u32 flags;   /* XLB_PCT_F_* */
+	__u32 policy;  /* the allowing policy (0: not isolated) */
+};
+_Static_assert(sizeof(struct xlb_policy_ct) == 16, "xlb_policy_ct size");
 
 #endif /* XLB_ABI_H */

@@ -99,6 +99,20 @@ abi_consts! {
     // ---- hardening (#12) ----
     /// No usable backend: drop instead of rejecting (per frontend).
     SVC_F_DROP_NO_BACKEND: u32 = 1 << 8;
+    // ---- NetworkPolicy (#11)
+    /// ipBlock prefixes' identities start here.
+    ID_CIDR_MIN: u32 = 1 << 24;
+    POLICY_DIR_INGRESS: u32 = 1;
+    POLICY_DIR_EGRESS: u32 = 2;
+    POLICY_KEY_BITS: u32 = 96;
+    POLICY_PROTO_BITS: u32 = 80;
+    POLICY_ANY_PROTO_BITS: u32 = 72;
+    POLICY_CT_TCP_IDLE_S: u32 = 21600;
+    POLICY_CT_OTHER_IDLE_S: u32 = 120;
+    POLICY_F_INGRESS: u32 = 1 << 0;
+    POLICY_F_EGRESS: u32 = 1 << 1;
+    PCT_F_EGRESS: u32 = 1 << 0;
+    PCT_F_INGRESS: u32 = 1 << 1;
 }
 
 /// The xlb_service flags that describe one frontend (what it is), not its service.
@@ -371,6 +385,25 @@ abi_struct!(
     /// Value of xlb_frag4: the first fragment's ports (network order).
     FragPorts = "xlb_frag_ports", 4 { sport: u16, dport: u16 });
 
+// ---- NetworkPolicy (#11) ----
+abi_struct!(
+    /// Key of xlb_policy (LPM trie).
+    PolicyKey = "xlb_policy_key", 16 {
+    prefixlen: u32, ep: u32, identity: u32, dir: u8, proto: u8, port: u16 /* network order */,
+});
+abi_struct!(
+    /// Value of xlb_policy.
+    PolicyEntry = "xlb_policy_entry", 8 { policy: u32, pad: u32 });
+abi_struct!(
+    /// Value of xlb_policy_ep: an endpoint's isolation.
+    PolicyEp = "xlb_policy_ep", 8 { flags: u32, pad: u32 });
+abi_struct!(
+    /// Value of xlb_ip_identity.
+    AddrIdentity = "xlb_addr_identity", 8 { identity: u32, cidr_identity: u32 });
+abi_struct!(
+    /// Value of xlb_policy_ct.
+    PolicyCt = "xlb_policy_ct", 16 { last_ns: u64, flags: u32, policy: u32 });
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -417,6 +450,11 @@ pub const LAYOUTS: &[StructLayout] = &[
     SockStats::LAYOUT,
     FragKey::LAYOUT,
     FragPorts::LAYOUT,
+    PolicyKey::LAYOUT,
+    PolicyEntry::LAYOUT,
+    PolicyEp::LAYOUT,
+    AddrIdentity::LAYOUT,
+    PolicyCt::LAYOUT,
 ];
 
 // ---- #14 performance: Maglev tables by size class ----------------------------
@@ -568,6 +606,9 @@ counters! {
     PassFragUntracked = 112 => "pass_frag_untracked",
     DropBadL4Len = 129 => "drop_bad_l4_len",
     DropReplyLimit = 130 => "drop_reply_limit",
+    // #11 NetworkPolicy
+    DropPolicyIngress = 216 => "drop_policy_ingress",
+    DropPolicyEgress = 217 => "drop_policy_egress",
 }
 
 impl Counter {

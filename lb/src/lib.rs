@@ -18,6 +18,7 @@ pub mod maps;
 pub mod model;
 pub mod neigh;
 pub mod objects;
+pub mod policy;
 pub mod reconcile;
 pub mod report;
 pub mod sockdestroy;

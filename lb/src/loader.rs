@@ -71,6 +71,11 @@ pub struct MapSizes {
     pub snat: u32,
     /// IPv4 datagrams whose later fragments can be followed at once (LRU).
     pub frags: u32,
+    /// NetworkPolicy entries (xlb_policy; port ranges take one per
+    /// prefix) and addresses with an identity (xlb_ip_identity).
+    pub policy: u32,
+    /// Connections NetworkPolicy tracks (xlb_policy_ct; LRU).
+    pub policy_ct: u32,
 }
 
 impl Default for MapSizes {
@@ -88,6 +93,8 @@ impl Default for MapSizes {
             pod_routes: 16384,
             snat: 131072,
             frags: 16384,
+            policy: 262144,
+            policy_ct: 262144,
         }
     }
 }
@@ -108,6 +115,8 @@ impl MapSizes {
             pod_routes: 1024,
             snat: 16384,
             frags: 1024,
+            policy: 16384,
+            policy_ct: 16384,
         }
     }
 
@@ -137,6 +146,10 @@ impl MapSizes {
             ("xlb_sock_affinity", self.affinity),
             ("xlb_sock_stats", self.services),
             ("xlb_frag4", self.frags),
+            ("xlb_policy", self.policy),
+            ("xlb_ip_identity", self.policy),
+            ("xlb_policy_ep", self.endpoints),
+            ("xlb_policy_ct", self.policy_ct),
         ]
         .into_iter()
         .chain(classes)

@@ -47,6 +47,47 @@ const _: () = assert!(core::mem::size_of::<CidrData>() + 4 == abi::CidrKey::LAYO
 // SAFETY: repr(C), integers only, no padding (size asserted).
 unsafe impl Pod for CidrData {}
 
+/// The data part of an xlb_policy_key without its leading prefixlen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyData {
+    pub ep: u32,
+    pub identity: u32,
+    pub dir: u8,
+    pub proto: u8,
+    pub port: u16, // network order
+}
+const _: () = assert!(core::mem::size_of::<PolicyData>() + 4 == abi::PolicyKey::LAYOUT.size);
+// SAFETY: repr(C), integers only, no padding (size asserted).
+unsafe impl Pod for PolicyData {}
+
+/// The LPM key of an xlb_policy entry.
+pub fn policy_key(k: &crate::policy::EntryKey) -> Key<PolicyData> {
+    Key::new(
+        k.bits,
+        PolicyData {
+            ep: k.ep,
+            identity: k.identity,
+            dir: k.dir,
+            proto: k.proto,
+            port: k.port.to_be(),
+        },
+    )
+}
+
+/// The entry an xlb_policy key stands for.
+pub fn policy_key_of(k: &Key<PolicyData>) -> crate::policy::EntryKey {
+    let d = k.data();
+    crate::policy::EntryKey {
+        bits: k.prefix_len(),
+        ep: d.ep,
+        identity: d.identity,
+        dir: d.dir,
+        proto: d.proto,
+        port: u16::from_be(d.port),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("opening pinned map {path}: {source}")]
@@ -111,6 +152,10 @@ pub struct Maps {
     pub sock_frontends: Hash<abi::FrontendKey, abi::Service>,
     pub sock_stats: PerCpuArray<MapData, abi::SockStats>,
     pub frag4: Hash<abi::FragKey, abi::FragPorts>,
+    pub policy: LpmTrie<MapData, PolicyData, abi::PolicyEntry>,
+    pub policy_ep: Hash<u32, abi::PolicyEp>,
+    pub ip_identity: LpmTrie<MapData, CidrData, abi::AddrIdentity>,
+    pub policy_ct: Hash<abi::FlowKey, abi::PolicyCt>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -154,6 +199,10 @@ impl Maps {
             sock_frontends: open(dir, "xlb_sock_frontends")?,
             sock_stats: open(dir, "xlb_sock_stats")?,
             frag4: open(dir, "xlb_frag4")?,
+            policy: open(dir, "xlb_policy")?,
+            policy_ep: open(dir, "xlb_policy_ep")?,
+            ip_identity: open(dir, "xlb_ip_identity")?,
+            policy_ct: open(dir, "xlb_policy_ct")?,
         })
     }
 }

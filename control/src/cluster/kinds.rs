@@ -31,8 +31,9 @@ use std::{collections::BTreeMap, fmt, marker::PhantomData, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Pod, Service},
+        core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
     },
     ClusterResourceScope, NamespaceResourceScope,
 };
@@ -192,6 +193,10 @@ registry! {
     slices: EndpointSlice,
     /// Nodes: addresses (NodePort frontends, tunnel endpoints).
     nodes: Node,
-    /// Pods: this node's hostPort mappings.
+    /// Pods: addresses, labels, container ports (NetworkPolicy identities).
     pods: Pod,
+    /// Namespaces: labels (NetworkPolicy namespaceSelector).
+    namespaces: Namespace,
+    /// networking.k8s.io/v1 NetworkPolicies.
+    policies: NetworkPolicy,
 }

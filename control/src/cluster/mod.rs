@@ -257,7 +257,9 @@ mod tests {
                 "v1 Service ServiceList true",
                 "discovery.k8s.io/v1 EndpointSlice EndpointSliceList true",
                 "v1 Node NodeList false",
-                "v1 Pod PodList true"
+                "v1 Pod PodList true",
+                "v1 Namespace NamespaceList false",
+                "networking.k8s.io/v1 NetworkPolicy NetworkPolicyList true",
             ]
         );
     }
@@ -267,7 +269,14 @@ mod tests {
         let cluster = Cluster { nodes: vec![node("a"), node("b")], ..Default::default() };
         assert_eq!(
             cluster.counts(),
-            [("Service", 0), ("EndpointSlice", 0), ("Node", 2), ("Pod", 0)]
+            [
+                ("Service", 0),
+                ("EndpointSlice", 0),
+                ("Node", 2),
+                ("Pod", 0),
+                ("Namespace", 0),
+                ("NetworkPolicy", 0)
+            ]
         );
         let changes = Changes::full(cluster);
         assert!(changes.any_full() && changes.all_full());

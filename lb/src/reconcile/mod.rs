@@ -49,6 +49,7 @@ mod fixtures;
 mod ids;
 mod network;
 mod node;
+pub mod policy;
 mod services;
 mod tables;
 #[cfg(test)]
@@ -91,6 +92,8 @@ pub struct ApplyStats {
     pub network_writes: usize,
     /// Pod addresses written (xlb_endpoints).
     pub endpoint_writes: usize,
+    /// NetworkPolicy entries, isolation and address identities written.
+    pub policy_writes: usize,
     /// Maglev tables built (the CPU-heavy step; a table is written only if
     /// it differs from the map's).
     pub tables_built: usize,
@@ -117,6 +120,7 @@ impl ApplyStats {
             + self.node_writes
             + self.network_writes
             + self.endpoint_writes
+            + self.policy_writes
     }
 }
 
@@ -129,6 +133,7 @@ pub struct Datapath<S: MapStore = BpfStore> {
     node: node::Node,
     network: network::NetworkState,
     endpoints: endpoints::Endpoints,
+    policy: policy::PolicyState,
     /// Settings were written but xlb_config_gen could not be bumped.
     config_gen_owed: bool,
 }
@@ -165,7 +170,8 @@ impl<S: MapStore> Datapath<S> {
         let (services, node) = read(&store)?;
         let network = network::NetworkState::restore(&store)?;
         let endpoints = endpoints::Endpoints::restore(&store)?;
-        Ok(Datapath { store, services, node, network, endpoints, config_gen_owed: false })
+        let policy = policy::PolicyState::restore(&store)?;
+        Ok(Datapath { store, services, node, network, endpoints, policy, config_gen_owed: false })
     }
 
     pub fn store(&self) -> &S {
@@ -315,6 +321,18 @@ impl<S: MapStore> Datapath<S> {
     pub fn resync_endpoints(&mut self, eps: &[Endpoint]) -> Result<ApplyStats, DatapathError> {
         self.endpoints = endpoints::Endpoints::restore(&self.store)?;
         self.apply_endpoints(eps)
+    }
+
+    /// Makes the NetworkPolicy maps hold exactly `desired` (#11).
+    pub fn apply_policy(
+        &mut self,
+        desired: &crate::policy::PolicyDesired,
+    ) -> Result<ApplyStats, DatapathError> {
+        let start = Instant::now();
+        let mut stats = ApplyStats::default();
+        self.policy.apply(&mut self.store, desired, &mut stats)?;
+        stats.duration = start.elapsed();
+        Ok(stats)
     }
 
     /// What the datapath holds, read from the maps (not from memory).

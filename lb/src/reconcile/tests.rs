@@ -216,6 +216,15 @@ impl MapStore for Checked {
     fn snat_stats(&self) -> Result<crate::store::SnatTotals, StoreError> {
         self.inner.snat_stats()
     }
+    fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError> {
+        self.inner.policy_eps()
+    }
+    fn policies(&self) -> Result<Vec<(crate::policy::EntryKey, u32)>, StoreError> {
+        self.inner.policies()
+    }
+    fn addr_identities(&self) -> Result<Vec<(Cidr, abi::AddrIdentity)>, StoreError> {
+        self.inner.addr_identities()
+    }
 
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
         let n = self.writes;

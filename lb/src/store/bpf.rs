@@ -13,7 +13,9 @@ use super::{
 };
 use crate::{
     abi,
-    maps::{cidr_key, cidr_of, src_range_key, Maps, MapsError, RawMap},
+    maps::{
+        cidr_key, cidr_of, policy_key, policy_key_of, src_range_key, Maps, MapsError, RawMap,
+    },
     model::Cidr,
 };
 
@@ -271,6 +273,35 @@ impl MapStore for BpfStore {
         }))
     }
 
+    fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.policy_ep.iter() {
+            let (k, v) = item.map_err(op("xlb_policy_ep", "iterate"))?;
+            out.push((k, v.flags));
+        }
+        Ok(out)
+    }
+
+    fn policies(&self) -> Result<Vec<(crate::policy::EntryKey, u32)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.policy.iter() {
+            let (k, v) = item.map_err(op("xlb_policy", "iterate"))?;
+            out.push((policy_key_of(&k), v.policy));
+        }
+        Ok(out)
+    }
+
+    fn addr_identities(&self) -> Result<Vec<(Cidr, abi::AddrIdentity)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.maps.ip_identity.iter() {
+            let (k, v) = item.map_err(op("xlb_ip_identity", "iterate"))?;
+            if let Some(c) = cidr_of(&k) {
+                out.push((c, v));
+            }
+        }
+        Ok(out)
+    }
+
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
         let m = &mut self.maps;
         let map = w.target().map();
@@ -375,6 +406,21 @@ impl MapStore for BpfStore {
             Write::NonMasq { cidr } => m.nonmasq.insert(&cidr_key(&cidr), 1, 0).map_err(up),
             Write::NonMasqDelete { cidr } => removed(m.nonmasq.remove(&cidr_key(&cidr)), map),
             Write::Podnet { cfg } => m.podnet.set(0, cfg, 0).map_err(up),
+            Write::PolicyEp { ifindex, flags } => {
+                m.policy_ep.insert(ifindex, abi::PolicyEp { flags, pad: 0 }, 0).map_err(up)
+            }
+            Write::PolicyEpDelete { ifindex } => removed(m.policy_ep.remove(&ifindex), map),
+            Write::Policy { key, policy } => m
+                .policy
+                .insert(&policy_key(&key), abi::PolicyEntry { policy, pad: 0 }, 0)
+                .map_err(up),
+            Write::PolicyDelete { key } => removed(m.policy.remove(&policy_key(&key)), map),
+            Write::AddrIdentity { cidr, value } => {
+                m.ip_identity.insert(&cidr_key(&cidr), value, 0).map_err(up)
+            }
+            Write::AddrIdentityDelete { cidr } => {
+                removed(m.ip_identity.remove(&cidr_key(&cidr)), map)
+            }
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct MemStore {
     pod_routes: BTreeMap<Cidr, abi::Route>,
     nonmasq: BTreeSet<Cidr>,
     podnet: abi::PodnetCfg,
+    policy_eps: BTreeMap<u32, u32>,
+    policies: BTreeMap<crate::policy::EntryKey, u32>,
+    addr_identities: BTreeMap<Cidr, abi::AddrIdentity>,
     log: Vec<WriteRecord>,
 }
 
@@ -97,6 +100,9 @@ impl MemStore {
             tunnel_peers: BTreeMap::new(),
             pod_routes: BTreeMap::new(),
             nonmasq: BTreeSet::new(),
+            policy_eps: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            addr_identities: BTreeMap::new(),
             podnet: abi::PodnetCfg {
                 flags: 0,
                 masq_port_min: 0,
@@ -274,6 +280,18 @@ impl MapStore for MemStore {
         Ok(SnatTotals::default())
     }
 
+    fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError> {
+        Ok(self.policy_eps.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn policies(&self) -> Result<Vec<(crate::policy::EntryKey, u32)>, StoreError> {
+        Ok(self.policies.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn addr_identities(&self) -> Result<Vec<(Cidr, abi::AddrIdentity)>, StoreError> {
+        Ok(self.addr_identities.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
         let Capacity { services, backends } = self.capacity;
         match w {
@@ -372,6 +390,24 @@ impl MapStore for MemStore {
                 self.nonmasq.remove(&cidr.network());
             }
             Write::Podnet { cfg } => self.podnet = cfg,
+            Write::PolicyEp { ifindex, flags } => {
+                self.policy_eps.insert(ifindex, flags);
+            }
+            Write::PolicyEpDelete { ifindex } => {
+                self.policy_eps.remove(&ifindex);
+            }
+            Write::Policy { key, policy } => {
+                self.policies.insert(key, policy);
+            }
+            Write::PolicyDelete { key } => {
+                self.policies.remove(&key);
+            }
+            Write::AddrIdentity { cidr, value } => {
+                self.addr_identities.insert(cidr.network(), value);
+            }
+            Write::AddrIdentityDelete { cidr } => {
+                self.addr_identities.remove(&cidr.network());
+            }
         }
         self.log.push(WriteRecord { target: w.target(), delete: w.is_delete() });
         Ok(())

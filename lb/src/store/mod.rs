@@ -12,7 +12,7 @@
 //! [`crate::reconcile`] issues the writes.
 use std::{fmt, net::IpAddr, ops::ControlFlow};
 
-use crate::{abi, maps::MapsError, model::Cidr};
+use crate::{abi, maps::MapsError, model::Cidr, policy::EntryKey};
 
 mod bpf;
 mod memory;
@@ -185,6 +185,30 @@ pub enum Write<'a> {
     Podnet {
         cfg: abi::PodnetCfg,
     },
+    // ---- NetworkPolicy (#11)
+    PolicyEp {
+        ifindex: u32,
+        flags: u32,
+    },
+    PolicyEpDelete {
+        ifindex: u32,
+    },
+    /// `key.prefixlen` counts the bits after it (abi::POLICY_*_BITS);
+    /// bits past it are zero.
+    Policy {
+        key: EntryKey,
+        policy: u32,
+    },
+    PolicyDelete {
+        key: EntryKey,
+    },
+    AddrIdentity {
+        cidr: Cidr,
+        value: abi::AddrIdentity,
+    },
+    AddrIdentityDelete {
+        cidr: Cidr,
+    },
 }
 
 /// What a write touches: one entry of one map.
@@ -208,6 +232,9 @@ pub enum Target {
     PodRoute(Cidr),
     NonMasq(Cidr),
     Podnet,
+    PolicyEp(u32),
+    Policy(EntryKey),
+    AddrIdentity(Cidr),
 }
 
 impl Target {
@@ -231,6 +258,9 @@ impl Target {
             Target::PodRoute(_) => "xlb_pod_routes",
             Target::NonMasq(_) => "xlb_nonmasq",
             Target::Podnet => "xlb_podnet",
+            Target::PolicyEp(_) => "xlb_policy_ep",
+            Target::Policy(_) => "xlb_policy",
+            Target::AddrIdentity(_) => "xlb_ip_identity",
         }
     }
 
@@ -268,7 +298,21 @@ impl fmt::Display for Target {
             Target::SvcBackend(k) => write!(f, "{}[{} {}]", self.map(), k.svc_id, k.index),
             Target::Node | Target::ConfigGen | Target::Podnet => write!(f, "{}[0]", self.map()),
             Target::Endpoint(a) | Target::TunnelPeer(a) => write!(f, "{}[{a}]", self.map()),
-            Target::PodRoute(c) | Target::NonMasq(c) => write!(f, "{}[{c}]", self.map()),
+            Target::PodRoute(c) | Target::NonMasq(c) | Target::AddrIdentity(c) => {
+                write!(f, "{}[{c}]", self.map())
+            }
+            Target::PolicyEp(i) => write!(f, "{}[{i}]", self.map()),
+            Target::Policy(k) => write!(
+                f,
+                "{}[ep {} id {} dir {} proto {} port {}/{}]",
+                self.map(),
+                k.ep,
+                k.identity,
+                k.dir,
+                k.proto,
+                k.port,
+                k.bits
+            ),
         }
     }
 }
@@ -309,6 +353,13 @@ impl Write<'_> {
             Write::PodRoute { cidr, .. } | Write::PodRouteDelete { cidr } => Target::PodRoute(cidr),
             Write::NonMasq { cidr } | Write::NonMasqDelete { cidr } => Target::NonMasq(cidr),
             Write::Podnet { .. } => Target::Podnet,
+            Write::PolicyEp { ifindex, .. } | Write::PolicyEpDelete { ifindex } => {
+                Target::PolicyEp(ifindex)
+            }
+            Write::Policy { key, .. } | Write::PolicyDelete { key } => Target::Policy(key),
+            Write::AddrIdentity { cidr, .. } | Write::AddrIdentityDelete { cidr } => {
+                Target::AddrIdentity(cidr)
+            }
         }
     }
 
@@ -327,6 +378,9 @@ impl Write<'_> {
                 | Write::TunnelPeerDelete { .. }
                 | Write::PodRouteDelete { .. }
                 | Write::NonMasqDelete { .. }
+                | Write::PolicyEpDelete { .. }
+                | Write::PolicyDelete { .. }
+                | Write::AddrIdentityDelete { .. }
         )
     }
 
@@ -392,6 +446,11 @@ pub trait MapStore {
     fn podnet(&self) -> Result<abi::PodnetCfg, StoreError>;
     /// xlb_snat_stats\[0\], summed over CPUs.
     fn snat_stats(&self) -> Result<SnatTotals, StoreError>;
+
+    // ---- NetworkPolicy (#11)
+    fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError>;
+    fn policies(&self) -> Result<Vec<(EntryKey, u32)>, StoreError>;
+    fn addr_identities(&self) -> Result<Vec<(Cidr, abi::AddrIdentity)>, StoreError>;
 
     /// Does one write.
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError>;
