@@ -35,9 +35,20 @@
 #include "pod.h"
 #include "fallback.h"
 
-/* The uplink stages behind their own call frames: the egress chain
- * (fallback, revnat, uplink) inlined whole exceeds the 512-byte stack that
- * a program and the subprograms it calls share. */
+/* The uplink stages behind their own call frames: each chain (decap,
+ * fallback revnat, uplink ingress; fallback, revnat, uplink egress) inlined
+ * whole exceeds the 512-byte stack that a program and the subprograms it
+ * calls share. */
+static __attribute__((noinline)) int xlb_tc_decap(struct __sk_buff *skb, __u32 *reason)
+{
+	return xlb_decap(skb, reason);
+}
+
+static __attribute__((noinline)) int xlb_tc_uplink_ingress(struct __sk_buff *skb, __u32 *reason)
+{
+	return xlb_uplink_ingress(skb, reason);
+}
+
 static __attribute__((noinline)) int xlb_tc_revnat(struct __sk_buff *skb, __u32 *reason)
 {
 	return xlb_revnat(skb, reason);
@@ -52,12 +63,12 @@ SEC("classifier")
 int xlb_tc_ingress(struct __sk_buff *skb)
 {
 	__u32 len = skb->len, reason = XLB_DROP_TRUNCATED;
-	int verdict = xlb_decap(skb, &reason);
+	int verdict = xlb_tc_decap(skb, &reason);
 
 	if (reason == XLB_PASS_NOT_TUNNEL)
 		verdict = xlb_fallback_revnat(skb, &reason);
 	if (reason == XLB_PASS_NOT_TUNNEL)
-		verdict = xlb_uplink_ingress(skb, &reason);
+		verdict = xlb_tc_uplink_ingress(skb, &reason);
 	return xlb_exit(skb, XLB_HOOK_TC_INGRESS, reason, len, verdict);
 }
 
