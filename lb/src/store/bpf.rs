@@ -13,9 +13,7 @@ use super::{
 };
 use crate::{
     abi,
-    maps::{
-        cidr_key, cidr_of, policy_key, policy_key_of, src_range_key, Maps, MapsError, RawMap,
-    },
+    maps::{cidr_key, cidr_of, policy_key, policy_key_of, src_range_key, Maps, MapsError, RawMap},
     model::Cidr,
 };
 
