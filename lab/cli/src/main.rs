@@ -495,17 +495,23 @@ fn east_west(lab: &Lab, agents: &mut [Agent], xlb: &Path, requests: usize) -> an
     let pod = lab.pods().next().context("the lab has no pod")?.host.name.clone();
     let node = lab.nodes().last().context("the lab has no node")?.host.name.clone();
     // Per agent: connect() translations, getpeername/recvmsg reverse
-    // translations, and packets NAT'd or encapsulated by XDP or tc.
+    // translations, and packets a service translation rewrote per packet
+    // (XDP's DNAT, tc's DSR reply and its per-packet fallback; the pod
+    // overlay's encapsulation is not a translation and is not counted).
+    const PER_PACKET_NAT: [&str; 6] = [
+        "ok_xdp_tx",
+        "ok_xdp_redirect",
+        "ok_local_deliver",
+        "ok_tc_revnat",
+        "ok_fallback_nat",
+        "ok_fallback_revnat",
+    ];
     let sock_counters = |agents: &[Agent]| -> anyhow::Result<BTreeMap<String, [u64; 3]>> {
         let mut out = BTreeMap::new();
         for a in agents.iter() {
             let c = a.counters()?;
             let get = |n: &str| c.get(n).copied().unwrap_or(0);
-            let packets: u64 = c
-                .iter()
-                .filter(|(n, _)| n.starts_with("ok_") && !n.starts_with("ok_sock_"))
-                .map(|(_, v)| v)
-                .sum();
+            let packets: u64 = PER_PACKET_NAT.iter().map(|n| get(n)).sum();
             out.insert(a.node.clone(), [get("ok_sock_connect"), get("ok_sock_revnat"), packets]);
         }
         Ok(out)
