@@ -90,21 +90,7 @@ static __always_inline __u32 xlb_sock_hash(__u64 cookie)
 	__u32 a = 0xdeadbeef + (__u32)cookie, b = 0xdeadbeef + (__u32)(cookie >> 32),
 	      c = 0xdeadbeef + XLB_HASH_SEED;
 
-	c ^= b;
-	c -= xlb_rol32(b, 14);
-	a ^= c;
-	a -= xlb_rol32(c, 11);
-	b ^= a;
-	b -= xlb_rol32(a, 25);
-	c ^= b;
-	c -= xlb_rol32(b, 16);
-	a ^= c;
-	a -= xlb_rol32(c, 4);
-	b ^= a;
-	b -= xlb_rol32(a, 14);
-	c ^= b;
-	c -= xlb_rol32(b, 24);
-	return c;
+	return xlb_final_mix(a, b, c);
 }
 
 /* The service fk names, if any. NodePorts answer on every loopback address:

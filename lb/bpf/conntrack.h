@@ -54,14 +54,10 @@ static __always_inline __u32 xlb_rol32(__u32 w, unsigned int s)
 	return (w << s) | (w >> (32 - s));
 }
 
-static __always_inline __u32 xlb_flow_hash(const struct xlb_flow_key *k)
+/* lookup3's final mix of three words: the flow hash's and the socket
+ * hash's (sock/xlate.h) last step. */
+static __always_inline __u32 xlb_final_mix(__u32 a, __u32 b, __u32 c)
 {
-	const __u32 *s = (const __u32 *)k->saddr, *d = (const __u32 *)k->daddr;
-	__u32 init = 0xdeadbeef + 12 + (XLB_HASH_SEED ^ k->proto);
-	__u32 a = init + (s[0] ^ s[1] ^ s[2] ^ s[3]);
-	__u32 b = init + (d[0] ^ d[1] ^ d[2] ^ d[3]);
-	__u32 c = init + *(const __u32 *)&k->sport;
-
 	c ^= b;
 	c -= xlb_rol32(b, 14);
 	a ^= c;
@@ -77,6 +73,17 @@ static __always_inline __u32 xlb_flow_hash(const struct xlb_flow_key *k)
 	c ^= b;
 	c -= xlb_rol32(b, 24);
 	return c;
+}
+
+static __always_inline __u32 xlb_flow_hash(const struct xlb_flow_key *k)
+{
+	const __u32 *s = (const __u32 *)k->saddr, *d = (const __u32 *)k->daddr;
+	__u32 init = 0xdeadbeef + 12 + (XLB_HASH_SEED ^ k->proto);
+	__u32 a = init + (s[0] ^ s[1] ^ s[2] ^ s[3]);
+	__u32 b = init + (d[0] ^ d[1] ^ d[2] ^ d[3]);
+	__u32 c = init + *(const __u32 *)&k->sport;
+
+	return xlb_final_mix(a, b, c);
 }
 
 static __always_inline struct xlb_backend *xlb_backend_get(__u32 id)
