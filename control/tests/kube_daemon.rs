@@ -339,15 +339,19 @@ fn one_bad_object_never_blocks_the_valid_ones() {
     f.server().apply_yaml(examples::NGINX).unwrap();
     f.server().apply_yaml(TENANTS).unwrap();
     f.start_agent();
+    // Ready means the first sync is applied whole; a dump taken before that
+    // can catch the maps between the service rows and their frontends.
+    f.wait_for("ready", |f| f.readyz().is_some_and(|(c, _)| c == 200));
+    // The valid parts: the ingress frontend, the NodePort, the endpoint on node1.
     f.wait_for("nginx and the valid part of tenant-a programmed", |f| {
         let d = f.dump();
-        d.contains("service default/nginx:http ") && d.contains("service tenant-a/partial:http ")
+        d.contains("service default/nginx:http ")
+            && d.contains("service tenant-a/partial:http ")
+            && d.contains("10.100.0.31:80/TCP")
+            && d.contains("10.0.0.2:30081/TCP")
+            && d.contains("10.244.1.31:8080")
     });
     let dump = f.dump();
-    // The valid parts: the ingress frontend, the NodePort, the endpoint on node1.
-    assert!(dump.contains("10.100.0.31:80/TCP"), "{dump}");
-    assert!(dump.contains("10.0.0.2:30081/TCP"), "{dump}");
-    assert!(dump.contains("10.244.1.31:8080"), "{dump}");
     // The invalid parts and the invalid object: left out.
     assert!(!dump.contains("203.0.113.9"), "{dump}");
     assert!(!dump.contains("10.244.1.32") && !dump.contains("10.244.1.33"), "{dump}");
