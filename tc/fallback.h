@@ -5,10 +5,13 @@
  * through the node), translated per packet on the node's uplink:
  *
  *   egress   a TCP/UDP packet to a socket frontend (xlb_sock_frontends: a
- *            ClusterIP, ...) is DNAT'd to a backend chosen by Maglev over
- *            its 5-tuple hash (the same backend for every packet of the
- *            flow while the table stands), and (client -> backend) =>
- *            service is remembered in xlb_dsr_nat
+ *            ClusterIP, ...) is DNAT'd to the backend xlb_select() gives,
+ *            the same decision XDP makes: the flow's xlb_ct entry while its
+ *            backend stands (a Maglev table change does not move it; a TCP
+ *            SYN re-picks when that backend is terminating), else ClientIP
+ *            affinity (keyed by the source address, as kube-proxy's), else
+ *            Maglev over the 5-tuple hash; (client -> backend) => service
+ *            is remembered in xlb_dsr_nat
  *   ingress  a packet whose reversed 5-tuple has such an entry is a reply:
  *            its source is rewritten back to the service
  *
@@ -72,8 +75,8 @@ static __attribute__((noinline)) int xlb_fallback_nat(struct __sk_buff *skb, __u
 	struct xlb_pkt pkt = {};
 	struct xlb_service *svc;
 	struct xlb_backend *be;
-	__u32 backend_id;
-	int rc;
+	struct xlb_sel sel;
+	int rc, new_conn;
 
 	if (xlb_fallback_parse(skb, &pkt))
 		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
@@ -84,9 +87,11 @@ static __attribute__((noinline)) int xlb_fallback_nat(struct __sk_buff *skb, __u
 	svc = bpf_map_lookup_elem(&xlb_sock_frontends, &fk);
 	if (!svc)
 		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
-	rc = xlb_maglev_pick(svc, xlb_flow_hash(&pkt.tuple), &be, &backend_id);
+	new_conn = pkt.tuple.proto == IPPROTO_TCP && (pkt.tcp_flags & 0x12) == 0x02;
+	rc = xlb_select(svc, &pkt.tuple, new_conn, &sel);
 	if (rc)
 		return xlb_fail(rc, reason);
+	be = sel.be;
 	if (be->family != pkt.tuple.family)
 		return xlb_fail(-XLB_DROP_SOCK_FAMILY, reason);
 	xlb_addr_copy(key.saddr, pkt.tuple.saddr);
@@ -105,8 +110,8 @@ static __attribute__((noinline)) int xlb_fallback_nat(struct __sk_buff *skb, __u
 	rc = xlb_nat(skb, &pkt, XLB_NAT_DST, be->addr, be->port);
 	if (rc)
 		return xlb_fail(rc, reason);
-	xlb_count_svc(svc->id, skb->len, 0, 0);
-	xlb_count_backend(backend_id, skb->len);
+	xlb_count_svc(svc->id, skb->len, sel.new_flow, sel.affinity_hit);
+	xlb_count_backend(sel.backend_id, skb->len);
 	*reason = XLB_OK_FALLBACK_NAT;
 	return TC_ACT_OK;
 }
