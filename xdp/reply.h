@@ -34,6 +34,7 @@
 #include "parse.h"
 #include "csum.h"
 #include "encap.h"
+#include "bucket.h"
 
 /* Set by the loader (LoadOptions::reply_rate, reply_burst). */
 volatile const __u32 xlb_reply_rate = 1000;
@@ -46,7 +47,6 @@ volatile const __u32 xlb_reply_burst = 50;
 #define XLB_ICMP_PORT_UNREACH	3 /* ICMPv4 destination unreachable code */
 #define XLB_ICMP_FRAG_NEEDED	4
 #define XLB_ICMPV6_PORT_UNREACH 4 /* ICMPv6 destination unreachable code */
-#define XLB_NSEC_PER_SEC_REPLY	1000000000ull
 
 /* Per CPU: credit in nanoseconds of sending time, and when it was topped
  * up. Private to this program (not pinned, not ABI). */
@@ -66,27 +66,13 @@ struct {
 static __always_inline int xlb_reply_allowed(void)
 {
 	struct reply_bucket *b;
-	__u64 cost, cap, now, credit;
-	__u32 zero = 0, rate = xlb_reply_rate;
+	__u32 zero = 0;
 
-	if (!rate)
-		return 0;
 	b = bpf_map_lookup_elem(&xlb_reply_bucket, &zero);
 	if (!b)
 		return 0;
-	cost = XLB_NSEC_PER_SEC_REPLY / rate;
-	cap = cost * (xlb_reply_burst ? xlb_reply_burst : 1);
-	now = bpf_ktime_get_ns();
-	credit = b->credit_ns + (now - b->last_ns);
-	if (credit > cap || now < b->last_ns)
-		credit = cap;
-	b->last_ns = now;
-	if (credit < cost) {
-		b->credit_ns = credit;
-		return 0;
-	}
-	b->credit_ns = credit - cost;
-	return 1;
+	return xlb_bucket_take(&b->credit_ns, &b->last_ns, bpf_ktime_get_ns(), xlb_reply_rate,
+			       xlb_reply_burst);
 }
 
 /* Swaps the Ethernet addresses of the frame at data. */

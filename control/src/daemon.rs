@@ -284,6 +284,11 @@ pub struct RunArgs {
     /// Replies XDP may send at once before --reply-rate applies.
     #[arg(long, value_name = "N", default_value_t = lb::loader::DEFAULT_REPLY_BURST)]
     reply_burst: u32,
+    /// New connection-table entries per second per CPU (the flood guard):
+    /// beyond it new flows are served by Maglev alone and evict no
+    /// established flow ("0": no limit).
+    #[arg(long, value_name = "N", default_value_t = lb::loader::DEFAULT_CT_INSERT_RATE)]
+    ct_insert_rate: u32,
 }
 
 /// Where `--socket-lb` says to attach the socket programs, if anywhere.
@@ -398,9 +403,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         events_enabled: true,
         reply_rate: args.reply_rate,
         reply_burst: args.reply_burst,
+        ct_insert_rate: args.ct_insert_rate,
         features: None,
     };
     let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
+    crate::metrics::control().set_ct_insert_budget(args.ct_insert_rate);
     info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
     // Probed at load: each missing feature named with its fallback.
     for missing in dataplane.features().missing() {

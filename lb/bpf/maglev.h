@@ -24,12 +24,42 @@
  *       anew. Fills struct xlb_sel; returns 0 or the
  *       negative reason of xlb_maglev_pick. Reads the clock only for new
  *       flows.
+ *
+ * Flood guard: a new flow's xlb_ct entry is written only within the per-CPU
+ * budget of xlb_ct_insert_rate entries per second (bursts of a tenth of a
+ * second; 0: no limit). Beyond it the flow is served by Maglev alone, which
+ * picks the same backend for every packet while the table stands, and no
+ * established entry is evicted by a flood of new ones (Katran's
+ * max_conn_rate does the same). Counted in xlb_ct_guard.
  */
 #ifndef XLB_MAGLEV_H
 #define XLB_MAGLEV_H
 
 #include "addr.h"
 #include "conntrack.h"
+#include "bucket.h"
+
+/* Set by the loader (LoadOptions::ct_insert_rate). */
+volatile const __u32 xlb_ct_insert_rate = 0;
+
+/* 1 if a new flow may take an xlb_ct entry now (and counts it either way). */
+static __always_inline int xlb_ct_admit(__u64 now)
+{
+	__u32 zero = 0, rate = xlb_ct_insert_rate;
+	struct xlb_ct_guard *g;
+
+	if (!rate)
+		return 1;
+	g = bpf_map_lookup_elem(&xlb_ct_guard, &zero);
+	if (!g)
+		return 1;
+	if (xlb_bucket_take(&g->credit_ns, &g->last_ns, now, rate, rate / 10)) {
+		g->inserted++;
+		return 1;
+	}
+	g->skipped++;
+	return 0;
+}
 
 struct xlb_sel {
 	struct xlb_backend *be;
@@ -149,7 +179,8 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 		if (rc)
 			return rc;
 	}
-	xlb_ct_insert(key, svc->id, sel->backend_id, be->gen, sel->hash, now);
+	if (xlb_ct_admit(now))
+		xlb_ct_insert(key, svc->id, sel->backend_id, be->gen, sel->hash, now);
 	if (svc->flags & XLB_SVC_F_AFFINITY)
 		xlb_affinity_touch(&ak, ae, sel->backend_id, be->gen, now);
 	sel->be = be;

@@ -403,4 +403,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_policy_ct SEC(".maps");
 
+/* #14: the connection table's per-CPU insert budget (xlb_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xlb_ct_guard);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_ct_guard SEC(".maps");
+
 #endif /* XLB_MAPS_H */

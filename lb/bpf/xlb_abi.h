@@ -872,4 +872,17 @@ struct xlb_policy_ct {
 };
 _Static_assert(sizeof(struct xlb_policy_ct) == 16, "xlb_policy_ct size");
 
+/* ---- #14 connection table flood guard ------------------------------------
+ * xlb_ct_guard: PERCPU_ARRAY of one entry. New xlb_ct entries are inserted
+ * under a per-CPU budget (LoadOptions::ct_insert_rate, a load-time
+ * constant of each object): a new flow beyond it is served by Maglev alone
+ * (consistent anyway) and evicts no established entry. */
+struct xlb_ct_guard {
+	__u64 credit_ns; /* the budget's token bucket (bucket.h) */
+	__u64 last_ns;
+	__u64 inserted; /* new entries written */
+	__u64 skipped;	/* new flows served without an entry (over budget) */
+};
+_Static_assert(sizeof(struct xlb_ct_guard) == 32, "xlb_ct_guard size");
+
 #endif /* XLB_ABI_H */

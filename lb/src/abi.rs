@@ -403,6 +403,9 @@ abi_struct!(
 abi_struct!(
     /// Value of xlb_policy_ct.
     PolicyCt = "xlb_policy_ct", 16 { last_ns: u64, flags: u32, policy: u32 });
+abi_struct!(
+    /// Per-CPU value of xlb_ct_guard: the connection table's insert budget (#14).
+    CtGuard = "xlb_ct_guard", 32 { credit_ns: u64, last_ns: u64, inserted: u64, skipped: u64 });
 
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
@@ -455,6 +458,7 @@ pub const LAYOUTS: &[StructLayout] = &[
     PolicyEp::LAYOUT,
     AddrIdentity::LAYOUT,
     PolicyCt::LAYOUT,
+    CtGuard::LAYOUT,
 ];
 
 // ---- #14 performance: Maglev tables by size class ----------------------------

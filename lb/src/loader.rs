@@ -32,6 +32,9 @@ use crate::{
 /// BPF_F_IPV6 of bpf_l4_csum_replace (ctx.h's XLB_F_CSUM_IPV6).
 const CSUM_IPV6_FLAG: u64 = 1 << 7;
 
+/// The flood guard's load-time constant (maglev.h), in XDP and tc.
+const CT_INSERT_RATE_GLOBAL: &str = "xlb_ct_insert_rate";
+
 /// Default bpffs directory of a node's pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 /// Default [`LoadOptions::reply_rate`]: the kernel's own ICMP limit
@@ -39,6 +42,9 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 pub const DEFAULT_REPLY_RATE: u32 = 1000;
 /// Default [`LoadOptions::reply_burst`] (net.ipv4.icmp_msgs_burst).
 pub const DEFAULT_REPLY_BURST: u32 = 50;
+/// Default [`LoadOptions::ct_insert_rate`]: Katran's default max_conn_rate,
+/// per CPU.
+pub const DEFAULT_CT_INSERT_RATE: u32 = 125_000;
 
 /// Map sizes (max_entries). Configuration, not constants in the C code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +179,10 @@ pub struct LoadOptions {
     pub reply_rate: u32,
     /// Replies sent at once before the rate applies.
     pub reply_burst: u32,
+    /// New connection-table entries per second per CPU (bursts of a tenth
+    /// of a second); beyond it new flows are served by Maglev alone and
+    /// evict nothing (the flood guard, maglev.h). 0: no limit.
+    pub ct_insert_rate: u32,
     /// The kernel's features; None: probed at load ([`Features::probe`]).
     pub features: Option<Features>,
 }
@@ -206,6 +216,7 @@ impl Default for LoadOptions {
             sock_scope: SockScope::All,
             reply_rate: DEFAULT_REPLY_RATE,
             reply_burst: DEFAULT_REPLY_BURST,
+            ct_insert_rate: DEFAULT_CT_INSERT_RATE,
             features: None,
         }
     }
@@ -391,10 +402,14 @@ impl Dataplane {
         let xdp_globals = [
             Global::U32("xlb_reply_rate", opts.reply_rate),
             Global::U32("xlb_reply_burst", opts.reply_burst),
+            Global::U32(CT_INSERT_RATE_GLOBAL, opts.ct_insert_rate),
         ];
         // ctx.h: the flag, or 0 where the kernel refuses it.
         let csum_flag = if features.csum_ipv6_flag { CSUM_IPV6_FLAG } else { 0 };
-        let tc_globals = [Global::U64("xlb_csum_ipv6_flag", csum_flag)];
+        let tc_globals = [
+            Global::U64("xlb_csum_ipv6_flag", csum_flag),
+            Global::U32(CT_INSERT_RATE_GLOBAL, opts.ct_insert_rate),
+        ];
         let host_netns = match opts.sock_scope {
             SockScope::All => 0u64,
             SockScope::HostOnly { netns_cookie } => netns_cookie,

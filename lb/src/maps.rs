@@ -156,6 +156,7 @@ pub struct Maps {
     pub policy_ep: Hash<u32, abi::PolicyEp>,
     pub ip_identity: LpmTrie<MapData, CidrData, abi::AddrIdentity>,
     pub policy_ct: Hash<abi::FlowKey, abi::PolicyCt>,
+    pub ct_guard: PerCpuArray<MapData, abi::CtGuard>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -203,6 +204,7 @@ impl Maps {
             policy_ep: open(dir, "xlb_policy_ep")?,
             ip_identity: open(dir, "xlb_ip_identity")?,
             policy_ct: open(dir, "xlb_policy_ct")?,
+            ct_guard: open(dir, "xlb_ct_guard")?,
         })
     }
 }

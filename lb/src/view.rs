@@ -619,6 +619,12 @@ impl<S: MapStore> DatapathView<S> {
         Ok(out)
     }
 
+    /// The connection table's insert budget: entries written and new flows
+    /// served without one (summed over CPUs).
+    pub fn ct_guard(&self) -> Result<crate::store::CtGuardTotals, ViewError> {
+        Ok(self.store.ct_guard()?)
+    }
+
     /// The pod ranges (sorted), tunnel peers (sorted) and masquerade
     /// settings and statistics.
     pub fn tunnels(&self) -> Result<TunnelListing, ViewError> {

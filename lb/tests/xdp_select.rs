@@ -305,3 +305,54 @@ fn a_table_moves_between_size_classes_without_moving_flows() {
         }
     });
 }
+
+/// xlb_ct entries, counted.
+fn ct_entries(lab: &Lab) -> usize {
+    let mut n = 0;
+    lab.path
+        .store()
+        .connections(&mut |_, _| {
+            n += 1;
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    n
+}
+
+/// #14 item 2, the flood guard: beyond the per-CPU insert budget new flows
+/// are served by Maglev alone (every packet where the table says) and write
+/// no connection-table entry, so a flood of new flows cannot evict the
+/// established ones; the flows served without an entry are counted.
+#[test]
+fn a_new_flow_flood_beyond_the_budget_writes_no_entries() {
+    with_lab_loaded(
+        "ctguard",
+        // 10 entries a second per CPU, bursts of one.
+        |o| o.ct_insert_rate = 10,
+        |lab| {
+            lab.apply(&[spread_service(false, 3)]);
+            let est = syn(false, 20000);
+            let (want, _) = lab.expect_dsr(&est, 80);
+            lab.check(&[Case::of("the established flow's SYN", &est).tx(&want)]);
+            assert_eq!(ct_entries(lab), 1, "the established flow has its entry");
+
+            let started = std::time::Instant::now();
+            let flood: Vec<Case> = (21000..23000)
+                .map(|p| {
+                    let s = syn(false, p);
+                    let (want, _) = lab.expect_dsr(&s, 80);
+                    Case::of(format!("flood SYN from port {p}"), &s).tx(&want)
+                })
+                .collect();
+            lab.check(&flood);
+            // A token every 100 ms: the flood got at most that many entries.
+            let refills = (started.elapsed().as_millis() / 100) as usize + 1;
+            let g = lab.path.store().ct_guard().unwrap();
+            assert!(g.skipped >= 2000 - refills as u64, "{g:?} ({refills} refills)");
+            assert_eq!(g.inserted + g.skipped, 2001, "every new flow counted once: {g:?}");
+            assert!(ct_entries(lab) <= 1 + refills, "{} entries", ct_entries(lab));
+            let listing = lab.listing("spread-v4");
+            assert_eq!(listing.new_flows, 2001, "all served as new flows");
+        },
+    );
+}

@@ -240,6 +240,8 @@ fn run_inside(
     let dp = Dataplane::load(&LoadOptions {
         pin_dir: pin.path().to_path_buf(),
         sizes: MapSizes::default(),
+        // The new-flow rows time the insert into a full table: no budget.
+        ct_insert_rate: 0,
         ..LoadOptions::default()
     })
     .context("loading the datapath")?;

@@ -184,6 +184,8 @@ struct Snapshot {
     events: Option<EventStatus>,
     /// Masquerade port allocation (None: maps of an older agent).
     snat: Option<lb::store::SnatTotals>,
+    /// The connection table's insert budget (None: maps of an older agent).
+    ct_guard: Option<lb::store::CtGuardTotals>,
 }
 
 impl DatapathCollector {
@@ -228,7 +230,8 @@ impl DatapathCollector {
         }
         let events = view.events().ok();
         let snat = view.tunnels().ok().map(|t| t.snat);
-        Ok(Snapshot { counters, services, other, tracked, backends, events, snat })
+        let ct_guard = view.ct_guard().ok();
+        Ok(Snapshot { counters, services, other, tracked, backends, events, snat, ct_guard })
     }
 }
 
@@ -363,6 +366,20 @@ impl Collector for DatapathCollector {
                  candidate port was taken), reclaimed (an idle mapping taken over), exhausted \
                  (a flow dropped: every candidate taken)",
                 &t,
+            )?;
+        }
+
+        if let Some(g) = snap.ct_guard {
+            counter(
+                &mut enc,
+                "xlb_ct_budget_flows",
+                "New flows under the connection table's insert budget: result=inserted (an \
+                 entry written), skipped (budget spent, e.g. a new-flow flood: served by Maglev \
+                 alone, no established entry evicted)",
+                &[
+                    (vec![("result", "inserted".to_string())], g.inserted),
+                    (vec![("result", "skipped".to_string())], g.skipped),
+                ],
             )?;
         }
 

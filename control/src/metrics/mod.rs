@@ -124,6 +124,7 @@ pub struct ControlMetrics {
     problem_labels: Mutex<std::collections::BTreeSet<(&'static str, &'static str)>>,
     objects: Family<KindLabel, Gauge>,
     applied_services: Gauge,
+    ct_insert_budget: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
     /// The oldest source change not yet in the datapath.
     pending_since: Mutex<Option<Instant>>,
@@ -149,6 +150,7 @@ impl ControlMetrics {
             problem_labels: Mutex::default(),
             objects: Family::default(),
             applied_services: Gauge::default(),
+            ct_insert_budget: Gauge::default(),
             last_sync: Gauge::default(),
             pending_since: Mutex::new(None),
             attachments: Mutex::new(Vec::new()),
@@ -203,6 +205,12 @@ impl ControlMetrics {
             self.applied_services.set(services as i64);
             self.synced();
         }
+    }
+
+    /// The connection table's insert budget the datapath was loaded with
+    /// (entries per second per CPU; 0: no limit).
+    pub fn set_ct_insert_budget(&self, per_cpu_per_sec: u32) {
+        self.ct_insert_budget.set(i64::from(per_cpu_per_sec));
     }
 
     /// The datapath holds the source's state (applied, or nothing to change).
@@ -269,6 +277,12 @@ impl ControlMetrics {
             "xlb_objects",
             "Kubernetes objects in the last source snapshot, by kind",
             self.objects.clone(),
+        );
+        r.register(
+            "xlb_ct_insert_budget",
+            "New connection-table entries allowed per second per CPU (--ct-insert-rate; \
+             0: no limit); new flows beyond it are served by Maglev alone",
+            self.ct_insert_budget.clone(),
         );
         r.register(
             "xlb_applied_services",

@@ -216,6 +216,9 @@ impl MapStore for Checked {
     fn snat_stats(&self) -> Result<crate::store::SnatTotals, StoreError> {
         self.inner.snat_stats()
     }
+    fn ct_guard(&self) -> Result<crate::store::CtGuardTotals, StoreError> {
+        self.inner.ct_guard()
+    }
     fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError> {
         self.inner.policy_eps()
     }

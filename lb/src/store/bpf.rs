@@ -8,8 +8,8 @@ use std::{
 use aya::maps::{MapError, PerCpuValues};
 
 use super::{
-    decode_name, encode_name, BackendMeta, Capacity, MapStore, SnatTotals, SockTraffic, StoreError,
-    SvcTraffic, Traffic, Write,
+    decode_name, encode_name, BackendMeta, Capacity, CtGuardTotals, MapStore, SnatTotals,
+    SockTraffic, StoreError, SvcTraffic, Traffic, Write,
 };
 use crate::{
     abi,
@@ -268,6 +268,14 @@ impl MapStore for BpfStore {
             collisions: a.collisions + s.collisions,
             exhausted: a.exhausted + s.exhausted,
             reclaimed: a.reclaimed + s.reclaimed,
+        }))
+    }
+
+    fn ct_guard(&self) -> Result<CtGuardTotals, StoreError> {
+        let v = self.maps.ct_guard.get(&0, 0).map_err(op("xlb_ct_guard", "lookup"))?;
+        Ok(v.iter().fold(CtGuardTotals::default(), |a, g| CtGuardTotals {
+            inserted: a.inserted + g.inserted,
+            skipped: a.skipped + g.skipped,
         }))
     }
 

@@ -10,8 +10,8 @@ use std::{
 use std::net::IpAddr;
 
 use super::{
-    BackendMeta, Capacity, MapStore, SnatTotals, SockTraffic, StoreError, SvcTraffic, Target,
-    Traffic, Write,
+    BackendMeta, Capacity, CtGuardTotals, MapStore, SnatTotals, SockTraffic, StoreError,
+    SvcTraffic, Target, Traffic, Write,
 };
 use crate::{abi, model::Cidr};
 
@@ -278,6 +278,10 @@ impl MapStore for MemStore {
 
     fn snat_stats(&self) -> Result<SnatTotals, StoreError> {
         Ok(SnatTotals::default())
+    }
+
+    fn ct_guard(&self) -> Result<CtGuardTotals, StoreError> {
+        Ok(CtGuardTotals::default())
     }
 
     fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError> {

@@ -446,6 +446,8 @@ pub trait MapStore {
     fn podnet(&self) -> Result<abi::PodnetCfg, StoreError>;
     /// xlb_snat_stats\[0\], summed over CPUs.
     fn snat_stats(&self) -> Result<SnatTotals, StoreError>;
+    /// xlb_ct_guard\[0\], summed over CPUs.
+    fn ct_guard(&self) -> Result<CtGuardTotals, StoreError>;
 
     // ---- NetworkPolicy (#11)
     fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError>;
@@ -463,6 +465,15 @@ pub struct SnatTotals {
     pub collisions: u64,
     pub exhausted: u64,
     pub reclaimed: u64,
+}
+
+/// New flows and the connection table's insert budget (xlb_ct_guard,
+/// summed over CPUs): entries written, and flows served by Maglev alone
+/// because the budget was spent (a new-flow flood).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CtGuardTotals {
+    pub inserted: u64,
+    pub skipped: u64,
 }
 
 /// The NUL-padded bytes of a name, or None when it does not fit `N`.
