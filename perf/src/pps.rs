@@ -27,12 +27,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::programs::{xdp::XdpLinkId, Xdp, XdpMode as AyaXdpMode};
+use lb::store::MapStore;
 use lb::{
     datapath::Datapath,
     loader::{Dataplane, LoadOptions, MapSizes, XdpMode},
 };
 use serde::Serialize;
 use testkit::{
+    bench::test_run,
     netns::{ifindex, run, run_with_input, NamedNetns},
     pins::PinDir,
 };
@@ -92,6 +94,8 @@ pub struct PpsReport {
     pub mixes: Vec<PpsRow>,
     pub sweep: Vec<PpsRow>,
     pub programming: Vec<ProgramTime>,
+    /// Held flows under a SYN flood, with and without the flood guard.
+    pub held: Vec<HeldRow>,
 }
 
 /// What transmits the frames into the LB's veth.
@@ -369,6 +373,12 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         });
     }
 
+    // Held flows under a flood, guard on (the default) and off.
+    let mut held = Vec::new();
+    for rate in [lb::loader::DEFAULT_CT_INSERT_RATE, 0] {
+        held.push(held_under_flood(&mut rig, opts, &syn, rate)?);
+    }
+
     // Scale sweep: new connections (SYN, new source per packet).
     let flood = [Template::new_flow(&syn)];
     let mut sweep = Vec::new();
@@ -462,6 +472,110 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         mixes: rows,
         sweep,
         programming,
+        held,
+    })
+}
+
+// ---- held connections under a new-flow flood (#14 item 2) ------------------
+
+/// Flows held through the VIP while a SYN flood runs and the service's
+/// table changes under them: with the connection table's insert budget (the
+/// flood guard) and without.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldRow {
+    /// New connection-table entries allowed per second per CPU (0: no limit).
+    pub ct_insert_rate: u32,
+    pub held: u32,
+    /// Held flows that reached another backend at some check.
+    pub broken: u32,
+    /// Table changes (100 ⇄ 200 backends) made during the flood.
+    pub changes: u32,
+    pub flood_sent_mpps: f64,
+    pub flood_received_mpps: f64,
+    /// xlb_ct_guard: entries the flood wrote, flows it got without one.
+    pub inserted: u64,
+    pub skipped: u64,
+}
+
+/// Held flows of `held_under_flood`.
+const HELD: u16 = 96;
+/// Flood slices; after each the table changes and every held flow is checked.
+const HELD_CHECKS: u32 = 10;
+/// The connection table of the held-flows run: the generator here reaches
+/// well under a Mpps, so a 64k table stands for the default 512k one under
+/// a NIC's multi-Mpps flood (a slice of the flood cycles it at least once
+/// without the guard).
+const HELD_CT: u32 = 65536;
+
+/// The SYN (or, `ack`, the ACK) of held flow `i`: the template's flow from
+/// source port 40000 + i.
+fn held_frame(syn: &[u8], i: u16, ack: bool) -> Vec<u8> {
+    let mut f = syn.to_vec();
+    let l4 = 14 + usize::from(f[14] & 0x0f) * 4;
+    f[l4..l4 + 2].copy_from_slice(&(40000 + i).to_be_bytes());
+    if ack {
+        f[l4 + 13] = 0x10;
+    }
+    f
+}
+
+/// 96 flows through the VIP, then a SYN flood in slices; after each slice
+/// the service's table changes (100 ⇄ 200 backends: Maglev would move about
+/// half of a flow's choices) and every held flow sends a packet: a flow
+/// whose packet leaves differently from its first (another backend) is
+/// broken. The held flows' packets keep their entries fresh, as live
+/// connections do.
+fn held_under_flood(rig: &mut Rig, opts: &PpsOpts, syn: &[u8], rate: u32) -> Result<HeldRow> {
+    let pin = PinDir::new(&format!("held{rate}"));
+    let mut dp = Dataplane::load(&LoadOptions {
+        pin_dir: pin.path().to_path_buf(),
+        sizes: MapSizes { ct: HELD_CT, ..MapSizes::default() },
+        ct_insert_rate: rate,
+        ..LoadOptions::default()
+    })?;
+    let mut applier = Datapath::open(pin.path())?;
+    let tables = [setup::bench_desired(), setup::bench_desired_backends(200)];
+    applier.apply(&tables[0])?;
+    let lb_if = rig.lb.run_in(|| ifindex("eth0"))?.context("the LB's eth0")?;
+    let send = |ns: &NamedNetns, dp: &mut Dataplane, frame: &[u8]| -> Result<Vec<u8>> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = ns.run_in(|| test_run(dp.xdp_program(), frame, lb_if, 1, Some(&mut out)))??;
+        out.truncate(r.data_size_out as usize);
+        Ok(out)
+    };
+    let first: Vec<Vec<u8>> = (0..HELD)
+        .map(|i| {
+            send(&rig.lb, &mut dp, &held_frame(syn, i, false))?;
+            send(&rig.lb, &mut dp, &held_frame(syn, i, true))
+        })
+        .collect::<Result<_>>()?;
+    let guard0 = applier.store().ct_guard()?;
+    rig.lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
+    let flood = [Template::new_flow(syn)];
+    let mut broken = vec![false; usize::from(HELD)];
+    let (mut sent, mut got) = (Vec::new(), Vec::new());
+    for check in 0..HELD_CHECKS {
+        let (s, r) = rig.measure(&flood, opts.seconds / f64::from(HELD_CHECKS), opts.batch)?;
+        sent.push(s);
+        got.push(r);
+        applier.apply(&tables[(check as usize + 1) % 2])?;
+        for i in 0..HELD {
+            if send(&rig.lb, &mut dp, &held_frame(syn, i, true))? != first[usize::from(i)] {
+                broken[usize::from(i)] = true;
+            }
+        }
+    }
+    Dataplane::detach_all(pin.path())?;
+    let guard = applier.store().ct_guard()?;
+    Ok(HeldRow {
+        ct_insert_rate: rate,
+        held: u32::from(HELD),
+        broken: broken.iter().filter(|b| **b).count() as u32,
+        changes: HELD_CHECKS,
+        flood_sent_mpps: median(&sent) / 1e6,
+        flood_received_mpps: median(&got) / 1e6,
+        inserted: guard.inserted - guard0.inserted,
+        skipped: guard.skipped - guard0.skipped,
     })
 }
 
@@ -497,6 +611,18 @@ impl PpsReport {
                 r.sent_mpps,
                 r.received_mpps,
                 x.map_or("-".into(), |x| format!("{x:.3}"))
+            ));
+        }
+        s.push_str(&format!(
+            "\nHeld flows under a SYN flood ({HELD} flows, a {HELD_CT}-entry connection table, the service's table changing 100 ⇄ 200 backends after each of {HELD_CHECKS} slices; a flow is broken when a packet reaches another backend)\n\n"
+        ));
+        s.push_str("| ct insert budget /s/CPU | held | broken | flood sent Mpps | flood received Mpps | entries written | flows without entry |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+        for h in &self.held {
+            let budget =
+                if h.ct_insert_rate == 0 { "none".into() } else { h.ct_insert_rate.to_string() };
+            s.push_str(&format!(
+                "| {budget} | {} | {} | {:.3} | {:.3} | {} | {} |\n",
+                h.held, h.broken, h.flood_sent_mpps, h.flood_received_mpps, h.inserted, h.skipped
             ));
         }
         s.push_str("\nProgramming time from scratch\n\n| dataplane | services | seconds |\n|---|---:|---:|\n");

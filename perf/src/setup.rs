@@ -76,9 +76,15 @@ pub fn node_config() -> NodeConfig {
 
 /// The microbenchmark's services, 100 backends each.
 pub fn bench_desired() -> Desired {
+    bench_desired_backends(100)
+}
+
+/// [`bench_desired`] with `n` backends behind v4-http (the first 100 the
+/// same: `pps`'s held flows keep their backends while the table grows).
+pub fn bench_desired_backends(n: u32) -> Desired {
     let mut d = Desired { node: node_config(), ..Default::default() };
     for s in [
-        service("v4-http", "10.100.0.1".parse().unwrap(), 80, Proto::Tcp, backends(100, 80, false)),
+        service("v4-http", "10.100.0.1".parse().unwrap(), 80, Proto::Tcp, backends(n, 80, false)),
         service("v4-dns", "10.100.0.1".parse().unwrap(), 53, Proto::Udp, backends(100, 53, false)),
         service(
             "v6-http",
