@@ -204,6 +204,8 @@ fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleRep
         let dp = Dataplane::load(&LoadOptions {
             pin_dir: pin.path().to_path_buf(),
             sizes,
+            // The table is filled and evicted from at full speed: no budget.
+            ct_insert_rate: 0,
             ..LoadOptions::default()
         })
         .context("loading the datapath")?;
