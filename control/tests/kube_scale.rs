@@ -101,7 +101,9 @@ fn endpoint_changes_reach_the_maps_with_thousands_of_nodes() {
     let dir = std::env::temp_dir().join(format!("xlb-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let rt = netns
-        .run_in(|| tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build())
+        .run_in(|| {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
+        })
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap();
     let server = rt.block_on(rt.spawn(ApiServer::start())).unwrap().unwrap();
