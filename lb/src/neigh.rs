@@ -111,8 +111,11 @@ impl Neighbours {
         )?;
         // Next hops with a resolved entry already, and those written now:
         // nodes behind one gateway share its entry.
-        let mut skip: std::collections::HashSet<String> =
-            existing.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+        let mut skip: std::collections::HashSet<String> = existing
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect();
         let mut script = String::new();
         let mut count = 0;
         let mut routed = Vec::new();
