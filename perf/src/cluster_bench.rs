@@ -466,7 +466,8 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
             "--max-backends",
             &(o.services * o.endpoints * 9 / 8 + 1024).max(262144).to_string(),
         ])
-        .env("RUST_LOG", "info")
+        // XLB_PERF_AGENT_LOG: the agent's RUST_LOG (e.g. "info,xlb=debug").
+        .env("RUST_LOG", std::env::var("XLB_PERF_AGENT_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let t_spawn = Instant::now();

@@ -52,8 +52,11 @@ struct Slice {
     object: Arc<EndpointSlice>,
     /// The Service its label names.
     owner: Option<ServiceName>,
-    /// The nodes its endpoints name.
-    nodes: Vec<String>,
+    /// Its key, shared by the sets of `slices_on` it is filed in (the
+    /// nodes it names are read from the object again when it is unfiled:
+    /// at 30k slices of 10 endpoints, a key and a node list of its own per
+    /// node held ~55 MB).
+    key: Arc<ObjectKey>,
 }
 
 /// Every object the translation reads, indexed by what depends on it.
@@ -66,7 +69,7 @@ pub(super) struct Tracker {
     /// (namespace, Service name) -> its slices by slice name.
     slices_of: HashMap<ServiceName, BTreeMap<String, Arc<EndpointSlice>>>,
     /// Node name -> the slices whose endpoints name it.
-    slices_on: HashMap<String, HashSet<ObjectKey>>,
+    slices_on: HashMap<String, HashSet<Arc<ObjectKey>>>,
     nodes: Nodes,
     /// This node's pods that map a host port.
     pods: BTreeMap<ObjectKey, Arc<Pod>>,
@@ -159,7 +162,7 @@ impl Tracker {
                 continue;
             }
             for slice in self.slices_on.get(&key.name).into_iter().flatten() {
-                if let Some(owner) = &self.slices[slice].owner {
+                if let Some(owner) = &self.slices[&**slice].owner {
                     self.touch(owner, touched);
                 }
             }
@@ -196,11 +199,11 @@ impl Tracker {
             of_owner.insert(key.name.clone(), object.clone());
             self.touch(owner, touched);
         }
-        let nodes = endpoints::nodes_named(&object);
-        for n in &nodes {
-            self.slices_on.entry(n.clone()).or_default().insert(key.clone());
+        let shared = Arc::new(key.clone());
+        for n in endpoints::nodes_named(&object) {
+            self.slices_on.entry(n).or_default().insert(shared.clone());
         }
-        self.slices.insert(key, Slice { object, owner, nodes });
+        self.slices.insert(key, Slice { object, owner, key: shared });
     }
 
     /// Undoes [`Tracker::file`] of slice `key`.
@@ -214,11 +217,11 @@ impl Tracker {
             }
             self.touch(owner, touched);
         }
-        for n in &old.nodes {
-            if let Some(on) = self.slices_on.get_mut(n) {
-                on.remove(key);
+        for n in endpoints::nodes_named(&old.object) {
+            if let Some(on) = self.slices_on.get_mut(&n) {
+                on.remove(&old.key);
                 if on.is_empty() {
-                    self.slices_on.remove(n);
+                    self.slices_on.remove(&n);
                 }
             }
         }

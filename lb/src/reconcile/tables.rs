@@ -67,10 +67,17 @@ fn build_one(job: &TableJob) -> Result<Vec<u16>, DatapathError> {
     Ok(positions.iter().map(|&p| active[usize::from(p)].2).collect())
 }
 
+/// Table slots below which a batch is built on the calling thread: spawning
+/// a thread per core and waking it costs more than a few small tables
+/// (endpoint churn: one table of M = 1993 is ~60 µs; two thread spawns on a
+/// busy machine took longer than the build and doubled the tail latency).
+const INLINE_SLOTS: usize = 65_536;
+
 /// Builds `jobs` on every core (about 0.3 ms a table at M = 16381).
 fn build(jobs: Vec<TableJob>) -> Built {
+    let slots: usize = jobs.iter().map(|j| j.input.size as usize).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
-    if threads <= 1 {
+    if threads <= 1 || slots <= INLINE_SLOTS {
         return jobs.into_iter().map(|j| build_one(&j).map(|t| (j, t))).collect();
     }
     let chunk = jobs.len().div_ceil(threads);
