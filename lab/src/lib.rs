@@ -23,6 +23,7 @@ mod registry;
 pub mod spec;
 pub mod stats;
 mod topology;
+pub mod workload;
 
 use std::{io, path::PathBuf};
 
