@@ -12,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb::view::{DatapathView, ServiceListing};
+use lb::view::DatapathView;
+pub use lb::view::ServiceListing;
 
 use crate::{Lab, LabChild, LabError};
 
@@ -197,6 +198,17 @@ pub fn start_all(
     spec: &AgentSpec,
     timeout: Duration,
 ) -> Result<Vec<Agent>, LabError> {
+    start_all_until(lab, spec, timeout, &has_active_backends)
+}
+
+/// [`start_all`], ready when `ready` holds for every agent's maps (a
+/// workload without Services has no backend to wait for).
+pub fn start_all_until(
+    lab: &mut Lab,
+    spec: &AgentSpec,
+    timeout: Duration,
+    ready: &dyn Fn(&[ServiceListing]) -> bool,
+) -> Result<Vec<Agent>, LabError> {
     let mut agents = Vec::new();
     let names: Vec<String> = std::iter::once("lb".to_string())
         .chain(lab.nodes().iter().map(|n| n.host.name.clone()))
@@ -210,7 +222,7 @@ pub fn start_all(
         return Err(LabError::Agent { node: "every node".into(), detail: format!("{e}{logs}") });
     }
     for a in &mut agents {
-        a.wait_until(timeout, &has_active_backends)?;
+        a.wait_until(timeout, ready)?;
     }
     Ok(agents)
 }

@@ -68,7 +68,10 @@ fn the_seed_example_places_addresses_and_publishes() {
     assert_eq!(addresses(s[0]), vec!["10.244.1.11", "10.244.2.11"]);
     assert_eq!(addresses(s[1]), vec!["2001:db8:244:1::11", "2001:db8:244:2::11"]);
     assert_eq!(s[0]["ports"], serde_json::json!([{"name": "", "protocol": "TCP", "port": 80}]));
-    assert_eq!(s[0]["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"], slices::MANAGED_BY);
+    assert_eq!(
+        s[0]["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        slices::MANAGED_BY
+    );
     let e = &s[0]["endpoints"][1];
     assert_eq!(e["nodeName"], "node2");
     assert_eq!(e["conditions"]["ready"], true);
