@@ -240,6 +240,13 @@ pub fn start_node_agents(lab: &Lab, extra: &[&str]) -> Result<Vec<Agent>, LabErr
     lab.nodes().iter().map(|n| Agent::start(lab, &n.host.name, &spec)).collect()
 }
 
+/// A readiness check for [`start_all_until`]: every Service of `names`
+/// ("namespace/name") is in the maps (with its backends: a Service and its
+/// endpoints are applied together).
+pub fn lists_services(names: Vec<String>) -> impl Fn(&[ServiceListing]) -> bool {
+    move |listed| names.iter().all(|n| listed.iter().any(|l| l.name.starts_with(&format!("{n}:"))))
+}
+
 /// True when some service has at least one active backend.
 pub fn has_active_backends(services: &[ServiceListing]) -> bool {
     services.iter().any(|s| s.active_backends > 0)

@@ -31,18 +31,18 @@ struct Running {
 
 impl Running {
     fn start(manifest: &str, nodes: u32) -> Running {
-        let work = workload::plan(manifest, "test manifest", nodes).unwrap_or_else(|e| panic!("{e}"));
+        let work =
+            workload::plan(manifest, "test manifest", nodes).unwrap_or_else(|e| panic!("{e}"));
         let spec = LabSpec { nodes, workload: work.pod_plans(), ..LabSpec::default() };
         let mut lab = Lab::build(spec.clone())
             .unwrap_or_else(|e| panic!("building the lab (this test needs root): {e}"));
         let config = lab.temp_dir().join("manifest.yaml");
         std::fs::write(&config, work.manifest(&spec)).unwrap();
         let xlb = agent::xlb_binary().expect("the xlb binary (cargo build --release --workspace)");
-        let has_services = !work.services.is_empty();
-        let ready: &dyn Fn(&[agent::ServiceListing]) -> bool =
-            if has_services { &agent::has_active_backends } else { &|_| true };
-        let agents = agent::start_all_until(&mut lab, &AgentSpec::new(&xlb, &config), AGENT_READY, ready)
-            .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
+        let ready = agent::lists_services(work.programmed_services());
+        let agents =
+            agent::start_all_until(&mut lab, &AgentSpec::new(&xlb, &config), AGENT_READY, &ready)
+                .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
         Running { lab, work, agents }
     }
 
@@ -59,7 +59,12 @@ impl Running {
     }
 
     /// The matrix, probed again until `want` holds or `within` passes.
-    fn matrix_until(&self, probe: Probe, within: Duration, want: &dyn Fn(&Matrix) -> bool) -> Matrix {
+    fn matrix_until(
+        &self,
+        probe: Probe,
+        within: Duration,
+        want: &dyn Fn(&Matrix) -> bool,
+    ) -> Matrix {
         let pods = reach::pods_of(&self.lab).unwrap();
         let t0 = Instant::now();
         loop {
@@ -102,7 +107,12 @@ fn the_seed_example_runs_with_its_clusterip_translated_at_the_socket() {
         for ip in &svc.cluster_ips {
             let target = SocketAddr::new(*ip, 80);
             let rep = eastwest::drive(&r.lab, &probe, client, target, 10).unwrap();
-            assert!(rep.failures.is_empty(), "{client} -> {target}: {:?}\n{}", rep.failures, r.logs());
+            assert!(
+                rep.failures.is_empty(),
+                "{client} -> {target}: {:?}\n{}",
+                rep.failures,
+                r.logs()
+            );
             assert_eq!(rep.wrong_peer, 0, "getpeername is the ClusterIP");
             let answered: BTreeSet<&String> = rep.per_backend.keys().collect();
             assert!(answered.iter().all(|a| nginx.contains(a)), "{client}: {answered:?}");

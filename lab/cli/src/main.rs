@@ -221,13 +221,8 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
     let mut agent_spec = AgentSpec::new(&xlb, &config);
     agent_spec.extra_args.extend(args.agent_args.iter().cloned());
     let t1 = Instant::now();
-    let any_endpoints = work.endpoint_slices().iter().any(|s| {
-        s["endpoints"].as_array().is_some_and(|e| !e.is_empty())
-            && s["ports"].as_array().is_some_and(|p| !p.is_empty())
-    });
-    let ready: &dyn Fn(&[agent::ServiceListing]) -> bool =
-        if any_endpoints { &agent::has_active_backends } else { &|_| true };
-    let mut agents = agent::start_all_until(&mut lab, &agent_spec, AGENT_READY, ready)?;
+    let ready = agent::lists_services(work.programmed_services());
+    let mut agents = agent::start_all_until(&mut lab, &agent_spec, AGENT_READY, &ready)?;
     println!(
         "agents: {} ready in {:.1}s (pins under /sys/fs/bpf/{}, logs in {} until teardown)",
         agents.iter().map(|a| a.node.as_str()).collect::<Vec<_>>().join(", "),

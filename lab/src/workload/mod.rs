@@ -1052,6 +1052,16 @@ impl Workload {
         self.services.iter().find(|s| s.namespace == namespace && s.name == name)
     }
 
+    /// "namespace/name" of every Service the agents program (those with
+    /// ClusterIPs and ports).
+    pub fn programmed_services(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|s| !s.cluster_ips.is_empty() && !s.ports.is_empty())
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect()
+    }
+
     /// Every EndpointSlice the controller would publish, Service by Service.
     pub fn endpoint_slices(&self) -> Vec<Value> {
         self.services.iter().flat_map(|s| slices::publish(s, &self.pods)).collect()
