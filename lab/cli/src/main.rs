@@ -609,17 +609,20 @@ fn print_topology(lab: &Lab) {
 /// its description on disk for `xlb-lab probe`.
 fn hold(lab: &Lab, work: &Workload, xlb: &Path, probe: &Path) -> anyhow::Result<()> {
     let state = held::write(lab, probe)?;
-    let pod = lab.pods().next().map_or("?", |p| p.host.ns.as_str());
     let mut tries = String::new();
-    if let Some((svc, port)) = east_west_service(work) {
-        let cg = lab.pods().next().and_then(|p| lab.cgroup(&p.host.name).ok());
+    // A pod that serves nothing (a client) if there is one.
+    let pod = lab.pods().find(|p| p.tcp.is_empty() && p.udp.is_empty()).or(lab.pods().next());
+    if let (Some((svc, port)), Some(pod)) = (east_west_service(work), pod) {
+        // Into the pod's cgroup first: `ip netns exec` mounts its own /sys.
         let _ = write!(
             tries,
-            "\n  # Service {}/{} from a pod (its namespace and cgroup, so its node's agent translates):\n  \
-             ip netns exec {pod} sh -c 'echo $$ > {}/cgroup.procs && exec curl -s http://{}/'",
+            "\n  # Service {}/{} from pod {} (in its cgroup, so its node's agent translates):\n  \
+             sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} curl -s http://{}/'",
             svc.namespace,
             svc.name,
-            cg.map_or("?".into(), |c| c.path().display().to_string()),
+            pod.host.name,
+            lab.cgroup(&pod.host.name).map_or("?".into(), |c| c.path().display().to_string()),
+            pod.host.ns,
             SocketAddr::new(svc.cluster_ips[0], port)
         );
     }
