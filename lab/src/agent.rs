@@ -12,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb::view::{DatapathView, ServiceListing};
+use lb::view::DatapathView;
+pub use lb::view::ServiceListing;
 
 use crate::{Lab, LabChild, LabError};
 
@@ -197,6 +198,17 @@ pub fn start_all(
     spec: &AgentSpec,
     timeout: Duration,
 ) -> Result<Vec<Agent>, LabError> {
+    start_all_until(lab, spec, timeout, &has_active_backends)
+}
+
+/// [`start_all`], ready when `ready` holds for every agent's maps (a
+/// workload without Services has no backend to wait for).
+pub fn start_all_until(
+    lab: &mut Lab,
+    spec: &AgentSpec,
+    timeout: Duration,
+    ready: &dyn Fn(&[ServiceListing]) -> bool,
+) -> Result<Vec<Agent>, LabError> {
     let mut agents = Vec::new();
     let names: Vec<String> = std::iter::once("lb".to_string())
         .chain(lab.nodes().iter().map(|n| n.host.name.clone()))
@@ -210,7 +222,7 @@ pub fn start_all(
         return Err(LabError::Agent { node: "every node".into(), detail: format!("{e}{logs}") });
     }
     for a in &mut agents {
-        a.wait_until(timeout, &has_active_backends)?;
+        a.wait_until(timeout, ready)?;
     }
     Ok(agents)
 }
@@ -226,6 +238,13 @@ pub fn start_node_agents(lab: &Lab, extra: &[&str]) -> Result<Vec<Agent>, LabErr
     let mut spec = AgentSpec::new(xlb_binary()?, &config);
     spec.extra_args.extend(extra.iter().map(|s| s.to_string()));
     lab.nodes().iter().map(|n| Agent::start(lab, &n.host.name, &spec)).collect()
+}
+
+/// A readiness check for [`start_all_until`]: every Service of `names`
+/// ("namespace/name") is in the maps (with its backends: a Service and its
+/// endpoints are applied together).
+pub fn lists_services(names: Vec<String>) -> impl Fn(&[ServiceListing]) -> bool {
+    move |listed| names.iter().all(|n| listed.iter().any(|l| l.name.starts_with(&format!("{n}:"))))
 }
 
 /// True when some service has at least one active backend.

@@ -9,20 +9,24 @@
 //! tooling: the `xlb` agent does not link it. Of xlb it knows the XDP_PASS
 //! object it puts on the LB's router-side peer (testkit's), and how to find
 //! the `xlb` binary, start `xlb run` agents and read their pinned maps
-//! ([`agent`]).
+//! ([`agent`]). Workloads come from manifests as a user writes them
+//! ([`workload`]); [`reach`] prints the pods' reachability matrix.
 pub mod agent;
 pub mod cgroup;
 pub mod cni;
 pub mod eastwest;
+pub mod held;
 pub mod http;
 pub mod manifests;
 pub mod netns;
 pub mod nginx;
 mod process;
+pub mod reach;
 mod registry;
 pub mod spec;
 pub mod stats;
 mod topology;
+pub mod workload;
 
 use std::{io, path::PathBuf};
 

@@ -1,7 +1,10 @@
 //! The lab's shape and its address plan: one source for every address the
 //! lab, the examples and the end-to-end tests use (see the team brief's
 //! topology).
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use crate::LabError;
 
@@ -37,7 +40,7 @@ pub fn node_v4(n: u32) -> Ipv4Addr {
 }
 /// IPv6 groups are written with the same digits as the IPv4 octets
 /// ("10.0.0.11" <-> "2001:db8:f::11"), so 11 becomes the group 0x11.
-fn group(decimal: u32) -> u16 {
+pub fn group(decimal: u32) -> u16 {
     u16::from_str_radix(&decimal.to_string(), 16).expect("at most 3 decimal digits")
 }
 
@@ -90,6 +93,42 @@ pub struct LabSpec {
     /// encapsulated packet to the kernel (ok_neigh_pass), which forwards it
     /// and resolves the neighbour; on only to take ARP/ND out of a test.
     pub static_neighbours: bool,
+    /// The pods of a workload taken from manifests ([`crate::workload`]),
+    /// in place of `pods_per_node` nginx pods named "podN-M". Each serves
+    /// its declared container ports with `xlb-probe serve`.
+    pub workload: Vec<PodPlan>,
+}
+
+/// One pod of a workload: who it is, where it runs, what it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPlan {
+    /// Kubernetes namespace and name.
+    pub namespace: String,
+    pub name: String,
+    /// Node index (1-based) and the pod's slot on it (1-based): its
+    /// addresses are [`pod_v4`]`(node, slot)` and [`pod_v6`]`(node, slot)`.
+    pub node: u32,
+    pub slot: u32,
+    /// Container ports it serves.
+    pub tcp: Vec<u16>,
+    pub udp: Vec<u16>,
+}
+
+impl PodPlan {
+    /// Its name in the lab (namespaces, cgroups, answers): the pod's name in
+    /// namespace "default", else "<namespace>.<name>".
+    pub fn role(&self) -> String {
+        role(&self.namespace, &self.name)
+    }
+}
+
+/// The lab name of pod `namespace/name` (see [`PodPlan::role`]).
+pub fn role(namespace: &str, name: &str) -> String {
+    if namespace == "default" {
+        name.to_string()
+    } else {
+        format!("{namespace}.{name}")
+    }
 }
 
 impl Default for LabSpec {
@@ -103,6 +142,7 @@ impl Default for LabSpec {
             backends: true,
             native_routes: false,
             static_neighbours: false,
+            workload: Vec::new(),
         }
     }
 }
@@ -129,6 +169,25 @@ impl LabSpec {
                 "client_mtu",
                 format!("{} is larger than fabric_mtu {}", self.client_mtu, self.fabric_mtu),
             );
+        }
+        let (mut roles, mut slots) = (BTreeSet::new(), BTreeSet::new());
+        for pod in &self.workload {
+            let role = pod.role();
+            let bad_pod = |reason: String| bad("workload", format!("pod {role}: {reason}"));
+            if pod.node == 0 || pod.node > self.nodes {
+                return bad_pod(format!("node {} is outside 1..={}", pod.node, self.nodes));
+            }
+            if pod.slot == 0 || pod.slot > MAX_INDEX {
+                return bad_pod(format!("slot {} is outside 1..={MAX_INDEX}", pod.slot));
+            }
+            let host = ["client", "router", "lb"].contains(&role.as_str())
+                || role.strip_prefix("node").is_some_and(|n| n.parse::<u32>().is_ok());
+            if host || !roles.insert(role.clone()) {
+                return bad_pod("the name is taken (by another pod or a lab host)".into());
+            }
+            if !slots.insert((pod.node, pod.slot)) {
+                return bad_pod(format!("slot {} of node {} is taken", pod.slot, pod.node));
+            }
         }
         let p = &self.name_prefix;
         if p.is_empty() || p.len() > 32 || !p.chars().all(|c| c.is_ascii_alphabetic()) {

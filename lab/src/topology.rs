@@ -55,11 +55,20 @@ pub struct Node {
     pub pods: Vec<Pod>,
 }
 
-/// A pod: nginx on port 80 answering "<name>\n". Its addresses are the
-/// address plan's (asked of the CNI plugin as static addresses).
+/// A pod: nginx on port 80 answering "<name>\n" (a pod "podN-M" of the
+/// lab's spec), or a workload's pod serving its declared ports with
+/// `xlb-probe serve`, answering its lab name. Its addresses are the address
+/// plan's (asked of the CNI plugin as static addresses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
+    /// `host.name` is its lab name ([`spec::role`]).
     pub host: Host,
+    /// Kubernetes namespace and name.
+    pub namespace: String,
+    pub name: String,
+    /// The ports its server listens on.
+    pub tcp: Vec<u16>,
+    pub udp: Vec<u16>,
     /// Name of the node it runs on.
     pub node: String,
     /// The interface on the node that leads to it (the host-side veth
@@ -119,21 +128,49 @@ impl Lab {
         let tmp = std::env::temp_dir().join(&prefix);
         owned.add_dir(tmp.clone());
         let nodes = (1..=spec.nodes)
-            .map(|n| Node {
-                host: host(&prefix, spec::node_name(n), spec::node_v4(n), spec::node_v6(n)),
-                index: n,
-                pods: (1..=spec.pods_per_node)
-                    .map(|m| Pod {
-                        host: host(
-                            &prefix,
-                            spec::pod_name(n, m),
-                            spec::pod_v4(n, m),
-                            spec::pod_v6(n, m),
-                        ),
-                        node: spec::node_name(n),
-                        node_iface: String::new(),
-                    })
-                    .collect(),
+            .map(|n| {
+                let pods = if spec.workload.is_empty() {
+                    (1..=spec.pods_per_node)
+                        .map(|m| Pod {
+                            host: host(
+                                &prefix,
+                                spec::pod_name(n, m),
+                                spec::pod_v4(n, m),
+                                spec::pod_v6(n, m),
+                            ),
+                            namespace: "default".into(),
+                            name: spec::pod_name(n, m),
+                            tcp: vec![80],
+                            udp: Vec::new(),
+                            node: spec::node_name(n),
+                            node_iface: String::new(),
+                        })
+                        .collect()
+                } else {
+                    spec.workload
+                        .iter()
+                        .filter(|p| p.node == n)
+                        .map(|p| Pod {
+                            host: host(
+                                &prefix,
+                                p.role(),
+                                spec::pod_v4(n, p.slot),
+                                spec::pod_v6(n, p.slot),
+                            ),
+                            namespace: p.namespace.clone(),
+                            name: p.name.clone(),
+                            tcp: p.tcp.clone(),
+                            udp: p.udp.clone(),
+                            node: spec::node_name(n),
+                            node_iface: String::new(),
+                        })
+                        .collect()
+                };
+                Node {
+                    host: host(&prefix, spec::node_name(n), spec::node_v4(n), spec::node_v6(n)),
+                    index: n,
+                    pods,
+                }
             })
             .collect();
         let mut lab = Lab {
@@ -360,8 +397,8 @@ impl Lab {
                     netns: Path::new("/run/netns").join(&p.ns),
                     ifname: "eth0".into(),
                     args: format!(
-                        "K8S_POD_NAMESPACE=default;K8S_POD_NAME={};IP={},{}",
-                        p.name, p.v4, p.v6
+                        "K8S_POD_NAMESPACE={};K8S_POD_NAME={};IP={},{}",
+                        self.nodes[i].pods[j].namespace, self.nodes[i].pods[j].name, p.v4, p.v6
                     ),
                     conflist: serde_json::Value::Null,
                     result: serde_json::Value::Null,
@@ -375,9 +412,63 @@ impl Lab {
         if self.spec.backends {
             let pods: Vec<String> = self.pods().map(|p| p.host.name.clone()).collect();
             for pod in &pods {
-                self.start_backend(pod)?;
+                if self.spec.workload.is_empty() {
+                    self.start_backend(pod)?;
+                } else {
+                    self.start_server(pod)?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Starts `xlb-probe serve` in workload pod `pod` (its namespace and
+    /// cgroup) on its declared ports, answering its lab name, and waits
+    /// until every socket is bound. Nothing for a pod without ports.
+    pub fn start_server(&self, pod: &str) -> Result<(), LabError> {
+        let p = self.pod(pod).ok_or_else(|| LabError::UnknownNamespace {
+            name: pod.into(),
+            prefix: self.prefix.clone(),
+            known: self.pods().map(|p| p.host.name.as_str()).collect::<Vec<_>>().join(", "),
+        })?;
+        if p.tcp.is_empty() && p.udp.is_empty() {
+            return Ok(());
+        }
+        self.stop_backend(pod);
+        let probe = crate::eastwest::probe_binary(&crate::agent::xlb_binary()?)?;
+        let mut cmd = Command::new(probe);
+        cmd.args(["serve", "--name", pod]);
+        for port in &p.tcp {
+            cmd.args(["--tcp", &port.to_string()]);
+        }
+        for port in &p.udp {
+            cmd.args(["--udp", &port.to_string()]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cgroup(pod)?.join_before_exec(&mut cmd);
+        let mut child = self.spawn(&p.host.ns, cmd)?;
+        child.name = format!("server {pod}");
+        // It prints "serving" once every socket is bound, or fails.
+        let mut line = String::new();
+        let stdout = child.child_mut().stdout.take();
+        let read = stdout.map(|out| {
+            use std::io::BufRead as _;
+            std::io::BufReader::new(out).read_line(&mut line)
+        });
+        if line.trim() != "serving" {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.child_mut().stderr.take() {
+                use std::io::Read as _;
+                let _ = e.read_to_string(&mut stderr);
+            }
+            return Err(LabError::BackendNotReady {
+                pod: pod.into(),
+                addr: format!("tcp {:?} udp {:?}", p.tcp, p.udp),
+                waited_ms: 0,
+                detail: format!("xlb-probe serve: {read:?}: {}", stderr.trim()),
+            });
+        }
+        self.backends.lock().unwrap_or_else(|p| p.into_inner()).insert(pod.into(), child);
         Ok(())
     }
 

@@ -1,16 +1,21 @@
-//! `xlb-lab`: the showcase. Builds the network-namespace lab (client,
-//! router, LB, nodes with nginx pods; see `lab`), writes the service's
-//! manifests, starts one `xlb run` agent per node namespace (the `xlb`
-//! binary beside this one, or `--xlb` / $XLB_BIN; the nodes' agents are
-//! their pod network), gives the pods their network through xlb-cni as a
-//! container runtime does, drives real HTTP requests from the client to the
-//! VIP over IPv4 and IPv6 and from pods to pods across nodes through the
-//! Geneve overlay, and prints where they landed and the packet counters
-//! that show direct server return and the overlay at work; then requests to
-//! the service's ClusterIP from a pod and from a node, with the counters
-//! that show they were translated at the socket.
-//! Everything is torn down on exit and on Ctrl-C. A binary of its own so
-//! that the `xlb` agent does not link the lab.
+//! `xlb-lab`: the showcase. Takes a workload from manifests as a user
+//! writes them (`--manifest FILE`, else the embedded seed example: an nginx
+//! Deployment behind `Service nginx-service`, see `lab::workload`), builds
+//! the network-namespace lab (client, router, LB, nodes with the workload's
+//! pods; see `lab`), writes what the agents read (the Services with their
+//! addresses, the Pods, the EndpointSlices the endpoint-slice controller
+//! would publish, the Nodes), starts one `xlb run` agent per node namespace
+//! (the `xlb` binary beside this one, or `--xlb` / $XLB_BIN; the nodes'
+//! agents are their pod network), gives the pods their network through
+//! xlb-cni as a container runtime does, drives real HTTP requests from the
+//! client to a LoadBalancer Service's VIPs over IPv4 and IPv6 and from pods
+//! to pods across nodes through the Geneve overlay, and prints where they
+//! landed and the packet counters that show direct server return and the
+//! overlay at work; then requests to a Service's ClusterIPs from a pod and
+//! from a node, with the counters that show they were translated at the
+//! socket. `--hold` keeps the lab up; `xlb-lab probe` prints a held lab's
+//! reachability matrix. Everything is torn down on exit and on Ctrl-C. A
+//! binary of its own so that the `xlb` agent does not link the lab.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -21,12 +26,13 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use lab::{
     agent::{self, Agent, AgentSpec},
+    held,
     http::{self, DriveReport, DriveSpec},
-    manifests::{self, EndpointState},
-    spec::{CLUSTER_IP_V4, CLUSTER_IP_V6, VIP_PORT, VIP_V4, VIP_V6},
+    reach::{self, Probe},
+    workload::{self, PlannedService, Protocol, Workload},
     Lab, LabSpec, LinkStats,
 };
 
@@ -37,18 +43,56 @@ const AGENT_READY: Duration = Duration::from_secs(30);
 
 /// Build the network-namespace lab and run xlb in it.
 #[derive(Parser, Debug)]
-#[command(name = "xlb-lab", version)]
+#[command(name = "xlb-lab", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: LabArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the reachability matrix of a held lab's pods (`xlb-lab --hold`
+    /// running beside): every pod to every pod on one port and protocol,
+    /// rows from, columns to, `.` reachable, `X` not.
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// The destination port.
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    /// TCP or UDP.
+    #[arg(long, default_value = "TCP", value_parser = ["TCP", "UDP", "tcp", "udp"])]
+    protocol: String,
+    /// Probe the pods' IPv6 addresses.
+    #[arg(long)]
+    ipv6: bool,
+    /// Milliseconds a probe waits for a connection or an answer.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Which held lab (the start of its namespace names, e.g.
+    /// xlblab4242-0) when several are held.
+    #[arg(long, default_value = NAME_PREFIX)]
+    lab: String,
+}
+
+#[derive(clap::Args, Debug)]
 struct LabArgs {
     /// The `xlb` binary the agents run [default: $XLB_BIN, else the `xlb`
     /// beside this binary].
     #[arg(long, value_name = "PATH")]
     xlb: Option<PathBuf>,
-    /// Backend nodes.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Nodes the workload's pods run on.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     nodes: u32,
-    /// nginx pods per node.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
-    pods_per_node: u32,
+    /// The workload: Kubernetes manifests as written for a cluster
+    /// (Namespaces, Deployments, Pods, Services, NetworkPolicies)
+    /// [default: the embedded seed example, lab/examples/nginx-service.yaml].
+    #[arg(long, visible_alias = "config", value_name = "FILE")]
+    manifest: Option<PathBuf>,
     /// Requests to the IPv4 VIP, each on a new TCP connection.
     #[arg(long, default_value_t = 200)]
     requests: usize,
@@ -62,12 +106,8 @@ struct LabArgs {
     /// Connections in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     concurrency: u32,
-    /// Manifests to run instead of the built-in ones (the embedded
-    /// examples/nginx.yaml for the default 2 x 1 lab, else generated from
-    /// the lab's pods).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// After the run, keep the lab up until Ctrl-C (to poke at it).
+    /// After the run, keep the lab up until Ctrl-C (to poke at it; `xlb-lab
+    /// probe` finds it).
     #[arg(long)]
     hold: bool,
     /// Extra `xlb run` flag for every agent, e.g. --agent-arg=--xdp-mode=generic; repeatable.
@@ -76,13 +116,54 @@ struct LabArgs {
 }
 
 fn main() -> ExitCode {
-    match run(LabArgs::parse()) {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Cmd::Probe(args)) => probe(args),
+        None => run(cli.run),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xlb-lab: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `xlb-lab probe`: the matrix of the held lab.
+fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("`xlb-lab probe` enters the lab's namespaces: run it as root");
+    }
+    let mut held = held::find(&args.lab);
+    let lab = match held.len() {
+        0 => bail!(
+            "no held lab whose name starts with {:?}: start one with `./scripts/lab.sh --hold` \
+             (or `xlb-lab --manifest FILE --hold`) and probe from another shell",
+            args.lab
+        ),
+        1 => held.remove(0),
+        _ => bail!(
+            "{} held labs: {}; choose one with --lab",
+            held.len(),
+            held.iter().map(|h| h.prefix.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let probe = Probe {
+        port: args.port,
+        protocol: if args.protocol.eq_ignore_ascii_case("udp") {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        },
+        ipv6: args.ipv6,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let m = reach::matrix(&lab.probe, &lab.probe_pods(), probe)
+        .with_context(|| format!("probing the lab {}", lab.prefix))?;
+    print!("{m}");
+    Ok(())
 }
 
 /// Runs the lab. Fails (non-zero exit) if any request failed or the
@@ -98,6 +179,15 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
         None => agent::xlb_binary()?,
     };
     let xlb = xlb.canonicalize().with_context(|| format!("the xlb binary {}", xlb.display()))?;
+    let probe_bin = lab::eastwest::probe_binary(&xlb)?;
+    let (text, origin) = match &args.manifest {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (workload::SEED.to_string(), "lab/examples/nginx-service.yaml (embedded)".into()),
+    };
+    let work = workload::plan(&text, &origin, args.nodes)?;
     install_signal_teardown()?;
     let stale = Lab::cleanup_stale(NAME_PREFIX).context("removing leftovers of earlier runs")?;
     if !stale.is_empty() {
@@ -106,47 +196,33 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
 
     let spec = LabSpec {
         nodes: args.nodes,
-        pods_per_node: args.pods_per_node,
+        workload: work.pod_plans(),
         name_prefix: NAME_PREFIX.into(),
         ..LabSpec::default()
     };
-    let pods = spec.nodes * spec.pods_per_node;
     println!(
-        "building the lab: client, router, load balancer, {} node{} with {} nginx pod{} each ...",
+        "building the lab: client, router, load balancer, {} node{}; the workload of {origin}: \
+         {} pod{} ...",
         spec.nodes,
         plural(spec.nodes),
-        spec.pods_per_node,
-        plural(spec.pods_per_node)
+        work.pods.len(),
+        plural(work.pods.len() as u32),
     );
     let t0 = Instant::now();
     let mut lab = Lab::build(spec.clone()).context("building the lab")?;
     println!("  built in {:.1}s: namespaces {}-*", t0.elapsed().as_secs_f64(), lab.prefix());
     print_topology(&lab);
 
-    let config = lab.temp_dir().join("nginx.yaml");
-    let (text, origin) = match &args.config {
-        Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-            format!("{}", path.display()),
-        ),
-        None if spec.nodes == 2 && spec.pods_per_node == 1 => (
-            xlb_control::examples::NGINX.to_string(),
-            "control/examples/nginx.yaml (embedded)".into(),
-        ),
-        None => (
-            manifests::nginx(&spec, &|_| EndpointState::Ready),
-            format!("generated for the {pods} pods"),
-        ),
-    };
-    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-    println!(
-        "manifests: {origin}: Service default/nginx, LoadBalancer {VIP_V4} and {VIP_V6} port {VIP_PORT}, ClusterIP {CLUSTER_IP_V4} and {CLUSTER_IP_V6}"
-    );
+    let config = lab.temp_dir().join("manifest.yaml");
+    std::fs::write(&config, work.manifest(&spec))
+        .with_context(|| format!("writing {}", config.display()))?;
+    print_services(&work, &config);
 
     let mut agent_spec = AgentSpec::new(&xlb, &config);
     agent_spec.extra_args.extend(args.agent_args.iter().cloned());
     let t1 = Instant::now();
-    let mut agents = agent::start_all(&mut lab, &agent_spec, AGENT_READY)?;
+    let ready = agent::lists_services(work.programmed_services());
+    let mut agents = agent::start_all_until(&mut lab, &agent_spec, AGENT_READY, &ready)?;
     println!(
         "agents: {} ready in {:.1}s (pins under /sys/fs/bpf/{}, logs in {} until teardown)",
         agents.iter().map(|a| a.node.as_str()).collect::<Vec<_>>().join(", "),
@@ -155,8 +231,8 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
         lab.temp_dir().display()
     );
 
-    let outcome = exercise(&lab, &mut agents, &args)
-        .and_then(|()| east_west(&lab, &mut agents, &xlb, args.requests_east_west));
+    let outcome = exercise(&lab, &work, &mut agents, &args)
+        .and_then(|()| east_west(&lab, &work, &mut agents, &probe_bin, args.requests_east_west));
     if let Err(e) = &outcome {
         for a in &agents {
             eprintln!("--- last lines of the {} agent's log ---\n{}", a.node, a.log_tail(15));
@@ -164,12 +240,49 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
         eprintln!("xlb-lab: {e:#}");
     }
     if args.hold {
-        hold(&lab, &xlb);
+        hold(&lab, &work, &xlb, &probe_bin)?;
     }
     println!("tearing down the lab");
     drop(agents);
     drop(lab);
     outcome
+}
+
+/// The Services as the agents get them.
+fn print_services(work: &Workload, config: &Path) {
+    println!("manifests for the agents: {}", config.display());
+    for s in &work.services {
+        let ips = |v: &[std::net::IpAddr]| {
+            v.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(" and ")
+        };
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .map(|p| {
+                let target = match &p.target {
+                    workload::TargetPort::Number(n) => n.to_string(),
+                    workload::TargetPort::Name(n) => n.clone(),
+                };
+                let node = p.node_port.map(|n| format!(" (nodePort {n})")).unwrap_or_default();
+                format!("{}/{} -> {target}{node}", p.port, p.protocol.as_str())
+            })
+            .collect();
+        let endpoints = work.pods.iter().filter(|p| s.selects(p)).count();
+        let vip = if s.lb_ips.is_empty() {
+            String::new()
+        } else {
+            format!(", LoadBalancer {}", ips(&s.lb_ips))
+        };
+        println!(
+            "  Service {}/{} {}: ClusterIP {}{vip}, port {}; {endpoints} endpoint{}",
+            s.namespace,
+            s.name,
+            s.kind,
+            if s.cluster_ips.is_empty() { "None".into() } else { ips(&s.cluster_ips) },
+            ports.join(", "),
+            plural(endpoints as u32),
+        );
+    }
 }
 
 /// Interface counters of the lab's main links.
@@ -192,23 +305,54 @@ fn snapshot(lab: &Lab, agents: &[Agent]) -> anyhow::Result<Snapshot> {
     Ok(Snapshot { links, counters })
 }
 
-fn exercise(lab: &Lab, agents: &mut [Agent], args: &LabArgs) -> anyhow::Result<()> {
+/// The first LoadBalancer Service with load-balancer addresses, a TCP port
+/// and endpoints: the one the client reaches by its VIPs.
+fn vip_service(work: &Workload) -> Option<(&PlannedService, u16)> {
+    work.services.iter().find_map(|s| {
+        let port = s.ports.iter().find(|p| p.protocol == Protocol::Tcp)?.port;
+        let served = work.pods.iter().any(|p| s.selects(p));
+        (s.kind == "LoadBalancer" && !s.lb_ips.is_empty() && served).then_some((s, port))
+    })
+}
+
+fn exercise(
+    lab: &Lab,
+    work: &Workload,
+    agents: &mut [Agent],
+    args: &LabArgs,
+) -> anyhow::Result<()> {
+    let Some((svc, port)) = vip_service(work) else {
+        println!(
+            "\nno LoadBalancer Service with a TCP port and endpoints in the workload: \
+             no requests through a VIP"
+        );
+        return pod_to_pod(lab, agents, args);
+    };
     let before = snapshot(lab, agents)?;
-    let drive = |target: SocketAddr, requests: usize| -> anyhow::Result<DriveReport> {
+    let drive = |target: Option<SocketAddr>, requests: usize| -> anyhow::Result<DriveReport> {
+        let Some(target) = target else { return Ok(DriveReport::default()) };
         let spec = DriveSpec {
             concurrency: args.concurrency as usize,
             ..DriveSpec::new(vec![target], requests)
         };
         Ok(lab.in_ns("client", || http::drive(&spec))?)
     };
+    let vip4 = svc.lb_ips.iter().find(|ip| ip.is_ipv4()).map(|ip| SocketAddr::new(*ip, port));
+    let vip6 = svc.lb_ips.iter().find(|ip| ip.is_ipv6()).map(|ip| SocketAddr::new(*ip, port));
+    let vips: Vec<SocketAddr> = vip4.into_iter().chain(vip6).collect();
     println!(
-        "\nsending {} requests to http://{VIP_V4}/ and {} to http://[{VIP_V6}]/ from the client, \
-         one TCP connection each, {} at a time ...",
-        args.requests, args.requests_v6, args.concurrency
+        "\nsending {} requests to {} and {} to {} (Service {}/{}'s load-balancer addresses) \
+         from the client, one TCP connection each, {} at a time ...",
+        args.requests,
+        vip4.map_or("-".into(), |a| format!("http://{a}/")),
+        args.requests_v6,
+        vip6.map_or("-".into(), |a| format!("http://{a}/")),
+        svc.namespace,
+        svc.name,
+        args.concurrency
     );
     // One request per family first: if the VIP does not answer, say so in
     // seconds rather than after hundreds of connect timeouts.
-    let vips = [SocketAddr::from((VIP_V4, VIP_PORT)), SocketAddr::from((VIP_V6, VIP_PORT))];
     let probe = lab.in_ns("client", || {
         vips.iter().try_for_each(|vip| {
             http::Conn::connect(*vip, Duration::from_secs(2))
@@ -224,8 +368,8 @@ fn exercise(lab: &Lab, agents: &mut [Agent], args: &LabArgs) -> anyhow::Result<(
         }
         bail!("the VIP does not answer: {e}");
     }
-    let v4 = drive(vips[0], args.requests)?;
-    let v6 = drive(vips[1], args.requests_v6)?;
+    let v4 = drive(vip4, args.requests)?;
+    let v6 = drive(vip6, args.requests_v6)?;
     let after = snapshot(lab, agents)?;
 
     let failed = v4.failures.len() + v6.failures.len();
@@ -245,7 +389,8 @@ fn exercise(lab: &Lab, agents: &mut [Agent], args: &LabArgs) -> anyhow::Result<(
     for e in v4.failures.iter().chain(&v6.failures).take(5) {
         println!("  failed: {e}");
     }
-    print_spread(lab, &v4, &v6);
+    let endpoints = work.pods.iter().filter(|p| svc.selects(p)).map(|p| p.role()).collect();
+    print_spread(lab, endpoints, &v4, &v6);
     let dsr = print_dsr(&before, &after);
     let pods = pod_to_pod(lab, agents, args);
 
@@ -265,11 +410,21 @@ fn exercise(lab: &Lab, agents: &mut [Agent], args: &LabArgs) -> anyhow::Result<(
 /// (bpf_redirect_peer), both families, with the counters that show it.
 fn pod_to_pod(lab: &Lab, agents: &[Agent], args: &LabArgs) -> anyhow::Result<()> {
     let pods: Vec<_> = lab.pods().cloned().collect();
-    let Some(from) = pods.first() else { return Ok(()) };
+    // From a pod that serves nothing (a client), else the first; to every
+    // other pod that serves TCP, on its first TCP port.
+    let Some(from) = pods.iter().find(|p| p.tcp.is_empty() && p.udp.is_empty()).or(pods.first())
+    else {
+        return Ok(());
+    };
+    let targets: Vec<_> =
+        pods.iter().filter(|p| p.host.name != from.host.name && !p.tcp.is_empty()).collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
     let requests = (args.requests / 4).max(10);
     println!(
-        "\npod-to-pod: {requests} requests from {} ({}) to every other pod, each family, \
-         one TCP connection each ...",
+        "\npod-to-pod: {requests} requests from {} ({}) to every other pod serving TCP, each \
+         family, one TCP connection each ...",
         from.host.name, from.node
     );
     let count = |name: &str| -> u64 {
@@ -282,20 +437,20 @@ fn pod_to_pod(lab: &Lab, agents: &[Agent], args: &LabArgs) -> anyhow::Result<()>
     let (enc0, dec0, red0) =
         (count("ok_pod_encap"), count("ok_pod_decap"), count("ok_pod_redirect"));
     let mut failed = 0;
-    for to in pods.iter().filter(|p| p.host.name != from.host.name) {
+    for to in targets {
         for (family, addr) in
             [("IPv4", std::net::IpAddr::from(to.host.v4)), ("IPv6", to.host.v6.into())]
         {
             let spec = DriveSpec {
                 concurrency: 4,
-                ..DriveSpec::new(vec![SocketAddr::new(addr, 80)], requests)
+                ..DriveSpec::new(vec![SocketAddr::new(addr, to.tcp[0])], requests)
             };
             let r = lab.in_ns(&from.host.name, || http::drive(&spec))?;
             let served = r.per_backend.get(&to.host.name).copied().unwrap_or(0);
             let path =
                 if to.node == from.node { "same node: redirect" } else { "across nodes: overlay" };
             println!(
-                "  -> {:<8} {:<6} {family} {:>4} ok, {} failed  ({path})",
+                "  -> {:<24} {:<6} {family} {:>4} ok, {} failed  ({path})",
                 to.host.name,
                 to.node,
                 served,
@@ -316,13 +471,12 @@ fn pod_to_pod(lab: &Lab, agents: &[Agent], args: &LabArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-fn print_spread(lab: &Lab, v4: &DriveReport, v6: &DriveReport) {
+fn print_spread(lab: &Lab, mut names: Vec<String>, v4: &DriveReport, v6: &DriveReport) {
     let pct =
         |n: usize, total: usize| if total == 0 { 0.0 } else { n as f64 * 100.0 / total as f64 };
     let (t4, t6) = (v4.succeeded(), v6.succeeded());
     println!("\nwhere they landed (the body of each response names the pod that served it):");
-    println!("  {:<10} {:<8} {:>14} {:>14} {:>14}", "POD", "NODE", "IPv4", "IPv6", "ALL");
-    let mut names: Vec<String> = lab.pods().map(|p| p.host.name.clone()).collect();
+    println!("  {:<24} {:<8} {:>14} {:>14} {:>14}", "POD", "NODE", "IPv4", "IPv6", "ALL");
     // Answers from a pod the lab does not know would be a bug; show them.
     for name in v4.per_backend.keys().chain(v6.per_backend.keys()) {
         if !names.contains(name) {
@@ -334,7 +488,7 @@ fn print_spread(lab: &Lab, v4: &DriveReport, v6: &DriveReport) {
         let a = v4.per_backend.get(&name).copied().unwrap_or(0);
         let b = v6.per_backend.get(&name).copied().unwrap_or(0);
         println!(
-            "  {:<10} {:<8} {:>6} {:>5.1}%  {:>6} {:>5.1}%  {:>6} {:>5.1}%",
+            "  {:<24} {:<8} {:>6} {:>5.1}%  {:>6} {:>5.1}%  {:>6} {:>5.1}%",
             name,
             node,
             a,
@@ -427,18 +581,64 @@ fn print_topology(lab: &Lab) {
     let lb = lab.lb();
     println!("  client {} {} -> router -> lb {} {} (XDP)", c.v4, c.v6, lb.v4, lb.v6);
     for n in lab.nodes() {
-        let pods: Vec<String> =
-            n.pods.iter().map(|p| format!("{} {} {}", p.host.name, p.host.v4, p.host.v6)).collect();
-        println!("  {} {} {} (tc): {}", n.host.name, n.host.v4, n.host.v6, pods.join(", "));
+        println!("  {} {} {} (tc, socket LB):", n.host.name, n.host.v4, n.host.v6);
+        for p in &n.pods {
+            let serves: Vec<String> = p
+                .tcp
+                .iter()
+                .map(|t| format!("{t}/TCP"))
+                .chain(p.udp.iter().map(|u| format!("{u}/UDP")))
+                .collect();
+            println!(
+                "    pod {}/{} {} {}{}",
+                p.namespace,
+                p.name,
+                p.host.v4,
+                p.host.v6,
+                if serves.is_empty() {
+                    String::new()
+                } else {
+                    format!(" serving {}", serves.join(" "))
+                }
+            );
+        }
     }
 }
 
-/// Keeps the lab up until Ctrl-C (the signal thread tears it down).
-fn hold(lab: &Lab, xlb: &Path) {
+/// Keeps the lab up until Ctrl-C (the signal thread tears it down), with
+/// its description on disk for `xlb-lab probe`.
+fn hold(lab: &Lab, work: &Workload, xlb: &Path, probe: &Path) -> anyhow::Result<()> {
+    let state = held::write(lab, probe)?;
+    let mut tries = String::new();
+    // A pod that serves nothing (a client) if there is one.
+    let pod = lab.pods().find(|p| p.tcp.is_empty() && p.udp.is_empty()).or(lab.pods().next());
+    if let (Some((svc, port)), Some(pod)) = (east_west_service(work), pod) {
+        // Into the pod's cgroup first: `ip netns exec` mounts its own /sys.
+        let _ = write!(
+            tries,
+            "\n  # Service {}/{} from pod {} (in its cgroup, so its node's agent translates):\n  \
+             sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} curl -s http://{}/'",
+            svc.namespace,
+            svc.name,
+            pod.host.name,
+            lab.cgroup(&pod.host.name).map_or("?".into(), |c| c.path().display().to_string()),
+            pod.host.ns,
+            SocketAddr::new(svc.cluster_ips[0], port)
+        );
+    }
+    if let Some((svc, port)) = vip_service(work) {
+        let _ = write!(
+            tries,
+            "\n  ip netns exec {} curl -s http://{}/",
+            lab.ns("client").unwrap_or("?"),
+            SocketAddr::new(svc.lb_ips[0], port)
+        );
+    }
     println!(
-        "\nthe lab stays up until Ctrl-C; try:\n  ip netns exec {} curl -s http://{VIP_V4}/\n  \
-         {} service list --pin-dir /sys/fs/bpf/{}/lb",
-        lab.ns("client").unwrap_or("?"),
+        "\nthe lab stays up until Ctrl-C (described in {}); try:{tries}\n  \
+         {} service list --pin-dir /sys/fs/bpf/{}/node1\n  \
+         ./scripts/lab.sh probe --port 80          # every pod to every pod: . reachable, X not",
+        state.display(),
         xlb.display(),
         lab.prefix()
     );
@@ -483,17 +683,62 @@ fn plural(n: u32) -> &'static str {
 
 // --- East-west (#9): the service's ClusterIP from a pod and from a node ---
 
-/// Requests to the ClusterIPs from the first pod and from the last node's
-/// own processes (each in its namespace and its cgroup): who answered, the
-/// peer the client's socket saw, and the node agents' socket counters
-/// (translated at connect(); the packets went straight to the pod).
-fn east_west(lab: &Lab, agents: &mut [Agent], xlb: &Path, requests: usize) -> anyhow::Result<()> {
+/// The Service the east-west requests go to: default/nginx-service (the
+/// seed example's) if there is one, else the first with ClusterIPs, a TCP
+/// port and endpoints.
+fn east_west_service(work: &Workload) -> Option<(&PlannedService, u16)> {
+    let usable = |s: &&PlannedService| {
+        !s.cluster_ips.is_empty()
+            && s.ports.iter().any(|p| p.protocol == Protocol::Tcp)
+            && work.pods.iter().any(|p| s.selects(p))
+    };
+    let svc = work
+        .service("default", "nginx-service")
+        .filter(usable)
+        .or_else(|| work.services.iter().find(usable))?;
+    Some((svc, svc.ports.iter().find(|p| p.protocol == Protocol::Tcp)?.port))
+}
+
+/// Requests to a Service's ClusterIPs from a client pod (one the Service
+/// does not select, on a node without its endpoints if there is one) and
+/// from a node's own processes (such a node again), each in its namespace
+/// and its cgroup: who answered, the peer the client's socket saw, and the
+/// node agents' socket counters (translated at connect(); the packets went
+/// straight to the pod).
+fn east_west(
+    lab: &Lab,
+    work: &Workload,
+    agents: &mut [Agent],
+    probe: &Path,
+    requests: usize,
+) -> anyhow::Result<()> {
     if requests == 0 {
         return Ok(());
     }
-    let probe = lab::eastwest::probe_binary(xlb)?;
-    let pod = lab.pods().next().context("the lab has no pod")?.host.name.clone();
-    let node = lab.nodes().last().context("the lab has no node")?.host.name.clone();
+    let Some((svc, port)) = east_west_service(work) else {
+        println!("\nno Service with a ClusterIP, a TCP port and endpoints: no east-west requests");
+        return Ok(());
+    };
+    let serving: Vec<String> =
+        work.pods.iter().filter(|p| svc.selects(p)).map(|p| lab::spec::node_name(p.node)).collect();
+    let node_of = |role: &str| lab.pod(role).map_or("?".to_string(), |p| p.node.clone());
+    let others: Vec<_> = work.pods.iter().filter(|p| !svc.selects(p)).collect();
+    let pod = others
+        .iter()
+        .find(|p| !serving.contains(&lab::spec::node_name(p.node)))
+        .or(others.first())
+        .map(|p| p.role())
+        .or_else(|| work.pods.first().map(|p| p.role()))
+        .context("the workload has no pod")?;
+    let node = lab
+        .nodes()
+        .iter()
+        .map(|n| n.host.name.clone())
+        .rfind(|n| !serving.contains(n))
+        .or_else(|| lab.nodes().last().map(|n| n.host.name.clone()))
+        .context("the lab has no node")?;
+    let targets: Vec<SocketAddr> =
+        svc.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
     // Per agent: connect() translations, getpeername/recvmsg reverse
     // translations, and packets a service translation rewrote per packet
     // (XDP's DNAT, tc's DSR reply and its per-packet fallback; the pod
@@ -517,27 +762,30 @@ fn east_west(lab: &Lab, agents: &mut [Agent], xlb: &Path, requests: usize) -> an
         Ok(out)
     };
     println!(
-        "\nsending {requests} requests to http://{CLUSTER_IP_V4}/ and to \
-         http://[{CLUSTER_IP_V6}]/ (the service's ClusterIPs) from {pod} and from {node}, \
-         one TCP connection each ..."
+        "\nsending {requests} requests to {} (Service {}/{}'s ClusterIPs) from pod {pod} \
+         ({}) and from {node}'s own processes, one TCP connection each ...",
+        targets.iter().map(|t| format!("http://{t}/")).collect::<Vec<_>>().join(" and "),
+        svc.namespace,
+        svc.name,
+        node_of(&pod),
     );
     let before = sock_counters(agents)?;
     println!(
-        "  {:<8} {:<22} {:>4} {:>6}  {:<24} ANSWERED BY",
+        "  {:<12} {:<22} {:>4} {:>6}  {:<24} ANSWERED BY",
         "FROM", "TO", "OK", "FAILED", "PEER SEEN (getpeername)"
     );
     let mut failed = 0;
     let mut wrong_peer = 0;
     for client in [&pod, &node] {
-        for target in [
-            SocketAddr::from((CLUSTER_IP_V4, VIP_PORT)),
-            SocketAddr::from((CLUSTER_IP_V6, VIP_PORT)),
-        ] {
-            let r = lab::eastwest::drive(lab, &probe, client, target, requests)?;
-            let answered: Vec<String> =
-                r.per_backend.iter().map(|(pod, n)| format!("{pod} {n}")).collect();
+        for &target in &targets {
+            let r = lab::eastwest::drive(lab, probe, client, target, requests)?;
+            let answered: Vec<String> = r
+                .per_backend
+                .iter()
+                .map(|(pod, n)| format!("{pod} ({}) {n}", node_of(pod)))
+                .collect();
             println!(
-                "  {client:<8} {:<22} {:>4} {:>6}  {:<24} {}",
+                "  {client:<12} {:<22} {:>4} {:>6}  {:<24} {}",
                 target.to_string(),
                 r.succeeded(),
                 r.failures.len(),
@@ -573,14 +821,18 @@ fn east_west(lab: &Lab, agents: &mut [Agent], xlb: &Path, requests: usize) -> an
             bail!("the {} agent exited during the run ({status})", a.node);
         }
     }
+    let connections = 2 * targets.len() * requests;
     if failed > 0 {
-        bail!("{failed} of {} ClusterIP requests failed", 4 * requests);
+        bail!("{failed} of {connections} ClusterIP requests failed");
     }
     if wrong_peer > 0 {
         bail!("{wrong_peer} connections saw a peer other than the ClusterIP");
     }
-    if translated < 4 * requests as u64 {
-        bail!("{translated} socket translations for {} ClusterIP connections", 4 * requests);
+    if translated < connections as u64 {
+        bail!("{translated} socket translations for {connections} ClusterIP connections");
+    }
+    if nat > 0 {
+        bail!("{nat} packets were translated per packet: the ClusterIP traffic was not all translated at the socket");
     }
     Ok(())
 }
