@@ -12,6 +12,7 @@
 //! - [`Cluster`]: a plain snapshot, for manifest files, `xlb validate` and tests.
 //! - [`Objects`]: a mirror kept current from [`Changes`] (tests and tools).
 pub mod kinds;
+pub mod networklogging;
 
 use std::{
     collections::{BTreeMap, HashSet},

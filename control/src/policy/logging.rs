@@ -15,6 +15,9 @@
 //!   overflow counted), a token bucket of [`RATE_PER_S`] records per second
 //!   (dropped records counted), written through [`RotatingFile`] (10 MB,
 //!   5 files kept). Time is passed in (milliseconds), so tests drive it.
+//! - [`PolicyEvent`] and [`resolve`]: a datapath verdict named (pods,
+//!   namespaces, workloads, the allowing policy) with the agent's
+//!   [`PolicyNames`]; the agent's event reader feeds them to the logger.
 use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
@@ -24,6 +27,8 @@ use std::{
 };
 
 use serde::Serialize;
+
+use super::agent::PolicyNames;
 
 pub const DEFAULT_LOG_PATH: &str = "/var/log/network/policy_action.log";
 pub const DENY_AGGREGATION_MS: u64 = 5_000;
@@ -55,6 +60,19 @@ impl LoggingConfig {
         let name = obj.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("");
         if name != "default" {
             return Ok(None);
+        }
+        for (at, field) in [
+            ("/spec", "spec"),
+            ("/spec/cluster", "spec.cluster"),
+            ("/spec/cluster/allow", "spec.cluster.allow"),
+            ("/spec/cluster/deny", "spec.cluster.deny"),
+        ] {
+            match obj.pointer(at) {
+                None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => {}
+                Some(v) => {
+                    return Err(format!("NetworkLogging default: {field}: {v} is not an object"))
+                }
+            }
         }
         let action = |which: &str| -> Result<Action, String> {
             let at = format!("/spec/cluster/{which}");
@@ -137,12 +155,132 @@ pub struct Verdict {
     pub namespace_deny_logging: bool,
 }
 
+/// A NetworkPolicy verdict of a new connection as the datapath reported
+/// it (an XLB_EV_POLICY event), before names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyEvent {
+    /// Unix time, nanoseconds.
+    pub wall_ns: u64,
+    /// Checked on the destination pod's ingress (else the source's egress).
+    pub ingress: bool,
+    pub allowed: bool,
+    /// The policy number that allowed it (0: none, e.g. the node itself).
+    pub policy: u32,
+    /// The peer's identity as the datapath saw it.
+    pub peer_identity: u32,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+}
+
+/// "tcp", "udp", "sctp", "icmp", "icmpv6" or the number.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+/// RFC 3339 UTC with microseconds, from Unix nanoseconds.
+pub fn rfc3339(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let micros = (unix_ns % 1_000_000_000) / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Who `ip` is: a pod (with its workload), else the address.
+pub fn peer(names: &PolicyNames, ip: IpAddr) -> Peer {
+    match names.pod(ip) {
+        Some(p) => Peer::Pod {
+            pod_name: p.name.clone(),
+            pod_namespace: p.namespace.clone(),
+            namespace: p.namespace.clone(),
+            workload_kind: p.workload.as_ref().map(|w| w.0.clone()),
+            workload_name: p.workload.as_ref().map(|w| w.1.clone()),
+        },
+        None => Peer::Instance { instance: ip },
+    }
+}
+
+/// Names a verdict: pods, workloads, the allowing policy, and the delegate
+/// rules' inputs (the policy's annotation; the namespace of the checked
+/// pod: the destination's for ingress, the source's for egress).
+pub fn resolve(ev: &PolicyEvent, names: &PolicyNames, node: &str) -> Verdict {
+    let policies: Vec<PolicyRef> = if ev.allowed {
+        names
+            .compiled
+            .policies
+            .get(&ev.policy)
+            .map(|full| {
+                let (namespace, name) = full.split_once('/').unwrap_or(("", full));
+                PolicyRef {
+                    name: name.to_string(),
+                    namespace: namespace.to_string(),
+                    kind: "NetworkPolicy".into(),
+                }
+            })
+            .into_iter()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let checked = if ev.ingress { ev.dst } else { ev.src };
+    let namespace_deny_logging =
+        names.pod(checked).is_some_and(|p| names.deny_logged_namespaces.contains(&p.namespace));
+    Verdict {
+        record: Record {
+            connection: Connection {
+                src_ip: ev.src,
+                dest_ip: ev.dst,
+                src_port: ev.src_port,
+                dest_port: ev.dst_port,
+                protocol: proto_name(ev.proto),
+                direction: if ev.ingress { "ingress" } else { "egress" }.into(),
+            },
+            disposition: if ev.allowed { "allow" } else { "deny" }.into(),
+            policies,
+            src: peer(names, ev.src),
+            dest: peer(names, ev.dst),
+            count: 1,
+            node_name: node.to_string(),
+            timestamp: rfc3339(ev.wall_ns),
+        },
+        policy_logging: ev.allowed && names.logged_policies.contains(&ev.policy),
+        namespace_deny_logging,
+    }
+}
+
 /// What the logger did (Prometheus counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LogStats {
     pub logged: u64,
     pub aggregated: u64,
     pub rate_limited: u64,
+    /// Connections in the rate-limited records (a deny record counts many).
+    pub rate_limited_connections: u64,
     pub cache_overflow: u64,
     pub failed: u64,
 }
@@ -230,6 +368,7 @@ impl PolicyLogger {
         self.tokens = (self.tokens + elapsed * f64::from(RATE_PER_S)).min(f64::from(RATE_PER_S));
         if self.tokens < 1.0 {
             self.stats.rate_limited += 1;
+            self.stats.rate_limited_connections += rec.count;
             return;
         }
         self.tokens -= 1.0;
