@@ -604,4 +604,238 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() <= 100);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    // Verdict events injected as the agent's reader hands them over,
+    // resolved with names compiled from a manifest.
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: y
+  labels: {ns: y}
+  annotations: {policy.network.gke.io/enable-deny-logging: "true"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: a
+  namespace: x
+  labels: {pod: a}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: a-7c9, uid: u1, controller: true}]
+spec: {nodeName: node1, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y, labels: {pod: b}}
+spec: {nodeName: node1, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.2.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: b-from-a
+  namespace: y
+  annotations: {policy.network.gke.io/enable-logging: "true"}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}}], ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: 53, protocol: UDP}]}]
+"#;
+
+    fn names(extra: &str) -> PolicyNames {
+        let cluster = crate::source::file::load_str(&format!("{CLUSTER}{extra}"), "test").unwrap();
+        let mut changes = crate::cluster::Changes::full(cluster);
+        let mut objs = crate::policy::agent::PolicyObjects::default();
+        objs.take(&mut changes);
+        let compiled = objs.compile();
+        assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
+        objs.names(&compiled)
+    }
+
+    fn event(src: &str, sport: u16, dst: &str, dport: u16, ingress: bool) -> PolicyEvent {
+        PolicyEvent {
+            // 2026-12-06T06:00:00.000250Z
+            wall_ns: 1_796_536_800_000_250_000,
+            ingress,
+            allowed: false,
+            policy: 0,
+            peer_identity: 0,
+            proto: 6,
+            src: src.parse().unwrap(),
+            src_port: sport,
+            dst: dst.parse().unwrap(),
+            dst_port: dport,
+        }
+    }
+
+    fn line(v: &Verdict) -> String {
+        serde_json::to_string(&v.record).unwrap()
+    }
+
+    #[test]
+    fn verdict_events_resolve_to_golden_records() {
+        let n = names("");
+        let policy = *n.compiled.policies.iter().find(|(_, p)| *p == "y/b-from-a").unwrap().0;
+        let allow =
+            PolicyEvent { allowed: true, policy, ..event("10.0.1.1", 41000, "10.0.2.2", 80, true) };
+        let v = resolve(&allow, &n, "node1");
+        assert_eq!(
+            line(&v),
+            r#"{"connection":{"src_ip":"10.0.1.1","dest_ip":"10.0.2.2","src_port":41000,"dest_port":80,"protocol":"tcp","direction":"ingress"},"disposition":"allow","policies":[{"name":"b-from-a","namespace":"y","kind":"NetworkPolicy"}],"src":{"pod_name":"a","pod_namespace":"x","namespace":"x","workload_kind":"ReplicaSet","workload_name":"a-7c9"},"dest":{"pod_name":"b","pod_namespace":"y","namespace":"y"},"count":1,"node_name":"node1","timestamp":"2026-12-06T06:00:00.000250Z"}"#
+        );
+        assert!(v.policy_logging, "b-from-a carries enable-logging");
+        let deny = event("192.0.2.7", 5000, "10.0.2.2", 81, true);
+        let v = resolve(&deny, &n, "node1");
+        assert_eq!(
+            line(&v),
+            r#"{"connection":{"src_ip":"192.0.2.7","dest_ip":"10.0.2.2","src_port":5000,"dest_port":81,"protocol":"tcp","direction":"ingress"},"disposition":"deny","src":{"instance":"192.0.2.7"},"dest":{"pod_name":"b","pod_namespace":"y","namespace":"y"},"count":1,"node_name":"node1","timestamp":"2026-12-06T06:00:00.000250Z"}"#
+        );
+        assert!(v.namespace_deny_logging, "ingress: the destination's namespace y");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn delegate_rules_with_annotated_policies_and_namespaces() {
+        let n = names(
+            r#"
+---
+apiVersion: networking.gke.io/v1alpha1
+kind: NetworkLogging
+metadata: {name: default}
+spec: {cluster: {allow: {log: true, delegate: true}, deny: {log: true, delegate: true}}}
+"#,
+        );
+        assert_eq!(
+            n.logging,
+            LoggingConfig {
+                allow: Action { log: true, delegate: true },
+                deny: Action { log: true, delegate: true }
+            }
+        );
+        let dir = tmp("delegate-names");
+        let mut l = logger(n.logging, &dir);
+        let b_from_a = *n.compiled.policies.iter().find(|(_, p)| *p == "y/b-from-a").unwrap().0;
+        let a_egress = *n.compiled.policies.iter().find(|(_, p)| *p == "x/a-egress").unwrap().0;
+        let evs = [
+            // allowed by the annotated policy: logged
+            PolicyEvent {
+                allowed: true,
+                policy: b_from_a,
+                ..event("10.0.1.1", 1, "10.0.2.2", 80, true)
+            },
+            // allowed by a policy without the annotation: not logged
+            PolicyEvent {
+                allowed: true,
+                policy: a_egress,
+                proto: 17,
+                ..event("10.0.1.1", 2, "10.0.2.2", 53, false)
+            },
+            // denied into y (annotated): logged
+            event("10.0.1.1", 3, "10.0.2.2", 81, true),
+            // denied out of x (the source's namespace, not annotated): not logged
+            event("10.0.1.1", 4, "10.0.2.2", 82, false),
+            // denied out of y (annotated) to x: logged
+            event("10.0.2.2", 5, "10.0.1.1", 83, false),
+        ];
+        for e in &evs {
+            l.verdict(resolve(e, &n, "node1"), 0);
+        }
+        l.flush(DENY_AGGREGATION_MS);
+        let got: Vec<(String, String, u64)> = lines(&dir)
+            .iter()
+            .map(|v| {
+                (
+                    v["disposition"].as_str().unwrap().to_string(),
+                    v["connection"]["direction"].as_str().unwrap().to_string(),
+                    v["connection"]["dest_port"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("allow".to_string(), "ingress".to_string(), 80),
+                ("deny".into(), "ingress".into(), 81),
+                ("deny".into(), "egress".into(), 83)
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn network_logging_objects_invalid_ones_named_and_ignored() {
+        let n = names(
+            r#"
+---
+apiVersion: networking.gke.io/v1alpha1
+kind: NetworkLogging
+metadata: {name: default}
+spec: {cluster: {allow: {log: 1}}}
+---
+apiVersion: networking.gke.io/v1alpha1
+kind: NetworkLogging
+metadata: {name: other}
+spec: {cluster: {deny: {log: true}}}
+"#,
+        );
+        assert_eq!(n.logging, LoggingConfig::default(), "the invalid default is ignored");
+        assert_eq!(
+            n.logging_errors,
+            ["NetworkLogging default: spec.cluster.allow.log: 1 is not a boolean"]
+        );
+        let n = names(
+            "\n---\napiVersion: networking.gke.io/v1alpha1\nkind: NetworkLogging\n\
+             metadata: {name: default}\nspec: {cluster: [1]}\n",
+        );
+        assert_eq!(
+            n.logging_errors,
+            ["NetworkLogging default: spec.cluster: [1] is not an object"]
+        );
+    }
+
+    #[test]
+    fn injected_denies_aggregate_and_the_bucket_limits_records_and_counts_connections() {
+        let n = names("");
+        let dir = tmp("inject");
+        let mut l = logger(ALL, &dir);
+        // One client retrying from 50 source ports within 5 s: one record, count 50.
+        for p in 0..50u16 {
+            l.verdict(
+                resolve(&event("192.0.2.9", 30000 + p, "10.0.2.2", 81, true), &n, "n"),
+                p as u64 * 90,
+            );
+        }
+        l.flush(4_999);
+        assert!(lines(&dir).is_empty());
+        l.flush(5_000);
+        let got = lines(&dir);
+        assert_eq!((got.len(), got[0]["count"].as_u64()), (1, Some(50)));
+        assert_eq!(l.stats.aggregated, 49);
+        // 600 distinct denies due at once: 500 written, 100 rate-limited.
+        for i in 0..600u32 {
+            let dst = format!("10.0.2.{}", 2 + (i % 200));
+            l.verdict(
+                resolve(&event("192.0.2.9", 1, &dst, 1000 + (i / 200) as u16, true), &n, "n"),
+                10_000,
+            );
+        }
+        l.flush(15_000);
+        assert_eq!(l.stats.logged, 1 + 500);
+        assert_eq!((l.stats.rate_limited, l.stats.rate_limited_connections), (100, 100));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
