@@ -314,8 +314,12 @@ impl RotatingFile {
             return self.write_line(line);
         }
         let f = self.file.as_mut().expect("opened above");
-        f.write_all(line.as_bytes())?;
-        f.write_all(b"\n")?;
+        // One write per line: O_APPEND keeps lines whole even if two
+        // writers share the file.
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        f.write_all(&buf)?;
         self.size += line.len() as u64 + 1;
         Ok(())
     }
