@@ -67,7 +67,7 @@ pub fn matches(a: &ObserveArgs, f: &Flow) -> bool {
         && a.service
             .as_deref()
             .is_none_or(|w| f.service.as_deref().is_some_and(|s| service_matches(w, s)))
-        && (a.verdict.is_empty() || a.verdict.iter().any(|v| *v == f.verdict))
+        && (a.verdict.is_empty() || a.verdict.contains(&f.verdict))
         && a.protocol.as_deref().is_none_or(|w| w.eq_ignore_ascii_case(&f.proto))
         && a.port.is_none_or(|w| f.src.port == w || f.dst.port == w)
 }

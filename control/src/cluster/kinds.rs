@@ -243,14 +243,21 @@ mod tests {
 
     #[test]
     fn custom_resources_are_optional_and_named_for_rbac() {
-        assert!(!<Service as Kind>::OPTIONAL && !<EndpointSlice as Kind>::OPTIONAL);
-        assert!(!<NetworkPolicy as Kind>::OPTIONAL);
-        assert!(<NetworkLogging as Kind>::OPTIONAL);
+        let optional = [
+            <Service as Kind>::OPTIONAL,
+            <EndpointSlice as Kind>::OPTIONAL,
+            <NetworkPolicy as Kind>::OPTIONAL,
+            <NetworkLogging as Kind>::OPTIONAL,
+        ];
+        assert_eq!(optional, [false, false, false, true]);
         assert_eq!(
-            (<NetworkLogging as Kind>::GROUP, <NetworkLogging as Kind>::PLURAL),
-            ("networking.gke.io", "networkloggings")
+            (
+                <NetworkLogging as Kind>::GROUP,
+                <NetworkLogging as Kind>::PLURAL,
+                <NetworkLogging as Kind>::NAMESPACED
+            ),
+            ("networking.gke.io", "networkloggings", false)
         );
-        assert!(!<NetworkLogging as Kind>::NAMESPACED);
         assert!(builtin_group("") && builtin_group("discovery.k8s.io") && !builtin_group("x.io"));
     }
 }

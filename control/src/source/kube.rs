@@ -203,7 +203,8 @@ async fn client_config(opts: &KubeOptions) -> anyhow::Result<kube::Config> {
 
 /// One small list per kind: proves the API is reachable and that we may list each kind.
 /// Returns the optional kinds (custom resources, [`Kind::OPTIONAL`]) the API does not
-/// serve (404: the CRD is not installed): they count as listed and empty.
+/// serve (404: the CRD is not installed) or does not let us list (403: RBAC rendered
+/// before the kind was added): they count as listed and empty, with a warning.
 async fn probe(client: &Client) -> anyhow::Result<HashSet<&'static str>> {
     type Probe = BoxFuture<'static, anyhow::Result<Option<&'static str>>>;
     struct Probes<'a>(&'a Client, Vec<Probe>);
@@ -215,6 +216,15 @@ async fn probe(client: &Client) -> anyhow::Result<HashSet<&'static str>> {
                 match api.list(&lp).await {
                     Ok(_) => Ok(None),
                     Err(kube::Error::Api(s)) if K::OPTIONAL && s.code == 404 => Ok(Some(K::KIND)),
+                    Err(kube::Error::Api(s)) if K::OPTIONAL && s.code == 403 => {
+                        warn!(
+                            kind = K::KIND,
+                            message = %s.message,
+                            "forbidden to list this optional kind: taken as empty (the \
+                             service account needs list and watch on it)"
+                        );
+                        Ok(Some(K::KIND))
+                    }
                     Err(e) => Err(e).with_context(|| format!("listing {}s", K::KIND)),
                 }
             }));
