@@ -755,10 +755,10 @@ spec: {cluster: {allow: {log: true, delegate: true}, deny: {log: true, delegate:
             // denied out of y (annotated) to x: logged
             event("10.0.2.2", 5, "10.0.1.1", 83, false),
         ];
-        for e in &evs {
-            l.verdict(resolve(e, &n, "node1"), 0);
+        for (i, e) in evs.iter().enumerate() {
+            l.verdict(resolve(e, &n, "node1"), i as u64);
         }
-        l.flush(DENY_AGGREGATION_MS);
+        l.flush(DENY_AGGREGATION_MS + 10);
         let got: Vec<(String, String, u64)> = lines(&dir)
             .iter()
             .map(|v| {
