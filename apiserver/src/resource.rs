@@ -69,6 +69,14 @@ pub static RESOURCES: &[ResourceType] = &[
         plural: "networkpolicies",
         namespaced: true,
     },
+    // GKE's policy logging configuration (a CRD there): the agent watches it.
+    ResourceType {
+        group: "networking.gke.io",
+        version: "v1alpha1",
+        kind: "NetworkLogging",
+        plural: "networkloggings",
+        namespaced: false,
+    },
 ];
 
 /// The resource type for an object's `apiVersion` and `kind`.

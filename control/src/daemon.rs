@@ -231,6 +231,8 @@ pub struct RunArgs {
     detach_on_exit: bool,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
+    #[command(flatten)]
+    flows: crate::flows::FlowArgs,
     /// Size of the event ring buffer (xlb monitor), bytes: a power of two,
     /// at least a page.
     #[arg(long, value_name = "BYTES", default_value_t = crate::monitor::DEFAULT_RINGBUF_BYTES)]
@@ -560,6 +562,7 @@ fn serve(
         "restored the applied state"
     );
     let _metrics = crate::metrics::start(&args.metrics, &args.pin_dir)?;
+    let _flows = crate::flows::start(&args.pin_dir, &opts.node_name, &args.flows)?;
     runtime.spawn(crate::metrics::housekeeping(args.pin_dir.clone()));
     runtime.block_on(reconcile_loop(args, opts, pod, first, kube, &mut datapath, sockets))
 }
@@ -826,6 +829,7 @@ impl PodState {
         }
         if self.policy_objects.dirty() {
             self.compiled = self.policy_objects.compile();
+            crate::flows::publish(self.policy_objects.names(&self.compiled));
             let errors: Vec<String> = self.compiled.errors.iter().map(|e| e.to_string()).collect();
             if errors != self.policy_errors {
                 for e in &errors {

@@ -7,9 +7,11 @@
 //! (translation) and in the daemon/inspect modules. (The lab is its own
 //! binary, `xlb-lab`: the agent links no test tooling.)
 mod daemon;
+mod flows;
 mod inspect;
 mod metrics;
 mod monitor;
+mod observe;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -77,6 +79,9 @@ enum Cmd {
     Stats(StatsArgs),
     /// Print datapath events live: new flows (backend chosen) and drops.
     Monitor(monitor::MonitorArgs),
+    /// Live flows with verdicts (forwarded, policy allowed/denied, dropped),
+    /// pods and services named, through the agent (several at once).
+    Observe(observe::ObserveArgs),
     /// Translate manifests and print the desired datapath state, or every
     /// error (exit status 1). Touches nothing.
     Validate(ValidateArgs),
@@ -269,6 +274,7 @@ fn main() -> ExitCode {
         Cmd::Policy { cmd } => policy(cmd),
         Cmd::Stats(a) => inspect::stats(&a.list.pin_dir, a.all, a.list.json),
         Cmd::Monitor(args) => monitor::run(args),
+        Cmd::Observe(args) => observe::run(args),
         Cmd::Validate(args) => validate(&args),
         Cmd::Status(args) => status(&args),
     };

@@ -5,8 +5,8 @@
 //! ring) is [`lb::events::Listener`]; ids are named through lb's read model
 //! ([`lb::view::DatapathView::names`]). This module decides what to ask for,
 //! filters and prints. One monitor per node runs at a time (the ring buffer
-//! has a single consumer); fanning events out to several clients would be
-//! the agent's job.
+//! has a single consumer); several clients at once, with pods and policy
+//! verdicts, is `xlb observe`, fanned out by the agent ([`crate::flows`]).
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -137,7 +137,9 @@ pub fn parse_reason(r: &str) -> anyhow::Result<Counter> {
     )
 }
 
-struct Decoder {
+/// Names the ids of event records (services, backends, interfaces); the
+/// agent's flow reader ([`crate::flows`]) uses it too.
+pub(crate) struct Decoder {
     view: DatapathView,
     names: Names,
     names_read: Instant,
@@ -147,7 +149,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(pin_dir: &Path) -> anyhow::Result<Decoder> {
+    pub(crate) fn new(pin_dir: &Path) -> anyhow::Result<Decoder> {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
@@ -171,7 +173,7 @@ impl Decoder {
         }
     }
 
-    fn decode(&mut self, r: &Record) -> (Printed, Option<u32>) {
+    pub(crate) fn decode(&mut self, r: &Record) -> (Printed, Option<u32>) {
         let mut svc_id = None;
         let (mut service, mut backend, mut backend_id) = (None, None, None);
         if r.kind == EventKind::NewFlow || r.kind == EventKind::Sock {
@@ -274,7 +276,12 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     // Events an earlier listener left in the ring are skipped.
     let mut listener = match Listener::start(&args.pin_dir, mask, args.sample) {
         Ok(l) => l,
-        Err(e @ ev::EventsError::Busy { .. }) => return Err(e.into()),
+        Err(e @ ev::EventsError::Busy { .. }) => {
+            return Err(anyhow::Error::new(e).context(
+                "the agent may hold the ring for policy logs or observers: `xlb observe` \
+                 reads the same events through the agent, several clients at once",
+            ))
+        }
         Err(e) => {
             return Err(e).with_context(|| {
                 let dir = args.pin_dir.display();

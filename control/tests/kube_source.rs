@@ -370,3 +370,50 @@ async fn unreachable_api_at_start_is_an_error() {
     let err = format!("{:#}", run_with(opts, WatchOptions::default(), tx).await.unwrap_err());
     assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
 }
+
+/// NetworkLogging (#11, a CRD on GKE) is watched like the built-in kinds: the double
+/// serves it, a malformed object does not block the valid one, the policy side reads the
+/// `default` one and names the broken one by field, and changes arrive as watch events.
+#[tokio::test]
+async fn network_logging_is_watched_and_a_malformed_one_blocks_nothing() {
+    let server = ApiServer::start().await.unwrap();
+    server.apply_yaml(NGINX).unwrap();
+    let logging = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: networking.gke.io/v1alpha1\nkind: NetworkLogging\n\
+             metadata: {{name: {name}}}\nspec: {spec}\n"
+        )
+    };
+    server.apply_yaml(&logging("broken", "{cluster: {deny: {log: maybe}}}")).unwrap();
+    server.apply_yaml(&logging("default", "{cluster: {deny: {log: true}}}")).unwrap();
+    let mut src = Source::start(&server, WatchOptions::default());
+    let first = src.next().await;
+    assert_eq!(names(&first.network_loggings), ["broken", "default"]);
+    let config = |c: &Cluster| {
+        let mut objs = xlb_control::policy::agent::PolicyObjects::default();
+        objs.take(&mut Changes::full(c.clone()));
+        let compiled = objs.compile();
+        let n = objs.names(&compiled);
+        (n.logging.deny.log, n.logging.allow.log, n.logging_errors)
+    };
+    assert_eq!(config(&first), (true, false, vec![]), "only `default` is read");
+
+    server.apply_yaml(&logging("default", "{cluster: {allow: {log: yes}}}")).unwrap();
+    let bad = src
+        .until("the default turned invalid", |c| {
+            c.network_loggings
+                .iter()
+                .any(|o| o.spec.as_ref().is_some_and(|s| s.to_string().contains("yes")))
+        })
+        .await;
+    assert_eq!(
+        config(&bad),
+        (
+            false,
+            false,
+            vec!["NetworkLogging default: spec.cluster.allow.log: \"yes\" is not a boolean"
+                .to_string()]
+        )
+    );
+    assert_eq!(bad.services.len(), 1, "other kinds unaffected");
+}

@@ -14,6 +14,14 @@
 //!   of allowed connections pass);
 //! - removing the policies restores everything (within the control-loop
 //!   latency: the test waits for it, bounded).
+//!
+//! Policy action logging and observation (#11), same lab: with
+//! NetworkLogging `default` logging allows and denies, a denied (pod1-1)
+//! and an allowed (pod1-2) connection into pod2-1 become the expected JSON
+//! lines in the agents' policy log (`--policy-log-path`), the ready gauge
+//! and the logged counter show on /metrics, and two `xlb observe` clients
+//! on node2 (fanned out by its agent) both see the denied and the allowed
+//! flow with pods named.
 use std::{
     io::ErrorKind,
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -43,12 +51,22 @@ struct Running {
 
 impl Running {
     fn start() -> Running {
+        Running::start_with(false)
+    }
+
+    /// With `policy_log`: the agents write their policy action logs to
+    /// [`Running::policy_log`].
+    fn start_with(policy_log: bool) -> Running {
         let spec = LabSpec { nodes: 2, pods_per_node: 2, ..LabSpec::default() };
         let mut lab = Lab::build(spec.clone())
             .unwrap_or_else(|e| panic!("building the lab (this test needs root): {e}"));
         let config = lab.temp_dir().join("cluster.yaml");
         std::fs::write(&config, manifests::nginx(&spec, &|_| EndpointState::Ready)).unwrap();
-        let agent_spec = AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &config);
+        let mut agent_spec = AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &config);
+        if policy_log {
+            let path = lab.temp_dir().join("policy_action.log");
+            agent_spec.extra_args.extend(["--policy-log-path".into(), path.display().to_string()]);
+        }
         let agents = agent::start_all(&mut lab, &agent_spec, AGENT_READY)
             .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
         Running { agents, lab, spec, config }
@@ -83,6 +101,28 @@ status:
         let tmp = self.config.with_extension("tmp");
         std::fs::write(&tmp, y).unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    fn policy_log(&self) -> std::path::PathBuf {
+        self.lab.temp_dir().join("policy_action.log")
+    }
+
+    /// GET `path` from the agent of `node` (its metrics endpoint).
+    fn agent_get(&self, node: &str, path: &str) -> String {
+        self.lab
+            .in_ns(node, || {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:9465")?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                std::io::Write::write_all(
+                    &mut s,
+                    format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(),
+                )?;
+                let mut body = String::new();
+                std::io::Read::read_to_string(&mut s, &mut body)?;
+                Ok::<_, std::io::Error>(body)
+            })
+            .unwrap()
+            .unwrap_or_default()
     }
 
     fn counter(&self, node: &str, name: &str) -> u64 {
@@ -257,4 +297,133 @@ fn policies_allow_and_deny_real_connections_across_nodes_and_on_one_node() {
         assert!(r.udp_ok("pod1-1", p21[1]), "UDP again after the policies went\n{}", r.logs());
         stop.store(true, Ordering::Relaxed);
     });
+}
+
+const NETWORK_LOGGING: &str = "---
+apiVersion: networking.gke.io/v1alpha1
+kind: NetworkLogging
+metadata: {name: default}
+spec: {cluster: {allow: {log: true, delegate: false}, deny: {log: true, delegate: false}}}
+";
+
+/// The policy log's lines, parsed.
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
+        .collect()
+}
+
+/// Whether a record is `disposition` from pod `src` to pod `dst` port 80.
+fn is_record(v: &serde_json::Value, disposition: &str, src: &str, dst: &str) -> bool {
+    v["disposition"] == disposition
+        && v["src"]["pod_name"] == src
+        && v["dest"]["pod_name"] == dst
+        && v["connection"]["dest_port"] == 80
+        && v["connection"]["direction"] == "ingress"
+        && v["node_name"] == "node2"
+}
+
+#[test]
+fn policy_action_log_and_observers_see_denied_and_allowed_connections() {
+    let r = Running::start_with(true);
+    r.write(&format!("{INGRESS_POD2_1}{NETWORK_LOGGING}"));
+    r.converge(
+        "ingress policy on pod2-1",
+        &[("pod1-2", "pod2-1", true), ("pod1-1", "pod2-1", false)],
+    );
+    // The agent reads the event stream once NetworkLogging says to log.
+    let t0 = Instant::now();
+    while !r.agent_get("node2", "/metrics").contains("xlb_policy_log_ready 1") {
+        assert!(t0.elapsed() < CONVERGE, "policy logging never ready on node2\n{}", r.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Two observers at once on node2, through its agent.
+    let out = |i: usize| r.lab.temp_dir().join(format!("observe-{i}.json"));
+    let observers: Vec<_> = (0..2)
+        .map(|i| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xlb"));
+            cmd.args(["observe", "--json", "--pod", "default/pod2-1", "--port", "80"])
+                .stdout(std::fs::File::create(out(i)).unwrap())
+                .stderr(std::process::Stdio::null());
+            r.lab.spawn("node2", cmd).unwrap()
+        })
+        .collect();
+    let t0 = Instant::now();
+    while !r.agent_get("node2", "/metrics").contains("xlb_observers 2") {
+        assert!(t0.elapsed() < CONVERGE, "observers never connected\n{}", r.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // the reader widens its mask
+
+    let p21 = r.addrs("pod2-1")[0];
+    assert!(r.http_ok("pod1-2", p21), "allowed\n{}", r.logs());
+    assert!(!r.http_ok("pod1-1", p21), "denied\n{}", r.logs());
+
+    // Denies are held 5 s for aggregation, then written.
+    let t0 = Instant::now();
+    let (allow, deny) = loop {
+        let lines = log_lines(&r.policy_log());
+        let allow = lines.iter().find(|v| is_record(v, "allow", "pod1-2", "pod2-1")).cloned();
+        let deny = lines.iter().find(|v| is_record(v, "deny", "pod1-1", "pod2-1")).cloned();
+        if let (Some(a), Some(d)) = (&allow, &deny) {
+            break (a.clone(), d.clone());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "policy log after 20 s: allow {allow:?} deny {deny:?}\n{lines:#?}\n{}",
+            r.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(
+        allow["policies"],
+        serde_json::json!([{"name": "pod2-1-from-pod1-2", "namespace": "default", "kind": "NetworkPolicy"}])
+    );
+    assert_eq!(allow["connection"]["protocol"], "tcp");
+    assert_eq!(allow["src"]["namespace"], "default");
+    // The converge step probed both families: either address of pod1-2.
+    let src_ip: IpAddr = allow["connection"]["src_ip"].as_str().unwrap().parse().unwrap();
+    assert!(r.addrs("pod1-2").contains(&src_ip), "{allow}");
+    assert_eq!(deny["connection"]["src_port"].as_u64().map(|p| p > 0), Some(true));
+    assert!(deny["count"].as_u64().unwrap() >= 1 && deny.get("policies").is_none());
+    assert!(deny["timestamp"].as_str().unwrap().ends_with('Z'));
+    let metrics = r.agent_get("node2", "/metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("xlb_policy_log_records_total{result=\"logged\"}")),
+        "{metrics}"
+    );
+
+    // Both observers saw both flows, named.
+    for i in 0..2 {
+        let t0 = Instant::now();
+        loop {
+            let flows: Vec<serde_json::Value> = std::fs::read_to_string(out(i))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let seen = |verdict: &str, src: &str| {
+                flows.iter().any(|f| {
+                    f["verdict"] == verdict
+                        && f["src"]["pod"] == src
+                        && f["dst"]["pod"] == "pod2-1"
+                        && f["dst"]["namespace"] == "default"
+                        && f["direction"] == "ingress"
+                        && f["dst"]["identity"].as_u64().is_some()
+                })
+            };
+            if seen("denied", "pod1-1") && seen("allowed", "pod1-2") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "observer {i} saw:\n{flows:#?}\n{}",
+                r.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(observers);
 }

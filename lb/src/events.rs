@@ -233,6 +233,17 @@ impl Lease {
     pub fn lost(&self) -> Result<u64, EventsError> {
         self.control.stat(abi::EV_STAT_LOST)
     }
+
+    /// Asks for exactly `mask` from now on (kinds no longer wanted stop
+    /// being built at once), the lease renewed.
+    pub fn set_mask(&mut self, mask: EventMask) -> Result<(), EventsError> {
+        self.mask = mask;
+        self.control.set_config(EventsCfg {
+            mask: mask.bits(),
+            flow_sample: self.flow_sample,
+            lease_ns: monotonic_ns() + LEASE.as_nanos() as u64,
+        })
+    }
 }
 
 impl Drop for Lease {
@@ -314,6 +325,16 @@ impl Listener {
         self.lease.lost()
     }
 
+    /// What this listener asks for.
+    pub fn mask(&self) -> EventMask {
+        self.lease.mask
+    }
+
+    /// Asks for `mask` from now on (see [`Lease::set_mask`]).
+    pub fn set_mask(&mut self, mask: EventMask) -> Result<(), EventsError> {
+        self.lease.set_mask(mask)
+    }
+
     /// Waits up to `timeout` for records (see [`EventReader::wait`]).
     pub fn wait(&self, timeout: Duration) -> Result<bool, EventsError> {
         self.ring.wait(timeout)
@@ -337,6 +358,8 @@ pub struct Record {
     /// Socket events: the counter it was counted under (ok_sock_connect,
     /// ok_sock_sendmsg, or the drop that refused the call).
     pub sock_reason: Option<Result<Counter, u16>>,
+    /// Policy verdicts (XLB_EV_POLICY, a new connection at a pod's veth).
+    pub policy: Option<PolicyVerdict>,
     pub ifindex: u32,
     /// Frame length as received.
     pub len: u32,
@@ -364,6 +387,13 @@ impl From<&Event> for Record {
             drop_reason: drop_reason(ev),
             sock_reason: (ev.r#type == abi::EV_SOCK)
                 .then(|| Counter::from_u32(ev.reason as u32).ok_or(ev.reason)),
+            policy: (ev.r#type == abi::EV_POLICY).then(|| PolicyVerdict {
+                ingress: ev.svc_id == abi::POLICY_DIR_INGRESS,
+                denied: (ev.reason != 0)
+                    .then(|| Counter::from_u32(ev.reason as u32).ok_or(ev.reason)),
+                peer_identity: ev.backend_id,
+                policy: ev.policy_id,
+            }),
             ifindex: ev.ifindex,
             len: ev.len,
             svc_id: ev.svc_id,
@@ -375,6 +405,19 @@ impl From<&Event> for Record {
             dst_port: u16::from_be(t.dport),
         }
     }
+}
+
+/// A NetworkPolicy verdict (tc/policy.h's xlb_policy_event): checked on
+/// the destination pod's ingress or the source pod's egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyVerdict {
+    pub ingress: bool,
+    /// None: allowed; else the drop reason (drop_policy_ingress/egress).
+    pub denied: Option<Result<Counter, u16>>,
+    /// The peer's identity (the source's for ingress, the destination's for egress).
+    pub peer_identity: u32,
+    /// The policy number that allowed it (0 when none did, or the peer is the node).
+    pub policy: u32,
 }
 
 /// What an event reports ([`Event::type`](abi::Event)).
@@ -417,6 +460,9 @@ pub enum EventHook {
     TcIngress,
     TcEgress,
     Sock,
+    /// A pod's host veth: traffic from the pod, and to it.
+    PodFrom,
+    PodTo,
     Unknown(u8),
 }
 
@@ -427,6 +473,8 @@ impl EventHook {
             abi::EV_HOOK_TC_INGRESS => EventHook::TcIngress,
             abi::EV_HOOK_TC_EGRESS => EventHook::TcEgress,
             abi::EV_HOOK_SOCK => EventHook::Sock,
+            abi::HOOK_TC_POD_FROM => EventHook::PodFrom,
+            abi::HOOK_TC_POD_TO => EventHook::PodTo,
             n => EventHook::Unknown(n),
         }
     }
@@ -437,6 +485,8 @@ impl EventHook {
             EventHook::TcIngress => "tc_ingress",
             EventHook::TcEgress => "tc_egress",
             EventHook::Sock => "sock",
+            EventHook::PodFrom => "pod_from",
+            EventHook::PodTo => "pod_to",
             EventHook::Unknown(_) => "unknown",
         }
     }
@@ -556,6 +606,28 @@ mod tests {
         assert_eq!(
             (flow.kind, flow.drop_reason, flow.svc_id, flow.backend_id),
             (EventKind::NewFlow, None, 4, 9)
+        );
+        let policy = Record::from(&Event {
+            r#type: abi::EV_POLICY,
+            hook: abi::HOOK_TC_POD_TO,
+            reason: Counter::DropPolicyIngress as u16,
+            svc_id: abi::POLICY_DIR_INGRESS,
+            backend_id: 70000,
+            policy_id: 0,
+            ..ev
+        });
+        assert_eq!(
+            (policy.kind, policy.hook, policy.drop_reason),
+            (EventKind::Policy, EventHook::PodTo, None)
+        );
+        assert_eq!(
+            policy.policy,
+            Some(PolicyVerdict {
+                ingress: true,
+                denied: Some(Ok(Counter::DropPolicyIngress)),
+                peer_identity: 70000,
+                policy: 0
+            })
         );
         let not_ip = Record::from(&Event { tuple: abi::FlowKey { family: 0, ..tuple }, ..ev });
         assert_eq!((not_ip.src, not_ip.dst), (None, None));

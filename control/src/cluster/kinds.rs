@@ -39,7 +39,7 @@ use k8s_openapi::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{KindChanges, ObjectKey};
+use super::{networklogging::NetworkLogging, KindChanges, ObjectKey};
 
 /// A registered kind: the k8s-openapi type of its objects, and where its
 /// value sits in a [`PerKind`] table. Implemented by `registry!` only.
@@ -61,6 +61,15 @@ pub trait Kind:
     const LIST_KIND: &'static str;
     /// Namespaced (Service) or cluster-scoped (Node).
     const NAMESPACED: bool;
+    /// A custom resource (its group is not Kubernetes' own: neither the core
+    /// group nor `*.k8s.io`): a cluster may not serve it (the CRD is not
+    /// installed). The Kubernetes source then treats the kind as listed and
+    /// empty instead of waiting for it.
+    const OPTIONAL: bool;
+    /// "endpointslices": the plural of URL paths (and of RBAC rules).
+    const PLURAL: &'static str;
+    /// "discovery.k8s.io" ("" for the core group).
+    const GROUP: &'static str;
 
     /// This kind's value in `table`.
     fn of<F: Family>(table: &PerKind<F>) -> &F::Of<Self>;
@@ -118,6 +127,26 @@ impl Scope for ClusterResourceScope {
     const NAMESPACED: bool = false;
 }
 
+/// Kubernetes' own API groups: the core group ("") and `*.k8s.io`.
+pub const fn builtin_group(group: &str) -> bool {
+    let g = group.as_bytes();
+    let suffix = b"k8s.io";
+    if g.is_empty() {
+        return true;
+    }
+    if g.len() < suffix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < suffix.len() {
+        if g[g.len() - suffix.len() + i] != suffix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Declares the registered kinds: generates [`PerKind`] (a field per kind),
 /// the [`Kind`] impls, [`for_each_kind`] and the impls a table needs.
 macro_rules! registry {
@@ -135,6 +164,10 @@ macro_rules! registry {
                 const LIST_KIND: &'static str = <$ty as k8s_openapi::ListableResource>::LIST_KIND;
                 const NAMESPACED: bool =
                     <<$ty as k8s_openapi::Resource>::Scope as Scope>::NAMESPACED;
+                const OPTIONAL: bool =
+                    !builtin_group(<$ty as k8s_openapi::Resource>::GROUP);
+                const PLURAL: &'static str = <$ty as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+                const GROUP: &'static str = <$ty as k8s_openapi::Resource>::GROUP;
 
                 fn of<F: Family>(table: &PerKind<F>) -> &F::Of<Self> {
                     &table.$field
@@ -199,4 +232,32 @@ registry! {
     namespaces: Namespace,
     /// networking.k8s.io/v1 NetworkPolicies.
     policies: NetworkPolicy,
+    /// networking.gke.io/v1alpha1 NetworkLogging (cluster-scoped, `default`):
+    /// policy action logging (#11). A CRD: optional.
+    network_loggings: NetworkLogging,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_resources_are_optional_and_named_for_rbac() {
+        let optional = [
+            <Service as Kind>::OPTIONAL,
+            <EndpointSlice as Kind>::OPTIONAL,
+            <NetworkPolicy as Kind>::OPTIONAL,
+            <NetworkLogging as Kind>::OPTIONAL,
+        ];
+        assert_eq!(optional, [false, false, false, true]);
+        assert_eq!(
+            (
+                <NetworkLogging as Kind>::GROUP,
+                <NetworkLogging as Kind>::PLURAL,
+                <NetworkLogging as Kind>::NAMESPACED
+            ),
+            ("networking.gke.io", "networkloggings", false)
+        );
+        assert!(builtin_group("") && builtin_group("discovery.k8s.io") && !builtin_group("x.io"));
+    }
 }

@@ -12,6 +12,7 @@
 //! - [`Cluster`]: a plain snapshot, for manifest files, `xlb validate` and tests.
 //! - [`Objects`]: a mirror kept current from [`Changes`] (tests and tools).
 pub mod kinds;
+pub mod networklogging;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -260,6 +261,7 @@ mod tests {
                 "v1 Pod PodList true",
                 "v1 Namespace NamespaceList false",
                 "networking.k8s.io/v1 NetworkPolicy NetworkPolicyList true",
+                "networking.gke.io/v1alpha1 NetworkLogging NetworkLoggingList false",
             ]
         );
     }
@@ -275,7 +277,8 @@ mod tests {
                 ("Node", 2),
                 ("Pod", 0),
                 ("Namespace", 0),
-                ("NetworkPolicy", 0)
+                ("NetworkPolicy", 0),
+                ("NetworkLogging", 0)
             ]
         );
         let changes = Changes::full(cluster);

@@ -352,6 +352,7 @@ pub fn start(args: &MetricsArgs, pin_dir: &Path) -> anyhow::Result<Option<Metric
     );
     let mut registry = Registry::default();
     control().register(&mut registry);
+    crate::flows::register(&mut registry);
     registry.register_collector(Box::new(collector::DatapathCollector::new(
         collector::Options {
             pin_dir: PathBuf::from(pin_dir),

@@ -112,6 +112,11 @@ fn handle(
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let (method, path) = read_head(&mut stream)?;
+    if method == "GET" && path == "/flows" {
+        // Streams until the client goes, on its own thread (`xlb observe`).
+        crate::flows::subscribe(stream);
+        return Ok(());
+    }
     let (status, ctype, body) = if method != "GET" && method != "HEAD" {
         ("405 Method Not Allowed", "text/plain", "GET only\n".to_string())
     } else {
@@ -137,7 +142,7 @@ fn handle(
             _ => (
                 "404 Not Found",
                 "text/plain",
-                "not found: try /metrics, /healthz, /readyz or /status\n".into(),
+                "not found: try /metrics, /healthz, /readyz, /status or /flows\n".into(),
             ),
         }
     };

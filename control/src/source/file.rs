@@ -222,7 +222,8 @@ mod tests {
             err,
             "x.yaml: document 2: kind apps/v1 Deployment is not supported (expected v1 \
              Service, discovery.k8s.io/v1 EndpointSlice, v1 Node, v1 Pod, v1 Namespace, \
-             networking.k8s.io/v1 NetworkPolicy or a List of them)"
+             networking.k8s.io/v1 NetworkPolicy, networking.gke.io/v1alpha1 NetworkLogging \
+             or a List of them)"
         );
     }
 

@@ -125,7 +125,7 @@ pub async fn run_with(
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config)
         .with_context(|| format!("building a Kubernetes client for {url}"))?;
-    tokio::time::timeout(watch.probe_timeout, probe(&client))
+    let absent = tokio::time::timeout(watch.probe_timeout, probe(&client))
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {:?}", watch.probe_timeout))
         .and_then(|r| r)
@@ -138,7 +138,8 @@ pub async fn run_with(
     let wake = Arc::new(tokio::sync::Notify::new());
     // Aborts every watcher task when this function returns.
     let mut tasks = JoinSet::new();
-    let w = Watches { client: &client, config: &config, stats: &stats, wake: &wake };
+    let w =
+        Watches { client: &client, config: &config, stats: &stats, wake: &wake, absent: &absent };
     let kinds = w.watch_every_kind(&mut tasks);
 
     info!(url, "waiting for the first list of every watched kind");
@@ -201,24 +202,69 @@ async fn client_config(opts: &KubeOptions) -> anyhow::Result<kube::Config> {
 }
 
 /// One small list per kind: proves the API is reachable and that we may list each kind.
-async fn probe(client: &Client) -> anyhow::Result<()> {
-    struct Probes<'a>(&'a Client, Vec<BoxFuture<'static, anyhow::Result<()>>>);
+/// Returns the optional kinds (custom resources, [`Kind::OPTIONAL`]) the API does not
+/// serve (404: the CRD is not installed) or does not let us list (403: RBAC rendered
+/// before the kind was added): they count as listed and empty, with a warning.
+async fn probe(client: &Client) -> anyhow::Result<HashSet<&'static str>> {
+    type Probe = BoxFuture<'static, anyhow::Result<Option<&'static str>>>;
+    struct Probes<'a>(&'a Client, Vec<Probe>);
     impl KindVisitor for Probes<'_> {
         fn visit<K: Kind>(&mut self) {
             let api = Api::<K>::all(self.0.clone());
             self.1.push(Box::pin(async move {
                 let lp = ListParams::default().limit(1);
-                api.list(&lp).await.with_context(|| format!("listing {}s", K::KIND))?;
-                Ok(())
+                match api.list(&lp).await {
+                    Ok(_) => Ok(None),
+                    Err(kube::Error::Api(s)) if K::OPTIONAL && s.code == 404 => Ok(Some(K::KIND)),
+                    Err(kube::Error::Api(s)) if K::OPTIONAL && s.code == 403 => {
+                        warn!(
+                            kind = K::KIND,
+                            message = %s.message,
+                            "forbidden to list this optional kind: taken as empty (the \
+                             service account needs list and watch on it)"
+                        );
+                        Ok(Some(K::KIND))
+                    }
+                    Err(e) => Err(e).with_context(|| format!("listing {}s", K::KIND)),
+                }
             }));
         }
     }
     let mut probes = Probes(client, Vec::new());
     for_each_kind(&mut probes);
+    let mut absent = HashSet::new();
     for p in probes.1 {
-        p.await?;
+        if let Some(kind) = p.await? {
+            info!(
+                kind,
+                "not served by this API server (its CRD is not installed): taken as empty; \
+                 installing it later takes effect when the agent restarts"
+            );
+            absent.insert(kind);
+        }
     }
-    Ok(())
+    Ok(absent)
+}
+
+/// An optional kind the API does not serve: listed, and empty.
+struct Absent<K>(std::marker::PhantomData<K>);
+
+impl<K: Kind> WatchedKind for Absent<K> {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), WriterDropped>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn len(&self) -> usize {
+        0
+    }
+
+    fn take_into(&self, full: bool, changes: &mut Changes) {
+        *K::of_mut(changes) = KindChanges { full, objects: Vec::new() };
+    }
 }
 
 /// Keys of one kind's objects changed since the last batch, and whether it relisted.
@@ -294,6 +340,8 @@ struct Watches<'a> {
     config: &'a watcher::Config,
     stats: &'a Arc<KubeStats>,
     wake: &'a Arc<tokio::sync::Notify>,
+    /// Optional kinds the API does not serve.
+    absent: &'a HashSet<&'static str>,
 }
 
 impl Watches<'_> {
@@ -306,6 +354,10 @@ impl Watches<'_> {
         }
         impl KindVisitor for Start<'_, '_> {
             fn visit<K: Kind>(&mut self) {
+                if self.watches.absent.contains(K::KIND) {
+                    self.started.push(Box::new(Absent::<K>(std::marker::PhantomData)));
+                    return;
+                }
                 self.started.push(Box::new(self.watches.watch_kind::<K>(self.tasks)));
             }
         }
