@@ -34,7 +34,7 @@ use k8s_openapi::{
 };
 use lb::model::{
     Affinity, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service, ServiceKey,
-    DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE,
+    MAX_MAGLEV_SIZE,
 };
 
 use super::{
@@ -392,16 +392,16 @@ impl Cx<'_> {
     /// table; without it the datapath chooses M from the active backends.
     fn maglev_size(&mut self, svc: &KubeService) -> u32 {
         let Some(v) = Self::annotation(svc, MAGLEV_SIZE_ANNOTATION) else {
-            return DEFAULT_MAGLEV_SIZE;
+            return self.opts.maglev_size;
         };
         match v.trim().parse::<u32>() {
-            Ok(n) if is_prime(n) && n <= MAX_MAGLEV_SIZE => n,
+            Ok(n) if valid_maglev_size(n) => n,
             _ => {
                 self.error(
                     format!("metadata.annotations[{MAGLEV_SIZE_ANNOTATION}]"),
                     Problem::BadMaglevSize { value: v.clone(), max: MAX_MAGLEV_SIZE },
                 );
-                DEFAULT_MAGLEV_SIZE
+                self.opts.maglev_size
             }
         }
     }
@@ -756,6 +756,12 @@ fn valid_port_name(s: &str) -> bool {
         && !s.starts_with('-')
         && !s.ends_with('-')
         && !s.contains("--")
+}
+
+/// A Maglev table size a service (or `--maglev-size`) may ask for: a prime
+/// up to [`MAX_MAGLEV_SIZE`].
+pub fn valid_maglev_size(n: u32) -> bool {
+    is_prime(n) && n <= MAX_MAGLEV_SIZE
 }
 
 fn is_prime(n: u32) -> bool {
