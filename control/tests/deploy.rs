@@ -47,7 +47,11 @@ const COMMITTED: [(&str, &[&str]); 3] = [
 
 fn render(args: &[&str]) -> String {
     let out = Command::new(XLB).args(["install", "render"]).args(args).output().unwrap();
-    assert!(out.status.success(), "xlb install render {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "xlb install render {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -61,6 +65,7 @@ fn committed_manifests_are_current() {
         let have = std::fs::read_to_string(&path).unwrap_or_default();
         if have != want {
             if bless {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(&path, &want).unwrap();
             } else {
                 stale.push(format!("{file} (xlb install render {})", args.join(" ")));
@@ -125,7 +130,11 @@ fn every_manifest_parses_strictly_and_passes_install_check() {
     let text = std::fs::read_to_string(repo().join("deploy/kubernetes/xlb.yaml")).unwrap();
     for (what, bad, expect) in [
         ("flag", text.replacen("- --no-healthz", "- --keep-attached", 1), "--keep-attached"),
-        ("field", text.replacen("hostNetwork: true", "hostNetwrk: true", 1), "hostNetwrk: unknown field"),
+        (
+            "field",
+            text.replacen("hostNetwork: true", "hostNetwrk: true", 1),
+            "hostNetwrk: unknown field",
+        ),
         ("rbac", text.replacen("  - list\n", "  - list\n  - get\n", 1), "excess: get"),
         ("rbac", text.replacen("  - watch\n", "", 1), "missing: watch"),
     ] {
@@ -244,12 +253,11 @@ fn pod_monitor_and_scrape_config_match_the_daemon_sets() {
             )
         })
         .collect();
-    assert!(keeps.contains(&(
-        "__meta_kubernetes_pod_label_app_kubernetes_io_name".into(),
-        "xlb".into()
-    )));
+    assert!(keeps
+        .contains(&("__meta_kubernetes_pod_label_app_kubernetes_io_name".into(), "xlb".into())));
     assert!(keeps.contains(&("__meta_kubernetes_pod_container_port_name".into(), "metrics".into())));
-    let ns = k8s["scrape_configs"][0]["kubernetes_sd_configs"][0]["namespaces"]["names"][0].as_str();
+    let ns =
+        k8s["scrape_configs"][0]["kubernetes_sd_configs"][0]["namespaces"]["names"][0].as_str();
     assert_eq!(ns, sets[0].metadata.namespace.as_deref());
 }
 
@@ -344,9 +352,10 @@ fn status_in(ns: &NamedNetns, path: &str) -> Option<u16> {
 }
 
 /// The agent under `setpriv` with only `caps` (bounding set: nothing else
-/// can be gained; no new privileges), as the DaemonSet's container runs it.
-/// Ready within the time, or the log says why not.
-fn run_with_caps(tag: &str, role: Role, extra: &[String]) {
+/// can be gained; no new privileges), as the DaemonSet's container runs it,
+/// with `--iface=auto` in a namespace whose default route is via xv0.
+/// Ok(log) once ready, Err(log) if it exits or is not ready in 30 s.
+fn run_with_caps(tag: &str, caps: &[&str], extra: &[String]) -> Result<String, String> {
     testkit::require_root("this test (BPF, netns, setpriv)");
     let ns = NamedNetns::create(tag).unwrap_or_else(|e| panic!("{e}"));
     ns.veth("xv0", "xv1").unwrap_or_else(|e| panic!("{e}"));
@@ -357,8 +366,7 @@ fn run_with_caps(tag: &str, role: Role, extra: &[String]) {
     let dir = std::env::temp_dir().join(format!("xlb-caps-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = repo().join("control/examples/nginx.yaml");
-    let caps: Vec<String> =
-        role.capabilities().iter().map(|c| format!("+{}", c.to_ascii_lowercase())).collect();
+    let caps: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())).collect();
     let set = format!("-all,{}", caps.join(","));
     let log = std::fs::File::create(dir.join("xlb.log")).unwrap();
     let mut child = ns
@@ -402,14 +410,30 @@ fn run_with_caps(tag: &str, role: Role, extra: &[String]) {
     let _ = child.wait();
     let log = std::fs::read_to_string(dir.join("xlb.log")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(ready, "{role:?} with {set}: not ready in 30 s; the agent's log:\n{log}");
-    assert!(log.contains("--iface auto"), "{log}");
-    assert!(log.contains("xv0"), "the default route's interface: {log}");
+    let log = format!("capabilities {set}:\n{log}");
+    if ready {
+        Ok(log)
+    } else {
+        Err(log)
+    }
 }
 
 #[test]
-fn the_frontend_runs_with_its_capabilities_and_the_default_route_iface() {
-    run_with_caps("capfe", Role::Frontend, &["--socket-lb=off".to_string()]);
+fn the_frontend_needs_exactly_its_capabilities_and_finds_the_default_route_iface() {
+    let off = ["--socket-lb=off".to_string()];
+    let caps = Role::Frontend.capabilities();
+    let log = run_with_caps("capfe", caps, &off).unwrap_or_else(|log| panic!("not ready: {log}"));
+    assert!(log.contains("--iface auto") && log.contains("xv0"), "{log}");
+    // Each one is needed: without it the agent does not start (CAP_PERFMON:
+    // the verifier refuses the datapath's `data_end - data`).
+    for (i, missing) in caps.iter().enumerate() {
+        let fewer: Vec<&str> =
+            caps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| *c).collect();
+        let tag = format!("capfe{i}");
+        if let Ok(log) = run_with_caps(&tag, &fewer, &off) {
+            panic!("ready without CAP_{missing}: the DaemonSet grants more than needed\n{log}");
+        }
+    }
 }
 
 #[test]
@@ -426,5 +450,10 @@ fn the_node_agent_runs_with_its_capabilities_and_socket_lb_on_its_own_cgroup() {
         }
     }
     let _rm = Rm(cg.clone());
-    run_with_caps("capnode", Role::Node, &[format!("--socket-lb={}", cg.display())]);
+    let extra = [format!("--socket-lb={}", cg.display())];
+    let log = run_with_caps("capnode", Role::Node.capabilities(), &extra)
+        .unwrap_or_else(|log| panic!("not ready: {log}"));
+    // The socket iterators (tracing programs: CAP_PERFMON) loaded.
+    assert!(log.contains("attached the socket programs"), "{log}");
+    assert!(log.contains("socket termination available"), "{log}");
 }

@@ -337,14 +337,11 @@ fn dashboard_queries_reference_exported_metrics_and_evaluate() {
     .unwrap();
     let job = &k8s["scrape_configs"][0];
     assert_eq!(job["kubernetes_sd_configs"][0]["role"].as_str(), Some("pod"));
-    assert!(job["relabel_configs"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .any(|r| r["source_labels"][0].as_str()
-            == Some("__meta_kubernetes_pod_container_port_name")
-            && r["regex"].as_str() == Some("metrics")
-            && r["action"].as_str() == Some("keep")));
+    assert!(job["relabel_configs"].as_sequence().unwrap().iter().any(|r| r["source_labels"][0]
+        .as_str()
+        == Some("__meta_kubernetes_pod_container_port_name")
+        && r["regex"].as_str() == Some("metrics")
+        && r["action"].as_str() == Some("keep")));
     // The agents of the rendered install (deploy/kubernetes/xlb.yaml) serve
     // that port, probed there (control/tests/deploy.rs checks the rest).
     let install = std::fs::read_to_string(repo().join("deploy/kubernetes/xlb.yaml")).unwrap();
