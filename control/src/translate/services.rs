@@ -772,6 +772,29 @@ fn is_prime(n: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// `--maglev-size` sets the size of services without an annotation;
+    /// an annotation still wins.
+    #[test]
+    fn the_node_default_maglev_size_applies_unless_annotated() {
+        let cluster = crate::source::file::load_str(crate::examples::NGINX, "nginx").unwrap();
+        let sizes = |opts: &super::super::TranslateOptions, c: &crate::cluster::Cluster| {
+            let d = super::super::translate(c, opts).unwrap();
+            d.services.values().map(|s| s.maglev_size).collect::<Vec<_>>()
+        };
+        let mut opts = super::super::TranslateOptions::new("lb");
+        assert!(sizes(&opts, &cluster).iter().all(|&m| m == lb::model::MAGLEV_SIZE_AUTO));
+        opts.maglev_size = 16381;
+        assert!(sizes(&opts, &cluster).iter().all(|&m| m == 16381));
+        let annotated = crate::examples::NGINX.replacen(
+            "  namespace: default\n",
+            "  namespace: default\n  annotations: {xlb.io/maglev-size: \"251\"}\n",
+            1,
+        );
+        let c = crate::source::file::load_str(&annotated, "nginx").unwrap();
+        assert!(sizes(&opts, &c).contains(&251), "{:?}", sizes(&opts, &c));
+        assert!(valid_maglev_size(16381) && !valid_maglev_size(16383) && !valid_maglev_size(65537));
+    }
+
     #[test]
     fn primes() {
         let small: Vec<u32> = (0..30).filter(|n| is_prime(*n)).collect();
