@@ -337,8 +337,27 @@ mod tests {
     }
 
     #[test]
+    fn install_cni_replaces_the_plugin_atomically_and_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("xlb-install-cni-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("plugin");
+        for content in ["first", "second"] {
+            std::fs::write(&src, content).unwrap();
+            install_cni(&src, &dir).unwrap();
+            let dest = dir.join("xlb-cni");
+            assert_eq!(std::fs::read_to_string(&dest).unwrap(), content);
+            assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755);
+            assert!(!dir.join(".xlb-cni.tmp").exists());
+        }
+        let e = install_cni(&dir.join("missing"), &dir).unwrap_err();
+        assert!(format!("{e:#}").contains("No such file"), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn expand_replaces_kubelet_variables() {
         assert_eq!(expand("--node-name=$(NODE_NAME)"), "--node-name=stand-in");
-        assert_eq!(expand("a$(X)b$(Y"), "a$stand-inb$(Y".replacen("$stand-in", "stand-in", 1));
+        assert_eq!(expand("a$(X)b$(Y"), "astand-inb$(Y");
     }
 }
