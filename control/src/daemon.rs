@@ -192,8 +192,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Interface to attach the XDP and tc programs to; repeatable.
-    #[arg(long = "iface", value_name = "IF", required = true)]
+    /// Interface to attach the XDP and tc programs to; repeatable. "auto":
+    /// the interface of the default route (a DaemonSet's value).
+    #[arg(long = "iface", value_name = "IF|auto", required = true)]
     ifaces: Vec<String>,
     /// Manifest file or directory (re-read when it changes and on SIGHUP).
     #[arg(long, value_name = "FILE|DIR", required_unless_present_any = ["kubeconfig", "kube"])]
@@ -331,7 +332,7 @@ enum XdpModeArg {
     None,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -341,6 +342,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let opts = args.translate.options();
+    if args.ifaces.iter().any(|i| i == xlb_control::uplink::AUTO) {
+        args.ifaces = xlb_control::uplink::resolve(&args.ifaces)?;
+        info!(ifaces = ?args.ifaces, "--iface auto: the default route's interface");
+    }
 
     // With files, the whole configuration is read and checked before the
     // datapath is touched: a typo never gets as far as the kernel.

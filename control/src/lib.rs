@@ -7,12 +7,15 @@
 //! peers, masquerade, this node's pods from the CNI plugin's records) is
 //! [`podnet`]'s. NetworkPolicy (Pods, Namespaces, NetworkPolicies compiled
 //! into identities and per-pod rules; policy action logging) is
-//! [`policy`]'s. The `xlb` binary (main.rs) wires these to `lb::datapath`.
+//! [`policy`]'s. The install manifests (`xlb install render`) are [`install`]'s; the
+//! `xlb` binary (main.rs) wires these to `lb::datapath`.
 pub mod cluster;
 pub mod examples;
 pub mod healthcheck;
+pub mod install;
 pub mod podnet;
 pub mod policy;
 pub mod render;
 pub mod source;
 pub mod translate;
+pub mod uplink;

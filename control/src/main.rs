@@ -1,14 +1,15 @@
 //! `xlb`: the node agent (`xlb run`), the inspection CLI (`xlb service list`,
 //! `xlb backend list`, `xlb ct list`, `xlb maglev show`, `xlb stats`,
 //! `xlb endpoint list`, `xlb tunnel list`), the event stream (`xlb
-//! monitor`), the agent's status (`xlb status`) and the offline checker
-//! (`xlb validate`).
+//! monitor`), the agent's status (`xlb status`), the offline checker
+//! (`xlb validate`) and the install manifests (`xlb install`).
 //! Argument parsing and dispatch only; the work lives in the library
 //! (translation) and in the daemon/inspect modules. (The lab is its own
 //! binary, `xlb-lab`: the agent links no test tooling.)
 mod daemon;
 mod flows;
 mod inspect;
+mod install_cli;
 mod metrics;
 mod monitor;
 mod observe;
@@ -88,6 +89,12 @@ enum Cmd {
     /// Ask the running agent how it is: ready or why not, and the problems
     /// of its configuration (objects or parts of them left out).
     Status(StatusArgs),
+    /// Install on a cluster: render the manifests, check edited ones, or
+    /// (the DaemonSet's init container) install the CNI plugin on the host.
+    Install {
+        #[command(subcommand)]
+        cmd: install_cli::InstallCmd,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +216,11 @@ pub(crate) struct TranslateArgs {
     /// its xlb.io/no-endpoints annotation says otherwise.
     #[arg(long, value_enum, default_value_t = NoEndpointsArg::Reject)]
     no_endpoints: NoEndpointsArg,
+    /// Maglev table size of services without an xlb.io/maglev-size
+    /// annotation: a prime up to 16381, the same on every node ("auto":
+    /// sized by each service's endpoints).
+    #[arg(long, value_name = "PRIME|auto", default_value = "auto", value_parser = parse_maglev_size)]
+    maglev_size: u32,
     /// Outer source address of IPv4 tunnels (default: the node's first
     /// IPv4 InternalIP).
     #[arg(long, value_name = "ADDR")]
@@ -239,8 +251,20 @@ impl TranslateArgs {
             proxy_name: self.proxy_name.clone(),
             tunnel_v4: self.tunnel_v4,
             tunnel_v6: self.tunnel_v6,
+            maglev_size: self.maglev_size,
             ..TranslateOptions::new(&self.node_name)
         }
+    }
+}
+
+/// `--maglev-size`: "auto" or a prime up to the largest table.
+fn parse_maglev_size(s: &str) -> Result<u32, String> {
+    if s == "auto" {
+        return Ok(lb::model::MAGLEV_SIZE_AUTO);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if translate::valid_maglev_size(n) => Ok(n),
+        _ => Err(format!("expected auto or a prime up to {}", lb::model::MAX_MAGLEV_SIZE)),
     }
 }
 
@@ -277,6 +301,7 @@ fn main() -> ExitCode {
         Cmd::Observe(args) => observe::run(args),
         Cmd::Validate(args) => validate(&args),
         Cmd::Status(args) => status(&args),
+        Cmd::Install { cmd } => install_cli::run(cmd),
     };
     match result {
         Ok(code) => code,

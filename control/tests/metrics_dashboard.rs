@@ -7,8 +7,9 @@
 //! - every query, with the dashboard variables filled in, is accepted and
 //!   evaluated by a real Prometheus scraping that agent;
 //! - deploy/prometheus/prometheus.yml passes `promtool check config`, the
-//!   Kubernetes variant scrapes the DaemonSet's pods on the metrics port,
-//!   and the DaemonSet sketch probes /healthz and /readyz there.
+//!   Kubernetes variant scrapes the DaemonSets' pods on the metrics port,
+//!   and the rendered install (deploy/kubernetes/xlb.yaml) probes /healthz
+//!   and /readyz there.
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
@@ -196,8 +197,15 @@ fn dashboard_queries_reference_exported_metrics_and_evaluate() {
         assert_eq!(p["datasource"]["type"], "prometheus", "panel {}", p["title"]);
     }
     let titles: Vec<&str> = panels.iter().map(|p| p["title"].as_str().unwrap()).collect();
-    for want in ["Traffic per service", "Drops by reason", "Connection table fill", "Apply latency"]
-    {
+    for want in [
+        "Traffic per service",
+        "Drops by reason",
+        "Connection table fill",
+        "Apply latency",
+        "East-west: socket translations",
+        "Pod network (CNI)",
+        "NetworkPolicy: drops",
+    ] {
         assert!(titles.iter().any(|t| t.starts_with(want)), "no panel {want:?} in {titles:?}");
     }
 
@@ -329,34 +337,25 @@ fn dashboard_queries_reference_exported_metrics_and_evaluate() {
     .unwrap();
     let job = &k8s["scrape_configs"][0];
     assert_eq!(job["kubernetes_sd_configs"][0]["role"].as_str(), Some("pod"));
-    assert!(job["relabel_configs"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .any(|r| r["replacement"].as_str() == Some("$1:9465")));
-    let ds: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(repo().join("deploy/kubernetes/xlb-daemonset.yaml")).unwrap(),
-    )
-    .unwrap();
-    let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
-    assert!(c["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .any(|a| a.as_str() == Some("--metrics-addr=0.0.0.0:9465")));
-}
-
-#[test]
-fn name_extraction() {
-    let e = r#"sum by (reason) (rate(xlb_drops_total{instance=~"$instance",reason="xlb_fake"}[5m])) / xlb_map_capacity"#;
-    let want: BTreeSet<String> =
-        ["xlb_drops_total", "xlb_map_capacity"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(referenced_names(e), want);
-    let t = "# TYPE xlb_drops counter\nxlb_drops_total{reason=\"a\"} 1\nxlb_datapath_up 1\n# EOF\n";
-    assert_eq!(
-        exported_names(t).into_iter().collect::<Vec<_>>(),
-        ["xlb_datapath_up", "xlb_drops_total"]
-    );
+    assert!(job["relabel_configs"].as_sequence().unwrap().iter().any(|r| r["source_labels"][0]
+        .as_str()
+        == Some("__meta_kubernetes_pod_container_port_name")
+        && r["regex"].as_str() == Some("metrics")
+        && r["action"].as_str() == Some("keep")));
+    // The agents of the rendered install (deploy/kubernetes/xlb.yaml) serve
+    // that port, probed there (control/tests/deploy.rs checks the rest).
+    let install = std::fs::read_to_string(repo().join("deploy/kubernetes/xlb.yaml")).unwrap();
+    let mut agents = 0;
+    for o in xlb_control::install::strict::parse(&install).unwrap_or_else(|e| panic!("{e}")) {
+        let xlb_control::install::strict::Object::DaemonSet(ds) = o else { continue };
+        let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+        let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone())
+        };
+        assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert!(c.args.iter().flatten().any(|a| a == "--metrics-addr=[::]:9465"), "{:?}", c.args);
+        agents += 1;
+    }
+    assert_eq!(agents, 2, "the node and frontend DaemonSets");
 }

@@ -41,6 +41,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// The API verbs this source uses on every registered kind, and nothing
+/// else: `list` (the start-up probe, the watchers' listings and relists)
+/// and `watch`. The agent never reads one object by name (`get`) nor writes
+/// anything. The install's ClusterRole is derived from this and the
+/// registry ([`crate::install::rbac`]).
+pub const VERBS: [&str; 2] = ["list", "watch"];
+
 /// How to reach the API server.
 #[derive(Debug, Clone, Default)]
 pub struct KubeOptions {

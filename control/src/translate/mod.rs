@@ -57,9 +57,9 @@ pub use self::{
     hostports::key as host_port_key,
     nodes::PodNetwork,
     services::{
-        service_key, CLUSTER_KEY_SUFFIX, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_PROXY_NAME,
-        ENCAP_ANNOTATION, IPV6_KEY_SUFFIX, LOCAL_KEY_SUFFIX, MAGLEV_SIZE_ANNOTATION,
-        MAX_AFFINITY_TIMEOUT_S, NO_ENDPOINTS_ANNOTATION, PROXY_NAME_LABEL,
+        service_key, valid_maglev_size, CLUSTER_KEY_SUFFIX, DEFAULT_AFFINITY_TIMEOUT_S,
+        DEFAULT_PROXY_NAME, ENCAP_ANNOTATION, IPV6_KEY_SUFFIX, LOCAL_KEY_SUFFIX,
+        MAGLEV_SIZE_ANNOTATION, MAX_AFFINITY_TIMEOUT_S, NO_ENDPOINTS_ANNOTATION, PROXY_NAME_LABEL,
     },
 };
 use crate::cluster::{Changes, Cluster, ObjectKey};
@@ -96,6 +96,10 @@ pub struct TranslateOptions {
     /// What services without a usable endpoint do unless their
     /// `xlb.io/no-endpoints` annotation says otherwise.
     pub no_endpoints: NoEndpoints,
+    /// The Maglev table size of services without an `xlb.io/maglev-size`
+    /// annotation ([`lb::model::MAGLEV_SIZE_AUTO`]: sized by their
+    /// endpoints). Cluster-wide: every node must build the same tables.
+    pub maglev_size: u32,
 }
 
 impl TranslateOptions {
@@ -110,6 +114,7 @@ impl TranslateOptions {
             tunnel_v6: None,
             leave_out_invalid: false,
             no_endpoints: NoEndpoints::Reject,
+            maglev_size: lb::model::MAGLEV_SIZE_AUTO,
         }
     }
 }

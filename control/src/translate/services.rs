@@ -34,7 +34,7 @@ use k8s_openapi::{
 };
 use lb::model::{
     Affinity, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service, ServiceKey,
-    DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE,
+    MAX_MAGLEV_SIZE,
 };
 
 use super::{
@@ -392,16 +392,16 @@ impl Cx<'_> {
     /// table; without it the datapath chooses M from the active backends.
     fn maglev_size(&mut self, svc: &KubeService) -> u32 {
         let Some(v) = Self::annotation(svc, MAGLEV_SIZE_ANNOTATION) else {
-            return DEFAULT_MAGLEV_SIZE;
+            return self.opts.maglev_size;
         };
         match v.trim().parse::<u32>() {
-            Ok(n) if is_prime(n) && n <= MAX_MAGLEV_SIZE => n,
+            Ok(n) if valid_maglev_size(n) => n,
             _ => {
                 self.error(
                     format!("metadata.annotations[{MAGLEV_SIZE_ANNOTATION}]"),
                     Problem::BadMaglevSize { value: v.clone(), max: MAX_MAGLEV_SIZE },
                 );
-                DEFAULT_MAGLEV_SIZE
+                self.opts.maglev_size
             }
         }
     }
@@ -758,6 +758,12 @@ fn valid_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
+/// A Maglev table size a service (or `--maglev-size`) may ask for: a prime
+/// up to [`MAX_MAGLEV_SIZE`].
+pub fn valid_maglev_size(n: u32) -> bool {
+    is_prime(n) && n <= MAX_MAGLEV_SIZE
+}
+
 fn is_prime(n: u32) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
@@ -765,6 +771,29 @@ fn is_prime(n: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--maglev-size` sets the size of services without an annotation;
+    /// an annotation still wins.
+    #[test]
+    fn the_node_default_maglev_size_applies_unless_annotated() {
+        let cluster = crate::source::file::load_str(crate::examples::NGINX, "nginx").unwrap();
+        let sizes = |opts: &super::super::TranslateOptions, c: &crate::cluster::Cluster| {
+            let d = super::super::translate(c, opts).unwrap();
+            d.services.values().map(|s| s.maglev_size).collect::<Vec<_>>()
+        };
+        let mut opts = super::super::TranslateOptions::new("lb");
+        assert!(sizes(&opts, &cluster).iter().all(|&m| m == lb::model::MAGLEV_SIZE_AUTO));
+        opts.maglev_size = 16381;
+        assert!(sizes(&opts, &cluster).iter().all(|&m| m == 16381));
+        let annotated = crate::examples::NGINX.replacen(
+            "  namespace: default\n",
+            "  namespace: default\n  annotations: {xlb.io/maglev-size: \"251\"}\n",
+            1,
+        );
+        let c = crate::source::file::load_str(&annotated, "nginx").unwrap();
+        assert!(sizes(&opts, &c).contains(&251), "{:?}", sizes(&opts, &c));
+        assert!(valid_maglev_size(16381) && !valid_maglev_size(16383) && !valid_maglev_size(65537));
+    }
 
     #[test]
     fn primes() {
