@@ -15,7 +15,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::SchedClassifier;
 use lb::{
     abi::{self, DsrNatEntry, FlowKey, GENEVE_OPT_CLASS, GENEVE_PORT},
     datapath::Datapath,
@@ -136,16 +136,8 @@ impl Node {
 }
 
 fn run(prog: &SchedClassifier, frame: &[u8]) -> Run {
-    let mut out = vec![0u8; frame.len() + 512];
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
-    out.truncate(res.data_size_out as usize);
-    Run { verdict: res.return_value, out }
+    let (verdict, out) = testkit::bench::tc_run(prog, frame, 0);
+    Run { verdict, out }
 }
 
 // ---- PKTGEN ----------------------------------------------------------------

@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use lb::{
     datapath::Datapath,
     loader::{Dataplane, LoadOptions},
@@ -21,6 +20,7 @@ use lb::{
     },
 };
 use testkit::{
+    bench::tc_run,
     packet::{Frame, Mac},
     pins::PinDir,
 };
@@ -62,26 +62,13 @@ impl Node {
 
     /// The backend (address, port) the client's packet was DNAT'd to.
     fn send(&mut self, frame: &Frame) -> (IpAddr, u16) {
-        let out = run(self.dp.tc_egress_program(), &frame.build());
+        let out = tc_run(self.dp.tc_egress_program(), &frame.build(), 0);
         assert_eq!(out.0, TC_ACT_OK, "verdict");
         let f = out.1;
         // Ethernet 14 + IPv4 without options 20; ports start the L4 header.
         let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
         (dst.into(), u16::from_be_bytes([f[36], f[37]]))
     }
-}
-
-fn run(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 512];
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
 }
 
 fn web(backends: u8, proto: Proto) -> Service {

@@ -14,7 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::SchedClassifier;
 use lb::{
     abi::{self, FlowKey, GENEVE_PORT},
     datapath::Datapath,
@@ -192,25 +192,10 @@ fn with_lab(name: &str, ports: (u16, u16), body: impl FnOnce(&mut PodLab) + Send
 
 /// struct __sk_buff as BPF_PROG_TEST_RUN's ctx_in: the packet is on
 /// interface `ifindex` (offset 40); every other field zero.
-fn skb_ctx(ifindex: u32) -> [u8; 192] {
-    let mut c = [0u8; 192];
-    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    c
-}
 
 fn run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> Run {
-    let ctx = skb_ctx(ifindex);
-    let mut out = vec![0u8; frame.len() + 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
-    out.truncate(r.data_size_out as usize);
-    Run { verdict: r.return_value, out }
+    let (verdict, out) = testkit::bench::tc_run(prog, frame, ifindex);
+    Run { verdict, out }
 }
 
 impl PodLab {

@@ -12,7 +12,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::SchedClassifier;
 use lb::{
     abi::{self, GENEVE_PORT},
     datapath::Datapath,
@@ -156,18 +156,7 @@ fn with_lab(name: &str, body: impl FnOnce(&mut Lab) + Send) {
 }
 
 fn run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> Run {
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut out = vec![0u8; frame.len() + 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
-    Run { verdict: r.return_value }
+    Run { verdict: testkit::bench::tc_run(prog, frame, ifindex).0 }
 }
 
 impl Lab {

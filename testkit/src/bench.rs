@@ -1,9 +1,9 @@
 //! The ABI of the benchmark rig (testkit/bpf/xlb_bench.c, embedded as
 //! [`crate::objects::bench`]): the frame-template mirror, its encoder, and the
 //! xdp_md context a BPF_PROG_TEST_RUN needs, with one [`test_run`] of an XDP
-//! program. Used by perf/, the benchmark tests and the XDP packet tests, so
+//! program (and [`tc_run`], one of a tc program). Used by perf/, the benchmark tests and the XDP packet tests, so
 //! the template layout and the run are written once.
-use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 
 /// Largest template frame (XLB_BENCH_FRAME_MAX).
 pub const FRAME_MAX: usize = 256;
@@ -111,6 +111,27 @@ pub fn test_run(
         repeat,
         ..Default::default()
     })
+}
+
+/// One BPF_PROG_TEST_RUN of the tc program `prog` on `frame`, the
+/// `__sk_buff` context naming `ifindex` as the device (0: none, the
+/// kernel's loopback): its return value and output frame. Panics when the
+/// kernel refuses the run (a test helper: the failure is the test's).
+pub fn tc_run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    // sizeof(struct __sk_buff); ifindex at offset 40.
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 512];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: (ifindex != 0).then_some(&ctx[..]),
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
 }
 
 #[cfg(test)]
