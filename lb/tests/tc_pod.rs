@@ -190,9 +190,7 @@ fn with_lab(name: &str, ports: (u16, u16), body: impl FnOnce(&mut PodLab) + Send
     .unwrap_or_else(|e| panic!("the test's network namespace: {e}"));
 }
 
-/// struct __sk_buff as BPF_PROG_TEST_RUN's ctx_in: the packet is on
-/// interface `ifindex` (offset 40); every other field zero.
-
+/// One run of `prog` on `frame` arriving on interface `ifindex`.
 fn run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> Run {
     let (verdict, out) = testkit::bench::tc_run(prog, frame, ifindex);
     Run { verdict, out }
