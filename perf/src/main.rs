@@ -11,6 +11,7 @@ mod eastwest;
 mod maglev_report;
 mod micro;
 mod podnet;
+mod policy_bench;
 mod pps;
 mod readme;
 mod report;
@@ -119,6 +120,27 @@ enum Cmd {
         rounds: u32,
         #[arg(long, default_value_t = 20_000)]
         repeat: u32,
+    },
+    /// NetworkPolicy (#11): ns/packet of the pod tc programs with 0, 1, 100
+    /// and 10,000 rules (established and new connections), and policy
+    /// programming latency p50/p99 at 10,000 pods.
+    Policy {
+        /// Rule counts (0 first: the ratios' baseline).
+        #[arg(long, value_delimiter = ',', default_values_t = [0usize, 1, 100, 10_000])]
+        rules: Vec<usize>,
+        #[arg(long, default_value_t = 9)]
+        rounds: u32,
+        #[arg(long, default_value_t = 20_000)]
+        repeat: u32,
+        /// repeat=1 calls per row, configuration and round.
+        #[arg(long, default_value_t = 500)]
+        calls: u32,
+        /// Pod addresses in the address map.
+        #[arg(long, default_value_t = 10_000)]
+        pods: u32,
+        /// Single-rule changes timed for the programming latency.
+        #[arg(long, default_value_t = 500)]
+        changes: u32,
     },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
@@ -247,6 +269,19 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
+        }
+        Cmd::Policy { rules, rounds, repeat, calls, pods, changes } => {
+            let r = policy_bench::run(&policy_bench::PolicyOpts {
+                rules,
+                rounds,
+                repeat,
+                calls,
+                pods,
+                changes,
+            })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "policy", &r, &md)?;
         }
         Cmd::Cluster {
             services,

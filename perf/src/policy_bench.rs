@@ -1,0 +1,509 @@
+//! `xlb-perf policy`: NetworkPolicy's cost (#11 benchmark) — per-packet
+//! time of the pod tc programs (`xlb_pod_to`, `xlb_pod_from`) with 0, 1,
+//! 100 and 10,000 policy rules installed, and policy programming latency
+//! (`Datapath::apply_policy`, one rule changed per call, 10,000 pods).
+//!
+//! Setup: a private network namespace with two pod veths (A on hv0, B on
+//! hv1), the datapath loaded into a private bpffs directory, endpoints and
+//! policy written through `lb::datapath::Datapath` as the agent does. The
+//! measured flow is A → B TCP 80, allowed by one rule of B's ingress; the
+//! other rules (one xlb_policy entry each) are spread over 1,000 peer
+//! identities, 50 ports and B plus 100 other endpoints, so the LPM trie
+//! really holds them. The address map holds 10,000 pod addresses in every
+//! configuration; with 0 rules no endpoint is isolated (the pods-no-policy-
+//! selects path). Every configuration is checked before timing: the flow's
+//! verdict, and (isolated) a port no rule names is dropped.
+//!
+//! Rows: `xlb_pod_to` (what the host stack delivers into B: B's ingress
+//! check only, the frame not rewritten — checked, output == input — so
+//! timed with BPF_PROG_TEST_RUN repeat=N) for an established flow (the same
+//! frame: a policy conntrack hit after its first packet) and new connections
+//! (a source port never seen before per call, repeat=1: conntrack miss,
+//! identity lookup, the LPM lookup, conntrack insert); `xlb_pod_from`
+//! (A's veth, local redirect to B: TTL and MACs rewritten, so always
+//! repeat=1 per call) for both. Configurations are interleaved per round
+//! (order rotated), medians over rounds (repeat=1 rows: the median call of
+//! each round first). No trivial tc program exists in testkit/bpf: times
+//! are gross, net of nothing (BPF_PROG_TEST_RUN's own per-run cost
+//! included alike in every column).
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Instant,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use lb::{
+    datapath::Datapath,
+    loader::{Dataplane, LoadOptions},
+    model::{Cidr, Desired, Endpoint, NodeConfig},
+    policy::{AddrIdentity, Allow, EndpointPolicy, PolicyDesired, ID_POD_MIN},
+};
+use serde::Serialize;
+use testkit::{
+    netns::{in_private_netns, ip_batch},
+    packet::{Frame, Mac},
+    pins::PinDir,
+};
+use xlb_perf::stats::{median, quantile};
+
+const NODE_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+const HOST_A_MAC: Mac = [0x02, 0, 0, 0, 0xa0, 0x01];
+const POD_A_MAC: Mac = [0x02, 0, 0, 0, 0xa0, 0x02];
+const HOST_B_MAC: Mac = [0x02, 0, 0, 0, 0xb0, 0x01];
+const POD_B_MAC: Mac = [0x02, 0, 0, 0, 0xb0, 0x02];
+const POD_A_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const POD_B_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
+const ID_A: u32 = ID_POD_MIN + 1;
+const ID_B: u32 = ID_POD_MIN + 2;
+/// First identity of the spread rules and of the other pods.
+const ID_SPREAD: u32 = ID_POD_MIN + 100;
+const TCP: u8 = 6;
+const PORT: u16 = 80;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+/// Policy numbers: the measured flow's rule, then the spread ones.
+const POLICY_FLOW: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct PolicyOpts {
+    /// Rule counts measured (0 first: the ratio's baseline).
+    pub rules: Vec<usize>,
+    pub rounds: u32,
+    /// BPF_PROG_TEST_RUN repeat of the established xlb_pod_to row.
+    pub repeat: u32,
+    /// repeat=1 calls per row, configuration and round.
+    pub calls: u32,
+    /// Pod addresses in the address map (and for the latency).
+    pub pods: u32,
+    /// Single-rule changes timed for the programming latency.
+    pub changes: u32,
+}
+
+impl Default for PolicyOpts {
+    fn default() -> Self {
+        PolicyOpts {
+            rules: vec![0, 1, 100, 10_000],
+            rounds: 9,
+            repeat: 20_000,
+            calls: 500,
+            pods: 10_000,
+            changes: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// "xlb_pod_to" or "xlb_pod_from".
+    pub program: String,
+    /// "established" or "new connection".
+    pub flow: String,
+    /// "repeat=N" or "repeat=1".
+    pub method: String,
+    /// ns per packet, median, per rule count (same order as `rules`).
+    pub ns: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub pods: u32,
+    pub rules: usize,
+    pub changes: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Map writes + deletes of one change (median).
+    pub writes_per_change: f64,
+    /// The first apply of the whole state (0 → 10,000 pods and rules).
+    pub initial_ms: f64,
+    pub initial_writes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyReport {
+    pub rules: Vec<usize>,
+    /// xlb_policy entries written per configuration.
+    pub entries: Vec<usize>,
+    pub rounds: u32,
+    pub repeat: u32,
+    pub calls: u32,
+    pub rows: Vec<Row>,
+    pub latency: Latency,
+}
+
+impl PolicyReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "## NetworkPolicy per-packet cost (ns/packet, medians of {} interleaved rounds; \
+             gross, net of nothing: no trivial tc program in testkit/bpf)\n\n",
+            self.rounds
+        );
+        s.push_str("| program | flow | method |");
+        for r in &self.rules {
+            s.push_str(&format!(" {r} rules |"));
+        }
+        for r in self.rules.iter().skip(1) {
+            s.push_str(&format!(" {r} / 0 |"));
+        }
+        let last = self.rules.len().saturating_sub(1);
+        if self.rules.len() > 2 {
+            s.push_str(&format!(" {} / {} |", self.rules[last], self.rules[1]));
+        }
+        s.push_str("\n|---|---|---|");
+        let cols = self.rules.len() * 2 - 1 + usize::from(self.rules.len() > 2);
+        s.push_str(&"---:|".repeat(cols));
+        s.push('\n');
+        for row in &self.rows {
+            s.push_str(&format!("| {} | {} | {} |", row.program, row.flow, row.method));
+            for v in &row.ns {
+                s.push_str(&format!(" {v:.1} |"));
+            }
+            for v in row.ns.iter().skip(1) {
+                s.push_str(&format!(" {:.3} |", v / row.ns[0]));
+            }
+            if self.rules.len() > 2 {
+                s.push_str(&format!(" {:.3} |", row.ns[last] / row.ns[1]));
+            }
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "\nxlb_policy entries per configuration: {}. 0 rules: no endpoint isolated \
+             (one hash lookup); the address map holds {} pods throughout. Target: flat \
+             within 5 % as rules grow ({} / {} column).\n",
+            self.entries.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+            self.latency.pods,
+            self.rules[last],
+            self.rules.get(1).copied().unwrap_or(0),
+        ));
+        let l = &self.latency;
+        s.push_str(&format!(
+            "\n## Policy programming latency (Datapath::apply_policy, call to return)\n\n\
+             | pods | rules | changes | p50 ms | p99 ms | max ms | writes/change | first apply ms (writes) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|\n\
+             | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} ({}) |\n\n\
+             One rule's port changed per call, the whole desired state passed (as the \
+             agent does: diff, then write); target p99 ≤ 100 ms (object → datapath; the \
+             control plane's compile step is not in this number).\n",
+            l.pods,
+            l.rules,
+            l.changes,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.writes_per_change,
+            l.initial_ms,
+            l.initial_writes,
+        ));
+        s
+    }
+}
+
+fn mac_str(m: Mac) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn ip(a: impl Into<IpAddr>) -> IpAddr {
+    a.into()
+}
+
+/// The i-th other pod's address (10.200.0.0/16 and up).
+fn pod_addr(i: u32) -> IpAddr {
+    ip(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i))
+}
+
+/// The policy state with `rules` rules (0: nothing isolated) over `pods`
+/// pod addresses; `shift` moves one spread rule's port (latency changes).
+fn desired(rules: usize, pods: u32, hv_b: u32, shift: Option<(usize, u16)>) -> PolicyDesired {
+    let mut addrs: BTreeMap<Cidr, AddrIdentity> = BTreeMap::new();
+    for (a, id) in [(POD_A_V4, ID_A), (POD_B_V4, ID_B)] {
+        addrs
+            .insert(Cidr { addr: ip(a), len: 32 }, AddrIdentity { identity: id, cidr_identity: 0 });
+    }
+    for i in 0..pods {
+        addrs.insert(
+            Cidr { addr: pod_addr(i), len: 32 },
+            AddrIdentity { identity: ID_SPREAD + i % 1000, cidr_identity: 0 },
+        );
+    }
+    let mut endpoints: BTreeMap<u32, EndpointPolicy> = BTreeMap::new();
+    let mut policies = BTreeMap::new();
+    if rules > 0 {
+        policies.insert(POLICY_FLOW, "bench/flow".to_string());
+        policies.insert(2, "bench/spread".to_string());
+        let b = endpoints.entry(hv_b).or_default();
+        b.ingress
+            .get_or_insert_with(BTreeMap::new)
+            .insert(Allow { peer: ID_A, proto: Some(TCP), ports: Some((PORT, PORT)) }, POLICY_FLOW);
+        for i in 1..rules {
+            let mut port = 1000 + (i % 50) as u16 * 7;
+            if let Some((j, by)) = shift {
+                if j == i {
+                    port += by;
+                }
+            }
+            let peer = ID_SPREAD + ((i / 50) % 1000) as u32;
+            // Every other rule on B, the rest over 100 other endpoints
+            // (ifindexes no device has: only the maps hold them).
+            let ep = if i % 2 == 0 { hv_b } else { 100_000 + (i % 100) as u32 };
+            let allow = Allow { peer, proto: Some(TCP), ports: Some((port, port)) };
+            // (peer, port, ep) repeats past 50 * 1000 * 2 rules: keep distinct.
+            let allow =
+                if i >= 100_000 { Allow { proto: None, ports: None, ..allow } } else { allow };
+            endpoints
+                .entry(ep)
+                .or_default()
+                .ingress
+                .get_or_insert_with(BTreeMap::new)
+                .insert(allow, 2);
+        }
+    }
+    PolicyDesired { addrs, endpoints, policies }
+}
+
+/// One BPF_PROG_TEST_RUN of a tc program: verdict, ns per run, output frame.
+fn tc_time(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<(u32, f64, Vec<u8>)> {
+    // sizeof(struct __sk_buff); ifindex at offset 40.
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 512];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx[..]),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN (repeat {repeat})"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, r.duration.as_nanos() as f64, out))
+}
+
+/// A → B TCP SYN from `sport`, as A sends it (into hv0) or as the host
+/// stack delivers it to B (out of hv1).
+fn frame(to_b_by_stack: bool, sport: u16) -> Vec<u8> {
+    let f = if to_b_by_stack {
+        Frame::eth(HOST_B_MAC, POD_B_MAC)
+    } else {
+        Frame::eth(POD_A_MAC, HOST_A_MAC)
+    };
+    f.ipv4(POD_A_V4, POD_B_V4).tcp(sport, PORT).seq(1).syn().build()
+}
+
+fn frame_port(to_b_by_stack: bool, sport: u16, dport: u16) -> Vec<u8> {
+    let f = if to_b_by_stack {
+        Frame::eth(HOST_B_MAC, POD_B_MAC)
+    } else {
+        Frame::eth(POD_A_MAC, HOST_A_MAC)
+    };
+    f.ipv4(POD_A_V4, POD_B_V4).tcp(sport, dport).seq(1).syn().build()
+}
+
+pub fn run(o: &PolicyOpts) -> Result<PolicyReport> {
+    testkit::require_root("xlb-perf policy");
+    ensure!(o.rules.first() == Some(&0), "--rules must start with 0 (the ratios' baseline)");
+    // Source ports of new connections: never reused in one run.
+    let needed = u64::from(o.calls) * u64::from(o.rounds) * o.rules.len() as u64 * 2 + 2000;
+    ensure!(
+        needed < 64_000,
+        "--calls × --rounds × rule counts × 2 needs {needed} source ports (< 64000)"
+    );
+    in_private_netns(|| run_inside(o)).context("the benchmark's network namespace")?
+}
+
+fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
+    ip_batch(&[
+        format!(
+            "link add hv0 address {} type veth peer name pv0 address {}",
+            mac_str(HOST_A_MAC),
+            mac_str(POD_A_MAC)
+        ),
+        format!(
+            "link add hv1 address {} type veth peer name pv1 address {}",
+            mac_str(HOST_B_MAC),
+            mac_str(POD_B_MAC)
+        ),
+        "link set hv0 up".into(),
+        "link set hv1 up".into(),
+    ])
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let idx = |n: &str| testkit::netns::ifindex(n).with_context(|| format!("no interface {n}"));
+    let (hv0, hv1) = (idx("hv0")?, idx("hv1")?);
+    let pins = PinDir::new("polbench");
+    let mut opts = LoadOptions::small(pins.path());
+    opts.sizes.policy = 65_536;
+    opts.sizes.policy_ct = 262_144;
+    opts.sizes.endpoints = 4096;
+    let mut dp = Dataplane::load(&opts).context("loading the datapath")?;
+    let mut path = Datapath::open(pins.path()).context("opening the datapath")?;
+    let node = NodeConfig { tunnel_v4: Some(NODE_V4), tunnel_v6: None };
+    path.apply(&Desired { node, ..Desired::default() })?;
+    path.apply_endpoints(&[
+        Endpoint {
+            name: "bench/a".into(),
+            addrs: vec![ip(POD_A_V4)],
+            ifindex: hv0,
+            mac: POD_A_MAC,
+            host_mac: HOST_A_MAC,
+            identity: ID_A,
+        },
+        Endpoint {
+            name: "bench/b".into(),
+            addrs: vec![ip(POD_B_V4)],
+            ifindex: hv1,
+            mac: POD_B_MAC,
+            host_mac: HOST_B_MAC,
+            identity: ID_B,
+        },
+    ])?;
+
+    let configs: Vec<PolicyDesired> =
+        o.rules.iter().map(|&n| desired(n, o.pods, hv1, None)).collect();
+    // Validate each configuration; count its xlb_policy entries.
+    let mut entries = Vec::new();
+    let mut sport: u16 = 1024;
+    for (n, d) in o.rules.iter().zip(&configs) {
+        path.apply_policy(&PolicyDesired::default())?;
+        path.apply_policy(d).with_context(|| format!("applying {n} rules"))?;
+        // Every rule is one port (or no port): one xlb_policy entry each.
+        entries
+            .push(d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum());
+        let isolated = *n > 0;
+        let f = frame(true, sport);
+        let (v, _, out) = tc_time(dp.pod_to_program(), &f, hv1, 1)?;
+        ensure!(v == TC_ACT_OK, "{n} rules: xlb_pod_to verdict {v}, want TC_ACT_OK");
+        ensure!(out == f, "{n} rules: xlb_pod_to rewrote the frame (repeat=N invalid)");
+        let (v, _, _) = tc_time(dp.pod_from_program(), &frame(false, sport + 1), hv0, 1)?;
+        ensure!(v == TC_ACT_REDIRECT, "{n} rules: xlb_pod_from verdict {v}, want redirect");
+        if isolated {
+            let (v, _, _) = tc_time(dp.pod_to_program(), &frame_port(true, sport, 81), hv1, 1)?;
+            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_to ({v})");
+            let (v, _, _) =
+                tc_time(dp.pod_from_program(), &frame_port(false, sport + 1, 81), hv0, 1)?;
+            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_from ({v})");
+        }
+        sport += 2;
+    }
+    eprintln!("policy: configurations checked; xlb_policy entries {entries:?}");
+
+    // The established flows: one tuple each program.
+    let est_to = frame(true, 999);
+    let est_from = frame(false, 998);
+    const ROWS: usize = 4;
+    let mut samples = vec![vec![Vec::<f64>::new(); o.rules.len()]; ROWS];
+    let mut next_sport = sport;
+    for round in 0..o.rounds as usize {
+        for k in 0..o.rules.len() {
+            let c = (k + round) % o.rules.len();
+            path.apply_policy(&configs[c])?;
+            // Warm: the established tuples enter the policy conntrack.
+            tc_time(dp.pod_to_program(), &est_to, hv1, 1)?;
+            tc_time(dp.pod_from_program(), &est_from, hv0, 1)?;
+            let (v, ns, _) = tc_time(dp.pod_to_program(), &est_to, hv1, o.repeat)?;
+            ensure!(v == TC_ACT_OK, "xlb_pod_to established: verdict {v}");
+            samples[0][c].push(ns);
+            let mut calls = [Vec::new(), Vec::new(), Vec::new()];
+            for _ in 0..o.calls {
+                let f = frame(true, next_sport);
+                let (v, ns, _) = tc_time(dp.pod_to_program(), &f, hv1, 1)?;
+                ensure!(v == TC_ACT_OK, "xlb_pod_to new: verdict {v}");
+                calls[0].push(ns);
+                let f = frame(false, next_sport + 1);
+                let (v, ns, _) = tc_time(dp.pod_from_program(), &f, hv0, 1)?;
+                ensure!(v == TC_ACT_REDIRECT, "xlb_pod_from new: verdict {v}");
+                calls[1].push(ns);
+                let (v, ns, _) = tc_time(dp.pod_from_program(), &est_from, hv0, 1)?;
+                ensure!(v == TC_ACT_REDIRECT, "xlb_pod_from established: verdict {v}");
+                calls[2].push(ns);
+                next_sport += 2;
+            }
+            samples[1][c].push(median(&calls[0]));
+            samples[2][c].push(median(&calls[2]));
+            samples[3][c].push(median(&calls[1]));
+        }
+    }
+    let med = |r: usize| samples[r].iter().map(|v| median(v)).collect::<Vec<_>>();
+    let rows = vec![
+        Row {
+            program: "xlb_pod_to".into(),
+            flow: "established".into(),
+            method: format!("repeat={}", o.repeat),
+            ns: med(0),
+        },
+        Row {
+            program: "xlb_pod_to".into(),
+            flow: "new connection".into(),
+            method: "repeat=1".into(),
+            ns: med(1),
+        },
+        Row {
+            program: "xlb_pod_from".into(),
+            flow: "established".into(),
+            method: "repeat=1".into(),
+            ns: med(2),
+        },
+        Row {
+            program: "xlb_pod_from".into(),
+            flow: "new connection".into(),
+            method: "repeat=1".into(),
+            ns: med(3),
+        },
+    ];
+
+    let latency = latency(&mut path, o, hv1)?;
+    drop(dp);
+    Ok(PolicyReport {
+        rules: o.rules.clone(),
+        entries,
+        rounds: o.rounds,
+        repeat: o.repeat,
+        calls: o.calls,
+        rows,
+        latency,
+    })
+}
+
+/// Single-rule changes against the largest configuration at `pods` pods.
+fn latency(path: &mut Datapath, o: &PolicyOpts, hv_b: u32) -> Result<Latency> {
+    let rules = *o.rules.iter().max().unwrap_or(&0);
+    if rules < 2 {
+        bail!("the programming latency needs a rule count of at least 2");
+    }
+    path.apply_policy(&PolicyDesired::default())?;
+    let base = desired(rules, o.pods, hv_b, None);
+    let t0 = Instant::now();
+    let st = path.apply_policy(&base)?;
+    let initial_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let initial_writes = st.policy_writes + st.deletes;
+    let mut ms = Vec::new();
+    let mut writes = Vec::new();
+    for c in 0..o.changes as usize {
+        // Rule j's port moves by one (2 writes: the new entry, the old one
+        // deleted), alternately there and back.
+        let j = 1 + (c * 7919) % (rules - 1);
+        let d = desired(rules, o.pods, hv_b, (c % 2 == 0).then_some((j, 1)));
+        let t = Instant::now();
+        let st = path.apply_policy(&d)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        writes.push((st.policy_writes + st.deletes) as f64);
+    }
+    Ok(Latency {
+        pods: o.pods,
+        rules,
+        changes: o.changes,
+        p50_ms: quantile(&ms, 0.5),
+        p99_ms: quantile(&ms, 0.99),
+        max_ms: ms.iter().copied().fold(0.0, f64::max),
+        writes_per_change: median(&writes),
+        initial_ms,
+        initial_writes,
+    })
+}
