@@ -11,8 +11,10 @@
 //! identities, 50 ports and B plus 100 other endpoints, so the LPM trie
 //! really holds them. The address map holds 10,000 pod addresses in every
 //! configuration; with 0 rules no endpoint is isolated (the pods-no-policy-
-//! selects path). Every configuration is checked before timing: the flow's
-//! verdict, and (isolated) a port no rule names is dropped.
+//! selects path). Each configuration has its own datapath instance
+//! (programs and maps loaded once per configuration, no re-apply between
+//! measurements), checked before timing: the flow's verdict, and
+//! (isolated) a port no rule names is dropped.
 //!
 //! Rows: `xlb_pod_to` (what the host stack delivers into B: B's ingress
 //! check only, the frame not rewritten — checked, output == input — so
@@ -21,9 +23,9 @@
 //! (a source port never seen before per call, repeat=1: conntrack miss,
 //! identity lookup, the LPM lookup, conntrack insert); `xlb_pod_from`
 //! (A's veth, local redirect to B: TTL and MACs rewritten, so always
-//! repeat=1 per call) for both. Configurations are interleaved per round
-//! (order rotated), medians over rounds (repeat=1 rows: the median call of
-//! each round first). No trivial tc program exists in testkit/bpf: times
+//! repeat=1 per call) for both. Configurations are interleaved call by
+//! call (order rotated; the repeat=N row once per round), medians over
+//! rounds (repeat=1 rows: the median call of each round first). No trivial tc program exists in testkit/bpf: times
 //! are gross, net of nothing (BPF_PROG_TEST_RUN's own per-run cost
 //! included alike in every column).
 use std::{
@@ -143,7 +145,7 @@ impl PolicyReport {
         );
         s.push_str("| program | flow | method |");
         for r in &self.rules {
-            s.push_str(&format!(" {r} rules |"));
+            s.push_str(&format!(" {r} rule{} |", if *r == 1 { "" } else { "s" }));
         }
         for r in self.rules.iter().skip(1) {
             s.push_str(&format!(" {r} / 0 |"));
@@ -178,6 +180,18 @@ impl PolicyReport {
             self.rules[last],
             self.rules.get(1).copied().unwrap_or(0),
         ));
+        if self.rules.len() > 2 {
+            for row in &self.rows {
+                let worst = row.ns[2..].iter().map(|v| v / row.ns[1]).fold(0.0, f64::max);
+                s.push_str(&format!(
+                    "- {} {}: worst of the larger rule counts at {:.3}× the 1-rule time: {}\n",
+                    row.program,
+                    row.flow,
+                    worst,
+                    if worst <= 1.05 { "flat (met)" } else { "not flat (NOT met)" },
+                ));
+            }
+        }
         let l = &self.latency;
         s.push_str(&format!(
             "\n## Policy programming latency (Datapath::apply_policy, call to return)\n\n\
@@ -307,15 +321,71 @@ fn frame_port(to_b_by_stack: bool, sport: u16, dport: u16) -> Vec<u8> {
     f.ipv4(POD_A_V4, POD_B_V4).tcp(sport, dport).seq(1).syn().build()
 }
 
+/// One datapath instance holding one configuration.
+struct Rig {
+    dp: Dataplane,
+    path: Datapath,
+    _pins: PinDir,
+}
+
+impl Rig {
+    fn new(name: &str, hv0: u32, hv1: u32, d: &PolicyDesired) -> Result<Rig> {
+        let pins = PinDir::new(name);
+        let mut opts = LoadOptions::small(pins.path());
+        opts.sizes.policy = 65_536;
+        opts.sizes.policy_ct = 262_144;
+        let dp = Dataplane::load(&opts).context("loading the datapath")?;
+        let mut path = Datapath::open(pins.path()).context("opening the datapath")?;
+        let node = NodeConfig { tunnel_v4: Some(NODE_V4), tunnel_v6: None };
+        path.apply(&Desired { node, ..Desired::default() })?;
+        path.apply_endpoints(&[
+            Endpoint {
+                name: "bench/a".into(),
+                addrs: vec![ip(POD_A_V4)],
+                ifindex: hv0,
+                mac: POD_A_MAC,
+                host_mac: HOST_A_MAC,
+                identity: ID_A,
+            },
+            Endpoint {
+                name: "bench/b".into(),
+                addrs: vec![ip(POD_B_V4)],
+                ifindex: hv1,
+                mac: POD_B_MAC,
+                host_mac: HOST_B_MAC,
+                identity: ID_B,
+            },
+        ])?;
+        path.apply_policy(d).context("applying the policy")?;
+        Ok(Rig { dp, path, _pins: pins })
+    }
+
+    /// The flow's verdicts, the frame unchanged by xlb_pod_to, and (isolated)
+    /// a port no rule names dropped.
+    fn check(&mut self, n: usize, hv0: u32, hv1: u32) -> Result<()> {
+        let f = frame(true, 1024);
+        let (v, _, out) = tc_time(self.dp.pod_to_program(), &f, hv1, 1)?;
+        ensure!(v == TC_ACT_OK, "{n} rules: xlb_pod_to verdict {v}, want TC_ACT_OK");
+        ensure!(out == f, "{n} rules: xlb_pod_to rewrote the frame (repeat=N invalid)");
+        let (v, _, _) = tc_time(self.dp.pod_from_program(), &frame(false, 1025), hv0, 1)?;
+        ensure!(v == TC_ACT_REDIRECT, "{n} rules: xlb_pod_from verdict {v}, want redirect");
+        if n > 0 {
+            let (v, _, _) = tc_time(self.dp.pod_to_program(), &frame_port(true, 1026, 81), hv1, 1)?;
+            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_to ({v})");
+            let (v, _, _) =
+                tc_time(self.dp.pod_from_program(), &frame_port(false, 1027, 81), hv0, 1)?;
+            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_from ({v})");
+        }
+        Ok(())
+    }
+}
+
 pub fn run(o: &PolicyOpts) -> Result<PolicyReport> {
     testkit::require_root("xlb-perf policy");
     ensure!(o.rules.first() == Some(&0), "--rules must start with 0 (the ratios' baseline)");
     // Source ports of new connections: never reused in one run.
-    let needed = u64::from(o.calls) * u64::from(o.rounds) * o.rules.len() as u64 * 2 + 2000;
-    ensure!(
-        needed < 64_000,
-        "--calls × --rounds × rule counts × 2 needs {needed} source ports (< 64000)"
-    );
+    let needed = u64::from(o.calls) * u64::from(o.rounds) * 2 + 2000;
+    ensure!(needed < 65_000, "--calls × --rounds × 2 needs {needed} source ports (< 63000)");
     in_private_netns(|| run_inside(o)).context("the benchmark's network namespace")?
 }
 
@@ -337,97 +407,63 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let idx = |n: &str| testkit::netns::ifindex(n).with_context(|| format!("no interface {n}"));
     let (hv0, hv1) = (idx("hv0")?, idx("hv1")?);
-    let pins = PinDir::new("polbench");
-    let mut opts = LoadOptions::small(pins.path());
-    opts.sizes.policy = 65_536;
-    opts.sizes.policy_ct = 262_144;
-    opts.sizes.endpoints = 4096;
-    let mut dp = Dataplane::load(&opts).context("loading the datapath")?;
-    let mut path = Datapath::open(pins.path()).context("opening the datapath")?;
-    let node = NodeConfig { tunnel_v4: Some(NODE_V4), tunnel_v6: None };
-    path.apply(&Desired { node, ..Desired::default() })?;
-    path.apply_endpoints(&[
-        Endpoint {
-            name: "bench/a".into(),
-            addrs: vec![ip(POD_A_V4)],
-            ifindex: hv0,
-            mac: POD_A_MAC,
-            host_mac: HOST_A_MAC,
-            identity: ID_A,
-        },
-        Endpoint {
-            name: "bench/b".into(),
-            addrs: vec![ip(POD_B_V4)],
-            ifindex: hv1,
-            mac: POD_B_MAC,
-            host_mac: HOST_B_MAC,
-            identity: ID_B,
-        },
-    ])?;
-
-    let configs: Vec<PolicyDesired> =
-        o.rules.iter().map(|&n| desired(n, o.pods, hv1, None)).collect();
-    // Validate each configuration; count its xlb_policy entries.
+    // One datapath per configuration (own programs and maps), so the
+    // configurations can be interleaved call by call without re-applying.
+    let mut rigs = Vec::new();
     let mut entries = Vec::new();
-    let mut sport: u16 = 1024;
-    for (n, d) in o.rules.iter().zip(&configs) {
-        path.apply_policy(&PolicyDesired::default())?;
-        path.apply_policy(d).with_context(|| format!("applying {n} rules"))?;
+    for &n in &o.rules {
+        let d = desired(n, o.pods, hv1, None);
+        let mut rig = Rig::new(&format!("polbench{n}"), hv0, hv1, &d)
+            .with_context(|| format!("the datapath with {n} rules"))?;
         // Every rule is one port (or no port): one xlb_policy entry each.
         entries
             .push(d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum());
-        let isolated = *n > 0;
-        let f = frame(true, sport);
-        let (v, _, out) = tc_time(dp.pod_to_program(), &f, hv1, 1)?;
-        ensure!(v == TC_ACT_OK, "{n} rules: xlb_pod_to verdict {v}, want TC_ACT_OK");
-        ensure!(out == f, "{n} rules: xlb_pod_to rewrote the frame (repeat=N invalid)");
-        let (v, _, _) = tc_time(dp.pod_from_program(), &frame(false, sport + 1), hv0, 1)?;
-        ensure!(v == TC_ACT_REDIRECT, "{n} rules: xlb_pod_from verdict {v}, want redirect");
-        if isolated {
-            let (v, _, _) = tc_time(dp.pod_to_program(), &frame_port(true, sport, 81), hv1, 1)?;
-            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_to ({v})");
-            let (v, _, _) =
-                tc_time(dp.pod_from_program(), &frame_port(false, sport + 1, 81), hv0, 1)?;
-            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_from ({v})");
-        }
-        sport += 2;
+        rig.check(n, hv0, hv1)?;
+        rigs.push(rig);
     }
     eprintln!("policy: configurations checked; xlb_policy entries {entries:?}");
 
-    // The established flows: one tuple each program.
+    // The established flows: one tuple each program, in every rig's conntrack.
     let est_to = frame(true, 999);
     let est_from = frame(false, 998);
+    for r in &mut rigs {
+        tc_time(r.dp.pod_to_program(), &est_to, hv1, 1)?;
+        tc_time(r.dp.pod_from_program(), &est_from, hv0, 1)?;
+    }
     const ROWS: usize = 4;
-    let mut samples = vec![vec![Vec::<f64>::new(); o.rules.len()]; ROWS];
-    let mut next_sport = sport;
+    let k = o.rules.len();
+    let mut samples = vec![vec![Vec::<f64>::new(); k]; ROWS];
+    let mut next_sport: u16 = 2000;
     for round in 0..o.rounds as usize {
-        for k in 0..o.rules.len() {
-            let c = (k + round) % o.rules.len();
-            path.apply_policy(&configs[c])?;
-            // Warm: the established tuples enter the policy conntrack.
-            tc_time(dp.pod_to_program(), &est_to, hv1, 1)?;
-            tc_time(dp.pod_from_program(), &est_from, hv0, 1)?;
-            let (v, ns, _) = tc_time(dp.pod_to_program(), &est_to, hv1, o.repeat)?;
+        for j in 0..k {
+            let r = &mut rigs[(j + round) % k];
+            let (v, ns, _) = tc_time(r.dp.pod_to_program(), &est_to, hv1, o.repeat)?;
             ensure!(v == TC_ACT_OK, "xlb_pod_to established: verdict {v}");
-            samples[0][c].push(ns);
-            let mut calls = [Vec::new(), Vec::new(), Vec::new()];
-            for _ in 0..o.calls {
-                let f = frame(true, next_sport);
-                let (v, ns, _) = tc_time(dp.pod_to_program(), &f, hv1, 1)?;
+            samples[0][(j + round) % k].push(ns);
+        }
+        let mut calls = vec![[Vec::new(), Vec::new(), Vec::new()]; k];
+        for i in 0..o.calls as usize {
+            let to_new = frame(true, next_sport);
+            let from_new = frame(false, next_sport + 1);
+            for j in 0..k {
+                let c = (j + i + round) % k;
+                let r = &mut rigs[c];
+                let (v, ns, _) = tc_time(r.dp.pod_to_program(), &to_new, hv1, 1)?;
                 ensure!(v == TC_ACT_OK, "xlb_pod_to new: verdict {v}");
-                calls[0].push(ns);
-                let f = frame(false, next_sport + 1);
-                let (v, ns, _) = tc_time(dp.pod_from_program(), &f, hv0, 1)?;
+                calls[c][0].push(ns);
+                let (v, ns, _) = tc_time(r.dp.pod_from_program(), &from_new, hv0, 1)?;
                 ensure!(v == TC_ACT_REDIRECT, "xlb_pod_from new: verdict {v}");
-                calls[1].push(ns);
-                let (v, ns, _) = tc_time(dp.pod_from_program(), &est_from, hv0, 1)?;
+                calls[c][1].push(ns);
+                let (v, ns, _) = tc_time(r.dp.pod_from_program(), &est_from, hv0, 1)?;
                 ensure!(v == TC_ACT_REDIRECT, "xlb_pod_from established: verdict {v}");
-                calls[2].push(ns);
-                next_sport += 2;
+                calls[c][2].push(ns);
             }
-            samples[1][c].push(median(&calls[0]));
-            samples[2][c].push(median(&calls[2]));
-            samples[3][c].push(median(&calls[1]));
+            next_sport += 2;
+        }
+        for (c, cs) in calls.iter().enumerate() {
+            samples[1][c].push(median(&cs[0]));
+            samples[2][c].push(median(&cs[2]));
+            samples[3][c].push(median(&cs[1]));
         }
     }
     let med = |r: usize| samples[r].iter().map(|v| median(v)).collect::<Vec<_>>();
@@ -458,8 +494,9 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
         },
     ];
 
-    let latency = latency(&mut path, o, hv1)?;
-    drop(dp);
+    let last = rigs.last_mut().context("no configuration")?;
+    let latency = latency(&mut last.path, o, hv1)?;
+    drop(rigs);
     Ok(PolicyReport {
         rules: o.rules.clone(),
         entries,
