@@ -261,7 +261,7 @@ fn desired(rules: usize, pods: u32, hv_b: u32, shift: Option<(usize, u16)>) -> P
             let peer = ID_SPREAD + ((i / 50) % 1000) as u32;
             // Every other rule on B, the rest over 100 other endpoints
             // (ifindexes no device has: only the maps hold them).
-            let ep = if i % 2 == 0 { hv_b } else { 100_000 + (i % 100) as u32 };
+            let ep = if i % 2 == 0 { hv_b } else { 100_000 + ((i / 2) % 100) as u32 };
             let allow = Allow { peer, proto: Some(TCP), ports: Some((port, port)) };
             // (peer, port, ep) repeats past 50 * 1000 * 2 rules: keep distinct.
             let allow =
@@ -543,4 +543,32 @@ fn latency(path: &mut Datapath, o: &PolicyOpts, hv_b: u32) -> Result<Latency> {
         initial_ms,
         initial_writes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_counts_are_exact_and_spread() {
+        for n in [0usize, 1, 100, 10_000] {
+            let d = desired(n, 10, 7, None);
+            let allows: usize =
+                d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum();
+            assert_eq!(allows, n, "{n} rules");
+            assert_eq!(d.addrs.len(), 12);
+        }
+        let d = desired(10_000, 0, 7, None);
+        assert_eq!(d.endpoints.len(), 101, "B and 100 other endpoints");
+        let peers: std::collections::BTreeSet<u32> =
+            d.endpoints.values().flat_map(lb::policy::peers).collect();
+        assert!(peers.len() > 200, "{} peers", peers.len());
+        // A change moves one rule: the same count, one allow different.
+        let moved = desired(10_000, 0, 7, Some((5, 1)));
+        assert_ne!(moved, d);
+        let count = |d: &PolicyDesired| -> usize {
+            d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum()
+        };
+        assert_eq!(count(&moved), 10_000);
+    }
 }
