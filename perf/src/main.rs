@@ -141,6 +141,9 @@ enum Cmd {
         /// Single-rule changes timed for the programming latency.
         #[arg(long, default_value_t = 500)]
         changes: u32,
+        /// Loads of each configuration's datapath (JIT placement).
+        #[arg(long, default_value_t = 2)]
+        copies: u32,
     },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
@@ -270,7 +273,7 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
         }
-        Cmd::Policy { rules, rounds, repeat, calls, pods, changes } => {
+        Cmd::Policy { rules, rounds, repeat, calls, pods, changes, copies } => {
             let r = policy_bench::run(&policy_bench::PolicyOpts {
                 rules,
                 rounds,
@@ -278,6 +281,7 @@ fn main() -> Result<()> {
                 calls,
                 pods,
                 changes,
+                copies,
             })?;
             let md = r.markdown();
             println!("{md}");

@@ -25,7 +25,9 @@
 //! (A's veth, local redirect to B: TTL and MACs rewritten, so always
 //! repeat=1 per call) for both. Configurations are interleaved call by
 //! call (order rotated; the repeat=N row once per round), medians over
-//! rounds (repeat=1 rows: the median call of each round first). No trivial tc program exists in testkit/bpf: times
+//! rounds (repeat=1 rows: each round's 10 % trimmed mean of its calls
+//! first); each configuration loaded `copies` times, taken in turn (JIT
+//! placement moves a load's time). No trivial tc program exists in testkit/bpf: times
 //! are gross, net of nothing (BPF_PROG_TEST_RUN's own per-run cost
 //! included alike in every column).
 use std::{
@@ -48,7 +50,7 @@ use testkit::{
     packet::{Frame, Mac},
     pins::PinDir,
 };
-use xlb_perf::stats::{median, quantile};
+use xlb_perf::stats::{median, quantile, trimmed_mean};
 
 const NODE_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 const HOST_A_MAC: Mac = [0x02, 0, 0, 0, 0xa0, 0x01];
@@ -82,6 +84,8 @@ pub struct PolicyOpts {
     pub pods: u32,
     /// Single-rule changes timed for the programming latency.
     pub changes: u32,
+    /// Loads of each configuration's datapath, taken in turn.
+    pub copies: u32,
 }
 
 impl Default for PolicyOpts {
@@ -93,6 +97,7 @@ impl Default for PolicyOpts {
             calls: 500,
             pods: 10_000,
             changes: 500,
+            copies: 2,
         }
     }
 }
@@ -132,6 +137,7 @@ pub struct PolicyReport {
     pub rounds: u32,
     pub repeat: u32,
     pub calls: u32,
+    pub copies: u32,
     pub rows: Vec<Row>,
     pub latency: Latency,
 }
@@ -139,9 +145,10 @@ pub struct PolicyReport {
 impl PolicyReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "## NetworkPolicy per-packet cost (ns/packet, medians of {} interleaved rounds; \
-             gross, net of nothing: no trivial tc program in testkit/bpf)\n\n",
-            self.rounds
+            "## NetworkPolicy per-packet cost (ns/packet, medians of {} interleaved rounds, \
+             {} loads per configuration; gross, net of nothing: no trivial tc program in \
+             testkit/bpf)\n\n",
+            self.rounds, self.copies
         );
         s.push_str("| program | flow | method |");
         for r in &self.rules {
@@ -409,24 +416,30 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
     let (hv0, hv1) = (idx("hv0")?, idx("hv1")?);
     // One datapath per configuration (own programs and maps), so the
     // configurations can be interleaved call by call without re-applying.
-    let mut rigs = Vec::new();
+    // `copies` loads of each (JIT placement moves a load's time).
+    let mut rigs: Vec<Vec<Rig>> = Vec::new();
     let mut entries = Vec::new();
     for &n in &o.rules {
         let d = desired(n, o.pods, hv1, None);
-        let mut rig = Rig::new(&format!("polbench{n}"), hv0, hv1, &d)
-            .with_context(|| format!("the datapath with {n} rules"))?;
         // Every rule is one port (or no port): one xlb_policy entry each.
         entries
             .push(d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum());
-        rig.check(n, hv0, hv1)?;
-        rigs.push(rig);
+        let mut copies = Vec::new();
+        for copy in 0..o.copies.max(1) {
+            let mut rig = Rig::new(&format!("polbench{n}-{copy}"), hv0, hv1, &d)
+                .with_context(|| format!("the datapath with {n} rules"))?;
+            rig.check(n, hv0, hv1)?;
+            copies.push(rig);
+        }
+        rigs.push(copies);
     }
+    let copies = rigs[0].len();
     eprintln!("policy: configurations checked; xlb_policy entries {entries:?}");
 
     // The established flows: one tuple each program, in every rig's conntrack.
     let est_to = frame(true, 999);
     let est_from = frame(false, 998);
-    for r in &mut rigs {
+    for r in rigs.iter_mut().flatten() {
         tc_time(r.dp.pod_to_program(), &est_to, hv1, 1)?;
         tc_time(r.dp.pod_from_program(), &est_from, hv0, 1)?;
     }
@@ -436,7 +449,7 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
     let mut next_sport: u16 = 2000;
     for round in 0..o.rounds as usize {
         for j in 0..k {
-            let r = &mut rigs[(j + round) % k];
+            let r = &mut rigs[(j + round) % k][round % copies];
             let (v, ns, _) = tc_time(r.dp.pod_to_program(), &est_to, hv1, o.repeat)?;
             ensure!(v == TC_ACT_OK, "xlb_pod_to established: verdict {v}");
             samples[0][(j + round) % k].push(ns);
@@ -447,7 +460,7 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
             let from_new = frame(false, next_sport + 1);
             for j in 0..k {
                 let c = (j + i + round) % k;
-                let r = &mut rigs[c];
+                let r = &mut rigs[c][i % copies];
                 let (v, ns, _) = tc_time(r.dp.pod_to_program(), &to_new, hv1, 1)?;
                 ensure!(v == TC_ACT_OK, "xlb_pod_to new: verdict {v}");
                 calls[c][0].push(ns);
@@ -461,9 +474,9 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
             next_sport += 2;
         }
         for (c, cs) in calls.iter().enumerate() {
-            samples[1][c].push(median(&cs[0]));
-            samples[2][c].push(median(&cs[2]));
-            samples[3][c].push(median(&cs[1]));
+            samples[1][c].push(trimmed_mean(&cs[0], 0.1));
+            samples[2][c].push(trimmed_mean(&cs[2], 0.1));
+            samples[3][c].push(trimmed_mean(&cs[1], 0.1));
         }
     }
     let med = |r: usize| samples[r].iter().map(|v| median(v)).collect::<Vec<_>>();
@@ -494,7 +507,7 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
         },
     ];
 
-    let last = rigs.last_mut().context("no configuration")?;
+    let last = rigs.last_mut().and_then(|c| c.last_mut()).context("no configuration")?;
     let latency = latency(&mut last.path, o, hv1)?;
     drop(rigs);
     Ok(PolicyReport {
@@ -503,6 +516,7 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
         rounds: o.rounds,
         repeat: o.repeat,
         calls: o.calls,
+        copies: o.copies,
         rows,
         latency,
     })
