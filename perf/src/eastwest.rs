@@ -398,6 +398,10 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
         report.kp_restore_s.push((svcs, kp.as_secs_f64()));
         let paths = [
             direct(),
+            // The pod IP from inside xlb's cgroup: the socket programs run
+            // and find no service (what a pod meets reaching a pod IP on a
+            // node with xlb), telling the hooks' cost from translation's.
+            ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some(svcs)),
             ("xlb socket LB".to_string(), &tcp_svc[..], Some(svcs)),
             ("kube-proxy iptables".to_string(), &tcp_svc[..], None),
         ];
