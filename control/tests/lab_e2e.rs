@@ -150,11 +150,17 @@ fn thousands_of_connections_spread_evenly_with_direct_server_return() {
     assert_eq!((v4.succeeded(), v6.succeeded()), (V4, V6));
     eprintln!("IPv4 spread: {:?}\nIPv6 spread: {:?}", v4.per_backend, v6.per_backend);
     let even = V4 / pods.len();
+    // Connections land by hash: a binomial count around the even share.
+    // Five standard deviations (plus 1 % for the Maglev table's own slot
+    // shares) fail a skewed hash or table and, by chance, about one run in
+    // a million; a flat 10 % was 3.6 σ and failed once in a few hundred.
+    let p = 1.0 / pods.len() as f64;
+    let allowed = (5.0 * (V4 as f64 * p * (1.0 - p)).sqrt()).ceil() as usize + even / 100;
     for pod in &pods {
         let n = v4.per_backend.get(pod).copied().unwrap_or(0);
         assert!(
-            n.abs_diff(even) * 10 <= even,
-            "{pod} served {n} of {V4} IPv4 connections, more than 10% off the even {even}: {:?}",
+            n.abs_diff(even) <= allowed,
+            "{pod} served {n} of {V4} IPv4 connections, more than {allowed} off the even {even}: {:?}",
             v4.per_backend
         );
         assert!(v6.per_backend.get(pod).copied().unwrap_or(0) > 0, "{pod} got no IPv6 connection");
