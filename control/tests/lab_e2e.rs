@@ -112,6 +112,24 @@ fn vip6() -> SocketAddr {
     SocketAddr::from((VIP_V6, VIP_PORT))
 }
 
+/// `n` keep-alive connections from the client to the VIP, every
+/// `v6_every`-th over IPv6, each with the pod its first answer named.
+fn hold_connections(r: &Running, n: usize, v6_every: usize) -> Vec<(Conn, String)> {
+    r.lab
+        .in_ns("client", || {
+            (0..n)
+                .map(|i| {
+                    let vip = if i % v6_every == v6_every - 1 { vip6() } else { vip4() };
+                    let mut c = Conn::connect(vip, http::DEFAULT_TIMEOUT)
+                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    let pod = c.get(false).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    (c, pod)
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
 #[test]
 fn thousands_of_connections_spread_evenly_with_direct_server_return() {
     let r = Running::start(LabSpec { nodes: 2, pods_per_node: 2, ..LabSpec::default() });
@@ -206,20 +224,7 @@ fn removing_a_backend_keeps_established_connections_to_the_others() {
     const REMOVED: &str = "pod1-1";
 
     // Open keep-alive connections (IPv4 and IPv6) and see where each landed.
-    let mut conns: Vec<(Conn, String)> = r
-        .lab
-        .in_ns("client", || {
-            (0..HELD)
-                .map(|i| {
-                    let vip = if i % 4 == 3 { vip6() } else { vip4() };
-                    let mut c = Conn::connect(vip, http::DEFAULT_TIMEOUT)
-                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                    let pod = c.get(false).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                    (c, pod)
-                })
-                .collect()
-        })
-        .unwrap();
+    let mut conns = hold_connections(&r, HELD, 4);
     let mut landed: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, pod) in &conns {
         *landed.entry(pod.as_str()).or_default() += 1;
@@ -311,20 +316,7 @@ fn restarting_the_lb_agent_under_load_fails_no_request() {
     const HELD: usize = 16;
     // A SYN retransmission takes 1 s: any request near it waited for one.
     const STALL: Duration = Duration::from_millis(900);
-    let mut conns: Vec<(Conn, String)> = r
-        .lab
-        .in_ns("client", || {
-            (0..HELD)
-                .map(|i| {
-                    let vip = if i % 2 == 1 { vip6() } else { vip4() };
-                    let mut c = Conn::connect(vip, http::DEFAULT_TIMEOUT)
-                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                    let pod = c.get(false).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                    (c, pod)
-                })
-                .collect()
-        })
-        .unwrap();
+    let mut conns = hold_connections(&r, HELD, 2);
     let agent_spec = AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &r.config);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let Running { agents, lab, .. } = &mut r;
