@@ -9,6 +9,8 @@
 //! hashes, the overlay's UDP source port and IPv6 flow label, are read back
 //! and range-checked), the counter at its hook, and map state. Privileged
 //! tier: needs root and BPF; fails (never skips) without them.
+mod podnode;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -17,70 +19,26 @@ use std::{
 use aya::programs::SchedClassifier;
 use lb::{
     abi::{self, FlowKey, GENEVE_PORT},
-    datapath::Datapath,
-    loader::{Dataplane, LoadOptions},
-    model::{Cidr, Desired, Endpoint, Masquerade, Network, NodeConfig, PeerRole, PodRoute},
+    model::{Cidr, Masquerade, Network, PeerRole, PodRoute},
 };
-use testkit::{
-    netns::{in_private_netns, ip_batch},
-    packet::{diff, show, tcp_flags, Frame, GeneveOpt, Mac},
-    pins::PinDir,
-};
+use podnode::*;
+use testkit::packet::{diff, show, tcp_flags, Frame, GeneveOpt};
 
 // ---- named constants --------------------------------------------------------
 
-const NODE1_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
-const NODE1_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x11);
-const NODE2_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
-const NODE2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x12);
-const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const ETH0_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
-const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
-const NODE2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x12];
-const HOST_A_MAC: Mac = [0x02, 0, 0, 0, 0xa0, 0x01];
-const POD_A_MAC: Mac = [0x02, 0, 0, 0, 0xa0, 0x02];
-const HOST_B_MAC: Mac = [0x02, 0, 0, 0, 0xb0, 0x01];
-const POD_B_MAC: Mac = [0x02, 0, 0, 0, 0xb0, 0x02];
-const POD_A_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
-const POD_A_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x244, 1, 0, 0, 0, 0x11);
-const POD_B_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
-const POD_B_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x244, 1, 0, 0, 0, 0x12);
-const POD_C_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
-const POD_C_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x244, 2, 0, 0, 0, 0x11);
 /// An address of this node's range no pod has.
 const NOBODY_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 99);
-const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 const NONMASQ_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 7, 7);
-const ID_A: u32 = abi::ID_POD_MIN + 1;
-const ID_B: u32 = abi::ID_POD_MIN + 2;
 const POD_PORT: u16 = 40000;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 /// Outer headers of the overlay: IPv4 20 / IPv6 40, UDP 8, Geneve 8,
 /// identity option 8.
 const OVERHEAD4: usize = 44;
 const OVERHEAD6: usize = 64;
 
-fn ip(a: impl Into<IpAddr>) -> IpAddr {
-    a.into()
-}
-
-fn mac_str(m: Mac) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 // ---- SETUP -------------------------------------------------------------------
 
-struct PodLab {
-    dp: Dataplane,
-    path: Datapath,
-    hv0: u32,
-    hv1: u32,
-    eth0: u32,
-    _pins: PinDir, // last: removed after the maps are closed
-}
+type PodLab = PodNode;
 
 struct Run {
     verdict: u32,
@@ -114,80 +72,7 @@ fn network(ports: (u16, u16)) -> Network {
 /// Runs `body` in a private namespace holding node 1: uplink eth0 (MTU
 /// 1500, node 2 a permanent neighbour) and pods A (hv0) and B (hv1).
 fn with_lab(name: &str, ports: (u16, u16), body: impl FnOnce(&mut PodLab) + Send) {
-    testkit::require_root("tc pod-network packet tests");
-    in_private_netns(|| {
-        for f in [
-            "/proc/sys/net/ipv4/conf/all/forwarding",
-            "/proc/sys/net/ipv4/conf/default/forwarding",
-            "/proc/sys/net/ipv6/conf/all/forwarding",
-            "/proc/sys/net/ipv6/conf/default/forwarding",
-        ] {
-            std::fs::write(f, "1").unwrap_or_else(|e| panic!("{f}: {e}"));
-        }
-        ip_batch(&[
-            format!(
-                "link add eth0 address {} mtu 1500 type veth peer name rt0 address {}",
-                mac_str(ETH0_MAC),
-                mac_str(ROUTER_MAC)
-            ),
-            format!(
-                "link add hv0 address {} type veth peer name pv0 address {}",
-                mac_str(HOST_A_MAC),
-                mac_str(POD_A_MAC)
-            ),
-            format!(
-                "link add hv1 address {} type veth peer name pv1 address {}",
-                mac_str(HOST_B_MAC),
-                mac_str(POD_B_MAC)
-            ),
-            "link set eth0 up".into(),
-            "link set rt0 up".into(),
-            "link set hv0 up".into(),
-            "link set hv1 up".into(),
-            format!("addr add {NODE1_V4}/24 dev eth0"),
-            format!("addr add {NODE1_V6}/64 dev eth0 nodad"),
-            format!(
-                "neigh replace {NODE2_V4} lladdr {} dev eth0 nud permanent",
-                mac_str(NODE2_MAC)
-            ),
-            format!(
-                "neigh replace {NODE2_V6} lladdr {} dev eth0 nud permanent",
-                mac_str(NODE2_MAC)
-            ),
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let idx = |n: &str| testkit::netns::ifindex(n).unwrap_or_else(|| panic!("no {n}"));
-        let (hv0, hv1, eth0) = (idx("hv0"), idx("hv1"), idx("eth0"));
-        let pins = PinDir::new(name);
-        let dp = Dataplane::load(&LoadOptions::small(pins.path()))
-            .unwrap_or_else(|e| panic!("loading the datapath: {e}\n{e:?}"));
-        let mut path = Datapath::open(pins.path()).unwrap_or_else(|e| panic!("{e}"));
-        let node = NodeConfig { tunnel_v4: Some(NODE1_V4), tunnel_v6: Some(NODE1_V6) };
-        path.apply(&Desired { node, ..Desired::default() }).unwrap();
-        path.apply_network(&network(ports)).unwrap();
-        path.apply_endpoints(&[
-            Endpoint {
-                name: "default/a".into(),
-                addrs: vec![ip(POD_A_V4), ip(POD_A_V6)],
-                ifindex: hv0,
-                mac: POD_A_MAC,
-                host_mac: HOST_A_MAC,
-                identity: ID_A,
-            },
-            Endpoint {
-                name: "default/b".into(),
-                addrs: vec![ip(POD_B_V4), ip(POD_B_V6)],
-                ifindex: hv1,
-                mac: POD_B_MAC,
-                host_mac: HOST_B_MAC,
-                identity: ID_B,
-            },
-        ])
-        .unwrap();
-        let mut lab = PodLab { dp, path, hv0, hv1, eth0, _pins: pins };
-        body(&mut lab);
-    })
-    .unwrap_or_else(|e| panic!("the test's network namespace: {e}"));
+    with_pod_node("tc pod-network packet tests", name, "default", network(ports), body)
 }
 
 /// One run of `prog` on `frame` arriving on interface `ifindex`.

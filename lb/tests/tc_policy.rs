@@ -7,41 +7,19 @@
 //! policy applied through `Datapath` (the daemon's API). CHECK: verdict and
 //! the counter at its hook. Privileged tier: needs root and BPF; fails
 //! (never skips) without them.
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+mod podnode;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::programs::SchedClassifier;
 use lb::{
     abi::{self, GENEVE_PORT},
-    datapath::Datapath,
-    loader::{Dataplane, LoadOptions},
-    model::{Cidr, Desired, Endpoint, Network, NodeConfig, PeerRole, PodRoute},
+    model::{Cidr, Network, PeerRole, PodRoute},
     policy::{AddrIdentity, Allow, EndpointPolicy, PolicyDesired, ID_CIDR_MIN, ID_WORLD},
 };
-use testkit::{
-    netns::{in_private_netns, ip_batch},
-    packet::{tcp_flags, Frame, GeneveOpt, Mac},
-    pins::PinDir,
-};
+use podnode::*;
+use testkit::packet::{tcp_flags, Frame, GeneveOpt};
 
-const NODE1_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
-const NODE2_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
-const ETH0_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
-const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
-const NODE2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x12];
-const HOST_A_MAC: Mac = [0x02, 0, 0, 0, 0xa0, 0x01];
-const POD_A_MAC: Mac = [0x02, 0, 0, 0, 0xa0, 0x02];
-const HOST_B_MAC: Mac = [0x02, 0, 0, 0, 0xb0, 0x01];
-const POD_B_MAC: Mac = [0x02, 0, 0, 0, 0xb0, 0x02];
-const POD_A_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
-const POD_B_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
-const POD_C_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
-const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const ID_A: u32 = abi::ID_POD_MIN + 1;
-const ID_B: u32 = abi::ID_POD_MIN + 2;
 const ID_C: u32 = abi::ID_POD_MIN + 3;
 /// An identity no rule names.
 const ID_OTHER: u32 = abi::ID_POD_MIN + 4;
@@ -49,26 +27,8 @@ const ID_OTHER: u32 = abi::ID_POD_MIN + 4;
 const ID_DOC_NET: u32 = ID_CIDR_MIN;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
-fn ip(a: impl Into<IpAddr>) -> IpAddr {
-    a.into()
-}
-
-fn mac_str(m: Mac) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-struct Lab {
-    dp: Dataplane,
-    path: Datapath,
-    hv0: u32,
-    hv1: u32,
-    eth0: u32,
-    _pins: PinDir,
-}
+type Lab = PodNode;
 
 struct Run {
     verdict: u32,
@@ -91,68 +51,7 @@ fn network() -> Network {
 }
 
 fn with_lab(name: &str, body: impl FnOnce(&mut Lab) + Send) {
-    testkit::require_root("tc NetworkPolicy packet tests");
-    in_private_netns(|| {
-        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").unwrap();
-        ip_batch(&[
-            format!(
-                "link add eth0 address {} mtu 1500 type veth peer name rt0 address {}",
-                mac_str(ETH0_MAC),
-                mac_str(ROUTER_MAC)
-            ),
-            format!(
-                "link add hv0 address {} type veth peer name pv0 address {}",
-                mac_str(HOST_A_MAC),
-                mac_str(POD_A_MAC)
-            ),
-            format!(
-                "link add hv1 address {} type veth peer name pv1 address {}",
-                mac_str(HOST_B_MAC),
-                mac_str(POD_B_MAC)
-            ),
-            "link set eth0 up".into(),
-            "link set rt0 up".into(),
-            "link set hv0 up".into(),
-            "link set hv1 up".into(),
-            format!("addr add {NODE1_V4}/24 dev eth0"),
-            format!(
-                "neigh replace {NODE2_V4} lladdr {} dev eth0 nud permanent",
-                mac_str(NODE2_MAC)
-            ),
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-        let idx = |n: &str| testkit::netns::ifindex(n).unwrap_or_else(|| panic!("no {n}"));
-        let (hv0, hv1, eth0) = (idx("hv0"), idx("hv1"), idx("eth0"));
-        let pins = PinDir::new(name);
-        let dp = Dataplane::load(&LoadOptions::small(pins.path()))
-            .unwrap_or_else(|e| panic!("loading the datapath: {e}\n{e:?}"));
-        let mut path = Datapath::open(pins.path()).unwrap_or_else(|e| panic!("{e}"));
-        let node = NodeConfig { tunnel_v4: Some(NODE1_V4), tunnel_v6: None };
-        path.apply(&Desired { node, ..Desired::default() }).unwrap();
-        path.apply_network(&network()).unwrap();
-        path.apply_endpoints(&[
-            Endpoint {
-                name: "x/a".into(),
-                addrs: vec![ip(POD_A_V4)],
-                ifindex: hv0,
-                mac: POD_A_MAC,
-                host_mac: HOST_A_MAC,
-                identity: ID_A,
-            },
-            Endpoint {
-                name: "x/b".into(),
-                addrs: vec![ip(POD_B_V4)],
-                ifindex: hv1,
-                mac: POD_B_MAC,
-                host_mac: HOST_B_MAC,
-                identity: ID_B,
-            },
-        ])
-        .unwrap();
-        let mut lab = Lab { dp, path, hv0, hv1, eth0, _pins: pins };
-        body(&mut lab);
-    })
-    .unwrap_or_else(|e| panic!("the test's network namespace: {e}"));
+    with_pod_node("tc NetworkPolicy packet tests", name, "x", network(), body)
 }
 
 fn run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> Run {
