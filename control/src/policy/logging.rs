@@ -463,8 +463,8 @@ mod tests {
                 pod_name: "client".into(),
                 pod_namespace: "y".into(),
                 namespace: "y".into(),
-                workload_kind: Some("ReplicaSet".into()),
-                workload_name: Some("client-5d".into()),
+                workload_kind: Some("Deployment".into()),
+                workload_name: Some("client".into()),
             },
             dest: Peer::Instance { instance: "10.84.1.13".parse().unwrap() },
             count: 1,
@@ -508,7 +508,7 @@ mod tests {
         let line = serde_json::to_string(&record("allow", 41000)).unwrap();
         assert_eq!(
             line,
-            r#"{"connection":{"src_ip":"10.84.0.11","dest_ip":"10.84.1.13","src_port":41000,"dest_port":8080,"protocol":"tcp","direction":"ingress"},"disposition":"allow","policies":[{"name":"allow-web","namespace":"x","kind":"NetworkPolicy"}],"src":{"pod_name":"client","pod_namespace":"y","namespace":"y","workload_kind":"ReplicaSet","workload_name":"client-5d"},"dest":{"instance":"10.84.1.13"},"count":1,"node_name":"node1","timestamp":"2026-12-06T06:00:00Z"}"#
+            r#"{"connection":{"src_ip":"10.84.0.11","dest_ip":"10.84.1.13","src_port":41000,"dest_port":8080,"protocol":"tcp","direction":"ingress"},"disposition":"allow","policies":[{"name":"allow-web","namespace":"x","kind":"NetworkPolicy"}],"src":{"pod_name":"client","pod_namespace":"y","namespace":"y","workload_kind":"Deployment","workload_name":"client"},"dest":{"instance":"10.84.1.13"},"count":1,"node_name":"node1","timestamp":"2026-12-06T06:00:00Z"}"#
         );
     }
 
@@ -629,7 +629,7 @@ kind: Pod
 metadata:
   name: a
   namespace: x
-  labels: {pod: a}
+  labels: {pod: a, pod-template-hash: 7c9}
   ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: a-7c9, uid: u1, controller: true}]
 spec: {nodeName: node1, containers: [{name: c}]}
 status: {phase: Running, podIP: 10.0.1.1}
@@ -698,7 +698,7 @@ spec:
         let v = resolve(&allow, &n, "node1");
         assert_eq!(
             line(&v),
-            r#"{"connection":{"src_ip":"10.0.1.1","dest_ip":"10.0.2.2","src_port":41000,"dest_port":80,"protocol":"tcp","direction":"ingress"},"disposition":"allow","policies":[{"name":"b-from-a","namespace":"y","kind":"NetworkPolicy"}],"src":{"pod_name":"a","pod_namespace":"x","namespace":"x","workload_kind":"ReplicaSet","workload_name":"a-7c9"},"dest":{"pod_name":"b","pod_namespace":"y","namespace":"y"},"count":1,"node_name":"node1","timestamp":"2026-12-06T06:00:00.000250Z"}"#
+            r#"{"connection":{"src_ip":"10.0.1.1","dest_ip":"10.0.2.2","src_port":41000,"dest_port":80,"protocol":"tcp","direction":"ingress"},"disposition":"allow","policies":[{"name":"b-from-a","namespace":"y","kind":"NetworkPolicy"}],"src":{"pod_name":"a","pod_namespace":"x","namespace":"x","workload_kind":"Deployment","workload_name":"a"},"dest":{"pod_name":"b","pod_namespace":"y","namespace":"y"},"count":1,"node_name":"node1","timestamp":"2026-12-06T06:00:00.000250Z"}"#
         );
         assert!(v.policy_logging, "b-from-a carries enable-logging");
         let deny = event("192.0.2.7", 5000, "10.0.2.2", 81, true);

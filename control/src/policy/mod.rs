@@ -54,6 +54,9 @@ use crate::cluster::ObjectKey;
 /// sets it; manifests get it here).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// Policies' numbers (0 is "no policy" in the datapath and the events).
+const POLICY_NUMBERS: std::ops::Range<u32> = 1..1 << 31;
+
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_SCTP: u8 = 132;
@@ -150,7 +153,7 @@ pub struct Reason {
 /// An endpoint's compiled policy: None in a direction: not isolated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointRules {
-    /// Allowed -> the (lowest numbered) policy allowing it.
+    /// Allowed -> the policy allowing it (the first in namespace/name order).
     pub ingress: Option<BTreeMap<Allow, u32>>,
     pub egress: Option<BTreeMap<Allow, u32>>,
     /// The policies selecting it per direction.
@@ -167,7 +170,7 @@ pub struct Compiled {
     pub identities: BTreeMap<u32, (String, BTreeMap<String, String>)>,
     /// ipBlock prefixes -> their identities.
     pub cidrs: BTreeMap<Cidr, u32>,
-    /// Policy number (from 1) -> "namespace/name".
+    /// Policy number (stable, from its name; never 0) -> "namespace/name".
     pub policies: BTreeMap<u32, String>,
     /// Pods selected by some policy.
     pub endpoints: BTreeMap<ObjectKey, EndpointRules>,
@@ -233,7 +236,7 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))
-        .map(|o| (o.kind.clone(), o.name.clone()));
+        .map(|o| workload_of(&o.kind, &o.name, m.labels.as_ref()));
     Some(PodInfo {
         namespace: m.namespace.clone().unwrap_or_else(|| "default".into()),
         name: m.name.clone().unwrap_or_default(),
@@ -244,6 +247,29 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
         workload,
         identity: 0,
     })
+}
+
+/// The workload a user named, from a pod's controller: a ReplicaSet a
+/// Deployment made (its name is `<deployment>-<pod-template-hash>` and the
+/// pod carries that hash as a label) is reported as the Deployment, the
+/// way GKE's policy log and `kubectl` name it. Decided from the pod alone,
+/// so no ReplicaSet needs watching; any other owner is reported as it is.
+fn workload_of(
+    kind: &str,
+    name: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> (String, String) {
+    if kind == "ReplicaSet" {
+        let hash = labels.and_then(|l| l.get("pod-template-hash"));
+        if let Some(deployment) = hash
+            .and_then(|h| name.strip_suffix(h.as_str()))
+            .and_then(|n| n.strip_suffix('-'))
+            .filter(|n| !n.is_empty())
+        {
+            return ("Deployment".into(), deployment.into());
+        }
+    }
+    (kind.into(), name.into())
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -501,13 +527,21 @@ pub fn compile(pods: &[Pod], namespaces: &[Namespace], policies: &[NetworkPolicy
         c.identities.entry(p.identity).or_insert_with(|| (p.namespace.clone(), p.labels.clone()));
     }
 
-    // Policies, numbered in namespace/name order.
-    let mut sorted: Vec<&NetworkPolicy> = policies.iter().collect();
-    sorted.sort_by_key(|p| ObjectKey::of(*p));
-    for (i, np) in sorted.iter().enumerate() {
-        let id = i as u32 + 1;
-        let ns = np.metadata.namespace.as_deref().unwrap_or("default");
-        c.policies.insert(id, format!("{ns}/{}", np.metadata.name.as_deref().unwrap_or("")));
+    // Policies in namespace/name order, each numbered by its name (stable:
+    // a policy keeps its number while others are added and removed, so an
+    // event in flight across a recompile names the right one).
+    let mut sorted: Vec<(String, &NetworkPolicy)> = policies
+        .iter()
+        .map(|np| {
+            let ns = np.metadata.namespace.as_deref().unwrap_or("default");
+            (format!("{ns}/{}", np.metadata.name.as_deref().unwrap_or("")), np)
+        })
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let numbers = identity::number(sorted.iter().map(|(name, _)| name.clone()), POLICY_NUMBERS);
+    for (name, np) in sorted {
+        let id = numbers[&name];
+        c.policies.insert(id, name);
         if let Some(spec) = parse_policy(np, id, &mut c.errors) {
             c.specs.push(spec);
         }
@@ -525,7 +559,10 @@ pub fn compile(pods: &[Pod], namespaces: &[Namespace], policies: &[NetworkPolicy
             }
         }
     }
-    c.cidrs = prefixes.into_iter().enumerate().map(|(i, p)| (p, ID_CIDR_MIN + i as u32)).collect();
+    // Their identities by prefix, stable like the pods' (an added ipBlock
+    // does not renumber the others in every node's address map).
+    let numbers = identity::number(prefixes.iter().map(|p| p.to_string()), ID_CIDR_MIN..u32::MAX);
+    c.cidrs = prefixes.into_iter().map(|p| (p, numbers[&p.to_string()])).collect();
 
     let specs = std::mem::take(&mut c.specs);
     for spec in &specs {

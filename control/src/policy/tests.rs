@@ -409,3 +409,56 @@ spec:
     assert!(t.contains("DENIED: isolated by NetworkPolicy x/web"), "{t}");
     assert!(t.ends_with("verdict: DENY\n"), "{t}");
 }
+
+#[test]
+fn a_deployments_pods_are_logged_as_the_deployment_other_owners_as_they_are() {
+    let pod = |name: &str, labels: &str, owner: &str| -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: x, labels: {{{labels}}},
+  ownerReferences: [{{apiVersion: apps/v1, kind: {owner}, controller: true, uid: u}}]}}
+status: {{podIP: 10.0.1.9, phase: Running}}"
+        ))
+        .unwrap()
+    };
+    let workload = |p: &Pod| pod_info(p).unwrap().workload.unwrap();
+    let of = |k: &str, n: &str| (k.to_string(), n.to_string());
+    // The ReplicaSet a Deployment made: named <deployment>-<hash>, the pod
+    // labelled with the hash.
+    let mut p =
+        pod("web-7c9d-x1", "app: web, pod-template-hash: 7c9d", "ReplicaSet, name: web-7c9d");
+    assert_eq!(workload(&p), of("Deployment", "web"));
+    // A ReplicaSet of its own (no hash label, or one its name does not end in).
+    p = pod("rs-abc", "app: web", "ReplicaSet, name: rs");
+    assert_eq!(workload(&p), of("ReplicaSet", "rs"));
+    p = pod("rs-abc", "pod-template-hash: 99", "ReplicaSet, name: rs-7c9d");
+    assert_eq!(workload(&p), of("ReplicaSet", "rs-7c9d"));
+    p = pod("db-0", "app: db", "StatefulSet, name: db");
+    assert_eq!(workload(&p), of("StatefulSet", "db"));
+}
+
+#[test]
+fn policies_and_prefixes_keep_their_numbers_when_others_come_and_go() {
+    let one = "metadata: {name: m, namespace: y}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.2.0/24}}]}]";
+    // A policy sorting before it, with prefixes of its own around it.
+    let other = "metadata: {name: a, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24]}}]}]";
+    let alone = compiled(one);
+    let both = compiled(&format!("{other}\n---\n{one}"));
+    let number = |c: &Compiled, name: &str| {
+        *c.policies.iter().find(|(_, n)| n.as_str() == name).expect(name).0
+    };
+    assert_eq!(number(&alone, "y/m"), number(&both, "y/m"));
+    assert_ne!(number(&both, "x/a"), number(&both, "y/m"));
+    assert!(!both.policies.contains_key(&0), "0 means no policy");
+    let prefix: Cidr = "10.0.2.0/24".parse().unwrap();
+    assert_eq!(alone.cidrs[&prefix], both.cidrs[&prefix]);
+    assert_eq!(both.cidrs.len(), 3);
+    // The verdict names the policy by the number it keeps.
+    let v = both.verdict(ip("y", "a"), ip("y", "b"), PROTO_TCP, 80);
+    assert_eq!(v.ingress, Some(Ok(number(&both, "y/m"))));
+}
