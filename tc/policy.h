@@ -9,7 +9,8 @@
  *
  *   1. endpoint without an xlb_policy_ep entry: pass (one hash lookup)
  *   2. xlb_policy_ct has the flow with this direction's flag, or its
- *      reverse with the other direction's (a reply): pass, refresh
+ *      reverse with the other direction's (a reply): pass, refresh; an
+ *      ICMP error quoting a flow found so: pass (related)
  *   3. not isolated in this direction (isolated in the other): record the
  *      flow so its replies pass the other direction's check
  *   4. peer identity: given (a local pod's, the overlay option's) or from
@@ -96,6 +97,110 @@ static __always_inline int xlb_policy_ct_fresh(const struct xlb_policy_ct *ct, _
 	return now - ct->last_ns < idle * 1000000000ULL;
 }
 
+/* The connection tracked under `key` passed the check `flag` and is fresh:
+ * refreshed, 1. */
+static __always_inline int xlb_policy_ct_seen(const struct xlb_flow_key *key, __u32 flag,
+					      __u64 now)
+{
+	struct xlb_policy_ct *ct = bpf_map_lookup_elem(&xlb_policy_ct, key);
+
+	if (!ct || !xlb_policy_ct_fresh(ct, key->proto, now) || !(ct->flags & flag))
+		return 0;
+	ct->last_ns = now;
+	return 1;
+}
+
+/* `key` with its ends swapped (the other direction of the flow). */
+static __always_inline void xlb_flow_reverse(struct xlb_flow_key *rev,
+					     const struct xlb_flow_key *key)
+{
+	xlb_addr_copy(rev->saddr, key->daddr);
+	xlb_addr_copy(rev->daddr, key->saddr);
+	rev->sport = key->dport;
+	rev->dport = key->sport;
+	rev->proto = key->proto;
+	rev->family = key->family;
+}
+
+/* Private to tc (not ABI): room for an ICMP error's quoted headers and
+ * flow keys. The check runs inside stages whose frames leave little stack
+ * (decap's is 432 of 512). Sizes instead of __type() keep it out of BTF (no
+ * Rust mirror wanted). */
+struct xlb_policy_scratch {
+	struct xlb_flow_key quote;
+	struct xlb_flow_key rev;
+	struct iphdr ip;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct xlb_policy_scratch));
+	__uint(max_entries, 1);
+} xlb_policy_scratch SEC(".maps");
+
+/* An ICMP(v6) error (destination unreachable, too big, time exceeded,
+ * parameter problem; its header at `off`): the TCP/UDP/SCTP flow it quotes, in the quoted
+ * packet's own direction, into k->quote; -1 for anything else. Read with
+ * bpf_skb_load_bytes, as the ports are: the callers hold packet pointers a
+ * pull would invalidate. */
+static __always_inline int xlb_policy_icmp_quote(struct __sk_buff *skb, __u32 off, __u8 family,
+						 struct xlb_policy_scratch *k)
+{
+	struct xlb_flow_key *q = &k->quote;
+	__u8 b;
+
+	if (bpf_skb_load_bytes(skb, off, &b, 1) || !xlb_icmp_is_error(family, b))
+		return -1;
+	off += sizeof(struct xlb_icmp_hdr);
+	if (family == XLB_FAMILY_V4) {
+		if (bpf_skb_load_bytes(skb, off, &k->ip, sizeof(k->ip)) || k->ip.version != 4 ||
+		    k->ip.ihl < 5 || (k->ip.frag_off & bpf_htons(XLB_IP_OFFSET)))
+			return -1;
+		q->proto = k->ip.protocol;
+		*(__u32 *)q->saddr = k->ip.saddr;
+		*(__u32 *)q->daddr = k->ip.daddr;
+		off += k->ip.ihl * 4;
+	} else {
+		if (bpf_skb_load_bytes(skb, off, &b, 1) || b >> 4 != 6 ||
+		    bpf_skb_load_bytes(skb, off + offsetof(struct ipv6hdr, nexthdr), &q->proto, 1) ||
+		    bpf_skb_load_bytes(skb, off + offsetof(struct ipv6hdr, saddr), q->saddr, 32))
+			return -1; /* saddr and daddr: adjacent in both */
+		off += sizeof(struct ipv6hdr);
+	}
+	if ((q->proto != IPPROTO_TCP && q->proto != IPPROTO_UDP && q->proto != IPPROTO_SCTP) ||
+	    bpf_skb_load_bytes(skb, off & XLB_L4_OFF_MASK, &q->sport, 4))
+		return -1; /* sport and dport: adjacent in both */
+	q->family = family;
+	return 0;
+}
+
+/* An ICMP error about a tracked connection is part of it (path MTU
+ * discovery, a closed port's answer): it quotes a packet of the flow the
+ * endpoint sent, which the flow's first packet recorded in this packet's
+ * other direction (`theirs`: the endpoint opened it) or, reversed, in this
+ * one (`mine`: it answered). 1: related (passes unrecorded). Scalars for
+ * arguments: a global function's types are in BTF, and xlb_pkt is not ABI. */
+static __noinline int xlb_policy_icmp_related(struct __sk_buff *skb, __u32 l4_off, __u8 family,
+					      __u32 mine, __u32 theirs)
+{
+	struct xlb_policy_scratch *k;
+	__u32 zero = 0;
+	__u64 now;
+
+	k = bpf_map_lookup_elem(&xlb_policy_scratch, &zero);
+	if (!k || !skb)
+		return 0;
+	__builtin_memset(k, 0, sizeof(*k));
+	if (xlb_policy_icmp_quote(skb, l4_off, family, k))
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (xlb_policy_ct_seen(&k->quote, theirs, now))
+		return 1;
+	xlb_flow_reverse(&k->rev, &k->quote);
+	return xlb_policy_ct_seen(&k->rev, mine, now);
+}
+
 static __always_inline void xlb_policy_event(const struct xlb_pkt *pkt, __u32 ifindex, __u8 dir,
 					     __u32 peer, __u32 policy, __u32 reason, __u8 hook,
 					     __u32 len)
@@ -141,20 +246,13 @@ static __always_inline int xlb_policy_check(struct __sk_buff *skb, struct xlb_pk
 		ct->last_ns = now;
 		return 0;
 	}
-	xlb_addr_copy(rev.saddr, pkt->tuple.daddr);
-	xlb_addr_copy(rev.daddr, pkt->tuple.saddr);
-	rev.sport = pkt->tuple.dport;
-	rev.dport = pkt->tuple.sport;
-	rev.proto = pkt->tuple.proto;
-	rev.family = pkt->tuple.family;
-	{
-		struct xlb_policy_ct *r = bpf_map_lookup_elem(&xlb_policy_ct, &rev);
-
-		if (r && xlb_policy_ct_fresh(r, rev.proto, now) && (r->flags & theirs)) {
-			r->last_ns = now;
-			return 0;
-		}
-	}
+	xlb_flow_reverse(&rev, &pkt->tuple);
+	if (xlb_policy_ct_seen(&rev, theirs, now))
+		return 0;
+	if ((pkt->tuple.proto == IPPROTO_ICMP || pkt->tuple.proto == IPPROTO_ICMPV6) &&
+	    !(pkt->frag & XLB_FRAG_LATER) &&
+	    xlb_policy_icmp_related(skb, xlb_l4_off(pkt), pkt->tuple.family, mine, theirs))
+		return 0;
 
 	if (isolated) {
 		xlb_policy_addr(dir == XLB_POLICY_DIR_INGRESS ? pkt->tuple.saddr : pkt->tuple.daddr,

@@ -425,3 +425,104 @@ fn dsr_dispatch_into_an_isolated_pod_checks_its_ingress() {
         );
     });
 }
+
+#[test]
+fn icmp_errors_about_a_tracked_connection_pass_unrelated_ones_do_not() {
+    with_lab("policmp", |lab| {
+        let (hv0, hv1) = (lab.hv0, lab.hv1);
+        // B: ingress from A on UDP 53 and TCP 80; egress isolated, nothing
+        // allowed.
+        let ingress =
+            [allow(ID_A, Some(UDP), Some((53, 53))), allow(ID_A, Some(TCP), Some((80, 80)))];
+        let mut desired = b_policy(&ingress, Some(&[]), hv1);
+        for (pod, id) in [(POD_A_V6, ID_A), (POD_B_V6, ID_B)] {
+            let addr = Cidr { addr: ip(pod), len: 128 };
+            desired.addrs.insert(addr, AddrIdentity { identity: id, cidr_identity: 0 });
+        }
+        lab.policy(&desired);
+        let redirected = |hook| (TC_ACT_REDIRECT, hook, "ok_pod_redirect");
+        lab.expect("A's datagram", "from", hv0, &a_to_b(UDP, 40000, 53), redirected("tc_pod_from"));
+        lab.expect("A's SYN", "from", hv0, &a_to_b(TCP, 40002, 80), redirected("tc_pod_from"));
+
+        // Out of B (egress-isolated): port unreachable about A's datagram.
+        let b_unreachable = |sport: u16| {
+            Frame::eth(POD_B_MAC, HOST_B_MAC)
+                .ipv4(POD_B_V4, POD_A_V4)
+                .icmp4(3, 3, 0)
+                .ipv4(POD_A_V4, POD_B_V4)
+                .udp(sport, 53)
+                .payload(b"ping")
+        };
+        lab.expect(
+            "B's port unreachable",
+            "from",
+            hv1,
+            &b_unreachable(40000),
+            redirected("tc_pod_from"),
+        );
+        lab.expect(
+            "B's port unreachable about a flow never seen",
+            "from",
+            hv1,
+            &b_unreachable(40001),
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_egress"),
+        );
+
+        // Into B (ingress-isolated): fragmentation needed about B's SYN-ACK
+        // (B answered the connection; an IPv4 router quotes 8 bytes of TCP).
+        let too_big_for_b = |dport: u16| {
+            Frame::eth(POD_A_MAC, HOST_A_MAC)
+                .ipv4(POD_A_V4, POD_B_V4)
+                .icmp4_frag_needed(1400)
+                .ipv4(POD_B_V4, POD_A_V4)
+                .tcp(80, dport)
+                .seq(9)
+                .ack_seq(2)
+                .flags(tcp_flags::SYN | tcp_flags::ACK)
+                .quote_len(28)
+        };
+        lab.expect(
+            "frag needed to B",
+            "from",
+            hv0,
+            &too_big_for_b(40002),
+            redirected("tc_pod_from"),
+        );
+        lab.expect(
+            "frag needed to B about a flow never seen",
+            "from",
+            hv0,
+            &too_big_for_b(40003),
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_ingress"),
+        );
+
+        // IPv6: B's port unreachable about A's datagram, and about another.
+        let a_to_b6 = Frame::eth(POD_A_MAC, HOST_A_MAC)
+            .ipv6(POD_A_V6, POD_B_V6)
+            .udp(40010, 53)
+            .payload(b"ping");
+        lab.expect("A's datagram (v6)", "from", hv0, &a_to_b6, redirected("tc_pod_from"));
+        let b_unreachable6 = |sport: u16| {
+            Frame::eth(POD_B_MAC, HOST_B_MAC)
+                .ipv6(POD_B_V6, POD_A_V6)
+                .icmp6(1, 4, 0)
+                .ipv6(POD_A_V6, POD_B_V6)
+                .udp(sport, 53)
+                .payload(b"ping")
+        };
+        lab.expect(
+            "B's unreachable (v6)",
+            "from",
+            hv1,
+            &b_unreachable6(40010),
+            redirected("tc_pod_from"),
+        );
+        lab.expect(
+            "B's unreachable about a flow never seen (v6)",
+            "from",
+            hv1,
+            &b_unreachable6(40011),
+            (TC_ACT_SHOT, "tc_pod_from", "drop_policy_egress"),
+        );
+    });
+}
