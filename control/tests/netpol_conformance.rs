@@ -4,16 +4,19 @@
 //! - `compiled_rules_match_the_upstream_truth_tables` (fast tier): every
 //!   step's 9x9 matrix from the compiled rules (what the datapath is
 //!   given), every case;
-//! - `lab_traffic_matches_the_upstream_truth_tables` (privileged lab
-//!   tier, root): namespaces x, y, z with pods a, b, c as the pods of a
-//!   three-node lab (a pod's namespace and name set by its Pod object, so
-//!   x/a, x/b, x/c run on three different nodes), the agents running, every
-//!   TCP port-80 step probed with real connections, pod to pod (IPv4), the
-//!   observed matrix compared with the expected one. (The lab's pods serve
-//!   TCP 80 only: the steps probing 81 run in the fast tier.)
+//! - `lab_traffic_through_cluster_ips_matches_the_upstream_truth_tables`
+//!   (privileged lab tier, root): the suite's cluster written as a
+//!   manifest (namespaces x, y, z; pods a, b, c on three nodes, serving
+//!   TCP and UDP 80 and 81; a ClusterIP Service in front of each pod, as
+//!   the suite makes them) run by the lab, the agents running, every TCP
+//!   and UDP step probed with real connections and datagrams from each
+//!   pod to every other pod's ClusterIP (translated at the socket, the
+//!   policy judging the pod addresses behind it), the observed matrix
+//!   compared with the expected one. SCTP steps run in the fast tier only
+//!   (the lab's servers speak TCP and UDP).
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -255,105 +258,121 @@ fn compiled_rules_match_the_upstream_truth_tables() {
 // ---- the lab tier --------------------------------------------------------------
 
 mod lab_tier {
-    use std::sync::Mutex;
+    use std::fmt::Write as _;
 
     use lab::{
         agent::{self, AgentSpec},
-        http,
-        manifests::{self, EndpointState},
+        eastwest,
+        reach::{self, Probe as LabProbe},
+        workload::{self, Protocol},
         Lab, LabSpec,
     };
 
     use super::*;
 
-    const AGENT_READY: Duration = Duration::from_secs(40);
+    const AGENT_READY: Duration = Duration::from_secs(60);
     const CONVERGE: Duration = Duration::from_secs(20);
+    /// A denied probe waits this long for its answer.
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
-    /// The manifest: the lab's service, the suite's namespaces and pods (on
-    /// the lab's pod addresses), and `docs`.
-    fn manifest(
-        spec: &LabSpec,
-        map: &[(String, String, IpAddr, String)],
-        docs: &[PolicyDoc],
-    ) -> String {
-        let mut y = manifests::nginx(spec, &|_| EndpointState::Ready);
-        for ns in namespaces() {
-            y.push_str("---\n"); // k8s-openapi writes apiVersion and kind
-            y.push_str(&serde_yaml::to_string(&ns).unwrap());
-        }
-        for (suite, _, addr, node) in map {
-            let (n, name) = suite.split_once('/').unwrap();
-            let mut p = pod(n, name, *addr);
-            p.spec.as_mut().unwrap().node_name = Some(node.clone());
-            y.push_str("---\n"); // k8s-openapi writes apiVersion and kind
-            y.push_str(&serde_yaml::to_string(&p).unwrap());
-        }
-        for d in docs {
-            y.push_str("---\n"); // k8s-openapi writes apiVersion and kind
-            y.push_str(&serde_yaml::to_string(&network_policy(d)).unwrap());
+    /// The suite's cluster as a user writes it: the namespaces; pods a, b,
+    /// c in each, pod `a` of every namespace on node1, `b` on node2, `c` on
+    /// node3, serving serve-<port>-<tcp|udp> (the lab's servers speak TCP
+    /// and UDP; SCTP stays in the fast tier); and, as the suite creates
+    /// them, a Service `s-<ns>-<pod>` in front of each pod alone.
+    fn cluster_manifest() -> String {
+        let mut y = String::new();
+        for ns in NS {
+            writeln!(y, "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---").unwrap();
+            for (k, pod) in PODS.iter().enumerate() {
+                let mut ports = String::new();
+                let mut svc_ports = String::new();
+                for port in PORTS {
+                    for proto in ["TCP", "UDP"] {
+                        let name = format!("serve-{port}-{}", proto.to_lowercase());
+                        write!(
+                            ports,
+                            "{{name: {name}, containerPort: {port}, protocol: {proto}}}, "
+                        )
+                        .unwrap();
+                        write!(
+                            svc_ports,
+                            "{{name: {name}, port: {port}, targetPort: {port}, protocol: {proto}}}, "
+                        )
+                        .unwrap();
+                    }
+                }
+                writeln!(
+                    y,
+                    "apiVersion: v1\nkind: Pod\n\
+                     metadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\n\
+                     spec: {{nodeName: node{}, containers: [{{name: cont, ports: [{ports}]}}]}}\n---\n\
+                     apiVersion: v1\nkind: Service\n\
+                     metadata: {{name: s-{ns}-{pod}, namespace: {ns}}}\n\
+                     spec: {{selector: {{pod: {pod}}}, ports: [{svc_ports}]}}\n---",
+                    k + 1
+                )
+                .unwrap();
+            }
         }
         y
     }
 
-    /// Probes every pair in parallel (one thread per source).
-    fn observe(
-        lab: &Lab,
-        map: &[(String, String, IpAddr, String)],
-    ) -> BTreeMap<(String, String), bool> {
-        let out = Mutex::new(BTreeMap::new());
-        std::thread::scope(|s| {
-            for (from, from_ns, _, _) in map {
-                let out = &out;
-                s.spawn(move || {
-                    for (to, _, addr, _) in map {
-                        if from == to {
-                            continue;
-                        }
-                        let ok = lab
-                            .in_ns(from_ns, || {
-                                http::Conn::connect(
-                                    SocketAddr::new(*addr, 80),
-                                    Duration::from_millis(700),
-                                )
-                                .and_then(|mut c| c.get(true))
-                                .is_ok()
-                            })
-                            .unwrap();
-                        out.lock().unwrap().insert((from.clone(), to.clone()), ok);
-                    }
-                });
-            }
-        });
-        out.into_inner().unwrap()
-    }
-
     #[test]
-    fn lab_traffic_matches_the_upstream_truth_tables() {
+    fn lab_traffic_through_cluster_ips_matches_the_upstream_truth_tables() {
         let t = table();
-        let spec = LabSpec { nodes: 3, pods_per_node: 3, ..LabSpec::default() };
+        let work = workload::plan(&cluster_manifest(), "the e2e suite's cluster", 3)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let spec = LabSpec { nodes: 3, workload: work.pod_plans(), ..LabSpec::default() };
         let mut lab = Lab::build(spec.clone())
             .unwrap_or_else(|e| panic!("building the lab (this test needs root): {e}"));
+        let base = work.manifest(&spec);
         let config = lab.temp_dir().join("netpol.yaml");
-        std::fs::write(&config, manifests::nginx(&spec, &|_| EndpointState::Ready)).unwrap();
-        let agents = agent::start_all(
-            &mut lab,
-            &AgentSpec::new(env!("CARGO_BIN_EXE_xlb"), &config),
-            AGENT_READY,
-        )
-        .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
-        // x/a x/b x/c on nodes 1, 2, 3; the same for y and z.
-        let map: Vec<(String, String, IpAddr, String)> = all_pods()
-            .into_iter()
-            .enumerate()
-            .map(|(i, suite)| {
-                let lp = lab.pod(&format!("pod{}-{}", i % 3 + 1, i / 3 + 1)).unwrap().clone();
-                (suite, lp.host.ns.clone(), IpAddr::from(lp.host.v4), lp.node.clone())
+        std::fs::write(&config, &base).unwrap();
+        let xlb = agent::xlb_binary().expect("the xlb binary (cargo build --release --workspace)");
+        let probe_bin = eastwest::probe_binary(&xlb).unwrap();
+        let ready = agent::lists_services(work.programmed_services());
+        let agents =
+            agent::start_all_until(&mut lab, &AgentSpec::new(&xlb, &config), AGENT_READY, &ready)
+                .unwrap_or_else(|e| panic!("starting the agents and pods: {e}"));
+
+        // Rows and columns in the suite's order; each column probed at the
+        // ClusterIP of the pod's own Service.
+        let mut pods = reach::pods_of(&lab).unwrap();
+        let names = all_pods();
+        pods.retain(|p| names.contains(&p.label));
+        pods.sort_by_key(|p| names.iter().position(|n| *n == p.label));
+        assert_eq!(pods.iter().map(|p| p.label.clone()).collect::<Vec<_>>(), names);
+        let to: Vec<IpAddr> = names
+            .iter()
+            .map(|n| {
+                let (ns, pod) = n.split_once('/').unwrap();
+                let svc = work.service(ns, &format!("s-{ns}-{pod}")).expect("the pod's Service");
+                *svc.cluster_ips.iter().find(|ip| ip.is_ipv4()).expect("an IPv4 ClusterIP")
             })
             .collect();
         let write = |docs: &[PolicyDoc]| {
+            let mut y = base.clone();
+            for d in docs {
+                y.push_str("\n---\n"); // k8s-openapi writes apiVersion and kind
+                y.push_str(&serde_yaml::to_string(&network_policy(d)).unwrap());
+            }
             let tmp = config.with_extension("tmp");
-            std::fs::write(&tmp, manifest(&spec, &map, docs)).unwrap();
+            std::fs::write(&tmp, y).unwrap();
             std::fs::rename(&tmp, &config).unwrap();
+        };
+        let observe = |probe: LabProbe| -> BTreeMap<(String, String), bool> {
+            let m = reach::matrix_to(&probe_bin, &pods, &to, probe)
+                .unwrap_or_else(|e| panic!("probing: {e}"));
+            let mut out = BTreeMap::new();
+            for (i, from) in m.labels.iter().enumerate() {
+                for (j, dst) in m.labels.iter().enumerate() {
+                    if i != j {
+                        out.insert((from.clone(), dst.clone()), m.reachable[i][j]);
+                    }
+                }
+            }
+            out
         };
         let logs = || {
             agents
@@ -362,28 +381,39 @@ mod lab_tier {
                 .collect::<String>()
         };
         let mut failures = Vec::new();
-        let mut run = 0;
+        let mut run = BTreeMap::new();
         for case in &t.cases {
             for (i, (docs, step)) in steps(case).into_iter().enumerate() {
-                if step.probe.port != 80 || step.probe.protocol != Proto::Tcp {
-                    continue;
-                }
+                let protocol = match step.probe.protocol {
+                    Proto::Tcp => Protocol::Tcp,
+                    Proto::Udp => Protocol::Udp,
+                    Proto::Sctp => continue,
+                };
+                let probe = LabProbe {
+                    port: step.probe.port,
+                    protocol,
+                    ipv6: false,
+                    timeout: PROBE_TIMEOUT,
+                };
                 write(&docs);
                 let want = expected(&step.expect);
                 let t0 = Instant::now();
                 let got = loop {
                     std::thread::sleep(Duration::from_millis(1500));
-                    let got = observe(&lab, &map);
+                    let got = observe(probe);
                     if got == want || t0.elapsed() > CONVERGE {
                         break got;
                     }
                 };
-                run += 1;
+                *run.entry(format!("{:?} {}", step.probe.protocol, step.probe.port))
+                    .or_insert(0) += 1;
                 if got != want {
                     failures.push(format!(
-                        "{} (step {}):\nexpected:\n{}observed:\n{}",
+                        "{} (step {}, {:?} {} through the ClusterIPs):\nexpected:\n{}observed:\n{}",
                         case.name,
                         i + 1,
+                        step.probe.protocol,
+                        step.probe.port,
                         render(&want),
                         render(&got)
                     ));
@@ -391,13 +421,16 @@ mod lab_tier {
             }
             write(&[]);
         }
+        let total: usize = run.values().sum();
         assert!(
             failures.is_empty(),
-            "{} of {run} steps differ:\n{}\n{}",
+            "{} of {total} steps differ:\n{}\n{}",
             failures.len(),
             failures.join("\n"),
             logs()
         );
-        assert!(run >= 15, "{run} port-80 steps probed");
+        eprintln!("steps probed through the ClusterIPs: {run:?}");
+        assert!(total >= 25, "{total} TCP/UDP steps probed: {run:?}");
+        assert!(run.keys().any(|k| k.starts_with("Udp")), "UDP steps probed: {run:?}");
     }
 }

@@ -3,8 +3,8 @@
 //! protocol, rows from, columns to, `.` reachable and `X` not. Each probe
 //! is a real `xlb-probe tcp|udp` client started in the source pod's network
 //! namespace and cgroup (so its node's socket and policy programs see it),
-//! to the destination pod's address; all of them at once, bounded by a
-//! timeout. Used by `xlb-lab probe` on a held lab ([`crate::held`]) and by
+//! to the destination pod's address or a ClusterIP in front of it
+//! ([`matrix_to`]); all of them at once, bounded by a timeout. Used by `xlb-lab probe` on a held lab ([`crate::held`]) and by
 //! tests on a [`crate::Lab`].
 use std::{
     fmt,
@@ -106,17 +106,32 @@ pub fn pods_of(lab: &Lab) -> Result<Vec<ProbePod>, LabError> {
         .collect()
 }
 
-/// Probes every pair of `pods` with the `xlb-probe` at `probe_bin`.
+/// Probes every pair of `pods` with the `xlb-probe` at `probe_bin`, to the
+/// pods' own addresses.
 pub fn matrix(probe_bin: &Path, pods: &[ProbePod], probe: Probe) -> Result<Matrix, LabError> {
+    let to: Vec<IpAddr> =
+        pods.iter().map(|p| if probe.ipv6 { p.v6.into() } else { p.v4.into() }).collect();
+    matrix_to(probe_bin, pods, &to, probe)
+}
+
+/// Probes from every pod of `pods` to every address of `to` (one per pod,
+/// in the same order: the pod's own address, or the ClusterIP of a
+/// Service in front of it alone, as the e2e suite probes).
+pub fn matrix_to(
+    probe_bin: &Path,
+    pods: &[ProbePod],
+    to: &[IpAddr],
+    probe: Probe,
+) -> Result<Matrix, LabError> {
+    assert_eq!(pods.len(), to.len(), "one target per pod");
     let pairs: Vec<(usize, usize)> =
         (0..pods.len()).flat_map(|i| (0..pods.len()).map(move |j| (i, j))).collect();
     let mut reachable = vec![vec![false; pods.len()]; pods.len()];
     for batch in pairs.chunks(PARALLEL) {
         let mut running: Vec<((usize, usize), Child)> = Vec::new();
         for &(i, j) in batch {
-            let (from, to) = (&pods[i], &pods[j]);
-            let ip: IpAddr = if probe.ipv6 { to.v6.into() } else { to.v4.into() };
-            let target = SocketAddr::new(ip, probe.port).to_string();
+            let from = &pods[i];
+            let target = SocketAddr::new(to[j], probe.port).to_string();
             let mut cmd = Command::new(probe_bin);
             let mode = if probe.protocol == Protocol::Udp { "udp" } else { "tcp" };
             cmd.args([mode, &target, "--timeout-ms", &probe.timeout.as_millis().to_string()]);
