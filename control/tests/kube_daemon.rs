@@ -472,5 +472,11 @@ fn pod_network_of_a_fresh_node_waits_for_its_programs() {
         |what: &str| log.find(what).unwrap_or_else(|| panic!("no {what:?} in the log:\n{log}"));
     assert!(at("programs pinned for xlb-cni") < at("CNI configuration installed"), "{log}");
     assert!(at("applied how=\"full\"") < at("CNI configuration installed"), "{log}");
-    f.wait_for("the services", |f| f.dump().contains("service default/nginx-service"));
+    let dump = Datapath::open(f.pin_dir.path())
+        .and_then(|d| d.dump())
+        .unwrap_or_else(|e| panic!("reading the maps: {e}"));
+    assert!(
+        dump.contains("service default/nginx:http id=0 maglev=457 encap=geneve backends=2/2"),
+        "{dump}"
+    );
 }
