@@ -413,13 +413,15 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         ct_insert_rate: args.ct_insert_rate,
         features: None,
     };
-    let mut dataplane = Dataplane::load(&load).context("loading the datapath")?;
+    // Maps first; the verifier runs on a thread of its own while the
+    // first listing is applied to the maps (serve).
+    let staged = Dataplane::create_maps(&load).context("loading the datapath")?;
+    info!(maps_ms = t_load.elapsed().as_millis() as u64, "datapath maps created");
+    let programs = std::thread::Builder::new()
+        .name("xlb-verify".into())
+        .spawn(move || staged.load_programs())
+        .context("starting the program loader thread")?;
     crate::metrics::control().set_ct_insert_budget(args.ct_insert_rate);
-    info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
-    // Probed at load: each missing feature named with its fallback.
-    for missing in dataplane.features().missing() {
-        warn!(feature = missing.feature, since = missing.since, "{missing}");
-    }
     let mode = match args.xdp_mode {
         XdpModeArg::Native => Some(XdpMode::Native),
         XdpModeArg::Generic => {
@@ -431,8 +433,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         XdpModeArg::None => None,
     };
-    let result = serve(&args, &opts, first, early, runtime, &mut dataplane, mode);
-    drop(dataplane);
+    let result = serve(&args, &opts, first, early, runtime, (programs, t_load), mode);
     // On every exit after loading, errors included: a half-attached agent
     // must not stay behind.
     if args.detach_on_exit {
@@ -496,16 +497,69 @@ fn pod_network_sysctls(opts: &PodNetOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches, restores the applied state and reconciles until a signal.
+/// The programs being loaded (verifier) on their thread, and when the load began.
+type Loading =
+    (std::thread::JoinHandle<Result<Dataplane, lb::loader::LoadError>>, std::time::Instant);
+
+/// Restores the applied state, applies the first listing while the
+/// programs load (on a fresh node), attaches and reconciles until a signal.
 fn serve(
     args: &RunArgs,
     opts: &TranslateOptions,
     first: Option<(Stamp, Translator, xlb_control::policy::agent::PolicyObjects)>,
-    kube: Option<KubeStarted>,
+    mut kube: Option<KubeStarted>,
     runtime: tokio::runtime::Runtime,
-    dataplane: &mut Dataplane,
+    (programs, t_load): Loading,
     mode: Option<XdpMode>,
 ) -> anyhow::Result<()> {
+    let mut datapath = Datapath::open(&args.pin_dir).context("opening the datapath maps")?;
+    info!(
+        services = datapath.service_keys().count(),
+        pin_dir = %args.pin_dir.display(),
+        "restored the applied state"
+    );
+    let pod = args.pod.options(&args.ifaces[0])?;
+    // From the API (any namespace user can create a bad object) the invalid
+    // objects and parts are left out; manifest files stay all-or-nothing.
+    let api_opts = TranslateOptions { leave_out_invalid: true, ..opts.clone() };
+    let mut reconciler = Reconciler::new(Translator::new(api_opts), args.health_check_addr);
+    reconciler.pods = PodState {
+        opts: pod.clone(),
+        pin_dir: args.pin_dir.clone(),
+        lbs: args.tunnel_peers.clone(),
+        ..PodState::default()
+    };
+    // Cold start: on a fresh node (the maps hold no service, so no program
+    // of an earlier agent serves them) the Kubernetes source's first
+    // listing, usually complete before the verifier is done, is applied
+    // while the programs load; the pod network waits for them (xlb-cni
+    // needs the pinned pod programs before a CNI configuration exists).
+    if let Some(k) = kube.as_mut().filter(|_| datapath.service_keys().next().is_none()) {
+        let _rt = runtime.enter();
+        while !programs.is_finished() {
+            match k.rx.try_recv() {
+                Ok(changes) => {
+                    reconciler.programs_loaded = false;
+                    reconciler.receive(&mut datapath, changes, "kube");
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+    let mut dataplane = programs
+        .join()
+        .map_err(|_| anyhow::anyhow!("the program loader thread panicked"))?
+        .context("loading the datapath")?;
+    let dataplane = &mut dataplane;
+    info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
+    // Probed at load: each missing feature named with its fallback.
+    for missing in dataplane.features().missing() {
+        warn!(feature = missing.feature, since = missing.since, "{missing}");
+    }
     for iface in &args.ifaces {
         datapath_sysctls(iface)?;
         match mode {
@@ -516,7 +570,6 @@ fn serve(
         info!(iface, ?mode, "attached (XDP: mode; tc: always)");
         crate::metrics::record_attach(iface, mode);
     }
-    let pod = args.pod.options(&args.ifaces[0])?;
     if let Some(p) = &pod {
         pod_network_sysctls(p)?;
         let moved = dataplane.pin_pod_programs().context("pinning the pod programs")?;
@@ -560,16 +613,18 @@ fn serve(
         };
         sockets = Some(Sockets { cgroup, reaper });
     }
-    let mut datapath = Datapath::open(&args.pin_dir).context("opening the datapath maps")?;
-    info!(
-        services = datapath.service_keys().count(),
-        pin_dir = %args.pin_dir.display(),
-        "restored the applied state"
-    );
+    if !reconciler.programs_loaded {
+        // The pod network and policy the early apply left for now.
+        reconciler.programs_loaded = true;
+        let _rt = runtime.enter();
+        reconciler.pods.sync_network(&mut datapath, &reconciler.translator, true);
+        reconciler.pods.sync_policy(&mut datapath, true);
+    }
+    reconciler.sockets = sockets;
     let _metrics = crate::metrics::start(&args.metrics, &args.pin_dir)?;
     let _flows = crate::flows::start(&args.pin_dir, &opts.node_name, &args.flows)?;
     runtime.spawn(crate::metrics::housekeeping(args.pin_dir.clone()));
-    runtime.block_on(reconcile_loop(args, opts, pod, first, kube, &mut datapath, sockets))
+    runtime.block_on(reconcile_loop(args, reconciler, first, kube, &mut datapath))
 }
 
 /// The Kubernetes source, started before the datapath loaded.
@@ -590,19 +645,13 @@ struct Sockets {
 
 async fn reconcile_loop(
     args: &RunArgs,
-    opts: &TranslateOptions,
-    pod: Option<PodNetOptions>,
+    mut reconciler: Reconciler,
     first: Option<(Stamp, Translator, xlb_control::policy::agent::PolicyObjects)>,
     kube: Option<KubeStarted>,
     datapath: &mut Datapath,
-    sockets: Option<Sockets>,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // From the API (any namespace user can create a bad object) the invalid
-    // objects and parts are left out; manifest files stay all-or-nothing.
-    let api_opts = TranslateOptions { leave_out_invalid: true, ..opts.clone() };
-    let mut reconciler = Reconciler::new(Translator::new(api_opts), args.health_check_addr);
     let _node_health = (!args.no_healthz)
         .then(|| {
             match xlb_control::healthcheck::serve_node_health(
@@ -621,13 +670,6 @@ async fn reconcile_loop(
             }
         })
         .flatten();
-    reconciler.sockets = sockets;
-    reconciler.pods = PodState {
-        opts: pod,
-        pin_dir: args.pin_dir.clone(),
-        lbs: args.tunnel_peers.clone(),
-        ..PodState::default()
-    };
     let (mut rx, source) = match (&args.config, first, kube) {
         (Some(path), Some((stamp, translator, policy)), _) => {
             // One batch may wait while an apply runs; later changes coalesce in the source.
@@ -658,17 +700,7 @@ async fn reconcile_loop(
     let outcome = loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(changes) => {
-                    let t0 = std::time::Instant::now();
-                    crate::metrics::control().source_event();
-                    reconciler.fresh.queued();
-                    if !reconciler.synced {
-                        // The source listed every kind: the API is back (or was never gone).
-                        crate::metrics::control().health.source_ok();
-                    }
-                    reconciler.reconcile(datapath, changes, kind);
-                    crate::metrics::control().sync_done(t0.elapsed());
-                }
+                Some(changes) => reconciler.receive(datapath, changes, kind),
                 None => break Ok(()), // the source ended; its result is below
             },
             _ = retry.tick(), if reconciler.full_due && reconciler.synced
@@ -904,6 +936,9 @@ struct Reconciler {
     sockets: Option<Sockets>,
     /// What the node health endpoint reports.
     fresh: Arc<ProxyFreshness>,
+    /// The programs are loaded (false while the first listing is applied
+    /// during the verifier's run: the pod network waits for them).
+    programs_loaded: bool,
 }
 
 /// Aborts a task when dropped.
@@ -931,7 +966,21 @@ impl Reconciler {
             pods: PodState::default(),
             sockets: None,
             fresh: Arc::default(),
+            programs_loaded: true,
         }
+    }
+
+    /// A batch from the source: reconciled, with the metrics of its arrival.
+    fn receive(&mut self, datapath: &mut Datapath, changes: Changes, source: &str) {
+        let t0 = std::time::Instant::now();
+        crate::metrics::control().source_event();
+        self.fresh.queued();
+        if !self.synced {
+            // The source listed every kind: the API is back (or was never gone).
+            crate::metrics::control().health.source_ok();
+        }
+        self.reconcile(datapath, changes, source);
+        crate::metrics::control().sync_done(t0.elapsed());
     }
 
     fn reconcile(&mut self, datapath: &mut Datapath, changes: Changes, source: &str) {
@@ -990,8 +1039,10 @@ impl Reconciler {
             Ok(stats) => {
                 self.full_due = false;
                 self.applied(datapath, &stats, if full { "full" } else { "incremental" });
-                self.pods.sync_network(datapath, &self.translator, full);
-                self.pods.sync_policy(datapath, full);
+                if self.programs_loaded {
+                    self.pods.sync_network(datapath, &self.translator, full);
+                    self.pods.sync_policy(datapath, full);
+                }
             }
             Err(e) => {
                 error!(error = %Chain(&e), "apply failed; a full diff follows in {RETRY_INTERVAL:?}");

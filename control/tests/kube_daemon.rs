@@ -8,6 +8,9 @@
 //!   kube-proxy's semantics (200 + localEndpoints with a ready local endpoint, 503 without,
 //!   closed when the service goes).
 //!
+//! - a fresh node with the pod network: the first listing is applied while the programs
+//!   load, the CNI configuration only once the pod programs xlb-cni needs are pinned.
+//!
 //! Privileged tier: needs root, BPF and netns; fails (never skips) without them.
 use std::{
     fs::File,
@@ -52,6 +55,8 @@ struct Fixture {
     agent: Option<Child>,
     server: Option<Arc<ApiServer>>,
     rt: Option<tokio::runtime::Runtime>,
+    /// More `xlb run` flags.
+    extra_args: Vec<String>,
 }
 
 impl Drop for Fixture {
@@ -77,6 +82,7 @@ impl Fixture {
             agent: None,
             server: None,
             rt: None,
+            extra_args: Vec::new(),
         };
         std::fs::create_dir_all(&f.dir).unwrap();
         f.netns.veth("xv0", "xv1").unwrap_or_else(|e| panic!("{e}"));
@@ -117,6 +123,7 @@ impl Fixture {
             .arg("--pin-dir")
             .arg(self.pin_dir.path())
             .args(["--metrics-addr", METRICS, "--small-maps", "--xdp-mode", "generic"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -425,4 +432,51 @@ fn node_health_answers_on_10256_like_kube_proxy() {
     let (code, body) = get(&f.netns, addr, "/livez").unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(get(&f.netns, addr, "/other").unwrap().0, 404);
+}
+
+/// Node `lb` with a pod range: this node's pod network.
+const LB_POD_RANGE: &str = "apiVersion: v1
+kind: Node
+metadata: {name: lb}
+spec: {podCIDRs: [10.244.9.0/24]}
+status:
+  addresses: [{type: InternalIP, address: 10.0.0.2}]
+";
+
+/// Cold start (#14 item 5): on a fresh node the agent applies the first
+/// listing while the verifier runs; the pod network waits for the
+/// programs, so no CNI configuration exists (no pod is set up) before the
+/// pod programs xlb-cni attaches are pinned.
+#[test]
+fn pod_network_of_a_fresh_node_waits_for_its_programs() {
+    let mut f = Fixture::new("pn");
+    f.server().apply_yaml(examples::NGINX).unwrap();
+    f.server().apply_yaml(LB_POD_RANGE).unwrap();
+    let conf = f.dir.join("net.d");
+    let d = |p: &str| f.dir.join(p).display().to_string();
+    f.extra_args = vec![
+        "--pod-network".into(),
+        "--cni-conf-dir".into(),
+        conf.display().to_string(),
+        "--cni-state-dir".into(),
+        d("state"),
+        "--ipam-dir".into(),
+        d("ipam"),
+    ];
+    f.start_agent();
+    f.wait_for("the CNI configuration", |_| {
+        std::fs::read_dir(&conf).is_ok_and(|mut d| d.next().is_some())
+    });
+    let log = f.log();
+    let at =
+        |what: &str| log.find(what).unwrap_or_else(|| panic!("no {what:?} in the log:\n{log}"));
+    assert!(at("programs pinned for xlb-cni") < at("CNI configuration installed"), "{log}");
+    assert!(at("applied how=\"full\"") < at("CNI configuration installed"), "{log}");
+    let dump = Datapath::open(f.pin_dir.path())
+        .and_then(|d| d.dump())
+        .unwrap_or_else(|e| panic!("reading the maps: {e}"));
+    assert!(
+        dump.contains("service default/nginx:http id=0 maglev=457 encap=geneve backends=2/2"),
+        "{dump}"
+    );
 }

@@ -384,11 +384,53 @@ fn page_size() -> u32 {
     u32::try_from(n).unwrap_or(4096)
 }
 
+/// The datapath objects with their maps created (or reused) and pinned, the
+/// programs not yet through the verifier: the reconciler may fill the maps
+/// while [`Staged::load_programs`] runs (on another thread: the verifier
+/// takes the better part of a second, map creation a few hundred ms at
+/// GKE's map sizes).
+#[derive(Debug)]
+pub struct Staged {
+    xdp: Ebpf,
+    tc: Ebpf,
+    sock: Ebpf,
+    pin_dir: PathBuf,
+    features: Features,
+}
+
+impl Staged {
+    /// Loads every program into the kernel (verified, not attached).
+    pub fn load_programs(self) -> Result<Dataplane, LoadError> {
+        let Staged { mut xdp, mut tc, mut sock, pin_dir, features } = self;
+        program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
+            .load()
+            .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
+        for p in [TC_INGRESS, TC_EGRESS, POD_FROM, POD_TO] {
+            program_mut::<SchedClassifier>(&mut tc, "tc", p)?
+                .load()
+                .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
+        }
+        for p in SOCK_PROGRAMS {
+            program_mut::<CgroupSockAddr>(&mut sock, "sock", p)?
+                .load()
+                .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
+        }
+        Ok(Dataplane { xdp, tc, sock, pin_dir, features })
+    }
+}
+
 impl Dataplane {
     /// Loads the XDP and tc objects (programs loaded into the kernel, not yet
     /// attached). Maps already pinned under `pin_dir` are reused as they are:
     /// that is how established flows survive an agent restart.
     pub fn load(opts: &LoadOptions) -> Result<Dataplane, LoadError> {
+        Dataplane::create_maps(opts)?.load_programs()
+    }
+
+    /// The first half of [`Dataplane::load`]: the objects parsed, their
+    /// maps created (or the pinned ones reused) and pinned; the programs
+    /// wait for [`Staged::load_programs`].
+    pub fn create_maps(opts: &LoadOptions) -> Result<Staged, LoadError> {
         std::fs::create_dir_all(&opts.pin_dir)
             .map_err(|source| LoadError::PinDir { path: opts.pin_dir.clone(), source })?;
         if !is_bpffs(&opts.pin_dir) {
@@ -415,23 +457,10 @@ impl Dataplane {
             SockScope::HostOnly { netns_cookie } => netns_cookie,
         };
         let sock_globals = [Global::U64(SOCK_HOST_NETNS_GLOBAL, host_netns)];
-        let mut xdp = load_object(opts, "xdp", objects::xdp(), &xdp_globals)?;
-        let mut tc = load_object(opts, "tc", objects::tc(), &tc_globals)?;
-        let mut sock = load_object(opts, "sock", objects::sock(), &sock_globals)?;
-        program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
-            .load()
-            .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
-        for p in [TC_INGRESS, TC_EGRESS, POD_FROM, POD_TO] {
-            program_mut::<SchedClassifier>(&mut tc, "tc", p)?
-                .load()
-                .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
-        }
-        for p in SOCK_PROGRAMS {
-            program_mut::<CgroupSockAddr>(&mut sock, "sock", p)?
-                .load()
-                .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
-        }
-        Ok(Dataplane { xdp, tc, sock, pin_dir: opts.pin_dir.clone(), features })
+        let xdp = load_object(opts, "xdp", objects::xdp(), &xdp_globals)?;
+        let tc = load_object(opts, "tc", objects::tc(), &tc_globals)?;
+        let sock = load_object(opts, "sock", objects::sock(), &sock_globals)?;
+        Ok(Staged { xdp, tc, sock, pin_dir: opts.pin_dir.clone(), features })
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -5,8 +5,9 @@
 //! network namespace of its own with its programs attached to a veth there.
 //! Measured:
 //! - cold start: agent spawn to "fully programmed" (its first full apply
-//!   logged, then checked against the maps: every service, frontend, backend
-//!   and Maglev table present);
+//!   and its programs' attachment logged, whichever comes last, then checked
+//!   against the maps: every service, frontend, backend and Maglev table
+//!   present);
 //! - endpoint churn at a fixed rate: one endpoint address replaced per change
 //!   (an EndpointSlice update through the API); event-to-datapath latency from
 //!   the API write to the new backend observed in the pinned maps by a poller
@@ -482,9 +483,15 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
     });
     let agent = Agent { child, log };
     let pid = agent.child.id();
-    let programmed = agent.wait_log("first full apply", Duration::from_secs(120), |l| {
+    // Fully programmed: the first full apply done and the programs attached
+    // (the agent applies the first listing while the verifier runs, so
+    // either may come last).
+    let applied = agent.wait_log("first full apply", Duration::from_secs(120), |l| {
         l.contains(" applied") && (l.contains("how=\"full\"") || l.contains("how=full"))
     })?;
+    let attached = agent
+        .wait_log("programs attached", Duration::from_secs(120), |l| l.contains(" attached"))?;
+    let programmed = applied.max(attached);
     if std::env::var_os("XLB_PERF_VERBOSE").is_some() {
         for (_, l) in agent.log.lock().unwrap().iter() {
             eprintln!("agent: {l}");

@@ -341,6 +341,23 @@ impl<K: Kind> Watched<K> {
     }
 }
 
+/// The annotation `kubectl apply` leaves on every object it applied: a
+/// copy of the whole object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no translation reads before the store keeps an object:
+/// managedFields (server-side apply's field owners, often larger than the
+/// spec) and kubectl's last-applied copy of the object.
+fn slim(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 /// What every watched kind shares.
 struct Watches<'a> {
     client: &'a Client,
@@ -380,6 +397,7 @@ impl Watches<'_> {
         let (reader, writer) = reflector::store::<K>();
         let events = watcher::watcher(Api::<K>::all(self.client.clone()), self.config.clone())
             .default_backoff()
+            .modify(|o: &mut K| slim(o.meta_mut()))
             .reflect(writer);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (store, stats, wake, noted) =
@@ -434,5 +452,42 @@ impl Watches<'_> {
             }
         });
         Watched { store: reader, pending }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    #[test]
+    fn slim_drops_managed_fields_and_the_last_applied_copy_and_keeps_other_annotations() {
+        let mut meta = ObjectMeta {
+            name: Some("web".into()),
+            managed_fields: Some(vec![ManagedFieldsEntry {
+                manager: Some("kubectl".into()),
+                ..Default::default()
+            }]),
+            annotations: Some(
+                [
+                    (LAST_APPLIED.to_string(), "{\"kind\":\"Service\"}".to_string()),
+                    ("xlb.io/maglev-size".to_string(), "16381".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        slim(&mut meta);
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(
+            meta.annotations,
+            Some([("xlb.io/maglev-size".to_string(), "16381".to_string())].into())
+        );
+        let mut only_last = ObjectMeta {
+            annotations: Some([(LAST_APPLIED.to_string(), "{}".to_string())].into()),
+            ..Default::default()
+        };
+        slim(&mut only_last);
+        assert_eq!(only_last.annotations, None);
     }
 }
