@@ -12,6 +12,7 @@ mod maglev_report;
 mod micro;
 mod podnet;
 mod policy_bench;
+mod policy_conn;
 mod pps;
 mod readme;
 mod report;
@@ -144,6 +145,19 @@ enum Cmd {
         /// Loads of each configuration's datapath (JIT placement).
         #[arg(long, default_value_t = 2)]
         copies: u32,
+    },
+    /// NetworkPolicy (#11) and real connections: connection and request
+    /// rate between pods with 1,000 (and 10,000) policies vs none, xlb
+    /// against iptables in kube-router's shape, same run.
+    PolicyConn {
+        /// Policy counts measured against none.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000])]
+        policies: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
     },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
@@ -286,6 +300,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "policy", &r, &md)?;
+        }
+        Cmd::PolicyConn { policies, rounds, seconds } => {
+            let r = policy_conn::run(&policy_conn::ConnOpts { policies, rounds, seconds })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "policy-conn", &r, &md)?;
         }
         Cmd::Cluster {
             services,
