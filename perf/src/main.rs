@@ -145,15 +145,19 @@ enum Cmd {
         /// Loads of each configuration's datapath (JIT placement).
         #[arg(long, default_value_t = 2)]
         copies: u32,
+        /// Every rule a two-port range: all in the LPM trie, none in the
+        /// single-port hash (the layout before it): where the growth came from.
+        #[arg(long)]
+        flow_range: bool,
     },
     /// NetworkPolicy (#11) and real connections: connection and request
     /// rate between pods with 1,000 (and 10,000) policies vs none, xlb
     /// against iptables in kube-router's shape, same run.
     PolicyConn {
         /// Policy counts measured against none.
-        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000])]
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize])]
         policies: Vec<usize>,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 9)]
         rounds: u32,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 1.0)]
@@ -287,7 +291,7 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
         }
-        Cmd::Policy { rules, rounds, repeat, calls, pods, changes, copies } => {
+        Cmd::Policy { rules, rounds, repeat, calls, pods, changes, copies, flow_range } => {
             let r = policy_bench::run(&policy_bench::PolicyOpts {
                 rules,
                 rounds,
@@ -296,6 +300,7 @@ fn main() -> Result<()> {
                 pods,
                 changes,
                 copies,
+                flow_range,
             })?;
             let md = r.markdown();
             println!("{md}");

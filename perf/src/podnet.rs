@@ -277,7 +277,7 @@ fn echo_server(ns: String, addr: IpAddr) {
 /// on one, the server runs when the client blocks, as ordinary threads
 /// mostly do. They block between requests and the latency phase is short;
 /// iperf3 stays normal.
-fn realtime(on: bool) -> std::io::Result<()> {
+pub(crate) fn realtime(on: bool) -> std::io::Result<()> {
     let (policy, prio) = if on { (libc::SCHED_FIFO, 10) } else { (libc::SCHED_OTHER, 0) };
     let param = libc::sched_param { sched_priority: prio };
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.

@@ -22,6 +22,11 @@
 //!   closes, the client reads EOF and closes; one client thread, `--seconds`;
 //! - request rate on one established connection (64 bytes each way).
 //!
+//! Client and server threads run at SCHED_FIFO on CPU 0 while measuring
+//! (`podnet::realtime`, as the pod-network latency does): on cores shared
+//! with other work, a woken thread otherwise waits for a scheduler slice,
+//! and which configuration waits follows the scheduler, not the path.
+//!
 //! Paths: cross-node (pod1-1 → pod2-1) and same node (pod2-2 → pod2-1).
 //! Medians over rounds; ratios against the no-policy state of the same lab
 //! and run (median of per-round ratios beside the ratio of medians). The
@@ -34,6 +39,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::podnet::realtime;
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::{
     api::networking::v1::{
@@ -74,7 +80,7 @@ pub struct ConnOpts {
 
 impl Default for ConnOpts {
     fn default() -> Self {
-        ConnOpts { policies: vec![1_000, 10_000], rounds: 5, seconds: 1.0 }
+        ConnOpts { policies: vec![1_000], rounds: 9, seconds: 1.0 }
     }
 }
 
@@ -200,8 +206,10 @@ fn servers(lab: &Lab, addr: Ipv4Addr) -> Result<()> {
             .in_ns(&ns, || TcpListener::bind((addr, port)))?
             .with_context(|| format!("binding {addr}:{port} in {ns}"))?;
         std::thread::spawn(move || {
+            let _ = crate::podnet::realtime(true);
             for c in l.incoming().flatten() {
                 let serve = move |mut c: TcpStream| {
+                    let _ = crate::podnet::realtime(true);
                     let _ = c.set_nodelay(true);
                     let mut buf = [0u8; MSG];
                     while c.read_exact(&mut buf).is_ok() {
@@ -260,6 +268,7 @@ fn converge(lab: &Lab, to: Ipv4Addr, isolated: bool, what: &str) -> Result<()> {
 fn conn_rate(lab: &Lab, from: &str, to: Ipv4Addr, secs: f64) -> Result<f64> {
     let dst = SocketAddr::new(IpAddr::V4(to), ONCE_PORT);
     let r = lab.in_ns(from, || -> std::io::Result<f64> {
+        realtime(true)?;
         let t0 = Instant::now();
         let mut n = 0u64;
         let mut buf = [0u8; MSG];
@@ -283,6 +292,7 @@ fn conn_rate(lab: &Lab, from: &str, to: Ipv4Addr, secs: f64) -> Result<f64> {
 fn req_rate(lab: &Lab, from: &str, to: Ipv4Addr, secs: f64) -> Result<f64> {
     let dst = SocketAddr::new(IpAddr::V4(to), KEEP_PORT);
     let r = lab.in_ns(from, || -> std::io::Result<f64> {
+        realtime(true)?;
         let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -488,19 +498,20 @@ pub fn run(o: &ConnOpts) -> Result<ConnReport> {
         for k in 0..states.len() {
             let s = (k + round) % states.len();
             let isolated = states[s] > 0;
+            // One lab after the other: each programming time alone.
             let t0 = Instant::now();
             xlb.write(&sets[s])?;
+            converge(&xlb.lab, to_xlb, isolated, "xlb")
+                .with_context(|| format!("{} policies", states[s]))?;
+            xlb_apply[s].push(t0.elapsed().as_secs_f64());
             let t1 = Instant::now();
             ipt.install(&sets[s])?;
+            converge(&ipt.lab, to_ipt, isolated, "iptables")?;
             ipt_apply[s].push(t1.elapsed().as_secs_f64());
             if let Some((_, r)) = ipt.installed.iter().find(|(ns, _)| ns.ends_with("node2")) {
                 ipt_rules[s] = r.rules;
                 ipt_sets[s] = r.set_names.len();
             }
-            converge(&ipt.lab, to_ipt, isolated, "iptables")?;
-            converge(&xlb.lab, to_xlb, isolated, "xlb")
-                .with_context(|| format!("{} policies", states[s]))?;
-            xlb_apply[s].push(t0.elapsed().as_secs_f64());
             // Every (rig, path, metric), order rotated.
             let mut jobs = Vec::new();
             for m in 0..metrics.len() {
@@ -611,8 +622,9 @@ impl ConnReport {
         s.push_str(&format!(
             "\nTarget: connection rate with 1,000 policies ≥ 0.95 × without (xlb). iptables rules \
              on the server's node per state: {:?} (ipsets {:?}). Programming, median s: xlb \
-             (manifest written → enforced, incl. the agents' 1 s file poll) {:?}; iptables \
-             (ipset restore + iptables-restore, both nodes) {:?}. Load average (1 min) at the \
+             (manifest written → enforced, incl. the agents' 1 s file poll; the first state \
+             also waits for the previous one's removal) {:?}; iptables (rules removed, ipset \
+             restore + iptables-restore on both nodes, enforced) {:?}. Load average (1 min) at the \
              start and after each round: {}.\n",
             self.ipt_rules,
             self.ipt_sets,
