@@ -130,6 +130,9 @@ pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> Result
     Ok(true)
 }
 
+/// One rule's peers and ports.
+type Rule = (Vec<NetworkPolicyPeer>, Option<Vec<NetworkPolicyPort>>);
+
 #[derive(Default)]
 struct Builder {
     ipsets: String,
@@ -260,8 +263,7 @@ pub fn kube_router(
         b.set_ip(&dst_set, &targets.iter().map(|&i| pods[i].ip).collect());
         let _ = writeln!(b.body, ":{chain} - [0:0]");
         // Direction, rules, the field's name.
-        let mut dirs: Vec<(bool, Vec<(Vec<NetworkPolicyPeer>, Option<Vec<NetworkPolicyPort>>)>)> =
-            Vec::new();
+        let mut dirs: Vec<(bool, Vec<Rule>)> = Vec::new();
         if ingress {
             let r = spec
                 .ingress

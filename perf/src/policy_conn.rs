@@ -538,14 +538,14 @@ pub fn run(o: &ConnOpts) -> Result<ConnReport> {
         eprintln!("policy-conn: round {} of {} done (load {:.2})", round + 1, o.rounds, loadavg());
     }
     let mut rows = Vec::new();
-    for m in 0..metrics.len() {
-        for p in 0..paths.len() {
-            for r in 0..rigs.len() {
+    for (m, metric) in metrics.iter().enumerate() {
+        for (p, path) in paths.iter().enumerate() {
+            for (r, rig) in rigs.iter().enumerate() {
                 let rounds = cells.remove(&(r, p, m)).unwrap_or_default();
                 rows.push(ConnRow {
-                    rig: rigs[r].into(),
-                    path: paths[p].0.into(),
-                    metric: metrics[m].into(),
+                    rig: rig.to_string(),
+                    path: path.0.into(),
+                    metric: metric.to_string(),
                     medians: rounds.iter().map(|v| median(v)).collect(),
                     rounds,
                 });
