@@ -14,7 +14,7 @@ need_root
 
 # Debian packages: clang for the BPF programs, libbpf headers, the lab's
 # servers and tools, Prometheus for the observability tests.
-pkgs=(clang llvm libbpf-dev linux-libc-dev iproute2 nginx-light wrk iperf3
+pkgs=(clang llvm libbpf-dev linux-libc-dev iproute2 nginx-light wrk iperf3 ipset
       bpftool clang-format m4 pkg-config libelf-dev procps iptables nftables
       prometheus curl ca-certificates gcc)
 missing=()

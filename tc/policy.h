@@ -16,8 +16,9 @@
  *   4. peer identity: given (a local pod's, the overlay option's) or from
  *      xlb_ip_identity (pods' addresses, ipBlock prefixes; else WORLD);
  *      XLB_ID_HOST (this node) always passes, as upstream says
- *   5. xlb_policy (LPM over the port bits) for the peer's identity, its
- *      ipBlock prefix, and any peer: found: record, pass; else
+ *   5. xlb_policy_exact (single ports), then (if the endpoint has such
+ *      entries) xlb_policy (LPM over the port bits) for the peer's
+ *      identity, its ipBlock prefix, and any peer: found: record, pass; else
  *      DROP_POLICY_INGRESS / DROP_POLICY_EGRESS
  * A new connection's verdict (4-5) is sent up the event stream as
  * XLB_EV_POLICY when a listener wants it (policy logs): one ARRAY lookup
@@ -74,9 +75,13 @@ static __always_inline void xlb_policy_addr(const __u8 *addr, __u8 family,
 	}
 }
 
+/* xlb_policy_exact (single ports: one hash lookup whatever the rule
+ * count), then, if the endpoint has any in this direction, xlb_policy (the
+ * trie: ranges, any port, any protocol). */
 static __always_inline const struct xlb_policy_entry *
-xlb_policy_lookup(__u32 ep, __u8 dir, __u32 identity, __u8 proto, __be16 port)
+xlb_policy_lookup(__u32 ep, __u8 dir, __u32 identity, __u8 proto, __be16 port, __u32 lpm)
 {
+	const struct xlb_policy_entry *e;
 	struct xlb_policy_key k = {
 	    .prefixlen = XLB_POLICY_KEY_BITS,
 	    .ep = ep,
@@ -86,6 +91,9 @@ xlb_policy_lookup(__u32 ep, __u8 dir, __u32 identity, __u8 proto, __be16 port)
 	    .port = port,
 	};
 
+	e = bpf_map_lookup_elem(&xlb_policy_exact, &k);
+	if (e || !lpm)
+		return e;
 	return bpf_map_lookup_elem(&xlb_policy, &k);
 }
 
@@ -229,7 +237,7 @@ static __always_inline int xlb_policy_check(struct __sk_buff *skb, struct xlb_pk
 	struct xlb_addr_identity peer;
 	struct xlb_policy_ct *ct, fresh = {};
 	struct xlb_flow_key rev = {};
-	__u32 mine, theirs, isolated, policy = 0;
+	__u32 mine, theirs, isolated, lpm, policy = 0;
 	__u64 now;
 
 	if (!pe)
@@ -239,6 +247,8 @@ static __always_inline int xlb_policy_check(struct __sk_buff *skb, struct xlb_pk
 	theirs = dir == XLB_POLICY_DIR_INGRESS ? XLB_PCT_F_EGRESS : XLB_PCT_F_INGRESS;
 	isolated = pe->flags &
 		   (dir == XLB_POLICY_DIR_INGRESS ? XLB_POLICY_F_INGRESS : XLB_POLICY_F_EGRESS);
+	lpm = pe->flags &
+	      (dir == XLB_POLICY_DIR_INGRESS ? XLB_POLICY_F_INGRESS_LPM : XLB_POLICY_F_EGRESS_LPM);
 	now = bpf_ktime_get_ns();
 
 	ct = bpf_map_lookup_elem(&xlb_policy_ct, &pkt->tuple);
@@ -261,13 +271,13 @@ static __always_inline int xlb_policy_check(struct __sk_buff *skb, struct xlb_pk
 			peer.identity = peer_identity;
 		if (peer.identity != XLB_ID_HOST) {
 			e = xlb_policy_lookup(ifindex, dir, peer.identity, pkt->tuple.proto,
-					      pkt->tuple.dport);
+					      pkt->tuple.dport, lpm);
 			if (!e && peer.cidr_identity)
 				e = xlb_policy_lookup(ifindex, dir, peer.cidr_identity,
-						      pkt->tuple.proto, pkt->tuple.dport);
+						      pkt->tuple.proto, pkt->tuple.dport, lpm);
 			if (!e)
 				e = xlb_policy_lookup(ifindex, dir, XLB_ID_UNKNOWN,
-						      pkt->tuple.proto, pkt->tuple.dport);
+						      pkt->tuple.proto, pkt->tuple.dport, lpm);
 			if (!e) {
 				__u32 reason = dir == XLB_POLICY_DIR_INGRESS
 						   ? XLB_DROP_POLICY_INGRESS

@@ -820,7 +820,11 @@ enum xlb_policy_limits {
 
 /* xlb_policy: LPM_TRIE (no prealloc), struct xlb_policy_key -> struct
  * xlb_policy_entry: what an isolated endpoint allows, port ranges as
- * prefixes of the port bits. */
+ * prefixes of the port bits. Single-port entries (prefixlen
+ * XLB_POLICY_KEY_BITS) live in xlb_policy_exact instead: HASH, the same key
+ * and value, looked up first; the trie (whose walk deepens with every entry
+ * of every endpoint) only when the endpoint has range, any-port or
+ * any-protocol entries in that direction (XLB_POLICY_F_*_LPM). */
 struct xlb_policy_key {
 	__u32 prefixlen;
 	__u32 ep;	/* the endpoint's host veth ifindex */
@@ -842,6 +846,8 @@ _Static_assert(sizeof(struct xlb_policy_entry) == 8, "xlb_policy_entry size");
 enum xlb_policy_ep_flags {
 	XLB_POLICY_F_INGRESS = 1 << 0, /* some policy selects it for ingress */
 	XLB_POLICY_F_EGRESS = 1 << 1,
+	XLB_POLICY_F_INGRESS_LPM = 1 << 2, /* xlb_policy has its ingress entries */
+	XLB_POLICY_F_EGRESS_LPM = 1 << 3,
 };
 
 struct xlb_policy_ep {

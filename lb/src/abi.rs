@@ -111,6 +111,8 @@ abi_consts! {
     POLICY_CT_OTHER_IDLE_S: u32 = 120;
     POLICY_F_INGRESS: u32 = 1 << 0;
     POLICY_F_EGRESS: u32 = 1 << 1;
+    POLICY_F_INGRESS_LPM: u32 = 1 << 2;
+    POLICY_F_EGRESS_LPM: u32 = 1 << 3;
     PCT_F_EGRESS: u32 = 1 << 0;
     PCT_F_INGRESS: u32 = 1 << 1;
 }
@@ -387,7 +389,7 @@ abi_struct!(
 
 // ---- NetworkPolicy (#11) ----
 abi_struct!(
-    /// Key of xlb_policy (LPM trie).
+    /// Key of xlb_policy (LPM trie) and xlb_policy_exact (hash, full length).
     PolicyKey = "xlb_policy_key", 16 {
     prefixlen: u32, ep: u32, identity: u32, dir: u8, proto: u8, port: u16 /* network order */,
 });

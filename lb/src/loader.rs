@@ -153,6 +153,7 @@ impl MapSizes {
             ("xlb_sock_stats", self.services),
             ("xlb_frag4", self.frags),
             ("xlb_policy", self.policy),
+            ("xlb_policy_exact", self.policy),
             ("xlb_ip_identity", self.policy),
             ("xlb_policy_ep", self.endpoints),
             ("xlb_policy_ct", self.policy_ct),

@@ -75,6 +75,31 @@ pub fn policy_key(k: &crate::policy::EntryKey) -> Key<PolicyData> {
     )
 }
 
+/// The xlb_policy_exact key of a single-port entry (`k.bits` is
+/// [`abi::POLICY_KEY_BITS`]).
+pub fn policy_exact_key(k: &crate::policy::EntryKey) -> abi::PolicyKey {
+    abi::PolicyKey {
+        prefixlen: k.bits,
+        ep: k.ep,
+        identity: k.identity,
+        dir: k.dir,
+        proto: k.proto,
+        port: k.port.to_be(),
+    }
+}
+
+/// The entry an xlb_policy_exact key stands for.
+pub fn policy_exact_key_of(k: &abi::PolicyKey) -> crate::policy::EntryKey {
+    crate::policy::EntryKey {
+        bits: k.prefixlen,
+        ep: k.ep,
+        identity: k.identity,
+        dir: k.dir,
+        proto: k.proto,
+        port: u16::from_be(k.port),
+    }
+}
+
 /// The entry an xlb_policy key stands for.
 pub fn policy_key_of(k: &Key<PolicyData>) -> crate::policy::EntryKey {
     let d = k.data();
@@ -153,6 +178,7 @@ pub struct Maps {
     pub sock_stats: PerCpuArray<MapData, abi::SockStats>,
     pub frag4: Hash<abi::FragKey, abi::FragPorts>,
     pub policy: LpmTrie<MapData, PolicyData, abi::PolicyEntry>,
+    pub policy_exact: Hash<abi::PolicyKey, abi::PolicyEntry>,
     pub policy_ep: Hash<u32, abi::PolicyEp>,
     pub ip_identity: LpmTrie<MapData, CidrData, abi::AddrIdentity>,
     pub policy_ct: Hash<abi::FlowKey, abi::PolicyCt>,
@@ -201,6 +227,7 @@ impl Maps {
             sock_stats: open(dir, "xlb_sock_stats")?,
             frag4: open(dir, "xlb_frag4")?,
             policy: open(dir, "xlb_policy")?,
+            policy_exact: open(dir, "xlb_policy_exact")?,
             policy_ep: open(dir, "xlb_policy_ep")?,
             ip_identity: open(dir, "xlb_ip_identity")?,
             policy_ct: open(dir, "xlb_policy_ct")?,

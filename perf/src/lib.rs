@@ -4,11 +4,13 @@
 //! three-namespace forwarding rig ([`forward`]), the lab with
 //! xlb agents and kube-proxy beside them ([`labrig`]), the connection-level
 //! load generators ([`loadgen`]: wrk, iperf3) and the churn drivers
-//! ([`churn`]). The scenarios themselves live in the binary
+//! ([`churn`]), NetworkPolicies as kube-router's iptables rules
+//! ([`netpol_iptables`]). The scenarios themselves live in the binary
 //! (perf/src/main.rs and its modules).
 pub mod churn;
 pub mod forward;
 pub mod kubeproxy;
 pub mod labrig;
 pub mod loadgen;
+pub mod netpol_iptables;
 pub mod stats;

@@ -12,6 +12,7 @@ mod maglev_report;
 mod micro;
 mod podnet;
 mod policy_bench;
+mod policy_conn;
 mod pps;
 mod readme;
 mod report;
@@ -144,6 +145,23 @@ enum Cmd {
         /// Loads of each configuration's datapath (JIT placement).
         #[arg(long, default_value_t = 2)]
         copies: u32,
+        /// Every rule a two-port range: all in the LPM trie, none in the
+        /// single-port hash (the layout before it): where the growth came from.
+        #[arg(long)]
+        flow_range: bool,
+    },
+    /// NetworkPolicy (#11) and real connections: connection and request
+    /// rate between pods with 1,000 (and 10,000) policies vs none, xlb
+    /// against iptables in kube-router's shape, same run.
+    PolicyConn {
+        /// Policy counts measured against none.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize])]
+        policies: Vec<usize>,
+        #[arg(long, default_value_t = 9)]
+        rounds: u32,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
     },
     /// Maglev table quality (evenness, disruption) for M in {16381, 65537}.
     Maglev,
@@ -273,7 +291,7 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
         }
-        Cmd::Policy { rules, rounds, repeat, calls, pods, changes, copies } => {
+        Cmd::Policy { rules, rounds, repeat, calls, pods, changes, copies, flow_range } => {
             let r = policy_bench::run(&policy_bench::PolicyOpts {
                 rules,
                 rounds,
@@ -282,10 +300,17 @@ fn main() -> Result<()> {
                 pods,
                 changes,
                 copies,
+                flow_range,
             })?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "policy", &r, &md)?;
+        }
+        Cmd::PolicyConn { policies, rounds, seconds } => {
+            let r = policy_conn::run(&policy_conn::ConnOpts { policies, rounds, seconds })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "policy-conn", &r, &md)?;
         }
         Cmd::Cluster {
             services,

@@ -98,7 +98,7 @@ pub struct PodnetReport {
 
 /// The rigs' pod addressing for the kernel baselines: a bridge per node
 /// (cbr0, gateway 10.244.n.1/24) with the node's pods as ports.
-fn bridge_pods(lab: &Lab, pod_mtu: u32) -> Result<()> {
+pub(crate) fn bridge_pods(lab: &Lab, pod_mtu: u32) -> Result<()> {
     for n in lab.nodes() {
         let ns = &n.host.ns;
         let gw = Ipv4Addr::new(10, 244, n.index as u8, 1);
@@ -130,7 +130,7 @@ fn bridge_pods(lab: &Lab, pod_mtu: u32) -> Result<()> {
 }
 
 /// Plain routes: each node sends the other's pod range to it.
-fn plain_routes(lab: &Lab) -> Result<()> {
+pub(crate) fn plain_routes(lab: &Lab) -> Result<()> {
     for n in lab.nodes() {
         for other in lab.nodes().iter().filter(|o| o.index != n.index) {
             let (c, l) = spec::pod_cidr_v4(other.index);
@@ -277,7 +277,7 @@ fn echo_server(ns: String, addr: IpAddr) {
 /// on one, the server runs when the client blocks, as ordinary threads
 /// mostly do. They block between requests and the latency phase is short;
 /// iperf3 stays normal.
-fn realtime(on: bool) -> std::io::Result<()> {
+pub(crate) fn realtime(on: bool) -> std::io::Result<()> {
     let (policy, prio) = if on { (libc::SCHED_FIFO, 10) } else { (libc::SCHED_OTHER, 0) };
     let param = libc::sched_param { sched_priority: prio };
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.

@@ -9,12 +9,15 @@
 //! measured flow is A → B TCP 80, allowed by one rule of B's ingress; the
 //! other rules (one xlb_policy entry each) are spread over 1,000 peer
 //! identities, 50 ports and B plus 100 other endpoints, so the LPM trie
-//! really holds them. The address map holds 10,000 pod addresses in every
+//! really holds them. Single-port rules sit in the hash xlb_policy_exact;
+//! `--flow-range` makes every rule a two-port range so all sit in the LPM
+//! trie xlb_policy (the layout before the hash: where new connections'
+//! growth with the rule count came from). The address map holds 10,000 pod addresses in every
 //! configuration; with 0 rules no endpoint is isolated (the pods-no-policy-
 //! selects path). Each configuration has its own datapath instance
 //! (programs and maps loaded once per configuration, no re-apply between
 //! measurements), checked before timing: the flow's verdict, and
-//! (isolated) a port no rule names is dropped.
+//! (isolated) a port no rule names (82) is dropped.
 //!
 //! Rows: `xlb_pod_to` (what the host stack delivers into B: B's ingress
 //! check only, the frame not rewritten — checked, output == input — so
@@ -86,6 +89,11 @@ pub struct PolicyOpts {
     pub changes: u32,
     /// Loads of each configuration's datapath, taken in turn.
     pub copies: u32,
+    /// Every rule a two-port range (the flow's 80-81) instead of one port:
+    /// all of them in the LPM trie (xlb_policy), none in the hash
+    /// (xlb_policy_exact) — the layout before #11's benchmark fix, kept to
+    /// show where the new-connection growth came from.
+    pub flow_range: bool,
 }
 
 impl Default for PolicyOpts {
@@ -98,6 +106,7 @@ impl Default for PolicyOpts {
             pods: 10_000,
             changes: 500,
             copies: 2,
+            flow_range: false,
         }
     }
 }
@@ -140,6 +149,7 @@ pub struct PolicyReport {
     pub copies: u32,
     pub rows: Vec<Row>,
     pub latency: Latency,
+    pub flow_range: bool,
 }
 
 impl PolicyReport {
@@ -150,6 +160,13 @@ impl PolicyReport {
              testkit/bpf)\n\n",
             self.rounds, self.copies
         );
+        s.push_str(if self.flow_range {
+            "Every rule a two-port range (the flow's 80-81): all in the LPM trie \
+             (xlb_policy), the layout before the single-port hash.\n\n"
+        } else {
+            "Every rule a single port: in the hash xlb_policy_exact (one lookup \
+             whatever the count).\n\n"
+        });
         s.push_str("| program | flow | method |");
         for r in &self.rules {
             s.push_str(&format!(" {r} rule{} |", if *r == 1 { "" } else { "s" }));
@@ -237,7 +254,13 @@ fn pod_addr(i: u32) -> IpAddr {
 
 /// The policy state with `rules` rules (0: nothing isolated) over `pods`
 /// pod addresses; `shift` moves one spread rule's port (latency changes).
-fn desired(rules: usize, pods: u32, hv_b: u32, shift: Option<(usize, u16)>) -> PolicyDesired {
+fn desired(
+    rules: usize,
+    pods: u32,
+    hv_b: u32,
+    shift: Option<(usize, u16)>,
+    flow_range: bool,
+) -> PolicyDesired {
     let mut addrs: BTreeMap<Cidr, AddrIdentity> = BTreeMap::new();
     for (a, id) in [(POD_A_V4, ID_A), (POD_B_V4, ID_B)] {
         addrs
@@ -255,9 +278,14 @@ fn desired(rules: usize, pods: u32, hv_b: u32, shift: Option<(usize, u16)>) -> P
         policies.insert(POLICY_FLOW, "bench/flow".to_string());
         policies.insert(2, "bench/spread".to_string());
         let b = endpoints.entry(hv_b).or_default();
-        b.ingress
-            .get_or_insert_with(BTreeMap::new)
-            .insert(Allow { peer: ID_A, proto: Some(TCP), ports: Some((PORT, PORT)) }, POLICY_FLOW);
+        b.ingress.get_or_insert_with(BTreeMap::new).insert(
+            Allow {
+                peer: ID_A,
+                proto: Some(TCP),
+                ports: Some((PORT, PORT + u16::from(flow_range))),
+            },
+            POLICY_FLOW,
+        );
         for i in 1..rules {
             let mut port = 1000 + (i % 50) as u16 * 7;
             if let Some((j, by)) = shift {
@@ -269,7 +297,9 @@ fn desired(rules: usize, pods: u32, hv_b: u32, shift: Option<(usize, u16)>) -> P
             // Every other rule on B, the rest over 100 other endpoints
             // (ifindexes no device has: only the maps hold them).
             let ep = if i % 2 == 0 { hv_b } else { 100_000 + ((i / 2) % 100) as u32 };
-            let allow = Allow { peer, proto: Some(TCP), ports: Some((port, port)) };
+            // Ranges: a two-port prefix (one trie entry) each.
+            let ports = if flow_range { (port & !1, (port & !1) + 1) } else { (port, port) };
+            let allow = Allow { peer, proto: Some(TCP), ports: Some(ports) };
             // (peer, port, ep) repeats past 50 * 1000 * 2 rules: keep distinct.
             let allow =
                 if i >= 100_000 { Allow { proto: None, ports: None, ..allow } } else { allow };
@@ -377,11 +407,11 @@ impl Rig {
         let (v, _, _) = tc_time(self.dp.pod_from_program(), &frame(false, 1025), hv0, 1)?;
         ensure!(v == TC_ACT_REDIRECT, "{n} rules: xlb_pod_from verdict {v}, want redirect");
         if n > 0 {
-            let (v, _, _) = tc_time(self.dp.pod_to_program(), &frame_port(true, 1026, 81), hv1, 1)?;
-            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_to ({v})");
+            let (v, _, _) = tc_time(self.dp.pod_to_program(), &frame_port(true, 1026, 82), hv1, 1)?;
+            ensure!(v == TC_ACT_SHOT, "{n} rules: port 82 not dropped by xlb_pod_to ({v})");
             let (v, _, _) =
-                tc_time(self.dp.pod_from_program(), &frame_port(false, 1027, 81), hv0, 1)?;
-            ensure!(v == TC_ACT_SHOT, "{n} rules: port 81 not dropped by xlb_pod_from ({v})");
+                tc_time(self.dp.pod_from_program(), &frame_port(false, 1027, 82), hv0, 1)?;
+            ensure!(v == TC_ACT_SHOT, "{n} rules: port 82 not dropped by xlb_pod_from ({v})");
         }
         Ok(())
     }
@@ -421,7 +451,7 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
     let mut rigs: Vec<Vec<Rig>> = Vec::new();
     let mut entries = Vec::new();
     for &n in &o.rules {
-        let d = desired(n, o.pods, hv1, None);
+        let d = desired(n, o.pods, hv1, None, o.flow_range);
         // Every rule is one port (or no port): one xlb_policy entry each.
         entries
             .push(d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum());
@@ -525,6 +555,7 @@ fn run_inside(o: &PolicyOpts) -> Result<PolicyReport> {
         copies: o.copies,
         rows,
         latency,
+        flow_range: o.flow_range,
     })
 }
 
@@ -535,7 +566,7 @@ fn latency(path: &mut Datapath, o: &PolicyOpts, hv_b: u32) -> Result<Latency> {
         bail!("the programming latency needs a rule count of at least 2");
     }
     path.apply_policy(&PolicyDesired::default())?;
-    let base = desired(rules, o.pods, hv_b, None);
+    let base = desired(rules, o.pods, hv_b, None, o.flow_range);
     let t0 = Instant::now();
     let st = path.apply_policy(&base)?;
     let initial_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -546,7 +577,7 @@ fn latency(path: &mut Datapath, o: &PolicyOpts, hv_b: u32) -> Result<Latency> {
         // Rule j's port moves by one (2 writes: the new entry, the old one
         // deleted), alternately there and back.
         let j = 1 + (c * 7919) % (rules - 1);
-        let d = desired(rules, o.pods, hv_b, (c % 2 == 0).then_some((j, 1)));
+        let d = desired(rules, o.pods, hv_b, (c % 2 == 0).then_some((j, 1)), o.flow_range);
         let t = Instant::now();
         let st = path.apply_policy(&d)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -572,19 +603,19 @@ mod tests {
     #[test]
     fn rule_counts_are_exact_and_spread() {
         for n in [0usize, 1, 100, 10_000] {
-            let d = desired(n, 10, 7, None);
+            let d = desired(n, 10, 7, None, false);
             let allows: usize =
                 d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum();
             assert_eq!(allows, n, "{n} rules");
             assert_eq!(d.addrs.len(), 12);
         }
-        let d = desired(10_000, 0, 7, None);
+        let d = desired(10_000, 0, 7, None, false);
         assert_eq!(d.endpoints.len(), 101, "B and 100 other endpoints");
         let peers: std::collections::BTreeSet<u32> =
             d.endpoints.values().flat_map(lb::policy::peers).collect();
         assert!(peers.len() > 200, "{} peers", peers.len());
         // A change moves one rule: the same count, one allow different.
-        let moved = desired(10_000, 0, 7, Some((5, 1)));
+        let moved = desired(10_000, 0, 7, Some((5, 1)), false);
         assert_ne!(moved, d);
         let count = |d: &PolicyDesired| -> usize {
             d.endpoints.values().filter_map(|e| e.ingress.as_ref()).map(|m| m.len()).sum()

@@ -1,6 +1,8 @@
 //! The policy reconciler (#11): a [`PolicyDesired`] into xlb_policy_ep
-//! (isolation per endpoint), xlb_policy (allowed entries, port ranges as
-//! prefixes, [`crate::policy::port_prefixes`]) and xlb_ip_identity. Same
+//! (isolation per endpoint, and whether its entries need the trie),
+//! xlb_policy (allowed entries, port ranges as prefixes,
+//! [`crate::policy::port_prefixes`]; single ports go to the hash
+//! xlb_policy_exact, the store decides by prefix length) and xlb_ip_identity. Same
 //! shape as the others: restores its mirror from the maps, writes what
 //! differs (adds and changes first, then removals, so an endpoint never
 //! loses an entry it keeps), bookkeeping after each write succeeded.
@@ -55,14 +57,19 @@ fn entries(desired: &PolicyDesired) -> Entries {
     let mut policy = BTreeMap::new();
     for (&ifindex, ep) in &desired.endpoints {
         let mut flags = 0;
-        for (dir, allowed, flag) in [
-            (Direction::Ingress, &ep.ingress, abi::POLICY_F_INGRESS),
-            (Direction::Egress, &ep.egress, abi::POLICY_F_EGRESS),
+        for (dir, allowed, flag, lpm) in [
+            (Direction::Ingress, &ep.ingress, abi::POLICY_F_INGRESS, abi::POLICY_F_INGRESS_LPM),
+            (Direction::Egress, &ep.egress, abi::POLICY_F_EGRESS, abi::POLICY_F_EGRESS_LPM),
         ] {
             let Some(allowed) = allowed else { continue };
             flags |= flag;
             for (a, &p) in allowed {
                 for k in entry_keys(ifindex, dir, a) {
+                    // Anything but a single port is in the trie: the
+                    // datapath looks there only when told.
+                    if k.bits != abi::POLICY_KEY_BITS {
+                        flags |= lpm;
+                    }
                     // Two allows may share a prefix: the lower policy number wins.
                     let e = policy.entry(k).or_insert(p);
                     *e = (*e).min(p);
@@ -225,6 +232,39 @@ mod tests {
         assert_eq!(log.len(), 3);
         assert!(
             store.policies().unwrap().is_empty() && store.addr_identities().unwrap().is_empty()
+        );
+    }
+
+    #[test]
+    fn single_ports_in_the_hash_the_trie_flagged_only_when_used() {
+        let mut store = MemStore::default();
+        let mut st = PolicyState::restore(&store).unwrap();
+        // One port: the hash, no trie lookups for the endpoint.
+        st.apply(&mut store, &desired((80, 80), 300), &mut ApplyStats::default()).unwrap();
+        let log: Vec<&'static str> = store.log().iter().map(|w| w.target.map()).collect();
+        assert_eq!(log, ["xlb_ip_identity", "xlb_policy_exact", "xlb_policy_ep"]);
+        assert_eq!(store.policy_eps().unwrap(), [(7, abi::POLICY_F_INGRESS)]);
+        // A range: trie entries first, then the flag that makes it looked at.
+        store.take_log();
+        st.apply(&mut store, &desired((8080, 8083), 300), &mut ApplyStats::default()).unwrap();
+        let log: Vec<(&'static str, bool)> =
+            store.log().iter().map(|w| (w.target.map(), w.delete)).collect();
+        assert_eq!(
+            log,
+            [("xlb_policy", false), ("xlb_policy_ep", false), ("xlb_policy_exact", true)]
+        );
+        assert_eq!(
+            store.policy_eps().unwrap(),
+            [(7, abi::POLICY_F_INGRESS | abi::POLICY_F_INGRESS_LPM)]
+        );
+        // Back to one port: the flag drops before the trie entry goes.
+        store.take_log();
+        st.apply(&mut store, &desired((80, 80), 300), &mut ApplyStats::default()).unwrap();
+        let log: Vec<(&'static str, bool)> =
+            store.log().iter().map(|w| (w.target.map(), w.delete)).collect();
+        assert_eq!(
+            log,
+            [("xlb_policy_ep", false), ("xlb_policy_exact", false), ("xlb_policy", true)]
         );
     }
 

@@ -13,7 +13,10 @@ use super::{
 };
 use crate::{
     abi,
-    maps::{cidr_key, cidr_of, policy_key, policy_key_of, src_range_key, Maps, MapsError, RawMap},
+    maps::{
+        cidr_key, cidr_of, policy_exact_key, policy_exact_key_of, policy_key, policy_key_of,
+        src_range_key, Maps, MapsError, RawMap,
+    },
     model::Cidr,
 };
 
@@ -294,6 +297,10 @@ impl MapStore for BpfStore {
             let (k, v) = item.map_err(op("xlb_policy", "iterate"))?;
             out.push((policy_key_of(&k), v.policy));
         }
+        for item in self.maps.policy_exact.iter() {
+            let (k, v) = item.map_err(op("xlb_policy_exact", "iterate"))?;
+            out.push((policy_exact_key_of(&k), v.policy));
+        }
         Ok(out)
     }
 
@@ -416,10 +423,18 @@ impl MapStore for BpfStore {
                 m.policy_ep.insert(ifindex, abi::PolicyEp { flags, pad: 0 }, 0).map_err(up)
             }
             Write::PolicyEpDelete { ifindex } => removed(m.policy_ep.remove(&ifindex), map),
+            // Single ports in the hash, the rest in the trie.
+            Write::Policy { key, policy } if key.bits == abi::POLICY_KEY_BITS => m
+                .policy_exact
+                .insert(policy_exact_key(&key), abi::PolicyEntry { policy, pad: 0 }, 0)
+                .map_err(up),
             Write::Policy { key, policy } => m
                 .policy
                 .insert(&policy_key(&key), abi::PolicyEntry { policy, pad: 0 }, 0)
                 .map_err(up),
+            Write::PolicyDelete { key } if key.bits == abi::POLICY_KEY_BITS => {
+                removed(m.policy_exact.remove(&policy_exact_key(&key)), map)
+            }
             Write::PolicyDelete { key } => removed(m.policy.remove(&policy_key(&key)), map),
             Write::AddrIdentity { cidr, value } => {
                 m.ip_identity.insert(&cidr_key(&cidr), value, 0).map_err(up)

@@ -259,6 +259,7 @@ impl Target {
             Target::NonMasq(_) => "xlb_nonmasq",
             Target::Podnet => "xlb_podnet",
             Target::PolicyEp(_) => "xlb_policy_ep",
+            Target::Policy(k) if k.bits == abi::POLICY_KEY_BITS => "xlb_policy_exact",
             Target::Policy(_) => "xlb_policy",
             Target::AddrIdentity(_) => "xlb_ip_identity",
         }
