@@ -75,7 +75,7 @@ pub struct EwOpts {
 
 impl Default for EwOpts {
     fn default() -> Self {
-        EwOpts { services: vec![1, 1000, 10_000], rounds: 60, requests: 200, pin: Some((0, 1)) }
+        EwOpts { services: vec![1, 1000, 10_000], rounds: 60, requests: 200, pin: Some((0, 0)) }
     }
 }
 
@@ -92,7 +92,11 @@ pub struct EwRow {
     /// Over all rounds: the rate from the 10 %-trimmed mean time, p50, p99.
     pub per_sec_trimmed: f64,
     pub p50_us: f64,
+    pub p90_us: f64,
     pub p99_us: f64,
+    /// The share of requests slower than 10 × p50 (stalls: the shared
+    /// cores given to another process in the middle of a request).
+    pub stalled: f64,
     /// Per round: this path's rate / direct's rate in the same round.
     pub vs_direct: MedianCi,
     /// Per round: p50 and p99 minus direct's, µs.
@@ -100,6 +104,8 @@ pub struct EwRow {
     pub added_p99_us: MedianCi,
     /// Flatness: per round, this count's rate / the fewest services' rate.
     pub vs_fewest: Option<MedianCi>,
+    /// Each round's p50, µs, in round order (placement effects show here).
+    pub round_p50_us: Vec<f64>,
 }
 
 /// The kernel's run time of one socket program over a phase.
@@ -356,7 +362,11 @@ impl Rig {
 
     /// Runs xlb-probe in the pod; `hooked`: in the cgroup of the xlb
     /// datapath holding that many services. The time of each request, µs,
-    /// and the failures.
+    /// and the failures. Every answer must be the server's and must come,
+    /// as the socket reports it (getpeername for TCP, recvfrom's source for
+    /// UDP), from the address the client asked for (args[1]): the service
+    /// address on the xlb and kube-proxy paths, so each timed request did
+    /// its whole translation, reverse included; anything else is an error.
     fn probe(&self, args: &[&str], hooked: Option<u32>) -> Result<(Vec<f64>, usize)> {
         let mut cmd = self.pod.nsenter(&self.probe);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -371,10 +381,15 @@ impl Rig {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let v: serde_json::Value = serde_json::from_str(line)?;
             let t = v["ns"].as_f64().map(|ns| ns / 1e3).or_else(|| v["us"].as_f64());
-            match t {
-                Some(t) if v["ok"] == serde_json::Value::Bool(true) => us.push(t),
-                _ => failures += 1,
+            if v["ok"] != serde_json::Value::Bool(true) {
+                failures += 1;
+                continue;
             }
+            let seen = v.get("peer").or_else(|| v.get("from")).and_then(|s| s.as_str());
+            if seen != args.get(1).copied() || v["body"].as_str() != Some("srv") {
+                bail!("xlb-probe {}: an answer not from the target: {line}", args.join(" "));
+            }
+            us.push(t.context("an answer without its time")?);
         }
         if us.is_empty() {
             bail!(
@@ -480,7 +495,12 @@ fn rows(
                 failures: m[i].iter().map(|r| r.1).sum(),
                 per_sec_trimmed: 1e6 / trimmed_mean(&all, 0.1),
                 p50_us: quantile(&all, 0.5),
+                p90_us: quantile(&all, 0.9),
                 p99_us: quantile(&all, 0.99),
+                stalled: {
+                    let slow = 10.0 * quantile(&all, 0.5);
+                    all.iter().filter(|&&t| t > slow).count() as f64 / all.len().max(1) as f64
+                },
                 vs_direct: vs(0),
                 added_p50_us: median_ci(
                     &per_round(i, &|us, d| quantile(us, 0.5) - quantile(d, 0.5)),
@@ -493,6 +513,7 @@ fn rows(
                     RESAMPLES,
                 ),
                 vs_fewest: fewest.filter(|_| i > 0).map(vs),
+                round_p50_us: m[i].iter().map(|(us, _)| quantile(us, 0.5)).collect(),
             }
         })
         .collect()
@@ -677,7 +698,8 @@ impl EwReport {
              its 10 %-trimmed mean time and is divided by direct's rate of the same round; \
              `vs direct` is the median of those per-round ratios [95 % bootstrap interval], \
              IQR their interquartile range; added p50/p99: median per-round difference from \
-             direct [95 % interval]. direct: the pod IP; in xlb's cgroup: the pod IP with \
+             direct [95 % interval]; stalled: requests slower than 10 × p50 (another process \
+             given the core mid-request), which set p99 whenever they pass 1 %. direct: the pod IP; in xlb's cgroup: the pod IP with \
              xlb's socket programs running (no service found); xlb: the ClusterIP translated \
              at connect(); kube-proxy iptables: the ClusterIP DNAT'd by the node's kube-proxy \
              ruleset (measured service last).\n\n",
@@ -699,10 +721,11 @@ impl EwReport {
         ] {
             s.push_str(&format!("{title}:\n\n"));
             s.push_str(
-                "| services | path | req/s (all rounds) | vs direct [95 %] | IQR | p50 µs | p99 µs \
-                 | added p50 µs [95 %] | added p99 µs [95 %] | vs fewest [95 %] | failures |\n",
+                "| services | path | req/s (all rounds) | vs direct [95 %] | IQR | p50 µs | p90 µs \
+                 | p99 µs | stalled | added p50 µs [95 %] | added p99 µs [95 %] | vs fewest [95 %] \
+                 | failures |\n",
             );
-            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for r in self.rows.iter().filter(|r| r.table == table) {
                 let direct = r.path == "direct";
                 let services = if direct && table == "flatness" {
@@ -721,14 +744,16 @@ impl EwReport {
                     )
                 };
                 s.push_str(&format!(
-                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
+                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {} |\n",
                     services,
                     r.path,
                     r.per_sec_trimmed,
                     vs,
                     q,
                     r.p50_us,
+                    r.p90_us,
                     r.p99_us,
+                    r.stalled * 100.0,
                     a50,
                     a99,
                     r.vs_fewest.as_ref().map_or("-".into(), |m| ci(m, 3)),

@@ -105,7 +105,7 @@ enum Cmd {
         requests: usize,
         /// CPUs of the client and the server, "CLIENT,SERVER" ("none": not
         /// pinned).
-        #[arg(long, default_value = "0,1")]
+        #[arg(long, default_value = "0,0")]
         pin: String,
     },
     /// Backends added/removed/terminated under load: broken connections.
