@@ -75,7 +75,7 @@ pub struct EwOpts {
 
 impl Default for EwOpts {
     fn default() -> Self {
-        EwOpts { services: vec![1, 1000, 10_000], rounds: 60, requests: 200, pin: Some((0, 0)) }
+        EwOpts { services: vec![1, 1000, 10_000], rounds: 100, requests: 200, pin: Some((0, 0)) }
     }
 }
 
@@ -99,8 +99,9 @@ pub struct EwRow {
     pub stalled: f64,
     /// Per round: this path's rate / direct's rate in the same round.
     pub vs_direct: MedianCi,
-    /// Per round: p50 and p99 minus direct's, µs.
+    /// Per round: p50, p90 and p99 minus direct's, µs.
     pub added_p50_us: MedianCi,
+    pub added_p90_us: MedianCi,
     pub added_p99_us: MedianCi,
     /// Flatness: per round, this count's rate / the fewest services' rate.
     pub vs_fewest: Option<MedianCi>,
@@ -507,6 +508,11 @@ fn rows(
                     CONF,
                     RESAMPLES,
                 ),
+                added_p90_us: median_ci(
+                    &per_round(i, &|us, d| quantile(us, 0.9) - quantile(d, 0.9)),
+                    CONF,
+                    RESAMPLES,
+                ),
                 added_p99_us: median_ci(
                     &per_round(i, &|us, d| quantile(us, 0.99) - quantile(d, 0.99)),
                     CONF,
@@ -722,10 +728,10 @@ impl EwReport {
             s.push_str(&format!("{title}:\n\n"));
             s.push_str(
                 "| services | path | req/s (all rounds) | vs direct [95 %] | IQR | p50 µs | p90 µs \
-                 | p99 µs | stalled | added p50 µs [95 %] | added p99 µs [95 %] | vs fewest [95 %] \
-                 | failures |\n",
+                 | p99 µs | stalled | added p50 µs [95 %] | added p90 µs [95 %] | added p99 µs \
+                 [95 %] | vs fewest [95 %] | failures |\n",
             );
-            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for r in self.rows.iter().filter(|r| r.table == table) {
                 let direct = r.path == "direct";
                 let services = if direct && table == "flatness" {
@@ -733,18 +739,19 @@ impl EwReport {
                 } else {
                     r.services.to_string()
                 };
-                let (vs, q, a50, a99) = if direct {
-                    ("1".into(), "-".into(), "-".into(), "-".into())
+                let (vs, q, a50, a90, a99) = if direct {
+                    ("1".into(), "-".into(), "-".into(), "-".into(), "-".into())
                 } else {
                     (
                         ci(&r.vs_direct, 3),
                         iqr(&r.vs_direct, 3),
                         ci(&r.added_p50_us, 2),
+                        ci(&r.added_p90_us, 2),
                         ci(&r.added_p99_us, 1),
                     )
                 };
                 s.push_str(&format!(
-                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {} |\n",
+                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {} | {} |\n",
                     services,
                     r.path,
                     r.per_sec_trimmed,
@@ -755,6 +762,7 @@ impl EwReport {
                     r.p99_us,
                     r.stalled * 100.0,
                     a50,
+                    a90,
                     a99,
                     r.vs_fewest.as_ref().map_or("-".into(), |m| ci(m, 3)),
                     r.failures

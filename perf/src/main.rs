@@ -98,7 +98,7 @@ enum Cmd {
     Eastwest {
         #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10000])]
         services: Vec<u32>,
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 100)]
         rounds: u32,
         /// Requests (connections) per path and round.
         #[arg(long, default_value_t = 200)]
