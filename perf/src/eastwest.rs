@@ -734,11 +734,8 @@ impl EwReport {
             s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for r in self.rows.iter().filter(|r| r.table == table) {
                 let direct = r.path == "direct";
-                let services = if direct && table == "flatness" {
-                    "-".into()
-                } else {
-                    r.services.to_string()
-                };
+                let services =
+                    if direct && table == "flatness" { "-".into() } else { r.services.to_string() };
                 let (vs, q, a50, a90, a99) = if direct {
                     ("1".into(), "-".into(), "-".into(), "-".into(), "-".into())
                 } else {
