@@ -166,7 +166,7 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 	struct xlb_service *svc;
 	struct xlb_backend *be = NULL;
 	__u32 backend_id = 0, idx;
-	__u64 now;
+	__u64 now = 0;
 	int rc;
 
 	if (fk->proto != IPPROTO_TCP && fk->proto != IPPROTO_UDP)
@@ -190,8 +190,10 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 	if (!be) {
 		if (!svc->backend_count)
 			return -XLB_DROP_NO_BACKEND;
-		now = bpf_ktime_get_ns();
+		/* The clock only for ClientIP affinity (its timeout): a connect
+		 * without affinity reads nothing it does not use. */
 		if (svc->flags & XLB_SVC_F_AFFINITY) {
+			now = bpf_ktime_get_ns();
 			ak.netns_cookie = bpf_get_netns_cookie(ctx);
 			ak.svc_id = svc->id;
 			be = xlb_sock_affinity_get(svc, &ak, now, &backend_id);

@@ -1,10 +1,12 @@
 //! `xlb-perf eastwest`: from a pod to a service, real TCP connections (and
-//! UDP requests), over three paths in interleaved rounds, at 1, 1k and 10k
+//! UDP requests), over these paths in interleaved rounds, at 1, 1k and 10k
 //! services:
-//!   - direct: the pod connects to the server pod's IP (no service);
-//!   - xlb: the pod (in a cgroup where xlb's socket programs are attached)
-//!     connects to the service's ClusterIP, translated once at connect();
-//!     xlb holds N services;
+//!   - direct: the pod connects to the server pod's IP (no service, no
+//!     socket programs);
+//!   - direct, in xlb's cgroup: the same, from inside the cgroup where xlb's
+//!     socket programs are attached (they run and find no service);
+//!   - xlb: the pod (in xlb's cgroup) connects to the service's ClusterIP,
+//!     translated once at connect(); xlb holds N services;
 //!   - kube-proxy iptables: the pod (no socket programs) connects to the
 //!     ClusterIP; its node DNATs with kube-proxy's iptables ruleset for N
 //!     services (the measured one last in KUBE-SERVICES).
@@ -13,15 +15,31 @@
 //!      └─c1── nodekp ──┘            kube-proxy: DNAT'd by nodekp
 //!
 //! The kube-proxy path has its own node so that the other paths' new
-//! connections do not walk its rules. Each request is one connection: connect, an
-//! HTTP request, the answer, close (xlb-probe: the time of each, µs);
-//! connection rate = requests / their summed time. UDP: request/answer on
-//! one unconnected socket (sendto + recvfrom, whose source xlb shows as the
-//! ClusterIP: the recvmsg reverse translation on every datagram).
+//! connections do not walk its rules. Each request is one connection:
+//! connect, getpeername, an HTTP request, the answer, close (xlb-probe: the
+//! time of each, ns); the server answers on its accepting thread. UDP:
+//! request/answer on one unconnected socket (sendto + recvfrom, whose
+//! source xlb shows as the ClusterIP: the recvmsg reverse translation on
+//! every datagram).
+//!
+//! Statistics for a shared, noisy machine: many short rounds, each running
+//! every path once in a rotated order; per round and path the rate is from
+//! the 10 %-trimmed mean time (scheduler stalls cut off) and is divided by
+//! the direct path's rate of the same round. Tables give the median of
+//! those per-round ratios with a 95 % bootstrap interval and the
+//! interquartile range; added p50/p99 likewise from per-round differences.
+//! Client and server may be pinned to CPUs (--pin). A last phase reads the
+//! kernel's run time of each socket program (BPF_ENABLE_STATS): the
+//! per-call cost of the hooks themselves, which no end-to-end ratio on two
+//! shared cores resolves below a few percent.
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
     path::PathBuf,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -35,7 +53,7 @@ use serde::Serialize;
 use testkit::{netns::NamedNetns, pins::PinDir};
 use xlb_perf::{
     kubeproxy::{iptables_restore, synthetic, KpConfig},
-    stats::{quantile, trimmed_mean},
+    stats::{median_ci, quantile, trimmed_mean, MedianCi},
 };
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
@@ -51,11 +69,13 @@ pub struct EwOpts {
     pub rounds: u32,
     /// Connections per path and round.
     pub requests: usize,
+    /// CPUs of the client and of the server (None: the scheduler's choice).
+    pub pin: Option<(usize, usize)>,
 }
 
 impl Default for EwOpts {
     fn default() -> Self {
-        EwOpts { services: vec![1, 1000, 10_000], rounds: 20, requests: 500 }
+        EwOpts { services: vec![1, 1000, 10_000], rounds: 100, requests: 200, pin: Some((0, 0)) }
     }
 }
 
@@ -66,25 +86,55 @@ pub struct EwRow {
     pub services: u32,
     pub path: String,
     pub proto: String,
+    pub rounds: usize,
     pub requests: usize,
     pub failures: usize,
-    pub per_sec: f64,
-    /// The rate from the 1 %-trimmed mean (scheduler stalls of the shared
-    /// cores cut off).
+    /// Over all rounds: the rate from the 10 %-trimmed mean time, p50, p99.
     pub per_sec_trimmed: f64,
     pub p50_us: f64,
+    pub p90_us: f64,
     pub p99_us: f64,
+    /// The share of requests slower than 10 × p50 (stalls: the shared
+    /// cores given to another process in the middle of a request).
+    pub stalled: f64,
+    /// Per round: this path's rate / direct's rate in the same round.
+    pub vs_direct: MedianCi,
+    /// Per round: p50, p90 and p99 minus direct's, µs.
+    pub added_p50_us: MedianCi,
+    pub added_p90_us: MedianCi,
+    pub added_p99_us: MedianCi,
+    /// Flatness: per round, this count's rate / the fewest services' rate.
+    pub vs_fewest: Option<MedianCi>,
+    /// Each round's p50, µs, in round order (placement effects show here).
+    pub round_p50_us: Vec<f64>,
+}
+
+/// The kernel's run time of one socket program over a phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgCost {
+    pub services: u32,
+    /// The phase's path ("xlb socket LB", "direct, in xlb's cgroup").
+    pub path: String,
+    pub proto: String,
+    /// The program (its name) and attach type.
+    pub prog: String,
+    pub calls: u64,
+    pub ns_per_call: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EwReport {
     pub rounds: u32,
     pub requests: usize,
+    pub pin: Option<(usize, usize)>,
     /// iptables-restore time per service count, s.
     pub kp_restore_s: Vec<(u32, f64)>,
     /// xlb apply time per service count, s.
     pub xlb_apply_s: Vec<(u32, f64)>,
     pub rows: Vec<EwRow>,
+    pub prog_cost: Vec<ProgCost>,
+    /// Why the program costs are missing, if they are.
+    pub prog_cost_error: Option<String>,
 }
 
 struct Xlb {
@@ -104,6 +154,8 @@ struct Rig {
     xlb: Vec<Xlb>,
     server: Option<Child>,
     probe: PathBuf,
+    /// The client's CPU.
+    client_cpu: Option<usize>,
     tmp: PathBuf,
 }
 
@@ -154,7 +206,7 @@ fn sysctl(ns: &NamedNetns, kv: &str) -> Result<()> {
 }
 
 impl Rig {
-    fn build(counts: &[u32]) -> Result<Rig> {
+    fn build(counts: &[u32], pin: Option<(usize, usize)>) -> Result<Rig> {
         let probe = std::env::current_exe()?.with_file_name("xlb-probe");
         if !probe.is_file() {
             bail!("{}: not built (cargo build --release -p xlb-lab)", probe.display());
@@ -206,15 +258,34 @@ impl Rig {
         std::fs::create_dir_all(&tmp)?;
         let mut server = srv.nsenter(&probe);
         server
-            .args(["serve", "--name", "srv", "--tcp", "80", "--udp", &UDP_TARGET_PORT.to_string()])
+            .args([
+                "serve",
+                "--name",
+                "srv",
+                "--serial",
+                "--tcp",
+                "80",
+                "--udp",
+                &UDP_TARGET_PORT.to_string(),
+            ])
             .stdout(Stdio::piped());
+        pin_cpu(&mut server, pin.map(|p| p.1));
         let mut server = server.spawn().context("starting the server")?;
         let mut line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(server.stdout.as_mut().expect("piped")),
             &mut line,
         )?;
-        Ok(Rig { pod, nodekp, _others: [node, srv], xlb, server: Some(server), probe, tmp })
+        Ok(Rig {
+            pod,
+            nodekp,
+            _others: [node, srv],
+            xlb,
+            server: Some(server),
+            probe,
+            client_cpu: pin.map(|p| p.0),
+            tmp,
+        })
     }
 
     /// xlb holds `n` services, the measured ones among them.
@@ -292,10 +363,15 @@ impl Rig {
 
     /// Runs xlb-probe in the pod; `hooked`: in the cgroup of the xlb
     /// datapath holding that many services. The time of each request, µs,
-    /// and the failures.
+    /// and the failures. Every answer must be the server's and must come,
+    /// as the socket reports it (getpeername for TCP, recvfrom's source for
+    /// UDP), from the address the client asked for (args[1]): the service
+    /// address on the xlb and kube-proxy paths, so each timed request did
+    /// its whole translation, reverse included; anything else is an error.
     fn probe(&self, args: &[&str], hooked: Option<u32>) -> Result<(Vec<f64>, usize)> {
         let mut cmd = self.pod.nsenter(&self.probe);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        pin_cpu(&mut cmd, self.client_cpu);
         if let Some(n) = hooked {
             let x = self.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
             x.cgroup.join_before_exec(&mut cmd);
@@ -305,10 +381,16 @@ impl Rig {
         let mut failures = 0;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let v: serde_json::Value = serde_json::from_str(line)?;
-            match v["us"].as_f64() {
-                Some(t) if v["ok"] == serde_json::Value::Bool(true) => us.push(t),
-                _ => failures += 1,
+            let t = v["ns"].as_f64().map(|ns| ns / 1e3).or_else(|| v["us"].as_f64());
+            if v["ok"] != serde_json::Value::Bool(true) {
+                failures += 1;
+                continue;
             }
+            let seen = v.get("peer").or_else(|| v.get("from")).and_then(|s| s.as_str());
+            if seen != args.get(1).copied() || v["body"].as_str() != Some("srv") {
+                bail!("xlb-probe {}: an answer not from the target: {line}", args.join(" "));
+            }
+            us.push(t.context("an answer without its time")?);
         }
         if us.is_empty() {
             bail!(
@@ -322,34 +404,37 @@ impl Rig {
     }
 }
 
-fn as_str(a: &[String]) -> Vec<&str> {
-    a.iter().map(String::as_str).collect()
+/// Runs the command (and what it execs) on `cpu` only.
+fn pin_cpu(cmd: &mut Command, cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: between fork and exec only sched_setaffinity on a set built
+    // on the stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
-fn row(table: &str, services: u32, path: &str, proto: &str, us: &[f64], failures: usize) -> EwRow {
-    let total: f64 = us.iter().sum();
-    EwRow {
-        table: table.into(),
-        services,
-        path: path.into(),
-        proto: proto.into(),
-        requests: us.len(),
-        failures,
-        per_sec: us.len() as f64 / (total / 1e6),
-        per_sec_trimmed: 1e6 / trimmed_mean(us, 0.01),
-        p50_us: quantile(us, 0.5),
-        p99_us: quantile(us, 0.99),
-    }
+fn as_str(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
 }
 
 /// One path of a measurement: its name, xlb-probe's arguments, the xlb
 /// instance (by service count) whose cgroup the client joins, if any.
 type Path<'a> = (String, &'a [String], Option<u32>);
 
+/// Per path, per round: the time of each request (µs) and the failures.
+type Rounds = Vec<Vec<(Vec<f64>, usize)>>;
+
 /// Warms every path up (neighbours, conntrack; fails early), then
-/// `rounds` rounds over the paths in rotating order: per path, the time of
-/// each request (µs) and the failures.
-fn measure(rig: &Rig, paths: &[Path], rounds: u32) -> Result<Vec<(Vec<f64>, usize)>> {
+/// `rounds` rounds over the paths, each round in a rotated order.
+fn measure(rig: &Rig, paths: &[Path], rounds: u32) -> Result<Rounds> {
     for (name, args, hooked) in paths {
         let mut a = as_str(args);
         if let Some(count) = a.iter().position(|x| *x == "--count") {
@@ -357,20 +442,163 @@ fn measure(rig: &Rig, paths: &[Path], rounds: u32) -> Result<Vec<(Vec<f64>, usiz
         }
         rig.probe(&a, *hooked).with_context(|| format!("warming up {name}"))?;
     }
-    let mut out = vec![(Vec::new(), 0); paths.len()];
+    let mut out = vec![Vec::new(); paths.len()];
     for round in 0..rounds as usize {
         for k in 0..paths.len() {
             let i = (k + round) % paths.len();
-            let (t, f) = rig.probe(&as_str(paths[i].1), paths[i].2)?;
-            out[i].0.extend(t);
-            out[i].1 += f;
+            out[i].push(rig.probe(&as_str(paths[i].1), paths[i].2)?);
         }
     }
     Ok(out)
 }
 
+/// A round's rate: from the 10 %-trimmed mean time.
+fn round_rate(us: &[f64]) -> f64 {
+    1e6 / trimmed_mean(us, 0.1)
+}
+
+const CONF: f64 = 0.95;
+const RESAMPLES: usize = 2000;
+
+/// Rows for `paths` (path 0: direct) from their rounds; `fewest`: the index
+/// of the path every other is also divided by, round by round (flatness).
+fn rows(
+    table: &str,
+    proto: &str,
+    services: u32,
+    paths: &[Path],
+    m: &Rounds,
+    fewest: Option<usize>,
+) -> Vec<EwRow> {
+    let per_round = |i: usize, f: &dyn Fn(&[f64], &[f64]) -> f64| -> Vec<f64> {
+        m[i].iter().zip(&m[0]).map(|((us, _), (d, _))| f(us, d)).collect()
+    };
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let all: Vec<f64> = m[i].iter().flat_map(|(us, _)| us.iter().copied()).collect();
+            let vs = |j: usize| {
+                let r: Vec<f64> = m[i]
+                    .iter()
+                    .zip(&m[j])
+                    .map(|((us, _), (b, _))| round_rate(us) / round_rate(b))
+                    .collect();
+                median_ci(&r, CONF, RESAMPLES)
+            };
+            EwRow {
+                table: table.into(),
+                services: p.2.unwrap_or(services),
+                path: p.0.clone(),
+                proto: proto.into(),
+                rounds: m[i].len(),
+                requests: all.len(),
+                failures: m[i].iter().map(|r| r.1).sum(),
+                per_sec_trimmed: 1e6 / trimmed_mean(&all, 0.1),
+                p50_us: quantile(&all, 0.5),
+                p90_us: quantile(&all, 0.9),
+                p99_us: quantile(&all, 0.99),
+                stalled: {
+                    let slow = 10.0 * quantile(&all, 0.5);
+                    all.iter().filter(|&&t| t > slow).count() as f64 / all.len().max(1) as f64
+                },
+                vs_direct: vs(0),
+                added_p50_us: median_ci(
+                    &per_round(i, &|us, d| quantile(us, 0.5) - quantile(d, 0.5)),
+                    CONF,
+                    RESAMPLES,
+                ),
+                added_p90_us: median_ci(
+                    &per_round(i, &|us, d| quantile(us, 0.9) - quantile(d, 0.9)),
+                    CONF,
+                    RESAMPLES,
+                ),
+                added_p99_us: median_ci(
+                    &per_round(i, &|us, d| quantile(us, 0.99) - quantile(d, 0.99)),
+                    CONF,
+                    RESAMPLES,
+                ),
+                vs_fewest: fewest.filter(|_| i > 0).map(vs),
+                round_p50_us: m[i].iter().map(|(us, _)| quantile(us, 0.5)).collect(),
+            }
+        })
+        .collect()
+}
+
+/// The kernel's per-program run-time statistics while the returned fd is
+/// open (BPF_ENABLE_STATS: reference counted, so other users' setting is
+/// left alone).
+fn enable_bpf_stats() -> Result<OwnedFd> {
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    // union bpf_attr: enable_stats.type = BPF_STATS_RUN_TIME (0), rest zero.
+    let attr = [0u8; 64];
+    // SAFETY: the attribute buffer outlives the call; the kernel copies it.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("bpf(BPF_ENABLE_STATS)");
+    }
+    // SAFETY: a new fd the kernel gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new("bpftool").arg("-j").args(args).output().context("running bpftool")?;
+    if !out.status.success() {
+        bail!("bpftool {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("bpftool {}", args.join(" ")))
+}
+
+/// (program, run_time_ns, run_cnt) of every program attached at `cgroup`.
+fn prog_stats(cgroup: &std::path::Path) -> Result<Vec<(String, u64, u64)>> {
+    let attached = bpftool_json(&["cgroup", "show", &cgroup.to_string_lossy()])?;
+    let mut out = Vec::new();
+    for p in attached.as_array().context("bpftool cgroup show: not a list")? {
+        let id = p["id"].as_u64().context("bpftool cgroup show: no id")?;
+        let info = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+        let name = format!(
+            "{} ({})",
+            p["name"].as_str().unwrap_or("?"),
+            p["attach_type"].as_str().unwrap_or("?")
+        );
+        out.push((
+            name,
+            info["run_time_ns"].as_u64().unwrap_or(0),
+            info["run_cnt"].as_u64().unwrap_or(0),
+        ));
+    }
+    Ok(out)
+}
+
+/// Runs `path` for `rounds` rounds with run-time statistics on and returns
+/// each program's calls and cost over them (programs not called left out).
+fn prog_cost(rig: &Rig, path: &Path, proto: &str, rounds: u32) -> Result<Vec<ProgCost>> {
+    let n = path.2.context("a path outside xlb's cgroup runs no program")?;
+    let x = rig.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
+    let before = prog_stats(x.cgroup.path())?;
+    for _ in 0..rounds {
+        rig.probe(&as_str(path.1), path.2)?;
+    }
+    let after = prog_stats(x.cgroup.path())?;
+    Ok(after
+        .into_iter()
+        .filter_map(|(prog, t, c)| {
+            let (_, t0, c0) = before.iter().find(|b| b.0 == prog)?;
+            let calls = c.checked_sub(*c0).filter(|&c| c > 0)?;
+            Some(ProgCost {
+                services: n,
+                path: path.0.clone(),
+                proto: proto.into(),
+                prog,
+                calls,
+                ns_per_call: t.saturating_sub(*t0) as f64 / calls as f64,
+            })
+        })
+        .collect())
+}
+
 pub fn run(opts: &EwOpts) -> Result<EwReport> {
-    let rig = Rig::build(&opts.services).context("building the east-west rig")?;
+    let rig = Rig::build(&opts.services, opts.pin).context("building the east-west rig")?;
     let n = opts.requests.to_string();
     let tcp_direct = ["tcp".to_string(), format!("{SRV}:80"), "--count".into(), n.clone()];
     let tcp_svc = ["tcp".to_string(), format!("{CLUSTER_IP}:80"), "--count".into(), n.clone()];
@@ -383,35 +611,39 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     let mut report = EwReport {
         rounds: opts.rounds,
         requests: opts.requests,
+        pin: opts.pin,
         kp_restore_s: Vec::new(),
         xlb_apply_s: Vec::new(),
         rows: Vec::new(),
+        prog_cost: Vec::new(),
+        prog_cost_error: None,
     };
     for x in &rig.xlb {
         let t = rig.apply_xlb(x).with_context(|| format!("xlb at {} services", x.services))?;
         report.xlb_apply_s.push((x.services, t.as_secs_f64()));
     }
     let direct = || ("direct".to_string(), &tcp_direct[..], None);
-    // Per service count: direct, xlb, kube-proxy.
+    // The pod IP from inside xlb's cgroup: the socket programs run and find
+    // no service (what a pod meets reaching a pod IP on a node with xlb),
+    // telling the hooks' cost from translation's.
+    let in_cgroup = |svcs| ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some(svcs));
+    let xlb = |svcs| ("xlb socket LB".to_string(), &tcp_svc[..], Some(svcs));
+    // Per service count: direct, in xlb's cgroup, xlb, kube-proxy.
     for &svcs in &opts.services {
         let kp = rig.apply_kube_proxy(svcs).with_context(|| format!("kube-proxy at {svcs}"))?;
         report.kp_restore_s.push((svcs, kp.as_secs_f64()));
         let paths = [
             direct(),
-            // The pod IP from inside xlb's cgroup: the socket programs run
-            // and find no service (what a pod meets reaching a pod IP on a
-            // node with xlb), telling the hooks' cost from translation's.
-            ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some(svcs)),
-            ("xlb socket LB".to_string(), &tcp_svc[..], Some(svcs)),
+            in_cgroup(svcs),
+            xlb(svcs),
             ("kube-proxy iptables".to_string(), &tcp_svc[..], None),
         ];
         let m =
             measure(&rig, &paths, opts.rounds).with_context(|| format!("at {svcs} services"))?;
-        for (p, (us, f)) in paths.iter().zip(m) {
-            report.rows.push(row("by count", svcs, &p.0, "tcp", &us, f));
-        }
+        report.rows.extend(rows("by count", "tcp", svcs, &paths, &m, None));
     }
-    // Flatness: every xlb instance in the same rounds, beside direct.
+    // Flatness: every xlb instance in the same rounds, beside direct; each
+    // also divided by the fewest services' rate of its round.
     let mut paths = vec![direct()];
     paths.extend(
         opts.services
@@ -419,95 +651,140 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
             .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some(n))),
     );
     let m = measure(&rig, &paths, opts.rounds).context("xlb at every count")?;
-    for (p, (us, f)) in paths.iter().zip(m) {
-        report.rows.push(row("flatness", p.2.unwrap_or(0), &p.0, "tcp", &us, f));
-    }
+    report.rows.extend(rows("flatness", "tcp", 0, &paths, &m, Some(1)));
     // UDP at the largest count: request/answer on one unconnected socket.
     let svcs = *opts.services.last().unwrap_or(&1);
-    let paths = [
+    let udp_paths = [
         ("direct".to_string(), &udp_direct[..], None),
+        ("direct, in xlb's cgroup".to_string(), &udp_direct[..], Some(svcs)),
         ("xlb socket LB".to_string(), &udp_svc[..], Some(svcs)),
     ];
-    let m = measure(&rig, &paths, opts.rounds).context("UDP")?;
-    for (p, (us, f)) in paths.iter().zip(m) {
-        report.rows.push(row("udp", svcs, &p.0, "udp", &us, f));
+    let m = measure(&rig, &udp_paths, opts.rounds).context("UDP")?;
+    report.rows.extend(rows("udp", "udp", svcs, &udp_paths, &m, None));
+    // The programs' own cost, phase by phase (statistics on only here: they
+    // add two clock reads to every program run).
+    let cost = (|| -> Result<Vec<ProgCost>> {
+        let _stats = enable_bpf_stats()?;
+        let k = (opts.rounds / 4).max(5);
+        let mut out = Vec::new();
+        for &svcs in &opts.services {
+            out.extend(prog_cost(&rig, &xlb(svcs), "tcp", k)?);
+        }
+        out.extend(prog_cost(&rig, &in_cgroup(svcs), "tcp", k)?);
+        out.extend(prog_cost(&rig, &udp_paths[2], "udp", k)?);
+        out.extend(prog_cost(&rig, &udp_paths[1], "udp", k)?);
+        Ok(out)
+    })();
+    match cost {
+        Ok(c) => report.prog_cost = c,
+        Err(e) => report.prog_cost_error = Some(format!("{e:#}")),
     }
     drop(rig);
     Ok(report)
 }
 
+fn ci(m: &MedianCi, digits: usize) -> String {
+    format!("{:.*} [{:.*}, {:.*}]", digits, m.median, digits, m.lo, digits, m.hi)
+}
+
+fn iqr(m: &MedianCi, digits: usize) -> String {
+    format!("{:.*} – {:.*}", digits, m.q1, digits, m.q3)
+}
+
 impl EwReport {
     pub fn markdown(&self) -> String {
+        let pin = self.pin.map_or("not pinned".to_string(), |(c, s)| {
+            format!("client pinned to CPU {c}, server to CPU {s}")
+        });
         let mut s = format!(
-            "From a pod to a service on another pod across a node (veth), {} interleaved rounds \
-             × {} requests per path, one connection per request (connect, HTTP request, answer, \
-             close); rate = requests / their summed time. direct: the pod IP; xlb: the ClusterIP \
-             translated at connect() (cgroup socket programs); kube-proxy iptables: the \
-             ClusterIP DNAT'd by the node's kube-proxy ruleset (measured service last). Both \
-             cores shared by client, nodes and server: compare ratios.\n\n",
+            "From a pod to a service on another pod across a node (veth), {} rounds × {} \
+             requests per path, the paths of a table in every round in a rotated order; one \
+             connection per request (connect, getpeername, HTTP request, answer, close; the \
+             server answers on its accepting thread); {pin}. Per round, a path's rate is from \
+             its 10 %-trimmed mean time and is divided by direct's rate of the same round; \
+             `vs direct` is the median of those per-round ratios [95 % bootstrap interval], \
+             IQR their interquartile range; added p50/p99: median per-round difference from \
+             direct [95 % interval]; stalled: requests slower than 10 × p50 (another process \
+             given the core mid-request), which set p99 whenever they pass 1 %. direct: the pod IP; in xlb's cgroup: the pod IP with \
+             xlb's socket programs running (no service found); xlb: the ClusterIP translated \
+             at connect(); kube-proxy iptables: the ClusterIP DNAT'd by the node's kube-proxy \
+             ruleset (measured service last).\n\n",
             self.rounds, self.requests
         );
         for (table, title) in [
-            ("by count", "TCP, per service count (direct, xlb and kube-proxy in the same rounds)"),
+            ("by count", "TCP, per service count (the four paths in the same rounds)"),
             (
                 "flatness",
                 "TCP, xlb holding 1 / 1k / 10k services (one datapath per count, each at its \
-                 own cgroup), all in the same rounds beside direct",
+                 own cgroup), all in the same rounds beside direct; vs fewest: per-round rate \
+                 over the fewest services' rate",
             ),
-            ("udp", "UDP request/answer on one unconnected socket (recvmsg reverse translation)"),
+            (
+                "udp",
+                "UDP request/answer on one unconnected socket (sendmsg translation and recvmsg \
+                 reverse translation on every datagram)",
+            ),
         ] {
             s.push_str(&format!("{title}:\n\n"));
-            s.push_str("| services | path | req/s | vs direct | req/s (1 % trimmed) | vs direct | p50 µs | p99 µs | added p50 / p99 µs | failures |\n");
-            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-            let rows: Vec<&EwRow> = self.rows.iter().filter(|r| r.table == table).collect();
-            for r in &rows {
-                let d = rows.iter().find(|d| {
-                    d.path == "direct" && (table == "flatness" || d.services == r.services)
-                });
-                let (vs, vs_t, added) = d.map_or(("-".into(), "-".into(), "-".into()), |d| {
-                    (
-                        format!("{:.3}", r.per_sec / d.per_sec),
-                        format!("{:.3}", r.per_sec_trimmed / d.per_sec_trimmed),
-                        format!("{:+.1} / {:+.1}", r.p50_us - d.p50_us, r.p99_us - d.p99_us),
-                    )
-                });
-                let services = if r.path == "direct" && table == "flatness" {
-                    "-".into()
+            s.push_str(
+                "| services | path | req/s (all rounds) | vs direct [95 %] | IQR | p50 µs | p90 µs \
+                 | p99 µs | stalled | added p50 µs [95 %] | added p90 µs [95 %] | added p99 µs \
+                 [95 %] | vs fewest [95 %] | failures |\n",
+            );
+            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for r in self.rows.iter().filter(|r| r.table == table) {
+                let direct = r.path == "direct";
+                let services =
+                    if direct && table == "flatness" { "-".into() } else { r.services.to_string() };
+                let (vs, q, a50, a90, a99) = if direct {
+                    ("1".into(), "-".into(), "-".into(), "-".into(), "-".into())
                 } else {
-                    r.services.to_string()
+                    (
+                        ci(&r.vs_direct, 3),
+                        iqr(&r.vs_direct, 3),
+                        ci(&r.added_p50_us, 2),
+                        ci(&r.added_p90_us, 2),
+                        ci(&r.added_p99_us, 1),
+                    )
                 };
                 s.push_str(&format!(
-                    "| {} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {:.1} | {} | {} |\n",
+                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {} | {} |\n",
                     services,
                     r.path,
-                    r.per_sec,
-                    vs,
                     r.per_sec_trimmed,
-                    vs_t,
+                    vs,
+                    q,
                     r.p50_us,
+                    r.p90_us,
                     r.p99_us,
-                    added,
+                    r.stalled * 100.0,
+                    a50,
+                    a90,
+                    a99,
+                    r.vs_fewest.as_ref().map_or("-".into(), |m| ci(m, 3)),
                     r.failures
                 ));
             }
             s.push('\n');
         }
-        let xlb: Vec<f64> = self
-            .rows
-            .iter()
-            .filter(|r| r.table == "flatness" && r.path != "direct")
-            .map(|r| r.per_sec_trimmed)
-            .collect();
-        if let (Some(lo), Some(hi)) =
-            (xlb.iter().cloned().reduce(f64::min), xlb.iter().cloned().reduce(f64::max))
-        {
-            s.push_str(&format!(
-                "xlb from the fewest to the most services (same rounds): trimmed req/s within \
-                 {:.1} % (max/min − 1).\n",
-                (hi / lo - 1.0) * 100.0
-            ));
+        s.push_str(
+            "Socket programs' own cost (kernel run time per call, BPF_ENABLE_STATS; separate \
+             rounds after the measurement):\n\n",
+        );
+        if let Some(e) = &self.prog_cost_error {
+            s.push_str(&format!("not measured: {e}\n\n"));
+        } else {
+            s.push_str("| services | path | proto | program | calls | ns per call |\n");
+            s.push_str("|---:|---|---|---|---:|---:|\n");
+            for c in &self.prog_cost {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {:.0} |\n",
+                    c.services, c.path, c.proto, c.prog, c.calls, c.ns_per_call
+                ));
+            }
+            s.push('\n');
         }
-        s.push_str("\nSetup time: ");
+        s.push_str("Setup time: ");
         for ((n, kp), (_, x)) in self.kp_restore_s.iter().zip(&self.xlb_apply_s) {
             s.push_str(&format!("{n} services: iptables-restore {kp:.2} s, xlb apply {x:.2} s; "));
         }

@@ -22,7 +22,7 @@ mod summary;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -99,11 +99,15 @@ enum Cmd {
     Eastwest {
         #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10000])]
         services: Vec<u32>,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 100)]
         rounds: u32,
         /// Requests (connections) per path and round.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 200)]
         requests: usize,
+        /// CPUs of the client and the server, "CLIENT,SERVER" ("none": not
+        /// pinned).
+        #[arg(long, default_value = "0,0")]
+        pin: String,
     },
     /// Backends added/removed/terminated under load: broken connections.
     Churn {
@@ -268,8 +272,15 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "podnet", &r, &md)?;
         }
-        Cmd::Eastwest { services, rounds, requests } => {
-            let r = eastwest::run(&eastwest::EwOpts { services, rounds, requests })?;
+        Cmd::Eastwest { services, rounds, requests, pin } => {
+            let pin = match pin.as_str() {
+                "none" => None,
+                p => {
+                    let (c, s) = p.split_once(',').context("--pin: CLIENT,SERVER or none")?;
+                    Some((c.trim().parse()?, s.trim().parse()?))
+                }
+            };
+            let r = eastwest::run(&eastwest::EwOpts { services, rounds, requests, pin })?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "eastwest", &r, &md)?;

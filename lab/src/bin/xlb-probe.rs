@@ -14,7 +14,7 @@ use std::{
 };
 
 const USAGE: &str = "usage:
-  xlb-probe serve --name NAME [--tcp PORT]... [--udp PORT]...
+  xlb-probe serve --name NAME [--tcp PORT]... [--udp PORT]... [--serial]
   xlb-probe tcp ADDR:PORT [--count N] [--timeout-ms MS]
   xlb-probe udp ADDR:PORT [--count N] [--connected] [--timeout-ms MS]
   xlb-probe udp-hold ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--unconnected]";
@@ -37,6 +37,9 @@ struct Opts {
     count: usize,
     connected: bool,
     unconnected: bool,
+    /// serve: answer each TCP connection on the accepting thread (one
+    /// client at a time; benchmarks: no thread start per connection).
+    serial: bool,
     timeout: Duration,
     interval: Duration,
     target: Option<SocketAddr>,
@@ -50,6 +53,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         count: 1,
         connected: false,
         unconnected: false,
+        serial: false,
         timeout: Duration::from_millis(2000),
         interval: Duration::from_millis(100),
         target: None,
@@ -67,6 +71,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--interval-ms" => o.interval = Duration::from_millis(num(value()?)?),
             "--connected" => o.connected = true,
             "--unconnected" => o.unconnected = true,
+            "--serial" => o.serial = true,
             t if !t.starts_with("--") && o.target.is_none() => {
                 o.target = Some(t.parse().map_err(|e| format!("{t}: {e}"))?)
             }
@@ -140,10 +145,12 @@ fn tcp_once(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    let t = t0.elapsed();
     Ok(format!(
-        "\"peer\":\"{peer}\",\"local\":\"{local}\",\"body\":{},\"us\":{}",
+        "\"peer\":\"{peer}\",\"local\":\"{local}\",\"body\":{},\"us\":{},\"ns\":{}",
         json_str(body),
-        t0.elapsed().as_micros()
+        t.as_micros(),
+        t.as_nanos()
     ))
 }
 
@@ -198,8 +205,9 @@ fn udp_hold(target: SocketAddr, o: &Opts) -> Result<(), String> {
                 (s.recv(&mut buf)?, format!("\"peer\":\"{peer}\""))
             };
             let body = String::from_utf8_lossy(&buf[..n]);
-            let us = t0.elapsed().as_micros();
-            Ok(format!("{seen},\"body\":{},\"us\":{us}", json_str(body.trim())))
+            let t = t0.elapsed();
+            let (us, ns) = (t.as_micros(), t.as_nanos());
+            Ok(format!("{seen},\"body\":{},\"us\":{us},\"ns\":{ns}", json_str(body.trim())))
         })();
         report(r);
         if !o.interval.is_zero() {
@@ -219,8 +227,13 @@ fn serve(o: &Opts) -> Result<(), String> {
         for addr in [format!("0.0.0.0:{port}"), format!("[::]:{port}")] {
             let l = listen_tcp(&addr).map_err(|e| format!("tcp {addr}: {e}"))?;
             let name = o.name.clone();
+            let serial = o.serial;
             threads.push(std::thread::spawn(move || {
                 for conn in l.incoming().flatten() {
+                    if serial {
+                        answer_http(conn, &name);
+                        continue;
+                    }
                     let name = name.clone();
                     std::thread::spawn(move || answer_http(conn, &name));
                 }
