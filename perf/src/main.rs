@@ -120,6 +120,19 @@ enum Cmd {
         rounds: u32,
         #[arg(long, default_value_t = 20_000)]
         repeat: u32,
+        /// Backends per service of the first table (0 alone: skip it).
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10, 100, 1000])]
+        backends: Vec<u32>,
+        /// Connection-table fills, percent.
+        #[arg(long, value_delimiter = ',', default_values_t = [10u32, 50, 100])]
+        ct_fill: Vec<u32>,
+        /// Another xlb_xdp object timed beside the embedded one at every
+        /// fill: NAME=FILE.o (repeatable).
+        #[arg(long = "variant")]
+        variants: Vec<String>,
+        /// Loads of each variant.
+        #[arg(long, default_value_t = 2)]
+        copies: u32,
     },
     /// NetworkPolicy (#11): ns/packet of the pod tc programs with 0, 1, 100
     /// and 10,000 rules (established and new connections), and policy
@@ -266,9 +279,25 @@ fn main() -> Result<()> {
             report::write(&cli.out, "churn", &r, &md)?;
             r.check()?;
         }
-        Cmd::Scale { packets, rounds, repeat } => {
-            let r =
-                scale::run(&scale::ScaleOpts { packets, rounds, repeat, ..Default::default() })?;
+        Cmd::Scale { packets, rounds, repeat, backends, ct_fill, variants, copies } => {
+            let variants = variants
+                .iter()
+                .map(|v| {
+                    v.split_once('=')
+                        .map(|(n, f)| (n.to_string(), PathBuf::from(f)))
+                        .ok_or_else(|| anyhow::anyhow!("--variant {v}: want NAME=FILE.o"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let r = scale::run(&scale::ScaleOpts {
+                packets,
+                rounds,
+                repeat,
+                backends,
+                ct_fill,
+                variants,
+                copies,
+                ..Default::default()
+            })?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
