@@ -8,6 +8,7 @@ mod cluster_bench;
 mod compare;
 mod conn;
 mod eastwest;
+mod encap;
 mod maglev_report;
 mod micro;
 mod podnet;
@@ -189,6 +190,16 @@ enum Cmd {
         #[arg(long, default_value_os_t = cluster_bench::default_xlb())]
         xlb: PathBuf,
     },
+    /// Geneve vs IPIP: net ns of xlb_xdp per reference frame with every
+    /// service in each mode, one interleaved run.
+    Encap {
+        #[arg(long, default_value_os_t = micro::default_packets_dir())]
+        packets: PathBuf,
+        #[arg(long, default_value_t = 21)]
+        rounds: u32,
+        #[arg(long, default_value_t = 20_000)]
+        repeat: u32,
+    },
     /// The XDP program of another revision against the working tree's, in
     /// one interleaved run (net ns/packet over XDP_PASS on the reference
     /// frames): `xlb-perf compare main`, `xlb-perf compare 1002f7c`.
@@ -341,6 +352,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "cluster", &r, &md)?;
+        }
+        Cmd::Encap { packets, rounds, repeat } => {
+            let r = encap::run(&packets, rounds, repeat)?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "encap", &r, &md)?;
         }
         Cmd::Compare { rev, packets, rounds, repeat, copies } => {
             let r = compare::run(&compare::CompareOpts { rev, packets, rounds, repeat, copies })?;
