@@ -387,8 +387,10 @@ fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleRep
                 }
             }
         }
-        inserted += next - seq_end;
+        // xlb_pass's iterations used sequence numbers too but inserted
+        // nothing: the next fill starts from what the table holds.
         let entries_after = t.ct_entries()?;
+        inserted = entries_after.max(inserted);
         let mut new_flow = Vec::new();
         for (ci, (row, _)) in nf_frames.iter().enumerate() {
             let tm = &times[ci];
