@@ -197,6 +197,40 @@ fn established_flows_see_service_changes_with_their_next_packet() {
 }
 
 #[test]
+fn a_flow_to_no_frontend_is_served_as_soon_as_its_frontend_appears() {
+    // #14: the flow cache remembers flows to no frontend (negative entries,
+    // the cheap miss path); a frontend added or removed bumps the
+    // configuration generation, which must end those entries at once.
+    with_lab("negcache", |lab| {
+        for v6 in BOTH {
+            let ep = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let k = ack(v6, CLIENT_PORT);
+            lab.apply(&[]);
+            lab.check(&[
+                Case::of(format!("{} ACK, no frontend", fam(v6)), &k)
+                    .pass(abi::Counter::PassNotFrontend),
+                Case::of(format!("{} ACK, no frontend (negative entry)", fam(v6)), &k)
+                    .pass(abi::Counter::PassNotFrontend),
+            ]);
+            lab.apply(&[web(v6)]);
+            lab.check(&[Case::of(format!("{} ACK once the frontend exists", fam(v6)), &k)
+                .tx(&geneve_dsr(1, v6, &k, 80, ep))]);
+            lab.apply(&[]);
+            lab.check(&[
+                Case::of(format!("{} ACK after the frontend went", fam(v6)), &k)
+                    .pass(abi::Counter::PassNotFrontend),
+                Case::of(format!("{} ACK after the frontend went, again", fam(v6)), &k)
+                    .pass(abi::Counter::PassNotFrontend),
+            ]);
+            lab.apply(&[web(v6)]);
+            lab.check(&[Case::of(format!("{} ACK once the frontend is back", fam(v6)), &k)
+                .tx(&geneve_dsr(1, v6, &k, 80, ep))]);
+            lab.apply(&[]);
+        }
+    });
+}
+
+#[test]
 fn a_syn_reusing_a_4_tuple_does_not_follow_it_to_a_terminating_backend() {
     // A client reuses its source port for a new connection while the old
     // connection's entry still names a backend that has since started

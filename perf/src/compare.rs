@@ -2,6 +2,8 @@
 //! working tree's, timed in one interleaved run, so a change that costs a few
 //! ns per packet shows up (no silent regressions).
 //!
+//! REV may also name an xlb_xdp object file (`*.o`, e.g. a variant with a
+//! stage short-circuited): it is timed as is.
 //! The other revision's BPF sources (`git archive REV xdp tc lb/bpf`) are
 //! compiled in a temporary directory with the build's own clang invocation
 //! (bpf_build::Clang). Both objects run on the maps of one datapath loaded
@@ -108,6 +110,12 @@ impl Drop for TempDir {
 /// `rev`'s xlb_xdp object, compiled like the build compiles the working
 /// tree's: (full commit id, object bytes).
 pub fn build_rev(rev: &str) -> Result<(String, Vec<u8>)> {
+    // An object file instead of a revision: a variant built by hand (an
+    // ablation: a stage short-circuited), timed the same way.
+    if rev.ends_with(".o") && Path::new(rev).is_file() {
+        let bytes = std::fs::read(rev).with_context(|| format!("reading {rev}"))?;
+        return Ok((format!("{rev:0>10}"), bytes));
+    }
     let commit = String::from_utf8(git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])?)?
         .trim()
         .to_string();

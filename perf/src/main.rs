@@ -8,6 +8,7 @@ mod cluster_bench;
 mod compare;
 mod conn;
 mod eastwest;
+mod encap;
 mod maglev_report;
 mod micro;
 mod podnet;
@@ -125,6 +126,19 @@ enum Cmd {
         rounds: u32,
         #[arg(long, default_value_t = 20_000)]
         repeat: u32,
+        /// Backends per service of the first table (0 alone: skip it).
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10, 100, 1000])]
+        backends: Vec<u32>,
+        /// Connection-table fills, percent.
+        #[arg(long, value_delimiter = ',', default_values_t = [10u32, 50, 100])]
+        ct_fill: Vec<u32>,
+        /// Another xlb_xdp object timed beside the embedded one at every
+        /// fill: NAME=FILE.o (repeatable).
+        #[arg(long = "variant")]
+        variants: Vec<String>,
+        /// Loads of each variant.
+        #[arg(long, default_value_t = 2)]
+        copies: u32,
     },
     /// NetworkPolicy (#11): ns/packet of the pod tc programs with 0, 1, 100
     /// and 10,000 rules (established and new connections), and policy
@@ -197,6 +211,16 @@ enum Cmd {
         /// The xlb binary (default: beside xlb-perf).
         #[arg(long, default_value_os_t = cluster_bench::default_xlb())]
         xlb: PathBuf,
+    },
+    /// Geneve vs IPIP: net ns of xlb_xdp per reference frame with every
+    /// service in each mode, one interleaved run.
+    Encap {
+        #[arg(long, default_value_os_t = micro::default_packets_dir())]
+        packets: PathBuf,
+        #[arg(long, default_value_t = 21)]
+        rounds: u32,
+        #[arg(long, default_value_t = 20_000)]
+        repeat: u32,
     },
     /// The XDP program of another revision against the working tree's, in
     /// one interleaved run (net ns/packet over XDP_PASS on the reference
@@ -295,9 +319,25 @@ fn main() -> Result<()> {
             report::write(&cli.out, "churn", &r, &md)?;
             r.check()?;
         }
-        Cmd::Scale { packets, rounds, repeat } => {
-            let r =
-                scale::run(&scale::ScaleOpts { packets, rounds, repeat, ..Default::default() })?;
+        Cmd::Scale { packets, rounds, repeat, backends, ct_fill, variants, copies } => {
+            let variants = variants
+                .iter()
+                .map(|v| {
+                    v.split_once('=')
+                        .map(|(n, f)| (n.to_string(), PathBuf::from(f)))
+                        .ok_or_else(|| anyhow::anyhow!("--variant {v}: want NAME=FILE.o"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let r = scale::run(&scale::ScaleOpts {
+                packets,
+                rounds,
+                repeat,
+                backends,
+                ct_fill,
+                variants,
+                copies,
+                ..Default::default()
+            })?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "scale", &r, &md)?;
@@ -348,6 +388,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "cluster", &r, &md)?;
+        }
+        Cmd::Encap { packets, rounds, repeat } => {
+            let r = encap::run(&packets, rounds, repeat)?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "encap", &r, &md)?;
         }
         Cmd::Compare { rev, packets, rounds, repeat, copies } => {
             let r = compare::run(&compare::CompareOpts { rev, packets, rounds, repeat, copies })?;

@@ -13,6 +13,16 @@
 //! replay flows that are in the table (ACK frames, the newest ones), and
 //! the service's new-flow counter proves it (`ct misses` = new flows
 //! created while timing lookups).
+//!
+//! New flows at each fill: a SYN, an ACK of no known flow (ACK miss), a UDP
+//! datagram and an IPv6 SYN (the reference frames, a new source per
+//! iteration, every sequence number beyond those used before), each timed
+//! for xlb_xdp and for every `--variant NAME=OBJ` (another build of
+//! xlb_xdp, e.g. a stage short-circuited, or another revision: loaded
+//! `copies` times on the same pinned maps, in the same interleaved rounds,
+//! which is how a new flow's cost is ablated stage by stage). Every timed
+//! iteration inserts (or evicts), so the table grows while a fill below
+//! 100 % is timed: the entries are counted before and after.
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
@@ -30,6 +40,42 @@ use testkit::{
 };
 use xlb_perf::stats::median;
 
+/// The new-flow frames of the fill section: (row name, reference frame).
+const NEW_FLOW_FRAMES: [(&str, &str); 4] = [
+    ("SYN", "tcp_syn_vip.bin"),
+    ("ACK miss", "tcp_ack_vip.bin"),
+    ("UDP", "udp_vip.bin"),
+    ("IPv6 SYN", "tcp6_syn_vip.bin"),
+];
+
+/// `copies` loads of the xlb_xdp in `file` on the maps pinned in `pins`.
+fn load_variant(
+    file: &std::path::Path,
+    pins: &std::path::Path,
+    copies: u32,
+) -> Result<Vec<aya::Ebpf>> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    (0..copies)
+        .map(|_| {
+            let mut loader = aya::EbpfLoader::new();
+            loader.default_map_pin_directory(pins);
+            loader.override_global("xlb_events_enabled", &1u32, false);
+            let mut e =
+                loader.load(&bytes).with_context(|| format!("loading {}", file.display()))?;
+            let p: &mut aya::programs::Xdp =
+                e.program_mut("xlb_xdp").context("no xlb_xdp")?.try_into()?;
+            p.load().with_context(|| format!("the verifier rejected {}", file.display()))?;
+            Ok(e)
+        })
+        .collect()
+}
+
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    [at(0.5), at(0.25), at(0.75)]
+}
+
 use crate::{
     benchprog::{load_pass, test_run, xdp_of, Bench, Template},
     micro::read_frames,
@@ -46,6 +92,10 @@ pub struct ScaleOpts {
     pub ct_fill: Vec<u32>,
     /// Connection-table capacity (production default).
     pub ct_capacity: u32,
+    /// Other xlb_xdp objects timed beside the embedded one: (name, file).
+    pub variants: Vec<(String, std::path::PathBuf)>,
+    /// Loads of each variant (JIT placement moves a load's time).
+    pub copies: u32,
 }
 
 impl Default for ScaleOpts {
@@ -57,6 +107,8 @@ impl Default for ScaleOpts {
             backends: vec![1, 10, 100, 1000],
             ct_fill: vec![10, 50, 100],
             ct_capacity: MapSizes::default().ct,
+            variants: Vec::new(),
+            copies: 2,
         }
     }
 }
@@ -77,7 +129,20 @@ pub struct CtRow {
     pub established_ns: f64,
     /// New flows created while timing lookups (0: every lookup hit).
     pub ct_misses: u64,
+    /// xlb_xdp's new-flow SYN (the `new_flow` rows' first cell).
     pub new_flow_ns: f64,
+    /// Entries counted after the new flows were timed.
+    pub entries_after: u64,
+    /// Net ns per new flow: frame -> program ("xlb_xdp" or a variant) ->
+    /// [median, first quartile, third quartile] over rounds and loads.
+    pub new_flow: Vec<NewFlowRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NewFlowRow {
+    pub frame: String,
+    pub program: String,
+    pub ns: [f64; 3],
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -87,6 +152,8 @@ pub struct ScaleReport {
     pub ct_capacity: u32,
     pub backends: Vec<BackendsRow>,
     pub ct: Vec<CtRow>,
+    /// Programs of the new-flow rows, in order (xlb_xdp first).
+    pub programs: Vec<String>,
 }
 
 /// `per` backends with distinct addresses over the four nodes.
@@ -225,7 +292,7 @@ fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleRep
     let mut t = timer(MapSizes::default())?;
     let mut applier = Datapath::open(t.pin.path())?;
     let mut backends = Vec::new();
-    for &per in &opts.backends {
+    for &per in opts.backends.iter().filter(|&&p| p > 0) {
         applier.apply(&one_service(per)).with_context(|| format!("{per} backends"))?;
         // The established flow's entry first.
         test_run(t.dp.xdp_program(), &ack, ifindex, 1, None)?;
@@ -239,7 +306,50 @@ fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleRep
     // Connection-table fill: a fresh, empty table.
     let cap = opts.ct_capacity;
     let mut t = timer(MapSizes { ct: cap, ..MapSizes::default() })?;
-    Datapath::open(t.pin.path())?.apply(&one_service(10))?;
+    let mut desired = one_service(10);
+    for s in [
+        setup::service(
+            "dns",
+            "10.100.0.1".parse()?,
+            53,
+            Proto::Udp,
+            setup::backends(10, 53, false),
+        ),
+        setup::service(
+            "v6",
+            "2001:db8:100::1".parse()?,
+            80,
+            Proto::Tcp,
+            setup::backends(10, 80, true),
+        ),
+    ] {
+        desired.services.insert(s.key.clone(), s);
+    }
+    Datapath::open(t.pin.path())?.apply(&desired)?;
+    let mut variants = Vec::new();
+    for (name, file) in &opts.variants {
+        for e in load_variant(file, t.pin.path(), opts.copies)? {
+            variants.push((name.clone(), e));
+        }
+    }
+    let mut programs = vec!["xlb_xdp".to_string()];
+    for (n, _) in &variants {
+        if !programs.contains(n) {
+            programs.push(n.clone());
+        }
+    }
+    // Slot 0: xlb_pass, 1: xlb_xdp, then every variant load.
+    let mut fds = vec![
+        xdp_of(&t.pass, "xlb_pass")?.fd()?.try_clone()?,
+        t.dp.xdp_program().fd()?.try_clone()?,
+    ];
+    let mut slot_prog = vec![String::new(), "xlb_xdp".to_string()];
+    for (n, e) in &variants {
+        fds.push(xdp_of(e, "xlb_xdp")?.fd()?.try_clone()?);
+        slot_prog.push(n.clone());
+    }
+    let nf_frames: Vec<(&str, Vec<u8>)> =
+        NEW_FLOW_FRAMES.iter().map(|(row, file)| (*row, f(file))).collect();
     let mut inserted: u64 = 0;
     let mut ct = Vec::new();
     for &pct in &opts.ct_fill {
@@ -258,25 +368,64 @@ fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleRep
         let back = seq_end.saturating_sub(u64::from(opts.repeat));
         let established_ns = t.net(&Template::new_flow(&ack), &mut |b| b.set_seq(back))?;
         let ct_misses = t.new_flows()? - nf0;
-        // New flows beyond every sequence number used so far.
+        // New flows beyond every sequence number used so far, every
+        // program in every round (rotating order), net of xlb_pass.
         let mut next = seq_end;
         let repeat = u64::from(opts.repeat);
-        let new_flow_ns = t.net(&Template::new_flow(&syn), &mut |b| {
-            b.set_seq(next)?;
-            next += repeat;
-            Ok(())
-        })?;
-        inserted += next - seq_end;
+        let k = fds.len();
+        let mut times = vec![vec![Vec::new(); k]; nf_frames.len()];
+        for round in 0..opts.rounds as usize {
+            for (ci, (_, bytes)) in nf_frames.iter().enumerate() {
+                t.bench.set_templates(&[Template::new_flow(bytes)])?;
+                for j in 0..k {
+                    let slot = (j + round + ci) % k;
+                    t.bench.set_target(&fds[slot])?;
+                    t.bench.set_seq(next)?;
+                    next += repeat;
+                    let r = test_run(t.bench.wrapper(), bytes, ifindex, opts.repeat, None)?;
+                    times[ci][slot].push(r.duration.as_nanos() as f64);
+                }
+            }
+        }
+        // xlb_pass's iterations used sequence numbers too but inserted
+        // nothing: the next fill starts from what the table holds.
+        let entries_after = t.ct_entries()?;
+        inserted = entries_after.max(inserted);
+        let mut new_flow = Vec::new();
+        for (ci, (row, _)) in nf_frames.iter().enumerate() {
+            let tm = &times[ci];
+            for p in &programs {
+                let d: Vec<f64> = (1..k)
+                    .filter(|&s| slot_prog[s] == *p)
+                    .flat_map(|s| tm[s].iter().zip(&tm[0]).map(|(x, b)| x - b))
+                    .collect();
+                new_flow.push(NewFlowRow {
+                    frame: row.to_string(),
+                    program: p.clone(),
+                    ns: quartiles(d),
+                });
+            }
+        }
         ct.push(CtRow {
             fill_percent: pct,
             flows_inserted: want,
             entries,
             established_ns,
             ct_misses,
-            new_flow_ns,
+            new_flow_ns: new_flow[0].ns[0],
+            entries_after,
+            new_flow,
         });
     }
-    Ok(ScaleReport { rounds: opts.rounds, repeat: opts.repeat, ct_capacity: cap, backends, ct })
+    drop(variants);
+    Ok(ScaleReport {
+        rounds: opts.rounds,
+        repeat: opts.repeat,
+        ct_capacity: cap,
+        backends,
+        ct,
+        programs,
+    })
 }
 
 impl ScaleReport {
@@ -297,19 +446,49 @@ impl ScaleReport {
         s.push_str(&format!(
             "\nConnection-table fill (capacity {} entries, LRU; established = {} distinct flows \
              replayed per run, ct misses = new flows created while timing them):\n\n\
-             | fill | flows inserted | entries counted | established ns | ct misses | new flow (insert) ns |\n|---:|---:|---:|---:|---:|---:|\n",
+             | fill | flows inserted | entries counted | established ns | ct misses | new flow (insert) ns | entries after |\n|---:|---:|---:|---:|---:|---:|---:|\n",
             self.ct_capacity, self.repeat
         ));
         for r in &self.ct {
             s.push_str(&format!(
-                "| {} % | {} | {} | {:.0} | {} | {:.0} |\n",
+                "| {} % | {} | {} | {:.0} | {} | {:.0} | {} |\n",
                 r.fill_percent,
                 r.flows_inserted,
                 r.entries,
                 r.established_ns,
                 r.ct_misses,
-                r.new_flow_ns
+                r.new_flow_ns,
+                r.entries_after
             ));
+        }
+        for r in &self.ct {
+            s.push_str(&format!(
+                "\nNew flows at {} % fill ({} → {} entries; net ns, median (quartiles) over \
+                 rounds and loads; ratio against xlb_xdp):\n\n| frame |",
+                r.fill_percent, r.entries, r.entries_after
+            ));
+            for p in &self.programs {
+                s.push_str(&format!(" {p} |"));
+            }
+            s.push_str("\n|---|");
+            s.push_str(&"---:|".repeat(self.programs.len()));
+            s.push('\n');
+            for frame in NEW_FLOW_FRAMES.iter().map(|f| f.0) {
+                let cells: Vec<&NewFlowRow> =
+                    r.new_flow.iter().filter(|c| c.frame == frame).collect();
+                let base = cells.first().map(|c| c.ns[0]).unwrap_or(f64::NAN);
+                s.push_str(&format!("| {frame} |"));
+                for c in &cells {
+                    s.push_str(&format!(
+                        " {:.0} ({:.0}–{:.0}) ×{:.2} |",
+                        c.ns[0],
+                        c.ns[1],
+                        c.ns[2],
+                        c.ns[0] / base
+                    ));
+                }
+                s.push('\n');
+            }
         }
         s
     }
