@@ -107,8 +107,7 @@ static __always_inline int xlb_policy_ct_fresh(const struct xlb_policy_ct *ct, _
 
 /* The connection tracked under `key` passed the check `flag` and is fresh:
  * refreshed, 1. */
-static __always_inline int xlb_policy_ct_seen(const struct xlb_flow_key *key, __u32 flag,
-					      __u64 now)
+static __always_inline int xlb_policy_ct_seen(const struct xlb_flow_key *key, __u32 flag, __u64 now)
 {
 	struct xlb_policy_ct *ct = bpf_map_lookup_elem(&xlb_policy_ct, key);
 
@@ -171,7 +170,8 @@ static __always_inline int xlb_policy_icmp_quote(struct __sk_buff *skb, __u32 of
 		off += k->ip.ihl * 4;
 	} else {
 		if (bpf_skb_load_bytes(skb, off, &b, 1) || b >> 4 != 6 ||
-		    bpf_skb_load_bytes(skb, off + offsetof(struct ipv6hdr, nexthdr), &q->proto, 1) ||
+		    bpf_skb_load_bytes(skb, off + offsetof(struct ipv6hdr, nexthdr), &q->proto,
+				       1) ||
 		    bpf_skb_load_bytes(skb, off + offsetof(struct ipv6hdr, saddr), q->saddr, 32))
 			return -1; /* saddr and daddr: adjacent in both */
 		off += sizeof(struct ipv6hdr);
