@@ -189,7 +189,7 @@ fn shared_pins(bytes: &[u8], tree: &Path, into: &Path) -> Result<Vec<String>> {
 }
 
 /// Loads `copies` instances of the object's xlb_xdp on the maps of `pins`.
-fn load_copies(bytes: &[u8], pins: &Path, copies: u32) -> Result<Vec<Ebpf>> {
+pub(crate) fn load_copies(bytes: &[u8], pins: &Path, copies: u32) -> Result<Vec<Ebpf>> {
     (0..copies)
         .map(|_| {
             let mut loader = EbpfLoader::new();
@@ -203,7 +203,8 @@ fn load_copies(bytes: &[u8], pins: &Path, copies: u32) -> Result<Vec<Ebpf>> {
         .collect()
 }
 
-fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+/// Median, first and third quartile (nearest rank).
+pub(crate) fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     [at(0.5), at(0.25), at(0.75)]

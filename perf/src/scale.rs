@@ -55,25 +55,8 @@ fn load_variant(
     copies: u32,
 ) -> Result<Vec<aya::Ebpf>> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    (0..copies)
-        .map(|_| {
-            let mut loader = aya::EbpfLoader::new();
-            loader.default_map_pin_directory(pins);
-            loader.override_global("xlb_events_enabled", &1u32, false);
-            let mut e =
-                loader.load(&bytes).with_context(|| format!("loading {}", file.display()))?;
-            let p: &mut aya::programs::Xdp =
-                e.program_mut("xlb_xdp").context("no xlb_xdp")?.try_into()?;
-            p.load().with_context(|| format!("the verifier rejected {}", file.display()))?;
-            Ok(e)
-        })
-        .collect()
-}
-
-fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    [at(0.5), at(0.25), at(0.75)]
+    crate::compare::load_copies(&bytes, pins, copies)
+        .with_context(|| format!("the variant {}", file.display()))
 }
 
 use crate::{
@@ -402,7 +385,7 @@ fn run_inside(opts: &ScaleOpts, frames: &[(String, Vec<u8>)]) -> Result<ScaleRep
                 new_flow.push(NewFlowRow {
                     frame: row.to_string(),
                     program: p.clone(),
-                    ns: quartiles(d),
+                    ns: crate::compare::quartiles(d),
                 });
             }
         }
