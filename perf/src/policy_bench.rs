@@ -40,7 +40,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::SchedClassifier;
 use lb::{
     datapath::Datapath,
     loader::{Dataplane, LoadOptions},
@@ -321,21 +321,9 @@ fn tc_time(
     ifindex: u32,
     repeat: u32,
 ) -> Result<(u32, f64, Vec<u8>)> {
-    // sizeof(struct __sk_buff); ifindex at offset 40.
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut out = vec![0u8; frame.len() + 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx[..]),
-            repeat,
-            ..TestRunOptions::new()
-        })
+    let (ret, took, out) = testkit::bench::tc_test_run(prog, frame, ifindex, repeat)
         .with_context(|| format!("BPF_PROG_TEST_RUN (repeat {repeat})"))?;
-    out.truncate(r.data_size_out as usize);
-    Ok((r.return_value, r.duration.as_nanos() as f64, out))
+    Ok((ret, took.as_nanos() as f64, out))
 }
 
 /// A → B TCP SYN from `sport`, as A sends it (into hv0) or as the host

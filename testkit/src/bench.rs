@@ -1,7 +1,7 @@
 //! The ABI of the benchmark rig (testkit/bpf/xlb_bench.c, embedded as
 //! [`crate::objects::bench`]): the frame-template mirror, its encoder, and the
 //! xdp_md context a BPF_PROG_TEST_RUN needs, with one [`test_run`] of an XDP
-//! program (and [`tc_run`], one of a tc program). Used by perf/, the benchmark tests and the XDP packet tests, so
+//! program (and [`tc_test_run`] / [`tc_run`] of a tc program). Used by perf/, the benchmark tests and the XDP packet tests, so
 //! the template layout and the run are written once.
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 
@@ -113,25 +113,37 @@ pub fn test_run(
     })
 }
 
-/// One BPF_PROG_TEST_RUN of the tc program `prog` on `frame`, the
-/// `__sk_buff` context naming `ifindex` as the device (0: none, the
-/// kernel's loopback): its return value and output frame. Panics when the
-/// kernel refuses the run (a test helper: the failure is the test's).
-pub fn tc_run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+/// BPF_PROG_TEST_RUN of the tc program `prog` on `frame`, `repeat` times,
+/// the `__sk_buff` context naming `ifindex` as the device (0: none, the
+/// kernel's loopback): its return value, the kernel's time per run and the
+/// output frame.
+pub fn tc_test_run(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<(u32, std::time::Duration, Vec<u8>), ProgramError> {
     // sizeof(struct __sk_buff); ifindex at offset 40.
     let mut ctx = [0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     let mut out = vec![0u8; frame.len() + 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: (ifindex != 0).then_some(&ctx[..]),
-            ..TestRunOptions::new()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: (ifindex != 0).then_some(&ctx[..]),
+        repeat,
+        ..TestRunOptions::new()
+    })?;
     out.truncate(r.data_size_out as usize);
-    (r.return_value, out)
+    Ok((r.return_value, r.duration, out))
+}
+
+/// One [`tc_test_run`]: return value and output frame. Panics when the
+/// kernel refuses the run (a test helper: the failure is the test's).
+pub fn tc_run(prog: &SchedClassifier, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let (ret, _, out) = tc_test_run(prog, frame, ifindex, 1)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()));
+    (ret, out)
 }
 
 #[cfg(test)]
