@@ -126,12 +126,7 @@ static __attribute__((noinline)) int xlb_fallback_revnat(struct __sk_buff *skb, 
 	if (xlb_fallback_parse(skb, &pkt))
 		return xlb_fail(-XLB_PASS_NOT_TUNNEL, reason);
 	/* The reply reversed is the flow as the client's packets left. */
-	xlb_addr_copy(key.saddr, pkt.tuple.daddr);
-	xlb_addr_copy(key.daddr, pkt.tuple.saddr);
-	key.sport = pkt.tuple.dport;
-	key.dport = pkt.tuple.sport;
-	key.proto = pkt.tuple.proto;
-	key.family = pkt.tuple.family;
+	xlb_flow_reverse(&key, &pkt.tuple);
 	nat = bpf_map_lookup_elem(&xlb_dsr_nat, &key);
 	if (!nat)
 		return xlb_fail(-XLB_PASS_NOT_TUNNEL, reason);

@@ -274,13 +274,7 @@ static __always_inline int xlb_masq_reply_icmp(struct __sk_buff *skb, struct xlb
 	if (xlb_parse_icmp_quote(skb, pkt, &q) || !xlb_addr_eq(q.tuple.saddr, pkt->tuple.daddr))
 		return TC_ACT_OK;
 	/* The quote reversed is the reply key. */
-	__builtin_memset(&rev, 0, sizeof(rev));
-	xlb_addr_copy(rev.saddr, q.tuple.daddr);
-	xlb_addr_copy(rev.daddr, q.tuple.saddr);
-	rev.sport = q.tuple.dport;
-	rev.dport = q.tuple.sport;
-	rev.proto = q.tuple.proto;
-	rev.family = q.tuple.family;
+	xlb_flow_reverse(&rev, &q.tuple);
 	back = bpf_map_lookup_elem(&xlb_snat_rev, &rev);
 	if (!back)
 		return TC_ACT_OK;

@@ -117,18 +117,6 @@ static __always_inline int xlb_policy_ct_seen(const struct xlb_flow_key *key, __
 	return 1;
 }
 
-/* `key` with its ends swapped (the other direction of the flow). */
-static __always_inline void xlb_flow_reverse(struct xlb_flow_key *rev,
-					     const struct xlb_flow_key *key)
-{
-	xlb_addr_copy(rev->saddr, key->daddr);
-	xlb_addr_copy(rev->daddr, key->saddr);
-	rev->sport = key->dport;
-	rev->dport = key->sport;
-	rev->proto = key->proto;
-	rev->family = key->family;
-}
-
 /* Private to tc (not ABI): room for an ICMP error's quoted headers and
  * flow keys. The check runs inside stages whose frames leave little stack
  * (decap's is 432 of 512). Sizes instead of __type() keep it out of BTF (no

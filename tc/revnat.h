@@ -92,12 +92,7 @@ static __always_inline int xlb_revnat(struct __sk_buff *skb, __u32 *reason)
 		return xlb_fail(rc, reason);
 
 	/* The reply reversed is the flow as the endpoint received it. */
-	xlb_addr_copy(key.saddr, pkt.tuple.daddr);
-	xlb_addr_copy(key.daddr, pkt.tuple.saddr);
-	key.sport = pkt.tuple.dport;
-	key.dport = pkt.tuple.sport;
-	key.proto = pkt.tuple.proto;
-	key.family = pkt.tuple.family;
+	xlb_flow_reverse(&key, &pkt.tuple);
 	nat = bpf_map_lookup_elem(&xlb_dsr_nat, &key);
 	if (!nat)
 		return xlb_fail(-XLB_PASS_NO_NAT, reason);

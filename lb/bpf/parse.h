@@ -66,6 +66,8 @@
  *       direction, with the quoted headers' offsets and, when the quote
  *       holds it, its L4 checksum (not SCTP's). -XLB_PASS_ICMP_NO_FLOW
  *       otherwise.
+ *   void xlb_flow_reverse(&rev, &key)    key with its ends swapped (the other
+ *                                        direction of the flow), pad zero
  *   xlb_l3_off(&pkt), xlb_l4_off(&pkt)   masked offsets (see below)
  *   (address helpers: addr.h)
  *
@@ -506,6 +508,19 @@ static __always_inline int xlb_parse_icmp_quote(struct xlb_ctx *ctx, const struc
 		q->csum = *qc;
 	}
 	return 0;
+}
+
+/* `key` with its ends swapped: the other direction of the flow. */
+static __always_inline void xlb_flow_reverse(struct xlb_flow_key *rev,
+					     const struct xlb_flow_key *key)
+{
+	xlb_addr_copy(rev->saddr, key->daddr);
+	xlb_addr_copy(rev->daddr, key->saddr);
+	rev->sport = key->dport;
+	rev->dport = key->sport;
+	rev->proto = key->proto;
+	rev->family = key->family;
+	rev->pad = 0;
 }
 
 #endif /* XLB_PARSE_H */
