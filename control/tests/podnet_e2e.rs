@@ -17,8 +17,7 @@
 //!
 //! Counters are the agents' (summed over hooks), read before and after.
 use std::{
-    io::ErrorKind,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -78,49 +77,6 @@ impl Running {
 
 fn both(p: &lab::Pod) -> [IpAddr; 2] {
     [p.host.v4.into(), p.host.v6.into()]
-}
-
-/// A UDP echo server on [::]:UDP_PORT in namespace `ns` until `stop`.
-fn udp_echo<'s>(
-    s: &'s std::thread::Scope<'s, '_>,
-    lab: &'s Lab,
-    ns: &'s str,
-    stop: &'s AtomicBool,
-) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    s.spawn(move || {
-        lab.in_ns(ns, || {
-            let sock = UdpSocket::bind(("::", UDP_PORT)).unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            tx.send(()).unwrap();
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], peer);
-                }
-            }
-        })
-        .unwrap();
-    });
-    rx.recv().unwrap();
-}
-
-/// A UDP datagram to `to` and its echo, from `bind` (unspecified: any), in
-/// namespace `from`: the echo, or None after `wait`.
-fn udp_round(lab: &Lab, from: &str, bind: IpAddr, to: IpAddr, wait: Duration) -> Option<Vec<u8>> {
-    lab.in_ns(from, || {
-        let sock = UdpSocket::bind(SocketAddr::new(bind, 0)).unwrap();
-        sock.set_read_timeout(Some(wait)).unwrap();
-        let msg = format!("hello {to}");
-        sock.send_to(msg.as_bytes(), (to, UDP_PORT)).unwrap();
-        let mut buf = [0u8; 2048];
-        match sock.recv_from(&mut buf) {
-            Ok((n, _)) => Some(buf[..n].to_vec()),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-            Err(e) => panic!("{from} -> {to}: {e}"),
-        }
-    })
-    .unwrap()
 }
 
 /// A raw ICMP socket of `to`'s family (the kernel checksums ICMPv6).
@@ -245,15 +201,19 @@ fn pods_talk_across_nodes_and_on_one_node_over_tcp_udp_and_icmp() {
     // UDP, both families, across nodes and on one node.
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        udp_echo(s, &r.lab, &p21.host.ns, &stop);
-        udp_echo(s, &r.lab, &p12.host.ns, &stop);
+        lab::udp::echo(s, &r.lab, &p21.host.ns, UDP_PORT, &stop);
+        lab::udp::echo(s, &r.lab, &p12.host.ns, UDP_PORT, &stop);
         for to in both(&p21).into_iter().chain(both(&p12)) {
-            let any: IpAddr = if to.is_ipv4() {
-                Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                Ipv6Addr::UNSPECIFIED.into()
-            };
-            let echo = udp_round(&r.lab, "pod1-1", any, to, Duration::from_secs(2));
+            let msg = format!("hello {to}");
+            let to_port = SocketAddr::new(to, UDP_PORT);
+            let echo = lab::udp::round(
+                &r.lab,
+                "pod1-1",
+                lab::udp::any_of(to),
+                to_port,
+                msg.as_bytes(),
+                Duration::from_secs(2),
+            );
             assert_eq!(echo.as_deref(), Some(format!("hello {to}").as_bytes()), "UDP to {to}");
         }
         stop.store(true, Ordering::Relaxed);
@@ -333,14 +293,15 @@ fn oversize_packets_are_answered_and_spoofed_sources_dropped() {
     // pod1-1 sends from pod1-2's address: dropped at its veth, counted.
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        udp_echo(s, &r.lab, &p21.host.ns, &stop);
+        lab::udp::echo(s, &r.lab, &p21.host.ns, UDP_PORT, &stop);
         let stolen = IpAddr::from(p12.host.v4);
         r.lab
             .run("pod1-1", "ip", &["addr", "add", &format!("{stolen}/32"), "dev", "eth0"])
             .unwrap();
         let spoofed = r.counter("node1", "drop_pod_spoof");
+        let to = SocketAddr::new(p21.host.v4.into(), UDP_PORT);
         let echo =
-            udp_round(&r.lab, "pod1-1", stolen, p21.host.v4.into(), Duration::from_millis(500));
+            lab::udp::round(&r.lab, "pod1-1", stolen, to, b"hello", Duration::from_millis(500));
         assert_eq!(echo, None, "the spoofed datagram got nowhere");
         assert!(r.counter("node1", "drop_pod_spoof") > spoofed);
         stop.store(true, Ordering::Relaxed);

@@ -23,8 +23,7 @@
 //! on node2 (fanned out by its agent) both see the denied and the allowed
 //! flow with pods named.
 use std::{
-    io::ErrorKind,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -152,23 +151,9 @@ status:
 
     /// Whether a UDP datagram from `from` to `to` gets its echo back.
     fn udp_ok(&self, from: &str, to: IpAddr) -> bool {
-        self.lab
-            .in_ns(from, || {
-                let bind: IpAddr =
-                    if to.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
-                let sock = UdpSocket::bind(SocketAddr::new(bind, 0)).unwrap();
-                sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-                sock.send_to(b"hello", (to, UDP_PORT)).unwrap();
-                let mut buf = [0u8; 64];
-                match sock.recv_from(&mut buf) {
-                    Ok(_) => true,
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                        false
-                    }
-                    Err(e) => panic!("{from} -> {to}: {e}"),
-                }
-            })
-            .unwrap()
+        let to = SocketAddr::new(to, UDP_PORT);
+        let wait = Duration::from_millis(500);
+        lab::udp::round(&self.lab, from, lab::udp::any_of(to.ip()), to, b"hello", wait).is_some()
     }
 
     /// Waits until every (from, to, expected) holds over TCP, both
@@ -194,31 +179,6 @@ status:
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-}
-
-/// A UDP echo server on [::]:UDP_PORT in pod `ns` until `stop`.
-fn udp_echo<'s>(
-    s: &'s std::thread::Scope<'s, '_>,
-    lab: &'s Lab,
-    ns: &'s str,
-    stop: &'s AtomicBool,
-) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    s.spawn(move || {
-        lab.in_ns(ns, || {
-            let sock = UdpSocket::bind(("::", UDP_PORT)).unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            tx.send(()).unwrap();
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], peer);
-                }
-            }
-        })
-        .unwrap();
-    });
-    rx.recv().unwrap();
 }
 
 const INGRESS_POD2_1: &str = "---
@@ -256,7 +216,7 @@ fn policies_allow_and_deny_real_connections_across_nodes_and_on_one_node() {
 
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        udp_echo(s, &r.lab, &r.lab.pod("pod2-1").unwrap().host.ns, &stop);
+        lab::udp::echo(s, &r.lab, &r.lab.pod("pod2-1").unwrap().host.ns, UDP_PORT, &stop);
         let p21 = r.addrs("pod2-1");
         assert!(r.udp_ok("pod1-2", p21[0]), "UDP before any policy\n{}", r.logs());
 

@@ -10,7 +10,8 @@
 //! object it puts on the LB's router-side peer (testkit's), and how to find
 //! the `xlb` binary, start `xlb run` agents and read their pinned maps
 //! ([`agent`]). Workloads come from manifests as a user writes them
-//! ([`workload`]); [`reach`] prints the pods' reachability matrix.
+//! ([`workload`]); [`reach`] prints the pods' reachability matrix; [`udp`]
+//! echoes and probes datagrams in pods.
 pub mod agent;
 pub mod cgroup;
 pub mod cni;
@@ -26,6 +27,7 @@ mod registry;
 pub mod spec;
 pub mod stats;
 mod topology;
+pub mod udp;
 pub mod workload;
 
 use std::{io, path::PathBuf};
