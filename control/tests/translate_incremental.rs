@@ -6,8 +6,8 @@
 //! only what depends on it. Fast tier: no privileges.
 use std::{collections::BTreeMap, fs, path::PathBuf, sync::Arc};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lb::model::{Service, ServiceKey};
+use xlb_control::cluster::EndpointSlice;
 use xlb_control::{
     cluster::{Changes, Cluster, KindChanges, ObjectKey},
     source::file,

@@ -10,8 +10,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointPort;
 use lb::model::{Backend, BackendState, Proto};
+
+use crate::cluster::slice::{Endpoint, EndpointSlice};
 
 use super::{
     errors::{ErrorList, ObjectRef, Problem},

@@ -22,10 +22,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Pod, Service as KubeService},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Node, Pod, Service as KubeService};
 
 use super::{
     endpoints::{self, ServiceName},
@@ -33,7 +30,7 @@ use super::{
     nodes::Nodes,
     services,
 };
-use crate::cluster::{self, Changes, KindChanges, ObjectKey};
+use crate::cluster::{self, Changes, EndpointSlice, KindChanges, ObjectKey};
 
 /// What a batch of changes touches.
 #[derive(Debug, Default)]
