@@ -1,7 +1,9 @@
 //! `discovery.k8s.io/v1` EndpointSlice as xlb keeps it: only the fields the
 //! translation reads (addressType, ports, and per endpoint its addresses,
-//! conditions and nodeName), decoded straight from the API's JSON (or a
-//! manifest) and the rest skipped. The EndpointSlices are the largest kind
+//! conditions and nodeName; of its metadata the name, namespace,
+//! resourceVersion, uid and the `kubernetes.io/service-name` label), decoded
+//! straight from the API's JSON (or a manifest) and the rest skipped or
+//! dropped. The EndpointSlices are the largest kind
 //! by far (at 30k Services × 10 endpoints, k8s-openapi's `Endpoint` is ~350
 //! bytes before any of its strings; this one is 56), and the store keeps
 //! every one. Decoding follows k8s-openapi's: every field optional, `null`
@@ -18,18 +20,48 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Deserializer};
 
+use crate::translate::SERVICE_NAME_LABEL;
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "Decoded")]
 pub struct EndpointSlice {
-    #[serde(default, deserialize_with = "null_default")]
+    /// Name, namespace, resourceVersion and uid only (labels, annotations,
+    /// owner references and the rest are dropped when decoded).
     pub metadata: ObjectMeta,
+    /// Its `kubernetes.io/service-name` label: the Service it belongs to.
+    pub service_name: Option<String>,
     /// "IPv4", "IPv6" or "FQDN".
-    #[serde(default, deserialize_with = "null_default")]
     pub address_type: String,
-    #[serde(default, deserialize_with = "null_default")]
     pub endpoints: Vec<Endpoint>,
-    #[serde(default)]
     pub ports: Option<Vec<EndpointPort>>,
+}
+
+/// An EndpointSlice as decoded, before its metadata is trimmed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Decoded {
+    #[serde(default, deserialize_with = "null_default")]
+    metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "null_default")]
+    address_type: String,
+    #[serde(default, deserialize_with = "null_default")]
+    endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    ports: Option<Vec<EndpointPort>>,
+}
+
+impl From<Decoded> for EndpointSlice {
+    fn from(d: Decoded) -> Self {
+        let ObjectMeta { name, namespace, resource_version, uid, labels, .. } = d.metadata;
+        EndpointSlice {
+            // resourceVersion: the watch resumes from it; uid: deletions.
+            metadata: ObjectMeta { name, namespace, resource_version, uid, ..Default::default() },
+            service_name: labels.and_then(|mut l| l.remove(SERVICE_NAME_LABEL)),
+            address_type: d.address_type,
+            endpoints: d.endpoints,
+            ports: d.ports,
+        }
+    }
 }
 
 /// One endpoint: what the translation reads of it.
@@ -54,12 +86,12 @@ fn null_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
 
 impl From<k8s::EndpointSlice> for EndpointSlice {
     fn from(s: k8s::EndpointSlice) -> Self {
-        EndpointSlice {
+        EndpointSlice::from(Decoded {
             metadata: s.metadata,
             address_type: s.address_type,
             endpoints: s.endpoints.into_iter().map(Endpoint::from).collect(),
             ports: s.ports,
-        }
+        })
     }
 }
 
@@ -127,6 +159,13 @@ mod tests {
         assert_eq!(compact.endpoints.len(), 3);
         assert_eq!(compact.endpoints[0].node_name.as_deref(), Some("node1"));
         assert_eq!(compact.endpoints[1], Endpoint::default());
+        assert_eq!(compact.service_name.as_deref(), Some("web"));
+        let m = &compact.metadata;
+        assert_eq!(
+            (m.name.as_deref(), m.namespace.as_deref(), m.uid.as_deref()),
+            (Some("web-abc"), Some("shop"), Some("u-1"))
+        );
+        assert!(m.labels.is_none() && m.owner_references.is_none());
 
         let empty: EndpointSlice =
             serde_json::from_str(r#"{"addressType": null, "endpoints": null}"#).unwrap();

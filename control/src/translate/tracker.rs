@@ -345,12 +345,7 @@ endpoints: [{addresses: [10.244.2.5], nodeName: node2}]
     fn a_slice_touches_its_service_before_and_after() {
         let (mut t, cluster) = tracker();
         let mut slice = cluster.slices[0].clone();
-        slice
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(endpoints::SERVICE_NAME_LABEL.into(), "b".into());
+        slice.service_name = Some("b".into());
         slice.endpoints[0].node_name = Some("node2".into());
         let touched = t.update(Changes { slices: one(&slice), ..Default::default() });
         assert_eq!(names(&touched), ["a", "b"]);
