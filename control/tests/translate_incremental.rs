@@ -6,8 +6,8 @@
 //! only what depends on it. Fast tier: no privileges.
 use std::{collections::BTreeMap, fs, path::PathBuf, sync::Arc};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lb::model::{Service, ServiceKey};
+use xlb_control::cluster::EndpointSlice;
 use xlb_control::{
     cluster::{Changes, Cluster, KindChanges, ObjectKey},
     source::file,
@@ -300,7 +300,7 @@ fn a_change_touches_only_what_depends_on_it() {
 
     // The slice is relabelled from a to b: both change.
     let mut s1 = cluster.slices[0].clone();
-    s1.metadata.labels.as_mut().unwrap().insert("kubernetes.io/service-name".into(), "b".into());
+    s1.service_name = Some("b".into());
     t.update(Changes { slices: one(Some(&s1), ObjectKey::of(&s1)), ..Default::default() });
     assert_eq!(
         t.take_changed(),

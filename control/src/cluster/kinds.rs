@@ -32,14 +32,13 @@ use std::{collections::BTreeMap, fmt, marker::PhantomData, sync::Arc};
 use k8s_openapi::{
     api::{
         core::v1::{Namespace, Node, Pod, Service},
-        discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
     ClusterResourceScope, NamespaceResourceScope,
 };
 use serde::de::DeserializeOwned;
 
-use super::{networklogging::NetworkLogging, KindChanges, ObjectKey};
+use super::{networklogging::NetworkLogging, slice::EndpointSlice, KindChanges, ObjectKey};
 
 /// A registered kind: the k8s-openapi type of its objects, and where its
 /// value sits in a [`PerKind`] table. Implemented by `registry!` only.
@@ -222,7 +221,8 @@ macro_rules! registry {
 registry! {
     /// Services: ports, frontends, traffic policies.
     services: Service,
-    /// EndpointSlices: the endpoints of a Service (`kubernetes.io/service-name`).
+    /// EndpointSlices: the endpoints of a Service (`kubernetes.io/service-name`),
+    /// kept compact (only what the translation reads: [`super::slice`]).
     slices: EndpointSlice,
     /// Nodes: addresses (NodePort frontends, tunnel endpoints).
     nodes: Node,

@@ -13,6 +13,7 @@
 //! - [`Objects`]: a mirror kept current from [`Changes`] (tests and tools).
 pub mod kinds;
 pub mod networklogging;
+pub mod slice;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -20,6 +21,7 @@ use std::{
 };
 
 pub use kinds::{for_each_kind, Kind, KindVisitor, PerKind};
+pub use slice::EndpointSlice;
 
 /// A snapshot of the objects xlb programs from: every object of each kind.
 pub type Cluster = PerKind<kinds::Listed>;

@@ -10,8 +10,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointPort;
 use lb::model::{Backend, BackendState, Proto};
+
+use crate::cluster::slice::{Endpoint, EndpointSlice};
 
 use super::{
     errors::{ErrorList, ObjectRef, Problem},
@@ -27,8 +29,7 @@ pub(super) type ServiceName = (String, String);
 
 /// The Service `slice` belongs to, if it is labelled with one.
 pub(super) fn owner(slice: &EndpointSlice) -> Option<ServiceName> {
-    let labels = slice.metadata.labels.as_ref()?;
-    let svc = labels.get(SERVICE_NAME_LABEL)?;
+    let svc = slice.service_name.as_ref()?;
     let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
     Some((ns.to_string(), svc.clone()))
 }

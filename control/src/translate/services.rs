@@ -26,10 +26,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use k8s_openapi::{
-    api::{
-        core::v1::{Service as KubeService, ServicePort, ServiceSpec},
-        discovery::v1::EndpointSlice,
-    },
+    api::core::v1::{Service as KubeService, ServicePort, ServiceSpec},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use lb::model::{
@@ -43,7 +40,7 @@ use super::{
     nodes::{self, Families, Nodes},
     parse_ip, parse_proto, port_number, HealthCheck, TranslateOptions,
 };
-use crate::cluster::ObjectKey;
+use crate::cluster::{EndpointSlice, ObjectKey};
 
 /// Service label naming the proxy that implements it (KEP-2447); services
 /// labelled with another name are left to that proxy.

@@ -22,10 +22,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Pod, Service as KubeService},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Node, Pod, Service as KubeService};
 
 use super::{
     endpoints::{self, ServiceName},
@@ -33,7 +30,7 @@ use super::{
     nodes::Nodes,
     services,
 };
-use crate::cluster::{self, Changes, KindChanges, ObjectKey};
+use crate::cluster::{self, Changes, EndpointSlice, KindChanges, ObjectKey};
 
 /// What a batch of changes touches.
 #[derive(Debug, Default)]
@@ -348,12 +345,7 @@ endpoints: [{addresses: [10.244.2.5], nodeName: node2}]
     fn a_slice_touches_its_service_before_and_after() {
         let (mut t, cluster) = tracker();
         let mut slice = cluster.slices[0].clone();
-        slice
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(endpoints::SERVICE_NAME_LABEL.into(), "b".into());
+        slice.service_name = Some("b".into());
         slice.endpoints[0].node_name = Some("node2".into());
         let touched = t.update(Changes { slices: one(&slice), ..Default::default() });
         assert_eq!(names(&touched), ["a", "b"]);
