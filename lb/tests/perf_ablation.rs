@@ -133,7 +133,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
             ("xlb_svc_backends", s.backends),
             ("xlb_backends", s.backends),
             ("xlb_backend_stats", s.backends),
-            ("xlb_ct", s.ct),
+            ("xlb_ct", s.ct_sets()),
             ("xlb_affinity", s.affinity),
             ("xlb_dsr_nat", s.dsr_nat),
             ("xlb_source_ranges", s.source_ranges),
@@ -141,6 +141,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
         ] {
             loader.map_max_entries(m, n);
         }
+        loader.override_global(lb::loader::CT_SETS_GLOBAL, &s.ct_sets(), false);
     }
     let mut e = loader.load(bytes).unwrap_or_else(|err| panic!("loading {name}: {err:?}"));
     let p: &mut Xdp =

@@ -26,9 +26,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHash, Map, MapData, PerCpuArray};
+use aya::maps::{Map, MapData, PerCpuArray};
 use lb::{
-    abi::{CtEntry, FlowKey, SvcStats},
+    abi::SvcStats,
     datapath::Datapath,
     loader::{Dataplane, LoadOptions, MapSizes},
     model::{Backend, BackendState, Desired, Proto},
@@ -218,10 +218,15 @@ impl Timer {
         Ok(sum)
     }
 
+    /// Valid ways of xlb_ct (lb::maps::CtTable).
     fn ct_entries(&self) -> Result<u64> {
-        let data = MapData::from_pin(self.pin.path().join("xlb_ct"))?;
-        let ct: BpfHash<MapData, FlowKey, CtEntry> = Map::from_map_data(data)?.try_into()?;
-        Ok(ct.keys().filter(|k| k.is_ok()).count() as u64)
+        let ct = lb::maps::CtTable(lb::maps::RawMap::open(self.pin.path(), "xlb_ct")?);
+        let mut n = 0u64;
+        ct.walk(&mut |_| {
+            n += 1;
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(n)
     }
 }
 
