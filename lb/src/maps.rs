@@ -456,7 +456,11 @@ impl CtTable {
 
     /// Writes `key`'s entry as the datapath would (its own way, else an
     /// empty one, else way 0), with a valid check word; returns (set, way).
-    pub fn insert(&self, key: &abi::FlowKey, mut e: abi::CtEntry) -> Result<(u32, usize), MapError> {
+    pub fn insert(
+        &self,
+        key: &abi::FlowKey,
+        mut e: abi::CtEntry,
+    ) -> Result<(u32, usize), MapError> {
         let hash = abi::flow_hash(key);
         let set = self.set_of(hash);
         let mut s = self.read_set(set)?;
