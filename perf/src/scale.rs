@@ -2,7 +2,8 @@
 //! number of backends per service (1, 10, 100, 1000: established flow and
 //! new flow) and with the fill of the connection table (10 %, 50 %, 100 %
 //! of its capacity: established-flow lookup over many distinct flows, and
-//! new-flow insert, which evicts once the LRU table is full).
+//! new-flow insert, which evicts once the set-associative table's sets are
+//! full: lb/bpf/conntrack.h).
 //!
 //! Timing as in `micro` (perf/src/micro.rs): the xlb_bench wrapper restores
 //! the frame each iteration and tail-calls xlb_xdp or xlb_pass; net =
@@ -432,7 +433,7 @@ impl ScaleReport {
             ));
         }
         s.push_str(&format!(
-            "\nConnection-table fill (capacity {} entries, LRU; established = {} distinct flows \
+            "\nConnection-table fill (capacity {} entries, 4-way sets; established = {} distinct flows \
              replayed per run, ct misses = new flows created while timing them):\n\n\
              | fill | flows inserted | entries counted | established ns | ct misses | new flow (insert) ns | entries after |\n|---:|---:|---:|---:|---:|---:|---:|\n",
             self.ct_capacity, self.repeat
