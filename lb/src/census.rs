@@ -195,6 +195,9 @@ fn batch_count(fd: i32, ks: usize, vs: usize, cap: u64, used: Used) -> io::Resul
     Ok(total)
 }
 
+/// A [`batch_walk`] visitor: (key bytes, value bytes).
+pub(crate) type EntryVisit<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
 /// Visits every (key, value) of the map `fd` (key size `ks`, value size
 /// `vs`, at most `cap` entries) with BPF_MAP_LOOKUP_BATCH until `visit`
 /// breaks; ENOTSUPP/EINVAL for map types without batch lookup.
@@ -203,7 +206,7 @@ pub(crate) fn batch_walk(
     ks: usize,
     vs: usize,
     cap: u64,
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    visit: &mut EntryVisit<'_>,
 ) -> io::Result<()> {
     // ~4 MB of buffers per call, at least 64 entries (a hash bucket larger
     // than the batch is ENOSPC: then the batch doubles).
