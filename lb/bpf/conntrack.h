@@ -53,7 +53,8 @@
  *   of the same backend (while the table is unchanged) and the way is then
  *   rewritten by the insert (own key first). The stamp and created_s are
  *   outside the check: a torn stamp only changes which way is evicted.
- *   Test: xdp_select::a_torn_connection_table_way_reads_as_a_miss_and_is_replaced.
+ *   Test (lb/tests/xdp_select.rs):
+ *   a_torn_connection_table_way_reads_as_a_miss_and_is_replaced.
  *
  *   Recency. The LRU hash learnt recency from lookups. Established XDP
  *   flows are served by the per-CPU flow cache (xdp/flowcache.h), whose
@@ -65,7 +66,8 @@
  *   of that set. (tc's fallback has no flow cache: it refreshes on its
  *   lookups, under the same rate limit.) The flood guard (xlb_ct_admit,
  *   maglev.h) still bounds inserts per CPU.
- *   Test: xdp_select::established_flows_keep_their_backends_across_a_flood_that_overfills_the_table.
+ *   Test (lb/tests/xdp_select.rs):
+ *   established_flows_keep_their_backends_across_a_flood_that_overfills_the_table.
  *
  * Backend rules
  *   xlb_backend_flow_ok(be, gen)  an existing flow keeps its backend while it
@@ -94,7 +96,7 @@
 
 #include "maps.h"
 
-#define XLB_NSEC_PER_SEC	 1000000000ull
+#define XLB_NSEC_PER_SEC       1000000000ull
 #define XLB_CT_REFRESH_JIFFIES 32
 
 /* Sets of xlb_ct: set by the loader (LoadOptions' MapSizes::ct); the
@@ -177,8 +179,8 @@ static __always_inline struct xlb_ct_set *xlb_ct_set_of(__u32 hash)
 	return bpf_map_lookup_elem(&xlb_ct, &set);
 }
 
-static __always_inline struct xlb_backend *
-xlb_ct_lookup(const struct xlb_flow_key *key, __u32 hash, __u32 svc_id, __u32 *backend_id)
+static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_key *key, __u32 hash,
+							 __u32 svc_id, __u32 *backend_id)
 {
 	struct xlb_ct_set *set = xlb_ct_set_of(hash);
 	struct xlb_ct_way *w = NULL;
@@ -231,8 +233,8 @@ static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
 	return age < 0xfffffffd ? age : 0xfffffffc;
 }
 
-static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 hash,
-					  __u32 svc_id, __u32 backend_id, __u32 gen, __u64 now_ns)
+static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 hash, __u32 svc_id,
+					  __u32 backend_id, __u32 gen, __u64 now_ns)
 {
 	struct xlb_ct_set *set = xlb_ct_set_of(hash);
 	struct xlb_ct_way *w;
