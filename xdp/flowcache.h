@@ -41,8 +41,8 @@
  *     removed while its backends stay) with its next packet;
  *   - age: an entry serves XLB_FC_TTL_JIFFIES ticks (bpf_jiffies64(), one
  *     inlined load; about 1 s at HZ 250), then the packet takes the full
- *     path and refreshes it, which touches the flow's xlb_ct entry so the
- *     LRU keeps seeing the flow as active.
+ *     path and refreshes it, which refreshes the stamp of the flow's xlb_ct
+ *     way so a flood of new flows does not evict it (conntrack.h).
  * Entries are written after xlb_select() succeeds, so new flows are cached
  * from their second packet. Private to this program (not pinned, not ABI);
  * 96 bytes x 4096 slots per CPU.
@@ -69,7 +69,7 @@ struct fc_entry {
 	struct xlb_service svc;	 /* the frontend's xlb_frontends value */
 	__u32 backend_id;
 	__u32 backend_gen;
-	__u32 hash;	  /* flow hash, from xlb_ct */
+	__u32 hash;	  /* flow hash */
 	__u32 used;	  /* 1 once a packet after the filling one hit it */
 	__u64 expires;	  /* jiffies */
 	__u64 config_gen; /* xlb_config_gen when filled */
@@ -103,14 +103,6 @@ static __always_inline __u32 xlb_fc_slot(const struct xlb_flow_key *k)
 	return (h * 0x9e3779b1u) >> (32 - XLB_FC_SLOT_BITS);
 }
 
-/* Keys are 8-byte aligned: struct xlb_pkt and map values. */
-static __always_inline int xlb_fc_key_eq(const struct xlb_flow_key *a, const struct xlb_flow_key *b)
-{
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-
-	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
-}
-
 static __always_inline struct fc_entry *xlb_fc_get(const struct xlb_flow_key *k)
 {
 	__u32 slot = xlb_fc_slot(k);
@@ -121,7 +113,7 @@ static __always_inline struct fc_entry *xlb_fc_get(const struct xlb_flow_key *k)
 static __always_inline int xlb_fc_hit(const struct fc_entry *fc, const struct xlb_flow_key *k,
 				      __u64 now, __u64 gen)
 {
-	return fc && now < fc->expires && fc->config_gen == gen && xlb_fc_key_eq(&fc->key, k);
+	return fc && now < fc->expires && fc->config_gen == gen && xlb_flow_key_eq(&fc->key, k);
 }
 
 static __always_inline void xlb_fc_fill(struct fc_entry *fc, const struct xlb_flow_key *k,

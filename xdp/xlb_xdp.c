@@ -291,7 +291,8 @@ static __always_inline int xlb_icmp(struct xdp_md *ctx, struct xlb_pkt *pkt, __u
 	svc = xlb_frontend_lookup(q);
 	if (!svc)
 		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
-	sel.be = xlb_ct_lookup(q, svc->id, &sel.backend_id, &sel.hash);
+	sel.hash = xlb_flow_hash(q);
+	sel.be = xlb_ct_lookup(q, sel.hash, svc->id, &sel.backend_id);
 	if (!sel.be)
 		return xlb_fail(-XLB_PASS_ICMP_NO_FLOW, reason);
 	return xlb_forward(ctx, pkt, svc, &sel, q->daddr, q->dport, 1, bytes, reason);

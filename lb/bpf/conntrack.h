@@ -18,9 +18,56 @@
  *     a ^= c; a -= rol32(c, 4);   b ^= a; b -= rol32(a, 14);
  *     c ^= b; c -= rol32(b, 24);
  *   and the hash is c. Direction matters (client -> frontend is the input).
- *   It is Maglev's input (slot = hash % M) and the outer-header entropy
- *   (Geneve UDP source port, IPv6 flow label). It is computed for new flows
- *   only; established flows read it back from their xlb_ct entry.
+ *   It is Maglev's input (slot = hash % M), the connection table's set index
+ *   and the outer-header entropy (Geneve UDP source port, IPv6 flow label).
+ *   Every packet that reaches xlb_select computes it (~20 ALU instructions;
+ *   the flow cache in front of it keeps it for established flows).
+ *
+ * Connection table (xlb_ct), set-associative (issue #14 item 1)
+ *   An ARRAY of xlb_ct_sets sets (the loader sets it: MapSizes::ct entries
+ *   rounded up to whole sets) of XLB_CT_WAYS = 4 ways of 64 bytes
+ *   (struct xlb_ct_way: the 40-byte flow key, IPv4 and IPv6 alike, and
+ *   struct xlb_ct_entry). BPF_F_MMAPABLE makes the values page-aligned, so
+ *   a set is 4 whole cache lines in one page (the array's values otherwise
+ *   start 56 bytes into a line and every way straddles two).
+ *     set    = (hash * xlb_ct_sets) >> 32      (one hash, one set)
+ *     lookup = compare the key of the 4 ways (inlined array lookup: no
+ *              helper call, no lock, no bucket chain, no LRU list);
+ *     insert = the flow's own way if its key is there (an entry no longer
+ *              valid is rewritten in place), else an empty way (check 0),
+ *              else one whose backend is gone or has a new generation,
+ *              else the way with the oldest stamp.
+ *   It replaced an LRU_HASH whose insert with eviction (a lock, the LRU
+ *   lists, the bucket chain and the entry in different pages) was ~80 % of
+ *   a new flow's cost at a full table.
+ *
+ *   Torn ways. No locks on the fast path: two CPUs may write the same way
+ *   at once, and a reader may see a way half written. The check word
+ *     check = xlb_final_mix(hash + svc_id, backend_id, backend_gen) | 1
+ *   (hash: the flow hash of the way's key) is a function of the key and the
+ *   entry, written last (after a compiler barrier) and verified by every
+ *   lookup against the values it read once: a way whose key, service,
+ *   backend or generation come from different writes reads as a miss
+ *   (short of a 2^-31 coincidence), on weakly ordered CPUs too, since it
+ *   checks content rather than write order. A miss costs only Maglev's pick
+ *   of the same backend (while the table is unchanged) and the way is then
+ *   rewritten by the insert (own key first). The stamp and created_s are
+ *   outside the check: a torn stamp only changes which way is evicted.
+ *   Test (lb/tests/xdp_select.rs):
+ *   a_torn_connection_table_way_reads_as_a_miss_and_is_replaced.
+ *
+ *   Recency. The LRU hash learnt recency from lookups. Established XDP
+ *   flows are served by the per-CPU flow cache (xdp/flowcache.h), whose
+ *   entries live XLB_FC_TTL_JIFFIES (~1 s); the packet after that takes
+ *   xlb_select, whose xlb_ct_lookup rewrites the way's stamp when it is
+ *   XLB_CT_REFRESH_JIFFIES or more behind (at most a few writes per second
+ *   per flow, and none on the flow cache's path). A flood of new flows
+ *   thus evicts ways not refreshed since before the flood's oldest entries
+ *   of that set. (tc's fallback has no flow cache: it refreshes on its
+ *   lookups, under the same rate limit.) The flood guard (xlb_ct_admit,
+ *   maglev.h) still bounds inserts per CPU.
+ *   Test (lb/tests/xdp_select.rs):
+ *   established_flows_keep_their_backends_across_a_flood_that_overfills_the_table.
  *
  * Backend rules
  *   xlb_backend_flow_ok(be, gen)  an existing flow keeps its backend while it
@@ -31,10 +78,12 @@
  *
  * API
  *   __u32 xlb_flow_hash(const struct xlb_flow_key *k)   (k 4-byte aligned)
+ *   int xlb_flow_key_eq(a, b)                           (both 8-byte aligned)
  *   struct xlb_backend *xlb_backend_get(__u32 id)
- *   struct xlb_backend *xlb_ct_lookup(key, svc_id, &backend_id, &hash)
- *       the backend of a valid xlb_ct entry for `key` owned by svc_id, or NULL
- *   void xlb_ct_insert(key, svc_id, backend_id, gen, hash, now)
+ *   struct xlb_backend *xlb_ct_lookup(key, hash, svc_id, &backend_id)
+ *       the backend of a valid xlb_ct way for `key` (hash = its flow hash)
+ *       owned by svc_id, or NULL; refreshes the way's stamp
+ *   void xlb_ct_insert(key, hash, svc_id, backend_id, gen, now)
  *   struct xlb_backend *xlb_affinity_lookup(svc, client_key, now, &ae, &backend_id)
  *       the backend remembered for this client while the entry is younger
  *       than the service's affinity timeout and the backend is new_ok; `ae`
@@ -47,7 +96,14 @@
 
 #include "maps.h"
 
-#define XLB_NSEC_PER_SEC 1000000000ull
+#define XLB_NSEC_PER_SEC       1000000000ull
+#define XLB_CT_REFRESH_JIFFIES 32
+
+/* Sets of xlb_ct: set by the loader (LoadOptions' MapSizes::ct); the
+ * default matches maps.h's max_entries. */
+volatile const __u32 xlb_ct_sets = 131072;
+
+#define XLB_READ_ONCE_U32(x) (*(volatile const __u32 *)&(x))
 
 static __always_inline __u32 xlb_rol32(__u32 w, unsigned int s)
 {
@@ -101,37 +157,112 @@ static __always_inline int xlb_backend_new_ok(const struct xlb_backend *be)
 	return (be->flags & (XLB_BE_F_ACTIVE | XLB_BE_F_TERMINATING)) == XLB_BE_F_ACTIVE;
 }
 
-static __always_inline struct xlb_backend *
-xlb_ct_lookup(const struct xlb_flow_key *key, __u32 svc_id, __u32 *backend_id, __u32 *hash)
+/* Keys are 8-byte aligned: struct xlb_pkt, the ICMP quote, map values. */
+static __always_inline int xlb_flow_key_eq(const struct xlb_flow_key *a,
+					   const struct xlb_flow_key *b)
 {
-	struct xlb_ct_entry *ct = bpf_map_lookup_elem(&xlb_ct, key);
-	struct xlb_backend *be;
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+/* The check word of a way holding a key whose flow hash is `hash`. */
+static __always_inline __u32 xlb_ct_check(__u32 hash, __u32 svc_id, __u32 backend_id, __u32 gen)
+{
+	return xlb_final_mix(hash + svc_id, backend_id, gen) | 1;
+}
+
+static __always_inline struct xlb_ct_set *xlb_ct_set_of(__u32 hash)
+{
+	__u32 set = ((__u64)hash * xlb_ct_sets) >> 32;
+
+	return bpf_map_lookup_elem(&xlb_ct, &set);
+}
+
+static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_key *key, __u32 hash,
+							 __u32 svc_id, __u32 *backend_id)
+{
+	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+	struct xlb_ct_way *w = NULL;
+	struct xlb_backend *be;
+	__u32 id, gen, svc, check, now;
+
+	if (!set)
+		return NULL;
+#pragma unroll
+	for (int i = 0; i < XLB_CT_WAYS; i++)
+		if (xlb_flow_key_eq(&set->way[i].key, key)) {
+			w = &set->way[i];
+			break;
+		}
+	if (!w)
+		return NULL;
+	/* Each field read once, then checked together (torn ways: above). */
+	id = XLB_READ_ONCE_U32(w->e.backend_id);
+	gen = XLB_READ_ONCE_U32(w->e.backend_gen);
+	svc = XLB_READ_ONCE_U32(w->e.svc_id);
+	check = XLB_READ_ONCE_U32(w->e.check);
 	/* svc_id: a frontend handed to another service re-selects. */
-	if (!ct || ct->svc_id != svc_id)
+	if (check != xlb_ct_check(hash, svc, id, gen) || svc != svc_id)
 		return NULL;
-	be = xlb_backend_get(ct->backend_id);
-	if (!be || !xlb_backend_flow_ok(be, ct->backend_gen))
+	be = xlb_backend_get(id);
+	if (!be || !xlb_backend_flow_ok(be, gen))
 		return NULL;
-	*backend_id = ct->backend_id;
-	*hash = ct->hash;
+	now = bpf_jiffies64();
+	if (now - w->e.stamp >= XLB_CT_REFRESH_JIFFIES)
+		w->e.stamp = now;
+	*backend_id = id;
 	return be;
 }
 
-static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 svc_id,
-					  __u32 backend_id, __u32 gen, __u32 hash, __u64 now)
+/* How much way `w` is worth evicting for `key` (higher first). */
+static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
+						 const struct xlb_flow_key *key, __u32 now)
 {
-	struct xlb_ct_entry ct = {
-	    .backend_id = backend_id,
-	    .backend_gen = gen,
-	    .svc_id = svc_id,
-	    .hash = hash,
-	    .created_ns = now,
-	};
+	struct xlb_backend *be;
+	__u32 age;
 
-	/* A failed insert (LRU contention) only costs a Maglev lookup on the
-	 * next packet, which picks the same backend: nothing to report. */
-	bpf_map_update_elem(&xlb_ct, key, &ct, BPF_ANY);
+	if (xlb_flow_key_eq(&w->key, key))
+		return 0xffffffff;
+	if (!w->e.check)
+		return 0xfffffffe;
+	be = xlb_backend_get(w->e.backend_id);
+	if (!be || !xlb_backend_flow_ok(be, w->e.backend_gen))
+		return 0xfffffffd;
+	age = now - w->e.stamp;
+	return age < 0xfffffffd ? age : 0xfffffffc;
+}
+
+static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 hash, __u32 svc_id,
+					  __u32 backend_id, __u32 gen, __u64 now_ns)
+{
+	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+	struct xlb_ct_way *w;
+	__u32 now = bpf_jiffies64(), best = 0, v = 0, score;
+
+	/* A failed insert only costs a Maglev lookup on the next packet,
+	 * which picks the same backend: nothing to report. */
+	if (!set)
+		return;
+#pragma unroll
+	for (int i = 0; i < XLB_CT_WAYS; i++) {
+		score = xlb_ct_victim_score(&set->way[i], key, now);
+		if (score > best) {
+			best = score;
+			v = i;
+		}
+	}
+	w = &set->way[v & (XLB_CT_WAYS - 1)];
+	w->e.check = 0;
+	asm volatile("" ::: "memory");
+	w->key = *key;
+	w->e.backend_id = backend_id;
+	w->e.backend_gen = gen;
+	w->e.svc_id = svc_id;
+	w->e.stamp = now;
+	w->e.created_s = now_ns / XLB_NSEC_PER_SEC;
+	asm volatile("" ::: "memory");
+	w->e.check = xlb_ct_check(hash, svc_id, backend_id, gen);
 }
 
 static __always_inline struct xlb_backend *

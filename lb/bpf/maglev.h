@@ -24,7 +24,7 @@
  *       anew. Fills struct xlb_sel; returns 0 or the
  *       negative reason of xlb_maglev_pick. Reads the clock only for new
  *       flows: CLOCK_MONOTONIC at tick resolution (bpf_ktime_get_coarse_ns)
- *       for the xlb_ct entry's created_ns, the affinity entry's last_ns and
+ *       for the xlb_ct way's created_s, the affinity entry's last_ns and
  *       the insert budget.
  *
  * Flood guard: a new flow's xlb_ct entry is written only within the per-CPU
@@ -66,7 +66,7 @@ static __always_inline int xlb_ct_admit(__u64 now)
 struct xlb_sel {
 	struct xlb_backend *be;
 	__u32 backend_id;
-	__u32 hash;	    /* flow hash (from xlb_ct for established flows) */
+	__u32 hash;	    /* flow hash (xlb_flow_hash of the key) */
 	__u32 new_flow;	    /* 1: chosen now, xlb_ct entry written */
 	__u32 affinity_hit; /* 1: chosen from xlb_affinity */
 };
@@ -157,7 +157,8 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 
 	sel->new_flow = 0;
 	sel->affinity_hit = 0;
-	be = xlb_ct_lookup(key, svc->id, &sel->backend_id, &sel->hash);
+	sel->hash = xlb_flow_hash(key);
+	be = xlb_ct_lookup(key, sel->hash, svc->id, &sel->backend_id);
 	if (be && (!new_conn || xlb_backend_new_ok(be))) {
 		sel->be = be;
 		return 0;
@@ -169,7 +170,6 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 	 * cost ~60 ns of a new flow under virtualisation); the affinity
 	 * timeout, the entry's age and the insert budget need no better. */
 	now = bpf_ktime_get_coarse_ns();
-	sel->hash = xlb_flow_hash(key);
 	be = NULL;
 	if (svc->flags & XLB_SVC_F_AFFINITY) {
 		__builtin_memset(&ak, 0, sizeof(ak));
@@ -185,7 +185,7 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 			return rc;
 	}
 	if (xlb_ct_admit(now))
-		xlb_ct_insert(key, svc->id, sel->backend_id, be->gen, sel->hash, now);
+		xlb_ct_insert(key, sel->hash, svc->id, sel->backend_id, be->gen, now);
 	if (svc->flags & XLB_SVC_F_AFFINITY)
 		xlb_affinity_touch(&ak, ae, sel->backend_id, be->gen, now);
 	sel->be = be;

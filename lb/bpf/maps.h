@@ -51,11 +51,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_backends SEC(".maps");
 
+/* Sets, not entries (conntrack.h); the loader sizes it from
+ * MapSizes::ct / XLB_CT_WAYS and sets xlb_ct_sets to match. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct xlb_flow_key);
-	__type(value, struct xlb_ct_entry);
-	__uint(max_entries, 1048576);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xlb_ct_set);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_ct SEC(".maps");
 

@@ -126,9 +126,12 @@ struct xlb_backend {
 _Static_assert(sizeof(struct xlb_backend) == 48, "xlb_backend size");
 
 /* ---- connection tracking --------------------------------------------------
- * xlb_ct: LRU_HASH, struct xlb_flow_key -> struct xlb_ct_entry (XDP: client to
- * frontend, in packet direction). The entry is used only while the backend
- * it names still has the same generation and XLB_BE_F_ACTIVE. */
+ * xlb_ct: ARRAY (BPF_F_MMAPABLE: page-aligned values) of struct xlb_ct_set,
+ * a set-associative table (lb/bpf/conntrack.h): the flow hash picks one set
+ * of XLB_CT_WAYS ways, each a flow key (XDP: client to frontend, in packet
+ * direction) and its entry. The entry is used only while its check word
+ * matches and the backend it names still has the same generation and
+ * XLB_BE_F_ACTIVE. */
 struct xlb_flow_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -144,10 +147,26 @@ struct xlb_ct_entry {
 	__u32 backend_id;
 	__u32 backend_gen;
 	__u32 svc_id;
-	__u32 hash; /* flow hash: Maglev input and outer-header entropy */
-	__u64 created_ns;
+	__u32 check;	 /* xlb_ct_check(): written last; 0 = empty way */
+	__u32 stamp;	 /* low 32 bits of bpf_jiffies64() at insert/refresh */
+	__u32 created_s; /* CLOCK_MONOTONIC seconds at insert */
 };
 _Static_assert(sizeof(struct xlb_ct_entry) == 24, "xlb_ct_entry size");
+
+enum xlb_ct_geometry {
+	XLB_CT_WAYS = 4, /* ways per set: 4 x 64 B, one set in 4 cache lines */
+};
+
+struct xlb_ct_way {
+	struct xlb_flow_key key;
+	struct xlb_ct_entry e;
+};
+_Static_assert(sizeof(struct xlb_ct_way) == 64, "xlb_ct_way size");
+
+struct xlb_ct_set {
+	struct xlb_ct_way way[XLB_CT_WAYS];
+};
+_Static_assert(sizeof(struct xlb_ct_set) == 256, "xlb_ct_set size");
 
 /* xlb_affinity: LRU_HASH, struct xlb_affinity_key -> struct xlb_affinity_entry.
  * sessionAffinity: ClientIP; the entry is honoured while

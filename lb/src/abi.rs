@@ -25,6 +25,8 @@ abi_consts! {
     MAGLEV_MAX: usize = 16381;
     /// Seed of the flow hash (lb/bpf/conntrack.h).
     HASH_SEED: u32 = 0x786c_6221;
+    /// Ways per xlb_ct set (conntrack.h).
+    CT_WAYS: u32 = 4;
     SVC_F_AFFINITY: u32 = 1 << 0;
     SVC_F_SOURCE_RANGES: u32 = 1 << 1;
     SVC_F_NODEPORT: u32 = 1 << 2;
@@ -260,10 +262,64 @@ abi_struct!(
     saddr: [u8; 16], daddr: [u8; 16], sport: u16, dport: u16, proto: u8, family: u8, pad: u16,
 });
 abi_struct!(
-    /// Value of xlb_ct.
+    /// The entry of one xlb_ct way (lb/bpf/conntrack.h): valid while `check`
+    /// is [`ct_check`] of its key and fields.
     CtEntry = "xlb_ct_entry", 24 {
-    backend_id: u32, backend_gen: u32, svc_id: u32, hash: u32, created_ns: u64,
+    backend_id: u32, backend_gen: u32, svc_id: u32, check: u32, stamp: u32, created_s: u32,
 });
+abi_struct!(
+    /// One way of an xlb_ct set: a flow key and its entry.
+    CtWay = "xlb_ct_way", 64 { key: FlowKey, e: CtEntry });
+abi_struct!(
+    /// Value of xlb_ct (an ARRAY of sets, conntrack.h).
+    CtSet = "xlb_ct_set", 256 { way: [CtWay; CT_WAYS as usize] });
+
+/// The flow hash of `k` (lb/bpf/conntrack.h xlb_flow_hash).
+pub fn flow_hash(k: &FlowKey) -> u32 {
+    let w = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let fold = |b: &[u8; 16]| w(b, 0) ^ w(b, 4) ^ w(b, 8) ^ w(b, 12);
+    let ports = {
+        let (s, d) = (k.sport.to_ne_bytes(), k.dport.to_ne_bytes());
+        u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
+    };
+    let init = 0xdeadbeefu32.wrapping_add(12).wrapping_add(HASH_SEED ^ u32::from(k.proto));
+    final_mix(
+        init.wrapping_add(fold(&k.saddr)),
+        init.wrapping_add(fold(&k.daddr)),
+        init.wrapping_add(ports),
+    )
+}
+
+/// lookup3's final mix (conntrack.h xlb_final_mix).
+pub fn final_mix(mut a: u32, mut b: u32, mut c: u32) -> u32 {
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
+}
+
+/// The check word of an xlb_ct way (conntrack.h xlb_ct_check).
+pub fn ct_check(hash: u32, e: &CtEntry) -> u32 {
+    final_mix(hash.wrapping_add(e.svc_id), e.backend_id, e.backend_gen) | 1
+}
+
+impl CtWay {
+    /// The way holds a whole entry (written, not torn).
+    pub fn valid(&self) -> bool {
+        self.e.check != 0 && self.e.check == ct_check(flow_hash(&self.key), &self.e)
+    }
+}
 abi_struct!(
     /// Key of xlb_affinity.
     AffinityKey = "xlb_affinity_key", 24 { client: [u8; 16], svc_id: u32, family: u8, pad: [u8; 3] });
@@ -418,6 +474,8 @@ pub const LAYOUTS: &[StructLayout] = &[
     Backend::LAYOUT,
     FlowKey::LAYOUT,
     CtEntry::LAYOUT,
+    CtWay::LAYOUT,
+    CtSet::LAYOUT,
     AffinityKey::LAYOUT,
     AffinityEntry::LAYOUT,
     NodeCfg::LAYOUT,

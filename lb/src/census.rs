@@ -13,6 +13,7 @@
 use std::{
     collections::BTreeMap,
     io,
+    ops::ControlFlow,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -27,6 +28,9 @@ enum Used {
     Present,
     /// ARRAY entries whose u32 at this value offset is non-zero (flags).
     NonZeroU32At(usize),
+    /// xlb_ct's sets: the valid ways ([`crate::abi::CtWay::valid`]) count,
+    /// the capacity is sets x ways.
+    CtWays,
 }
 
 /// The maps whose fill is counted, and what "used" means for each.
@@ -36,7 +40,7 @@ const MAPS: &[(&str, Used)] = &[
     ("xlb_svc_backends", Used::Present),
     // struct xlb_backend: flags != 0 is an allocated slot (xlb_abi.h).
     ("xlb_backends", Used::NonZeroU32At(core::mem::offset_of!(crate::abi::Backend, flags))),
-    ("xlb_ct", Used::Present),
+    ("xlb_ct", Used::CtWays),
     ("xlb_affinity", Used::Present),
     ("xlb_dsr_nat", Used::Present),
     ("xlb_source_ranges", Used::Present),
@@ -118,12 +122,19 @@ fn count_map(pin_dir: &Path, map: &'static str, used: Used) -> Result<MapFill, C
             match used {
                 Used::Present => next_key_count(fd, ks, cap)
                     .map_err(|source| CensusError::Walk { map, source })?,
-                Used::NonZeroU32At(_) => return Err(CensusError::Batch { map, source: e }),
+                Used::NonZeroU32At(_) | Used::CtWays => {
+                    return Err(CensusError::Batch { map, source: e })
+                }
             }
         }
         Err(source) => return Err(CensusError::Batch { map, source }),
     };
-    Ok(MapFill { entries, capacity: cap })
+    // Entries come and go during a walk: never more than the capacity.
+    let capacity = match used {
+        Used::CtWays => cap * u64::from(crate::abi::CT_WAYS),
+        _ => cap,
+    };
+    Ok(MapFill { entries: entries.min(capacity), capacity })
 }
 
 /// bpf_attr for the batch commands (BPF_MAP_LOOKUP_BATCH here; lb::maps
@@ -170,6 +181,33 @@ pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
 }
 
 fn batch_count(fd: i32, ks: usize, vs: usize, cap: u64, used: Used) -> io::Result<u64> {
+    let mut total = 0u64;
+    batch_walk(fd, ks, vs, cap, &mut |_, v| {
+        total += match used {
+            Used::Present => 1,
+            Used::NonZeroU32At(off) => {
+                u64::from(u32::from_ne_bytes([v[off], v[off + 1], v[off + 2], v[off + 3]]) != 0)
+            }
+            Used::CtWays => crate::maps::ct_ways_of(v).filter(|w| w.valid()).count() as u64,
+        };
+        ControlFlow::Continue(())
+    })?;
+    Ok(total)
+}
+
+/// A [`batch_walk`] visitor: (key bytes, value bytes).
+pub(crate) type EntryVisit<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
+/// Visits every (key, value) of the map `fd` (key size `ks`, value size
+/// `vs`, at most `cap` entries) with BPF_MAP_LOOKUP_BATCH until `visit`
+/// breaks; ENOTSUPP/EINVAL for map types without batch lookup.
+pub(crate) fn batch_walk(
+    fd: i32,
+    ks: usize,
+    vs: usize,
+    cap: u64,
+    visit: &mut EntryVisit<'_>,
+) -> io::Result<()> {
     // ~4 MB of buffers per call, at least 64 entries (a hash bucket larger
     // than the batch is ENOSPC: then the batch doubles).
     let mut per = (4 << 20) / (ks + vs).max(1);
@@ -179,7 +217,6 @@ fn batch_count(fd: i32, ks: usize, vs: usize, cap: u64, used: Used) -> io::Resul
     let mut token_in = [0u8; 8];
     let mut token_out = [0u8; 8];
     let mut first = true;
-    let mut total = 0u64;
     let mut steps = 0u64;
     loop {
         let mut attr = BatchAttr {
@@ -203,23 +240,19 @@ fn batch_count(fd: i32, ks: usize, vs: usize, cap: u64, used: Used) -> io::Resul
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
             _ => {}
         }
-        total += match used {
-            Used::Present => got as u64,
-            Used::NonZeroU32At(off) => (0..got)
-                .filter(|i| {
-                    let v = &values[i * vs + off..i * vs + off + 4];
-                    u32::from_ne_bytes([v[0], v[1], v[2], v[3]]) != 0
-                })
-                .count() as u64,
-        };
+        for i in 0..got {
+            if visit(&keys[i * ks..(i + 1) * ks], &values[i * vs..(i + 1) * vs]).is_break() {
+                return Ok(());
+            }
+        }
         if r.is_err() {
-            return Ok(total); // ENOENT: walked to the end
+            return Ok(()); // ENOENT: walked to the end
         }
         token_in = token_out;
         first = false;
         steps += got as u64;
         if steps > cap + 1 {
-            return Ok(total.min(cap));
+            return Ok(());
         }
     }
 }

@@ -34,6 +34,8 @@ const CSUM_IPV6_FLAG: u64 = 1 << 7;
 
 /// The flood guard's load-time constant (maglev.h), in XDP and tc.
 const CT_INSERT_RATE_GLOBAL: &str = "xlb_ct_insert_rate";
+/// xlb_ct's number of sets (conntrack.h): the set index is computed from it.
+pub const CT_SETS_GLOBAL: &str = "xlb_ct_sets";
 
 /// Default bpffs directory of a node's pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
@@ -57,7 +59,8 @@ pub struct MapSizes {
     /// Backends, cluster-wide (backend ids and service-local indices, names
     /// and weights).
     pub backends: u32,
-    /// Connection-table entries (LRU).
+    /// Connection-table entries (flows), rounded up to whole sets of
+    /// `abi::CT_WAYS` (lb/bpf/conntrack.h).
     pub ct: u32,
     /// ClientIP affinity entries (LRU).
     pub affinity: u32,
@@ -126,6 +129,11 @@ impl MapSizes {
         }
     }
 
+    /// xlb_ct's sets: [`MapSizes::ct`] rounded up to whole sets.
+    pub fn ct_sets(&self) -> u32 {
+        self.ct.div_ceil(abi::CT_WAYS).max(1)
+    }
+
     fn by_map(&self) -> Vec<(&'static str, u32)> {
         let classes = abi::MAGLEV_CLASSES.iter().map(|&c| (abi::maglev_map(c), self.services));
         [
@@ -137,7 +145,7 @@ impl MapSizes {
             ("xlb_backends", self.backends),
             ("xlb_backend_stats", self.backends),
             ("xlb_backend_meta", self.backends),
-            ("xlb_ct", self.ct),
+            ("xlb_ct", self.ct_sets()),
             ("xlb_affinity", self.affinity),
             ("xlb_dsr_nat", self.dsr_nat),
             ("xlb_source_ranges", self.source_ranges),
@@ -367,12 +375,23 @@ fn prepare_stateless_maps(opts: &LoadOptions) -> Result<(), LoadError> {
     if !bytes.is_power_of_two() || !(min..=MAX).contains(&bytes) {
         return Err(LoadError::RingSize { map: events::RING_MAP, bytes, min, max: MAX });
     }
-    for (map, want) in [(events::RING_MAP, bytes), ("xlb_counters", abi::COUNTER_MAX)] {
+    // xlb_ct too: its programs index it by its number of sets, and a table
+    // of another size or layout (the LRU hash before sets) cannot be
+    // reused; its flows re-pick with Maglev (the same backend while the
+    // service's table is unchanged).
+    let ct_set = std::mem::size_of::<abi::CtSet>() as u32;
+    for (map, want, value_size) in [
+        (events::RING_MAP, bytes, None),
+        ("xlb_counters", abi::COUNTER_MAX, None),
+        ("xlb_ct", opts.sizes.ct_sets(), Some(ct_set)),
+    ] {
         let path = opts.pin_dir.join(map);
         let pinned = MapData::from_pin(&path).ok().and_then(|d| d.info().ok());
-        match pinned.map(|i| i.max_entries()) {
-            Some(n) if n != want => std::fs::remove_file(&path)
-                .map_err(|source| LoadError::StaleMapReplace { path, source })?,
+        match pinned.map(|i| (i.max_entries(), i.value_size())) {
+            Some((n, vs)) if n != want || value_size.is_some_and(|v| v != vs) => {
+                std::fs::remove_file(&path)
+                    .map_err(|source| LoadError::StaleMapReplace { path, source })?
+            }
             _ => {}
         }
     }
@@ -446,12 +465,14 @@ impl Dataplane {
             Global::U32("xlb_reply_rate", opts.reply_rate),
             Global::U32("xlb_reply_burst", opts.reply_burst),
             Global::U32(CT_INSERT_RATE_GLOBAL, opts.ct_insert_rate),
+            Global::U32(CT_SETS_GLOBAL, opts.sizes.ct_sets()),
         ];
         // ctx.h: the flag, or 0 where the kernel refuses it.
         let csum_flag = if features.csum_ipv6_flag { CSUM_IPV6_FLAG } else { 0 };
         let tc_globals = [
             Global::U64("xlb_csum_ipv6_flag", csum_flag),
             Global::U32(CT_INSERT_RATE_GLOBAL, opts.ct_insert_rate),
+            Global::U32(CT_SETS_GLOBAL, opts.sizes.ct_sets()),
         ];
         let host_netns = match opts.sock_scope {
             SockScope::All => 0u64,

@@ -3,6 +3,7 @@
 //! and read-model read through them.
 use std::{
     io,
+    ops::ControlFlow,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
@@ -152,7 +153,7 @@ pub struct Maps {
     pub maglev: Hash<u32, abi::MaglevTable>,
     pub svc_backends: Hash<abi::SvcBackendKey, u32>,
     pub backends: Array<MapData, abi::Backend>,
-    pub ct: Hash<abi::FlowKey, abi::CtEntry>,
+    pub ct: CtTable,
     pub affinity: Hash<abi::AffinityKey, abi::AffinityEntry>,
     pub node: Array<MapData, abi::NodeCfg>,
     pub tx_ports: DevMapHash<MapData>,
@@ -199,7 +200,7 @@ impl Maps {
             maglev: open(dir, "xlb_maglev")?,
             svc_backends: open(dir, "xlb_svc_backends")?,
             backends: open(dir, "xlb_backends")?,
-            ct: open(dir, "xlb_ct")?,
+            ct: CtTable(RawMap::open(dir, "xlb_ct")?),
             affinity: open(dir, "xlb_affinity")?,
             node: open(dir, "xlb_node")?,
             tx_ports: open(dir, "xlb_tx_ports")?,
@@ -255,6 +256,7 @@ pub struct RawMap {
     name: &'static str,
     key_size: usize,
     value_size: usize,
+    max_entries: u32,
 }
 
 impl std::fmt::Debug for RawMap {
@@ -296,6 +298,7 @@ impl RawMap {
             name,
             key_size: info.key_size() as usize,
             value_size: info.value_size() as usize,
+            max_entries: info.max_entries(),
         })
     }
 
@@ -401,6 +404,99 @@ impl RawMap {
         };
         bpf(BPF_MAP_UPDATE_BATCH, &mut a).map_err(|e| syscall_error("bpf_map_update_batch", e))
     }
+}
+
+/// xlb_ct, the set-associative connection table (lb/bpf/conntrack.h): an
+/// ARRAY of [`abi::CtSet`], the set of a flow chosen by its flow hash.
+#[derive(Debug)]
+pub struct CtTable(pub RawMap);
+
+/// The ways of one xlb_ct value (a set, as bytes).
+pub(crate) fn ct_ways_of(set: &[u8]) -> impl Iterator<Item = abi::CtWay> + '_ {
+    set.chunks_exact(size_of::<abi::CtWay>()).map(|w| {
+        // SAFETY: CtWay is Pod (integers only, no padding) and `w` holds
+        // exactly its size; read_unaligned copes with any alignment.
+        unsafe { std::ptr::read_unaligned(w.as_ptr().cast::<abi::CtWay>()) }
+    })
+}
+
+fn set_bytes(set: &abi::CtSet) -> &[u8] {
+    // SAFETY: CtSet is Pod: every byte is initialised.
+    unsafe {
+        std::slice::from_raw_parts((set as *const abi::CtSet).cast::<u8>(), size_of::<abi::CtSet>())
+    }
+}
+
+impl CtTable {
+    /// Number of sets (the map's max_entries).
+    pub fn sets(&self) -> u32 {
+        self.0.max_entries
+    }
+
+    /// Capacity in flows: sets x ways.
+    pub fn capacity(&self) -> u64 {
+        u64::from(self.sets()) * u64::from(abi::CT_WAYS)
+    }
+
+    /// The set of a flow whose flow hash is `hash` (conntrack.h xlb_ct_set_of).
+    pub fn set_of(&self, hash: u32) -> u32 {
+        ((u64::from(hash) * u64::from(self.sets())) >> 32) as u32
+    }
+
+    pub fn read_set(&self, set: u32) -> Result<abi::CtSet, MapError> {
+        let mut v = vec![0u8; size_of::<abi::CtSet>()];
+        self.0.lookup(&set.to_ne_bytes(), &mut v)?;
+        let mut ways = ct_ways_of(&v);
+        Ok(abi::CtSet { way: std::array::from_fn(|_| ways.next().unwrap_or_else(zero_way)) })
+    }
+
+    pub fn write_set(&self, set: u32, value: &abi::CtSet) -> Result<(), MapError> {
+        self.0.update(&set.to_ne_bytes(), set_bytes(value))
+    }
+
+    /// Writes `key`'s entry as the datapath would (its own way, else an
+    /// empty one, else way 0), with a valid check word; returns (set, way).
+    pub fn insert(
+        &self,
+        key: &abi::FlowKey,
+        mut e: abi::CtEntry,
+    ) -> Result<(u32, usize), MapError> {
+        let hash = abi::flow_hash(key);
+        let set = self.set_of(hash);
+        let mut s = self.read_set(set)?;
+        let way = s
+            .way
+            .iter()
+            .position(|w| w.key == *key)
+            .or_else(|| s.way.iter().position(|w| w.e.check == 0))
+            .unwrap_or(0);
+        e.check = abi::ct_check(hash, &e);
+        s.way[way] = abi::CtWay { key: *key, e };
+        self.write_set(set, &s)?;
+        Ok((set, way))
+    }
+
+    /// Visits every valid way (a torn or empty one is skipped) until
+    /// `visit` breaks. The datapath writes meanwhile: a walk, not a snapshot.
+    pub fn walk(
+        &self,
+        visit: &mut dyn FnMut(&abi::CtWay) -> ControlFlow<()>,
+    ) -> Result<(), MapError> {
+        let fd = self.0.fd() as i32;
+        let (ks, vs) = (self.0.key_size, self.0.value_size);
+        crate::census::batch_walk(fd, ks, vs, u64::from(self.sets()), &mut |_, v| {
+            for w in ct_ways_of(v).filter(abi::CtWay::valid) {
+                visit(&w)?;
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(|e| syscall_error("bpf_map_lookup_batch", e))
+    }
+}
+
+fn zero_way() -> abi::CtWay {
+    // SAFETY: CtWay is Pod: all-zero is a valid value (an empty way).
+    unsafe { std::mem::zeroed() }
 }
 
 /// The LPM key of a prefix of xlb_pod_routes / xlb_nonmasq: family and

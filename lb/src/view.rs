@@ -474,7 +474,7 @@ pub struct Connection {
     pub backend: Option<SocketAddr>,
     /// The entry names a backend id that has since been freed or reused.
     pub stale: bool,
-    /// CLOCK_MONOTONIC ns.
+    /// CLOCK_MONOTONIC ns (whole seconds: the table keeps seconds).
     pub created_ns: u64,
 }
 
@@ -744,7 +744,7 @@ impl<S: MapStore> DatapathView<S> {
                         .map(|a| SocketAddr::new(a, u16::from_be(b.port)))
                 }),
                 stale: be.is_none_or(|b| b.gen != v.backend_gen || b.flags & abi::BE_F_ACTIVE == 0),
-                created_ns: v.created_ns,
+                created_ns: u64::from(v.created_s) * 1_000_000_000,
             });
             ControlFlow::Continue(())
         })?;
@@ -899,8 +899,9 @@ mod tests {
             backend_id,
             backend_gen,
             svc_id,
-            hash: 0,
-            created_ns: 5,
+            check: 0,
+            stamp: 0,
+            created_s: 5,
         };
         store.insert_connection(
             flow("192.0.2.1", 1000, "10.100.0.1", 80),

@@ -143,8 +143,16 @@ fn census_counts_every_tracked_map() {
             family: abi::FAMILY_V4,
             pad: 0,
         };
-        let v = abi::CtEntry { backend_id: 1, backend_gen: 1, svc_id: 1, hash: 0, created_ns: 0 };
-        maps.ct.insert(key, v, 0).expect("xlb_ct insert");
+        let v = abi::CtEntry {
+            backend_id: 1,
+            backend_gen: 1,
+            svc_id: 1,
+            check: 0,
+            stamp: 0,
+            created_s: 0,
+        };
+        let (set, way) = maps.ct.insert(&key, v).expect("xlb_ct insert");
+        assert!(maps.ct.read_set(set).unwrap().way[way].valid(), "a valid way");
     }
     // Two allocated backend slots (flags != 0) among free ones.
     for id in [3u32, 9] {
@@ -160,7 +168,7 @@ fn census_counts_every_tracked_map() {
         ("xlb_maglev", s.services),
         ("xlb_svc_backends", s.backends),
         ("xlb_backends", s.backends),
-        ("xlb_ct", s.ct),
+        ("xlb_ct", s.ct.div_ceil(abi::CT_WAYS) * abi::CT_WAYS),
         ("xlb_affinity", s.affinity),
         ("xlb_dsr_nat", s.dsr_nat),
         ("xlb_source_ranges", s.source_ranges),

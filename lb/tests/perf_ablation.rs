@@ -122,6 +122,11 @@ fn env_u32(name: &str, default: u32) -> u32 {
 
 fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
     let mut loader = EbpfLoader::new();
+    // The set index is computed from the pinned table's number of sets.
+    let sets = pin
+        .and_then(|p| aya::maps::MapData::from_pin(p.join("xlb_ct")).ok())
+        .and_then(|d| d.info().ok())
+        .map_or(MapSizes::default().ct_sets(), |i| i.max_entries());
     if let Some(pin) = pin {
         let s = MapSizes::default();
         loader.default_map_pin_directory(pin);
@@ -133,7 +138,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
             ("xlb_svc_backends", s.backends),
             ("xlb_backends", s.backends),
             ("xlb_backend_stats", s.backends),
-            ("xlb_ct", s.ct),
+            ("xlb_ct", s.ct_sets()),
             ("xlb_affinity", s.affinity),
             ("xlb_dsr_nat", s.dsr_nat),
             ("xlb_source_ranges", s.source_ranges),
@@ -141,6 +146,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
         ] {
             loader.map_max_entries(m, n);
         }
+        loader.override_global(lb::loader::CT_SETS_GLOBAL, &sets, false);
     }
     let mut e = loader.load(bytes).unwrap_or_else(|err| panic!("loading {name}: {err:?}"));
     let p: &mut Xdp =

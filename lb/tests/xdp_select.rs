@@ -393,3 +393,192 @@ fn a_new_flow_flood_beyond_the_budget_writes_no_entries() {
         },
     );
 }
+
+/// The connection-table key of the test client's TCP flow to VIP:80.
+fn flow_key(v6: bool, sport: u16) -> abi::FlowKey {
+    let (saddr, family) = abi::addr_to_abi(client(v6));
+    let (daddr, _) = abi::addr_to_abi(vip(v6));
+    abi::FlowKey {
+        saddr,
+        daddr,
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        family,
+        pad: 0,
+    }
+}
+
+/// (set, way) of `key` in xlb_ct, whether valid or not.
+fn ct_way_of(lab: &Lab, key: &abi::FlowKey) -> Option<(u32, usize, abi::CtWay)> {
+    let ct = &lab.path.maps().ct;
+    let set = ct.set_of(abi::flow_hash(key));
+    let s = ct.read_set(set).unwrap_or_else(|e| panic!("xlb_ct[{set}]: {e}"));
+    s.way.iter().position(|w| w.key == *key).map(|i| (set, i, s.way[i]))
+}
+
+/// Ends every flow-cache entry (as the agent's configuration bump does), so
+/// the next packet of each flow takes xlb_select and its xlb_ct lookup, as
+/// it does once a second in production (XLB_FC_TTL_JIFFIES).
+fn bump_config_gen(lab: &mut Lab) {
+    lab.path.store_mut().write(lb::store::Write::ConfigGenBump).expect("xlb_config_gen bump");
+}
+
+/// #14 item 1, torn ways: the set-associative table is written without
+/// locks, so a reader may meet a way half written by another CPU (here: a
+/// way corrupted from user space, its backend id from one write and its
+/// check word from another). It must read as a miss (Maglev picks again,
+/// the same backend), never as the half-written backend, and the new-flow
+/// insert rewrites that same way whole.
+#[test]
+fn a_torn_connection_table_way_reads_as_a_miss_and_is_replaced() {
+    with_lab("cttorn", |lab| {
+        for v6 in BOTH {
+            let name = format!("spread-{}", fam(v6));
+            lab.apply(&[spread_service(v6, 3)]);
+            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let port = port_for(lab, v6, a);
+            let s = syn(v6, port);
+            lab.check(&[
+                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
+            ]);
+            let key = flow_key(v6, port);
+            let (set, way, good) = ct_way_of(lab, &key).expect("the SYN's way");
+            assert!(good.valid(), "{}: a whole way after the SYN: {good:?}", fam(v6));
+            let l = lab.listing(&name);
+            let b_id = l.backends.iter().find(|b| b.addr == pod(2, 1, v6)).expect("backend B").id;
+            for (what, torn) in [
+                ("backend id of another write", abi::CtEntry { backend_id: b_id, ..good.e }),
+                ("check word of another write", abi::CtEntry { check: good.e.check ^ 2, ..good.e }),
+            ] {
+                let ct = &lab.path.maps().ct;
+                let mut st = ct.read_set(set).unwrap();
+                st.way[way].e = torn;
+                ct.write_set(set, &st).unwrap();
+                assert!(!st.way[way].valid(), "{what}: the mirror sees it torn too");
+                bump_config_gen(lab);
+                let n0 = lab.listing(&name).new_flows;
+                let k = ack(v6, port);
+                lab.check(&[Case::of(format!("{} ACK over a way with the {what}", fam(v6)), &k)
+                    .tx(&geneve_dsr(1, v6, &k, 80, a))]);
+                assert_eq!(lab.listing(&name).new_flows, n0 + 1, "{what}: read as a miss");
+                let (set2, way2, now) = ct_way_of(lab, &key).expect("the flow's way");
+                assert_eq!((set2, way2), (set, way), "{what}: replaced in place");
+                assert!(now.valid(), "{what}: whole again: {now:?}");
+                assert_eq!(now.e.backend_id, good.e.backend_id, "{what}: A again");
+            }
+        }
+    });
+}
+
+/// #14 item 1, recency: established flows keep their connection-table ways
+/// (and so their backends across a Maglev change) through a flood of new
+/// flows that overfills the table many times, because their packets
+/// refresh the ways' stamps and eviction takes the oldest way of a set.
+/// The flood is spread evenly (at most 2 new flows per set between two
+/// refreshes, so the outcome does not depend on chance); without the
+/// refreshes the same flood evicts them (the control at the end).
+#[test]
+fn established_flows_keep_their_backends_across_a_flood_that_overfills_the_table() {
+    const SETS: u32 = 64;
+    with_lab_loaded(
+        "ctflood",
+        |o| {
+            o.sizes.ct = SETS * abi::CT_WAYS;
+            o.ct_insert_rate = 0;
+        },
+        |lab| {
+            for v6 in BOTH {
+                let mut svc = spread_service(v6, 3);
+                lab.apply(&[svc.clone()]);
+                let ct_set =
+                    |lab: &Lab, p: u16| lab.path.maps().ct.set_of(abi::flow_hash(&flow_key(v6, p)));
+                // 32 established flows, one per set.
+                let mut used = std::collections::BTreeSet::new();
+                let est: Vec<u16> =
+                    (20000..30000u16).filter(|&p| used.insert(ct_set(lab, p))).take(32).collect();
+                // flow -> (backend, its node's index) as Maglev picked it.
+                let mut backend_of = BTreeMap::new();
+                for &p in &est {
+                    let h = flow_hash(client(v6), vip(v6), p, 80, 6);
+                    let (ep, node) = lab.maglev_pick(vip(v6), 80, Proto::Tcp, h);
+                    let s = syn(v6, p);
+                    lab.check(&[Case::of(format!("{} SYN {p}", fam(v6)), &s).tx(&geneve_dsr(
+                        node_index(node),
+                        v6,
+                        &s,
+                        80,
+                        ep,
+                    ))]);
+                    backend_of.insert(p, (ep, node_index(node)));
+                }
+                let mut next = 30000u16;
+                let mut flood = |lab: &mut Lab| {
+                    // Two new flows per set, in every set.
+                    let mut per_set = [0u8; SETS as usize];
+                    let mut n = 0;
+                    while n < 2 * SETS {
+                        let p = next;
+                        next += 1;
+                        let set = ct_set(lab, p) as usize;
+                        if per_set[set] == 2 {
+                            continue;
+                        }
+                        per_set[set] += 1;
+                        n += 1;
+                        let (verdict, _) = lab.run(&syn(v6, p).build());
+                        assert_eq!(verdict, XDP_TX, "flood SYN {p}");
+                    }
+                };
+                // Every established flow's ACK, after the flow cache ends
+                // (their ways' stamps are refreshed), to its first backend.
+                let keepalive = |lab: &mut Lab| {
+                    bump_config_gen(lab);
+                    for (p, (ep, ni)) in &backend_of {
+                        let k = ack(v6, *p);
+                        let (verdict, out) = lab.run(&k.build());
+                        assert_eq!(verdict, XDP_TX, "{} ACK {p}", fam(v6));
+                        let want = geneve_dsr(*ni, v6, &k, 80, *ep).build();
+                        assert!(out == want, "{} ACK {p} left {ep}", fam(v6));
+                    }
+                };
+                // 8 rounds of 2 per set: 4x the table's capacity.
+                let name = format!("spread-{}", fam(v6));
+                let n0 = lab.listing(&name).new_flows;
+                for _ in 0..8 {
+                    // Past XLB_CT_REFRESH_JIFFIES (32 ticks: 128 ms at HZ 250).
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    keepalive(lab);
+                    flood(lab);
+                }
+                let flooded = lab.listing(&name).new_flows - n0;
+                assert_eq!(flooded, 8 * 2 * u64::from(SETS), "{}: only the flood was new", fam(v6));
+                for &p in &est {
+                    let (_, _, w) = ct_way_of(lab, &flow_key(v6, p)).expect("the way survives");
+                    assert!(w.valid(), "{} flow {p}: {w:?}", fam(v6));
+                }
+                // A fourth backend moves about a quarter of Maglev's flows;
+                // the established ones stay where their ways say.
+                svc.backends.push(backend(pod(1, 2, v6), node(1, v6)));
+                lab.apply(&[svc.clone()]);
+                let mut moved = 0;
+                for (p, (ep, ni)) in &backend_of {
+                    let k = ack(v6, *p);
+                    moved += usize::from(lab.expect_dsr(&k, 80).1 != *ep);
+                    lab.check(&[Case::of(format!("{} ACK {p} after the change", fam(v6)), &k)
+                        .tx(&geneve_dsr(*ni, v6, &k, 80, *ep))]);
+                }
+                assert!(moved > 0, "{}: some flow would have moved without its way", fam(v6));
+
+                // Control: the same flood without refreshes evicts them.
+                for _ in 0..2 {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    flood(lab);
+                }
+                let left =
+                    est.iter().filter(|&&p| ct_way_of(lab, &flow_key(v6, p)).is_some()).count();
+                assert_eq!(left, 0, "{}: without refreshes the flood evicts them", fam(v6));
+            }
+        },
+    );
+}

@@ -195,6 +195,14 @@ pub(crate) fn load_copies(bytes: &[u8], pins: &Path, copies: u32) -> Result<Vec<
             let mut loader = EbpfLoader::new();
             loader.default_map_pin_directory(pins);
             loader.override_global("xlb_events_enabled", &1u32, false);
+            // A set-associative xlb_ct is indexed by its number of sets.
+            let sets = MapData::from_pin(pins.join("xlb_ct"))
+                .ok()
+                .and_then(|d| d.info().ok())
+                .map(|i| i.max_entries());
+            if let Some(sets) = &sets {
+                loader.override_global(lb::loader::CT_SETS_GLOBAL, sets, false);
+            }
             let mut e = loader.load(bytes).context("loading an xlb_xdp object")?;
             let p: &mut Xdp = e.program_mut("xlb_xdp").context("no xlb_xdp")?.try_into()?;
             p.load().context("the verifier rejected xlb_xdp")?;

@@ -2,7 +2,8 @@
 //! number of backends per service (1, 10, 100, 1000: established flow and
 //! new flow) and with the fill of the connection table (10 %, 50 %, 100 %
 //! of its capacity: established-flow lookup over many distinct flows, and
-//! new-flow insert, which evicts once the LRU table is full).
+//! new-flow insert, which evicts once the set-associative table's sets are
+//! full: lb/bpf/conntrack.h).
 //!
 //! Timing as in `micro` (perf/src/micro.rs): the xlb_bench wrapper restores
 //! the frame each iteration and tail-calls xlb_xdp or xlb_pass; net =
@@ -26,9 +27,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHash, Map, MapData, PerCpuArray};
+use aya::maps::{Map, MapData, PerCpuArray};
 use lb::{
-    abi::{CtEntry, FlowKey, SvcStats},
+    abi::SvcStats,
     datapath::Datapath,
     loader::{Dataplane, LoadOptions, MapSizes},
     model::{Backend, BackendState, Desired, Proto},
@@ -218,10 +219,15 @@ impl Timer {
         Ok(sum)
     }
 
+    /// Valid ways of xlb_ct (lb::maps::CtTable).
     fn ct_entries(&self) -> Result<u64> {
-        let data = MapData::from_pin(self.pin.path().join("xlb_ct"))?;
-        let ct: BpfHash<MapData, FlowKey, CtEntry> = Map::from_map_data(data)?.try_into()?;
-        Ok(ct.keys().filter(|k| k.is_ok()).count() as u64)
+        let ct = lb::maps::CtTable(lb::maps::RawMap::open(self.pin.path(), "xlb_ct")?);
+        let mut n = 0u64;
+        ct.walk(&mut |_| {
+            n += 1;
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(n)
     }
 }
 
@@ -427,7 +433,7 @@ impl ScaleReport {
             ));
         }
         s.push_str(&format!(
-            "\nConnection-table fill (capacity {} entries, LRU; established = {} distinct flows \
+            "\nConnection-table fill (capacity {} entries, 4-way sets; established = {} distinct flows \
              replayed per run, ct misses = new flows created while timing them):\n\n\
              | fill | flows inserted | entries counted | established ns | ct misses | new flow (insert) ns | entries after |\n|---:|---:|---:|---:|---:|---:|---:|\n",
             self.ct_capacity, self.repeat

@@ -208,14 +208,7 @@ impl MapStore for BpfStore {
         &self,
         visit: &mut dyn FnMut(&abi::FlowKey, &abi::CtEntry) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        for item in self.maps.ct.iter() {
-            // An LRU entry can vanish between key and lookup: skip it.
-            let Ok((k, v)) = item else { continue };
-            if visit(&k, &v).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        self.maps.ct.walk(&mut |w| visit(&w.key, &w.e)).map_err(op("xlb_ct", "walk"))
     }
 
     fn endpoints(&self) -> Result<Vec<(std::net::IpAddr, abi::Endpoint)>, StoreError> {

@@ -428,7 +428,8 @@ pub trait MapStore {
     fn sock_stats(&self, svc_id: u32) -> Result<SockTraffic, StoreError>;
     /// xlb_backend_stats\[id\], summed over CPUs.
     fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError>;
-    /// Walks xlb_ct until `visit` breaks (an LRU: entries come and go meanwhile).
+    /// Walks xlb_ct's valid ways until `visit` breaks (the datapath writes
+    /// meanwhile: entries come and go).
     fn connections(
         &self,
         visit: &mut dyn FnMut(&abi::FlowKey, &abi::CtEntry) -> ControlFlow<()>,

@@ -166,34 +166,19 @@ pub fn ack(v6: bool, sport: u16) -> Frame {
         .ack()
 }
 
-/// The flow hash of lb/bpf/conntrack.h (xlb_flow_hash): lookup3's final mix
-/// over the flow key's addresses and ports read as little-endian words.
+/// The flow hash of lb/bpf/conntrack.h (xlb_flow_hash), by lb's mirror
+/// (abi::flow_hash) of the flow's key.
 pub fn flow_hash(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> u32 {
-    fn fold(a: IpAddr) -> u32 {
-        let (bytes, _) = abi::addr_to_abi(a);
-        bytes.chunks(4).fold(0, |x, w| x ^ u32::from_le_bytes(w.try_into().unwrap()))
-    }
-    let p = [sport.to_be_bytes(), dport.to_be_bytes()].concat();
-    let init = 0xdeadbeefu32.wrapping_add(12).wrapping_add(0x786c_6221 ^ u32::from(proto));
-    let (mut a, mut b, mut c) = (
-        init.wrapping_add(fold(src)),
-        init.wrapping_add(fold(dst)),
-        init.wrapping_add(u32::from_le_bytes(p.try_into().unwrap())),
-    );
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(14));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(11));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(25));
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(16));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(4));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(14));
-    c ^= b;
-    c.wrapping_sub(b.rotate_left(24))
+    let ((saddr, family), (daddr, _)) = (abi::addr_to_abi(src), abi::addr_to_abi(dst));
+    abi::flow_hash(&abi::FlowKey {
+        saddr,
+        daddr,
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        family,
+        pad: 0,
+    })
 }
 
 /// The outer Ethernet + IP header to node `n` of `outer` family (lb/bpf/encap.h:
