@@ -352,6 +352,9 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 		}
 	}
 
+	/* A clear bit in the frontend filter: certainly no frontend. */
+	if (!xlb_fe_filter_maybe(&pkt.tuple))
+		return xlb_fail(-XLB_PASS_NOT_FRONTEND_FILTERED, reason);
 	svc = xlb_frontend_lookup(&pkt.tuple);
 	if (!svc) {
 		xlb_fc_fill_miss(fc, &pkt.tuple, now, gen);
