@@ -326,6 +326,9 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	if (pkt.tuple.proto == IPPROTO_ICMP || pkt.tuple.proto == IPPROTO_ICMPV6)
 		return xlb_icmp(ctx, &pkt, bytes, reason);
 
+	/* A clear bit in the frontend filter: certainly no frontend. */
+	if (!xlb_fe_filter_maybe(&pkt.tuple))
+		return xlb_fail(-XLB_PASS_NOT_FRONTEND_FILTERED, reason);
 	fc = xlb_fc_get(&pkt.tuple);
 	now = bpf_jiffies64();
 	gen = xlb_config_gen_now();
@@ -352,9 +355,6 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 		}
 	}
 
-	/* A clear bit in the frontend filter: certainly no frontend. */
-	if (!xlb_fe_filter_maybe(&pkt.tuple))
-		return xlb_fail(-XLB_PASS_NOT_FRONTEND_FILTERED, reason);
 	svc = xlb_frontend_lookup(&pkt.tuple);
 	if (!svc) {
 		xlb_fc_fill_miss(fc, &pkt.tuple, now, gen);
