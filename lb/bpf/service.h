@@ -51,13 +51,9 @@ static __always_inline __u32 xlb_fe_filter_bit(const struct xlb_flow_key *t)
 {
 	const __u32 *d = (const __u32 *)t->daddr;
 	__u32 h = d[0] ^ ((d[1] << 8) | (d[1] >> 24)) ^ ((d[2] << 16) | (d[2] >> 16)) ^
-		  ((d[3] << 24) | (d[3] >> 8));
+		  ((d[3] << 24) | (d[3] >> 8)) ^ ((__u32)t->dport << 16) ^ t->proto;
 
-	h ^= ((__u32)t->dport << 16) | ((__u32)t->proto << 8) | t->family;
-	h *= 0x9e3779b1u;
-	h ^= h >> 16;
-	h *= 0x85ebca6bu;
-	return h >> (32 - XLB_FE_FILTER_BITS);
+	return (h * 0x9e3779b1u) >> (32 - XLB_FE_FILTER_BITS);
 }
 
 /* Two inlined array lookups (the armed flag only when the bit is clear). */

@@ -130,12 +130,13 @@ abi_consts! {
 pub fn fe_filter_bit(k: &FrontendKey) -> u32 {
     let d: [u32; 4] =
         std::array::from_fn(|i| u32::from_ne_bytes(k.addr[i * 4..i * 4 + 4].try_into().unwrap()));
-    let mut h = d[0] ^ d[1].rotate_left(8) ^ d[2].rotate_left(16) ^ d[3].rotate_left(24);
-    h ^= (u32::from(k.port) << 16) | (u32::from(k.proto) << 8) | u32::from(k.family);
-    h = h.wrapping_mul(0x9e37_79b1);
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h >> (32 - FE_FILTER_BITS)
+    let h = d[0]
+        ^ d[1].rotate_left(8)
+        ^ d[2].rotate_left(16)
+        ^ d[3].rotate_left(24)
+        ^ (u32::from(k.port) << 16)
+        ^ u32::from(k.proto);
+    h.wrapping_mul(0x9e37_79b1) >> (32 - FE_FILTER_BITS)
 }
 
 /// The xlb_service flags that describe one frontend (what it is), not its service.
