@@ -50,15 +50,15 @@
  * negative entry would only serve destinations that share a frontend's
  * bit, at the price of a 96-byte slot write per new flow among them.
  */
-#define XLB_FC_SLOT_BITS    12
-#define XLB_FC_TTL_JIFFIES  250
+#define XLB_FC_SLOT_BITS   12
+#define XLB_FC_TTL_JIFFIES 250
 
 struct fc_entry {
 	struct xlb_flow_key key; /* client -> frontend, as parsed */
 	struct xlb_service svc;	 /* the frontend's xlb_frontends value */
 	__u32 backend_id;
 	__u32 backend_gen;
-	__u32 hash;	  /* flow hash, from xlb_ct */
+	__u32 hash; /* flow hash, from xlb_ct */
 	__u32 pad;
 	__u64 expires;	  /* jiffies */
 	__u64 config_gen; /* xlb_config_gen when filled */
