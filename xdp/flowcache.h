@@ -8,11 +8,8 @@
  *   struct fc_entry *xlb_fc_get(&key)   the slot for key (a hit only when
  *                                       xlb_fc_hit() says so)
  *   int xlb_fc_hit(fc, &key, now, gen)  the slot holds key, fresh and of
- *                                       this configuration generation; a
- *                                       hit with backend_id
- *                                       XLB_FC_NOT_FRONTEND: no frontend
+ *                                       this configuration generation
  *   void xlb_fc_fill(fc, &key, svc, backend_id, gen, hash, now, gen)
- *   void xlb_fc_fill_miss(fc, &key, now, gen)   a negative entry
  *   __u64 xlb_config_gen_now(void)
  */
 #ifndef XLB_XDP_FLOWCACHE_H
@@ -47,30 +44,22 @@
  * from their second packet. Private to this program (not pinned, not ABI);
  * 96 bytes x 4096 slots per CPU.
  *
- * Negative entries: a flow whose destination is no frontend (the node's own
- * traffic through the NIC) is remembered too (backend_id XLB_FC_NOT_FRONTEND,
- * same key, age and generation checks), so its next packets are passed after
- * the parse and one inlined array lookup instead of the frontend hash lookup
- * (a helper call and a jhash: about two thirds of a miss's cost). Adding or
- * removing a frontend bumps the configuration generation, which drops every
- * negative entry with the positive ones. A negative entry only takes a slot
- * that holds no live flow of a frontend (empty, expired, of an older
- * generation, negative, or a flow's entry no packet has used since it was
- * filled: a flood of single packets such as SYNs from spoofed sources):
- * non-service traffic, a flood of random destinations included, never
- * evicts the entry of a service flow that is sending.
+ * Flows to no frontend are not cached (session 5 kept negative entries
+ * here): the frontend filter (xlb_fe_filter, service.h) passes them before
+ * the cache is read, at the cost of one inlined array lookup, and a
+ * negative entry would only serve destinations that share a frontend's
+ * bit, at the price of a 96-byte slot write per new flow among them.
  */
-#define XLB_FC_SLOT_BITS    12
-#define XLB_FC_TTL_JIFFIES  250
-#define XLB_FC_NOT_FRONTEND 0xffffffffu /* backend_id of a negative entry */
+#define XLB_FC_SLOT_BITS   12
+#define XLB_FC_TTL_JIFFIES 250
 
 struct fc_entry {
 	struct xlb_flow_key key; /* client -> frontend, as parsed */
 	struct xlb_service svc;	 /* the frontend's xlb_frontends value */
 	__u32 backend_id;
 	__u32 backend_gen;
-	__u32 hash;	  /* flow hash */
-	__u32 used;	  /* 1 once a packet after the filling one hit it */
+	__u32 hash; /* flow hash */
+	__u32 pad;
 	__u64 expires;	  /* jiffies */
 	__u64 config_gen; /* xlb_config_gen when filled */
 };
@@ -127,21 +116,6 @@ static __always_inline void xlb_fc_fill(struct fc_entry *fc, const struct xlb_fl
 	fc->backend_id = backend_id;
 	fc->backend_gen = backend_gen;
 	fc->hash = hash;
-	fc->used = 0;
-	fc->expires = now + XLB_FC_TTL_JIFFIES;
-	fc->config_gen = gen;
-}
-
-/* A negative entry for k (its destination is no frontend), unless the slot
- * holds a live entry of a service flow. */
-static __always_inline void xlb_fc_fill_miss(struct fc_entry *fc, const struct xlb_flow_key *k,
-					     __u64 now, __u64 gen)
-{
-	if (!fc || (now < fc->expires && fc->config_gen == gen &&
-		    fc->backend_id != XLB_FC_NOT_FRONTEND && fc->used))
-		return;
-	fc->key = *k;
-	fc->backend_id = XLB_FC_NOT_FRONTEND;
 	fc->expires = now + XLB_FC_TTL_JIFFIES;
 	fc->config_gen = gen;
 }

@@ -3,9 +3,9 @@
  * xlb_xdp: the north-south fast path on a frontend node's NIC.
  *
  *   parse (parse.h; a later IPv4 fragment takes the ports its first
- *   fragment recorded, frag.h) -> per-CPU flow cache hit (established
- *   flows: skips the next three steps; a flow known to be to no frontend:
- *   passed at once, flowcache.h) or frontend lookup
+ *   fragment recorded, frag.h) -> frontend filter (a clear bit: no
+ *   frontend, passed at once; service.h) -> per-CPU flow cache hit (established
+ *   flows: skips the next three steps, flowcache.h) or frontend lookup
  *   (service.h) -> loadBalancerSourceRanges (LoadBalancer frontends) ->
  *   xlb_ct / affinity / Maglev (maglev.h); no endpoint: a TCP RST or an
  *   ICMP unreachable (reply.h) unless the service says drop -> one of
@@ -327,6 +327,9 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	if (pkt.tuple.proto == IPPROTO_ICMP || pkt.tuple.proto == IPPROTO_ICMPV6)
 		return xlb_icmp(ctx, &pkt, bytes, reason);
 
+	/* A clear bit in the frontend filter: certainly no frontend. */
+	if (!xlb_fe_filter_maybe(&pkt.tuple))
+		return xlb_fail(-XLB_PASS_NOT_FRONTEND_FILTERED, reason);
 	fc = xlb_fc_get(&pkt.tuple);
 	now = bpf_jiffies64();
 	gen = xlb_config_gen_now();
@@ -334,10 +337,6 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	 * must not follow it to a terminating backend. */
 	new_conn = pkt.tuple.proto == IPPROTO_TCP && (pkt.tcp_flags & 0x12) == 0x02;
 	if (xlb_fc_hit(fc, &pkt.tuple, now, gen)) {
-		if (fc->backend_id == XLB_FC_NOT_FRONTEND)
-			return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
-		if (!fc->used)
-			fc->used = 1;
 		sel.be = xlb_backend_get(fc->backend_id);
 		if (sel.be && xlb_backend_flow_ok(sel.be, fc->backend_gen) &&
 		    (!new_conn || xlb_backend_new_ok(sel.be))) {
@@ -354,10 +353,8 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	}
 
 	svc = xlb_frontend_lookup(&pkt.tuple);
-	if (!svc) {
-		xlb_fc_fill_miss(fc, &pkt.tuple, now, gen);
+	if (!svc)
 		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
-	}
 	/* Set on LoadBalancer ingress frontends only (per frontend, as
 	 * kube-proxy: a NodePort of the same service is not filtered). */
 	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, &pkt.tuple))

@@ -424,4 +424,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_ct_guard SEC(".maps");
 
+/* #14: the frontend filter (xlb_abi.h): 64 bits per entry, then the armed flag. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, XLB_FE_FILTER_WORDS + 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_fe_filter SEC(".maps");
+
 #endif /* XLB_MAPS_H */

@@ -7,6 +7,9 @@
  *   struct xlb_service *xlb_frontend_lookup(const struct xlb_flow_key *t)
  *       the service whose frontend is t's destination (address, port,
  *       protocol), or NULL.
+ *   int xlb_fe_filter_maybe(const struct xlb_flow_key *t)
+ *       0 when t's destination is certainly no frontend (its bit in
+ *       xlb_fe_filter is clear and the filter is armed); 1: look it up.
  *   int xlb_source_allowed(svc, t)
  *       loadBalancerSourceRanges: whether t's source may use svc (call only
  *       when svc->flags has XLB_SVC_F_SOURCE_RANGES).
@@ -39,6 +42,31 @@ static __always_inline struct xlb_service *xlb_frontend_lookup(const struct xlb_
 	fk.proto = t->proto;
 	fk.family = t->family;
 	return bpf_map_lookup_elem(&xlb_frontends, &fk);
+}
+
+/* The bit of a frontend key in xlb_fe_filter (abi::fe_filter_bit in Rust
+ * computes the same: change both). Address words as stored (native order),
+ * the port as in the key (network order). */
+static __always_inline __u32 xlb_fe_filter_bit(const struct xlb_flow_key *t)
+{
+	const __u32 *d = (const __u32 *)t->daddr;
+	__u32 h = d[0] ^ ((d[1] << 8) | (d[1] >> 24)) ^ ((d[2] << 16) | (d[2] >> 16)) ^
+		  ((d[3] << 24) | (d[3] >> 8)) ^ ((__u32)t->dport << 16) ^ t->proto;
+
+	return (h * 0x9e3779b1u) >> (32 - XLB_FE_FILTER_BITS);
+}
+
+/* Two inlined array lookups (the armed flag only when the bit is clear). */
+static __always_inline int xlb_fe_filter_maybe(const struct xlb_flow_key *t)
+{
+	__u32 bit = xlb_fe_filter_bit(t), idx = bit >> 6, armed = XLB_FE_FILTER_ARMED;
+	const __u64 *w = bpf_map_lookup_elem(&xlb_fe_filter, &idx);
+	const __u64 *a;
+
+	if (!w || ((*w >> (bit & 63)) & 1))
+		return 1;
+	a = bpf_map_lookup_elem(&xlb_fe_filter, &armed);
+	return !a || !*a;
 }
 
 static __always_inline int xlb_source_allowed(const struct xlb_service *svc,

@@ -364,6 +364,8 @@ enum xlb_counter {
 	/* #11 NetworkPolicy */
 	XLB_DROP_POLICY_INGRESS = 216, /* no policy allows it into the isolated pod */
 	XLB_DROP_POLICY_EGRESS = 217,  /* no policy allows it out of the isolated pod */
+	/* #14 performance: OK 88-95, PASS 120-127, DROP 200-215 */
+	XLB_PASS_NOT_FRONTEND_FILTERED = 120, /* no frontend: its bit in xlb_fe_filter is clear */
 };
 
 enum xlb_counter_limits {
@@ -909,5 +911,21 @@ struct xlb_ct_guard {
 	__u64 skipped;	/* new flows served without an entry (over budget) */
 };
 _Static_assert(sizeof(struct xlb_ct_guard) == 32, "xlb_ct_guard size");
+
+/* ---- #14 frontend filter --------------------------------------------------
+ * xlb_fe_filter: ARRAY of XLB_FE_FILTER_WORDS + 1 __u64: a Bloom filter
+ * (one hash) of the keys of xlb_frontends. Bit xlb_fe_filter_bit(key)
+ * (service.h; abi::fe_filter_bit in Rust: the same function) is set for
+ * every frontend (address, port, protocol, family) the XDP program serves;
+ * a clear bit means "no frontend" and the packet is passed without a
+ * frontend lookup. The agent sets a bit before the frontend appears and
+ * clears it only after the last frontend with that bit is gone. Entry
+ * XLB_FE_FILTER_ARMED is nonzero once the agent has written the filter:
+ * until then (maps created by another version) nothing is filtered. */
+enum xlb_fe_filter_size {
+	XLB_FE_FILTER_BITS = 20, /* log2 of the filter's bits (128 KiB) */
+	XLB_FE_FILTER_WORDS = 1 << (XLB_FE_FILTER_BITS - 6),
+	XLB_FE_FILTER_ARMED = XLB_FE_FILTER_WORDS, /* index of the armed flag */
+};
 
 #endif /* XLB_ABI_H */

@@ -117,6 +117,28 @@ abi_consts! {
     POLICY_F_EGRESS_LPM: u32 = 1 << 3;
     PCT_F_EGRESS: u32 = 1 << 0;
     PCT_F_INGRESS: u32 = 1 << 1;
+    // #14 performance: the frontend filter (xlb_fe_filter)
+    /// log2 of the filter's bits.
+    FE_FILTER_BITS: u32 = 20;
+    /// 64-bit words of the filter.
+    FE_FILTER_WORDS: u32 = 1 << (FE_FILTER_BITS - 6);
+    /// Index of the armed flag (after the words).
+    FE_FILTER_ARMED: u32 = FE_FILTER_WORDS;
+}
+
+/// The bit of a frontend key in xlb_fe_filter: lb/bpf/service.h's
+/// xlb_fe_filter_bit (change both; lb/tests/xdp_select.rs checks that no
+/// frontend is filtered).
+pub fn fe_filter_bit(k: &FrontendKey) -> u32 {
+    let d: [u32; 4] =
+        std::array::from_fn(|i| u32::from_ne_bytes(k.addr[i * 4..i * 4 + 4].try_into().unwrap()));
+    let h = d[0]
+        ^ d[1].rotate_left(8)
+        ^ d[2].rotate_left(16)
+        ^ d[3].rotate_left(24)
+        ^ (u32::from(k.port) << 16)
+        ^ u32::from(k.proto);
+    h.wrapping_mul(0x9e37_79b1) >> (32 - FE_FILTER_BITS)
 }
 
 /// The xlb_service flags that describe one frontend (what it is), not its service.
@@ -673,6 +695,8 @@ counters! {
     // #11 NetworkPolicy
     DropPolicyIngress = 216 => "drop_policy_ingress",
     DropPolicyEgress = 217 => "drop_policy_egress",
+    // #14 performance
+    PassNotFrontendFiltered = 120 => "pass_not_frontend_filtered",
 }
 
 impl Counter {

@@ -184,6 +184,8 @@ pub struct Maps {
     pub ip_identity: LpmTrie<MapData, CidrData, abi::AddrIdentity>,
     pub policy_ct: Hash<abi::FlowKey, abi::PolicyCt>,
     pub ct_guard: PerCpuArray<MapData, abi::CtGuard>,
+    /// #14: the frontend filter's words, then its armed flag.
+    pub fe_filter: Array<MapData, u64>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -233,6 +235,7 @@ impl Maps {
             ip_identity: open(dir, "xlb_ip_identity")?,
             policy_ct: open(dir, "xlb_policy_ct")?,
             ct_guard: open(dir, "xlb_ct_guard")?,
+            fe_filter: open(dir, "xlb_fe_filter")?,
         })
     }
 }

@@ -107,7 +107,7 @@ fn fragments_not_followed_are_passed_and_counted() {
             Case::of("later fragment, first never seen", &later(7, 126, true))
                 .pass(Counter::PassFragUntracked),
             Case::of("first fragment, not a frontend", &first(99, 8))
-                .pass(Counter::PassNotFrontend),
+                .pass(Counter::PassNotFrontendFiltered),
             Case::of("its later fragment", &later(8, 126, false)).pass(Counter::PassFragUntracked),
             Case::of("first fragment of an IPIP service", &first(54, 9))
                 .pass(Counter::PassFragment),

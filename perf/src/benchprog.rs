@@ -27,18 +27,28 @@ pub enum Stat {
 pub struct Template {
     pub bytes: Vec<u8>,
     pub new_flow: bool,
+    /// Vary the destination (port and address) instead of the source.
+    pub new_dest: bool,
 }
 
 impl Template {
     pub fn fixed(bytes: &[u8]) -> Self {
-        Template { bytes: bytes.to_vec(), new_flow: false }
+        Template { bytes: bytes.to_vec(), new_flow: false, new_dest: false }
     }
 
     pub fn new_flow(bytes: &[u8]) -> Self {
-        Template { bytes: bytes.to_vec(), new_flow: true }
+        Template { bytes: bytes.to_vec(), new_flow: true, new_dest: false }
+    }
+
+    /// A new destination address and port every iteration.
+    pub fn new_dest(bytes: &[u8]) -> Self {
+        Template { bytes: bytes.to_vec(), new_flow: false, new_dest: true }
     }
 
     fn encode(&self, count: u16) -> Result<BenchFrame> {
+        if self.new_dest {
+            return Ok(BenchFrame::encode_new_dest(&self.bytes, count)?);
+        }
         Ok(BenchFrame::encode(&self.bytes, self.new_flow, count)?)
     }
 }

@@ -40,7 +40,7 @@ use testkit::{
 
 use crate::{
     benchprog::{load_pass, test_run, xdp_of, Bench, Template},
-    micro::{read_frames, NEW_FLOW},
+    micro::{read_frames, NEW_DEST, NEW_FLOW},
     setup,
 };
 
@@ -264,10 +264,17 @@ fn run_inside(
         same.push(outs[0] == outs[1]);
     }
     same.push(true); // new flows: outputs differ by design (new sources)
+    same.push(true); // new destinations: likewise
 
     let mut cases: Vec<(String, Template)> =
         frames.iter().map(|(n, b)| (n.clone(), Template::fixed(b))).collect();
     cases.push((NEW_FLOW.into(), Template::new_flow(&frames[0].1)));
+    // A flood to random non-service destinations: tcp_nonvip's SYN to a new
+    // destination address and port each iteration (every packet a new flow).
+    let nonvip = frames.iter().find(|(n, _)| n.starts_with("tcp_nonvip"));
+    if let Some((_, b)) = nonvip {
+        cases.push((NEW_DEST.into(), Template::new_dest(b)));
+    }
     // Slot 0: xlb_pass; then the copies of the revision, then the tree's.
     let mut fds = vec![xdp_of(&pass, "xlb_pass")?.fd()?.try_clone()?];
     for e in rev.iter().chain(&tree) {

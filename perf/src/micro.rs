@@ -52,6 +52,8 @@ pub const FRAMES: [(&str, f64); 5] = [
     ("tcp6_syn_vip.bin", 106.0),
 ];
 pub const NEW_FLOW: &str = "new flow (SYN, insert)";
+/// A non-service SYN to a new destination (address and port) each iteration.
+pub const NEW_DEST: &str = "random non-service destination";
 pub const NEW_FLOW_TARGET: f64 = 400.0;
 
 #[derive(Clone, Debug)]

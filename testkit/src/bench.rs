@@ -82,6 +82,18 @@ impl BenchFrame {
         }
         Ok(f)
     }
+
+    /// Like a `new_flow` template, but the destination port and the low
+    /// bytes of the destination address vary every iteration (the wrapper
+    /// writes at the offsets it is given): a packet to a new destination
+    /// each time (a flood of random non-service destinations).
+    pub fn encode_new_dest(frame: &[u8], count: u16) -> Result<BenchFrame, BenchError> {
+        let mut f = BenchFrame::encode(frame, true, count)?;
+        let daddr_end = if f.ip_csum_off != 0 { 14 + 20 } else { 14 + 40 };
+        f.sport_off += 2;
+        f.saddr_lo_off = daddr_end - 2;
+        Ok(f)
+    }
 }
 
 /// struct xdp_md as BPF_PROG_TEST_RUN's ctx_in: the frame arrives on

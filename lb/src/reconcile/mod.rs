@@ -44,6 +44,7 @@ use crate::{
 };
 
 mod endpoints;
+mod fefilter;
 #[cfg(test)]
 mod fixtures;
 mod ids;
@@ -94,6 +95,8 @@ pub struct ApplyStats {
     pub endpoint_writes: usize,
     /// NetworkPolicy entries, isolation and address identities written.
     pub policy_writes: usize,
+    /// Frontend filter words written (xlb_fe_filter, #14).
+    pub filter_writes: usize,
     /// Maglev tables built (the CPU-heavy step; a table is written only if
     /// it differs from the map's).
     pub tables_built: usize,
@@ -121,6 +124,7 @@ impl ApplyStats {
             + self.network_writes
             + self.endpoint_writes
             + self.policy_writes
+            + self.filter_writes
     }
 }
 
@@ -160,7 +164,8 @@ fn read<S: MapStore>(store: &S) -> Result<(services::Services, node::Node), Data
     let detail = Detail { tables: true, ..Detail::default() };
     let raw = view::read_services(store, detail)?;
     let mut node = node::Node::restore(store.node()?);
-    let services = services::Services::restore(raw, store.capacity(), &mut node.tunnels);
+    let services =
+        services::Services::restore(raw, store.capacity(), &mut node.tunnels, store.fe_filter()?);
     Ok((services, node))
 }
 

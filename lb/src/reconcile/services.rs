@@ -25,6 +25,7 @@ use std::{
 use hashbrown::{HashMap, HashSet};
 
 use super::{
+    fefilter::FeFilter,
     ids::{Generations, IdPool},
     node::Tunnels,
     tables::{self, TableInput, TableJob},
@@ -301,6 +302,8 @@ struct Pools {
 pub(crate) struct Services {
     map: BTreeMap<ServiceKey, Svc>,
     pools: Pools,
+    /// xlb_fe_filter, in step with the frontends (#14).
+    filter: FeFilter,
 }
 
 fn write<S: MapStore>(store: &mut S, w: Write<'_>) -> Result<(), DatapathError> {
@@ -310,7 +313,13 @@ fn write<S: MapStore>(store: &mut S, w: Write<'_>) -> Result<(), DatapathError> 
 impl Services {
     /// The services the maps hold (`raw`, tables read), ids free below
     /// `cap`; their backends' tunnel endpoints are counted into `tunnels`.
-    pub fn restore(raw: Vec<RawService>, cap: Capacity, tunnels: &mut Tunnels) -> Services {
+    /// `fe_filter`: xlb_fe_filter as read.
+    pub fn restore(
+        raw: Vec<RawService>,
+        cap: Capacity,
+        tunnels: &mut Tunnels,
+        fe_filter: Vec<u64>,
+    ) -> Services {
         let mut map = BTreeMap::new();
         let mut svc_used = BTreeSet::new();
         let mut be_used = BTreeSet::new();
@@ -360,8 +369,10 @@ impl Services {
             }
             map.insert(key, st);
         }
+        let filter = FeFilter::restore(fe_filter, map.values().flat_map(|s| s.frontends.keys()));
         Services {
             map,
+            filter,
             pools: Pools {
                 svc_ids: IdPool::new(0, cap.services, &svc_used),
                 backend_ids: IdPool::new(1, cap.backends, &be_used),
@@ -429,6 +440,9 @@ impl Services {
         upsert: &[&Service],
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
+        // The filter as the frontends held need it (after a restore, or an
+        // apply that stopped before its last flush).
+        self.filter.flush(store, &mut stats.filter_writes)?;
         clear_unlinked(store, &mut self.pools, stats)?;
         // Removed services first: their frontends go before their backends,
         // and their ids are free for the services added below.
@@ -492,6 +506,8 @@ impl Services {
             }
         }
         stats.services_changed += touched.len().saturating_sub(stats.services_added);
+        // Bits of frontends removed above, now that they are gone.
+        self.filter.flush(store, &mut stats.filter_writes)?;
         Ok(())
     }
 
@@ -520,7 +536,7 @@ impl Services {
         svc: &Service,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Services { map, pools } = self;
+        let Services { map, pools, .. } = self;
         let st = map.get_mut(&svc.key).expect("added before");
         for b in &svc.backends {
             let ep = (b.addr, b.port);
@@ -586,6 +602,7 @@ impl Services {
         for key in gone {
             write(store, Write::FrontendDelete { key })?;
             st.frontends.remove(&key);
+            self.filter.removed(&key);
             stats.deletes += 1;
             stats.settings_changed = true;
         }
@@ -611,7 +628,7 @@ impl Services {
         built: Option<(TableInput, Vec<u16>)>,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Services { map, pools } = self;
+        let Services { map, pools, filter } = self;
         let st = map.get_mut(&svc.key).expect("added in phase 1");
         let id = st.id;
 
@@ -690,7 +707,13 @@ impl Services {
             if old == Some(want) {
                 continue;
             }
+            if old.is_none() {
+                filter.before_add(store, &key, &mut stats.filter_writes)?;
+            }
             write(store, Write::Frontend { key, value: want })?;
+            if old.is_none() {
+                filter.added(&key);
+            }
             // The backend count only steers new flows: a change of it alone
             // (endpoint churn) leaves cached service settings valid.
             stats.settings_changed |=
@@ -755,7 +778,7 @@ impl Services {
         key: &ServiceKey,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Services { map, pools } = self;
+        let Services { map, pools, filter } = self;
         let st = map.get_mut(key).expect("listed");
         let id = st.id;
         let proto = svc_proto(st);
@@ -763,6 +786,7 @@ impl Services {
         for key in frontends {
             write(store, Write::FrontendDelete { key })?;
             st.frontends.remove(&key);
+            filter.removed(&key);
             stats.deletes += 1;
             stats.settings_changed = true;
         }

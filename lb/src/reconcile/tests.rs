@@ -109,6 +109,12 @@ impl Checked {
         let packet = s.frontends().unwrap().into_iter().map(|(k, v)| (Target::Frontend(k), v));
         let socket =
             s.sock_frontends().unwrap().into_iter().map(|(k, v)| (Target::SockFrontend(k), v));
+        for (k, _) in s.frontends().unwrap() {
+            // #14: the XDP program looks up only what the filter lets by.
+            if !s.fe_filter_maybe(&k) {
+                return Err(format!("{} is filtered out by xlb_fe_filter", Target::Frontend(k)));
+            }
+        }
         for (fe, v) in packet.chain(socket) {
             if !names.contains_key(&v.id) {
                 return Err(format!("{fe} names service {} which has no name", v.id));
@@ -227,6 +233,9 @@ impl MapStore for Checked {
     }
     fn addr_identities(&self) -> Result<Vec<(Cidr, abi::AddrIdentity)>, StoreError> {
         self.inner.addr_identities()
+    }
+    fn fe_filter(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.fe_filter()
     }
 
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
@@ -821,4 +830,69 @@ fn bench_bookkeeping_at_10k_services() {
         "10k services x 10 backends: cold apply {cold:?}, full re-apply (no change) {full:?}, \
          one service changed {one:?}, restore {restore:?}"
     );
+}
+
+#[test]
+fn the_frontend_filter_lets_every_frontend_by_and_follows_its_changes() {
+    // #14: xlb_fe_filter has a bit per frontend key; the Checked store
+    // fails any write after which a frontend's bit is clear (a bit set
+    // before its frontend, cleared only after). Here: most other
+    // destinations are filtered, a removed frontend's bit goes after its
+    // delete, and maps whose filter is empty and unarmed (created by
+    // another version) get their words before the filter is armed.
+    let fe_key = |addr: &str, port: u16| {
+        let (addr, family) = abi::addr_to_abi(ip(addr));
+        abi::FrontendKey { addr, port: port.to_be(), proto: 6, family }
+    };
+    let (ka, kb) = (fe_key("10.100.0.1", 80), fe_key("10.100.0.2", 80));
+    let word = |k: &abi::FrontendKey| Target::FeFilter(abi::fe_filter_bit(k) >> 6);
+    let mut dp = checked();
+    let st = dp.apply(&two()).unwrap();
+    let s = &dp.store().inner;
+    assert!(s.fe_filter_maybe(&ka) && s.fe_filter_maybe(&kb));
+    // Two words (or one shared) and the armed flag.
+    assert!((2..=3).contains(&st.filter_writes), "{st:?}");
+    let log = dp.store().log();
+    for k in [ka, kb] {
+        let set = log.iter().position(|w| w.target == word(&k)).unwrap();
+        let add = log.iter().position(|w| w.target == Target::Frontend(k)).unwrap();
+        assert!(set < add, "{log:?}");
+    }
+    let armed = Target::FeFilter(abi::FE_FILTER_ARMED);
+    let passed = (0..4096u16)
+        .filter(|i| s.fe_filter_maybe(&fe_key(&format!("198.51.{}.{}", i >> 8, i & 255), 80 + i)))
+        .count();
+    assert!(passed < 10, "{passed} of 4096 non-frontend destinations not filtered");
+
+    // b goes: its bit is cleared after its frontend is deleted.
+    let d = desired(two().services.into_values().filter(|s| s.key == key("a")));
+    let start = dp.store().log().len();
+    dp.apply(&d).unwrap();
+    let log = &dp.store().log()[start..];
+    let del = log.iter().position(|w| w.target == Target::Frontend(kb)).unwrap();
+    let clear = log.iter().position(|w| w.target == word(&kb)).unwrap();
+    assert!(del < clear, "{log:?}");
+    assert!(!dp.store().inner.fe_filter_maybe(&kb) && dp.store().inner.fe_filter_maybe(&ka));
+    // b back: its bit is set before its frontend is written.
+    let start = dp.store().log().len();
+    dp.apply(&two()).unwrap();
+    let log = &dp.store().log()[start..];
+    let set = log.iter().position(|w| w.target == word(&kb)).unwrap();
+    let add = log.iter().position(|w| w.target == Target::Frontend(kb)).unwrap();
+    assert!(set < add, "{log:?}");
+
+    // The filter wiped (maps of another version): a restore writes the
+    // words, then arms it, and nothing else.
+    let mut store = dp.into_store();
+    for i in 0..=abi::FE_FILTER_ARMED {
+        store.damage(Write::FeFilter { index: i, bits: 0 });
+    }
+    let mut dp = Datapath::restore(store).unwrap();
+    let start = dp.store().log().len();
+    let st = dp.apply(&two()).unwrap();
+    assert_eq!(st.writes(), st.filter_writes, "{st:?}");
+    let log = &dp.store().log()[start..];
+    assert_eq!(log.last().map(|w| w.target), Some(armed), "{log:?}");
+    let s = &dp.store().inner;
+    assert!(s.fe_filter_maybe(&ka) && s.fe_filter_maybe(&kb));
 }

@@ -267,6 +267,12 @@ impl MapStore for BpfStore {
         }))
     }
 
+    fn fe_filter(&self) -> Result<Vec<u64>, StoreError> {
+        (0..=abi::FE_FILTER_ARMED)
+            .map(|i| self.maps.fe_filter.get(&i, 0).map_err(op("xlb_fe_filter", "lookup")))
+            .collect()
+    }
+
     fn ct_guard(&self) -> Result<CtGuardTotals, StoreError> {
         let v = self.maps.ct_guard.get(&0, 0).map_err(op("xlb_ct_guard", "lookup"))?;
         Ok(v.iter().fold(CtGuardTotals::default(), |a, g| CtGuardTotals {
@@ -389,6 +395,7 @@ impl MapStore for BpfStore {
             }
             Write::SvcBackendDelete { key } => removed(m.svc_backends.remove(&key), map),
             Write::Node { cfg } => m.node.set(0, cfg, 0).map_err(up),
+            Write::FeFilter { index, bits } => m.fe_filter.set(index, bits, 0).map_err(up),
             Write::ConfigGenBump => {
                 let cur = m.config_gen.get(&0, 0).map_err(op(map, "lookup"))?;
                 m.config_gen.set(0, abi::ConfigGen { gen: cur.gen.wrapping_add(1) }, 0).map_err(up)

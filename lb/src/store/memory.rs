@@ -56,6 +56,8 @@ pub struct MemStore {
     policy_eps: BTreeMap<u32, u32>,
     policies: BTreeMap<crate::policy::EntryKey, u32>,
     addr_identities: BTreeMap<Cidr, abi::AddrIdentity>,
+    /// xlb_fe_filter's nonzero entries.
+    fe_filter: BTreeMap<u32, u64>,
     log: Vec<WriteRecord>,
 }
 
@@ -103,6 +105,7 @@ impl MemStore {
             policy_eps: BTreeMap::new(),
             policies: BTreeMap::new(),
             addr_identities: BTreeMap::new(),
+            fe_filter: BTreeMap::new(),
             podnet: abi::PodnetCfg {
                 flags: 0,
                 masq_port_min: 0,
@@ -127,6 +130,14 @@ impl MemStore {
     /// xlb_config_gen\[0\].gen.
     pub fn config_gen(&self) -> u64 {
         self.config_gen
+    }
+
+    /// What the XDP program's frontend filter answers for `key`: false
+    /// only when the filter is armed and the key's bit is clear.
+    pub fn fe_filter_maybe(&self, key: &abi::FrontendKey) -> bool {
+        let bit = abi::fe_filter_bit(key);
+        let word = self.fe_filter.get(&(bit >> 6)).copied().unwrap_or(0);
+        word >> (bit & 63) & 1 == 1 || !self.fe_filter.contains_key(&abi::FE_FILTER_ARMED)
     }
 
     /// The datapath's side: a connection-table entry as a program writes it.
@@ -280,6 +291,12 @@ impl MapStore for MemStore {
         Ok(SnatTotals::default())
     }
 
+    fn fe_filter(&self) -> Result<Vec<u64>, StoreError> {
+        Ok((0..=abi::FE_FILTER_ARMED)
+            .map(|i| self.fe_filter.get(&i).copied().unwrap_or(0))
+            .collect())
+    }
+
     fn ct_guard(&self) -> Result<CtGuardTotals, StoreError> {
         Ok(CtGuardTotals::default())
     }
@@ -369,6 +386,14 @@ impl MapStore for MemStore {
             }
             Write::Node { cfg } => self.node = cfg,
             Write::ConfigGenBump => self.config_gen = self.config_gen.wrapping_add(1),
+            Write::FeFilter { index, bits } => {
+                self.check_id(&w, index, abi::FE_FILTER_ARMED + 1)?;
+                if bits == 0 {
+                    self.fe_filter.remove(&index);
+                } else {
+                    self.fe_filter.insert(index, bits);
+                }
+            }
             Write::Endpoint { addr, value } => {
                 self.endpoints.insert(addr, value);
             }

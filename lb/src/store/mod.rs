@@ -209,6 +209,13 @@ pub enum Write<'a> {
     AddrIdentityDelete {
         cidr: Cidr,
     },
+    // ---- #14 performance
+    /// One 64-bit word of the frontend filter, or (index
+    /// abi::FE_FILTER_ARMED) its armed flag.
+    FeFilter {
+        index: u32,
+        bits: u64,
+    },
 }
 
 /// What a write touches: one entry of one map.
@@ -235,6 +242,7 @@ pub enum Target {
     PolicyEp(u32),
     Policy(EntryKey),
     AddrIdentity(Cidr),
+    FeFilter(u32),
 }
 
 impl Target {
@@ -262,6 +270,7 @@ impl Target {
             Target::Policy(k) if k.bits == abi::POLICY_KEY_BITS => "xlb_policy_exact",
             Target::Policy(_) => "xlb_policy",
             Target::AddrIdentity(_) => "xlb_ip_identity",
+            Target::FeFilter(_) => "xlb_fe_filter",
         }
     }
 
@@ -302,7 +311,7 @@ impl fmt::Display for Target {
             Target::PodRoute(c) | Target::NonMasq(c) | Target::AddrIdentity(c) => {
                 write!(f, "{}[{c}]", self.map())
             }
-            Target::PolicyEp(i) => write!(f, "{}[{i}]", self.map()),
+            Target::PolicyEp(i) | Target::FeFilter(i) => write!(f, "{}[{i}]", self.map()),
             Target::Policy(k) => write!(
                 f,
                 "{}[ep {} id {} dir {} proto {} port {}/{}]",
@@ -361,6 +370,7 @@ impl Write<'_> {
             Write::AddrIdentity { cidr, .. } | Write::AddrIdentityDelete { cidr } => {
                 Target::AddrIdentity(cidr)
             }
+            Write::FeFilter { index, .. } => Target::FeFilter(index),
         }
     }
 
@@ -455,6 +465,11 @@ pub trait MapStore {
     fn policy_eps(&self) -> Result<Vec<(u32, u32)>, StoreError>;
     fn policies(&self) -> Result<Vec<(EntryKey, u32)>, StoreError>;
     fn addr_identities(&self) -> Result<Vec<(Cidr, abi::AddrIdentity)>, StoreError>;
+
+    // ---- #14 performance
+    /// xlb_fe_filter: every word, then the armed flag
+    /// (abi::FE_FILTER_WORDS + 1 values).
+    fn fe_filter(&self) -> Result<Vec<u64>, StoreError>;
 
     /// Does one write.
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError>;
