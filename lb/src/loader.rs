@@ -16,8 +16,8 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        Xdp, XdpMode as AyaXdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier,
+        TcAttachType, Xdp, XdpMode as AyaXdpMode,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -82,6 +82,11 @@ pub struct MapSizes {
     pub policy: u32,
     /// Connections NetworkPolicy tracks (xlb_policy_ct; LRU).
     pub policy_ct: u32,
+    /// Translated sockets whose record is kept without an allocation
+    /// (xlb_sock_cookie, preallocated: ~120 bytes each); beyond it a
+    /// socket's record goes to socket storage (slower connect, counted as
+    /// ok_sock_state_spill).
+    pub sock_states: u32,
 }
 
 impl Default for MapSizes {
@@ -101,6 +106,7 @@ impl Default for MapSizes {
             frags: 16384,
             policy: 262144,
             policy_ct: 262144,
+            sock_states: 65536,
         }
     }
 }
@@ -123,6 +129,7 @@ impl MapSizes {
             frags: 1024,
             policy: 16384,
             policy_ct: 16384,
+            sock_states: 4096,
         }
     }
 
@@ -151,6 +158,7 @@ impl MapSizes {
             ("xlb_sock_frontends", self.frontends),
             ("xlb_sock_affinity", self.affinity),
             ("xlb_sock_stats", self.services),
+            ("xlb_sock_cookie", self.sock_states),
             ("xlb_frag4", self.frags),
             ("xlb_policy", self.policy),
             ("xlb_policy_exact", self.policy),
@@ -291,6 +299,10 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "xlb_sock_getpeername4",
     "xlb_sock_getpeername6",
 ];
+/// The cgroup/sock_release program (sock/xlb_sock.c): deletes a released
+/// socket's xlb_sock_cookie entry. Attached beside [`SOCK_PROGRAMS`], at
+/// the same cgroup, pinned and replaced and detached like them.
+pub const SOCK_RELEASE_PROGRAM: &str = "xlb_sock_release";
 
 /// The datapath objects, loaded, their maps pinned under `pin_dir`.
 #[derive(Debug)]
@@ -416,6 +428,9 @@ impl Staged {
                 .load()
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
+        program_mut::<CgroupSock>(&mut sock, "sock", SOCK_RELEASE_PROGRAM)?.load().map_err(
+            |e| LoadError::Program { program: SOCK_RELEASE_PROGRAM, source: Box::new(e) },
+        )?;
         Ok(Dataplane { xdp, tc, sock, pin_dir, features })
     }
 }
@@ -596,19 +611,27 @@ impl Dataplane {
         let cg = std::fs::File::open(cgroup)
             .map_err(|source| LoadError::PinDir { path: cgroup.to_path_buf(), source })?;
         let iface = cgroup.display().to_string();
+        // sock_release first: no socket is translated before the program
+        // that removes its record is in place.
+        let program = SOCK_RELEASE_PROGRAM;
+        let path = self.link_path("sock", program.trim_start_matches("xlb_sock_"));
+        let prog = program_mut::<CgroupSock>(&mut self.sock, "sock", program)?;
+        let attach_err =
+            |e| LoadError::Attach { program, iface: iface.clone(), source: Box::new(e) };
+        if !replace_pinned(&path, prog.fd().map_err(attach_err)?.as_fd().as_raw_fd())? {
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
+            pin_link(fd, &path)?;
+        }
         for program in SOCK_PROGRAMS {
             let path = self.link_path("sock", program.trim_start_matches("xlb_sock_"));
             let prog = program_mut::<CgroupSockAddr>(&mut self.sock, "sock", program)?;
             let attach_err =
                 |e| LoadError::Attach { program, iface: iface.clone(), source: Box::new(e) };
-            if let Ok(old) = obj_get(&path) {
-                let fd = prog.fd().map_err(attach_err)?;
-                link_update(old.as_raw_fd(), fd.as_fd().as_raw_fd()).map_err(|e| {
-                    LoadError::LinkPin {
-                        path: path.clone(),
-                        detail: format!("replacing the program: {e}"),
-                    }
-                })?;
+            if replace_pinned(&path, prog.fd().map_err(attach_err)?.as_fd().as_raw_fd())? {
                 continue;
             }
             // A bpf_link on a cgroup always lets others attach beside it (the
@@ -938,6 +961,19 @@ fn ifindex(iface: &str) -> Option<u32> {
     // SAFETY: c is a valid C string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
+}
+
+/// Replaces the program of the link a previous agent pinned at `path`
+/// (BPF_LINK_UPDATE) with `prog_fd`; false: nothing pinned there.
+fn replace_pinned(path: &Path, prog_fd: i32) -> Result<bool, LoadError> {
+    let Ok(old) = obj_get(path) else {
+        return Ok(false);
+    };
+    link_update(old.as_raw_fd(), prog_fd).map_err(|e| LoadError::LinkPin {
+        path: path.to_path_buf(),
+        detail: format!("replacing the program: {e}"),
+    })?;
+    Ok(true)
 }
 
 fn pin_link(fd: FdLink, path: &Path) -> Result<(), LoadError> {
