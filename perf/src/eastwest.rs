@@ -97,12 +97,23 @@ pub struct EwRow {
     /// The share of requests slower than 10 × p50 (stalls: the shared
     /// cores given to another process in the middle of a request).
     pub stalled: f64,
+    /// Requests during which the client and the server waited runnable
+    /// more than PREEMPT_MARGIN_US beyond the path's median wait (another
+    /// process had the core): the share of all requests; the p99 over the
+    /// others (µs).
+    pub preempted: f64,
+    pub p99_quiet_us: f64,
+    /// The median of the requests' scheduler waits (µs): what an
+    /// undisturbed request waits (client and server share a CPU).
+    pub wait_p50_us: f64,
     /// Per round: this path's rate / direct's rate in the same round.
     pub vs_direct: MedianCi,
     /// Per round: p50, p90 and p99 minus direct's, µs.
     pub added_p50_us: MedianCi,
     pub added_p90_us: MedianCi,
     pub added_p99_us: MedianCi,
+    /// Per round: p99 over requests not preempted minus direct's, µs.
+    pub added_p99_quiet_us: MedianCi,
     /// Flatness: per round, this count's rate / the fewest services' rate.
     pub vs_fewest: Option<MedianCi>,
     /// Each round's p50, µs, in round order (placement effects show here).
@@ -368,9 +379,12 @@ impl Rig {
     /// UDP), from the address the client asked for (args[1]): the service
     /// address on the xlb and kube-proxy paths, so each timed request did
     /// its whole translation, reverse included; anything else is an error.
-    fn probe(&self, args: &[&str], hooked: Option<u32>) -> Result<(Vec<f64>, usize)> {
+    fn probe(&self, args: &[&str], hooked: Option<u32>) -> Result<Sample> {
         let mut cmd = self.pod.nsenter(&self.probe);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(server) = &self.server {
+            cmd.args(["--watch", &server.id().to_string()]);
+        }
         pin_cpu(&mut cmd, self.client_cpu);
         if let Some(n) = hooked {
             let x = self.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
@@ -378,6 +392,7 @@ impl Rig {
         }
         let out = cmd.output().context("running xlb-probe")?;
         let mut us = Vec::new();
+        let mut wait = Vec::new();
         let mut failures = 0;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let v: serde_json::Value = serde_json::from_str(line)?;
@@ -391,6 +406,7 @@ impl Rig {
                 bail!("xlb-probe {}: an answer not from the target: {line}", args.join(" "));
             }
             us.push(t.context("an answer without its time")?);
+            wait.push(v["wait_ns"].as_f64().context("an answer without its scheduler wait")? / 1e3);
         }
         if us.is_empty() {
             bail!(
@@ -400,7 +416,7 @@ impl Rig {
                 String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("")
             );
         }
-        Ok((us, failures))
+        Ok((us, failures, wait))
     }
 }
 
@@ -429,8 +445,30 @@ fn as_str(a: &[String]) -> Vec<&str> {
 /// instance (by service count) whose cgroup the client joins, if any.
 type Path<'a> = (String, &'a [String], Option<u32>);
 
-/// Per path, per round: the time of each request (µs) and the failures.
-type Rounds = Vec<Vec<(Vec<f64>, usize)>>;
+/// One path's round: the time of each request (µs), the failures, each
+/// request's scheduler wait (µs; xlb-probe --watch).
+type Sample = (Vec<f64>, usize, Vec<f64>);
+
+/// Per path, per round.
+type Rounds = Vec<Vec<Sample>>;
+
+/// A request whose client and server together waited runnable more than
+/// this (µs) beyond the path's median wait had the core taken by another
+/// process. Undisturbed requests of a path wait alike (client and server
+/// take turns on one CPU: ~17-22 µs per TCP request, tight to ±2 µs); the
+/// stalls that set the raw p99 last milliseconds.
+const PREEMPT_MARGIN_US: f64 = 5.0;
+
+/// The wait above which a request of these rounds counts as preempted.
+fn wait_limit(rounds: &[Sample]) -> f64 {
+    let waits: Vec<f64> = rounds.iter().flat_map(|r| r.2.iter().copied()).collect();
+    quantile(&waits, 0.5) + PREEMPT_MARGIN_US
+}
+
+/// The times of the requests not preempted.
+fn quiet(r: &Sample, limit: f64) -> Vec<f64> {
+    r.0.iter().zip(&r.2).filter(|(_, &w)| w <= limit).map(|(&t, _)| t).collect()
+}
 
 /// Warms every path up (neighbours, conntrack; fails early), then
 /// `rounds` rounds over the paths, each round in a rotated order.
@@ -471,18 +509,21 @@ fn rows(
     fewest: Option<usize>,
 ) -> Vec<EwRow> {
     let per_round = |i: usize, f: &dyn Fn(&[f64], &[f64]) -> f64| -> Vec<f64> {
-        m[i].iter().zip(&m[0]).map(|((us, _), (d, _))| f(us, d)).collect()
+        m[i].iter().zip(&m[0]).map(|((us, _, _), (d, _, _))| f(us, d)).collect()
     };
+    let limits: Vec<f64> = m.iter().map(|r| wait_limit(r)).collect();
     paths
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let all: Vec<f64> = m[i].iter().flat_map(|(us, _)| us.iter().copied()).collect();
+            let all: Vec<f64> = m[i].iter().flat_map(|(us, _, _)| us.iter().copied()).collect();
+            let waits: Vec<f64> = m[i].iter().flat_map(|r| r.2.iter().copied()).collect();
+            let calm: Vec<f64> = m[i].iter().flat_map(|r| quiet(r, limits[i])).collect();
             let vs = |j: usize| {
                 let r: Vec<f64> = m[i]
                     .iter()
                     .zip(&m[j])
-                    .map(|((us, _), (b, _))| round_rate(us) / round_rate(b))
+                    .map(|((us, _, _), (b, _, _))| round_rate(us) / round_rate(b))
                     .collect();
                 median_ci(&r, CONF, RESAMPLES)
             };
@@ -502,6 +543,9 @@ fn rows(
                     let slow = 10.0 * quantile(&all, 0.5);
                     all.iter().filter(|&&t| t > slow).count() as f64 / all.len().max(1) as f64
                 },
+                preempted: 1.0 - calm.len() as f64 / all.len().max(1) as f64,
+                p99_quiet_us: quantile(&calm, 0.99),
+                wait_p50_us: quantile(&waits, 0.5),
                 vs_direct: vs(0),
                 added_p50_us: median_ci(
                     &per_round(i, &|us, d| quantile(us, 0.5) - quantile(d, 0.5)),
@@ -518,8 +562,20 @@ fn rows(
                     CONF,
                     RESAMPLES,
                 ),
+                added_p99_quiet_us: median_ci(
+                    &m[i]
+                        .iter()
+                        .zip(&m[0])
+                        .map(|(r, d)| {
+                            quantile(&quiet(r, limits[i]), 0.99)
+                                - quantile(&quiet(d, limits[0]), 0.99)
+                        })
+                        .collect::<Vec<_>>(),
+                    CONF,
+                    RESAMPLES,
+                ),
                 vs_fewest: fewest.filter(|_| i > 0).map(vs),
-                round_p50_us: m[i].iter().map(|(us, _)| quantile(us, 0.5)).collect(),
+                round_p50_us: m[i].iter().map(|(us, _, _)| quantile(us, 0.5)).collect(),
             }
         })
         .collect()
@@ -705,7 +761,12 @@ impl EwReport {
              `vs direct` is the median of those per-round ratios [95 % bootstrap interval], \
              IQR their interquartile range; added p50/p99: median per-round difference from \
              direct [95 % interval]; stalled: requests slower than 10 × p50 (another process \
-             given the core mid-request), which set p99 whenever they pass 1 %. direct: the pod IP; in xlb's cgroup: the pod IP with \
+             given the core mid-request), which set p99 whenever they pass 1 %. preempted: \
+             requests during which the client and the server waited runnable (run_delay of \
+             /proc/<tid>/schedstat, read by xlb-probe outside the timed span) more than \
+             {PREEMPT_MARGIN_US} µs beyond the path's median wait (wait p50: an undisturbed \
+             request's wait), left out of the un-preempted p99 \
+             and its per-round added p99 (raw p99 and added p99 keep every request). direct: the pod IP; in xlb's cgroup: the pod IP with \
              xlb's socket programs running (no service found); xlb: the ClusterIP translated \
              at connect(); kube-proxy iptables: the ClusterIP DNAT'd by the node's kube-proxy \
              ruleset (measured service last).\n\n",
@@ -729,15 +790,18 @@ impl EwReport {
             s.push_str(
                 "| services | path | req/s (all rounds) | vs direct [95 %] | IQR | p50 µs | p90 µs \
                  | p99 µs | stalled | added p50 µs [95 %] | added p90 µs [95 %] | added p99 µs \
-                 [95 %] | vs fewest [95 %] | failures |\n",
+                 [95 %] | preempted (left out) | wait p50 µs | p99 µs un-preempted | added p99 µs \
+                 un-preempted [95 %] | vs fewest [95 %] | failures |\n",
             );
-            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            s.push_str(
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            );
             for r in self.rows.iter().filter(|r| r.table == table) {
                 let direct = r.path == "direct";
                 let services =
                     if direct && table == "flatness" { "-".into() } else { r.services.to_string() };
-                let (vs, q, a50, a90, a99) = if direct {
-                    ("1".into(), "-".into(), "-".into(), "-".into(), "-".into())
+                let (vs, q, a50, a90, a99, a99q) = if direct {
+                    ("1".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into())
                 } else {
                     (
                         ci(&r.vs_direct, 3),
@@ -745,10 +809,11 @@ impl EwReport {
                         ci(&r.added_p50_us, 2),
                         ci(&r.added_p90_us, 2),
                         ci(&r.added_p99_us, 1),
+                        ci(&r.added_p99_quiet_us, 2),
                     )
                 };
                 s.push_str(&format!(
-                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {} | {} |\n",
+                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {:.2} % | {:.1} | {:.1} | {} | {} | {} |\n",
                     services,
                     r.path,
                     r.per_sec_trimmed,
@@ -761,6 +826,10 @@ impl EwReport {
                     a50,
                     a90,
                     a99,
+                    r.preempted * 100.0,
+                    r.wait_p50_us,
+                    r.p99_quiet_us,
+                    a99q,
                     r.vs_fewest.as_ref().map_or("-".into(), |m| ci(m, 3)),
                     r.failures
                 ));
