@@ -83,6 +83,14 @@ impl Fixture {
     }
 
     fn with_scope(name: &str, scope: impl FnOnce(&NamedNetns) -> SockScope) -> Fixture {
+        Fixture::with_load(name, |ns, opts| LoadOptions { sock_scope: scope(ns), ..opts })
+    }
+
+    /// With load options of its own (from the small ones).
+    fn with_load(
+        name: &str,
+        load: impl FnOnce(&NamedNetns, LoadOptions) -> LoadOptions,
+    ) -> Fixture {
         let ns = NamedNetns::create(name).expect("creating the test's namespace");
         ns.ip(&["link", "set", "lo", "up"]).unwrap();
         for a in [B1_V4, B2_V4] {
@@ -96,9 +104,8 @@ impl Fixture {
             .expect("creating the test's cgroup");
         let pod = node.child("pod").unwrap();
         let pins = PinDir::new(name);
-        let sock_scope = scope(&ns);
+        let opts = load(&ns, LoadOptions::small(pins.path()));
         let loaded = (|| -> Result<(Dataplane, Datapath), String> {
-            let opts = LoadOptions { sock_scope, ..LoadOptions::small(pins.path()) };
             let mut dp =
                 Dataplane::load(&opts).map_err(|e| format!("loading the datapath: {e:?}"))?;
             dp.attach_sock(node.path()).map_err(|e| format!("attaching at the cgroup: {e:?}"))?;
@@ -139,6 +146,29 @@ impl Fixture {
     /// Runs a client to completion: one JSON value per attempt.
     fn run(&self, args: &[&str]) -> Vec<Value> {
         lines(self.client(args).output().expect("running xlb-probe"))
+    }
+
+    /// Sockets with a record in xlb_sock_cookie.
+    fn cookie_records(&self) -> u64 {
+        let c = lb::census::run(self.pins.path());
+        assert!(c.errors.is_empty(), "census: {:?}", c.errors);
+        c.maps["xlb_sock_cookie"].entries
+    }
+
+    /// A client that keeps one unconnected UDP socket to the dns service
+    /// (a record held) until killed, once its first answer is in.
+    fn hold_udp(&self) -> Child {
+        let mut c = self
+            .client(&["udp-hold", &format!("{WEB_V4}:53"), "--unconnected", "--count", "600"])
+            .args(["--interval-ms", "100"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(field(&v, "from"), format!("{WEB_V4}:53"), "{v}");
+        c
     }
 
     fn counter(&self, name: &str) -> u64 {
@@ -478,4 +508,97 @@ fn a_process_outside_the_hooked_cgroup_reaches_a_clusterip_through_the_tc_fallba
     assert!(nat >= 8 * 3 + 3, "every packet to the ClusterIP DNAT'd in tc: {nat}");
     assert!(revnat >= 8 * 2 + 3, "every reply translated back: {revnat}");
     assert_eq!(f.counter("ok_sock_connect"), 0, "no socket program saw these");
+}
+
+/// Waits (bounded) until the xlb_sock_cookie census reads `want`.
+fn records_settle(f: &Fixture, want: u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let n = f.cookie_records();
+        if n == want || t0.elapsed() > Duration::from_secs(5) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn translation_records_leave_with_their_sockets() {
+    let f = Fixture::new("sockleave");
+    let base = f.cookie_records();
+    let spill = f.counter("ok_sock_state_spill");
+    // Many translated sockets of every kind, each closed: TCP (IPv4, IPv6,
+    // IPv4-mapped), connected and unconnected UDP.
+    let web_mapped = format!("[::ffff:{WEB_V4}]:80");
+    for args in [
+        vec!["tcp".to_string(), format!("{WEB_V4}:80"), "--count".into(), "200".into()],
+        vec!["tcp".to_string(), format!("[{WEB_V6}]:80"), "--count".into(), "100".into()],
+        vec!["tcp".to_string(), web_mapped.clone(), "--count".into(), "100".into()],
+        vec!["udp".to_string(), format!("{WEB_V4}:53"), "--count".into(), "100".into()],
+        vec!["udp".to_string(), format!("[{WEB_V6}]:53"), "--count".into(), "50".into()],
+        vec![
+            "udp".to_string(),
+            format!("{WEB_V4}:53"),
+            "--connected".into(),
+            "--count".into(),
+            "100".into(),
+        ],
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = f.run(&a);
+        assert_eq!(bodies(&out).len(), out.len(), "{args:?}");
+    }
+    let connects = f.counter("ok_sock_connect");
+    assert!(connects >= 500, "translated at connect: {connects}");
+    assert_eq!(records_settle(&f, base), base, "every closed socket's record is gone");
+    // A live socket holds its record; it goes when the socket does.
+    let mut held = f.hold_udp();
+    assert_eq!(f.cookie_records(), base + 1, "the held socket's record");
+    held.kill().unwrap();
+    held.wait().unwrap();
+    assert_eq!(records_settle(&f, base), base, "released with the killed process's socket");
+    assert_eq!(f.counter("ok_sock_state_spill"), spill, "nothing spilled at this size");
+}
+
+#[test]
+fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
+    const SIZE: u32 = 4;
+    let f = Fixture::with_load("sockfull", |_, o| LoadOptions {
+        sizes: lb::loader::MapSizes { sock_states: SIZE, ..o.sizes },
+        ..o
+    });
+    let mut held: Vec<Child> = (0..SIZE).map(|_| f.hold_udp()).collect();
+    assert_eq!(f.cookie_records(), u64::from(SIZE), "the map is full");
+    let spill = f.counter("ok_sock_state_spill");
+    // Every new translation now keeps its record in socket storage: served,
+    // and getpeername / recvfrom still show the service address.
+    let out = f.run(&["tcp", &format!("{WEB_V4}:80"), "--count", "20"]);
+    for v in &out {
+        assert!(ok(v), "{v}");
+        assert_eq!(field(v, "peer"), format!("{WEB_V4}:80"));
+    }
+    let out = f.run(&["tcp", &format!("[{WEB_V6}]:80"), "--count", "5"]);
+    for v in &out {
+        assert_eq!(field(v, "peer"), format!("[{WEB_V6}]:80"), "{v}");
+    }
+    let out = f.run(&["udp", &format!("{WEB_V4}:53"), "--count", "10"]);
+    for v in &out {
+        assert_eq!(field(v, "from"), format!("{WEB_V4}:53"), "{v}");
+    }
+    let out = f.run(&["udp", &format!("{WEB_V4}:53"), "--connected", "--count", "5"]);
+    for v in &out {
+        assert_eq!(field(v, "peer"), format!("{WEB_V4}:53"), "{v}");
+    }
+    let spilled = f.counter("ok_sock_state_spill") - spill;
+    assert_eq!(spilled, 40, "each of the 40 sockets counted once");
+    assert_eq!(f.cookie_records(), u64::from(SIZE), "the full map unchanged");
+    // Room again once the holders are gone: no spill.
+    for h in &mut held {
+        h.kill().unwrap();
+        h.wait().unwrap();
+    }
+    assert_eq!(records_settle(&f, 0), 0);
+    f.run(&["tcp", &format!("{WEB_V4}:80"), "--count", "5"]);
+    assert_eq!(f.counter("ok_sock_state_spill") - spill, 40);
+    assert_eq!(records_settle(&f, 0), 0);
 }
