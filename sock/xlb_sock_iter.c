@@ -16,7 +16,9 @@
  *             connections are left to TCP itself, as kube-proxy does
  *
  * For each socket destroyed, the 4-byte result of bpf_sock_destroy is
- * written to the iterator's output (the agent counts them).
+ * written to the iterator's output (the agent counts them). The same
+ * walk, with xlb_sock_live_*, lists the sockets that hold a record (the
+ * sweep of records left behind, below).
  *
  * Kernel types are read with CO-RE (preserve_access_index: the loader
  * relocates the field offsets against the running kernel's BTF). The
@@ -174,6 +176,34 @@ SEC("iter/tcp")
 int xlb_sock_iter_tcp(struct bpf_iter__tcp *ctx)
 {
 	return xlb_sock_reap(ctx->meta, ctx->sk_common, IPPROTO_TCP, XLB_TCP_SYN_SENT);
+}
+
+/* The sweep: the cookie of every socket with an xlb_sock_cookie record,
+ * written to the output (8 bytes each). The agent deletes the records no
+ * live socket claims: those of sockets released while no sock_release
+ * program was attached (an agent stopped with --detach-on-exit). */
+static __always_inline int xlb_sock_live(struct bpf_iter_meta *meta, struct sock_common *sk)
+{
+	__u64 cookie;
+
+	if (!sk)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	if (bpf_map_lookup_elem(&xlb_sock_cookie, &cookie))
+		bpf_seq_write(meta->seq, &cookie, sizeof(cookie));
+	return 0;
+}
+
+SEC("iter/udp")
+int xlb_sock_live_udp(struct bpf_iter__udp *ctx)
+{
+	return xlb_sock_live(ctx->meta, (struct sock_common *)ctx->udp_sk);
+}
+
+SEC("iter/tcp")
+int xlb_sock_live_tcp(struct bpf_iter__tcp *ctx)
+{
+	return xlb_sock_live(ctx->meta, ctx->sk_common);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

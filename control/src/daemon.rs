@@ -593,12 +593,22 @@ fn serve(
         crate::metrics::control().attached(&cgroup.display().to_string(), "sock", "cgroup");
         // The probe: the kernel loads the socket iterators or says why not.
         let reaper = match Reaper::load(&args.pin_dir) {
-            Ok(r) => {
+            Ok(mut r) => {
                 info!(
                     "socket termination available (socket iterators + bpf_sock_destroy): \
                      connected UDP and connecting TCP sockets to a removed backend are \
                      terminated"
                 );
+                // Records of sockets released while no agent was attached.
+                match r.sweep(&cgroup) {
+                    Ok(s) => info!(
+                        live = s.live,
+                        removed = s.removed,
+                        namespaces = s.namespaces,
+                        "socket translation records swept"
+                    ),
+                    Err(e) => warn!(error = %e, "sweeping socket translation records"),
+                }
                 Some(r)
             }
             Err(e) => {

@@ -602,3 +602,34 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
     assert_eq!(f.counter("ok_sock_state_spill") - spill, 40);
     assert_eq!(records_settle(&f, 0), 0);
 }
+
+#[test]
+fn the_sweep_removes_records_no_socket_holds_and_keeps_live_ones() {
+    let f = Fixture::new("socksweep");
+    let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
+        .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
+    let mut held = f.hold_udp();
+    // Records of sockets released while no sock_release was attached: a
+    // cookie no socket has (cookies count up from 1; never this high).
+    let mut records: aya::maps::HashMap<aya::maps::MapData, u64, lb::abi::SockRec> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(f.pins.path().join("xlb_sock_cookie")).unwrap(),
+        ))
+        .unwrap();
+    let rec = records.iter().next().expect("the held socket's record").unwrap().1;
+    for cookie in [u64::MAX - 1, u64::MAX - 2] {
+        records.insert(cookie, rec, 0).unwrap();
+    }
+    let before = f.cookie_records();
+    let s = reaper.sweep(f.node.path()).unwrap();
+    assert_eq!((s.removed, s.live), (2, 1), "{s:?}");
+    assert_eq!(f.cookie_records(), before - 2);
+    assert!(records.get(&(u64::MAX - 1), 0).is_err());
+    // The held socket still shows the service address (its record kept).
+    let mut line = String::new();
+    BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(field(&v, "from"), format!("{WEB_V4}:53"), "{v}");
+    held.kill().unwrap();
+    held.wait().unwrap();
+}
