@@ -47,11 +47,13 @@ static __always_inline int xlb_sock_rev(struct bpf_sock_addr *ctx, __u8 *addr, _
 
 	if (xlb_sock_skip(ctx))
 		return -XLB_PASS_SOCK_HOST_ONLY;
-	cookie = bpf_get_socket_cookie(ctx);
-	r = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
-	if (r && xlb_sock_rec_of(r, addr, *port, family, proto)) {
-		xlb_sock_rev_put(r, addr, port, svc_id);
-		return 0;
+	if (xlb_sock_cookie_on) {
+		cookie = bpf_get_socket_cookie(ctx);
+		r = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
+		if (r && xlb_sock_rec_of(r, addr, *port, family, proto)) {
+			xlb_sock_rev_put(r, addr, port, svc_id);
+			return 0;
+		}
 	}
 	st = bpf_sk_storage_get(&xlb_sock_state, ctx->sk, 0, 0);
 	if (!st)

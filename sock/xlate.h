@@ -60,6 +60,11 @@
  * ClusterIP) are left to the per-packet path; 0: every socket is translated. */
 volatile const __u64 xlb_sock_host_netns = 0;
 
+/* Set by the loader (.rodata, LoadOptions::sock_cookie_records): 1: a
+ * socket's first record in xlb_sock_cookie (the loader then attaches
+ * sock_release, which deletes it); 0: every record in socket storage. */
+volatile const __u32 xlb_sock_cookie_on = 0;
+
 /* What one translation chose. */
 struct xlb_sock_out {
 	__u32 svc_id;
@@ -184,10 +189,11 @@ static __always_inline void xlb_sock_rec_fill(struct xlb_sock_rec *r,
 /* Keeps the record of a new translation: the socket's first goes to
  * xlb_sock_cookie (no allocation); a further one, or any while that map is
  * full (counted), to the socket's storage (created here). r: the record
- * found earlier to overwrite in place, or NULL. in_cookie: the socket has
- * an xlb_sock_cookie entry (of another service address). */
+ * found earlier to overwrite in place, or NULL. skip_map: not in
+ * xlb_sock_cookie (the socket has an entry there for another service
+ * address, or the map is not used). */
 static __always_inline int xlb_sock_rec_keep(struct bpf_sock_addr *ctx, __u64 cookie,
-					     struct xlb_sock_rec *r, int in_cookie,
+					     struct xlb_sock_rec *r, int skip_map,
 					     const struct xlb_frontend_key *fk, __u32 svc_id,
 					     const struct xlb_backend *be, __u32 backend_id)
 {
@@ -199,7 +205,7 @@ static __always_inline int xlb_sock_rec_keep(struct bpf_sock_addr *ctx, __u64 co
 		xlb_sock_rec_fill(r, fk, svc_id, be, backend_id);
 		return 0;
 	}
-	if (!in_cookie) {
+	if (!skip_map) {
 		xlb_sock_rec_fill(&nr, fk, svc_id, be, backend_id);
 		if (!bpf_map_update_elem(&xlb_sock_cookie, &cookie, &nr, BPF_NOEXIST))
 			return 0;
@@ -226,7 +232,7 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 	struct xlb_sock_aff_key ak = {};
 	struct xlb_affinity_entry ae = {};
 	struct xlb_sock_state *st;
-	struct xlb_sock_rec *r = NULL, *cr;
+	struct xlb_sock_rec *r = NULL, *cr = NULL;
 	struct xlb_service *svc;
 	struct xlb_backend *be = NULL;
 	__u32 backend_id = 0;
@@ -244,7 +250,8 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 	out->new_flow = 0;
 	out->affinity_hit = 0;
 	cookie = bpf_get_socket_cookie(ctx);
-	cr = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
+	if (xlb_sock_cookie_on)
+		cr = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
 	if (cr && xlb_sock_rec_is(cr, svc->id, fk)) {
 		r = cr;
 	} else {
@@ -281,7 +288,8 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 			ae.last_ns = now;
 			bpf_map_update_elem(&xlb_sock_affinity, &ak, &ae, BPF_ANY);
 		}
-		rc = xlb_sock_rec_keep(ctx, cookie, r, cr != NULL, fk, svc->id, be, backend_id);
+		rc = xlb_sock_rec_keep(ctx, cookie, r, cr || !xlb_sock_cookie_on, fk, svc->id, be,
+				       backend_id);
 		if (rc)
 			return rc;
 		out->new_flow = 1;

@@ -82,6 +82,11 @@ impl Fixture {
         Fixture::with_scope(name, |_| SockScope::All)
     }
 
+    /// With translated sockets' records in xlb_sock_cookie.
+    fn cookies(name: &str) -> Fixture {
+        Fixture::with_load(name, |_, o| LoadOptions { sock_cookie_records: true, ..o })
+    }
+
     fn with_scope(name: &str, scope: impl FnOnce(&NamedNetns) -> SockScope) -> Fixture {
         Fixture::with_load(name, |ns, opts| LoadOptions { sock_scope: scope(ns), ..opts })
     }
@@ -224,7 +229,15 @@ fn bodies(out: &[Value]) -> Vec<String> {
 
 #[test]
 fn tcp_to_a_clusterip_is_served_by_its_backends_and_getpeername_shows_the_clusterip() {
-    let f = Fixture::new("socktcp");
+    tcp_to_a_clusterip(Fixture::new("socktcp"));
+}
+
+#[test]
+fn tcp_to_a_clusterip_with_cookie_records() {
+    tcp_to_a_clusterip(Fixture::cookies("socktcpc"));
+}
+
+fn tcp_to_a_clusterip(f: Fixture) {
     let before = f.counter("ok_sock_connect");
     for (target, peer) in [
         (format!("{WEB_V4}:80"), format!("{WEB_V4}:80")),
@@ -248,7 +261,15 @@ fn tcp_to_a_clusterip_is_served_by_its_backends_and_getpeername_shows_the_cluste
 
 #[test]
 fn udp_to_a_clusterip_answers_from_the_clusterip() {
-    let f = Fixture::new("sockudp");
+    udp_to_a_clusterip(Fixture::new("sockudp"));
+}
+
+#[test]
+fn udp_to_a_clusterip_with_cookie_records() {
+    udp_to_a_clusterip(Fixture::cookies("sockudpc"));
+}
+
+fn udp_to_a_clusterip(f: Fixture) {
     for (target, from) in [
         (format!("{WEB_V4}:53"), format!("{WEB_V4}:53")),
         (format!("[{WEB_V6}]:53"), format!("[{WEB_V6}]:53")),
@@ -312,7 +333,15 @@ fn connect_without_endpoints_is_refused_at_once() {
 
 #[test]
 fn a_connected_udp_socket_to_a_removed_backend_is_destroyed() {
-    let mut f = Fixture::new("sockreap");
+    a_removed_backend_ends_a_connected_udp_socket(Fixture::new("sockreap"));
+}
+
+#[test]
+fn a_removed_backend_ends_a_connected_udp_socket_with_cookie_records() {
+    a_removed_backend_ends_a_connected_udp_socket(Fixture::cookies("sockreapc"));
+}
+
+fn a_removed_backend_ends_a_connected_udp_socket(mut f: Fixture) {
     let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
         .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
     let mut hold = f
@@ -524,7 +553,7 @@ fn records_settle(f: &Fixture, want: u64) -> u64 {
 
 #[test]
 fn translation_records_leave_with_their_sockets() {
-    let f = Fixture::new("sockleave");
+    let f = Fixture::cookies("sockleave");
     let base = f.cookie_records();
     let spill = f.counter("ok_sock_state_spill");
     // Many translated sockets of every kind, each closed: TCP (IPv4, IPv6,
@@ -565,6 +594,7 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
     const SIZE: u32 = 4;
     let f = Fixture::with_load("sockfull", |_, o| LoadOptions {
         sizes: lb::loader::MapSizes { sock_states: SIZE, ..o.sizes },
+        sock_cookie_records: true,
         ..o
     });
     let mut held: Vec<Child> = (0..SIZE).map(|_| f.hold_udp()).collect();
@@ -605,7 +635,7 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
 
 #[test]
 fn the_sweep_removes_records_no_socket_holds_and_keeps_live_ones() {
-    let f = Fixture::new("socksweep");
+    let f = Fixture::cookies("socksweep");
     let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
         .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
     let mut held = f.hold_udp();

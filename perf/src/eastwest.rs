@@ -150,6 +150,8 @@ pub struct EwReport {
 
 struct Xlb {
     services: u32,
+    /// LoadOptions::sock_cookie_records.
+    cookie: bool,
     cgroup: lab::cgroup::Cgroup,
     pins: PinDir,
     dp: Option<Dataplane>,
@@ -256,14 +258,21 @@ impl Rig {
             MapSizes { services: 16384, frontends: 65536, backends: 65536, ..MapSizes::small() };
         let mut xlb = Vec::new();
         for &n in counts {
-            let cgroup = lab::cgroup::Cgroup::create(
-                root.join(format!("xlbperf{}-eastwest-{n}", std::process::id())),
-            )?;
-            let pins = PinDir::new(&format!("eastwest{n}"));
-            let mut dp = Dataplane::load(&LoadOptions { sizes, ..LoadOptions::small(pins.path()) })
-                .context("loading the datapath")?;
-            dp.attach_sock(cgroup.path()).context("attaching the socket programs")?;
-            xlb.push(Xlb { services: n, cgroup, pins, dp: Some(dp) });
+            for cookie in [false, true] {
+                let tag = if cookie { "c" } else { "" };
+                let cgroup = lab::cgroup::Cgroup::create(
+                    root.join(format!("xlbperf{}-eastwest-{n}{tag}", std::process::id())),
+                )?;
+                let pins = PinDir::new(&format!("eastwest{n}{tag}"));
+                let opts = LoadOptions {
+                    sizes,
+                    sock_cookie_records: cookie,
+                    ..LoadOptions::small(pins.path())
+                };
+                let mut dp = Dataplane::load(&opts).context("loading the datapath")?;
+                dp.attach_sock(cgroup.path()).context("attaching the socket programs")?;
+                xlb.push(Xlb { services: n, cookie, cgroup, pins, dp: Some(dp) });
+            }
         }
         let tmp = std::env::temp_dir().join(format!("xlbperf{}-eastwest", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
@@ -379,15 +388,19 @@ impl Rig {
     /// UDP), from the address the client asked for (args[1]): the service
     /// address on the xlb and kube-proxy paths, so each timed request did
     /// its whole translation, reverse included; anything else is an error.
-    fn probe(&self, args: &[&str], hooked: Option<u32>) -> Result<Sample> {
+    fn probe(&self, args: &[&str], hooked: Option<Hooked>) -> Result<Sample> {
         let mut cmd = self.pod.nsenter(&self.probe);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(server) = &self.server {
             cmd.args(["--watch", &server.id().to_string()]);
         }
         pin_cpu(&mut cmd, self.client_cpu);
-        if let Some(n) = hooked {
-            let x = self.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
+        if let Some((n, cookie)) = hooked {
+            let x = self
+                .xlb
+                .iter()
+                .find(|x| x.services == n && x.cookie == cookie)
+                .context("no such xlb")?;
             x.cgroup.join_before_exec(&mut cmd);
         }
         let out = cmd.output().context("running xlb-probe")?;
@@ -441,9 +454,13 @@ fn as_str(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
 
+/// The xlb instance a client joins the cgroup of: its service count and
+/// whether it keeps records in xlb_sock_cookie.
+type Hooked = (u32, bool);
+
 /// One path of a measurement: its name, xlb-probe's arguments, the xlb
-/// instance (by service count) whose cgroup the client joins, if any.
-type Path<'a> = (String, &'a [String], Option<u32>);
+/// instance whose cgroup the client joins, if any.
+type Path<'a> = (String, &'a [String], Option<Hooked>);
 
 /// One path's round: the time of each request (µs), the failures, each
 /// request's scheduler wait (µs; xlb-probe --watch).
@@ -529,7 +546,7 @@ fn rows(
             };
             EwRow {
                 table: table.into(),
-                services: p.2.unwrap_or(services),
+                services: p.2.map_or(services, |h| h.0),
                 path: p.0.clone(),
                 proto: proto.into(),
                 rounds: m[i].len(),
@@ -629,8 +646,9 @@ fn prog_stats(cgroup: &std::path::Path) -> Result<Vec<(String, u64, u64)>> {
 /// Runs `path` for `rounds` rounds with run-time statistics on and returns
 /// each program's calls and cost over them (programs not called left out).
 fn prog_cost(rig: &Rig, path: &Path, proto: &str, rounds: u32) -> Result<Vec<ProgCost>> {
-    let n = path.2.context("a path outside xlb's cgroup runs no program")?;
-    let x = rig.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
+    let (n, cookie) = path.2.context("a path outside xlb's cgroup runs no program")?;
+    let x =
+        rig.xlb.iter().find(|x| x.services == n && x.cookie == cookie).context("no such xlb")?;
     let before = prog_stats(x.cgroup.path())?;
     for _ in 0..rounds {
         rig.probe(&as_str(path.1), path.2)?;
@@ -676,14 +694,28 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     };
     for x in &rig.xlb {
         let t = rig.apply_xlb(x).with_context(|| format!("xlb at {} services", x.services))?;
-        report.xlb_apply_s.push((x.services, t.as_secs_f64()));
+        if !x.cookie {
+            report.xlb_apply_s.push((x.services, t.as_secs_f64()));
+        }
     }
     let direct = || ("direct".to_string(), &tcp_direct[..], None);
     // The pod IP from inside xlb's cgroup: the socket programs run and find
     // no service (what a pod meets reaching a pod IP on a node with xlb),
     // telling the hooks' cost from translation's.
-    let in_cgroup = |svcs| ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some(svcs));
-    let xlb = |svcs| ("xlb socket LB".to_string(), &tcp_svc[..], Some(svcs));
+    let in_cgroup =
+        |svcs| ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some((svcs, false)));
+    let xlb = |svcs| ("xlb socket LB".to_string(), &tcp_svc[..], Some((svcs, false)));
+    // The same with translated sockets' records in xlb_sock_cookie
+    // (LoadOptions::sock_cookie_records: sock_release on every socket).
+    let in_cgroup_c = |svcs| {
+        (
+            "direct, in xlb's cgroup (cookie records)".to_string(),
+            &tcp_direct[..],
+            Some((svcs, true)),
+        )
+    };
+    let xlb_c =
+        |svcs| ("xlb socket LB (cookie records)".to_string(), &tcp_svc[..], Some((svcs, true)));
     // Per service count: direct, in xlb's cgroup, xlb, kube-proxy.
     for &svcs in &opts.services {
         let kp = rig.apply_kube_proxy(svcs).with_context(|| format!("kube-proxy at {svcs}"))?;
@@ -692,6 +724,8 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
             direct(),
             in_cgroup(svcs),
             xlb(svcs),
+            in_cgroup_c(svcs),
+            xlb_c(svcs),
             ("kube-proxy iptables".to_string(), &tcp_svc[..], None),
         ];
         let m =
@@ -704,7 +738,7 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     paths.extend(
         opts.services
             .iter()
-            .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some(n))),
+            .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some((n, false)))),
     );
     let m = measure(&rig, &paths, opts.rounds).context("xlb at every count")?;
     report.rows.extend(rows("flatness", "tcp", 0, &paths, &m, Some(1)));
@@ -712,8 +746,14 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     let svcs = *opts.services.last().unwrap_or(&1);
     let udp_paths = [
         ("direct".to_string(), &udp_direct[..], None),
-        ("direct, in xlb's cgroup".to_string(), &udp_direct[..], Some(svcs)),
-        ("xlb socket LB".to_string(), &udp_svc[..], Some(svcs)),
+        ("direct, in xlb's cgroup".to_string(), &udp_direct[..], Some((svcs, false))),
+        ("xlb socket LB".to_string(), &udp_svc[..], Some((svcs, false))),
+        (
+            "direct, in xlb's cgroup (cookie records)".to_string(),
+            &udp_direct[..],
+            Some((svcs, true)),
+        ),
+        ("xlb socket LB (cookie records)".to_string(), &udp_svc[..], Some((svcs, true))),
     ];
     let m = measure(&rig, &udp_paths, opts.rounds).context("UDP")?;
     report.rows.extend(rows("udp", "udp", svcs, &udp_paths, &m, None));
@@ -725,10 +765,13 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
         let mut out = Vec::new();
         for &svcs in &opts.services {
             out.extend(prog_cost(&rig, &xlb(svcs), "tcp", k)?);
+            out.extend(prog_cost(&rig, &xlb_c(svcs), "tcp", k)?);
         }
         out.extend(prog_cost(&rig, &in_cgroup(svcs), "tcp", k)?);
-        out.extend(prog_cost(&rig, &udp_paths[2], "udp", k)?);
-        out.extend(prog_cost(&rig, &udp_paths[1], "udp", k)?);
+        out.extend(prog_cost(&rig, &in_cgroup_c(svcs), "tcp", k)?);
+        for p in &udp_paths[1..] {
+            out.extend(prog_cost(&rig, p, "udp", k)?);
+        }
         Ok(out)
     })();
     match cost {
