@@ -812,7 +812,9 @@ impl EwReport {
              and its per-round added p99 (raw p99 and added p99 keep every request). direct: the pod IP; in xlb's cgroup: the pod IP with \
              xlb's socket programs running (no service found); xlb: the ClusterIP translated \
              at connect(); kube-proxy iptables: the ClusterIP DNAT'd by the node's kube-proxy \
-             ruleset (measured service last).\n\n",
+             ruleset (measured service last); (cookie records): a second xlb datapath, at its \
+             own cgroup, with LoadOptions::sock_cookie_records (records in a preallocated \
+             map keyed by socket cookie, sock_release on every socket).\n\n",
             self.rounds, self.requests
         );
         for (table, title) in [
