@@ -186,10 +186,12 @@ pub struct LoadOptions {
     /// Keep a translated socket's first record in xlb_sock_cookie (a
     /// preallocated map keyed by socket cookie) and attach sock_release to
     /// delete it, instead of creating socket storage at connect. Halves
-    /// connect4's own cost (~1.0 → ~0.5 µs) but adds sock_release to every
-    /// socket below the cgroup and a cookie lookup to getpeername/recvmsg:
-    /// measured end to end (xlb-perf eastwest) no faster for translated
-    /// connections and ~1 % slower for untranslated ones, hence off.
+    /// connect4's own cost (~1.1 → ~0.55 µs); a translated TCP connection
+    /// is 0.45-0.70 µs faster end to end (p50, same rounds), but every
+    /// socket below the cgroup then runs sock_release and getpeername /
+    /// recvmsg look its cookie up: an untranslated connection is 0.15-0.37
+    /// µs slower (xlb-perf eastwest, "(cookie records)" rows). Off by
+    /// default: the agent's choice (`--socket-lb-cookie-records`).
     pub sock_cookie_records: bool,
     /// Replies XDP may send per second per CPU (rejects of services without
     /// endpoints, ICMP too big); 0: none (packets are dropped instead).
