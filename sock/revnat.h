@@ -30,8 +30,8 @@ static __always_inline int xlb_sock_rec_of(const struct xlb_sock_rec *r, const _
 	       xlb_addr_eq(r->baddr, addr);
 }
 
-static __always_inline void xlb_sock_rev_put(const struct xlb_sock_rec *r, __u8 *addr,
-					     __be16 *port, __u32 *svc_id)
+static __always_inline void xlb_sock_rev_put(const struct xlb_sock_rec *r, __u8 *addr, __be16 *port,
+					     __u32 *svc_id)
 {
 	xlb_addr_copy(addr, r->vaddr);
 	*port = r->vport;
