@@ -6,9 +6,11 @@
  * application used instead, read from the socket's own storage
  * (xlb_sock_state): a datagram from a backend this socket was given, for
  * the same protocol and family, gets that record's service address and
- * port. The records leave with their socket (socket storage is freed with
- * it), so a reused backend address can never be shown as a service to a
- * socket that did not talk to it.
+ * port (xlb_sock_cookie first, then the socket's storage). The records
+ * leave with their socket (socket storage is freed with it; sock_release
+ * deletes the cookie's entry, and a cookie is never reused), so a reused
+ * backend address can never be shown as a service to a socket that did
+ * not talk to it.
  *
  * API
  *   int xlb_sock_rev(ctx, &addr, &port, family, proto, &svc_id)
@@ -20,25 +22,46 @@
 
 #include "xlate.h"
 
+/* Whether record r is of the backend addr/port (family, protocol). */
+static __always_inline int xlb_sock_rec_of(const struct xlb_sock_rec *r, const __u8 *addr,
+					   __be16 port, __u8 family, __u8 proto)
+{
+	return r->backend_id && r->bport == port && r->family == family && r->proto == proto &&
+	       xlb_addr_eq(r->baddr, addr);
+}
+
+static __always_inline void xlb_sock_rev_put(const struct xlb_sock_rec *r, __u8 *addr, __be16 *port,
+					     __u32 *svc_id)
+{
+	xlb_addr_copy(addr, r->vaddr);
+	*port = r->vport;
+	*svc_id = r->svc_id;
+}
+
 static __always_inline int xlb_sock_rev(struct bpf_sock_addr *ctx, __u8 *addr, __be16 *port,
 					__u8 family, __u8 proto, __u32 *svc_id)
 {
 	struct xlb_sock_state *st;
+	struct xlb_sock_rec *r;
+	__u64 cookie;
 
 	if (xlb_sock_skip(ctx))
 		return -XLB_PASS_SOCK_HOST_ONLY;
+	if (xlb_sock_cookie_on) {
+		cookie = bpf_get_socket_cookie(ctx);
+		r = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
+		if (r && xlb_sock_rec_of(r, addr, *port, family, proto)) {
+			xlb_sock_rev_put(r, addr, port, svc_id);
+			return 0;
+		}
+	}
 	st = bpf_sk_storage_get(&xlb_sock_state, ctx->sk, 0, 0);
 	if (!st)
 		return -XLB_PASS_SOCK_NO_REVNAT;
 #pragma unroll
 	for (int i = 0; i < XLB_SOCK_RECS; i++) {
-		struct xlb_sock_rec *r = &st->rec[i];
-
-		if (r->backend_id && r->bport == *port && r->family == family &&
-		    r->proto == proto && xlb_addr_eq(r->baddr, addr)) {
-			xlb_addr_copy(addr, r->vaddr);
-			*port = r->vport;
-			*svc_id = r->svc_id;
+		if (xlb_sock_rec_of(&st->rec[i], addr, *port, family, proto)) {
+			xlb_sock_rev_put(&st->rec[i], addr, port, svc_id);
 			return 0;
 		}
 	}

@@ -16,9 +16,12 @@
  *      xlb_maglev_pick (maglev.h), so a change of the table layout stays
  *      behind that function.
  *
- * The record (service address, backend address, ids) is written in the
- * socket's storage before the destination is rewritten: recvmsg() and
- * getpeername() read it back (revnat.h). No usable backend: the call fails
+ * The record (service address, backend address, ids) is kept before the
+ * destination is rewritten: the socket's first in xlb_sock_cookie (keyed
+ * by its cookie, preallocated: no allocation; deleted at release by
+ * cgroup/sock_release), a further one, or any while that map is full, in
+ * the socket's storage (xlb_sock_state). recvmsg() and getpeername() read
+ * it back (revnat.h). No usable backend: the call fails
  * at once with ECONNREFUSED (bpf_set_retval), like kube-proxy's REJECT.
  *
  * API
@@ -37,6 +40,7 @@
 #include <bpf/bpf_endian.h>
 #include "maps.h"
 #include "addr.h"
+#include "counters.h"
 #include "conntrack.h"
 #include "maglev.h"
 
@@ -55,6 +59,11 @@
  * sockets of other namespaces (pods: their sidecar proxies must see the
  * ClusterIP) are left to the per-packet path; 0: every socket is translated. */
 volatile const __u64 xlb_sock_host_netns = 0;
+
+/* Set by the loader (.rodata, LoadOptions::sock_cookie_records): 1: a
+ * socket's first record in xlb_sock_cookie (the loader then attaches
+ * sock_release, which deletes it); 0: every record in socket storage. */
+volatile const __u32 xlb_sock_cookie_on = 0;
 
 /* What one translation chose. */
 struct xlb_sock_out {
@@ -111,18 +120,22 @@ static __always_inline struct xlb_service *xlb_sock_frontend(struct xlb_frontend
 	return svc;
 }
 
-/* The socket's record of the service address fk, or NULL. */
+/* Whether record r is the socket's record of the service address fk. */
+static __always_inline int xlb_sock_rec_is(const struct xlb_sock_rec *r, __u32 svc_id,
+					   const struct xlb_frontend_key *fk)
+{
+	return r->svc_id == svc_id && r->backend_id && r->vport == fk->port &&
+	       r->family == fk->family && r->proto == fk->proto && xlb_addr_eq(r->vaddr, fk->addr);
+}
+
+/* The socket's record of the service address fk in its storage, or NULL. */
 static __always_inline struct xlb_sock_rec *
 xlb_sock_rec_find(struct xlb_sock_state *st, __u32 svc_id, const struct xlb_frontend_key *fk)
 {
 #pragma unroll
 	for (int i = 0; i < XLB_SOCK_RECS; i++) {
-		struct xlb_sock_rec *r = &st->rec[i];
-
-		if (r->svc_id == svc_id && r->backend_id && r->vport == fk->port &&
-		    r->family == fk->family && r->proto == fk->proto &&
-		    xlb_addr_eq(r->vaddr, fk->addr))
-			return r;
+		if (xlb_sock_rec_is(&st->rec[i], svc_id, fk))
+			return &st->rec[i];
 	}
 	return NULL;
 }
@@ -156,17 +169,74 @@ static __always_inline struct xlb_backend *xlb_sock_affinity_get(const struct xl
 	return be;
 }
 
+/* Fills record r: service address fk given backend be. */
+static __always_inline void xlb_sock_rec_fill(struct xlb_sock_rec *r,
+					      const struct xlb_frontend_key *fk, __u32 svc_id,
+					      const struct xlb_backend *be, __u32 backend_id)
+{
+	xlb_addr_copy(r->vaddr, fk->addr);
+	xlb_addr_copy(r->baddr, be->addr);
+	r->vport = fk->port;
+	r->bport = be->port;
+	r->family = fk->family;
+	r->proto = fk->proto;
+	r->pad = 0;
+	r->svc_id = svc_id;
+	r->backend_id = backend_id;
+	r->backend_gen = be->gen;
+}
+
+/* Keeps the record of a new translation: the socket's first goes to
+ * xlb_sock_cookie (no allocation); a further one, or any while that map is
+ * full (counted), to the socket's storage (created here). r: the record
+ * found earlier to overwrite in place, or NULL. skip_map: not in
+ * xlb_sock_cookie (the socket has an entry there for another service
+ * address, or the map is not used). */
+static __always_inline int xlb_sock_rec_keep(struct bpf_sock_addr *ctx, __u64 cookie,
+					     struct xlb_sock_rec *r, int skip_map,
+					     const struct xlb_frontend_key *fk, __u32 svc_id,
+					     const struct xlb_backend *be, __u32 backend_id)
+{
+	struct xlb_sock_state *st;
+	struct xlb_sock_rec nr;
+	__u32 idx;
+
+	if (r) {
+		xlb_sock_rec_fill(r, fk, svc_id, be, backend_id);
+		return 0;
+	}
+	if (!skip_map) {
+		xlb_sock_rec_fill(&nr, fk, svc_id, be, backend_id);
+		if (!bpf_map_update_elem(&xlb_sock_cookie, &cookie, &nr, BPF_NOEXIST))
+			return 0;
+		/* Full (or, racing, another thread's record won: storage
+		 * serves as well). */
+		xlb_count(XLB_HOOK_SOCK, XLB_OK_SOCK_STATE_SPILL, 0);
+	}
+	st = bpf_sk_storage_get(&xlb_sock_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return -XLB_DROP_SOCK_STATE;
+	r = xlb_sock_rec_find(st, svc_id, fk);
+	if (!r) {
+		idx = st->next & (XLB_SOCK_RECS - 1);
+		st->next = idx + 1;
+		r = &st->rec[idx];
+	}
+	xlb_sock_rec_fill(r, fk, svc_id, be, backend_id);
+	return 0;
+}
+
 static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_frontend_key *fk,
 					int connect, struct xlb_sock_out *out)
 {
 	struct xlb_sock_aff_key ak = {};
 	struct xlb_affinity_entry ae = {};
 	struct xlb_sock_state *st;
-	struct xlb_sock_rec *r;
+	struct xlb_sock_rec *r = NULL, *cr = NULL;
 	struct xlb_service *svc;
 	struct xlb_backend *be = NULL;
-	__u32 backend_id = 0, idx;
-	__u64 now = 0;
+	__u32 backend_id = 0;
+	__u64 now = 0, cookie;
 	int rc;
 
 	if (fk->proto != IPPROTO_TCP && fk->proto != IPPROTO_UDP)
@@ -179,10 +249,16 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 	out->svc_id = svc->id;
 	out->new_flow = 0;
 	out->affinity_hit = 0;
-	st = bpf_sk_storage_get(&xlb_sock_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st)
-		return -XLB_DROP_SOCK_STATE;
-	r = xlb_sock_rec_find(st, svc->id, fk);
+	cookie = bpf_get_socket_cookie(ctx);
+	if (xlb_sock_cookie_on)
+		cr = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
+	if (cr && xlb_sock_rec_is(cr, svc->id, fk)) {
+		r = cr;
+	} else {
+		st = bpf_sk_storage_get(&xlb_sock_state, ctx->sk, 0, 0);
+		if (st)
+			r = xlb_sock_rec_find(st, svc->id, fk);
+	}
 	if (r) {
 		be = xlb_sock_rec_backend(r, connect);
 		backend_id = r->backend_id;
@@ -200,8 +276,7 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 			out->affinity_hit = be != NULL;
 		}
 		if (!be) {
-			rc = xlb_maglev_pick(svc, xlb_sock_hash(bpf_get_socket_cookie(ctx)), &be,
-					     &backend_id);
+			rc = xlb_maglev_pick(svc, xlb_sock_hash(cookie), &be, &backend_id);
 			if (rc)
 				return rc;
 		}
@@ -213,20 +288,10 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 			ae.last_ns = now;
 			bpf_map_update_elem(&xlb_sock_affinity, &ak, &ae, BPF_ANY);
 		}
-		if (!r) {
-			idx = st->next & (XLB_SOCK_RECS - 1);
-			st->next = idx + 1;
-			r = &st->rec[idx];
-		}
-		xlb_addr_copy(r->vaddr, fk->addr);
-		xlb_addr_copy(r->baddr, be->addr);
-		r->vport = fk->port;
-		r->bport = be->port;
-		r->family = fk->family;
-		r->proto = fk->proto;
-		r->svc_id = svc->id;
-		r->backend_id = backend_id;
-		r->backend_gen = be->gen;
+		rc = xlb_sock_rec_keep(ctx, cookie, r, cr || !xlb_sock_cookie_on, fk, svc->id, be,
+				       backend_id);
+		if (rc)
+			return rc;
 		out->new_flow = 1;
 	}
 	if (be->family != fk->family)

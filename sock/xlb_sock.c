@@ -10,6 +10,7 @@
  *   sendmsg4/6    unconnected UDP: each datagram's destination translated
  *   recvmsg4/6    UDP: a backend's datagram shown from the service (revnat.h)
  *   getpeername4/6  the service address, not the backend
+ *   sock_release  a socket's xlb_sock_cookie entry deleted with it
  *
  * IPv6 programs handle IPv4-mapped addresses (::ffff:a.b.c.d) of dual-stack
  * sockets as IPv4. Each program ends in one counted exit at hook
@@ -275,6 +276,21 @@ SEC("cgroup/getpeername6")
 int xlb_sock_getpeername6(struct bpf_sock_addr *ctx)
 {
 	return xlb_sock_rev6(ctx);
+}
+
+/* A socket of the hooked cgroup is released (closed): its xlb_sock_cookie
+ * entry, if it has one, goes with it (socket storage goes by itself). Runs
+ * for every socket below the cgroup: a lookup first, so a socket never
+ * translated costs no bucket lock. Not counted (no exit reason: nothing
+ * decided here). */
+SEC("cgroup/sock_release")
+int xlb_sock_release(struct bpf_sock *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	if (bpf_map_lookup_elem(&xlb_sock_cookie, &cookie))
+		bpf_map_delete_elem(&xlb_sock_cookie, &cookie);
+	return 1;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -6,7 +6,8 @@
  * network namespace of the hooked cgroup after an apply removed backends
  * (xlb_sock_kill lists them: address, port, protocol). A socket is
  * destroyed (bpf_sock_destroy, Linux 6.5) when its peer is listed AND its
- * own storage (xlb_sock_state) says xlb translated it to that backend:
+ * records (xlb_sock_cookie by its cookie, then its storage xlb_sock_state)
+ * say xlb translated it to that backend:
  * connections made straight to the address are left alone.
  *
  *   iter/udp  connected UDP sockets (state ESTABLISHED): the application
@@ -15,7 +16,9 @@
  *             connections are left to TCP itself, as kube-proxy does
  *
  * For each socket destroyed, the 4-byte result of bpf_sock_destroy is
- * written to the iterator's output (the agent counts them).
+ * written to the iterator's output (the agent counts them). The same
+ * walk, with xlb_sock_live_*, lists the sockets that hold a record (the
+ * sweep of records left behind, below).
  *
  * Kernel types are read with CO-RE (preserve_access_index: the loader
  * relocates the field offsets against the running kernel's BTF). The
@@ -116,20 +119,30 @@ static __always_inline int xlb_sock_peer(struct sock_common *sk, __u8 proto,
 	return 1;
 }
 
-/* Whether xlb translated this socket to the backend k. */
+static __always_inline int xlb_sock_rec_to(const struct xlb_sock_rec *r,
+					   const struct xlb_frontend_key *k)
+{
+	return r->backend_id && r->bport == k->port && r->family == k->family &&
+	       r->proto == k->proto && xlb_addr_eq(r->baddr, k->addr);
+}
+
+/* Whether xlb translated this socket to the backend k: its xlb_sock_cookie
+ * record, or one in its storage. */
 static __always_inline int xlb_sock_translated_to(struct sock_common *sk,
 						  const struct xlb_frontend_key *k)
 {
-	struct xlb_sock_state *st = bpf_sk_storage_get(&xlb_sock_state, sk, 0, 0);
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct xlb_sock_rec *cr = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
+	struct xlb_sock_state *st;
 
+	if (cr && xlb_sock_rec_to(cr, k))
+		return 1;
+	st = bpf_sk_storage_get(&xlb_sock_state, sk, 0, 0);
 	if (!st)
 		return 0;
 #pragma unroll
 	for (int i = 0; i < XLB_SOCK_RECS; i++) {
-		struct xlb_sock_rec *r = &st->rec[i];
-
-		if (r->backend_id && r->bport == k->port && r->family == k->family &&
-		    r->proto == k->proto && xlb_addr_eq(r->baddr, k->addr))
+		if (xlb_sock_rec_to(&st->rec[i], k))
 			return 1;
 	}
 	return 0;
@@ -163,6 +176,34 @@ SEC("iter/tcp")
 int xlb_sock_iter_tcp(struct bpf_iter__tcp *ctx)
 {
 	return xlb_sock_reap(ctx->meta, ctx->sk_common, IPPROTO_TCP, XLB_TCP_SYN_SENT);
+}
+
+/* The sweep: the cookie of every socket with an xlb_sock_cookie record,
+ * written to the output (8 bytes each). The agent deletes the records no
+ * live socket claims: those of sockets released while no sock_release
+ * program was attached (an agent stopped with --detach-on-exit). */
+static __always_inline int xlb_sock_live(struct bpf_iter_meta *meta, struct sock_common *sk)
+{
+	__u64 cookie;
+
+	if (!sk)
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	if (bpf_map_lookup_elem(&xlb_sock_cookie, &cookie))
+		bpf_seq_write(meta->seq, &cookie, sizeof(cookie));
+	return 0;
+}
+
+SEC("iter/udp")
+int xlb_sock_live_udp(struct bpf_iter__udp *ctx)
+{
+	return xlb_sock_live(ctx->meta, (struct sock_common *)ctx->udp_sk);
+}
+
+SEC("iter/tcp")
+int xlb_sock_live_tcp(struct bpf_iter__tcp *ctx)
+{
+	return xlb_sock_live(ctx->meta, ctx->sk_common);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -272,6 +272,12 @@ pub struct RunArgs {
     /// it) and their packets are translated by tc instead.
     #[arg(long)]
     socket_lb_host_only: bool,
+    /// Keep translated sockets' records in a preallocated map keyed by
+    /// socket cookie (deleted by a sock_release program) instead of socket
+    /// storage: cheaper connect(), but every socket below the cgroup pays
+    /// the release program (see LoadOptions::sock_cookie_records).
+    #[arg(long)]
+    socket_lb_cookie_records: bool,
     /// Where the node's kube-proxy-compatible health endpoint listens
     /// (`/healthz`, `/livez`: what cloud load balancers probe). A port
     /// already taken (kube-proxy still running) is logged and skipped.
@@ -407,6 +413,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         pin_dir: args.pin_dir.clone(),
         sizes,
         sock_scope,
+        sock_cookie_records: args.socket_lb_cookie_records,
         events_enabled: true,
         reply_rate: args.reply_rate,
         reply_burst: args.reply_burst,
@@ -593,12 +600,22 @@ fn serve(
         crate::metrics::control().attached(&cgroup.display().to_string(), "sock", "cgroup");
         // The probe: the kernel loads the socket iterators or says why not.
         let reaper = match Reaper::load(&args.pin_dir) {
-            Ok(r) => {
+            Ok(mut r) => {
                 info!(
                     "socket termination available (socket iterators + bpf_sock_destroy): \
                      connected UDP and connecting TCP sockets to a removed backend are \
                      terminated"
                 );
+                // Records of sockets released while no agent was attached.
+                match r.sweep(&cgroup) {
+                    Ok(s) => info!(
+                        live = s.live,
+                        removed = s.removed,
+                        namespaces = s.namespaces,
+                        "socket translation records swept"
+                    ),
+                    Err(e) => warn!(error = %e, "sweeping socket translation records"),
+                }
                 Some(r)
             }
             Err(e) => {

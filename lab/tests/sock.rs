@@ -82,7 +82,20 @@ impl Fixture {
         Fixture::with_scope(name, |_| SockScope::All)
     }
 
+    /// With translated sockets' records in xlb_sock_cookie.
+    fn cookies(name: &str) -> Fixture {
+        Fixture::with_load(name, |_, o| LoadOptions { sock_cookie_records: true, ..o })
+    }
+
     fn with_scope(name: &str, scope: impl FnOnce(&NamedNetns) -> SockScope) -> Fixture {
+        Fixture::with_load(name, |ns, opts| LoadOptions { sock_scope: scope(ns), ..opts })
+    }
+
+    /// With load options of its own (from the small ones).
+    fn with_load(
+        name: &str,
+        load: impl FnOnce(&NamedNetns, LoadOptions) -> LoadOptions,
+    ) -> Fixture {
         let ns = NamedNetns::create(name).expect("creating the test's namespace");
         ns.ip(&["link", "set", "lo", "up"]).unwrap();
         for a in [B1_V4, B2_V4] {
@@ -96,9 +109,8 @@ impl Fixture {
             .expect("creating the test's cgroup");
         let pod = node.child("pod").unwrap();
         let pins = PinDir::new(name);
-        let sock_scope = scope(&ns);
+        let opts = load(&ns, LoadOptions::small(pins.path()));
         let loaded = (|| -> Result<(Dataplane, Datapath), String> {
-            let opts = LoadOptions { sock_scope, ..LoadOptions::small(pins.path()) };
             let mut dp =
                 Dataplane::load(&opts).map_err(|e| format!("loading the datapath: {e:?}"))?;
             dp.attach_sock(node.path()).map_err(|e| format!("attaching at the cgroup: {e:?}"))?;
@@ -139,6 +151,29 @@ impl Fixture {
     /// Runs a client to completion: one JSON value per attempt.
     fn run(&self, args: &[&str]) -> Vec<Value> {
         lines(self.client(args).output().expect("running xlb-probe"))
+    }
+
+    /// Sockets with a record in xlb_sock_cookie.
+    fn cookie_records(&self) -> u64 {
+        let c = lb::census::run(self.pins.path());
+        assert!(c.errors.is_empty(), "census: {:?}", c.errors);
+        c.maps["xlb_sock_cookie"].entries
+    }
+
+    /// A client that keeps one unconnected UDP socket to the dns service
+    /// (a record held) until killed, once its first answer is in.
+    fn hold_udp(&self) -> Child {
+        let mut c = self
+            .client(&["udp-hold", &format!("{WEB_V4}:53"), "--unconnected", "--count", "600"])
+            .args(["--interval-ms", "100"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(field(&v, "from"), format!("{WEB_V4}:53"), "{v}");
+        c
     }
 
     fn counter(&self, name: &str) -> u64 {
@@ -194,7 +229,15 @@ fn bodies(out: &[Value]) -> Vec<String> {
 
 #[test]
 fn tcp_to_a_clusterip_is_served_by_its_backends_and_getpeername_shows_the_clusterip() {
-    let f = Fixture::new("socktcp");
+    tcp_to_a_clusterip(Fixture::new("socktcp"));
+}
+
+#[test]
+fn tcp_to_a_clusterip_with_cookie_records() {
+    tcp_to_a_clusterip(Fixture::cookies("socktcpc"));
+}
+
+fn tcp_to_a_clusterip(f: Fixture) {
     let before = f.counter("ok_sock_connect");
     for (target, peer) in [
         (format!("{WEB_V4}:80"), format!("{WEB_V4}:80")),
@@ -218,7 +261,15 @@ fn tcp_to_a_clusterip_is_served_by_its_backends_and_getpeername_shows_the_cluste
 
 #[test]
 fn udp_to_a_clusterip_answers_from_the_clusterip() {
-    let f = Fixture::new("sockudp");
+    udp_to_a_clusterip(Fixture::new("sockudp"));
+}
+
+#[test]
+fn udp_to_a_clusterip_with_cookie_records() {
+    udp_to_a_clusterip(Fixture::cookies("sockudpc"));
+}
+
+fn udp_to_a_clusterip(f: Fixture) {
     for (target, from) in [
         (format!("{WEB_V4}:53"), format!("{WEB_V4}:53")),
         (format!("[{WEB_V6}]:53"), format!("[{WEB_V6}]:53")),
@@ -282,7 +333,15 @@ fn connect_without_endpoints_is_refused_at_once() {
 
 #[test]
 fn a_connected_udp_socket_to_a_removed_backend_is_destroyed() {
-    let mut f = Fixture::new("sockreap");
+    a_removed_backend_ends_a_connected_udp_socket(Fixture::new("sockreap"));
+}
+
+#[test]
+fn a_removed_backend_ends_a_connected_udp_socket_with_cookie_records() {
+    a_removed_backend_ends_a_connected_udp_socket(Fixture::cookies("sockreapc"));
+}
+
+fn a_removed_backend_ends_a_connected_udp_socket(mut f: Fixture) {
     let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
         .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
     let mut hold = f
@@ -478,4 +537,129 @@ fn a_process_outside_the_hooked_cgroup_reaches_a_clusterip_through_the_tc_fallba
     assert!(nat >= 8 * 3 + 3, "every packet to the ClusterIP DNAT'd in tc: {nat}");
     assert!(revnat >= 8 * 2 + 3, "every reply translated back: {revnat}");
     assert_eq!(f.counter("ok_sock_connect"), 0, "no socket program saw these");
+}
+
+/// Waits (bounded) until the xlb_sock_cookie census reads `want`.
+fn records_settle(f: &Fixture, want: u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let n = f.cookie_records();
+        if n == want || t0.elapsed() > Duration::from_secs(5) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn translation_records_leave_with_their_sockets() {
+    let f = Fixture::cookies("sockleave");
+    let base = f.cookie_records();
+    let spill = f.counter("ok_sock_state_spill");
+    // Many translated sockets of every kind, each closed: TCP (IPv4, IPv6,
+    // IPv4-mapped), connected and unconnected UDP.
+    let web_mapped = format!("[::ffff:{WEB_V4}]:80");
+    for args in [
+        vec!["tcp".to_string(), format!("{WEB_V4}:80"), "--count".into(), "200".into()],
+        vec!["tcp".to_string(), format!("[{WEB_V6}]:80"), "--count".into(), "100".into()],
+        vec!["tcp".to_string(), web_mapped.clone(), "--count".into(), "100".into()],
+        vec!["udp".to_string(), format!("{WEB_V4}:53"), "--count".into(), "100".into()],
+        vec!["udp".to_string(), format!("[{WEB_V6}]:53"), "--count".into(), "50".into()],
+        vec![
+            "udp".to_string(),
+            format!("{WEB_V4}:53"),
+            "--connected".into(),
+            "--count".into(),
+            "100".into(),
+        ],
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = f.run(&a);
+        assert_eq!(bodies(&out).len(), out.len(), "{args:?}");
+    }
+    let connects = f.counter("ok_sock_connect");
+    assert!(connects >= 500, "translated at connect: {connects}");
+    assert_eq!(records_settle(&f, base), base, "every closed socket's record is gone");
+    // A live socket holds its record; it goes when the socket does.
+    let mut held = f.hold_udp();
+    assert_eq!(f.cookie_records(), base + 1, "the held socket's record");
+    held.kill().unwrap();
+    held.wait().unwrap();
+    assert_eq!(records_settle(&f, base), base, "released with the killed process's socket");
+    assert_eq!(f.counter("ok_sock_state_spill"), spill, "nothing spilled at this size");
+}
+
+#[test]
+fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
+    const SIZE: u32 = 4;
+    let f = Fixture::with_load("sockfull", |_, o| LoadOptions {
+        sizes: lb::loader::MapSizes { sock_states: SIZE, ..o.sizes },
+        sock_cookie_records: true,
+        ..o
+    });
+    let mut held: Vec<Child> = (0..SIZE).map(|_| f.hold_udp()).collect();
+    assert_eq!(f.cookie_records(), u64::from(SIZE), "the map is full");
+    let spill = f.counter("ok_sock_state_spill");
+    // Every new translation now keeps its record in socket storage: served,
+    // and getpeername / recvfrom still show the service address.
+    let out = f.run(&["tcp", &format!("{WEB_V4}:80"), "--count", "20"]);
+    for v in &out {
+        assert!(ok(v), "{v}");
+        assert_eq!(field(v, "peer"), format!("{WEB_V4}:80"));
+    }
+    let out = f.run(&["tcp", &format!("[{WEB_V6}]:80"), "--count", "5"]);
+    for v in &out {
+        assert_eq!(field(v, "peer"), format!("[{WEB_V6}]:80"), "{v}");
+    }
+    let out = f.run(&["udp", &format!("{WEB_V4}:53"), "--count", "10"]);
+    for v in &out {
+        assert_eq!(field(v, "from"), format!("{WEB_V4}:53"), "{v}");
+    }
+    let out = f.run(&["udp", &format!("{WEB_V4}:53"), "--connected", "--count", "5"]);
+    for v in &out {
+        assert_eq!(field(v, "peer"), format!("{WEB_V4}:53"), "{v}");
+    }
+    let spilled = f.counter("ok_sock_state_spill") - spill;
+    assert_eq!(spilled, 40, "each of the 40 sockets counted once");
+    assert_eq!(f.cookie_records(), u64::from(SIZE), "the full map unchanged");
+    // Room again once the holders are gone: no spill.
+    for h in &mut held {
+        h.kill().unwrap();
+        h.wait().unwrap();
+    }
+    assert_eq!(records_settle(&f, 0), 0);
+    f.run(&["tcp", &format!("{WEB_V4}:80"), "--count", "5"]);
+    assert_eq!(f.counter("ok_sock_state_spill") - spill, 40);
+    assert_eq!(records_settle(&f, 0), 0);
+}
+
+#[test]
+fn the_sweep_removes_records_no_socket_holds_and_keeps_live_ones() {
+    let f = Fixture::cookies("socksweep");
+    let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
+        .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
+    let mut held = f.hold_udp();
+    // Records of sockets released while no sock_release was attached: a
+    // cookie no socket has (cookies count up from 1; never this high).
+    let mut records: aya::maps::HashMap<aya::maps::MapData, u64, lb::abi::SockRec> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(f.pins.path().join("xlb_sock_cookie")).unwrap(),
+        ))
+        .unwrap();
+    let rec = records.iter().next().expect("the held socket's record").unwrap().1;
+    for cookie in [u64::MAX - 1, u64::MAX - 2] {
+        records.insert(cookie, rec, 0).unwrap();
+    }
+    let before = f.cookie_records();
+    let s = reaper.sweep(f.node.path()).unwrap();
+    assert_eq!((s.removed, s.live), (2, 1), "{s:?}");
+    assert_eq!(f.cookie_records(), before - 2);
+    assert!(records.get(&(u64::MAX - 1), 0).is_err());
+    // The held socket still shows the service address (its record kept).
+    let mut line = String::new();
+    BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(field(&v, "from"), format!("{WEB_V4}:53"), "{v}");
+    held.kill().unwrap();
+    held.wait().unwrap();
 }

@@ -319,7 +319,8 @@ struct {
 /* ---- east-west: socket-level load balancing (#9) -------------------------
  * Types and meaning: xlb_abi.h. xlb_sock_state is socket storage: not
  * sized (one value per socket that was translated), pinned so that a
- * restarted agent's programs see the sockets translated before. */
+ * restarted agent's programs see the sockets translated before;
+ * xlb_sock_cookie (preallocated: no allocation at connect) likewise. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct xlb_frontend_key);
@@ -335,6 +336,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_sock_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct xlb_sock_rec);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_sock_cookie SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

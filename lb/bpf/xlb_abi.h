@@ -356,6 +356,7 @@ enum xlb_counter {
 	XLB_PASS_SOCK_PROTO = 98,     /* not TCP or UDP (SCTP, raw, ...) */
 	XLB_DROP_SOCK_STATE = 136,    /* no socket storage for the translation: refused */
 	XLB_DROP_SOCK_FAMILY = 137,   /* backend of another family than the socket can reach */
+	XLB_OK_SOCK_STATE_SPILL = 69, /* xlb_sock_cookie full: the record went to socket storage */
 	/* #12 hardening: OK 80-87, PASS 112-119, DROP 129-135 and 176-199 */
 	XLB_OK_REJECT = 80, /* no backend: TCP RST / ICMP unreachable sent to the client */
 	XLB_PASS_FRAG_UNTRACKED = 112, /* IPv4 later fragment: no first seen */
@@ -720,7 +721,19 @@ _Static_assert(sizeof(struct xlb_snat_stats) == 32, "xlb_snat_stats size");
  * (socket-cookie affinity: unconnected UDP keeps sending to it while it is
  * valid) and the address to show for it (recvmsg, getpeername). Socket
  * storage lives and dies with its socket: nothing to age out, and a burst of
- * short connections cannot evict a long-lived socket's translation. */
+ * short connections cannot evict a long-lived socket's translation.
+ *
+ * xlb_sock_cookie: HASH (preallocated), __u64 socket cookie -> struct
+ * xlb_sock_rec: a socket's FIRST record, where the programs look first.
+ * Creating socket storage costs two allocations with memcg accounting per
+ * socket (and their free at close): most of connect()'s cost; an entry of a
+ * preallocated map costs neither. The cgroup/sock_release program deletes
+ * the entry when its socket is released (socket cookies are never reused,
+ * so an entry that outlives its socket is never matched: it only takes
+ * room). Further records of one socket (an unconnected UDP socket talking
+ * to a second service), and every record while the map is full
+ * (XLB_OK_SOCK_STATE_SPILL counts those), go to xlb_sock_state as before.
+ * Sized by MapSizes.sock_states. */
 enum xlb_sock_consts {
 	XLB_SOCK_RECS = 4, /* services one socket remembers (round robin beyond) */
 };

@@ -439,7 +439,8 @@ abi_struct!(
     /// Per-CPU value of xlb_snat_stats.
     SnatStats = "xlb_snat_stats", 32 { allocated: u64, collisions: u64, exhausted: u64, reclaimed: u64 });
 abi_struct!(
-    /// One service a socket was translated to (xlb_sock_state).
+    /// One service a socket was translated to (xlb_sock_state; the value of
+    /// xlb_sock_cookie, keyed by the socket's cookie).
     SockRec = "xlb_sock_rec", 52 {
     vaddr: [u8; 16], baddr: [u8; 16], vport: u16 /* network order */, bport: u16, family: u8,
     proto: u8, pad: u16, svc_id: u32, backend_id: u32, backend_gen: u32,
@@ -687,6 +688,7 @@ counters! {
     PassSockProto = 98 => "pass_sock_proto",
     DropSockState = 136 => "drop_sock_state",
     DropSockFamily = 137 => "drop_sock_family",
+    OkSockStateSpill = 69 => "ok_sock_state_spill",
     // ---- hardening (#12) ----
     OkReject = 80 => "ok_reject",
     PassFragUntracked = 112 => "pass_frag_untracked",

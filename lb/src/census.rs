@@ -54,6 +54,8 @@ const MAPS: &[(&str, Used)] = &[
     ("xlb_maglev_8123", Used::Present),
     ("xlb_maglev_16319", Used::Present),
     ("xlb_frag4", Used::Present),
+    // East-west (#9): translated sockets alive (their first record).
+    ("xlb_sock_cookie", Used::Present),
 ];
 
 #[derive(Debug, thiserror::Error)]

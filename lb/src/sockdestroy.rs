@@ -14,6 +14,12 @@
 //! logs what happens without it. aya 0.14 does not resolve `__ksym` externs:
 //! the program calls the kfunc through a raw instruction whose immediate
 //! the loader patches with bpf_sock_destroy's BTF id before loading.
+//!
+//! [`Reaper::sweep`] deletes the xlb_sock_cookie records no live socket
+//! holds: the sock_release program deletes a socket's record when it is
+//! released, but not while no agent had it attached (stopped with
+//! --detach-on-exit). Cookies are never reused, so such a record is never
+//! read; it only takes room, and the agent sweeps at start.
 use std::{
     collections::HashSet,
     io::Read,
@@ -34,6 +40,9 @@ use crate::{abi, model::Proto, objects};
 /// BPF_JMP|BPF_CALL, src_reg BPF_PSEUDO_KFUNC_CALL, imm "dksx".
 const PLACEHOLDER: [u8; 8] = [0x85, 0x20, 0x00, 0x00, 0x64, 0x6b, 0x73, 0x78];
 const PROGRAMS: [(&str, &str); 2] = [("xlb_sock_iter_udp", "udp"), ("xlb_sock_iter_tcp", "tcp")];
+/// The sweep's iterators: the cookies of sockets holding an xlb_sock_cookie record.
+const LIVE_PROGRAMS: [(&str, &str); 2] =
+    [("xlb_sock_live_udp", "udp"), ("xlb_sock_live_tcp", "tcp")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReapError {
@@ -45,7 +54,7 @@ pub enum ReapError {
     NoPlaceholder,
     #[error("loading the socket iterators: {0}")]
     Load(String),
-    #[error("xlb_sock_kill: {0}")]
+    #[error("xlb_sock_kill / xlb_sock_cookie: {0}")]
     Map(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -68,6 +77,17 @@ pub struct ReapStats {
     pub destroyed: usize,
     /// Sockets the kernel refused to destroy.
     pub failed: usize,
+}
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Network namespaces walked.
+    pub namespaces: usize,
+    /// Records of live sockets (kept).
+    pub live: usize,
+    /// Records deleted: no socket holds them.
+    pub removed: usize,
 }
 
 /// The loaded socket iterators.
@@ -102,7 +122,7 @@ fn patched(object: &[u8], btf_id: u32) -> Result<Vec<u8>, ReapError> {
 }
 
 impl Reaper {
-    /// Loads the iterators, sharing xlb_sock_kill and xlb_sock_state pinned
+    /// Loads the iterators, sharing xlb_sock_kill, xlb_sock_cookie and xlb_sock_state pinned
     /// under `pin_dir` (the datapath's, loaded first). An error says why the
     /// kernel will not terminate sockets.
     pub fn load(pin_dir: &Path) -> Result<Reaper, ReapError> {
@@ -116,7 +136,7 @@ impl Reaper {
             .default_map_pin_directory(pin_dir)
             .load(&bytes)
             .map_err(|e| ReapError::Load(format!("{e:#}")))?;
-        for (name, target) in PROGRAMS {
+        for (name, target) in PROGRAMS.into_iter().chain(LIVE_PROGRAMS) {
             let prog: &mut Iter = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
@@ -151,7 +171,15 @@ impl Reaper {
                 kill.insert(k, 1, 0).map_err(map_err)?;
             }
         }
-        let result = self.walk(cgroup, &mut stats);
+        let result = self.walk(cgroup, &PROGRAMS, &mut |out| {
+            for rc in out.chunks_exact(4) {
+                if i32::from_ne_bytes(rc.try_into().expect("4 bytes")) == 0 {
+                    stats.destroyed += 1;
+                } else {
+                    stats.failed += 1;
+                }
+            }
+        });
         let mut kill: BpfHashMap<&mut MapData, abi::FrontendKey, u32> = BpfHashMap::try_from(
             self.ebpf.map_mut("xlb_sock_kill").ok_or(ReapError::Map("missing".into()))?,
         )
@@ -159,13 +187,55 @@ impl Reaper {
         for k in &keys {
             let _ = kill.remove(k);
         }
-        result.map(|()| stats)
+        result.map(|namespaces| ReapStats { namespaces, ..stats })
     }
 
-    fn walk(&mut self, cgroup: &Path, stats: &mut ReapStats) -> Result<(), ReapError> {
+    /// Deletes the xlb_sock_cookie records no socket in a network namespace
+    /// of `cgroup`'s processes holds. The keys are read before the sockets
+    /// are walked: a socket translated meanwhile is not in that list, and a
+    /// listed one that is alive is found by the walk.
+    pub fn sweep(&mut self, cgroup: &Path) -> Result<SweepStats, ReapError> {
+        let map_err = |e: aya::maps::MapError| ReapError::Map(e.to_string());
+        let before: Vec<u64> = {
+            let records: BpfHashMap<&MapData, u64, abi::SockRec> = BpfHashMap::try_from(
+                self.ebpf.map("xlb_sock_cookie").ok_or(ReapError::Map("missing".into()))?,
+            )
+            .map_err(map_err)?;
+            records.keys().collect::<Result<_, _>>().map_err(map_err)?
+        };
+        let mut live = HashSet::new();
+        let namespaces = self.walk(cgroup, &LIVE_PROGRAMS, &mut |out| {
+            live.extend(
+                out.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))),
+            );
+        })?;
+        let mut records: BpfHashMap<&mut MapData, u64, abi::SockRec> = BpfHashMap::try_from(
+            self.ebpf.map_mut("xlb_sock_cookie").ok_or(ReapError::Map("missing".into()))?,
+        )
+        .map_err(map_err)?;
+        let mut stats = SweepStats { namespaces, ..Default::default() };
+        for cookie in before {
+            if live.contains(&cookie) {
+                stats.live += 1;
+            } else if records.remove(&cookie).is_ok() {
+                stats.removed += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Runs `programs` in every network namespace of `cgroup`'s processes,
+    /// handing each iterator's output to `out`; the namespaces walked.
+    fn walk(
+        &mut self,
+        cgroup: &Path,
+        programs: &[(&str, &str)],
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, ReapError> {
+        let mut walked = 0;
         for ns in namespaces(cgroup)? {
-            stats.namespaces += 1;
-            for (name, _) in PROGRAMS {
+            walked += 1;
+            for &(name, _) in programs {
                 let prog: &mut Iter = self
                     .ebpf
                     .program_mut(name)
@@ -176,7 +246,7 @@ impl Reaper {
                     prog.take_link(id).map_err(|e| ReapError::Load(format!("{name}: {e}")))?;
                 // An iterator walks the namespace it is created in: create
                 // and read it on a thread that joined `ns`.
-                let out = std::thread::scope(|s| {
+                let bytes = std::thread::scope(|s| {
                     s.spawn(|| -> std::io::Result<Vec<u8>> {
                         // SAFETY: setns on this thread only, with an open namespace fd.
                         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -190,7 +260,7 @@ impl Reaper {
                     .join()
                     .unwrap_or_else(|_| Err(std::io::Error::other("iterator thread panicked")))
                 });
-                let out = match out {
+                let bytes = match bytes {
                     Ok(b) => b,
                     // The namespace may be gone by now: nothing left in it.
                     Err(e) => {
@@ -198,16 +268,10 @@ impl Reaper {
                         continue;
                     }
                 };
-                for rc in out.chunks_exact(4) {
-                    if i32::from_ne_bytes(rc.try_into().expect("4 bytes")) == 0 {
-                        stats.destroyed += 1;
-                    } else {
-                        stats.failed += 1;
-                    }
-                }
+                out(&bytes);
             }
         }
-        Ok(())
+        Ok(walked)
     }
 }
 

@@ -175,6 +175,7 @@ fn census_counts_every_tracked_map() {
         ("xlb_svc_names", s.services),
         ("xlb_tx_ports", 64),
         ("xlb_frag4", s.frags),
+        ("xlb_sock_cookie", s.sock_states),
     ] {
         let entries = match map {
             "xlb_ct" => 300,

@@ -97,12 +97,23 @@ pub struct EwRow {
     /// The share of requests slower than 10 × p50 (stalls: the shared
     /// cores given to another process in the middle of a request).
     pub stalled: f64,
+    /// Requests during which the client and the server waited runnable
+    /// more than PREEMPT_MARGIN_US beyond the path's median wait (another
+    /// process had the core): the share of all requests; the p99 over the
+    /// others (µs).
+    pub preempted: f64,
+    pub p99_quiet_us: f64,
+    /// The median of the requests' scheduler waits (µs): what an
+    /// undisturbed request waits (client and server share a CPU).
+    pub wait_p50_us: f64,
     /// Per round: this path's rate / direct's rate in the same round.
     pub vs_direct: MedianCi,
     /// Per round: p50, p90 and p99 minus direct's, µs.
     pub added_p50_us: MedianCi,
     pub added_p90_us: MedianCi,
     pub added_p99_us: MedianCi,
+    /// Per round: p99 over requests not preempted minus direct's, µs.
+    pub added_p99_quiet_us: MedianCi,
     /// Flatness: per round, this count's rate / the fewest services' rate.
     pub vs_fewest: Option<MedianCi>,
     /// Each round's p50, µs, in round order (placement effects show here).
@@ -139,6 +150,8 @@ pub struct EwReport {
 
 struct Xlb {
     services: u32,
+    /// LoadOptions::sock_cookie_records.
+    cookie: bool,
     cgroup: lab::cgroup::Cgroup,
     pins: PinDir,
     dp: Option<Dataplane>,
@@ -245,14 +258,21 @@ impl Rig {
             MapSizes { services: 16384, frontends: 65536, backends: 65536, ..MapSizes::small() };
         let mut xlb = Vec::new();
         for &n in counts {
-            let cgroup = lab::cgroup::Cgroup::create(
-                root.join(format!("xlbperf{}-eastwest-{n}", std::process::id())),
-            )?;
-            let pins = PinDir::new(&format!("eastwest{n}"));
-            let mut dp = Dataplane::load(&LoadOptions { sizes, ..LoadOptions::small(pins.path()) })
-                .context("loading the datapath")?;
-            dp.attach_sock(cgroup.path()).context("attaching the socket programs")?;
-            xlb.push(Xlb { services: n, cgroup, pins, dp: Some(dp) });
+            for cookie in [false, true] {
+                let tag = if cookie { "c" } else { "" };
+                let cgroup = lab::cgroup::Cgroup::create(
+                    root.join(format!("xlbperf{}-eastwest-{n}{tag}", std::process::id())),
+                )?;
+                let pins = PinDir::new(&format!("eastwest{n}{tag}"));
+                let opts = LoadOptions {
+                    sizes,
+                    sock_cookie_records: cookie,
+                    ..LoadOptions::small(pins.path())
+                };
+                let mut dp = Dataplane::load(&opts).context("loading the datapath")?;
+                dp.attach_sock(cgroup.path()).context("attaching the socket programs")?;
+                xlb.push(Xlb { services: n, cookie, cgroup, pins, dp: Some(dp) });
+            }
         }
         let tmp = std::env::temp_dir().join(format!("xlbperf{}-eastwest", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
@@ -368,16 +388,24 @@ impl Rig {
     /// UDP), from the address the client asked for (args[1]): the service
     /// address on the xlb and kube-proxy paths, so each timed request did
     /// its whole translation, reverse included; anything else is an error.
-    fn probe(&self, args: &[&str], hooked: Option<u32>) -> Result<(Vec<f64>, usize)> {
+    fn probe(&self, args: &[&str], hooked: Option<Hooked>) -> Result<Sample> {
         let mut cmd = self.pod.nsenter(&self.probe);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(server) = &self.server {
+            cmd.args(["--watch", &server.id().to_string()]);
+        }
         pin_cpu(&mut cmd, self.client_cpu);
-        if let Some(n) = hooked {
-            let x = self.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
+        if let Some((n, cookie)) = hooked {
+            let x = self
+                .xlb
+                .iter()
+                .find(|x| x.services == n && x.cookie == cookie)
+                .context("no such xlb")?;
             x.cgroup.join_before_exec(&mut cmd);
         }
         let out = cmd.output().context("running xlb-probe")?;
         let mut us = Vec::new();
+        let mut wait = Vec::new();
         let mut failures = 0;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let v: serde_json::Value = serde_json::from_str(line)?;
@@ -391,6 +419,7 @@ impl Rig {
                 bail!("xlb-probe {}: an answer not from the target: {line}", args.join(" "));
             }
             us.push(t.context("an answer without its time")?);
+            wait.push(v["wait_ns"].as_f64().context("an answer without its scheduler wait")? / 1e3);
         }
         if us.is_empty() {
             bail!(
@@ -400,7 +429,7 @@ impl Rig {
                 String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("")
             );
         }
-        Ok((us, failures))
+        Ok((us, failures, wait))
     }
 }
 
@@ -425,12 +454,38 @@ fn as_str(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
 
-/// One path of a measurement: its name, xlb-probe's arguments, the xlb
-/// instance (by service count) whose cgroup the client joins, if any.
-type Path<'a> = (String, &'a [String], Option<u32>);
+/// The xlb instance a client joins the cgroup of: its service count and
+/// whether it keeps records in xlb_sock_cookie.
+type Hooked = (u32, bool);
 
-/// Per path, per round: the time of each request (µs) and the failures.
-type Rounds = Vec<Vec<(Vec<f64>, usize)>>;
+/// One path of a measurement: its name, xlb-probe's arguments, the xlb
+/// instance whose cgroup the client joins, if any.
+type Path<'a> = (String, &'a [String], Option<Hooked>);
+
+/// One path's round: the time of each request (µs), the failures, each
+/// request's scheduler wait (µs; xlb-probe --watch).
+type Sample = (Vec<f64>, usize, Vec<f64>);
+
+/// Per path, per round.
+type Rounds = Vec<Vec<Sample>>;
+
+/// A request whose client and server together waited runnable more than
+/// this (µs) beyond the path's median wait had the core taken by another
+/// process. Undisturbed requests of a path wait alike (client and server
+/// take turns on one CPU: ~17-22 µs per TCP request, tight to ±2 µs); the
+/// stalls that set the raw p99 last milliseconds.
+const PREEMPT_MARGIN_US: f64 = 5.0;
+
+/// The wait above which a request of these rounds counts as preempted.
+fn wait_limit(rounds: &[Sample]) -> f64 {
+    let waits: Vec<f64> = rounds.iter().flat_map(|r| r.2.iter().copied()).collect();
+    quantile(&waits, 0.5) + PREEMPT_MARGIN_US
+}
+
+/// The times of the requests not preempted.
+fn quiet(r: &Sample, limit: f64) -> Vec<f64> {
+    r.0.iter().zip(&r.2).filter(|(_, &w)| w <= limit).map(|(&t, _)| t).collect()
+}
 
 /// Warms every path up (neighbours, conntrack; fails early), then
 /// `rounds` rounds over the paths, each round in a rotated order.
@@ -471,24 +526,27 @@ fn rows(
     fewest: Option<usize>,
 ) -> Vec<EwRow> {
     let per_round = |i: usize, f: &dyn Fn(&[f64], &[f64]) -> f64| -> Vec<f64> {
-        m[i].iter().zip(&m[0]).map(|((us, _), (d, _))| f(us, d)).collect()
+        m[i].iter().zip(&m[0]).map(|((us, _, _), (d, _, _))| f(us, d)).collect()
     };
+    let limits: Vec<f64> = m.iter().map(|r| wait_limit(r)).collect();
     paths
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let all: Vec<f64> = m[i].iter().flat_map(|(us, _)| us.iter().copied()).collect();
+            let all: Vec<f64> = m[i].iter().flat_map(|(us, _, _)| us.iter().copied()).collect();
+            let waits: Vec<f64> = m[i].iter().flat_map(|r| r.2.iter().copied()).collect();
+            let calm: Vec<f64> = m[i].iter().flat_map(|r| quiet(r, limits[i])).collect();
             let vs = |j: usize| {
                 let r: Vec<f64> = m[i]
                     .iter()
                     .zip(&m[j])
-                    .map(|((us, _), (b, _))| round_rate(us) / round_rate(b))
+                    .map(|((us, _, _), (b, _, _))| round_rate(us) / round_rate(b))
                     .collect();
                 median_ci(&r, CONF, RESAMPLES)
             };
             EwRow {
                 table: table.into(),
-                services: p.2.unwrap_or(services),
+                services: p.2.map_or(services, |h| h.0),
                 path: p.0.clone(),
                 proto: proto.into(),
                 rounds: m[i].len(),
@@ -502,6 +560,9 @@ fn rows(
                     let slow = 10.0 * quantile(&all, 0.5);
                     all.iter().filter(|&&t| t > slow).count() as f64 / all.len().max(1) as f64
                 },
+                preempted: 1.0 - calm.len() as f64 / all.len().max(1) as f64,
+                p99_quiet_us: quantile(&calm, 0.99),
+                wait_p50_us: quantile(&waits, 0.5),
                 vs_direct: vs(0),
                 added_p50_us: median_ci(
                     &per_round(i, &|us, d| quantile(us, 0.5) - quantile(d, 0.5)),
@@ -518,8 +579,20 @@ fn rows(
                     CONF,
                     RESAMPLES,
                 ),
+                added_p99_quiet_us: median_ci(
+                    &m[i]
+                        .iter()
+                        .zip(&m[0])
+                        .map(|(r, d)| {
+                            quantile(&quiet(r, limits[i]), 0.99)
+                                - quantile(&quiet(d, limits[0]), 0.99)
+                        })
+                        .collect::<Vec<_>>(),
+                    CONF,
+                    RESAMPLES,
+                ),
                 vs_fewest: fewest.filter(|_| i > 0).map(vs),
-                round_p50_us: m[i].iter().map(|(us, _)| quantile(us, 0.5)).collect(),
+                round_p50_us: m[i].iter().map(|(us, _, _)| quantile(us, 0.5)).collect(),
             }
         })
         .collect()
@@ -573,8 +646,9 @@ fn prog_stats(cgroup: &std::path::Path) -> Result<Vec<(String, u64, u64)>> {
 /// Runs `path` for `rounds` rounds with run-time statistics on and returns
 /// each program's calls and cost over them (programs not called left out).
 fn prog_cost(rig: &Rig, path: &Path, proto: &str, rounds: u32) -> Result<Vec<ProgCost>> {
-    let n = path.2.context("a path outside xlb's cgroup runs no program")?;
-    let x = rig.xlb.iter().find(|x| x.services == n).context("no such xlb")?;
+    let (n, cookie) = path.2.context("a path outside xlb's cgroup runs no program")?;
+    let x =
+        rig.xlb.iter().find(|x| x.services == n && x.cookie == cookie).context("no such xlb")?;
     let before = prog_stats(x.cgroup.path())?;
     for _ in 0..rounds {
         rig.probe(&as_str(path.1), path.2)?;
@@ -620,14 +694,28 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     };
     for x in &rig.xlb {
         let t = rig.apply_xlb(x).with_context(|| format!("xlb at {} services", x.services))?;
-        report.xlb_apply_s.push((x.services, t.as_secs_f64()));
+        if !x.cookie {
+            report.xlb_apply_s.push((x.services, t.as_secs_f64()));
+        }
     }
     let direct = || ("direct".to_string(), &tcp_direct[..], None);
     // The pod IP from inside xlb's cgroup: the socket programs run and find
     // no service (what a pod meets reaching a pod IP on a node with xlb),
     // telling the hooks' cost from translation's.
-    let in_cgroup = |svcs| ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some(svcs));
-    let xlb = |svcs| ("xlb socket LB".to_string(), &tcp_svc[..], Some(svcs));
+    let in_cgroup =
+        |svcs| ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some((svcs, false)));
+    let xlb = |svcs| ("xlb socket LB".to_string(), &tcp_svc[..], Some((svcs, false)));
+    // The same with translated sockets' records in xlb_sock_cookie
+    // (LoadOptions::sock_cookie_records: sock_release on every socket).
+    let in_cgroup_c = |svcs| {
+        (
+            "direct, in xlb's cgroup (cookie records)".to_string(),
+            &tcp_direct[..],
+            Some((svcs, true)),
+        )
+    };
+    let xlb_c =
+        |svcs| ("xlb socket LB (cookie records)".to_string(), &tcp_svc[..], Some((svcs, true)));
     // Per service count: direct, in xlb's cgroup, xlb, kube-proxy.
     for &svcs in &opts.services {
         let kp = rig.apply_kube_proxy(svcs).with_context(|| format!("kube-proxy at {svcs}"))?;
@@ -636,6 +724,8 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
             direct(),
             in_cgroup(svcs),
             xlb(svcs),
+            in_cgroup_c(svcs),
+            xlb_c(svcs),
             ("kube-proxy iptables".to_string(), &tcp_svc[..], None),
         ];
         let m =
@@ -648,7 +738,7 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     paths.extend(
         opts.services
             .iter()
-            .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some(n))),
+            .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some((n, false)))),
     );
     let m = measure(&rig, &paths, opts.rounds).context("xlb at every count")?;
     report.rows.extend(rows("flatness", "tcp", 0, &paths, &m, Some(1)));
@@ -656,8 +746,14 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     let svcs = *opts.services.last().unwrap_or(&1);
     let udp_paths = [
         ("direct".to_string(), &udp_direct[..], None),
-        ("direct, in xlb's cgroup".to_string(), &udp_direct[..], Some(svcs)),
-        ("xlb socket LB".to_string(), &udp_svc[..], Some(svcs)),
+        ("direct, in xlb's cgroup".to_string(), &udp_direct[..], Some((svcs, false))),
+        ("xlb socket LB".to_string(), &udp_svc[..], Some((svcs, false))),
+        (
+            "direct, in xlb's cgroup (cookie records)".to_string(),
+            &udp_direct[..],
+            Some((svcs, true)),
+        ),
+        ("xlb socket LB (cookie records)".to_string(), &udp_svc[..], Some((svcs, true))),
     ];
     let m = measure(&rig, &udp_paths, opts.rounds).context("UDP")?;
     report.rows.extend(rows("udp", "udp", svcs, &udp_paths, &m, None));
@@ -669,10 +765,13 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
         let mut out = Vec::new();
         for &svcs in &opts.services {
             out.extend(prog_cost(&rig, &xlb(svcs), "tcp", k)?);
+            out.extend(prog_cost(&rig, &xlb_c(svcs), "tcp", k)?);
         }
         out.extend(prog_cost(&rig, &in_cgroup(svcs), "tcp", k)?);
-        out.extend(prog_cost(&rig, &udp_paths[2], "udp", k)?);
-        out.extend(prog_cost(&rig, &udp_paths[1], "udp", k)?);
+        out.extend(prog_cost(&rig, &in_cgroup_c(svcs), "tcp", k)?);
+        for p in &udp_paths[1..] {
+            out.extend(prog_cost(&rig, p, "udp", k)?);
+        }
         Ok(out)
     })();
     match cost {
@@ -705,10 +804,17 @@ impl EwReport {
              `vs direct` is the median of those per-round ratios [95 % bootstrap interval], \
              IQR their interquartile range; added p50/p99: median per-round difference from \
              direct [95 % interval]; stalled: requests slower than 10 × p50 (another process \
-             given the core mid-request), which set p99 whenever they pass 1 %. direct: the pod IP; in xlb's cgroup: the pod IP with \
+             given the core mid-request), which set p99 whenever they pass 1 %. preempted: \
+             requests during which the client and the server waited runnable (run_delay of \
+             /proc/<tid>/schedstat, read by xlb-probe outside the timed span) more than \
+             {PREEMPT_MARGIN_US} µs beyond the path's median wait (wait p50: an undisturbed \
+             request's wait), left out of the un-preempted p99 \
+             and its per-round added p99 (raw p99 and added p99 keep every request). direct: the pod IP; in xlb's cgroup: the pod IP with \
              xlb's socket programs running (no service found); xlb: the ClusterIP translated \
              at connect(); kube-proxy iptables: the ClusterIP DNAT'd by the node's kube-proxy \
-             ruleset (measured service last).\n\n",
+             ruleset (measured service last); (cookie records): a second xlb datapath, at its \
+             own cgroup, with LoadOptions::sock_cookie_records (records in a preallocated \
+             map keyed by socket cookie, sock_release on every socket).\n\n",
             self.rounds, self.requests
         );
         for (table, title) in [
@@ -729,15 +835,18 @@ impl EwReport {
             s.push_str(
                 "| services | path | req/s (all rounds) | vs direct [95 %] | IQR | p50 µs | p90 µs \
                  | p99 µs | stalled | added p50 µs [95 %] | added p90 µs [95 %] | added p99 µs \
-                 [95 %] | vs fewest [95 %] | failures |\n",
+                 [95 %] | preempted (left out) | wait p50 µs | p99 µs un-preempted | added p99 µs \
+                 un-preempted [95 %] | vs fewest [95 %] | failures |\n",
             );
-            s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            s.push_str(
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            );
             for r in self.rows.iter().filter(|r| r.table == table) {
                 let direct = r.path == "direct";
                 let services =
                     if direct && table == "flatness" { "-".into() } else { r.services.to_string() };
-                let (vs, q, a50, a90, a99) = if direct {
-                    ("1".into(), "-".into(), "-".into(), "-".into(), "-".into())
+                let (vs, q, a50, a90, a99, a99q) = if direct {
+                    ("1".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into())
                 } else {
                     (
                         ci(&r.vs_direct, 3),
@@ -745,10 +854,11 @@ impl EwReport {
                         ci(&r.added_p50_us, 2),
                         ci(&r.added_p90_us, 2),
                         ci(&r.added_p99_us, 1),
+                        ci(&r.added_p99_quiet_us, 2),
                     )
                 };
                 s.push_str(&format!(
-                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {} | {} |\n",
+                    "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} % | {} | {} | {} | {:.2} % | {:.1} | {:.1} | {} | {} | {} |\n",
                     services,
                     r.path,
                     r.per_sec_trimmed,
@@ -761,6 +871,10 @@ impl EwReport {
                     a50,
                     a90,
                     a99,
+                    r.preempted * 100.0,
+                    r.wait_p50_us,
+                    r.p99_quiet_us,
+                    a99q,
                     r.vs_fewest.as_ref().map_or("-".into(), |m| ci(m, 3)),
                     r.failures
                 ));

@@ -6,6 +6,14 @@
 //! or the errno of a failure). Real processes, so that the lab puts them in
 //! a pod's network namespace and cgroup and xlb's socket programs see them.
 //! std only: every address it reports is what the kernel returned.
+//!
+//! `--watch PID` (tcp, udp-hold): each timed line also carries the
+//! scheduler's view of the request, read outside the timed span:
+//! `wait_ns`, the time this thread and every thread of process PID (the
+//! server) spent runnable but not running (run_delay of
+//! /proc/.../schedstat), and `nivcsw`, this thread's involuntary context
+//! switches (getrusage RUSAGE_THREAD). A benchmark tells with them a
+//! request another process took the core from.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -15,9 +23,9 @@ use std::{
 
 const USAGE: &str = "usage:
   xlb-probe serve --name NAME [--tcp PORT]... [--udp PORT]... [--serial]
-  xlb-probe tcp ADDR:PORT [--count N] [--timeout-ms MS]
+  xlb-probe tcp ADDR:PORT [--count N] [--timeout-ms MS] [--watch PID]
   xlb-probe udp ADDR:PORT [--count N] [--connected] [--timeout-ms MS]
-  xlb-probe udp-hold ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--unconnected]";
+  xlb-probe udp-hold ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--unconnected] [--watch PID]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +51,8 @@ struct Opts {
     timeout: Duration,
     interval: Duration,
     target: Option<SocketAddr>,
+    /// tcp, udp-hold: the process whose scheduler waits count too (the server).
+    watch: Option<u32>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -57,6 +67,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         timeout: Duration::from_millis(2000),
         interval: Duration::from_millis(100),
         target: None,
+        watch: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -72,6 +83,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--connected" => o.connected = true,
             "--unconnected" => o.unconnected = true,
             "--serial" => o.serial = true,
+            "--watch" => o.watch = Some(num(value()?)? as u32),
             t if !t.starts_with("--") && o.target.is_none() => {
                 o.target = Some(t.parse().map_err(|e| format!("{t}: {e}"))?)
             }
@@ -88,8 +100,11 @@ fn run(args: &[String]) -> Result<(), String> {
     match cmd.as_str() {
         "serve" => serve(&o),
         "tcp" => {
+            let mut sched = o.watch.map(Sched::new);
             for _ in 0..o.count {
-                report(tcp_once(target()?, o.timeout));
+                let s0 = sched.as_mut().map(Sched::read);
+                let r = tcp_once(target()?, o.timeout);
+                report(r.map(|f| f + &sched_fields(&mut sched, s0)));
             }
             Ok(())
         }
@@ -191,7 +206,9 @@ fn udp_hold(target: SocketAddr, o: &Opts) -> Result<(), String> {
             return Ok(());
         }
     }
+    let mut sched = o.watch.map(Sched::new);
     for _ in 0..o.count {
+        let s0 = sched.as_mut().map(Sched::read);
         let r = (|| {
             let t0 = Instant::now();
             let mut buf = [0u8; 512];
@@ -209,12 +226,62 @@ fn udp_hold(target: SocketAddr, o: &Opts) -> Result<(), String> {
             let (us, ns) = (t.as_micros(), t.as_nanos());
             Ok(format!("{seen},\"body\":{},\"us\":{us},\"ns\":{ns}", json_str(body.trim())))
         })();
-        report(r);
+        report(r.map(|f| f + &sched_fields(&mut sched, s0)));
         if !o.interval.is_zero() {
             std::thread::sleep(o.interval);
         }
     }
     Ok(())
+}
+
+/// The scheduler's counters of this thread and of a watched process's
+/// threads (their list read once: a serial server's threads are fixed).
+struct Sched {
+    tasks: Vec<std::path::PathBuf>,
+}
+
+/// (run_delay ns summed over this thread and the watched threads, this
+/// thread's involuntary context switches).
+type SchedSample = (u64, i64);
+
+impl Sched {
+    fn new(pid: u32) -> Sched {
+        let dir = format!("/proc/{pid}/task");
+        let tasks = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path().join("schedstat")).collect())
+            .unwrap_or_default();
+        Sched { tasks }
+    }
+
+    fn read(&mut self) -> SchedSample {
+        // schedstat: "sum_exec_runtime run_delay timeslices" (ns, ns, count).
+        let delay = |p: &std::path::Path| -> u64 {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+                .unwrap_or(0)
+        };
+        let mut wait = delay(std::path::Path::new("/proc/thread-self/schedstat"));
+        wait += self.tasks.iter().map(|t| delay(t)).sum::<u64>();
+        // SAFETY: getrusage fills the zeroed struct.
+        let nivcsw = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+            ru.ru_nivcsw
+        };
+        (wait, nivcsw)
+    }
+}
+
+/// The JSON fields of a request's scheduler waits (none without --watch).
+fn sched_fields(sched: &mut Option<Sched>, before: Option<SchedSample>) -> String {
+    match (sched.as_mut(), before) {
+        (Some(s), Some((w0, n0))) => {
+            let (w1, n1) = s.read();
+            format!(",\"wait_ns\":{},\"nivcsw\":{}", w1.saturating_sub(w0), n1 - n0)
+        }
+        _ => String::new(),
+    }
 }
 
 /// Serves every port given, on both families, until killed.
