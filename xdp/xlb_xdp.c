@@ -336,8 +336,12 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	if (xlb_fc_hit(fc, &pkt.tuple, now, gen)) {
 		if (fc->backend_id == XLB_FC_NOT_FRONTEND)
 			return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
-		if (!fc->used)
+		if (!fc->used) {
 			fc->used = 1;
+			/* The flow's second packet (or its first after a
+			 * refill): its xlb_ct way is hit (conntrack.h). */
+			xlb_ct_seen_again(&pkt.tuple, fc->hash);
+		}
 		sel.be = xlb_backend_get(fc->backend_id);
 		if (sel.be && xlb_backend_flow_ok(sel.be, fc->backend_gen) &&
 		    (!new_conn || xlb_backend_new_ok(sel.be))) {

@@ -179,13 +179,29 @@ static __always_inline struct xlb_ct_set *xlb_ct_set_of(__u32 hash)
 	return bpf_map_lookup_elem(&xlb_ct, &set);
 }
 
+/* Jiffies since the stamp `s` (bit 0, XLB_CT_HIT, ignored). */
+static __always_inline __u32 xlb_ct_age(__u32 s, __u32 now)
+{
+	return (now | XLB_CT_HIT) - (s | XLB_CT_HIT);
+}
+
+/* The flow of way `w` came back: mark it hit and refresh its stamp (one
+ * write, at most every XLB_CT_REFRESH_JIFFIES once hit). */
+static __always_inline void xlb_ct_touch(struct xlb_ct_way *w, __u32 now)
+{
+	__u32 s = XLB_READ_ONCE_U32(w->e.stamp);
+
+	if (!(s & XLB_CT_HIT) || xlb_ct_age(s, now) >= XLB_CT_REFRESH_JIFFIES)
+		w->e.stamp = now | XLB_CT_HIT;
+}
+
 static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_key *key, __u32 hash,
 							 __u32 svc_id, __u32 *backend_id)
 {
 	struct xlb_ct_set *set = xlb_ct_set_of(hash);
 	struct xlb_ct_way *w = NULL;
 	struct xlb_backend *be;
-	__u32 id, gen, svc, check, now;
+	__u32 id, gen, svc, check;
 
 	if (!set)
 		return NULL;
@@ -208,11 +224,26 @@ static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_k
 	be = xlb_backend_get(id);
 	if (!be || !xlb_backend_flow_ok(be, gen))
 		return NULL;
-	now = bpf_jiffies64();
-	if (now - w->e.stamp >= XLB_CT_REFRESH_JIFFIES)
-		w->e.stamp = now;
+	xlb_ct_touch(w, bpf_jiffies64());
 	*backend_id = id;
 	return be;
+}
+
+/* The flow cache's second packet of `key` (XDP: the packets after a new
+ * flow's first are served by the flow cache, which would otherwise let
+ * xlb_ct see the flow again only ~1 s later): mark its way hit. */
+static __always_inline void xlb_ct_seen_again(const struct xlb_flow_key *key, __u32 hash)
+{
+	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+
+	if (!set)
+		return;
+#pragma unroll
+	for (int i = 0; i < XLB_CT_WAYS; i++)
+		if (xlb_flow_key_eq(&set->way[i].key, key)) {
+			xlb_ct_touch(&set->way[i], bpf_jiffies64());
+			return;
+		}
 }
 
 /* How much way `w` is worth evicting for `key` (higher first). */
@@ -220,7 +251,7 @@ static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
 						 const struct xlb_flow_key *key, __u32 now)
 {
 	struct xlb_backend *be;
-	__u32 age;
+	__u32 age, stamp;
 
 	if (xlb_flow_key_eq(&w->key, key))
 		return 0xffffffff;
@@ -229,7 +260,13 @@ static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
 	be = xlb_backend_get(w->e.backend_id);
 	if (!be || !xlb_backend_flow_ok(be, w->e.backend_gen))
 		return 0xfffffffd;
-	age = now - w->e.stamp;
+	/* Never seen again (a flood's SYNs from spoofed sources), oldest
+	 * first, before any hit way; of hit ways the oldest. age is even. */
+	stamp = w->e.stamp;
+	age = xlb_ct_age(stamp, now) >> 1;
+	if (stamp & XLB_CT_HIT)
+		return age;
+	age |= 0x80000000;
 	return age < 0xfffffffd ? age : 0xfffffffc;
 }
 
@@ -259,7 +296,7 @@ static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 
 	w->e.backend_id = backend_id;
 	w->e.backend_gen = gen;
 	w->e.svc_id = svc_id;
-	w->e.stamp = now;
+	w->e.stamp = now & ~XLB_CT_HIT;
 	w->e.created_s = now_ns / XLB_NSEC_PER_SEC;
 	asm volatile("" ::: "memory");
 	w->e.check = xlb_ct_check(hash, svc_id, backend_id, gen);
