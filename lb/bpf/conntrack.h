@@ -276,13 +276,10 @@ static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
 	be = xlb_backend_get(w->e.backend_id);
 	if (!be || !xlb_backend_flow_ok(be, w->e.backend_gen))
 		return 0xfffffffd;
-	/* Never seen again (a flood's SYNs from spoofed sources), oldest
-	 * first, before any hit way; of hit ways the oldest. age is even. */
+	/* Ways never seen again (a flood's SYNs from spoofed sources) score
+	 * above every hit way (bit 31), each group by age (even: halved). */
 	stamp = w->e.stamp;
-	age = xlb_ct_age(stamp, now) >> 1;
-	if (stamp & XLB_CT_HIT)
-		return age;
-	age |= 0x80000000;
+	age = (~stamp << 31) | (xlb_ct_age(stamp, now) >> 1);
 	return age < 0xfffffffd ? age : 0xfffffffc;
 }
 
