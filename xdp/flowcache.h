@@ -44,7 +44,9 @@
  *     path and refreshes it, which refreshes the stamp of the flow's xlb_ct
  *     way so a flood of new flows does not evict it (conntrack.h).
  * Entries are written after xlb_select() succeeds, so new flows are cached
- * from their second packet. Private to this program (not pinned, not ABI);
+ * from their second packet; an entry's first hit (used 0 -> 1) marks the
+ * flow's xlb_ct way hit (xlb_ct_seen_again): a flood evicts ways never
+ * seen again first. Private to this program (not pinned, not ABI);
  * 96 bytes x 4096 slots per CPU.
  *
  * Negative entries: a flow whose destination is no frontend (the node's own

@@ -474,13 +474,12 @@ fn a_torn_connection_table_way_reads_as_a_miss_and_is_replaced() {
 /// #14 item 1, recency: established flows keep their connection-table ways
 /// (and so their backends across a Maglev change) through a flood of new
 /// flows that overfills the table many times, because their packets
-/// refresh the ways' stamps (and mark them hit) and eviction takes the
-/// oldest way of a set, and the oldest of those never seen again first.
+/// refresh the ways' stamps and mark them hit, and eviction takes the
+/// oldest way never seen again (not hit) first, the oldest hit way last.
 /// The flood is spread evenly (at most 2 new flows per set between two
 /// refreshes, so the outcome does not depend on chance). Without refreshes
 /// the same flood still keeps them (hit ways go only when all 4 ways of a
-/// set are hit) and evicts flows seen once (a SYN only), as the LRU table
-/// evicted every flow the flood outlived.
+/// set are hit) and evicts flows seen once (a SYN only).
 #[test]
 fn established_flows_keep_their_backends_across_a_flood_that_overfills_the_table() {
     const SETS: u32 = 64;
