@@ -41,7 +41,9 @@
  *     path and refreshes it, which refreshes the stamp of the flow's xlb_ct
  *     way so a flood of new flows does not evict it (conntrack.h).
  * Entries are written after xlb_select() succeeds, so new flows are cached
- * from their second packet. Private to this program (not pinned, not ABI);
+ * from their second packet; an entry's first hit (used 0 -> 1) marks the
+ * flow's xlb_ct way hit (xlb_ct_seen_again): a flood evicts ways never
+ * seen again first. Private to this program (not pinned, not ABI);
  * 96 bytes x 4096 slots per CPU.
  *
  * Flows to no frontend are not cached (session 5 kept negative entries
@@ -58,8 +60,8 @@ struct fc_entry {
 	struct xlb_service svc;	 /* the frontend's xlb_frontends value */
 	__u32 backend_id;
 	__u32 backend_gen;
-	__u32 hash; /* flow hash */
-	__u32 pad;
+	__u32 hash;	  /* flow hash */
+	__u32 used;	  /* 1 once a packet after the filling one hit it */
 	__u64 expires;	  /* jiffies */
 	__u64 config_gen; /* xlb_config_gen when filled */
 };
@@ -116,6 +118,7 @@ static __always_inline void xlb_fc_fill(struct fc_entry *fc, const struct xlb_fl
 	fc->backend_id = backend_id;
 	fc->backend_gen = backend_gen;
 	fc->hash = hash;
+	fc->used = 0;
 	fc->expires = now + XLB_FC_TTL_JIFFIES;
 	fc->config_gen = gen;
 }

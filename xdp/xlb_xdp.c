@@ -337,6 +337,12 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 	 * must not follow it to a terminating backend. */
 	new_conn = pkt.tuple.proto == IPPROTO_TCP && (pkt.tcp_flags & 0x12) == 0x02;
 	if (xlb_fc_hit(fc, &pkt.tuple, now, gen)) {
+		if (!fc->used) {
+			fc->used = 1;
+			/* The flow's second packet (or its first after a
+			 * refill): its xlb_ct way is hit (conntrack.h). */
+			xlb_ct_seen_again(&pkt.tuple, fc->hash);
+		}
 		sel.be = xlb_backend_get(fc->backend_id);
 		if (sel.be && xlb_backend_flow_ok(sel.be, fc->backend_gen) &&
 		    (!new_conn || xlb_backend_new_ok(sel.be))) {

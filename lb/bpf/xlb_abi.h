@@ -148,13 +148,15 @@ struct xlb_ct_entry {
 	__u32 backend_gen;
 	__u32 svc_id;
 	__u32 check;	 /* xlb_ct_check(): written last; 0 = empty way */
-	__u32 stamp;	 /* low 32 bits of bpf_jiffies64() at insert/refresh */
+	__u32 stamp;	 /* low 32 bits of bpf_jiffies64() at insert/refresh;
+			  * bit 0: XLB_CT_HIT */
 	__u32 created_s; /* CLOCK_MONOTONIC seconds at insert */
 };
 _Static_assert(sizeof(struct xlb_ct_entry) == 24, "xlb_ct_entry size");
 
 enum xlb_ct_geometry {
 	XLB_CT_WAYS = 4, /* ways per set: 4 x 64 B, one set in 4 cache lines */
+	XLB_CT_HIT = 1,	 /* stamp bit: the flow came back after its insert */
 };
 
 struct xlb_ct_way {

@@ -27,6 +27,9 @@ abi_consts! {
     HASH_SEED: u32 = 0x786c_6221;
     /// Ways per xlb_ct set (conntrack.h).
     CT_WAYS: u32 = 4;
+    /// Bit 0 of an xlb_ct way's stamp: the flow came back after its insert
+    /// (eviction takes ways without it first, conntrack.h).
+    CT_HIT: u32 = 1;
     SVC_F_AFFINITY: u32 = 1 << 0;
     SVC_F_SOURCE_RANGES: u32 = 1 << 1;
     SVC_F_NODEPORT: u32 = 1 << 2;

@@ -593,10 +593,12 @@ fn a_torn_connection_table_way_reads_as_a_miss_and_is_replaced() {
 /// #14 item 1, recency: established flows keep their connection-table ways
 /// (and so their backends across a Maglev change) through a flood of new
 /// flows that overfills the table many times, because their packets
-/// refresh the ways' stamps and eviction takes the oldest way of a set.
+/// refresh the ways' stamps and mark them hit, and eviction takes the
+/// oldest way never seen again (not hit) first, the oldest hit way last.
 /// The flood is spread evenly (at most 2 new flows per set between two
-/// refreshes, so the outcome does not depend on chance); without the
-/// refreshes the same flood evicts them (the control at the end).
+/// refreshes, so the outcome does not depend on chance). Without refreshes
+/// the same flood still keeps them (hit ways go only when all 4 ways of a
+/// set are hit) and evicts flows seen once (a SYN only).
 #[test]
 fn established_flows_keep_their_backends_across_a_flood_that_overfills_the_table() {
     const SETS: u32 = 64;
@@ -689,14 +691,76 @@ fn established_flows_keep_their_backends_across_a_flood_that_overfills_the_table
                 }
                 assert!(moved > 0, "{}: some flow would have moved without its way", fam(v6));
 
-                // Control: the same flood without refreshes evicts them.
+                // Flows seen once (a SYN, nothing since), one in each of
+                // 16 other sets, as a flood's SYNs from spoofed sources.
+                let once: Vec<u16> =
+                    (10000..20000u16).filter(|&p| used.insert(ct_set(lab, p))).take(16).collect();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                for &p in &once {
+                    let (verdict, _) = lab.run(&syn(v6, p).build());
+                    assert_eq!(verdict, XDP_TX, "{} SYN {p} (seen once)", fam(v6));
+                    let (_, _, w) = ct_way_of(lab, &flow_key(v6, p)).expect("its way");
+                    assert_eq!(
+                        w.e.stamp & abi::CT_HIT,
+                        0,
+                        "{} {p}: not hit after its SYN",
+                        fam(v6)
+                    );
+                }
+                for &p in &est {
+                    let (_, _, w) = ct_way_of(lab, &flow_key(v6, p)).expect("the way");
+                    assert_ne!(w.e.stamp & abi::CT_HIT, 0, "{} {p}: hit (seen again)", fam(v6));
+                }
+
+                // The same flood without refreshes: 4 new flows per set,
+                // where every set holds 3 or 4 flood ways (never hit). The
+                // established flows (hit: seen after their insert) are
+                // never the victim while an unhit way is there, however
+                // old their stamps; the flows seen once are (the oldest
+                // unhit way once the older flood ways are gone).
                 for _ in 0..2 {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                     flood(lab);
                 }
+                for &p in &est {
+                    let (_, _, w) = ct_way_of(lab, &flow_key(v6, p))
+                        .unwrap_or_else(|| panic!("{} {p}: a hit way outlives the flood", fam(v6)));
+                    assert!(w.valid(), "{} flow {p}: {w:?}", fam(v6));
+                }
                 let left =
-                    est.iter().filter(|&&p| ct_way_of(lab, &flow_key(v6, p)).is_some()).count();
-                assert_eq!(left, 0, "{}: without refreshes the flood evicts them", fam(v6));
+                    once.iter().filter(|&&p| ct_way_of(lab, &flow_key(v6, p)).is_some()).count();
+                assert_eq!(left, 0, "{}: without a second packet the flood evicts them", fam(v6));
+
+                // A set whose 4 ways are all hit gives up the oldest: three
+                // more flows in the first established flow's set, each a
+                // SYN and an ACK (the flow cache serves the ACK and marks
+                // the way hit, xlb_ct_seen_again; the lookup would too),
+                // then one new flow in that set.
+                let (p0, set0) = (est[0], ct_set(lab, est[0]));
+                let same: Vec<u16> =
+                    (next..u16::MAX).filter(|&p| ct_set(lab, p) == set0).take(4).collect();
+                let (hit, p) = (&same[..3], same[3]);
+                for &p in hit {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let (verdict, _) = lab.run(&syn(v6, p).build());
+                    assert_eq!(verdict, XDP_TX, "{} SYN {p}", fam(v6));
+                    let (verdict, _) = lab.run(&ack(v6, p).build());
+                    assert_eq!(verdict, XDP_TX, "{} ACK {p}", fam(v6));
+                    let (_, _, w) = ct_way_of(lab, &flow_key(v6, p)).expect("its way");
+                    assert_ne!(w.e.stamp & abi::CT_HIT, 0, "{} {p}: hit by its ACK", fam(v6));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let (verdict, _) = lab.run(&syn(v6, p).build());
+                assert_eq!(verdict, XDP_TX, "{} SYN {p}", fam(v6));
+                assert!(ct_way_of(lab, &flow_key(v6, p)).is_some(), "{} {p} inserted", fam(v6));
+                assert!(
+                    ct_way_of(lab, &flow_key(v6, p0)).is_none(),
+                    "{}: the oldest hit way went",
+                    fam(v6)
+                );
+                for &p in hit {
+                    assert!(ct_way_of(lab, &flow_key(v6, p)).is_some(), "{} {p}: kept", fam(v6));
+                }
             }
         },
     );
