@@ -699,6 +699,9 @@ impl Services {
             st.sock_frontends.insert(key, want);
             stats.frontend_writes += 1;
             promote_moved_table(st);
+            if drop_table.is_some() {
+                hide_dropped_table(st);
+            }
         }
         for f in &svc.frontends {
             let key = frontend_key(f);
@@ -721,6 +724,9 @@ impl Services {
             st.frontends.insert(key, want);
             stats.frontend_writes += 1;
             promote_moved_table(st);
+            if drop_table.is_some() {
+                hide_dropped_table(st);
+            }
         }
 
         // A moved table no frontend names (M moved back) is removed in 5.
@@ -739,16 +745,19 @@ impl Services {
 
         // 5. A table no frontend names, then the emptied table.
         if let Some(size) = st.table.gone {
-            if abi::maglev_class(size) != abi::maglev_class(st.table.size) {
+            let current = st.table.written.map(|_| abi::maglev_class(st.table.size));
+            if current != Some(abi::maglev_class(size)) {
                 write(store, Write::MaglevDelete { svc_id: id, size })?;
                 stats.deletes += 1;
             }
             st.table.gone = None;
         }
         if let Some(input) = drop_table {
-            write(store, Write::MaglevDelete { svc_id: id, size: st.table.size })?;
+            if st.table.written.is_some() {
+                write(store, Write::MaglevDelete { svc_id: id, size: st.table.size })?;
+                stats.deletes += 1;
+            }
             st.table = Table { input: Some(input), ..Table::default() };
-            stats.deletes += 1;
         }
 
         // 6. Backends no longer listed: no slot points at them any more.
@@ -831,17 +840,38 @@ impl Services {
 /// removed once every frontend does (step 5 of `finish`).
 fn promote_moved_table(st: &mut Svc) {
     let Some((hash, size)) = st.table.next else { return };
-    // The frontend a restore reads the service's settings from (lb::view:
-    // the first packet frontend, else the first socket frontend).
+    if named_size(st) == Some(size) {
+        st.table.gone = Some(st.table.size);
+        (st.table.written, st.table.size, st.table.next) = (Some(hash), size, None);
+    }
+}
+
+/// A table on its way out (no active backend left) once the frontend a
+/// restore reads names another size class: a restore could no longer find
+/// it, so it is held as [`Table::gone`] (removed in step 5 of `finish`, or by
+/// the retry after a failed write) instead of as the service's table.
+/// (A table already waiting in `gone` — a failed apply not yet retried —
+/// keeps the slot: the dropped one stays the service's and is deleted by
+/// `finish` as before.)
+fn hide_dropped_table(st: &mut Svc) {
+    if st.table.written.is_none() || st.table.gone.is_some() {
+        return;
+    }
+    let class = abi::maglev_class(st.table.size);
+    if named_size(st).is_some_and(|size| abi::maglev_class(size) != class) {
+        (st.table.gone, st.table.written) = (Some(st.table.size), None);
+    }
+}
+
+/// M as the frontend a restore reads the service's settings from says it
+/// (lb::view: the first packet frontend, else the first socket frontend).
+fn named_size(st: &Svc) -> Option<usize> {
     let first = st
         .frontends
         .iter()
         .min_by_key(|(k, _)| crate::view::fe_sort_key(k))
         .or_else(|| st.sock_frontends.iter().min_by_key(|(k, _)| crate::view::fe_sort_key(k)));
-    if first.is_some_and(|(_, v)| v.maglev_size as usize == size) {
-        st.table.gone = Some(st.table.size);
-        (st.table.written, st.table.size, st.table.next) = (Some(hash), size, None);
-    }
+    first.map(|(_, v)| (v.maglev_size as usize).min(abi::MAGLEV_MAX))
 }
 
 /// Writes a new backend: its entry (a generation above any the id had),
