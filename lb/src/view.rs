@@ -794,7 +794,7 @@ mod tests {
 
     fn backend(addr: &str, weight: u32) -> Backend {
         Backend {
-            name: format!("{addr}:80"),
+            name: format!("{addr}:80").into(),
             addr: ip(addr),
             port: 80,
             node: ip("10.0.0.11"),

@@ -107,17 +107,17 @@ pub(crate) fn validate(svc: &Service) -> Result<(), DatapathError> {
             return bad(Problem::DuplicateBackend { endpoint: SocketAddr::new(b.addr, b.port) });
         }
         if b.weight == 0 {
-            return bad(Problem::ZeroWeight { name: b.name.clone() });
+            return bad(Problem::ZeroWeight { name: b.name.to_string() });
         }
         if b.name.len() > abi::BACKEND_NAME_MAX || b.name.contains('\0') {
             return bad(Problem::BackendName {
-                name: b.name.clone(),
+                name: b.name.to_string(),
                 len: b.name.len(),
                 max: abi::BACKEND_NAME_MAX,
             });
         }
-        if !names.insert(b.name.as_str()) {
-            return bad(Problem::DuplicateName { name: b.name.clone() });
+        if !names.insert(&*b.name) {
+            return bad(Problem::DuplicateName { name: b.name.to_string() });
         }
     }
     Ok(())
@@ -265,7 +265,7 @@ impl Svc {
                 .backends
                 .iter()
                 .filter(|b| b.state == BackendState::Active)
-                .map(|b| (b.name.as_str(), b.weight, self.by_endpoint[&(b.addr, b.port)] as u16))
+                .map(|b| (&*b.name, b.weight, self.by_endpoint[&(b.addr, b.port)] as u16))
                 .collect();
             active.sort_unstable();
         }
@@ -562,7 +562,7 @@ impl Services {
                         store,
                         Write::BackendMeta { id: cur.id, name: &b.name, weight: b.weight },
                     )?;
-                    cur.meta = BackendMeta { name: b.name.as_str().into(), weight: b.weight };
+                    cur.meta = BackendMeta { name: b.name.clone(), weight: b.weight };
                     stats.meta_writes += 1;
                 }
                 continue;
@@ -579,7 +579,7 @@ impl Services {
                 Ok(value) => {
                     pools.freed_gens.remove(&id);
                     tunnels.hold(&value);
-                    let meta = BackendMeta { name: b.name.as_str().into(), weight: b.weight };
+                    let meta = BackendMeta { name: b.name.clone(), weight: b.weight };
                     st.backends.insert(index, Backend { id, value, meta });
                     st.by_endpoint.insert(ep, index);
                     stats.backend_writes += 2;
