@@ -199,7 +199,7 @@ fn monitor_prints_the_scripted_events() {
         // The backend lives on this node (its node address is our tunnel
         // source): local delivery, no next hop needed.
         let be = Backend {
-            name: format!("{POD}:8080"),
+            name: format!("{POD}:8080").into(),
             addr: POD.into(),
             port: 8080,
             node: IpAddr::V4(LB_V4),

@@ -96,7 +96,7 @@ fn desired() -> Desired {
         .map(|i| {
             let addr = IpAddr::V4(Ipv4Addr::new(10, 244, (i % 3 + 1) as u8, (10 + i / 3) as u8));
             Backend {
-                name: format!("{addr}:80"),
+                name: format!("{addr}:80").into(),
                 addr,
                 port: 80,
                 node: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 11 + (i % 3) as u8)),

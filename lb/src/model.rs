@@ -1,7 +1,7 @@
 //! The service model: what the datapath should hold, in plain Rust values,
 //! independent of Kubernetes. `control` translates manifests or API objects
 //! into a [`Desired`]; `datapath::Datapath::apply` turns it into map writes.
-use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc, time::Duration};
 
 /// The largest Maglev table size (prime) the datapath holds.
 pub const MAX_MAGLEV_SIZE: u32 = 16381;
@@ -99,7 +99,8 @@ pub enum BackendState {
 pub struct Backend {
     /// Stable cluster-wide name: orders the Maglev permutation, so every node
     /// builds the same table. `control` uses "addr:port" of the endpoint.
-    pub name: String,
+    /// Shared (not copied) by the reconciler's bookkeeping.
+    pub name: Arc<str>,
     pub addr: IpAddr,
     pub port: u16,
     /// Tunnel endpoint: the address of the node the endpoint runs on.
@@ -114,7 +115,7 @@ impl Backend {
     /// socket address (the name control gives every endpoint).
     pub fn new(addr: IpAddr, port: u16, node: IpAddr) -> Self {
         Backend {
-            name: std::net::SocketAddr::new(addr, port).to_string(),
+            name: std::net::SocketAddr::new(addr, port).to_string().into(),
             addr,
             port,
             node,

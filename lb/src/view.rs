@@ -325,7 +325,7 @@ fn listing(s: RawService) -> ServiceListing {
                 node: abi::addr_from_abi(&b.value.node, b.value.node_family),
                 terminating: b.value.flags & abi::BE_F_TERMINATING != 0,
                 gen: b.value.gen,
-                name: b.meta.as_ref().map(|m| m.name.clone()),
+                name: b.meta.as_ref().map(|m| m.name.to_string()),
                 weight: b.meta.as_ref().map(|m| m.weight),
                 slots: u16::try_from(b.index).map_or(0, |i| slots.get(&i).copied().unwrap_or(0)),
                 packets: b.traffic.packets,
@@ -794,7 +794,7 @@ mod tests {
 
     fn backend(addr: &str, weight: u32) -> Backend {
         Backend {
-            name: format!("{addr}:80"),
+            name: format!("{addr}:80").into(),
             addr: ip(addr),
             port: 80,
             node: ip("10.0.0.11"),

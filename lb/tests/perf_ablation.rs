@@ -88,7 +88,7 @@ fn service(name: &str, vip: &str, port: u16, proto: Proto) -> Service {
                 IpAddr::V4(Ipv4Addr::new(10, 244, n, 10 + m))
             };
             Backend {
-                name: format!("{addr}:{port}"),
+                name: format!("{addr}:{port}").into(),
                 addr,
                 port,
                 node: node(n, v6),

@@ -829,7 +829,7 @@ fn ipip_service(vip: IpAddr, pods: &[(IpAddr, IpAddr)]) -> Service {
     s.backends = pods
         .iter()
         .map(|&(addr, node)| Backend {
-            name: format!("{addr}:{TARGET_PORT}"),
+            name: format!("{addr}:{TARGET_PORT}").into(),
             addr,
             port: TARGET_PORT,
             node,

@@ -146,7 +146,7 @@ fn many_backends(per: u32) -> Vec<Backend> {
         .map(|i| {
             let addr = IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 10)) + i));
             Backend {
-                name: format!("{addr}:80"),
+                name: format!("{addr}:80").into(),
                 addr,
                 port: 80,
                 node: IpAddr::V4(setup::node_v4(1 + i % setup::NODES)),

@@ -49,7 +49,7 @@ pub fn backends(count: u32, port: u16, v6: bool) -> Vec<Backend> {
                 (pod_v4(n, m), IpAddr::V4(node_v4(n)))
             };
             Backend {
-                name: format!("{addr}:{port}"),
+                name: format!("{addr}:{port}").into(),
                 addr,
                 port,
                 node,

@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::discovery::v1::EndpointPort;
@@ -213,7 +214,7 @@ fn slice_port(
 /// Backends are named and ordered by "address:port"; an endpoint in two
 /// slices (during a slice split) is kept once, the more usable entry winning.
 fn select(candidates: &[Candidate]) -> Vec<Backend> {
-    let mut chosen: BTreeMap<String, Backend> = BTreeMap::new();
+    let mut chosen: BTreeMap<Arc<str>, Backend> = BTreeMap::new();
     for v6 in [false, true] {
         let family: Vec<&Candidate> =
             candidates.iter().filter(|c| c.addr.is_ipv6() == v6).collect();
@@ -224,7 +225,7 @@ fn select(candidates: &[Candidate]) -> Vec<Backend> {
             } else {
                 BackendState::Terminating
             };
-            let name = SocketAddr::new(c.addr, c.port).to_string();
+            let name: Arc<str> = SocketAddr::new(c.addr, c.port).to_string().into();
             let better = match chosen.get(&name) {
                 None => true,
                 Some(old) => {

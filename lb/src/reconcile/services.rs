@@ -107,17 +107,17 @@ pub(crate) fn validate(svc: &Service) -> Result<(), DatapathError> {
             return bad(Problem::DuplicateBackend { endpoint: SocketAddr::new(b.addr, b.port) });
         }
         if b.weight == 0 {
-            return bad(Problem::ZeroWeight { name: b.name.clone() });
+            return bad(Problem::ZeroWeight { name: b.name.to_string() });
         }
         if b.name.len() > abi::BACKEND_NAME_MAX || b.name.contains('\0') {
             return bad(Problem::BackendName {
-                name: b.name.clone(),
+                name: b.name.to_string(),
                 len: b.name.len(),
                 max: abi::BACKEND_NAME_MAX,
             });
         }
-        if !names.insert(b.name.as_str()) {
-            return bad(Problem::DuplicateName { name: b.name.clone() });
+        if !names.insert(&*b.name) {
+            return bad(Problem::DuplicateName { name: b.name.to_string() });
         }
     }
     Ok(())
@@ -255,7 +255,9 @@ impl Svc {
     /// The Maglev input of `svc` if it differs from the one its table was
     /// built from: no table without a frontend (nothing could look it up)
     /// or without an active backend. Compared before anything is copied
-    /// (a full diff asks this of every service).
+    /// (a full diff asks this of every service). Called once `svc`'s
+    /// backends are written: the names it keeps are those of the backends'
+    /// meta (equal to the desired ones, shared rather than copied).
     fn changed_table_input(&self, svc: &Service) -> Option<TableInput> {
         let mut active: Vec<(&str, u32, u16)> = Vec::new();
         if !svc.frontends.is_empty() || !svc.sock_frontends.is_empty() {
@@ -263,7 +265,7 @@ impl Svc {
                 .backends
                 .iter()
                 .filter(|b| b.state == BackendState::Active)
-                .map(|b| (b.name.as_str(), b.weight, self.by_endpoint[&(b.addr, b.port)] as u16))
+                .map(|b| (&*b.name, b.weight, self.by_endpoint[&(b.addr, b.port)] as u16))
                 .collect();
             active.sort_unstable();
         }
@@ -274,11 +276,16 @@ impl Svc {
                 && t.active
                     .iter()
                     .zip(&active)
-                    .all(|((n, w, i), (n2, w2, i2))| n == n2 && w == w2 && i == i2)
+                    .all(|((n, w, i), (n2, w2, i2))| **n == **n2 && w == w2 && i == i2)
         });
+        let shared = |n: &str, i: u16| {
+            let name = &self.backends[&u32::from(i)].meta.name;
+            debug_assert_eq!(&**name, n, "meta written before the table input");
+            name.clone()
+        };
         (!same).then(|| TableInput {
             size,
-            active: active.into_iter().map(|(n, w, i)| (n.to_owned(), w, i)).collect(),
+            active: active.into_iter().map(|(n, w, i)| (shared(n, i), w, i)).collect(),
         })
     }
 }
@@ -341,7 +348,7 @@ impl Services {
                 // Not recorded (an older agent): the name control gives,
                 // weight 1; the first apply writes what is desired.
                 let meta = b.meta.clone().unwrap_or_else(|| BackendMeta {
-                    name: SocketAddr::new(ep.0, ep.1).to_string(),
+                    name: SocketAddr::new(ep.0, ep.1).to_string().into(),
                     weight: 1,
                 });
                 st.backends.insert(b.index, Backend { id: b.id, value: b.value, meta });
@@ -550,7 +557,7 @@ impl Services {
                     cur.value = want;
                     stats.backend_writes += 1;
                 }
-                if cur.meta.weight != b.weight || cur.meta.name != b.name {
+                if cur.meta.weight != b.weight || *cur.meta.name != *b.name {
                     write(
                         store,
                         Write::BackendMeta { id: cur.id, name: &b.name, weight: b.weight },

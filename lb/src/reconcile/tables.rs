@@ -2,7 +2,7 @@
 //! ([`TableInput`]; equal inputs give equal tables, so an unchanged input is
 //! never rebuilt) and building a batch of them on every core, a chunk at a
 //! time, overlapped with the writes of the previous chunk.
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use super::{services::Problem, DatapathError};
 use crate::{maglev::Maglev, model::ServiceKey};
@@ -35,7 +35,7 @@ pub(crate) struct TableInput {
     /// Table size; 0 when there is no table.
     pub size: u32,
     /// (stable name, weight, service-local index) of each active backend, sorted.
-    pub active: Vec<(String, u32, u16)>,
+    pub active: Vec<(Arc<str>, u32, u16)>,
 }
 
 impl TableInput {
@@ -62,7 +62,7 @@ fn build_one(job: &TableJob) -> Result<Vec<u16>, DatapathError> {
     let invalid =
         |e| DatapathError::Invalid { service: job.key.clone(), problem: Problem::Maglev(e) };
     let maglev = Maglev::new(*size).map_err(invalid)?;
-    let input: Vec<(&str, u32)> = active.iter().map(|(n, w, _)| (n.as_str(), *w)).collect();
+    let input: Vec<(&str, u32)> = active.iter().map(|(n, w, _)| (&**n, *w)).collect();
     let positions = maglev.build(&input).map_err(invalid)?;
     Ok(positions.iter().map(|&p| active[usize::from(p)].2).collect())
 }

@@ -665,7 +665,7 @@ fn invalid_services_are_refused_before_any_write() {
         (|s| s.maglev_size = 20000, "maglev size 20000 outside 2..=16381"),
         (|s| s.maglev_size = 250, "not a prime"),
         (|s| s.backends[1].weight = 0, "weight 0"),
-        (|s| s.backends[1].name = "x".repeat(61), "at most 60"),
+        (|s| s.backends[1].name = "x".repeat(61).into(), "at most 60"),
         (|s| s.backends[1].name = s.backends[0].name.clone(), "given to two backends"),
         (|s| s.backends.push(s.backends[0].clone()), "listed twice"),
         (|s| s.frontends.push(s.frontends[0]), "listed twice"),
@@ -771,7 +771,7 @@ fn tables_follow_the_maglev_build_of_their_active_backends() {
     dp.apply(&d).unwrap();
     let a = &dp.list().unwrap()[0];
     let input: Vec<(String, u32)> =
-        d.services[&key("a")].backends.iter().map(|b| (b.name.clone(), b.weight)).collect();
+        d.services[&key("a")].backends.iter().map(|b| (b.name.to_string(), b.weight)).collect();
     let quotas = Maglev::new(251).unwrap().quotas(&input).unwrap();
     let slots: Vec<u32> = a.backends.iter().map(|b| b.slots as u32).collect();
     assert_eq!(slots, quotas);

@@ -133,7 +133,7 @@ impl MapStore for BpfStore {
 
     fn backend_meta(&self, id: u32) -> Result<Option<BackendMeta>, StoreError> {
         let m = found(self.maps.backend_meta.get(&id, 0), "xlb_backend_meta")?;
-        Ok(m.map(|m| BackendMeta { name: decode_name(&m.name), weight: m.weight }))
+        Ok(m.map(|m| BackendMeta { name: decode_name(&m.name).into(), weight: m.weight }))
     }
 
     fn maglev(&self, svc_id: u32, size: usize) -> Result<Option<Vec<u16>>, StoreError> {

@@ -373,7 +373,7 @@ impl MapStore for MemStore {
                         max: abi::BACKEND_NAME_MAX,
                     });
                 }
-                self.backend_meta.insert(id, BackendMeta { name: name.to_owned(), weight });
+                self.backend_meta.insert(id, BackendMeta { name: name.into(), weight });
             }
             Write::BackendMetaDelete { id } => {
                 self.backend_meta.remove(&id);

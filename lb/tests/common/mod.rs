@@ -112,7 +112,7 @@ pub fn lb_addr(v6: bool) -> IpAddr {
 /// Endpoint `addr:TARGET_PORT` on `node`.
 pub fn backend(addr: IpAddr, node: IpAddr) -> Backend {
     Backend {
-        name: format!("{}", SocketAddr::new(addr, TARGET_PORT)),
+        name: format!("{}", SocketAddr::new(addr, TARGET_PORT)).into(),
         addr,
         port: TARGET_PORT,
         node,

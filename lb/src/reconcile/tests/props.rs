@@ -143,8 +143,7 @@ fn expected(d: &Desired) -> String {
         // Slots per backend name: the Maglev build of the active backends.
         let mut slots: HashMap<&str, usize> = HashMap::new();
         if table {
-            let input: Vec<(&str, u32)> =
-                active.iter().map(|b| (b.name.as_str(), b.weight)).collect();
+            let input: Vec<(&str, u32)> = active.iter().map(|b| (&*b.name, b.weight)).collect();
             for i in Maglev::new(s.table_size()).unwrap().build(&input).unwrap() {
                 *slots.entry(input[usize::from(i)].0).or_default() += 1;
             }
@@ -187,7 +186,7 @@ fn expected(d: &Desired) -> String {
                 b.state == BackendState::Terminating,
                 Some(&b.name),
                 Some(b.weight),
-                slots.get(b.name.as_str()).copied().unwrap_or(0)
+                slots.get(&*b.name).copied().unwrap_or(0)
             );
         }
     }
