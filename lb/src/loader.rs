@@ -563,10 +563,7 @@ impl Dataplane {
             }
         };
         let link = prog.take_link(id).map_err(attach_err)?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
-        pin_link(fd, &path)?;
+        pin_link(link, &path)?;
         // XDP may redirect to any port it is attached to.
         let ifindex = ifindex(iface).ok_or_else(|| LoadError::LinkPin {
             path: path.clone(),
@@ -675,10 +672,7 @@ impl Dataplane {
         } else if !replace_pinned(&path, prog.fd().map_err(attach_err)?.as_fd().as_raw_fd())? {
             let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
             let link = prog.take_link(id).map_err(attach_err)?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
-            pin_link(fd, &path)?;
+            pin_link(link, &path)?;
         }
         for program in SOCK_PROGRAMS {
             let path = self.link_path("sock", program.trim_start_matches("xlb_sock_"));
@@ -692,10 +686,7 @@ impl Dataplane {
             // kernel refuses link_create flags: "Single" passes none).
             let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
             let link = prog.take_link(id).map_err(attach_err)?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e| LoadError::LinkPin { path: path.clone(), detail: format!("{e}") })?;
-            pin_link(fd, &path)?;
+            pin_link(link, &path)?;
         }
         Ok(())
     }
@@ -836,10 +827,7 @@ fn tcx_attach(
             .map_err(attach_err)?,
     };
     let link = prog.take_link(id).map_err(attach_err)?;
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e| LoadError::LinkPin { path: path.to_path_buf(), detail: format!("{e}") })?;
-    pin_link(fd, path)
+    pin_link(link, path)
 }
 
 /// Attaches the pods' programs pinned by the agent under `pin_dir` to the
@@ -1030,7 +1018,15 @@ fn replace_pinned(path: &Path, prog_fd: i32) -> Result<bool, LoadError> {
     Ok(true)
 }
 
-fn pin_link(fd: FdLink, path: &Path) -> Result<(), LoadError> {
+/// Pins `link` (any link aya can turn into an FdLink) at `path`, unless
+/// a pin is already there (then the same kernel link is pinned).
+fn pin_link<L>(link: L, path: &Path) -> Result<(), LoadError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let fd = FdLink::try_from(link)
+        .map_err(|e| LoadError::LinkPin { path: path.to_path_buf(), detail: format!("{e}") })?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|source| LoadError::PinDir { path: dir.to_path_buf(), source })?;
