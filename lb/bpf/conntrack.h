@@ -213,22 +213,27 @@ static __always_inline void xlb_ct_touch(struct xlb_ct_way *w, __u32 now)
 		w->e.stamp = now | XLB_CT_HIT;
 }
 
-static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_key *key, __u32 hash,
-							 __u32 svc_id, __u32 *backend_id)
+/* The way of `key` (flow hash `hash`) in its set, or NULL. */
+static __always_inline struct xlb_ct_way *xlb_ct_find(const struct xlb_flow_key *key, __u32 hash)
 {
 	struct xlb_ct_set *set = xlb_ct_set_of(hash);
-	struct xlb_ct_way *w = NULL;
-	struct xlb_backend *be;
-	__u32 id, gen, svc, check;
 
 	if (!set)
 		return NULL;
 #pragma unroll
 	for (int i = 0; i < XLB_CT_WAYS; i++)
-		if (xlb_flow_key_eq(&set->way[i].key, key)) {
-			w = &set->way[i];
-			break;
-		}
+		if (xlb_flow_key_eq(&set->way[i].key, key))
+			return &set->way[i];
+	return NULL;
+}
+
+static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_key *key, __u32 hash,
+							 __u32 svc_id, __u32 *backend_id)
+{
+	struct xlb_ct_way *w = xlb_ct_find(key, hash);
+	struct xlb_backend *be;
+	__u32 id, gen, svc, check;
+
 	if (!w)
 		return NULL;
 	/* Each field read once, then checked together (torn ways: above). */
@@ -252,16 +257,10 @@ static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_k
  * xlb_ct see the flow again only ~1 s later): mark its way hit. */
 static __always_inline void xlb_ct_seen_again(const struct xlb_flow_key *key, __u32 hash)
 {
-	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+	struct xlb_ct_way *w = xlb_ct_find(key, hash);
 
-	if (!set)
-		return;
-#pragma unroll
-	for (int i = 0; i < XLB_CT_WAYS; i++)
-		if (xlb_flow_key_eq(&set->way[i].key, key)) {
-			xlb_ct_touch(&set->way[i], bpf_jiffies64());
-			return;
-		}
+	if (w)
+		xlb_ct_touch(w, bpf_jiffies64());
 }
 
 /* How much way `w` is worth evicting for `key` (higher first). */
