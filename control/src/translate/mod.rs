@@ -293,7 +293,10 @@ impl Translator {
         out: Vec<PortService>,
         errors: Vec<ConfigError>,
     ) -> Vec<ServiceKey> {
-        let mut entry = Translated { object, keys: Vec::new(), errors, claims: Vec::new() };
+        // Kept for every Service: sized exactly (a pushed-to Vec keeps room
+        // for four).
+        let keys = Vec::with_capacity(out.len());
+        let mut entry = Translated { object, keys, errors, claims: Vec::new() };
         if !entry.errors.is_empty() {
             self.with_errors.insert(key.clone());
         }
@@ -315,6 +318,7 @@ impl Translator {
                 self.desired.services.insert(service.key.clone(), service);
             }
         }
+        entry.claims.shrink_to_fit();
         let keys = entry.keys.clone();
         self.translated.insert(key, entry);
         keys

@@ -43,30 +43,21 @@ pub(super) struct Touched {
     pub(super) this_node: bool,
 }
 
-/// An EndpointSlice, with what it was filed under.
-#[derive(Debug)]
-struct Slice {
-    object: Arc<EndpointSlice>,
-    /// The Service its label names.
-    owner: Option<ServiceName>,
-    /// Its key, shared by the sets of `slices_on` it is filed in (the
-    /// nodes it names are read from the object again when it is unfiled:
-    /// at 30k slices of 10 endpoints, a key and a node list of its own per
-    /// node held ~55 MB).
-    key: Arc<ObjectKey>,
-}
-
 /// Every object the translation reads, indexed by what depends on it.
 #[derive(Debug)]
 pub(super) struct Tracker {
     /// The node xlb runs on.
     this_node: String,
     services: BTreeMap<ObjectKey, Arc<KubeService>>,
-    slices: HashMap<ObjectKey, Slice>,
+    /// Each EndpointSlice by key. The key is shared by the indices below
+    /// (at 30k slices of 10 endpoints, a key and a node list of its own per
+    /// node held ~55 MB); the Service a slice is filed under and the nodes
+    /// it names are read from the object again when it is unfiled.
+    slices: HashMap<Arc<ObjectKey>, Arc<EndpointSlice>>,
     /// (namespace, Service name) -> its slices, sorted by slice name (a
     /// Vec: most Services have one slice, and a BTreeMap's first node
     /// held ~400 bytes each, ~12 MB at 30k Services).
-    slices_of: HashMap<ServiceName, Vec<(String, Arc<EndpointSlice>)>>,
+    slices_of: HashMap<ServiceName, Vec<(Arc<ObjectKey>, Arc<EndpointSlice>)>>,
     /// Node name -> the slices whose endpoints name it.
     slices_on: HashMap<String, HashSet<Arc<ObjectKey>>>,
     nodes: Nodes,
@@ -161,8 +152,8 @@ impl Tracker {
                 continue;
             }
             for slice in self.slices_on.get(&key.name).into_iter().flatten() {
-                if let Some(owner) = &self.slices[&**slice].owner {
-                    self.touch(owner, touched);
+                if let Some(owner) = endpoints::owner(&self.slices[&**slice]) {
+                    self.touch(&owner, touched);
                 }
             }
         }
@@ -175,14 +166,14 @@ impl Tracker {
     }
 
     fn update_slices(&mut self, slices: KindChanges<EndpointSlice>, touched: &mut Touched) {
-        for (key, slice) in slices.into_changes(self.slices.keys()) {
+        for (key, slice) in slices.into_changes(self.slices.keys().map(|k| &**k)) {
             if let (Some(old), Some(new)) = (self.slices.get(&key), &slice) {
-                if cluster::unchanged(&old.object, new) {
+                if cluster::unchanged(old, new) {
                     continue;
                 }
             }
-            if let Some(old) = self.slices.remove(&key) {
-                self.unfile(&key, old, touched);
+            if let Some(old) = self.slices.remove_entry(&key) {
+                self.unfile(old, touched);
             }
             if let Some(slice) = slice {
                 self.file(key, slice, touched);
@@ -192,38 +183,38 @@ impl Tracker {
 
     /// Indexes `slice` under its Service and its endpoints' nodes.
     fn file(&mut self, key: ObjectKey, object: Arc<EndpointSlice>, touched: &mut Touched) {
-        let owner = endpoints::owner(&object);
-        if let Some(owner) = &owner {
-            let of_owner = self.slices_of.entry(owner.clone()).or_default();
-            match of_owner.binary_search_by(|(n, _)| n.cmp(&key.name)) {
+        let key = Arc::new(key);
+        if let Some(owner) = endpoints::owner(&object) {
+            self.touch(&owner, touched);
+            // Most Services have one slice: room for one.
+            let of_owner = self.slices_of.entry(owner).or_insert_with(|| Vec::with_capacity(1));
+            match of_owner.binary_search_by(|(k, _)| k.name.cmp(&key.name)) {
                 Ok(i) => of_owner[i].1 = object.clone(),
-                Err(i) => of_owner.insert(i, (key.name.clone(), object.clone())),
+                Err(i) => of_owner.insert(i, (key.clone(), object.clone())),
             }
-            self.touch(owner, touched);
         }
-        let shared = Arc::new(key.clone());
         for n in endpoints::nodes_named(&object) {
-            self.slices_on.entry(n).or_default().insert(shared.clone());
+            self.slices_on.entry(n).or_default().insert(key.clone());
         }
-        self.slices.insert(key, Slice { object, owner, key: shared });
+        self.slices.insert(key, object);
     }
 
     /// Undoes [`Tracker::file`] of slice `key`.
-    fn unfile(&mut self, key: &ObjectKey, old: Slice, touched: &mut Touched) {
-        if let Some(owner) = &old.owner {
-            if let Some(m) = self.slices_of.get_mut(owner) {
-                if let Ok(i) = m.binary_search_by(|(n, _)| n.cmp(&key.name)) {
+    fn unfile(&mut self, (key, old): (Arc<ObjectKey>, Arc<EndpointSlice>), touched: &mut Touched) {
+        if let Some(owner) = endpoints::owner(&old) {
+            if let Some(m) = self.slices_of.get_mut(&owner) {
+                if let Ok(i) = m.binary_search_by(|(k, _)| k.name.cmp(&key.name)) {
                     m.remove(i);
                 }
                 if m.is_empty() {
-                    self.slices_of.remove(owner);
+                    self.slices_of.remove(&owner);
                 }
             }
-            self.touch(owner, touched);
+            self.touch(&owner, touched);
         }
-        for n in endpoints::nodes_named(&old.object) {
+        for n in endpoints::nodes_named(&old) {
             if let Some(on) = self.slices_on.get_mut(&n) {
-                on.remove(&old.key);
+                on.remove(&key);
                 if on.is_empty() {
                     self.slices_on.remove(&n);
                 }
