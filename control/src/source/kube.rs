@@ -1,4 +1,4 @@
-//! Kubernetes API source: one kube-runtime watcher + reflector store per kind registered in
+//! Kubernetes API source: one kube-runtime watcher + a store per kind registered in
 //! [`crate::cluster::kinds`] (Service, discovery.k8s.io/v1 EndpointSlice, Node), and a loop
 //! that hands the consumer [`Changes`]: once every store has finished its first list, every
 //! object (each kind a full listing); after that, only the objects that changed, looked up in
@@ -8,9 +8,12 @@
 //!
 //! Resilience comes from kube-runtime and is relied on deliberately: a watch that ends or
 //! breaks resumes from its last resourceVersion; a 410 Gone (history compacted) makes the
-//! watcher relist, and the reflector buffers the relisted objects and swaps them into the
-//! store in one step at the end of the list, so no object that still exists ever goes
-//! missing. A relist may hide deletions (no delete event), so after one the kind is handed
+//! watcher relist, and the store buffers the relisted objects and swaps them in in one
+//! step at the end of the list (as kube-runtime's reflector does), so no object that still
+//! exists ever goes missing. The store is this module's rather than the reflector's: it
+//! keeps each object once, found by the namespace and name in its metadata (the
+//! reflector's keys held four more strings per object, and it stored a copy of each
+//! object decoded: ~20 MB at 30k Services). A relist may hide deletions (no delete event), so after one the kind is handed
 //! over as a full listing again and the consumer diffs it whole. Errors are retried with
 //! kube's default exponential backoff (0.8 s doubling to 30 s, with jitter). A new kind
 //! (Pod, Namespace, NetworkPolicy) is watched once it is registered: the loop below, the
@@ -27,16 +30,16 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::reflector::{self, store::WriterDropped, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -261,7 +264,7 @@ impl<K: Kind> WatchedKind for Absent<K> {
         K::KIND
     }
 
-    fn ready(&self) -> BoxFuture<'_, Result<(), WriterDropped>> {
+    fn ready(&self) -> BoxFuture<'_, Result<(), watch::error::RecvError>> {
         Box::pin(async { Ok(()) })
     }
 
@@ -281,17 +284,73 @@ struct Pending {
     full: bool,
 }
 
-/// A watched kind: its store and what changed in it since the last batch.
+/// An object of a store, hashed and compared by its namespace and name, read from its
+/// metadata (the key is not stored beside it).
+struct Keyed<K>(Arc<K>);
+
+impl<K: Kind> Keyed<K> {
+    fn key(&self) -> (Option<&str>, &str) {
+        let m = self.0.meta();
+        (m.namespace.as_deref(), m.name.as_deref().unwrap_or(""))
+    }
+}
+
+impl<K: Kind> Hash for Keyed<K> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.key().hash(h);
+    }
+}
+
+impl<K: Kind> PartialEq for Keyed<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl<K: Kind> Eq for Keyed<K> {}
+
+/// An [`ObjectKey`] looking up a [`Keyed`] object: hashes as [`Keyed::key`] does.
+struct Lookup<'a>(&'a ObjectKey);
+
+impl Hash for Lookup<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (self.0.namespace.as_deref(), self.0.name.as_str()).hash(h);
+    }
+}
+
+impl<K: Kind> hashbrown::Equivalent<Keyed<K>> for Lookup<'_> {
+    fn equivalent(&self, obj: &Keyed<K>) -> bool {
+        (self.0.namespace.as_deref(), self.0.name.as_str()) == obj.key()
+    }
+}
+
+/// A kind's objects, and what changed in them since the last batch.
+struct Held<K> {
+    /// Every object as of the last event; a relist's objects replace them at its end.
+    store: hashbrown::HashSet<Keyed<K>>,
+    /// A list's objects so far (None: not listing).
+    listing: Option<hashbrown::HashSet<Keyed<K>>>,
+    pending: Pending,
+}
+
+/// A watched kind: its objects, what changed in them since the last batch, and whether
+/// its first list is complete.
 struct Watched<K: Kind> {
-    store: Store<K>,
-    pending: Arc<Mutex<Pending>>,
+    held: Arc<Mutex<Held<K>>>,
+    listed: watch::Receiver<bool>,
+}
+
+impl<K: Kind> Watched<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held<K>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A [`Watched`] kind, whatever the kind: what the batching loop does with each.
 trait WatchedKind: Send + Sync {
     fn kind(&self) -> &'static str;
-    /// Resolves once the store has completed its first list.
-    fn ready(&self) -> BoxFuture<'_, Result<(), WriterDropped>>;
+    /// Resolves once the store has completed its first list (an error: the watcher stopped).
+    fn ready(&self) -> BoxFuture<'_, Result<(), watch::error::RecvError>>;
     /// Objects in the store.
     fn len(&self) -> usize;
     /// Puts the kind's changes since the last call into `changes` (all objects when
@@ -304,12 +363,13 @@ impl<K: Kind> WatchedKind for Watched<K> {
         K::KIND
     }
 
-    fn ready(&self) -> BoxFuture<'_, Result<(), WriterDropped>> {
-        Box::pin(self.store.wait_until_ready())
+    fn ready(&self) -> BoxFuture<'_, Result<(), watch::error::RecvError>> {
+        let mut listed = self.listed.clone();
+        Box::pin(async move { listed.wait_for(|l| *l).await.map(|_| ()) })
     }
 
     fn len(&self) -> usize {
-        self.store.len()
+        self.lock().store.len()
     }
 
     fn take_into(&self, full: bool, changes: &mut Changes) {
@@ -320,20 +380,17 @@ impl<K: Kind> WatchedKind for Watched<K> {
 impl<K: Kind> Watched<K> {
     /// The changes since the last call (all objects when `full` or after a relist).
     fn take(&self, full: bool) -> KindChanges<K> {
-        let p = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut held = self.lock();
+        let p = std::mem::take(&mut held.pending);
         if full || p.full {
-            let objects = self.store.state().into_iter().map(|o| (ObjectKey::of(&*o), Some(o)));
+            let objects = held.store.iter().map(|o| (ObjectKey::of(&*o.0), Some(o.0.clone())));
             return KindChanges { full: true, objects: objects.collect() };
         }
         let objects = p
             .keys
             .into_iter()
             .map(|key| {
-                let mut r = ObjectRef::<K>::new(&key.name);
-                if let Some(ns) = &key.namespace {
-                    r = r.within(ns);
-                }
-                let obj = self.store.get(&r);
+                let obj = held.store.get(&Lookup(&key)).map(|o| o.0.clone());
                 (key, obj)
             })
             .collect();
@@ -356,6 +413,13 @@ fn slim(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
             meta.annotations = None;
         }
     }
+}
+
+/// `obj` as the store keeps it: a copy, every list in it exactly as long as it is (as
+/// decoded, a list keeps room to grow: an EndpointSlice's 10 endpoints room for 16, each
+/// endpoint's one address room for 4, ~35 MB more at 30k slices).
+fn compact<K: Kind>(obj: K) -> Arc<K> {
+    Arc::new(obj.clone())
 }
 
 /// What every watched kind shares.
@@ -390,55 +454,79 @@ impl Watches<'_> {
         start.started
     }
 
-    /// Starts the watcher + reflector of kind `K` on a task in `tasks` and returns its
-    /// store and pending changes. Every applied or deleted object is noted by key, every
-    /// relist as a full listing, and the batching loop is woken.
+    /// Starts the watcher of kind `K` on a task in `tasks`, keeping its objects, and
+    /// returns them with the pending changes. Every applied or deleted object is noted
+    /// by key, every relist as a full listing, and the batching loop is woken.
     fn watch_kind<K: Kind>(&self, tasks: &mut JoinSet<()>) -> Watched<K> {
-        let (reader, writer) = reflector::store::<K>();
         let events = watcher::watcher(Api::<K>::all(self.client.clone()), self.config.clone())
             .default_backoff()
-            .modify(|o: &mut K| slim(o.meta_mut()))
-            .reflect(writer);
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let (store, stats, wake, noted) =
-            (reader.clone(), self.stats.clone(), self.wake.clone(), pending.clone());
+            .modify(|o: &mut K| slim(o.meta_mut()));
+        let held = Arc::new(Mutex::new(Held::<K> {
+            store: hashbrown::HashSet::new(),
+            listing: None,
+            pending: Pending::default(),
+        }));
+        let (listed_tx, listed) = watch::channel(false);
+        let (stats, wake, shared) = (self.stats.clone(), self.wake.clone(), held.clone());
         tasks.spawn(async move {
             let kind = K::KIND;
             let mut events = std::pin::pin!(events);
             let mut lists = 0u64;
-            let note = |key: Option<ObjectKey>| {
-                let mut p = noted.lock().unwrap_or_else(PoisonError::into_inner);
-                match key {
-                    Some(k) => {
-                        p.keys.insert(k);
-                    }
-                    None => p.full = true,
-                }
-                drop(p);
-                wake.notify_one();
-            };
+            let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
             while let Some(event) = events.next().await {
                 let s = K::of(&stats.per_kind);
                 match event {
                     Ok(Event::Init) => {
                         lists += 1;
+                        lock().listing = Some(hashbrown::HashSet::new());
                         if lists > 1 {
                             s.restarts.fetch_add(1, Ordering::Relaxed);
                             info!(kind, "watch restarted: relisting (the store keeps its objects until the list completes)");
                         }
                     }
-                    Ok(Event::InitApply(_)) => {}
-                    Ok(Event::InitDone) => {
-                        s.objects.store(store.len() as u64, Ordering::Relaxed);
-                        debug!(kind, objects = store.len(), "list complete");
-                        if lists > 1 {
-                            note(None);
+                    Ok(Event::InitApply(o)) => {
+                        if let Some(l) = lock().listing.as_mut() {
+                            l.replace(Keyed(compact(o)));
                         }
                     }
-                    Ok(Event::Apply(o) | Event::Delete(o)) => {
+                    Ok(Event::InitDone) => {
+                        let mut h = lock();
+                        if let Some(listed) = h.listing.take() {
+                            h.store = listed;
+                        }
+                        let objects = h.store.len();
+                        if lists > 1 {
+                            h.pending.full = true;
+                        }
+                        drop(h);
+                        s.objects.store(objects as u64, Ordering::Relaxed);
+                        debug!(kind, objects, "list complete");
+                        listed_tx.send_replace(true);
+                        if lists > 1 {
+                            wake.notify_one();
+                        }
+                    }
+                    Ok(Event::Apply(o)) => {
+                        let key = ObjectKey::of(&o);
+                        let mut h = lock();
+                        h.store.replace(Keyed(compact(o)));
+                        h.pending.keys.insert(key);
+                        let objects = h.store.len();
+                        drop(h);
                         s.events.fetch_add(1, Ordering::Relaxed);
-                        s.objects.store(store.len() as u64, Ordering::Relaxed);
-                        note(Some(ObjectKey::of(&o)));
+                        s.objects.store(objects as u64, Ordering::Relaxed);
+                        wake.notify_one();
+                    }
+                    Ok(Event::Delete(o)) => {
+                        let key = ObjectKey::of(&o);
+                        let mut h = lock();
+                        h.store.remove(&Lookup(&key));
+                        h.pending.keys.insert(key);
+                        let objects = h.store.len();
+                        drop(h);
+                        s.events.fetch_add(1, Ordering::Relaxed);
+                        s.objects.store(objects as u64, Ordering::Relaxed);
+                        wake.notify_one();
                     }
                     Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                         s.errors.fetch_add(1, Ordering::Relaxed);
@@ -451,7 +539,7 @@ impl Watches<'_> {
                 }
             }
         });
-        Watched { store: reader, pending }
+        Watched { held, listed }
     }
 }
 
