@@ -12,9 +12,9 @@
 //! step at the end of the list (as kube-runtime's reflector does), so no object that still
 //! exists ever goes missing. The store is this module's rather than the reflector's: it
 //! keeps each object once, found by the namespace and name in its metadata (the
-//! reflector's keys held four more strings per object, and it stored a copy of each
-//! object decoded: ~20 MB at 30k Services). A relist may hide deletions (no delete event), so after one the kind is handed
-//! over as a full listing again and the consumer diffs it whole. Errors are retried with
+//! reflector's key beside each object held four more strings: with its table, ~20 MB at
+//! 30k Services). A relist may hide deletions (no delete event), so after one the kind is
+//! handed over as a full listing again and the consumer diffs it whole. Errors are retried with
 //! kube's default exponential backoff (0.8 s doubling to 30 s, with jitter). A new kind
 //! (Pod, Namespace, NetworkPolicy) is watched once it is registered: the loop below, the
 //! probe and the counters all go over the registered kinds (the service account must be
