@@ -43,6 +43,9 @@ pub(super) struct Touched {
     pub(super) this_node: bool,
 }
 
+/// A slice filed under its Service: its key (shared with `slices`) and the object.
+type Filed = (Arc<ObjectKey>, Arc<EndpointSlice>);
+
 /// Every object the translation reads, indexed by what depends on it.
 #[derive(Debug)]
 pub(super) struct Tracker {
@@ -57,7 +60,7 @@ pub(super) struct Tracker {
     /// (namespace, Service name) -> its slices, sorted by slice name (a
     /// Vec: most Services have one slice, and a BTreeMap's first node
     /// held ~400 bytes each, ~12 MB at 30k Services).
-    slices_of: HashMap<ServiceName, Vec<(Arc<ObjectKey>, Arc<EndpointSlice>)>>,
+    slices_of: HashMap<ServiceName, Vec<Filed>>,
     /// Node name -> the slices whose endpoints name it.
     slices_on: HashMap<String, HashSet<Arc<ObjectKey>>>,
     nodes: Nodes,
