@@ -72,10 +72,10 @@ static __always_inline int xlb_local_deliver(struct xdp_md *ctx, struct xlb_pkt 
 
 /* The outer IP + tunnel headers after the Ethernet header at data. */
 static __always_inline int xlb_write_outer_as(void *data, void *data_end, __u8 encap, __u8 outer,
-					   __u8 inner, const __u8 *src, const __u8 *dst,
-					   __u16 outer_l3_len, __u16 inner_len, __u32 hash,
-					   const struct xlb_node_cfg *node, __u8 opt_type,
-					   const __u8 *vaddr, __be16 vport)
+					      __u8 inner, const __u8 *src, const __u8 *dst,
+					      __u16 outer_l3_len, __u16 inner_len, __u32 hash,
+					      const struct xlb_node_cfg *node, __u8 opt_type,
+					      const __u8 *vaddr, __be16 vport)
 {
 	void *ip = data + ETH_HLEN;
 	__u8 proto = IPPROTO_UDP;
@@ -110,14 +110,14 @@ static __always_inline int xlb_write_outer(void *data, void *data_end, __u8 enca
 					   const struct xlb_node_cfg *node, __u8 opt_type,
 					   const __u8 *vaddr, __be16 vport)
 {
-#define XLB_OUTER(e, o, i)                                                                          \
+#define XLB_OUTER(e, o, i)                                                                         \
 	xlb_write_outer_as(data, data_end, e, o, i, src, dst, outer_l3_len, inner_len, hash, node, \
 			   opt_type, vaddr, vport)
-#define XLB_OUTER_FAMILIES(e)                                                                       \
-	(outer == XLB_FAMILY_V6                                                                     \
-	     ? (inner == XLB_FAMILY_V6 ? XLB_OUTER(e, XLB_FAMILY_V6, XLB_FAMILY_V6)                   \
-				       : XLB_OUTER(e, XLB_FAMILY_V6, XLB_FAMILY_V4))                  \
-	     : (inner == XLB_FAMILY_V6 ? XLB_OUTER(e, XLB_FAMILY_V4, XLB_FAMILY_V6)                   \
+#define XLB_OUTER_FAMILIES(e)                                                                      \
+	(outer == XLB_FAMILY_V6                                                                    \
+	     ? (inner == XLB_FAMILY_V6 ? XLB_OUTER(e, XLB_FAMILY_V6, XLB_FAMILY_V6)                \
+				       : XLB_OUTER(e, XLB_FAMILY_V6, XLB_FAMILY_V4))               \
+	     : (inner == XLB_FAMILY_V6 ? XLB_OUTER(e, XLB_FAMILY_V4, XLB_FAMILY_V6)                \
 				       : XLB_OUTER(e, XLB_FAMILY_V4, XLB_FAMILY_V4)))
 	if (encap == XLB_ENCAP_GENEVE)
 		return XLB_OUTER_FAMILIES(XLB_ENCAP_GENEVE);

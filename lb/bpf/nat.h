@@ -229,8 +229,7 @@ static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int
 	int rc;
 
 #ifdef XLB_CTX_XDP
-	if (!pkt->frag &&
-	    (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
+	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
 		return xlb_nat_xdp(ctx, pkt, which, addr, port);
 #endif
 
