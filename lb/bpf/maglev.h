@@ -41,6 +41,15 @@
 #include "conntrack.h"
 #include "bucket.h"
 
+/* The clock of new flows: CLOCK_MONOTONIC at tick resolution. A program
+ * may define xlb_flow_clock() to a cheaper source of the same values before
+ * including this header (XDP: nexthop.h's per-CPU copy, refreshed once per
+ * jiffy: a helper call per tick instead of one per new flow, which a SYN
+ * flood pays per packet). */
+#ifndef xlb_flow_clock
+#define xlb_flow_clock() bpf_ktime_get_coarse_ns()
+#endif
+
 /* Set by the loader (LoadOptions::ct_insert_rate). */
 volatile const __u32 xlb_ct_insert_rate = 0;
 
@@ -169,7 +178,7 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 	/* The tick-resolution clock: no clocksource read (bpf_ktime_get_ns
 	 * cost ~60 ns of a new flow under virtualisation); the affinity
 	 * timeout, the entry's age and the insert budget need no better. */
-	now = bpf_ktime_get_coarse_ns();
+	now = xlb_flow_clock();
 	be = NULL;
 	if (svc->flags & XLB_SVC_F_AFFINITY) {
 		__builtin_memset(&ak, 0, sizeof(ak));

@@ -239,7 +239,7 @@ enum Cmd {
         copies: u32,
     },
     /// Rewrites README.md's performance table from the report files in
-    /// --out (micro.json, pps.json, cluster.json, compare.json): the table
+    /// --out (micro.json, pps.json, cluster.json, compare.json, podnet.json): the table
     /// is generated, never typed.
     Readme {
         /// The README to rewrite (between its perf-table markers).

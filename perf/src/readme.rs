@@ -135,6 +135,10 @@ pub fn table(dir: &Path) -> Result<String> {
         }
         None => missing.push("compare"),
     }
+    match load(dir, "podnet") {
+        Some(p) => podnet_rows(&p, &mut row),
+        None => missing.push("podnet"),
+    }
     if rows.is_empty() {
         bail!("no report files in {} (run xlb-perf first)", dir.display());
     }
@@ -151,6 +155,70 @@ pub fn table(dir: &Path) -> Result<String> {
     Ok(s)
 }
 
+/// The pod-network rows from `xlb-perf podnet`'s report: ratios of the
+/// medians over its rounds (the figures beside them are those medians), as
+/// the report's own ratio table gives them.
+fn podnet_rows(p: &Value, row: &mut dyn FnMut(&str, String, &str)) {
+    let path = |prefix: &str| {
+        p["rows"].as_array().and_then(|r| {
+            r.iter().find(|x| x["path"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        })
+    };
+    let num = |prefix: &str, field: &str| path(prefix).and_then(|x| f(&x[field]));
+    let ratio = |a: &str, b: &str, field: &str| match (num(a, field), num(b, field)) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+        _ => "?".into(),
+    };
+    let us =
+        |prefix: &str, field: &str| num(prefix, field).map_or("?".into(), |v| format!("{v:.1}"));
+    let (xlb, vx, plain) = ("cross-node: xlb (", "cross-node: kernel VXLAN", "cross-node: plain");
+    let (local, bridge) = ("same node: xlb", "same node: Linux bridge");
+    row(
+        "pod to pod across nodes, iperf3 one stream (`xlb-perf podnet`)",
+        format!(
+            "{}× kernel VXLAN ({}× plain routing)",
+            ratio(xlb, vx, "gbps"),
+            ratio(xlb, plain, "gbps")
+        ),
+        "1.00",
+    );
+    row(
+        "pod to pod across nodes, 64-byte request latency p50 / p99",
+        format!(
+            "{} / {} µs ({} / {}× VXLAN)",
+            us(xlb, "p50_us"),
+            us(xlb, "p99_us"),
+            ratio(xlb, vx, "p50_us"),
+            ratio(xlb, vx, "p99_us")
+        ),
+        &format!("VXLAN {} / {} µs", us(vx, "p50_us"), us(vx, "p99_us")),
+    );
+    row(
+        "pod to pod on one node, iperf3 / p99",
+        format!(
+            "{}× / {}× a Linux bridge",
+            ratio(local, bridge, "gbps"),
+            ratio(local, bridge, "p99_us")
+        ),
+        "1.00",
+    );
+    let add =
+        |mode: &str| p["cni_add"].as_array().and_then(|a| a.iter().find(|x| x["mode"] == mode));
+    if let Some(all) = add("all at once") {
+        let ms = |x: &Value, field: &str| f(&x[field]).unwrap_or(f64::NAN);
+        let one = add("one at a time")
+            .map_or(String::new(), |x| format!(" (one at a time: {:.0} ms)", ms(x, "p50_ms")));
+        row(
+            &format!(
+                "CNI ADD, {} pods at once on one node, p50 / p99",
+                all["pods"].as_u64().unwrap_or(0)
+            ),
+            format!("{:.2} / {:.1} s{one}", ms(all, "p50_ms") / 1e3, ms(all, "p99_ms") / 1e3),
+            "",
+        );
+    }
+}
+
 /// Replaces what lies between the markers of `readme` with `table`.
 pub fn rewrite(readme: &Path, table: &str) -> Result<()> {
     let text =
@@ -165,4 +233,69 @@ pub fn rewrite(readme: &Path, table: &str) -> Result<()> {
     let out = format!("{}\n{}{}", &text[..body_start], table, &text[e..]);
     std::fs::write(readme, out).with_context(|| format!("writing {}", readme.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::podnet::{AddLatency, PathRow, PodnetReport};
+
+    fn path(name: &str, gbps: f64, p50_us: f64, p99_us: f64) -> PathRow {
+        PathRow {
+            path: name.into(),
+            gbps,
+            gbps_rounds: vec![gbps],
+            retransmits: 0,
+            p50_us,
+            p99_us,
+            p99_rounds_us: vec![p99_us],
+        }
+    }
+
+    fn add(mode: &str, p50_ms: f64, p99_ms: f64) -> AddLatency {
+        AddLatency { mode: mode.into(), pods: 100, p50_ms, p99_ms, max_ms: p99_ms, wall_s: 1.0 }
+    }
+
+    /// A podnet report written as `xlb-perf podnet` writes it becomes the
+    /// table's pod-network rows (and its absence is named below the table).
+    #[test]
+    fn the_pod_network_rows_come_from_the_podnet_report() {
+        let dir = std::env::temp_dir().join(format!("xlb-readme-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Only a micro report: podnet is named missing.
+        std::fs::write(dir.join("micro.json"), r#"{"rows": []}"#).unwrap();
+        assert!(table(&dir)
+            .unwrap()
+            .contains("Not in this report set: pps, cluster, compare, podnet"));
+
+        let report = PodnetReport {
+            rows: vec![
+                path("cross-node: xlb (BPF Geneve)", 12.4, 10.3, 17.86),
+                path("cross-node: xlb, XDP on the node veths", 99.0, 1.0, 1.0),
+                path("cross-node: kernel VXLAN", 10.0, 13.6, 25.5),
+                path("cross-node: plain routing", 8.0, 9.0, 15.0),
+                path("same node: xlb (redirect_peer)", 24.2, 5.0, 9.3),
+                path("same node: Linux bridge", 20.0, 6.0, 10.0),
+            ],
+            cni_add: vec![add("one at a time", 40.2, 55.0), add("all at once", 2960.0, 4010.0)],
+            rounds: 5,
+            seconds: 3,
+        };
+        crate::report::write(&dir, "podnet", &report, &report.markdown()).unwrap();
+        let t = table(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for want in [
+            "| pod to pod across nodes, iperf3 one stream (`xlb-perf podnet`) | 1.24× kernel VXLAN (1.55× plain routing) | 1.00 |",
+            "| pod to pod across nodes, 64-byte request latency p50 / p99 | 10.3 / 17.9 µs (0.76 / 0.70× VXLAN) | VXLAN 13.6 / 25.5 µs |",
+            "| pod to pod on one node, iperf3 / p99 | 1.21× / 0.93× a Linux bridge | 1.00 |",
+            "| CNI ADD, 100 pods at once on one node, p50 / p99 | 2.96 / 4.0 s (one at a time: 40 ms) |  |",
+        ] {
+            assert!(t.contains(want), "missing row {want}\nin\n{t}");
+        }
+        assert!(
+            !t.contains("compare, podnet")
+                && t.contains("Not in this report set: pps, cluster, compare")
+        );
+    }
 }
