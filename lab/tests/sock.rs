@@ -82,9 +82,10 @@ impl Fixture {
         Fixture::with_scope(name, |_| SockScope::All)
     }
 
-    /// With translated sockets' records in xlb_sock_cookie.
-    fn cookies(name: &str) -> Fixture {
-        Fixture::with_load(name, |_, o| LoadOptions { sock_cookie_records: true, ..o })
+    /// With translated sockets' records in socket storage (no
+    /// xlb_sock_cookie, no sock_release: `--socket-lb-records=storage`).
+    fn storage(name: &str) -> Fixture {
+        Fixture::with_load(name, |_, o| LoadOptions { sock_cookie_records: false, ..o })
     }
 
     fn with_scope(name: &str, scope: impl FnOnce(&NamedNetns) -> SockScope) -> Fixture {
@@ -233,8 +234,8 @@ fn tcp_to_a_clusterip_is_served_by_its_backends_and_getpeername_shows_the_cluste
 }
 
 #[test]
-fn tcp_to_a_clusterip_with_cookie_records() {
-    tcp_to_a_clusterip(Fixture::cookies("socktcpc"));
+fn tcp_to_a_clusterip_with_storage_records() {
+    tcp_to_a_clusterip(Fixture::storage("socktcps"));
 }
 
 fn tcp_to_a_clusterip(f: Fixture) {
@@ -265,8 +266,8 @@ fn udp_to_a_clusterip_answers_from_the_clusterip() {
 }
 
 #[test]
-fn udp_to_a_clusterip_with_cookie_records() {
-    udp_to_a_clusterip(Fixture::cookies("sockudpc"));
+fn udp_to_a_clusterip_with_storage_records() {
+    udp_to_a_clusterip(Fixture::storage("sockudps"));
 }
 
 fn udp_to_a_clusterip(f: Fixture) {
@@ -337,8 +338,8 @@ fn a_connected_udp_socket_to_a_removed_backend_is_destroyed() {
 }
 
 #[test]
-fn a_removed_backend_ends_a_connected_udp_socket_with_cookie_records() {
-    a_removed_backend_ends_a_connected_udp_socket(Fixture::cookies("sockreapc"));
+fn a_removed_backend_ends_a_connected_udp_socket_with_storage_records() {
+    a_removed_backend_ends_a_connected_udp_socket(Fixture::storage("sockreaps"));
 }
 
 fn a_removed_backend_ends_a_connected_udp_socket(mut f: Fixture) {
@@ -553,7 +554,7 @@ fn records_settle(f: &Fixture, want: u64) -> u64 {
 
 #[test]
 fn translation_records_leave_with_their_sockets() {
-    let f = Fixture::cookies("sockleave");
+    let f = Fixture::new("sockleave");
     let base = f.cookie_records();
     let spill = f.counter("ok_sock_state_spill");
     // Many translated sockets of every kind, each closed: TCP (IPv4, IPv6,
@@ -594,7 +595,6 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
     const SIZE: u32 = 4;
     let f = Fixture::with_load("sockfull", |_, o| LoadOptions {
         sizes: lb::loader::MapSizes { sock_states: SIZE, ..o.sizes },
-        sock_cookie_records: true,
         ..o
     });
     let mut held: Vec<Child> = (0..SIZE).map(|_| f.hold_udp()).collect();
@@ -635,7 +635,7 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
 
 #[test]
 fn the_sweep_removes_records_no_socket_holds_and_keeps_live_ones() {
-    let f = Fixture::cookies("socksweep");
+    let f = Fixture::new("socksweep");
     let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
         .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
     let mut held = f.hold_udp();
