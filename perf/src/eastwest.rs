@@ -254,8 +254,16 @@ impl Rig {
         }
         sysctl(&srv, "net.ipv4.conf.s1.rp_filter=0")?;
         let root = lab::cgroup::root()?;
-        let sizes =
-            MapSizes { services: 16384, frontends: 65536, backends: 65536, ..MapSizes::small() };
+        // The agent's xlb_sock_cookie (and so xlb_sock_mark) size: the cost
+        // of a record's lookup depends on how much of its buckets' array
+        // stays in cache.
+        let sizes = MapSizes {
+            services: 16384,
+            frontends: 65536,
+            backends: 65536,
+            sock_states: MapSizes::default().sock_states,
+            ..MapSizes::small()
+        };
         let mut xlb = Vec::new();
         for &n in counts {
             for cookie in [false, true] {
