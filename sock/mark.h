@@ -49,6 +49,7 @@
  *   __u32 *xlb_sock_mark_of(cookie)   the socket's counter (NULL: none,
  *                                     which the callers treat as marked)
  *   int xlb_sock_marked(cookie)       0: the socket holds no record
+ *   xlb_sock_mark_up(m) / _down(m)    atomic +1 / -1
  */
 #ifndef XLB_SOCK_MARK_H
 #define XLB_SOCK_MARK_H
@@ -73,6 +74,20 @@ static __always_inline int xlb_sock_marked(__u64 cookie)
 	__u32 *m = xlb_sock_mark_of(cookie);
 
 	return !m || *(volatile __u32 *)m;
+}
+
+/* Raised before a record is inserted (xlate.h). */
+static __always_inline void xlb_sock_mark_up(__u32 *m)
+{
+	__sync_fetch_and_add(m, 1);
+}
+
+/* Lowered for a record that was not inserted, or that was deleted by this
+ * call. Adding -1: clang 14's BPF target (Debian 12) has no fetch-and-sub
+ * below -mcpu=v3 ("Cannot select: AtomicLoadSub"); an atomic add it has. */
+static __always_inline void xlb_sock_mark_down(__u32 *m)
+{
+	__sync_fetch_and_add(m, (__u32)-1);
 }
 
 #endif /* XLB_SOCK_MARK_H */

@@ -23,8 +23,9 @@
  * a further one, or any while that map is full, in the socket's storage
  * (xlb_sock_state). A socket whose mark is zero has no xlb_sock_cookie
  * record: a new socket's connect() skips that lookup. recvmsg() and
- * getpeername() read the record back (revnat.h). No usable backend: the call fails
- * at once with ECONNREFUSED (bpf_set_retval), like kube-proxy's REJECT.
+ * getpeername() read the record back (revnat.h). No usable backend: the
+ * call fails at once with ECONNREFUSED (bpf_set_retval), like kube-proxy's
+ * REJECT.
  *
  * API
  *   int xlb_sock_fwd(ctx, &fk, connect, &out)
@@ -216,10 +217,10 @@ static __always_inline int xlb_sock_rec_keep(struct bpf_sock_addr *ctx, __u64 co
 		xlb_sock_rec_fill(&nr, fk, svc_id, be, backend_id);
 		/* The mark before the record: whoever finds the record finds
 		 * the mark up (mark.h's invariant). */
-		__sync_fetch_and_add(m, 1);
+		xlb_sock_mark_up(m);
 		if (!bpf_map_update_elem(&xlb_sock_cookie, &cookie, &nr, BPF_NOEXIST))
 			return 0;
-		__sync_fetch_and_add(m, (__u32)-1); /* -1: no fetch-and-sub before -mcpu=v3 */
+		xlb_sock_mark_down(m);
 		/* Full (or, racing, another thread's record won: storage
 		 * serves as well). */
 		xlb_count(XLB_HOOK_SOCK, XLB_OK_SOCK_STATE_SPILL, 0);

@@ -295,7 +295,7 @@ int xlb_sock_release(struct bpf_sock *ctx)
 	if (m && !*(volatile __u32 *)m)
 		return 1;
 	if (!bpf_map_delete_elem(&xlb_sock_cookie, &cookie) && m)
-		__sync_fetch_and_add(m, (__u32)-1); /* -1: no fetch-and-sub before -mcpu=v3 */
+		xlb_sock_mark_down(m);
 	return 1;
 }
 
