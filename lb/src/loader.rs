@@ -434,6 +434,28 @@ fn prepare_stateless_maps(opts: &LoadOptions) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// A program load, again while the kernel answers EAGAIN: the verifier
+/// gives up with EAGAIN when a signal is pending on the loading thread
+/// (kernel/bpf/verifier.c, do_check), which a long verification (XDP, tc:
+/// seconds on a loaded machine) meets; libbpf retries the same way
+/// (PROG_LOAD_ATTEMPTS, 5). Seen in the lab tests at load average 7.
+fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == io::ErrorKind::WouldBlock && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// xlb_sock_cookie and xlb_sock_mark are kept or created together: a
 /// counter must never be below the records at its index (sock/mark.h), and
 /// records that programs of an older build wrote without raising a counter
@@ -485,22 +507,24 @@ impl Staged {
     /// Loads every program into the kernel (verified, not attached).
     pub fn load_programs(self) -> Result<Dataplane, LoadError> {
         let Staged { mut xdp, mut tc, mut sock, pin_dir, features, sock_cookie_records } = self;
-        program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
-            .load()
+        let prog = program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?;
+        retry_eagain(|| prog.load())
             .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
         for p in [TC_INGRESS, TC_EGRESS, POD_FROM, POD_TO] {
-            program_mut::<SchedClassifier>(&mut tc, "tc", p)?
-                .load()
+            let prog = program_mut::<SchedClassifier>(&mut tc, "tc", p)?;
+            retry_eagain(|| prog.load())
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
         for p in SOCK_PROGRAMS {
-            program_mut::<CgroupSockAddr>(&mut sock, "sock", p)?
-                .load()
+            let prog = program_mut::<CgroupSockAddr>(&mut sock, "sock", p)?;
+            retry_eagain(|| prog.load())
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
-        program_mut::<CgroupSock>(&mut sock, "sock", SOCK_RELEASE_PROGRAM)?.load().map_err(
-            |e| LoadError::Program { program: SOCK_RELEASE_PROGRAM, source: Box::new(e) },
-        )?;
+        let prog = program_mut::<CgroupSock>(&mut sock, "sock", SOCK_RELEASE_PROGRAM)?;
+        retry_eagain(|| prog.load()).map_err(|e| LoadError::Program {
+            program: SOCK_RELEASE_PROGRAM,
+            source: Box::new(e),
+        })?;
         Ok(Dataplane { xdp, tc, sock, pin_dir, features, sock_cookie_records })
     }
 }
