@@ -6,7 +6,8 @@
  * application used instead, read from the socket's own storage
  * (xlb_sock_state): a datagram from a backend this socket was given, for
  * the same protocol and family, gets that record's service address and
- * port (xlb_sock_cookie first, then the socket's storage). The records
+ * port (xlb_sock_cookie first, looked up only when the socket's mark says
+ * it may hold a record (mark.h), then the socket's storage). The records
  * leave with their socket (socket storage is freed with it; sock_release
  * deletes the cookie's entry, and a cookie is never reused), so a reused
  * backend address can never be shown as a service to a socket that did
@@ -49,7 +50,7 @@ static __always_inline int xlb_sock_rev(struct bpf_sock_addr *ctx, __u8 *addr, _
 		return -XLB_PASS_SOCK_HOST_ONLY;
 	if (xlb_sock_cookie_on) {
 		cookie = bpf_get_socket_cookie(ctx);
-		r = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
+		r = xlb_sock_marked(cookie) ? bpf_map_lookup_elem(&xlb_sock_cookie, &cookie) : NULL;
 		if (r && xlb_sock_rec_of(r, addr, *port, family, proto)) {
 			xlb_sock_rev_put(r, addr, port, svc_id);
 			return 0;

@@ -19,10 +19,13 @@
  * The record (service address, backend address, ids) is kept before the
  * destination is rewritten: the socket's first in xlb_sock_cookie (keyed
  * by its cookie, preallocated: no allocation; deleted at release by
- * cgroup/sock_release), a further one, or any while that map is full, in
- * the socket's storage (xlb_sock_state). recvmsg() and getpeername() read
- * it back (revnat.h). No usable backend: the call fails
- * at once with ECONNREFUSED (bpf_set_retval), like kube-proxy's REJECT.
+ * cgroup/sock_release; its counter in xlb_sock_mark, mark.h, raised first),
+ * a further one, or any while that map is full, in the socket's storage
+ * (xlb_sock_state). A socket whose mark is zero has no xlb_sock_cookie
+ * record: a new socket's connect() skips that lookup. recvmsg() and
+ * getpeername() read the record back (revnat.h). No usable backend: the
+ * call fails at once with ECONNREFUSED (bpf_set_retval), like kube-proxy's
+ * REJECT.
  *
  * API
  *   int xlb_sock_fwd(ctx, &fk, connect, &out)
@@ -43,6 +46,7 @@
 #include "counters.h"
 #include "conntrack.h"
 #include "maglev.h"
+#include "mark.h"
 
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111
@@ -60,9 +64,10 @@
  * ClusterIP) are left to the per-packet path; 0: every socket is translated. */
 volatile const __u64 xlb_sock_host_netns = 0;
 
-/* Set by the loader (.rodata, LoadOptions::sock_cookie_records): 1: a
- * socket's first record in xlb_sock_cookie (the loader then attaches
- * sock_release, which deletes it); 0: every record in socket storage. */
+/* Set by the loader (.rodata, LoadOptions::sock_cookie_records): 1 (the
+ * default): a socket's first record in xlb_sock_cookie (the loader then
+ * attaches sock_release, which deletes it); 0: every record in socket
+ * storage (`xlb run --socket-lb-records=storage`). */
 volatile const __u32 xlb_sock_cookie_on = 0;
 
 /* What one translation chose. */
@@ -199,16 +204,23 @@ static __always_inline int xlb_sock_rec_keep(struct bpf_sock_addr *ctx, __u64 co
 {
 	struct xlb_sock_state *st;
 	struct xlb_sock_rec nr;
-	__u32 idx;
+	__u32 idx, *m;
 
 	if (r) {
 		xlb_sock_rec_fill(r, fk, svc_id, be, backend_id);
 		return 0;
 	}
-	if (!skip_map) {
+	/* No counter (a loader bug): no record in the map either, so that a
+	 * zero counter keeps proving there is none. */
+	m = skip_map ? NULL : xlb_sock_mark_of(cookie);
+	if (m) {
 		xlb_sock_rec_fill(&nr, fk, svc_id, be, backend_id);
+		/* The mark before the record: whoever finds the record finds
+		 * the mark up (mark.h's invariant). */
+		xlb_sock_mark_up(m);
 		if (!bpf_map_update_elem(&xlb_sock_cookie, &cookie, &nr, BPF_NOEXIST))
 			return 0;
+		xlb_sock_mark_down(m);
 		/* Full (or, racing, another thread's record won: storage
 		 * serves as well). */
 		xlb_count(XLB_HOOK_SOCK, XLB_OK_SOCK_STATE_SPILL, 0);
@@ -250,7 +262,7 @@ static __always_inline int xlb_sock_fwd(struct bpf_sock_addr *ctx, struct xlb_fr
 	out->new_flow = 0;
 	out->affinity_hit = 0;
 	cookie = bpf_get_socket_cookie(ctx);
-	if (xlb_sock_cookie_on)
+	if (xlb_sock_cookie_on && xlb_sock_marked(cookie))
 		cr = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
 	if (cr && xlb_sock_rec_is(cr, svc->id, fk)) {
 		r = cr;

@@ -10,7 +10,8 @@
  *   sendmsg4/6    unconnected UDP: each datagram's destination translated
  *   recvmsg4/6    UDP: a backend's datagram shown from the service (revnat.h)
  *   getpeername4/6  the service address, not the backend
- *   sock_release  a socket's xlb_sock_cookie entry deleted with it
+ *   sock_release  a socket's xlb_sock_cookie entry deleted with it (only
+ *                 looked for when its mark, mark.h, is up)
  *
  * IPv6 programs handle IPv4-mapped addresses (::ffff:a.b.c.d) of dual-stack
  * sockets as IPv4. Each program ends in one counted exit at hook
@@ -280,16 +281,21 @@ int xlb_sock_getpeername6(struct bpf_sock_addr *ctx)
 
 /* A socket of the hooked cgroup is released (closed): its xlb_sock_cookie
  * entry, if it has one, goes with it (socket storage goes by itself). Runs
- * for every socket below the cgroup: a lookup first, so a socket never
- * translated costs no bucket lock. Not counted (no exit reason: nothing
- * decided here). */
+ * for every socket below the cgroup: a socket whose mark is zero has no
+ * entry and costs one array read (mark.h); a marked one is almost always
+ * translated, so the entry is deleted without a lookup first, and its
+ * counter comes down only if this call deleted it. Not counted (no exit
+ * reason: nothing decided here). */
 SEC("cgroup/sock_release")
 int xlb_sock_release(struct bpf_sock *ctx)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u32 *m = xlb_sock_mark_of(cookie);
 
-	if (bpf_map_lookup_elem(&xlb_sock_cookie, &cookie))
-		bpf_map_delete_elem(&xlb_sock_cookie, &cookie);
+	if (m && !*(volatile __u32 *)m)
+		return 1;
+	if (!bpf_map_delete_elem(&xlb_sock_cookie, &cookie) && m)
+		xlb_sock_mark_down(m);
 	return 1;
 }
 

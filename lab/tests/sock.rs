@@ -82,9 +82,10 @@ impl Fixture {
         Fixture::with_scope(name, |_| SockScope::All)
     }
 
-    /// With translated sockets' records in xlb_sock_cookie.
-    fn cookies(name: &str) -> Fixture {
-        Fixture::with_load(name, |_, o| LoadOptions { sock_cookie_records: true, ..o })
+    /// With translated sockets' records in socket storage (no
+    /// xlb_sock_cookie, no sock_release: `--socket-lb-records=storage`).
+    fn storage(name: &str) -> Fixture {
+        Fixture::with_load(name, |_, o| LoadOptions { sock_cookie_records: false, ..o })
     }
 
     fn with_scope(name: &str, scope: impl FnOnce(&NamedNetns) -> SockScope) -> Fixture {
@@ -160,6 +161,49 @@ impl Fixture {
         c.maps["xlb_sock_cookie"].entries
     }
 
+    /// xlb_sock_mark's counters (sock/mark.h), index by index.
+    fn marks(&self) -> Vec<u32> {
+        let m = aya::maps::MapData::from_pin(self.pins.path().join("xlb_sock_mark")).unwrap();
+        let a: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(m)).unwrap();
+        a.iter().map(Result::unwrap).collect()
+    }
+
+    fn set_marks(&self, v: u32) {
+        let m = aya::maps::MapData::from_pin(self.pins.path().join("xlb_sock_mark")).unwrap();
+        let mut a: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(m)).unwrap();
+        for i in 0..a.len() {
+            a.set(i, v, 0).unwrap();
+        }
+    }
+
+    /// The cookies of xlb_sock_cookie's records.
+    fn record_cookies(&self) -> Vec<u64> {
+        let m = aya::maps::MapData::from_pin(self.pins.path().join("xlb_sock_cookie")).unwrap();
+        let h: aya::maps::HashMap<_, u64, lb::abi::SockRec> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(m)).unwrap();
+        h.keys().map(Result::unwrap).collect()
+    }
+
+    /// mark.h's invariant: no counter below the records at its index;
+    /// `exact`: equal (no sweep has left a counter up).
+    fn assert_marks_cover_records(&self, exact: bool) {
+        let marks = self.marks();
+        let mut want = vec![0u32; marks.len()];
+        assert!(marks.len().is_power_of_two(), "{}", marks.len());
+        for c in self.record_cookies() {
+            want[(c & (marks.len() as u64 - 1)) as usize] += 1;
+        }
+        for (i, (m, w)) in marks.iter().zip(&want).enumerate() {
+            if exact {
+                assert_eq!(m, w, "xlb_sock_mark[{i}]: counter vs records at the index");
+            } else {
+                assert!(m >= w, "xlb_sock_mark[{i}]: {m} below its {w} records");
+            }
+        }
+    }
+
     /// A client that keeps one unconnected UDP socket to the dns service
     /// (a record held) until killed, once its first answer is in.
     fn hold_udp(&self) -> Child {
@@ -233,8 +277,8 @@ fn tcp_to_a_clusterip_is_served_by_its_backends_and_getpeername_shows_the_cluste
 }
 
 #[test]
-fn tcp_to_a_clusterip_with_cookie_records() {
-    tcp_to_a_clusterip(Fixture::cookies("socktcpc"));
+fn tcp_to_a_clusterip_with_storage_records() {
+    tcp_to_a_clusterip(Fixture::storage("socktcps"));
 }
 
 fn tcp_to_a_clusterip(f: Fixture) {
@@ -265,8 +309,8 @@ fn udp_to_a_clusterip_answers_from_the_clusterip() {
 }
 
 #[test]
-fn udp_to_a_clusterip_with_cookie_records() {
-    udp_to_a_clusterip(Fixture::cookies("sockudpc"));
+fn udp_to_a_clusterip_with_storage_records() {
+    udp_to_a_clusterip(Fixture::storage("sockudps"));
 }
 
 fn udp_to_a_clusterip(f: Fixture) {
@@ -337,8 +381,8 @@ fn a_connected_udp_socket_to_a_removed_backend_is_destroyed() {
 }
 
 #[test]
-fn a_removed_backend_ends_a_connected_udp_socket_with_cookie_records() {
-    a_removed_backend_ends_a_connected_udp_socket(Fixture::cookies("sockreapc"));
+fn a_removed_backend_ends_a_connected_udp_socket_with_storage_records() {
+    a_removed_backend_ends_a_connected_udp_socket(Fixture::storage("sockreaps"));
 }
 
 fn a_removed_backend_ends_a_connected_udp_socket(mut f: Fixture) {
@@ -553,7 +597,7 @@ fn records_settle(f: &Fixture, want: u64) -> u64 {
 
 #[test]
 fn translation_records_leave_with_their_sockets() {
-    let f = Fixture::cookies("sockleave");
+    let f = Fixture::new("sockleave");
     let base = f.cookie_records();
     let spill = f.counter("ok_sock_state_spill");
     // Many translated sockets of every kind, each closed: TCP (IPv4, IPv6,
@@ -580,12 +624,18 @@ fn translation_records_leave_with_their_sockets() {
     let connects = f.counter("ok_sock_connect");
     assert!(connects >= 500, "translated at connect: {connects}");
     assert_eq!(records_settle(&f, base), base, "every closed socket's record is gone");
+    f.assert_marks_cover_records(true);
     // A live socket holds its record; it goes when the socket does.
-    let mut held = f.hold_udp();
-    assert_eq!(f.cookie_records(), base + 1, "the held socket's record");
-    held.kill().unwrap();
-    held.wait().unwrap();
-    assert_eq!(records_settle(&f, base), base, "released with the killed process's socket");
+    let mut held: Vec<Child> = (0..3).map(|_| f.hold_udp()).collect();
+    assert_eq!(f.cookie_records(), base + 3, "the held sockets' records");
+    f.assert_marks_cover_records(true);
+    for h in &mut held {
+        h.kill().unwrap();
+        h.wait().unwrap();
+    }
+    assert_eq!(records_settle(&f, base), base, "released with the killed processes' sockets");
+    f.assert_marks_cover_records(true);
+    assert_eq!(f.marks().iter().sum::<u32>(), 0, "every counter back to zero");
     assert_eq!(f.counter("ok_sock_state_spill"), spill, "nothing spilled at this size");
 }
 
@@ -594,7 +644,6 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
     const SIZE: u32 = 4;
     let f = Fixture::with_load("sockfull", |_, o| LoadOptions {
         sizes: lb::loader::MapSizes { sock_states: SIZE, ..o.sizes },
-        sock_cookie_records: true,
         ..o
     });
     let mut held: Vec<Child> = (0..SIZE).map(|_| f.hold_udp()).collect();
@@ -622,6 +671,8 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
     let spilled = f.counter("ok_sock_state_spill") - spill;
     assert_eq!(spilled, 40, "each of the 40 sockets counted once");
     assert_eq!(f.cookie_records(), u64::from(SIZE), "the full map unchanged");
+    // Each refused insert took its counter back.
+    f.assert_marks_cover_records(true);
     // Room again once the holders are gone: no spill.
     for h in &mut held {
         h.kill().unwrap();
@@ -631,11 +682,12 @@ fn a_full_record_map_spills_to_socket_storage_and_still_shows_the_service() {
     f.run(&["tcp", &format!("{WEB_V4}:80"), "--count", "5"]);
     assert_eq!(f.counter("ok_sock_state_spill") - spill, 40);
     assert_eq!(records_settle(&f, 0), 0);
+    f.assert_marks_cover_records(true);
 }
 
 #[test]
 fn the_sweep_removes_records_no_socket_holds_and_keeps_live_ones() {
-    let f = Fixture::cookies("socksweep");
+    let f = Fixture::new("socksweep");
     let mut reaper = lb::sockdestroy::Reaper::load(f.pins.path())
         .expect("the socket iterators load (Linux >= 6.5 with bpf_sock_destroy)");
     let mut held = f.hold_udp();
@@ -655,11 +707,76 @@ fn the_sweep_removes_records_no_socket_holds_and_keeps_live_ones() {
     assert_eq!((s.removed, s.live), (2, 1), "{s:?}");
     assert_eq!(f.cookie_records(), before - 2);
     assert!(records.get(&(u64::MAX - 1), 0).is_err());
+    f.assert_marks_cover_records(false);
     // The held socket still shows the service address (its record kept).
     let mut line = String::new();
     BufReader::new(held.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(field(&v, "from"), format!("{WEB_V4}:53"), "{v}");
+    held.kill().unwrap();
+    held.wait().unwrap();
+}
+
+#[test]
+fn a_false_positive_mark_costs_a_lookup_and_changes_nothing() {
+    let f = Fixture::new("sockmarkfp");
+    // Every counter up, as if each index had another socket's record:
+    // every socket below the cgroup is a false positive of the mark.
+    f.set_marks(1);
+    let before = f.counter("ok_sock_connect");
+    // Untranslated sockets (a backend's own address): the real peer shown,
+    // and their release deletes nothing, so no counter comes down.
+    for (target, peer) in [
+        (format!("{B1_V4}:8081"), format!("{B1_V4}:8081")),
+        (format!("[{B2_V6}]:8082"), format!("[{B2_V6}]:8082")),
+    ] {
+        let out = f.run(&["tcp", &target, "--count", "20"]);
+        for v in &out {
+            assert!(ok(v), "{v}");
+            assert_eq!(field(v, "peer"), peer, "getpeername of an untranslated socket");
+        }
+        let out = f.run(&["udp", &target, "--count", "5"]);
+        for v in &out {
+            assert_eq!(field(v, "from"), peer, "recvfrom of an untranslated socket");
+        }
+    }
+    assert_eq!(f.counter("ok_sock_connect"), before, "nothing translated");
+    assert!(f.marks().iter().all(|&m| m == 1), "no counter taken down by an untranslated socket");
+    // Translated sockets at marked indexes: kept, shown, released.
+    let out = f.run(&["tcp", &format!("{WEB_V4}:80"), "--count", "20"]);
+    for v in &out {
+        assert_eq!(field(v, "peer"), format!("{WEB_V4}:80"), "{v}");
+    }
+    let out = f.run(&["udp", &format!("{WEB_V4}:53"), "--count", "5"]);
+    for v in &out {
+        assert_eq!(field(v, "from"), format!("{WEB_V4}:53"), "{v}");
+    }
+    assert_eq!(records_settle(&f, 0), 0, "released");
+    assert!(f.marks().iter().all(|&m| m == 1), "each record's counter raised and taken back");
+    f.set_marks(0);
+}
+
+#[test]
+fn a_restarted_agent_keeps_records_and_marks_and_a_resized_one_replaces_both() {
+    let f = Fixture::new("sockmarkre");
+    let mut held = f.hold_udp();
+    assert_eq!(f.cookie_records(), 1);
+    let reload = |sock_states: u32| {
+        let mut o = LoadOptions::small(f.pins.path());
+        o.sizes.sock_states = sock_states;
+        Dataplane::load(&o).expect("loading again over the pinned maps")
+    };
+    // The same sizes: both maps reused (the held socket's record and mark).
+    let again = reload(LoadOptions::small(f.pins.path()).sizes.sock_states);
+    assert_eq!(f.cookie_records(), 1, "the record kept");
+    f.assert_marks_cover_records(true);
+    drop(again);
+    // Another size: the counters' index changes, so both go together.
+    let resized = reload(1000);
+    assert_eq!(f.marks().len(), 1024, "sock_states rounded up to a power of two");
+    assert_eq!(f.cookie_records(), 0, "records replaced with the counters");
+    f.assert_marks_cover_records(true);
+    drop(resized);
     held.kill().unwrap();
     held.wait().unwrap();
 }

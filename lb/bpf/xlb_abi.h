@@ -735,7 +735,12 @@ _Static_assert(sizeof(struct xlb_snat_stats) == 32, "xlb_snat_stats size");
  * room). Further records of one socket (an unconnected UDP socket talking
  * to a second service), and every record while the map is full
  * (XLB_OK_SOCK_STATE_SPILL counts those), go to xlb_sock_state as before.
- * Sized by MapSizes.sock_states. */
+ * Sized by MapSizes.sock_states.
+ *
+ * xlb_sock_mark: ARRAY, __u32 (socket cookie & size - 1) -> __u32: never
+ * fewer than the xlb_sock_cookie records of cookies at that index; a zero
+ * lets sock_release, getpeername and recvmsg skip the lookup (sock/mark.h).
+ * Sized by the loader: MapSizes.sock_states rounded up to a power of two. */
 enum xlb_sock_consts {
 	XLB_SOCK_RECS = 4, /* services one socket remembers (round robin beyond) */
 };

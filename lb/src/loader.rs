@@ -136,6 +136,14 @@ impl MapSizes {
         }
     }
 
+    /// xlb_sock_mark's counters (sock/mark.h): [`MapSizes::sock_states`]
+    /// rounded up to a power of two (the programs index it by the cookie's
+    /// low bits), so at most one in this many sockets is a false positive
+    /// per live record.
+    pub fn sock_marks(&self) -> u32 {
+        self.sock_states.max(1).checked_next_power_of_two().unwrap_or(1 << 31)
+    }
+
     /// xlb_ct's sets: [`MapSizes::ct`] rounded up to whole sets.
     pub fn ct_sets(&self) -> u32 {
         self.ct.div_ceil(abi::CT_WAYS).max(1)
@@ -167,6 +175,7 @@ impl MapSizes {
             ("xlb_sock_affinity", self.affinity),
             ("xlb_sock_stats", self.services),
             ("xlb_sock_cookie", self.sock_states),
+            ("xlb_sock_mark", self.sock_marks()),
             ("xlb_frag4", self.frags),
             ("xlb_policy", self.policy),
             ("xlb_policy_exact", self.policy),
@@ -193,13 +202,12 @@ pub struct LoadOptions {
     pub sock_scope: SockScope,
     /// Keep a translated socket's first record in xlb_sock_cookie (a
     /// preallocated map keyed by socket cookie) and attach sock_release to
-    /// delete it, instead of creating socket storage at connect. Halves
-    /// connect4's own cost (~1.1 → ~0.55 µs); a translated TCP connection
-    /// is 0.45-0.70 µs faster end to end (p50, same rounds), but every
-    /// socket below the cgroup then runs sock_release and getpeername /
-    /// recvmsg look its cookie up: an untranslated connection is 0.15-0.37
-    /// µs slower (xlb-perf eastwest, "(cookie records)" rows). Off by
-    /// default: the agent's choice (`--socket-lb-cookie-records`).
+    /// delete it, instead of creating socket storage at connect (false).
+    /// Halves connect4's own cost (~1.0 → ~0.45 µs). Every socket below the
+    /// cgroup then runs sock_release, but a socket never translated is told
+    /// apart by its mark (sock/mark.h: one array read, no hash lookup),
+    /// there and in getpeername / recvmsg. On by default; the agent's
+    /// `--socket-lb-records=storage` turns it off.
     pub sock_cookie_records: bool,
     /// Replies XDP may send per second per CPU (rejects of services without
     /// endpoints, ICMP too big); 0: none (packets are dropped instead).
@@ -241,7 +249,7 @@ impl Default for LoadOptions {
             sizes: MapSizes::default(),
             events_enabled: true,
             sock_scope: SockScope::All,
-            sock_cookie_records: false,
+            sock_cookie_records: true,
             reply_rate: DEFAULT_REPLY_RATE,
             reply_burst: DEFAULT_REPLY_BURST,
             ct_insert_rate: DEFAULT_CT_INSERT_RATE,
@@ -353,6 +361,8 @@ const EVENTS_ENABLED_GLOBAL: &str = "xlb_events_enabled";
 const SOCK_HOST_NETNS_GLOBAL: &str = "xlb_sock_host_netns";
 /// Name of the load-time constant of [`LoadOptions::sock_cookie_records`].
 const SOCK_COOKIE_ON_GLOBAL: &str = "xlb_sock_cookie_on";
+/// Name of the load-time constant indexing xlb_sock_mark (sock/mark.h).
+const SOCK_MARK_MASK_GLOBAL: &str = "xlb_sock_mark_mask";
 
 /// A load-time constant of one object (`volatile const` in its .rodata).
 #[derive(Clone, Copy)]
@@ -424,6 +434,54 @@ fn prepare_stateless_maps(opts: &LoadOptions) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// A program load, again while the kernel answers EAGAIN: the verifier
+/// gives up with EAGAIN when a signal is pending on the loading thread
+/// (kernel/bpf/verifier.c, do_check), which a long verification (XDP, tc:
+/// seconds on a loaded machine) meets; libbpf retries the same way
+/// (PROG_LOAD_ATTEMPTS, 5). Seen in the lab tests at load average 7.
+fn retry_eagain(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == io::ErrorKind::WouldBlock && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// xlb_sock_cookie and xlb_sock_mark are kept or created together: a
+/// counter must never be below the records at its index (sock/mark.h), and
+/// records that programs of an older build wrote without raising a counter
+/// (or counters of another size, indexed by other bits) break that. So when
+/// xlb_sock_mark is not pinned, or pinned with another size, both pins go
+/// and loading creates both empty. The records lost are those of sockets
+/// translated by such an older agent in cookie-record mode: they keep their
+/// backend; getpeername/recvmsg then show it instead of the service
+/// address, and their sweep removes nothing (no live socket is lost).
+fn prepare_sock_records(opts: &LoadOptions) -> Result<(), LoadError> {
+    let marks = opts.pin_dir.join("xlb_sock_mark");
+    let pinned = MapData::from_pin(&marks).ok().and_then(|d| d.info().ok());
+    if pinned.is_some_and(|i| i.max_entries() == opts.sizes.sock_marks()) {
+        return Ok(());
+    }
+    for path in [marks, opts.pin_dir.join("xlb_sock_cookie")] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(LoadError::StaleMapReplace { path, source: e })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn page_size() -> u32 {
     // SAFETY: sysconf has no memory effects.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -449,22 +507,24 @@ impl Staged {
     /// Loads every program into the kernel (verified, not attached).
     pub fn load_programs(self) -> Result<Dataplane, LoadError> {
         let Staged { mut xdp, mut tc, mut sock, pin_dir, features, sock_cookie_records } = self;
-        program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?
-            .load()
+        let prog = program_mut::<Xdp>(&mut xdp, "xdp", XDP_PROG)?;
+        retry_eagain(|| prog.load())
             .map_err(|e| LoadError::Program { program: XDP_PROG, source: Box::new(e) })?;
         for p in [TC_INGRESS, TC_EGRESS, POD_FROM, POD_TO] {
-            program_mut::<SchedClassifier>(&mut tc, "tc", p)?
-                .load()
+            let prog = program_mut::<SchedClassifier>(&mut tc, "tc", p)?;
+            retry_eagain(|| prog.load())
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
         for p in SOCK_PROGRAMS {
-            program_mut::<CgroupSockAddr>(&mut sock, "sock", p)?
-                .load()
+            let prog = program_mut::<CgroupSockAddr>(&mut sock, "sock", p)?;
+            retry_eagain(|| prog.load())
                 .map_err(|e| LoadError::Program { program: p, source: Box::new(e) })?;
         }
-        program_mut::<CgroupSock>(&mut sock, "sock", SOCK_RELEASE_PROGRAM)?.load().map_err(
-            |e| LoadError::Program { program: SOCK_RELEASE_PROGRAM, source: Box::new(e) },
-        )?;
+        let prog = program_mut::<CgroupSock>(&mut sock, "sock", SOCK_RELEASE_PROGRAM)?;
+        retry_eagain(|| prog.load()).map_err(|e| LoadError::Program {
+            program: SOCK_RELEASE_PROGRAM,
+            source: Box::new(e),
+        })?;
         Ok(Dataplane { xdp, tc, sock, pin_dir, features, sock_cookie_records })
     }
 }
@@ -487,6 +547,7 @@ impl Dataplane {
             return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
         }
         prepare_stateless_maps(opts)?;
+        prepare_sock_records(opts)?;
         let features = match opts.features {
             Some(f) => f,
             None => Features::probe().map_err(|source| LoadError::Probe { source })?,
@@ -511,6 +572,7 @@ impl Dataplane {
         let sock_globals = [
             Global::U64(SOCK_HOST_NETNS_GLOBAL, host_netns),
             Global::U32(SOCK_COOKIE_ON_GLOBAL, u32::from(opts.sock_cookie_records)),
+            Global::U32(SOCK_MARK_MASK_GLOBAL, opts.sizes.sock_marks() - 1),
         ];
         let xdp = load_object(opts, "xdp", objects::xdp(), &xdp_globals)?;
         let tc = load_object(opts, "tc", objects::tc(), &tc_globals)?;

@@ -254,8 +254,16 @@ impl Rig {
         }
         sysctl(&srv, "net.ipv4.conf.s1.rp_filter=0")?;
         let root = lab::cgroup::root()?;
-        let sizes =
-            MapSizes { services: 16384, frontends: 65536, backends: 65536, ..MapSizes::small() };
+        // The agent's xlb_sock_cookie (and so xlb_sock_mark) size: the cost
+        // of a record's lookup depends on how much of its buckets' array
+        // stays in cache.
+        let sizes = MapSizes {
+            services: 16384,
+            frontends: 65536,
+            backends: 65536,
+            sock_states: MapSizes::default().sock_states,
+            ..MapSizes::small()
+        };
         let mut xlb = Vec::new();
         for &n in counts {
             for cookie in [false, true] {
@@ -694,28 +702,29 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     };
     for x in &rig.xlb {
         let t = rig.apply_xlb(x).with_context(|| format!("xlb at {} services", x.services))?;
-        if !x.cookie {
+        if x.cookie {
             report.xlb_apply_s.push((x.services, t.as_secs_f64()));
         }
     }
     let direct = || ("direct".to_string(), &tcp_direct[..], None);
     // The pod IP from inside xlb's cgroup: the socket programs run and find
     // no service (what a pod meets reaching a pod IP on a node with xlb),
-    // telling the hooks' cost from translation's.
+    // telling the hooks' cost from translation's. The default: records in
+    // xlb_sock_cookie (sock_release on every socket, skipped by the mark).
     let in_cgroup =
-        |svcs| ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some((svcs, false)));
-    let xlb = |svcs| ("xlb socket LB".to_string(), &tcp_svc[..], Some((svcs, false)));
-    // The same with translated sockets' records in xlb_sock_cookie
-    // (LoadOptions::sock_cookie_records: sock_release on every socket).
-    let in_cgroup_c = |svcs| {
+        |svcs| ("direct, in xlb's cgroup".to_string(), &tcp_direct[..], Some((svcs, true)));
+    let xlb = |svcs| ("xlb socket LB".to_string(), &tcp_svc[..], Some((svcs, true)));
+    // The same with every record in socket storage
+    // (`--socket-lb-records=storage`: no sock_release).
+    let in_cgroup_s = |svcs| {
         (
-            "direct, in xlb's cgroup (cookie records)".to_string(),
+            "direct, in xlb's cgroup (storage records)".to_string(),
             &tcp_direct[..],
-            Some((svcs, true)),
+            Some((svcs, false)),
         )
     };
-    let xlb_c =
-        |svcs| ("xlb socket LB (cookie records)".to_string(), &tcp_svc[..], Some((svcs, true)));
+    let xlb_s =
+        |svcs| ("xlb socket LB (storage records)".to_string(), &tcp_svc[..], Some((svcs, false)));
     // Per service count: direct, in xlb's cgroup, xlb, kube-proxy.
     for &svcs in &opts.services {
         let kp = rig.apply_kube_proxy(svcs).with_context(|| format!("kube-proxy at {svcs}"))?;
@@ -724,8 +733,8 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
             direct(),
             in_cgroup(svcs),
             xlb(svcs),
-            in_cgroup_c(svcs),
-            xlb_c(svcs),
+            in_cgroup_s(svcs),
+            xlb_s(svcs),
             ("kube-proxy iptables".to_string(), &tcp_svc[..], None),
         ];
         let m =
@@ -738,7 +747,7 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     paths.extend(
         opts.services
             .iter()
-            .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some((n, false)))),
+            .map(|&n| (format!("xlb socket LB, {n} services"), &tcp_svc[..], Some((n, true)))),
     );
     let m = measure(&rig, &paths, opts.rounds).context("xlb at every count")?;
     report.rows.extend(rows("flatness", "tcp", 0, &paths, &m, Some(1)));
@@ -746,14 +755,14 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
     let svcs = *opts.services.last().unwrap_or(&1);
     let udp_paths = [
         ("direct".to_string(), &udp_direct[..], None),
-        ("direct, in xlb's cgroup".to_string(), &udp_direct[..], Some((svcs, false))),
-        ("xlb socket LB".to_string(), &udp_svc[..], Some((svcs, false))),
+        ("direct, in xlb's cgroup".to_string(), &udp_direct[..], Some((svcs, true))),
+        ("xlb socket LB".to_string(), &udp_svc[..], Some((svcs, true))),
         (
-            "direct, in xlb's cgroup (cookie records)".to_string(),
+            "direct, in xlb's cgroup (storage records)".to_string(),
             &udp_direct[..],
-            Some((svcs, true)),
+            Some((svcs, false)),
         ),
-        ("xlb socket LB (cookie records)".to_string(), &udp_svc[..], Some((svcs, true))),
+        ("xlb socket LB (storage records)".to_string(), &udp_svc[..], Some((svcs, false))),
     ];
     let m = measure(&rig, &udp_paths, opts.rounds).context("UDP")?;
     report.rows.extend(rows("udp", "udp", svcs, &udp_paths, &m, None));
@@ -765,10 +774,10 @@ pub fn run(opts: &EwOpts) -> Result<EwReport> {
         let mut out = Vec::new();
         for &svcs in &opts.services {
             out.extend(prog_cost(&rig, &xlb(svcs), "tcp", k)?);
-            out.extend(prog_cost(&rig, &xlb_c(svcs), "tcp", k)?);
+            out.extend(prog_cost(&rig, &xlb_s(svcs), "tcp", k)?);
         }
         out.extend(prog_cost(&rig, &in_cgroup(svcs), "tcp", k)?);
-        out.extend(prog_cost(&rig, &in_cgroup_c(svcs), "tcp", k)?);
+        out.extend(prog_cost(&rig, &in_cgroup_s(svcs), "tcp", k)?);
         for p in &udp_paths[1..] {
             out.extend(prog_cost(&rig, p, "udp", k)?);
         }
@@ -812,9 +821,11 @@ impl EwReport {
              and its per-round added p99 (raw p99 and added p99 keep every request). direct: the pod IP; in xlb's cgroup: the pod IP with \
              xlb's socket programs running (no service found); xlb: the ClusterIP translated \
              at connect(); kube-proxy iptables: the ClusterIP DNAT'd by the node's kube-proxy \
-             ruleset (measured service last); (cookie records): a second xlb datapath, at its \
-             own cgroup, with LoadOptions::sock_cookie_records (records in a preallocated \
-             map keyed by socket cookie, sock_release on every socket).\n\n",
+             ruleset (measured service last). xlb keeps translated sockets' records in a \
+             preallocated map keyed by socket cookie (the default; sock_release on every \
+             socket, untranslated ones skipped by their mark); (storage records): a second \
+             xlb datapath, at its own cgroup, with every record in socket storage \
+             (`--socket-lb-records=storage`).\n\n",
             self.rounds, self.requests
         );
         for (table, title) in [
