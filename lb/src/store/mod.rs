@@ -475,6 +475,24 @@ pub trait MapStore {
 
     /// Does one write.
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError>;
+
+    /// Does `writes` in order, with the result of [`MapStore::write`] on
+    /// each; a store may do a run of writes to one map in one syscall (a
+    /// cold start's 300k backends). On an error, the index of the write that
+    /// failed: the writes before it are done, it and those after are not.
+    fn write_all(&mut self, writes: &[Write<'_>]) -> Result<(), (usize, StoreError)> {
+        for (i, w) in writes.iter().enumerate() {
+            self.write(*w).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
+    /// The generation of each of `ids`' entries in xlb_backends (what
+    /// [`MapStore::backend`] reads), in order; a store may read them all in
+    /// a few syscalls.
+    fn backend_gens(&self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
+        ids.iter().map(|&id| self.backend(id).map(|b| b.gen)).collect()
+    }
 }
 
 /// What masquerade port allocation did (xlb_snat_stats, summed over CPUs).
