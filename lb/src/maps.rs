@@ -416,10 +416,14 @@ impl RawMap {
             .map_err(|e| ((a.count as usize).min(n), syscall_error("bpf_map_update_batch", e)))
     }
 
-    /// Visits every (key, value) as bytes with BPF_MAP_LOOKUP_BATCH
-    /// (thousands of entries per syscall, 512 KiB of buffers) until `visit`
-    /// breaks.
-    pub(crate) fn walk(&self, visit: &mut crate::census::EntryVisit<'_>) -> io::Result<()> {
+    /// Visits the (key, value)s of an ARRAY from index `from`, as bytes,
+    /// with BPF_MAP_LOOKUP_BATCH (thousands of entries per syscall, 512 KiB
+    /// of buffers) until `visit` breaks.
+    pub(crate) fn walk_array(
+        &self,
+        from: u32,
+        visit: &mut crate::census::EntryVisit<'_>,
+    ) -> io::Result<()> {
         let fd = self.fd() as i32;
         crate::census::batch_walk_in(
             fd,
@@ -427,6 +431,7 @@ impl RawMap {
             self.value_size,
             u64::from(self.max_entries),
             512 << 10,
+            from.checked_sub(1),
             visit,
         )
     }

@@ -35,8 +35,9 @@ pub struct BpfStore {
 /// Entries per BPF_MAP_UPDATE_BATCH (~400 KiB of xlb_backends values).
 const BATCH: usize = 8192;
 
-/// Ids below which [`MapStore::backend_gens`] reads entry by entry
-/// (a batched read walks the whole array).
+/// Ids below which [`MapStore::backend_gens`] reads entry by entry (a
+/// batched read walks the span from the lowest to the highest id; also
+/// entry by entry when that span holds more than 8 entries per id wanted).
 const GENS_WALK_MIN: usize = 4096;
 
 impl BpfStore {
@@ -390,16 +391,27 @@ impl MapStore for BpfStore {
     }
 
     fn backend_gens(&self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
-        let Some((backends, _)) = self.batch.as_ref().filter(|_| ids.len() >= GENS_WALK_MIN) else {
+        let span = match (ids.iter().min(), ids.iter().max()) {
+            (Some(&lo), Some(&hi)) => (hi - lo) as usize + 1,
+            _ => 0,
+        };
+        let walk = ids.len() >= GENS_WALK_MIN && span <= 8 * ids.len();
+        let Some((backends, _)) = self.batch.as_ref().filter(|_| walk) else {
             return ids.iter().map(|&id| self.backend(id).map(|b| b.gen)).collect();
         };
         let mut wanted: Vec<(u32, usize)> = ids.iter().copied().zip(0..).collect();
         wanted.sort_unstable();
         let mut gens: Vec<Option<u32>> = vec![None; ids.len()];
         let at = std::mem::offset_of!(abi::Backend, gen);
+        // The ids taken together are mostly consecutive (a cold start's):
+        // only the span from the lowest to the highest is read.
+        let (lo, hi) = (wanted[0].0, wanted[wanted.len() - 1].0);
         backends
-            .walk(&mut |k, v| {
+            .walk_array(lo, &mut |k, v| {
                 let id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                if id > hi {
+                    return ControlFlow::Break(());
+                }
                 let gen = u32::from_ne_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
                 let from = wanted.partition_point(|&(w, _)| w < id);
                 for &(_, pos) in wanted[from..].iter().take_while(|&&(w, _)| w == id) {
