@@ -180,8 +180,8 @@ fn batched_backend_writes_leave_what_per_entry_writes_leave() {
         assert_eq!(rounds[0].1.iter().filter(|l| l.starts_with("svc_backend")).count(), 9000);
         states.push(rounds);
     }
-    for round in 0..2 {
-        assert_eq!(states[0][round].0, states[1][round].0, "writes counted, round {round}");
-        assert!(states[0][round].1 == states[1][round].1, "maps differ after round {round}");
+    for (round, (batched, per_entry)) in states[0].iter().zip(&states[1]).enumerate() {
+        assert_eq!(batched.0, per_entry.0, "writes counted, round {round}");
+        assert!(batched.1 == per_entry.1, "maps differ after round {round}");
     }
 }
