@@ -369,12 +369,9 @@ impl Services {
                 tunnels.hold(&b.value);
                 let ep = endpoint_of(&b.value);
                 st.by_endpoint.entry(ep).or_insert(b.index);
-                // Not recorded (an older agent): the name control gives,
-                // weight 1; the first apply writes what is desired.
-                let meta = b.meta.clone().unwrap_or_else(|| BackendMeta {
-                    name: SocketAddr::new(ep.0, ep.1).to_string().into(),
-                    weight: 1,
-                });
+                // No xlb_backend_meta entry: the default of its endpoint
+                // (read_services fills it in).
+                let meta = b.meta.clone();
                 st.backends.insert(b.index, Backend { id: b.id, value: b.value, meta });
             }
             st.indices = IdPool::new(0, MAX_BACKENDS as u32, &used);
@@ -597,10 +594,13 @@ impl Services {
                     stats.backend_writes += 1;
                 }
                 if cur.meta.weight != b.weight || *cur.meta.name != *b.name {
-                    write(
-                        store,
-                        Write::BackendMeta { id: cur.id, name: &b.name, weight: b.weight },
-                    )?;
+                    // Back to the default: no entry (absent means default).
+                    let w = if BackendMeta::is_default(&b.name, b.weight, b.addr, b.port) {
+                        Write::BackendMetaDelete { id: cur.id }
+                    } else {
+                        Write::BackendMeta { id: cur.id, name: &b.name, weight: b.weight }
+                    };
+                    write(store, w)?;
                     cur.meta = BackendMeta { name: b.name.clone(), weight: b.weight };
                     stats.meta_writes += 1;
                 }
@@ -660,8 +660,13 @@ impl Services {
             .zip(&values)
             .map(|(n, &value)| Write::Backend { id: n.id, value })
             .collect();
+        // Only names and weights other than the endpoint's default have an
+        // entry (a NO_PREALLOC hash insert is ~1.5 µs: most of a cold
+        // start's map writes otherwise). The id's entry was deleted when it
+        // was freed.
         let metas: Vec<Write> = pending
             .iter()
+            .filter(|n| !BackendMeta::is_default(&n.b.name, n.b.weight, n.b.addr, n.b.port))
             .map(|n| Write::BackendMeta { id: n.id, name: &n.b.name, weight: n.b.weight })
             .collect();
         let indices: Vec<Write> = pending
@@ -689,11 +694,13 @@ impl Services {
                 let value = values.next().expect("a value per backend");
                 pools.freed_gens.remove(&n.id);
                 tunnels.hold(&value);
+                if !BackendMeta::is_default(&n.b.name, n.b.weight, n.b.addr, n.b.port) {
+                    stats.meta_writes += 1;
+                }
                 let meta = BackendMeta { name: n.b.name.clone(), weight: n.b.weight };
                 st.backends.insert(n.index, Backend { id: n.id, value, meta });
                 st.by_endpoint.insert((n.b.addr, n.b.port), n.index);
                 stats.backend_writes += 2;
-                stats.meta_writes += 1;
             }
         }
         pending.clear();
