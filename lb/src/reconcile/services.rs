@@ -664,10 +664,15 @@ impl Services {
         // entry (a NO_PREALLOC hash insert is ~1.5 µs: most of a cold
         // start's map writes otherwise). The id's entry was deleted when it
         // was freed.
+        let custom: Vec<bool> = pending
+            .iter()
+            .map(|n| !BackendMeta::is_default(&n.b.name, n.b.weight, n.b.addr, n.b.port))
+            .collect();
         let metas: Vec<Write> = pending
             .iter()
-            .filter(|n| !BackendMeta::is_default(&n.b.name, n.b.weight, n.b.addr, n.b.port))
-            .map(|n| Write::BackendMeta { id: n.id, name: &n.b.name, weight: n.b.weight })
+            .zip(&custom)
+            .filter(|(_, &c)| c)
+            .map(|(n, _)| Write::BackendMeta { id: n.id, name: &n.b.name, weight: n.b.weight })
             .collect();
         let indices: Vec<Write> = pending
             .iter()
@@ -688,13 +693,14 @@ impl Services {
         }
         let mut rest = pending.split_off(written);
         let mut values = values.into_iter();
+        let mut custom = custom.into_iter();
         for group in pending.chunk_by(|a, b| std::ptr::eq(a.key, b.key)) {
             let st = map.get_mut(group[0].key).expect("added before");
             for n in group {
                 let value = values.next().expect("a value per backend");
                 pools.freed_gens.remove(&n.id);
                 tunnels.hold(&value);
-                if !BackendMeta::is_default(&n.b.name, n.b.weight, n.b.addr, n.b.port) {
+                if custom.next().expect("a flag per backend") {
                     stats.meta_writes += 1;
                 }
                 let meta = BackendMeta { name: n.b.name.clone(), weight: n.b.weight };

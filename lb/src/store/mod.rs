@@ -92,13 +92,15 @@ impl BackendMeta {
     /// Whether `name` and `weight` are the default of the endpoint (then
     /// xlb_backend_meta holds no entry for it).
     pub fn is_default(name: &str, weight: u32, addr: IpAddr, port: u16) -> bool {
-        use std::fmt::Write as _;
-        if weight != 1 {
+        use std::io::Write as _;
+        // "[v6 with scope]:port" fits in 64 bytes; no allocation per backend.
+        let mut buf = [0u8; 64];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        if weight != 1 || write!(cur, "{}", std::net::SocketAddr::new(addr, port)).is_err() {
             return false;
         }
-        let mut s = String::with_capacity(48);
-        let _ = write!(s, "{}", std::net::SocketAddr::new(addr, port));
-        s == name
+        let n = cur.position() as usize;
+        &buf[..n] == name.as_bytes()
     }
 }
 
@@ -566,5 +568,24 @@ mod tests {
         assert_eq!(decode_name(&full), "abcd", "a name filling the field has no NUL");
         assert_eq!(encode_name::<4>("abcde"), None);
         assert_eq!(encode_name::<8>("a\0b"), None);
+    }
+}
+
+#[cfg(test)]
+mod meta_tests {
+    use super::BackendMeta;
+
+    #[test]
+    fn the_default_name_is_the_endpoint() {
+        let v4: std::net::IpAddr = "10.244.1.2".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+        assert!(BackendMeta::is_default("10.244.1.2:8080", 1, v4, 8080));
+        assert!(BackendMeta::is_default("[2001:db8::7]:53", 1, v6, 53));
+        assert!(!BackendMeta::is_default("10.244.1.2:8080", 2, v4, 8080));
+        assert!(!BackendMeta::is_default("10.244.1.2:80", 1, v4, 8080));
+        assert!(!BackendMeta::is_default("pod-a", 1, v4, 8080));
+        assert!(!BackendMeta::is_default("2001:db8::7:53", 1, v6, 53));
+        let d = BackendMeta::default_for(v6, 53);
+        assert!(BackendMeta::is_default(&d.name, d.weight, v6, 53));
     }
 }
