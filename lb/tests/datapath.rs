@@ -155,7 +155,21 @@ fn batched_backend_writes_leave_what_per_entry_writes_leave() {
                 .map(|j| {
                     // Round 1 replaces every third endpoint of every other service.
                     let net = if round == 1 && i % 2 == 0 && j % 3 == 0 { 30 } else { 20 };
-                    backend(&format!("10.{}.{}.{j}", net + i / 50, i % 50), "10.0.0.11")
+                    let mut b =
+                        backend(&format!("10.{}.{}.{j}", net + i / 50, i % 50), "10.0.0.11");
+                    // Names and weights other than the default (an
+                    // xlb_backend_meta entry); round 1 turns some back to
+                    // the default (deleted) and others away from it.
+                    if j % 7 == 0 && !(round == 1 && i % 3 == 0) {
+                        b.weight = 2;
+                    }
+                    if j % 11 == 0 && round == 0 {
+                        b.name = format!("pod-{i}-{j}").into();
+                    }
+                    if j % 13 == 0 && round == 1 && i % 3 == 1 {
+                        b.weight = 3;
+                    }
+                    b
                 })
                 .collect();
             service(&format!("s{i}"), &format!("10.100.{}.{}", i / 200, i % 200 + 1), backends)
@@ -174,8 +188,19 @@ fn batched_backend_writes_leave_what_per_entry_writes_leave() {
         let mut path = Datapath::restore(store).unwrap();
         let mut rounds = Vec::new();
         for round in 0..2 {
-            let stats = path.apply(&services(round)).unwrap();
-            rounds.push((stats.writes(), raw_state(pins.path())));
+            let d = services(round);
+            let stats = path.apply(&d).unwrap();
+            let state = raw_state(pins.path());
+            let custom = d
+                .services
+                .values()
+                .flat_map(|s| s.backends.iter())
+                .filter(|b| !lb::store::BackendMeta::is_default(&b.name, b.weight, b.addr, b.port))
+                .count();
+            assert!(custom > 0);
+            let metas = state.iter().filter(|l| l.starts_with("meta ")).count();
+            assert_eq!(metas, custom, "xlb_backend_meta entries, round {round}");
+            rounds.push((stats.writes(), state));
         }
         assert_eq!(rounds[0].1.iter().filter(|l| l.starts_with("svc_backend")).count(), 9000);
         states.push(rounds);
