@@ -60,10 +60,9 @@ pub fn backends(pin_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         let addr = std::net::SocketAddr::new(b.addr, b.port).to_string();
         let node = b.node.map_or("-".to_string(), |n| n.to_string());
         let state = if b.terminating { "terminating" } else { "active" };
-        let weight = b.weight.map_or("-".to_string(), |w| w.to_string());
         println!(
             "{:<32} {:>6} {:<28} {:<24} {:<11} {:>6} {:>6} {:>12} {:>14}",
-            r.service, b.id, addr, node, state, weight, b.slots, b.packets, b.bytes
+            r.service, b.id, addr, node, state, b.weight, b.slots, b.packets, b.bytes
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -153,7 +152,7 @@ struct SlotRow {
     id: u32,
     index: u32,
     terminating: bool,
-    weight: Option<u32>,
+    weight: u32,
     slots: usize,
     /// slots / table size.
     share: f64,
@@ -245,7 +244,7 @@ pub fn maglev_show(pin_dir: &Path, service: &str, json: bool) -> anyhow::Result<
                 b.backend,
                 b.id,
                 b.index,
-                b.weight.map_or("-".to_string(), |w| w.to_string()),
+                b.weight,
                 b.slots,
                 b.share * 100.0,
                 b.ideal_slots,

@@ -490,7 +490,9 @@ _Static_assert(sizeof(struct xlb_config_gen) == 8, "xlb_config_gen size");
  * xlb_backend_meta: HASH (no prealloc), __u32 backend id -> struct
  * xlb_backend_meta. No program reads it: it keeps the part of a backend's
  * Maglev input the datapath entries do not hold (its stable name and its
- * weight), so a restarted agent restores exactly what was applied. */
+ * weight), so a restarted agent restores exactly what was applied. Only a
+ * backend whose name or weight differs from its endpoint's default ("addr:port",
+ * weight 1) has an entry: absent means the default. */
 struct xlb_backend_meta {
 	__u32 weight;  /* Maglev weight, >= 1 */
 	char name[60]; /* stable cluster-wide name, NUL-padded (not terminated when 60 bytes) */

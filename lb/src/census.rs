@@ -210,15 +210,33 @@ pub(crate) fn batch_walk(
     cap: u64,
     visit: &mut EntryVisit<'_>,
 ) -> io::Result<()> {
-    // ~4 MB of buffers per call, at least 64 entries (a hash bucket larger
-    // than the batch is ENOSPC: then the batch doubles).
-    let mut per = (4 << 20) / (ks + vs).max(1);
+    batch_walk_in(fd, ks, vs, cap, 4 << 20, None, visit)
+}
+
+/// [`batch_walk`] with buffers of about `buf_bytes` per call, from the key
+/// after `after` (arrays only: their batch token is the last key; None:
+/// from the first).
+pub(crate) fn batch_walk_in(
+    fd: i32,
+    ks: usize,
+    vs: usize,
+    cap: u64,
+    buf_bytes: usize,
+    after: Option<u32>,
+    visit: &mut EntryVisit<'_>,
+) -> io::Result<()> {
+    // ~buf_bytes of buffers per call, at least 64 entries (a hash bucket
+    // larger than the batch is ENOSPC: then the batch doubles).
+    let mut per = buf_bytes / (ks + vs).max(1);
     per = per.clamp(64, 65536);
     let mut keys = vec![0u8; per * ks];
     let mut values = vec![0u8; per * vs];
     let mut token_in = [0u8; 8];
     let mut token_out = [0u8; 8];
-    let mut first = true;
+    if let Some(key) = after {
+        token_in[..4].copy_from_slice(&key.to_ne_bytes());
+    }
+    let mut first = after.is_none();
     let mut steps = 0u64;
     loop {
         let mut attr = BatchAttr {

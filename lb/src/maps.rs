@@ -386,13 +386,20 @@ impl RawMap {
     }
 
     /// Writes `keys.len() / key_size` entries in one syscall (the kernel
-    /// applies them in order and stops at the first failure).
-    pub fn update_batch(&self, keys: &[u8], values: &[u8]) -> Result<(), MapError> {
+    /// applies them in order and stops at the first failure). On an error,
+    /// how many entries were written before it.
+    pub fn update_batch(&self, keys: &[u8], values: &[u8]) -> Result<(), (usize, MapError)> {
         let n = keys.len() / self.key_size.max(1);
         if keys.len() != n * self.key_size || values.len() != n * self.value_size {
-            return Err(syscall_error(
-                "bpf_map_update_batch",
-                io::Error::new(io::ErrorKind::InvalidInput, "keys and values of the wrong size"),
+            return Err((
+                0,
+                syscall_error(
+                    "bpf_map_update_batch",
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "keys and values of the wrong size",
+                    ),
+                ),
             ));
         }
         if n == 0 {
@@ -405,7 +412,28 @@ impl RawMap {
             map_fd: self.fd(),
             ..Default::default()
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut a).map_err(|e| syscall_error("bpf_map_update_batch", e))
+        bpf(BPF_MAP_UPDATE_BATCH, &mut a)
+            .map_err(|e| ((a.count as usize).min(n), syscall_error("bpf_map_update_batch", e)))
+    }
+
+    /// Visits the (key, value)s of an ARRAY from index `from`, as bytes,
+    /// with BPF_MAP_LOOKUP_BATCH (thousands of entries per syscall, 512 KiB
+    /// of buffers) until `visit` breaks.
+    pub(crate) fn walk_array(
+        &self,
+        from: u32,
+        visit: &mut crate::census::EntryVisit<'_>,
+    ) -> io::Result<()> {
+        let fd = self.fd() as i32;
+        crate::census::batch_walk_in(
+            fd,
+            self.key_size,
+            self.value_size,
+            u64::from(self.max_entries),
+            512 << 10,
+            from.checked_sub(1),
+            visit,
+        )
     }
 }
 
@@ -421,6 +449,13 @@ pub(crate) fn ct_ways_of(set: &[u8]) -> impl Iterator<Item = abi::CtWay> + '_ {
         // exactly its size; read_unaligned copes with any alignment.
         unsafe { std::ptr::read_unaligned(w.as_ptr().cast::<abi::CtWay>()) }
     })
+}
+
+/// The bytes of an ABI value (Pod: integers only, no padding, so every
+/// byte is initialised), as a map write takes them.
+pub(crate) fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: T is Pod (see above); the slice covers exactly `*v`.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
 fn set_bytes(set: &abi::CtSet) -> &[u8] {

@@ -91,19 +91,23 @@ pub(crate) struct RawBackend {
     pub id: u32,
     pub index: u32,
     pub value: abi::Backend,
-    /// From xlb_backend_meta (None: not there, e.g. written by an older agent).
-    pub meta: Option<BackendMeta>,
+    /// From xlb_backend_meta; its endpoint's default
+    /// ([`BackendMeta::default_for`]) where the map has no entry.
+    pub meta: BackendMeta,
     pub traffic: Traffic,
 }
 
 impl RawBackend {
     pub fn endpoint(&self) -> (IpAddr, u16) {
-        (
-            abi::addr_from_abi(&self.value.addr, self.value.family)
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            u16::from_be(self.value.port),
-        )
+        endpoint_of(&self.value)
     }
+}
+
+fn endpoint_of(v: &abi::Backend) -> (IpAddr, u16) {
+    (
+        abi::addr_from_abi(&v.addr, v.family).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        u16::from_be(v.port),
+    )
 }
 
 /// One service id and everything keyed by it.
@@ -175,7 +179,13 @@ pub(crate) fn read_services<S: MapStore + ?Sized>(
     }
     for (k, be_id) in store.svc_backends()? {
         let value = store.backend(be_id)?;
-        let meta = store.backend_meta(be_id)?;
+        let meta = match store.backend_meta(be_id)? {
+            Some(m) => m,
+            None => {
+                let (addr, port) = endpoint_of(&value);
+                BackendMeta::default_for(addr, port)
+            }
+        };
         let traffic = if detail.traffic { store.backend_stats(be_id)? } else { Traffic::default() };
         by_id.entry(k.svc_id).or_insert_with(|| blank(k.svc_id)).backends.push(RawBackend {
             id: be_id,
@@ -224,9 +234,10 @@ pub struct BackendListing {
     pub terminating: bool,
     /// Generation of the id (connection entries of an earlier owner name another).
     pub gen: u32,
-    /// Stable name and Maglev weight (None: not recorded).
-    pub name: Option<String>,
-    pub weight: Option<u32>,
+    /// Stable name and Maglev weight (the endpoint's default,
+    /// `addr:port` and 1, where xlb_backend_meta has no entry).
+    pub name: String,
+    pub weight: u32,
     /// Maglev slots pointing at this backend.
     pub slots: usize,
     pub packets: u64,
@@ -325,8 +336,8 @@ fn listing(s: RawService) -> ServiceListing {
                 node: abi::addr_from_abi(&b.value.node, b.value.node_family),
                 terminating: b.value.flags & abi::BE_F_TERMINATING != 0,
                 gen: b.value.gen,
-                name: b.meta.as_ref().map(|m| m.name.to_string()),
-                weight: b.meta.as_ref().map(|m| m.weight),
+                name: b.meta.name.to_string(),
+                weight: b.meta.weight,
                 slots: u16::try_from(b.index).map_or(0, |i| slots.get(&i).copied().unwrap_or(0)),
                 packets: b.traffic.packets,
                 bytes: b.traffic.bytes,
@@ -868,11 +879,11 @@ mod tests {
         let web = &list[1];
         assert_eq!((web.maglev_size, web.table_size, web.active_backends), (101, 101, 2));
         assert_eq!(web.frontends.iter().map(|f| f.nodeport).collect::<Vec<_>>(), [true, false]);
-        let slots: Vec<(Option<u32>, bool, usize)> =
+        let slots: Vec<(u32, bool, usize)> =
             web.backends.iter().map(|b| (b.weight, b.terminating, b.slots)).collect();
         // Weights 1 and 3 over 101 slots: 25 and 76 (Maglev's exact shares).
-        assert_eq!(slots, [(Some(1), false, 25), (Some(3), false, 76), (Some(1), true, 0)]);
-        assert!(web.backends.iter().all(|b| b.gen > 0 && b.name == Some(format!("{}:80", b.addr))));
+        assert_eq!(slots, [(1, false, 25), (3, false, 76), (1, true, 0)]);
+        assert!(web.backends.iter().all(|b| b.gen > 0 && b.name == format!("{}:80", b.addr)));
 
         store.count_traffic(web.id, web.backends[1].id, 3, 300);
         let view = DatapathView::new(store);

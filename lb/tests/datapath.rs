@@ -96,3 +96,117 @@ fn invalid_service_is_rejected_before_any_write() {
     assert!(err.contains("default/b:http") && err.contains("maglev size 20000"), "{err}");
     assert_eq!(path.dump().unwrap(), "", "nothing may be written");
 }
+
+/// Everything the services reconciler writes, as sorted lines; backend
+/// generations as offsets from the smallest in use (they start at the
+/// clock's second, which two runs need not share).
+fn raw_state(pins: &std::path::Path) -> Vec<String> {
+    let maps = lb::maps::Maps::open(pins).unwrap();
+    let mut out = Vec::new();
+    let mut backends = Vec::new();
+    for id in 0..maps.backends.len() {
+        let b = maps.backends.get(&id, 0).unwrap();
+        if b.gen != 0 || b.flags != 0 {
+            backends.push((id, b));
+        }
+    }
+    let base = backends.iter().map(|(_, b)| b.gen).min().unwrap_or(0);
+    for (id, b) in backends {
+        let b = lb::abi::Backend { gen: b.gen - base, ..b };
+        out.push(format!("backend {id} {b:?}"));
+    }
+    for item in maps.svc_backends.iter() {
+        let (k, v) = item.unwrap();
+        out.push(format!("svc_backend {k:?} {v}"));
+    }
+    for item in maps.backend_meta.iter() {
+        let (k, v) = item.unwrap();
+        out.push(format!("meta {k} {:?} {}", v.name, v.weight));
+    }
+    for item in maps.frontends.iter() {
+        let (k, v) = item.unwrap();
+        out.push(format!("frontend {k:?} {v:?}"));
+    }
+    for item in maps.svc_names.iter() {
+        let (k, v) = item.unwrap();
+        out.push(format!("name {k} {:?}", v.name));
+    }
+    for class in &maps.maglev_classes {
+        for k in class.keys().unwrap() {
+            let mut v = vec![0u8; class.value_size()];
+            assert!(class.lookup(&k, &mut v).unwrap());
+            out.push(format!("table {} {k:?} {v:?}", class.name()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The batched writes of new backends (entries, names and indices a batch
+/// at a time, BPF_MAP_UPDATE_BATCH for xlb_backends and xlb_svc_backends,
+/// generations read in one walk of xlb_backends) leave the maps exactly as
+/// one syscall per write and read does: on a cold start of 9,000 backends
+/// (two batches, the walk), then after a change that frees and reuses ids.
+#[test]
+fn batched_backend_writes_leave_what_per_entry_writes_leave() {
+    let services = |round: usize| {
+        let svcs = (0..90).map(|i| {
+            let backends = (0..100)
+                .map(|j| {
+                    // Round 1 replaces every third endpoint of every other service.
+                    let net = if round == 1 && i % 2 == 0 && j % 3 == 0 { 30 } else { 20 };
+                    let mut b =
+                        backend(&format!("10.{}.{}.{j}", net + i / 50, i % 50), "10.0.0.11");
+                    // Names and weights other than the default (an
+                    // xlb_backend_meta entry); round 1 turns some back to
+                    // the default (deleted) and others away from it.
+                    if j % 7 == 0 && !(round == 1 && i % 3 == 0) {
+                        b.weight = 2;
+                    }
+                    if j % 11 == 0 && round == 0 {
+                        b.name = format!("pod-{i}-{j}").into();
+                    }
+                    if j % 13 == 0 && round == 1 && i % 3 == 1 {
+                        b.weight = 3;
+                    }
+                    b
+                })
+                .collect();
+            service(&format!("s{i}"), &format!("10.100.{}.{}", i / 200, i % 200 + 1), backends)
+        });
+        Desired::new(node(), svcs)
+    };
+    let mut states = Vec::new();
+    for per_element in [false, true] {
+        let pins = PinDir::new(if per_element { "batch-off" } else { "batch-on" });
+        let _dp = Dataplane::load(&LoadOptions::small(pins.path()))
+            .expect("loading the datapath (root and BPF required)");
+        let mut store = lb::store::BpfStore::open(pins.path()).unwrap();
+        if per_element {
+            store.per_element();
+        }
+        let mut path = Datapath::restore(store).unwrap();
+        let mut rounds = Vec::new();
+        for round in 0..2 {
+            let d = services(round);
+            let stats = path.apply(&d).unwrap();
+            let state = raw_state(pins.path());
+            let custom = d
+                .services
+                .values()
+                .flat_map(|s| s.backends.iter())
+                .filter(|b| !lb::store::BackendMeta::is_default(&b.name, b.weight, b.addr, b.port))
+                .count();
+            assert!(custom > 0);
+            let metas = state.iter().filter(|l| l.starts_with("meta ")).count();
+            assert_eq!(metas, custom, "xlb_backend_meta entries, round {round}");
+            rounds.push((stats.writes(), state));
+        }
+        assert_eq!(rounds[0].1.iter().filter(|l| l.starts_with("svc_backend")).count(), 9000);
+        states.push(rounds);
+    }
+    for (round, (batched, per_entry)) in states[0].iter().zip(&states[1]).enumerate() {
+        assert_eq!(batched.0, per_entry.0, "writes counted, round {round}");
+        assert!(batched.1 == per_entry.1, "maps differ after round {round}");
+    }
+}

@@ -304,6 +304,30 @@ struct Pools {
     unlinked: Vec<(u32, abi::Backend)>,
 }
 
+/// New backends queued per apply before their writes (a cold start's
+/// 300k in batches of this many: a few MiB of writes at a time).
+const NEW_BATCH: usize = 8192;
+
+/// A new backend of a service, its id and index taken, not written yet.
+pub(crate) struct NewBackend<'s> {
+    key: &'s ServiceKey,
+    svc_id: u32,
+    id: u32,
+    index: u32,
+    b: &'s crate::model::Backend,
+}
+
+/// Gives back the ids and indices of backends that will not be written
+/// (last taken first: the pools are as before they were taken).
+fn abandon(map: &mut BTreeMap<ServiceKey, Svc>, pools: &mut Pools, pending: &mut Vec<NewBackend>) {
+    for n in pending.drain(..).rev() {
+        pools.backend_ids.unalloc(n.id);
+        if let Some(st) = map.get_mut(n.key) {
+            st.indices.unalloc(n.index);
+        }
+    }
+}
+
 /// The services reconciler.
 #[derive(Debug)]
 pub(crate) struct Services {
@@ -345,12 +369,9 @@ impl Services {
                 tunnels.hold(&b.value);
                 let ep = endpoint_of(&b.value);
                 st.by_endpoint.entry(ep).or_insert(b.index);
-                // Not recorded (an older agent): the name control gives,
-                // weight 1; the first apply writes what is desired.
-                let meta = b.meta.clone().unwrap_or_else(|| BackendMeta {
-                    name: SocketAddr::new(ep.0, ep.1).to_string().into(),
-                    weight: 1,
-                });
+                // No xlb_backend_meta entry: the default of its endpoint
+                // (read_services fills it in).
+                let meta = b.meta.clone();
                 st.backends.insert(b.index, Backend { id: b.id, value: b.value, meta });
             }
             st.indices = IdPool::new(0, MAX_BACKENDS as u32, &used);
@@ -439,12 +460,12 @@ impl Services {
 
     /// Removes `gone`, then makes the maps hold each of `upsert` (validated,
     /// one per key).
-    pub fn apply<S: MapStore>(
+    pub fn apply<'s, S: MapStore>(
         &mut self,
         store: &mut S,
         tunnels: &mut Tunnels,
         gone: &[ServiceKey],
-        upsert: &[&Service],
+        upsert: &[&'s Service],
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
         // The filter as the frontends held need it (after a restore, or an
@@ -458,18 +479,31 @@ impl Services {
             stats.services_removed += 1;
         }
         // Phase 1: new services, new and changed backends, before any table
-        // slot points at them.
+        // slot points at them. New backends are written in batches of
+        // NEW_BATCH (entries, then names, then indices: a cold start's
+        // 300k backends in a few hundred syscalls instead of 900k).
         let mut touched: HashSet<&ServiceKey> = HashSet::new();
-        for svc in upsert {
-            let before = stats.writes();
-            if !self.map.contains_key(&svc.key) {
-                self.add(store, svc, stats)?;
-                stats.services_added += 1;
+        let mut pending: Vec<NewBackend<'s>> = Vec::new();
+        let phase1 = (|| {
+            for &svc in upsert {
+                let (before, queued) = (stats.writes(), pending.len());
+                if !self.map.contains_key(&svc.key) {
+                    self.add(store, svc, stats)?;
+                    stats.services_added += 1;
+                }
+                self.update_backends(store, tunnels, svc, &mut pending, stats)?;
+                if stats.writes() > before || pending.len() > queued {
+                    touched.insert(&svc.key);
+                }
+                if pending.len() >= NEW_BATCH {
+                    self.write_new(store, tunnels, &mut pending, stats)?;
+                }
             }
-            self.update_backends(store, tunnels, svc, stats)?;
-            if stats.writes() > before {
-                touched.insert(&svc.key);
-            }
+            self.write_new(store, tunnels, &mut pending, stats)
+        })();
+        if let Err(e) = phase1 {
+            abandon(&mut self.map, &mut self.pools, &mut pending);
+            return Err(e);
         }
         // Phase 2: the tables whose input changed (built in phase 3).
         let jobs: Vec<TableJob> = upsert
@@ -535,12 +569,14 @@ impl Services {
         Ok(())
     }
 
-    /// New and changed backends of `svc`: entry, name and weight, index.
-    fn update_backends<S: MapStore>(
+    /// Changed backends of `svc`: entry, name and weight. New ones get an
+    /// id and an index and are queued on `pending` for [`Services::write_new`].
+    fn update_backends<'s, S: MapStore>(
         &mut self,
         store: &mut S,
         tunnels: &mut Tunnels,
-        svc: &Service,
+        svc: &'s Service,
+        pending: &mut Vec<NewBackend<'s>>,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
         let Services { map, pools, .. } = self;
@@ -558,10 +594,13 @@ impl Services {
                     stats.backend_writes += 1;
                 }
                 if cur.meta.weight != b.weight || *cur.meta.name != *b.name {
-                    write(
-                        store,
-                        Write::BackendMeta { id: cur.id, name: &b.name, weight: b.weight },
-                    )?;
+                    // Back to the default: no entry (absent means default).
+                    let w = if BackendMeta::is_default(&b.name, b.weight, b.addr, b.port) {
+                        Write::BackendMetaDelete { id: cur.id }
+                    } else {
+                        Write::BackendMeta { id: cur.id, name: &b.name, weight: b.weight }
+                    };
+                    write(store, w)?;
                     cur.meta = BackendMeta { name: b.name.clone(), weight: b.weight };
                     stats.meta_writes += 1;
                 }
@@ -575,24 +614,107 @@ impl Services {
                     return Err(e);
                 }
             };
-            match add_backend(store, pools, st.id, id, index, b) {
-                Ok(value) => {
-                    pools.freed_gens.remove(&id);
-                    tunnels.hold(&value);
-                    let meta = BackendMeta { name: b.name.clone(), weight: b.weight };
-                    st.backends.insert(index, Backend { id, value, meta });
-                    st.by_endpoint.insert(ep, index);
-                    stats.backend_writes += 2;
-                    stats.meta_writes += 1;
-                }
-                Err(e) => {
-                    pools.backend_ids.unalloc(id);
-                    st.indices.unalloc(index);
-                    return Err(e);
-                }
-            }
+            pending.push(NewBackend { key: &svc.key, svc_id: st.id, id, index, b });
         }
         Ok(())
+    }
+
+    /// Writes the backends queued by [`Services::update_backends`]: each
+    /// one's entry (a generation above any its id had), name and weight,
+    /// then the service index naming it, a batch of each in that order; the
+    /// bookkeeping takes those whose three writes succeeded. `pending` is
+    /// empty after (ids and indices of the others given back).
+    fn write_new<S: MapStore>(
+        &mut self,
+        store: &mut S,
+        tunnels: &mut Tunnels,
+        pending: &mut Vec<NewBackend<'_>>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), DatapathError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let Services { map, pools, .. } = self;
+        let unknown: Vec<u32> =
+            pending.iter().map(|n| n.id).filter(|id| !pools.freed_gens.contains_key(id)).collect();
+        let read = match store.backend_gens(&unknown) {
+            Ok(g) => g,
+            Err(e) => {
+                abandon(map, pools, pending);
+                return Err(e.into());
+            }
+        };
+        let mut read = read.into_iter();
+        let values: Vec<abi::Backend> = pending
+            .iter()
+            .map(|n| {
+                let last = match pools.freed_gens.get(&n.id) {
+                    Some(g) => *g,
+                    None => read.next().expect("a generation per id not freed here"),
+                };
+                backend_value(n.svc_id, pools.gens.next_after(last), n.b)
+            })
+            .collect();
+        let entries: Vec<Write> = pending
+            .iter()
+            .zip(&values)
+            .map(|(n, &value)| Write::Backend { id: n.id, value })
+            .collect();
+        // Only names and weights other than the endpoint's default have an
+        // entry (a NO_PREALLOC hash insert is ~1.5 µs: most of a cold
+        // start's map writes otherwise). The id's entry was deleted when it
+        // was freed.
+        let custom: Vec<bool> = pending
+            .iter()
+            .map(|n| !BackendMeta::is_default(&n.b.name, n.b.weight, n.b.addr, n.b.port))
+            .collect();
+        let metas: Vec<Write> = pending
+            .iter()
+            .zip(&custom)
+            .filter(|(_, &c)| c)
+            .map(|(n, _)| Write::BackendMeta { id: n.id, name: &n.b.name, weight: n.b.weight })
+            .collect();
+        let indices: Vec<Write> = pending
+            .iter()
+            .map(|n| Write::SvcBackend {
+                key: abi::SvcBackendKey { svc_id: n.svc_id, index: n.index },
+                backend_id: n.id,
+            })
+            .collect();
+        let mut written = pending.len();
+        let mut failed = None;
+        for batch in [&entries, &metas, &indices] {
+            if let Err((done, e)) = store.write_all(batch) {
+                // Only the indices' batch leaves backends fully written.
+                written = if std::ptr::eq(batch, &indices) { done } else { 0 };
+                failed = Some(e);
+                break;
+            }
+        }
+        let mut rest = pending.split_off(written);
+        let mut values = values.into_iter();
+        let mut custom = custom.into_iter();
+        for group in pending.chunk_by(|a, b| std::ptr::eq(a.key, b.key)) {
+            let st = map.get_mut(group[0].key).expect("added before");
+            for n in group {
+                let value = values.next().expect("a value per backend");
+                pools.freed_gens.remove(&n.id);
+                tunnels.hold(&value);
+                if custom.next().expect("a flag per backend") {
+                    stats.meta_writes += 1;
+                }
+                let meta = BackendMeta { name: n.b.name.clone(), weight: n.b.weight };
+                st.backends.insert(n.index, Backend { id: n.id, value, meta });
+                st.by_endpoint.insert((n.b.addr, n.b.port), n.index);
+                stats.backend_writes += 2;
+            }
+        }
+        pending.clear();
+        abandon(map, pools, &mut rest);
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Removes the frontends `svc` no longer lists.
@@ -879,27 +1001,6 @@ fn named_size(st: &Svc) -> Option<usize> {
         .min_by_key(|(k, _)| crate::view::fe_sort_key(k))
         .or_else(|| st.sock_frontends.iter().min_by_key(|(k, _)| crate::view::fe_sort_key(k)));
     first.map(|(_, v)| (v.maglev_size as usize).min(abi::MAGLEV_MAX))
-}
-
-/// Writes a new backend: its entry (a generation above any the id had),
-/// name and weight, then the service index naming it. Returns its entry.
-fn add_backend<S: MapStore>(
-    store: &mut S,
-    pools: &mut Pools,
-    svc_id: u32,
-    id: u32,
-    index: u32,
-    b: &crate::model::Backend,
-) -> Result<abi::Backend, DatapathError> {
-    let last = match pools.freed_gens.get(&id) {
-        Some(g) => *g,
-        None => store.backend(id)?.gen,
-    };
-    let value = backend_value(svc_id, pools.gens.next_after(last), b);
-    write(store, Write::Backend { id, value })?;
-    write(store, Write::BackendMeta { id, name: &b.name, weight: b.weight })?;
-    write(store, Write::SvcBackend { key: abi::SvcBackendKey { svc_id, index }, backend_id: id })?;
-    Ok(value)
 }
 
 /// The IP protocol of a service's frontends (one service port has one).

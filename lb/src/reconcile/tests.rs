@@ -147,8 +147,15 @@ impl Checked {
             if b.flags & abi::BE_F_ACTIVE == 0 || b.svc_id != svc {
                 return Err(format!("xlb_svc_backends[{svc} {i}] names backend {id}: {b:?}"));
             }
-            if s.backend_meta(id).unwrap().is_none() {
-                return Err(format!("backend {id} of service {svc} has no name and weight"));
+            // Absent means the default name and weight: an entry holds
+            // another.
+            if let Some(m) = s.backend_meta(id).unwrap() {
+                let ep = (abi::addr_from_abi(&b.addr, b.family).unwrap(), u16::from_be(b.port));
+                if BackendMeta::is_default(&m.name, m.weight, ep.0, ep.1) {
+                    return Err(format!(
+                        "backend {id} of service {svc} has an entry with the default {m:?}"
+                    ));
+                }
             }
             if !names.contains_key(&svc) {
                 return Err(format!("service {svc} has backends but no name"));
@@ -377,7 +384,10 @@ fn apply_writes_the_desired_state_and_reapplying_writes_nothing() {
     assert!(dump.contains("affinity=ClientIP/600s source-ranges=192.0.2.0/24"), "{dump}");
     let a = &dp.list().unwrap()[0];
     assert_eq!(a.backends.iter().map(|b| b.slots).sum::<usize>(), 251);
-    assert!(a.backends.iter().all(|b| b.weight == Some(1) && b.name.is_some()), "{a:?}");
+    assert!(
+        a.backends.iter().all(|b| b.weight == 1 && b.name == format!("{}:{}", b.addr, b.port)),
+        "{a:?}"
+    );
     assert_eq!(dp.store().inner.config_gen(), 1);
 
     let n = dp.store().log().len();
@@ -401,7 +411,9 @@ fn one_endpoint_change_writes_that_service_only() {
     let st = dp.apply(&d).unwrap();
     assert_eq!((st.services_added, st.services_removed, st.services_changed), (0, 0, 1));
     assert_eq!((st.table_writes, st.backend_writes, st.deletes), (1, 2, 2), "{st:?}");
-    assert_eq!((st.frontend_writes, st.meta_writes, st.tables_built), (0, 2, 1), "{st:?}");
+    // The gone backend's xlb_backend_meta delete; the new one has the
+    // default name and weight: no entry.
+    assert_eq!((st.frontend_writes, st.meta_writes, st.tables_built), (0, 1, 1), "{st:?}");
     assert!(!st.settings_changed, "the backend count did not change");
     for w in &dp.store().log()[n..] {
         assert_ne!(w.target.svc_id(), Some(b_id), "{w:?}");
@@ -571,8 +583,8 @@ fn restore_equals_applied_weights_and_names_included() {
     let mut again = restored(dp.store());
     assert_eq!(mirror(&again), mirror(&dp));
     let a = &again.list().unwrap()[0];
-    assert_eq!(a.backends[0].weight, Some(5));
-    assert_eq!(a.backends[1].name.as_deref(), Some("pod-b"));
+    assert_eq!(a.backends[0].weight, 5);
+    assert_eq!(a.backends[1].name, "pod-b");
     // Nothing to write; the tables are rebuilt once to verify them.
     let st = again.apply(&d).unwrap();
     assert_eq!(st.writes(), 0, "{st:?}");
@@ -582,8 +594,9 @@ fn restore_equals_applied_weights_and_names_included() {
 
 #[test]
 fn an_older_agents_maps_are_completed() {
-    // Maps without xlb_backend_meta entries: restored as weight 1 and the
-    // address as name, then completed by the first apply.
+    // Maps without xlb_backend_meta entries (an older agent's, or the
+    // defaults): restored as weight 1 and the address as name, which is
+    // what is desired: nothing to write.
     let mut dp = checked();
     dp.apply(&two()).unwrap();
     let mut store = dp.into_store();
@@ -601,6 +614,117 @@ fn an_older_agents_maps_are_completed() {
     d.services.get_mut(&key("a")).unwrap().backends[0].weight = 2;
     let st = dp.apply(&d).unwrap();
     assert_eq!((st.meta_writes, st.table_writes), (1, 1), "{st:?}");
+}
+
+#[test]
+fn only_names_and_weights_other_than_the_default_have_an_entry() {
+    // Entries of xlb_backend_meta by backend endpoint.
+    fn entries(dp: &Datapath<Checked>) -> BTreeMap<String, (String, u32)> {
+        let s = &dp.store().inner;
+        s.svc_backends()
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, id)| {
+                let b = s.backend(id).unwrap();
+                let ep = std::net::SocketAddr::new(
+                    abi::addr_from_abi(&b.addr, b.family).unwrap(),
+                    u16::from_be(b.port),
+                );
+                s.backend_meta(id)
+                    .unwrap()
+                    .map(|m| (ep.to_string(), (m.name.to_string(), m.weight)))
+            })
+            .collect()
+    }
+    // (endpoint, name, weight) of every backend, as the view lists them
+    // and as a restored reconciler lists them.
+    fn shown(dp: &Datapath<Checked>) -> Vec<(String, String, u32)> {
+        let read = |dp: &Datapath<Checked>| -> Vec<(String, String, u32)> {
+            let mut v: Vec<_> = dp
+                .list()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s.backends.iter())
+                .map(|b| (format!("{}:{}", b.addr, b.port), b.name.clone(), b.weight))
+                .collect();
+            v.sort();
+            v
+        };
+        let again = restored(dp.store());
+        assert_eq!(read(&again), read(dp), "restored");
+        assert_eq!(mirror(&again), mirror(dp));
+        read(dp)
+    }
+    let dflt = |ep: &str| (ep.to_string(), ep.to_string(), 1);
+    let mut all_default: Vec<_> = two()
+        .services
+        .values()
+        .flat_map(|s| s.backends.iter())
+        .map(|b| dflt(&format!("{}:{}", b.addr, b.port)))
+        .collect();
+    all_default.sort();
+
+    let mut dp = checked();
+    let st = dp.apply(&two()).unwrap();
+    assert_eq!(st.meta_writes, 0, "{st:?}");
+    assert!(entries(&dp).is_empty(), "{:?}", entries(&dp));
+    assert_eq!(shown(&dp), all_default);
+
+    // Another weight, another name: an entry each.
+    let mut d = two();
+    let a = d.services.get_mut(&key("a")).unwrap();
+    a.backends[0].weight = 3;
+    a.backends[1].name = "pod-b".into();
+    let (w, n) = (a.backends[0].clone(), a.backends[1].clone());
+    let (w_ep, n_ep) = (format!("{}:{}", w.addr, w.port), format!("{}:{}", n.addr, n.port));
+    let st = dp.apply(&d).unwrap();
+    assert_eq!(st.meta_writes, 2, "{st:?}");
+    assert_eq!(
+        entries(&dp),
+        BTreeMap::from([(w_ep.clone(), (w_ep.clone(), 3)), (n_ep.clone(), ("pod-b".into(), 1))])
+    );
+    let mut want = all_default.clone();
+    for e in &mut want {
+        if e.0 == w_ep {
+            e.2 = 3;
+        }
+        if e.0 == n_ep {
+            e.1 = "pod-b".into();
+        }
+    }
+    want.sort();
+    assert_eq!(shown(&dp), want);
+
+    // A new backend with another weight is written with its entry; one
+    // named like its endpoint with weight 1 gets none.
+    let mut d2 = d.clone();
+    let a = d2.services.get_mut(&key("a")).unwrap();
+    let mut heavy = backend("10.244.4.4", "10.0.0.11");
+    heavy.weight = 2;
+    let plain = backend("10.244.4.5", "10.0.0.11");
+    let (h_ep, p_ep) =
+        (format!("{}:{}", heavy.addr, heavy.port), format!("{}:{}", plain.addr, plain.port));
+    a.backends.extend([heavy, plain]);
+    let st = dp.apply(&d2).unwrap();
+    assert_eq!(st.meta_writes, 1, "{st:?}");
+    assert_eq!(entries(&dp).get(&h_ep), Some(&(h_ep.clone(), 2)));
+    assert!(!entries(&dp).contains_key(&p_ep));
+    let listed = shown(&dp);
+    assert!(listed.contains(&(h_ep.clone(), h_ep.clone(), 2)), "{listed:?}");
+    assert!(listed.contains(&dflt(&p_ep)), "{listed:?}");
+
+    // Back to the defaults: the entries are deleted.
+    let n = dp.store().log().len();
+    let st = dp.apply(&two()).unwrap();
+    let deleted: BTreeSet<bool> = dp.store().log()[n..]
+        .iter()
+        .filter(|r| matches!(r.target, Target::BackendMeta(_)))
+        .map(|r| r.delete)
+        .collect();
+    assert_eq!(deleted, BTreeSet::from([true]), "only deletes of xlb_backend_meta");
+    assert_eq!(st.meta_writes, 4, "two changed back, two backends gone: {st:?}");
+    assert!(entries(&dp).is_empty(), "{:?}", entries(&dp));
+    assert_eq!(shown(&dp), all_default);
 }
 
 #[test]

@@ -14,8 +14,8 @@ use super::{
 use crate::{
     abi,
     maps::{
-        cidr_key, cidr_of, policy_exact_key, policy_exact_key_of, policy_key, policy_key_of,
-        src_range_key, Maps, MapsError, RawMap,
+        cidr_key, cidr_of, pod_bytes, policy_exact_key, policy_exact_key_of, policy_key,
+        policy_key_of, src_range_key, Maps, MapsError, RawMap,
     },
     model::Cidr,
 };
@@ -26,14 +26,36 @@ pub struct BpfStore {
     maps: Maps,
     pin_dir: PathBuf,
     ncpus: usize,
+    /// xlb_backends and xlb_svc_backends as raw maps, for batched writes
+    /// and reads ([`MapStore::write_all`], [`MapStore::backend_gens`]);
+    /// None: one syscall per entry.
+    batch: Option<(RawMap, RawMap)>,
 }
+
+/// Entries per BPF_MAP_UPDATE_BATCH (~400 KiB of xlb_backends values).
+const BATCH: usize = 8192;
+
+/// Ids below which [`MapStore::backend_gens`] reads entry by entry (a
+/// batched read walks the span from the lowest to the highest id; also
+/// entry by entry when that span holds more than 8 entries per id wanted).
+const GENS_WALK_MIN: usize = 4096;
 
 impl BpfStore {
     /// Opens every map pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<BpfStore, StoreError> {
         let maps = Maps::open(pin_dir)?;
         let ncpus = aya::util::nr_cpus().map_or(1, |n| n);
-        Ok(BpfStore { maps, pin_dir: pin_dir.to_path_buf(), ncpus })
+        let batch = Some((
+            RawMap::open(pin_dir, "xlb_backends")?,
+            RawMap::open(pin_dir, "xlb_svc_backends")?,
+        ));
+        Ok(BpfStore { maps, pin_dir: pin_dir.to_path_buf(), ncpus, batch })
+    }
+
+    /// One syscall per write and read from now on, as before batching (the
+    /// test that the batched writes leave the same maps compares the two).
+    pub fn per_element(&mut self) {
+        self.batch = None;
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -89,6 +111,20 @@ fn found<T>(r: Result<T, MapError>, map: &'static str) -> Result<Option<T>, Stor
 
 fn per_cpu<T: aya::Pod>(v: T, ncpus: usize) -> PerCpuValues<T> {
     PerCpuValues::try_from(vec![v; ncpus]).expect("ncpus is aya's possible-CPU count")
+}
+
+/// A run of `writes` from `start` that one batch can do: its map, and how
+/// many writes (those of the same kind as the first, up to [`BATCH`]).
+fn batch_run(writes: &[Write<'_>], start: usize) -> (Option<bool>, usize) {
+    // Some(true): xlb_backends; Some(false): xlb_svc_backends.
+    let kind = |w: &Write<'_>| match w {
+        Write::Backend { .. } => Some(true),
+        Write::SvcBackend { .. } => Some(false),
+        _ => None,
+    };
+    let first = kind(&writes[start]);
+    let n = writes[start..].iter().take(BATCH).take_while(|w| kind(w) == first).count();
+    (first, n)
 }
 
 impl MapStore for BpfStore {
@@ -312,6 +348,89 @@ impl MapStore for BpfStore {
             }
         }
         Ok(out)
+    }
+
+    fn write_all(&mut self, writes: &[Write<'_>]) -> Result<(), (usize, StoreError)> {
+        let mut i = 0;
+        while i < writes.len() {
+            let (kind, n) = batch_run(writes, i);
+            let (Some(to_backends), Some((backends, svc_backends))) = (kind, &self.batch) else {
+                self.write(writes[i]).map_err(|e| (i, e))?;
+                i += 1;
+                continue;
+            };
+            if n < 2 {
+                self.write(writes[i]).map_err(|e| (i, e))?;
+                i += 1;
+                continue;
+            }
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
+            for w in &writes[i..i + n] {
+                match w {
+                    Write::Backend { id, value } => {
+                        keys.extend_from_slice(&id.to_ne_bytes());
+                        values.extend_from_slice(pod_bytes(value));
+                    }
+                    Write::SvcBackend { key, backend_id } => {
+                        keys.extend_from_slice(pod_bytes(key));
+                        values.extend_from_slice(&backend_id.to_ne_bytes());
+                    }
+                    _ => unreachable!("batch_run takes one kind"),
+                }
+            }
+            let (map, name) = if to_backends {
+                (backends, "xlb_backends")
+            } else {
+                (svc_backends, "xlb_svc_backends")
+            };
+            map.update_batch(&keys, &values)
+                .map_err(|(done, e)| (i + done, op(name, "update")(e)))?;
+            i += n;
+        }
+        Ok(())
+    }
+
+    fn backend_gens(&self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
+        let span = match (ids.iter().min(), ids.iter().max()) {
+            (Some(&lo), Some(&hi)) => (hi - lo) as usize + 1,
+            _ => 0,
+        };
+        let walk = ids.len() >= GENS_WALK_MIN && span <= 8 * ids.len();
+        let Some((backends, _)) = self.batch.as_ref().filter(|_| walk) else {
+            return ids.iter().map(|&id| self.backend(id).map(|b| b.gen)).collect();
+        };
+        let mut wanted: Vec<(u32, usize)> = ids.iter().copied().zip(0..).collect();
+        wanted.sort_unstable();
+        let mut gens: Vec<Option<u32>> = vec![None; ids.len()];
+        let at = std::mem::offset_of!(abi::Backend, gen);
+        // The ids taken together are mostly consecutive (a cold start's):
+        // only the span from the lowest to the highest is read.
+        let (lo, hi) = (wanted[0].0, wanted[wanted.len() - 1].0);
+        backends
+            .walk_array(lo, &mut |k, v| {
+                let id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                if id > hi {
+                    return ControlFlow::Break(());
+                }
+                let gen = u32::from_ne_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
+                let from = wanted.partition_point(|&(w, _)| w < id);
+                for &(_, pos) in wanted[from..].iter().take_while(|&&(w, _)| w == id) {
+                    gens[pos] = Some(gen);
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(|e| {
+                op("xlb_backends", "lookup")(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                }))
+            })?;
+        // An id the walk did not meet (outside the array): read alone, for
+        // its error.
+        ids.iter()
+            .zip(gens)
+            .map(|(&id, g)| g.map_or_else(|| Ok(self.backend(id)?.gen), Ok))
+            .collect()
     }
 
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {

@@ -184,8 +184,8 @@ fn expected(d: &Desired) -> String {
                 b.port,
                 Some(b.node),
                 b.state == BackendState::Terminating,
-                Some(&b.name),
-                Some(b.weight),
+                &*b.name,
+                b.weight,
                 slots.get(&*b.name).copied().unwrap_or(0)
             );
         }
