@@ -506,21 +506,21 @@ impl Watches<'_> {
                             wake.notify_one();
                         }
                     }
-                    Ok(Event::Apply(o)) => {
-                        let key = ObjectKey::of(&o);
+                    Ok(event @ (Event::Apply(_) | Event::Delete(_))) => {
                         let mut h = lock();
-                        h.store.replace(Keyed(compact(o)));
-                        h.pending.keys.insert(key);
-                        let objects = h.store.len();
-                        drop(h);
-                        s.events.fetch_add(1, Ordering::Relaxed);
-                        s.objects.store(objects as u64, Ordering::Relaxed);
-                        wake.notify_one();
-                    }
-                    Ok(Event::Delete(o)) => {
-                        let key = ObjectKey::of(&o);
-                        let mut h = lock();
-                        h.store.remove(&Lookup(&key));
+                        let key = match event {
+                            Event::Apply(o) => {
+                                let key = ObjectKey::of(&o);
+                                h.store.replace(Keyed(compact(o)));
+                                key
+                            }
+                            Event::Delete(o) => {
+                                let key = ObjectKey::of(&o);
+                                h.store.remove(&Lookup(&key));
+                                key
+                            }
+                            _ => continue,
+                        };
                         h.pending.keys.insert(key);
                         let objects = h.store.len();
                         drop(h);
