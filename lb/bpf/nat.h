@@ -153,8 +153,10 @@ static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
 	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
 	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
+	__be16 *ports;
 	__u32 d;
 	__sum16 *c;
+	int udp;
 
 	if (pkt->tuple.family == XLB_FAMILY_V4) {
 		struct iphdr *ip = data + xlb_l3_off(pkt);
@@ -179,40 +181,36 @@ static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 			      addr);
 		xlb_addr_copy(taddr, addr);
 	}
-	if (pkt->tuple.proto == IPPROTO_TCP) {
-		struct tcphdr *th = data + xlb_l4_off(pkt);
-
-		if ((void *)(th + 1) > data_end)
-			return -XLB_DROP_TRUNCATED;
-		if (*tport != port) {
-			d = xlb_csum_diff2(d, *tport, port);
-			if (which == XLB_NAT_DST)
-				th->dest = port;
-			else
-				th->source = port;
-			*tport = port;
-		}
-		th->check = xlb_csum_apply_folded(th->check, d);
-	} else {
-		struct udphdr *uh = data + xlb_l4_off(pkt);
+	/* TCP and UDP alike: the ports first (source, destination), then a
+	 * header whose checksum covers them and the addresses. */
+	udp = pkt->tuple.proto != IPPROTO_TCP;
+	ports = data + xlb_l4_off(pkt);
+	if (udp) {
+		struct udphdr *uh = (void *)ports;
 
 		if ((void *)(uh + 1) > data_end)
 			return -XLB_DROP_TRUNCATED;
-		if (*tport != port) {
-			d = xlb_csum_diff2(d, *tport, port);
-			if (which == XLB_NAT_DST)
-				uh->dest = port;
-			else
-				uh->source = port;
-			*tport = port;
-		}
-		/* a zero UDP checksum (none) stays 0; a computed 0 goes as 0xffff */
 		c = &uh->check;
-		if (*c) {
-			*c = xlb_csum_apply_folded(*c, d);
-			if (!*c)
-				*c = 0xffff;
-		}
+	} else {
+		struct tcphdr *th = (void *)ports;
+
+		if ((void *)(th + 1) > data_end)
+			return -XLB_DROP_TRUNCATED;
+		c = &th->check;
+	}
+	if (*tport != port) {
+		d = xlb_csum_diff2(d, *tport, port);
+		if (which == XLB_NAT_DST)
+			ports[1] = port;
+		else
+			ports[0] = port;
+		*tport = port;
+	}
+	/* a zero UDP checksum (none) stays 0; a computed 0 goes as 0xffff */
+	if (!udp || *c) {
+		*c = xlb_csum_apply_folded(*c, d);
+		if (udp && !*c)
+			*c = 0xffff;
 	}
 	return 0;
 }
