@@ -103,7 +103,9 @@ impl RawBackend {
     }
 }
 
-fn endpoint_of(v: &abi::Backend) -> (IpAddr, u16) {
+/// The endpoint (address, port) a backend entry holds (unspecified: a
+/// family the entry does not name).
+pub(crate) fn endpoint_of(v: &abi::Backend) -> (IpAddr, u16) {
     (
         abi::addr_from_abi(&v.addr, v.family).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         u16::from_be(v.port),

@@ -39,7 +39,7 @@ use crate::{
     },
     sockdestroy::GoneBackend,
     store::{BackendMeta, Capacity, MapStore, Write},
-    view::{table_hash, RawService},
+    view::{endpoint_of, table_hash, RawService},
 };
 
 /// A backend's identity within its service: its endpoint.
@@ -181,14 +181,6 @@ fn frontend_value(mut value: abi::Service, svc: &Service, f: &Frontend) -> abi::
         FrontendKind::LoadBalancer | FrontendKind::ExternalIp => {}
     }
     value
-}
-
-fn endpoint_of(v: &abi::Backend) -> Endpoint {
-    (
-        abi::addr_from_abi(&v.addr, v.family)
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-        u16::from_be(v.port),
-    )
 }
 
 /// One backend as written.
