@@ -22,14 +22,7 @@
 #define XLB_SOCK_REVNAT_H
 
 #include "xlate.h"
-
-/* Whether record r is of the backend addr/port (family, protocol). */
-static __always_inline int xlb_sock_rec_of(const struct xlb_sock_rec *r, const __u8 *addr,
-					   __be16 port, __u8 family, __u8 proto)
-{
-	return r->backend_id && r->bport == port && r->family == family && r->proto == proto &&
-	       xlb_addr_eq(r->baddr, addr);
-}
+#include "rec.h"
 
 static __always_inline void xlb_sock_rev_put(const struct xlb_sock_rec *r, __u8 *addr, __be16 *port,
 					     __u32 *svc_id)

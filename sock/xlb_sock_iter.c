@@ -33,6 +33,7 @@
 #include <bpf/bpf_endian.h>
 #include "maps.h"
 #include "addr.h"
+#include "rec.h"
 
 #define XLB_AF_INET	    2
 #define XLB_AF_INET6	    10
@@ -119,13 +120,6 @@ static __always_inline int xlb_sock_peer(struct sock_common *sk, __u8 proto,
 	return 1;
 }
 
-static __always_inline int xlb_sock_rec_to(const struct xlb_sock_rec *r,
-					   const struct xlb_frontend_key *k)
-{
-	return r->backend_id && r->bport == k->port && r->family == k->family &&
-	       r->proto == k->proto && xlb_addr_eq(r->baddr, k->addr);
-}
-
 /* Whether xlb translated this socket to the backend k: its xlb_sock_cookie
  * record, or one in its storage. */
 static __always_inline int xlb_sock_translated_to(struct sock_common *sk,
@@ -135,14 +129,14 @@ static __always_inline int xlb_sock_translated_to(struct sock_common *sk,
 	struct xlb_sock_rec *cr = bpf_map_lookup_elem(&xlb_sock_cookie, &cookie);
 	struct xlb_sock_state *st;
 
-	if (cr && xlb_sock_rec_to(cr, k))
+	if (cr && xlb_sock_rec_of(cr, k->addr, k->port, k->family, k->proto))
 		return 1;
 	st = bpf_sk_storage_get(&xlb_sock_state, sk, 0, 0);
 	if (!st)
 		return 0;
 #pragma unroll
 	for (int i = 0; i < XLB_SOCK_RECS; i++) {
-		if (xlb_sock_rec_to(&st->rec[i], k))
+		if (xlb_sock_rec_of(&st->rec[i], k->addr, k->port, k->family, k->proto))
 			return 1;
 	}
 	return 0;
