@@ -203,7 +203,7 @@ impl Reaper {
             .map_err(map_err)?;
             records.keys().collect::<Result<_, _>>().map_err(map_err)?
         };
-        // Nothing to check (the default mode writes no records): the walk
+        // No record (storage mode, or no socket translated yet): the walk
         // through every namespace of the node is skipped.
         if before.is_empty() {
             return Ok(SweepStats::default());
