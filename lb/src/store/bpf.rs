@@ -87,6 +87,16 @@ fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> StoreErro
     move |e| StoreError::Maps(MapsError::op(map, op)(e))
 }
 
+/// A batched read of `map` that failed ([`RawMap::walk_array`]).
+fn batch_read(map: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |io_error| {
+        op(map, "lookup")(MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error,
+        }))
+    }
+}
+
 /// A removal that finds nothing to remove is fine (aya reports ENOENT of the
 /// delete syscall as a SyscallError, not as KeyNotFound).
 fn removed(r: Result<(), MapError>, map: &'static str) -> Result<(), StoreError> {
@@ -304,9 +314,18 @@ impl MapStore for BpfStore {
     }
 
     fn fe_filter(&self) -> Result<Vec<u64>, StoreError> {
-        (0..=abi::FE_FILTER_ARMED)
-            .map(|i| self.maps.fe_filter.get(&i, 0).map_err(op("xlb_fe_filter", "lookup")))
-            .collect()
+        // 16k words read at every start: in a few batched syscalls, not one each.
+        let mut words = vec![0u64; abi::FE_FILTER_ARMED as usize + 1];
+        RawMap::open(&self.pin_dir, "xlb_fe_filter")?
+            .walk_array(0, &mut |k, v| {
+                let i = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                if let (Some(w), Ok(v)) = (words.get_mut(i), v.try_into()) {
+                    *w = u64::from_ne_bytes(v);
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(batch_read("xlb_fe_filter"))?;
+        Ok(words)
     }
 
     fn ct_guard(&self) -> Result<CtGuardTotals, StoreError> {
@@ -419,12 +438,7 @@ impl MapStore for BpfStore {
                 }
                 ControlFlow::Continue(())
             })
-            .map_err(|e| {
-                op("xlb_backends", "lookup")(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_lookup_batch",
-                    io_error: e,
-                }))
-            })?;
+            .map_err(batch_read("xlb_backends"))?;
         // An id the walk did not meet (outside the array): read alone, for
         // its error.
         ids.iter()
