@@ -70,6 +70,16 @@ enum Cmd {
         /// them, else AF_PACKET with qdisc bypass).
         #[arg(long, value_enum)]
         generator: Option<pps::GeneratorChoice>,
+        /// Only the traffic mixes (no held flows, sweep or kube-proxy).
+        #[arg(long)]
+        mixes_only: bool,
+        /// Only the traffic mixes whose name contains this.
+        #[arg(long)]
+        mix: Option<String>,
+        /// Also split each mix's time per packet by program (kernel BPF
+        /// run-time statistics, one more interleaved pass).
+        #[arg(long)]
+        prog_stats: bool,
     },
     /// Real TCP through the lab: direct vs xlb vs kube-proxy iptables
     /// (connections/s, latency percentiles, iperf3 throughput).
@@ -270,7 +280,17 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "micro", &r, &md)?;
         }
-        Cmd::Pps { packets, seconds, rounds, services, batch, generator } => {
+        Cmd::Pps {
+            packets,
+            seconds,
+            rounds,
+            services,
+            batch,
+            generator,
+            mixes_only,
+            mix,
+            prog_stats,
+        } => {
             let r = pps::run_pps(&pps::PpsOpts {
                 packets,
                 seconds,
@@ -278,6 +298,9 @@ fn main() -> Result<()> {
                 services,
                 batch,
                 generator,
+                mixes_only,
+                mix,
+                prog_stats,
             })?;
             let md = r.markdown();
             println!("{md}");
@@ -453,6 +476,9 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         services: if quick { vec![1, 1000] } else { vec![1, 1000, 10_000, 100_000] },
         batch: 64,
         generator: None,
+        mixes_only: false,
+        mix: None,
+        prog_stats: false,
     };
     let pps = scenario(out, "pps", || pps::run_pps(&pps_opts), |p| p.markdown());
     let conn_opts = if quick {

@@ -65,6 +65,14 @@ pub struct PpsOpts {
     pub batch: u32,
     /// None: live frames where the kernel takes them, else AF_PACKET.
     pub generator: Option<GeneratorChoice>,
+    /// Only the traffic mixes (no held flows, no sweep, no kube-proxy).
+    pub mixes_only: bool,
+    /// Only the mixes whose name contains this.
+    pub mix: Option<String>,
+    /// After the mixes, one more interleaved pass per mix with the kernel's
+    /// BPF run-time statistics on: ns per packet inside each program of the
+    /// chain (generator, LB, sink) and the rest (the kernel's veth/XDP work).
+    pub prog_stats: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -76,6 +84,14 @@ pub struct PpsRow {
     pub received_mpps: f64,
     /// received / limit's received for the same mix.
     pub vs_limit: Option<f64>,
+    /// CPU time per packet received (`thread_cpu_ns`): the chain's cost
+    /// with other tasks' share of the CPU left out (mixes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ns_per_packet: Option<f64>,
+    /// The limit's CPU ns per packet / this row's: the ratio of rates on a
+    /// CPU of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_limit_cpu: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -96,6 +112,46 @@ pub struct PpsReport {
     pub programming: Vec<ProgramTime>,
     /// Held flows under a SYN flood, with and without the flood guard.
     pub held: Vec<HeldRow>,
+    /// Where a packet's time goes, in situ (`--prog-stats`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub in_situ: Vec<InSituRow>,
+}
+
+/// One packet's time through the rig, split by program, from the kernel's
+/// BPF run-time statistics (kernel.bpf_stats_enabled) taken during a
+/// measurement: each program's run_time_ns / run_cnt. The statistics add
+/// two clock reads per program run, to every program alike (the
+/// reflector's own time is mostly that).
+#[derive(Clone, Debug, Serialize)]
+pub struct InSituRow {
+    pub mix: String,
+    pub dataplane: String,
+    /// With the statistics on.
+    pub received_mpps: f64,
+    /// CPU time per packet delivered (the sending thread's, softirq work
+    /// on its CPU included: the whole chain; not wall time, so other tasks
+    /// sharing the CPU do not count).
+    pub cycle_ns: f64,
+    /// The generator (xlb_bench wrapper + xlb_bench_tx) per run.
+    pub generator_ns: f64,
+    /// The LB's XDP program per run.
+    pub lb_ns: f64,
+    /// xlb_bench_sink per run.
+    pub sink_ns: f64,
+    /// cycle_ns − the three programs: the kernel's work outside them
+    /// (test-run loop, veth rings and NAPI, XDP_TX bulking, frame recycling).
+    pub rest_ns: f64,
+}
+
+/// (run time ns, run count) of a loaded program.
+fn run_stats(p: &Xdp) -> Result<(u64, u64)> {
+    let i = p.info().context("program info")?;
+    Ok((i.run_time().as_nanos() as u64, i.run_count()))
+}
+
+/// ns per run between two run_stats readings.
+fn per_run(a: (u64, u64), b: (u64, u64)) -> f64 {
+    (b.0 - a.0) as f64 / ((b.1 - a.1).max(1)) as f64
 }
 
 /// What transmits the frames into the LB's veth.
@@ -225,32 +281,67 @@ fn build_rig(force: Option<GeneratorChoice>) -> Result<Rig> {
     Ok(Rig { gen, lb, bench, g0, frame_len: 74, generator, seq: 1 << 20 })
 }
 
+/// The calling thread's time on a CPU, ns (/proc/thread-self/schedstat's
+/// first field). Softirq work done while the thread runs is charged to it
+/// (no CONFIG_IRQ_TIME_ACCOUNTING here): the generator's syscall, the LB's
+/// and the sink's veth NAPI all run on this thread's CPU and count; time
+/// other tasks hold the CPU does not.
+fn thread_cpu_ns() -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").context("schedstat")?;
+    s.split_whitespace().next().and_then(|v| v.parse().ok()).context("schedstat: no run time")
+}
+
+/// With XLB_PERF_PHASES set: the CLOCK_MONOTONIC time at which a mix's
+/// measurement starts, on stderr (to cut a `perf record -k CLOCK_MONOTONIC`
+/// profile of the whole run into its phases).
+fn phase(mix: &str, reflect: bool) {
+    if std::env::var_os("XLB_PERF_PHASES").is_none() {
+        return;
+    }
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let who = if reflect { "reflect" } else { "xlb" };
+    eprintln!("phase {}.{:09} {who} {mix}", ts.tv_sec, ts.tv_nsec);
+}
+
+/// One measurement: packets per second sent and received over wall time,
+/// and the sending thread's CPU time per packet received.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    sent: f64,
+    received: f64,
+    cpu_ns_per_packet: f64,
+}
+
 impl Rig {
-    /// Sends `templates` for `seconds`; (sent, received) packets per second.
-    fn measure(&mut self, templates: &[Template], seconds: f64, batch: u32) -> Result<(f64, f64)> {
+    /// Sends `templates` for `seconds`.
+    fn measure(&mut self, templates: &[Template], seconds: f64, batch: u32) -> Result<Rate> {
         let s0 = self.bench.stat(Stat::SinkPackets)?;
         let i0 = self.bench.stat(Stat::Iterations)?;
         let (g0, len) = (self.g0, self.frame_len);
         let mut by_socket = 0u64;
-        let elapsed = match &self.generator {
+        let (elapsed, cpu) = match &self.generator {
             Generator::LiveFrames => {
                 self.bench.set_templates(templates)?;
                 let bench = &self.bench;
-                self.gen.run_in(|| -> Result<Duration> {
+                self.gen.run_in(|| -> Result<(Duration, u64)> {
+                    let c0 = thread_cpu_ns()?;
                     let t0 = Instant::now();
                     while t0.elapsed().as_secs_f64() < seconds {
                         bench.live_run(g0, len, 1 << 16, batch)?;
                     }
-                    Ok(t0.elapsed())
+                    Ok((t0.elapsed(), thread_cpu_ns()? - c0))
                 })??
             }
             Generator::AfPacket(sock) => {
                 // The socket is bound to g0 already: no namespace switch.
+                let c0 = thread_cpu_ns()?;
                 let t0 = Instant::now();
                 while t0.elapsed().as_secs_f64() < seconds {
                     by_socket += sock.send(templates, 4096, batch as usize, &mut self.seq)?;
                 }
-                t0.elapsed()
+                (t0.elapsed(), thread_cpu_ns()? - c0)
             }
         };
         std::thread::sleep(Duration::from_millis(30));
@@ -260,7 +351,7 @@ impl Rig {
         };
         let got = (self.bench.stat(Stat::SinkPackets)? - s0) as f64;
         let s = elapsed.as_secs_f64();
-        Ok((sent / s, got / s))
+        Ok(Rate { sent: sent / s, received: got / s, cpu_ns_per_packet: cpu as f64 / got.max(1.0) })
     }
 }
 
@@ -322,11 +413,17 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     let mut lbside = Bench::load()?;
 
     // Mixes: limit vs xlb, interleaved rounds.
-    let ms = mixes(&frames);
+    let mut ms = mixes(&frames);
+    if let Some(only) = &opts.mix {
+        ms.retain(|(name, _)| name.contains(only.as_str()));
+        anyhow::ensure!(!ms.is_empty(), "no traffic mix named like {only:?}");
+    }
     let mut limit = vec![Vec::new(); ms.len()];
     let mut xlb = vec![Vec::new(); ms.len()];
     let mut sent_l = vec![Vec::new(); ms.len()];
     let mut sent_x = vec![Vec::new(); ms.len()];
+    let mut cpu_l = vec![Vec::new(); ms.len()];
+    let mut cpu_x = vec![Vec::new(); ms.len()];
     for round in 0..opts.rounds {
         for order in if round % 2 == 0 { [true, false] } else { [false, true] } {
             let link = if order {
@@ -336,14 +433,18 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
                 None
             };
-            for (i, (_, t)) in ms.iter().enumerate() {
-                let (s, r) = rig.measure(t, opts.seconds, opts.batch)?;
+            for (i, (name, t)) in ms.iter().enumerate() {
+                phase(name, order);
+                let Rate { sent: s, received: r, cpu_ns_per_packet: c } =
+                    rig.measure(t, opts.seconds, opts.batch)?;
                 if order {
                     limit[i].push(r);
                     sent_l[i].push(s);
+                    cpu_l[i].push(c);
                 } else {
                     xlb[i].push(r);
                     sent_x[i].push(s);
+                    cpu_x[i].push(c);
                 }
             }
             match link {
@@ -362,6 +463,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             sent_mpps: median(&sent_l[i]) / 1e6,
             received_mpps: l / 1e6,
             vs_limit: Some(1.0),
+            cpu_ns_per_packet: Some(median(&cpu_l[i])),
+            vs_limit_cpu: Some(1.0),
         });
         rows.push(PpsRow {
             mix: name.to_string(),
@@ -370,6 +473,29 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             sent_mpps: median(&sent_x[i]) / 1e6,
             received_mpps: median(&xlb[i]) / 1e6,
             vs_limit: Some(median(&xlb[i]) / l),
+            cpu_ns_per_packet: Some(median(&cpu_x[i])),
+            vs_limit_cpu: Some(median(&cpu_l[i]) / median(&cpu_x[i])),
+        });
+    }
+
+    let in_situ = if opts.prog_stats {
+        in_situ(&mut rig, &mut dp, &mut lbside, pin.path(), &ms, opts)?
+    } else {
+        Vec::new()
+    };
+    if opts.mixes_only {
+        drop(dp);
+        drop(rig);
+        drop(pin);
+        return Ok(PpsReport {
+            generator: generator_name,
+            seconds: opts.seconds,
+            rounds: opts.rounds,
+            mixes: rows,
+            sweep: Vec::new(),
+            programming,
+            held: Vec::new(),
+            in_situ,
         });
     }
 
@@ -395,7 +521,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         let mut v = Vec::new();
         let mut s = Vec::new();
         for _ in 0..opts.rounds {
-            let (a, b) = rig.measure(&flood, opts.seconds, opts.batch)?;
+            let Rate { sent: a, received: b, .. } =
+                rig.measure(&flood, opts.seconds, opts.batch)?;
             s.push(a);
             v.push(b);
         }
@@ -407,6 +534,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             sent_mpps: median(&s) / 1e6,
             received_mpps: median(&v) / 1e6,
             vs_limit: None,
+            cpu_ns_per_packet: None,
+            vs_limit_cpu: None,
         });
     }
     drop(dp);
@@ -450,7 +579,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             let mut v = Vec::new();
             let mut s = Vec::new();
             for _ in 0..opts.rounds {
-                let (a, b) = rig.measure(&flood, opts.seconds.min(0.3), opts.batch)?;
+                let Rate { sent: a, received: b, .. } =
+                    rig.measure(&flood, opts.seconds.min(0.3), opts.batch)?;
                 s.push(a);
                 v.push(b);
             }
@@ -461,6 +591,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 sent_mpps: median(&s) / 1e6,
                 received_mpps: median(&v) / 1e6,
                 vs_limit: None,
+                cpu_ns_per_packet: None,
+                vs_limit_cpu: None,
             });
         }
     }
@@ -473,7 +605,81 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         sweep,
         programming,
         held,
+        in_situ,
     })
+}
+
+/// `--prog-stats`: the mixes again (reflector and xlb interleaved, `rounds`
+/// rounds) with the kernel's BPF run-time statistics on, each program's ns
+/// per run read around each measurement.
+fn in_situ(
+    rig: &mut Rig,
+    dp: &mut Dataplane,
+    lbside: &mut Bench,
+    pin: &std::path::Path,
+    ms: &[(&'static str, Vec<Template>)],
+    opts: &PpsOpts,
+) -> Result<Vec<InSituRow>> {
+    let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| anyhow::anyhow!("BPF_ENABLE_STATS: {e}"))?;
+    // [mix][reflect, xlb] -> samples of (received, gen, lb, sink).
+    let mut samples = vec![[Vec::new(), Vec::new()]; ms.len()];
+    for round in 0..opts.rounds {
+        for reflect in if round % 2 == 0 { [true, false] } else { [false, true] } {
+            let link = if reflect {
+                Some(attach_in(&rig.lb, lbside.program_mut("xlb_bench_reflect")?)?)
+            } else {
+                let lb = &rig.lb;
+                lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
+                None
+            };
+            for (i, (_, t)) in ms.iter().enumerate() {
+                let lb_stats = |dp: &mut Dataplane, lbside: &Bench| {
+                    if reflect {
+                        run_stats(lbside.program("xlb_bench_reflect")?)
+                    } else {
+                        run_stats(dp.xdp_program())
+                    }
+                };
+                let g0 = run_stats(rig.bench.wrapper())?;
+                let s0 = run_stats(rig.bench.program("xlb_bench_sink")?)?;
+                let l0 = lb_stats(dp, lbside)?;
+                let m = rig.measure(t, opts.seconds, opts.batch)?;
+                let g1 = run_stats(rig.bench.wrapper())?;
+                let s1 = run_stats(rig.bench.program("xlb_bench_sink")?)?;
+                let l1 = lb_stats(dp, lbside)?;
+                samples[i][usize::from(!reflect)].push([
+                    m.received,
+                    m.cpu_ns_per_packet,
+                    per_run(g0, g1),
+                    per_run(l0, l1),
+                    per_run(s0, s1),
+                ]);
+            }
+            match link {
+                Some(id) => lbside.program_mut("xlb_bench_reflect")?.detach(id)?,
+                None => Dataplane::detach_all(pin)?,
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, (name, _)) in ms.iter().enumerate() {
+        for (k, dataplane) in ["limit (reflect)", "xlb"].into_iter().enumerate() {
+            let col = |c: usize| median(&samples[i][k].iter().map(|s| s[c]).collect::<Vec<_>>());
+            let (r, cycle, g, l, sk) = (col(0), col(1), col(2), col(3), col(4));
+            rows.push(InSituRow {
+                mix: name.to_string(),
+                dataplane: dataplane.into(),
+                received_mpps: r / 1e6,
+                cycle_ns: cycle,
+                generator_ns: g,
+                lb_ns: l,
+                sink_ns: sk,
+                rest_ns: cycle - g - l - sk,
+            });
+        }
+    }
+    Ok(rows)
 }
 
 // ---- held connections under a new-flow flood (#14 item 2) ------------------
@@ -555,7 +761,8 @@ fn held_under_flood(rig: &mut Rig, opts: &PpsOpts, syn: &[u8], rate: u32) -> Res
     let mut broken = vec![false; usize::from(HELD)];
     let (mut sent, mut got) = (Vec::new(), Vec::new());
     for check in 0..HELD_CHECKS {
-        let (s, r) = rig.measure(&flood, opts.seconds / f64::from(HELD_CHECKS), opts.batch)?;
+        let Rate { sent: s, received: r, .. } =
+            rig.measure(&flood, opts.seconds / f64::from(HELD_CHECKS), opts.batch)?;
         sent.push(s);
         got.push(r);
         applier.apply(&tables[(check as usize + 1) % 2])?;
@@ -585,16 +792,40 @@ impl PpsReport {
             "Packet rate through the LB veth (generator: {} → LB eth0 → back to the generator's XDP sink, which counts), one core, {} rounds × {:.1} s, medians\n\n",
             self.generator, self.rounds, self.seconds
         );
-        s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit |\n|---|---|---:|---:|---:|\n");
+        s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit | CPU ns/packet | vs limit, CPU time |\n|---|---|---:|---:|---:|---:|---:|\n");
+        let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
         for r in &self.mixes {
             s.push_str(&format!(
-                "| {} | {} | {:.2} | {:.2} | {} |\n",
+                "| {} | {} | {:.2} | {:.2} | {} | {} | {} |\n",
                 r.mix,
                 r.dataplane,
                 r.sent_mpps,
                 r.received_mpps,
-                r.vs_limit.map_or("-".into(), |x| format!("{x:.2}"))
+                opt(r.vs_limit, 2),
+                opt(r.cpu_ns_per_packet, 0),
+                opt(r.vs_limit_cpu, 2),
             ));
+        }
+        s.push_str("\nCPU ns/packet: the sending thread's CPU time (the whole chain runs there, softirq included) per packet received; its ratio is the rates' ratio on a CPU of the rig's own, other tasks' share of a shared CPU left out.\n");
+        if !self.in_situ.is_empty() {
+            s.push_str("\nWhere a packet's time goes (kernel BPF run-time statistics on: each program's run_time_ns / run_cnt; the statistics' own clock reads are inside every program's figure; ns/packet = CPU time of the generator's thread (softirq included) per packet received, rest = that − the three programs)\n\n");
+            s.push_str("| mix | dataplane | received Mpps | ns/packet | generator ns | LB program ns | sink ns | rest ns |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+            for r in &self.in_situ {
+                s.push_str(&format!(
+                    "| {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                    r.mix,
+                    r.dataplane,
+                    r.received_mpps,
+                    r.cycle_ns,
+                    r.generator_ns,
+                    r.lb_ns,
+                    r.sink_ns,
+                    r.rest_ns
+                ));
+            }
+        }
+        if self.sweep.is_empty() {
+            return s;
         }
         s.push_str("\nNew-connection rate (SYN, new source per packet) by number of services\n\n");
         s.push_str("| dataplane | services | sent Mpps | received Mpps | vs xlb (same N) |\n|---|---:|---:|---:|---:|\n");
