@@ -81,11 +81,19 @@ pub struct PpsRow {
     pub dataplane: String,
     pub services: u32,
     pub sent_mpps: f64,
+    /// Over the generator's busy time (wall time less its sleeps: `Rate`).
     pub received_mpps: f64,
     /// received / limit's received for the same mix.
     pub vs_limit: Option<f64>,
-    /// CPU time per packet received (`thread_cpu_ns`): the chain's cost
-    /// with other tasks' share of the CPU left out (mixes only).
+    /// Received per wall-clock second, the generator's sleeps included
+    /// (the harness's figure before session 8; mixes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_mpps_wall: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_limit_wall: Option<f64>,
+    /// CPU time per packet received (the generator's thread, softirq
+    /// included): the chain's cost with other tasks' share of the CPU left
+    /// out (mixes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_ns_per_packet: Option<f64>,
     /// The limit's CPU ns per packet / this row's: the ratio of rates on a
@@ -281,14 +289,17 @@ fn build_rig(force: Option<GeneratorChoice>) -> Result<Rig> {
     Ok(Rig { gen, lb, bench, g0, frame_len: 74, generator, seq: 1 << 20 })
 }
 
-/// The calling thread's time on a CPU, ns (/proc/thread-self/schedstat's
-/// first field). Softirq work done while the thread runs is charged to it
-/// (no CONFIG_IRQ_TIME_ACCOUNTING here): the generator's syscall, the LB's
-/// and the sink's veth NAPI all run on this thread's CPU and count; time
-/// other tasks hold the CPU does not.
-fn thread_cpu_ns() -> Result<u64> {
+/// The calling thread's scheduler times, ns (/proc/thread-self/schedstat):
+/// (on a CPU, runnable but waiting for one). Softirq work done while the
+/// thread runs is charged to it (no CONFIG_IRQ_TIME_ACCOUNTING here): the
+/// generator's syscall and the LB's and the sink's veth NAPI all run there.
+fn sched_ns() -> Result<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").context("schedstat")?;
-    s.split_whitespace().next().and_then(|v| v.parse().ok()).context("schedstat: no run time")
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    match (f.next().flatten(), f.next().flatten()) {
+        (Some(run), Some(wait)) => Ok((run, wait)),
+        _ => anyhow::bail!("schedstat: {s:?}"),
+    }
 }
 
 /// With XLB_PERF_PHASES set: the CLOCK_MONOTONIC time at which a mix's
@@ -305,43 +316,77 @@ fn phase(mix: &str, reflect: bool) {
     eprintln!("phase {}.{:09} {who} {mix}", ts.tv_sec, ts.tv_nsec);
 }
 
-/// One measurement: packets per second sent and received over wall time,
-/// and the sending thread's CPU time per packet received.
+/// One measurement. Rates are over the time the generator's thread was
+/// running or runnable, i.e. wall time less the time it slept: each live
+/// frames BPF_PROG_TEST_RUN waits for two RCU grace periods (the kernel
+/// puts the program into the XDP dispatcher and takes it out again,
+/// bpf_dispatcher_change_prog -> synchronize_rcu), tens of ms per syscall
+/// in which no packet moves and no CPU is used. Counted in wall time (the
+/// harness before session 8) that sleep adds the same ns to every
+/// packet of both dataplanes and pulls their ratio towards 1 (~60 % of the
+/// wall time here); a NIC feeding the LB does not sleep.
 #[derive(Clone, Copy, Debug)]
 struct Rate {
     sent: f64,
     received: f64,
+    /// Received per wall-clock second (sleeps included: the old figure).
+    received_wall: f64,
+    /// The thread's CPU time per packet received.
     cpu_ns_per_packet: f64,
 }
 
+/// Frames per live-frames syscall: about 50 ms of work at the last rate
+/// (fewer syscalls: fewer grace-period sleeps and dispatcher rewrites).
+fn next_repeat(frames: u64, busy: Duration) -> u32 {
+    let per_s = frames as f64 / busy.as_secs_f64().max(1e-6);
+    (per_s * 0.05).clamp(f64::from(1u32 << 14), f64::from(1u32 << 22)) as u32
+}
+
 impl Rig {
-    /// Sends `templates` for `seconds`.
+    /// Sends `templates` for `seconds` of the generator's busy time.
     fn measure(&mut self, templates: &[Template], seconds: f64, batch: u32) -> Result<Rate> {
         let s0 = self.bench.stat(Stat::SinkPackets)?;
         let i0 = self.bench.stat(Stat::Iterations)?;
         let (g0, len) = (self.g0, self.frame_len);
         let mut by_socket = 0u64;
-        let (elapsed, cpu) = match &self.generator {
+        // (wall, busy = running + runnable, running, the sending thread)
+        let (wall, busy, cpu, tid) = match &self.generator {
             Generator::LiveFrames => {
                 self.bench.set_templates(templates)?;
                 let bench = &self.bench;
-                self.gen.run_in(|| -> Result<(Duration, u64)> {
-                    let c0 = thread_cpu_ns()?;
+                self.gen.run_in(|| -> Result<(Duration, Duration, u64, i32)> {
+                    let (r0, w0) = sched_ns()?;
                     let t0 = Instant::now();
-                    while t0.elapsed().as_secs_f64() < seconds {
-                        bench.live_run(g0, len, 1 << 16, batch)?;
+                    let busy = || -> Result<Duration> {
+                        let (r, w) = sched_ns()?;
+                        Ok(Duration::from_nanos(r - r0 + w - w0))
+                    };
+                    let mut repeat = 1u32 << 16;
+                    let mut frames = 0u64;
+                    loop {
+                        let b = busy()?;
+                        if b.as_secs_f64() >= seconds {
+                            let (r1, _) = sched_ns()?;
+                            // SAFETY: gettid has no memory effects.
+                            return Ok((t0.elapsed(), b, r1 - r0, unsafe { libc::gettid() }));
+                        }
+                        bench.live_run(g0, len, repeat, batch)?;
+                        frames += u64::from(repeat);
+                        repeat = next_repeat(frames, busy()?);
                     }
-                    Ok((t0.elapsed(), thread_cpu_ns()? - c0))
                 })??
             }
             Generator::AfPacket(sock) => {
                 // The socket is bound to g0 already: no namespace switch.
-                let c0 = thread_cpu_ns()?;
+                let (r0, w0) = sched_ns()?;
                 let t0 = Instant::now();
                 while t0.elapsed().as_secs_f64() < seconds {
                     by_socket += sock.send(templates, 4096, batch as usize, &mut self.seq)?;
                 }
-                (t0.elapsed(), thread_cpu_ns()? - c0)
+                let (r1, w1) = sched_ns()?;
+                // SAFETY: gettid has no memory effects.
+                let tid = unsafe { libc::gettid() };
+                (t0.elapsed(), Duration::from_nanos(r1 - r0 + w1 - w0), r1 - r0, tid)
             }
         };
         std::thread::sleep(Duration::from_millis(30));
@@ -350,8 +395,18 @@ impl Rig {
             Generator::AfPacket(_) => by_socket as f64,
         };
         let got = (self.bench.stat(Stat::SinkPackets)? - s0) as f64;
-        let s = elapsed.as_secs_f64();
-        Ok(Rate { sent: sent / s, received: got / s, cpu_ns_per_packet: cpu as f64 / got.max(1.0) })
+        let b = busy.as_secs_f64();
+        if std::env::var_os("XLB_PERF_PHASES").is_some() {
+            eprintln!(
+                "measure: tid {tid} wall {wall:?} busy {busy:?} cpu {cpu} ns, {got} received"
+            );
+        }
+        Ok(Rate {
+            sent: sent / b,
+            received: got / b,
+            received_wall: got / wall.as_secs_f64(),
+            cpu_ns_per_packet: cpu as f64 / got.max(1.0),
+        })
     }
 }
 
@@ -418,12 +473,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         ms.retain(|(name, _)| name.contains(only.as_str()));
         anyhow::ensure!(!ms.is_empty(), "no traffic mix named like {only:?}");
     }
-    let mut limit = vec![Vec::new(); ms.len()];
-    let mut xlb = vec![Vec::new(); ms.len()];
-    let mut sent_l = vec![Vec::new(); ms.len()];
-    let mut sent_x = vec![Vec::new(); ms.len()];
-    let mut cpu_l = vec![Vec::new(); ms.len()];
-    let mut cpu_x = vec![Vec::new(); ms.len()];
+    // [mix][limit, xlb]: one Rate per round.
+    let mut got: Vec<[Vec<Rate>; 2]> = vec![[Vec::new(), Vec::new()]; ms.len()];
     for round in 0..opts.rounds {
         for order in if round % 2 == 0 { [true, false] } else { [false, true] } {
             let link = if order {
@@ -435,17 +486,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             };
             for (i, (name, t)) in ms.iter().enumerate() {
                 phase(name, order);
-                let Rate { sent: s, received: r, cpu_ns_per_packet: c } =
-                    rig.measure(t, opts.seconds, opts.batch)?;
-                if order {
-                    limit[i].push(r);
-                    sent_l[i].push(s);
-                    cpu_l[i].push(c);
-                } else {
-                    xlb[i].push(r);
-                    sent_x[i].push(s);
-                    cpu_x[i].push(c);
-                }
+                got[i][usize::from(!order)].push(rig.measure(t, opts.seconds, opts.batch)?);
             }
             match link {
                 Some(id) => lbside.program_mut("xlb_bench_reflect")?.detach(id)?,
@@ -455,27 +496,26 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     }
     let mut rows = Vec::new();
     for (i, (name, _)) in ms.iter().enumerate() {
-        let l = median(&limit[i]);
-        rows.push(PpsRow {
-            mix: name.to_string(),
-            dataplane: "limit (reflect)".into(),
-            services: 0,
-            sent_mpps: median(&sent_l[i]) / 1e6,
-            received_mpps: l / 1e6,
-            vs_limit: Some(1.0),
-            cpu_ns_per_packet: Some(median(&cpu_l[i])),
-            vs_limit_cpu: Some(1.0),
-        });
-        rows.push(PpsRow {
-            mix: name.to_string(),
-            dataplane: "xlb".into(),
-            services: 3,
-            sent_mpps: median(&sent_x[i]) / 1e6,
-            received_mpps: median(&xlb[i]) / 1e6,
-            vs_limit: Some(median(&xlb[i]) / l),
-            cpu_ns_per_packet: Some(median(&cpu_x[i])),
-            vs_limit_cpu: Some(median(&cpu_l[i]) / median(&cpu_x[i])),
-        });
+        let m =
+            |k: usize, f: fn(&Rate) -> f64| median(&got[i][k].iter().map(f).collect::<Vec<_>>());
+        let (recv, wall, cpu): (fn(&Rate) -> f64, fn(&Rate) -> f64, fn(&Rate) -> f64) =
+            (|r| r.received, |r| r.received_wall, |r| r.cpu_ns_per_packet);
+        for (k, (dataplane, services)) in
+            [("limit (reflect)", 0), ("xlb", 3)].into_iter().enumerate()
+        {
+            rows.push(PpsRow {
+                mix: name.to_string(),
+                dataplane: dataplane.into(),
+                services,
+                sent_mpps: m(k, |r| r.sent) / 1e6,
+                received_mpps: m(k, recv) / 1e6,
+                vs_limit: Some(m(k, recv) / m(0, recv)),
+                received_mpps_wall: Some(m(k, wall) / 1e6),
+                vs_limit_wall: Some(m(k, wall) / m(0, wall)),
+                cpu_ns_per_packet: Some(m(k, cpu)),
+                vs_limit_cpu: Some(m(0, cpu) / m(k, cpu)),
+            });
+        }
     }
 
     let in_situ = if opts.prog_stats {
@@ -534,6 +574,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             sent_mpps: median(&s) / 1e6,
             received_mpps: median(&v) / 1e6,
             vs_limit: None,
+            received_mpps_wall: None,
+            vs_limit_wall: None,
             cpu_ns_per_packet: None,
             vs_limit_cpu: None,
         });
@@ -591,6 +633,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 sent_mpps: median(&s) / 1e6,
                 received_mpps: median(&v) / 1e6,
                 vs_limit: None,
+                received_mpps_wall: None,
+                vs_limit_wall: None,
                 cpu_ns_per_packet: None,
                 vs_limit_cpu: None,
             });
@@ -792,21 +836,23 @@ impl PpsReport {
             "Packet rate through the LB veth (generator: {} → LB eth0 → back to the generator's XDP sink, which counts), one core, {} rounds × {:.1} s, medians\n\n",
             self.generator, self.rounds, self.seconds
         );
-        s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit | CPU ns/packet | vs limit, CPU time |\n|---|---|---:|---:|---:|---:|---:|\n");
+        s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit | received Mpps, wall clock | vs limit, wall clock | CPU ns/packet | vs limit, CPU time |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
         let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
         for r in &self.mixes {
             s.push_str(&format!(
-                "| {} | {} | {:.2} | {:.2} | {} | {} | {} |\n",
+                "| {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
                 r.mix,
                 r.dataplane,
                 r.sent_mpps,
                 r.received_mpps,
                 opt(r.vs_limit, 2),
+                opt(r.received_mpps_wall, 2),
+                opt(r.vs_limit_wall, 2),
                 opt(r.cpu_ns_per_packet, 0),
                 opt(r.vs_limit_cpu, 2),
             ));
         }
-        s.push_str("\nCPU ns/packet: the sending thread's CPU time (the whole chain runs there, softirq included) per packet received; its ratio is the rates' ratio on a CPU of the rig's own, other tasks' share of a shared CPU left out.\n");
+        s.push_str("\nRates are per second the generator was running or runnable: each live-frames syscall sleeps through two RCU grace periods (the XDP dispatcher's program swap), in which no packet moves; the wall-clock columns count that sleep (the harness's figure before session 8), which adds the same time to every packet and pulls ratios towards 1. CPU ns/packet: the generator thread's CPU time (the whole chain runs there, softirq included) per packet received.\n");
         if !self.in_situ.is_empty() {
             s.push_str("\nWhere a packet's time goes (kernel BPF run-time statistics on: each program's run_time_ns / run_cnt; the statistics' own clock reads are inside every program's figure; ns/packet = CPU time of the generator's thread (softirq included) per packet received, rest = that − the three programs)\n\n");
             s.push_str("| mix | dataplane | received Mpps | ns/packet | generator ns | LB program ns | sink ns | rest ns |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
