@@ -76,6 +76,10 @@ enum Cmd {
         /// Only the traffic mixes whose name contains this.
         #[arg(long)]
         mix: Option<String>,
+        /// Frames per live-frames syscall (default: ~50 ms of work each;
+        /// 65536 = the harness before session 8).
+        #[arg(long)]
+        frames_per_call: Option<u32>,
         /// Also split each mix's time per packet by program (kernel BPF
         /// run-time statistics, one more interleaved pass).
         #[arg(long)]
@@ -289,6 +293,7 @@ fn main() -> Result<()> {
             generator,
             mixes_only,
             mix,
+            frames_per_call,
             prog_stats,
         } => {
             let r = pps::run_pps(&pps::PpsOpts {
@@ -300,6 +305,7 @@ fn main() -> Result<()> {
                 generator,
                 mixes_only,
                 mix,
+                frames_per_call,
                 prog_stats,
             })?;
             let md = r.markdown();
@@ -478,6 +484,7 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         generator: None,
         mixes_only: false,
         mix: None,
+        frames_per_call: None,
         prog_stats: false,
     };
     let pps = scenario(out, "pps", || pps::run_pps(&pps_opts), |p| p.markdown());

@@ -69,6 +69,9 @@ pub struct PpsOpts {
     pub mixes_only: bool,
     /// Only the mixes whose name contains this.
     pub mix: Option<String>,
+    /// Frames per live-frames syscall; None: about 50 ms of work each.
+    /// 65536 with the wall-clock columns is the harness before session 8.
+    pub frames_per_call: Option<u32>,
     /// After the mixes, one more interleaved pass per mix with the kernel's
     /// BPF run-time statistics on: ns per packet inside each program of the
     /// chain (generator, LB, sink) and the rest (the kernel's veth/XDP work).
@@ -188,6 +191,8 @@ struct Rig {
     generator: Generator,
     /// New-flow sequence of the AF_PACKET generator.
     seq: u64,
+    /// PpsOpts::frames_per_call.
+    frames_per_call: Option<u32>,
 }
 
 /// `--generator`: None chooses (live frames if the kernel takes them).
@@ -286,7 +291,7 @@ fn build_rig(force: Option<GeneratorChoice>) -> Result<Rig> {
             Generator::AfPacket(gen.run_in(|| AfPacket::open(g0))??)
         }
     };
-    Ok(Rig { gen, lb, bench, g0, frame_len: 74, generator, seq: 1 << 20 })
+    Ok(Rig { gen, lb, bench, g0, frame_len: 74, generator, seq: 1 << 20, frames_per_call: None })
 }
 
 /// The calling thread's scheduler times, ns (/proc/thread-self/schedstat):
@@ -347,7 +352,7 @@ impl Rig {
     fn measure(&mut self, templates: &[Template], seconds: f64, batch: u32) -> Result<Rate> {
         let s0 = self.bench.stat(Stat::SinkPackets)?;
         let i0 = self.bench.stat(Stat::Iterations)?;
-        let (g0, len) = (self.g0, self.frame_len);
+        let (g0, len, fixed) = (self.g0, self.frame_len, self.frames_per_call);
         let mut by_socket = 0u64;
         // (wall, busy = running + runnable, running, the sending thread)
         let (wall, busy, cpu, tid) = match &self.generator {
@@ -361,7 +366,7 @@ impl Rig {
                         let (r, w) = sched_ns()?;
                         Ok(Duration::from_nanos(r - r0 + w - w0))
                     };
-                    let mut repeat = 1u32 << 16;
+                    let mut repeat = fixed.unwrap_or(1 << 16);
                     let mut frames = 0u64;
                     loop {
                         let b = busy()?;
@@ -372,7 +377,7 @@ impl Rig {
                         }
                         bench.live_run(g0, len, repeat, batch)?;
                         frames += u64::from(repeat);
-                        repeat = next_repeat(frames, busy()?);
+                        repeat = fixed.unwrap_or(next_repeat(frames, busy()?));
                     }
                 })??
             }
@@ -440,6 +445,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     let frames = read_frames(&opts.packets)?;
     let syn = frames[0].1.clone();
     let mut rig = build_rig(opts.generator)?;
+    rig.frames_per_call = opts.frames_per_call;
     let generator_name = rig.generator.name().to_string();
     let pin = PinDir::new("pps");
     let max = opts.services.iter().copied().max().unwrap_or(1).max(16);
