@@ -19,7 +19,11 @@
 //!     back out of eth0 towards the endpoint's node, conntrack on.
 //!
 //! Everything runs on one core per packet (veth XDP runs in the sender's
-//! softirq), so rates are "one core, generator and sink included".
+//! softirq), so rates are "one core, generator and sink included", and they
+//! are taken over the generator thread's busy time (running or runnable),
+//! not wall time: each live-frames syscall sleeps through two RCU grace
+//! periods (`Rate`), which no packet path has. `--prog-stats` splits a
+//! packet's CPU time by program (kernel BPF statistics, `in_situ`).
 use std::{
     net::Ipv4Addr,
     time::{Duration, Instant},
