@@ -508,8 +508,9 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
     for (i, (name, _)) in ms.iter().enumerate() {
         let m =
             |k: usize, f: fn(&Rate) -> f64| median(&got[i][k].iter().map(f).collect::<Vec<_>>());
-        let (recv, wall, cpu): (fn(&Rate) -> f64, fn(&Rate) -> f64, fn(&Rate) -> f64) =
-            (|r| r.received, |r| r.received_wall, |r| r.cpu_ns_per_packet);
+        let recv = |r: &Rate| r.received;
+        let wall = |r: &Rate| r.received_wall;
+        let cpu = |r: &Rate| r.cpu_ns_per_packet;
         for (k, (dataplane, services)) in
             [("limit (reflect)", 0), ("xlb", 3)].into_iter().enumerate()
         {
