@@ -66,7 +66,13 @@ impl Bench {
         let mut ebpf = EbpfLoader::new()
             .load(testkit::objects::bench())
             .context("loading the xlb_bench object")?;
-        for name in ["xlb_bench", "xlb_bench_tx", "xlb_bench_reflect", "xlb_bench_sink"] {
+        for name in [
+            "xlb_bench",
+            "xlb_bench_tx",
+            "xlb_bench_reflect",
+            "xlb_bench_reflect_grow",
+            "xlb_bench_sink",
+        ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("xlb_bench object has no program {name}"))?

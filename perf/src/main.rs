@@ -76,6 +76,10 @@ enum Cmd {
         /// Only the traffic mixes whose name contains this.
         #[arg(long)]
         mix: Option<String>,
+        /// Also time the reflector with xlb's Geneve frame growth (48 bytes
+        /// at the head): the larger frame's cost outside the program.
+        #[arg(long)]
+        grow_reflector: bool,
         /// Frames per live-frames syscall (default: ~50 ms of work each;
         /// 65536 = the harness before session 8).
         #[arg(long)]
@@ -293,6 +297,7 @@ fn main() -> Result<()> {
             generator,
             mixes_only,
             mix,
+            grow_reflector,
             frames_per_call,
             prog_stats,
         } => {
@@ -305,6 +310,7 @@ fn main() -> Result<()> {
                 generator,
                 mixes_only,
                 mix,
+                grow_reflector,
                 frames_per_call,
                 prog_stats,
             })?;
@@ -484,6 +490,7 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         generator: None,
         mixes_only: false,
         mix: None,
+        grow_reflector: false,
         frames_per_call: None,
         prog_stats: false,
     };

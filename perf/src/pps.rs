@@ -54,6 +54,9 @@ use crate::{
     setup,
 };
 
+/// The row of `PpsOpts::grow_reflector`.
+const GROW_ROW: &str = "limit + 48-byte head growth (reflect)";
+
 /// Backends per service and Maglev size of the services of the scale
 /// sweep (a small prime keeps 100k services' tables building quickly; each
 /// table value still takes 32 KiB of kernel memory: 100k ≈ 3.3 GB).
@@ -73,6 +76,10 @@ pub struct PpsOpts {
     pub mixes_only: bool,
     /// Only the mixes whose name contains this.
     pub mix: Option<String>,
+    /// Also time the limit with xlb's frame growth (xlb_bench_reflect_grow:
+    /// 48 bytes more at the head, as xlb's Geneve output): what the larger
+    /// frame costs outside the program.
+    pub grow_reflector: bool,
     /// Frames per live-frames syscall; None: about 50 ms of work each.
     /// 65536 with the wall-clock columns is the harness before session 8.
     pub frames_per_call: Option<u32>,
@@ -314,14 +321,13 @@ fn sched_ns() -> Result<(u64, u64)> {
 /// With XLB_PERF_PHASES set: the CLOCK_MONOTONIC time at which a mix's
 /// measurement starts, on stderr (to cut a `perf record -k CLOCK_MONOTONIC`
 /// profile of the whole run into its phases).
-fn phase(mix: &str, reflect: bool) {
+fn phase(mix: &str, who: &str) {
     if std::env::var_os("XLB_PERF_PHASES").is_none() {
         return;
     }
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid timespec for the call to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let who = if reflect { "reflect" } else { "xlb" };
     eprintln!("phase {}.{:09} {who} {mix}", ts.tv_sec, ts.tv_nsec);
 }
 
@@ -483,24 +489,38 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         ms.retain(|(name, _)| name.contains(only.as_str()));
         anyhow::ensure!(!ms.is_empty(), "no traffic mix named like {only:?}");
     }
-    // [mix][limit, xlb]: one Rate per round.
-    let mut got: Vec<[Vec<Rate>; 2]> = vec![[Vec::new(), Vec::new()]; ms.len()];
-    for round in 0..opts.rounds {
-        for order in if round % 2 == 0 { [true, false] } else { [false, true] } {
-            let link = if order {
-                Some(attach_in(&rig.lb, lbside.program_mut("xlb_bench_reflect")?)?)
-            } else {
-                let lb = &rig.lb;
-                lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
-                None
+    // Sides: 0 the limit, 1 xlb, 2 (--grow-reflector) the limit with
+    // xlb's frame growth; [mix][side]: one Rate per round.
+    let sides: &[(&str, u32)] = if opts.grow_reflector {
+        &[("limit (reflect)", 0), ("xlb", 3), (GROW_ROW, 0)]
+    } else {
+        &[("limit (reflect)", 0), ("xlb", 3)]
+    };
+    let mut got: Vec<Vec<Vec<Rate>>> = vec![vec![Vec::new(); sides.len()]; ms.len()];
+    for round in 0..opts.rounds as usize {
+        // Rotating order: each side goes first in turn.
+        for j in 0..sides.len() {
+            let side = (j + round) % sides.len();
+            let reflector = match side {
+                1 => None,
+                2 => Some("xlb_bench_reflect_grow"),
+                _ => Some("xlb_bench_reflect"),
+            };
+            let link = match reflector {
+                Some(p) => Some(attach_in(&rig.lb, lbside.program_mut(p)?)?),
+                None => {
+                    let lb = &rig.lb;
+                    lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
+                    None
+                }
             };
             for (i, (name, t)) in ms.iter().enumerate() {
-                phase(name, order);
-                got[i][usize::from(!order)].push(rig.measure(t, opts.seconds, opts.batch)?);
+                phase(name, sides[side].0);
+                got[i][side].push(rig.measure(t, opts.seconds, opts.batch)?);
             }
-            match link {
-                Some(id) => lbside.program_mut("xlb_bench_reflect")?.detach(id)?,
-                None => Dataplane::detach_all(pin.path())?,
+            match (reflector, link) {
+                (Some(p), Some(id)) => lbside.program_mut(p)?.detach(id)?,
+                _ => Dataplane::detach_all(pin.path())?,
             }
         }
     }
@@ -511,13 +531,11 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         let recv = |r: &Rate| r.received;
         let wall = |r: &Rate| r.received_wall;
         let cpu = |r: &Rate| r.cpu_ns_per_packet;
-        for (k, (dataplane, services)) in
-            [("limit (reflect)", 0), ("xlb", 3)].into_iter().enumerate()
-        {
+        for (k, (dataplane, services)) in sides.iter().enumerate() {
             rows.push(PpsRow {
                 mix: name.to_string(),
-                dataplane: dataplane.into(),
-                services,
+                dataplane: dataplane.to_string(),
+                services: *services,
                 sent_mpps: m(k, |r| r.sent) / 1e6,
                 received_mpps: m(k, recv) / 1e6,
                 vs_limit: Some(m(k, recv) / m(0, recv)),

@@ -25,7 +25,8 @@
  * transmits it (XDP_TX) into the load balancer's veth. A mix of up to
  * XLB_BENCH_TEMPLATES frames is cycled through (entry 0's `count`). The
  * other programs here are the rest of that rig: xlb_bench_reflect, the
- * "physical limit" forwarder (swap MACs, XDP_TX, no lookups), and
+ * "physical limit" forwarder (swap MACs, XDP_TX, no lookups),
+ * xlb_bench_reflect_grow (the same with xlb's Geneve frame growth), and
  * xlb_bench_sink, the receiving side's counter (counts, then drops).
  * Not part of the datapath.
  */
@@ -226,6 +227,39 @@ int xlb_bench_reflect(struct xdp_md *ctx)
 	eth[3] = t0;
 	eth[4] = t1;
 	eth[5] = t2;
+	return XDP_TX;
+}
+
+/* Bytes xlb_xdp adds at the head of an IPv4 packet it tunnels in Geneve
+ * with the DSR4 option (outer IPv4 20 + UDP 8 + Geneve 8 + option 12). */
+#define XLB_BENCH_GROW 48
+
+/* The limit with xlb's frame growth: the frame grown at the head by
+ * XLB_BENCH_GROW (bpf_xdp_adjust_head, as xlb_xdp does), a new Ethernet
+ * header with the MACs swapped at the new start, XDP_TX. Sets apart what
+ * a larger frame costs outside the program (veth, the sink) from the
+ * program's own work (`xlb-perf pps --grow-reflector`). */
+SEC("xdp")
+int xlb_bench_reflect_grow(struct xdp_md *ctx)
+{
+	void *data, *data_end;
+	__u16 *eth, *old;
+
+	if (bpf_xdp_adjust_head(ctx, -XLB_BENCH_GROW))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + XLB_BENCH_GROW + 14 > data_end)
+		return XDP_DROP;
+	eth = data;
+	old = data + XLB_BENCH_GROW;
+	eth[0] = old[3];
+	eth[1] = old[4];
+	eth[2] = old[5];
+	eth[3] = old[0];
+	eth[4] = old[1];
+	eth[5] = old[2];
+	eth[6] = old[6];
 	return XDP_TX;
 }
 
