@@ -881,7 +881,7 @@ impl PpsReport {
                 opt(r.vs_limit_cpu, 2),
             ));
         }
-        s.push_str("\nRates are per second the generator was running or runnable: each live-frames syscall sleeps through two RCU grace periods (the XDP dispatcher's program swap), in which no packet moves; the wall-clock columns count that sleep (the harness's figure before session 8), which adds the same time to every packet and pulls ratios towards 1. CPU ns/packet: the generator thread's CPU time (the whole chain runs there, softirq included) per packet received.\n");
+        s.push_str("\nRates are per second the generator was running or runnable: each live-frames syscall sleeps through two RCU grace periods (the XDP dispatcher's program swap), in which no packet moves; the wall-clock columns count that sleep (the harness's figure before session 8), which adds the same time to every packet and pulls ratios towards 1. CPU ns/packet: the generator thread's CPU time per packet received (with live frames the whole chain runs there, softirq included; AF_PACKET hands part of it to other contexts).\n");
         if !self.in_situ.is_empty() {
             s.push_str("\nWhere a packet's time goes (kernel BPF run-time statistics on: each program's run_time_ns / run_cnt; the statistics' own clock reads are inside every program's figure; ns/packet = CPU time of the generator's thread (softirq included) per packet received, rest = that − the three programs)\n\n");
             s.push_str("| mix | dataplane | received Mpps | ns/packet | generator ns | LB program ns | sink ns | rest ns |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
