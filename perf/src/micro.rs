@@ -36,7 +36,7 @@ use testkit::{
     packet,
     pins::PinDir,
 };
-use xlb_perf::stats::{median, trimmed_mean};
+use xlb_perf::stats::{loadavg, median, trimmed_mean};
 
 use crate::{
     benchprog::{load_pass, test_run, xdp_of, Bench, Stat, Template},
@@ -119,6 +119,10 @@ pub struct MicroReport {
     pub repeat: u32,
     pub singles: u32,
     pub frames_match_lb_packet: bool,
+    /// 1-minute load average before and after the timing rounds: the
+    /// program's ns grow with other work on the shared cores (up to ~2× at
+    /// load 6 here), so a figure is only read beside it.
+    pub loadavg: Vec<f64>,
     pub rows: Vec<MicroRow>,
     pub validation: Vec<Validation>,
 }
@@ -351,6 +355,7 @@ fn run_inside(
         .collect();
     cases.push((NEW_FLOW.into(), Template::new_flow(&syn.1), NEW_FLOW_TARGET));
     let k = cases.len();
+    let mut load = vec![loadavg()];
     let mut base = vec![Vec::new(); k];
     let mut xlb = vec![Vec::new(); k];
     let mut single_base = vec![Vec::new(); k];
@@ -385,6 +390,7 @@ fn run_inside(
         }
     }
 
+    load.push(loadavg());
     let mut rows = Vec::new();
     for (i, (name, _, target)) in cases.iter().enumerate() {
         let diffs: Vec<f64> = xlb[i].iter().zip(&base[i]).map(|(x, b)| x - b).collect();
@@ -412,6 +418,7 @@ fn run_inside(
         repeat: opts.repeat,
         singles: opts.singles,
         frames_match_lb_packet: frames_match,
+        loadavg: load,
         rows,
         validation,
     })
@@ -423,8 +430,11 @@ impl MicroReport {
         s.push_str(&format!(
             "Datapath microbenchmark: xlb_xdp net ns/packet over xlb_pass, same wrapper, \
              {} interleaved rounds x {} iterations, medians (repeat=1 column: {} syscalls/round, \
-             10 % trimmed means)\n\n",
-            self.rounds, self.repeat, self.singles
+             10 % trimmed means); load average {}\n\n",
+            self.rounds,
+            self.repeat,
+            self.singles,
+            self.loadavg.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join(" → ")
         ));
         s.push_str("| frame | verdict (reason) | baseline ns | xlb ns | net ns | net ns, repeat=1 | target | met? |\n");
         s.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");

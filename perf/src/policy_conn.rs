@@ -59,7 +59,7 @@ use lab::{
 use serde::Serialize;
 use xlb_perf::{
     netpol_iptables::{kube_router, NsRef, PodRef, Ruleset},
-    stats::median,
+    stats::{loadavg, median},
 };
 
 const ONCE_PORT: u16 = 8080;
@@ -114,13 +114,6 @@ pub struct ConnReport {
     pub ipt_apply_s: Vec<f64>,
     /// 1-minute load average at the start and after each round.
     pub loadavg: Vec<f64>,
-}
-
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
 }
 
 fn sel_labels(k: &str, v: &str) -> LabelSelector {

@@ -44,7 +44,7 @@ use testkit::{
 };
 use xlb_perf::{
     kubeproxy::{iptables_restore, nftables, synthetic, KpConfig},
-    stats::median,
+    stats::{loadavg, median},
 };
 
 use crate::{
@@ -134,6 +134,8 @@ pub struct PpsReport {
     pub programming: Vec<ProgramTime>,
     /// Held flows under a SYN flood, with and without the flood guard.
     pub held: Vec<HeldRow>,
+    /// 1-minute load average at the start and at the end of the mixes.
+    pub loadavg: Vec<f64>,
     /// Where a packet's time goes, in situ (`--prog-stats`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub in_situ: Vec<InSituRow>,
@@ -489,6 +491,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         ms.retain(|(name, _)| name.contains(only.as_str()));
         anyhow::ensure!(!ms.is_empty(), "no traffic mix named like {only:?}");
     }
+    let mut load = vec![loadavg()];
     // Sides: 0 the limit, 1 xlb, 2 (--grow-reflector) the limit with
     // xlb's frame growth; [mix][side]: one Rate per round.
     let sides: &[(&str, u32)] = if opts.grow_reflector {
@@ -547,6 +550,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         }
     }
 
+    load.push(loadavg());
     let in_situ = if opts.prog_stats {
         in_situ(&mut rig, &mut dp, &mut lbside, pin.path(), &ms, opts)?
     } else {
@@ -564,6 +568,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             sweep: Vec::new(),
             programming,
             held: Vec::new(),
+            loadavg: load,
             in_situ,
         });
     }
@@ -678,6 +683,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         sweep,
         programming,
         held,
+        loadavg: load,
         in_situ,
     })
 }
@@ -862,8 +868,11 @@ fn held_under_flood(rig: &mut Rig, opts: &PpsOpts, syn: &[u8], rate: u32) -> Res
 impl PpsReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "Packet rate through the LB veth (generator: {} → LB eth0 → back to the generator's XDP sink, which counts), one core, {} rounds × {:.1} s, medians\n\n",
-            self.generator, self.rounds, self.seconds
+            "Packet rate through the LB veth (generator: {} → LB eth0 → back to the generator's XDP sink, which counts), one core, {} rounds × {:.1} s, medians; load average {}\n\n",
+            self.generator,
+            self.rounds,
+            self.seconds,
+            self.loadavg.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join(" → ")
         );
         s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit | received Mpps, wall clock | vs limit, wall clock | CPU ns/packet | vs limit, CPU time |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
         let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));

@@ -1,7 +1,16 @@
-//! Small statistics for noisy timings: median, trimmed mean, quantiles, and a
-//! bootstrap interval of a median.
+//! Small statistics for noisy timings: median, trimmed mean, quantiles, a
+//! bootstrap interval of a median, and the load average to report beside.
 
 /// Median of `v` (NaN for an empty slice).
+/// The 1-minute load average (/proc/loadavg), NaN when unreadable: the
+/// machine's state beside a figure taken on shared cores.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 pub fn median(v: &[f64]) -> f64 {
     quantile(v, 0.5)
 }
