@@ -20,10 +20,11 @@
 //!
 //! Everything runs on one core per packet (veth XDP runs in the sender's
 //! softirq), so rates are "one core, generator and sink included", and they
-//! are taken over the generator thread's busy time (running or runnable),
-//! not wall time: each live-frames syscall sleeps through two RCU grace
-//! periods (`Rate`), which no packet path has. `--prog-stats` splits a
-//! packet's CPU time by program (kernel BPF statistics, `in_situ`).
+//! are taken per second of that core's time spent on the rig (the
+//! generator thread's CPU time), not wall time: each live-frames syscall
+//! sleeps through two RCU grace periods (`Rate`), which no packet path has,
+//! and other tasks share the cores. `--prog-stats` splits a packet's CPU
+//! time by program (kernel BPF statistics, `in_situ`).
 use std::{
     net::Ipv4Addr,
     time::{Duration, Instant},
@@ -95,7 +96,7 @@ pub struct PpsRow {
     pub dataplane: String,
     pub services: u32,
     pub sent_mpps: f64,
-    /// Over the generator's busy time (wall time less its sleeps: `Rate`).
+    /// Per second of the rig's CPU time (live frames; `Rate`).
     pub received_mpps: f64,
     /// received / limit's received for the same mix.
     pub vs_limit: Option<f64>,
@@ -110,10 +111,12 @@ pub struct PpsRow {
     /// out (mixes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_ns_per_packet: Option<f64>,
-    /// The limit's CPU ns per packet / this row's: the ratio of rates on a
-    /// CPU of its own.
+    /// Received per second the generator was running or runnable (its
+    /// sleeps left out, other tasks' share of the CPU counted; mixes only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vs_limit_cpu: Option<f64>,
+    pub received_mpps_busy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_limit_busy: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -333,19 +336,26 @@ fn phase(mix: &str, who: &str) {
     eprintln!("phase {}.{:09} {who} {mix}", ts.tv_sec, ts.tv_nsec);
 }
 
-/// One measurement. Rates are over the time the generator's thread was
-/// running or runnable, i.e. wall time less the time it slept: each live
-/// frames BPF_PROG_TEST_RUN waits for two RCU grace periods (the kernel
-/// puts the program into the XDP dispatcher and takes it out again,
-/// bpf_dispatcher_change_prog -> synchronize_rcu), tens of ms per syscall
-/// in which no packet moves and no CPU is used. Counted in wall time (the
-/// harness before session 8) that sleep adds the same ns to every
-/// packet of both dataplanes and pulls their ratio towards 1 (~60 % of the
-/// wall time here); a NIC feeding the LB does not sleep.
+/// One measurement. With live frames the whole chain (generator, the LB's
+/// and the sink's veth NAPI) runs on the generator's thread, so `sent` and
+/// `received` are per second of that thread's CPU time: the rate on a core
+/// of the rig's own. Not wall time: each live-frames BPF_PROG_TEST_RUN
+/// waits for two RCU grace periods (the kernel puts the program into the
+/// XDP dispatcher and takes it out again, bpf_dispatcher_change_prog ->
+/// synchronize_rcu), tens of ms per syscall in which no packet moves and no
+/// CPU is used. Counted in wall time (the harness before session 8) that
+/// sleep adds the same ns to every packet of both dataplanes and pulls
+/// their ratio towards 1 (~60 % of the wall time here, more the longer
+/// grace periods take); a NIC feeding the LB does not sleep. Not busy time
+/// either (running or runnable): on shared cores the time other tasks hold
+/// the CPU swings by tens of % between rounds. AF_PACKET hands part of the
+/// chain to other contexts, so its rates are per busy second.
 #[derive(Clone, Copy, Debug)]
 struct Rate {
     sent: f64,
     received: f64,
+    /// Received per second running or runnable.
+    received_busy: f64,
     /// Received per wall-clock second (sleeps included: the old figure).
     received_wall: f64,
     /// The thread's CPU time per packet received.
@@ -413,14 +423,20 @@ impl Rig {
         };
         let got = (self.bench.stat(Stat::SinkPackets)? - s0) as f64;
         let b = busy.as_secs_f64();
+        // Live frames: per CPU second; AF_PACKET: per busy second.
+        let per = match self.generator {
+            Generator::LiveFrames => cpu as f64 / 1e9,
+            Generator::AfPacket(_) => b,
+        };
         if std::env::var_os("XLB_PERF_PHASES").is_some() {
             eprintln!(
                 "measure: tid {tid} wall {wall:?} busy {busy:?} cpu {cpu} ns, {got} received"
             );
         }
         Ok(Rate {
-            sent: sent / b,
-            received: got / b,
+            sent: sent / per,
+            received: got / per,
+            received_busy: got / b,
             received_wall: got / wall.as_secs_f64(),
             cpu_ns_per_packet: cpu as f64 / got.max(1.0),
         })
@@ -534,6 +550,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         let recv = |r: &Rate| r.received;
         let wall = |r: &Rate| r.received_wall;
         let cpu = |r: &Rate| r.cpu_ns_per_packet;
+        let busy = |r: &Rate| r.received_busy;
         for (k, (dataplane, services)) in sides.iter().enumerate() {
             rows.push(PpsRow {
                 mix: name.to_string(),
@@ -545,7 +562,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 received_mpps_wall: Some(m(k, wall) / 1e6),
                 vs_limit_wall: Some(m(k, wall) / m(0, wall)),
                 cpu_ns_per_packet: Some(m(k, cpu)),
-                vs_limit_cpu: Some(m(0, cpu) / m(k, cpu)),
+                received_mpps_busy: Some(m(k, busy) / 1e6),
+                vs_limit_busy: Some(m(k, busy) / m(0, busy)),
             });
         }
     }
@@ -611,7 +629,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             received_mpps_wall: None,
             vs_limit_wall: None,
             cpu_ns_per_packet: None,
-            vs_limit_cpu: None,
+            received_mpps_busy: None,
+            vs_limit_busy: None,
         });
     }
     drop(dp);
@@ -670,7 +689,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 received_mpps_wall: None,
                 vs_limit_wall: None,
                 cpu_ns_per_packet: None,
-                vs_limit_cpu: None,
+                received_mpps_busy: None,
+                vs_limit_busy: None,
             });
         }
     }
@@ -874,23 +894,24 @@ impl PpsReport {
             self.seconds,
             self.loadavg.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join(" → ")
         );
-        s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit | received Mpps, wall clock | vs limit, wall clock | CPU ns/packet | vs limit, CPU time |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit | CPU ns/packet | received Mpps, busy time | vs limit, busy time | received Mpps, wall clock | vs limit, wall clock |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
         for r in &self.mixes {
             s.push_str(&format!(
-                "| {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
                 r.mix,
                 r.dataplane,
                 r.sent_mpps,
                 r.received_mpps,
                 opt(r.vs_limit, 2),
+                opt(r.cpu_ns_per_packet, 0),
+                opt(r.received_mpps_busy, 2),
+                opt(r.vs_limit_busy, 2),
                 opt(r.received_mpps_wall, 2),
                 opt(r.vs_limit_wall, 2),
-                opt(r.cpu_ns_per_packet, 0),
-                opt(r.vs_limit_cpu, 2),
             ));
         }
-        s.push_str("\nRates are per second the generator was running or runnable: each live-frames syscall sleeps through two RCU grace periods (the XDP dispatcher's program swap), in which no packet moves; the wall-clock columns count that sleep (the harness's figure before session 8), which adds the same time to every packet and pulls ratios towards 1. CPU ns/packet: the generator thread's CPU time per packet received (with live frames the whole chain runs there, softirq included; AF_PACKET hands part of it to other contexts).\n");
+        s.push_str("\nReceived Mpps: per second of the rig's CPU time (live frames: generator, LB and sink all run on the generator's thread, softirq included; AF_PACKET: per second the generator was running or runnable) — the rate on a core of its own. Busy time adds the time other tasks held the shared CPU (it swings between rounds); wall clock also counts the generator's sleeps (each live-frames syscall waits for two RCU grace periods: the XDP dispatcher's program swap), in which no packet moves: that adds the same time to every packet and pulls ratios towards 1 (the harness's figure before session 8, with `--frames-per-call 65536`).\n");
         if !self.in_situ.is_empty() {
             s.push_str("\nWhere a packet's time goes (kernel BPF run-time statistics on: each program's run_time_ns / run_cnt; the statistics' own clock reads are inside every program's figure; ns/packet = CPU time of the generator's thread (softirq included) per packet received, rest = that − the three programs)\n\n");
             s.push_str("| mix | dataplane | received Mpps | ns/packet | generator ns | LB program ns | sink ns | rest ns |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
