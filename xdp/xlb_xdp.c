@@ -70,12 +70,13 @@ static __always_inline int xlb_local_deliver(struct xdp_md *ctx, struct xlb_pkt 
 	return XDP_PASS;
 }
 
-/* The outer IP + tunnel headers after the Ethernet header at data. */
+/* The outer headers at data: Ethernet, IP and the tunnel's, after one
+ * bounds check for all of them (the length is a constant per combination). */
 static __always_inline int xlb_write_outer_as(void *data, void *data_end, __u8 encap, __u8 outer,
-					      __u8 inner, const __u8 *src, const __u8 *dst,
-					      __u16 outer_l3_len, __u16 inner_len, __u32 hash,
-					      const struct xlb_node_cfg *node, __u8 opt_type,
-					      const __u8 *vaddr, __be16 vport)
+					      __u8 inner, const __u8 *macs, const __u8 *src,
+					      const __u8 *dst, __u16 outer_l3_len, __u16 inner_len,
+					      __u32 hash, const struct xlb_node_cfg *node,
+					      __u8 opt_type, const __u8 *vaddr, __be16 vport)
 {
 	void *ip = data + ETH_HLEN;
 	__u8 proto = IPPROTO_UDP;
@@ -89,15 +90,19 @@ static __always_inline int xlb_write_outer_as(void *data, void *data_end, __u8 e
 	    .inner_family = inner,
 	    .opt_type = opt_type,
 	};
-	int rc;
 
+	if (data + xlb_encap_hlen(encap, outer, inner) > data_end)
+		return -XLB_DROP_ENCAP;
 	if (encap != XLB_ENCAP_GENEVE)
 		proto = inner == XLB_FAMILY_V6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
-	rc = xlb_write_ip(ip, data_end, outer, src, dst, proto, outer_l3_len, hash);
-	if (rc || encap != XLB_ENCAP_GENEVE)
-		return rc;
-	return xlb_write_geneve(ip + (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN),
-				data_end, &g);
+	xlb_put_eth_macs(data, macs, bpf_htons(outer == XLB_FAMILY_V6 ? ETH_P_IPV6 : ETH_P_IP));
+	if (outer == XLB_FAMILY_V6)
+		xlb_put_ip6(ip, src, dst, proto, outer_l3_len - XLB_IP6_HLEN, hash);
+	else
+		xlb_put_ip4(ip, *(const __u32 *)src, *(const __u32 *)dst, proto, outer_l3_len);
+	if (encap == XLB_ENCAP_GENEVE)
+		xlb_put_geneve(ip + (outer == XLB_FAMILY_V6 ? XLB_IP6_HLEN : XLB_IP4_HLEN), &g);
+	return 0;
 }
 
 /* xlb_write_outer_as with the encapsulation and both families as
@@ -105,14 +110,14 @@ static __always_inline int xlb_write_outer_as(void *data, void *data_end, __u8 e
  * field folds to a constant and the headers are written without branching
  * on the three again (a few ns per tunnelled packet, xlb-perf encap). */
 static __always_inline int xlb_write_outer(void *data, void *data_end, __u8 encap, __u8 outer,
-					   __u8 inner, const __u8 *src, const __u8 *dst,
-					   __u16 outer_l3_len, __u16 inner_len, __u32 hash,
-					   const struct xlb_node_cfg *node, __u8 opt_type,
-					   const __u8 *vaddr, __be16 vport)
+					   __u8 inner, const __u8 *macs, const __u8 *src,
+					   const __u8 *dst, __u16 outer_l3_len, __u16 inner_len,
+					   __u32 hash, const struct xlb_node_cfg *node,
+					   __u8 opt_type, const __u8 *vaddr, __be16 vport)
 {
 #define XLB_OUTER(e, o, i)                                                                         \
-	xlb_write_outer_as(data, data_end, e, o, i, src, dst, outer_l3_len, inner_len, hash, node, \
-			   opt_type, vaddr, vport)
+	xlb_write_outer_as(data, data_end, e, o, i, macs, src, dst, outer_l3_len, inner_len, hash, \
+			   node, opt_type, vaddr, vport)
 #define XLB_OUTER_FAMILIES(e)                                                                      \
 	(outer == XLB_FAMILY_V6                                                                    \
 	     ? (inner == XLB_FAMILY_V6 ? XLB_OUTER(e, XLB_FAMILY_V6, XLB_FAMILY_V6)                \
@@ -150,7 +155,7 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	 * ("dereference of modified ctx ptr"). */
 	__u32 in_ifindex = ctx->ingress_ifindex, mtu = 0;
 	__u16 outer_l3_len;
-	__u8 own_mac[ETH_ALEN], peer_mac[ETH_ALEN];
+	const __u8 *macs;
 	int rc, no_neigh;
 
 	if (encap != XLB_ENCAP_IPIP)
@@ -185,16 +190,6 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				return xlb_fail(rc, reason);
 		}
 	}
-	if (no_neigh) {
-		/* Handed to the kernel: the frame must stay addressed to this
-		 * port, so the outer Ethernet header keeps the MACs it came with. */
-		struct ethhdr *eth = data;
-
-		if ((void *)(eth + 1) > data_end)
-			return xlb_fail(-XLB_DROP_TRUNCATED, reason);
-		__builtin_memcpy(own_mac, eth->h_dest, ETH_ALEN);
-		__builtin_memcpy(peer_mac, eth->h_source, ETH_ALEN);
-	}
 
 	/* Bytes after the IP packet (Ethernet padding) must not travel inside
 	 * the tunnel: the outer lengths count the IP packet only. */
@@ -209,12 +204,25 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 	data = xlb_ctx_data(ctx);
 	data_end = xlb_ctx_data_end(ctx);
 
-	rc = xlb_write_eth(data, data_end, no_neigh ? own_mac : nh->dmac,
-			   no_neigh ? peer_mac : nh->smac,
-			   bpf_htons(outer == XLB_FAMILY_V6 ? ETH_P_IPV6 : ETH_P_IP));
-	if (!rc)
-		rc = xlb_write_outer(data, data_end, encap, outer, inner, src, be->node,
-				     outer_l3_len, inner_len, hash, node, opt_type, vaddr, vport);
+	macs = nh->dmac;
+	if (no_neigh) {
+		/* Handed to the kernel: the frame must stay addressed to this
+		 * port, so the outer Ethernet header keeps the MACs it came
+		 * with. They are still in the packet where its old Ethernet
+		 * header began, hlen - l3_off >= 16 bytes past the new start:
+		 * moved down word by word (no stack copy: the program's stack
+		 * is at its limit). */
+		__u32 *to = data, *from = data + ((hlen - l3_off) & 0x7f);
+
+		if ((void *)(to + 3) > data_end || (void *)(from + 3) > data_end)
+			return xlb_fail(-XLB_DROP_ENCAP, reason);
+		to[0] = from[0];
+		to[1] = from[1];
+		to[2] = from[2];
+		macs = data;
+	}
+	rc = xlb_write_outer(data, data_end, encap, outer, inner, macs, src, be->node, outer_l3_len,
+			     inner_len, hash, node, opt_type, vaddr, vport);
 	if (rc)
 		return xlb_fail(rc, reason);
 
