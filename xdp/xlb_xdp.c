@@ -75,11 +75,11 @@ static __always_inline int xlb_local_deliver(struct xdp_md *ctx, struct xlb_pkt 
 static __always_inline int xlb_write_outer_as(void *data, void *data_end, __u8 encap, __u8 outer,
 					      __u8 inner, const __u8 *macs, const __u8 *src,
 					      const __u8 *dst, __u16 outer_l3_len, __u16 inner_len,
-					      __u32 hash, const struct xlb_node_cfg *node,
-					      __u8 opt_type, const __u8 *vaddr, __be16 vport)
+					      __u32 hash, const struct xlb_node_cfg *node, int icmp,
+					      const __u8 *vaddr, __be16 vport)
 {
 	void *ip = data + ETH_HLEN;
-	__u8 proto = IPPROTO_UDP;
+	__u8 proto = IPPROTO_UDP, opt_type;
 	struct xlb_geneve_out g = {
 	    .addr = vaddr,
 	    .sport = bpf_htons(XLB_GENEVE_SPORT_BASE + (hash & 0x3fff)),
@@ -88,9 +88,15 @@ static __always_inline int xlb_write_outer_as(void *data, void *data_end, __u8 e
 	    .port = vport,
 	    .inner_len = inner_len,
 	    .inner_family = inner,
-	    .opt_type = opt_type,
 	};
 
+	/* Constants here (icmp is one per inlined caller): an ICMP error
+	 * names the endpoint (EP), a client packet its frontend (DSR). */
+	if (icmp)
+		opt_type = inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_EP6 : XLB_GENEVE_OPT_EP4;
+	else
+		opt_type = inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_DSR6 : XLB_GENEVE_OPT_DSR4;
+	g.opt_type = opt_type;
 	if (data + xlb_encap_hlen(encap, outer, inner) > data_end)
 		return -XLB_DROP_ENCAP;
 	if (encap != XLB_ENCAP_GENEVE)
@@ -112,12 +118,12 @@ static __always_inline int xlb_write_outer_as(void *data, void *data_end, __u8 e
 static __always_inline int xlb_write_outer(void *data, void *data_end, __u8 encap, __u8 outer,
 					   __u8 inner, const __u8 *macs, const __u8 *src,
 					   const __u8 *dst, __u16 outer_l3_len, __u16 inner_len,
-					   __u32 hash, const struct xlb_node_cfg *node,
-					   __u8 opt_type, const __u8 *vaddr, __be16 vport)
+					   __u32 hash, const struct xlb_node_cfg *node, int icmp,
+					   const __u8 *vaddr, __be16 vport)
 {
 #define XLB_OUTER(e, o, i)                                                                         \
 	xlb_write_outer_as(data, data_end, e, o, i, macs, src, dst, outer_l3_len, inner_len, hash, \
-			   node, opt_type, vaddr, vport)
+			   node, icmp, vaddr, vport)
 #define XLB_OUTER_FAMILIES(e)                                                                      \
 	(outer == XLB_FAMILY_V6                                                                    \
 	     ? (inner == XLB_FAMILY_V6 ? XLB_OUTER(e, XLB_FAMILY_V6, XLB_FAMILY_V6)                \
@@ -146,7 +152,7 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 				      const __u8 *vaddr, __be16 vport, int icmp, __u32 ok,
 				      __u32 *reason)
 {
-	__u8 outer = be->node_family, inner = pkt->tuple.family, encap = svc->encap, opt_type = 0;
+	__u8 outer = be->node_family, inner = pkt->tuple.family, encap = svc->encap;
 	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
 	struct nh_cache_entry *nh;
 	__u32 hlen, inner_len = pkt->l3_len, frame, l3_off = xlb_l3_off(pkt);
@@ -177,18 +183,9 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		return xlb_fail(rc, reason);
 	no_neigh = rc == XLB_NH_NO_NEIGH;
 
-	if (encap == XLB_ENCAP_GENEVE) {
-		if (icmp) {
-			opt_type = inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_EP6 : XLB_GENEVE_OPT_EP4;
-			vaddr = be->addr;
-			vport = be->port;
-		} else {
-			opt_type =
-			    inner == XLB_FAMILY_V6 ? XLB_GENEVE_OPT_DSR6 : XLB_GENEVE_OPT_DSR4;
-			rc = xlb_nat(ctx, pkt, XLB_NAT_DST, be->addr, be->port);
-			if (rc)
-				return xlb_fail(rc, reason);
-		}
+	if (encap == XLB_ENCAP_GENEVE && icmp) {
+		vaddr = be->addr;
+		vport = be->port;
 	}
 
 	/* Bytes after the IP packet (Ethernet padding) must not travel inside
@@ -222,9 +219,22 @@ static __always_inline int xlb_tunnel(struct xdp_md *ctx, struct xlb_pkt *pkt,
 		macs = data;
 	}
 	rc = xlb_write_outer(data, data_end, encap, outer, inner, macs, src, be->node, outer_l3_len,
-			     inner_len, hash, node, opt_type, vaddr, vport);
+			     inner_len, hash, node, icmp, vaddr, vport);
 	if (rc)
 		return xlb_fail(rc, reason);
+	if (encap == XLB_ENCAP_GENEVE && !icmp) {
+		/* Geneve carries the client packet DNAT'd to the endpoint:
+		 * done last, on the inner packet now at hlen, after the
+		 * helper calls (adjust_tail/head), so nothing it computes has
+		 * to be kept across them (the program's stack 464 -> 376
+		 * bytes). pkt->tuple is not read again on this path (new-flow
+		 * events name the client and vaddr/vport). */
+		pkt->l4_off = xlb_l4_off(pkt) - l3_off + hlen;
+		pkt->l3_off = hlen;
+		rc = xlb_nat_fwd(ctx, pkt, be->addr, be->port);
+		if (rc)
+			return xlb_fail(rc, reason);
+	}
 
 	if (no_neigh) {
 		*reason = XLB_OK_NEIGH_PASS;

@@ -23,7 +23,10 @@
  *       `outer`, the error's own address on the other side goes along
  *       (XLB_NAT_SRC: the error's destination) — else it stays, as a
  *       router's source address must.
- *   Both return 0 or a negative reason (-XLB_DROP_TRUNCATED, -XLB_DROP_NAT:
+ *   int xlb_nat_fwd(ctx, &pkt, addr, port)   (XDP)
+ *       xlb_nat's DNAT for a packet about to be tunnelled: pkt->tuple's
+ *       destination may be left as parsed (the caller never reads it).
+ *   They return 0 or a negative reason (-XLB_DROP_TRUNCATED, -XLB_DROP_NAT:
  *   also an SCTP first fragment whose port changes).
  */
 #ifndef XLB_NAT_H
@@ -161,7 +164,7 @@ static __always_inline __u32 xlb_csum_reduce(__u64 sum)
 }
 
 static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, int which,
-				       const __u8 *addr, __be16 port)
+				       const __u8 *addr, __be16 port, const int update)
 {
 	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
 	__u32 *taddr = (__u32 *)(which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr);
@@ -184,7 +187,8 @@ static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 			ip->daddr = t;
 		else
 			ip->saddr = t;
-		taddr[0] = t;
+		if (update)
+			taddr[0] = t;
 	} else {
 		struct ipv6hdr *ip6 = data + xlb_l3_off(pkt);
 		__u32 t0 = to[0], t1 = to[1], t2 = to[2], t3 = to[3], *a;
@@ -202,10 +206,12 @@ static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 		a[1] = t1;
 		a[2] = t2;
 		a[3] = t3;
-		taddr[0] = t0;
-		taddr[1] = t1;
-		taddr[2] = t2;
-		taddr[3] = t3;
+		if (update) {
+			taddr[0] = t0;
+			taddr[1] = t1;
+			taddr[2] = t2;
+			taddr[3] = t3;
+		}
 	}
 	/* TCP and UDP alike: the ports first (source, destination), then a
 	 * header whose checksum covers them and the addresses. */
@@ -230,7 +236,8 @@ static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 			ports[1] = port;
 		else
 			ports[0] = port;
-		*tport = port;
+		if (update)
+			*tport = port;
 	}
 	/* a zero UDP checksum (none) stays 0; a computed 0 goes as 0xffff */
 	if (!udp || *c) {
@@ -254,7 +261,7 @@ static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int
 
 #ifdef XLB_CTX_XDP
 	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
-		return xlb_nat_xdp(ctx, pkt, which, addr, port);
+		return xlb_nat_xdp(ctx, pkt, which, addr, port, 1);
 #endif
 
 	if (pkt->tuple.family == XLB_FAMILY_V4) {
@@ -274,6 +281,19 @@ static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int
 	xlb_addr_copy(taddr, addr);
 	return xlb_nat_l4(ctx, pkt, which, port, pseudo);
 }
+
+#ifdef XLB_CTX_XDP
+/* XDP's DNAT of a packet it tunnels: xlb_nat whose caller reads none of
+ * pkt->tuple's destination again, which is then left as parsed (a TCP or
+ * UDP packet skips the tuple's stores). */
+static __always_inline int xlb_nat_fwd(struct xdp_md *ctx, struct xlb_pkt *pkt, const __u8 *addr,
+				       __be16 port)
+{
+	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
+		return xlb_nat_xdp(ctx, pkt, XLB_NAT_DST, addr, port, 0);
+	return xlb_nat(ctx, pkt, XLB_NAT_DST, addr, port);
+}
+#endif
 
 /* Checksums: the quoted IPv4 header's own checksum absorbs the quoted
  * address change, so it does not move the ICMPv4 checksum; ICMPv6 covers the
