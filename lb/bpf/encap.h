@@ -129,7 +129,8 @@ static __always_inline void xlb_put_eth_macs(void *data, const __u8 *macs, __be1
 	w[0] = m[0];
 	w[1] = m[1];
 	w[2] = m[2];
-	((struct ethhdr *)data)->h_proto = h_proto;
+	/* one store (struct ethhdr is packed: h_proto would go byte by byte) */
+	*(__be16 *)(w + 3) = h_proto;
 }
 
 static __always_inline int xlb_write_eth(void *data, void *data_end, const __u8 *dmac,
@@ -270,15 +271,17 @@ static __always_inline int xlb_geneve_body(void *p, void *data_end, const struct
 
 		if (check && (void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		xlb_addr_copy(o->vaddr, g->addr);
-		*(__u32 *)&o->vport = xlb_pair16(g->port, 0);
+		/* through w: o's 2-byte alignment would split each word
+		 * store in two */
+		xlb_addr_copy(w + 5, g->addr);
+		w[9] = xlb_pair16(g->port, 0);
 	} else {
 		struct xlb_dsr_opt4 *o = (void *)(w + 5);
 
 		if (check && (void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		*(__u32 *)o->vaddr = *(const __u32 *)g->addr;
-		*(__u32 *)&o->vport = xlb_pair16(g->port, 0);
+		w[5] = *(const __u32 *)g->addr;
+		w[6] = xlb_pair16(g->port, 0);
 	}
 	return 0;
 }
