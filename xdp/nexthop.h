@@ -50,6 +50,12 @@ struct nh_cache_entry {
 	__u8 pad;
 };
 
+/* xlb_put_eth_macs reads dmac and smac as three aligned words. */
+_Static_assert(__builtin_offsetof(struct nh_cache_entry, dmac) % 4 == 0 &&
+		   __builtin_offsetof(struct nh_cache_entry, smac) ==
+		       __builtin_offsetof(struct nh_cache_entry, dmac) + ETH_ALEN,
+	       "nh_cache_entry: dmac then smac, 4-byte aligned");
+
 /* Sizes instead of __type(): the entry is not ABI, so it stays out of the
  * object's BTF and out of lb/tests/abi_btf.rs, which requires every map type
  * in BTF to be mirrored in Rust. */

@@ -44,6 +44,12 @@
  *   int xlb_write_geneve(p, data_end, &struct xlb_geneve_out)
  *       UDP + Geneve + one option at p; a DSR/EP option's data layout (4 or
  *       16 byte address) follows inner_family.
+ *   xlb_put_eth / xlb_put_ip4 / xlb_put_ip6 / xlb_put_geneve
+ *       the same writes without their bounds checks, for a caller that
+ *       checked room for a whole header stack once (XDP's dispatch: one
+ *       check per (encap, outer, inner) combination instead of four);
+ *       xlb_put_eth_macs(data, macs, h_proto): both MACs from 12 aligned
+ *       bytes (destination, source) in three word copies.
  * API (reader)
  *   int xlb_geneve_parse(ctx, gnv_off, udp_end, vni, &tun)
  *       checks the Geneve header at gnv_off and finds xlb's option among at
@@ -102,21 +108,42 @@ static __always_inline __u32 xlb_encap_hlen(__u8 encap, __u8 outer_family, __u8 
 	return len;
 }
 
-static __always_inline int xlb_write_eth(void *data, void *data_end, const __u8 *dmac,
-					 const __u8 *smac, __be16 h_proto)
+static __always_inline void xlb_put_eth(void *data, const __u8 *dmac, const __u8 *smac,
+					__be16 h_proto)
 {
 	struct ethhdr *eth = data;
 
-	if ((void *)(eth + 1) > data_end)
-		return -XLB_DROP_ENCAP;
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
 	eth->h_proto = h_proto;
+}
+
+/* Ethernet from `macs`: the destination then the source MAC, 12 bytes,
+ * 4-byte aligned (a stack buffer's accesses must be): three 32-bit copies
+ * instead of twelve byte copies. */
+static __always_inline void xlb_put_eth_macs(void *data, const __u8 *macs, __be16 h_proto)
+{
+	__u32 *w = data;
+	const __u32 *m = (const __u32 *)macs;
+
+	w[0] = m[0];
+	w[1] = m[1];
+	w[2] = m[2];
+	/* one store (struct ethhdr is packed: h_proto would go byte by byte) */
+	*(__be16 *)(w + 3) = h_proto;
+}
+
+static __always_inline int xlb_write_eth(void *data, void *data_end, const __u8 *dmac,
+					 const __u8 *smac, __be16 h_proto)
+{
+	if (data + ETH_HLEN > data_end)
+		return -XLB_DROP_ENCAP;
+	xlb_put_eth(data, dmac, smac, h_proto);
 	return 0;
 }
 
-static __always_inline int xlb_write_ip4(void *p, void *data_end, __be32 saddr, __be32 daddr,
-					 __u8 proto, __u16 tot_len)
+static __always_inline void xlb_put_ip4(void *p, __be32 saddr, __be32 daddr, __u8 proto,
+					__u16 tot_len)
 {
 	struct iphdr *ip = p;
 	struct iphdr h = {
@@ -130,21 +157,24 @@ static __always_inline int xlb_write_ip4(void *p, void *data_end, __be32 saddr, 
 	    .daddr = daddr,
 	};
 
-	if ((void *)(ip + 1) > data_end)
-		return -XLB_DROP_ENCAP;
 	h.check = xlb_ipv4_csum(&h);
 	*ip = h;
+}
+
+static __always_inline int xlb_write_ip4(void *p, void *data_end, __be32 saddr, __be32 daddr,
+					 __u8 proto, __u16 tot_len)
+{
+	if (p + XLB_IP4_HLEN > data_end)
+		return -XLB_DROP_ENCAP;
+	xlb_put_ip4(p, saddr, daddr, proto, tot_len);
 	return 0;
 }
 
-static __always_inline int xlb_write_ip6(void *p, void *data_end, const void *saddr,
-					 const void *daddr, __u8 nexthdr, __u16 payload_len,
-					 __u32 flow)
+static __always_inline void xlb_put_ip6(void *p, const void *saddr, const void *daddr, __u8 nexthdr,
+					__u16 payload_len, __u32 flow)
 {
 	struct ipv6hdr *ip6 = p;
 
-	if ((void *)(ip6 + 1) > data_end)
-		return -XLB_DROP_ENCAP;
 	/* version 6, traffic class 0, 20-bit flow label */
 	*(__be32 *)ip6 = bpf_htonl((6u << 28) | (flow & 0xfffff));
 	ip6->payload_len = bpf_htons(payload_len);
@@ -152,6 +182,15 @@ static __always_inline int xlb_write_ip6(void *p, void *data_end, const void *sa
 	ip6->hop_limit = 64;
 	xlb_addr_copy(&ip6->saddr, saddr);
 	xlb_addr_copy(&ip6->daddr, daddr);
+}
+
+static __always_inline int xlb_write_ip6(void *p, void *data_end, const void *saddr,
+					 const void *daddr, __u8 nexthdr, __u16 payload_len,
+					 __u32 flow)
+{
+	if (p + XLB_IP6_HLEN > data_end)
+		return -XLB_DROP_ENCAP;
+	xlb_put_ip6(p, saddr, daddr, nexthdr, payload_len, flow);
 	return 0;
 }
 
@@ -200,14 +239,17 @@ static __always_inline __u16 xlb_pair8(__u8 first, __u8 second)
 }
 
 /* UDP + Geneve + option header (20 bytes) in five 32-bit stores, then the
- * option's data. */
-static __always_inline int xlb_write_geneve(void *p, void *data_end, const struct xlb_geneve_out *g)
+ * option's data. `check` (a constant): bounds-check each part against
+ * data_end, with the constant lengths the verifier needs on each option's
+ * path; 0 when the caller checked room for all of it. */
+static __always_inline int xlb_geneve_body(void *p, void *data_end, const struct xlb_geneve_out *g,
+					   const int check)
 {
 	__u32 *w = p;
 	__u32 optlen = xlb_geneve_optlen(g->opt_type, g->inner_family), datalen;
 	__be16 proto = bpf_htons(g->inner_family == XLB_FAMILY_V6 ? ETH_P_IPV6 : ETH_P_IP);
 
-	if ((void *)(w + 5) > data_end)
+	if (check && (void *)(w + 5) > data_end)
 		return -XLB_DROP_ENCAP;
 	/* UDP: ports, length, checksum 0 */
 	w[0] = xlb_pair16(g->sport, g->dport);
@@ -221,25 +263,37 @@ static __always_inline int xlb_write_geneve(void *p, void *data_end, const struc
 	if (g->opt_type == XLB_GENEVE_OPT_IDENTITY) {
 		struct xlb_identity_opt *o = (void *)(w + 5);
 
-		if ((void *)(o + 1) > data_end)
+		if (check && (void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
 		o->identity = bpf_htonl(g->identity);
 	} else if (g->inner_family == XLB_FAMILY_V6) {
 		struct xlb_dsr_opt6 *o = (void *)(w + 5);
 
-		if ((void *)(o + 1) > data_end)
+		if (check && (void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		xlb_addr_copy(o->vaddr, g->addr);
-		*(__u32 *)&o->vport = xlb_pair16(g->port, 0);
+		/* through w: o's 2-byte alignment would split each word
+		 * store in two */
+		xlb_addr_copy(w + 5, g->addr);
+		w[9] = xlb_pair16(g->port, 0);
 	} else {
 		struct xlb_dsr_opt4 *o = (void *)(w + 5);
 
-		if ((void *)(o + 1) > data_end)
+		if (check && (void *)(o + 1) > data_end)
 			return -XLB_DROP_ENCAP;
-		*(__u32 *)o->vaddr = *(const __u32 *)g->addr;
-		*(__u32 *)&o->vport = xlb_pair16(g->port, 0);
+		w[5] = *(const __u32 *)g->addr;
+		w[6] = xlb_pair16(g->port, 0);
 	}
 	return 0;
+}
+
+static __always_inline int xlb_write_geneve(void *p, void *data_end, const struct xlb_geneve_out *g)
+{
+	return xlb_geneve_body(p, data_end, g, 1);
+}
+
+static __always_inline void xlb_put_geneve(void *p, const struct xlb_geneve_out *g)
+{
+	xlb_geneve_body(p, 0, g, 0);
 }
 
 /* What a Geneve header and xlb's option said. */

@@ -154,7 +154,7 @@ fn shape(m: &MapData) -> Result<(String, u32, u32)> {
 /// A pin directory for `bytes`' maps: the working tree's map under every
 /// name whose shape matches; the names listed in the result do not match
 /// and get maps of their own when the object loads.
-fn shared_pins(bytes: &[u8], tree: &Path, into: &Path) -> Result<Vec<String>> {
+pub(crate) fn shared_pins(bytes: &[u8], tree: &Path, into: &Path) -> Result<Vec<String>> {
     // Learn the object's maps by loading it once with pins of its own.
     let probe = PinDir::new("cmp-probe");
     std::fs::create_dir_all(probe.path())?;

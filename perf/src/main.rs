@@ -239,6 +239,13 @@ enum Cmd {
         rounds: u32,
         #[arg(long, default_value_t = 20_000)]
         repeat: u32,
+        /// Loads of each object per mode (JIT placement moves a load's time).
+        #[arg(long, default_value_t = 2)]
+        copies: u32,
+        /// Another revision (or an xlb_xdp object file) timed beside the
+        /// working tree on the same two datapaths; repeatable.
+        #[arg(long = "rev")]
+        revs: Vec<String>,
     },
     /// The XDP program of another revision against the working tree's, in
     /// one interleaved run (net ns/packet over XDP_PASS on the reference
@@ -424,8 +431,8 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "cluster", &r, &md)?;
         }
-        Cmd::Encap { packets, rounds, repeat } => {
-            let r = encap::run(&packets, rounds, repeat)?;
+        Cmd::Encap { packets, rounds, repeat, copies, revs } => {
+            let r = encap::run(&encap::EncapOpts { packets, rounds, repeat, copies, revs })?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "encap", &r, &md)?;
