@@ -56,7 +56,7 @@ fn load_variant(
     copies: u32,
 ) -> Result<Vec<aya::Ebpf>> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    crate::compare::load_copies(&bytes, pins, copies)
+    crate::compare::load_copies(&bytes, pins, copies, 0)
         .with_context(|| format!("the variant {}", file.display()))
 }
 
