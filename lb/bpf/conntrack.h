@@ -190,11 +190,17 @@ static __always_inline __u32 xlb_ct_check(__u32 hash, __u32 svc_id, __u32 backen
 	return xlb_final_mix(hash + svc_id, backend_id, gen) | 1;
 }
 
-static __always_inline struct xlb_ct_set *xlb_ct_set_of(__u32 hash)
+/* The set of a flow hash: its index in xlb_ct and in xlb_ct_tags. */
+static __always_inline __u32 xlb_ct_index(__u32 hash)
 {
-	__u32 set = ((__u64)hash * xlb_ct_sets) >> 32;
+	return ((__u64)hash * xlb_ct_sets) >> 32;
+}
 
-	return bpf_map_lookup_elem(&xlb_ct, &set);
+/* The tag of a way holding a key whose flow hash is `hash`: its low 16 bits
+ * (the set index comes from the high ones), never 0 (a way never written). */
+static __always_inline __u16 xlb_ct_tag(__u32 hash)
+{
+	return (__u16)hash | 1;
 }
 
 /* Jiffies since the stamp `s` (bit 0, XLB_CT_HIT, ignored). */
@@ -213,16 +219,24 @@ static __always_inline void xlb_ct_touch(struct xlb_ct_way *w, __u32 now)
 		w->e.stamp = now | XLB_CT_HIT;
 }
 
-/* The way of `key` (flow hash `hash`) in its set, or NULL. */
+/* The way of `key` (flow hash `hash`) in its set, or NULL. Only ways whose
+ * tag matches are read: a key absent from its set (a new flow) costs the
+ * set's 8 bytes of tags (the two array lookups are inlined address
+ * computations), not its 4 cache lines. */
 static __always_inline struct xlb_ct_way *xlb_ct_find(const struct xlb_flow_key *key, __u32 hash)
 {
-	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+	__u32 idx = xlb_ct_index(hash);
+	struct xlb_ct_tags *tags = bpf_map_lookup_elem(&xlb_ct_tags, &idx);
+	struct xlb_ct_set *set = bpf_map_lookup_elem(&xlb_ct, &idx);
+	__u16 t = xlb_ct_tag(hash);
+	__u64 all;
 
-	if (!set)
+	if (!tags || !set)
 		return NULL;
+	all = *(volatile const __u64 *)tags; /* the 4 tags in one load */
 #pragma unroll
 	for (int i = 0; i < XLB_CT_WAYS; i++)
-		if (xlb_flow_key_eq(&set->way[i].key, key))
+		if ((__u16)(all >> (16 * i)) == t && xlb_flow_key_eq(&set->way[i].key, key))
 			return &set->way[i];
 	return NULL;
 }
@@ -287,13 +301,15 @@ static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
 static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 hash, __u32 svc_id,
 					  __u32 backend_id, __u32 gen, __u64 now_ns)
 {
-	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+	__u32 idx = xlb_ct_index(hash);
+	struct xlb_ct_set *set = bpf_map_lookup_elem(&xlb_ct, &idx);
+	struct xlb_ct_tags *tags = bpf_map_lookup_elem(&xlb_ct_tags, &idx);
 	struct xlb_ct_way *w;
 	__u32 now = bpf_jiffies64(), best = 0, v = 0, score;
 
 	/* A failed insert only costs a Maglev lookup on the next packet,
 	 * which picks the same backend: nothing to report. */
-	if (!set)
+	if (!set || !tags)
 		return;
 #pragma unroll
 	for (int i = 0; i < XLB_CT_WAYS; i++) {
@@ -303,9 +319,11 @@ static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 
 			v = i;
 		}
 	}
-	w = &set->way[v & (XLB_CT_WAYS - 1)];
+	v &= XLB_CT_WAYS - 1;
+	w = &set->way[v];
 	w->e.check = 0;
 	asm volatile("" ::: "memory");
+	tags->tag[v] = xlb_ct_tag(hash);
 	w->key = *key;
 	w->e.backend_id = backend_id;
 	w->e.backend_gen = gen;

@@ -76,8 +76,10 @@ struct xlb_sel {
 	struct xlb_backend *be;
 	__u32 backend_id;
 	__u32 hash;	    /* flow hash (xlb_flow_hash of the key) */
-	__u32 new_flow;	    /* 1: chosen now, xlb_ct entry written */
+	__u32 new_flow;	    /* 1: chosen now */
 	__u32 affinity_hit; /* 1: chosen from xlb_affinity */
+	__u32 unpinned;	    /* 1: chosen now past the insert budget: no
+			     * xlb_ct entry (the flood guard below) */
 };
 
 /* slot[idx] of the table of `svc_id` in `map`, whose values hold `cap`
@@ -166,6 +168,7 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 
 	sel->new_flow = 0;
 	sel->affinity_hit = 0;
+	sel->unpinned = 0;
 	sel->hash = xlb_flow_hash(key);
 	be = xlb_ct_lookup(key, sel->hash, svc->id, &sel->backend_id);
 	if (be && (!new_conn || xlb_backend_new_ok(be))) {
@@ -195,6 +198,8 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 	}
 	if (xlb_ct_admit(now))
 		xlb_ct_insert(key, sel->hash, svc->id, sel->backend_id, be->gen, now);
+	else
+		sel->unpinned = 1;
 	if (svc->flags & XLB_SVC_F_AFFINITY)
 		xlb_affinity_touch(&ak, ae, sel->backend_id, be->gen, now);
 	sel->be = be;

@@ -221,7 +221,7 @@ impl Timer {
 
     /// Valid ways of xlb_ct (lb::maps::CtTable).
     fn ct_entries(&self) -> Result<u64> {
-        let ct = lb::maps::CtTable(lb::maps::RawMap::open(self.pin.path(), "xlb_ct")?);
+        let ct = lb::maps::CtTable::open(self.pin.path())?;
         let mut n = 0u64;
         ct.walk(&mut |_| {
             n += 1;
