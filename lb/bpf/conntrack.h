@@ -31,8 +31,9 @@
  *   a set is 4 whole cache lines in one page (the array's values otherwise
  *   start 56 bytes into a line and every way straddles two).
  *     set    = (hash * xlb_ct_sets) >> 32      (one hash, one set)
- *     lookup = compare the key of the 4 ways (inlined array lookup: no
- *              helper call, no lock, no bucket chain, no LRU list);
+ *     lookup = compare the key of the ways whose tag matches (Tags,
+ *              below; inlined array lookups: no helper call, no lock, no
+ *              bucket chain, no LRU list);
  *     insert = the flow's own way if its key is there (an entry no longer
  *              valid is rewritten in place), else an empty way (check 0),
  *              else one whose backend is gone or has a new generation,
@@ -41,6 +42,33 @@
  *   It replaced an LRU_HASH whose insert with eviction (a lock, the LRU
  *   lists, the bucket chain and the entry in different pages) was ~80 % of
  *   a new flow's cost at a full table.
+ *
+ *   Tags (issue #14 item 4). xlb_ct_tags, an ARRAY with one struct
+ *   xlb_ct_tags per set (same index), holds a 16-bit tag of each way:
+ *     tag = (hash & 0xffff) | 1     (xlb_ct_tag; 0: a way never written)
+ *   (the set index comes from the hash's high bits, the tag from its low
+ *   ones). A lookup loads the set's 8 bytes of tags and compares the key of
+ *   only the ways whose tag matches: a flow absent from the table (every
+ *   packet of a SYN flood) costs one 8-byte read in a 1 MiB array (at 131k
+ *   sets; 8 sets per cache line, mostly cache-resident) instead of the
+ *   set's 4 cache lines in a 32 MiB one. A false match (4 ways x 2^-15)
+ *   only costs the way's key compare.
+ *   Invariant: a valid way whose tag does not match reads as a miss, like
+ *   a torn way (below), so every writer of a way writes its tag: the insert
+ *   writes it after clearing the check word and before the key, and
+ *   lb::maps::CtTable::insert after the set. Two CPUs inserting into the
+ *   same way at once may leave one's key with the other's tag: the flow
+ *   reads as a miss, Maglev picks its backend again (the same while the
+ *   table is unchanged) and the insert finds its own key and rewrites the
+ *   tag — the torn way's cost, as rare. A stale tag on a way whose key
+ *   changed or whose check was cleared only costs a key compare. An xlb_ct
+ *   kept from an agent without tags gets them rebuilt from its valid ways
+ *   at load (lb::loader, CtTable::rebuild_tags); ways the old programs
+ *   insert until they are replaced read as misses once (re-picked, the
+ *   same backend unless the service changed meanwhile).
+ *   Test (lb/tests/xdp_select.rs):
+ *   a_connection_table_way_is_found_through_its_tag; lb/tests/counters.rs:
+ *   connection_table_tags_are_rebuilt_for_a_table_kept_without_them.
  *
  *   Torn ways. No locks on the fast path: two CPUs may write the same way
  *   at once, and a reader may see a way half written. The check word

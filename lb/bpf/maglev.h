@@ -32,7 +32,9 @@
  * second; 0: no limit). Beyond it the flow is served by Maglev alone, which
  * picks the same backend for every packet while the table stands, and no
  * established entry is evicted by a flood of new ones (Katran's
- * max_conn_rate does the same). Counted in xlb_ct_guard.
+ * max_conn_rate does the same). Counted in xlb_ct_guard. Such a flow is
+ * marked sel->unpinned: XDP does not put it in its flow cache either
+ * (xdp/xlb_xdp.c), so its next packet takes this path again.
  */
 #ifndef XLB_MAGLEV_H
 #define XLB_MAGLEV_H
