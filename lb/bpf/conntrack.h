@@ -52,7 +52,9 @@
  *   packet of a SYN flood) costs one 8-byte read in a 1 MiB array (at 131k
  *   sets; 8 sets per cache line, mostly cache-resident) instead of the
  *   set's 4 cache lines in a 32 MiB one. A false match (4 ways x 2^-15)
- *   only costs the way's key compare.
+ *   only costs the way's key compare. A new flow that will be inserted
+ *   reads its set anyway: xlb_select loads it ahead (xlb_ct_warm) unless
+ *   the insert budget is spent, so the insert does not wait for it.
  *   Invariant: a valid way whose tag does not match reads as a miss, like
  *   a torn way (below), so every writer of a way writes its tag: the insert
  *   writes it after clearing the check word and before the key, and
@@ -303,6 +305,20 @@ static __always_inline void xlb_ct_seen_again(const struct xlb_flow_key *key, __
 
 	if (w)
 		xlb_ct_touch(w, bpf_jiffies64());
+}
+
+/* Loads the 4 cache lines of the set of `hash` (one word of each way),
+ * values unused: an insert coming later then finds them in cache. */
+static __always_inline void xlb_ct_warm(__u32 hash)
+{
+	__u32 idx = xlb_ct_index(hash);
+	struct xlb_ct_set *set = bpf_map_lookup_elem(&xlb_ct, &idx);
+
+	if (!set)
+		return;
+#pragma unroll
+	for (int i = 0; i < XLB_CT_WAYS; i++)
+		(void)XLB_READ_ONCE_U32(set->way[i].e.check);
 }
 
 /* How much way `w` is worth evicting for `key` (higher first). */
