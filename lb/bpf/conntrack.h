@@ -68,6 +68,10 @@
  *   at load (lb::loader, CtTable::rebuild_tags); ways the old programs
  *   insert until they are replaced read as misses once (re-picked, the
  *   same backend unless the service changed meanwhile).
+ *   Measured (xlb-perf compare --ct-insert-rate 1: every new flow past
+ *   the budget, load 4-6, with XDP no longer caching such flows): a SYN
+ *   flood packet 319-376 -> 203-234 ns net; with every flow inserted
+ *   (--ct-insert-rate 0) +2 and +24 ns, within the noise.
  *   Test (lb/tests/xdp_select.rs):
  *   a_connection_table_way_is_found_through_its_tag; lb/tests/counters.rs:
  *   connection_table_tags_are_rebuilt_for_a_table_kept_without_them.
