@@ -417,7 +417,11 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 		return xlb_reply_reject(ctx, &pkt, reason);
 	if (rc)
 		return xlb_fail(rc, reason);
-	xlb_fc_fill(fc, &pkt.tuple, svc, sel.backend_id, sel.be->gen, sel.hash, now, gen);
+	/* Not for a flow served past the insert budget: a flood would
+	 * otherwise overwrite the slots of established flows with flows that
+	 * never come back (flowcache.h). */
+	if (!sel.unpinned)
+		xlb_fc_fill(fc, &pkt.tuple, svc, sel.backend_id, sel.be->gen, sel.hash, now, gen);
 	/* vaddr/vport: the frontend, kept because pkt.tuple is rewritten by
 	 * the DNAT. */
 	xlb_addr_copy(vaddr_buf, pkt.tuple.daddr);

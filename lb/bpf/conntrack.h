@@ -31,8 +31,9 @@
  *   a set is 4 whole cache lines in one page (the array's values otherwise
  *   start 56 bytes into a line and every way straddles two).
  *     set    = (hash * xlb_ct_sets) >> 32      (one hash, one set)
- *     lookup = compare the key of the 4 ways (inlined array lookup: no
- *              helper call, no lock, no bucket chain, no LRU list);
+ *     lookup = compare the key of the ways whose tag matches (Tags,
+ *              below; inlined array lookups: no helper call, no lock, no
+ *              bucket chain, no LRU list);
  *     insert = the flow's own way if its key is there (an entry no longer
  *              valid is rewritten in place), else an empty way (check 0),
  *              else one whose backend is gone or has a new generation,
@@ -41,6 +42,39 @@
  *   It replaced an LRU_HASH whose insert with eviction (a lock, the LRU
  *   lists, the bucket chain and the entry in different pages) was ~80 % of
  *   a new flow's cost at a full table.
+ *
+ *   Tags (issue #14 item 4). xlb_ct_tags, an ARRAY with one struct
+ *   xlb_ct_tags per set (same index), holds a 16-bit tag of each way:
+ *     tag = (hash & 0xffff) | 1     (xlb_ct_tag; 0: a way never written)
+ *   (the set index comes from the hash's high bits, the tag from its low
+ *   ones). A lookup loads the set's 8 bytes of tags and compares the key of
+ *   only the ways whose tag matches: a flow absent from the table (every
+ *   packet of a SYN flood) costs one 8-byte read in a 1 MiB array (at 131k
+ *   sets; 8 sets per cache line, mostly cache-resident) instead of the
+ *   set's 4 cache lines in a 32 MiB one. A false match (4 ways x 2^-15)
+ *   only costs the way's key compare. A new flow that will be inserted
+ *   reads its set anyway: xlb_select loads it ahead (xlb_ct_warm) unless
+ *   the insert budget is spent, so the insert does not wait for it.
+ *   Invariant: a valid way whose tag does not match reads as a miss, like
+ *   a torn way (below), so every writer of a way writes its tag: the insert
+ *   writes it after clearing the check word and before the key, and
+ *   lb::maps::CtTable::insert after the set. Two CPUs inserting into the
+ *   same way at once may leave one's key with the other's tag: the flow
+ *   reads as a miss, Maglev picks its backend again (the same while the
+ *   table is unchanged) and the insert finds its own key and rewrites the
+ *   tag — the torn way's cost, as rare. A stale tag on a way whose key
+ *   changed or whose check was cleared only costs a key compare. An xlb_ct
+ *   kept from an agent without tags gets them rebuilt from its valid ways
+ *   at load (lb::loader, CtTable::rebuild_tags); ways the old programs
+ *   insert until they are replaced read as misses once (re-picked, the
+ *   same backend unless the service changed meanwhile).
+ *   Measured (xlb-perf compare --ct-insert-rate 1: every new flow past
+ *   the budget, load 4-6, with XDP no longer caching such flows): a SYN
+ *   flood packet 319-376 -> 203-234 ns net; with every flow inserted
+ *   (--ct-insert-rate 0) +2 and +24 ns, within the noise.
+ *   Test (lb/tests/xdp_select.rs):
+ *   a_connection_table_way_is_found_through_its_tag; lb/tests/counters.rs:
+ *   connection_table_tags_are_rebuilt_for_a_table_kept_without_them.
  *
  *   Torn ways. No locks on the fast path: two CPUs may write the same way
  *   at once, and a reader may see a way half written. The check word
@@ -190,11 +224,17 @@ static __always_inline __u32 xlb_ct_check(__u32 hash, __u32 svc_id, __u32 backen
 	return xlb_final_mix(hash + svc_id, backend_id, gen) | 1;
 }
 
-static __always_inline struct xlb_ct_set *xlb_ct_set_of(__u32 hash)
+/* The set of a flow hash: its index in xlb_ct and in xlb_ct_tags. */
+static __always_inline __u32 xlb_ct_index(__u32 hash)
 {
-	__u32 set = ((__u64)hash * xlb_ct_sets) >> 32;
+	return ((__u64)hash * xlb_ct_sets) >> 32;
+}
 
-	return bpf_map_lookup_elem(&xlb_ct, &set);
+/* The tag of a way holding a key whose flow hash is `hash`: its low 16 bits
+ * (the set index comes from the high ones), never 0 (a way never written). */
+static __always_inline __u16 xlb_ct_tag(__u32 hash)
+{
+	return (__u16)hash | 1;
 }
 
 /* Jiffies since the stamp `s` (bit 0, XLB_CT_HIT, ignored). */
@@ -213,16 +253,24 @@ static __always_inline void xlb_ct_touch(struct xlb_ct_way *w, __u32 now)
 		w->e.stamp = now | XLB_CT_HIT;
 }
 
-/* The way of `key` (flow hash `hash`) in its set, or NULL. */
+/* The way of `key` (flow hash `hash`) in its set, or NULL. Only ways whose
+ * tag matches are read: a key absent from its set (a new flow) costs the
+ * set's 8 bytes of tags (the two array lookups are inlined address
+ * computations), not its 4 cache lines. */
 static __always_inline struct xlb_ct_way *xlb_ct_find(const struct xlb_flow_key *key, __u32 hash)
 {
-	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+	__u32 idx = xlb_ct_index(hash);
+	struct xlb_ct_tags *tags = bpf_map_lookup_elem(&xlb_ct_tags, &idx);
+	struct xlb_ct_set *set = bpf_map_lookup_elem(&xlb_ct, &idx);
+	__u16 t = xlb_ct_tag(hash);
+	__u64 all;
 
-	if (!set)
+	if (!tags || !set)
 		return NULL;
+	all = *(volatile const __u64 *)tags; /* the 4 tags in one load */
 #pragma unroll
 	for (int i = 0; i < XLB_CT_WAYS; i++)
-		if (xlb_flow_key_eq(&set->way[i].key, key))
+		if ((__u16)(all >> (16 * i)) == t && xlb_flow_key_eq(&set->way[i].key, key))
 			return &set->way[i];
 	return NULL;
 }
@@ -263,6 +311,20 @@ static __always_inline void xlb_ct_seen_again(const struct xlb_flow_key *key, __
 		xlb_ct_touch(w, bpf_jiffies64());
 }
 
+/* Loads the 4 cache lines of the set of `hash` (one word of each way),
+ * values unused: an insert coming later then finds them in cache. */
+static __always_inline void xlb_ct_warm(__u32 hash)
+{
+	__u32 idx = xlb_ct_index(hash);
+	struct xlb_ct_set *set = bpf_map_lookup_elem(&xlb_ct, &idx);
+
+	if (!set)
+		return;
+#pragma unroll
+	for (int i = 0; i < XLB_CT_WAYS; i++)
+		(void)XLB_READ_ONCE_U32(set->way[i].e.check);
+}
+
 /* How much way `w` is worth evicting for `key` (higher first). */
 static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
 						 const struct xlb_flow_key *key, __u32 now)
@@ -287,13 +349,15 @@ static __always_inline __u32 xlb_ct_victim_score(const struct xlb_ct_way *w,
 static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 hash, __u32 svc_id,
 					  __u32 backend_id, __u32 gen, __u64 now_ns)
 {
-	struct xlb_ct_set *set = xlb_ct_set_of(hash);
+	__u32 idx = xlb_ct_index(hash);
+	struct xlb_ct_set *set = bpf_map_lookup_elem(&xlb_ct, &idx);
+	struct xlb_ct_tags *tags = bpf_map_lookup_elem(&xlb_ct_tags, &idx);
 	struct xlb_ct_way *w;
 	__u32 now = bpf_jiffies64(), best = 0, v = 0, score;
 
 	/* A failed insert only costs a Maglev lookup on the next packet,
 	 * which picks the same backend: nothing to report. */
-	if (!set)
+	if (!set || !tags)
 		return;
 #pragma unroll
 	for (int i = 0; i < XLB_CT_WAYS; i++) {
@@ -303,9 +367,11 @@ static __always_inline void xlb_ct_insert(const struct xlb_flow_key *key, __u32 
 			v = i;
 		}
 	}
-	w = &set->way[v & (XLB_CT_WAYS - 1)];
+	v &= XLB_CT_WAYS - 1;
+	w = &set->way[v];
 	w->e.check = 0;
 	asm volatile("" ::: "memory");
+	tags->tag[v] = xlb_ct_tag(hash);
 	w->key = *key;
 	w->e.backend_id = backend_id;
 	w->e.backend_gen = gen;

@@ -32,7 +32,9 @@
  * second; 0: no limit). Beyond it the flow is served by Maglev alone, which
  * picks the same backend for every packet while the table stands, and no
  * established entry is evicted by a flood of new ones (Katran's
- * max_conn_rate does the same). Counted in xlb_ct_guard.
+ * max_conn_rate does the same). Counted in xlb_ct_guard. Such a flow is
+ * marked sel->unpinned: XDP does not put it in its flow cache either
+ * (xdp/xlb_xdp.c), so its next packet takes this path again.
  */
 #ifndef XLB_MAGLEV_H
 #define XLB_MAGLEV_H
@@ -72,12 +74,29 @@ static __always_inline int xlb_ct_admit(__u64 now)
 	return 0;
 }
 
+/* 1 unless the insert budget is spent: its bucket held no whole token when
+ * last taken from (no clock read, nothing taken; a bucket that refilled
+ * since reads as spent until its next take). xlb_select warms the set of a
+ * flow it may insert, not a flood's past the budget. */
+static __always_inline int xlb_ct_budget_left(void)
+{
+	__u32 zero = 0, rate = xlb_ct_insert_rate;
+	struct xlb_ct_guard *g;
+
+	if (!rate)
+		return 1;
+	g = bpf_map_lookup_elem(&xlb_ct_guard, &zero);
+	return !g || g->credit_ns >= XLB_BUCKET_NSEC_PER_SEC / rate;
+}
+
 struct xlb_sel {
 	struct xlb_backend *be;
 	__u32 backend_id;
 	__u32 hash;	    /* flow hash (xlb_flow_hash of the key) */
-	__u32 new_flow;	    /* 1: chosen now, xlb_ct entry written */
+	__u32 new_flow;	    /* 1: chosen now */
 	__u32 affinity_hit; /* 1: chosen from xlb_affinity */
+	__u32 unpinned;	    /* 1: chosen now past the insert budget: no
+			     * xlb_ct entry (the flood guard below) */
 };
 
 /* slot[idx] of the table of `svc_id` in `map`, whose values hold `cap`
@@ -166,7 +185,16 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 
 	sel->new_flow = 0;
 	sel->affinity_hit = 0;
+	sel->unpinned = 0;
 	sel->hash = xlb_flow_hash(key);
+	/* The lookup reads only the set's tags. A new flow that will be
+	 * inserted reads the set's 4 lines anyway: loaded now, they arrive
+	 * while the tags, the frontend's Maglev lookups and the budget are
+	 * read, instead of after them in the insert (+40-70 ns of a new flow
+	 * at a full table, xlb-perf compare --ct-insert-rate 0). Past the
+	 * budget (a flood) no set is read. */
+	if (xlb_ct_budget_left())
+		xlb_ct_warm(sel->hash);
 	be = xlb_ct_lookup(key, sel->hash, svc->id, &sel->backend_id);
 	if (be && (!new_conn || xlb_backend_new_ok(be))) {
 		sel->be = be;
@@ -195,6 +223,8 @@ static __always_inline int xlb_select(const struct xlb_service *svc, const struc
 	}
 	if (xlb_ct_admit(now))
 		xlb_ct_insert(key, sel->hash, svc->id, sel->backend_id, be->gen, now);
+	else
+		sel->unpinned = 1;
 	if (svc->flags & XLB_SVC_F_AFFINITY)
 		xlb_affinity_touch(&ak, ae, sel->backend_id, be->gen, now);
 	sel->be = be;

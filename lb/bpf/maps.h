@@ -451,4 +451,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } xlb_fe_filter SEC(".maps");
 
+/* #14: the tags of xlb_ct's ways (xlb_abi.h); the loader sizes it as xlb_ct. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xlb_ct_tags);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xlb_ct_tags SEC(".maps");
+
 #endif /* XLB_MAPS_H */

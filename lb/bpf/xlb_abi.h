@@ -950,4 +950,16 @@ enum xlb_fe_filter_size {
 	XLB_FE_FILTER_ARMED = XLB_FE_FILTER_WORDS, /* index of the armed flag */
 };
 
+/* ---- #14 connection table tags --------------------------------------------
+ * xlb_ct_tags: ARRAY of struct xlb_ct_tags, as many entries as xlb_ct has
+ * sets: entry i holds a 16-bit tag of the flow hash of each way of set i
+ * (xlb_ct_tag() in conntrack.h, abi::ct_tag in Rust), 0 for a way never
+ * written. A lookup reads the set's ways only where the tag matches: a
+ * miss (a new flow) costs one 8-byte read of a 1 MiB array instead of the
+ * set's 4 cache lines. Written with the way by every xlb_ct writer. */
+struct xlb_ct_tags {
+	__u16 tag[XLB_CT_WAYS];
+};
+_Static_assert(sizeof(struct xlb_ct_tags) == 8, "xlb_ct_tags size");
+
 #endif /* XLB_ABI_H */

@@ -339,6 +339,12 @@ pub fn ct_check(hash: u32, e: &CtEntry) -> u32 {
     final_mix(hash.wrapping_add(e.svc_id), e.backend_id, e.backend_gen) | 1
 }
 
+/// The tag of an xlb_ct way holding a key whose flow hash is `hash`
+/// (conntrack.h xlb_ct_tag): its low 16 bits, never 0.
+pub fn ct_tag(hash: u32) -> u16 {
+    hash as u16 | 1
+}
+
 impl CtWay {
     /// The way holds a whole entry (written, not torn).
     pub fn valid(&self) -> bool {
@@ -491,6 +497,11 @@ abi_struct!(
     /// Per-CPU value of xlb_ct_guard: the connection table's insert budget (#14).
     CtGuard = "xlb_ct_guard", 32 { credit_ns: u64, last_ns: u64, inserted: u64, skipped: u64 });
 
+abi_struct!(
+    /// Value of xlb_ct_tags: the tag ([`ct_tag`]) of each way of the xlb_ct
+    /// set of the same index, 0 for a way never written (#14).
+    CtTags = "xlb_ct_tags", 8 { tag: [u16; CT_WAYS as usize] });
+
 /// Every mirrored struct.
 pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
@@ -545,6 +556,7 @@ pub const LAYOUTS: &[StructLayout] = &[
     AddrIdentity::LAYOUT,
     PolicyCt::LAYOUT,
     CtGuard::LAYOUT,
+    CtTags::LAYOUT,
 ];
 
 // ---- #14 performance: Maglev tables by size class ----------------------------

@@ -161,6 +161,7 @@ impl MapSizes {
             ("xlb_backend_stats", self.backends),
             ("xlb_backend_meta", self.backends),
             ("xlb_ct", self.ct_sets()),
+            ("xlb_ct_tags", self.ct_sets()),
             ("xlb_affinity", self.affinity),
             ("xlb_dsr_nat", self.dsr_nat),
             ("xlb_source_ranges", self.source_ranges),
@@ -434,6 +435,28 @@ fn prepare_stateless_maps(opts: &LoadOptions) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// xlb_ct_tags goes with xlb_ct (conntrack.h: a lookup reads only the
+/// ways whose tag matches): a tags map pinned without xlb_ct, or with
+/// another number of sets, is unpinned. Returns whether the tags must be
+/// rebuilt from the ways once the maps are created: xlb_ct is kept but has
+/// no tags (an agent before the tags wrote it), else its flows would all
+/// miss and re-pick with Maglev.
+fn prepare_ct_tags(opts: &LoadOptions) -> Result<bool, LoadError> {
+    let ct = opts.pin_dir.join("xlb_ct");
+    let path = opts.pin_dir.join("xlb_ct_tags");
+    let ct_kept = MapData::from_pin(&ct).is_ok();
+    let pinned = MapData::from_pin(&path).ok().and_then(|d| d.info().ok());
+    match pinned.map(|i| i.max_entries()) {
+        Some(n) if !ct_kept || n != opts.sizes.ct_sets() => {
+            std::fs::remove_file(&path)
+                .map_err(|source| LoadError::StaleMapReplace { path, source })?;
+            Ok(ct_kept)
+        }
+        Some(_) => Ok(false),
+        None => Ok(ct_kept),
+    }
+}
+
 /// A program load, again while the kernel answers EAGAIN: the verifier
 /// gives up with EAGAIN when a signal is pending on the loading thread
 /// (kernel/bpf/verifier.c, do_check), which a long verification (XDP, tc:
@@ -548,6 +571,7 @@ impl Dataplane {
         }
         prepare_stateless_maps(opts)?;
         prepare_sock_records(opts)?;
+        let rebuild_ct_tags = prepare_ct_tags(opts)?;
         let features = match opts.features {
             Some(f) => f,
             None => Features::probe().map_err(|source| LoadError::Probe { source })?,
@@ -575,6 +599,14 @@ impl Dataplane {
             Global::U32(SOCK_MARK_MASK_GLOBAL, opts.sizes.sock_marks() - 1),
         ];
         let xdp = load_object(opts, "xdp", objects::xdp(), &xdp_globals)?;
+        if rebuild_ct_tags {
+            let map_err = |source| LoadError::Map { map: "xlb_ct_tags", source: Box::new(source) };
+            let ct = crate::maps::CtTable::open(&opts.pin_dir).map_err(|e| match e {
+                crate::maps::MapsError::Open { source, .. }
+                | crate::maps::MapsError::Op { source, .. } => map_err(*source),
+            })?;
+            ct.rebuild_tags().map_err(map_err)?;
+        }
         let tc = load_object(opts, "tc", objects::tc(), &tc_globals)?;
         let sock = load_object(opts, "sock", objects::sock(), &sock_globals)?;
         Ok(Staged {

@@ -202,7 +202,7 @@ impl Maps {
             maglev: open(dir, "xlb_maglev")?,
             svc_backends: open(dir, "xlb_svc_backends")?,
             backends: open(dir, "xlb_backends")?,
-            ct: CtTable(RawMap::open(dir, "xlb_ct")?),
+            ct: CtTable::open(dir)?,
             affinity: open(dir, "xlb_affinity")?,
             node: open(dir, "xlb_node")?,
             tx_ports: open(dir, "xlb_tx_ports")?,
@@ -438,9 +438,14 @@ impl RawMap {
 }
 
 /// xlb_ct, the set-associative connection table (lb/bpf/conntrack.h): an
-/// ARRAY of [`abi::CtSet`], the set of a flow chosen by its flow hash.
+/// ARRAY of [`abi::CtSet`], the set of a flow chosen by its flow hash, and
+/// xlb_ct_tags, the [`abi::CtTags`] of each set's ways (a lookup reads only
+/// the ways whose tag matches: every writer writes a way's tag with it).
 #[derive(Debug)]
-pub struct CtTable(pub RawMap);
+pub struct CtTable {
+    pub sets: RawMap,
+    pub tags: RawMap,
+}
 
 /// The ways of one xlb_ct value (a set, as bytes).
 pub(crate) fn ct_ways_of(set: &[u8]) -> impl Iterator<Item = abi::CtWay> + '_ {
@@ -466,9 +471,14 @@ fn set_bytes(set: &abi::CtSet) -> &[u8] {
 }
 
 impl CtTable {
+    /// Opens xlb_ct and xlb_ct_tags pinned under `dir`.
+    pub fn open(dir: &Path) -> Result<CtTable, MapsError> {
+        Ok(CtTable { sets: RawMap::open(dir, "xlb_ct")?, tags: RawMap::open(dir, "xlb_ct_tags")? })
+    }
+
     /// Number of sets (the map's max_entries).
     pub fn sets(&self) -> u32 {
-        self.0.max_entries
+        self.sets.max_entries
     }
 
     /// Capacity in flows: sets x ways.
@@ -483,17 +493,85 @@ impl CtTable {
 
     pub fn read_set(&self, set: u32) -> Result<abi::CtSet, MapError> {
         let mut v = vec![0u8; size_of::<abi::CtSet>()];
-        self.0.lookup(&set.to_ne_bytes(), &mut v)?;
+        self.sets.lookup(&set.to_ne_bytes(), &mut v)?;
         let mut ways = ct_ways_of(&v);
         Ok(abi::CtSet { way: std::array::from_fn(|_| ways.next().unwrap_or_else(zero_way)) })
     }
 
+    /// Writes a set's ways (not their tags: [`CtTable::write_tags`]).
     pub fn write_set(&self, set: u32, value: &abi::CtSet) -> Result<(), MapError> {
-        self.0.update(&set.to_ne_bytes(), set_bytes(value))
+        self.sets.update(&set.to_ne_bytes(), set_bytes(value))
+    }
+
+    pub fn read_tags(&self, set: u32) -> Result<abi::CtTags, MapError> {
+        let mut v = [0u8; size_of::<abi::CtTags>()];
+        self.tags.lookup(&set.to_ne_bytes(), &mut v)?;
+        // SAFETY: CtTags is Pod and `v` holds exactly its size.
+        Ok(unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<abi::CtTags>()) })
+    }
+
+    pub fn write_tags(&self, set: u32, tags: &abi::CtTags) -> Result<(), MapError> {
+        self.tags.update(&set.to_ne_bytes(), pod_bytes(tags))
+    }
+
+    /// The tags of a set's ways as the datapath writes them: the tag of each
+    /// valid way's flow hash, 0 for an empty or torn way.
+    pub fn tags_of(set: &abi::CtSet) -> abi::CtTags {
+        abi::CtTags {
+            tag: std::array::from_fn(|i| {
+                let w = &set.way[i];
+                if w.valid() {
+                    abi::ct_tag(abi::flow_hash(&w.key))
+                } else {
+                    0
+                }
+            }),
+        }
+    }
+
+    /// Writes every set's tags from its ways (xlb_ct_tags created beside an
+    /// xlb_ct kept from an agent that wrote no tags): a batched walk of the
+    /// sets and batched writes of the tags. Ways the running programs write
+    /// meanwhile have their tags written by them.
+    pub fn rebuild_tags(&self) -> Result<(), MapError> {
+        let fd = self.sets.fd() as i32;
+        let (ks, vs) = (self.sets.key_size, self.sets.value_size);
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        let mut failed = None;
+        let flush = |keys: &mut Vec<u8>, values: &mut Vec<u8>| {
+            let r = self.tags.update_batch(keys, values).map_err(|(_, e)| e);
+            keys.clear();
+            values.clear();
+            r
+        };
+        crate::census::batch_walk(fd, ks, vs, u64::from(self.sets()), &mut |set, v| {
+            let mut ways = ct_ways_of(v);
+            let s =
+                abi::CtSet { way: std::array::from_fn(|_| ways.next().unwrap_or_else(zero_way)) };
+            let tags = CtTable::tags_of(&s);
+            if tags.tag.iter().any(|&t| t != 0) {
+                keys.extend_from_slice(set);
+                values.extend_from_slice(pod_bytes(&tags));
+            }
+            if keys.len() >= 4096 * size_of::<u32>() {
+                if let Err(e) = flush(&mut keys, &mut values) {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(|e| syscall_error("bpf_map_lookup_batch", e))?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        flush(&mut keys, &mut values)
     }
 
     /// Writes `key`'s entry as the datapath would (its own way, else an
-    /// empty one, else way 0), with a valid check word; returns (set, way).
+    /// empty one, else way 0), with a valid check word and its tag;
+    /// returns (set, way).
     pub fn insert(
         &self,
         key: &abi::FlowKey,
@@ -511,6 +589,9 @@ impl CtTable {
         e.check = abi::ct_check(hash, &e);
         s.way[way] = abi::CtWay { key: *key, e };
         self.write_set(set, &s)?;
+        let mut tags = self.read_tags(set)?;
+        tags.tag[way] = abi::ct_tag(hash);
+        self.write_tags(set, &tags)?;
         Ok((set, way))
     }
 
@@ -520,8 +601,8 @@ impl CtTable {
         &self,
         visit: &mut dyn FnMut(&abi::CtWay) -> ControlFlow<()>,
     ) -> Result<(), MapError> {
-        let fd = self.0.fd() as i32;
-        let (ks, vs) = (self.0.key_size, self.0.value_size);
+        let fd = self.sets.fd() as i32;
+        let (ks, vs) = (self.sets.key_size, self.sets.value_size);
         crate::census::batch_walk(fd, ks, vs, u64::from(self.sets()), &mut |_, v| {
             for w in ct_ways_of(v).filter(abi::CtWay::valid) {
                 visit(&w)?;

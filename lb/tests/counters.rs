@@ -45,3 +45,70 @@ fn counters_of_another_layout_are_replaced_and_state_kept() {
     assert_eq!(map_id(&pin, "xlb_ct"), ct, "xlb_ct is reused");
     assert_eq!(map_id(&pin, "xlb_counters"), counters, "xlb_counters of this layout is reused");
 }
+
+/// #14 item 4: xlb_ct kept from an agent that wrote no tags (xlb_ct_tags
+/// absent) gets its tags rebuilt from its ways when the datapath loads, so
+/// its flows are still found; a tags map of another size is replaced.
+#[test]
+fn connection_table_tags_are_rebuilt_for_a_table_kept_without_them() {
+    testkit::require_root("this test (BPF)");
+    let pin = PinDir::new("cttags");
+    let opts = LoadOptions::small(pin.path());
+    drop(Dataplane::load(&opts).expect("loading"));
+    let ct = lb::maps::CtTable::open(pin.path()).expect("xlb_ct");
+    let mut written = Vec::new();
+    for port in 1000..1300u16 {
+        let key = abi::FlowKey {
+            saddr: [10, 0, (port >> 8) as u8, port as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 100, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: port.to_be(),
+            dport: 80u16.to_be(),
+            proto: 6,
+            family: abi::FAMILY_V4,
+            pad: 0,
+        };
+        let e = abi::CtEntry {
+            backend_id: 1,
+            backend_gen: 1,
+            svc_id: 1,
+            check: 0,
+            stamp: 0,
+            created_s: 0,
+        };
+        written.push(ct.insert(&key, e).expect("insert"));
+    }
+    drop(ct);
+    std::fs::remove_file(pin.path().join("xlb_ct_tags")).unwrap();
+    let ct_id = map_id(&pin, "xlb_ct");
+    drop(Dataplane::load(&opts).expect("reloading without tags"));
+    assert_eq!(map_id(&pin, "xlb_ct"), ct_id, "xlb_ct is reused");
+    let ct = lb::maps::CtTable::open(pin.path()).expect("xlb_ct");
+    for &(set, way) in &written {
+        let s = ct.read_set(set).unwrap();
+        let tags = ct.read_tags(set).unwrap();
+        assert_eq!(tags, lb::maps::CtTable::tags_of(&s), "set {set}");
+        assert_eq!(tags.tag[way], abi::ct_tag(abi::flow_hash(&s.way[way].key)), "set {set}");
+    }
+
+    // Tags of another number of sets are replaced, and rebuilt.
+    drop(ct);
+    std::fs::remove_file(pin.path().join("xlb_ct_tags")).unwrap();
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin.path().join("xlb_ct_tags"))
+        .args(["type", "array", "key", "4", "value", "8", "entries", "16"])
+        .args(["name", "xlb_ct_tags"])
+        .output()
+        .expect("running bpftool");
+    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    drop(Dataplane::load(&opts).expect("reloading over small tags"));
+    assert_eq!(max_entries(&pin, "xlb_ct_tags"), max_entries(&pin, "xlb_ct"));
+    let ct = lb::maps::CtTable::open(pin.path()).expect("xlb_ct");
+    for &(set, way) in &written {
+        let s = ct.read_set(set).unwrap();
+        assert_eq!(
+            ct.read_tags(set).unwrap().tag[way],
+            abi::ct_tag(abi::flow_hash(&s.way[way].key))
+        );
+    }
+}

@@ -139,6 +139,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
             ("xlb_backends", s.backends),
             ("xlb_backend_stats", s.backends),
             ("xlb_ct", s.ct_sets()),
+            ("xlb_ct_tags", s.ct_sets()),
             ("xlb_affinity", s.affinity),
             ("xlb_dsr_nat", s.dsr_nat),
             ("xlb_source_ranges", s.source_ranges),

@@ -513,6 +513,126 @@ fn a_new_flow_flood_beyond_the_budget_writes_no_entries() {
     );
 }
 
+/// #14 item 4: beyond the insert budget a new flow does not fill the XDP
+/// flow cache either (a flood would overwrite established flows' slots with
+/// flows that never come back): its next packet takes xlb_select again
+/// (counted as a new flow again) and Maglev sends it to the same backend.
+#[test]
+fn a_flow_served_past_the_budget_does_not_fill_the_flow_cache() {
+    with_lab_loaded(
+        "ctnofill",
+        |o| o.ct_insert_rate = 10,
+        |lab| {
+            lab.apply(&[spread_service(false, 3)]);
+            // Spend every CPU's bucket (each starts with a token).
+            let spend: Vec<Case> = (21000..21100)
+                .map(|p| {
+                    let s = syn(false, p);
+                    let (want, _) = lab.expect_dsr(&s, 80);
+                    Case::of(format!("SYN from port {p}"), &s).tx(&want)
+                })
+                .collect();
+            lab.check(&spend);
+            // A token comes back every 100 ms per CPU: a flow that got one
+            // anyway is cached as before; take the next port then.
+            let mut unpinned = None;
+            for p in 22000..22100u16 {
+                let n0 = lab.listing("spread-v4").new_flows;
+                let s = syn(false, p);
+                let (want, _) = lab.expect_dsr(&s, 80);
+                lab.check(&[Case::of(format!("SYN from port {p}"), &s).tx(&want)]);
+                if ct_way_of(lab, &flow_key(false, p)).is_none() {
+                    unpinned = Some((p, n0));
+                    break;
+                }
+            }
+            let (p, n0) = unpinned.expect("a SYN past the budget within 100 tries");
+            let a = ack(false, p);
+            let (want, _) = lab.expect_dsr(&a, 80);
+            lab.check(&[Case::of("its ACK: the same backend", &a).tx(&want)]);
+            if ct_way_of(lab, &flow_key(false, p)).is_none() {
+                assert_eq!(
+                    lab.listing("spread-v4").new_flows,
+                    n0 + 2,
+                    "the ACK took xlb_select again (not served by the flow cache)"
+                );
+            }
+        },
+    );
+}
+
+/// #14 item 4, tags: a lookup reads only the ways whose tag
+/// (xlb_ct_tags) matches the flow's. The SYN's insert writes its way's tag;
+/// with that tag cleared the flow's next packet reads as a miss (Maglev
+/// picks the same backend) and its insert writes the tag again, in the
+/// same way. The agent's CtTable::insert writes tags the program finds.
+#[test]
+fn a_connection_table_way_is_found_through_its_tag() {
+    with_lab("cttags", |lab| {
+        for v6 in BOTH {
+            let name = format!("spread-{}", fam(v6));
+            lab.apply(&[spread_service(v6, 3)]);
+            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let port = port_for(lab, v6, a);
+            let s = syn(v6, port);
+            lab.check(&[
+                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
+            ]);
+            let key = flow_key(v6, port);
+            let tag = abi::ct_tag(abi::flow_hash(&key));
+            let (set, way, _) = ct_way_of(lab, &key).expect("the SYN's way");
+            let ct = &lab.path.maps().ct;
+            let tags = ct.read_tags(set).unwrap();
+            assert_eq!(tags.tag[way], tag, "{}: the insert wrote the way's tag", fam(v6));
+            assert_eq!(
+                tags,
+                lb::maps::CtTable::tags_of(&ct.read_set(set).unwrap()),
+                "{}: the set's tags are its ways' tags",
+                fam(v6)
+            );
+            let mut cleared = tags;
+            cleared.tag[way] = 0;
+            ct.write_tags(set, &cleared).unwrap();
+            bump_config_gen(lab);
+            let n0 = lab.listing(&name).new_flows;
+            let k = ack(v6, port);
+            lab.check(&[Case::of(format!("{} ACK with its tag cleared", fam(v6)), &k)
+                .tx(&geneve_dsr(1, v6, &k, 80, a))]);
+            assert_eq!(lab.listing(&name).new_flows, n0 + 1, "{}: read as a miss", fam(v6));
+            assert_eq!(ct_way_of(lab, &key).map(|w| (w.0, w.1)), Some((set, way)), "same way");
+            let ct = &lab.path.maps().ct;
+            assert_eq!(ct.read_tags(set).unwrap().tag[way], tag, "{}: tag written again", fam(v6));
+
+            // The agent's insert: a flow pinned to B by user space is
+            // found by the program (B, not Maglev's A) through its tag.
+            let l = lab.listing(&name);
+            let b = l.backends.iter().find(|b| b.addr == pod(2, 1, v6)).expect("backend B");
+            let p2 = (port + 1..31000)
+                .find(|&p| lab.expect_dsr(&syn(v6, p), 80).1 == a)
+                .expect("a second client port Maglev maps to A");
+            let key2 = flow_key(v6, p2);
+            let e = abi::CtEntry {
+                backend_id: b.id,
+                backend_gen: lab.path.maps().backends.get(&b.id, 0).unwrap().gen,
+                svc_id: l.id,
+                check: 0,
+                stamp: 0,
+                created_s: 0,
+            };
+            let (set2, way2) = lab.path.maps().ct.insert(&key2, e).unwrap();
+            assert_eq!(
+                lab.path.maps().ct.read_tags(set2).unwrap().tag[way2],
+                abi::ct_tag(abi::flow_hash(&key2))
+            );
+            bump_config_gen(lab);
+            let bb = SocketAddr::new(pod(2, 1, v6), TARGET_PORT);
+            let k2 = ack(v6, p2);
+            lab.check(&[Case::of(format!("{} ACK of a flow the agent wrote", fam(v6)), &k2)
+                .tx(&geneve_dsr(2, v6, &k2, 80, bb))]);
+        }
+    });
+}
+
 /// The connection-table key of the test client's TCP flow to VIP:80.
 fn flow_key(v6: bool, sport: u16) -> abi::FlowKey {
     let (saddr, family) = abi::addr_to_abi(client(v6));

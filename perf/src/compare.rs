@@ -52,6 +52,10 @@ pub struct CompareOpts {
     pub rounds: u32,
     pub repeat: u32,
     pub copies: u32,
+    /// xlb_ct_insert_rate of every loaded copy (0: no budget, every new
+    /// flow inserts; 125000: the agent's default, so a flood of new flows
+    /// is served past the budget as under `xlb-perf pps`).
+    pub ct_insert_rate: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -76,6 +80,7 @@ pub struct CompareReport {
     pub rounds: u32,
     pub repeat: u32,
     pub copies: u32,
+    pub ct_insert_rate: u32,
     /// Maps the other object does not share (another layout).
     pub own_maps: Vec<String>,
     pub rows: Vec<CompareRow>,
@@ -191,13 +196,20 @@ pub(crate) fn shared_pins(bytes: &[u8], tree: &Path, into: &Path) -> Result<Vec<
     Ok(own)
 }
 
-/// Loads `copies` instances of the object's xlb_xdp on the maps of `pins`.
-pub(crate) fn load_copies(bytes: &[u8], pins: &Path, copies: u32) -> Result<Vec<Ebpf>> {
+/// Loads `copies` instances of the object's xlb_xdp on the maps of `pins`,
+/// with the connection table's insert budget `ct_insert_rate` per CPU.
+pub(crate) fn load_copies(
+    bytes: &[u8],
+    pins: &Path,
+    copies: u32,
+    ct_insert_rate: u32,
+) -> Result<Vec<Ebpf>> {
     (0..copies)
         .map(|_| {
             let mut loader = EbpfLoader::new();
             loader.default_map_pin_directory(pins);
             loader.override_global("xlb_events_enabled", &1u32, false);
+            loader.override_global("xlb_ct_insert_rate", &ct_insert_rate, false);
             // A set-associative xlb_ct is indexed by its number of sets.
             let sets = MapData::from_pin(pins.join("xlb_ct"))
                 .ok()
@@ -247,8 +259,8 @@ fn run_inside(
     let rev_pins = PinDir::new("cmp-rev");
     std::fs::create_dir_all(rev_pins.path())?;
     let own_maps = shared_pins(&rev_bytes, tree_pins.path(), rev_pins.path())?;
-    let rev = load_copies(&rev_bytes, rev_pins.path(), o.copies)?;
-    let tree = load_copies(lb::objects::xdp(), tree_pins.path(), o.copies)?;
+    let rev = load_copies(&rev_bytes, rev_pins.path(), o.copies, o.ct_insert_rate)?;
+    let tree = load_copies(lb::objects::xdp(), tree_pins.path(), o.copies, o.ct_insert_rate)?;
     let pass = load_pass()?;
     let mut bench = Bench::load()?;
 
@@ -326,6 +338,7 @@ fn run_inside(
         rounds: o.rounds,
         repeat: o.repeat,
         copies: o.copies,
+        ct_insert_rate: o.ct_insert_rate,
         own_maps,
         rows,
     })
@@ -337,7 +350,8 @@ impl CompareReport {
         let mut s = format!(
             "# xlb_xdp: {} ({short}) vs the working tree (xlb-perf compare)\n\n\
              Net ns/packet over xlb_pass, same wrapper, one interleaved run: {} rounds × {} \
-             iterations, {} loads of each object; median (quartiles) over rounds and loads. \
+             iterations, {} loads of each object; median (quartiles) over rounds and loads; \
+             connection-table insert budget {}/s per CPU (0: none). \
              Maps {} does not share with the tree (private to each load, or of another layout): {}.\n\n\
              | frame | xlb_pass ns | {} | working tree | Δ tree − rev | tree via Dataplane::load | same behaviour |\n\
              |---|---:|---:|---:|---:|---:|---|\n",
@@ -345,6 +359,7 @@ impl CompareReport {
             self.rounds,
             self.repeat,
             self.copies,
+            self.ct_insert_rate,
             self.rev,
             if self.own_maps.is_empty() { "none".into() } else { self.own_maps.join(", ") },
             self.rev,

@@ -262,6 +262,11 @@ enum Cmd {
         /// Loads of each object (JIT placement moves a load's time).
         #[arg(long, default_value_t = 3)]
         copies: u32,
+        /// Per-CPU connection-table insert budget of both programs (0: none;
+        /// 125000, the agent's default: the new-flow row is a SYN flood
+        /// served past the budget, as in `xlb-perf pps`).
+        #[arg(long, default_value_t = 0)]
+        ct_insert_rate: u32,
     },
     /// Rewrites README.md's performance table from the report files in
     /// --out (micro.json, pps.json, cluster.json, compare.json, podnet.json): the table
@@ -437,8 +442,15 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "encap", &r, &md)?;
         }
-        Cmd::Compare { rev, packets, rounds, repeat, copies } => {
-            let r = compare::run(&compare::CompareOpts { rev, packets, rounds, repeat, copies })?;
+        Cmd::Compare { rev, packets, rounds, repeat, copies, ct_insert_rate } => {
+            let r = compare::run(&compare::CompareOpts {
+                rev,
+                packets,
+                rounds,
+                repeat,
+                copies,
+                ct_insert_rate,
+            })?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "compare", &r, &md)?;

@@ -56,7 +56,7 @@ fn load_variant(
     copies: u32,
 ) -> Result<Vec<aya::Ebpf>> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    crate::compare::load_copies(&bytes, pins, copies)
+    crate::compare::load_copies(&bytes, pins, copies, 0)
         .with_context(|| format!("the variant {}", file.display()))
 }
 
@@ -221,7 +221,7 @@ impl Timer {
 
     /// Valid ways of xlb_ct (lb::maps::CtTable).
     fn ct_entries(&self) -> Result<u64> {
-        let ct = lb::maps::CtTable(lb::maps::RawMap::open(self.pin.path(), "xlb_ct")?);
+        let ct = lb::maps::CtTable::open(self.pin.path())?;
         let mut n = 0u64;
         ct.walk(&mut |_| {
             n += 1;
