@@ -147,6 +147,84 @@ fn raw_state(pins: &std::path::Path) -> Vec<String> {
 /// generations read in one walk of xlb_backends) leave the maps exactly as
 /// one syscall per write and read does: on a cold start of 9,000 backends
 /// (two batches, the walk), then after a change that frees and reuses ids.
+/// Services' first tables, built and written by the services reconciler's
+/// pipeline threads beside the backend writes (an apply of many services),
+/// leave the maps and the bookkeeping as tables written one at a time in
+/// order do: a cold start of 700 services (12 backends each: a backend
+/// batch written mid-way, tables pushed after each batch; weighted
+/// backends, a second size class, services without a frontend so without
+/// a table), then a round that adds 260 services, gives the frontend-less
+/// ones a frontend (their first table, through the pipeline), replaces
+/// endpoints and moves M back (tables rebuilt in place).
+#[test]
+fn pipelined_first_tables_leave_what_ordered_writes_leave() {
+    let services = |round: usize| {
+        let n = if round == 0 { 700 } else { 960 };
+        let svcs = (0..n).map(|i| {
+            let backends = (0..12)
+                .map(|j| {
+                    let net = if round == 1 && i % 4 == 0 && j % 5 == 0 { 40 } else { 20 };
+                    let mut b =
+                        backend(&format!("10.{}.{}.{j}", net + i / 200, i % 200), "10.0.0.11");
+                    if i % 10 == 3 && j % 4 == 0 {
+                        b.weight = 2;
+                    }
+                    b
+                })
+                .collect();
+            let mut s =
+                service(&format!("s{i}"), &format!("10.100.{}.{}", i / 200, i % 200 + 1), backends);
+            if i % 10 == 5 && round == 0 {
+                s.maglev_size = 4027;
+            }
+            if i % 10 == 7 && round == 0 {
+                s.frontends.clear();
+                s.sock_frontends.clear();
+            }
+            s
+        });
+        Desired::new(node(), svcs)
+    };
+    let mut states = Vec::new();
+    for ordered in [false, true] {
+        let pins = PinDir::new(if ordered { "tables-ordered" } else { "tables-pipelined" });
+        let _dp = Dataplane::load(&LoadOptions::small(pins.path()))
+            .expect("loading the datapath (root and BPF required)");
+        let mut store = lb::store::BpfStore::open(pins.path()).unwrap();
+        if ordered {
+            store.per_element();
+        }
+        let mut path = Datapath::restore(store).unwrap();
+        let mut rounds = Vec::new();
+        for round in 0..2 {
+            let d = services(round);
+            let stats = path.apply(&d).unwrap();
+            let state = raw_state(pins.path());
+            let tables = state.iter().filter(|l| l.starts_with("table ")).count();
+            let want = d
+                .services
+                .values()
+                .filter(|s| !s.frontends.is_empty() || !s.sock_frontends.is_empty())
+                .count();
+            assert_eq!(tables, want, "tables, round {round}");
+            rounds
+                .push((lb::reconcile::ApplyStats { duration: Default::default(), ..stats }, state));
+            // The maps re-read hold each table the bookkeeping has (its
+            // hash): nothing rebuilt, nothing written.
+            let again = path.resync(&d).unwrap();
+            assert_eq!((again.tables_built, again.writes()), (0, 0), "resync after round {round}");
+        }
+        // A restart finds every table as the bookkeeping has it: nothing to write.
+        let mut path = Datapath::restore(lb::store::BpfStore::open(pins.path()).unwrap()).unwrap();
+        assert_eq!(path.apply(&services(1)).unwrap().writes(), 0, "writes after a restore");
+        states.push(rounds);
+    }
+    for (round, (piped, ordered)) in states[0].iter().zip(&states[1]).enumerate() {
+        assert_eq!(piped.0, ordered.0, "apply stats, round {round}");
+        assert!(piped.1 == ordered.1, "maps differ after round {round}");
+    }
+}
+
 #[test]
 fn batched_backend_writes_leave_what_per_entry_writes_leave() {
     let services = |round: usize| {

@@ -4,10 +4,13 @@
 //! wins and each later one is a [`Problem::DuplicateFrontend`] error, so the
 //! verdict does not depend on the order objects arrived in. Kept by the
 //! [`super::Translator`] as Services are (re)translated.
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
+
+// hashbrown's tables (foldhash, seeded per table): these are keyed by
+// frontend addresses and ports any namespace user chooses, so not an unseeded hash
+// (FxHash) that a user could collide on purpose; faster than std's SipHash
+// for a cold start's 30k claims.
+use hashbrown::HashMap;
 
 use lb::model::{Frontend, Proto, ServiceKey};
 

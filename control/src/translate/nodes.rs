@@ -8,11 +8,13 @@
 //! store the [`super::tracker::Tracker`] keeps them in; a Node change
 //! matters only if its addresses or ranges changed (status heartbeats do
 //! not).
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+// hashbrown's tables (foldhash, seeded per table): these are keyed by
+// object and node names any namespace user chooses, so not an unseeded hash
+// (FxHash) that a user could collide on purpose; faster than std's SipHash
+// at a cold start's 300k endpoint node lookups.
+use hashbrown::HashMap;
 
 use k8s_openapi::api::core::v1::Node;
 use lb::model::{Cidr, NodeConfig, PeerRole, PodRoute};

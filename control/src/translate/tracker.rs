@@ -18,9 +18,15 @@
 //! dependencies are read from the objects alone, so another consumer of the
 //! same objects (ClusterIP, say) can use the same answer.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
+
+// hashbrown's tables (foldhash, seeded per table): these are keyed by
+// object and node names any namespace user chooses, so not an unseeded hash
+// (FxHash) that a user could collide on purpose; faster than std's SipHash
+// at a cold start's 30k slices and 300k endpoint node lookups.
+use hashbrown::{HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service as KubeService};
 

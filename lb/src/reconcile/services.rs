@@ -300,6 +300,13 @@ struct Pools {
 /// 300k in batches of this many: a few MiB of writes at a time).
 const NEW_BATCH: usize = 8192;
 
+/// A table for `finish`: built here (slots to write), or the first table
+/// of a service as the pipeline wrote it.
+pub(crate) enum NewTable {
+    Slots(TableInput, Vec<u16>),
+    Written { input: TableInput, hash: u64, size: usize },
+}
+
 /// A new backend of a service, its id and index taken, not written yet.
 pub(crate) struct NewBackend<'s> {
     key: &'s ServiceKey,
@@ -473,75 +480,155 @@ impl Services {
         // Phase 1: new services, new and changed backends, before any table
         // slot points at them. New backends are written in batches of
         // NEW_BATCH (entries, then names, then indices: a cold start's
-        // 300k backends in a few hundred syscalls instead of 900k).
+        // 300k backends in a few hundred syscalls instead of 900k). Once a
+        // batch is written, the first tables of its services (new ones, on
+        // a cold start every one) are built and written by the pipeline's
+        // threads beside the next batches.
+        // (Not for a few services: endpoint churn's tables are built in
+        // place, no thread started.)
+        let sink = store.table_sink().filter(|_| upsert.len() >= tables::PIPELINE_MIN);
         let mut touched: HashSet<&ServiceKey> = HashSet::new();
-        let mut pending: Vec<NewBackend<'s>> = Vec::new();
-        let phase1 = (|| {
-            for &svc in upsert {
-                let (before, queued) = (stats.writes(), pending.len());
-                if !self.map.contains_key(&svc.key) {
-                    self.add(store, svc, stats)?;
-                    stats.services_added += 1;
+        std::thread::scope(|scope| {
+            let mut first = sink.map(|sink| tables::Pipeline::start(scope, sink));
+            let mut pending: Vec<NewBackend<'s>> = Vec::new();
+            // Services whose backends are in, their tables not looked at yet.
+            let mut done = 0;
+            let mut jobs: Vec<TableJob> = Vec::new();
+            let phase1: Result<(), DatapathError> = (|| {
+                for (at, &svc) in upsert.iter().enumerate() {
+                    let (before, queued) = (stats.writes(), pending.len());
+                    if !self.map.contains_key(&svc.key) {
+                        self.add(store, svc, stats)?;
+                        stats.services_added += 1;
+                    }
+                    self.update_backends(store, tunnels, svc, &mut pending, stats)?;
+                    if stats.writes() > before || pending.len() > queued {
+                        touched.insert(&svc.key);
+                    }
+                    if pending.len() >= NEW_BATCH {
+                        self.write_new(store, tunnels, &mut pending, stats)?;
+                        self.table_jobs(&upsert[done..=at], &mut first, &mut jobs);
+                        done = at + 1;
+                    }
                 }
-                self.update_backends(store, tunnels, svc, &mut pending, stats)?;
-                if stats.writes() > before || pending.len() > queued {
-                    touched.insert(&svc.key);
+                self.write_new(store, tunnels, &mut pending, stats)?;
+                self.table_jobs(&upsert[done..], &mut first, &mut jobs);
+                Ok(())
+            })();
+            let outcomes = first.map(|p| p.outcomes());
+            if let Err(e) = phase1 {
+                abandon(&mut self.map, &mut self.pools, &mut pending);
+                self.note_first_tables(outcomes.into_iter().flatten(), stats);
+                return Err(e);
+            }
+            // Phase 2: the tables whose input changed (above: the first
+            // ones in the pipeline, the others built in phase 3).
+            stats.tables_built += jobs.iter().filter(|j| !j.input.is_none()).count();
+            // Phase 3: frontends a service gives up, all of them before any
+            // is written (one may move to another service of this batch);
+            // then per service its table, source ranges, frontends and
+            // removals.
+            let by_key: HashMap<&ServiceKey, &Service> =
+                upsert.iter().map(|s| (&s.key, *s)).collect();
+            let mut built: HashSet<&ServiceKey> = HashSet::new();
+            let mut outcomes = outcomes.into_iter().flatten();
+            let phase3: Result<(), DatapathError> = (|| {
+                for svc in upsert {
+                    let before = stats.writes();
+                    self.drop_frontends(store, svc, stats)?;
+                    if stats.writes() > before {
+                        touched.insert(&svc.key);
+                    }
                 }
-                if pending.len() >= NEW_BATCH {
-                    self.write_new(store, tunnels, &mut pending, stats)?;
+                for (t, written) in outcomes.by_ref() {
+                    let svc = by_key[&t.job.key];
+                    let (hash, size) = written?;
+                    stats.tables_built += 1;
+                    let before = stats.writes();
+                    let table = NewTable::Written { input: t.job.input, hash, size };
+                    self.finish(store, tunnels, svc, Some(table), stats)?;
+                    built.insert(&svc.key);
+                    if stats.writes() > before {
+                        touched.insert(&svc.key);
+                    }
                 }
-            }
-            self.write_new(store, tunnels, &mut pending, stats)
-        })();
-        if let Err(e) = phase1 {
-            abandon(&mut self.map, &mut self.pools, &mut pending);
-            return Err(e);
-        }
-        // Phase 2: the tables whose input changed (built in phase 3).
-        let jobs: Vec<TableJob> = upsert
-            .iter()
-            .filter_map(|svc| {
-                let input = self.map[&svc.key].changed_table_input(svc)?;
-                Some(TableJob { key: svc.key.clone(), input })
-            })
-            .collect();
-        stats.tables_built += jobs.iter().filter(|j| !j.input.is_none()).count();
-        // Phase 3: frontends a service gives up, all of them before any is
-        // written (one may move to another service of this batch); then per
-        // service its table, source ranges, frontends and removals.
-        for svc in upsert {
-            let before = stats.writes();
-            self.drop_frontends(store, svc, stats)?;
-            if stats.writes() > before {
-                touched.insert(&svc.key);
-            }
-        }
-        let by_key: HashMap<&ServiceKey, &Service> = upsert.iter().map(|s| (&s.key, *s)).collect();
-        let mut built: HashSet<&ServiceKey> = HashSet::new();
-        tables::build_all(jobs, |job, slots| {
-            let svc = by_key[&job.key];
-            let before = stats.writes();
-            self.finish(store, tunnels, svc, Some((job.input, slots)), stats)?;
-            built.insert(&svc.key);
-            if stats.writes() > before {
-                touched.insert(&svc.key);
-            }
-            Ok(())
+                tables::build_all(std::mem::take(&mut jobs), |job, slots| {
+                    let svc = by_key[&job.key];
+                    let before = stats.writes();
+                    self.finish(
+                        store,
+                        tunnels,
+                        svc,
+                        Some(NewTable::Slots(job.input, slots)),
+                        stats,
+                    )?;
+                    built.insert(&svc.key);
+                    if stats.writes() > before {
+                        touched.insert(&svc.key);
+                    }
+                    Ok(())
+                })?;
+                for svc in upsert {
+                    if built.contains(&svc.key) {
+                        continue;
+                    }
+                    let before = stats.writes();
+                    self.finish(store, tunnels, svc, None, stats)?;
+                    if stats.writes() > before {
+                        touched.insert(&svc.key);
+                    }
+                }
+                Ok(())
+            })();
+            // Tables the pipeline wrote after a failure are kept as written.
+            self.note_first_tables(outcomes, stats);
+            phase3
         })?;
-        for svc in upsert {
-            if built.contains(&svc.key) {
-                continue;
-            }
-            let before = stats.writes();
-            self.finish(store, tunnels, svc, None, stats)?;
-            if stats.writes() > before {
-                touched.insert(&svc.key);
-            }
-        }
         stats.services_changed += touched.len().saturating_sub(stats.services_added);
         // Bits of frontends removed above, now that they are gone.
         self.filter.flush(store, &mut stats.filter_writes)?;
         Ok(())
+    }
+
+    /// The tables of `svcs` (their backends written) whose input changed:
+    /// a service's first table goes to the pipeline `first` if there is one,
+    /// the others (and every one without a pipeline) onto `jobs`.
+    fn table_jobs(
+        &self,
+        svcs: &[&Service],
+        first: &mut Option<tables::Pipeline>,
+        jobs: &mut Vec<TableJob>,
+    ) {
+        for svc in svcs {
+            let st = &self.map[&svc.key];
+            let Some(input) = st.changed_table_input(svc) else { continue };
+            let job = TableJob { key: svc.key.clone(), input };
+            let t = &st.table;
+            let new = t.written.is_none() && t.next.is_none() && t.gone.is_none();
+            match first {
+                Some(p) if new && !job.input.is_none() => {
+                    p.push(tables::FirstTable { job, svc_id: st.id })
+                }
+                _ => jobs.push(job),
+            }
+        }
+    }
+
+    /// The tables the pipeline wrote that no `finish` took (an apply that
+    /// failed): kept as the services' tables, their frontends to follow.
+    fn note_first_tables(
+        &mut self,
+        outcomes: impl Iterator<Item = (tables::FirstTable, tables::Written)>,
+        stats: &mut ApplyStats,
+    ) {
+        for (t, written) in outcomes {
+            let (Ok((hash, size)), Some(st)) = (written, self.map.get_mut(&t.job.key)) else {
+                continue;
+            };
+            (st.table.written, st.table.size) = (Some(hash), size);
+            st.table.input = Some(t.job.input);
+            stats.table_writes += 1;
+        }
     }
 
     fn add<S: MapStore>(
@@ -746,12 +833,23 @@ impl Services {
         store: &mut S,
         tunnels: &mut Tunnels,
         svc: &Service,
-        built: Option<(TableInput, Vec<u16>)>,
+        built: Option<NewTable>,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
         let Services { map, pools, filter } = self;
         let st = map.get_mut(&svc.key).expect("added in phase 1");
         let id = st.id;
+        let built = match built {
+            Some(NewTable::Written { input, hash, size }) => {
+                // The service's first table, written by the pipeline.
+                (st.table.written, st.table.size) = (Some(hash), size);
+                st.table.input = Some(input);
+                stats.table_writes += 1;
+                None
+            }
+            Some(NewTable::Slots(input, slots)) => Some((input, slots)),
+            None => None,
+        };
 
         // 1. A new table before the frontends that will use it; an emptied
         // one goes after them (a frontend still counting backends would

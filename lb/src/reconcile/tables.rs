@@ -1,11 +1,16 @@
 //! Maglev tables for the services reconciler: what a table is built from
 //! ([`TableInput`]; equal inputs give equal tables, so an unchanged input is
 //! never rebuilt) and building a batch of them on every core, a chunk at a
-//! time, overlapped with the writes of the previous chunk.
-use std::{collections::VecDeque, sync::Arc};
+//! time, overlapped with the writes of the previous chunk; services' first
+//! tables built and written by a [`Pipeline`] beside the caller's writes.
+use std::{
+    collections::VecDeque,
+    sync::{mpsc, Arc},
+    thread::Scope,
+};
 
 use super::{services::Problem, DatapathError};
-use crate::{maglev::Maglev, model::ServiceKey};
+use crate::{maglev::Maglev, model::ServiceKey, store::TableSink, view::table_hash};
 
 /// Tables built per chunk of an apply (a table is 32 KiB while it waits to
 /// be written: a cold start of 10k services stays at a few MiB).
@@ -131,4 +136,102 @@ pub(crate) fn build_all(
         }
         Ok(())
     })
+}
+
+/// Services in one apply from which their first tables go through a
+/// [`Pipeline`] (a chunk's worth: below, starting its thread costs more
+/// than the overlap gains).
+pub(crate) const PIPELINE_MIN: usize = CHUNK;
+
+/// A service's first table (the maps hold none of it in any class): built
+/// and written by a [`Pipeline`].
+#[derive(Debug)]
+pub(crate) struct FirstTable {
+    pub job: TableJob,
+    pub svc_id: u32,
+}
+
+/// A first table as written: its hash and size M, as the bookkeeping keeps
+/// them ([`super::services`]' `Table`).
+pub(crate) type Written = Result<(u64, usize), DatapathError>;
+
+/// Builds services' first tables and writes them through a [`TableSink`]
+/// on threads of their own while the caller does its own writes (a cold
+/// start's backend writes leave a core idle for ~0.7 s at 30k services;
+/// the tables' fills and kernel allocations take ~1.8 s of CPU). Outcomes
+/// come back in the order the tables were pushed. The caller pushes a
+/// service only once its backends are written: a table never names a
+/// backend the maps do not hold.
+pub(crate) struct Pipeline {
+    tx: mpsc::Sender<Vec<FirstTable>>,
+    rx: mpsc::Receiver<Vec<(FirstTable, Written)>>,
+    chunk: Vec<FirstTable>,
+}
+
+impl Pipeline {
+    /// A thread of `scope` takes chunks of [`CHUNK`] tables, builds and
+    /// writes each chunk on every core.
+    pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, sink: Arc<dyn TableSink>) -> Pipeline {
+        let (tx, jobs) = mpsc::channel::<Vec<FirstTable>>();
+        let (done, rx) = mpsc::channel();
+        scope.spawn(move || {
+            for chunk in jobs {
+                if done.send(build_write(chunk, &*sink)).is_err() {
+                    break; // the caller gave up (an error): the rest is not written
+                }
+            }
+        });
+        Pipeline { tx, rx, chunk: Vec::new() }
+    }
+
+    pub fn push(&mut self, table: FirstTable) {
+        self.chunk.push(table);
+        if self.chunk.len() >= CHUNK {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let chunk = std::mem::take(&mut self.chunk);
+        // A send fails only once the thread is gone (it panicked): the
+        // scope reports that.
+        let _ = self.tx.send(chunk);
+    }
+
+    /// Every table's outcome, in push order, each as soon as it is known.
+    pub fn outcomes(mut self) -> impl Iterator<Item = (FirstTable, Written)> {
+        if !self.chunk.is_empty() {
+            self.send();
+        }
+        let Pipeline { tx, rx, .. } = self;
+        drop(tx); // the thread ends after the last chunk
+        rx.into_iter().flatten()
+    }
+}
+
+/// Builds and writes `chunk` on every core.
+fn build_write(chunk: Vec<FirstTable>, sink: &dyn TableSink) -> Vec<(FirstTable, Written)> {
+    let one = |t: &FirstTable| -> Written {
+        let slots = padded(build_one(&t.job)?);
+        sink.write_table(t.svc_id, &slots)?;
+        Ok((table_hash(&slots), t.job.input.size as usize))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunk.len());
+    let outcomes: Vec<Written> = if threads <= 1 {
+        chunk.iter().map(one).collect()
+    } else {
+        let part = chunk.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut parts = chunk.chunks(part);
+            let here = parts.next().unwrap_or_default();
+            let handles: Vec<_> =
+                parts.map(|p| scope.spawn(move || p.iter().map(one).collect::<Vec<_>>())).collect();
+            let mut out: Vec<Written> = here.iter().map(one).collect();
+            for h in handles {
+                out.extend(h.join().expect("Maglev build panicked"));
+            }
+            out
+        })
+    };
+    chunk.into_iter().zip(outcomes).collect()
 }

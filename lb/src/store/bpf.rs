@@ -3,13 +3,14 @@
 use std::{
     ops::ControlFlow,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::maps::{MapError, PerCpuValues};
 
 use super::{
     decode_name, encode_name, BackendMeta, Capacity, CtGuardTotals, MapStore, SnatTotals,
-    SockTraffic, StoreError, SvcTraffic, Traffic, Write,
+    SockTraffic, StoreError, SvcTraffic, TableSink, Traffic, Write,
 };
 use crate::{
     abi,
@@ -30,6 +31,49 @@ pub struct BpfStore {
     /// and reads ([`MapStore::write_all`], [`MapStore::backend_gens`]);
     /// None: one syscall per entry.
     batch: Option<(RawMap, RawMap)>,
+    /// The Maglev maps again, for tables written from the reconciler's
+    /// builder threads ([`MapStore::table_sink`]); None: through `write`.
+    tables: Option<Arc<Tables>>,
+}
+
+/// The size-class maps and xlb_maglev, shared with builder threads (a
+/// table write is a kernel allocation of the whole value, ~20 µs at 4 KiB:
+/// a cold start's 30k tables are written beside the backend writes).
+#[derive(Debug)]
+struct Tables {
+    classes: Vec<RawMap>,
+    max: RawMap,
+}
+
+impl Tables {
+    fn open(pin_dir: &Path) -> Result<Tables, MapsError> {
+        let classes = abi::MAGLEV_CLASSES
+            .iter()
+            .map(|&c| RawMap::open(pin_dir, abi::maglev_map(c)))
+            .collect::<Result<_, _>>()?;
+        Ok(Tables { classes, max: RawMap::open(pin_dir, "xlb_maglev")? })
+    }
+}
+
+impl TableSink for Tables {
+    fn write_table(&self, svc_id: u32, slots: &[u16]) -> Result<(), StoreError> {
+        let class = abi::maglev_class(slots.len());
+        let map = match abi::MAGLEV_CLASSES.iter().position(|&c| c == class) {
+            Some(i) => &self.classes[i],
+            None => &self.max,
+        };
+        put_table(map, svc_id, slots)
+    }
+}
+
+/// Writes `slots` as the table of `svc_id` in `map` (the value's tail
+/// beyond them zero).
+fn put_table(map: &RawMap, svc_id: u32, slots: &[u16]) -> Result<(), StoreError> {
+    let mut value = vec![0u8; map.value_size()];
+    for (b, s) in value.chunks_exact_mut(2).zip(slots) {
+        b.copy_from_slice(&s.to_ne_bytes());
+    }
+    map.update(&svc_id.to_ne_bytes(), &value).map_err(op(map.name(), "update"))
 }
 
 /// Entries per BPF_MAP_UPDATE_BATCH (~400 KiB of xlb_backends values).
@@ -49,13 +93,16 @@ impl BpfStore {
             RawMap::open(pin_dir, "xlb_backends")?,
             RawMap::open(pin_dir, "xlb_svc_backends")?,
         ));
-        Ok(BpfStore { maps, pin_dir: pin_dir.to_path_buf(), ncpus, batch })
+        let tables = Some(Arc::new(Tables::open(pin_dir)?));
+        Ok(BpfStore { maps, pin_dir: pin_dir.to_path_buf(), ncpus, batch, tables })
     }
 
-    /// One syscall per write and read from now on, as before batching (the
-    /// test that the batched writes leave the same maps compares the two).
+    /// One syscall per write and read from now on, and every table written
+    /// in order by `write`, as before batching and the builders' writes (the
+    /// test that those leave the same maps compares the two).
     pub fn per_element(&mut self) {
         self.batch = None;
+        self.tables = None;
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -409,6 +456,10 @@ impl MapStore for BpfStore {
         Ok(())
     }
 
+    fn table_sink(&self) -> Option<Arc<dyn TableSink>> {
+        self.tables.clone().map(|t| t as Arc<dyn TableSink>)
+    }
+
     fn backend_gens(&self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
         let span = match (ids.iter().min(), ids.iter().max()) {
             (Some(&lo), Some(&hi)) => (hi - lo) as usize + 1,
@@ -490,11 +541,7 @@ impl MapStore for BpfStore {
             }
             Write::Maglev { svc_id, slots } => {
                 if let Some(c) = maglev_class(m, slots.len()) {
-                    let mut value = vec![0u8; c.value_size()];
-                    for (b, s) in value.chunks_exact_mut(2).zip(slots) {
-                        b.copy_from_slice(&s.to_ne_bytes());
-                    }
-                    return c.update(&svc_id.to_ne_bytes(), &value).map_err(up);
+                    return put_table(c, svc_id, slots);
                 }
                 let mut value = Box::new(abi::MaglevTable { slot: [0; abi::MAGLEV_MAX], pad: 0 });
                 let n = slots.len().min(abi::MAGLEV_MAX);

@@ -519,6 +519,22 @@ pub trait MapStore {
     fn backend_gens(&self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
         ids.iter().map(|&id| self.backend(id).map(|b| b.gen)).collect()
     }
+
+    /// A writer of Maglev tables that other threads can use while this
+    /// store does the other writes (the services reconciler's builders
+    /// write a new service's first table as soon as it is built); None:
+    /// every table goes through [`MapStore::write`].
+    fn table_sink(&self) -> Option<Arc<dyn TableSink>> {
+        None
+    }
+}
+
+/// Writes Maglev tables from any thread: what [`Write::Maglev`] does,
+/// without the rest of the store.
+pub trait TableSink: Send + Sync {
+    /// The table of `svc_id`: `slots` padded to its size class
+    /// (`reconcile::tables::padded`), written to that class's map.
+    fn write_table(&self, svc_id: u32, slots: &[u16]) -> Result<(), StoreError>;
 }
 
 /// What masquerade port allocation did (xlb_snat_stats, summed over CPUs).
