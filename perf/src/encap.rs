@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use aya::Ebpf;
 use lb::{
     datapath::Datapath,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions, MapSizes, DEFAULT_CT_INSERT_RATE},
     model::Encap,
 };
 use serde::Serialize;
@@ -145,8 +145,8 @@ fn run_inside(
     // tree first. A --rev object's maps of another layout are its own.
     let mut pins = Vec::new();
     let mut loaded: Vec<[Vec<Ebpf>; 2]> = vec![[
-        load_copies(lb::objects::xdp(), gp.path(), o.copies)?,
-        load_copies(lb::objects::xdp(), ip.path(), o.copies)?,
+        load_copies(lb::objects::xdp(), gp.path(), o.copies, DEFAULT_CT_INSERT_RATE)?,
+        load_copies(lb::objects::xdp(), ip.path(), o.copies, DEFAULT_CT_INSERT_RATE)?,
     ]];
     for (rev, _, bytes) in &objs {
         let mut modes: [Vec<Ebpf>; 2] = Default::default();
@@ -154,8 +154,8 @@ fn run_inside(
             let p = PinDir::new("encap-rev");
             std::fs::create_dir_all(p.path())?;
             shared_pins(bytes, tree, p.path())?;
-            modes[m] =
-                load_copies(bytes, p.path(), o.copies).with_context(|| format!("loading {rev}"))?;
+            modes[m] = load_copies(bytes, p.path(), o.copies, DEFAULT_CT_INSERT_RATE)
+                .with_context(|| format!("loading {rev}"))?;
             pins.push(p);
         }
         loaded.push(modes);
