@@ -97,6 +97,18 @@ fn invalid_service_is_rejected_before_any_write() {
     assert_eq!(path.dump().unwrap(), "", "nothing may be written");
 }
 
+/// A small datapath loaded on `pins` and its applier; `per_element`: the
+/// store writes entry by entry (no batches, no table pipeline).
+fn loaded(pins: &std::path::Path, per_element: bool) -> (Dataplane, Datapath) {
+    let dp = Dataplane::load(&LoadOptions::small(pins))
+        .expect("loading the datapath (root and BPF required)");
+    let mut store = lb::store::BpfStore::open(pins).unwrap();
+    if per_element {
+        store.per_element();
+    }
+    (dp, Datapath::restore(store).unwrap())
+}
+
 /// Everything the services reconciler writes, as sorted lines; backend
 /// generations as offsets from the smallest in use (they start at the
 /// clock's second, which two runs need not share).
@@ -188,13 +200,7 @@ fn pipelined_first_tables_leave_what_ordered_writes_leave() {
     let mut states = Vec::new();
     for ordered in [false, true] {
         let pins = PinDir::new(if ordered { "tables-ordered" } else { "tables-pipelined" });
-        let _dp = Dataplane::load(&LoadOptions::small(pins.path()))
-            .expect("loading the datapath (root and BPF required)");
-        let mut store = lb::store::BpfStore::open(pins.path()).unwrap();
-        if ordered {
-            store.per_element();
-        }
-        let mut path = Datapath::restore(store).unwrap();
+        let (_dp, mut path) = loaded(pins.path(), ordered);
         let mut rounds = Vec::new();
         for round in 0..2 {
             let d = services(round);
@@ -257,13 +263,7 @@ fn batched_backend_writes_leave_what_per_entry_writes_leave() {
     let mut states = Vec::new();
     for per_element in [false, true] {
         let pins = PinDir::new(if per_element { "batch-off" } else { "batch-on" });
-        let _dp = Dataplane::load(&LoadOptions::small(pins.path()))
-            .expect("loading the datapath (root and BPF required)");
-        let mut store = lb::store::BpfStore::open(pins.path()).unwrap();
-        if per_element {
-            store.per_element();
-        }
-        let mut path = Datapath::restore(store).unwrap();
+        let (_dp, mut path) = loaded(pins.path(), per_element);
         let mut rounds = Vec::new();
         for round in 0..2 {
             let d = services(round);

@@ -53,42 +53,7 @@ enum Cmd {
         singles: u32,
     },
     /// Packet rate through the LB veth: xlb vs the physical limit vs kube-proxy.
-    Pps {
-        #[arg(long, default_value_os_t = micro::default_packets_dir())]
-        packets: PathBuf,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 1.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        /// Service counts of the scale sweep (kube-proxy only up to 10000).
-        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10000])]
-        services: Vec<u32>,
-        #[arg(long, default_value_t = 64)]
-        batch: u32,
-        /// The generator (default: live frames where the kernel takes
-        /// them, else AF_PACKET with qdisc bypass).
-        #[arg(long, value_enum)]
-        generator: Option<pps::GeneratorChoice>,
-        /// Only the traffic mixes (no held flows, sweep or kube-proxy).
-        #[arg(long)]
-        mixes_only: bool,
-        /// Only the traffic mixes whose name contains this.
-        #[arg(long)]
-        mix: Option<String>,
-        /// Also time the reflector with xlb's Geneve frame growth (48 bytes
-        /// at the head): the larger frame's cost outside the program.
-        #[arg(long)]
-        grow_reflector: bool,
-        /// Frames per live-frames syscall (default: ~50 ms of work each;
-        /// 65536 = the harness before session 8).
-        #[arg(long)]
-        frames_per_call: Option<u32>,
-        /// Also split each mix's time per packet by program (kernel BPF
-        /// run-time statistics, one more interleaved pass).
-        #[arg(long)]
-        prog_stats: bool,
-    },
+    Pps(pps::PpsOpts),
     /// Real TCP through the lab: direct vs xlb vs kube-proxy iptables
     /// (connections/s, latency percentiles, iperf3 throughput).
     Conn {
@@ -300,32 +265,8 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "micro", &r, &md)?;
         }
-        Cmd::Pps {
-            packets,
-            seconds,
-            rounds,
-            services,
-            batch,
-            generator,
-            mixes_only,
-            mix,
-            grow_reflector,
-            frames_per_call,
-            prog_stats,
-        } => {
-            let r = pps::run_pps(&pps::PpsOpts {
-                packets,
-                seconds,
-                rounds,
-                services,
-                batch,
-                generator,
-                mixes_only,
-                mix,
-                grow_reflector,
-                frames_per_call,
-                prog_stats,
-            })?;
+        Cmd::Pps(opts) => {
+            let r = pps::run_pps(&opts)?;
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "pps", &r, &md)?;

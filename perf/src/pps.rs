@@ -64,29 +64,45 @@ const GROW_ROW: &str = "limit + 48-byte head growth (reflect)";
 pub const SWEEP_BACKENDS: u32 = 10;
 pub const SWEEP_MAGLEV: u32 = 251;
 
-#[derive(Clone, Debug)]
+/// `xlb-perf pps`'s options (the command line's, and `all`'s).
+#[derive(Clone, Debug, clap::Args)]
 pub struct PpsOpts {
+    #[arg(long, default_value_os_t = crate::micro::default_packets_dir())]
     pub packets: std::path::PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
+    #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Service counts of the scale sweep (kube-proxy only up to 10000).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10000])]
     pub services: Vec<u32>,
+    #[arg(long, default_value_t = 64)]
     pub batch: u32,
-    /// None: live frames where the kernel takes them, else AF_PACKET.
+    /// The generator (default: live frames where the kernel takes them,
+    /// else AF_PACKET with qdisc bypass).
+    #[arg(long, value_enum)]
     pub generator: Option<GeneratorChoice>,
-    /// Only the traffic mixes (no held flows, no sweep, no kube-proxy).
+    /// Only the traffic mixes (no held flows, sweep or kube-proxy).
+    #[arg(long)]
     pub mixes_only: bool,
-    /// Only the mixes whose name contains this.
+    /// Only the traffic mixes whose name contains this.
+    #[arg(long)]
     pub mix: Option<String>,
-    /// Also time the limit with xlb's frame growth (xlb_bench_reflect_grow:
-    /// 48 bytes more at the head, as xlb's Geneve output): what the larger
-    /// frame costs outside the program.
+    /// Also time the reflector with xlb's Geneve frame growth
+    /// (xlb_bench_reflect_grow: 48 bytes at the head): the larger frame's
+    /// cost outside the program.
+    #[arg(long)]
     pub grow_reflector: bool,
-    /// Frames per live-frames syscall; None: about 50 ms of work each.
-    /// 65536 with the wall-clock columns is the harness before session 8.
+    /// Frames per live-frames syscall (default: ~50 ms of work each;
+    /// 65536 with the wall-clock columns = the harness before session 8).
+    #[arg(long)]
     pub frames_per_call: Option<u32>,
-    /// After the mixes, one more interleaved pass per mix with the kernel's
-    /// BPF run-time statistics on: ns per packet inside each program of the
-    /// chain (generator, LB, sink) and the rest (the kernel's veth/XDP work).
+    /// Also split each mix's time per packet by program: one more
+    /// interleaved pass with the kernel's BPF run-time statistics on (ns
+    /// inside the generator, the LB and the sink; the rest is the kernel's
+    /// veth/XDP work).
+    #[arg(long)]
     pub prog_stats: bool,
 }
 
