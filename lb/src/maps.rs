@@ -456,6 +456,12 @@ pub(crate) fn ct_ways_of(set: &[u8]) -> impl Iterator<Item = abi::CtWay> + '_ {
     })
 }
 
+/// One xlb_ct value (a set, as bytes) as an [`abi::CtSet`].
+fn set_from_bytes(bytes: &[u8]) -> abi::CtSet {
+    let mut ways = ct_ways_of(bytes);
+    abi::CtSet { way: std::array::from_fn(|_| ways.next().unwrap_or_else(zero_way)) }
+}
+
 /// The bytes of an ABI value (Pod: integers only, no padding, so every
 /// byte is initialised), as a map write takes them.
 pub(crate) fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
@@ -494,8 +500,7 @@ impl CtTable {
     pub fn read_set(&self, set: u32) -> Result<abi::CtSet, MapError> {
         let mut v = vec![0u8; size_of::<abi::CtSet>()];
         self.sets.lookup(&set.to_ne_bytes(), &mut v)?;
-        let mut ways = ct_ways_of(&v);
-        Ok(abi::CtSet { way: std::array::from_fn(|_| ways.next().unwrap_or_else(zero_way)) })
+        Ok(set_from_bytes(&v))
     }
 
     /// Writes a set's ways (not their tags: [`CtTable::write_tags`]).
@@ -546,10 +551,7 @@ impl CtTable {
             r
         };
         crate::census::batch_walk(fd, ks, vs, u64::from(self.sets()), &mut |set, v| {
-            let mut ways = ct_ways_of(v);
-            let s =
-                abi::CtSet { way: std::array::from_fn(|_| ways.next().unwrap_or_else(zero_way)) };
-            let tags = CtTable::tags_of(&s);
+            let tags = CtTable::tags_of(&set_from_bytes(v));
             if tags.tag.iter().any(|&t| t != 0) {
                 keys.extend_from_slice(set);
                 values.extend_from_slice(pod_bytes(&tags));
