@@ -55,15 +55,20 @@
 /* Set by the loader (LoadOptions::ct_insert_rate). */
 volatile const __u32 xlb_ct_insert_rate = 0;
 
+/* This CPU's insert budget, or NULL when there is none (rate 0: no limit). */
+static __always_inline struct xlb_ct_guard *xlb_ct_guard_of(void)
+{
+	__u32 zero = 0;
+
+	return xlb_ct_insert_rate ? bpf_map_lookup_elem(&xlb_ct_guard, &zero) : NULL;
+}
+
 /* 1 if a new flow may take an xlb_ct entry now (and counts it either way). */
 static __always_inline int xlb_ct_admit(__u64 now)
 {
-	__u32 zero = 0, rate = xlb_ct_insert_rate;
-	struct xlb_ct_guard *g;
+	__u32 rate = xlb_ct_insert_rate;
+	struct xlb_ct_guard *g = xlb_ct_guard_of();
 
-	if (!rate)
-		return 1;
-	g = bpf_map_lookup_elem(&xlb_ct_guard, &zero);
 	if (!g)
 		return 1;
 	if (xlb_bucket_take(&g->credit_ns, &g->last_ns, now, rate, rate / 10)) {
@@ -80,13 +85,9 @@ static __always_inline int xlb_ct_admit(__u64 now)
  * flow it may insert, not a flood's past the budget. */
 static __always_inline int xlb_ct_budget_left(void)
 {
-	__u32 zero = 0, rate = xlb_ct_insert_rate;
-	struct xlb_ct_guard *g;
+	struct xlb_ct_guard *g = xlb_ct_guard_of();
 
-	if (!rate)
-		return 1;
-	g = bpf_map_lookup_elem(&xlb_ct_guard, &zero);
-	return !g || g->credit_ns >= XLB_BUCKET_NSEC_PER_SEC / rate;
+	return !g || g->credit_ns >= XLB_BUCKET_NSEC_PER_SEC / xlb_ct_insert_rate;
 }
 
 struct xlb_sel {
