@@ -75,12 +75,7 @@ fn terminating_backend_keeps_its_flows_and_gets_no_new_ones() {
         for v6 in BOTH {
             let mut svc = spread_service(v6, 2);
             lab.apply(&[svc.clone()]);
-            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
-            let port = port_for(lab, v6, a);
-            let s = syn(v6, port);
-            lab.check(&[
-                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
-            ]);
+            let (a, port) = syn_to_a(lab, v6);
 
             svc.backends[0].state = BackendState::Terminating;
             lab.apply(&[svc]);
@@ -106,13 +101,8 @@ fn removed_backend_flow_moves_to_a_live_backend() {
         for v6 in BOTH {
             let mut svc = spread_service(v6, 2);
             lab.apply(&[svc.clone()]);
-            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let (_, port) = syn_to_a(lab, v6);
             let b = SocketAddr::new(pod(2, 1, v6), TARGET_PORT);
-            let port = port_for(lab, v6, a);
-            let s = syn(v6, port);
-            lab.check(&[
-                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
-            ]);
 
             svc.backends.remove(0);
             lab.apply(&[svc]);
@@ -572,12 +562,7 @@ fn a_connection_table_way_is_found_through_its_tag() {
         for v6 in BOTH {
             let name = format!("spread-{}", fam(v6));
             lab.apply(&[spread_service(v6, 3)]);
-            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
-            let port = port_for(lab, v6, a);
-            let s = syn(v6, port);
-            lab.check(&[
-                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
-            ]);
+            let (a, port) = syn_to_a(lab, v6);
             let key = flow_key(v6, port);
             let tag = abi::ct_tag(abi::flow_hash(&key));
             let (set, way, _) = ct_way_of(lab, &key).expect("the SYN's way");
@@ -648,6 +633,16 @@ fn flow_key(v6: bool, sport: u16) -> abi::FlowKey {
     }
 }
 
+/// Sends the SYN of a flow that Maglev gives to A (pod 1 on node 1) and
+/// checks it reaches A; returns A and the flow's client port.
+fn syn_to_a(lab: &mut Lab, v6: bool) -> (SocketAddr, u16) {
+    let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+    let port = port_for(lab, v6, a);
+    let s = syn(v6, port);
+    lab.check(&[Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))]);
+    (a, port)
+}
+
 /// (set, way) of `key` in xlb_ct, whether valid or not.
 fn ct_way_of(lab: &Lab, key: &abi::FlowKey) -> Option<(u32, usize, abi::CtWay)> {
     let ct = &lab.path.maps().ct;
@@ -675,12 +670,7 @@ fn a_torn_connection_table_way_reads_as_a_miss_and_is_replaced() {
         for v6 in BOTH {
             let name = format!("spread-{}", fam(v6));
             lab.apply(&[spread_service(v6, 3)]);
-            let a = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
-            let port = port_for(lab, v6, a);
-            let s = syn(v6, port);
-            lab.check(&[
-                Case::of(format!("{} SYN to A", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, a))
-            ]);
+            let (a, port) = syn_to_a(lab, v6);
             let key = flow_key(v6, port);
             let (set, way, good) = ct_way_of(lab, &key).expect("the SYN's way");
             assert!(good.valid(), "{}: a whole way after the SYN: {good:?}", fam(v6));
