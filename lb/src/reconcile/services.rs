@@ -212,6 +212,16 @@ pub(crate) struct Table {
     pub input: Option<TableInput>,
 }
 
+impl Table {
+    /// A service's first table, as the pipeline wrote it (`finish` takes
+    /// it, or an apply that failed keeps it).
+    fn first_written(&mut self, input: TableInput, hash: u64, size: usize, stats: &mut ApplyStats) {
+        (self.written, self.size) = (Some(hash), size);
+        self.input = Some(input);
+        stats.table_writes += 1;
+    }
+}
+
 /// One service as written.
 #[derive(Clone, Debug)]
 pub(crate) struct Svc {
@@ -625,9 +635,7 @@ impl Services {
             let (Ok((hash, size)), Some(st)) = (written, self.map.get_mut(&t.job.key)) else {
                 continue;
             };
-            (st.table.written, st.table.size) = (Some(hash), size);
-            st.table.input = Some(t.job.input);
-            stats.table_writes += 1;
+            st.table.first_written(t.job.input, hash, size, stats);
         }
     }
 
@@ -841,10 +849,7 @@ impl Services {
         let id = st.id;
         let built = match built {
             Some(NewTable::Written { input, hash, size }) => {
-                // The service's first table, written by the pipeline.
-                (st.table.written, st.table.size) = (Some(hash), size);
-                st.table.input = Some(input);
-                stats.table_writes += 1;
+                st.table.first_written(input, hash, size, stats);
                 None
             }
             Some(NewTable::Slots(input, slots)) => Some((input, slots)),
