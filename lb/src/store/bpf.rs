@@ -57,11 +57,7 @@ impl Tables {
 
 impl TableSink for Tables {
     fn write_table(&self, svc_id: u32, slots: &[u16]) -> Result<(), StoreError> {
-        let class = abi::maglev_class(slots.len());
-        let map = match abi::MAGLEV_CLASSES.iter().position(|&c| c == class) {
-            Some(i) => &self.classes[i],
-            None => &self.max,
-        };
+        let map = class_index(slots.len()).map_or(&self.max, |i| &self.classes[i]);
         put_table(map, svc_id, slots)
     }
 }
@@ -117,9 +113,14 @@ impl BpfStore {
 
 /// The class map of tables of `size` slots; None: xlb_maglev.
 fn maglev_class(maps: &Maps, size: usize) -> Option<&RawMap> {
+    maps.maglev_classes.get(class_index(size)?)
+}
+
+/// The index in [`abi::MAGLEV_CLASSES`] of the size-class map of a table of
+/// `size` slots; None: xlb_maglev (above every class).
+fn class_index(size: usize) -> Option<usize> {
     let class = abi::maglev_class(size);
-    let i = abi::MAGLEV_CLASSES.iter().position(|&c| c == class)?;
-    maps.maglev_classes.get(i)
+    abi::MAGLEV_CLASSES.iter().position(|&c| c == class)
 }
 
 /// The first `size` slots of a table value (native-endian u16s).
