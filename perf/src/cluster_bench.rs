@@ -406,11 +406,7 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
             o.xlb.display()
         );
     }
-    let loadavg_before: f64 = std::fs::read_to_string("/proc/loadavg")?
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
+    let loadavg_before = xlb_perf::stats::loadavg();
     let ns = NamedNetns::create("cluster")?;
     ns.exec("ip", &["link", "add", "xv0", "type", "veth", "peer", "name", "xv1"])?;
     ns.exec("ip", &["link", "set", "xv0", "up"])?;

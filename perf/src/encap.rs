@@ -26,7 +26,7 @@ use testkit::{
     netns::{ifindex, in_private_netns},
     pins::PinDir,
 };
-use xlb_perf::stats::median;
+use xlb_perf::stats::{loadavg, median};
 
 use crate::{
     benchprog::{load_pass, test_run, xdp_of, Bench, Template},
@@ -100,13 +100,6 @@ fn load(encap: Encap) -> Result<(PinDir, Dataplane)> {
     }
     Datapath::open(pin.path())?.apply(&d).context("programming the services")?;
     Ok((pin, dp))
-}
-
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 pub fn run(o: &EncapOpts) -> Result<EncapReport> {
