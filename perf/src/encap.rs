@@ -86,7 +86,7 @@ pub struct EncapOpts {
     pub revs: Vec<String>,
 }
 
-fn load(encap: Encap) -> Result<(PinDir, Dataplane)> {
+pub(crate) fn load(encap: Encap) -> Result<(PinDir, Dataplane)> {
     let pin = PinDir::new("encap");
     let dp = Dataplane::load(&LoadOptions {
         pin_dir: pin.path().to_path_buf(),

@@ -5,10 +5,12 @@
 //! xlb agents and kube-proxy beside them ([`labrig`]), the connection-level
 //! load generators ([`loadgen`]: wrk, iperf3) and the churn drivers
 //! ([`churn`]), NetworkPolicies as kube-router's iptables rules
-//! ([`netpol_iptables`]). The scenarios themselves live in the binary
+//! ([`netpol_iptables`]), Katran's map layouts and their programming plan
+//! ([`katran`]). The scenarios themselves live in the binary
 //! (perf/src/main.rs and its modules).
 pub mod churn;
 pub mod forward;
+pub mod katran;
 pub mod kubeproxy;
 pub mod labrig;
 pub mod loadgen;

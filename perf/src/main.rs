@@ -9,6 +9,7 @@ mod compare;
 mod conn;
 mod eastwest;
 mod encap;
+mod katran_bench;
 mod maglev_report;
 mod micro;
 mod podnet;
@@ -54,6 +55,10 @@ enum Cmd {
     },
     /// Packet rate through the LB veth: xlb vs the physical limit vs kube-proxy.
     Pps(pps::PpsOpts),
+    /// Katran's XDP balancer (built from its source) beside xlb Geneve and
+    /// xlb IPIP: net ns/packet on the reference frames, then packet rate on
+    /// the LB veth with ratios against the reflector, one run.
+    Katran(katran_bench::KatranOpts),
     /// Real TCP through the lab: direct vs xlb vs kube-proxy iptables
     /// (connections/s, latency percentiles, iperf3 throughput).
     Conn {
@@ -265,6 +270,12 @@ fn main() -> Result<()> {
             println!("{md}");
             report::write(&cli.out, "micro", &r, &md)?;
         }
+        Cmd::Katran(opts) => {
+            let r = katran_bench::run(&opts)?;
+            let md = r.markdown();
+            print!("{md}");
+            report::write(&cli.out, "katran", &r, &md)?;
+        }
         Cmd::Pps(opts) => {
             let r = pps::run_pps(&opts)?;
             let md = r.markdown();
@@ -453,6 +464,8 @@ fn all(out: &std::path::Path, quick: bool) -> Result<()> {
         grow_reflector: false,
         frames_per_call: None,
         prog_stats: false,
+        katran: false,
+        katran_src: katran_bench::default_src(),
     };
     let pps = scenario(out, "pps", || pps::run_pps(&pps_opts), |p| p.markdown());
     let conn_opts = if quick {

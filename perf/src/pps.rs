@@ -104,6 +104,13 @@ pub struct PpsOpts {
     /// veth/XDP work).
     #[arg(long)]
     pub prog_stats: bool,
+    /// Also time the rival Katran (its balancer built from --katran-src)
+    /// and xlb in IPIP mode (Katran's encapsulation) on the mixes.
+    #[arg(long)]
+    pub katran: bool,
+    /// Katran's source: a checkout, or a git directory (its HEAD is built).
+    #[arg(long, default_value_os_t = crate::katran_bench::default_src())]
+    pub katran_src: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -133,6 +140,10 @@ pub struct PpsRow {
     pub received_mpps_busy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_limit_busy: Option<f64>,
+    /// Why the row has no figures (the rival could not be built, or did
+    /// not forward the frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -459,6 +470,123 @@ impl Rig {
     }
 }
 
+/// A dataplane on the LB's eth0 during the mixes.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    /// A program of the xlb_bench object (the reflector).
+    Reflect(&'static str),
+    /// xlb as configured by default (Geneve).
+    Xlb,
+    /// xlb with every service in IPIP mode (`--katran`).
+    XlbIpip,
+    /// Katran's balancer (`--katran`).
+    Katran,
+}
+
+const IPIP_ROW: &str = "xlb IPIP";
+const KATRAN_ROW: &str = "katran (IPIP)";
+
+/// `--katran`'s dataplanes: xlb in IPIP mode (its own maps), and Katran
+/// built, loaded and checked (or why not: its rows then say so).
+struct Rival {
+    pin: PinDir,
+    ipip: Dataplane,
+    katran: std::result::Result<crate::katran_bench::Katran, String>,
+}
+
+impl Rival {
+    fn load(
+        rig: &Rig,
+        frames: &[(String, Vec<u8>)],
+        sizes: MapSizes,
+        src: &std::path::Path,
+    ) -> Result<Rival> {
+        use crate::katran_bench::{build, check_forwarding, Katran};
+        let pin = PinDir::new("pps-ipip");
+        let mut ipip = Dataplane::load(&LoadOptions {
+            pin_dir: pin.path().to_path_buf(),
+            sizes,
+            ..LoadOptions::default()
+        })?;
+        let mut d = setup::bench_desired();
+        for s in d.services.values_mut() {
+            s.encap = lb::model::Encap::Ipip;
+        }
+        Datapath::open(pin.path())?.apply(&d).context("programming xlb's IPIP services")?;
+        let lb_if = rig.lb.run_in(|| ifindex("eth0"))?.context("the LB's eth0")?;
+        rig.lb
+            .run_in(|| check_forwarding(ipip.xdp_program(), frames, lb_if))?
+            .context("xlb IPIP does not forward the reference frames")?;
+        let katran = (|| -> Result<Katran> {
+            let built = build(src, lb::loader::DEFAULT_CT_INSERT_RATE)?;
+            let plan = xlb_perf::katran::Plan::from_desired(&setup::bench_desired())?;
+            // Everything to the generator's MAC: Katran sends to one router.
+            let k = Katran::load(&built.object, &plan, sizes.ct, [2, 0, 0, 0, 0, 2])?;
+            rig.lb
+                .run_in(|| check_forwarding(k.program()?, frames, lb_if))?
+                .context("Katran does not forward the reference frames")?;
+            Ok(k)
+        })()
+        .map_err(|e| format!("{e:#}"));
+        Ok(Rival { pin, ipip, katran })
+    }
+}
+
+/// The dataplanes of the mixes, put on the LB's eth0 one at a time.
+struct Planes<'a> {
+    dp: &'a mut Dataplane,
+    pin: &'a std::path::Path,
+    lbside: &'a mut Bench,
+    rival: Option<Rival>,
+}
+
+impl Planes<'_> {
+    fn rival(&mut self) -> &mut Rival {
+        self.rival.as_mut().expect("a rival side only with --katran")
+    }
+
+    fn katran(&mut self) -> Result<&mut crate::katran_bench::Katran> {
+        self.rival().katran.as_mut().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn attach(&mut self, lb: &NamedNetns, side: Side) -> Result<Option<XdpLinkId>> {
+        Ok(match side {
+            Side::Reflect(p) => Some(attach_in(lb, self.lbside.program_mut(p)?)?),
+            Side::Xlb => {
+                let dp = &mut *self.dp;
+                lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
+                None
+            }
+            Side::XlbIpip => {
+                let dp = &mut self.rival().ipip;
+                lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
+                None
+            }
+            Side::Katran => Some(attach_in(lb, self.katran()?.program_mut()?)?),
+        })
+    }
+
+    fn detach(&mut self, side: Side, link: Option<XdpLinkId>) -> Result<()> {
+        match (side, link) {
+            (Side::Reflect(p), Some(id)) => self.lbside.program_mut(p)?.detach(id)?,
+            (Side::Katran, Some(id)) => self.katran()?.program_mut()?.detach(id)?,
+            (Side::XlbIpip, _) => Dataplane::detach_all(self.rival().pin.path())?,
+            _ => Dataplane::detach_all(self.pin)?,
+        }
+        Ok(())
+    }
+
+    /// The side's LB program's (run time ns, run count).
+    fn run_stats(&mut self, side: Side) -> Result<(u64, u64)> {
+        match side {
+            Side::Reflect(p) => run_stats(self.lbside.program(p)?),
+            Side::Xlb => run_stats(self.dp.xdp_program()),
+            Side::XlbIpip => run_stats(self.rival().ipip.xdp_program()),
+            Side::Katran => run_stats(self.katran()?.program()?),
+        }
+    }
+}
+
 fn attach_in(ns: &NamedNetns, prog: &mut Xdp) -> Result<XdpLinkId> {
     ns.run_in(|| prog.attach("eth0", AyaXdpMode::Driver))?.context("attaching to the LB's eth0")
 }
@@ -524,39 +652,35 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         anyhow::ensure!(!ms.is_empty(), "no traffic mix named like {only:?}");
     }
     let mut load = vec![loadavg()];
-    // Sides: 0 the limit, 1 xlb, 2 (--grow-reflector) the limit with
-    // xlb's frame growth; [mix][side]: one Rate per round.
-    let sides: &[(&str, u32)] = if opts.grow_reflector {
-        &[("limit (reflect)", 0), ("xlb", 3), (GROW_ROW, 0)]
+    // Sides: the limit first (the ratios' base), xlb, then the optional
+    // ones; [mix][side]: one Rate per round.
+    let mut sides: Vec<(&str, u32, Side)> =
+        vec![("limit (reflect)", 0, Side::Reflect("xlb_bench_reflect")), ("xlb", 3, Side::Xlb)];
+    if opts.grow_reflector {
+        sides.push((GROW_ROW, 0, Side::Reflect("xlb_bench_reflect_grow")));
+    }
+    let rival = if opts.katran {
+        let r = Rival::load(&rig, &frames, sizes, &opts.katran_src)?;
+        sides.push((IPIP_ROW, 3, Side::XlbIpip));
+        if r.katran.is_ok() {
+            sides.push((KATRAN_ROW, 3, Side::Katran));
+        }
+        Some(r)
     } else {
-        &[("limit (reflect)", 0), ("xlb", 3)]
+        None
     };
+    let mut planes = Planes { dp: &mut dp, pin: pin.path(), lbside: &mut lbside, rival };
     let mut got: Vec<Vec<Vec<Rate>>> = vec![vec![Vec::new(); sides.len()]; ms.len()];
     for round in 0..opts.rounds as usize {
         // Rotating order: each side goes first in turn.
         for j in 0..sides.len() {
             let side = (j + round) % sides.len();
-            let reflector = match side {
-                1 => None,
-                2 => Some("xlb_bench_reflect_grow"),
-                _ => Some("xlb_bench_reflect"),
-            };
-            let link = match reflector {
-                Some(p) => Some(attach_in(&rig.lb, lbside.program_mut(p)?)?),
-                None => {
-                    let lb = &rig.lb;
-                    lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
-                    None
-                }
-            };
+            let link = planes.attach(&rig.lb, sides[side].2)?;
             for (i, (name, t)) in ms.iter().enumerate() {
                 phase(name, sides[side].0);
                 got[i][side].push(rig.measure(t, opts.seconds, opts.batch)?);
             }
-            match (reflector, link) {
-                (Some(p), Some(id)) => lbside.program_mut(p)?.detach(id)?,
-                _ => Dataplane::detach_all(pin.path())?,
-            }
+            planes.detach(sides[side].2, link)?;
         }
     }
     let mut rows = Vec::new();
@@ -567,8 +691,21 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         let wall = |r: &Rate| r.received_wall;
         let cpu = |r: &Rate| r.cpu_ns_per_packet;
         let busy = |r: &Rate| r.received_busy;
-        for (k, (dataplane, services)) in sides.iter().enumerate() {
+        let delivered = |k: usize| m(k, recv) / m(k, |r| r.sent);
+        for (k, (dataplane, services, side)) in sides.iter().enumerate() {
+            // A rival that loses the frames has no rate to show: its
+            // delivered share must be the reflector's, within 20 %.
+            let error = (matches!(side, Side::Katran | Side::XlbIpip)
+                && delivered(k) < 0.8 * delivered(0))
+            .then(|| {
+                format!(
+                    "not forwarded: {:.0} % of the frames sent arrived (reflector {:.0} %)",
+                    100.0 * delivered(k),
+                    100.0 * delivered(0)
+                )
+            });
             rows.push(PpsRow {
+                error,
                 mix: name.to_string(),
                 dataplane: dataplane.to_string(),
                 services: *services,
@@ -582,14 +719,31 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 vs_limit_busy: Some(m(k, busy) / m(0, busy)),
             });
         }
+        if let Some(Rival { katran: Err(e), .. }) = &planes.rival {
+            rows.push(PpsRow {
+                mix: name.to_string(),
+                dataplane: KATRAN_ROW.into(),
+                services: 3,
+                sent_mpps: f64::NAN,
+                received_mpps: f64::NAN,
+                vs_limit: None,
+                received_mpps_wall: None,
+                vs_limit_wall: None,
+                cpu_ns_per_packet: None,
+                received_mpps_busy: None,
+                vs_limit_busy: None,
+                error: Some(e.clone()),
+            });
+        }
     }
 
     load.push(loadavg());
     let in_situ = if opts.prog_stats {
-        in_situ(&mut rig, &mut dp, &mut lbside, pin.path(), &ms, opts)?
+        in_situ(&mut rig, &mut planes, &sides, &ms, opts)?
     } else {
         Vec::new()
     };
+    drop(planes);
     if opts.mixes_only {
         drop(dp);
         drop(rig);
@@ -647,6 +801,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             cpu_ns_per_packet: None,
             received_mpps_busy: None,
             vs_limit_busy: None,
+            error: None,
         });
     }
     drop(dp);
@@ -707,6 +862,7 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 cpu_ns_per_packet: None,
                 received_mpps_busy: None,
                 vs_limit_busy: None,
+                error: None,
             });
         }
     }
@@ -729,41 +885,29 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
 /// per run read around each measurement.
 fn in_situ(
     rig: &mut Rig,
-    dp: &mut Dataplane,
-    lbside: &mut Bench,
-    pin: &std::path::Path,
+    planes: &mut Planes,
+    sides: &[(&str, u32, Side)],
     ms: &[(&'static str, Vec<Template>)],
     opts: &PpsOpts,
 ) -> Result<Vec<InSituRow>> {
     let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| anyhow::anyhow!("BPF_ENABLE_STATS: {e}"))?;
-    // [mix][reflect, xlb] -> samples of (received, gen, lb, sink).
-    let mut samples = vec![[Vec::new(), Vec::new()]; ms.len()];
-    for round in 0..opts.rounds {
-        for reflect in if round % 2 == 0 { [true, false] } else { [false, true] } {
-            let link = if reflect {
-                Some(attach_in(&rig.lb, lbside.program_mut("xlb_bench_reflect")?)?)
-            } else {
-                let lb = &rig.lb;
-                lb.run_in(|| dp.attach_xdp("eth0", XdpMode::Native))??;
-                None
-            };
+    // [mix][side] -> samples of (received, cycle, gen, lb, sink).
+    let mut samples = vec![vec![Vec::new(); sides.len()]; ms.len()];
+    for round in 0..opts.rounds as usize {
+        for j in 0..sides.len() {
+            let k = (j + round) % sides.len();
+            let side = sides[k].2;
+            let link = planes.attach(&rig.lb, side)?;
             for (i, (_, t)) in ms.iter().enumerate() {
-                let lb_stats = |dp: &mut Dataplane, lbside: &Bench| {
-                    if reflect {
-                        run_stats(lbside.program("xlb_bench_reflect")?)
-                    } else {
-                        run_stats(dp.xdp_program())
-                    }
-                };
                 let g0 = run_stats(rig.bench.wrapper())?;
                 let s0 = run_stats(rig.bench.program("xlb_bench_sink")?)?;
-                let l0 = lb_stats(dp, lbside)?;
+                let l0 = planes.run_stats(side)?;
                 let m = rig.measure(t, opts.seconds, opts.batch)?;
                 let g1 = run_stats(rig.bench.wrapper())?;
                 let s1 = run_stats(rig.bench.program("xlb_bench_sink")?)?;
-                let l1 = lb_stats(dp, lbside)?;
-                samples[i][usize::from(!reflect)].push([
+                let l1 = planes.run_stats(side)?;
+                samples[i][k].push([
                     m.received,
                     m.cpu_ns_per_packet,
                     per_run(g0, g1),
@@ -771,20 +915,17 @@ fn in_situ(
                     per_run(s0, s1),
                 ]);
             }
-            match link {
-                Some(id) => lbside.program_mut("xlb_bench_reflect")?.detach(id)?,
-                None => Dataplane::detach_all(pin)?,
-            }
+            planes.detach(side, link)?;
         }
     }
     let mut rows = Vec::new();
     for (i, (name, _)) in ms.iter().enumerate() {
-        for (k, dataplane) in ["limit (reflect)", "xlb"].into_iter().enumerate() {
+        for (k, (dataplane, _, _)) in sides.iter().enumerate() {
             let col = |c: usize| median(&samples[i][k].iter().map(|s| s[c]).collect::<Vec<_>>());
             let (r, cycle, g, l, sk) = (col(0), col(1), col(2), col(3), col(4));
             rows.push(InSituRow {
                 mix: name.to_string(),
-                dataplane: dataplane.into(),
+                dataplane: dataplane.to_string(),
                 received_mpps: r / 1e6,
                 cycle_ns: cycle,
                 generator_ns: g,
@@ -913,6 +1054,15 @@ impl PpsReport {
         s.push_str("| mix | dataplane | sent Mpps | received Mpps | vs limit | CPU ns/packet | received Mpps, busy time | vs limit, busy time | received Mpps, wall clock | vs limit, wall clock |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
         for r in &self.mixes {
+            if let Some(e) = &r.error {
+                s.push_str(&format!(
+                    "| {} | {} | error: {} | | | | | | | |\n",
+                    r.mix,
+                    r.dataplane,
+                    e.replace('|', "/").replace('\n', " ")
+                ));
+                continue;
+            }
             s.push_str(&format!(
                 "| {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
                 r.mix,
