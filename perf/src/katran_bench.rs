@@ -12,8 +12,9 @@
 //! and program its maps with our own code (crate::katran's layouts and
 //! plan): the reference frames' three VIPs with xlb's backends as reals (each
 //! at its node's address), the rings filled by xlb's Maglev, the gateway MAC
-//! in ctl_array, and one LRU per CPU in lru_mapping sized as xlb's connection
-//! table (Katran's production setup; its fallback_cache is for tests).
+//! in ctl_array, and one LRU per CPU in lru_mapping, xlb's connection-table
+//! size split over the CPUs as Katran splits its LruSize over its forwarding
+//! cores (KatranLb.cpp; map flags 0; its fallback_cache is for tests).
 //!
 //! Two measurements, both interleaved with xlb in one run:
 //!   - ns/packet: BPF_PROG_TEST_RUN through the xlb_bench wrapper (frame
@@ -170,7 +171,8 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 
 impl Katran {
     /// Loads `obj`, programs `plan`, sends everything to `gateway` (Katran
-    /// forwards to one router MAC), with a `ct`-entry LRU per CPU.
+    /// forwards to one router MAC), with `ct` connection-table entries in
+    /// all, an equal LRU per CPU.
     pub fn load(obj: &[u8], plan: &Plan, ct: u32, gateway: [u8; 6]) -> Result<Katran> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("ch_rings", plan.ring_entries())
@@ -210,6 +212,7 @@ impl Katran {
             ctl.set(CTL_MAC_POS, CtlValue::mac(gateway), 0).context("ctl_array update")?;
         }
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("nr_cpus: {e}"))?;
+        let per_cpu = (ct / cpus as u32).max(1);
         let mut lrus = Vec::new();
         {
             let mut outer: ArrayOfMaps<_, MapData> = map(&mut ebpf, "lru_mapping")?.try_into()?;
@@ -218,7 +221,7 @@ impl Katran {
                     aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
                     FLOW_KEY_SIZE,
                     REAL_POS_LRU_SIZE,
-                    ct,
+                    per_cpu,
                     0,
                 );
                 let lru = MapData::create(def, "katran_lru", None)
@@ -317,7 +320,9 @@ pub struct KatranOpts {
 pub struct NsRow {
     pub frame: String,
     pub pass_ns: f64,
-    /// Net ns over xlb_pass: xlb Geneve, xlb IPIP, Katran (medians).
+    /// Net ns over xlb_pass (medians): the MAC-swap reflector (`pps`'s
+    /// limit), xlb Geneve, xlb IPIP, Katran.
+    pub reflect_ns: f64,
     pub geneve_ns: f64,
     pub ipip_ns: f64,
     pub katran_ns: f64,
@@ -389,6 +394,7 @@ fn micro(o: &KatranOpts, built: &Built, frames: Vec<(String, Vec<u8>)>) -> Resul
     }
     let fds = [
         xdp_of(&pass, "xlb_pass")?.fd()?.try_clone()?,
+        bench.program("xlb_bench_reflect")?.fd()?.try_clone()?,
         geneve.xdp_program().fd()?.try_clone()?,
         ipip.xdp_program().fd()?.try_clone()?,
         katran.program()?.fd()?.try_clone()?,
@@ -420,9 +426,10 @@ fn micro(o: &KatranOpts, built: &Built, frames: Vec<(String, Vec<u8>)>) -> Resul
             NsRow {
                 frame: name.clone(),
                 pass_ns: median(&t[0]),
-                geneve_ns: net(1),
-                ipip_ns: net(2),
-                katran_ns: net(3),
+                reflect_ns: net(1),
+                geneve_ns: net(2),
+                ipip_ns: net(3),
+                katran_ns: net(4),
             }
         })
         .collect();
@@ -432,7 +439,7 @@ fn micro(o: &KatranOpts, built: &Built, frames: Vec<(String, Vec<u8>)>) -> Resul
 impl KatranReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "# Katran vs xlb (xlb-perf katran)\n\nKatran {} (built from {}), default flavour (IPIP), MAX_CONN_RATE {}.\n\nNet ns/packet over xlb_pass (BPF_PROG_TEST_RUN through the xlb_bench wrapper, frame restored each iteration; {} rounds × {} iterations, rotating order, medians); load average {:.2} → {:.2}\n\n| frame | xlb_pass ns | xlb Geneve | xlb IPIP | Katran (IPIP) | Katran / xlb IPIP | Katran / xlb Geneve |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            "# Katran vs xlb (xlb-perf katran)\n\nKatran {} (built from {}), default flavour (IPIP), MAX_CONN_RATE {}.\n\nNet ns/packet over xlb_pass (BPF_PROG_TEST_RUN through the xlb_bench wrapper, frame restored each iteration; {} rounds × {} iterations, rotating order, medians); load average {:.2} → {:.2}\n\n| frame | xlb_pass ns | reflector | xlb Geneve | xlb IPIP | Katran (IPIP) | Katran / xlb IPIP | Katran / xlb Geneve |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
             &self.katran_commit[..self.katran_commit.len().min(10)],
             self.katran_src,
             lb::loader::DEFAULT_CT_INSERT_RATE,
@@ -443,9 +450,10 @@ impl KatranReport {
         );
         for r in &self.ns {
             s.push_str(&format!(
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
                 r.frame,
                 r.pass_ns,
+                r.reflect_ns,
                 r.geneve_ns,
                 r.ipip_ns,
                 r.katran_ns,
@@ -462,5 +470,18 @@ impl KatranReport {
             s.push_str(&p.markdown());
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_source_is_named_not_built() {
+        for dir in [Path::new("/nonexistent/katran"), Path::new("/")] {
+            let e = build(dir, 125_000).unwrap_err();
+            assert!(format!("{e:#}").contains("source not found"), "{dir:?}: {e:#}");
+        }
     }
 }
