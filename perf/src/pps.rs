@@ -14,6 +14,9 @@
 //!   - limit: xlb_bench_reflect (swap MACs, XDP_TX; no lookups);
 //!   - xlb: xlb_xdp attached natively through lb::loader::Dataplane, the
 //!     services programmed by lb::datapath::Datapath::apply;
+//!   - with `--katran`: xlb with every service in IPIP mode, and Katran's
+//!     balancer (katran_bench.rs), each checked to forward the reference
+//!     frames as IPIP to a node before it is timed;
 //!   - iptables / nftables: xlb_pass (so veth takes the frames) and the
 //!     kube-proxy ruleset for N services (the measured one last), routed
 //!     back out of eth0 towards the endpoint's node, conntrack on.
