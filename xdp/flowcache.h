@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * flowcache.h (XDP only): the per-CPU flow cache in front of the frontend
- * and connection-table lookups, and the configuration generation that
- * invalidates it.
+ * and connection-table lookups, the per-CPU frontend cache in front of
+ * xlb_frontends for the packets the flow cache misses, and the
+ * configuration generation that invalidates both.
  *
  * API
  *   struct fc_entry *xlb_fc_get(&key)   the slot for key (a hit only when
@@ -10,6 +11,9 @@
  *   int xlb_fc_hit(fc, &key, now, gen)  the slot holds key, fresh and of
  *                                       this configuration generation
  *   void xlb_fc_fill(fc, &key, svc, backend_id, gen, hash, now, gen)
+ *   const struct xlb_service *xlb_fe_cached(&key, gen)
+ *                                       xlb_frontend_lookup() through the
+ *                                       frontend cache
  *   __u64 xlb_config_gen_now(void)
  */
 #ifndef XLB_XDP_FLOWCACHE_H
@@ -17,6 +21,7 @@
 
 #include "maps.h"
 #include "conntrack.h"
+#include "service.h"
 
 /*
  * Flow cache: per CPU, direct-mapped, in front of the frontend and xlb_ct
@@ -121,6 +126,70 @@ static __always_inline void xlb_fc_fill(struct fc_entry *fc, const struct xlb_fl
 	fc->used = 0;
 	fc->expires = now + XLB_FC_TTL_JIFFIES;
 	fc->config_gen = gen;
+}
+
+/*
+ * Frontend cache: per CPU, direct-mapped, XLB_FE_CACHE_SLOTS copies of
+ * xlb_frontends entries, read by every packet the flow cache misses (a new
+ * flow, a SYN flood's every packet, an established flow once per
+ * XLB_FC_TTL_JIFFIES). A hit is one inlined array lookup and a 20-byte
+ * compare instead of the HASH lookup (a helper call, jhash of the key and
+ * the bucket walk). Flows to no frontend are not cached (the frontend
+ * filter passes most of them first, as for the flow cache).
+ *
+ * Validity: the configuration generation, as for the flow cache: the agent
+ * bumps it after any change of a frontend's value except a change of the
+ * backend count alone (endpoint churn), which only steers new flows.
+ * That count is read here only as "none or some" (xlb_select,
+ * xlb_maglev_pick: no backend, reject), so the agent also bumps the
+ * generation when a service's count goes to or from 0
+ * (lb::reconcile::services); other counts cached stale are never read.
+ * Test (lb/tests/xdp_select.rs):
+ * a_cached_frontend_sees_its_service_lose_and_regain_its_backends.
+ */
+#define XLB_FE_CACHE_SLOT_BITS 8
+
+struct fe_cache_entry {
+	struct xlb_frontend_key key;
+	struct xlb_service svc;
+	__u32 pad;
+	__u64 config_gen; /* xlb_config_gen when filled */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct fe_cache_entry));
+	__uint(max_entries, 1u << XLB_FE_CACHE_SLOT_BITS);
+} xlb_fe_cache SEC(".maps");
+
+static __always_inline const struct xlb_service *xlb_fe_cached(const struct xlb_flow_key *t,
+							       __u64 gen)
+{
+	/* The frontend filter's hash: its low bits pick the slot. */
+	__u32 slot = xlb_fe_filter_bit(t) & ((1u << XLB_FE_CACHE_SLOT_BITS) - 1);
+	struct fe_cache_entry *e = bpf_map_lookup_elem(&xlb_fe_cache, &slot);
+	const __u32 *d = (const __u32 *)t->daddr, *k;
+	/* port, proto and family: one word in both keys' layout. */
+	__u32 pw = *(const __u32 *)&t->dport;
+	struct xlb_service *svc;
+
+	if (!e)
+		return xlb_frontend_lookup(t);
+	k = (const __u32 *)&e->key;
+	if (e->config_gen == gen &&
+	    ((k[0] ^ d[0]) | (k[1] ^ d[1]) | (k[2] ^ d[2]) | (k[3] ^ d[3]) | (k[4] ^ pw)) == 0)
+		return &e->svc;
+	svc = xlb_frontend_lookup(t);
+	if (!svc)
+		return NULL;
+	xlb_addr_copy(e->key.addr, t->daddr);
+	e->key.port = t->dport;
+	e->key.proto = t->proto;
+	e->key.family = t->family;
+	e->svc = *svc;
+	e->config_gen = gen;
+	return &e->svc;
 }
 
 #endif /* XLB_XDP_FLOWCACHE_H */

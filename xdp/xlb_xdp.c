@@ -404,7 +404,7 @@ static __always_inline int xlb_process(struct xdp_md *ctx, __u32 bytes, __u32 *r
 		}
 	}
 
-	svc = xlb_frontend_lookup(&pkt.tuple);
+	svc = xlb_fe_cached(&pkt.tuple, gen);
 	if (!svc)
 		return xlb_fail(-XLB_PASS_NOT_FRONTEND, reason);
 	/* Set on LoadBalancer ingress frontends only (per frontend, as

@@ -225,6 +225,56 @@ fn a_flow_to_no_frontend_is_served_as_soon_as_its_frontend_appears() {
     });
 }
 
+/// Pins the calling thread to its current CPU: per-CPU caches filled by one
+/// run are read by the next.
+fn pin_to_this_cpu() {
+    // SAFETY: plain syscalls on a zeroed cpu_set_t owned here.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+fn a_cached_frontend_sees_its_service_lose_and_regain_its_backends() {
+    // XDP's frontend cache (xdp/flowcache.h) keeps a copy of the service
+    // value for the packets the flow cache misses, backend count included:
+    // new flows must be rejected from the first packet after the last
+    // backend went, and served from the first after one came back.
+    with_lab("fecache", |lab| {
+        pin_to_this_cpu();
+        for v6 in BOTH {
+            let ep = SocketAddr::new(pod(1, 1, v6), TARGET_PORT);
+            let mut empty = web(v6);
+            empty.backends.clear();
+            let served = |sport: u16, what: &str| {
+                let s = syn(v6, sport);
+                Case::of(format!("{} SYN {what}", fam(v6)), &s).tx(&geneve_dsr(1, v6, &s, 80, ep))
+            };
+            lab.apply(&[web(v6)]);
+            lab.check(&[served(CLIENT_PORT, "with a backend"), served(CLIENT_PORT + 1, "again")]);
+            lab.apply(&[empty]);
+            for sport in [CLIENT_PORT + 2, CLIENT_PORT + 3] {
+                let before = lab.counters()[&(abi::Counter::OkReject as u32)].0;
+                let (verdict, _) = lab.run(&syn(v6, sport).build());
+                let after = lab.counters()[&(abi::Counter::OkReject as u32)].0;
+                assert_eq!(
+                    (verdict_name(verdict), after - before),
+                    (verdict_name(XDP_TX), 1),
+                    "{} SYN from port {sport} once the service has no backend: a reject",
+                    fam(v6)
+                );
+            }
+            lab.apply(&[web(v6)]);
+            lab.check(&[served(CLIENT_PORT + 4, "once the backend is back")]);
+        }
+    });
+}
+
 /// The frontend key of `addr:port`/TCP as xlb_frontends holds it.
 fn fe_key(addr: IpAddr, port: u16) -> abi::FrontendKey {
     let (addr, family) = abi::addr_to_abi(addr);

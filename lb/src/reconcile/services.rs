@@ -942,9 +942,13 @@ impl Services {
                 filter.added(&key);
             }
             // The backend count only steers new flows: a change of it alone
-            // (endpoint churn) leaves cached service settings valid.
-            stats.settings_changed |=
-                old.is_none_or(|o| abi::Service { backend_count: want.backend_count, ..o } != want);
+            // (endpoint churn) leaves cached service settings valid, except
+            // to or from 0 (no backend: the reject), which XDP's frontend
+            // cache reads from its copy (xdp/flowcache.h).
+            stats.settings_changed |= old.is_none_or(|o| {
+                abi::Service { backend_count: want.backend_count, ..o } != want
+                    || (o.backend_count == 0) != (want.backend_count == 0)
+            });
             st.frontends.insert(key, want);
             stats.frontend_writes += 1;
             promote_moved_table(st);

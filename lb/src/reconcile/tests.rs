@@ -398,6 +398,25 @@ fn apply_writes_the_desired_state_and_reapplying_writes_nothing() {
 }
 
 #[test]
+fn a_service_losing_or_regaining_all_its_backends_bumps_the_config_gen() {
+    // XDP's frontend cache keeps the backend count as "none or some"
+    // (xdp/flowcache.h): crossing 0 must reach it; other counts need not.
+    let mut dp = checked();
+    dp.apply(&two()).unwrap();
+    let gen = |dp: &Datapath<Checked>| dp.store().inner.config_gen();
+    let g0 = gen(&dp);
+    let mut d = two();
+    d.services.get_mut(&key("a")).unwrap().backends.truncate(1);
+    assert!(!dp.apply(&d).unwrap().settings_changed, "3 -> 1 backends");
+    assert_eq!(gen(&dp), g0);
+    d.services.get_mut(&key("a")).unwrap().backends.clear();
+    assert!(dp.apply(&d).unwrap().settings_changed, "1 -> 0 backends");
+    assert_eq!(gen(&dp), g0 + 1);
+    assert!(dp.apply(&two()).unwrap().settings_changed, "0 -> 3 backends");
+    assert_eq!(gen(&dp), g0 + 2);
+}
+
+#[test]
 fn one_endpoint_change_writes_that_service_only() {
     let mut dp = checked();
     dp.apply(&two()).unwrap();
