@@ -51,7 +51,7 @@ use xlb_perf::{
 
 use crate::{
     benchprog::{load_pass, test_run, xdp_of, Bench, Template},
-    micro::read_frames,
+    micro::{read_frames, verdict_name},
     pps::{self, PpsOpts, PpsReport},
     setup,
 };
@@ -242,17 +242,6 @@ impl Katran {
     }
 }
 
-fn verdict(v: u32) -> &'static str {
-    match v {
-        0 => "ABORTED",
-        1 => "DROP",
-        2 => "PASS",
-        3 => "TX",
-        4 => "REDIRECT",
-        _ => "?",
-    }
-}
-
 /// What `prog` does with `frame`'s second packet (the first may insert
 /// the flow): the verdict, and for XDP_TX the IPIP check (`Ok` with the
 /// outer destination, `Err` with what is wrong).
@@ -266,7 +255,7 @@ pub fn forwarding(
     let r = test_run(prog, frame, ifindex, 1, Some(&mut out))?;
     out.truncate(r.data_size_out as usize);
     let ipip = (r.return_value == 3).then(|| ipip_outer_dst(frame, &out));
-    Ok((verdict(r.return_value), ipip))
+    Ok((verdict_name(r.return_value), ipip))
 }
 
 /// The nodes' addresses: where IPIP to a real must go.

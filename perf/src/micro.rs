@@ -127,7 +127,8 @@ pub struct MicroReport {
     pub validation: Vec<Validation>,
 }
 
-fn verdict_name(v: u32) -> &'static str {
+/// An XDP verdict's name.
+pub(crate) fn verdict_name(v: u32) -> &'static str {
     match v {
         0 => "ABORTED",
         1 => "DROP",

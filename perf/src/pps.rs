@@ -149,6 +149,27 @@ pub struct PpsRow {
     pub error: Option<String>,
 }
 
+impl PpsRow {
+    /// A row with a sent and a received rate only (the sweeps; a rival's
+    /// error row): no CPU-time, busy-time or wall-clock figures.
+    fn plain(mix: &str, dataplane: String, services: u32, sent: f64, received: f64) -> PpsRow {
+        PpsRow {
+            mix: mix.to_string(),
+            dataplane,
+            services,
+            sent_mpps: sent,
+            received_mpps: received,
+            vs_limit: None,
+            received_mpps_wall: None,
+            vs_limit_wall: None,
+            cpu_ns_per_packet: None,
+            received_mpps_busy: None,
+            vs_limit_busy: None,
+            error: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ProgramTime {
     pub dataplane: String,
@@ -724,18 +745,8 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
         }
         if let Some(Rival { katran: Err(e), .. }) = &planes.rival {
             rows.push(PpsRow {
-                mix: name.to_string(),
-                dataplane: KATRAN_ROW.into(),
-                services: 3,
-                sent_mpps: f64::NAN,
-                received_mpps: f64::NAN,
-                vs_limit: None,
-                received_mpps_wall: None,
-                vs_limit_wall: None,
-                cpu_ns_per_packet: None,
-                received_mpps_busy: None,
-                vs_limit_busy: None,
                 error: Some(e.clone()),
+                ..PpsRow::plain(name, KATRAN_ROW.into(), 3, f64::NAN, f64::NAN)
             });
         }
     }
@@ -792,20 +803,13 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
             v.push(b);
         }
         Dataplane::detach_all(pin.path())?;
-        sweep.push(PpsRow {
-            mix: "new connection (SYN)".into(),
-            dataplane: "xlb".into(),
-            services: n,
-            sent_mpps: median(&s) / 1e6,
-            received_mpps: median(&v) / 1e6,
-            vs_limit: None,
-            received_mpps_wall: None,
-            vs_limit_wall: None,
-            cpu_ns_per_packet: None,
-            received_mpps_busy: None,
-            vs_limit_busy: None,
-            error: None,
-        });
+        sweep.push(PpsRow::plain(
+            "new connection (SYN)",
+            "xlb".into(),
+            n,
+            median(&s) / 1e6,
+            median(&v) / 1e6,
+        ));
     }
     drop(dp);
     drop(rig);
@@ -853,20 +857,13 @@ pub fn run_pps(opts: &PpsOpts) -> Result<PpsReport> {
                 s.push(a);
                 v.push(b);
             }
-            sweep.push(PpsRow {
-                mix: "new connection (SYN)".into(),
-                dataplane: format!("kube-proxy {mode}"),
-                services: n,
-                sent_mpps: median(&s) / 1e6,
-                received_mpps: median(&v) / 1e6,
-                vs_limit: None,
-                received_mpps_wall: None,
-                vs_limit_wall: None,
-                cpu_ns_per_packet: None,
-                received_mpps_busy: None,
-                vs_limit_busy: None,
-                error: None,
-            });
+            sweep.push(PpsRow::plain(
+                "new connection (SYN)",
+                format!("kube-proxy {mode}"),
+                n,
+                median(&s) / 1e6,
+                median(&v) / 1e6,
+            ));
         }
     }
     drop(pin);
