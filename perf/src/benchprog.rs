@@ -124,6 +124,34 @@ impl Bench {
         Ok(())
     }
 
+    /// Times every program of `progs` on every case through the wrapper,
+    /// `rounds` times, each call `repeat` iterations, in rotating order (each
+    /// program goes first in turn, shifted per case, so drift and cache
+    /// state fall on all alike): `[case][prog]`, one ns/packet per round.
+    pub fn time_rotating(
+        &mut self,
+        cases: &[Template],
+        progs: &[ProgramFd],
+        rounds: u32,
+        repeat: u32,
+        ifindex: u32,
+    ) -> Result<Vec<Vec<Vec<f64>>>> {
+        let k = progs.len();
+        let mut times = vec![vec![Vec::new(); k]; cases.len()];
+        for round in 0..rounds as usize {
+            for (ci, tpl) in cases.iter().enumerate() {
+                self.set_templates(std::slice::from_ref(tpl))?;
+                for j in 0..k {
+                    let slot = (j + round + ci) % k;
+                    self.set_target(&progs[slot])?;
+                    let r = test_run(self.wrapper(), &tpl.bytes, ifindex, repeat, None)?;
+                    times[ci][slot].push(r.duration.as_nanos() as f64);
+                }
+            }
+        }
+        Ok(times)
+    }
+
     /// A wrapper counter, summed over CPUs.
     pub fn stat(&self, s: Stat) -> Result<u64> {
         let v = self.stats.get(&(s as u32), 0).context("xlb_bench_stats read")?;

@@ -301,18 +301,8 @@ fn run_inside(
     let k = fds.len();
     let copies = o.copies as usize;
     let mut rows = Vec::new();
-    let mut times = vec![vec![Vec::new(); k]; cases.len()];
-    for round in 0..o.rounds as usize {
-        for (ci, (_, tpl)) in cases.iter().enumerate() {
-            bench.set_templates(std::slice::from_ref(tpl))?;
-            for j in 0..k {
-                let slot = (j + round + ci) % k;
-                bench.set_target(&fds[slot])?;
-                let r = test_run(bench.wrapper(), &tpl.bytes, ifindex, o.repeat, None)?;
-                times[ci][slot].push(r.duration.as_nanos() as f64);
-            }
-        }
-    }
+    let tpls: Vec<Template> = cases.iter().map(|(_, t)| t.clone()).collect();
+    let times = bench.time_rotating(&tpls, &fds, o.rounds, o.repeat, ifindex)?;
     for (ci, (name, _)) in cases.iter().enumerate() {
         let t = &times[ci];
         let net = |slots: std::ops::Range<usize>| {

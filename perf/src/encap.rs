@@ -178,19 +178,8 @@ fn run_inside(
         }
     }
     let slot = |obj: usize, mode: usize, copy: usize| 1 + (obj * 2 + mode) * copies + copy;
-    let k = fds.len();
-    let mut times = vec![vec![Vec::new(); k]; frames.len()];
-    for round in 0..o.rounds as usize {
-        for (ci, (_, f)) in frames.iter().enumerate() {
-            bench.set_templates(&[Template::fixed(f)])?;
-            for j in 0..k {
-                let s = (j + round + ci) % k;
-                bench.set_target(&fds[s])?;
-                let r = test_run(bench.wrapper(), f, ifindex, o.repeat, None)?;
-                times[ci][s].push(r.duration.as_nanos() as f64);
-            }
-        }
-    }
+    let tpls: Vec<Template> = frames.iter().map(|(_, f)| Template::fixed(f)).collect();
+    let times = bench.time_rotating(&tpls, &fds, o.rounds, o.repeat, ifindex)?;
     let mut rows = Vec::new();
     for (ci, (name, _)) in frames.iter().enumerate() {
         let t = &times[ci];

@@ -392,19 +392,8 @@ fn micro(o: &KatranOpts, built: &Built, frames: Vec<(String, Vec<u8>)>) -> Resul
     let mut cases: Vec<(String, Template)> =
         frames.iter().map(|(n, f)| (n.clone(), Template::fixed(f))).collect();
     cases.push(("tcp_syn_vip.bin, new flow/pkt".into(), Template::new_flow(&frames[0].1)));
-    let k = fds.len();
-    let mut times = vec![vec![Vec::new(); k]; cases.len()];
-    for round in 0..o.ns_rounds as usize {
-        for (ci, (_, t)) in cases.iter().enumerate() {
-            bench.set_templates(std::slice::from_ref(t))?;
-            for j in 0..k {
-                let s = (j + round + ci) % k;
-                bench.set_target(&fds[s])?;
-                let r = test_run(bench.wrapper(), &t.bytes, ifindex, o.ns_repeat, None)?;
-                times[ci][s].push(r.duration.as_nanos() as f64);
-            }
-        }
-    }
+    let tpls: Vec<Template> = cases.iter().map(|(_, t)| t.clone()).collect();
+    let times = bench.time_rotating(&tpls, &fds, o.ns_rounds, o.ns_repeat, ifindex)?;
     let rows = cases
         .iter()
         .enumerate()
