@@ -299,6 +299,23 @@ abi_struct!(
     /// Value of xlb_ct (an ARRAY of sets, conntrack.h).
     CtSet = "xlb_ct_set", 256 { way: [CtWay; CT_WAYS as usize] });
 
+impl FlowKey {
+    /// The key of the flow `src`:`sport` -> `dst`:`dport` (ports in host
+    /// order; the family is `src`'s).
+    pub fn of(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
+        let ((saddr, family), (daddr, _)) = (addr_to_abi(src), addr_to_abi(dst));
+        FlowKey { saddr, daddr, sport: sport.to_be(), dport: dport.to_be(), proto, family, pad: 0 }
+    }
+}
+
+impl CtEntry {
+    /// An entry naming a backend (id, generation) of service `svc_id`, its
+    /// check, clock stamp and creation time zero (CtTable::insert seals it).
+    pub fn to(svc_id: u32, backend_id: u32, backend_gen: u32) -> CtEntry {
+        CtEntry { backend_id, backend_gen, svc_id, check: 0, stamp: 0, created_s: 0 }
+    }
+}
+
 /// The flow hash of `k` (lb/bpf/conntrack.h xlb_flow_hash).
 pub fn flow_hash(k: &FlowKey) -> u32 {
     let w = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);

@@ -858,17 +858,7 @@ mod tests {
     }
 
     fn flow(client: &str, sport: u16, vip: &str, dport: u16) -> abi::FlowKey {
-        let (saddr, family) = abi::addr_to_abi(ip(client));
-        let (daddr, _) = abi::addr_to_abi(ip(vip));
-        abi::FlowKey {
-            saddr,
-            daddr,
-            sport: sport.to_be(),
-            dport: dport.to_be(),
-            proto: 6,
-            family,
-            pad: 0,
-        }
+        abi::FlowKey::of(ip(client), sport, ip(vip), dport, 6)
     }
 
     #[test]
@@ -909,12 +899,8 @@ mod tests {
         let (db, web) = (&list[0], &list[1]);
         let be = &web.backends[0];
         let entry = |svc_id, backend_id, backend_gen| abi::CtEntry {
-            backend_id,
-            backend_gen,
-            svc_id,
-            check: 0,
-            stamp: 0,
             created_s: 5,
+            ..abi::CtEntry::to(svc_id, backend_id, backend_gen)
         };
         store.insert_connection(
             flow("192.0.2.1", 1000, "10.100.0.1", 80),

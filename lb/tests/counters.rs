@@ -11,6 +11,9 @@ use lb::{
 };
 use testkit::pins::{pinned_map_field, PinDir};
 
+/// The service address of the connection-table entries written here.
+const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 100, 0, 1);
+
 fn max_entries(pin: &PinDir, map: &str) -> u64 {
     pinned_map_field(&pin.path().join(map), "max_entries")
 }
@@ -58,24 +61,9 @@ fn connection_table_tags_are_rebuilt_for_a_table_kept_without_them() {
     let ct = lb::maps::CtTable::open(pin.path()).expect("xlb_ct");
     let mut written = Vec::new();
     for port in 1000..1300u16 {
-        let key = abi::FlowKey {
-            saddr: [10, 0, (port >> 8) as u8, port as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            daddr: [10, 100, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            sport: port.to_be(),
-            dport: 80u16.to_be(),
-            proto: 6,
-            family: abi::FAMILY_V4,
-            pad: 0,
-        };
-        let e = abi::CtEntry {
-            backend_id: 1,
-            backend_gen: 1,
-            svc_id: 1,
-            check: 0,
-            stamp: 0,
-            created_s: 0,
-        };
-        written.push(ct.insert(&key, e).expect("insert"));
+        let client = std::net::Ipv4Addr::new(10, 0, (port >> 8) as u8, port as u8);
+        let key = abi::FlowKey::of(client.into(), port, VIP.into(), 80, 6);
+        written.push(ct.insert(&key, abi::CtEntry::to(1, 1, 1)).expect("insert"));
     }
     drop(ct);
     std::fs::remove_file(pin.path().join("xlb_ct_tags")).unwrap();

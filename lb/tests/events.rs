@@ -15,6 +15,10 @@ use lb::{
 };
 use testkit::pins::{pinned_map_field, PinDir};
 
+/// The client and service address of the connection-table entries written here.
+const CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 1);
+const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 100, 0, 1);
+
 fn load(pin: &PinDir, events: u32, events_enabled: bool) -> Result<Dataplane, LoadError> {
     Dataplane::load(&LoadOptions {
         pin_dir: pin.path().into(),
@@ -134,24 +138,8 @@ fn census_counts_every_tracked_map() {
     let _dp = load(&pin, DEFAULT_RING_BYTES, true).expect("loading the datapath");
     let mut maps = Maps::open(pin.path()).expect("Maps::open");
     for i in 0..300u16 {
-        let key = abi::FlowKey {
-            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            daddr: [10, 100, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            sport: i.to_be(),
-            dport: 80u16.to_be(),
-            proto: 6,
-            family: abi::FAMILY_V4,
-            pad: 0,
-        };
-        let v = abi::CtEntry {
-            backend_id: 1,
-            backend_gen: 1,
-            svc_id: 1,
-            check: 0,
-            stamp: 0,
-            created_s: 0,
-        };
-        let (set, way) = maps.ct.insert(&key, v).expect("xlb_ct insert");
+        let key = abi::FlowKey::of(CLIENT.into(), i, VIP.into(), 80, 6);
+        let (set, way) = maps.ct.insert(&key, abi::CtEntry::to(1, 1, 1)).expect("xlb_ct insert");
         assert!(maps.ct.read_set(set).unwrap().way[way].valid(), "a valid way");
     }
     // Two allocated backend slots (flags != 0) among free ones.

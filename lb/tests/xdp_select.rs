@@ -530,14 +530,7 @@ fn a_new_flow_flood_beyond_the_budget_writes_no_entries() {
             assert_eq!(ct_entries(lab), 1, "the established flow has its entry");
 
             let started = std::time::Instant::now();
-            let flood: Vec<Case> = (21000..23000)
-                .map(|p| {
-                    let s = syn(false, p);
-                    let (want, _) = lab.expect_dsr(&s, 80);
-                    Case::of(format!("flood SYN from port {p}"), &s).tx(&want)
-                })
-                .collect();
-            lab.check(&flood);
+            lab.check(&maglev_syns(lab, 21000..23000, "flood SYN"));
             // A token every 100 ms per CPU (the bucket is per CPU and the
             // thread may move, each CPU starting with one): the flood got at
             // most that many entries.
@@ -565,14 +558,7 @@ fn a_flow_served_past_the_budget_does_not_fill_the_flow_cache() {
         |lab| {
             lab.apply(&[spread_service(false, 3)]);
             // Spend every CPU's bucket (each starts with a token).
-            let spend: Vec<Case> = (21000..21100)
-                .map(|p| {
-                    let s = syn(false, p);
-                    let (want, _) = lab.expect_dsr(&s, 80);
-                    Case::of(format!("SYN from port {p}"), &s).tx(&want)
-                })
-                .collect();
-            lab.check(&spend);
+            lab.check(&maglev_syns(lab, 21000..21100, "SYN"));
             // A token comes back every 100 ms per CPU: a flow that got one
             // anyway is cached as before; take the next port then.
             let mut unpinned = None;
@@ -646,14 +632,8 @@ fn a_connection_table_way_is_found_through_its_tag() {
                 .find(|&p| lab.expect_dsr(&syn(v6, p), 80).1 == a)
                 .expect("a second client port Maglev maps to A");
             let key2 = flow_key(v6, p2);
-            let e = abi::CtEntry {
-                backend_id: b.id,
-                backend_gen: lab.path.maps().backends.get(&b.id, 0).unwrap().gen,
-                svc_id: l.id,
-                check: 0,
-                stamp: 0,
-                created_s: 0,
-            };
+            let e =
+                abi::CtEntry::to(l.id, b.id, lab.path.maps().backends.get(&b.id, 0).unwrap().gen);
             let (set2, way2) = lab.path.maps().ct.insert(&key2, e).unwrap();
             assert_eq!(
                 lab.path.maps().ct.read_tags(set2).unwrap().tag[way2],
@@ -670,17 +650,19 @@ fn a_connection_table_way_is_found_through_its_tag() {
 
 /// The connection-table key of the test client's TCP flow to VIP:80.
 fn flow_key(v6: bool, sport: u16) -> abi::FlowKey {
-    let (saddr, family) = abi::addr_to_abi(client(v6));
-    let (daddr, _) = abi::addr_to_abi(vip(v6));
-    abi::FlowKey {
-        saddr,
-        daddr,
-        sport: sport.to_be(),
-        dport: 80u16.to_be(),
-        proto: 6,
-        family,
-        pad: 0,
-    }
+    abi::FlowKey::of(client(v6), sport, vip(v6), 80, 6)
+}
+
+/// IPv4 SYNs from each client port of `ports`, each expected to reach the
+/// endpoint Maglev picks for it (Geneve DSR to its node).
+fn maglev_syns(lab: &Lab, ports: std::ops::Range<u16>, what: &str) -> Vec<Case> {
+    ports
+        .map(|p| {
+            let s = syn(false, p);
+            let (want, _) = lab.expect_dsr(&s, 80);
+            Case::of(format!("{what} from port {p}"), &s).tx(&want)
+        })
+        .collect()
 }
 
 /// Sends the SYN of a flow that Maglev gives to A (pod 1 on node 1) and

@@ -169,16 +169,7 @@ pub fn ack(v6: bool, sport: u16) -> Frame {
 /// The flow hash of lb/bpf/conntrack.h (xlb_flow_hash), by lb's mirror
 /// (abi::flow_hash) of the flow's key.
 pub fn flow_hash(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> u32 {
-    let ((saddr, family), (daddr, _)) = (abi::addr_to_abi(src), abi::addr_to_abi(dst));
-    abi::flow_hash(&abi::FlowKey {
-        saddr,
-        daddr,
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto,
-        family,
-        pad: 0,
-    })
+    abi::flow_hash(&abi::FlowKey::of(src, sport, dst, dport, proto))
 }
 
 /// The outer Ethernet + IP header to node `n` of `outer` family (lb/bpf/encap.h:
