@@ -120,6 +120,33 @@
  *   Test (lb/tests/xdp_select.rs):
  *   established_flows_keep_their_backends_across_a_flood_that_overfills_the_table.
  *
+ *   Cost of a new flow at a full table (#14 item 1). Ablation: variants of
+ *   xlb_xdp with one part changed, timed in one interleaved run (xlb-perf
+ *   scale --ct-fill 100 --variant, 15 rounds x 2 loads; AMD EPYC VM, load
+ *   5-8; SYN, net ns; ACK miss, UDP and IPv6 within 10 ns of it):
+ *     as is                                                  420
+ *     no insert, no warm                                     257
+ *     every flow inserted into set 0 (its lines cached)       285
+ *     victim always way 0 (no victim reads or compares)       380
+ *     no xlb_svc_backends lookup (HASH: a kernel call; id
+ *     cached, so every flow to one backend)                   379
+ *     no flow cache fill / no counters / Maglev slot 0   414 / 409 / 417
+ *     warm after the Maglev pick instead of before           540
+ *     warm before the flow cache too (SYNs)                  522
+ *     victim chosen before the Maglev pick                   449
+ *     Maglev pick before the lookup (SYNs; its run: as is 441) 537
+ *     insert after the forward, at the program's end         420
+ *     lookup comparing the 4 keys instead of the tags        510
+ *     victim compares keys of tagged ways only               420
+ *   So ~140 ns are the set's miss (a TLB and cache miss in 32 MiB) and
+ *   the order warm, tags, Maglev's kernel calls, insert matters more than
+ *   any work removed (each reordering tried costs 25-115 ns). Not kept:
+ *   keys compared only for tagged ways (-0 to -6 ns; a cleared tag then no
+ *   longer heals in place); the 4 ways' check, stamp and backend in the
+ *   set's first line so the victim reads one line (-10 ns, an ABI change).
+ *   What would pay: Maglev slots naming backend ids (no xlb_svc_backends
+ *   lookup, -40 ns).
+ *
  * Backend rules
  *   xlb_backend_flow_ok(be, gen)  an existing flow keeps its backend while it
  *                                 is ACTIVE with the same generation, even if
