@@ -2,11 +2,13 @@
 //! report files of a run (perf/out/*.json) and written between the
 //! README's `perf-table` markers, so the figures there are never typed by
 //! hand. A report that is missing leaves its rows out and says so below the
-//! table.
+//! table; the machine each report was measured on heads the table.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+
+use crate::report::Host;
 
 const BEGIN: &str = "<!-- perf-table:begin";
 const END: &str = "<!-- perf-table:end -->";
@@ -20,6 +22,26 @@ fn load(dir: &Path, name: &str) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// "Measured on HOST." — or, when the reports come from more than one
+/// machine, each host with the reports measured on it. A report written
+/// before reports carried their host says so.
+fn hosts_line(reports: &[(&str, &Value)]) -> String {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for (name, v) in reports {
+        let host = serde_json::from_value::<Host>(v["host"].clone())
+            .map_or("a host the report does not record".into(), |h| h.describe());
+        match groups.iter_mut().find(|(h, _)| *h == host) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((host, vec![name])),
+        }
+    }
+    let parts: Vec<String> = match groups.as_slice() {
+        [(h, _)] => vec![h.clone()],
+        _ => groups.iter().map(|(h, names)| format!("{h} ({})", names.join(", "))).collect(),
+    };
+    format!("Measured on {}.\n\n", parts.join("; "))
+}
+
 fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
@@ -29,8 +51,11 @@ pub fn table(dir: &Path) -> Result<String> {
     let mut rows: Vec<[String; 3]> = Vec::new();
     let mut missing = Vec::new();
     let mut row = |what: &str, xlb: String, base: &str| rows.push([what.into(), xlb, base.into()]);
+    let names = ["micro", "pps", "cluster", "compare", "podnet"];
+    let reports: Vec<Option<Value>> = names.iter().map(|n| load(dir, n)).collect();
+    let [micro, pps, cluster, compare, podnet] = &reports[..] else { unreachable!() };
 
-    match load(dir, "micro") {
+    match micro {
         Some(m) => {
             let net = |frame: &str| {
                 m["rows"]
@@ -53,7 +78,7 @@ pub fn table(dir: &Path) -> Result<String> {
         }
         None => missing.push("micro"),
     }
-    match load(dir, "pps") {
+    match pps {
         Some(p) => {
             let ratio = |mix: &str| {
                 p["mixes"]
@@ -79,7 +104,7 @@ pub fn table(dir: &Path) -> Result<String> {
         }
         None => missing.push("pps"),
     }
-    match load(dir, "cluster") {
+    match cluster {
         Some(c) => {
             let services = c["services"].as_u64().unwrap_or(0);
             let endpoints = c["endpoints"].as_u64().unwrap_or(0);
@@ -117,7 +142,7 @@ pub fn table(dir: &Path) -> Result<String> {
         }
         None => missing.push("cluster"),
     }
-    match load(dir, "compare") {
+    match compare {
         Some(c) => {
             let ack = c["rows"]
                 .as_array()
@@ -135,14 +160,17 @@ pub fn table(dir: &Path) -> Result<String> {
         }
         None => missing.push("compare"),
     }
-    match load(dir, "podnet") {
-        Some(p) => podnet_rows(&p, &mut row),
+    match podnet {
+        Some(p) => podnet_rows(p, &mut row),
         None => missing.push("podnet"),
     }
     if rows.is_empty() {
         bail!("no report files in {} (run xlb-perf first)", dir.display());
     }
-    let mut s = String::from("| | xlb | baseline |\n|---|---|---|\n");
+    let found: Vec<(&str, &Value)> =
+        names.iter().zip(&reports).filter_map(|(n, r)| r.as_ref().map(|v| (*n, v))).collect();
+    let mut s = hosts_line(&found);
+    s.push_str("| | xlb | baseline |\n|---|---|---|\n");
     for [a, b, c] in &rows {
         s.push_str(&format!("| {a} | {b} | {c} |\n"));
     }
@@ -297,5 +325,12 @@ mod tests {
             !t.contains("compare, podnet")
                 && t.contains("Not in this report set: pps, cluster, compare")
         );
+        // The hand-written micro report names no host; podnet's, written by
+        // report::write, names this machine.
+        let want = format!(
+            "Measured on a host the report does not record (micro); {} (podnet).\n\n| |",
+            Host::this().describe()
+        );
+        assert!(t.starts_with(&want), "want {want}\nin\n{t}");
     }
 }

@@ -9,11 +9,59 @@ pub fn default_out_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("out")
 }
 
-/// Writes `<name>.json` and `<name>.md`.
+/// The machine a report was measured on. Per-packet and control-plane
+/// figures track the host (CPU, its Spectre mitigations, the kernel) more
+/// than the tree: every report carries it, and the README's table names it.
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// /proc/cpuinfo's model name.
+    pub cpu: String,
+    pub cpus: usize,
+    /// `uname -r`.
+    pub kernel: String,
+    /// /sys/devices/system/cpu/vulnerabilities/spectre_v2, up to its first
+    /// `;` (e.g. "Mitigation: Retpolines": indirect calls cost more).
+    pub spectre_v2: String,
+}
+
+impl Host {
+    pub fn this() -> Host {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+            .map_or("unknown CPU".into(), |(_, v)| v.trim().to_string());
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+        let spectre_v2 = read("/sys/devices/system/cpu/vulnerabilities/spectre_v2")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Host { cpu, cpus, kernel, spectre_v2 }
+    }
+
+    /// "AMD EPYC, 2 CPUs, Linux 6.18.44, Spectre v2: Mitigation: Retpolines".
+    pub fn describe(&self) -> String {
+        let mut s = format!("{}, {} CPUs, Linux {}", self.cpu, self.cpus, self.kernel);
+        if !self.spectre_v2.is_empty() {
+            s.push_str(&format!(", Spectre v2: {}", self.spectre_v2));
+        }
+        s
+    }
+}
+
+/// Writes `<name>.json` (with a `host` field: `Host::this()`, when the
+/// report is a JSON object) and `<name>.md`.
 pub fn write<T: Serialize>(dir: &Path, name: &str, value: &T, markdown: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join(format!("{name}.json"));
-    std::fs::write(&json, serde_json::to_string_pretty(value)?)
+    let mut v = serde_json::to_value(value)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("host".into(), serde_json::to_value(Host::this())?);
+    }
+    std::fs::write(&json, serde_json::to_string_pretty(&v)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let md = dir.join(format!("{name}.md"));
     std::fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
