@@ -64,20 +64,6 @@ impl From<Decoded> for EndpointSlice {
     }
 }
 
-impl EndpointSlice {
-    /// Every list in it made exactly as long as it is, in place (the strings
-    /// decoded are already exact): what a copy would hold, without copying.
-    pub fn shrink_to_fit(&mut self) {
-        self.endpoints.shrink_to_fit();
-        for ep in &mut self.endpoints {
-            ep.addresses.shrink_to_fit();
-        }
-        if let Some(p) = self.ports.as_mut() {
-            p.shrink_to_fit();
-        }
-    }
-}
-
 /// One endpoint: what the translation reads of it.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -164,27 +150,6 @@ mod tests {
             {}
         ]
     }"#;
-
-    /// Shrunk in place, a decoded slice holds what a copy holds: the same
-    /// value, every list exactly as long as it is.
-    #[test]
-    fn shrink_to_fit_leaves_the_value_and_no_room() {
-        let eps: Vec<String> = (0..10)
-            .map(|i| format!(r#"{{"addresses": ["10.0.0.{i}"], "nodeName": "n{i}"}}"#))
-            .collect();
-        let json = format!(
-            r#"{{"metadata": {{"name": "s"}}, "addressType": "IPv4",
-                "ports": [{{"port": 80}}], "endpoints": [{}]}}"#,
-            eps.join(",")
-        );
-        let mut slice: EndpointSlice = serde_json::from_str(&json).unwrap();
-        let copy = slice.clone();
-        slice.shrink_to_fit();
-        assert_eq!(slice, copy);
-        assert_eq!(slice.endpoints.capacity(), 10);
-        assert!(slice.endpoints.iter().all(|e| e.addresses.capacity() == 1));
-        assert_eq!(slice.ports.as_ref().map(Vec::capacity), Some(1));
-    }
 
     #[test]
     fn reads_what_k8s_openapi_reads_of_the_fields_kept() {

@@ -23,7 +23,7 @@
 use crate::cluster::{
     for_each_kind,
     kinds::{PerKind, Same},
-    Changes, EndpointSlice, Kind, KindChanges, KindVisitor, ObjectKey,
+    Changes, Kind, KindChanges, KindVisitor, ObjectKey,
 };
 use anyhow::Context as _;
 use futures::future::BoxFuture;
@@ -415,18 +415,10 @@ fn slim(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
     }
 }
 
-/// `obj` as the store keeps it: every list in it exactly as long as it is (as
+/// `obj` as the store keeps it: a copy, every list in it exactly as long as it is (as
 /// decoded, a list keeps room to grow: an EndpointSlice's 10 endpoints room for 16, each
-/// endpoint's one address room for 4, ~35 MB more at 30k slices). An EndpointSlice (the
-/// bulk of a large cluster's objects) has its lists shrunk in place; any other kind is
-/// copied (a copy's lists are exactly as long: a cold start's 30k slices copied were 1.5 %
-/// of the agent's CPU, 600k allocations and frees).
-fn compact<K: Kind>(mut obj: K) -> Arc<K> {
-    let any: &mut dyn std::any::Any = &mut obj;
-    if let Some(slice) = any.downcast_mut::<EndpointSlice>() {
-        slice.shrink_to_fit();
-        return Arc::new(obj);
-    }
+/// endpoint's one address room for 4, ~35 MB more at 30k slices).
+fn compact<K: Kind>(obj: K) -> Arc<K> {
     Arc::new(obj.clone())
 }
 
