@@ -34,6 +34,7 @@ use lb::{
     model::{Cidr, Endpoint, DEFAULT_ICMP_RATE},
     report::Chain,
     sockdestroy::Reaper,
+    store::BpfStore,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -431,6 +432,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         ct_insert_rate: args.ct_insert_rate,
         features: None,
     };
+    // No xlb_backends pinned yet: the loader creates it empty, and the
+    // first apply need not read its generations (BpfStore::backends_created_empty).
+    let backends_created = !load.pin_dir.join("xlb_backends").exists();
     // Maps first; the verifier runs on a thread of its own while the
     // first listing is applied to the maps (serve).
     let staged = Dataplane::create_maps(&load).context("loading the datapath")?;
@@ -451,7 +455,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         XdpModeArg::None => None,
     };
-    let result = serve(&args, &opts, first, early, runtime, (programs, t_load), mode);
+    let loading = Loading { programs, t_load, backends_created };
+    let result = serve(&args, &opts, first, early, runtime, loading, mode);
     // On every exit after loading, errors included: a half-attached agent
     // must not stay behind.
     if args.detach_on_exit {
@@ -515,9 +520,13 @@ fn pod_network_sysctls(opts: &PodNetOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The programs being loaded (verifier) on their thread, and when the load began.
-type Loading =
-    (std::thread::JoinHandle<Result<Dataplane, lb::loader::LoadError>>, std::time::Instant);
+/// The programs being loaded (verifier) on their thread, when the load
+/// began, and whether the loader created xlb_backends (none was pinned).
+struct Loading {
+    programs: std::thread::JoinHandle<Result<Dataplane, lb::loader::LoadError>>,
+    t_load: std::time::Instant,
+    backends_created: bool,
+}
 
 /// Restores the applied state, applies the first listing while the
 /// programs load (on a fresh node), attaches and reconciles until a signal.
@@ -527,10 +536,14 @@ fn serve(
     first: Option<(Stamp, Translator, xlb_control::policy::agent::PolicyObjects)>,
     mut kube: Option<KubeStarted>,
     runtime: tokio::runtime::Runtime,
-    (programs, t_load): Loading,
+    Loading { programs, t_load, backends_created }: Loading,
     mode: Option<XdpMode>,
 ) -> anyhow::Result<()> {
-    let mut datapath = Datapath::open(&args.pin_dir).context("opening the datapath maps")?;
+    let mut store = BpfStore::open(&args.pin_dir).context("opening the datapath maps")?;
+    if backends_created {
+        store.backends_created_empty();
+    }
+    let mut datapath = Datapath::restore(store).context("restoring the applied state")?;
     info!(
         services = datapath.service_keys().count(),
         pin_dir = %args.pin_dir.display(),

@@ -100,12 +100,23 @@ fn invalid_service_is_rejected_before_any_write() {
 /// A small datapath loaded on `pins` and its applier; `per_element`: the
 /// store writes entry by entry (no batches, no table pipeline).
 fn loaded(pins: &std::path::Path, per_element: bool) -> (Dataplane, Datapath) {
+    loaded_with(pins, |store| {
+        if per_element {
+            store.per_element();
+        }
+    })
+}
+
+/// A small datapath loaded on `pins` and its applier, its store set up by
+/// `setup` first.
+fn loaded_with(
+    pins: &std::path::Path,
+    setup: impl FnOnce(&mut lb::store::BpfStore),
+) -> (Dataplane, Datapath) {
     let dp = Dataplane::load(&LoadOptions::small(pins))
         .expect("loading the datapath (root and BPF required)");
     let mut store = lb::store::BpfStore::open(pins).unwrap();
-    if per_element {
-        store.per_element();
-    }
+    setup(&mut store);
     (dp, Datapath::restore(store).unwrap())
 }
 
@@ -231,6 +242,10 @@ fn pipelined_first_tables_leave_what_ordered_writes_leave() {
     }
 }
 
+/// Also with xlb_backends known to be created empty (the agent's cold
+/// start: generations of ids above every one written are not read): the
+/// same maps, through the cold start and the round that frees and reuses
+/// ids (whose generations are then read).
 #[test]
 fn batched_backend_writes_leave_what_per_entry_writes_leave() {
     let services = |round: usize| {
@@ -261,9 +276,14 @@ fn batched_backend_writes_leave_what_per_entry_writes_leave() {
         Desired::new(node(), svcs)
     };
     let mut states = Vec::new();
-    for per_element in [false, true] {
-        let pins = PinDir::new(if per_element { "batch-off" } else { "batch-on" });
-        let (_dp, mut path) = loaded(pins.path(), per_element);
+    // The per-entry store last: each of the others is compared with it.
+    for mode in ["batch-on", "created-empty", "batch-off"] {
+        let pins = PinDir::new(mode);
+        let (_dp, mut path) = loaded_with(pins.path(), |store| match mode {
+            "batch-off" => store.per_element(),
+            "created-empty" => store.backends_created_empty(),
+            _ => {}
+        });
         let mut rounds = Vec::new();
         for round in 0..2 {
             let d = services(round);
@@ -283,8 +303,11 @@ fn batched_backend_writes_leave_what_per_entry_writes_leave() {
         assert_eq!(rounds[0].1.iter().filter(|l| l.starts_with("svc_backend")).count(), 9000);
         states.push(rounds);
     }
-    for (round, (batched, per_entry)) in states[0].iter().zip(&states[1]).enumerate() {
-        assert_eq!(batched.0, per_entry.0, "writes counted, round {round}");
-        assert!(batched.1 == per_entry.1, "maps differ after round {round}");
+    let per_entry = states.pop().unwrap();
+    for (mode, rounds) in ["batch-on", "created-empty"].iter().zip(&states) {
+        for (round, (batched, per_entry)) in rounds.iter().zip(&per_entry).enumerate() {
+            assert_eq!(batched.0, per_entry.0, "{mode}: writes counted, round {round}");
+            assert!(batched.1 == per_entry.1, "{mode}: maps differ after round {round}");
+        }
     }
 }

@@ -34,6 +34,11 @@ pub struct BpfStore {
     /// The Maglev maps again, for tables written from the reconciler's
     /// builder threads ([`MapStore::table_sink`]); None: through `write`.
     tables: Option<Arc<Tables>>,
+    /// xlb_backends was created empty by this agent and no id at or above
+    /// this one was written through this store since: their generations
+    /// are 0 without a read ([`BpfStore::backends_created_empty`]). None:
+    /// generations are read.
+    unwritten_from: Option<u32>,
 }
 
 /// The size-class maps and xlb_maglev, shared with builder threads (a
@@ -90,7 +95,14 @@ impl BpfStore {
             RawMap::open(pin_dir, "xlb_svc_backends")?,
         ));
         let tables = Some(Arc::new(Tables::open(pin_dir)?));
-        Ok(BpfStore { maps, pin_dir: pin_dir.to_path_buf(), ncpus, batch, tables })
+        Ok(BpfStore {
+            maps,
+            pin_dir: pin_dir.to_path_buf(),
+            ncpus,
+            batch,
+            tables,
+            unwritten_from: None,
+        })
     }
 
     /// One syscall per write and read from now on, and every table written
@@ -99,6 +111,25 @@ impl BpfStore {
     pub fn per_element(&mut self) {
         self.batch = None;
         self.tables = None;
+    }
+
+    /// The loader created xlb_backends empty for this agent (no map was
+    /// pinned before it; nothing else writes it): a backend id not written
+    /// through this store since has generation 0, so
+    /// [`MapStore::backend_gens`] answers for ids above every one written
+    /// without reading them (a cold start's 300k new backends: a walk of
+    /// the whole array, ~2.5 % of the agent's CPU, read nothing but zeros).
+    /// Must be called before the first write through this store.
+    pub fn backends_created_empty(&mut self) {
+        self.unwritten_from = Some(0);
+    }
+
+    /// Backend `id` is about to be written: ids up to it may hold a
+    /// generation from now on.
+    fn note_backend(&mut self, id: u32) {
+        if let Some(from) = &mut self.unwritten_from {
+            *from = (*from).max(id.saturating_add(1));
+        }
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -421,6 +452,13 @@ impl MapStore for BpfStore {
         let mut i = 0;
         while i < writes.len() {
             let (kind, n) = batch_run(writes, i);
+            if kind == Some(true) {
+                for w in &writes[i..i + n] {
+                    if let Write::Backend { id, .. } = w {
+                        self.note_backend(*id);
+                    }
+                }
+            }
             let (Some(to_backends), Some((backends, svc_backends))) = (kind, &self.batch) else {
                 self.write(writes[i]).map_err(|e| (i, e))?;
                 i += 1;
@@ -462,6 +500,12 @@ impl MapStore for BpfStore {
     }
 
     fn backend_gens(&self, ids: &[u32]) -> Result<Vec<u32>, StoreError> {
+        let len = self.maps.backends.len();
+        if let Some(from) = self.unwritten_from {
+            if ids.iter().all(|&id| id >= from && id < len) {
+                return Ok(vec![0; ids.len()]);
+            }
+        }
         let span = match (ids.iter().min(), ids.iter().max()) {
             (Some(&lo), Some(&hi)) => (hi - lo) as usize + 1,
             _ => 0,
@@ -500,6 +544,9 @@ impl MapStore for BpfStore {
     }
 
     fn write(&mut self, w: Write<'_>) -> Result<(), StoreError> {
+        if let Write::Backend { id, .. } = w {
+            self.note_backend(id);
+        }
         let m = &mut self.maps;
         let map = w.target().map();
         let up = |e| op(map, "update")(e);
