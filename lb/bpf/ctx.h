@@ -257,7 +257,7 @@ static __always_inline int xlb_ctx_l4_csum(struct __sk_buff *ctx, __u32 off, __u
 		if (before <= 0xffff && (void *)(c + 1) <= xlb_ctx_data_end(ctx)) {
 			__u32 moved = xlb_csum_fold((__u64)*c + (__u16)~before);
 
-			if (xlb_csum16_eq(moved, (__u16)~p) || xlb_csum16_eq(moved, p)) {
+			if (xlb_csum16_eq(moved, (__u16)~p)) {
 				*c = (flags & XLB_CSUM_UDP) ? xlb_csum_apply_udp(*c, plain)
 							    : xlb_csum_apply(*c, plain);
 				return 0;

@@ -4,8 +4,10 @@
  * and port rewriting of a parsed TCP/UDP packet (XDP: DNAT to a local or
  * remote endpoint; tc: DNAT on DSR termination, reverse SNAT of replies), and
  * the translation of an ICMP error together with the packet it quotes.
- * Checksums are updated incrementally (csum.h diffs, applied by the context
- * layer: one patch in XDP, the kernel's helpers in tc); a UDP datagram
+ * Checksums are updated incrementally (csum.h diffs). A whole TCP/UDP
+ * packet is rewritten by direct writes in both contexts (xlb_nat_direct;
+ * tc: one bpf_l4_csum_replace for the L4 field, ctx.h); fragments, SCTP
+ * and ICMP go through the context layer's field writers. A UDP datagram
  * without checksum (IPv4, 0) keeps none.
  *
  * API
