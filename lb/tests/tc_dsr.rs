@@ -650,16 +650,28 @@ fn kernel_features_are_probed_at_load() {
 }
 
 fn udp_flow(tag: &str, client: IpAddr, pod: IpAddr, vip: IpAddr, zero_csum: bool) {
+    reply_flow(tag, true, client, pod, SocketAddr::new(vip, 53), zero_csum);
+}
+
+/// A flow (TCP or UDP) through the service `svc` to the pod's TARGET_PORT,
+/// remembered from its Geneve packet; the pod's reply must leave as `svc`
+/// with the checksum the frame builder computes from scratch. The tc NAT
+/// takes an address change and a port change in one helper call when both
+/// change (nat.h, ctx.h): each combination is run.
+fn reply_flow(tag: &str, udp: bool, client: IpAddr, pod: IpAddr, svc: SocketAddr, zero_csum: bool) {
     let mut node = Node::new(tag);
-    let svc = SocketAddr::new(vip, 53);
-    let query = Frame::new().ip(client, pod).udp(CLIENT_PORT, TARGET_PORT).payload(b"query");
+    let l4 = |f: Frame, sport: u16, dport: u16| {
+        if udp {
+            f.udp(sport, dport).payload(b"query or answer")
+        } else {
+            f.tcp(sport, dport).seq(1000).ack_seq(2000).flags(testkit::packet::tcp_flags::ACK)
+        }
+    };
+    let query = l4(Frame::new().ip(client, pod), CLIENT_PORT, TARGET_PORT);
     let outer = if client.is_ipv4() { ip(NODE1_V4) } else { ip(NODE1_V6) };
     assert_eq!(node.ingress(&dsr_packet(outer, &query, svc).build()).verdict, TC_ACT_OK);
     let answer = |src: IpAddr, sport: u16| {
-        let f = Frame::eth(NODE1_MAC, ROUTER_MAC)
-            .ip(src, client)
-            .udp(sport, CLIENT_PORT)
-            .payload(b"answer!");
+        let f = l4(Frame::eth(NODE1_MAC, ROUTER_MAC).ip(src, client), sport, CLIENT_PORT);
         if zero_csum {
             f.l4_checksum(0)
         } else {
@@ -669,8 +681,8 @@ fn udp_flow(tag: &str, client: IpAddr, pod: IpAddr, vip: IpAddr, zero_csum: bool
 
     let r = node.egress(&answer(pod, TARGET_PORT).build());
 
-    assert_eq!(r.verdict, TC_ACT_OK);
-    assert_frame(tag, &answer(vip, 53).build(), &r.out);
+    assert_eq!(r.verdict, TC_ACT_OK, "{tag}: counters {:?}", node.counters());
+    assert_frame(tag, &answer(svc.ip(), svc.port()).build(), &r.out);
     assert_eq!(node.counters().get("ok_tc_revnat").map(|c| c.0), Some(1));
 }
 
@@ -687,6 +699,37 @@ fn reply_v4_udp_without_checksum_keeps_zero() {
 #[test]
 fn reply_v6_udp_leaves_as_the_service() {
     udp_flow("udp6", ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6), false);
+}
+
+/// Address and port, address only, port only; TCP and UDP; both families.
+#[test]
+fn reply_nat_of_every_kind_leaves_as_the_service() {
+    for v6 in [false, true] {
+        let (c, p, v) = if v6 {
+            (ip(CLIENT_V6), ip(POD_V6), ip(VIP_V6))
+        } else {
+            (ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4))
+        };
+        for udp in [false, true] {
+            for (kind, svc) in [
+                ("both", SocketAddr::new(v, SVC_PORT)),
+                ("addr", SocketAddr::new(v, TARGET_PORT)),
+                ("port", SocketAddr::new(p, SVC_PORT)),
+            ] {
+                let tag =
+                    format!("rk{}{}{kind}", if v6 { 6 } else { 4 }, if udp { "u" } else { "t" });
+                reply_flow(&tag, udp, c, p, svc, false);
+            }
+        }
+    }
+}
+
+/// A UDP datagram without checksum (IPv4) keeps none whatever changes.
+#[test]
+fn reply_v4_udp_without_checksum_keeps_zero_for_every_kind() {
+    let (c, p, v) = (ip(CLIENT_V4), ip(POD_V4), ip(VIP_V4));
+    reply_flow("rkz4a", true, c, p, SocketAddr::new(v, TARGET_PORT), true);
+    reply_flow("rkz4p", true, c, p, SocketAddr::new(p, SVC_PORT), true);
 }
 
 /// An SCTP association through the service `vip:svc_port` to the pod's

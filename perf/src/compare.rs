@@ -124,6 +124,12 @@ pub fn build_rev(rev: &str) -> Result<(String, Vec<u8>)> {
         let bytes = std::fs::read(rev).with_context(|| format!("reading {rev}"))?;
         return Ok((format!("{rev:0>10}"), bytes));
     }
+    build_rev_object(rev, "xdp/xlb_xdp.c")
+}
+
+/// `src` (a BPF C file under xdp/ or tc/) of revision `rev` compiled like
+/// the build compiles the working tree's: (full commit id, object bytes).
+pub(crate) fn build_rev_object(rev: &str, src: &str) -> Result<(String, Vec<u8>)> {
     let commit = String::from_utf8(git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])?)?
         .trim()
         .to_string();
@@ -143,10 +149,10 @@ pub fn build_rev(rev: &str) -> Result<(String, Vec<u8>)> {
     let clang = std::env::var("XLB_CLANG").unwrap_or_else(|_| "clang".into());
     let cc = bpf_build::Clang::at_run_time(&clang, vec![dir.0.join("lb/bpf")])
         .map_err(anyhow::Error::msg)?;
-    let obj = dir.0.join("xlb_xdp.o");
-    cc.object(&dir.0.join("xdp/xlb_xdp.c"), &obj)
+    let obj = dir.0.join("object.o");
+    cc.object(&dir.0.join(src), &obj)
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("compiling xdp/xlb_xdp.c of {commit}"))?;
+        .with_context(|| format!("compiling {src} of {commit}"))?;
     Ok((commit, std::fs::read(&obj)?))
 }
 

@@ -21,6 +21,7 @@ mod report;
 mod scale;
 mod setup;
 mod summary;
+mod tcnat;
 
 use std::path::PathBuf;
 
@@ -217,6 +218,15 @@ enum Cmd {
         #[arg(long = "rev")]
         revs: Vec<String>,
     },
+    /// A node's tc NAT per packet (IPIP decap + DNAT, a reply's reverse NAT,
+    /// and a Geneve decap without NAT as control), the working tree's tc
+    /// object beside REV's, one interleaved run.
+    Tcnat {
+        #[arg(long, default_value_t = 31)]
+        rounds: u32,
+        #[arg(long, default_value = "main")]
+        rev: String,
+    },
     /// The XDP program of another revision against the working tree's, in
     /// one interleaved run (net ns/packet over XDP_PASS on the reference
     /// frames): `xlb-perf compare main`, `xlb-perf compare 1002f7c`.
@@ -393,6 +403,12 @@ fn main() -> Result<()> {
             let md = r.markdown();
             println!("{md}");
             report::write(&cli.out, "encap", &r, &md)?;
+        }
+        Cmd::Tcnat { rounds, rev } => {
+            let r = tcnat::run(&tcnat::TcNatOpts { rounds, rev })?;
+            let md = r.markdown();
+            println!("{md}");
+            report::write(&cli.out, "tcnat", &r, &md)?;
         }
         Cmd::Compare { rev, packets, rounds, repeat, copies, ct_insert_rate } => {
             let r = compare::run(&compare::CompareOpts {
