@@ -147,6 +147,44 @@ where
 
 pub type Hash<K, V> = HashMap<MapData, K, V>;
 
+/// xlb_backend_stats: an ARRAY of one row of backend ids per possible CPU
+/// (lb/bpf/counters.h), each CPU counting in its own row.
+pub struct BackendStats {
+    map: Array<MapData, abi::Count>,
+    cpus: u32,
+    /// Backend ids per row.
+    slots: u32,
+}
+
+impl BackendStats {
+    fn open(dir: &Path) -> Result<BackendStats, MapsError> {
+        let map: Array<MapData, abi::Count> = open(dir, "xlb_backend_stats")?;
+        let path = || dir.join("xlb_backend_stats");
+        let err = |e| MapsError::Open { path: path(), source: Box::new(e) };
+        let cpus = aya::util::nr_cpus().map_err(|(call, e)| err(syscall_error(call, e)))?;
+        let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+        let slots = map.len() / cpus;
+        Ok(BackendStats { map, cpus, slots })
+    }
+
+    /// A backend's traffic on each CPU.
+    pub fn get(&self, id: u32) -> Result<Vec<abi::Count>, MapError> {
+        if id >= self.slots {
+            return Err(MapError::OutOfBounds { index: id, max_entries: self.slots });
+        }
+        (0..self.cpus).map(|cpu| self.map.get(&(cpu * self.slots + id), 0)).collect()
+    }
+
+    /// Zeroes a backend's counters on every CPU (an id given anew).
+    pub fn zero(&mut self, id: u32) -> Result<(), MapError> {
+        if id >= self.slots {
+            return Err(MapError::OutOfBounds { index: id, max_entries: self.slots });
+        }
+        let zero = abi::Count { packets: 0, bytes: 0 };
+        (0..self.cpus).try_for_each(|cpu| self.map.set(cpu * self.slots + id, zero, 0))
+    }
+}
+
 /// Every datapath map of one node.
 pub struct Maps {
     pub frontends: Hash<abi::FrontendKey, abi::Service>,
@@ -160,7 +198,8 @@ pub struct Maps {
     pub dsr_nat: Hash<abi::FlowKey, abi::DsrNatEntry>,
     pub counters: PerCpuArray<MapData, abi::Count>,
     pub svc_stats: PerCpuArray<MapData, abi::SvcStats>,
-    pub backend_stats: PerCpuArray<MapData, abi::Count>,
+    /// [cpu][backend id] (lb/bpf/xlb_abi.h): read through [`BackendStats`].
+    pub backend_stats: BackendStats,
     pub source_ranges: LpmTrie<MapData, SrcRangeData, u32>,
     pub svc_names: Hash<u32, abi::SvcName>,
     pub backend_meta: Hash<u32, abi::BackendMeta>,
@@ -209,7 +248,7 @@ impl Maps {
             dsr_nat: open(dir, "xlb_dsr_nat")?,
             counters: open(dir, "xlb_counters")?,
             svc_stats: open(dir, "xlb_svc_stats")?,
-            backend_stats: open(dir, "xlb_backend_stats")?,
+            backend_stats: BackendStats::open(dir)?,
             source_ranges: open(dir, "xlb_source_ranges")?,
             svc_names: open(dir, "xlb_svc_names")?,
             backend_meta: open(dir, "xlb_backend_meta")?,
