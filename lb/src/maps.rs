@@ -148,40 +148,62 @@ where
 pub type Hash<K, V> = HashMap<MapData, K, V>;
 
 /// xlb_backend_stats: an ARRAY of one row of backend ids per possible CPU
-/// (lb/bpf/counters.h), each CPU counting in its own row.
-pub struct BackendStats {
-    map: Array<MapData, abi::Count>,
-    cpus: u32,
-    /// Backend ids per row.
-    slots: u32,
+/// (lb/bpf/counters.h), each CPU counting in its own row; or, pinned by an
+/// agent before #14 and read until a new agent replaces it, a PERCPU_ARRAY.
+pub enum BackendStats {
+    Rows {
+        map: Array<MapData, abi::Count>,
+        cpus: u32,
+        /// Backend ids per row.
+        slots: u32,
+    },
+    PerCpu(PerCpuArray<MapData, abi::Count>),
 }
 
 impl BackendStats {
     fn open(dir: &Path) -> Result<BackendStats, MapsError> {
-        let map: Array<MapData, abi::Count> = open(dir, "xlb_backend_stats")?;
-        let path = || dir.join("xlb_backend_stats");
-        let err = |e| MapsError::Open { path: path(), source: Box::new(e) };
+        let path = dir.join("xlb_backend_stats");
+        let err = |e| MapsError::Open { path: path.clone(), source: Box::new(e) };
+        let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
+        let map = match map {
+            m @ Map::PerCpuArray(_) => return Ok(BackendStats::PerCpu(m.try_into().map_err(err)?)),
+            m => Array::<MapData, abi::Count>::try_from(m).map_err(err)?,
+        };
         let cpus = aya::util::nr_cpus().map_err(|(call, e)| err(syscall_error(call, e)))?;
         let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
-        let slots = map.len() / cpus;
-        Ok(BackendStats { map, cpus, slots })
+        Ok(BackendStats::Rows { slots: map.len() / cpus, map, cpus })
     }
 
     /// A backend's traffic on each CPU.
     pub fn get(&self, id: u32) -> Result<Vec<abi::Count>, MapError> {
-        if id >= self.slots {
-            return Err(MapError::OutOfBounds { index: id, max_entries: self.slots });
+        match self {
+            BackendStats::Rows { map, cpus, slots } => {
+                if id >= *slots {
+                    return Err(MapError::OutOfBounds { index: id, max_entries: *slots });
+                }
+                (0..*cpus).map(|cpu| map.get(&(cpu * slots + id), 0)).collect()
+            }
+            BackendStats::PerCpu(map) => Ok(map.get(&id, 0)?.iter().copied().collect()),
         }
-        (0..self.cpus).map(|cpu| self.map.get(&(cpu * self.slots + id), 0)).collect()
     }
 
     /// Zeroes a backend's counters on every CPU (an id given anew).
     pub fn zero(&mut self, id: u32) -> Result<(), MapError> {
-        if id >= self.slots {
-            return Err(MapError::OutOfBounds { index: id, max_entries: self.slots });
-        }
         let zero = abi::Count { packets: 0, bytes: 0 };
-        (0..self.cpus).try_for_each(|cpu| self.map.set(cpu * self.slots + id, zero, 0))
+        match self {
+            BackendStats::Rows { map, cpus, slots } => {
+                if id >= *slots {
+                    return Err(MapError::OutOfBounds { index: id, max_entries: *slots });
+                }
+                (0..*cpus).try_for_each(|cpu| map.set(cpu * *slots + id, zero, 0))
+            }
+            BackendStats::PerCpu(map) => {
+                let cpus = aya::util::nr_cpus().map_err(|(call, e)| syscall_error(call, e))?;
+                let values = aya::maps::PerCpuValues::try_from(vec![zero; cpus])
+                    .map_err(|e| syscall_error("nr_cpus", e))?;
+                map.set(id, values, 0)
+            }
+        }
     }
 }
 

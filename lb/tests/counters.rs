@@ -152,6 +152,19 @@ fn backend_stats_of_the_per_cpu_layout_are_replaced() {
     let id = map_id(&pin, "xlb_backend_stats");
     drop(Dataplane::load(&opts).expect("reloading"));
     assert_eq!(map_id(&pin, "xlb_backend_stats"), id, "xlb_backend_stats is reused");
+
+    // Until a new agent replaces it, an old agent's map is read as it is
+    // (`xlb` commands of this build on an older agent's maps).
+    std::fs::remove_file(&path).unwrap();
+    let entries = opts.sizes.backends.to_string();
+    bpftool_create(
+        &path,
+        &["type", "percpu_array", "key", "4", "value", "16", "entries", &entries],
+    );
+    let mut maps = lb::maps::Maps::open(pin.path()).expect("the maps with the old backend stats");
+    maps.backend_stats.zero(7).expect("zeroing the old layout");
+    let rows = maps.backend_stats.get(7).expect("reading the old layout");
+    assert_eq!(rows.len() as u64, cpus());
 }
 
 /// Pins the calling thread (the lab's) to `cpu`: BPF_PROG_TEST_RUN runs
