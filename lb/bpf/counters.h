@@ -82,10 +82,11 @@ static __always_inline void xlb_count_backend(__u32 backend_id, __u32 bytes)
 	__u32 key = bpf_get_smp_processor_id() * slots + backend_id;
 	struct xlb_count *c;
 
-	/* This CPU's row, so plain adds as in a per-CPU map. */
+	/* An id past a row would count in the next CPU's row. */
 	if (backend_id >= slots)
 		return;
 	c = bpf_map_lookup_elem(&xlb_backend_stats, &key);
+	/* This CPU's own row: plain adds, as in a per-CPU map. */
 	if (c) {
 		c->packets++;
 		c->bytes += bytes;

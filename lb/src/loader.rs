@@ -440,9 +440,9 @@ fn backend_stats_entries(opts: &LoadOptions) -> Result<u32, LoadError> {
 /// worth keeping and was pinned with another size or type than this build
 /// wants (the ring buffer of another `sizes.events`; xlb_counters of an
 /// older layout; xlb_backend_stats of another number of backends or CPUs,
-/// or the PERCPU_ARRAY before #14), so that loading creates it anew: the loader reuses whatever is
-/// pinned under a map's name, and a program would otherwise index past the
-/// end of an old counters map and lose its counts. The ring holds only
+/// or the PERCPU_ARRAY before #14), so that loading creates it anew: the
+/// loader reuses whatever is pinned under a map's name, and a program would
+/// otherwise index past the end of an old counters map and lose its counts. The ring holds only
 /// events not yet read; the counters restart from zero, which Prometheus
 /// reads as a counter reset. Programs attached by an earlier agent keep the
 /// maps they were loaded with until replaced.
