@@ -13,7 +13,7 @@ use std::process::Command;
 use common::*;
 use lb::{
     abi,
-    loader::{Dataplane, LoadOptions, MapSizes},
+    loader::{Dataplane, LoadOptions},
 };
 use testkit::pins::{pinned_map_field, PinDir};
 
