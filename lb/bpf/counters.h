@@ -20,6 +20,7 @@
  *       as the program received it; `hook` is a constant of the program.
  *   void xlb_count_svc(svc_id, bytes, new_flow, affinity_hit)
  *   void xlb_count_backend(backend_id, bytes)
+ *       counts in this CPU's row of xlb_backend_stats (xlb_abi.h).
  */
 #ifndef XLB_COUNTERS_H
 #define XLB_COUNTERS_H
@@ -71,10 +72,21 @@ static __always_inline void xlb_count_svc(__u32 svc_id, __u32 bytes, __u32 new_f
 	}
 }
 
+/* Backend ids per CPU row of xlb_backend_stats (MapSizes::backends; the
+ * loader sets it). */
+volatile const __u32 xlb_backend_slots = 262144;
+
 static __always_inline void xlb_count_backend(__u32 backend_id, __u32 bytes)
 {
-	struct xlb_count *c = bpf_map_lookup_elem(&xlb_backend_stats, &backend_id);
+	__u32 slots = xlb_backend_slots;
+	__u32 key = bpf_get_smp_processor_id() * slots + backend_id;
+	struct xlb_count *c;
 
+	/* An id past a row would count in the next CPU's row. */
+	if (backend_id >= slots)
+		return;
+	c = bpf_map_lookup_elem(&xlb_backend_stats, &key);
+	/* This CPU's own row: plain adds, as in a per-CPU map. */
 	if (c) {
 		c->packets++;
 		c->bytes += bytes;

@@ -384,7 +384,9 @@ _Static_assert(sizeof(struct xlb_count) == 16, "xlb_count size");
 
 /* ---- per-service and per-backend statistics ------------------------------
  * xlb_svc_stats: PERCPU_ARRAY, __u32 service id -> struct xlb_svc_stats.
- * xlb_backend_stats: PERCPU_ARRAY, __u32 backend id -> struct xlb_count. */
+ * xlb_backend_stats: ARRAY, __u32 cpu * xlb_backend_slots + backend id ->
+ * struct xlb_count: each CPU's counters contiguous, one row per possible CPU
+ * (the agent sums a backend's column). */
 struct xlb_svc_stats {
 	__u64 packets;
 	__u64 bytes;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, MapError, PerCpuArray},
+    maps::{MapData, MapError, MapInfo, MapType, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -36,6 +36,8 @@ const CSUM_IPV6_FLAG: u64 = 1 << 7;
 const CT_INSERT_RATE_GLOBAL: &str = "xlb_ct_insert_rate";
 /// xlb_ct's number of sets (conntrack.h): the set index is computed from it.
 pub const CT_SETS_GLOBAL: &str = "xlb_ct_sets";
+/// xlb_backend_stats' backends per CPU row (counters.h).
+pub const BACKEND_SLOTS_GLOBAL: &str = "xlb_backend_slots";
 
 /// Default bpffs directory of a node's pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
@@ -149,7 +151,13 @@ impl MapSizes {
         self.ct.div_ceil(abi::CT_WAYS).max(1)
     }
 
-    fn by_map(&self) -> Vec<(&'static str, u32)> {
+    /// xlb_backend_stats' entries: a row of [`MapSizes::backends`] per
+    /// possible CPU (lb/bpf/xlb_abi.h); None when that passes u32.
+    pub fn backend_stats_entries(&self, cpus: u32) -> Option<u32> {
+        self.backends.checked_mul(cpus)
+    }
+
+    fn by_map(&self, backend_stats: u32) -> Vec<(&'static str, u32)> {
         let classes = abi::MAGLEV_CLASSES.iter().map(|&c| (abi::maglev_map(c), self.services));
         [
             ("xlb_frontends", self.frontends),
@@ -158,7 +166,7 @@ impl MapSizes {
             ("xlb_svc_stats", self.services),
             ("xlb_svc_backends", self.backends),
             ("xlb_backends", self.backends),
-            ("xlb_backend_stats", self.backends),
+            ("xlb_backend_stats", backend_stats),
             ("xlb_backend_meta", self.backends),
             ("xlb_ct", self.ct_sets()),
             ("xlb_ct_tags", self.ct_sets()),
@@ -294,6 +302,13 @@ pub enum LoadError {
          (the page size) to {max} bytes"
     )]
     RingSize { map: &'static str, bytes: u32, min: u32, max: u32 },
+    #[error("possible CPUs (/sys/devices/system/cpu/possible): {source}")]
+    Cpus { source: io::Error },
+    #[error(
+        "xlb_backend_stats: {backends} backends x {cpus} possible CPUs passes a map's 2^32 \
+         entries; lower MapSizes.backends"
+    )]
+    BackendStatsSize { backends: u32, cpus: u32 },
     #[error("replacing {path} (pinned with another size): {source}")]
     StaleMapReplace { path: PathBuf, source: io::Error },
     #[error("{path}: the xlb agent has not pinned the pod programs ({detail}); is `xlb run --pod-network` running?")]
@@ -374,11 +389,12 @@ enum Global {
 
 fn load_object(
     opts: &LoadOptions,
+    backend_stats: u32,
     object: &'static str,
     bytes: &[u8],
     globals: &[Global],
 ) -> Result<Ebpf, LoadError> {
-    let sizes = opts.sizes.by_map();
+    let sizes = opts.sizes.by_map(backend_stats);
     let events_enabled = u32::from(opts.events_enabled);
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&opts.pin_dir);
@@ -396,16 +412,41 @@ fn load_object(
     loader.load(bytes).map_err(|e| LoadError::Object { object, source: Box::new(e) })
 }
 
+/// The kernel's possible CPUs (what per-CPU maps and
+/// bpf_get_smp_processor_id() range over).
+pub fn possible_cpus() -> Result<u32, LoadError> {
+    let n = aya::util::nr_cpus().map_err(|(_, source)| LoadError::Cpus { source })?;
+    u32::try_from(n).map_err(|_| LoadError::Cpus { source: io::Error::other(format!("{n} CPUs")) })
+}
+
+/// The row width ([`BACKEND_SLOTS_GLOBAL`]) of the xlb_backend_stats
+/// pinned under `pin_dir`, when it is this build's ARRAY of a row per CPU
+/// (for tools loading programs on maps pinned by an agent).
+pub fn pinned_backend_slots(pin_dir: &Path) -> Option<u32> {
+    let info = MapData::from_pin(pin_dir.join("xlb_backend_stats")).ok()?.info().ok()?;
+    let cpus = possible_cpus().ok()?;
+    (info.map_type().ok()? == MapType::Array).then(|| info.max_entries() / cpus)
+}
+
+/// xlb_backend_stats' entries for `opts` on this kernel (one row of
+/// backends per possible CPU).
+fn backend_stats_entries(opts: &LoadOptions) -> Result<u32, LoadError> {
+    let cpus = possible_cpus()?;
+    let backends = opts.sizes.backends;
+    opts.sizes.backend_stats_entries(cpus).ok_or(LoadError::BackendStatsSize { backends, cpus })
+}
+
 /// Checks the ring buffer size, then unpins every map that holds no state
-/// worth keeping and was pinned with another size than this build wants
-/// (the ring buffer of another `sizes.events`; xlb_counters of an older
-/// layout), so that loading creates it anew: the loader reuses whatever is
-/// pinned under a map's name, and a program would otherwise index past the
-/// end of an old counters map and lose its counts. The ring holds only
+/// worth keeping and was pinned with another size or type than this build
+/// wants (the ring buffer of another `sizes.events`; xlb_counters of an
+/// older layout; xlb_backend_stats of another number of backends or CPUs,
+/// or the PERCPU_ARRAY before #14), so that loading creates it anew: the
+/// loader reuses whatever is pinned under a map's name, and a program would
+/// otherwise index past the end of an old counters map and lose its counts. The ring holds only
 /// events not yet read; the counters restart from zero, which Prometheus
 /// reads as a counter reset. Programs attached by an earlier agent keep the
 /// maps they were loaded with until replaced.
-fn prepare_stateless_maps(opts: &LoadOptions) -> Result<(), LoadError> {
+fn prepare_stateless_maps(opts: &LoadOptions, backend_stats: u32) -> Result<(), LoadError> {
     const MAX: u32 = 1 << 30;
     let bytes = opts.sizes.events;
     let min = page_size();
@@ -417,18 +458,23 @@ fn prepare_stateless_maps(opts: &LoadOptions) -> Result<(), LoadError> {
     // reused; its flows re-pick with Maglev (the same backend while the
     // service's table is unchanged).
     let ct_set = std::mem::size_of::<abi::CtSet>() as u32;
-    for (map, want, value_size) in [
-        (events::RING_MAP, bytes, None),
-        ("xlb_counters", abi::COUNTER_MAX, None),
-        ("xlb_ct", opts.sizes.ct_sets(), Some(ct_set)),
+    let array = Some(MapType::Array);
+    for (map, want, value_size, map_type) in [
+        (events::RING_MAP, bytes, None, None),
+        ("xlb_counters", abi::COUNTER_MAX, None, None),
+        ("xlb_ct", opts.sizes.ct_sets(), Some(ct_set), None),
+        ("xlb_backend_stats", backend_stats, None, array),
     ] {
         let path = opts.pin_dir.join(map);
         let pinned = MapData::from_pin(&path).ok().and_then(|d| d.info().ok());
-        match pinned.map(|i| (i.max_entries(), i.value_size())) {
-            Some((n, vs)) if n != want || value_size.is_some_and(|v| v != vs) => {
-                std::fs::remove_file(&path)
-                    .map_err(|source| LoadError::StaleMapReplace { path, source })?
-            }
+        let stale = |i: &MapInfo| {
+            i.max_entries() != want
+                || value_size.is_some_and(|v| v != i.value_size())
+                || map_type.is_some_and(|t| i.map_type().ok() != Some(t))
+        };
+        match pinned {
+            Some(i) if stale(&i) => std::fs::remove_file(&path)
+                .map_err(|source| LoadError::StaleMapReplace { path, source })?,
             _ => {}
         }
     }
@@ -569,7 +615,8 @@ impl Dataplane {
         if !is_bpffs(&opts.pin_dir) {
             return Err(LoadError::NotBpffs { path: opts.pin_dir.clone() });
         }
-        prepare_stateless_maps(opts)?;
+        let backend_stats = backend_stats_entries(opts)?;
+        prepare_stateless_maps(opts, backend_stats)?;
         prepare_sock_records(opts)?;
         let rebuild_ct_tags = prepare_ct_tags(opts)?;
         let features = match opts.features {
@@ -581,6 +628,7 @@ impl Dataplane {
             Global::U32("xlb_reply_burst", opts.reply_burst),
             Global::U32(CT_INSERT_RATE_GLOBAL, opts.ct_insert_rate),
             Global::U32(CT_SETS_GLOBAL, opts.sizes.ct_sets()),
+            Global::U32(BACKEND_SLOTS_GLOBAL, opts.sizes.backends),
         ];
         // ctx.h: the flag, or 0 where the kernel refuses it.
         let csum_flag = if features.csum_ipv6_flag { CSUM_IPV6_FLAG } else { 0 };
@@ -598,7 +646,7 @@ impl Dataplane {
             Global::U32(SOCK_COOKIE_ON_GLOBAL, u32::from(opts.sock_cookie_records)),
             Global::U32(SOCK_MARK_MASK_GLOBAL, opts.sizes.sock_marks() - 1),
         ];
-        let xdp = load_object(opts, "xdp", objects::xdp(), &xdp_globals)?;
+        let xdp = load_object(opts, backend_stats, "xdp", objects::xdp(), &xdp_globals)?;
         if rebuild_ct_tags {
             let map_err = |source| LoadError::Map { map: "xlb_ct_tags", source: Box::new(source) };
             let ct = crate::maps::CtTable::open(&opts.pin_dir).map_err(|e| match e {
@@ -607,8 +655,8 @@ impl Dataplane {
             })?;
             ct.rebuild_tags().map_err(map_err)?;
         }
-        let tc = load_object(opts, "tc", objects::tc(), &tc_globals)?;
-        let sock = load_object(opts, "sock", objects::sock(), &sock_globals)?;
+        let tc = load_object(opts, backend_stats, "tc", objects::tc(), &tc_globals)?;
+        let sock = load_object(opts, backend_stats, "sock", objects::sock(), &sock_globals)?;
         Ok(Staged {
             xdp,
             tc,

@@ -147,6 +147,66 @@ where
 
 pub type Hash<K, V> = HashMap<MapData, K, V>;
 
+/// xlb_backend_stats: an ARRAY of one row of backend ids per possible CPU
+/// (lb/bpf/counters.h), each CPU counting in its own row; or, pinned by an
+/// agent before #14 and read until a new agent replaces it, a PERCPU_ARRAY.
+pub enum BackendStats {
+    Rows {
+        map: Array<MapData, abi::Count>,
+        cpus: u32,
+        /// Backend ids per row.
+        slots: u32,
+    },
+    PerCpu(PerCpuArray<MapData, abi::Count>),
+}
+
+impl BackendStats {
+    fn open(dir: &Path) -> Result<BackendStats, MapsError> {
+        let path = dir.join("xlb_backend_stats");
+        let err = |e| MapsError::Open { path: path.clone(), source: Box::new(e) };
+        let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
+        let map = match map {
+            m @ Map::PerCpuArray(_) => return Ok(BackendStats::PerCpu(m.try_into().map_err(err)?)),
+            m => Array::<MapData, abi::Count>::try_from(m).map_err(err)?,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(call, e)| err(syscall_error(call, e)))?;
+        let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+        Ok(BackendStats::Rows { slots: map.len() / cpus, map, cpus })
+    }
+
+    /// A backend's traffic on each CPU.
+    pub fn get(&self, id: u32) -> Result<Vec<abi::Count>, MapError> {
+        match self {
+            BackendStats::Rows { map, cpus, slots } => {
+                if id >= *slots {
+                    return Err(MapError::OutOfBounds { index: id, max_entries: *slots });
+                }
+                (0..*cpus).map(|cpu| map.get(&(cpu * slots + id), 0)).collect()
+            }
+            BackendStats::PerCpu(map) => Ok(map.get(&id, 0)?.iter().copied().collect()),
+        }
+    }
+
+    /// Zeroes a backend's counters on every CPU (an id given anew).
+    pub fn zero(&mut self, id: u32) -> Result<(), MapError> {
+        let zero = abi::Count { packets: 0, bytes: 0 };
+        match self {
+            BackendStats::Rows { map, cpus, slots } => {
+                if id >= *slots {
+                    return Err(MapError::OutOfBounds { index: id, max_entries: *slots });
+                }
+                (0..*cpus).try_for_each(|cpu| map.set(cpu * *slots + id, zero, 0))
+            }
+            BackendStats::PerCpu(map) => {
+                let cpus = aya::util::nr_cpus().map_err(|(call, e)| syscall_error(call, e))?;
+                let values = aya::maps::PerCpuValues::try_from(vec![zero; cpus])
+                    .map_err(|e| syscall_error("nr_cpus", e))?;
+                map.set(id, values, 0)
+            }
+        }
+    }
+}
+
 /// Every datapath map of one node.
 pub struct Maps {
     pub frontends: Hash<abi::FrontendKey, abi::Service>,
@@ -160,7 +220,8 @@ pub struct Maps {
     pub dsr_nat: Hash<abi::FlowKey, abi::DsrNatEntry>,
     pub counters: PerCpuArray<MapData, abi::Count>,
     pub svc_stats: PerCpuArray<MapData, abi::SvcStats>,
-    pub backend_stats: PerCpuArray<MapData, abi::Count>,
+    /// [cpu][backend id] (lb/bpf/xlb_abi.h): read through [`BackendStats`].
+    pub backend_stats: BackendStats,
     pub source_ranges: LpmTrie<MapData, SrcRangeData, u32>,
     pub svc_names: Hash<u32, abi::SvcName>,
     pub backend_meta: Hash<u32, abi::BackendMeta>,
@@ -209,7 +270,7 @@ impl Maps {
             dsr_nat: open(dir, "xlb_dsr_nat")?,
             counters: open(dir, "xlb_counters")?,
             svc_stats: open(dir, "xlb_svc_stats")?,
-            backend_stats: open(dir, "xlb_backend_stats")?,
+            backend_stats: BackendStats::open(dir)?,
             source_ranges: open(dir, "xlb_source_ranges")?,
             svc_names: open(dir, "xlb_svc_names")?,
             backend_meta: open(dir, "xlb_backend_meta")?,

@@ -127,8 +127,11 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
         .and_then(|p| aya::maps::MapData::from_pin(p.join("xlb_ct")).ok())
         .and_then(|d| d.info().ok())
         .map_or(MapSizes::default().ct_sets(), |i| i.max_entries());
+    // xlb_backend_stats' rows are as wide as the backends it is sized for.
+    let slots = MapSizes::default().backends;
     if let Some(pin) = pin {
         let s = MapSizes::default();
+        let cpus = lb::loader::possible_cpus().expect("possible CPUs");
         loader.default_map_pin_directory(pin);
         for (m, n) in [
             ("xlb_frontends", s.frontends),
@@ -137,7 +140,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
             ("xlb_svc_stats", s.services),
             ("xlb_svc_backends", s.backends),
             ("xlb_backends", s.backends),
-            ("xlb_backend_stats", s.backends),
+            ("xlb_backend_stats", s.backend_stats_entries(cpus).expect("backends x CPUs")),
             ("xlb_ct", s.ct_sets()),
             ("xlb_ct_tags", s.ct_sets()),
             ("xlb_affinity", s.affinity),
@@ -148,6 +151,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
             loader.map_max_entries(m, n);
         }
         loader.override_global(lb::loader::CT_SETS_GLOBAL, &sets, false);
+        loader.override_global(lb::loader::BACKEND_SLOTS_GLOBAL, &slots, false);
     }
     let mut e = loader.load(bytes).unwrap_or_else(|err| panic!("loading {name}: {err:?}"));
     let p: &mut Xdp =

@@ -224,6 +224,11 @@ pub(crate) fn load_copies(
             if let Some(sets) = &sets {
                 loader.override_global(lb::loader::CT_SETS_GLOBAL, sets, false);
             }
+            // xlb_backend_stats as an ARRAY (#14) is indexed by its rows' width.
+            let slots = lb::loader::pinned_backend_slots(pins);
+            if let Some(slots) = &slots {
+                loader.override_global(lb::loader::BACKEND_SLOTS_GLOBAL, slots, false);
+            }
             let mut e = loader.load(bytes).context("loading an xlb_xdp object")?;
             let p: &mut Xdp = e.program_mut("xlb_xdp").context("no xlb_xdp")?.try_into()?;
             p.load().context("the verifier rejected xlb_xdp")?;

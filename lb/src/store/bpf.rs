@@ -322,7 +322,7 @@ impl MapStore for BpfStore {
     }
 
     fn backend_stats(&self, id: u32) -> Result<Traffic, StoreError> {
-        let v = self.maps.backend_stats.get(&id, 0).map_err(op("xlb_backend_stats", "lookup"))?;
+        let v = self.maps.backend_stats.get(id).map_err(op("xlb_backend_stats", "lookup"))?;
         Ok(v.iter().fold(Traffic::default(), |a, s| Traffic {
             packets: a.packets + s.packets,
             bytes: a.bytes + s.bytes,
@@ -604,10 +604,7 @@ impl MapStore for BpfStore {
                 removed(m.maglev.remove(&svc_id), "xlb_maglev")
             }
             Write::Backend { id, value } => m.backends.set(id, value, 0).map_err(up),
-            Write::BackendStatsZero { id } => m
-                .backend_stats
-                .set(id, per_cpu(abi::Count { packets: 0, bytes: 0 }, self.ncpus), 0)
-                .map_err(up),
+            Write::BackendStatsZero { id } => m.backend_stats.zero(id).map_err(up),
             Write::BackendMeta { id, name, weight } => {
                 let name = encode_name(name).ok_or(StoreError::NameTooLong {
                     map,
