@@ -214,9 +214,22 @@ pub(crate) struct Table {
 
 impl Table {
     /// A service's first table, as the pipeline wrote it (`finish` takes
-    /// it, or an apply that failed keeps it).
-    fn first_written(&mut self, input: TableInput, hash: u64, size: usize, stats: &mut ApplyStats) {
-        (self.written, self.size) = (Some(hash), size);
+    /// it, or an apply that failed keeps it). `named`: M as the frontends
+    /// carry it now ([`named_size`]). Written into another class's map
+    /// than theirs (M moved with the first backend), it is [`Table::next`]
+    /// until they carry its M: neither XDP nor a restore looks there yet.
+    fn first_written(
+        &mut self,
+        input: TableInput,
+        (hash, size): (u64, usize),
+        named: Option<usize>,
+        stats: &mut ApplyStats,
+    ) {
+        if named.is_some_and(|m| abi::maglev_class(m) != abi::maglev_class(size)) {
+            self.next = Some((hash, size));
+        } else {
+            (self.written, self.size) = (Some(hash), size);
+        }
         self.input = Some(input);
         stats.table_writes += 1;
     }
@@ -425,21 +438,24 @@ impl Services {
     /// they were built from (not rebuilt); generations stay ahead.
     pub fn carry_over(&mut self, old: Services) {
         for (key, st) in self.map.iter_mut() {
-            if let Some(o) = old.map.get(key) {
-                if o.id == st.id && o.table.written == st.table.written {
-                    st.table.input.clone_from(&o.table.input);
-                }
-                // A table written in another class's map than the one the
-                // frontends name (an apply stopped half way): the re-read
-                // cannot see it, so it is carried over to be used or removed.
-                if o.id == st.id {
-                    let other =
-                        |size: usize| abi::maglev_class(size) != abi::maglev_class(st.table.size);
-                    st.table.next = o.table.next.filter(|&(_, size)| other(size));
-                    if let Some(size) = o.table.gone.filter(|&size| other(size)) {
-                        st.table.gone = Some(size);
-                    }
-                }
+            let Some(o) = old.map.get(key).filter(|o| o.id == st.id) else { continue };
+            // A table written in another class's map than the one the re-read
+            // looked in (the written table's, else the one the frontends
+            // name; none named: every class, and it found none): an apply
+            // stopped half way. The re-read cannot see it, so it is carried
+            // over to be used or removed.
+            let looked = match st.table.written {
+                Some(_) => Some(abi::maglev_class(st.table.size)),
+                None => named_size(st).map(abi::maglev_class),
+            };
+            let other = |size: usize| looked.is_some_and(|c| c != abi::maglev_class(size));
+            st.table.next = o.table.next.filter(|&(_, size)| other(size));
+            if let Some(size) = o.table.gone.filter(|&size| other(size)) {
+                st.table.gone = Some(size);
+            }
+            // The input is the tables' (a first one may wait in `next`).
+            if o.table.written == st.table.written && o.table.next == st.table.next {
+                st.table.input.clone_from(&o.table.input);
             }
         }
         self.pools.gens.merge(&old.pools.gens);
@@ -635,7 +651,8 @@ impl Services {
             let (Ok((hash, size)), Some(st)) = (written, self.map.get_mut(&t.job.key)) else {
                 continue;
             };
-            st.table.first_written(t.job.input, hash, size, stats);
+            let named = named_size(st);
+            st.table.first_written(t.job.input, (hash, size), named, stats);
         }
     }
 
@@ -849,7 +866,8 @@ impl Services {
         let id = st.id;
         let built = match built {
             Some(NewTable::Written { input, hash, size }) => {
-                st.table.first_written(input, hash, size, stats);
+                let named = named_size(st);
+                st.table.first_written(input, (hash, size), named, stats);
                 None
             }
             Some(NewTable::Slots(input, slots)) => Some((input, slots)),
@@ -870,8 +888,14 @@ impl Services {
                     let size = slots.len();
                     let slots = tables::padded(slots);
                     let want = (table_hash(&slots), size);
-                    let mut moved = st.table.written.is_some()
-                        && abi::maglev_class(st.table.size) != abi::maglev_class(want.1);
+                    // The class XDP and a restore look in: the written
+                    // table's, else the one the frontends name (a first
+                    // table of another class waits in `next` for them).
+                    let class = match st.table.written {
+                        Some(_) => Some(abi::maglev_class(st.table.size)),
+                        None => named_size(st).map(abi::maglev_class),
+                    };
+                    let mut moved = class.is_some_and(|c| c != abi::maglev_class(want.1));
                     if moved && st.frontends.is_empty() && st.sock_frontends.is_empty() {
                         // No frontend can read the old table: it goes first,
                         // so the maps never hold two tables no frontend
@@ -1069,7 +1093,8 @@ impl Services {
 fn promote_moved_table(st: &mut Svc) {
     let Some((hash, size)) = st.table.next else { return };
     if named_size(st) == Some(size) {
-        st.table.gone = Some(st.table.size);
+        // (A first table has no old one to remove.)
+        st.table.gone = st.table.written.map(|_| st.table.size);
         (st.table.written, st.table.size, st.table.next) = (Some(hash), size, None);
     }
 }

@@ -907,6 +907,47 @@ fn a_failed_free_does_not_resurrect_the_backend() {
 }
 
 #[test]
+fn a_first_table_of_another_class_is_the_services_once_the_frontends_name_it() {
+    // A service with frontends and no backend gets its first one and an M of
+    // another size class; the write after the table (a source range) fails.
+    // The table sits in a map no frontend names yet: not the service's table
+    // (XDP and a restore look elsewhere) until the frontends carry its M,
+    // after a retry or a resync.
+    for (from, to) in [(11, 211), (211, 11)] {
+        for resync in [false, true] {
+            let at = format!("M {from} -> {to}, resync {resync}");
+            let mut dp = checked();
+            let mut d =
+                desired([Service { maglev_size: from, ..service("a", "10.100.0.1", vec![]) }]);
+            dp.apply(&d).unwrap();
+            let a = d.services.get_mut(&key("a")).unwrap();
+            a.maglev_size = to;
+            a.backends = vec![backend("10.244.1.11", "10.0.0.11")];
+            a.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+            dp.store_mut().fail_on = Some(|w| matches!(w, Write::SourceRange { .. }));
+            let e = dp.apply(&d).unwrap_err();
+            assert!(e.to_string().starts_with("map xlb_source_ranges"), "{at}: {e}");
+            assert_eq!(mirror(&dp), mirror(&restored(dp.store())), "{at}");
+            assert!(dp.services.iter().all(|(_, s)| s.table.written.is_none()), "{at}");
+            if resync {
+                dp.resync(&d).unwrap();
+            } else {
+                dp.apply(&d).unwrap();
+            }
+            let s = &dp.list().unwrap()[0];
+            assert_eq!(
+                (s.maglev_size, s.table_size, s.active_backends),
+                (to, to as usize, 1),
+                "{at}"
+            );
+            assert_eq!(mirror(&dp), mirror(&restored(dp.store())), "{at}");
+            assert_eq!(dp.apply(&d).unwrap().writes(), 0, "{at}");
+            assert_eq!(restored(dp.store()).apply(&d).unwrap().writes(), 0, "{at}");
+        }
+    }
+}
+
+#[test]
 fn tables_follow_the_maglev_build_of_their_active_backends() {
     let mut dp = checked();
     let mut d = two();
