@@ -4,10 +4,8 @@
  * and port rewriting of a parsed TCP/UDP packet (XDP: DNAT to a local or
  * remote endpoint; tc: DNAT on DSR termination, reverse SNAT of replies), and
  * the translation of an ICMP error together with the packet it quotes.
- * Checksums are updated incrementally (csum.h diffs). A whole TCP/UDP
- * packet is rewritten by direct writes in both contexts (xlb_nat_direct;
- * tc: one bpf_l4_csum_replace for the L4 field, ctx.h); fragments, SCTP
- * and ICMP go through the context layer's field writers. A UDP datagram
+ * Checksums are updated incrementally (csum.h diffs, applied by the context
+ * layer: one patch in XDP, the kernel's helpers in tc); a UDP datagram
  * without checksum (IPv4, 0) keeps none.
  *
  * API
@@ -133,24 +131,15 @@ static __always_inline int xlb_nat_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt, 
 				   (pkt->tuple.family == XLB_FAMILY_V6 ? XLB_CSUM_V6 : 0));
 }
 
+#ifdef XLB_CTX_XDP
 /*
- * A whole TCP or UDP packet (not a fragment), XDP and tc alike: the same
- * rewrite as the general path below with one bounds check per header
- * instead of one per field, every address, port and IPv4 header checksum
- * written directly, and the address change reduced once to at most 17 bits
- * (d: a 32-bit fold, then one 16-bit fold), so that each checksum takes it
- * in two short folds. A partly folded sum is congruent to the full one
- * modulo 0xffff and zero only when it is, so the fields come out identical
- * to a full fold's. Geneve mode DNATs every packet it tunnels in XDP; in tc
- * every DNAT and reverse NAT of a node comes here.
- *
- * The L4 checksum field is the one thing the contexts treat differently
- * (xlb_nat_l4_csum): XDP patches it; tc leaves it to xlb_ctx_l4_csum, whose
- * helper knows the skb's checksum state. The direct writes need nothing of
- * that state: an IPv4 address and its header checksum move by opposite
- * amounts, as do a port and the full L4 checksum, so a CHECKSUM_COMPLETE
- * skb->csum (which covers them) stays right. tc writes directly elsewhere
- * already (MACs, TTL), so the verifier's unclone prologue is no new cost.
+ * XDP, a whole TCP or UDP packet (not a fragment): the same rewrite with
+ * one bounds check per header instead of one per field, and the address
+ * change reduced once to at most 17 bits (d: a 32-bit fold, then one 16-bit
+ * fold), so that each checksum takes it in two short folds. A partly folded
+ * sum is congruent to the full one modulo 0xffff and zero only when it is,
+ * so the fields come out identical to a full fold's. Geneve mode DNATs
+ * every packet it tunnels; this is most of what it costs over IPIP.
  *
  * The new address is read into registers once: stores into the packet may
  * alias a map value as far as the compiler knows, so reading it through
@@ -174,45 +163,18 @@ static __always_inline __u32 xlb_csum_reduce(__u64 sum)
 	return (__u32)((sum & 0xffff) + (sum >> 16));
 }
 
-#ifdef XLB_CTX_XDP
-/* d: the address change (<= 0x1ffff), dport: the port's (<= 0x1fffe). */
-static __always_inline int xlb_nat_l4_csum(struct xdp_md *ctx, __sum16 *c, __u32 off, __u32 d,
-					   __u32 dport, int udp, int v6)
+static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, int which,
+				       const __u8 *addr, __be16 port, const int update)
 {
-	/* a zero UDP checksum (none) stays 0; a computed 0 goes as 0xffff */
-	if (!udp || *c) {
-		*c = xlb_csum_apply_folded(*c, d + dport);
-		if (udp && !*c)
-			*c = 0xffff;
-	}
-	return 0;
-}
-#else
-static __always_inline int xlb_nat_l4_csum(struct __sk_buff *ctx, __sum16 *c, __u32 off, __u32 d,
-					   __u32 dport, int udp, int v6)
-{
-	return xlb_ctx_l4_csum(ctx, off, d, dport,
-			       (udp ? XLB_CSUM_UDP : 0) | (v6 ? XLB_CSUM_V6 : 0));
-}
-#endif
-
-static __always_inline int xlb_nat_direct(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
-					  const __u8 *addr, __be16 port, const int update)
-{
-	void *data, *data_end;
+	void *data = xlb_ctx_data(ctx), *data_end = xlb_ctx_data_end(ctx);
 	__u32 *taddr = (__u32 *)(which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr);
 	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
 	const __u32 *to = (const __u32 *)addr;
-	__u32 d, dport = 0, l4 = xlb_l4_off(pkt);
-	int udp = pkt->tuple.proto != IPPROTO_TCP;
 	__be16 *ports;
+	__u32 d;
 	__sum16 *c;
+	int udp;
 
-	/* tc: the headers into the linear head (parsed there already: costs a
-	 * comparison); XDP: nothing */
-	xlb_ctx_pull(ctx, l4 + (udp ? sizeof(struct udphdr) : sizeof(struct tcphdr)));
-	data = xlb_ctx_data(ctx);
-	data_end = xlb_ctx_data_end(ctx);
 	if (pkt->tuple.family == XLB_FAMILY_V4) {
 		struct iphdr *ip = data + xlb_l3_off(pkt);
 		__be32 t = to[0];
@@ -253,7 +215,8 @@ static __always_inline int xlb_nat_direct(struct xlb_ctx *ctx, struct xlb_pkt *p
 	}
 	/* TCP and UDP alike: the ports first (source, destination), then a
 	 * header whose checksum covers them and the addresses. */
-	ports = data + l4;
+	udp = pkt->tuple.proto != IPPROTO_TCP;
+	ports = data + xlb_l4_off(pkt);
 	if (udp) {
 		struct udphdr *uh = (void *)ports;
 
@@ -268,7 +231,7 @@ static __always_inline int xlb_nat_direct(struct xlb_ctx *ctx, struct xlb_pkt *p
 		c = &th->check;
 	}
 	if (*tport != port) {
-		dport = xlb_csum_diff2(0, *tport, port);
+		d = xlb_csum_diff2(d, *tport, port);
 		if (which == XLB_NAT_DST)
 			ports[1] = port;
 		else
@@ -276,9 +239,15 @@ static __always_inline int xlb_nat_direct(struct xlb_ctx *ctx, struct xlb_pkt *p
 		if (update)
 			*tport = port;
 	}
-	return xlb_nat_l4_csum(ctx, c, l4 + xlb_l4_csum_off(pkt->tuple.proto), d, dport, udp,
-			       pkt->tuple.family == XLB_FAMILY_V6);
+	/* a zero UDP checksum (none) stays 0; a computed 0 goes as 0xffff */
+	if (!udp || *c) {
+		*c = xlb_csum_apply_folded(*c, d);
+		if (udp && !*c)
+			*c = 0xffff;
+	}
+	return 0;
 }
+#endif
 
 /* One copy per family: the IPv4 one moves 4 address bytes, not 16. `addr`
  * must not alias pkt (it is a map value: a backend or a translation). */
@@ -290,8 +259,10 @@ static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int
 	__u64 pseudo;
 	int rc;
 
+#ifdef XLB_CTX_XDP
 	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
-		return xlb_nat_direct(ctx, pkt, which, addr, port, 1);
+		return xlb_nat_xdp(ctx, pkt, which, addr, port, 1);
+#endif
 
 	if (pkt->tuple.family == XLB_FAMILY_V4) {
 		__be32 to = *(const __u32 *)addr;
@@ -319,7 +290,7 @@ static __always_inline int xlb_nat_fwd(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 				       __be16 port)
 {
 	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
-		return xlb_nat_direct(ctx, pkt, XLB_NAT_DST, addr, port, 0);
+		return xlb_nat_xdp(ctx, pkt, XLB_NAT_DST, addr, port, 0);
 	return xlb_nat(ctx, pkt, XLB_NAT_DST, addr, port);
 }
 #endif
