@@ -157,7 +157,10 @@ pub enum BackendStats {
         /// Backend ids per row.
         slots: u32,
     },
-    PerCpu(PerCpuArray<MapData, abi::Count>),
+    PerCpu {
+        map: PerCpuArray<MapData, abi::Count>,
+        cpus: u32,
+    },
 }
 
 impl BackendStats {
@@ -165,13 +168,18 @@ impl BackendStats {
         let path = dir.join("xlb_backend_stats");
         let err = |e| MapsError::Open { path: path.clone(), source: Box::new(e) };
         let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
-        let map = match map {
-            m @ Map::PerCpuArray(_) => return Ok(BackendStats::PerCpu(m.try_into().map_err(err)?)),
-            m => Array::<MapData, abi::Count>::try_from(m).map_err(err)?,
-        };
+        // Possible CPUs, read once (a file under /sys).
         let cpus = aya::util::nr_cpus().map_err(|(call, e)| err(syscall_error(call, e)))?;
         let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
-        Ok(BackendStats::Rows { slots: map.len() / cpus, map, cpus })
+        Ok(match map {
+            m @ Map::PerCpuArray(_) => {
+                BackendStats::PerCpu { map: m.try_into().map_err(err)?, cpus }
+            }
+            m => {
+                let map = Array::<MapData, abi::Count>::try_from(m).map_err(err)?;
+                BackendStats::Rows { slots: map.len() / cpus, map, cpus }
+            }
+        })
     }
 
     /// A backend's traffic on each CPU.
@@ -183,7 +191,7 @@ impl BackendStats {
                 }
                 (0..*cpus).map(|cpu| map.get(&(cpu * slots + id), 0)).collect()
             }
-            BackendStats::PerCpu(map) => Ok(map.get(&id, 0)?.iter().copied().collect()),
+            BackendStats::PerCpu { map, .. } => Ok(map.get(&id, 0)?.iter().copied().collect()),
         }
     }
 
@@ -197,9 +205,8 @@ impl BackendStats {
                 }
                 (0..*cpus).try_for_each(|cpu| map.set(cpu * *slots + id, zero, 0))
             }
-            BackendStats::PerCpu(map) => {
-                let cpus = aya::util::nr_cpus().map_err(|(call, e)| syscall_error(call, e))?;
-                let values = aya::maps::PerCpuValues::try_from(vec![zero; cpus])
+            BackendStats::PerCpu { map, cpus } => {
+                let values = aya::maps::PerCpuValues::try_from(vec![zero; *cpus as usize])
                     .map_err(|e| syscall_error("nr_cpus", e))?;
                 map.set(id, values, 0)
             }
