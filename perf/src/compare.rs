@@ -263,6 +263,10 @@ fn run_inside(
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: tree_pins.path().to_path_buf(),
         sizes: MapSizes::default(),
+        // The same insert budget as the copies below: with the agent's
+        // default a full table's new flows would mix in flood-path
+        // (unpinned) packets and the column would not time an insert.
+        ct_insert_rate: o.ct_insert_rate,
         ..LoadOptions::default()
     })
     .context("loading the datapath")?;

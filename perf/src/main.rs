@@ -265,8 +265,32 @@ enum Cmd {
     },
 }
 
+/// Name bases of what benchmarks create ("<base><pid>-<seq>..."): testkit's
+/// namespaces and pin dirs, and the labs' prefixes (LabSpec's default, the
+/// podnet and policy rigs').
+const STALE_BASES: &[&str] = &["xlbt", "xlb", "xlbpn", "xlbpx", "xlbpl", "pcx", "pck"];
+
+/// Removes what an earlier, killed run left behind (a signal skips the
+/// guards' Drop): only names whose process is gone, so benchmarks and tests
+/// running beside this one keep theirs.
+fn remove_stale() {
+    for base in STALE_BASES {
+        match lab::Lab::cleanup_stale(base) {
+            Ok(removed) if !removed.is_empty() => {
+                eprintln!("removed leftovers of killed runs: {}", removed.join(", "))
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "removing leftovers of killed runs ({base}*): {:#}",
+                anyhow::Error::new(e)
+            ),
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    remove_stale();
     match cli.cmd {
         Cmd::Micro { packets, rounds, repeat, singles } => {
             let r = micro::run(&micro::MicroOpts {
