@@ -140,6 +140,13 @@ static __always_inline int xlb_nat_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt, 
  * sum is congruent to the full one modulo 0xffff and zero only when it is,
  * so the fields come out identical to a full fold's. Geneve mode DNATs
  * every packet it tunnels; this is most of what it costs over IPIP.
+ * Measured by ablation (xlb-perf encap --rev on objects with a stage cut
+ * out, AMD EPYC VM): without this DNAT Geneve - IPIP falls by 8-10 ns,
+ * without the UDP/Geneve/option words by 4-6 ns, without both to 0-1 ns;
+ * but cutting pieces of the DNAT (the address change as a constant, no
+ * checksum loads, no stores), fusing it into the outer header writer (one
+ * bounds check, ~20 fewer instructions), doing it before the helper calls,
+ * or writing the Geneve words as 8-byte stores each measured 0 +- 2 ns.
  *
  * The new address is read into registers once: stores into the packet may
  * alias a map value as far as the compiler knows, so reading it through
