@@ -31,10 +31,12 @@
  *       XLB_CSUM_V6. In tc the kernel's helpers keep CHECKSUM_PARTIAL and
  *       CHECKSUM_COMPLETE skbs right (they are why the two parts are
  *       separate); XDP patches the field once with their sum.
- *   int xlb_ctx_l4_csum_once(ctx, off, before, pseudo, plain, flags)   (tc)
- *       the same for a packet whose ports the caller wrote directly
- *       (nat.h's xlb_tc_nat), `before` the field's old value: one helper
- *       call where xlb_ctx_l4_csum makes two.
+ *   int xlb_tc_l4_csum_once(ctx, off | flags << XLB_TC_CSUM_FLAGS_SHIFT,
+ *                           before, pseudo, plain)                    (tc)
+ *       the same for a packet whose addresses and ports the caller wrote
+ *       directly (nat.h's xlb_nat_tc), `before` the field's old value,
+ *       pseudo and plain reduced to 17 bits: one helper call where
+ *       xlb_ctx_l4_csum makes two. A global function (verified once).
  *   xlb_ctx_ifindex(ctx)   the receiving (XDP, tc ingress) or sending port
  *   XLB_ACT_PASS, XLB_ACT_DROP, xlb_fail(rc, &reason)
  *       the verdicts of this context; xlb_fail turns a helper's negative
@@ -156,10 +158,10 @@ static __always_inline int xlb_ctx_l4_csum(struct xdp_md *ctx, __u32 off, __u64 
 
 #else
 /* ---- tc: the kernel's helpers keep the skb's checksum state right -------- */
-#define xlb_ctx		   __sk_buff
-#define XLB_ACT_PASS	   TC_ACT_OK
-#define XLB_ACT_DROP	   TC_ACT_SHOT
-#define xlb_ctx_ifindex(c) ((c)->ifindex)
+#define xlb_ctx			__sk_buff
+#define XLB_ACT_PASS		TC_ACT_OK
+#define XLB_ACT_DROP		TC_ACT_SHOT
+#define xlb_ctx_ifindex(c)	((c)->ifindex)
 
 /* BPF_F_IPV6 for bpf_l4_csum_replace (uapi since Linux 6.16, missing from
  * the Debian 12 headers): with BPF_F_PSEUDO_HDR on an IPv6 packet it stops
@@ -170,7 +172,7 @@ static __always_inline int xlb_ctx_l4_csum(struct xdp_md *ctx, __u32 off, __u64 
  * to the flag, or to 0 on a kernel without it (then a CHECKSUM_COMPLETE
  * skb's csum is adjusted needlessly: the stack reports a hardware checksum
  * fault and verifies the packet in software, which succeeds). */
-#define XLB_F_CSUM_IPV6	   (1ULL << 7)
+#define XLB_F_CSUM_IPV6		(1ULL << 7)
 volatile const __u64 xlb_csum_ipv6_flag = XLB_F_CSUM_IPV6;
 
 static __always_inline __u32 xlb_ctx_len(struct __sk_buff *ctx)
@@ -229,9 +231,17 @@ static __always_inline int xlb_csum16_eq(__u32 a, __u32 b)
 }
 
 /*
- * xlb_ctx_l4_csum for a packet whose ports were written directly (nat.h's
- * xlb_tc_nat): one helper call where xlb_ctx_l4_csum makes two. `before`
- * is the field as the packet had it.
+ * xlb_ctx_l4_csum for a packet whose addresses and ports were written
+ * directly (nat.h's xlb_nat_tc): one helper call where xlb_ctx_l4_csum
+ * makes two. `before` is the field as the packet had it.
+ *
+ * A global function (not static, not inlined): the verifier checks it
+ * once per program against its BTF prototype (the context and scalars;
+ * at most 5 arguments, so the flags ride above the offset), instead of at
+ * every tc NAT site. No packet pointer crosses the call: it derives its
+ * own from skb->data. The offset is masked below 0x8000 for the verifier
+ * (parse.h's workaround). It needs 24 bytes of stack: decap's call chain
+ * has 32 left.
  *
  * What the field holds depends on the skb's ip_summed, which a tc program
  * cannot read (aya 0.14 loads no kfunc calls, so bpf_cast_to_kern_ctx is

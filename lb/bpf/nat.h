@@ -6,7 +6,11 @@
  * the translation of an ICMP error together with the packet it quotes.
  * Checksums are updated incrementally (csum.h diffs, applied by the context
  * layer: one patch in XDP, the kernel's helpers in tc); a UDP datagram
- * without checksum (IPv4, 0) keeps none.
+ * without checksum (IPv4, 0) keeps none. A whole TCP/UDP packet is
+ * rewritten by direct writes in both contexts (XDP: xlb_nat_xdp; tc:
+ * xlb_nat_tc, with one bpf_l4_csum_replace for the L4 field in a global
+ * function, ctx.h); fragments, SCTP and ICMP go through the context
+ * layer's field writers.
  *
  * API
  *   int xlb_nat(ctx, &pkt, which, addr, port)
@@ -23,6 +27,9 @@
  *       `outer`, the error's own address on the other side goes along
  *       (XLB_NAT_SRC: the error's destination) — else it stays, as a
  *       router's source address must.
+ *   int xlb_nat_tc(skb, &pkt, which, addr, port)   (tc)
+ *       xlb_nat as tc calls it: the direct writes for a whole TCP/UDP
+ *       packet whose headers are in the linear head, else xlb_nat.
  *   int xlb_nat_fwd(ctx, &pkt, addr, port)   (XDP)
  *       xlb_nat's DNAT for a packet about to be tunnelled: pkt->tuple's
  *       destination may be left as parsed (the caller never reads it).
@@ -297,130 +304,92 @@ static __always_inline int xlb_nat_fwd(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 
 #ifndef XLB_CTX_XDP
 /*
- * tc: every NAT of a node (decap's DNAT, the fallback's DNAT and reverse
- * NAT, masquerade both ways, a DSR reply's reverse NAT) goes through one
- * global function, xlb_tc_nat: the verifier checks it once per program,
- * against its BTF signature, and every call site costs it a call and no
- * more. Inlined at each site (session 10's tcnat) the direct writes below
- * tripled xlb_tc_egress's processed instructions (211k -> 659k of the 1M
- * limit) and slowed the agent's program load.
+ * tc, a whole TCP or UDP packet whose headers are in the linear head (the
+ * parser put them there): addresses, ports and the IPv4 header checksum
+ * written in place as XDP's xlb_nat_xdp writes them, and one
+ * bpf_l4_csum_replace for the L4 field (was 4-5 helper calls). The direct
+ * writes need none of the skb's checksum state: an IPv4 address and its
+ * header checksum move by opposite amounts, as do a port and a full L4
+ * checksum, so a CHECKSUM_COMPLETE skb->csum (which covers both) stays
+ * right. The L4 field is the part that needs the state, which only the
+ * kernel knows: xlb_tc_l4_csum_once (ctx.h), a global function, verified
+ * once per program instead of at every tc NAT site (decap, fallback both
+ * ways, masquerade both ways, reply reverse NAT). Inlined everywhere
+ * (session 10's tcnat) it all took xlb_tc_egress from 222k to 659k
+ * processed instructions of the verifier's 1M; this way 289k. The writes
+ * stay inlined: a second call costs ~20 ns more per packet on a host
+ * whose returns go through a mitigation thunk, and a global function
+ * holding them needs stack that decap's call chain does not have.
  *
- * A global function takes the context and scalars or pointers to memory
- * of a known size (at most 5 arguments): the caller's parsed packet (its
- * stack) and a request built next to it (the new address and port, which
- * side). No packet pointer crosses the call; the function derives its own
- * from skb->data. Its pointer arguments may be NULL as far as the verifier
- * knows: checked first.
- *
- * A whole TCP or UDP packet takes the direct writes: addresses, ports and
- * the IPv4 header checksum written in place as XDP's xlb_nat_xdp does, and
- * one bpf_l4_csum_replace for the L4 field (xlb_ctx_l4_csum_once, ctx.h:
- * only the kernel knows the skb's checksum state). The direct writes need
- * none of that state: an IPv4 address and its header checksum move by
- * opposite amounts, as do a port and a full L4 checksum, so a
- * CHECKSUM_COMPLETE skb->csum (which covers both) stays right. Fragments
- * and SCTP take xlb_nat's field writers. Helper calls per translated
- * TCP/UDP packet: IPv4 address+port 5 -> 1, IPv6 4 -> 1.
+ * The addresses' offsets are computed before their bounds are checked:
+ * the verifier loses a branch-free choice of field added to a checked
+ * pointer.
  */
-#define XLB_NAT_TC_L4_SHIFT 10
-#define XLB_NAT_TC_DST	    (1u << 24)
-#define XLB_NAT_TC_UDP	    (1u << 25)
-#define XLB_NAT_TC_V6	    (1u << 26)
-
-/* The new address (ABI form; IPv4: the first word). */
-struct xlb_nat_to {
-	__u32 w[4];
-};
-
-/* meta: the IP header's offset (10 bits), the L4 header's << 10 (14 bits),
- * XLB_NAT_TC_DST / _UDP / _V6. The old address and port are read from the
- * packet. The caller keeps pkt->tuple. */
-__noinline __s64 xlb_tc_nat(struct __sk_buff *skb, __u32 meta, const struct xlb_nat_to *to,
-			    __u32 port)
+static __always_inline int xlb_nat_tc_direct(struct __sk_buff *skb, struct xlb_pkt *pkt, int which,
+					     const __u8 *addr, __be16 port)
 {
-	__u32 l3 = meta & XLB_L3_OFF_MASK, l4 = (meta >> XLB_NAT_TC_L4_SHIFT) & XLB_L4_OFF_MASK;
-	__u32 dst = meta & XLB_NAT_TC_DST, udp = meta & XLB_NAT_TC_UDP, d, dport = 0;
+	__u32 l3 = xlb_l3_off(pkt), l4 = xlb_l4_off(pkt), d, dport = 0;
+	int udp = pkt->tuple.proto == IPPROTO_UDP, v6 = pkt->tuple.family == XLB_FAMILY_V6;
+	__u32 csum_off = l4 + xlb_l4_csum_off(pkt->tuple.proto);
 	void *data = xlb_ctx_data(skb), *data_end = xlb_ctx_data_end(skb);
-	__be16 *p, from;
-	__sum16 *c = data + l4 + (udp ? offsetof(struct udphdr, check)
-				      : offsetof(struct tcphdr, check));
+	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
+	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
+	const __u32 *to = (const __u32 *)addr;
+	__be16 *p = data + l4 + (which == XLB_NAT_DST ? 2 : 0);
+	__sum16 *c = data + csum_off;
 
-	if (!to)
-		return -XLB_DROP_NAT;
-	if ((void *)(c + 1) > data_end)
+	if ((void *)(c + 1) > data_end || (void *)(p + 1) > data_end)
 		return -XLB_DROP_TRUNCATED;
-	if (!(meta & XLB_NAT_TC_V6)) {
+	if (!v6) {
 		struct iphdr *ip = data + l3;
-		__be32 t = to->w[0], *a = data + l3 + xlb_ip_addr_off(XLB_FAMILY_V4, !!dst);
+		__be32 t = to[0], *a = data + l3 + xlb_ip_addr_off(XLB_FAMILY_V4, which);
 
-		/* the address's own bound: the verifier loses a branch-free
-		 * choice of field added after the header's */
 		if ((void *)(ip + 1) > data_end || (void *)(a + 1) > data_end)
 			return -XLB_DROP_TRUNCATED;
 		d = xlb_csum_reduce(xlb_csum_diff4(0, *a, t));
 		ip->check = xlb_csum_apply_folded(ip->check, d);
 		*a = t;
+		*(__u32 *)taddr = t;
 	} else {
-		__u32 *a = data + l3 + xlb_ip_addr_off(XLB_FAMILY_V6, !!dst);
+		__u32 *a = data + l3 + xlb_ip_addr_off(XLB_FAMILY_V6, which);
 		__u64 sum = 0;
 
 		if ((void *)(a + 4) > data_end)
 			return -XLB_DROP_TRUNCATED;
-		/* a word at a time: few registers live, no stack */
+		/* a word at a time: few registers live */
 		for (int i = 0; i < 4; i++) {
-			__u32 t = to->w[i];
+			__u32 t = to[i];
 
 			sum = xlb_csum_diff4(sum, a[i], t);
 			a[i] = t;
+			((__u32 *)taddr)[i] = t;
 		}
 		d = xlb_csum_reduce(sum);
 	}
 	/* source port then destination port, in TCP and UDP alike */
-	p = data + l4 + (dst ? 2 : 0);
-	if ((void *)(p + 1) > data_end)
-		return -XLB_DROP_TRUNCATED;
-	from = *p;
-	if (from != (__be16)port) {
-		dport = xlb_csum_diff2(0, from, port);
+	if (*p != port) {
+		dport = xlb_csum_diff2(0, *p, port);
 		*p = port;
 	}
-	return *c | (__s64)d << 16 | (__s64)dport << 33;
+	*tport = port;
+	return xlb_tc_l4_csum_once(skb,
+				   csum_off | ((udp ? XLB_CSUM_UDP : 0) | (v6 ? XLB_CSUM_V6 : 0))
+						  << XLB_TC_CSUM_FLAGS_SHIFT,
+				   *c, d, dport);
 }
 
-/* xlb_nat's tc form: a whole TCP/UDP packet whose headers are in the
- * linear head (parsed there) takes xlb_tc_nat; the rest xlb_nat. */
+/* xlb_nat's tc form: the direct writes where they apply, else xlb_nat. */
 static __always_inline int xlb_nat_tc(struct __sk_buff *skb, struct xlb_pkt *pkt, int which,
 				      const __u8 *addr, __be16 port)
 {
-	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
-	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
-	__u32 l4 = xlb_l4_off(pkt), udp = pkt->tuple.proto == IPPROTO_UDP;
-	int v6 = pkt->tuple.family == XLB_FAMILY_V6, rc;
-	struct xlb_nat_to to;
-	__s64 r;
+	__u32 l4 = xlb_l4_off(pkt);
+	int udp = pkt->tuple.proto == IPPROTO_UDP;
 
 	if (pkt->frag || (pkt->tuple.proto != IPPROTO_TCP && !udp) ||
 	    xlb_ctx_data(skb) + l4 + (udp ? sizeof(struct udphdr) : sizeof(struct tcphdr)) >
 		xlb_ctx_data_end(skb))
 		return xlb_nat(skb, pkt, which, addr, port);
-	xlb_addr_copy(to.w, addr);
-	r = xlb_tc_nat(skb,
-		       xlb_l3_off(pkt) | l4 << XLB_NAT_TC_L4_SHIFT |
-			   (which == XLB_NAT_DST ? XLB_NAT_TC_DST : 0) | (udp ? XLB_NAT_TC_UDP : 0) |
-			   (v6 ? XLB_NAT_TC_V6 : 0),
-		       &to, port);
-	if (r < 0)
-		return r;
-	rc = xlb_tc_l4_csum_once(skb,
-				 l4 + xlb_l4_csum_off(pkt->tuple.proto) |
-				     (udp ? XLB_CSUM_UDP : 0) << XLB_TC_CSUM_FLAGS_SHIFT |
-				     (v6 ? XLB_CSUM_V6 : 0) << XLB_TC_CSUM_FLAGS_SHIFT,
-				 r & 0xffff, (r >> 16) & 0x1ffff, (r >> 33) & 0x1ffff);
-	if (rc)
-		return rc;
-	xlb_addr_copy(taddr, to.w);
-	*tport = port;
-	return 0;
+	return xlb_nat_tc_direct(skb, pkt, which, addr, port);
 }
 #endif
 
