@@ -31,6 +31,12 @@
  *       XLB_CSUM_V6. In tc the kernel's helpers keep CHECKSUM_PARTIAL and
  *       CHECKSUM_COMPLETE skbs right (they are why the two parts are
  *       separate); XDP patches the field once with their sum.
+ *   int xlb_tc_l4_csum_once(ctx, off | flags << XLB_TC_CSUM_FLAGS_SHIFT,
+ *                           before, pseudo, plain)                    (tc)
+ *       the same for a packet whose addresses and ports the caller wrote
+ *       directly (nat.h's xlb_nat_tc), `before` the field's old value,
+ *       pseudo and plain reduced to 17 bits: one helper call where
+ *       xlb_ctx_l4_csum makes two. A global function (verified once).
  *   xlb_ctx_ifindex(ctx)   the receiving (XDP, tc ingress) or sending port
  *   XLB_ACT_PASS, XLB_ACT_DROP, xlb_fail(rc, &reason)
  *       the verdicts of this context; xlb_fail turns a helper's negative
@@ -152,10 +158,10 @@ static __always_inline int xlb_ctx_l4_csum(struct xdp_md *ctx, __u32 off, __u64 
 
 #else
 /* ---- tc: the kernel's helpers keep the skb's checksum state right -------- */
-#define xlb_ctx		   __sk_buff
-#define XLB_ACT_PASS	   TC_ACT_OK
-#define XLB_ACT_DROP	   TC_ACT_SHOT
-#define xlb_ctx_ifindex(c) ((c)->ifindex)
+#define xlb_ctx			__sk_buff
+#define XLB_ACT_PASS		TC_ACT_OK
+#define XLB_ACT_DROP		TC_ACT_SHOT
+#define xlb_ctx_ifindex(c)	((c)->ifindex)
 
 /* BPF_F_IPV6 for bpf_l4_csum_replace (uapi since Linux 6.16, missing from
  * the Debian 12 headers): with BPF_F_PSEUDO_HDR on an IPv6 packet it stops
@@ -166,7 +172,7 @@ static __always_inline int xlb_ctx_l4_csum(struct xdp_md *ctx, __u32 off, __u64 
  * to the flag, or to 0 on a kernel without it (then a CHECKSUM_COMPLETE
  * skb's csum is adjusted needlessly: the stack reports a hardware checksum
  * fault and verifies the packet in software, which succeeds). */
-#define XLB_F_CSUM_IPV6	   (1ULL << 7)
+#define XLB_F_CSUM_IPV6		(1ULL << 7)
 volatile const __u64 xlb_csum_ipv6_flag = XLB_F_CSUM_IPV6;
 
 static __always_inline __u32 xlb_ctx_len(struct __sk_buff *ctx)
@@ -210,6 +216,88 @@ static __always_inline int xlb_ctx_l4_csum(struct __sk_buff *ctx, __u32 off, __u
 					  f | BPF_F_PSEUDO_HDR |
 					      ((flags & XLB_CSUM_V6) ? xlb_csum_ipv6_flag : 0)))
 		return -XLB_DROP_NAT;
+	if (plain && bpf_l4_csum_replace(ctx, off, 0, xlb_csum_wsum(plain), f))
+		return -XLB_DROP_NAT;
+	return 0;
+}
+
+/* a and b (16-bit one's-complement values) are equal modulo 0xffff: 0 and
+ * 0xffff are the same number. */
+static __always_inline int xlb_csum16_eq(__u32 a, __u32 b)
+{
+	__u16 s = xlb_csum_fold((__u64)a + (__u16)~b);
+
+	return s == 0 || s == 0xffff;
+}
+
+/*
+ * xlb_ctx_l4_csum for a packet whose addresses and ports were written
+ * directly (nat.h's xlb_nat_tc): one helper call where xlb_ctx_l4_csum
+ * makes two. `before` is the field as the packet had it.
+ *
+ * A global function (not static, not inlined): the verifier checks it
+ * once per program against its BTF prototype (the context and scalars;
+ * at most 5 arguments, so the flags ride above the offset), instead of at
+ * every tc NAT site. No packet pointer crosses the call: it derives its
+ * own from skb->data. The offset is masked below 0x8000 for the verifier
+ * (parse.h's workaround). It needs 24 bytes of stack: decap's call chain
+ * has 32 left.
+ *
+ * What the field holds depends on the skb's ip_summed, which a tc program
+ * cannot read (aya 0.14 loads no kfunc calls, so bpf_cast_to_kern_ctx is
+ * out): CHECKSUM_PARTIAL (a packet from a local socket whose checksum a
+ * device or the stack completes later) has the pseudo-header's sum there,
+ * anything else the full checksum. The kernel's bpf_l4_csum_replace keeps
+ * both right: with BPF_F_PSEUDO_HDR it adds the change to a PARTIAL field
+ * and subtracts it from a full one (and moves a CHECKSUM_COMPLETE
+ * skb->csum by the field's change, IPv4 only); without, it leaves a
+ * PARTIAL field alone. So an address change alone takes one call, and a
+ * port change alone one call.
+ *
+ * When both change, the first call tells which state the skb is in: the
+ * field moved by +pseudo (PARTIAL) or by -pseudo (any other), and the two
+ * differ unless pseudo is 0 modulo 0xffff (2 is invertible modulo the odd
+ * 0xffff; a pseudo change of 0 is not made at all). A full checksum then
+ * takes the port change directly: the port and the field move by opposite
+ * amounts, so a CHECKSUM_COMPLETE skb->csum (which covers both) stays
+ * right; a PARTIAL field keeps it out. An unexpected outcome (the field
+ * gone from the linear head) takes the second call as xlb_ctx_l4_csum
+ * does. A UDP field of 0 (no checksum) is left as the helper with
+ * BPF_F_MARK_MANGLED_0 would leave it, without calling it.
+ */
+#define XLB_TC_CSUM_FLAGS_SHIFT 24
+
+__noinline int xlb_tc_l4_csum_once(struct __sk_buff *ctx, __u32 off_flags, __u32 before,
+				   __u32 pseudo, __u32 plain)
+{
+	__u32 off = off_flags & 0x7fff, flags = off_flags >> XLB_TC_CSUM_FLAGS_SHIFT;
+	__u64 f = (flags & XLB_CSUM_UDP) ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 p = xlb_csum_fold(pseudo);
+	__sum16 *c;
+
+	if ((flags & XLB_CSUM_UDP) && !before)
+		return 0;
+	/* a change of 0 modulo 0xffff changes nothing */
+	if (p != 0 && p != 0xffff) {
+		if (bpf_l4_csum_replace(ctx, off, 0, xlb_csum_wsum(pseudo),
+					f | BPF_F_PSEUDO_HDR |
+					    ((flags & XLB_CSUM_V6) ? xlb_csum_ipv6_flag : 0)))
+			return -XLB_DROP_NAT;
+		if (!plain)
+			return 0;
+		c = xlb_ctx_data(ctx) + off;
+		if ((void *)(c + 1) <= xlb_ctx_data_end(ctx)) {
+			__u32 moved = xlb_csum_fold((__u64)*c + (__u16)~before);
+
+			if (xlb_csum16_eq(moved, (__u16)~p)) {
+				*c = (flags & XLB_CSUM_UDP) ? xlb_csum_apply_udp(*c, plain)
+							    : xlb_csum_apply(*c, plain);
+				return 0;
+			}
+			if (xlb_csum16_eq(moved, p))
+				return 0;
+		}
+	}
 	if (plain && bpf_l4_csum_replace(ctx, off, 0, xlb_csum_wsum(plain), f))
 		return -XLB_DROP_NAT;
 	return 0;

@@ -6,7 +6,11 @@
  * the translation of an ICMP error together with the packet it quotes.
  * Checksums are updated incrementally (csum.h diffs, applied by the context
  * layer: one patch in XDP, the kernel's helpers in tc); a UDP datagram
- * without checksum (IPv4, 0) keeps none.
+ * without checksum (IPv4, 0) keeps none. A whole TCP/UDP packet is
+ * rewritten by direct writes in both contexts (XDP: xlb_nat_xdp; tc:
+ * xlb_nat_tc, with one bpf_l4_csum_replace for the L4 field in a global
+ * function, ctx.h); fragments, SCTP and ICMP go through the context
+ * layer's field writers.
  *
  * API
  *   int xlb_nat(ctx, &pkt, which, addr, port)
@@ -23,6 +27,9 @@
  *       `outer`, the error's own address on the other side goes along
  *       (XLB_NAT_SRC: the error's destination) — else it stays, as a
  *       router's source address must.
+ *   int xlb_nat_tc(skb, &pkt, which, addr, port)   (tc)
+ *       xlb_nat as tc calls it: the direct writes for a whole TCP/UDP
+ *       packet whose headers are in the linear head, else xlb_nat.
  *   int xlb_nat_fwd(ctx, &pkt, addr, port)   (XDP)
  *       xlb_nat's DNAT for a packet about to be tunnelled: pkt->tuple's
  *       destination may be left as parsed (the caller never reads it).
@@ -131,7 +138,6 @@ static __always_inline int xlb_nat_l4(struct xlb_ctx *ctx, struct xlb_pkt *pkt, 
 				   (pkt->tuple.family == XLB_FAMILY_V6 ? XLB_CSUM_V6 : 0));
 }
 
-#ifdef XLB_CTX_XDP
 /*
  * XDP, a whole TCP or UDP packet (not a fragment): the same rewrite with
  * one bounds check per header instead of one per field, and the address
@@ -170,6 +176,7 @@ static __always_inline __u32 xlb_csum_reduce(__u64 sum)
 	return (__u32)((sum & 0xffff) + (sum >> 16));
 }
 
+#ifdef XLB_CTX_XDP
 static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, int which,
 				       const __u8 *addr, __be16 port, const int update)
 {
@@ -299,6 +306,97 @@ static __always_inline int xlb_nat_fwd(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
 		return xlb_nat_xdp(ctx, pkt, XLB_NAT_DST, addr, port, 0);
 	return xlb_nat(ctx, pkt, XLB_NAT_DST, addr, port);
+}
+#endif
+
+#ifndef XLB_CTX_XDP
+/*
+ * tc, a whole TCP or UDP packet whose headers are in the linear head (the
+ * parser put them there): addresses, ports and the IPv4 header checksum
+ * written in place as XDP's xlb_nat_xdp writes them, and one
+ * bpf_l4_csum_replace for the L4 field (was 4-5 helper calls). The direct
+ * writes need none of the skb's checksum state: an IPv4 address and its
+ * header checksum move by opposite amounts, as do a port and a full L4
+ * checksum, so a CHECKSUM_COMPLETE skb->csum (which covers both) stays
+ * right. The L4 field is the part that needs the state, which only the
+ * kernel knows: xlb_tc_l4_csum_once (ctx.h), a global function, verified
+ * once per program instead of at every tc NAT site (decap, fallback both
+ * ways, masquerade both ways, reply reverse NAT). Inlined everywhere
+ * (session 10's tcnat) it all took xlb_tc_egress from 222k to 659k
+ * processed instructions of the verifier's 1M; this way 289k. The writes
+ * stay inlined: a second call costs ~20 ns more per packet on a host
+ * whose returns go through a mitigation thunk, and a global function
+ * holding them needs stack that decap's call chain does not have.
+ *
+ * The addresses' offsets are computed before their bounds are checked:
+ * the verifier loses a branch-free choice of field added to a checked
+ * pointer.
+ */
+static __always_inline int xlb_nat_tc_direct(struct __sk_buff *skb, struct xlb_pkt *pkt, int which,
+					     const __u8 *addr, __be16 port)
+{
+	__u32 l3 = xlb_l3_off(pkt), l4 = xlb_l4_off(pkt), d, dport = 0;
+	int udp = pkt->tuple.proto == IPPROTO_UDP, v6 = pkt->tuple.family == XLB_FAMILY_V6;
+	__u32 csum_off = l4 + xlb_l4_csum_off(pkt->tuple.proto);
+	void *data = xlb_ctx_data(skb), *data_end = xlb_ctx_data_end(skb);
+	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
+	__be16 *tport = which == XLB_NAT_DST ? &pkt->tuple.dport : &pkt->tuple.sport;
+	const __u32 *to = (const __u32 *)addr;
+	__be16 *p = data + l4 + (which == XLB_NAT_DST ? 2 : 0);
+	__sum16 *c = data + csum_off;
+
+	if ((void *)(c + 1) > data_end || (void *)(p + 1) > data_end)
+		return -XLB_DROP_TRUNCATED;
+	if (!v6) {
+		struct iphdr *ip = data + l3;
+		__be32 t = to[0], *a = data + l3 + xlb_ip_addr_off(XLB_FAMILY_V4, which);
+
+		if ((void *)(ip + 1) > data_end || (void *)(a + 1) > data_end)
+			return -XLB_DROP_TRUNCATED;
+		d = xlb_csum_reduce(xlb_csum_diff4(0, *a, t));
+		ip->check = xlb_csum_apply_folded(ip->check, d);
+		*a = t;
+		*(__u32 *)taddr = t;
+	} else {
+		__u32 *a = data + l3 + xlb_ip_addr_off(XLB_FAMILY_V6, which);
+		__u64 sum = 0;
+
+		if ((void *)(a + 4) > data_end)
+			return -XLB_DROP_TRUNCATED;
+		/* a word at a time: few registers live */
+		for (int i = 0; i < 4; i++) {
+			__u32 t = to[i];
+
+			sum = xlb_csum_diff4(sum, a[i], t);
+			a[i] = t;
+			((__u32 *)taddr)[i] = t;
+		}
+		d = xlb_csum_reduce(sum);
+	}
+	/* source port then destination port, in TCP and UDP alike */
+	if (*p != port) {
+		dport = xlb_csum_diff2(0, *p, port);
+		*p = port;
+	}
+	*tport = port;
+	return xlb_tc_l4_csum_once(skb,
+				   csum_off | ((udp ? XLB_CSUM_UDP : 0) | (v6 ? XLB_CSUM_V6 : 0))
+						  << XLB_TC_CSUM_FLAGS_SHIFT,
+				   *c, d, dport);
+}
+
+/* xlb_nat's tc form: the direct writes where they apply, else xlb_nat. */
+static __always_inline int xlb_nat_tc(struct __sk_buff *skb, struct xlb_pkt *pkt, int which,
+				      const __u8 *addr, __be16 port)
+{
+	__u32 l4 = xlb_l4_off(pkt);
+	int udp = pkt->tuple.proto == IPPROTO_UDP;
+
+	if (pkt->frag || (pkt->tuple.proto != IPPROTO_TCP && !udp) ||
+	    xlb_ctx_data(skb) + l4 + (udp ? sizeof(struct udphdr) : sizeof(struct tcphdr)) >
+		xlb_ctx_data_end(skb))
+		return xlb_nat(skb, pkt, which, addr, port);
+	return xlb_nat_tc_direct(skb, pkt, which, addr, port);
 }
 #endif
 
