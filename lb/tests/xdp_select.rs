@@ -957,7 +957,8 @@ fn indexes_resolve_through_the_id_array_the_hash_and_an_older_agents_hash() {
             for &(k, id) in entries.iter().filter(|(k, _)| k.svc_id == l.id) {
                 hash.insert(k, id, 0).unwrap();
             }
-            maps.svc_backend_ids.update(&l.id.to_ne_bytes(), &[0u8; 64]).unwrap();
+            let ids = maps.svc_backend_ids.as_ref().expect("xlb_svc_backend_ids");
+            ids.update(&l.id.to_ne_bytes(), &[0u8; 64]).unwrap();
             assert_eq!(maps.svc_backend_entries().unwrap(), entries, "{name}: same resolution");
             syns(lab, 47200, "(older agent's hash)");
 

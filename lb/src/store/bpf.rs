@@ -31,6 +31,9 @@ pub struct BpfStore {
     /// for batched writes and reads ([`MapStore::write_all`],
     /// [`MapStore::backend_gens`]); None: one syscall per entry.
     batch: Option<[RawMap; 3]>,
+    /// xlb_svc_backend_ids (the agent's loader created it; [`Maps`] also
+    /// opens the pins of an agent from before it).
+    ids: RawMap,
     /// The Maglev maps again, for tables written from the reconciler's
     /// builder threads ([`MapStore::table_sink`]); None: through `write`.
     tables: Option<Arc<Tables>>,
@@ -97,6 +100,7 @@ impl BpfStore {
         ]);
         let tables = Some(Arc::new(Tables::open(pin_dir)?));
         Ok(BpfStore {
+            ids: RawMap::open(pin_dir, "xlb_svc_backend_ids")?,
             maps,
             pin_dir: pin_dir.to_path_buf(),
             ncpus,
@@ -625,7 +629,7 @@ impl MapStore for BpfStore {
             }
             Write::BackendMetaDelete { id } => removed(m.backend_meta.remove(&id), map),
             Write::SvcBackendIds { svc_id, ids } => {
-                m.svc_backend_ids.update(&svc_id.to_ne_bytes(), pod_bytes(&ids)).map_err(up)
+                self.ids.update(&svc_id.to_ne_bytes(), pod_bytes(&ids)).map_err(up)
             }
             Write::SvcBackend { key, backend_id } => {
                 m.svc_backends.insert(key, backend_id, 0).map_err(up)
