@@ -5,16 +5,18 @@
  * is the whole per-packet decision shared by XDP and tc (IPIP mode): the
  * established flow in xlb_ct if still valid, else session affinity, else
  * Maglev, then the xlb_ct (and affinity) entry is written. No loop over
- * backends anywhere: one table read, one xlb_svc_backends lookup, one
- * xlb_backends read.
+ * backends anywhere: one table read, one xlb_svc_backend_ids read (an
+ * ARRAY: inlined by the verifier, no helper call; xlb_svc_backends, a
+ * HASH, only for indexes past its XLB_SVC_IDS), one xlb_backends read.
  *
  * API
  *   int xlb_maglev_pick(svc, hash, &be, &backend_id)
  *       0, or -XLB_DROP_NO_BACKEND (backend_count 0), -XLB_DROP_NO_MAGLEV (no
  *       table in the map of its size class nor in xlb_maglev, or
  *       maglev_size 0 / > XLB_MAGLEV_MAX), -XLB_DROP_BACKEND_MISSING
- *       (slot names no xlb_svc_backends entry, or a backend that is missing,
- *       inactive or terminating)
+ *       (slot names an index with no id in xlb_svc_backend_ids nor
+ *       xlb_svc_backends, or a backend that is missing, inactive or
+ *       terminating)
  *   int xlb_select(svc, key, new_conn, &sel)
  *       key: the flow in packet direction (client -> frontend), 4-byte
  *       aligned, the xlb_ct key as is. new_conn: the packet opens a
@@ -149,29 +151,54 @@ static __always_inline int xlb_maglev_slot(__u32 svc_id, __u32 size, __u32 idx, 
 	return rc;
 }
 
+/* The backend id of service-local `index` of `svc_id`, 0 if none: from
+ * xlb_svc_backend_ids (an ARRAY lookup the verifier inlines) for the first
+ * XLB_SVC_IDS indexes, else, or if 0 there, from the xlb_svc_backends HASH
+ * (a helper call, a jhash and a bucket walk: ~40 ns of a new flow). */
+static __always_inline __u32 xlb_svc_backend_id(__u32 svc_id, __u32 index)
+{
+	struct xlb_svc_backend_key sk = {.svc_id = svc_id, .index = index};
+	struct xlb_svc_backend_ids *ids;
+	__u32 *id;
+
+	/* Verifier workaround (clang 14): a 64-bit copy hidden from clang
+	 * (as in xlb_maglev_read), so that the register compared with the
+	 * bound is the one that indexes ids->id; with the u32 clang compared
+	 * a zero-extended copy and indexed with another. */
+	__u64 i = index;
+
+	asm volatile("" : "+r"(i));
+	if (i < XLB_SVC_IDS) {
+		ids = bpf_map_lookup_elem(&xlb_svc_backend_ids, &svc_id);
+		if (ids && ids->id[i])
+			return ids->id[i];
+	}
+	id = bpf_map_lookup_elem(&xlb_svc_backends, &sk);
+	return id ? *id : 0;
+}
+
 static __always_inline int xlb_maglev_pick(const struct xlb_service *svc, __u32 hash,
 					   struct xlb_backend **bep, __u32 *backend_id)
 {
-	struct xlb_svc_backend_key sk = {.svc_id = svc->id};
 	struct xlb_backend *be;
-	__u32 size = svc->maglev_size, *id;
+	__u32 size = svc->maglev_size, index, id;
 	int rc;
 
 	if (!svc->backend_count)
 		return -XLB_DROP_NO_BACKEND;
 	if (!size || size > XLB_MAGLEV_MAX)
 		return -XLB_DROP_NO_MAGLEV;
-	rc = xlb_maglev_slot(svc->id, size, hash % size, &sk.index);
+	rc = xlb_maglev_slot(svc->id, size, hash % size, &index);
 	if (rc)
 		return rc;
-	id = bpf_map_lookup_elem(&xlb_svc_backends, &sk);
+	id = xlb_svc_backend_id(svc->id, index);
 	if (!id)
 		return -XLB_DROP_BACKEND_MISSING;
-	be = xlb_backend_get(*id);
+	be = xlb_backend_get(id);
 	if (!be || !xlb_backend_new_ok(be))
 		return -XLB_DROP_BACKEND_MISSING;
 	*bep = be;
-	*backend_id = *id;
+	*backend_id = id;
 	return 0;
 }
 

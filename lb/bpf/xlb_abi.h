@@ -87,7 +87,8 @@ _Static_assert(sizeof(struct xlb_service) == 24, "xlb_service size");
 /* ---- Maglev ---------------------------------------------------------------
  * xlb_maglev: HASH (no prealloc), __u32 service id -> struct xlb_maglev_table.
  * slot[hash % M] is the service-local index of a backend, resolved through
- * xlb_svc_backends. Only slot[0..M) is meaningful. The whole table is
+ * xlb_svc_backend_ids or xlb_svc_backends (below). Only slot[0..M) is
+ * meaningful. The whole table is
  * replaced with one map update, so readers never see half a table. */
 struct xlb_maglev_table {
 	__u16 slot[XLB_MAGLEV_MAX];
@@ -95,10 +96,35 @@ struct xlb_maglev_table {
 };
 _Static_assert(sizeof(struct xlb_maglev_table) == 2 * XLB_MAGLEV_MAX + 2, "xlb_maglev_table size");
 
-/* xlb_svc_backends: HASH, struct xlb_svc_backend_key -> __u32 backend id.
- * A backend keeps its service-local index for as long as it belongs to the
- * service: the entry is written before any table slot points at it and
- * removed only after no slot does. */
+/* A Maglev slot's service-local index resolves to a backend id through
+ * xlb_svc_backend_ids for the first XLB_SVC_IDS indexes, else (and for an
+ * id 0 there) through xlb_svc_backends. A backend keeps its service-local
+ * index for as long as it belongs to the service: its id is written before
+ * any table slot points at the index and cleared only after no slot does.
+ * The agent gives a service the lowest free indexes, so a service of up to
+ * XLB_SVC_IDS backends (and a rolling update of it) never needs the hash.
+ *
+ * xlb_svc_backend_ids: ARRAY, __u32 service id -> struct xlb_svc_backend_ids
+ * (as many entries as xlb_svc_stats: service ids are dense below it).
+ * id[index] is the backend of index < XLB_SVC_IDS; 0: none there (id 0 is
+ * never a backend), look in xlb_svc_backends (indexes of an agent that
+ * wrote only the hash). The agent writes a service's whole value at once
+ * (one update per service per apply); an ARRAY update is a plain copy, not
+ * atomic as a whole, which is safe because each word a reader may follow
+ * is unchanged by it: the words of indexes some slot names are rewritten
+ * with the same bytes, a word goes 0 -> id only before a slot names its
+ * index and id -> 0 only after none does, never id -> another id. */
+enum xlb_svc_ids_consts {
+	XLB_SVC_IDS = 16, /* one 64-byte cache line */
+};
+
+struct xlb_svc_backend_ids {
+	__u32 id[XLB_SVC_IDS];
+};
+_Static_assert(sizeof(struct xlb_svc_backend_ids) == 64, "xlb_svc_backend_ids size");
+
+/* xlb_svc_backends: HASH, struct xlb_svc_backend_key -> __u32 backend id,
+ * for indexes >= XLB_SVC_IDS (and those an older agent wrote below it). */
 struct xlb_svc_backend_key {
 	__u32 svc_id;
 	__u32 index;

@@ -27,6 +27,9 @@ abi_consts! {
     HASH_SEED: u32 = 0x786c_6221;
     /// Ways per xlb_ct set (conntrack.h).
     CT_WAYS: u32 = 4;
+    /// Service-local indexes whose backend id is in xlb_svc_backend_ids
+    /// (the rest: xlb_svc_backends).
+    SVC_IDS: u32 = 16;
     /// Bit 0 of an xlb_ct way's stamp: the flow came back after its insert
     /// (eviction takes ways without it first, conntrack.h).
     CT_HIT: u32 = 1;
@@ -272,6 +275,10 @@ abi_struct!(
 abi_struct!(
     /// Value of xlb_maglev.
     MaglevTable = "xlb_maglev_table", 32764 { slot: [u16; MAGLEV_MAX], pad: u16 });
+abi_struct!(
+    /// Value of xlb_svc_backend_ids: the backend ids of a service's first
+    /// [`SVC_IDS`] indexes (0: none).
+    SvcBackendIds = "xlb_svc_backend_ids", 64 { id: [u32; SVC_IDS as usize] });
 abi_struct!(
     /// Key of xlb_svc_backends.
     SvcBackendKey = "xlb_svc_backend_key", 8 { svc_id: u32, index: u32 });
@@ -524,6 +531,7 @@ pub const LAYOUTS: &[StructLayout] = &[
     FrontendKey::LAYOUT,
     Service::LAYOUT,
     MaglevTable::LAYOUT,
+    SvcBackendIds::LAYOUT,
     SvcBackendKey::LAYOUT,
     Backend::LAYOUT,
     FlowKey::LAYOUT,

@@ -28,6 +28,8 @@ enum Used {
     Present,
     /// ARRAY entries whose u32 at this value offset is non-zero (flags).
     NonZeroU32At(usize),
+    /// ARRAY entries with a non-zero byte anywhere in the value.
+    NonZero,
     /// xlb_ct's sets: the valid ways ([`crate::abi::CtWay::valid`]) count,
     /// the capacity is sets x ways.
     CtWays,
@@ -37,6 +39,8 @@ enum Used {
 const MAPS: &[(&str, Used)] = &[
     ("xlb_frontends", Used::Present),
     ("xlb_maglev", Used::Present),
+    // Services with a backend among their first SVC_IDS indexes.
+    ("xlb_svc_backend_ids", Used::NonZero),
     ("xlb_svc_backends", Used::Present),
     // struct xlb_backend: flags != 0 is an allocated slot (xlb_abi.h).
     ("xlb_backends", Used::NonZeroU32At(core::mem::offset_of!(crate::abi::Backend, flags))),
@@ -124,7 +128,7 @@ fn count_map(pin_dir: &Path, map: &'static str, used: Used) -> Result<MapFill, C
             match used {
                 Used::Present => next_key_count(fd, ks, cap)
                     .map_err(|source| CensusError::Walk { map, source })?,
-                Used::NonZeroU32At(_) | Used::CtWays => {
+                Used::NonZeroU32At(_) | Used::NonZero | Used::CtWays => {
                     return Err(CensusError::Batch { map, source: e })
                 }
             }
@@ -190,6 +194,7 @@ fn batch_count(fd: i32, ks: usize, vs: usize, cap: u64, used: Used) -> io::Resul
             Used::NonZeroU32At(off) => {
                 u64::from(u32::from_ne_bytes([v[off], v[off + 1], v[off + 2], v[off + 3]]) != 0)
             }
+            Used::NonZero => u64::from(v.iter().any(|&b| b != 0)),
             Used::CtWays => crate::maps::ct_ways_of(v).filter(|w| w.valid()).count() as u64,
         };
         ControlFlow::Continue(())

@@ -164,6 +164,7 @@ impl MapSizes {
             ("xlb_maglev", self.services),
             ("xlb_svc_names", self.services),
             ("xlb_svc_stats", self.services),
+            ("xlb_svc_backend_ids", self.services),
             ("xlb_svc_backends", self.backends),
             ("xlb_backends", self.backends),
             ("xlb_backend_stats", backend_stats),

@@ -218,6 +218,11 @@ impl BackendStats {
 pub struct Maps {
     pub frontends: Hash<abi::FrontendKey, abi::Service>,
     pub maglev: Hash<u32, abi::MaglevTable>,
+    /// The ids of each service's first [`abi::SVC_IDS`] indexes (read
+    /// with [`Maps::svc_ids`], [`Maps::svc_backend_id`]). None: pinned by
+    /// an agent from before it, which put every index in xlb_svc_backends.
+    pub svc_backend_ids: Option<RawMap>,
+    /// The ids of the other indexes (and of those an older agent wrote).
     pub svc_backends: Hash<abi::SvcBackendKey, u32>,
     pub backends: Array<MapData, abi::Backend>,
     pub ct: CtTable,
@@ -268,6 +273,11 @@ impl Maps {
         Ok(Maps {
             frontends: open(dir, "xlb_frontends")?,
             maglev: open(dir, "xlb_maglev")?,
+            svc_backend_ids: match RawMap::open(dir, "xlb_svc_backend_ids") {
+                Ok(m) => Some(m),
+                Err(_) if !dir.join("xlb_svc_backend_ids").exists() => None,
+                Err(e) => return Err(e),
+            },
             svc_backends: open(dir, "xlb_svc_backends")?,
             backends: open(dir, "xlb_backends")?,
             ct: CtTable::open(dir)?,
@@ -305,6 +315,74 @@ impl Maps {
             ct_guard: open(dir, "xlb_ct_guard")?,
             fe_filter: open(dir, "xlb_fe_filter")?,
         })
+    }
+}
+
+impl Maps {
+    /// The xlb_svc_backend_ids value of service `svc_id` (all 0 if none).
+    pub fn svc_ids(&self, svc_id: u32) -> Result<abi::SvcBackendIds, MapsError> {
+        let mut bytes = [0u8; size_of::<abi::SvcBackendIds>()];
+        if let Some(m) = &self.svc_backend_ids {
+            m.lookup(&svc_id.to_ne_bytes(), &mut bytes)
+                .map_err(MapsError::op("xlb_svc_backend_ids", "lookup"))?;
+        }
+        let mut words = bytes.chunks_exact(4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+        Ok(abi::SvcBackendIds { id: std::array::from_fn(|_| words.next().unwrap_or(0)) })
+    }
+
+    /// The backend id of index `index` of service `svc_id` as the datapath
+    /// resolves it (lb/bpf/maglev.h, xlb_svc_backend_id): its word in
+    /// xlb_svc_backend_ids, else (or if 0 there) xlb_svc_backends.
+    pub fn svc_backend_id(&self, svc_id: u32, index: u32) -> Result<Option<u32>, MapsError> {
+        if index < abi::SVC_IDS {
+            let id = self.svc_ids(svc_id)?.id[index as usize];
+            if id != 0 {
+                return Ok(Some(id));
+            }
+        }
+        let key = abi::SvcBackendKey { svc_id, index };
+        match self.svc_backends.get(&key, 0) {
+            Ok(id) => Ok(Some(id)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(None)
+            }
+            Err(e) => Err(MapsError::op("xlb_svc_backends", "lookup")(e)),
+        }
+    }
+
+    /// Every (service, index) -> backend id the datapath resolves, sorted:
+    /// the non-zero words of xlb_svc_backend_ids (one batched walk), then
+    /// the xlb_svc_backends entries not shadowed by one.
+    pub fn svc_backend_entries(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, MapsError> {
+        let mut out = Vec::new();
+        if let Some(m) = &self.svc_backend_ids {
+            m.walk_array(0, &mut |k, v| {
+                let svc_id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                for (index, w) in (0..).zip(v.chunks_exact(4)) {
+                    let id = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+                    if id != 0 {
+                        out.push((abi::SvcBackendKey { svc_id, index }, id));
+                    }
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(|io_error| {
+                MapsError::op("xlb_svc_backend_ids", "lookup")(MapError::SyscallError(
+                    aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error },
+                ))
+            })?;
+        }
+        let mut low: std::collections::HashSet<(u32, u32)> =
+            out.iter().map(|(k, _)| (k.svc_id, k.index)).collect();
+        for item in self.svc_backends.iter() {
+            let (k, id) = item.map_err(MapsError::op("xlb_svc_backends", "iterate"))?;
+            if low.insert((k.svc_id, k.index)) {
+                out.push((k, id));
+            }
+        }
+        out.sort_unstable_by_key(|(k, _)| (k.svc_id, k.index));
+        Ok(out)
     }
 }
 

@@ -142,6 +142,9 @@ fn raw_state(pins: &std::path::Path) -> Vec<String> {
         let (k, v) = item.unwrap();
         out.push(format!("svc_backend {k:?} {v}"));
     }
+    for (k, v) in maps.svc_backend_entries().unwrap() {
+        out.push(format!("svc_backend_id {k:?} {v}"));
+    }
     for item in maps.backend_meta.iter() {
         let (k, v) = item.unwrap();
         out.push(format!("meta {k} {:?} {}", v.name, v.weight));
@@ -300,7 +303,8 @@ fn batched_backend_writes_leave_what_per_entry_writes_leave() {
             assert_eq!(metas, custom, "xlb_backend_meta entries, round {round}");
             rounds.push((stats.writes(), state));
         }
-        assert_eq!(rounds[0].1.iter().filter(|l| l.starts_with("svc_backend")).count(), 9000);
+        // Every index resolves (xlb_svc_backend_ids, else xlb_svc_backends).
+        assert_eq!(rounds[0].1.iter().filter(|l| l.starts_with("svc_backend_id ")).count(), 9000);
         states.push(rounds);
     }
     let per_entry = states.pop().unwrap();

@@ -154,6 +154,7 @@ fn census_counts_every_tracked_map() {
     for (map, cap) in [
         ("xlb_frontends", s.frontends),
         ("xlb_maglev", s.services),
+        ("xlb_svc_backend_ids", s.services),
         ("xlb_svc_backends", s.backends),
         ("xlb_backends", s.backends),
         ("xlb_ct", s.ct.div_ceil(abi::CT_WAYS) * abi::CT_WAYS),

@@ -138,6 +138,7 @@ fn load_xdp(bytes: &[u8], pin: Option<&Path>, name: &str) -> Ebpf {
             ("xlb_maglev", s.services),
             ("xlb_svc_names", s.services),
             ("xlb_svc_stats", s.services),
+            ("xlb_svc_backend_ids", s.services),
             ("xlb_svc_backends", s.backends),
             ("xlb_backends", s.backends),
             ("xlb_backend_stats", s.backend_stats_entries(cpus).expect("backends x CPUs")),

@@ -907,3 +907,72 @@ fn established_flows_keep_their_backends_across_a_flood_that_overfills_the_table
         },
     );
 }
+
+/// A service of 21 backends: indexes 0..16 resolve through
+/// xlb_svc_backend_ids, 16..21 through xlb_svc_backends; then the maps as an
+/// agent from before xlb_svc_backend_ids left them (every index in the hash,
+/// the array 0) are still served, and a resync moves the low indexes into
+/// the array.
+#[test]
+fn indexes_resolve_through_the_id_array_the_hash_and_an_older_agents_hash() {
+    with_lab("svcids", |lab| {
+        for v6 in BOTH {
+            let name = format!("spread-{}", fam(v6));
+            let mut svc = spread_service(v6, 3);
+            svc.backends = (1..=3)
+                .flat_map(|n| (1..=7).map(move |m| backend(pod(n, m, v6), node(n, v6))))
+                .collect();
+            lab.apply(&[svc.clone()]);
+            let l = lab.listing(&name);
+            let index_of: BTreeMap<SocketAddr, u32> =
+                l.backends.iter().map(|b| (SocketAddr::new(b.addr, b.port), b.index)).collect();
+            assert_eq!(index_of.values().max(), Some(&20), "{name}");
+            let syns = |lab: &mut Lab, from: u16, what: &str| {
+                let mut indexes = std::collections::BTreeSet::new();
+                let mut cases = Vec::new();
+                for p in from..from + 200 {
+                    let s = syn(v6, p);
+                    let (want, ep) = lab.expect_dsr(&s, 80);
+                    indexes.insert(index_of[&ep]);
+                    cases.push(Case::of(format!("{} SYN {p} {what}", fam(v6)), &s).tx(&want));
+                }
+                lab.check(&cases);
+                indexes
+            };
+            let hit = syns(lab, 47000, "(array and hash)");
+            assert!(
+                hit.iter().any(|&i| i < abi::SVC_IDS) && hit.iter().any(|&i| i >= abi::SVC_IDS),
+                "{name}: flows reached indexes {hit:?}"
+            );
+
+            // An older agent's maps: every index in xlb_svc_backends.
+            let maps = lab.path.maps();
+            let entries = maps.svc_backend_entries().unwrap();
+            let mut hash: lb::maps::Hash<abi::SvcBackendKey, u32> =
+                aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+                    aya::maps::MapData::from_pin(lab.path.pin_dir().join("xlb_svc_backends"))
+                        .unwrap(),
+                ))
+                .unwrap();
+            for &(k, id) in entries.iter().filter(|(k, _)| k.svc_id == l.id) {
+                hash.insert(k, id, 0).unwrap();
+            }
+            let ids = maps.svc_backend_ids.as_ref().expect("xlb_svc_backend_ids");
+            ids.update(&l.id.to_ne_bytes(), &[0u8; 64]).unwrap();
+            assert_eq!(maps.svc_backend_entries().unwrap(), entries, "{name}: same resolution");
+            syns(lab, 47200, "(older agent's hash)");
+
+            // A resync re-reads the maps and moves them back to the array.
+            let node = NodeConfig { tunnel_v4: Some(LB_V4), tunnel_v6: Some(LB_V6) };
+            lab.path.resync(&Desired::new(node, [svc.clone()])).unwrap();
+            let maps = lab.path.maps();
+            assert!(
+                lab.path.store().svc_backends_hashed_low().unwrap().is_empty(),
+                "{name}: no index below SVC_IDS left in the hash"
+            );
+            assert_eq!(maps.svc_ids(l.id).unwrap().id.iter().filter(|&&id| id != 0).count(), 16);
+            assert_eq!(maps.svc_backend_entries().unwrap(), entries, "{name}: same resolution");
+            syns(lab, 47400, "(moved back)");
+        }
+    });
+}

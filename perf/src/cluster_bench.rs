@@ -372,8 +372,7 @@ fn observe(
     let give_up = Duration::from_secs(5);
     let visible = |p: &Pending| {
         (0..max_index).any(|index| {
-            let key = abi::SvcBackendKey { svc_id: p.svc_id, index };
-            let Ok(id) = maps.svc_backends.get(&key, 0) else { return false };
+            let Ok(Some(id)) = maps.svc_backend_id(p.svc_id, index) else { return false };
             maps.backends
                 .get(&id, 0)
                 .is_ok_and(|b| b.flags & abi::BE_F_ACTIVE != 0 && b.addr[..4] == p.addr.octets())
@@ -505,7 +504,7 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         let end = n.name.iter().position(|&c| c == 0).unwrap_or(n.name.len());
         ids.insert(String::from_utf8_lossy(&n.name[..end]).into_owned(), id);
     }
-    let programmed_backends = maps.svc_backends.keys().count();
+    let programmed_backends = maps.svc_backend_entries()?.len();
     let mut tables = maps.maglev.keys().count();
     for class in &maps.maglev_classes {
         tables += class.keys()?.len();

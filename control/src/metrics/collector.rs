@@ -2,9 +2,9 @@
 //! reads the pinned maps through lb's read model ([`DatapathView`]) on every
 //! scrape. Cost per scrape: one lookup per counter reason, one xlb_svc_names
 //! walk and one per-CPU lookup per service (about 10-20 ms at 10k services),
-//! plus, with per-backend series, one walk of xlb_svc_backends. Map fill
-//! levels come from the background census ([`super::census`]), never from a
-//! walk here.
+//! plus, with per-backend series, one walk of xlb_svc_backend_ids and
+//! xlb_svc_backends. Map fill levels come from the background census
+//! ([`super::census`]), never from a walk here.
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     path::PathBuf,

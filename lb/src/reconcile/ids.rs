@@ -5,12 +5,15 @@ use std::collections::{BTreeSet, VecDeque};
 use super::DatapathError;
 
 /// Dense ids in `first..limit`; freed ids are reused oldest-first (FIFO) so
-/// that an id comes back as late as possible.
+/// that an id comes back as late as possible, or, in a pool made by
+/// [`IdPool::lowest_first`], lowest-first.
 #[derive(Clone, Debug)]
 pub(crate) struct IdPool {
     next: u32,
     limit: u32,
+    /// Lowest-first: kept sorted.
     free: VecDeque<u32>,
+    lowest: bool,
 }
 
 impl IdPool {
@@ -18,7 +21,28 @@ impl IdPool {
     pub fn new(first: u32, limit: u32, used: &BTreeSet<u32>) -> IdPool {
         let next = used.iter().next_back().map_or(first, |m| m + 1).max(first);
         let free = (first..next).filter(|i| !used.contains(i)).collect();
-        IdPool { next, limit, free }
+        IdPool { next, limit, free, lowest: false }
+    }
+
+    /// The same, handing out the lowest free id first: service-local
+    /// backend indexes, so that a service's stay below [`crate::abi::SVC_IDS`]
+    /// (xlb_svc_backend_ids) through a rolling update. (An index is reused
+    /// only after no Maglev slot names it; connection entries name backend
+    /// ids, not indexes, so an index coming back soon is harmless.)
+    pub fn lowest_first(first: u32, limit: u32, used: &BTreeSet<u32>) -> IdPool {
+        IdPool { lowest: true, ..IdPool::new(first, limit, used) }
+    }
+
+    /// Puts `id` back on the free list, in order if lowest-first.
+    fn put_back(&mut self, id: u32, front: bool) {
+        if self.lowest {
+            let at = self.free.partition_point(|&f| f < id);
+            self.free.insert(at, id);
+        } else if front {
+            self.free.push_front(id);
+        } else {
+            self.free.push_back(id);
+        }
     }
 
     pub fn alloc(&mut self, what: &'static str) -> Result<u32, DatapathError> {
@@ -35,11 +59,11 @@ impl IdPool {
     /// Gives back an id just allocated (its write failed): it is the next
     /// one handed out again.
     pub fn unalloc(&mut self, id: u32) {
-        self.free.push_front(id);
+        self.put_back(id, true);
     }
 
     pub fn release(&mut self, id: u32) {
-        self.free.push_back(id);
+        self.put_back(id, false);
     }
 
     /// Marks `id` used (it was found in use after the pool was built).
@@ -119,6 +143,31 @@ mod tests {
         let c = p.alloc("x").unwrap();
         p.unalloc(c);
         assert_eq!(p.alloc("x").unwrap(), c);
+    }
+
+    #[test]
+    fn lowest_first_pool_hands_out_the_lowest_free_id() {
+        let mut p = IdPool::lowest_first(0, 100, &[0, 2, 5].into());
+        assert_eq!(p.alloc("x").unwrap(), 1);
+        assert_eq!(p.alloc("x").unwrap(), 3);
+        p.release(5);
+        p.release(0);
+        assert_eq!(p.alloc("x").unwrap(), 0, "lowest, not oldest freed");
+        let a = p.alloc("x").unwrap();
+        assert_eq!(a, 4);
+        p.unalloc(a);
+        assert_eq!(p.alloc("x").unwrap(), 4);
+        assert_eq!(p.alloc("x").unwrap(), 5);
+        assert_eq!(p.alloc("x").unwrap(), 6);
+        // A rolling update of 10 (one added, then one removed, each in
+        // turn) stays within the first 11 indexes.
+        let mut p = IdPool::lowest_first(0, 100, &(0..10).collect());
+        let mut live: VecDeque<u32> = (0..10).collect();
+        for _ in 0..50 {
+            live.push_back(p.alloc("x").unwrap());
+            p.release(live.pop_front().unwrap());
+        }
+        assert!(live.iter().all(|&i| i < 11), "{live:?}");
     }
 
     #[test]

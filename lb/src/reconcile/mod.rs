@@ -164,8 +164,9 @@ fn read<S: MapStore>(store: &S) -> Result<(services::Services, node::Node), Data
     let detail = Detail { tables: true, ..Detail::default() };
     let raw = view::read_services(store, detail)?;
     let mut node = node::Node::restore(store.node()?);
-    let services =
+    let mut services =
         services::Services::restore(raw, store.capacity(), &mut node.tunnels, store.fe_filter()?);
+    services.hashed_low(store.svc_backends_hashed_low()?);
     Ok((services, node))
 }
 

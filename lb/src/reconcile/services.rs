@@ -1,6 +1,8 @@
 //! The services reconciler: desired [`Service`]s in; the entries of
 //! xlb_svc_names, xlb_frontends, xlb_sock_frontends, xlb_source_ranges, xlb_maglev,
-//! xlb_svc_backends, xlb_backends and xlb_backend_meta out (and the
+//! xlb_svc_backend_ids (a service's first [`abi::SVC_IDS`] indexes, its
+//! whole value written at once), xlb_svc_backends (the other indexes),
+//! xlb_backends and xlb_backend_meta out (and the
 //! statistics slots of the ids it frees). Its bookkeeping mirrors those
 //! entries exactly — each service's id, frontend values, source ranges,
 //! backends by service-local index (id, generation, value, name, weight) and
@@ -262,9 +264,22 @@ impl Svc {
             ranges: BTreeSet::new(),
             backends: BTreeMap::new(),
             by_endpoint: HashMap::new(),
-            indices: IdPool::new(0, MAX_BACKENDS as u32, &BTreeSet::new()),
+            indices: IdPool::lowest_first(0, MAX_BACKENDS as u32, &BTreeSet::new()),
             table: Table::default(),
         }
+    }
+
+    /// The xlb_svc_backend_ids value of the backends held, with `extra`
+    /// (index, id) pairs below [`abi::SVC_IDS`] added.
+    fn ids_value(&self, extra: impl IntoIterator<Item = (u32, u32)>) -> abi::SvcBackendIds {
+        let mut v = abi::SvcBackendIds { id: [0; abi::SVC_IDS as usize] };
+        let held = self.backends.range(..abi::SVC_IDS).map(|(&i, b)| (i, b.id));
+        for (index, id) in held.chain(extra) {
+            if let Some(w) = v.id.get_mut(index as usize) {
+                *w = id;
+            }
+        }
+        v
     }
 
     /// The Maglev input of `svc` if it differs from the one its table was
@@ -357,6 +372,9 @@ pub(crate) struct Services {
     pools: Pools,
     /// xlb_fe_filter, in step with the frontends (#14).
     filter: FeFilter,
+    /// xlb_svc_backends keys below SVC_IDS an older agent wrote: moved to
+    /// xlb_svc_backend_ids at the start of the next apply.
+    hashed_low: Vec<abi::SvcBackendKey>,
 }
 
 fn write<S: MapStore>(store: &mut S, w: Write<'_>) -> Result<(), DatapathError> {
@@ -396,7 +414,7 @@ impl Services {
                 let meta = b.meta.clone();
                 st.backends.insert(b.index, Backend { id: b.id, value: b.value, meta });
             }
-            st.indices = IdPool::new(0, MAX_BACKENDS as u32, &used);
+            st.indices = IdPool::lowest_first(0, MAX_BACKENDS as u32, &used);
             st.table = Table {
                 written: s.table.as_ref().map(|t| t.hash),
                 size: s.table.as_ref().map_or(0, |t| if t.size > 0 { t.size } else { t.len }),
@@ -423,6 +441,7 @@ impl Services {
         Services {
             map,
             filter,
+            hashed_low: Vec::new(),
             pools: Pools {
                 svc_ids: IdPool::new(0, cap.services, &svc_used),
                 backend_ids: IdPool::new(1, cap.backends, &be_used),
@@ -470,6 +489,52 @@ impl Services {
         }
     }
 
+    /// The xlb_svc_backends keys below SVC_IDS the maps hold (as read).
+    pub fn hashed_low(&mut self, keys: Vec<abi::SvcBackendKey>) {
+        self.hashed_low = keys;
+    }
+
+    /// Moves the ids of [`Services::hashed_low`] to xlb_svc_backend_ids:
+    /// per service its whole value (the ids the bookkeeping holds, read
+    /// from the hash at the restore: the datapath resolves every index to
+    /// the same id before and after), then the hash entries, each once the
+    /// array holds its index (an index the bookkeeping does not hold keeps
+    /// its entry: nothing names it).
+    fn move_hashed_low<S: MapStore>(
+        &mut self,
+        store: &mut S,
+        stats: &mut ApplyStats,
+    ) -> Result<(), DatapathError> {
+        if self.hashed_low.is_empty() {
+            return Ok(());
+        }
+        let by_id: HashMap<u32, &Svc> = self.map.values().map(|st| (st.id, st)).collect();
+        self.hashed_low.sort_unstable_by_key(|k| (k.svc_id, k.index));
+        let keys = std::mem::take(&mut self.hashed_low);
+        let mut done = 0;
+        let result = (|| {
+            for group in keys.chunk_by(|a, b| a.svc_id == b.svc_id) {
+                let Some(st) = by_id.get(&group[0].svc_id) else {
+                    done += group.len();
+                    continue;
+                };
+                let ids = st.ids_value([]);
+                write(store, Write::SvcBackendIds { svc_id: st.id, ids })?;
+                stats.backend_writes += 1;
+                for &key in group {
+                    if ids.id[key.index as usize] != 0 {
+                        write(store, Write::SvcBackendDelete { key })?;
+                        stats.deletes += 1;
+                    }
+                    done += 1;
+                }
+            }
+            Ok(())
+        })();
+        self.hashed_low = keys[done..].to_vec();
+        result
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
         self.map.keys()
     }
@@ -497,6 +562,7 @@ impl Services {
         // apply that stopped before its last flush).
         self.filter.flush(store, &mut stats.filter_writes)?;
         clear_unlinked(store, &mut self.pools, stats)?;
+        self.move_hashed_low(store, stats)?;
         // Removed services first: their frontends go before their backends,
         // and their ids are free for the services added below.
         for key in gone {
@@ -738,6 +804,10 @@ impl Services {
         if pending.is_empty() {
             return Ok(());
         }
+        // Each service's new backends by index: those below SVC_IDS first.
+        for group in pending.chunk_by_mut(|a, b| std::ptr::eq(a.key, b.key)) {
+            group.sort_by_key(|n| n.index);
+        }
         let Services { map, pools, .. } = self;
         let unknown: Vec<u32> =
             pending.iter().map(|n| n.id).filter(|id| !pools.freed_gens.contains_key(id)).collect();
@@ -778,19 +848,39 @@ impl Services {
             .filter(|(_, &c)| c)
             .map(|(n, _)| Write::BackendMeta { id: n.id, name: &n.b.name, weight: n.b.weight })
             .collect();
-        let indices: Vec<Write> = pending
-            .iter()
-            .map(|n| Write::SvcBackend {
-                key: abi::SvcBackendKey { svc_id: n.svc_id, index: n.index },
-                backend_id: n.id,
-            })
-            .collect();
+        // Per service: one xlb_svc_backend_ids value for its new indexes
+        // below SVC_IDS (its held ones rewritten as they are), then an
+        // xlb_svc_backends entry for each other. `covers[w]`: the backends
+        // (a prefix of `pending`) fully written once writes 0..=w are.
+        let mut indices: Vec<Write> = Vec::new();
+        let mut covers: Vec<usize> = Vec::new();
+        let mut at = 0;
+        for group in pending.chunk_by(|a, b| std::ptr::eq(a.key, b.key)) {
+            let low = group.iter().take_while(|n| n.index < abi::SVC_IDS).count();
+            if low > 0 {
+                let st = &map[group[0].key];
+                let ids = st.ids_value(group[..low].iter().map(|n| (n.index, n.id)));
+                indices.push(Write::SvcBackendIds { svc_id: group[0].svc_id, ids });
+                covers.push(at + low);
+            }
+            for (k, n) in group.iter().enumerate().skip(low) {
+                indices.push(Write::SvcBackend {
+                    key: abi::SvcBackendKey { svc_id: n.svc_id, index: n.index },
+                    backend_id: n.id,
+                });
+                covers.push(at + k + 1);
+            }
+            at += group.len();
+        }
         let mut written = pending.len();
         let mut failed = None;
         for batch in [&entries, &metas, &indices] {
             if let Err((done, e)) = store.write_all(batch) {
                 // Only the indices' batch leaves backends fully written.
-                written = if std::ptr::eq(batch, &indices) { done } else { 0 };
+                written = match done.checked_sub(1) {
+                    Some(w) if std::ptr::eq(batch, &indices) => covers[w],
+                    _ => 0,
+                };
                 failed = Some(e);
                 break;
             }
@@ -861,7 +951,7 @@ impl Services {
         built: Option<NewTable>,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Services { map, pools, filter } = self;
+        let Services { map, pools, filter, .. } = self;
         let st = map.get_mut(&svc.key).expect("added in phase 1");
         let id = st.id;
         let built = match built {
@@ -1039,7 +1129,7 @@ impl Services {
         key: &ServiceKey,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        let Services { map, pools, filter } = self;
+        let Services { map, pools, filter, .. } = self;
         let st = map.get_mut(key).expect("listed");
         let id = st.id;
         let proto = svc_proto(st);
@@ -1147,7 +1237,14 @@ fn free_backend<S: MapStore>(
 ) -> Result<(), DatapathError> {
     let b = &st.backends[&index];
     let (id, value) = (b.id, b.value);
-    write(store, Write::SvcBackendDelete { key: abi::SvcBackendKey { svc_id: st.id, index } })?;
+    let key = abi::SvcBackendKey { svc_id: st.id, index };
+    if index < abi::SVC_IDS {
+        let mut ids = st.ids_value([]);
+        ids.id[index as usize] = 0;
+        write(store, Write::SvcBackendIds { svc_id: st.id, ids })?;
+    } else {
+        write(store, Write::SvcBackendDelete { key })?;
+    }
     stats.deletes += 1;
     if let Some(proto) = proto {
         let (addr, port) = endpoint_of(&value);

@@ -181,6 +181,9 @@ impl MapStore for Checked {
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
         self.inner.svc_backends()
     }
+    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError> {
+        self.inner.svc_backends_hashed_low()
+    }
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {
         self.inner.backend(id)
     }
@@ -552,6 +555,88 @@ fn backends_keep_their_index_while_they_stay() {
         3,
         "a new backend takes a new index, not the one just freed"
     );
+}
+
+/// `n` backends of service "big" (10.244.<i / 200>.<i % 200 + 1>).
+fn big(n: usize) -> Service {
+    let backends = (0..n)
+        .map(|i| backend(&format!("10.244.{}.{}", i / 200, i % 200 + 1), "10.0.0.11"))
+        .collect();
+    service("big", "10.100.0.9", backends)
+}
+
+#[test]
+fn the_first_svc_ids_indexes_are_one_array_write_the_rest_hash_entries() {
+    let mut dp = checked();
+    dp.apply(&desired([big(20)])).unwrap();
+    let log = dp.store().log();
+    let ids = log.iter().filter(|w| matches!(w.target, Target::SvcBackendIds(0))).count();
+    let hashed = log.iter().filter(|w| matches!(w.target, Target::SvcBackend(_))).count();
+    assert_eq!((ids, hashed), (1, 20 - abi::SVC_IDS as usize), "{log:?}");
+    let held: Vec<u32> = dp.store().svc_backends().unwrap().iter().map(|(k, _)| k.index).collect();
+    assert_eq!(held, (0..20).collect::<Vec<_>>());
+    assert!(dp.store().svc_backends_hashed_low().unwrap().is_empty());
+    assert_eq!(mirror(&restored(dp.store())), mirror(&dp));
+    // One backend below SVC_IDS and one above go: the array's word and the
+    // hash entry.
+    let mut svc = big(20);
+    svc.backends.remove(19);
+    svc.backends.remove(3);
+    dp.apply(&desired([svc])).unwrap();
+    let held: Vec<u32> = dp.store().svc_backends().unwrap().iter().map(|(k, _)| k.index).collect();
+    assert_eq!(held, (0..19).filter(|&i| i != 3).collect::<Vec<_>>());
+    assert_eq!(mirror(&restored(dp.store())), mirror(&dp));
+}
+
+#[test]
+fn a_rolling_update_keeps_indexes_below_svc_ids() {
+    // 12 backends replaced one at a time (surge 1: the new one ready, then
+    // the old one gone): the lowest free index is reused, so every index
+    // stays in xlb_svc_backend_ids.
+    let mut dp = checked();
+    let all = big(40);
+    let mut svc = Service { backends: all.backends[..12].to_vec(), ..all.clone() };
+    dp.apply(&desired([svc.clone()])).unwrap();
+    for next in &all.backends[12..] {
+        svc.backends.push(next.clone());
+        dp.apply(&desired([svc.clone()])).unwrap();
+        svc.backends.remove(0);
+        dp.apply(&desired([svc.clone()])).unwrap();
+        let max = dp.store().svc_backends().unwrap().iter().map(|(k, _)| k.index).max();
+        assert!(max < Some(13), "{max:?}");
+    }
+    let hashed = dp.store().log().iter().any(|w| matches!(w.target, Target::SvcBackend(_)));
+    assert!(!hashed, "no xlb_svc_backends entry written");
+}
+
+#[test]
+fn an_older_agents_hashed_indexes_move_to_the_array() {
+    // An agent from before xlb_svc_backend_ids put every index in
+    // xlb_svc_backends: the datapath reads them there (the array's 0), and
+    // the next apply moves them, every index resolving to the same backend
+    // at every write (Checked).
+    let mut dp = checked();
+    dp.apply(&desired([big(20)])).unwrap();
+    let before = dp.store().svc_backends().unwrap();
+    let mut store = dp.into_store();
+    for &(key, backend_id) in &before {
+        store.damage(Write::SvcBackend { key, backend_id });
+    }
+    let zero = abi::SvcBackendIds { id: [0; abi::SVC_IDS as usize] };
+    store.damage(Write::SvcBackendIds { svc_id: 0, ids: zero });
+    assert_eq!(store.svc_backends().unwrap(), before);
+    assert_eq!(store.svc_backends_hashed_low().unwrap().len(), abi::SVC_IDS as usize);
+    let mut dp = Datapath::restore(store).unwrap();
+    let st = dp.apply(&desired([big(20)])).unwrap();
+    assert_eq!(st.deletes, abi::SVC_IDS as usize, "{st:?}");
+    assert!(dp.store().svc_backends_hashed_low().unwrap().is_empty());
+    assert_eq!(dp.store().svc_backends().unwrap(), before);
+    // And a backend below SVC_IDS goes as from the array.
+    let mut svc = big(20);
+    svc.backends.remove(0);
+    dp.apply(&desired([svc])).unwrap();
+    assert_eq!(dp.store().svc_backends().unwrap(), before[1..]);
+    assert_eq!(mirror(&restored(dp.store())), mirror(&dp));
 }
 
 #[test]

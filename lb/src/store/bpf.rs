@@ -27,10 +27,13 @@ pub struct BpfStore {
     maps: Maps,
     pin_dir: PathBuf,
     ncpus: usize,
-    /// xlb_backends and xlb_svc_backends as raw maps, for batched writes
-    /// and reads ([`MapStore::write_all`], [`MapStore::backend_gens`]);
-    /// None: one syscall per entry.
-    batch: Option<(RawMap, RawMap)>,
+    /// xlb_backends, xlb_svc_backends and xlb_svc_backend_ids as raw maps,
+    /// for batched writes and reads ([`MapStore::write_all`],
+    /// [`MapStore::backend_gens`]); None: one syscall per entry.
+    batch: Option<[RawMap; 3]>,
+    /// xlb_svc_backend_ids (the agent's loader created it; [`Maps`] also
+    /// opens the pins of an agent from before it).
+    ids: RawMap,
     /// The Maglev maps again, for tables written from the reconciler's
     /// builder threads ([`MapStore::table_sink`]); None: through `write`.
     tables: Option<Arc<Tables>>,
@@ -90,12 +93,14 @@ impl BpfStore {
     pub fn open(pin_dir: &Path) -> Result<BpfStore, StoreError> {
         let maps = Maps::open(pin_dir)?;
         let ncpus = aya::util::nr_cpus().map_or(1, |n| n);
-        let batch = Some((
+        let batch = Some([
             RawMap::open(pin_dir, "xlb_backends")?,
             RawMap::open(pin_dir, "xlb_svc_backends")?,
-        ));
+            RawMap::open(pin_dir, "xlb_svc_backend_ids")?,
+        ]);
         let tables = Some(Arc::new(Tables::open(pin_dir)?));
         Ok(BpfStore {
+            ids: RawMap::open(pin_dir, "xlb_svc_backend_ids")?,
             maps,
             pin_dir: pin_dir.to_path_buf(),
             ncpus,
@@ -202,13 +207,14 @@ fn per_cpu<T: aya::Pod>(v: T, ncpus: usize) -> PerCpuValues<T> {
     PerCpuValues::try_from(vec![v; ncpus]).expect("ncpus is aya's possible-CPU count")
 }
 
-/// A run of `writes` from `start` that one batch can do: its map, and how
-/// many writes (those of the same kind as the first, up to [`BATCH`]).
-fn batch_run(writes: &[Write<'_>], start: usize) -> (Option<bool>, usize) {
-    // Some(true): xlb_backends; Some(false): xlb_svc_backends.
+/// A run of `writes` from `start` that one batch can do: its map (the
+/// index in [`BpfStore::batch`]), and how many writes (those of the same
+/// kind as the first, up to [`BATCH`]).
+fn batch_run(writes: &[Write<'_>], start: usize) -> (Option<usize>, usize) {
     let kind = |w: &Write<'_>| match w {
-        Write::Backend { .. } => Some(true),
-        Write::SvcBackend { .. } => Some(false),
+        Write::Backend { .. } => Some(0),
+        Write::SvcBackend { .. } => Some(1),
+        Write::SvcBackendIds { .. } => Some(2),
         _ => None,
     };
     let first = kind(&writes[start]);
@@ -245,11 +251,18 @@ impl MapStore for BpfStore {
     }
 
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
-        self.maps
-            .svc_backends
-            .iter()
-            .map(|i| i.map_err(op("xlb_svc_backends", "iterate")))
-            .collect()
+        Ok(self.maps.svc_backend_entries()?)
+    }
+
+    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.maps.svc_backends.keys() {
+            let k = k.map_err(op("xlb_svc_backends", "iterate"))?;
+            if k.index < abi::SVC_IDS {
+                out.push(k);
+            }
+        }
+        Ok(out)
     }
 
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {
@@ -452,14 +465,14 @@ impl MapStore for BpfStore {
         let mut i = 0;
         while i < writes.len() {
             let (kind, n) = batch_run(writes, i);
-            if kind == Some(true) {
+            if kind == Some(0) {
                 for w in &writes[i..i + n] {
                     if let Write::Backend { id, .. } = w {
                         self.note_backend(*id);
                     }
                 }
             }
-            let (Some(to_backends), Some((backends, svc_backends))) = (kind, &self.batch) else {
+            let (Some(kind), Some(maps)) = (kind, &self.batch) else {
                 self.write(writes[i]).map_err(|e| (i, e))?;
                 i += 1;
                 continue;
@@ -480,16 +493,16 @@ impl MapStore for BpfStore {
                         keys.extend_from_slice(pod_bytes(key));
                         values.extend_from_slice(&backend_id.to_ne_bytes());
                     }
+                    Write::SvcBackendIds { svc_id, ids } => {
+                        keys.extend_from_slice(&svc_id.to_ne_bytes());
+                        values.extend_from_slice(pod_bytes(ids));
+                    }
                     _ => unreachable!("batch_run takes one kind"),
                 }
             }
-            let (map, name) = if to_backends {
-                (backends, "xlb_backends")
-            } else {
-                (svc_backends, "xlb_svc_backends")
-            };
+            let map = &maps[kind];
             map.update_batch(&keys, &values)
-                .map_err(|(done, e)| (i + done, op(name, "update")(e)))?;
+                .map_err(|(done, e)| (i + done, op(map.name(), "update")(e)))?;
             i += n;
         }
         Ok(())
@@ -511,7 +524,7 @@ impl MapStore for BpfStore {
             _ => 0,
         };
         let walk = ids.len() >= GENS_WALK_MIN && span <= 8 * ids.len();
-        let Some((backends, _)) = self.batch.as_ref().filter(|_| walk) else {
+        let Some([backends, ..]) = self.batch.as_ref().filter(|_| walk) else {
             return ids.iter().map(|&id| self.backend(id).map(|b| b.gen)).collect();
         };
         let mut wanted: Vec<(u32, usize)> = ids.iter().copied().zip(0..).collect();
@@ -615,6 +628,9 @@ impl MapStore for BpfStore {
                 m.backend_meta.insert(id, abi::BackendMeta { weight, name }, 0).map_err(up)
             }
             Write::BackendMetaDelete { id } => removed(m.backend_meta.remove(&id), map),
+            Write::SvcBackendIds { svc_id, ids } => {
+                self.ids.update(&svc_id.to_ne_bytes(), pod_bytes(&ids)).map_err(up)
+            }
             Write::SvcBackend { key, backend_id } => {
                 m.svc_backends.insert(key, backend_id, 0).map_err(up)
             }

@@ -44,6 +44,7 @@ pub struct MemStore {
     backends: BTreeMap<u32, abi::Backend>,
     backend_stats: BTreeMap<u32, Traffic>,
     backend_meta: BTreeMap<u32, BackendMeta>,
+    svc_backend_ids: BTreeMap<u32, abi::SvcBackendIds>,
     svc_backends: BTreeMap<(u32, u32), u32>,
     node: abi::NodeCfg,
     config_gen: u64,
@@ -94,6 +95,7 @@ impl MemStore {
             backends: BTreeMap::new(),
             backend_stats: BTreeMap::new(),
             backend_meta: BTreeMap::new(),
+            svc_backend_ids: BTreeMap::new(),
             svc_backends: BTreeMap::new(),
             node: abi::NodeCfg { addr4: [0; 4], addr6: [0; 16], geneve_port: 0, pad: 0, vni: 0 },
             config_gen: 0,
@@ -192,10 +194,26 @@ impl MapStore for MemStore {
     }
 
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        let mut out: BTreeMap<(u32, u32), u32> = self.svc_backends.clone();
+        for (&svc_id, ids) in &self.svc_backend_ids {
+            for (index, &id) in (0..).zip(&ids.id) {
+                if id != 0 {
+                    out.insert((svc_id, index), id);
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|((svc_id, index), id)| (abi::SvcBackendKey { svc_id, index }, id))
+            .collect())
+    }
+
+    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError> {
         Ok(self
             .svc_backends
-            .iter()
-            .map(|(&(svc_id, index), &id)| (abi::SvcBackendKey { svc_id, index }, id))
+            .keys()
+            .filter(|&&(_, index)| index < abi::SVC_IDS)
+            .map(|&(svc_id, index)| abi::SvcBackendKey { svc_id, index })
             .collect())
     }
 
@@ -377,6 +395,15 @@ impl MapStore for MemStore {
             }
             Write::BackendMetaDelete { id } => {
                 self.backend_meta.remove(&id);
+            }
+            Write::SvcBackendIds { svc_id, ids } => {
+                self.check_id(&w, svc_id, services)?;
+                // An ARRAY: all zeros is the same as no entry.
+                if ids.id.iter().all(|&id| id == 0) {
+                    self.svc_backend_ids.remove(&svc_id);
+                } else {
+                    self.svc_backend_ids.insert(svc_id, ids);
+                }
             }
             Write::SvcBackend { key, backend_id } => {
                 self.svc_backends.insert((key.svc_id, key.index), backend_id);

@@ -170,6 +170,13 @@ pub enum Write<'a> {
     BackendMetaDelete {
         id: u32,
     },
+    /// The whole xlb_svc_backend_ids value of a service (its first
+    /// [`abi::SVC_IDS`] indexes; 0: none).
+    SvcBackendIds {
+        svc_id: u32,
+        ids: abi::SvcBackendIds,
+    },
+    /// An index at or above [`abi::SVC_IDS`] (xlb_svc_backends).
     SvcBackend {
         key: abi::SvcBackendKey,
         backend_id: u32,
@@ -259,6 +266,7 @@ pub enum Target {
     Backend(u32),
     BackendStats(u32),
     BackendMeta(u32),
+    SvcBackendIds(u32),
     SvcBackend(abi::SvcBackendKey),
     Node,
     ConfigGen,
@@ -286,6 +294,7 @@ impl Target {
             Target::Backend(_) => "xlb_backends",
             Target::BackendStats(_) => "xlb_backend_stats",
             Target::BackendMeta(_) => "xlb_backend_meta",
+            Target::SvcBackendIds(_) => "xlb_svc_backend_ids",
             Target::SvcBackend(_) => "xlb_svc_backends",
             Target::Node => "xlb_node",
             Target::ConfigGen => "xlb_config_gen",
@@ -308,7 +317,8 @@ impl Target {
             Target::SvcName(id)
             | Target::SvcStats(id)
             | Target::SourceRange(id, _)
-            | Target::Maglev(id, _) => Some(id),
+            | Target::Maglev(id, _)
+            | Target::SvcBackendIds(id) => Some(id),
             Target::SvcBackend(k) => Some(k.svc_id),
             _ => None,
         }
@@ -323,7 +333,8 @@ impl fmt::Display for Target {
             | Target::Maglev(id, _)
             | Target::Backend(id)
             | Target::BackendStats(id)
-            | Target::BackendMeta(id) => write!(f, "{}[{id}]", self.map()),
+            | Target::BackendMeta(id)
+            | Target::SvcBackendIds(id) => write!(f, "{}[{id}]", self.map()),
             Target::Frontend(k) | Target::SockFrontend(k) => {
                 match abi::addr_from_abi(&k.addr, k.family) {
                     Some(a) => {
@@ -379,6 +390,7 @@ impl Write<'_> {
             Write::BackendMeta { id, .. } | Write::BackendMetaDelete { id } => {
                 Target::BackendMeta(id)
             }
+            Write::SvcBackendIds { svc_id, .. } => Target::SvcBackendIds(svc_id),
             Write::SvcBackend { key, .. } | Write::SvcBackendDelete { key } => {
                 Target::SvcBackend(key)
             }
@@ -444,8 +456,14 @@ pub trait MapStore {
     fn frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError>;
     /// xlb_sock_frontends.
     fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError>;
-    /// xlb_svc_backends: (service id, service-local index) -> backend id.
+    /// (service id, service-local index) -> backend id, as the datapath
+    /// resolves it: the non-zero ids of xlb_svc_backend_ids, then the
+    /// xlb_svc_backends entries of indexes without one.
     fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError>;
+    /// The xlb_svc_backends keys of indexes below [`abi::SVC_IDS`] (an
+    /// agent from before xlb_svc_backend_ids wrote them; moved to it by the
+    /// next apply).
+    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError>;
     /// xlb_backends\[id\] (an array: every id below capacity has a value).
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError>;
     /// xlb_backend_meta\[id\], if present.

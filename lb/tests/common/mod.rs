@@ -373,9 +373,9 @@ impl Lab {
                 .unwrap_or_else(|| panic!("service {} has no table", svc.id));
         let index = u32::from(table[(hash % svc.maglev_size) as usize]);
         let id = maps
-            .svc_backends
-            .get(&abi::SvcBackendKey { svc_id: svc.id, index }, 0)
-            .unwrap_or_else(|e| panic!("svc_backends[{} {index}]: {e}", svc.id));
+            .svc_backend_id(svc.id, index)
+            .unwrap_or_else(|e| panic!("svc_backend_id[{} {index}]: {e}", svc.id))
+            .unwrap_or_else(|| panic!("service {} index {index} names no backend", svc.id));
         let be = maps.backends.get(&id, 0).unwrap_or_else(|e| panic!("backends[{id}]: {e}"));
         let ep = abi::addr_from_abi(&be.addr, be.family).expect("backend family");
         let node = abi::addr_from_abi(&be.node, be.node_family).expect("node family");
