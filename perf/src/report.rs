@@ -27,11 +27,14 @@ pub struct Host {
 impl Host {
     pub fn this() -> Host {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        let cpu = read("/proc/cpuinfo")
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu = cpuinfo
             .lines()
             .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
             .map_or("unknown CPU".into(), |(_, v)| v.trim().to_string());
-        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        // The machine's CPUs, not this thread's affinity: benchmarks that
+        // pin themselves to one core (podnet) must not report a 1-CPU host.
+        let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
         let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
         let spectre_v2 = read("/sys/devices/system/cpu/vulnerabilities/spectre_v2")
             .split(';')
