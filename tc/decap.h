@@ -288,7 +288,7 @@ static __always_inline int xlb_decap_ipip(struct __sk_buff *skb, const struct xl
 	xlb_addr_copy(t.addr, in.tuple.daddr);
 	t.port = in.tuple.dport;
 	t.family = in.tuple.family;
-	rc = xlb_nat_tc(skb, &in, XLB_NAT_DST, sel.be->addr, sel.be->port);
+	rc = xlb_nat(skb, &in, XLB_NAT_DST, sel.be->addr, sel.be->port);
 	if (!rc)
 		rc = xlb_decap_remember(&in.tuple, &t);
 	if (!rc)

@@ -107,7 +107,7 @@ static __attribute__((noinline)) int xlb_fallback_nat(struct __sk_buff *skb, __u
 		nat.created_ns = bpf_ktime_get_ns();
 		bpf_map_update_elem(&xlb_dsr_nat, &key, &nat, BPF_ANY);
 	}
-	rc = xlb_nat_tc(skb, &pkt, XLB_NAT_DST, be->addr, be->port);
+	rc = xlb_nat(skb, &pkt, XLB_NAT_DST, be->addr, be->port);
 	if (rc)
 		return xlb_fail(rc, reason);
 	xlb_count_svc(svc->id, skb->len, sel.new_flow, sel.affinity_hit);
@@ -132,7 +132,7 @@ static __attribute__((noinline)) int xlb_fallback_revnat(struct __sk_buff *skb, 
 		return xlb_fail(-XLB_PASS_NOT_TUNNEL, reason);
 	if (nat->family != pkt.tuple.family)
 		return xlb_fail(-XLB_DROP_NAT, reason);
-	rc = xlb_nat_tc(skb, &pkt, XLB_NAT_SRC, nat->vaddr, nat->vport);
+	rc = xlb_nat(skb, &pkt, XLB_NAT_SRC, nat->vaddr, nat->vport);
 	if (rc)
 		return xlb_fail(rc, reason);
 	*reason = XLB_OK_FALLBACK_REVNAT;

@@ -249,7 +249,7 @@ static __always_inline int xlb_masq(struct __sk_buff *skb, struct xlb_pkt *pkt, 
 		m = &fresh;
 	}
 	rc = icmp ? xlb_nat_echo(skb, pkt, XLB_NAT_SRC, m->addr, id, m->port)
-		  : xlb_nat_tc(skb, pkt, XLB_NAT_SRC, m->addr, m->port);
+		  : xlb_nat(skb, pkt, XLB_NAT_SRC, m->addr, m->port);
 	if (rc)
 		return xlb_fail(rc, reason);
 	*reason = XLB_OK_MASQ;
@@ -326,7 +326,7 @@ static __always_inline int xlb_masq_reply(struct __sk_buff *skb, struct xlb_pkt 
 	if (!ep)
 		return xlb_fail(-XLB_DROP_NO_ENDPOINT, reason);
 	rc = icmp ? xlb_nat_echo(skb, pkt, XLB_NAT_DST, back->addr, id, back->port)
-		  : xlb_nat_tc(skb, pkt, XLB_NAT_DST, back->addr, back->port);
+		  : xlb_nat(skb, pkt, XLB_NAT_DST, back->addr, back->port);
 	if (rc)
 		return xlb_fail(rc, reason);
 	*reason = XLB_OK_MASQ_REPLY;

@@ -98,7 +98,7 @@ static __always_inline int xlb_revnat(struct __sk_buff *skb, __u32 *reason)
 		return xlb_fail(-XLB_PASS_NO_NAT, reason);
 	if (nat->family != pkt.tuple.family)
 		return xlb_fail(-XLB_DROP_NAT, reason);
-	rc = xlb_nat_tc(skb, &pkt, XLB_NAT_SRC, nat->vaddr, nat->vport);
+	rc = xlb_nat(skb, &pkt, XLB_NAT_SRC, nat->vaddr, nat->vport);
 	if (rc)
 		return xlb_fail(rc, reason);
 	*reason = XLB_OK_TC_REVNAT;

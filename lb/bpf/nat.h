@@ -6,11 +6,11 @@
  * the translation of an ICMP error together with the packet it quotes.
  * Checksums are updated incrementally (csum.h diffs, applied by the context
  * layer: one patch in XDP, the kernel's helpers in tc); a UDP datagram
- * without checksum (IPv4, 0) keeps none. A whole TCP/UDP packet is
- * rewritten by direct writes in both contexts (XDP: xlb_nat_xdp; tc:
+ * without checksum (IPv4, 0) keeps none. xlb_nat rewrites a whole TCP/UDP
+ * packet by direct writes in both contexts (XDP: xlb_nat_xdp; tc:
  * xlb_nat_tc, with one bpf_l4_csum_replace for the L4 field in a global
- * function, ctx.h); fragments, SCTP and ICMP go through the context
- * layer's field writers.
+ * function, ctx.h, when the L4 header is in the linear head); fragments,
+ * SCTP and ICMP go through the context layer's field writers.
  *
  * API
  *   int xlb_nat(ctx, &pkt, which, addr, port)
@@ -27,9 +27,6 @@
  *       `outer`, the error's own address on the other side goes along
  *       (XLB_NAT_SRC: the error's destination) — else it stays, as a
  *       router's source address must.
- *   int xlb_nat_tc(skb, &pkt, which, addr, port)   (tc)
- *       xlb_nat as tc calls it: the direct writes for a whole TCP/UDP
- *       packet whose headers are in the linear head, else xlb_nat.
  *   int xlb_nat_fwd(ctx, &pkt, addr, port)   (XDP)
  *       xlb_nat's DNAT for a packet about to be tunnelled: pkt->tuple's
  *       destination may be left as parsed (the caller never reads it).
@@ -263,52 +260,6 @@ static __always_inline int xlb_nat_xdp(struct xdp_md *ctx, struct xlb_pkt *pkt, 
 }
 #endif
 
-/* One copy per family: the IPv4 one moves 4 address bytes, not 16. `addr`
- * must not alias pkt (it is a map value: a backend or a translation). */
-static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
-				   const __u8 *addr, __be16 port)
-{
-	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
-	__u32 l3 = xlb_l3_off(pkt);
-	__u64 pseudo;
-	int rc;
-
-#ifdef XLB_CTX_XDP
-	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
-		return xlb_nat_xdp(ctx, pkt, which, addr, port, 1);
-#endif
-
-	if (pkt->tuple.family == XLB_FAMILY_V4) {
-		__be32 to = *(const __u32 *)addr;
-
-		rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(XLB_FAMILY_V4, which), XLB_FAMILY_V4,
-				  taddr, addr, &pseudo);
-		if (rc)
-			return rc;
-		*(__u32 *)taddr = to;
-		return xlb_nat_l4(ctx, pkt, which, port, pseudo);
-	}
-	rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(XLB_FAMILY_V6, which), XLB_FAMILY_V6, taddr,
-			  addr, &pseudo);
-	if (rc)
-		return rc;
-	xlb_addr_copy(taddr, addr);
-	return xlb_nat_l4(ctx, pkt, which, port, pseudo);
-}
-
-#ifdef XLB_CTX_XDP
-/* XDP's DNAT of a packet it tunnels: xlb_nat whose caller reads none of
- * pkt->tuple's destination again, which is then left as parsed (a TCP or
- * UDP packet skips the tuple's stores). */
-static __always_inline int xlb_nat_fwd(struct xdp_md *ctx, struct xlb_pkt *pkt, const __u8 *addr,
-				       __be16 port)
-{
-	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
-		return xlb_nat_xdp(ctx, pkt, XLB_NAT_DST, addr, port, 0);
-	return xlb_nat(ctx, pkt, XLB_NAT_DST, addr, port);
-}
-#endif
-
 #ifndef XLB_CTX_XDP
 /*
  * tc, a whole TCP or UDP packet whose headers are in the linear head (the
@@ -332,8 +283,8 @@ static __always_inline int xlb_nat_fwd(struct xdp_md *ctx, struct xlb_pkt *pkt, 
  * the verifier loses a branch-free choice of field added to a checked
  * pointer.
  */
-static __always_inline int xlb_nat_tc_direct(struct __sk_buff *skb, struct xlb_pkt *pkt, int which,
-					     const __u8 *addr, __be16 port)
+static __always_inline int xlb_nat_tc(struct __sk_buff *skb, struct xlb_pkt *pkt, int which,
+				      const __u8 *addr, __be16 port)
 {
 	__u32 l3 = xlb_l3_off(pkt), l4 = xlb_l4_off(pkt), d, dport = 0;
 	int udp = pkt->tuple.proto == IPPROTO_UDP, v6 = pkt->tuple.family == XLB_FAMILY_V6;
@@ -385,18 +336,60 @@ static __always_inline int xlb_nat_tc_direct(struct __sk_buff *skb, struct xlb_p
 				   *c, d, dport);
 }
 
-/* xlb_nat's tc form: the direct writes where they apply, else xlb_nat. */
-static __always_inline int xlb_nat_tc(struct __sk_buff *skb, struct xlb_pkt *pkt, int which,
-				      const __u8 *addr, __be16 port)
-{
-	__u32 l4 = xlb_l4_off(pkt);
-	int udp = pkt->tuple.proto == IPPROTO_UDP;
+#endif
 
-	if (pkt->frag || (pkt->tuple.proto != IPPROTO_TCP && !udp) ||
-	    xlb_ctx_data(skb) + l4 + (udp ? sizeof(struct udphdr) : sizeof(struct tcphdr)) >
-		xlb_ctx_data_end(skb))
-		return xlb_nat(skb, pkt, which, addr, port);
-	return xlb_nat_tc_direct(skb, pkt, which, addr, port);
+/* One copy per family: the IPv4 one moves 4 address bytes, not 16. `addr`
+ * must not alias pkt (it is a map value: a backend or a translation). */
+static __always_inline int xlb_nat(struct xlb_ctx *ctx, struct xlb_pkt *pkt, int which,
+				   const __u8 *addr, __be16 port)
+{
+	__u8 *taddr = which == XLB_NAT_DST ? pkt->tuple.daddr : pkt->tuple.saddr;
+	__u32 l3 = xlb_l3_off(pkt);
+	__u64 pseudo;
+	int rc;
+
+	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP)) {
+#ifdef XLB_CTX_XDP
+		return xlb_nat_xdp(ctx, pkt, which, addr, port, 1);
+#else
+		/* the direct writes need the L4 header in the linear head */
+		__u32 l4 =
+		    xlb_l4_off(pkt) + (pkt->tuple.proto == IPPROTO_UDP ? sizeof(struct udphdr)
+								       : sizeof(struct tcphdr));
+
+		if (xlb_ctx_data(ctx) + l4 <= xlb_ctx_data_end(ctx))
+			return xlb_nat_tc(ctx, pkt, which, addr, port);
+#endif
+	}
+
+	if (pkt->tuple.family == XLB_FAMILY_V4) {
+		__be32 to = *(const __u32 *)addr;
+
+		rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(XLB_FAMILY_V4, which), XLB_FAMILY_V4,
+				  taddr, addr, &pseudo);
+		if (rc)
+			return rc;
+		*(__u32 *)taddr = to;
+		return xlb_nat_l4(ctx, pkt, which, port, pseudo);
+	}
+	rc = xlb_nat_addr(ctx, l3, xlb_ip_addr_off(XLB_FAMILY_V6, which), XLB_FAMILY_V6, taddr,
+			  addr, &pseudo);
+	if (rc)
+		return rc;
+	xlb_addr_copy(taddr, addr);
+	return xlb_nat_l4(ctx, pkt, which, port, pseudo);
+}
+
+#ifdef XLB_CTX_XDP
+/* XDP's DNAT of a packet it tunnels: xlb_nat whose caller reads none of
+ * pkt->tuple's destination again, which is then left as parsed (a TCP or
+ * UDP packet skips the tuple's stores). */
+static __always_inline int xlb_nat_fwd(struct xdp_md *ctx, struct xlb_pkt *pkt, const __u8 *addr,
+				       __be16 port)
+{
+	if (!pkt->frag && (pkt->tuple.proto == IPPROTO_TCP || pkt->tuple.proto == IPPROTO_UDP))
+		return xlb_nat_xdp(ctx, pkt, XLB_NAT_DST, addr, port, 0);
+	return xlb_nat(ctx, pkt, XLB_NAT_DST, addr, port);
 }
 #endif
 
