@@ -31,9 +31,6 @@ pub struct BpfStore {
     /// for batched writes and reads ([`MapStore::write_all`],
     /// [`MapStore::backend_gens`]); None: one syscall per entry.
     batch: Option<[RawMap; 3]>,
-    /// xlb_svc_backend_ids (the agent's loader created it; [`Maps`] also
-    /// opens the pins of an agent from before it).
-    ids: RawMap,
     /// The Maglev maps again, for tables written from the reconciler's
     /// builder threads ([`MapStore::table_sink`]); None: through `write`.
     tables: Option<Arc<Tables>>,
@@ -91,7 +88,12 @@ const GENS_WALK_MIN: usize = 4096;
 impl BpfStore {
     /// Opens every map pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<BpfStore, StoreError> {
-        let maps = Maps::open(pin_dir)?;
+        let mut maps = Maps::open(pin_dir)?;
+        // The agent's loader creates xlb_svc_backend_ids: required here
+        // (Maps alone also opens the pins of an agent from before it).
+        if maps.svc_backend_ids.is_none() {
+            maps.svc_backend_ids = Some(RawMap::open(pin_dir, "xlb_svc_backend_ids")?);
+        }
         let ncpus = aya::util::nr_cpus().map_or(1, |n| n);
         let batch = Some([
             RawMap::open(pin_dir, "xlb_backends")?,
@@ -100,7 +102,6 @@ impl BpfStore {
         ]);
         let tables = Some(Arc::new(Tables::open(pin_dir)?));
         Ok(BpfStore {
-            ids: RawMap::open(pin_dir, "xlb_svc_backend_ids")?,
             maps,
             pin_dir: pin_dir.to_path_buf(),
             ncpus,
@@ -629,7 +630,8 @@ impl MapStore for BpfStore {
             }
             Write::BackendMetaDelete { id } => removed(m.backend_meta.remove(&id), map),
             Write::SvcBackendIds { svc_id, ids } => {
-                self.ids.update(&svc_id.to_ne_bytes(), pod_bytes(&ids)).map_err(up)
+                let map_ids = m.svc_backend_ids.as_ref().expect("BpfStore::open opens it");
+                map_ids.update(&svc_id.to_ne_bytes(), pod_bytes(&ids)).map_err(up)
             }
             Write::SvcBackend { key, backend_id } => {
                 m.svc_backends.insert(key, backend_id, 0).map_err(up)
