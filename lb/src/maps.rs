@@ -334,11 +334,25 @@ impl Maps {
     /// resolves it (lb/bpf/maglev.h, xlb_svc_backend_id): its word in
     /// xlb_svc_backend_ids, else (or if 0 there) xlb_svc_backends.
     pub fn svc_backend_id(&self, svc_id: u32, index: u32) -> Result<Option<u32>, MapsError> {
-        if index < abi::SVC_IDS {
-            let id = self.svc_ids(svc_id)?.id[index as usize];
-            if id != 0 {
-                return Ok(Some(id));
-            }
+        let low = if index < abi::SVC_IDS {
+            self.svc_ids(svc_id)?
+        } else {
+            abi::SvcBackendIds { id: [0; abi::SVC_IDS as usize] }
+        };
+        self.svc_backend_id_in(&low, svc_id, index)
+    }
+
+    /// [`Maps::svc_backend_id`] with the service's xlb_svc_backend_ids value
+    /// `low` already read ([`Maps::svc_ids`]): for a caller resolving
+    /// several indexes of one service with one array read.
+    pub fn svc_backend_id_in(
+        &self,
+        low: &abi::SvcBackendIds,
+        svc_id: u32,
+        index: u32,
+    ) -> Result<Option<u32>, MapsError> {
+        if let Some(&id) = low.id.get(index as usize).filter(|&&id| id != 0) {
+            return Ok(Some(id));
         }
         let key = abi::SvcBackendKey { svc_id, index };
         match self.svc_backends.get(&key, 0) {

@@ -371,8 +371,12 @@ fn observe(
     let mut lost = 0;
     let give_up = Duration::from_secs(5);
     let visible = |p: &Pending| {
+        // The service's first SVC_IDS ids in one read, the rest one by one.
+        let Ok(low) = maps.svc_ids(p.svc_id) else { return false };
         (0..max_index).any(|index| {
-            let Ok(Some(id)) = maps.svc_backend_id(p.svc_id, index) else { return false };
+            let Ok(Some(id)) = maps.svc_backend_id_in(&low, p.svc_id, index) else {
+                return false;
+            };
             maps.backends
                 .get(&id, 0)
                 .is_ok_and(|b| b.flags & abi::BE_F_ACTIVE != 0 && b.addr[..4] == p.addr.octets())
