@@ -49,23 +49,26 @@ static const __u32 xlb_crc32c_x8n[16] = {
 /* One register step: a shift by one bit, reduced modulo P. */
 static __always_inline __u32 xlb_crc32c_step(__u32 s)
 {
-	return (s >> 1) ^ (XLB_CRC32C_POLY & -(s & 1));
+	return (s >> 1) ^ (XLB_CRC32C_POLY * (s & 1));
 }
 
 /* a * b mod P (reflected).
  *
- * Verifier workaround (kernel 6.18): every step here is branch-free (masks
- * instead of ifs). With a branch per bit of the length or of a factor, the
- * verifier follows each combination with exact values (the table is
- * read-only: it knows every entry) and gives up after a million
+ * Verifier workaround (kernel 6.18): every step here is branch-free, a
+ * product by a bit instead of an if. With a branch per bit of the length or
+ * of a factor, the verifier follows each combination with exact values (the
+ * table is read-only: it knows every entry) and gives up after a million
  * instructions ("BPF program is too large"); without, it walks the loops
- * once: 16 x 32 steps. */
+ * once: 16 x 32 steps. Not a mask -(bit) either: the verifier splits the
+ * state at the AND with it (0 or all ones), and the steps were walked 2,492
+ * times instead of 512 (61k verified insns of xlb_xdp's 481k; with the
+ * product 13k). */
 static __always_inline __u32 xlb_crc32c_mul(__u32 a, __u32 b)
 {
 	__u32 p = 0;
 
 	for (int i = 0; i < 32; i++) {
-		p ^= b & -((a >> (31 - i)) & 1);
+		p ^= b * ((a >> (31 - i)) & 1);
 		b = xlb_crc32c_step(b);
 	}
 	return p;
@@ -90,7 +93,7 @@ __noinline __u32 xlb_crc32c_port_delta(__u32 old_ports, __u32 new_ports, __u32 l
 #pragma clang loop unroll(disable)
 	for (int j = 0; j < 16; j++) {
 		/* the factor for bit j: its power of x, or 1 (branch-free) */
-		__u32 f = XLB_CRC32C_ONE ^ ((xlb_crc32c_x8n[j] ^ XLB_CRC32C_ONE) & -((k >> j) & 1));
+		__u32 f = XLB_CRC32C_ONE ^ ((xlb_crc32c_x8n[j] ^ XLB_CRC32C_ONE) * ((k >> j) & 1));
 
 		x = xlb_crc32c_mul(f, x);
 	}
