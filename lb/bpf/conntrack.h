@@ -299,15 +299,20 @@ static __always_inline struct xlb_ct_way *xlb_ct_find(const struct xlb_flow_key 
 	struct xlb_ct_set *set = bpf_map_lookup_elem(&xlb_ct, &idx);
 	__u16 t = xlb_ct_tag(hash);
 	__u64 all;
+	int i;
 
 	if (!tags || !set)
 		return NULL;
 	all = *(volatile const __u64 *)tags; /* the 4 tags in one load */
 #pragma unroll
-	for (int i = 0; i < XLB_CT_WAYS; i++)
+	for (i = 0; i < XLB_CT_WAYS; i++)
 		if ((__u16)(all >> (16 * i)) == t && xlb_flow_key_eq(&set->way[i].key, key))
-			return &set->way[i];
+			goto found;
 	return NULL;
+found:
+	/* One state for the 4 ways (verifier.h): with the way a constant,
+	 * the verifier walked the callers' code after a hit once per way. */
+	return &set->way[xlb_opaque_u32(i) & (XLB_CT_WAYS - 1)];
 }
 
 static __always_inline struct xlb_backend *xlb_ct_lookup(const struct xlb_flow_key *key, __u32 hash,
