@@ -14,6 +14,20 @@
  * then keeps every combination of the branches apart: up to 5^4 copies of
  * all the code after it.
  *
+ * Other multipliers met so far: a pointer that may point into one of two
+ * maps (or be NULL) carried down a long path (flowcache.h, xlb_xdp.c's
+ * flow cache slot), a loop walked once per caller path (masq.h's
+ * xlb_snat_alloc, now a global function), and `x & -(bit)`, at whose AND
+ * the verifier (6.18) splits the state in two (crc32c.h).
+ *
+ * Finding them: load the program with log level 2 (every instruction
+ * walked, with the verifier's state at each branch) and count the lines
+ * "N: (" per instruction index N, grouped by the "; <source> @ file:line"
+ * annotation before them: a line walked hundreds of times is behind a
+ * multiplier; "from A to B: R..." lines for one B, compared register by
+ * register, show what keeps the states at B apart. The level 4 stats
+ * (total_states, peak_states) go with verified_insns.
+ *
  * API
  *   __u32 xlb_opaque_u32(x)   x, with its history hidden from the
  *       verifier: an unknown 32-bit scalar to it, so precision stops here

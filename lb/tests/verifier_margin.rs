@@ -5,7 +5,9 @@
 //! held under half of the kernel's 1,000,000 limit. A program that grows
 //! toward the limit fails here first, before another kernel's pruning or
 //! the next feature makes the agent fail to load at all; the count is also
-//! what the agent's cold start waits for (the verifier's time).
+//! what the agent's cold start waits for (the verifier's time). When a
+//! program grows, lb/bpf/verifier.h says how to find where its states
+//! multiply and the tools used so far.
 //! Privileged tier: needs root and BPF; fails (never skips) without them.
 use std::time::Instant;
 
