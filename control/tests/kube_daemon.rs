@@ -24,7 +24,7 @@ use std::{
 
 use apiserver::ApiServer;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lb::datapath::Datapath;
+use lb::view::{render, DatapathView};
 use testkit::{netns::NamedNetns, pins::PinDir};
 use xlb_control::examples;
 
@@ -149,7 +149,12 @@ impl Fixture {
     }
 
     fn dump(&self) -> String {
-        Datapath::open(self.pin_dir.path()).map(|d| d.dump().unwrap()).unwrap_or_default()
+        // Read-only: a Datapath would take the maps over (its restore
+        // writes) while the agent runs.
+        DatapathView::open(self.pin_dir.path())
+            .and_then(|v| v.services())
+            .map(|s| render(&s))
+            .unwrap_or_default()
     }
 
     fn wait_for(&mut self, what: &str, mut cond: impl FnMut(&Fixture) -> bool) {
@@ -472,8 +477,9 @@ fn pod_network_of_a_fresh_node_waits_for_its_programs() {
         |what: &str| log.find(what).unwrap_or_else(|| panic!("no {what:?} in the log:\n{log}"));
     assert!(at("programs pinned for xlb-cni") < at("CNI configuration installed"), "{log}");
     assert!(at("applied how=\"full\"") < at("CNI configuration installed"), "{log}");
-    let dump = Datapath::open(f.pin_dir.path())
-        .and_then(|d| d.dump())
+    let dump = DatapathView::open(f.pin_dir.path())
+        .and_then(|v| v.services())
+        .map(|s| render(&s))
         .unwrap_or_else(|e| panic!("reading the maps: {e}"));
     assert!(
         dump.contains("service default/nginx:http id=0 maglev=457 encap=geneve backends=2/2"),

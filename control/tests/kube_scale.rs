@@ -14,7 +14,7 @@ use std::{
 
 use apiserver::ApiServer;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lb::datapath::Datapath;
+use lb::view::{render, DatapathView};
 use testkit::{netns::NamedNetns, pins::PinDir};
 
 const XLB: &str = env!("CARGO_BIN_EXE_xlb");
@@ -144,7 +144,13 @@ fn endpoint_changes_reach_the_maps_with_thousands_of_nodes() {
     wait_for("first full apply", Duration::from_secs(60), &|| {
         std::fs::read_to_string(&log_path).unwrap_or_default().contains("applied how=\"full\"")
     });
-    let dump = || Datapath::open(pins.path()).and_then(|d| d.dump()).unwrap_or_default();
+    // Read-only: a Datapath would take the maps over while the agent runs.
+    let dump = || {
+        DatapathView::open(pins.path())
+            .and_then(|v| v.services())
+            .map(|s| render(&s))
+            .unwrap_or_default()
+    };
     assert!(dump().contains("10.128.0.1:8080"), "the first apply lacks svc-0's backend");
 
     // One endpoint replaced, through the API: the new backend reaches the maps.

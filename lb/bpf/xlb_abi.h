@@ -99,21 +99,33 @@ _Static_assert(sizeof(struct xlb_maglev_table) == 2 * XLB_MAGLEV_MAX + 2, "xlb_m
 /* A Maglev slot's service-local index resolves to a backend id through
  * xlb_svc_backend_ids for the first XLB_SVC_IDS indexes, else (and for an
  * id 0 there) through xlb_svc_backends. A backend keeps its service-local
- * index for as long as it belongs to the service: its id is written before
- * any table slot points at the index and cleared only after no slot does.
+ * index for as long as it belongs to the service: its id is written (the
+ * hash entry, then the array word) before any table slot points at the
+ * index and cleared (the word, then the entry) only after no slot does.
  * The agent gives a service the lowest free indexes, so a service of up to
- * XLB_SVC_IDS backends (and a rolling update of it) never needs the hash.
+ * XLB_SVC_IDS backends (and a rolling update of it) is read from the array.
+ *
+ * xlb_svc_backends holds every index, also those the array caches: an agent
+ * from before the array (a rollback) reads only the hash and finds every
+ * backend. Agents of 8c29de7..aa2347d wrote indexes below XLB_SVC_IDS to
+ * the array only; the agent's restore gives those their hash entries.
  *
  * xlb_svc_backend_ids: ARRAY, __u32 service id -> struct xlb_svc_backend_ids
  * (as many entries as xlb_svc_stats: service ids are dense below it).
- * id[index] is the backend of index < XLB_SVC_IDS; 0: none there (id 0 is
- * never a backend), look in xlb_svc_backends (indexes of an agent that
- * wrote only the hash). The agent writes a service's whole value at once
- * (one update per service per apply); an ARRAY update is a plain copy, not
- * atomic as a whole, which is safe because each word a reader may follow
- * is unchanged by it: the words of indexes some slot names are rewritten
- * with the same bytes, a word goes 0 -> id only before a slot names its
- * index and id -> 0 only after none does, never id -> another id. */
+ * id[index] is 0 (id 0 is never a backend: look in xlb_svc_backends) or
+ * the id xlb_svc_backends holds for that index. The agent writes a
+ * service's whole value at once (one update per service per apply); an
+ * ARRAY update is a plain copy, not atomic as a whole, which is safe
+ * because each word a reader may follow resolves to the same backend
+ * before and after: the words of indexes some slot names are rewritten
+ * with the same bytes or go 0 -> the hash's id (a value whose write had
+ * failed, or an older agent's hash-only index), a word goes id -> 0 only
+ * after no slot names its index, never id -> another id. The one
+ * exception is the agent's restore after a rollback: an older agent may
+ * have freed or reused an index behind the array's back, and the restore
+ * rewrites such a stale word to the hash's id (or 0) before its programs
+ * attach; the program attached meanwhile (the older agent's) reads only
+ * the hash. */
 enum xlb_svc_ids_consts {
 	XLB_SVC_IDS = 16, /* one 64-byte cache line */
 };
@@ -124,7 +136,8 @@ struct xlb_svc_backend_ids {
 _Static_assert(sizeof(struct xlb_svc_backend_ids) == 64, "xlb_svc_backend_ids size");
 
 /* xlb_svc_backends: HASH, struct xlb_svc_backend_key -> __u32 backend id,
- * for indexes >= XLB_SVC_IDS (and those an older agent wrote below it). */
+ * an entry for every index a service holds (read by XDP for indexes >=
+ * XLB_SVC_IDS and where the array's word is 0). */
 struct xlb_svc_backend_key {
 	__u32 svc_id;
 	__u32 index;

@@ -27,8 +27,8 @@ abi_consts! {
     HASH_SEED: u32 = 0x786c_6221;
     /// Ways per xlb_ct set (conntrack.h).
     CT_WAYS: u32 = 4;
-    /// Service-local indexes whose backend id is in xlb_svc_backend_ids
-    /// (the rest: xlb_svc_backends).
+    /// Service-local indexes whose backend id xlb_svc_backend_ids caches
+    /// (xlb_svc_backends holds every index).
     SVC_IDS: u32 = 16;
     /// Bit 0 of an xlb_ct way's stamp: the flow came back after its insert
     /// (eviction takes ways without it first, conntrack.h).
@@ -277,10 +277,11 @@ abi_struct!(
     MaglevTable = "xlb_maglev_table", 32764 { slot: [u16; MAGLEV_MAX], pad: u16 });
 abi_struct!(
     /// Value of xlb_svc_backend_ids: the backend ids of a service's first
-    /// [`SVC_IDS`] indexes (0: none).
+    /// [`SVC_IDS`] indexes, each 0 or its xlb_svc_backends entry's id (0:
+    /// the datapath reads the hash).
     SvcBackendIds = "xlb_svc_backend_ids", 64 { id: [u32; SVC_IDS as usize] });
 abi_struct!(
-    /// Key of xlb_svc_backends.
+    /// Key of xlb_svc_backends (an entry for every index a service holds).
     SvcBackendKey = "xlb_svc_backend_key", 8 { svc_id: u32, index: u32 });
 abi_struct!(
     /// Value of xlb_backends.

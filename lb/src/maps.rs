@@ -219,10 +219,10 @@ pub struct Maps {
     pub frontends: Hash<abi::FrontendKey, abi::Service>,
     pub maglev: Hash<u32, abi::MaglevTable>,
     /// The ids of each service's first [`abi::SVC_IDS`] indexes (read
-    /// with [`Maps::svc_ids`], [`Maps::svc_backend_id`]). None: pinned by
-    /// an agent from before it, which put every index in xlb_svc_backends.
+    /// with [`Maps::svc_ids`], [`Maps::svc_backend_id`]), a cache in front
+    /// of xlb_svc_backends. None: pinned by an agent from before it.
     pub svc_backend_ids: Option<RawMap>,
-    /// The ids of the other indexes (and of those an older agent wrote).
+    /// The ids of every index (xlb_svc_backend_ids caches the first ones).
     pub svc_backends: Hash<abi::SvcBackendKey, u32>,
     pub backends: Array<MapData, abi::Backend>,
     pub ct: CtTable,
@@ -365,39 +365,69 @@ impl Maps {
         }
     }
 
-    /// Every (service, index) -> backend id the datapath resolves, sorted:
-    /// the non-zero words of xlb_svc_backend_ids (one batched walk), then
-    /// the xlb_svc_backends entries not shadowed by one.
-    pub fn svc_backend_entries(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, MapsError> {
+    /// Every non-zero xlb_svc_backend_ids value, by service id (one
+    /// batched walk; none on the pins of an agent from before the map).
+    pub fn svc_ids_all(&self) -> Result<Vec<(u32, abi::SvcBackendIds)>, MapsError> {
         let mut out = Vec::new();
-        if let Some(m) = &self.svc_backend_ids {
-            m.walk_array(0, &mut |k, v| {
-                let svc_id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
-                for (index, w) in (0..).zip(v.chunks_exact(4)) {
-                    let id = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
-                    if id != 0 {
-                        out.push((abi::SvcBackendKey { svc_id, index }, id));
-                    }
-                }
-                ControlFlow::Continue(())
-            })
-            .map_err(|io_error| {
-                MapsError::op("xlb_svc_backend_ids", "lookup")(MapError::SyscallError(
-                    aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error },
-                ))
-            })?;
-        }
-        let mut low: std::collections::HashSet<(u32, u32)> =
-            out.iter().map(|(k, _)| (k.svc_id, k.index)).collect();
-        for item in self.svc_backends.iter() {
-            let (k, id) = item.map_err(MapsError::op("xlb_svc_backends", "iterate"))?;
-            if low.insert((k.svc_id, k.index)) {
-                out.push((k, id));
+        let Some(m) = &self.svc_backend_ids else { return Ok(out) };
+        m.walk_array(0, &mut |k, v| {
+            let svc_id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+            let mut words = v.chunks_exact(4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+            let ids = abi::SvcBackendIds { id: std::array::from_fn(|_| words.next().unwrap_or(0)) };
+            if ids.id.iter().any(|&id| id != 0) {
+                out.push((svc_id, ids));
             }
-        }
-        out.sort_unstable_by_key(|(k, _)| (k.svc_id, k.index));
+            ControlFlow::Continue(())
+        })
+        .map_err(|io_error| {
+            MapsError::op("xlb_svc_backend_ids", "lookup")(MapError::SyscallError(
+                aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error },
+            ))
+        })?;
         Ok(out)
     }
+
+    /// Every xlb_svc_backends entry (the agent keeps one for every index).
+    pub fn svc_backends_all(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, MapsError> {
+        self.svc_backends
+            .iter()
+            .map(|item| item.map_err(MapsError::op("xlb_svc_backends", "iterate")))
+            .collect()
+    }
+
+    /// Every (service, index) -> backend id the datapath resolves, sorted
+    /// ([`resolve_ids`] of the two maps).
+    pub fn svc_backend_entries(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, MapsError> {
+        Ok(resolve_ids(self.svc_ids_all()?, self.svc_backends_all()?))
+    }
+}
+
+/// (service, index) -> backend id as the datapath resolves it
+/// (lb/bpf/maglev.h, xlb_svc_backend_id), sorted: the non-zero words of the
+/// xlb_svc_backend_ids values `arrays`, then the xlb_svc_backends entries
+/// `hash` of indexes without one. (The agent's restore reads the two the
+/// other way round: the hash wins, reconcile::svcids.)
+pub fn resolve_ids(
+    arrays: Vec<(u32, abi::SvcBackendIds)>,
+    hash: Vec<(abi::SvcBackendKey, u32)>,
+) -> Vec<(abi::SvcBackendKey, u32)> {
+    let mut out: Vec<(abi::SvcBackendKey, u32)> = Vec::with_capacity(hash.len());
+    for (svc_id, ids) in arrays {
+        for (index, &id) in (0..).zip(&ids.id) {
+            if id != 0 {
+                out.push((abi::SvcBackendKey { svc_id, index }, id));
+            }
+        }
+    }
+    let mut low: std::collections::HashSet<(u32, u32)> =
+        out.iter().map(|(k, _)| (k.svc_id, k.index)).collect();
+    for (k, id) in hash {
+        if low.insert((k.svc_id, k.index)) {
+            out.push((k, id));
+        }
+    }
+    out.sort_unstable_by_key(|(k, _)| (k.svc_id, k.index));
+    out
 }
 
 /// The LPM key of one source range of a service.
@@ -592,6 +622,22 @@ impl RawMap {
             u64::from(self.max_entries),
             512 << 10,
             from.checked_sub(1),
+            visit,
+        )
+    }
+
+    /// Visits every (key, value) of a map of any type with batch lookups
+    /// (a HASH: its buckets in order) until `visit` breaks.
+    pub(crate) fn walk(&self, visit: &mut crate::census::EntryVisit<'_>) -> io::Result<()> {
+        let fd = self.fd() as i32;
+        let cap = u64::from(self.max_entries);
+        crate::census::batch_walk_in(
+            fd,
+            self.key_size,
+            self.value_size,
+            cap,
+            512 << 10,
+            None,
             visit,
         )
     }

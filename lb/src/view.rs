@@ -6,7 +6,7 @@
 //! monitor show it. Reads go through a [`MapStore`], so the same decoding
 //! runs on the pinned maps ([`BpfStore`]) and on a [`crate::store::MemStore`].
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::{self, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::ControlFlow,
@@ -153,10 +153,23 @@ pub(crate) fn fe_sort_key(k: &abi::FrontendKey) -> (u8, [u8; 16], u16, u8) {
     (k.family, k.addr, u16::from_be(k.port), k.proto)
 }
 
-/// Every service id the maps name, joined with its entries, by id.
+/// Every service id the maps name, joined with its entries, by id; its
+/// backends as the datapath resolves them ([`MapStore::svc_backends`]).
 pub(crate) fn read_services<S: MapStore + ?Sized>(
     store: &S,
     detail: Detail,
+) -> Result<Vec<RawService>, StoreError> {
+    read_services_from(store, detail, store.svc_backends()?, &HashSet::new())
+}
+
+/// [`read_services`] with the backends of `entries` ((service, index) ->
+/// backend id); those whose (service, index) is in `unsure` only if their
+/// xlb_backends entry is in use by that service.
+pub(crate) fn read_services_from<S: MapStore + ?Sized>(
+    store: &S,
+    detail: Detail,
+    entries: Vec<(abi::SvcBackendKey, u32)>,
+    unsure: &HashSet<(u32, u32)>,
 ) -> Result<Vec<RawService>, StoreError> {
     let mut by_id: BTreeMap<u32, RawService> = BTreeMap::new();
     let blank = |id| RawService {
@@ -179,8 +192,12 @@ pub(crate) fn read_services<S: MapStore + ?Sized>(
     for (k, v) in store.sock_frontends()? {
         by_id.entry(v.id).or_insert_with(|| blank(v.id)).sock_frontends.push((k, v));
     }
-    for (k, be_id) in store.svc_backends()? {
+    for (k, be_id) in entries {
         let value = store.backend(be_id)?;
+        let in_use = value.flags & abi::BE_F_ACTIVE != 0 && value.svc_id == k.svc_id;
+        if !in_use && unsure.contains(&(k.svc_id, k.index)) {
+            continue;
+        }
         let meta = match store.backend_meta(be_id)? {
             Some(m) => m,
             None => {

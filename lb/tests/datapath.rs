@@ -53,8 +53,11 @@ fn apply_is_minimal_idempotent_and_survives_restart() {
     let st = path.apply(&changed).unwrap();
     assert_eq!((st.services_added, st.services_removed, st.services_changed), (0, 0, 1), "{st:?}");
     assert_eq!(st.table_writes, 1, "{st:?}");
-    assert_eq!(st.backend_writes, 2, "new backend + its service index: {st:?}");
-    assert_eq!(st.deletes, 2, "old backend's index + its slot: {st:?}");
+    assert_eq!(
+        st.backend_writes, 3,
+        "new backend + its hash entry + its service's array value: {st:?}"
+    );
+    assert_eq!(st.deletes, 3, "old backend's array word + hash entry + its slot: {st:?}");
     assert_eq!(st.frontend_writes, 0, "backend count unchanged: {st:?}");
 
     // A restarted agent restores everything and finds nothing to write.

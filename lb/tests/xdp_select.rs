@@ -909,10 +909,13 @@ fn established_flows_keep_their_backends_across_a_flood_that_overfills_the_table
 }
 
 /// A service of 21 backends: indexes 0..16 resolve through
-/// xlb_svc_backend_ids, 16..21 through xlb_svc_backends; then the maps as an
-/// agent from before xlb_svc_backend_ids left them (every index in the hash,
-/// the array 0) are still served, and a resync moves the low indexes into
-/// the array.
+/// xlb_svc_backend_ids, the hash xlb_svc_backends holds every index. With
+/// the array wiped (what an agent from before it reads and leaves) the same
+/// backends are served, and a resync fills it again. Then a rollback's
+/// churn: an older agent (hash only) swapped indexes 0 and 1, the array
+/// still names them the other way round; the next agent's restore (before
+/// its programs would attach) rewrites the array from the hash and packets
+/// go where the hash says.
 #[test]
 fn indexes_resolve_through_the_id_array_the_hash_and_an_older_agents_hash() {
     with_lab("svcids", |lab| {
@@ -939,40 +942,87 @@ fn indexes_resolve_through_the_id_array_the_hash_and_an_older_agents_hash() {
                 lab.check(&cases);
                 indexes
             };
+            // The service's entries: as XDP resolves them, and in the hash.
+            let resolved = |lab: &Lab| -> Vec<(abi::SvcBackendKey, u32)> {
+                let e = lab.path.maps().svc_backend_entries().unwrap();
+                e.into_iter().filter(|(k, _)| k.svc_id == l.id).collect()
+            };
+            let hashed = |lab: &Lab| -> Vec<(abi::SvcBackendKey, u32)> {
+                let mut e = lab.path.maps().svc_backends_all().unwrap();
+                e.retain(|(k, _)| k.svc_id == l.id);
+                e.sort_unstable_by_key(|(k, _)| k.index);
+                e
+            };
+            let entries = resolved(lab);
+            assert_eq!(hashed(lab), entries, "{name}: the hash holds every index");
             let hit = syns(lab, 47000, "(array and hash)");
             assert!(
                 hit.iter().any(|&i| i < abi::SVC_IDS) && hit.iter().any(|&i| i >= abi::SVC_IDS),
                 "{name}: flows reached indexes {hit:?}"
             );
 
-            // An older agent's maps: every index in xlb_svc_backends.
+            // An older agent's maps: every index in xlb_svc_backends only.
             let maps = lab.path.maps();
-            let entries = maps.svc_backend_entries().unwrap();
+            let ids = maps.svc_backend_ids.as_ref().expect("xlb_svc_backend_ids");
+            ids.update(&l.id.to_ne_bytes(), &[0u8; 64]).unwrap();
+            assert_eq!(resolved(lab), entries, "{name}: same resolution");
+            syns(lab, 47200, "(older agent's hash)");
+
+            // A resync re-reads the maps and fills the array again.
+            let node = NodeConfig { tunnel_v4: Some(LB_V4), tunnel_v6: Some(LB_V6) };
+            lab.path.resync(&Desired::new(node.clone(), [svc.clone()])).unwrap();
+            let maps = lab.path.maps();
+            assert_eq!(maps.svc_ids(l.id).unwrap().id.iter().filter(|&&id| id != 0).count(), 16);
+            assert_eq!(resolved(lab), entries, "{name}: same resolution");
+            assert_eq!(hashed(lab), entries, "{name}: the hash untouched");
+            syns(lab, 47400, "(filled again)");
+
+            // A rollback's churn: the older agent gave index 0 the backend
+            // of index 1 and the other way round (the hash only).
             let mut hash: lb::maps::Hash<abi::SvcBackendKey, u32> =
                 aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
                     aya::maps::MapData::from_pin(lab.path.pin_dir().join("xlb_svc_backends"))
                         .unwrap(),
                 ))
                 .unwrap();
-            for &(k, id) in entries.iter().filter(|(k, _)| k.svc_id == l.id) {
-                hash.insert(k, id, 0).unwrap();
-            }
-            let ids = maps.svc_backend_ids.as_ref().expect("xlb_svc_backend_ids");
-            ids.update(&l.id.to_ne_bytes(), &[0u8; 64]).unwrap();
-            assert_eq!(maps.svc_backend_entries().unwrap(), entries, "{name}: same resolution");
-            syns(lab, 47200, "(older agent's hash)");
-
-            // A resync re-reads the maps and moves them back to the array.
-            let node = NodeConfig { tunnel_v4: Some(LB_V4), tunnel_v6: Some(LB_V6) };
+            let (k0, a) = entries[0];
+            let (k1, b) = entries[1];
+            assert_eq!((k0.index, k1.index), (0, 1));
+            hash.insert(k0, b, 0).unwrap();
+            hash.insert(k1, a, 0).unwrap();
+            let stale = resolved(lab);
+            assert_eq!((stale[0].1, stale[1].1), (a, b), "{name}: XDP would follow stale words");
+            // The next agent restores: the hash wins, the array follows it
+            // before the restore returns.
+            let pin = lab.path.pin_dir().to_path_buf();
+            lab.path = lb::datapath::Datapath::open(&pin).unwrap();
+            let now = resolved(lab);
+            assert_eq!((now[0].1, now[1].1), (b, a), "{name}");
+            assert_eq!(now, hashed(lab), "{name}: no stale word left for XDP");
+            assert_eq!(lab.path.maps().svc_ids(l.id).unwrap().id[..2], [b, a]);
+            let index_of: BTreeMap<SocketAddr, u32> = lab
+                .listing(&name)
+                .backends
+                .iter()
+                .map(|b| (SocketAddr::new(b.addr, b.port), b.index))
+                .collect();
+            let syns = |lab: &mut Lab, from: u16, what: &str| {
+                let mut indexes = std::collections::BTreeSet::new();
+                let mut cases = Vec::new();
+                for p in from..from + 200 {
+                    let s = syn(v6, p);
+                    let (want, ep) = lab.expect_dsr(&s, 80);
+                    indexes.insert(index_of[&ep]);
+                    cases.push(Case::of(format!("{} SYN {p} {what}", fam(v6)), &s).tx(&want));
+                }
+                lab.check(&cases);
+                indexes
+            };
+            let hit = syns(lab, 47600, "(rolled forward)");
+            assert!(hit.contains(&0) && hit.contains(&1), "{name}: flows reached {hit:?}");
             lab.path.resync(&Desired::new(node, [svc.clone()])).unwrap();
-            let maps = lab.path.maps();
-            assert!(
-                lab.path.store().svc_backends_hashed_low().unwrap().is_empty(),
-                "{name}: no index below SVC_IDS left in the hash"
-            );
-            assert_eq!(maps.svc_ids(l.id).unwrap().id.iter().filter(|&&id| id != 0).count(), 16);
-            assert_eq!(maps.svc_backend_entries().unwrap(), entries, "{name}: same resolution");
-            syns(lab, 47400, "(moved back)");
+            assert_eq!(resolved(lab), hashed(lab), "{name}");
+            syns(lab, 47800, "(applied)");
         }
     });
 }

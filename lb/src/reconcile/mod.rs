@@ -52,6 +52,7 @@ mod network;
 mod node;
 pub mod policy;
 mod services;
+mod svcids;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -159,21 +160,36 @@ impl Datapath<BpfStore> {
     }
 }
 
-/// The reconcilers' state as the maps hold it.
+/// The reconcilers' state as the maps hold it. Backend ids: as
+/// xlb_svc_backends holds them, with array-only ones adopted
+/// ([`svcids`]); the services' xlb_svc_backend_ids values that differ from
+/// that, and the hash entries of adopted ids, are owed
+/// ([`services::Services::pay_ids`]).
 fn read<S: MapStore>(store: &S) -> Result<(services::Services, node::Node), DatapathError> {
     let detail = Detail { tables: true, ..Detail::default() };
-    let raw = view::read_services(store, detail)?;
+    let ids = svcids::merge(store.svc_backends_hash()?, store.svc_ids_all()?);
+    let raw = view::read_services_from(store, detail, ids.entries, &ids.adopt)?;
     let mut node = node::Node::restore(store.node()?);
     let mut services =
         services::Services::restore(raw, store.capacity(), &mut node.tunnels, store.fe_filter()?);
-    services.hashed_low(store.svc_backends_hashed_low()?);
+    services.owe_ids(&ids.adopt, ids.arrays);
     Ok((services, node))
 }
 
 impl<S: MapStore> Datapath<S> {
     /// The datapath `store` holds: the applied state restored from it.
-    pub fn restore(store: S) -> Result<Datapath<S>, DatapathError> {
-        let (services, node) = read(&store)?;
+    ///
+    /// Takes the maps over: where xlb_svc_backend_ids disagrees with the
+    /// xlb_svc_backends entries restored (a rollback to an agent from before
+    /// the array, then churn), or lacks one (an older agent's hash entry),
+    /// the array values are rewritten here, and an array-only id (an agent
+    /// of 8c29de7..aa2347d) gets its hash entry: the agent restores before
+    /// its programs attach, so its XDP never reads a stale word (the
+    /// attached program of a hash-only agent does not read the array at
+    /// all). Read-only readers use [`crate::view::DatapathView`].
+    pub fn restore(mut store: S) -> Result<Datapath<S>, DatapathError> {
+        let (mut services, node) = read(&store)?;
+        services.pay_ids(&mut store, &mut ApplyStats::default())?;
         let network = network::NetworkState::restore(&store)?;
         let endpoints = endpoints::Endpoints::restore(&store)?;
         let policy = policy::PolicyState::restore(&store)?;

@@ -1,8 +1,10 @@
 //! The services reconciler: desired [`Service`]s in; the entries of
 //! xlb_svc_names, xlb_frontends, xlb_sock_frontends, xlb_source_ranges, xlb_maglev,
-//! xlb_svc_backend_ids (a service's first [`abi::SVC_IDS`] indexes, its
-//! whole value written at once), xlb_svc_backends (the other indexes),
-//! xlb_backends and xlb_backend_meta out (and the
+//! xlb_svc_backends (every service-local index: an agent from before the
+//! array reads them all there), xlb_svc_backend_ids (a cache of a service's
+//! first [`abi::SVC_IDS`] indexes in front of it, its whole value written
+//! at once: a word is 0 or the hash's id), xlb_backends and
+//! xlb_backend_meta out (and the
 //! statistics slots of the ids it frees). Its bookkeeping mirrors those
 //! entries exactly — each service's id, frontend values, source ranges,
 //! backends by service-local index (id, generation, value, name, weight) and
@@ -272,7 +274,7 @@ impl Svc {
     /// The xlb_svc_backend_ids value of the backends held, with `extra`
     /// (index, id) pairs below [`abi::SVC_IDS`] added.
     fn ids_value(&self, extra: impl IntoIterator<Item = (u32, u32)>) -> abi::SvcBackendIds {
-        let mut v = abi::SvcBackendIds { id: [0; abi::SVC_IDS as usize] };
+        let mut v = NO_IDS;
         let held = self.backends.range(..abi::SVC_IDS).map(|(&i, b)| (i, b.id));
         for (index, id) in held.chain(extra) {
             if let Some(w) = v.id.get_mut(index as usize) {
@@ -332,7 +334,17 @@ struct Pools {
     /// Backends no service index names any more whose slot is not cleared
     /// yet (a write failed half way): cleared before the next apply writes.
     unlinked: Vec<(u32, abi::Backend)>,
+    /// Service ids whose xlb_svc_backend_ids value may differ from the
+    /// bookkeeping (read so at a restore, or its write failed): rewritten
+    /// before the next apply writes (zeros for an id no service holds).
+    ids_owed: BTreeSet<u32>,
+    /// Hash entries of ids a restore adopted from the array alone (an
+    /// agent of 8c29de7..aa2347d): written with `ids_owed`.
+    hash_owed: Vec<(abi::SvcBackendKey, u32)>,
 }
+
+/// An xlb_svc_backend_ids value naming no backend.
+pub(crate) const NO_IDS: abi::SvcBackendIds = abi::SvcBackendIds { id: [0; abi::SVC_IDS as usize] };
 
 /// New backends queued per apply before their writes (a cold start's
 /// 300k in batches of this many: a few MiB of writes at a time).
@@ -372,9 +384,6 @@ pub(crate) struct Services {
     pools: Pools,
     /// xlb_fe_filter, in step with the frontends (#14).
     filter: FeFilter,
-    /// xlb_svc_backends keys below SVC_IDS an older agent wrote: moved to
-    /// xlb_svc_backend_ids at the start of the next apply.
-    hashed_low: Vec<abi::SvcBackendKey>,
 }
 
 fn write<S: MapStore>(store: &mut S, w: Write<'_>) -> Result<(), DatapathError> {
@@ -441,13 +450,14 @@ impl Services {
         Services {
             map,
             filter,
-            hashed_low: Vec::new(),
             pools: Pools {
                 svc_ids: IdPool::new(0, cap.services, &svc_used),
                 backend_ids: IdPool::new(1, cap.backends, &be_used),
                 gens: Generations::after(max_gen),
                 freed_gens: HashMap::new(),
                 unlinked: Vec::new(),
+                ids_owed: BTreeSet::new(),
+                hash_owed: Vec::new(),
             },
         }
     }
@@ -489,50 +499,77 @@ impl Services {
         }
     }
 
-    /// The xlb_svc_backends keys below SVC_IDS the maps hold (as read).
-    pub fn hashed_low(&mut self, keys: Vec<abi::SvcBackendKey>) {
-        self.hashed_low = keys;
+    /// What the restored bookkeeping owes the maps' backend ids
+    /// (reconcile::svcids): the hash entry of each index in `adopt` (array
+    /// words with none, taken), and a rewrite of each xlb_svc_backend_ids
+    /// value in `arrays` (as read) that differs from the bookkeeping (a
+    /// service's, or zeros).
+    pub fn owe_ids(
+        &mut self,
+        adopt: &std::collections::HashSet<(u32, u32)>,
+        mut arrays: BTreeMap<u32, abi::SvcBackendIds>,
+    ) {
+        let pools = &mut self.pools;
+        for st in self.map.values() {
+            let have = arrays.remove(&st.id).unwrap_or(NO_IDS);
+            if st.ids_value([]) != have {
+                pools.ids_owed.insert(st.id);
+            }
+            for (&index, b) in st.backends.range(..abi::SVC_IDS) {
+                if adopt.contains(&(st.id, index)) {
+                    let key = abi::SvcBackendKey { svc_id: st.id, index };
+                    pools.hash_owed.push((key, b.id));
+                }
+            }
+        }
+        pools.ids_owed.extend(arrays.into_keys());
     }
 
-    /// Moves the ids of [`Services::hashed_low`] to xlb_svc_backend_ids:
-    /// per service its whole value (the ids the bookkeeping holds, read
-    /// from the hash at the restore: the datapath resolves every index to
-    /// the same id before and after), then the hash entries, each once the
-    /// array holds its index (an index the bookkeeping does not hold keeps
-    /// its entry: nothing names it).
-    fn move_hashed_low<S: MapStore>(
+    /// Writes what [`Services::owe_ids`] found (and array values whose
+    /// write failed): the hash entries first (a rollback from here sees
+    /// every index), then the array values. A stale word goes straight to
+    /// the hash's id: this runs at the restore, before the agent's programs
+    /// attach, while the attached ones (a hash-only agent's, in the one
+    /// case that leaves stale words) do not read the array; an
+    /// array-reading program attached meanwhile read the stale word and
+    /// reads the right one from then on.
+    pub fn pay_ids<S: MapStore>(
         &mut self,
         store: &mut S,
         stats: &mut ApplyStats,
     ) -> Result<(), DatapathError> {
-        if self.hashed_low.is_empty() {
+        let pools = &mut self.pools;
+        if !pools.hash_owed.is_empty() {
+            let writes: Vec<Write> = pools
+                .hash_owed
+                .iter()
+                .map(|&(key, backend_id)| Write::SvcBackend { key, backend_id })
+                .collect();
+            let done = store.write_all(&writes);
+            let n = done.as_ref().map_or_else(|(n, _)| *n, |()| writes.len());
+            stats.backend_writes += n;
+            pools.hash_owed.drain(..n);
+            done.map_err(|(_, e)| DatapathError::from(e))?;
+        }
+        if pools.ids_owed.is_empty() {
             return Ok(());
         }
         let by_id: HashMap<u32, &Svc> = self.map.values().map(|st| (st.id, st)).collect();
-        self.hashed_low.sort_unstable_by_key(|k| (k.svc_id, k.index));
-        let keys = std::mem::take(&mut self.hashed_low);
-        let mut done = 0;
-        let result = (|| {
-            for group in keys.chunk_by(|a, b| a.svc_id == b.svc_id) {
-                let Some(st) = by_id.get(&group[0].svc_id) else {
-                    done += group.len();
-                    continue;
-                };
-                let ids = st.ids_value([]);
-                write(store, Write::SvcBackendIds { svc_id: st.id, ids })?;
-                stats.backend_writes += 1;
-                for &key in group {
-                    if ids.id[key.index as usize] != 0 {
-                        write(store, Write::SvcBackendDelete { key })?;
-                        stats.deletes += 1;
-                    }
-                    done += 1;
-                }
-            }
-            Ok(())
-        })();
-        self.hashed_low = keys[done..].to_vec();
-        result
+        let owed: Vec<u32> = pools.ids_owed.iter().copied().collect();
+        let writes: Vec<Write> = owed
+            .iter()
+            .map(|svc_id| Write::SvcBackendIds {
+                svc_id: *svc_id,
+                ids: by_id.get(svc_id).map_or(NO_IDS, |st| st.ids_value([])),
+            })
+            .collect();
+        let done = store.write_all(&writes);
+        let n = done.as_ref().map_or_else(|(n, _)| *n, |()| writes.len());
+        stats.backend_writes += n;
+        for svc_id in &owed[..n] {
+            pools.ids_owed.remove(svc_id);
+        }
+        done.map_err(|(_, e)| DatapathError::from(e))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
@@ -562,7 +599,7 @@ impl Services {
         // apply that stopped before its last flush).
         self.filter.flush(store, &mut stats.filter_writes)?;
         clear_unlinked(store, &mut self.pools, stats)?;
-        self.move_hashed_low(store, stats)?;
+        self.pay_ids(store, stats)?;
         // Removed services first: their frontends go before their backends,
         // and their ids are free for the services added below.
         for key in gone {
@@ -848,41 +885,62 @@ impl Services {
             .filter(|(_, &c)| c)
             .map(|(n, _)| Write::BackendMeta { id: n.id, name: &n.b.name, weight: n.b.weight })
             .collect();
-        // Per service: one xlb_svc_backend_ids value for its new indexes
-        // below SVC_IDS (its held ones rewritten as they are), then an
-        // xlb_svc_backends entry for each other. `covers[w]`: the backends
-        // (a prefix of `pending`) fully written once writes 0..=w are.
-        let mut indices: Vec<Write> = Vec::new();
-        let mut covers: Vec<usize> = Vec::new();
-        let mut at = 0;
+        // Per backend its xlb_svc_backends entry (every index: what an
+        // agent from before the array reads after a rollback). A backend is
+        // fully written once its entry, name and hash entry are: XDP falls
+        // back to the hash where the array's word is 0.
+        let hashes: Vec<Write> = pending
+            .iter()
+            .map(|n| Write::SvcBackend {
+                key: abi::SvcBackendKey { svc_id: n.svc_id, index: n.index },
+                backend_id: n.id,
+            })
+            .collect();
+        // Then per service one xlb_svc_backend_ids value for its new
+        // indexes below SVC_IDS (its held ones rewritten as they are): the
+        // cache XDP reads first, 0 -> id words only.
+        let mut arrays: Vec<Write> = Vec::new();
         for group in pending.chunk_by(|a, b| std::ptr::eq(a.key, b.key)) {
             let low = group.iter().take_while(|n| n.index < abi::SVC_IDS).count();
             if low > 0 {
                 let st = &map[group[0].key];
                 let ids = st.ids_value(group[..low].iter().map(|n| (n.index, n.id)));
-                indices.push(Write::SvcBackendIds { svc_id: group[0].svc_id, ids });
-                covers.push(at + low);
+                arrays.push(Write::SvcBackendIds { svc_id: group[0].svc_id, ids });
             }
-            for (k, n) in group.iter().enumerate().skip(low) {
-                indices.push(Write::SvcBackend {
-                    key: abi::SvcBackendKey { svc_id: n.svc_id, index: n.index },
-                    backend_id: n.id,
-                });
-                covers.push(at + k + 1);
-            }
-            at += group.len();
         }
         let mut written = pending.len();
         let mut failed = None;
-        for batch in [&entries, &metas, &indices] {
+        for batch in [&entries, &metas, &hashes] {
             if let Err((done, e)) = store.write_all(batch) {
-                // Only the indices' batch leaves backends fully written.
-                written = match done.checked_sub(1) {
-                    Some(w) if std::ptr::eq(batch, &indices) => covers[w],
-                    _ => 0,
-                };
+                // Only the hash entries' batch leaves backends fully written.
+                written = if std::ptr::eq(batch, &hashes) { done } else { 0 };
                 failed = Some(e);
                 break;
+            }
+        }
+        // Array values not written (the hashes' batch or their own failed):
+        // owed, for the services of the backends written.
+        let arrays_done = match failed {
+            Some(_) => 0,
+            None => store.write_all(&arrays).map_or_else(
+                |(done, e)| {
+                    failed = Some(e);
+                    done
+                },
+                |()| arrays.len(),
+            ),
+        };
+        stats.backend_writes += arrays_done;
+        for w in &arrays[..arrays_done] {
+            if let Write::SvcBackendIds { svc_id, .. } = *w {
+                pools.ids_owed.remove(&svc_id);
+            }
+        }
+        for w in &arrays[arrays_done..] {
+            if let Write::SvcBackendIds { svc_id, .. } = *w {
+                if pending[..written].iter().any(|n| n.svc_id == svc_id) {
+                    pools.ids_owed.insert(svc_id);
+                }
             }
         }
         let mut rest = pending.split_off(written);
@@ -1238,12 +1296,21 @@ fn free_backend<S: MapStore>(
     let b = &st.backends[&index];
     let (id, value) = (b.id, b.value);
     let key = abi::SvcBackendKey { svc_id: st.id, index };
+    // The cache's word first (XDP falls back to the hash entry), then the
+    // hash entry.
     if index < abi::SVC_IDS {
         let mut ids = st.ids_value([]);
         ids.id[index as usize] = 0;
         write(store, Write::SvcBackendIds { svc_id: st.id, ids })?;
-    } else {
-        write(store, Write::SvcBackendDelete { key })?;
+        stats.deletes += 1;
+        pools.ids_owed.remove(&st.id);
+    }
+    if let Err(e) = write(store, Write::SvcBackendDelete { key }) {
+        if index < abi::SVC_IDS {
+            // Held, its word 0: rewritten at the next apply's start.
+            pools.ids_owed.insert(st.id);
+        }
+        return Err(e);
     }
     stats.deletes += 1;
     if let Some(proto) = proto {

@@ -106,6 +106,25 @@ impl Checked {
             .into_iter()
             .map(|(k, id)| ((k.svc_id, k.index), id))
             .collect();
+        // xlb_svc_backends holds every index (an agent from before the
+        // array reads only it); a word of the array in front of it is 0
+        // or the hash's id.
+        let hash: HashMap<(u32, u32), u32> = s
+            .svc_backends_hash()
+            .unwrap()
+            .into_iter()
+            .map(|(k, id)| ((k.svc_id, k.index), id))
+            .collect();
+        for (svc, ids) in s.svc_ids_all().unwrap() {
+            for (i, &id) in (0..).zip(&ids.id) {
+                if id != 0 && hash.get(&(svc, i)) != Some(&id) {
+                    return Err(format!(
+                        "xlb_svc_backend_ids[{svc}] word {i} is {id}, xlb_svc_backends has {:?}",
+                        hash.get(&(svc, i))
+                    ));
+                }
+            }
+        }
         let packet = s.frontends().unwrap().into_iter().map(|(k, v)| (Target::Frontend(k), v));
         let socket =
             s.sock_frontends().unwrap().into_iter().map(|(k, v)| (Target::SockFrontend(k), v));
@@ -135,7 +154,7 @@ impl Checked {
         for (&(svc, _), &len) in &self.tables {
             let slots: BTreeSet<u16> = s.maglev(svc, len).unwrap().unwrap().into_iter().collect();
             for i in slots {
-                if !index.contains_key(&(svc, u32::from(i))) {
+                if !hash.contains_key(&(svc, u32::from(i))) {
                     return Err(format!(
                         "table of service {svc} names index {i}, not in xlb_svc_backends"
                     ));
@@ -178,11 +197,11 @@ impl MapStore for Checked {
     fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError> {
         self.inner.sock_frontends()
     }
-    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
-        self.inner.svc_backends()
+    fn svc_backends_hash(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        self.inner.svc_backends_hash()
     }
-    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError> {
-        self.inner.svc_backends_hashed_low()
+    fn svc_ids_all(&self) -> Result<Vec<(u32, abi::SvcBackendIds)>, StoreError> {
+        self.inner.svc_ids_all()
     }
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {
         self.inner.backend(id)
@@ -432,7 +451,9 @@ fn one_endpoint_change_writes_that_service_only() {
     d.services.get_mut(&key("a")).unwrap().backends[2] = backend("10.244.2.13", "10.0.0.12");
     let st = dp.apply(&d).unwrap();
     assert_eq!((st.services_added, st.services_removed, st.services_changed), (0, 0, 1));
-    assert_eq!((st.table_writes, st.backend_writes, st.deletes), (1, 2, 2), "{st:?}");
+    // New: its entry, hash entry and array value; gone: its array word,
+    // hash entry and slot.
+    assert_eq!((st.table_writes, st.backend_writes, st.deletes), (1, 3, 3), "{st:?}");
     // The gone backend's xlb_backend_meta delete; the new one has the
     // default name and weight: no entry.
     assert_eq!((st.frontend_writes, st.meta_writes, st.tables_built), (0, 1, 1), "{st:?}");
@@ -565,26 +586,39 @@ fn big(n: usize) -> Service {
     service("big", "10.100.0.9", backends)
 }
 
+/// Every (service, index) -> backend id of xlb_svc_backends.
+fn hashed<S: MapStore>(dp: &Datapath<S>) -> Vec<(abi::SvcBackendKey, u32)> {
+    let mut h = dp.store().svc_backends_hash().unwrap();
+    h.sort_unstable_by_key(|(k, _)| (k.svc_id, k.index));
+    h
+}
+
 #[test]
-fn the_first_svc_ids_indexes_are_one_array_write_the_rest_hash_entries() {
+fn every_index_has_a_hash_entry_and_the_first_svc_ids_one_array_write() {
     let mut dp = checked();
     dp.apply(&desired([big(20)])).unwrap();
     let log = dp.store().log();
     let ids = log.iter().filter(|w| matches!(w.target, Target::SvcBackendIds(0))).count();
-    let hashed = log.iter().filter(|w| matches!(w.target, Target::SvcBackend(_))).count();
-    assert_eq!((ids, hashed), (1, 20 - abi::SVC_IDS as usize), "{log:?}");
-    let held: Vec<u32> = dp.store().svc_backends().unwrap().iter().map(|(k, _)| k.index).collect();
+    let hashes = log.iter().filter(|w| matches!(w.target, Target::SvcBackend(_))).count();
+    assert_eq!((ids, hashes), (1, 20), "{log:?}");
+    // The hash alone (an older agent's view) and the array in front of it
+    // (XDP's) resolve every index alike.
+    let held: Vec<u32> = hashed(&dp).iter().map(|(k, _)| k.index).collect();
     assert_eq!(held, (0..20).collect::<Vec<_>>());
-    assert!(dp.store().svc_backends_hashed_low().unwrap().is_empty());
+    assert_eq!(hashed(&dp), dp.store().svc_backends().unwrap());
+    let words = dp.store().svc_ids_all().unwrap()[0].1;
+    assert!(words.id.iter().all(|&id| id != 0), "{words:?}");
     assert_eq!(mirror(&restored(dp.store())), mirror(&dp));
-    // One backend below SVC_IDS and one above go: the array's word and the
-    // hash entry.
+    // One backend below SVC_IDS and one above go: the array's word and
+    // both hash entries.
     let mut svc = big(20);
     svc.backends.remove(19);
     svc.backends.remove(3);
     dp.apply(&desired([svc])).unwrap();
-    let held: Vec<u32> = dp.store().svc_backends().unwrap().iter().map(|(k, _)| k.index).collect();
+    let held: Vec<u32> = hashed(&dp).iter().map(|(k, _)| k.index).collect();
     assert_eq!(held, (0..19).filter(|&i| i != 3).collect::<Vec<_>>());
+    assert_eq!(hashed(&dp), dp.store().svc_backends().unwrap());
+    assert_eq!(dp.store().svc_ids_all().unwrap()[0].1.id[3], 0);
     assert_eq!(mirror(&restored(dp.store())), mirror(&dp));
 }
 
@@ -592,7 +626,7 @@ fn the_first_svc_ids_indexes_are_one_array_write_the_rest_hash_entries() {
 fn a_rolling_update_keeps_indexes_below_svc_ids() {
     // 12 backends replaced one at a time (surge 1: the new one ready, then
     // the old one gone): the lowest free index is reused, so every index
-    // stays in xlb_svc_backend_ids.
+    // stays in xlb_svc_backend_ids (and in the hash behind it).
     let mut dp = checked();
     let all = big(40);
     let mut svc = Service { backends: all.backends[..12].to_vec(), ..all.clone() };
@@ -602,41 +636,175 @@ fn a_rolling_update_keeps_indexes_below_svc_ids() {
         dp.apply(&desired([svc.clone()])).unwrap();
         svc.backends.remove(0);
         dp.apply(&desired([svc.clone()])).unwrap();
-        let max = dp.store().svc_backends().unwrap().iter().map(|(k, _)| k.index).max();
+        let max = hashed(&dp).iter().map(|(k, _)| k.index).max();
         assert!(max < Some(13), "{max:?}");
+        let words = dp.store().svc_ids_all().unwrap()[0].1;
+        assert_eq!(words.id.iter().filter(|&&id| id != 0).count(), 12, "{words:?}");
     }
-    let hashed = dp.store().log().iter().any(|w| matches!(w.target, Target::SvcBackend(_)));
-    assert!(!hashed, "no xlb_svc_backends entry written");
 }
 
 #[test]
-fn an_older_agents_hashed_indexes_move_to_the_array() {
+fn an_older_agents_hash_only_indexes_fill_the_array_at_the_restore() {
     // An agent from before xlb_svc_backend_ids put every index in
-    // xlb_svc_backends: the datapath reads them there (the array's 0), and
-    // the next apply moves them, every index resolving to the same backend
-    // at every write (Checked).
+    // xlb_svc_backends only (the array's words 0: XDP falls back to the
+    // hash). The restore fills the array and deletes nothing; the first
+    // apply has nothing left to write.
     let mut dp = checked();
     dp.apply(&desired([big(20)])).unwrap();
     let before = dp.store().svc_backends().unwrap();
     let mut store = dp.into_store();
-    for &(key, backend_id) in &before {
-        store.damage(Write::SvcBackend { key, backend_id });
-    }
-    let zero = abi::SvcBackendIds { id: [0; abi::SVC_IDS as usize] };
-    store.damage(Write::SvcBackendIds { svc_id: 0, ids: zero });
+    store.damage(Write::SvcBackendIds { svc_id: 0, ids: services::NO_IDS });
     assert_eq!(store.svc_backends().unwrap(), before);
-    assert_eq!(store.svc_backends_hashed_low().unwrap().len(), abi::SVC_IDS as usize);
+    let n = store.log().len();
     let mut dp = Datapath::restore(store).unwrap();
+    let log = &dp.store().log()[n..];
+    assert!(
+        log.iter().map(|w| w.target).eq([Target::SvcBackendIds(0)]),
+        "one array write: {log:?}"
+    );
+    let words = dp.store().svc_ids_all().unwrap()[0].1;
+    assert!(words.id.iter().all(|&id| id != 0), "{words:?}");
     let st = dp.apply(&desired([big(20)])).unwrap();
-    assert_eq!(st.deletes, abi::SVC_IDS as usize, "{st:?}");
-    assert!(dp.store().svc_backends_hashed_low().unwrap().is_empty());
+    assert_eq!(st.writes(), 0, "{st:?}");
     assert_eq!(dp.store().svc_backends().unwrap(), before);
-    // And a backend below SVC_IDS goes as from the array.
+    assert_eq!(hashed(&dp), before);
+    // And a backend below SVC_IDS goes from both.
     let mut svc = big(20);
     svc.backends.remove(0);
     dp.apply(&desired([svc])).unwrap();
     assert_eq!(dp.store().svc_backends().unwrap(), before[1..]);
+    assert_eq!(hashed(&dp), before[1..]);
     assert_eq!(mirror(&restored(dp.store())), mirror(&dp));
+}
+
+#[test]
+fn an_array_only_layout_is_adopted_and_given_its_hash_entries() {
+    // 8c29de7..aa2347d wrote indexes below SVC_IDS to the array only: the
+    // restore takes them and writes their hash entries (before any apply,
+    // so a rollback from here finds them), nothing else.
+    let mut dp = checked();
+    dp.apply(&desired([big(20), big_b(3)])).unwrap();
+    let want = mirror(&dp);
+    let before = hashed(&dp);
+    let mut store = dp.into_store();
+    for &(key, _) in before.iter().filter(|(k, _)| k.index < abi::SVC_IDS) {
+        store.damage(Write::SvcBackendDelete { key });
+    }
+    let n = store.log().len();
+    // (That layout breaks the hash's completeness Checked holds to.)
+    store.checking = false;
+    let mut dp = Datapath::restore(store).unwrap();
+    dp.store().check().unwrap_or_else(|e| panic!("after the restore: {e}"));
+    dp.store_mut().checking = true;
+    assert_eq!(mirror(&dp), want);
+    assert_eq!(hashed(&dp), before);
+    let log = &dp.store().log()[n..];
+    assert!(log.iter().all(|w| matches!(w.target, Target::SvcBackend(_))), "{log:?}");
+    assert_eq!(log.len(), abi::SVC_IDS as usize + 3);
+    let st = dp.apply(&desired([big(20), big_b(3)])).unwrap();
+    assert_eq!(st.writes(), 0, "{st:?}");
+}
+
+#[test]
+fn a_rollback_finds_every_backend_in_the_hash() {
+    // What an agent from before xlb_svc_backend_ids restores: the hash
+    // alone. At every step of a scenario and a rolling update it holds
+    // what XDP resolves through the array, so the old agent sees every
+    // backend and drops no new flow.
+    let mut dp = checked();
+    let mut steps = scenario();
+    let all = big(30);
+    let mut svc = Service { backends: all.backends[..12].to_vec(), ..all.clone() };
+    steps.push(desired([svc.clone()]));
+    for next in &all.backends[12..20] {
+        svc.backends.push(next.clone());
+        steps.push(desired([svc.clone()]));
+        svc.backends.remove(0);
+        steps.push(desired([svc.clone()]));
+    }
+    for (step, d) in steps.iter().enumerate() {
+        dp.apply(d).unwrap();
+        assert_eq!(hashed(&dp), dp.store().svc_backends().unwrap(), "step {step}");
+        // Restored from the hash alone (the array wiped): the same.
+        let mut old = dp.store().inner.clone();
+        for (svc_id, _) in old.svc_ids_all().unwrap() {
+            old.write(Write::SvcBackendIds { svc_id, ids: services::NO_IDS }).unwrap();
+        }
+        let old = Datapath::restore(old).unwrap();
+        assert_eq!(mirror(&old), mirror(&dp), "step {step}");
+    }
+}
+
+#[test]
+fn a_roll_forward_after_a_rollback_and_churn_takes_the_hash() {
+    // The new agent wrote service big's 6 backends (indexes 0..6, array
+    // and hash). Then an older agent (hash only) ran and churned:
+    // - index 2 freed (its hash entry gone, its backend's slot cleared),
+    //   its id given to service b's new backend;
+    // - index 4 freed and reused for a new endpoint under another id;
+    // - index 5 freed, its id's slot cleared, nothing reused.
+    // The array still holds the words from before the rollback. The
+    // restore takes the hash and rewrites the array before returning (the
+    // agent's programs attach after it): no stale word is left for XDP.
+    let mut dp = checked();
+    dp.apply(&desired([big(6), big_b(1)])).unwrap();
+    let id_of = |name| dp.services.iter().find(|(k, _)| **k == key(name)).unwrap().1.id;
+    let (big_id, b_id) = (id_of("big"), id_of("b"));
+    let ids = dp.store().svc_ids_all().unwrap().into_iter().find(|v| v.0 == big_id).unwrap().1;
+    let old = |i: usize| ids.id[i];
+    let mut store = dp.into_store();
+    store.checking = false;
+    let entry = |store: &Checked, id: u32| store.inner.backend(id).unwrap();
+    let hkey = |svc_id, index| abi::SvcBackendKey { svc_id, index };
+    // Index 2 -> service b's index 1.
+    let (b2, e2) = (old(2), entry(&store, old(2)));
+    store.damage(Write::SvcBackendDelete { key: hkey(big_id, 2) });
+    let mut v = abi::Backend { svc_id: b_id, gen: e2.gen + 1, ..e2 };
+    v.addr[15] ^= 0x40;
+    store.damage(Write::Backend { id: b2, value: v });
+    store.damage(Write::SvcBackend { key: hkey(b_id, 1), backend_id: b2 });
+    // Index 4 -> a new endpoint under id 200.
+    let e4 = entry(&store, old(4));
+    store.damage(Write::Backend { id: old(4), value: abi::Backend { flags: 0, ..e4 } });
+    let mut v = abi::Backend { gen: e4.gen + 1, ..e4 };
+    v.addr[15] ^= 0x20;
+    store.damage(Write::Backend { id: 200, value: v });
+    store.damage(Write::SvcBackend { key: hkey(big_id, 4), backend_id: 200 });
+    // Index 5 freed.
+    let e5 = entry(&store, old(5));
+    store.damage(Write::SvcBackendDelete { key: hkey(big_id, 5) });
+    store.damage(Write::Backend { id: old(5), value: abi::Backend { flags: 0, ..e5 } });
+    // The old agent's tables name only its indexes (0, 1, 3, 4).
+    let maglev = Maglev::new(251).unwrap();
+    let built = maglev.build(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]).unwrap();
+    let slots: Vec<u16> = built.iter().map(|&i| [0, 1, 3, 4][i as usize]).collect();
+    store.damage(Write::Maglev { svc_id: big_id, slots: &slots });
+    assert!(store.check().is_err(), "stale words to fix");
+
+    let mut dp = Datapath::restore(store).unwrap();
+    // Before any apply (that is, before the programs attach): the array
+    // agrees with the hash, and every slot resolves as the old agent did.
+    dp.store().check().unwrap_or_else(|e| panic!("after the restore: {e}"));
+    let words = dp.store().svc_ids_all().unwrap();
+    let words: BTreeMap<u32, abi::SvcBackendIds> = words.into_iter().collect();
+    let w = words[&big_id].id;
+    assert_eq!(&w[..6], &[old(0), old(1), 0, old(3), 200, 0]);
+    assert_eq!(words[&b_id].id[1], b2, "0 -> the hash's id");
+    let held: Vec<(u32, u32)> =
+        dp.services.iter().flat_map(|(_, s)| s.backends.iter().map(|(&i, b)| (i, b.id))).collect();
+    assert!(held.contains(&(4, 200)) && !held.contains(&(2, b2)), "{held:?}");
+    // The first apply converges with the datapath consistent at every write.
+    dp.store_mut().checking = true;
+    dp.apply(&desired([big(6), big_b(1)])).unwrap();
+    assert_eq!(hashed(&dp), dp.store().svc_backends().unwrap());
+    assert_eq!(mirror(&restored(dp.store())), mirror(&dp));
+    assert_eq!(dp.apply(&desired([big(6), big_b(1)])).unwrap().writes(), 0);
+}
+
+/// `n` backends of service "b" (10.245.0.<i + 1>).
+fn big_b(n: usize) -> Service {
+    let backends = (0..n).map(|i| backend(&format!("10.245.0.{}", i + 1), "10.0.0.12")).collect();
+    service("b", "10.100.0.10", backends)
 }
 
 #[test]

@@ -251,19 +251,24 @@ impl MapStore for BpfStore {
             .collect()
     }
 
-    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
-        Ok(self.maps.svc_backend_entries()?)
+    fn svc_backends_hash(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        // Batched: a restore at 300k backends reads the whole hash (one
+        // lookup and one next-key syscall per entry took ~1 s of it).
+        let Some(batch) = &self.batch else { return Ok(self.maps.svc_backends_all()?) };
+        let mut out = Vec::new();
+        batch[1]
+            .walk(&mut |k, v| {
+                let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                let key = abi::SvcBackendKey { svc_id: word(&k[..4]), index: word(&k[4..8]) };
+                out.push((key, word(v)));
+                ControlFlow::Continue(())
+            })
+            .map_err(batch_read("xlb_svc_backends"))?;
+        Ok(out)
     }
 
-    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError> {
-        let mut out = Vec::new();
-        for k in self.maps.svc_backends.keys() {
-            let k = k.map_err(op("xlb_svc_backends", "iterate"))?;
-            if k.index < abi::SVC_IDS {
-                out.push(k);
-            }
-        }
-        Ok(out)
+    fn svc_ids_all(&self) -> Result<Vec<(u32, abi::SvcBackendIds)>, StoreError> {
+        Ok(self.maps.svc_ids_all()?)
     }
 
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {

@@ -193,28 +193,16 @@ impl MapStore for MemStore {
         Ok(self.sock_frontends.values().copied().collect())
     }
 
-    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
-        let mut out: BTreeMap<(u32, u32), u32> = self.svc_backends.clone();
-        for (&svc_id, ids) in &self.svc_backend_ids {
-            for (index, &id) in (0..).zip(&ids.id) {
-                if id != 0 {
-                    out.insert((svc_id, index), id);
-                }
-            }
-        }
-        Ok(out
-            .into_iter()
-            .map(|((svc_id, index), id)| (abi::SvcBackendKey { svc_id, index }, id))
+    fn svc_backends_hash(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        Ok(self
+            .svc_backends
+            .iter()
+            .map(|(&(svc_id, index), &id)| (abi::SvcBackendKey { svc_id, index }, id))
             .collect())
     }
 
-    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError> {
-        Ok(self
-            .svc_backends
-            .keys()
-            .filter(|&&(_, index)| index < abi::SVC_IDS)
-            .map(|&(svc_id, index)| abi::SvcBackendKey { svc_id, index })
-            .collect())
+    fn svc_ids_all(&self) -> Result<Vec<(u32, abi::SvcBackendIds)>, StoreError> {
+        Ok(self.svc_backend_ids.iter().map(|(&svc_id, &ids)| (svc_id, ids)).collect())
     }
 
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError> {

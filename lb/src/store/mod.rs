@@ -171,12 +171,12 @@ pub enum Write<'a> {
         id: u32,
     },
     /// The whole xlb_svc_backend_ids value of a service (its first
-    /// [`abi::SVC_IDS`] indexes; 0: none).
+    /// [`abi::SVC_IDS`] indexes; 0: look in xlb_svc_backends).
     SvcBackendIds {
         svc_id: u32,
         ids: abi::SvcBackendIds,
     },
-    /// An index at or above [`abi::SVC_IDS`] (xlb_svc_backends).
+    /// Any index (xlb_svc_backends holds every one).
     SvcBackend {
         key: abi::SvcBackendKey,
         backend_id: u32,
@@ -457,13 +457,18 @@ pub trait MapStore {
     /// xlb_sock_frontends.
     fn sock_frontends(&self) -> Result<Vec<(abi::FrontendKey, abi::Service)>, StoreError>;
     /// (service id, service-local index) -> backend id, as the datapath
-    /// resolves it: the non-zero ids of xlb_svc_backend_ids, then the
-    /// xlb_svc_backends entries of indexes without one.
-    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError>;
-    /// The xlb_svc_backends keys of indexes below [`abi::SVC_IDS`] (an
-    /// agent from before xlb_svc_backend_ids wrote them; moved to it by the
-    /// next apply).
-    fn svc_backends_hashed_low(&self) -> Result<Vec<abi::SvcBackendKey>, StoreError>;
+    /// resolves it ([`crate::maps::resolve_ids`]): the non-zero ids of
+    /// xlb_svc_backend_ids, then the xlb_svc_backends entries of indexes
+    /// without one. Sorted.
+    fn svc_backends(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError> {
+        Ok(crate::maps::resolve_ids(self.svc_ids_all()?, self.svc_backends_hash()?))
+    }
+    /// Every xlb_svc_backends entry: every index the agent holds (and the
+    /// only map an agent from before xlb_svc_backend_ids reads).
+    fn svc_backends_hash(&self) -> Result<Vec<(abi::SvcBackendKey, u32)>, StoreError>;
+    /// Every xlb_svc_backend_ids value with a non-zero word, by service id:
+    /// the cache of the first [`abi::SVC_IDS`] indexes XDP reads first.
+    fn svc_ids_all(&self) -> Result<Vec<(u32, abi::SvcBackendIds)>, StoreError>;
     /// xlb_backends\[id\] (an array: every id below capacity has a value).
     fn backend(&self, id: u32) -> Result<abi::Backend, StoreError>;
     /// xlb_backend_meta\[id\], if present.
