@@ -269,3 +269,73 @@ pub(super) fn local_ready(slices: &[&EndpointSlice], node: &str) -> usize {
     }
     local.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(addr: &str, ready: bool, serving: bool, terminating: bool) -> Candidate {
+        Candidate {
+            addr: addr.parse().unwrap(),
+            port: 80,
+            node: "192.0.2.1".parse().unwrap(),
+            local: false,
+            ready,
+            serving,
+            terminating,
+        }
+    }
+
+    fn names_and_states(backends: &[Backend]) -> Vec<(&str, BackendState)> {
+        backends.iter().map(|b| (&*b.name, b.state)).collect()
+    }
+
+    #[test]
+    fn select_orders_by_name_and_keeps_an_endpoint_listed_twice_once_the_more_usable_entry_winning()
+    {
+        use BackendState::{Active, Terminating};
+        let listed = [
+            candidate("10.0.0.9", true, true, false),
+            // In two slices (a split): terminating in the first, ready in the second.
+            candidate("10.0.0.10", false, false, true),
+            candidate("10.0.0.10", true, true, false),
+            // Ready in the first, terminating in the second: the first stays.
+            candidate("10.0.0.12", true, true, false),
+            candidate("10.0.0.12", false, false, true),
+            // Not ready in both: kept once, terminating.
+            candidate("10.0.0.11", false, false, false),
+            candidate("10.0.0.11", false, false, false),
+            candidate("2001:db8::1", true, true, false),
+        ];
+        assert_eq!(
+            names_and_states(&select(&listed)),
+            [
+                ("10.0.0.10:80", Active),
+                ("10.0.0.11:80", Terminating),
+                ("10.0.0.12:80", Active),
+                ("10.0.0.9:80", Active),
+                ("[2001:db8::1]:80", Active),
+            ]
+        );
+    }
+
+    #[test]
+    fn select_serves_from_serving_terminating_endpoints_of_a_family_with_none_ready() {
+        use BackendState::{Active, Terminating};
+        let listed = [
+            candidate("10.0.0.1", false, true, true),
+            candidate("10.0.0.2", false, false, true),
+            candidate("2001:db8::1", true, true, false),
+            candidate("2001:db8::2", false, true, true),
+        ];
+        assert_eq!(
+            names_and_states(&select(&listed)),
+            [
+                ("10.0.0.1:80", Active),
+                ("10.0.0.2:80", Terminating),
+                ("[2001:db8::1]:80", Active),
+                ("[2001:db8::2]:80", Terminating),
+            ]
+        );
+    }
+}
