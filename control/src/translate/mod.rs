@@ -138,21 +138,6 @@ pub struct HealthCheck {
     pub local_endpoints: usize,
 }
 
-/// Services touched by one update from which their translation is spread
-/// over every core (a thread costs more than a few hundred Services).
-const PARALLEL_MIN: usize = 1024;
-
-/// One Service translated, before it is filed ([`Translator::fresh`]).
-struct Translation {
-    object: ObjectRef,
-    health: Option<HealthCheck>,
-    out: Vec<PortService>,
-    errors: Vec<ConfigError>,
-}
-
-/// A Service's translation now; None: it is gone.
-type Fresh = Option<Translation>;
-
 /// What one Kubernetes Service translated to.
 #[derive(Debug)]
 struct Translated {
@@ -221,50 +206,12 @@ impl Translator {
         if touched.this_node {
             self.desired.node = self.tracker.nodes().config(&self.opts);
         }
-        let keys: Vec<ObjectKey> = touched.services.into_iter().collect();
-        let fresh = self.translate_all(&keys);
-        for (key, fresh) in keys.into_iter().zip(fresh) {
-            self.retranslate(key, fresh);
+        for key in touched.services {
+            self.retranslate(key);
         }
         for key in touched.pods {
             self.retranslate_pod(key);
         }
-    }
-
-    /// What Services `keys` translate to now (the part that reads only the
-    /// objects held): a big batch (a first listing, a relist, this node's
-    /// addresses changing) on every core, split in contiguous runs so the
-    /// results come back in key order; a watch event's few on this thread.
-    fn translate_all(&self, keys: &[ObjectKey]) -> Vec<Fresh> {
-        let one = |key: &ObjectKey| self.fresh(key);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if threads <= 1 || keys.len() < PARALLEL_MIN {
-            return keys.iter().map(one).collect();
-        }
-        let part = keys.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let mut parts = keys.chunks(part);
-            let here = parts.next().unwrap_or_default();
-            let handles: Vec<_> =
-                parts.map(|p| scope.spawn(move || p.iter().map(one).collect::<Vec<_>>())).collect();
-            let mut out: Vec<Fresh> = here.iter().map(one).collect();
-            for h in handles {
-                out.extend(h.join().expect("translation thread panicked"));
-            }
-            out
-        })
-    }
-
-    /// Service `key` as held now, translated (None: not held).
-    fn fresh(&self, key: &ObjectKey) -> Fresh {
-        let svc = self.tracker.service(key)?.clone();
-        let slices = self.tracker.slices_of(&svc);
-        let health = services::health_check(&svc, &slices, &self.opts);
-        let mut errors = ErrorList::default();
-        let inputs =
-            services::Inputs { opts: &self.opts, slices: &slices, nodes: self.tracker.nodes() };
-        let out = services::translate(&svc, &inputs, &mut errors);
-        Some(Translation { object: ObjectRef::of(&*svc), health, out, errors: errors.into_vec() })
     }
 
     /// Replaces what Pod `key`'s host ports contribute. Pods are filed in
@@ -282,11 +229,14 @@ impl Translator {
         self.drop_gone(old_keys, &new_keys);
     }
 
-    /// Replaces what Service `key` contributes with `fresh`, its translation
-    /// now ([`Translator::fresh`]; None: it is gone).
-    fn retranslate(&mut self, key: ObjectKey, fresh: Fresh) {
+    /// Replaces what Service `key` contributes with the translation of the
+    /// Service now held under it (none: it is gone).
+    fn retranslate(&mut self, key: ObjectKey) {
         let old_keys = self.forget(&key);
-        let health = fresh.as_ref().and_then(|t| t.health.clone());
+        let svc = self.tracker.service(&key).cloned();
+        let health = svc
+            .as_ref()
+            .and_then(|svc| services::health_check(svc, &self.tracker.slices_of(svc), &self.opts));
         if self.health.get(&key) != health.as_ref() {
             match health {
                 Some(h) => self.health.insert(key.clone(), h),
@@ -295,8 +245,16 @@ impl Translator {
             self.health_changed = true;
         }
         let mut new_keys = Vec::new();
-        if let Some(Translation { object, out, errors, .. }) = fresh {
-            new_keys = self.record(key, object, out, errors);
+        if let Some(svc) = svc {
+            let mut errors = ErrorList::default();
+            let inputs = services::Inputs {
+                opts: &self.opts,
+                slices: &self.tracker.slices_of(&svc),
+                nodes: self.tracker.nodes(),
+            };
+            let out = services::translate(&svc, &inputs, &mut errors);
+            let object = ObjectRef::of(&*svc);
+            new_keys = self.record(key, object, out, errors.into_vec());
         }
         self.drop_gone(old_keys, &new_keys);
     }
