@@ -127,6 +127,9 @@ pub struct ClusterReport {
     pub cold_start_s: f64,
     /// Agent CPU (user + system) from spawn to fully programmed.
     pub cold_start_cpu_s: f64,
+    /// This process's CPU over the same time: the API server double serving
+    /// the lists (and the log reader), sharing the agent's cores.
+    pub cold_start_bench_cpu_s: f64,
     pub programmed_services: usize,
     pub programmed_backends: usize,
     pub min_interval_ms: u64,
@@ -470,6 +473,7 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         .env("RUST_LOG", std::env::var("XLB_PERF_AGENT_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let bench_cpu0 = cpu_seconds(std::process::id())?;
     let t_spawn = Instant::now();
     let mut child = cmd.spawn().context("starting xlb run")?;
     let stderr = child.stderr.take().context("agent stderr")?;
@@ -498,6 +502,7 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
     }
     let cold_start_s = programmed.duration_since(t_spawn).as_secs_f64();
     let cold_start_cpu_s = cpu_seconds(pid)?;
+    let cold_start_bench_cpu_s = cpu_seconds(std::process::id())? - bench_cpu0;
     std::fs::remove_file(&kubeconfig).ok();
 
     // What the maps hold: every service with its table and backends.
@@ -527,7 +532,10 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
             o.services * o.endpoints
         );
     }
-    eprintln!("cluster: programmed in {cold_start_s:.2} s");
+    eprintln!(
+        "cluster: programmed in {cold_start_s:.2} s (agent CPU {cold_start_cpu_s:.2} s, \
+         API double {cold_start_bench_cpu_s:.2} s)"
+    );
     std::thread::sleep(Duration::from_secs(1));
 
     // Churn: change k replaces endpoint (k / services) % endpoints of service
@@ -617,6 +625,7 @@ pub fn run(o: &ClusterOpts) -> Result<ClusterReport> {
         objects_loaded_s,
         cold_start_s,
         cold_start_cpu_s,
+        cold_start_bench_cpu_s,
         programmed_services,
         programmed_backends,
         min_interval_ms: o.min_interval_ms,
@@ -670,7 +679,10 @@ impl ClusterReport {
         );
         let mut rows: Vec<(String, String, String, String)> = vec![(
             "cold start → fully programmed (BPF load, list, translate, Maglev, map writes)".into(),
-            format!("{:.2} s (agent CPU {:.2} s)", self.cold_start_s, self.cold_start_cpu_s),
+            format!(
+                "{:.2} s (agent CPU {:.2} s, API double {:.2} s)",
+                self.cold_start_s, self.cold_start_cpu_s, self.cold_start_bench_cpu_s
+            ),
             format!("≤ {} s", self.cold_start_target()),
             ok(self.cold_start_s <= self.cold_start_target()).into(),
         )];

@@ -6,7 +6,8 @@
 //! and the count of ready endpoints on this node (for health checks). Its
 //! caller is [`super::services`]; node addresses come from [`super::nodes`].
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
+    fmt::Write,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -35,11 +36,11 @@ pub(super) fn owner(slice: &EndpointSlice) -> Option<ServiceName> {
     Some((ns.to_string(), svc.clone()))
 }
 
-/// The nodes `slice`'s endpoints name.
-pub(super) fn nodes_named(slice: &EndpointSlice) -> Vec<String> {
-    let mut names: Vec<String> =
-        slice.endpoints.iter().filter_map(|ep| ep.node_name.clone()).collect();
-    names.sort();
+/// The nodes `slice`'s endpoints name, each once.
+pub(super) fn nodes_named(slice: &EndpointSlice) -> Vec<&str> {
+    let mut names: Vec<&str> =
+        slice.endpoints.iter().filter_map(|ep| ep.node_name.as_deref()).collect();
+    names.sort_unstable();
     names.dedup();
     names
 }
@@ -214,38 +215,44 @@ fn slice_port(
 /// Backends are named and ordered by "address:port"; an endpoint in two
 /// slices (during a slice split) is kept once, the more usable entry winning.
 fn select(candidates: &[Candidate]) -> Vec<Backend> {
-    let mut chosen: BTreeMap<Arc<str>, Backend> = BTreeMap::new();
+    // Every candidate named, then sorted by name: a stable sort keeps an
+    // endpoint listed twice in its slices' order, and the run of one name
+    // keeps its first Active entry, else its first (a BTreeMap by name did
+    // the same with a node per backend and the name built twice).
+    let mut named: Vec<Backend> = Vec::with_capacity(candidates.len());
+    let mut name = String::new();
     for v6 in [false, true] {
-        let family: Vec<&Candidate> =
-            candidates.iter().filter(|c| c.addr.is_ipv6() == v6).collect();
-        let any_ready = family.iter().any(|c| c.ready);
-        for c in family {
+        let family = || candidates.iter().filter(move |c| c.addr.is_ipv6() == v6);
+        let any_ready = family().any(|c| c.ready);
+        for c in family() {
             let state = if c.ready || (!any_ready && c.serving && c.terminating) {
                 BackendState::Active
             } else {
                 BackendState::Terminating
             };
-            let name: Arc<str> = SocketAddr::new(c.addr, c.port).to_string().into();
-            let better = match chosen.get(&name) {
-                None => true,
-                Some(old) => {
-                    old.state == BackendState::Terminating && state == BackendState::Active
-                }
-            };
-            if better {
-                let backend = Backend {
-                    name: name.clone(),
-                    addr: c.addr,
-                    port: c.port,
-                    node: c.node,
-                    weight: 1,
-                    state,
-                };
-                chosen.insert(name, backend);
-            }
+            name.clear();
+            write!(name, "{}", SocketAddr::new(c.addr, c.port)).expect("a String takes any write");
+            named.push(Backend {
+                name: Arc::from(name.as_str()),
+                addr: c.addr,
+                port: c.port,
+                node: c.node,
+                weight: 1,
+                state,
+            });
         }
     }
-    chosen.into_values().collect()
+    named.sort_by(|a, b| a.name.cmp(&b.name));
+    named.dedup_by(|later, kept| {
+        if later.name != kept.name {
+            return false;
+        }
+        if kept.state == BackendState::Terminating && later.state == BackendState::Active {
+            std::mem::swap(kept, later);
+        }
+        true
+    });
+    named
 }
 
 /// Ready endpoints (by first address) on node `node` in `slices`: what a
@@ -261,4 +268,74 @@ pub(super) fn local_ready(slices: &[&EndpointSlice], node: &str) -> usize {
         }
     }
     local.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(addr: &str, ready: bool, serving: bool, terminating: bool) -> Candidate {
+        Candidate {
+            addr: addr.parse().unwrap(),
+            port: 80,
+            node: "192.0.2.1".parse().unwrap(),
+            local: false,
+            ready,
+            serving,
+            terminating,
+        }
+    }
+
+    fn names_and_states(backends: &[Backend]) -> Vec<(&str, BackendState)> {
+        backends.iter().map(|b| (&*b.name, b.state)).collect()
+    }
+
+    #[test]
+    fn select_orders_by_name_and_keeps_an_endpoint_listed_twice_once_the_more_usable_entry_winning()
+    {
+        use BackendState::{Active, Terminating};
+        let listed = [
+            candidate("10.0.0.9", true, true, false),
+            // In two slices (a split): terminating in the first, ready in the second.
+            candidate("10.0.0.10", false, false, true),
+            candidate("10.0.0.10", true, true, false),
+            // Ready in the first, terminating in the second: the first stays.
+            candidate("10.0.0.12", true, true, false),
+            candidate("10.0.0.12", false, false, true),
+            // Not ready in both: kept once, terminating.
+            candidate("10.0.0.11", false, false, false),
+            candidate("10.0.0.11", false, false, false),
+            candidate("2001:db8::1", true, true, false),
+        ];
+        assert_eq!(
+            names_and_states(&select(&listed)),
+            [
+                ("10.0.0.10:80", Active),
+                ("10.0.0.11:80", Terminating),
+                ("10.0.0.12:80", Active),
+                ("10.0.0.9:80", Active),
+                ("[2001:db8::1]:80", Active),
+            ]
+        );
+    }
+
+    #[test]
+    fn select_serves_from_serving_terminating_endpoints_of_a_family_with_none_ready() {
+        use BackendState::{Active, Terminating};
+        let listed = [
+            candidate("10.0.0.1", false, true, true),
+            candidate("10.0.0.2", false, false, true),
+            candidate("2001:db8::1", true, true, false),
+            candidate("2001:db8::2", false, true, true),
+        ];
+        assert_eq!(
+            names_and_states(&select(&listed)),
+            [
+                ("10.0.0.1:80", Active),
+                ("10.0.0.2:80", Terminating),
+                ("[2001:db8::1]:80", Active),
+                ("[2001:db8::2]:80", Terminating),
+            ]
+        );
+    }
 }

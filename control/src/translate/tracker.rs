@@ -203,7 +203,7 @@ impl Tracker {
             }
         }
         for n in endpoints::nodes_named(&object) {
-            self.slices_on.entry(n).or_default().insert(key.clone());
+            self.slices_on.entry_ref(n).or_default().insert(key.clone());
         }
         self.slices.insert(key, object);
     }
@@ -222,10 +222,10 @@ impl Tracker {
             self.touch(&owner, touched);
         }
         for n in endpoints::nodes_named(&old) {
-            if let Some(on) = self.slices_on.get_mut(&n) {
+            if let Some(on) = self.slices_on.get_mut(n) {
                 on.remove(&key);
                 if on.is_empty() {
-                    self.slices_on.remove(&n);
+                    self.slices_on.remove(n);
                 }
             }
         }
