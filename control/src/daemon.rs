@@ -452,12 +452,13 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     let staged = Dataplane::create_maps(&load).context("loading the datapath")?;
     info!(maps_ms = t_load.elapsed().as_millis() as u64, "datapath maps created");
     let ifaces = args.ifaces.clone();
+    let (restored, restored_rx) = std::sync::mpsc::sync_channel(1);
     let programs = std::thread::Builder::new()
         .name("xlb-verify".into())
-        .spawn(move || load_and_attach(staged, t_load, &ifaces, mode))
+        .spawn(move || load_and_attach(staged, t_load, restored_rx, &ifaces, mode))
         .context("starting the program loader thread")?;
     crate::metrics::control().set_ct_insert_budget(args.ct_insert_rate);
-    let loading = Loading { programs, backends_created };
+    let loading = Loading { programs, restored, backends_created };
     let result = serve(&args, &opts, first, early, runtime, loading);
     // On every exit after loading, errors included: a half-attached agent
     // must not stay behind.
@@ -522,10 +523,12 @@ fn pod_network_sysctls(opts: &PodNetOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The programs being loaded (verifier) and attached on their thread, and
-/// whether the loader created xlb_backends (none was pinned).
+/// The programs being loaded (verifier) and attached on their thread, the
+/// signal that lets them attach (the restore is done), and whether the
+/// loader created xlb_backends (none was pinned).
 struct Loading {
     programs: std::thread::JoinHandle<anyhow::Result<Dataplane>>,
+    restored: std::sync::mpsc::SyncSender<()>,
     backends_created: bool,
 }
 
@@ -537,14 +540,24 @@ struct Loading {
 /// after its backends and table), as after a restart, and a frontend not
 /// written yet is passed to the kernel as before the attach. An agent
 /// taking over from another attaches before its first apply, as always.
+///
+/// Never before the restore is done (`restored`): the restore may rewrite
+/// words the new programs read and the attached ones do not (an array
+/// cache word left stale by an older agent, lb::reconcile::svcids); at
+/// 30k services it takes longer than the verifier. If the restore fails
+/// the sender is dropped and nothing is attached.
 fn load_and_attach(
     staged: lb::loader::Staged,
     t_load: std::time::Instant,
+    restored: std::sync::mpsc::Receiver<()>,
     ifaces: &[String],
     mode: Option<XdpMode>,
 ) -> anyhow::Result<Dataplane> {
     let mut dataplane = staged.load_programs().context("loading the datapath")?;
     info!(load_ms = t_load.elapsed().as_millis() as u64, "datapath loaded");
+    restored.recv().map_err(|_| {
+        anyhow::anyhow!("the applied state was not restored: programs not attached")
+    })?;
     // Probed at load: each missing feature named with its fallback.
     for missing in dataplane.features().missing() {
         warn!(feature = missing.feature, since = missing.since, "{missing}");
@@ -571,7 +584,7 @@ fn serve(
     first: Option<(Stamp, Translator, xlb_control::policy::agent::PolicyObjects)>,
     mut kube: Option<KubeStarted>,
     runtime: tokio::runtime::Runtime,
-    Loading { programs, backends_created }: Loading,
+    Loading { programs, restored, backends_created }: Loading,
 ) -> anyhow::Result<()> {
     let mut store = BpfStore::open(&args.pin_dir).context("opening the datapath maps")?;
     if backends_created {
@@ -583,6 +596,9 @@ fn serve(
         pin_dir = %args.pin_dir.display(),
         "restored the applied state"
     );
+    // The loader thread may attach now (a full channel or a finished
+    // thread: nothing waits any more).
+    let _ = restored.try_send(());
     let pod = args.pod.options(&args.ifaces[0])?;
     // From the API (any namespace user can create a bad object) the invalid
     // objects and parts are left out; manifest files stay all-or-nothing.
