@@ -931,16 +931,7 @@ fn indexes_resolve_through_the_id_array_the_hash_and_an_older_agents_hash() {
                 l.backends.iter().map(|b| (SocketAddr::new(b.addr, b.port), b.index)).collect();
             assert_eq!(index_of.values().max(), Some(&20), "{name}");
             let syns = |lab: &mut Lab, from: u16, what: &str| {
-                let mut indexes = std::collections::BTreeSet::new();
-                let mut cases = Vec::new();
-                for p in from..from + 200 {
-                    let s = syn(v6, p);
-                    let (want, ep) = lab.expect_dsr(&s, 80);
-                    indexes.insert(index_of[&ep]);
-                    cases.push(Case::of(format!("{} SYN {p} {what}", fam(v6)), &s).tx(&want));
-                }
-                lab.check(&cases);
-                indexes
+                syns_to_indexes(lab, v6, &index_of, from, what)
             };
             // The service's entries: as XDP resolves them, and in the hash.
             let resolved = |lab: &Lab| -> Vec<(abi::SvcBackendKey, u32)> {
@@ -1007,16 +998,7 @@ fn indexes_resolve_through_the_id_array_the_hash_and_an_older_agents_hash() {
                 .map(|b| (SocketAddr::new(b.addr, b.port), b.index))
                 .collect();
             let syns = |lab: &mut Lab, from: u16, what: &str| {
-                let mut indexes = std::collections::BTreeSet::new();
-                let mut cases = Vec::new();
-                for p in from..from + 200 {
-                    let s = syn(v6, p);
-                    let (want, ep) = lab.expect_dsr(&s, 80);
-                    indexes.insert(index_of[&ep]);
-                    cases.push(Case::of(format!("{} SYN {p} {what}", fam(v6)), &s).tx(&want));
-                }
-                lab.check(&cases);
-                indexes
+                syns_to_indexes(lab, v6, &index_of, from, what)
             };
             let hit = syns(lab, 47600, "(rolled forward)");
             assert!(hit.contains(&0) && hit.contains(&1), "{name}: flows reached {hit:?}");
@@ -1025,4 +1007,25 @@ fn indexes_resolve_through_the_id_array_the_hash_and_an_older_agents_hash() {
             syns(lab, 47800, "(applied)");
         }
     });
+}
+
+/// 200 SYNs from ports `from..`, each checked against the DSR frame the
+/// listing predicts; the service-local indexes they reached.
+fn syns_to_indexes(
+    lab: &mut Lab,
+    v6: bool,
+    index_of: &BTreeMap<SocketAddr, u32>,
+    from: u16,
+    what: &str,
+) -> std::collections::BTreeSet<u32> {
+    let mut indexes = std::collections::BTreeSet::new();
+    let mut cases = Vec::new();
+    for p in from..from + 200 {
+        let s = syn(v6, p);
+        let (want, ep) = lab.expect_dsr(&s, 80);
+        indexes.insert(index_of[&ep]);
+        cases.push(Case::of(format!("{} SYN {p} {what}", fam(v6)), &s).tx(&want));
+    }
+    lab.check(&cases);
+    indexes
 }
