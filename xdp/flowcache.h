@@ -9,7 +9,9 @@
  *   struct fc_entry *xlb_fc_get(&key)   the slot for key (a hit only when
  *                                       xlb_fc_hit() says so); never NULL
  *                                       (the slot is below max_entries),
- *                                       but the verifier needs the test
+ *                                       but the verifier needs the test:
+ *                                       the caller makes it once, before
+ *                                       xlb_fc_hit and xlb_fc_fill
  *   int xlb_fc_hit(fc, &key, now, gen)  the slot holds key, fresh and of
  *                                       this configuration generation
  *   void xlb_fc_fill(fc, &key, svc, backend_id, gen, hash, now, gen)
@@ -111,15 +113,13 @@ static __always_inline struct fc_entry *xlb_fc_get(const struct xlb_flow_key *k)
 static __always_inline int xlb_fc_hit(const struct fc_entry *fc, const struct xlb_flow_key *k,
 				      __u64 now, __u64 gen)
 {
-	return fc && now < fc->expires && fc->config_gen == gen && xlb_flow_key_eq(&fc->key, k);
+	return now < fc->expires && fc->config_gen == gen && xlb_flow_key_eq(&fc->key, k);
 }
 
 static __always_inline void xlb_fc_fill(struct fc_entry *fc, const struct xlb_flow_key *k,
 					const struct xlb_service *svc, __u32 backend_id,
 					__u32 backend_gen, __u32 hash, __u64 now, __u64 gen)
 {
-	if (!fc)
-		return;
 	fc->key = *k;
 	fc->svc = *svc;
 	fc->backend_id = backend_id;
