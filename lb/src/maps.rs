@@ -326,8 +326,7 @@ impl Maps {
             m.lookup(&svc_id.to_ne_bytes(), &mut bytes)
                 .map_err(MapsError::op("xlb_svc_backend_ids", "lookup"))?;
         }
-        let mut words = bytes.chunks_exact(4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
-        Ok(abi::SvcBackendIds { id: std::array::from_fn(|_| words.next().unwrap_or(0)) })
+        Ok(svc_ids_from(&bytes))
     }
 
     /// The backend id of index `index` of service `svc_id` as the datapath
@@ -371,9 +370,7 @@ impl Maps {
         let mut out = Vec::new();
         let Some(m) = &self.svc_backend_ids else { return Ok(out) };
         m.walk_array(0, &mut |k, v| {
-            let svc_id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
-            let mut words = v.chunks_exact(4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
-            let ids = abi::SvcBackendIds { id: std::array::from_fn(|_| words.next().unwrap_or(0)) };
+            let (svc_id, ids) = (ne_u32(k), svc_ids_from(v));
             if ids.id.iter().any(|&id| id != 0) {
                 out.push((svc_id, ids));
             }
@@ -666,6 +663,18 @@ pub(crate) fn ct_ways_of(set: &[u8]) -> impl Iterator<Item = abi::CtWay> + '_ {
 fn set_from_bytes(bytes: &[u8]) -> abi::CtSet {
     let mut ways = ct_ways_of(bytes);
     abi::CtSet { way: std::array::from_fn(|_| ways.next().unwrap_or_else(zero_way)) }
+}
+
+/// The native-endian u32 at the start of `b` (a map key or value as a
+/// batched walk hands it; 0 if shorter).
+pub(crate) fn ne_u32(b: &[u8]) -> u32 {
+    b.first_chunk::<4>().map_or(0, |w| u32::from_ne_bytes(*w))
+}
+
+/// An xlb_svc_backend_ids value from its bytes.
+fn svc_ids_from(b: &[u8]) -> abi::SvcBackendIds {
+    let mut words = b.chunks_exact(4).map(ne_u32);
+    abi::SvcBackendIds { id: std::array::from_fn(|_| words.next().unwrap_or(0)) }
 }
 
 /// The bytes of an ABI value (Pod: integers only, no padding, so every

@@ -42,7 +42,7 @@ use crate::{
         BackendState, Cidr, Encap, Frontend, FrontendKind, NoEndpoints, Proto, Service, ServiceKey,
     },
     sockdestroy::GoneBackend,
-    store::{BackendMeta, Capacity, MapStore, Write},
+    store::{BackendMeta, Capacity, MapStore, StoreError, Write},
     view::{endpoint_of, table_hash, RawService},
 };
 
@@ -390,6 +390,21 @@ fn write<S: MapStore>(store: &mut S, w: Write<'_>) -> Result<(), DatapathError> 
     store.write(w).map_err(DatapathError::from)
 }
 
+/// `writes` in one batch ([`MapStore::write_all`]): how many were written
+/// (also added to `count`), and the error that stopped the rest.
+fn write_counted<S: MapStore>(
+    store: &mut S,
+    writes: &[Write<'_>],
+    count: &mut usize,
+) -> (usize, Result<(), StoreError>) {
+    let (n, result) = match store.write_all(writes) {
+        Ok(()) => (writes.len(), Ok(())),
+        Err((n, e)) => (n, Err(e)),
+    };
+    *count += n;
+    (n, result)
+}
+
 impl Services {
     /// The services the maps hold (`raw`, tables read), ids free below
     /// `cap`; their backends' tunnel endpoints are counted into `tunnels`.
@@ -545,11 +560,9 @@ impl Services {
                 .iter()
                 .map(|&(key, backend_id)| Write::SvcBackend { key, backend_id })
                 .collect();
-            let done = store.write_all(&writes);
-            let n = done.as_ref().map_or_else(|(n, _)| *n, |()| writes.len());
-            stats.backend_writes += n;
+            let (n, done) = write_counted(store, &writes, &mut stats.backend_writes);
             pools.hash_owed.drain(..n);
-            done.map_err(|(_, e)| DatapathError::from(e))?;
+            done?;
         }
         if pools.ids_owed.is_empty() {
             return Ok(());
@@ -563,13 +576,11 @@ impl Services {
                 ids: by_id.get(svc_id).map_or(NO_IDS, |st| st.ids_value([])),
             })
             .collect();
-        let done = store.write_all(&writes);
-        let n = done.as_ref().map_or_else(|(n, _)| *n, |()| writes.len());
-        stats.backend_writes += n;
+        let (n, done) = write_counted(store, &writes, &mut stats.backend_writes);
         for svc_id in &owed[..n] {
             pools.ids_owed.remove(svc_id);
         }
-        done.map_err(|(_, e)| DatapathError::from(e))
+        Ok(done?)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
@@ -920,17 +931,13 @@ impl Services {
         }
         // Array values not written (the hashes' batch or their own failed):
         // owed, for the services of the backends written.
-        let arrays_done = match failed {
-            Some(_) => 0,
-            None => store.write_all(&arrays).map_or_else(
-                |(done, e)| {
-                    failed = Some(e);
-                    done
-                },
-                |()| arrays.len(),
-            ),
+        let arrays_done = if failed.is_some() {
+            0
+        } else {
+            let (n, done) = write_counted(store, &arrays, &mut stats.backend_writes);
+            failed = done.err();
+            n
         };
-        stats.backend_writes += arrays_done;
         for w in &arrays[..arrays_done] {
             if let Write::SvcBackendIds { svc_id, .. } = *w {
                 pools.ids_owed.remove(&svc_id);

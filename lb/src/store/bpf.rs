@@ -15,7 +15,7 @@ use super::{
 use crate::{
     abi,
     maps::{
-        cidr_key, cidr_of, pod_bytes, policy_exact_key, policy_exact_key_of, policy_key,
+        cidr_key, cidr_of, ne_u32, pod_bytes, policy_exact_key, policy_exact_key_of, policy_key,
         policy_key_of, src_range_key, Maps, MapsError, RawMap,
     },
     model::Cidr,
@@ -258,9 +258,8 @@ impl MapStore for BpfStore {
         let mut out = Vec::new();
         batch[1]
             .walk(&mut |k, v| {
-                let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-                let key = abi::SvcBackendKey { svc_id: word(&k[..4]), index: word(&k[4..8]) };
-                out.push((key, word(v)));
+                let key = abi::SvcBackendKey { svc_id: ne_u32(k), index: ne_u32(&k[4..]) };
+                out.push((key, ne_u32(v)));
                 ControlFlow::Continue(())
             })
             .map_err(batch_read("xlb_svc_backends"))?;
@@ -416,7 +415,7 @@ impl MapStore for BpfStore {
         let mut words = vec![0u64; abi::FE_FILTER_ARMED as usize + 1];
         RawMap::open(&self.pin_dir, "xlb_fe_filter")?
             .walk_array(0, &mut |k, v| {
-                let i = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                let i = ne_u32(k) as usize;
                 if let (Some(w), Ok(v)) = (words.get_mut(i), v.try_into()) {
                     *w = u64::from_ne_bytes(v);
                 }
@@ -542,11 +541,11 @@ impl MapStore for BpfStore {
         let (lo, hi) = (wanted[0].0, wanted[wanted.len() - 1].0);
         backends
             .walk_array(lo, &mut |k, v| {
-                let id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                let id = ne_u32(k);
                 if id > hi {
                     return ControlFlow::Break(());
                 }
-                let gen = u32::from_ne_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
+                let gen = ne_u32(&v[at..]);
                 let from = wanted.partition_point(|&(w, _)| w < id);
                 for &(_, pos) in wanted[from..].iter().take_while(|&&(w, _)| w == id) {
                     gens[pos] = Some(gen);
