@@ -198,24 +198,8 @@ pub(crate) fn shared_pins(bytes: &[u8], tree: &Path, into: &Path) -> Result<Vec<
             _ => own.push(name.to_string()),
         }
     }
-    hash_every_index(&ebpf, tree)?;
     own.sort();
     Ok(own)
-}
-
-/// An object from before xlb_svc_backend_ids reads every service-local
-/// index from xlb_svc_backends: if `ebpf` is one, the hash of the maps in
-/// `pins` gets them all, as its agent wrote them (the tree reads the
-/// array's first; the ids are the same).
-pub(crate) fn hash_every_index(ebpf: &Ebpf, pins: &Path) -> Result<()> {
-    if ebpf.maps().any(|(name, _)| name == "xlb_svc_backend_ids") {
-        return Ok(());
-    }
-    let mut maps = lb::maps::Maps::open(pins)?;
-    for (key, id) in maps.svc_backend_entries()? {
-        maps.svc_backends.insert(key, id, 0).context("xlb_svc_backends for an older object")?;
-    }
-    Ok(())
 }
 
 /// Loads `copies` instances of the object's xlb_xdp on the maps of `pins`,
